@@ -1,0 +1,1 @@
+"""filter: the paper's global and pair filtering over score columns, into DPO pairs."""

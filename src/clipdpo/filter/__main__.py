@@ -1,0 +1,63 @@
+"""python -m clipdpo.filter --input SCORES_URI --output PAIRS_URI [--set key=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from clipdpo import config as config_lib
+from clipdpo.artifacts import Artifact, ArtifactWriter
+from clipdpo.filter.select import FUNNEL_ORDER, RULE_COLUMNS, FilterConfig, filter_shard, trl_jsonl
+from clipdpo.stage import add_common_args, print_summary, run_shards, setup_logging
+from clipdpo.storage import Storage, join
+
+log = logging.getLogger("clipdpo.filter")
+
+
+def format_funnel(stats: dict) -> str:
+    width = max(len(key) for key in FUNNEL_ORDER)
+    return "\n".join(f"  {key:<{width}}  {int(stats.get(key, 0)):>12,}" for key in FUNNEL_ORDER)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m clipdpo.filter", description=__doc__)
+    parser.add_argument("--input", required=True, help="scores artifact URI")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    storage = Storage()
+    cfg = config_lib.load(FilterConfig, args.config, args.overrides, lambda uri: storage.read_bytes(uri).decode())
+    if args.dry_run:
+        print(json.dumps(config_lib.to_dict(cfg), indent=2))
+        return {}
+    scores = Artifact.open(storage, args.input, kind="scores")
+    images = scores.upstream("images")
+    writer = ArtifactWriter(storage, args.output, "pairs", config_lib.to_dict(cfg), [scores],
+                            overwrite=args.overwrite)
+
+    def process(name: str):
+        table = scores.read_shard(name, columns=RULE_COLUMNS)
+        pairs, funnel = filter_shard(table, cfg, images.shard_uri(name))
+        # The TRL export lands before the shard's done-record: a finished shard has both.
+        storage.write_bytes(join(writer.uri, "export", "trl", f"{name}.jsonl"), trl_jsonl(pairs))
+        return pairs, dict(funnel)
+
+    result = run_shards(writer, scores.shard_names, process, args.shard, finalize_only=args.finalize)
+    if result.manifest is not None:
+        funnel = result.manifest.stats
+        print("filter funnel (rows removed by each rule, in order):\n" + format_funnel(funnel), file=sys.stderr)
+        print(f"pairs: {writer.uri} ({result.manifest.rows} pairs; TRL JSONL under "
+              f"{join(writer.uri, 'export', 'trl')}/)", file=sys.stderr)
+    print_summary("filter", result, {"output": writer.uri})
+    return result.manifest.stats if result.manifest else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""The paper's filtering rules (Sec. 4.2) as pure functions over score columns.
+
+Global filtering: down-sample text-category images, drop captions under a CLIP score, drop
+captions longer than the CLIP text context, drop generic questions (low image-question
+score), drop QA rows whose check caption (description + correct answer) scores low.
+Pair filtering: within one image, every caption pair whose score difference exceeds a
+margin and whose word counts are similar; rank by difference; keep the top pair(s).
+
+Everything here takes NumPy arrays and returns NumPy arrays: no I/O, no config objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def hash_unit_interval(keys: list[str], seed: int) -> np.ndarray:
+    """A stable pseudo-random number in [0, 1) per key: same key, same seed, same number.
+
+    Used for down-sampling so that the choice does not depend on shard order or reruns.
+    """
+    salt = seed.to_bytes(8, "little", signed=True)
+    out = np.empty(len(keys), dtype=np.float64)
+    for i, key in enumerate(keys):
+        digest = hashlib.blake2b(key.encode(), digest_size=8, salt=salt[:8].ljust(16, b"\0")).digest()
+        out[i] = int.from_bytes(digest, "little") / 2.0**64
+    return out
+
+
+def downsample_mask(
+    image_ids: np.ndarray, categories: np.ndarray, category: str, keep_fraction: float, seed: int
+) -> np.ndarray:
+    """True for rows to keep: every row of other categories, a `keep_fraction` of `category` images.
+
+    Decided per image (all of an image's rows share the decision).
+    """
+    if not 0.0 <= keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction}")
+    in_category = categories == category
+    keep = np.ones(len(image_ids), dtype=bool)
+    if keep_fraction >= 1.0 or not in_category.any():
+        return keep
+    unique_ids, inverse = np.unique(image_ids[in_category], return_inverse=True)
+    keep_image = hash_unit_interval(unique_ids.tolist(), seed) < keep_fraction
+    keep[in_category] = keep_image[inverse]
+    return keep
+
+
+def at_least(values: np.ndarray, threshold: float) -> np.ndarray:
+    """values >= threshold; NaN (no score) fails."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(values >= threshold) & ~np.isnan(values)
+
+
+def fits_context(token_counts: np.ndarray, context_lengths: np.ndarray) -> np.ndarray:
+    """True where the text fits CLIP's context whole (counts include start/end tokens)."""
+    return token_counts <= context_lengths
+
+
+def length_ratio(words_a: np.ndarray, words_b: np.ndarray) -> np.ndarray:
+    """shorter / longer word count; 0 when either text is empty."""
+    shorter = np.minimum(words_a, words_b).astype(np.float64)
+    longer = np.maximum(words_a, words_b).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(longer > 0, shorter / longer, 0.0)
+    return ratio
+
+
+@dataclass(frozen=True)
+class CaptionPairs:
+    """Selected pairs as row indices into the arrays given to `select_caption_pairs`."""
+
+    chosen: np.ndarray
+    rejected: np.ndarray
+    margin: np.ndarray
+
+
+def select_caption_pairs(
+    group: np.ndarray,
+    score: np.ndarray,
+    n_words: np.ndarray,
+    *,
+    min_margin: float,
+    min_length_ratio: float,
+    pairs_per_group: int = 1,
+) -> CaptionPairs:
+    """Best caption pairs per group (image).
+
+    A pair (a, b) of one group qualifies when |score_a - score_b| > min_margin and
+    length_ratio >= min_length_ratio. Qualifying pairs are ranked by the difference, largest
+    first; ties go to the earlier rows. The top `pairs_per_group` of each group are returned
+    with the higher-scoring caption as chosen. Cost is linear in the number of candidate pairs.
+    """
+    n = len(group)
+    empty = CaptionPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+    if n < 2:
+        return empty
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    pos_in_group = np.arange(n) - np.repeat(starts, sizes)
+    size_of_row = np.repeat(sizes, sizes)
+
+    first_parts, second_parts = [], []
+    for offset in range(1, int(sizes.max())):
+        left = np.flatnonzero(pos_in_group + offset < size_of_row)
+        first_parts.append(order[left])
+        second_parts.append(order[left + offset])
+    if not first_parts:
+        return empty
+    a = np.concatenate(first_parts)
+    b = np.concatenate(second_parts)
+    diff = score[a].astype(np.float64) - score[b].astype(np.float64)
+    margin = np.abs(diff)
+    ok = (margin > min_margin) & (length_ratio(n_words[a], n_words[b]) >= min_length_ratio)
+    a, b, diff, margin = a[ok], b[ok], diff[ok], margin[ok]
+    if len(a) == 0:
+        return empty
+    chosen = np.where(diff >= 0, a, b)
+    rejected = np.where(diff >= 0, b, a)
+    pair_group = group[a]
+    # Rank: group, then margin descending, then earliest rows (deterministic ties).
+    rank_order = np.lexsort((np.maximum(a, b), np.minimum(a, b), -margin, pair_group))
+    ranked_group = pair_group[rank_order]
+    pair_starts = np.flatnonzero(np.r_[True, ranked_group[1:] != ranked_group[:-1]])
+    pair_sizes = np.diff(np.r_[pair_starts, len(rank_order)])
+    rank_in_group = np.arange(len(rank_order)) - np.repeat(pair_starts, pair_sizes)
+    keep = rank_order[rank_in_group < pairs_per_group]
+    keep = keep[np.argsort(pair_group[keep], kind="stable")]
+    return CaptionPairs(chosen[keep], rejected[keep], margin[keep])

@@ -1,0 +1,135 @@
+"""What every stage shares: common CLI flags, shard assignment, resume and finalize.
+
+A stage maps each input shard to one output shard of the same name. `--shard i/n` gives
+this process every n-th input shard starting at i (one pod of a fan-out); finished shards
+(done-record with the same fingerprint) are skipped, so a killed run resumes where it
+stopped and a rerun of a finished stage does nothing. The manifest is written by a single
+process: the only one (`n == 1`) or a separate `--finalize` call after the fan-out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from clipdpo.artifacts import Artifact, ArtifactWriter, Manifest, ShardRecord
+
+log = logging.getLogger("clipdpo")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "ShardSpec":
+        try:
+            index_text, count_text = text.split("/")
+            spec = cls(int(index_text), int(count_text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, for example 0/4") from None
+        if spec.count < 1 or not 0 <= spec.index < spec.count:
+            raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+        return spec
+
+    def select(self, names: list[str]) -> list[str]:
+        return [name for k, name in enumerate(names) if k % self.count == self.index]
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, help="artifact URI to write (s3://bucket/prefix or a path)")
+    parser.add_argument("--config", help="JSON config file (path or s3:// URI); defaults are the paper's")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set caption_min_score=27.5 (repeatable)")
+    parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(), metavar="I/N",
+                        help="process input shards I, I+N, I+2N, ... (fan-out); default 0/1")
+    parser.add_argument("--finalize", action="store_true",
+                        help="only write the manifest once every shard is done (after a fan-out)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing complete artifact made with other inputs or config")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, then exit")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def sum_stats(records: list[ShardRecord]) -> dict[str, Any]:
+    """Add up the numeric stats of shard records (counters); keep the first value of others."""
+    total: dict[str, Any] = {}
+    for record in records:
+        for key, value in record.stats.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+            else:
+                total.setdefault(key, value)
+    return total
+
+
+@dataclass
+class StageResult:
+    manifest: Manifest | None
+    processed: list[str]
+    skipped: list[str]
+    seconds: float
+
+
+def run_shards(
+    writer: ArtifactWriter,
+    unit_names: list[str],
+    process: Callable[[str], tuple[pa.Table, dict[str, Any]]],
+    shard: ShardSpec,
+    *,
+    finalize_only: bool = False,
+    final_stats: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> StageResult:
+    """Process this worker's shards that are not done yet; finalize when this worker may."""
+    started = time.monotonic()
+    if writer.is_complete():
+        log.info("%s is already complete for this input and config: nothing to do", writer.uri)
+        return StageResult(Artifact.open(writer.storage, writer.uri).manifest, [], unit_names, 0.0)
+    processed, skipped = [], []
+    if not finalize_only:
+        for name in shard.select(unit_names):
+            if writer.done_record(name) is not None:
+                skipped.append(name)
+                continue
+            shard_started = time.monotonic()
+            table, stats = process(name)
+            stats = {**stats, "seconds": round(time.monotonic() - shard_started, 3)}
+            writer.write_shard(name, table, stats)
+            processed.append(name)
+            log.info("%s: wrote shard %s (%d rows)", writer.uri, name, table.num_rows)
+        if skipped:
+            log.info("%s: resumed, %d finished shard(s) kept: %s", writer.uri, len(skipped), skipped[:5])
+    manifest = None
+    if shard.count == 1 or finalize_only:
+        records = [writer.done_record(name) for name in unit_names]
+        stats = sum_stats([record for record in records if record is not None])
+        if final_stats is not None:
+            stats = final_stats(stats)
+        manifest = writer.finalize(unit_names, stats)
+    return StageResult(manifest, processed, skipped, time.monotonic() - started)
+
+
+def print_summary(stage: str, result: StageResult, extra: dict[str, Any] | None = None) -> None:
+    summary = {
+        "stage": stage,
+        "processed_shards": len(result.processed),
+        "skipped_shards": len(result.skipped),
+        "seconds": round(result.seconds, 2),
+    }
+    if result.manifest is not None:
+        summary["rows"] = result.manifest.rows
+        summary["complete"] = True
+    if extra:
+        summary.update(extra)
+    print(json.dumps(summary, sort_keys=True), flush=True)

@@ -1,0 +1,241 @@
+"""Read and write `s3://bucket/key` and local paths through one small interface.
+
+Writes are atomic: a reader never sees a half-written object. Locally that is a
+temp file renamed into place; on S3 it is a single PUT, or a multipart upload
+that boto3 completes only after every part arrived (and aborts otherwise).
+Retries with exponential backoff are botocore's own ("standard" mode); an
+unreachable endpoint becomes a `StorageError` that names the endpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+MULTIPART_THRESHOLD_BYTES = 64 * 1024 * 1024
+READ_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    """An object could not be read or written; the message names the URI."""
+
+
+class NotFound(StorageError):
+    """The object does not exist."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where S3 is and how hard to retry. Read from the standard AWS variables."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    max_attempts: int = 5
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> "S3Settings":
+        return cls(
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+            region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            max_attempts=int(os.environ.get("CLIPDPO_S3_MAX_ATTEMPTS", "5")),
+        )
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI segments with '/', whatever the scheme."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Storage:
+    """One client for both schemes; create once per process and reuse."""
+
+    def __init__(self, s3: S3Settings | None = None):
+        self._s3_settings = s3 or S3Settings.from_env()
+        self._client = None
+
+    # -- S3 plumbing -------------------------------------------------------
+    @property
+    def s3(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            settings = self._s3_settings
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=settings.endpoint_url,
+                region_name=settings.region,
+                config=Config(
+                    signature_version="s3v4",
+                    retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+                    connect_timeout=settings.connect_timeout_s,
+                    read_timeout=settings.read_timeout_s,
+                    s3={"addressing_style": "path"},
+                ),
+            )
+        return self._client
+
+    def _s3_call(self, uri: str, fn, **kwargs):
+        from botocore.exceptions import ClientError, EndpointConnectionError, ConnectionClosedError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"{uri}: no such object") from err
+            if code == "NoSuchBucket":
+                raise NotFound(f"{uri}: bucket does not exist") from err
+            raise StorageError(f"{uri}: S3 error {code}: {err}") from err
+        except (EndpointConnectionError, ConnectionClosedError) as err:
+            endpoint = self._s3_settings.endpoint_url or "AWS default endpoint"
+            raise StorageError(
+                f"{uri}: cannot reach S3 at {endpoint} after {self._s3_settings.max_attempts} attempts "
+                f"(set AWS_ENDPOINT_URL to the right server): {err}"
+            ) from err
+
+    # -- reads ---------------------------------------------------------------
+    def read_bytes(self, uri: str) -> bytes:
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            response = self._s3_call(uri, self.s3.get_object, Bucket=bucket, Key=key)
+            return response["Body"].read()
+        try:
+            return Path(uri).read_bytes()
+        except FileNotFoundError as err:
+            raise NotFound(f"{uri}: no such file") from err
+
+    def iter_chunks(self, uri: str, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+        """Stream an object without holding it whole in memory."""
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            body = self._s3_call(uri, self.s3.get_object, Bucket=bucket, Key=key)["Body"]
+            yield from body.iter_chunks(chunk_bytes)
+            return
+        try:
+            with open(uri, "rb") as handle:
+                while chunk := handle.read(chunk_bytes):
+                    yield chunk
+        except FileNotFoundError as err:
+            raise NotFound(f"{uri}: no such file") from err
+
+    def download(self, uri: str, local_path: str) -> str:
+        """Copy an object to a local file (atomically) and return its sha256."""
+        digest = hashlib.sha256()
+        tmp = f"{local_path}.part-{os.getpid()}"
+        with open(tmp, "wb") as handle:
+            for chunk in self.iter_chunks(uri):
+                digest.update(chunk)
+                handle.write(chunk)
+        os.replace(tmp, local_path)
+        return digest.hexdigest()
+
+    def exists(self, uri: str) -> bool:
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            try:
+                self._s3_call(uri, self.s3.head_object, Bucket=bucket, Key=key)
+                return True
+            except NotFound:
+                return False
+        return Path(uri).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        """Full URIs of the objects under `prefix` (a folder), sorted."""
+        if prefix.startswith("s3://"):
+            bucket, key = split_s3(prefix)
+            key = key.rstrip("/") + "/" if key else ""
+            paginator = self.s3.get_paginator("list_objects_v2")
+            out: list[str] = []
+            pages = self._s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
+            for page in pages:
+                out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+            return sorted(out)
+        root = Path(prefix)
+        if not root.is_dir():
+            return []
+        return sorted(str(p) for p in root.rglob("*") if p.is_file() and ".tmp-" not in p.name)
+
+    # -- writes ----------------------------------------------------------------
+    def write_bytes(self, uri: str, data: bytes) -> str:
+        """Write atomically; return the sha256 of what was written."""
+        digest = sha256_bytes(data)
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            self._s3_call(uri, self.s3.put_object, Bucket=bucket, Key=key, Body=data)
+            return digest
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return digest
+
+    def upload_file(self, local_path: str, uri: str) -> str:
+        """Upload a finished local file; large files go multipart, completed only when whole."""
+        digest = hashlib.sha256()
+        with open(local_path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(READ_CHUNK_BYTES), b""):
+                digest.update(chunk)
+        if uri.startswith("s3://"):
+            from boto3.s3.transfer import TransferConfig
+
+            bucket, key = split_s3(uri)
+            config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD_BYTES)
+            # boto3 aborts the multipart upload if any part fails: no partial object appears.
+            self._s3_call(uri, self.s3.upload_file, Filename=local_path, Bucket=bucket, Key=key, Config=config)
+        else:
+            path = Path(uri)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, path)
+        return digest.hexdigest()
+
+    def delete(self, uri: str) -> None:
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            self._s3_call(uri, self.s3.delete_object, Bucket=bucket, Key=key)
+        elif os.path.exists(uri):
+            os.unlink(uri)
+
+    def ensure_bucket(self, uri: str) -> None:
+        """Create the bucket of an s3:// URI if missing (local runs and tests)."""
+        if not uri.startswith("s3://"):
+            return
+        bucket, _ = split_s3(uri)
+        try:
+            self._s3_call(uri, self.s3.head_bucket, Bucket=bucket)
+        except NotFound:
+            self._s3_call(uri, self.s3.create_bucket, Bucket=bucket)
+
