@@ -63,12 +63,14 @@ def setup_logging() -> None:
 
 
 def sum_stats(records: list[ShardRecord]) -> dict[str, Any]:
-    """Add up the numeric stats of shard records (counters); keep the first value of others."""
+    """Add up numeric stats (counters), join lists (examples, capped), keep the first of others."""
     total: dict[str, Any] = {}
     for record in records:
         for key, value in record.stats.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 total[key] = total.get(key, 0) + value
+            elif isinstance(value, list):
+                total[key] = (total.get(key, []) + value)[:100]  # examples, not a full list
             else:
                 total.setdefault(key, value)
     return total

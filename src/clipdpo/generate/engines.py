@@ -1,0 +1,201 @@
+"""Two generation engines behind one interface: vLLM (GPU) and Hugging Face transformers.
+
+Both take the same requests and build prompts with the model's own chat template, so a run
+on either engine asks the model the same thing. vLLM is imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
+
+log = logging.getLogger("clipdpo.generate")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the pool. `path`: a Hugging Face id or a local folder."""
+
+    name: str
+    path: str
+    engine: str = "vllm"  # vllm | hf
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    device: str = "auto"  # hf engine only
+    gpu_memory_utilization: float = 0.45  # vllm: captioner and LLM share one GPU
+    max_model_len: int = 4096
+    tensor_parallel_size: int = 1
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    image: Image.Image
+    prompt: str
+    n: int  # samples for this (image, prompt)
+    seed: int
+
+
+class Engine(Protocol):
+    def caption(self, requests: list[ImageRequest], sampling: Sampling) -> list[list[str]]:
+        """`n` generations per request, in request order."""
+
+    def chat(self, prompts: list[str], sampling: Sampling) -> list[str]:
+        """One reply per text-only user message."""
+
+
+def _user_message(prompt: str, with_image: bool) -> list[dict]:
+    if not with_image:  # text-only chat templates expect plain string content
+        return [{"role": "user", "content": prompt}]
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+class HFEngine:
+    """transformers generate(), batched; CPU or GPU."""
+
+    def __init__(self, spec: ModelSpec, batch_size: int = 8, vision: bool = True):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+        self.torch = torch
+        device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
+        loader = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        self.model = loader.from_pretrained(spec.path, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+        self.model.to(device).eval()
+        self.device = device
+        if vision:
+            self.processor = AutoProcessor.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+            self.tokenizer = self.processor.tokenizer
+        else:
+            self.processor = None
+            self.tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+        self.tokenizer.padding_side = "left"  # decoder-only generation pads on the left
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+
+    def _template(self, prompt: str, with_image: bool) -> str:
+        owner = self.processor if self.processor is not None else self.tokenizer
+        return owner.apply_chat_template(_user_message(prompt, with_image), add_generation_prompt=True, tokenize=False)
+
+    def _generate(self, inputs, sampling: Sampling, n: int) -> list[str]:
+        generated = self.model.generate(
+            **inputs.to(self.device),
+            do_sample=sampling.temperature > 0,
+            temperature=sampling.temperature if sampling.temperature > 0 else None,
+            top_p=sampling.top_p if sampling.temperature > 0 else None,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def caption(self, requests: list[ImageRequest], sampling: Sampling) -> list[list[str]]:
+        out: list[list[str]] = [[] for _ in requests]
+        # Requests with equal n batch together; the seed makes each batch reproducible.
+        for start in range(0, len(requests), self.batch_size):
+            positions = range(start, min(start + self.batch_size, len(requests)))
+            for n in sorted({requests[i].n for i in positions}):
+                group = [i for i in positions if requests[i].n == n]
+                self.torch.manual_seed(requests[group[0]].seed)
+                inputs = self.processor(
+                    images=[requests[i].image for i in group],
+                    text=[self._template(requests[i].prompt, True) for i in group],
+                    return_tensors="pt",
+                    padding=True,
+                )
+                texts = self._generate(inputs, sampling, n)
+                for k, i in enumerate(group):
+                    out[i] = texts[k * n : (k + 1) * n]
+        return out
+
+    def chat(self, prompts: list[str], sampling: Sampling) -> list[str]:
+        replies: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            self.torch.manual_seed(sampling.seed + start)
+            inputs = self.tokenizer([self._template(p, False) for p in batch], return_tensors="pt", padding=True,
+                                    add_special_tokens=False)
+            replies.extend(self._generate(inputs, sampling, 1))
+        return replies
+
+
+class VLLMEngine:
+    """vLLM offline inference with prefix caching; one image's prompts are sent together."""
+
+    def __init__(self, spec: ModelSpec, vision: bool = True):
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise RuntimeError(
+                f"model {spec.name!r} asks for engine 'vllm', which is not installed here; use the generate "
+                "image (Dockerfiles/generate.Dockerfile) or set engine to 'hf'"
+            ) from err
+        self.llm = LLM(
+            model=spec.path,
+            dtype=spec.dtype,
+            enable_prefix_caching=True,
+            gpu_memory_utilization=spec.gpu_memory_utilization,
+            max_model_len=spec.max_model_len,
+            tensor_parallel_size=spec.tensor_parallel_size,
+            trust_remote_code=spec.trust_remote_code,
+            limit_mm_per_prompt={"image": 1} if vision else {"image": 0},
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        if vision:
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+        else:
+            self.processor = None
+
+    def _params(self, sampling: Sampling, n: int, seed: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_new_tokens, seed=seed)
+
+    def caption(self, requests: list[ImageRequest], sampling: Sampling) -> list[list[str]]:
+        inputs = [
+            {
+                "prompt": self.processor.apply_chat_template(_user_message(r.prompt, True), add_generation_prompt=True,
+                                                             tokenize=False),
+                "multi_modal_data": {"image": r.image},
+            }
+            for r in requests
+        ]
+        params = [self._params(sampling, r.n, r.seed) for r in requests]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [[choice.text.strip() for choice in output.outputs] for output in outputs]
+
+    def chat(self, prompts: list[str], sampling: Sampling) -> list[str]:
+        texts = [self.tokenizer.apply_chat_template(_user_message(p, False), add_generation_prompt=True, tokenize=False)
+                 for p in prompts]
+        params = [self._params(sampling, 1, sampling.seed + i) for i in range(len(prompts))]
+        outputs = self.llm.generate(texts, params, use_tqdm=False)
+        return [output.outputs[0].text.strip() for output in outputs]
+
+
+ENGINES = {"hf": HFEngine, "vllm": VLLMEngine}
+
+
+def load_engine(spec: ModelSpec, *, vision: bool, batch_size: int = 8) -> Engine:
+    match spec.engine:
+        case "hf":
+            return HFEngine(spec, batch_size=batch_size, vision=vision)
+        case "vllm":
+            return VLLMEngine(spec, vision=vision)
+        case other:
+            raise ValueError(f"model {spec.name!r}: unknown engine {other!r}; expected one of {sorted(ENGINES)}")
