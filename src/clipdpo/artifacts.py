@@ -255,13 +255,14 @@ class Artifact:
         if digest != record.sha256:
             raise ArtifactError(f"{where}: sha256 {digest[:12]} does not match the manifest ({record.sha256[:12]})")
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            # Only the requested columns are decoded: the filter never decodes what it ignores.
+            table = pq.read_table(pa.BufferReader(data), columns=columns)
         except (pa.ArrowInvalid, OSError) as err:
             raise ArtifactError(f"{where}: not a readable Parquet file ({err})") from err
-        table = validate_table(table, self.manifest.kind, where=where)
+        table = validate_table(table, self.manifest.kind, where=where, columns=columns)
         if table.num_rows != record.rows:
             raise ArtifactError(f"{where}: {table.num_rows} rows, manifest says {record.rows}")
-        return table.select(columns) if columns else table
+        return table
 
     def iter_shards(self, columns: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
         for name in self.shard_names:

@@ -80,12 +80,17 @@ def schema_for(kind: str) -> pa.Schema:
         raise SchemaError(f"unknown artifact kind {kind!r}; expected one of {sorted(BY_KIND)}") from None
 
 
-def validate_table(table: pa.Table, kind: str, where: str) -> pa.Table:
+def validate_table(table: pa.Table, kind: str, where: str, columns: list[str] | None = None) -> pa.Table:
     """Check names and types of `table` against the kind's schema; return it in schema column order.
 
-    `where` names the file in error messages.
+    `columns` checks only that subset (a partial read). `where` names the file in error messages.
     """
     expected = schema_for(kind)
+    if columns is not None:
+        unknown = [name for name in columns if name not in expected.names]
+        if unknown:
+            raise SchemaError(f"{where}: {unknown} are not columns of a {kind!r} artifact")
+        expected = pa.schema([expected.field(name) for name in columns])
     present = {field.name: field for field in table.schema}
     missing = [name for name in expected.names if name not in present]
     if missing:

@@ -49,6 +49,26 @@ def downsample_mask(
     return keep
 
 
+def downsample_mask_by_code(
+    image_codes: np.ndarray, distinct_ids, in_category: np.ndarray, keep_fraction: float, seed: int
+) -> np.ndarray:
+    """`downsample_mask` for rows given as codes into distinct ids (`distinct_ids()` lists them).
+
+    Only the ids of images in the category are hashed, each once.
+    """
+    if not 0.0 <= keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction}")
+    keep = np.ones(len(image_codes), dtype=bool)
+    if keep_fraction >= 1.0 or not in_category.any():
+        return keep
+    codes = np.unique(image_codes[in_category])
+    ids = distinct_ids()
+    keep_code = np.ones(len(ids), dtype=bool)
+    keep_code[codes] = hash_unit_interval([ids[c] for c in codes], seed) < keep_fraction
+    keep[in_category] = keep_code[image_codes[in_category]]
+    return keep
+
+
 def at_least(values: np.ndarray, threshold: float) -> np.ndarray:
     """values >= threshold; NaN (no score) fails."""
     with np.errstate(invalid="ignore"):

@@ -63,6 +63,10 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
+def _equals(table: pa.Table, name: str, value: str) -> np.ndarray:
+    return pc.fill_null(pc.equal(table.column(name), value), False).to_numpy(zero_copy_only=False)
+
+
 def _nonempty(table: pa.Table, name: str) -> np.ndarray:
     column = table.column(name)
     stripped = pc.utf8_trim_whitespace(column)
@@ -73,17 +77,19 @@ def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple
     """Pairs selected from one shard of scores, and how many rows each rule removed."""
     funnel: Counter = Counter()
     n = table.num_rows
-    kind = table.column("kind").to_numpy(zero_copy_only=False).astype(str)
-    is_caption = kind == "caption"
-    is_qa = kind == "qa"
+    is_caption = _equals(table, "kind", "caption")
+    is_qa = _equals(table, "kind", "qa")
     funnel["rows_in"] += n
     funnel["captions_in"] += int(is_caption.sum())
     funnel["qa_in"] += int(is_qa.sum())
 
-    image_ids = table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
-    categories = table.column("category").fill_null("").to_numpy(zero_copy_only=False).astype(str)
-    alive = rules.downsample_mask(
-        image_ids, categories, config.text_category, config.text_keep_fraction, config.downsample_seed
+    # Image ids as dictionary codes: one int per row, each distinct id kept once.
+    encoded = pc.dictionary_encode(table.column("image_id")).combine_chunks()
+    image_codes = encoded.indices.to_numpy(zero_copy_only=False)
+    distinct_ids = encoded.dictionary
+    alive = rules.downsample_mask_by_code(
+        image_codes, distinct_ids.to_pylist, _equals(table, "category", config.text_category),
+        config.text_keep_fraction, config.downsample_seed,
     )
     funnel["removed_text_downsample"] += int((~alive).sum())
 
@@ -119,8 +125,8 @@ def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple
     funnel["qa_kept"] += len(qa_rows)
 
     # Caption pairs within each image.
-    _, group = np.unique(image_ids[caption_rows], return_inverse=True)
-    n_groups = int(group.max()) + 1 if len(group) else 0
+    group = image_codes[caption_rows]
+    n_groups = len(np.unique(group))
     pairs = rules.select_caption_pairs(
         group,
         _floats(table, "clip_score")[caption_rows],
@@ -176,22 +182,20 @@ def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple
 
 
 def trl_jsonl(pairs: pa.Table) -> bytes:
-    """TRL-style preference rows: prompt / chosen / rejected plus where the image is."""
-    import json
+    """TRL-style preference rows: prompt / chosen / rejected, plus where the image is.
 
-    lines = []
-    for row in pairs.to_pylist():
-        lines.append(
-            json.dumps(
-                {
-                    "prompt": row["prompt"],
-                    "chosen": row["chosen"],
-                    "rejected": row["rejected"],
-                    "images": [f"{row['image_uri']}#{row['image_id']}"],
-                    "image_id": row["image_id"],
-                    "kind": row["kind"],
-                },
-                ensure_ascii=False,
-            )
-        )
-    return ("\n".join(lines) + ("\n" if lines else "")).encode()
+    Strings are escaped by json's C encoder column by column; rows are then plain joins.
+    """
+    from json.encoder import encode_basestring as quote
+
+    def quoted(name: str) -> list[str]:
+        return [quote(v) if v is not None else "null" for v in pairs.column(name).to_pylist()]
+
+    images = [quote(f"{uri}#{image_id}") for uri, image_id in
+              zip(pairs.column("image_uri").to_pylist(), pairs.column("image_id").to_pylist())]
+    lines = [
+        f'{{"prompt": {p}, "chosen": {c}, "rejected": {r}, "images": [{i}], "image_id": {d}, "kind": {k}}}\n'
+        for p, c, r, i, d, k in zip(quoted("prompt"), quoted("chosen"), quoted("rejected"), images,
+                                    quoted("image_id"), quoted("kind"))
+    ]
+    return "".join(lines).encode()
