@@ -181,21 +181,42 @@ def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple
     return pa.concat_tables([caption_pairs, qa_pairs]), funnel
 
 
-def trl_jsonl(pairs: pa.Table) -> bytes:
-    """TRL-style preference rows: prompt / chosen / rejected, plus where the image is.
+_JSON_ESCAPES = [("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")]
+_RARE_CONTROL = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]"
 
-    Strings are escaped by json's C encoder column by column; rows are then plain joins.
+
+def json_strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Each string as a JSON string literal (null -> null), escaped by Arrow kernels.
+
+    A column holding rare control characters goes through json's C encoder instead.
     """
-    from json.encoder import encode_basestring as quote
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pc.any(pc.match_substring_regex(column, _RARE_CONTROL)).as_py():
+        from json.encoder import encode_basestring
 
-    def quoted(name: str) -> list[str]:
-        return [quote(v) if v is not None else "null" for v in pairs.column(name).to_pylist()]
+        return pa.array([encode_basestring(v) if v is not None else "null" for v in column.to_pylist()], pa.string())
+    out = column
+    for raw, escaped in _JSON_ESCAPES:
+        out = pc.replace_substring(out, raw, escaped)
+    return pc.fill_null(pc.binary_join_element_wise('"', out, '"', ""), "null")
 
-    images = [quote(f"{uri}#{image_id}") for uri, image_id in
-              zip(pairs.column("image_uri").to_pylist(), pairs.column("image_id").to_pylist())]
-    lines = [
-        f'{{"prompt": {p}, "chosen": {c}, "rejected": {r}, "images": [{i}], "image_id": {d}, "kind": {k}}}\n'
-        for p, c, r, i, d, k in zip(quoted("prompt"), quoted("chosen"), quoted("rejected"), images,
-                                    quoted("image_id"), quoted("kind"))
-    ]
-    return "".join(lines).encode()
+
+def trl_jsonl(pairs: pa.Table) -> bytes:
+    """TRL-style preference rows: prompt / chosen / rejected, plus where the image is."""
+    if pairs.num_rows == 0:
+        return b""
+    image_ref = pc.binary_join_element_wise(pairs.column("image_uri"), pairs.column("image_id"), "#")
+    lines = pc.binary_join_element_wise(
+        '{"prompt": ', json_strings(pairs.column("prompt")),
+        ', "chosen": ', json_strings(pairs.column("chosen")),
+        ', "rejected": ', json_strings(pairs.column("rejected")),
+        ', "images": [', json_strings(image_ref),
+        '], "image_id": ', json_strings(pairs.column("image_id")),
+        ', "kind": ', json_strings(pairs.column("kind")),
+        "}\n", "",
+    )
+    # The values buffer of a string array is its strings back to back: the whole file at once.
+    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+    offset_type = np.int64 if pa.types.is_large_string(lines.type) else np.int32
+    offsets = np.frombuffer(lines.buffers()[1], dtype=offset_type)[lines.offset : lines.offset + len(lines) + 1]
+    return lines.buffers()[2].to_pybytes()[int(offsets[0]) : int(offsets[-1])]
