@@ -141,17 +141,6 @@ class Storage:
         except FileNotFoundError as err:
             raise NotFound(f"{uri}: no such file") from err
 
-    def download(self, uri: str, local_path: str) -> str:
-        """Copy an object to a local file (atomically) and return its sha256."""
-        digest = hashlib.sha256()
-        tmp = f"{local_path}.part-{os.getpid()}"
-        with open(tmp, "wb") as handle:
-            for chunk in self.iter_chunks(uri):
-                digest.update(chunk)
-                handle.write(chunk)
-        os.replace(tmp, local_path)
-        return digest.hexdigest()
-
     def exists(self, uri: str) -> bool:
         if uri.startswith("s3://"):
             bucket, key = split_s3(uri)

@@ -55,13 +55,13 @@ def tiny_tokenizer():
     return fast
 
 
-def _llama_config(tokenizer, seed_hidden: int = 32):
+def _llama_config(tokenizer, hidden: int = 32):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=seed_hidden,
-        intermediate_size=2 * seed_hidden,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,

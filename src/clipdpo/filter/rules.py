@@ -37,16 +37,8 @@ def downsample_mask(
 
     Decided per image (all of an image's rows share the decision).
     """
-    if not 0.0 <= keep_fraction <= 1.0:
-        raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction}")
-    in_category = categories == category
-    keep = np.ones(len(image_ids), dtype=bool)
-    if keep_fraction >= 1.0 or not in_category.any():
-        return keep
-    unique_ids, inverse = np.unique(image_ids[in_category], return_inverse=True)
-    keep_image = hash_unit_interval(unique_ids.tolist(), seed) < keep_fraction
-    keep[in_category] = keep_image[inverse]
-    return keep
+    distinct, codes = np.unique(image_ids, return_inverse=True)
+    return downsample_mask_by_code(codes, distinct.tolist, categories == category, keep_fraction, seed)
 
 
 def downsample_mask_by_code(
