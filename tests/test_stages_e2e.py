@@ -134,3 +134,9 @@ def test_unknown_config_key_is_named(bucket, configs):
         run_filter(["--input", f"{bucket}/x", "--output", f"{bucket}/y", "--set", "caption_min_scor=3"])
     with pytest.raises(ConfigError, match="caption_min_score: expected a number"):
         run_filter(["--input", f"{bucket}/x", "--output", f"{bucket}/y", "--set", "caption_min_score=high"])
+
+
+def test_untrained_scorer_is_reproducible(models):
+    cfg = ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=models["clip_config_dir"])
+    first, second = ClipScorer(cfg), ClipScorer(cfg)
+    np.testing.assert_array_equal(first.encode_texts(["a dog"]), second.encode_texts(["a dog"]))

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from clipdpo.artifacts import Artifact, ArtifactWriter, Manifest, ShardRecord
+from clipdpo.storage import Storage
 
 log = logging.getLogger("clipdpo")
 
@@ -135,3 +136,35 @@ def print_summary(stage: str, result: StageResult, extra: dict[str, Any] | None 
     if extra:
         summary.update(extra)
     print(json.dumps(summary, sort_keys=True), flush=True)
+
+
+def build_parser(prog: str, doc: str | None, input_help: str | None) -> argparse.ArgumentParser:
+    """The parser every stage starts from: `--input` (when the stage has one) plus the common flags."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if input_help:
+        parser.add_argument("--input", required=True, help=input_help)
+    add_common_args(parser)
+    return parser
+
+
+def load_config(config_cls: type, args: argparse.Namespace, storage: Storage, extra_overrides: list[str] = ()):
+    """The stage config from --config and --set; None after printing it when --dry-run is given."""
+    from clipdpo import config as config_lib
+
+    cfg = config_lib.load(config_cls, args.config, list(args.overrides) + list(extra_overrides),
+                          lambda uri: storage.read_bytes(uri).decode())
+    if args.dry_run:
+        print(json.dumps(config_lib.to_dict(cfg), indent=2))
+        return None
+    return cfg
+
+
+def entry_point(run: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
+    """`main()` for a stage's `run()`: logging set up, exit code 0 when it returns."""
+
+    def main(argv: list[str] | None = None) -> int:
+        setup_logging()
+        run(argv)
+        return 0
+
+    return main

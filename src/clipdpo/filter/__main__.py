@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 
 from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.filter.select import FUNNEL_ORDER, RULE_COLUMNS, FilterConfig, filter_shard, trl_jsonl
-from clipdpo.stage import add_common_args, print_summary, run_shards, setup_logging
+from clipdpo.stage import build_parser, entry_point, load_config, print_summary, run_shards
 from clipdpo.storage import Storage, join
 
 log = logging.getLogger("clipdpo.filter")
@@ -22,14 +20,10 @@ def format_funnel(stats: dict) -> str:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.filter", description=__doc__)
-    parser.add_argument("--input", required=True, help="scores artifact URI")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
+    args = build_parser("python -m clipdpo.filter", __doc__, "scores artifact URI").parse_args(argv)
     storage = Storage()
-    cfg = config_lib.load(FilterConfig, args.config, args.overrides, lambda uri: storage.read_bytes(uri).decode())
-    if args.dry_run:
-        print(json.dumps(config_lib.to_dict(cfg), indent=2))
+    cfg = load_config(FilterConfig, args, storage)
+    if cfg is None:
         return {}
     scores = Artifact.open(storage, args.input, kind="scores")
     images = scores.upstream("images")
@@ -53,10 +47,7 @@ def run(argv: list[str] | None = None) -> dict:
     return result.manifest.stats if result.manifest else {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    run(argv)
-    return 0
+main = entry_point(run)
 
 
 if __name__ == "__main__":

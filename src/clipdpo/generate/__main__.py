@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 
 from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.generate.config import GenerateConfig
 from clipdpo.generate.engines import Engine, load_engine
 from clipdpo.generate.shard import generate_shard
-from clipdpo.stage import add_common_args, print_summary, run_shards, setup_logging
+from clipdpo.stage import build_parser, entry_point, load_config, print_summary, run_shards
 from clipdpo.storage import Storage
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.generate", description=__doc__)
-    parser.add_argument("--input", required=True, help="images artifact URI")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
+    args = build_parser("python -m clipdpo.generate", __doc__, "images artifact URI").parse_args(argv)
     storage = Storage()
-    cfg = config_lib.load(GenerateConfig, args.config, args.overrides, lambda uri: storage.read_bytes(uri).decode())
-    if args.dry_run:
-        print(json.dumps(config_lib.to_dict(cfg), indent=2))
+    cfg = load_config(GenerateConfig, args, storage)
+    if cfg is None:
         return {}
     images = Artifact.open(storage, args.input, kind="images")
     identity = config_lib.to_dict(cfg)
@@ -44,10 +38,7 @@ def run(argv: list[str] | None = None) -> dict:
     return result.manifest.stats if result.manifest else {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    run(argv)
-    return 0
+main = entry_point(run)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ reported by name and left out; the run goes on.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +16,7 @@ from clipdpo.artifacts import ArtifactWriter, shard_name
 from clipdpo.ingest.sources import list_sources, read_source
 from clipdpo.schemas import IMAGES
 from clipdpo.score.scorer import decode_image
-from clipdpo.stage import add_common_args, print_summary, run_shards, setup_logging
+from clipdpo.stage import build_parser, entry_point, load_config, print_summary, run_shards
 from clipdpo.storage import Storage
 
 log = logging.getLogger("clipdpo.ingest")
@@ -32,16 +30,12 @@ class IngestConfig:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.ingest", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser("python -m clipdpo.ingest", __doc__, None)
     parser.add_argument("--source", help="folder, s3:// prefix of image files, or builtin:demo")
-    add_common_args(parser)
     args = parser.parse_args(argv)
-    overrides = args.overrides + ([f"source={args.source}"] if args.source else [])
     storage = Storage()
-    cfg = config_lib.load(IngestConfig, args.config, overrides, lambda uri: storage.read_bytes(uri).decode())
-    if args.dry_run:
-        print(json.dumps(config_lib.to_dict(cfg), indent=2))
+    cfg = load_config(IngestConfig, args, storage, [f"source={args.source}"] if args.source else [])
+    if cfg is None:
         return {}
     writer = ArtifactWriter(storage, args.output, "images", config_lib.to_dict(cfg), [], overwrite=args.overwrite)
 
@@ -70,10 +64,7 @@ def run(argv: list[str] | None = None) -> dict:
     return result.manifest.stats if result.manifest else {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    run(argv)
-    return 0
+main = entry_point(run)
 
 
 if __name__ == "__main__":

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 
 from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.score.scorer import ClipScorer, ScorerConfig
 from clipdpo.score.shard import score_shard
-from clipdpo.stage import add_common_args, print_summary, run_shards, setup_logging
+from clipdpo.stage import build_parser, entry_point, load_config, print_summary, run_shards
 from clipdpo.storage import Storage
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.score", description=__doc__)
-    parser.add_argument("--input", required=True, help="candidates artifact URI")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
+    args = build_parser("python -m clipdpo.score", __doc__, "candidates artifact URI").parse_args(argv)
     storage = Storage()
-    cfg = config_lib.load(ScorerConfig, args.config, args.overrides, lambda uri: storage.read_bytes(uri).decode())
-    if args.dry_run:
-        print(json.dumps(config_lib.to_dict(cfg), indent=2))
+    cfg = load_config(ScorerConfig, args, storage)
+    if cfg is None:
         return {}
     candidates = Artifact.open(storage, args.input, kind="candidates")
     images = candidates.upstream("images")
@@ -47,10 +41,7 @@ def run(argv: list[str] | None = None) -> dict:
     return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    run(argv)
-    return 0
+main = entry_point(run)
 
 
 if __name__ == "__main__":

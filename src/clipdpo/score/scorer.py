@@ -49,6 +49,7 @@ class ScorerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (GPU)
     image_batch_size: int = 32
     text_batch_size: int = 256
+    init_seed: int = 0  # seeds the weights when pretrained is None (architecture-only runs)
     categories: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
 
 
@@ -66,6 +67,7 @@ class ClipScorer:
             open_clip.add_model_config(Path(config.model_config_dir))
         self.device = resolve_device(config.device)
         pretrained = config.pretrained
+        torch.manual_seed(config.init_seed)  # untrained weights are the same on every run
         if pretrained and os.path.exists(pretrained):
             log.info("loading CLIP %s weights from %s", config.model_name, pretrained)
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
