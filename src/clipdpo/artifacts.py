@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -183,7 +183,12 @@ class ArtifactWriter:
         self.storage.write_bytes(join(self.uri, "_done", f"{name}.json"), json.dumps(asdict(record)).encode())
         return record
 
-    def finalize(self, shard_names: list[str], stats: dict[str, Any] | None = None) -> Manifest:
+    def finalize(
+        self,
+        shard_names: list[str],
+        summarize: Callable[[list[ShardRecord]], dict[str, Any]] | None = None,
+    ) -> Manifest:
+        """Write the manifest once every shard is done; `summarize` turns the records into its stats."""
         records = []
         missing = []
         for name in shard_names:
@@ -204,7 +209,7 @@ class ArtifactWriter:
             config=self.config,
             inputs=self.input_uris,
             code_version=code_version(),
-            stats=stats or {},
+            stats=summarize(records) if summarize else {},
             created_unix=time.time(),
         )
         self.storage.write_bytes(join(self.uri, MANIFEST), manifest.to_json().encode())

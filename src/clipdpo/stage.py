@@ -92,7 +92,6 @@ def run_shards(
     shard: ShardSpec,
     *,
     finalize_only: bool = False,
-    final_stats: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> StageResult:
     """Process this worker's shards that are not done yet; finalize when this worker may."""
     started = time.monotonic()
@@ -115,11 +114,7 @@ def run_shards(
             log.info("%s: resumed, %d finished shard(s) kept: %s", writer.uri, len(skipped), skipped[:5])
     manifest = None
     if shard.count == 1 or finalize_only:
-        records = [writer.done_record(name) for name in unit_names]
-        stats = sum_stats([record for record in records if record is not None])
-        if final_stats is not None:
-            stats = final_stats(stats)
-        manifest = writer.finalize(unit_names, stats)
+        manifest = writer.finalize(unit_names, sum_stats)
     return StageResult(manifest, processed, skipped, time.monotonic() - started)
 
 

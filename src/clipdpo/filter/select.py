@@ -101,7 +101,8 @@ def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple
 
     # Captions: empty, low score, too long for CLIP's text context.
     apply(_nonempty(table, "text"), is_caption, "removed_caption_empty")
-    apply(rules.at_least(_floats(table, "clip_score"), config.caption_min_score), is_caption,
+    clip_scores = _floats(table, "clip_score")
+    apply(rules.at_least(clip_scores, config.caption_min_score), is_caption,
           "removed_caption_low_score")
     if config.drop_captions_over_clip_context:
         tokens = table.column("clip_tokens").fill_null(0).to_numpy(zero_copy_only=False)
@@ -129,7 +130,7 @@ def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple
     n_groups = len(np.unique(group))
     pairs = rules.select_caption_pairs(
         group,
-        _floats(table, "clip_score")[caption_rows],
+        clip_scores[caption_rows],
         table.column("n_words").fill_null(0).to_numpy(zero_copy_only=False)[caption_rows],
         min_margin=config.pair_min_margin,
         min_length_ratio=config.pair_min_length_ratio,

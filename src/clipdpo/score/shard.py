@@ -64,7 +64,8 @@ def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> t
     text_encodes_before = scorer.text_encodes
     text_emb = scorer.encode_texts(unique_texts) if unique_texts else np.zeros((0, 1), np.float32)
     text_index = {text: i for i, text in enumerate(unique_texts)}
-    token_count = dict(zip(unique_texts, scorer.token_counts(unique_texts)))
+    caption_set = sorted({t for t in caption_texts if t})  # only captions face the context rule
+    token_count = dict(zip(caption_set, scorer.token_counts(caption_set)))
 
     image_rows = np.array([image_index.get(row["image_id"], -1) for row in rows], dtype=np.int64)
 
