@@ -66,7 +66,19 @@ PAIRS = pa.schema(
     ]
 )
 
-BY_KIND = {"images": IMAGES, "candidates": CANDIDATES, "scores": SCORES, "pairs": PAIRS}
+# Reference-model log-probs of each good pair (train stage cache), keyed by pairs shard and row.
+REFLOGPS = pa.schema(
+    [
+        ("pair_shard", pa.string()),
+        ("row", pa.int32()),
+        ("chosen_logp", pa.float64()),  # sum over response tokens
+        ("rejected_logp", pa.float64()),
+        ("chosen_logp_mean", pa.float64()),  # per-token mean (IPO)
+        ("rejected_logp_mean", pa.float64()),
+    ]
+)
+
+BY_KIND = {"images": IMAGES, "candidates": CANDIDATES, "scores": SCORES, "pairs": PAIRS, "reflogps": REFLOGPS}
 
 
 class SchemaError(ValueError):

@@ -141,6 +141,20 @@ class Storage:
         except FileNotFoundError as err:
             raise NotFound(f"{uri}: no such file") from err
 
+    def download_file(self, uri: str, local_path: str) -> None:
+        """Stream an object to a local file, renamed into place only when complete."""
+        path = Path(local_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as handle:
+                for chunk in self.iter_chunks(uri):
+                    handle.write(chunk)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
     def exists(self, uri: str) -> bool:
         if uri.startswith("s3://"):
             bucket, key = split_s3(uri)

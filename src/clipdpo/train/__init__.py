@@ -1,0 +1,1 @@
+"""The train stage: `python -m clipdpo.train` (see clipdpo.training for the parts)."""

@@ -1,0 +1,99 @@
+"""TrainConfig: every training setting, defaults from the paper (Sec. 5 and 7.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clipdpo.training.loss import check_loss_type
+
+LLAVA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "llava-hf/llava-1.5-7b-hf"  # Hugging Face id or a folder / s3:// prefix in HF format
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU
+    finetune: str = "full"  # full | lora
+    lora_r: int = 128  # LLaVA-1.5's LoRA recipe
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LLAVA_LORA_TARGETS))
+    freeze_vision_tower: bool = True
+    train_projector: bool = True
+    gradient_checkpointing: bool = False
+
+    # objective
+    loss_type: str = "sigmoid"  # sigmoid (DPO / cDPO) | ipo | hinge (SLiC) | kto_pair
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # > 0 with sigmoid = cDPO (the paper's 0.1)
+    reference: str = "precompute"  # precompute (one pass, cached on S3) | model (frozen copy each step)
+
+    # optimisation
+    learning_rate: float = 5e-7
+    warmup_ratio: float = 0.01
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    global_batch_size: int = 256  # = per_device_batch_size x grad accumulation x world size
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 0  # 0 = derived from the two above and the world size
+    max_steps: int = 0  # > 0 stops early (smoke runs)
+    seed: int = 42
+
+    # data
+    max_length: int = 2048  # prompt (incl. image tokens) + response, in tokens
+    on_bad_pair: str = "skip"  # skip | error: empty response, missing image, prompt too long
+    truncate_responses: bool = True  # cut over-long responses at the end (counted); false = bad pair
+
+    # distribution and outputs
+    strategy: str = "auto"  # auto (deepspeed on GPU, ddp on CPU) | ddp | deepspeed
+    zero_stage: int = 3
+    save_steps: int = 200  # checkpoint every N optimizer steps (and at the end)
+    keep_checkpoints: int = 2
+    log_steps: int = 1
+    save_merged: bool = True  # LoRA: also save the merged full model
+    reference_cache: str = ""  # "" = <pairs>/refcache/<key>; or an explicit prefix
+
+    # testing hook: SIGKILL this process right after optimizer step N (crash/resume tests)
+    debug_kill_after_step: int = 0
+
+    def __post_init__(self) -> None:
+        check_loss_type(self.loss_type)
+        choices = {
+            "finetune": ("full", "lora"),
+            "reference": ("precompute", "model"),
+            "on_bad_pair": ("skip", "error"),
+            "strategy": ("auto", "ddp", "deepspeed"),
+            "dtype": ("auto", "float32", "bfloat16", "float16"),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(valid)}")
+        for name in ("global_batch_size", "per_device_batch_size", "epochs", "max_length", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
+
+
+def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step, so that per-device x accumulation x world = global batch."""
+    per_step = cfg.per_device_batch_size * world_size
+    if cfg.global_batch_size % per_step:
+        raise ValueError(
+            f"global_batch_size {cfg.global_batch_size} is not divisible by per_device_batch_size "
+            f"{cfg.per_device_batch_size} x world size {world_size} = {per_step}"
+        )
+    derived = cfg.global_batch_size // per_step
+    if cfg.gradient_accumulation_steps and cfg.gradient_accumulation_steps != derived:
+        raise ValueError(
+            f"global_batch_size {cfg.global_batch_size} != per_device_batch_size {cfg.per_device_batch_size} x "
+            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} x world size {world_size}"
+        )
+    return derived

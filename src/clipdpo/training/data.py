@@ -1,0 +1,193 @@
+"""The pairs artifact as training data: a checked index, a deterministic order, batches.
+
+`build_index` reads every pairs shard once (texts only, plus the image ids of the images shard
+each row points to), finds bad pairs (empty response, missing image, prompt longer than the
+context, over-long response when truncation is off) and reports them by row id
+(`<shard>:<row>`). Training then sees only good rows. The order is a two-level shuffle (shard
+order, then rows within each shard) seeded by (seed, epoch): every rank computes the same order
+without talking to the others, consecutive batches read few shards, and a resumed run replays
+exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from clipdpo.artifacts import Artifact
+from clipdpo.training.encode import Encoded, PairEncoder
+from clipdpo.training.logps import IGNORE_INDEX
+
+log = logging.getLogger("clipdpo.train")
+
+PAIR_COLUMNS = ["image_id", "prompt", "chosen", "rejected", "image_uri"]
+
+
+class BadPairsError(ValueError):
+    """Bad pairs were found and the config says to refuse them."""
+
+
+@dataclass
+class PairIndex:
+    shard_names: list[str]
+    shard: np.ndarray  # [n] index into shard_names, good rows only
+    row: np.ndarray  # [n] row within that shard
+    bad: dict[str, list[str]] = field(default_factory=dict)  # reason -> row ids
+    truncated: int = 0  # good rows whose response will be cut to max_length
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def row_id(self, position: int) -> str:
+        return f"{self.shard_names[self.shard[position]]}:{self.row[position]}"
+
+    def summary(self) -> dict:
+        return {"pairs_good": len(self), "pairs_truncated": self.truncated,
+                **{f"pairs_bad_{reason}": len(ids) for reason, ids in self.bad.items()}}
+
+
+def _image_ids(storage, image_uri: str) -> set[str]:
+    table = pq.read_table(io.BytesIO(storage.read_bytes(image_uri)), columns=["image_id"])
+    return set(table.column("image_id").to_pylist())
+
+
+def classify_rows(table, encoder: PairEncoder, known_images: dict[str, set[str]], truncate: bool) -> tuple[list, int]:
+    """Per row: None (good) or the reason it is bad; and how many good rows need truncation."""
+    prompts = [p or "" for p in table.column("prompt").to_pylist()]
+    chosen = table.column("chosen").to_pylist()
+    rejected = table.column("rejected").to_pylist()
+    image_ids = table.column("image_id").to_pylist()
+    uris = table.column("image_uri").to_pylist()
+    prompt_lens = encoder.prompt_lengths(prompts)
+    chosen_lens = encoder.response_lengths(prompts, [c or "" for c in chosen])
+    rejected_lens = encoder.response_lengths(prompts, [r or "" for r in rejected])
+    reasons, truncated = [], 0
+    for i in range(table.num_rows):
+        longest = prompt_lens[i] + max(chosen_lens[i], rejected_lens[i])
+        if not (chosen[i] or "").strip():
+            reason = "empty_chosen"
+        elif not (rejected[i] or "").strip():
+            reason = "empty_rejected"
+        elif chosen[i].strip() == rejected[i].strip():
+            reason = "identical_responses"
+        elif uris[i] is None or image_ids[i] not in known_images.get(uris[i], ()):
+            reason = "missing_image"
+        elif prompt_lens[i] >= encoder.max_length:
+            reason = "prompt_too_long"
+        elif longest > encoder.max_length and not truncate:
+            reason = "response_too_long"
+        else:
+            reason = None
+            truncated += longest > encoder.max_length
+        reasons.append(reason)
+    return reasons, truncated
+
+
+def build_index(pairs: Artifact, encoder: PairEncoder, *, truncate: bool, on_bad_pair: str) -> PairIndex:
+    shard_of, row_of = [], []
+    bad: dict[str, list[str]] = {}
+    truncated = 0
+    for shard_index, (name, table) in enumerate(pairs.iter_shards(columns=PAIR_COLUMNS)):
+        known = {}
+        for uri in set(table.column("image_uri").drop_null().to_pylist()):
+            try:
+                known[uri] = _image_ids(pairs.storage, uri)
+            except Exception as err:  # an unreadable images shard makes its rows "missing_image"
+                log.warning("%s: images shard %s unreadable (%s)", pairs.uri, uri, err)
+        reasons, shard_truncated = classify_rows(table, encoder, known, truncate)
+        truncated += shard_truncated
+        for row, reason in enumerate(reasons):
+            if reason is None:
+                shard_of.append(shard_index)
+                row_of.append(row)
+            else:
+                bad.setdefault(reason, []).append(f"{name}:{row}")
+    index = PairIndex(pairs.shard_names, np.asarray(shard_of, np.int32), np.asarray(row_of, np.int32), bad, truncated)
+    if bad:
+        detail = "; ".join(f"{reason}: {len(ids)} (e.g. {', '.join(ids[:5])})" for reason, ids in sorted(bad.items()))
+        message = f"{pairs.uri}: bad pairs by row id <shard>:<row>: {detail}"
+        if on_bad_pair == "error":
+            raise BadPairsError(message + " (on_bad_pair=error; set on_bad_pair=skip to train without them)")
+        log.warning("%s (skipped)", message)
+    return index
+
+
+def epoch_order(index: PairIndex, seed: int, epoch: int) -> np.ndarray:
+    """Positions into `index` in training order for one epoch (two-level shuffle)."""
+    rng = np.random.default_rng([seed, epoch])
+    shard_order = rng.permutation(len(index.shard_names))
+    by_shard = np.argsort(index.shard, kind="stable")
+    starts = np.searchsorted(index.shard[by_shard], np.arange(len(index.shard_names) + 1))
+    pieces = [rng.permutation(by_shard[starts[s]:starts[s + 1]]) for s in shard_order]
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+
+
+def rank_micro_batches(global_batch: np.ndarray, rank: int, world_size: int, accumulation: int) -> list[np.ndarray]:
+    """This rank's micro-batches of one global batch: a contiguous slice, cut into `accumulation` parts."""
+    per_rank = len(global_batch) // world_size
+    mine = global_batch[rank * per_rank:(rank + 1) * per_rank]
+    return np.split(mine, accumulation)
+
+
+class PairStore:
+    """Reads examples by index position; keeps the last few shards (pairs + their images) in memory."""
+
+    def __init__(self, pairs: Artifact, index: PairIndex, cache_shards: int = 2):
+        self.pairs = pairs
+        self.index = index
+        self.cache: OrderedDict[int, tuple] = OrderedDict()
+        self.cache_shards = cache_shards
+
+    def _shard(self, shard_index: int):
+        if shard_index in self.cache:
+            self.cache.move_to_end(shard_index)
+            return self.cache[shard_index]
+        name = self.index.shard_names[shard_index]
+        table = self.pairs.read_shard(name, columns=PAIR_COLUMNS)
+        images = {}
+        for uri in set(table.column("image_uri").drop_null().to_pylist()):
+            image_table = pq.read_table(io.BytesIO(self.pairs.storage.read_bytes(uri)), columns=["image_id", "image"])
+            wanted = pc.is_in(image_table.column("image_id"), table.column("image_id"))
+            image_table = image_table.filter(wanted)
+            images[uri] = dict(zip(image_table.column("image_id").to_pylist(), image_table.column("image").to_pylist()))
+        entry = (table.to_pydict(), images)
+        self.cache[shard_index] = entry
+        if len(self.cache) > self.cache_shards:
+            self.cache.popitem(last=False)
+        return entry
+
+    def example(self, position: int) -> tuple[Image.Image, str, str, str]:
+        columns, images = self._shard(int(self.index.shard[position]))
+        row = int(self.index.row[position])
+        data = images[columns["image_uri"][row]][columns["image_id"][row]]
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image.convert("RGB"), columns["prompt"][row] or "", columns["chosen"][row], columns["rejected"][row]
+
+
+def collate(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One concatenated batch: rows [0, n) are the chosen sequences, rows [n, 2n) the rejected."""
+    sequences, label_rows = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for item in encoded:
+            response = getattr(item, side)
+            sequences.append(torch.cat([item.prompt_ids, response]))
+            label_rows.append(torch.cat([torch.full_like(item.prompt_ids, IGNORE_INDEX), response]))
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
+        input_ids[i, :len(seq)] = seq
+        labels[i, :len(lab)] = lab
+        attention_mask[i, :len(seq)] = 1
+    pixel_values = torch.cat([item.pixel_values for item in encoded] * 2)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}

@@ -1,0 +1,90 @@
+"""Turn (image, prompt, response) into token ids the way the model's chat template lays them out.
+
+The prompt is rendered with the processor's chat template (user turn with the image, then the
+generation prompt) and tokenized by the processor, which expands the image placeholder into the
+model's image tokens. The response text is whatever the template adds after the generation
+prompt for an assistant turn (so end-of-turn tokens are the template's own). Truncation only
+ever shortens the response: image tokens are never dropped or split, so image features and
+image tokens always match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+
+def _user_turn(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+@dataclass
+class Encoded:
+    prompt_ids: torch.Tensor  # [prompt_len], image tokens included
+    pixel_values: torch.Tensor  # [1, 3, H, W]
+    chosen_ids: torch.Tensor  # [response_len]
+    rejected_ids: torch.Tensor
+    truncated: bool
+
+
+class PairEncoder:
+    def __init__(self, processor, max_length: int):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.max_length = max_length
+        self.image_token_id = getattr(processor, "image_token_id", None) or self.tokenizer.convert_tokens_to_ids(
+            getattr(processor, "image_token", "<image>"))
+        self.image_tokens, self._prompt_offset = self._calibrate()
+
+    def prompt_text(self, prompt: str) -> str:
+        return self.processor.apply_chat_template(_user_turn(prompt), add_generation_prompt=True, tokenize=False)
+
+    def response_text(self, prompt: str, response: str) -> str:
+        """The text the template appends after the generation prompt for this assistant turn."""
+        messages = _user_turn(prompt) + [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
+        full = self.processor.apply_chat_template(messages, tokenize=False)
+        prefix = self.prompt_text(prompt)
+        if full.startswith(prefix):
+            return full[len(prefix):]
+        return " " + response + (self.tokenizer.eos_token or "")  # templates that rewrite earlier turns
+
+    def _calibrate(self) -> tuple[int, int]:
+        """Image tokens per image, and how many tokens the processor adds to a tokenized prompt text
+        (image placeholder expansion, BOS): prompt lengths then need no image processing."""
+        text = self.prompt_text("x")
+        ids = self.processor(images=[Image.new("RGB", (64, 64))], text=[text], return_tensors="pt")["input_ids"][0]
+        count = int((ids == self.image_token_id).sum())
+        if count == 0:
+            raise ValueError("the processor's output has no image tokens; is this a LLaVA-style processor?")
+        plain = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return count, len(ids) - plain
+
+    def prompt_lengths(self, prompts: list[str]) -> list[int]:
+        """Token counts of rendered prompts as the processor makes them (image tokens included)."""
+        texts = [self.prompt_text(p) for p in prompts]
+        return [len(row) + self._prompt_offset for row in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def response_lengths(self, prompts: list[str], responses: list[str]) -> list[int]:
+        texts = [self.response_text(p, r) for p, r in zip(prompts, responses)]
+        return [len(row) for row in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def encode(self, image: Image.Image, prompt: str, chosen: str, rejected: str, truncate: bool) -> Encoded:
+        batch = self.processor(images=[image], text=[self.prompt_text(prompt)], return_tensors="pt")
+        prompt_ids = batch["input_ids"][0]
+        room = self.max_length - len(prompt_ids)
+        if room < 1:
+            raise ValueError(f"prompt is {len(prompt_ids)} tokens (image included), max_length is {self.max_length}")
+        responses = []
+        truncated = False
+        for text in (chosen, rejected):
+            ids = self.tokenizer(self.response_text(prompt, text), add_special_tokens=False,
+                                 return_tensors="pt")["input_ids"][0]
+            if len(ids) > room:
+                if not truncate:
+                    raise ValueError(f"prompt + response is {len(prompt_ids) + len(ids)} tokens, "
+                                     f"max_length is {self.max_length}")
+                ids, truncated = ids[:room], True
+            responses.append(ids)
+        return Encoded(prompt_ids, batch["pixel_values"], responses[0], responses[1], truncated)
