@@ -10,11 +10,11 @@ RUN_ID ?= demo
 help:
 	@echo "make pipeline-run   run generate -> score -> filter (locally unless KFP_HOST is set)"
 	@echo "make test           unit, integration and end-to-end tests"
-	@echo "make bench          filter throughput/memory vs pandas, scoring work per image"
+	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,6 +31,7 @@ pipeline-run: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_filter.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_score.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf .local bench-results

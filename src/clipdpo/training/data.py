@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import io
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow.compute as pc
@@ -27,6 +29,8 @@ from clipdpo.training.encode import Encoded, PairEncoder
 from clipdpo.training.logps import IGNORE_INDEX
 
 log = logging.getLogger("clipdpo.train")
+
+T = TypeVar("T")
 
 PAIR_COLUMNS = ["image_id", "prompt", "chosen", "rejected", "image_uri"]
 
@@ -191,3 +195,24 @@ def collate(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor
         attention_mask[i, :len(seq)] = 1
     pixel_values = torch.cat([item.pixel_values for item in encoded] * 2)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}
+
+
+def prefetch(items: Iterable[T], prepare: Callable[[T], dict], depth: int = 2) -> Iterator[tuple[T, dict]]:
+    """Yield (item, prepare(item)), preparing the next `depth` items on a background thread.
+
+    Image decoding, preprocessing and tokenisation then overlap the model's forward/backward.
+    One worker thread, so the PairStore's shard cache is only ever touched by that thread.
+    """
+    iterator = iter(items)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipdpo-data") as pool:
+        for item in iterator:
+            pending.append((item, pool.submit(prepare, item)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            item, future = pending.popleft()
+            following = next(iterator, None)
+            if following is not None:
+                pending.append((following, pool.submit(prepare, following)))
+            yield item, future.result()

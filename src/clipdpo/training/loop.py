@@ -26,7 +26,7 @@ from clipdpo.storage import NotFound, Storage, join
 from clipdpo.training import checkpoint, dist, refcache
 from clipdpo.training.backends import DDPBackend, DeepSpeedBackend, frozen_reference
 from clipdpo.training.config import TrainConfig, accumulation_steps
-from clipdpo.training.data import PairStore, build_index, collate, epoch_order, rank_micro_batches
+from clipdpo.training.data import PairStore, build_index, collate, epoch_order, prefetch, rank_micro_batches
 from clipdpo.training.encode import PairEncoder
 from clipdpo.training.logps import IGNORE_INDEX, sequence_logps
 from clipdpo.training.loss import preference_loss, uses_mean_logps
@@ -94,6 +94,9 @@ def _train(ctx: dist.DistContext, cfg: TrainConfig, pairs_uri: str, output: str,
     started = time.monotonic()
     accumulation = accumulation_steps(cfg, ctx.world_size)
     strategy = dist.resolve_strategy(cfg)
+    if strategy == "deepspeed" and cfg.zero_stage == 3 and cfg.finetune == "lora":
+        raise ValueError("finetune=lora with DeepSpeed zero_stage=3 is not supported (the adapter cannot be saved "
+                         "from partitioned weights); LoRA weights are small: use zero_stage=2")
     pairs = Artifact.open(storage, pairs_uri, kind="pairs")
     run_fingerprint = output_fingerprint(cfg, pairs)
     existing = _existing_summary(storage, output)
@@ -137,6 +140,11 @@ def _train(ctx: dist.DistContext, cfg: TrainConfig, pairs_uri: str, output: str,
 
     ds_config = None
     if strategy == "deepspeed":
+        import deepspeed
+
+        # DeepSpeed keeps its own communication handle (wrapping torchrun's process group); ZeRO-3's
+        # sharded loading below already needs it.
+        deepspeed.init_distributed(dist_backend="nccl" if ctx.device.type == "cuda" else "gloo")
         ds_config = dist.deepspeed_config(cfg, ctx.world_size, accumulation)
         if cfg.zero_stage == 3:
             from transformers.integrations import HfDeepSpeedConfig
@@ -178,41 +186,53 @@ def _train(ctx: dist.DistContext, cfg: TrainConfig, pairs_uri: str, output: str,
 
     use_mean = uses_mean_logps(cfg.loss_type)
     progress = _progress(ctx, total_steps, start_step)
-    order_epoch, order = -1, None
     backend.train(True)
-    for step in range(start_step, total_steps):
-        step_started = time.monotonic()
-        epoch, batch_in_epoch = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(index, cfg.seed, epoch)
-        global_batch = order[batch_in_epoch * cfg.global_batch_size:(batch_in_epoch + 1) * cfg.global_batch_size]
-        stats = StepStats.zero()
-        micro_batches = rank_micro_batches(global_batch, ctx.rank, ctx.world_size, accumulation)
-        for m, positions in enumerate(micro_batches):
-            encoded = [encoder.encode(*store.example(int(p)), cfg.truncate_responses) for p in positions]
-            batch = to_device(collate(encoded, pad_token_id))
-            with backend.micro_step(last=m == accumulation - 1):
-                logits = backend.forward(batch)
-                sums, means, _ = sequence_logps(logits, batch["labels"])
-                policy_logps = means if use_mean else sums
-                n = len(positions)
-                if reference_logps is not None:
-                    ref = torch.as_tensor(reference_logps[positions], device=logits.device)
-                    ref_chosen, ref_rejected = (ref[:, 2], ref[:, 3]) if use_mean else (ref[:, 0], ref[:, 1])
-                else:
-                    with torch.no_grad():
-                        ref_logits = reference_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                     pixel_values=batch["pixel_values"].to(backend.unwrapped().dtype),
-                                                     use_cache=False).logits
-                        ref_sums, ref_means, _ = sequence_logps(ref_logits, batch["labels"])
-                    ref_values = ref_means if use_mean else ref_sums
-                    ref_chosen, ref_rejected = ref_values[:n], ref_values[n:]
-                losses, chosen_rewards, rejected_rewards = preference_loss(
-                    policy_logps[:n], policy_logps[n:], ref_chosen.to(policy_logps.dtype),
-                    ref_rejected.to(policy_logps.dtype),
-                    loss_type=cfg.loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
-                backend.backward(losses.mean())
-            stats.add(losses, chosen_rewards, rejected_rewards, int(batch["attention_mask"].sum()))
+
+    def schedule():
+        """(step, micro-batch number, positions) for every micro-batch this rank runs, in order."""
+        order_epoch, order = -1, None
+        for step in range(start_step, total_steps):
+            epoch, batch_in_epoch = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(index, cfg.seed, epoch)
+            global_batch = order[batch_in_epoch * cfg.global_batch_size:(batch_in_epoch + 1) * cfg.global_batch_size]
+            for m, positions in enumerate(rank_micro_batches(global_batch, ctx.rank, ctx.world_size, accumulation)):
+                yield step, m, positions
+
+    def prepare(item) -> dict:
+        examples = [store.example(int(p)) for p in item[2]]
+        return collate(encoder.encode_batch(examples, cfg.truncate_responses), pad_token_id)
+
+    def micro_batch_losses(batch: dict, positions: np.ndarray):
+        logits = backend.forward(batch)
+        sums, means, _ = sequence_logps(logits, batch["labels"])
+        policy_logps = means if use_mean else sums
+        n = len(positions)
+        if reference_logps is not None:
+            ref = torch.as_tensor(reference_logps[positions], device=logits.device)
+            ref_chosen, ref_rejected = (ref[:, 2], ref[:, 3]) if use_mean else (ref[:, 0], ref[:, 1])
+        else:
+            with torch.no_grad():
+                ref_logits = reference_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                             pixel_values=batch["pixel_values"].to(backend.unwrapped().dtype),
+                                             use_cache=False).logits
+                ref_sums, ref_means, _ = sequence_logps(ref_logits, batch["labels"])
+            ref_values = ref_means if use_mean else ref_sums
+            ref_chosen, ref_rejected = ref_values[:n], ref_values[n:]
+        return preference_loss(policy_logps[:n], policy_logps[n:], ref_chosen.to(policy_logps.dtype),
+                               ref_rejected.to(policy_logps.dtype), loss_type=cfg.loss_type, beta=cfg.beta,
+                               label_smoothing=cfg.label_smoothing)
+
+    step_started = time.monotonic()
+    stats = StepStats.zero()
+    for (step, m, positions), cpu_batch in prefetch(schedule(), prepare):
+        batch = to_device(cpu_batch)
+        with backend.micro_step(last=m == accumulation - 1):
+            losses, chosen_rewards, rejected_rewards = micro_batch_losses(batch, positions)
+            backend.backward(losses.mean())
+        stats.add(losses, chosen_rewards, rejected_rewards, int(batch["attention_mask"].sum()))
+        if m < accumulation - 1:
+            continue
         grad_norm = backend.step()
         totals = dist.all_reduce_sum(ctx, stats.values)
         seconds = time.monotonic() - step_started
@@ -238,6 +258,8 @@ def _train(ctx: dist.DistContext, cfg: TrainConfig, pairs_uri: str, output: str,
             log.warning("debug_kill_after_step=%d: killing this process", done)
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+        step_started = time.monotonic()
+        stats = StepStats.zero()
     if progress is not None:
         progress.close()
     return _finish(ctx, cfg, storage, backend, processor, output, metrics, index, pairs_uri, cache_uri,
@@ -249,12 +271,10 @@ def _finish(ctx, cfg, storage, backend, processor, output, metrics, index, pairs
     local_dir = os.path.join(scratch, "final")
     model = backend.unwrapped()
     if strategy == "deepspeed" and cfg.zero_stage == 3:
-        import deepspeed
-
-        # ZeRO-3 holds 1/world of each parameter per rank: gather, then rank 0 writes.
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            if ctx.is_main:
-                save_hf(model, processor, cfg, local_dir)
+        # ZeRO-3 holds 1/world of each parameter per rank: a collective gather, then rank 0 writes.
+        state_dict = backend.engine._zero3_consolidated_16bit_state_dict()
+        if ctx.is_main:
+            save_hf(model, processor, cfg, local_dir, state_dict=state_dict)
     elif ctx.is_main:
         save_hf(model, processor, cfg, local_dir)
     dist.barrier(ctx)

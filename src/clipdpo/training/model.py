@@ -105,7 +105,7 @@ def prepare_policy(model, cfg: TrainConfig):
     return model
 
 
-def save_hf(model, processor, cfg: TrainConfig, local_dir: str) -> list[str]:
+def save_hf(model, processor, cfg: TrainConfig, local_dir: str, state_dict: dict | None = None) -> list[str]:
     """Save in Hugging Face format: full model, or LoRA `adapter/` plus `merged/` (if save_merged)."""
     saved = []
     if cfg.finetune == "lora":
@@ -118,7 +118,7 @@ def save_hf(model, processor, cfg: TrainConfig, local_dir: str) -> list[str]:
             processor.save_pretrained(os.path.join(local_dir, "merged"))
             saved.append("merged")
     else:
-        model.save_pretrained(local_dir)
+        model.save_pretrained(local_dir, state_dict=state_dict)
         processor.save_pretrained(local_dir)
         saved.append(".")
     Path(local_dir, "clipdpo_train.json").write_text(json.dumps({"finetune": cfg.finetune, "saved": saved}))

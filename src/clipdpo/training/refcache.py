@@ -22,7 +22,7 @@ import torch
 from clipdpo.artifacts import Artifact, ArtifactWriter, shard_name
 from clipdpo.storage import join
 from clipdpo.training import dist
-from clipdpo.training.data import PairIndex, PairStore, collate
+from clipdpo.training.data import PairIndex, PairStore, collate, prefetch
 from clipdpo.training.encode import PairEncoder
 from clipdpo.training.logps import sequence_logps
 
@@ -79,15 +79,19 @@ def ensure(ctx: dist.DistContext, forward, pairs: Artifact, index: PairIndex, st
             start, stop = bounds[i]
             positions = np.arange(start, stop)
             mine = positions[ctx.rank::ctx.world_size]
-            rows = []
             steps = -(-len(positions) // (ctx.world_size * micro_batch))
+            parts = []
             for s in range(steps):  # equal forward count on every rank; the short tail repeats a row
                 part = mine[s * micro_batch:(s + 1) * micro_batch]
-                real = len(part)
-                if real == 0:
-                    part = positions[:1]
-                encoded = [encoder.encode(*store.example(int(p)), truncate) for p in part]
-                values = batch_logps(forward, to_device(collate(encoded, pad_token_id)))
+                parts.append((part if len(part) else positions[:1], len(part)))
+
+            def prepare(item) -> dict:
+                examples = [store.example(int(p)) for p in item[0]]
+                return collate(encoder.encode_batch(examples, truncate), pad_token_id)
+
+            rows = []
+            for (part, real), cpu_batch in prefetch(parts, prepare):
+                values = batch_logps(forward, to_device(cpu_batch))
                 rows.extend(zip(part[:real].tolist(), values[:real].tolist()))
             gathered = dist.all_gather_objects(ctx, rows)
             if ctx.is_main:

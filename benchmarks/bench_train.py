@@ -1,0 +1,149 @@
+"""make bench (training part): DPO samples/s, clipdpo vs TRL's DPOTrainer, same model, data, batch.
+
+Both train the tiny LLaVA (built from a config) for one epoch on the same pairs, batch size and
+max length, on this machine's CPU, one after the other in this process. clipdpo is timed twice:
+the training loop alone (reference log-probs precomputed, one concatenated forward per step) and
+end to end (index + reference pass + loop). TRL is timed as `trainer.train()` (its per-step
+reference forward included; its dataset tokenisation at construction reported apart).
+Results: bench-results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def trl_dataset(pairs_uri: str):
+    """The same good pairs in TRL's conversational vision format."""
+    from datasets import Dataset
+
+    from clipdpo.artifacts import Artifact
+    from clipdpo.storage import Storage
+    from clipdpo.training.data import PAIR_COLUMNS
+    from clipdpo.score.scorer import decode_image
+    import pyarrow.parquet as pq
+    import io
+
+    storage = Storage()
+    pairs = Artifact.open(storage, pairs_uri, kind="pairs")
+    rows = {"images": [], "prompt": [], "chosen": [], "rejected": []}
+    for _, table in pairs.iter_shards(columns=PAIR_COLUMNS):
+        data = table.to_pydict()
+        images = {}
+        for uri in set(data["image_uri"]):
+            t = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["image_id", "image"]).to_pydict()
+            images.update(zip(t["image_id"], t["image"]))
+        for k in range(table.num_rows):
+            rows["images"].append([decode_image(images[data["image_id"][k]])])
+            rows["prompt"].append([{"role": "user", "content": [{"type": "image"},
+                                                                {"type": "text", "text": data["prompt"][k]}]}])
+            rows["chosen"].append([{"role": "assistant", "content": [{"type": "text", "text": data["chosen"][k]}]}])
+            rows["rejected"].append([{"role": "assistant", "content": [{"type": "text",
+                                                                         "text": data["rejected"][k]}]}])
+    return Dataset.from_dict(rows)
+
+
+def run_clipdpo(model: str, pairs: str, output: str, batch: int, max_length: int, lr: float) -> dict:
+    from clipdpo.storage import Storage, join
+    from clipdpo.training.config import TrainConfig
+    from clipdpo.training.loop import train
+
+    cfg = TrainConfig(model=model, learning_rate=lr, global_batch_size=batch, per_device_batch_size=batch,
+                      max_length=max_length, warmup_ratio=0.0, epochs=1, save_steps=10**6)
+    started = time.monotonic()
+    summary = train(cfg, pairs, output)
+    total = time.monotonic() - started
+    rows = [json.loads(line) for line in Storage().read_bytes(join(output, "metrics.jsonl")).decode().splitlines()]
+    samples = batch * len(rows)
+    loop_seconds = sum(r["seconds"] for r in rows)
+    return {"samples": samples, "loop_seconds": loop_seconds, "total_seconds": total,
+            "samples_per_s_loop": samples / loop_seconds, "samples_per_s_total": samples / total,
+            "final_loss": rows[-1]["loss"], "steps": len(rows), "data": summary["data"]}
+
+
+def run_trl(model_path: str, pairs: str, output: str, batch: int, max_length: int, lr: float) -> dict:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from trl import DPOConfig, DPOTrainer
+
+    dataset = trl_dataset(pairs)
+    model = LlavaForConditionalGeneration.from_pretrained(model_path)
+    model.model.vision_tower.requires_grad_(False)  # same trainable set as clipdpo's default
+    processor = AutoProcessor.from_pretrained(model_path)
+    args = DPOConfig(output_dir=output, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+                     num_train_epochs=1, learning_rate=lr, beta=0.1, loss_type=["sigmoid"], max_length=max_length,
+                     lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, use_cpu=True, report_to=[],
+                     save_strategy="no", logging_steps=1, gradient_checkpointing=False, dataloader_num_workers=0, seed=42, bf16=False,
+                     disable_tqdm=True)
+    started = time.monotonic()
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+    setup = time.monotonic() - started
+    started = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - started
+    samples = len(dataset)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"samples": samples, "train_seconds": seconds, "setup_seconds": setup,
+            "samples_per_s": samples / seconds, "samples_per_s_total": samples / (seconds + setup),
+            "final_loss": losses[-1] if losses else None, "trainer_reported_samples_per_s":
+                result.metrics.get("train_samples_per_second")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=128)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from clipdpo.tiny import build_tiny_llava
+    from pairs_fixture import write_pairs
+
+    work = Path(tempfile.mkdtemp(prefix="clipdpo-bench-train-"))
+    try:
+        model = build_tiny_llava(str(work / "tiny-llava"))
+        pairs = write_pairs(str(work / "data"), n_pairs=args.pairs, n_shards=4)
+        ours = run_clipdpo(model, pairs, str(work / "ours"), args.batch, args.max_length, 5e-6)
+        # A rerun with other training settings (here the LR) on the same pairs and reference model,
+        # as a CI retraining does: the reference log-probs come from the cache.
+        rerun = run_clipdpo(model, pairs, str(work / "ours-rerun"), args.batch, args.max_length, 1e-5)
+        peer = run_trl(model, pairs, str(work / "trl"), args.batch, args.max_length, 5e-6)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "clipdpo": ours, "clipdpo_rerun": rerun, "trl": peer,
+              "ratio_loop": ours["samples_per_s_loop"] / peer["samples_per_s"],
+              "ratio_total": ours["samples_per_s_total"] / peer["samples_per_s_total"],
+              "ratio_rerun": rerun["samples_per_s_total"] / peer["samples_per_s_total"]}
+    print(f"| run | samples | seconds | samples/s |\n|---|---|---|---|\n"
+          f"| clipdpo, training loop | {ours['samples']} | {ours['loop_seconds']:.2f} | {ours['samples_per_s_loop']:.1f} |\n"
+          f"| clipdpo, end to end (index + reference pass + loop + save) | {ours['samples']} | "
+          f"{ours['total_seconds']:.2f} | {ours['samples_per_s_total']:.1f} |\n"
+          f"| clipdpo, end to end, rerun reusing the reference cache | {rerun['samples']} | "
+          f"{rerun['total_seconds']:.2f} | {rerun['samples_per_s_total']:.1f} |\n"
+          f"| TRL DPOTrainer.train() | {peer['samples']} | {peer['train_seconds']:.2f} | {peer['samples_per_s']:.1f} |\n"
+          f"| TRL incl. dataset preparation | {peer['samples']} | {peer['train_seconds'] + peer['setup_seconds']:.2f} | "
+          f"{peer['samples_per_s_total']:.1f} |\n"
+          f"ratio (loop vs train()): {result['ratio_loop']:.2f}x; end to end: {result['ratio_total']:.2f}x; "
+          f"rerun end to end: {result['ratio_rerun']:.2f}x (goal >= 1.5x)")
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "train.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
