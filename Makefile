@@ -23,10 +23,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 pipeline-run: $(STAMP)
-	@if [ -n "$$KFP_HOST" ]; then \
-	  echo "KFP_HOST is set, but cluster submission is not built yet (issue 5); unset it to run locally" >&2; exit 2; \
-	fi
-	HF_HUB_OFFLINE=1 $(PY) -m clipdpo.localrun --run-id $(RUN_ID)
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.run --run-id $(RUN_ID)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_filter.py

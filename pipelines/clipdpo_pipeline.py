@@ -1,0 +1,144 @@
+"""The clipdpo pipeline: ingest -> generate (fan-out) -> score (fan-out) -> filter -> train.
+
+Every component runs its stage's own image and calls `clipdpo.steps`; no stage logic lives
+here. Artifacts pass through S3 under `run_root` (a pipeline parameter); components read and
+write S3 themselves with credentials from the S3 Secret. kfp caching is on for every step, so a
+rerun with unchanged inputs and configs reuses finished steps (and the stages themselves skip
+complete artifacts). Evaluate joins when its stage exists (issue 4).
+"""
+
+# No `from __future__ import annotations`: kfp reads the component signatures' real types.
+from typing import List
+
+from kfp import dsl, kubernetes
+
+from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS
+
+GPU_STAGES = ("generate", "score")
+
+
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def plan_shards(shard_count: int) -> List[int]:
+    from clipdpo.steps import shard_indices
+
+    return shard_indices(shard_count)
+
+
+@dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
+def ingest(run_root: str, source: str, config_json: str) -> str:
+    from clipdpo.steps import run_stage
+
+    return run_stage("ingest", run_root, config_json, source=source)
+
+
+@dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
+def generate_shard(run_root: str, images_uri: str, config_json: str, shard_index: int, shard_count: int) -> str:
+    from clipdpo.steps import run_stage
+
+    return run_stage("generate", run_root, config_json, shard_index=shard_index, shard_count=shard_count)
+
+
+@dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
+def generate_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int) -> str:
+    from clipdpo.steps import run_stage
+
+    return run_stage("generate", run_root, config_json, shard_count=shard_count, finalize=True)
+
+
+@dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
+def score_shard(run_root: str, candidates_uri: str, config_json: str, shard_index: int, shard_count: int) -> str:
+    from clipdpo.steps import run_stage
+
+    return run_stage("score", run_root, config_json, shard_index=shard_index, shard_count=shard_count)
+
+
+@dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
+def score_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int) -> str:
+    from clipdpo.steps import run_stage
+
+    return run_stage("score", run_root, config_json, shard_count=shard_count, finalize=True)
+
+
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def filter_pairs(run_root: str, scores_uri: str, config_json: str) -> str:
+    from clipdpo.steps import run_stage
+
+    return run_stage("filter", run_root, config_json)
+
+
+@dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)
+def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image: str, nodes: int,
+          gpus_per_node: int, s3_secret: str, node_selector_json: str, tolerations_json: str,
+          timeout_hours: float) -> str:
+    from clipdpo.steps import train_step
+
+    return train_step(run_root, config_json, launcher=launcher, image=image, nodes=nodes,
+                      gpus_per_node=gpus_per_node, s3_secret=s3_secret, node_selector_json=node_selector_json,
+                      tolerations_json=tolerations_json, timeout_hours=timeout_hours)
+
+
+def _s3(task):
+    """S3 credentials (and endpoint/region when the Secret has them) as env vars; caching on."""
+    kubernetes.use_secret_as_env(task, secret_name=SETTINGS.s3_secret, secret_key_to_env=S3_SECRET_KEYS)
+    kubernetes.use_secret_as_env(task, secret_name=SETTINGS.s3_secret, secret_key_to_env=S3_OPTIONAL_KEYS,
+                                 optional=True)
+    task.set_caching_options(True)
+    return task
+
+
+def _gpu(task, gpus: int = 1, memory: str = "64G"):
+    task.set_accelerator_type(SETTINGS.gpu_resource).set_accelerator_limit(gpus)
+    task.set_cpu_request("8").set_memory_request(memory)
+    for key, value in SETTINGS.gpu_node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for toleration in SETTINGS.gpu_tolerations:
+        kubernetes.add_toleration(task, **toleration)
+    return task
+
+
+@dsl.pipeline(name="clipdpo", description="CLIP-DPO: caption, CLIP-rank, filter into pairs, DPO-train an LVLM.")
+def clipdpo_pipeline(
+    run_root: str = "s3://clipdpo/runs/default",
+    source: str = "builtin:demo",
+    shard_count: int = 4,
+    ingest_config: str = "{}",
+    generate_config: str = "{}",
+    score_config: str = "{}",
+    filter_config: str = "{}",
+    train_config: str = "{}",
+    train_launcher: str = "pytorchjob",
+    train_nodes: int = 1,
+    train_gpus_per_node: int = 8,
+    train_node_selector: str = "{}",
+    train_tolerations: str = '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+    train_timeout_hours: float = 72.0,
+):
+    images = _s3(ingest(run_root=run_root, source=source, config_json=ingest_config))
+    images.set_cpu_request("2").set_memory_request("8G").set_display_name("ingest")
+
+    plan = plan_shards(shard_count=shard_count).set_caching_options(True).set_display_name("plan shards")
+    with dsl.ParallelFor(items=plan.output, name="generate-shards") as shard:
+        generated = _gpu(_s3(generate_shard(run_root=run_root, images_uri=images.output, config_json=generate_config,
+                                            shard_index=shard, shard_count=shard_count)))
+        generated.set_display_name("generate shard")
+    candidates = _s3(generate_finalize(run_root=run_root, shard_outputs=dsl.Collected(generated.output),
+                                       config_json=generate_config, shard_count=shard_count))
+    candidates.set_cpu_request("1").set_memory_request("2G").set_display_name("generate finalize")
+
+    with dsl.ParallelFor(items=plan.output, name="score-shards") as shard:
+        scored = _gpu(_s3(score_shard(run_root=run_root, candidates_uri=candidates.output, config_json=score_config,
+                                      shard_index=shard, shard_count=shard_count)), memory="32G")
+        scored.set_display_name("score shard")
+    scores = _s3(score_finalize(run_root=run_root, shard_outputs=dsl.Collected(scored.output),
+                                config_json=score_config, shard_count=shard_count))
+    scores.set_cpu_request("1").set_memory_request("2G").set_display_name("score finalize")
+
+    pairs = _s3(filter_pairs(run_root=run_root, scores_uri=scores.output, config_json=filter_config))
+    pairs.set_cpu_request("4").set_memory_request("8G").set_display_name("filter")
+
+    model = _s3(train(run_root=run_root, pairs_uri=pairs.output, config_json=train_config, launcher=train_launcher,
+                      image=SETTINGS.image("train"), nodes=train_nodes, gpus_per_node=train_gpus_per_node,
+                      s3_secret=SETTINGS.s3_secret, node_selector_json=train_node_selector,
+                      tolerations_json=train_tolerations, timeout_hours=train_timeout_hours))
+    model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (PyTorchJob)")
+    kubernetes.set_timeout(model, 0)  # the launcher's own deadline governs; a step timeout would orphan the job

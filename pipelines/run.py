@@ -1,0 +1,116 @@
+"""python -m pipelines.run: run the clipdpo pipeline on a cluster (KFP_HOST set) or on this machine.
+
+Cluster: compiles the pipeline for the configured images and submits it to the Kubeflow Pipelines
+endpoint in KFP_HOST; prints the run URL. Stage configs come from --config-dir (<stage>.json).
+
+Local (no KFP_HOST): the same pipeline definition runs through kfp's local SubprocessRunner, each
+component as a subprocess in this environment; artifacts go to a loopback S3 server (SeaweedFS,
+started here unless AWS_ENDPOINT_URL is set); with no --config-dir the built-in default (tiny
+models built from configs, the 10 built-in images) is used and training runs in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
+    arguments = {
+        "run_root": args.run_root or f"s3://{args.bucket}/runs/{args.run_id}",
+        "source": args.source or configs.get("ingest", {}).get("source", "builtin:demo"),
+        "shard_count": args.shards,
+        "train_launcher": launcher,
+        "train_nodes": args.train_nodes,
+        "train_gpus_per_node": args.gpus_per_node,
+    }
+    for stage in ("ingest", "generate", "score", "filter", "train"):
+        arguments[f"{stage}_config"] = json.dumps(configs.get(stage, {}), sort_keys=True)
+    return arguments
+
+
+def run_local(args) -> int:
+    from kfp import local
+
+    from clipdpo import s3server
+    from clipdpo.localrun import read_configs, write_demo_configs
+
+    state = Path(args.state_dir).resolve()
+    if args.config_dir:
+        configs = read_configs(Path(args.config_dir))
+    else:
+        configs = write_demo_configs(state / "configs", state / "models")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    server = None
+    if not os.environ.get("AWS_ENDPOINT_URL"):
+        server = s3server.start(str(state / "s3"))
+        os.environ.update(server.env)  # the components (subprocesses) inherit it
+        print(f"started loopback S3 server at {server.endpoint_url} (data in {state / 's3'})", flush=True)
+    arguments = pipeline_arguments(args, configs, launcher="local")
+    started = time.monotonic()
+    try:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(state / "kfp"),
+                   enable_caching=True)
+        from pipelines.clipdpo_pipeline import clipdpo_pipeline
+
+        clipdpo_pipeline(**arguments)
+    finally:
+        if server is not None:
+            server.stop()
+    root = arguments["run_root"]
+    print(f"\nrun finished in {time.monotonic() - started:.1f}s (kfp local runner); artifacts under {root}/:")
+    for name in ("images", "candidates", "scores", "pairs", "model"):
+        print(f"  {name:<10} {root}/{name}")
+    print(f"  TRL JSONL  {root}/pairs/export/trl/")
+    if server is not None:
+        print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
+    return 0
+
+
+def run_cluster(args, host: str) -> int:
+    import kfp
+
+    from clipdpo.localrun import read_configs
+    from pipelines.compile import compile_pipeline
+
+    configs = read_configs(Path(args.config_dir)) if args.config_dir else {}
+    package = compile_pipeline(args.package)
+    arguments = pipeline_arguments(args, configs, launcher="pytorchjob")
+    if not (args.run_root or args.bucket != "clipdpo-local"):
+        print("set --bucket or --run-root (CLIPDPO_BUCKET / CLIPDPO_RUN_ROOT) to your S3 bucket for a cluster run",
+              file=sys.stderr)
+        return 2
+    client = kfp.Client(host=host, namespace=args.namespace or None)
+    run = client.create_run_from_pipeline_package(package, arguments=arguments, run_name=f"clipdpo-{args.run_id}",
+                                                  experiment_name=args.experiment, enable_caching=True)
+    print(f"submitted run {run.run_id}: {host.rstrip('/')}/#/runs/details/{run.run_id}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-id", default=os.environ.get("RUN_ID", "demo"))
+    parser.add_argument("--bucket", default=os.environ.get("CLIPDPO_BUCKET", "clipdpo-local"))
+    parser.add_argument("--run-root", default=os.environ.get("CLIPDPO_RUN_ROOT", ""),
+                        help="artifact root; default s3://<bucket>/runs/<run-id>")
+    parser.add_argument("--source", default=os.environ.get("CLIPDPO_SOURCE", ""))
+    parser.add_argument("--shards", type=int, default=int(os.environ.get("CLIPDPO_SHARDS", "2")))
+    parser.add_argument("--train-nodes", type=int, default=int(os.environ.get("CLIPDPO_TRAIN_NODES", "1")))
+    parser.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("CLIPDPO_GPUS_PER_NODE", "8")))
+    parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
+    parser.add_argument("--state-dir", default=".local")
+    parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
+    parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
+    parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
+    args = parser.parse_args(argv)
+    host = os.environ.get("KFP_HOST", "")
+    return run_cluster(args, host) if host else run_local(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Compile-time settings: which images the components run and how GPU pods are placed.
+
+Read from the environment so `make compile REGISTRY=... TAG=...` (and CI) choose them; the
+defaults compile a pipeline for the images `make images push` builds for this version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from clipdpo import __version__
+
+STAGE_IMAGES = ("generate", "score", "filter", "train", "evaluate")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    registry: str = "ghcr.io/clipdpo"
+    tag: str = __version__
+    s3_secret: str = "clipdpo-s3"
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_node_selector: dict = field(default_factory=dict)  # e.g. {"nvidia.com/gpu.present": "true"}
+    gpu_tolerations: list = field(default_factory=lambda: [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+
+    def image(self, stage: str) -> str:
+        if stage not in STAGE_IMAGES:
+            raise ValueError(f"no image for stage {stage!r}; images: {STAGE_IMAGES}")
+        if self.tag in ("", "latest"):
+            raise ValueError("CLIPDPO_IMAGE_TAG must pin a version, not 'latest'")
+        return f"{self.registry.rstrip('/')}/clipdpo-{stage}:{self.tag}"
+
+    @classmethod
+    def from_env(cls) -> "PipelineSettings":
+        defaults = cls()
+        return cls(
+            registry=os.environ.get("CLIPDPO_REGISTRY", defaults.registry),
+            tag=os.environ.get("CLIPDPO_IMAGE_TAG", defaults.tag),
+            s3_secret=os.environ.get("CLIPDPO_S3_SECRET", defaults.s3_secret),
+            gpu_resource=os.environ.get("CLIPDPO_GPU_RESOURCE", defaults.gpu_resource),
+            gpu_node_selector=json.loads(os.environ.get("CLIPDPO_GPU_NODE_SELECTOR", "{}")),
+            gpu_tolerations=json.loads(os.environ.get("CLIPDPO_GPU_TOLERATIONS",
+                                                      json.dumps(defaults.gpu_tolerations))),
+        )
+
+
+SETTINGS = PipelineSettings.from_env()
+
+# Keys of the S3 Secret (helm/clipdpo creates it) and the env vars boto3 reads.
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+S3_OPTIONAL_KEYS = {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION"}

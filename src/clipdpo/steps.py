@@ -1,0 +1,99 @@
+"""What a pipeline step does, as plain functions: the kfp components in pipelines/ only call these.
+
+Artifacts of one run live under `run_root` with fixed names (images, candidates, scores, pairs,
+model), so a step needs only the run root, its stage config (JSON) and its shard. Each function
+returns the URI it produced, which the pipeline passes on to make the order explicit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from clipdpo.storage import join
+
+ARTIFACTS = {"ingest": "images", "generate": "candidates", "score": "scores", "filter": "pairs", "train": "model"}
+INPUTS = {"generate": "ingest", "score": "generate", "filter": "score", "train": "filter"}
+
+
+def artifact_uri(run_root: str, stage: str) -> str:
+    return join(run_root, ARTIFACTS[stage])
+
+
+def _config_file(config_json: str) -> str:
+    try:
+        config = json.loads(config_json or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"stage config is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"stage config must be a JSON object, got {type(config).__name__}")
+    handle, path = tempfile.mkstemp(suffix=".json", prefix="clipdpo-config-")
+    with os.fdopen(handle, "w") as out:
+        json.dump(config, out)
+    return path
+
+
+def stage_argv(stage: str, run_root: str, config_path: str, *, shard_index: int = 0, shard_count: int = 1,
+               finalize: bool = False, source: str = "") -> list[str]:
+    argv = ["--output", artifact_uri(run_root, stage), "--config", config_path]
+    if stage in INPUTS:
+        argv += ["--input", artifact_uri(run_root, INPUTS[stage])]
+    if stage == "ingest" and source:
+        argv += ["--source", source]
+    if finalize:
+        argv += ["--finalize", "--shard", f"0/{shard_count}"]
+    elif stage not in ("train",):
+        argv += ["--shard", f"{shard_index}/{shard_count}"]
+    return argv
+
+
+def run_stage(stage: str, run_root: str, config_json: str = "{}", *, shard_index: int = 0, shard_count: int = 1,
+              finalize: bool = False, source: str = "") -> str:
+    """Run one stage (or one shard of it, or its finalize) in this process; return its output URI."""
+    import importlib
+
+    from clipdpo.stage import setup_logging
+
+    setup_logging()
+    config_path = _config_file(config_json)
+    try:
+        module = importlib.import_module(f"clipdpo.{stage}.__main__")
+        module.run(stage_argv(stage, run_root, config_path, shard_index=int(shard_index),
+                              shard_count=int(shard_count), finalize=finalize, source=source))
+    finally:
+        os.unlink(config_path)
+    return artifact_uri(run_root, stage)
+
+
+def train_step(run_root: str, config_json: str, *, launcher: str, image: str = "", nodes: int = 1,
+               gpus_per_node: int = 8, namespace: str = "", s3_secret: str = "clipdpo-s3",
+               service_account: str = "clipdpo-train", node_selector_json: str = "{}", tolerations_json: str = "[]",
+               timeout_hours: float = 72.0) -> str:
+    """Train on this run's pairs: in this process (`local`) or as a multi-node PyTorchJob (`pytorchjob`)."""
+    if launcher == "local":
+        return run_stage("train", run_root, config_json)
+    if launcher != "pytorchjob":
+        raise ValueError(f"train launcher {launcher!r}: expected 'pytorchjob' or 'local'")
+    from clipdpo.cluster import pytorchjob
+    from clipdpo.cluster.launch import current_namespace, launch
+
+    output = artifact_uri(run_root, "train")
+    config = json.loads(config_json or "{}")
+    train_args = ["--input", artifact_uri(run_root, "filter"), "--output", output]
+    train_args += [arg for key, value in sorted(config.items()) for arg in ("--set", f"{key}={json.dumps(value)}")]
+    launch_key = output + "\n" + json.dumps(config, sort_keys=True)  # same output + config = same job
+    spec = pytorchjob.TrainJobSpec(
+        name=pytorchjob.job_name(launch_key), namespace=namespace or current_namespace(), image=image,
+        train_args=train_args, nodes=int(nodes), gpus_per_node=int(gpus_per_node), s3_secret=s3_secret,
+        service_account=service_account, node_selector=json.loads(node_selector_json),
+        tolerations=json.loads(tolerations_json), active_deadline_seconds=int(timeout_hours * 3600))
+    launch(spec, launch_key, timeout_seconds=timeout_hours * 3600)
+    return output
+
+
+def shard_indices(shard_count: int) -> list[int]:
+    count = int(shard_count)
+    if count < 1:
+        raise ValueError(f"shard_count must be >= 1, got {shard_count}")
+    return list(range(count))
