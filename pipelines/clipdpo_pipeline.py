@@ -140,5 +140,5 @@ def clipdpo_pipeline(
                       image=SETTINGS.image("train"), nodes=train_nodes, gpus_per_node=train_gpus_per_node,
                       s3_secret=SETTINGS.s3_secret, node_selector_json=train_node_selector,
                       tolerations_json=train_tolerations, timeout_hours=train_timeout_hours))
+    # No step timeout: the launcher's own deadline (train_timeout_hours) governs and deletes the job.
     model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (PyTorchJob)")
-    kubernetes.set_timeout(model, 0)  # the launcher's own deadline governs; a step timeout would orphan the job

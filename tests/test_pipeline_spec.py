@@ -1,0 +1,121 @@
+"""The compiled kfp pipeline spec: stages, images, GPUs, S3 secret, caching, shard fan-out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE_EXECUTORS = {  # executor -> image of its stage
+    "exec-ingest": "generate", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
+    "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
+    "exec-plan-shards": "filter", "exec-train": "train",
+}
+
+
+def compile_to(path: str, **env) -> tuple[dict, dict]:
+    subprocess.run([sys.executable, "-m", "pipelines.compile", path], cwd=ROOT, check=True,
+                   env={**os.environ, **env}, capture_output=True)
+    docs = list(yaml.safe_load_all(open(path)))
+    return docs[0], docs[1]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("kfp") / "clipdpo.yaml")
+    spec, platform = compile_to(path)
+    return spec, platform, path
+
+
+def all_tasks(spec: dict):
+    yield from spec["root"]["dag"]["tasks"].items()
+    for component in spec["components"].values():
+        yield from component.get("dag", {}).get("tasks", {}).items()
+
+
+def test_every_stage_runs_its_own_pinned_image(compiled):
+    spec, _, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == set(STAGE_EXECUTORS)
+    images = {}
+    for name, stage in STAGE_EXECUTORS.items():
+        image = executors[name]["container"]["image"]
+        assert image.startswith(f"ghcr.io/clipdpo/clipdpo-{stage}:"), (name, image)
+        tag = image.rsplit(":", 1)[1]
+        assert tag and tag != "latest"
+        images[stage] = image
+    assert len(set(images.values())) == 4  # generate, score, filter, train: four images
+    # components call the stage code through clipdpo.steps; nothing installs packages at run time
+    for name in STAGE_EXECUTORS:
+        command = " ".join(executors[name]["container"]["command"])
+        assert "pip install" not in command
+    assert "run_stage(\"generate\"" in " ".join(executors["exec-generate-shard"]["container"]["command"])
+
+
+def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
+    spec, platform, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ("exec-generate-shard", "exec-score-shard"):
+        accelerator = executors[name]["container"]["resources"]["accelerator"]
+        assert accelerator["resourceType"] == "nvidia.com/gpu" and int(accelerator["resourceCount"]) == 1
+        tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]["tolerations"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    for name in ("exec-filter-pairs", "exec-train", "exec-ingest"):
+        assert "accelerator" not in executors[name]["container"].get("resources", {})
+
+
+def test_s3_secret_is_wired_into_every_step_that_touches_s3(compiled):
+    _, platform, _ = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in set(STAGE_EXECUTORS) - {"exec-plan-shards"}:
+        secrets = executors[name]["secretAsEnv"]
+        required = [s for s in secrets if not s["optional"]]
+        assert required and required[0]["secretName"] == "clipdpo-s3"
+        env = {pair["envVar"] for s in secrets for pair in s["keyToEnv"]}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= env
+
+
+def test_caching_is_on_for_every_task(compiled):
+    spec, _, _ = compiled
+    tasks = dict(all_tasks(spec))
+    leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith("for-loop")}
+    assert len(leaf_tasks) == 8
+    assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
+
+
+def test_generate_and_score_fan_out_over_shards(compiled):
+    spec, _, _ = compiled
+    loops = {name: task for name, task in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in task}
+    assert len(loops) == 2
+    inner = {}
+    for task in loops.values():
+        iterator = task["parameterIterator"]["items"]["inputParameter"]
+        assert "plan-shards" in iterator
+        component = spec["components"][task["componentRef"]["name"]]
+        inner.update(component["dag"]["tasks"])
+    assert set(inner) == {"generate-shard", "score-shard"}
+    # finalize steps collect every shard's output before writing the manifest
+    finalize = spec["root"]["dag"]["tasks"]["generate-finalize"]
+    assert "for-loop" in str(finalize["inputs"]["parameters"]["shard_outputs"])
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["shard_count"]["parameterType"] == "NUMBER_INTEGER"
+    for stage in ("ingest", "generate", "score", "filter", "train"):
+        assert f"{stage}_config" in params
+
+
+def test_compile_is_deterministic_and_images_follow_settings(compiled, tmp_path):
+    _, _, path = compiled
+    again = str(tmp_path / "again.yaml")
+    compile_to(again)
+    assert open(path).read() == open(again).read()
+    spec, _ = compile_to(str(tmp_path / "custom.yaml"), CLIPDPO_REGISTRY="registry.example.com/ml",
+                         CLIPDPO_IMAGE_TAG="2.0.1")
+    assert spec["deploymentSpec"]["executors"]["exec-train"]["container"]["image"] == \
+        "registry.example.com/ml/clipdpo-train:2.0.1"
+    failed = subprocess.run([sys.executable, "-m", "pipelines.compile", str(tmp_path / "x.yaml")], cwd=ROOT,
+                            env={**os.environ, "CLIPDPO_IMAGE_TAG": "latest"}, capture_output=True, text=True)
+    assert failed.returncode != 0 and "latest" in failed.stderr
