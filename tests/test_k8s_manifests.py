@@ -1,0 +1,174 @@
+"""Every Kubernetes object the project ships, validated offline: k8s/ overlays (rendered by
+kubectl kustomize), the PyTorchJob template, the helm chart (lint, values schema, render); RBAC
+grants exactly what the launcher uses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+import k8s_checks
+from clipdpo.cluster import pytorchjob
+from clipdpo.cluster.follow import JobFollower
+from test_pytorchjob import SUCCEEDED, FakeCluster, FakeClock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHART = os.path.join(ROOT, "helm", "clipdpo")
+SECRET_VALUES = {"s3": {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "example-secret",
+                        "endpointUrl": "https://s3.example.com"}}
+FORBIDDEN_VERBS = {"*", "update", "patch", "escalate", "bind", "impersonate", "deletecollection"}
+
+
+def kustomize(path: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed to render the kustomize overlays (make test installs it where it can)"
+    out = subprocess.run([kubectl, "kustomize", path], capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def role_rules(objects: list[dict]) -> list[dict]:
+    roles = [o for o in objects if o["kind"] == "Role"]
+    assert len(roles) == 1
+    return roles[0]["rules"]
+
+
+def permissions(rules: list[dict]) -> set[tuple]:
+    return {(group, resource, verb, tuple(rule.get("resourceNames", [])))
+            for rule in rules for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def used_permissions() -> set[tuple]:
+    """The API calls the launcher really makes, recorded on the fake client, as RBAC tuples."""
+    calls = set()
+
+    class Recording(FakeCluster):
+        def get_namespaced_custom_object(self, *a, **k):
+            calls.add(("kubeflow.org", "pytorchjobs", "get"))
+            return super().get_namespaced_custom_object(*a, **k)
+
+        def create_namespaced_custom_object(self, *a, **k):
+            calls.add(("kubeflow.org", "pytorchjobs", "create"))
+            return super().create_namespaced_custom_object(*a, **k)
+
+        def delete_namespaced_custom_object(self, *a, **k):
+            calls.add(("kubeflow.org", "pytorchjobs", "delete"))
+            return super().delete_namespaced_custom_object(*a, **k)
+
+        def list_namespaced_pod(self, *a, **k):
+            calls.add(("", "pods", "list"))
+            return super().list_namespaced_pod(*a, **k)
+
+        def read_namespaced_pod_log(self, *a, **k):
+            calls.add(("", "pods/log", "get"))
+            return super().read_namespaced_pod_log(*a, **k)
+
+    cluster = Recording(script=[SUCCEEDED])
+    clock = FakeClock()
+    manifest = pytorchjob.build(pytorchjob.example_spec())
+    JobFollower(cluster, cluster, poll_seconds=1, clock=clock, sleep=clock.sleep).run(manifest, timeout_seconds=10)
+    return calls
+
+
+def check_least_privilege(rules: list[dict], secret_name: str = "clipdpo-s3") -> None:
+    granted = permissions(rules)
+    assert not any(verb in FORBIDDEN_VERBS or "*" in (group, resource) for group, resource, verb, _ in granted)
+    used = used_permissions()
+    for group, resource, verb in used:
+        assert (group, resource, verb, ()) in granted, f"launcher needs {verb} {resource}"
+    # beyond what it calls: watch/list on its jobs (kubectl-style following) and get on pods, plus the Secret
+    extra = {(g, r, v) for g, r, v, names in granted if not names} - used
+    assert extra <= {("kubeflow.org", "pytorchjobs", "watch"), ("kubeflow.org", "pytorchjobs", "list"),
+                     ("", "pods", "get")}, extra
+    secret_rules = [(g, r, v, names) for g, r, v, names in granted if r == "secrets"]
+    assert secret_rules == [("", "secrets", "get", (secret_name,))]  # one Secret, by name, read only
+
+
+@pytest.mark.parametrize("overlay,namespace,runner", [("dev", "clipdpo-dev", ("pipeline-runner", "kubeflow")),
+                                                      ("prod", "clipdpo", ("default-editor", "clipdpo"))])
+def test_kustomize_overlays_render_valid_objects(overlay, namespace, runner):
+    objects = kustomize(os.path.join(ROOT, "k8s", "overlays", overlay))
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["Namespace", "Role", "RoleBinding", "ServiceAccount"]
+    for obj in objects:
+        k8s_checks.validate_core(obj)
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == namespace
+        assert obj["metadata"]["labels"]["clipdpo.dev/environment"] == overlay
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    assert (binding["subjects"][0]["name"], binding["subjects"][0]["namespace"]) == runner
+    assert not any(o["kind"].startswith("Cluster") for o in objects)
+    check_least_privilege(role_rules(objects))
+
+
+def test_kubernetes_validate_rejects_a_broken_object():
+    with pytest.raises(Exception):
+        k8s_checks.validate_core({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                                  "metadata": {"name": "x"}, "rules": [{"verbs": "get"}]})
+
+
+def test_shipped_pytorchjob_template_is_current_and_valid():
+    path = os.path.join(ROOT, "k8s", "pytorchjob", "train-pytorchjob.yaml")
+    assert open(path).read() == pytorchjob.render_example(), "regenerate: python -m clipdpo.cluster.pytorchjob"
+    job = yaml.safe_load(open(path))
+    k8s_checks.validate_pytorchjob(job)
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+
+
+def helm():
+    import helm_python
+
+    return helm_python
+
+
+def render_chart(values: dict, namespace: str = "ml") -> list[dict]:
+    rendered = helm().Chart.load(CHART).render(values, name="clipdpo", namespace=namespace, is_install=True)
+    return [doc for path, text in rendered.items() if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def test_helm_chart_lints_and_renders_valid_objects():
+    report = helm().lint(CHART, SECRET_VALUES, strict=True)
+    assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
+    objects = render_chart(SECRET_VALUES)
+    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Role", "RoleBinding", "Secret", "ServiceAccount"]
+    for obj in objects:
+        k8s_checks.validate_core(obj)
+        assert obj["metadata"]["namespace"] == "ml"
+    secret = next(o for o in objects if o["kind"] == "Secret")
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                                         "AWS_DEFAULT_REGION"}
+    check_least_privilege(role_rules(objects))
+    # the chart and k8s/ grant the same
+    assert permissions(role_rules(objects)) == permissions(role_rules(kustomize(os.path.join(ROOT, "k8s", "overlays",
+                                                                                            "prod"))))
+    settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    from pipelines.settings import PipelineSettings
+
+    assert settings["CLIPDPO_S3_SECRET"] == PipelineSettings().s3_secret  # the pipeline reads the same Secret
+
+
+def test_helm_notes_tell_the_next_command():
+    rendered = helm().Chart.load(CHART).render(SECRET_VALUES, name="clipdpo", namespace="ml", is_install=True)
+    notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+    assert "make pipeline-run" in notes and "make images push" in notes
+
+
+def test_helm_existing_secret_and_values_schema():
+    objects = render_chart({"s3": {"create": False, "secretName": "team-s3"},
+                            "pipelineRunner": {"serviceAccount": "default-editor", "namespace": ""}}, "team-a")
+    assert "Secret" not in [o["kind"] for o in objects]
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "default-editor", "namespace": "team-a"}
+    check_least_privilege(role_rules(objects), secret_name="team-s3")
+    chart = helm().Chart.load(CHART)
+    chart.validate_schema({})  # the defaults are valid
+    for bad in ({"images": {"tag": "latest"}}, {"train": {"nodes": 0}}, {"s3": {"bucket": "Bad_Bucket"}},
+                {"unknown": 1}, {"train": {"gpusPerNode": "eight"}}):
+        with pytest.raises(Exception):
+            chart.validate_schema(bad)
+    with pytest.raises(Exception, match="accessKeyId"):
+        render_chart({})  # s3.create=true without credentials: a clear failure, not an empty Secret
