@@ -1,0 +1,35 @@
+"""The shipped cluster configs load into their stages' config classes (typos fail here, not on a cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from clipdpo import config as config_lib
+from clipdpo.localrun import STAGES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_class(stage: str):
+    from clipdpo.filter.select import FilterConfig
+    from clipdpo.generate.config import GenerateConfig
+    from clipdpo.ingest.__main__ import IngestConfig
+    from clipdpo.score.scorer import ScorerConfig
+    from clipdpo.training.config import TrainConfig
+
+    return {"ingest": IngestConfig, "generate": GenerateConfig, "score": ScorerConfig, "filter": FilterConfig,
+            "train": TrainConfig}[stage]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_cluster_config_loads(stage):
+    path = os.path.join(ROOT, "configs", "cluster", f"{stage}.json")
+    config_lib.from_dict(config_class(stage), json.load(open(path)), where=path)
+
+
+def test_a_typo_is_an_error_naming_the_key():
+    with pytest.raises(config_lib.ConfigError, match="learning_rte"):
+        config_lib.from_dict(config_class("train"), {"learning_rte": 1e-6})
