@@ -1,0 +1,300 @@
+"""AMBER (Wang et al. 2023) metrics, reimplemented to give exactly the official `inference.py` numbers.
+
+Inputs are the benchmark's own files in the official layout, from a folder or S3 prefix:
+`annotations.json` (item i has id i+1), `relation.json` (word -> associated words),
+`safe_words.txt`, `metrics.txt` (the counters' start values: the official file starts every
+denominator at 0.001, which shows in the last digit). Responses are the official
+`[{"id": ..., "response": ...}]`.
+
+Generative (CHAIR, Cover, Hal, Cog): nouns of the response (tokenise, POS-tag, keep NN*,
+lemmatise) that are in AMBER's vocabulary; a noun in the global safe words is skipped but still
+counted in CHAIR's denominator; a noun equal to, or similar (> threshold, word vectors) to, a
+truth word or its associations covers that truth word; otherwise it is a hallucination, and if
+it matches a "hallu" word (or its associations) it also counts for Cog. Discriminative: the
+answer must be exactly "Yes" or "No"; "No" is the positive class for P/R/F1 (the reverse of
+POPE); per type: existence, attribute (state, number, action), relation. The official F1 adds
+0.0001 to the denominator (0.001 for existence) and uses the rounded P and R; kept. AMBER score
+= (100 - CHAIR + F1) / 2, as the paper's Table 2 (the official code does not compute it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from clipdpo.storage import NotFound, Storage, join
+
+TYPES = {
+    "discriminative-attribute-state": "as",
+    "discriminative-attribute-number": "an",
+    "discriminative-attribute-action": "aa",
+    "discriminative-hallucination": "ha",  # existence
+}
+RELATION_PREFIX = "asso"  # every other discriminative type
+EVALUATION_TYPES = ("a", "g", "d", "de", "da", "dr")
+
+
+class AmberInputError(ValueError):
+    """A benchmark file or a response file is not in the expected layout."""
+
+
+class NounSimilarity(Protocol):
+    """The NLP the official code uses: nltk tokeniser + POS tagger + WordNet lemmatiser, spaCy vectors."""
+
+    description: str
+
+    def nouns(self, text: str) -> list[str]: ...
+
+    def similarity(self, word1: str, word2: str) -> float: ...
+
+
+@dataclass
+class AmberData:
+    annotations: list[dict]
+    association: dict[str, list[str]]
+    global_safe_words: list[str]
+    counters: dict[str, float]
+    hallucination_words: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        words = set(self.association)
+        for associated in self.association.values():
+            words.update(associated)
+        self.hallucination_words = words
+
+
+def parse_counters(text: str, where: str) -> dict[str, float]:
+    """metrics.txt: `name=value` per line (the official code eval()s the value; numbers only here)."""
+    counters = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        parts = line.strip().split("=")
+        if len(parts) != 2:
+            continue
+        try:
+            counters[parts[0].strip()] = float(parts[1].strip())
+        except ValueError:
+            raise AmberInputError(f"{where}:{number}: {parts[1].strip()!r} is not a number") from None
+    return counters
+
+
+def load(root: str, storage: Storage | None = None) -> AmberData:
+    """Read the official files under `root` (folder or s3:// prefix), checking their layout."""
+    storage = storage or Storage()
+
+    def read(name: str) -> str:
+        try:
+            return storage.read_bytes(join(root, name)).decode("utf-8")
+        except NotFound:
+            raise AmberInputError(f"{join(root, name)}: missing (AMBER's official data/ layout expected: "
+                                  "annotations.json, relation.json, safe_words.txt, metrics.txt)") from None
+
+    where = join(root, "annotations.json")
+    try:
+        annotations = json.loads(read("annotations.json"))
+        association = json.loads(read("relation.json"))
+    except json.JSONDecodeError as err:
+        raise AmberInputError(f"{root}: not valid JSON ({err})") from err
+    if not isinstance(annotations, list):
+        raise AmberInputError(f"{where}: expected a list of items, got {type(annotations).__name__}")
+    for index, item in enumerate(annotations):
+        if not isinstance(item, dict) or not {"id", "type", "truth"} <= set(item):
+            raise AmberInputError(f"{where}: item {index} lacks id/type/truth (official layout expected)")
+        if item["id"] != index + 1:
+            raise AmberInputError(f"{where}: item {index} has id {item['id']}, expected {index + 1} "
+                                  "(ids are positions, as the official code indexes them)")
+        if item["type"] == "generative" and "hallu" not in item:
+            raise AmberInputError(f"{where}: generative item {item['id']} lacks 'hallu'")
+    if not isinstance(association, dict):
+        raise AmberInputError(f"{join(root, 'relation.json')}: expected an object word -> [words]")
+    safe_words = [line.split("\n")[0] for line in read("safe_words.txt").splitlines()]
+    counters = parse_counters(read("metrics.txt"), join(root, "metrics.txt"))
+    return AmberData(annotations, association, safe_words, counters)
+
+
+def load_responses(text: str, where: str) -> dict[int, str]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AmberInputError(f"{where}: not valid JSON ({err})") from err
+    if not isinstance(items, list) or not all(isinstance(i, dict) and {"id", "response"} <= set(i) for i in items):
+        raise AmberInputError(f'{where}: expected [{{"id": int, "response": str}}, ...]')
+    return {int(item["id"]): item["response"] for item in items}
+
+
+@dataclass
+class GenerativeResult:
+    nouns: list[str]  # vocabulary nouns considered
+    hallucinated: list[str]
+    covered_truth: list[str]
+    covered_hallu: list[str]
+    n_truth: int
+    n_hallu: int
+
+
+def _expanded(words: list[str], association: dict[str, list[str]], item_id: int) -> list[tuple[str, int]]:
+    """(word, index of the annotated word it stands for): associations first, then the words themselves,
+    in the official order (first match wins)."""
+    pairs = []
+    for index, word in enumerate(words):
+        if word not in association:
+            raise AmberInputError(f"annotation {item_id}: word {word!r} is not in relation.json")
+        pairs.extend((associated, index) for associated in association[word])
+    pairs.extend((word, index) for index, word in enumerate(words))
+    return pairs
+
+
+def score_generative(item: dict, response: str, data: AmberData, nlp: NounSimilarity,
+                     threshold: float = 0.8) -> GenerativeResult:
+    nouns = [noun for noun in nlp.nouns(response) if noun in data.hallucination_words]
+    safe = _expanded(item["truth"], data.association, item["id"])
+    hallu = _expanded(item["hallu"], data.association, item["id"])
+    safe_covered = [False] * len(item["truth"])
+    hallu_covered = [False] * len(item["hallu"])
+    hallucinated = []
+    global_safe = set(data.global_safe_words)
+
+    def first_match(noun, pairs, test):
+        return next((index for word, index in pairs if test(noun, word)), None)
+
+    equal = lambda a, b: a == b  # noqa: E731
+    similar = lambda a, b: nlp.similarity(a, b) > threshold  # noqa: E731
+    for noun in nouns:
+        if noun in global_safe:
+            continue
+        index = first_match(noun, safe, equal)
+        if index is not None:
+            safe_covered[index] = True
+            continue
+        index = first_match(noun, hallu, equal)
+        if index is not None:
+            hallu_covered[index] = True
+        index = first_match(noun, hallu, similar)
+        if index is not None:
+            hallu_covered[index] = True
+        index = first_match(noun, safe, similar)
+        if index is not None:
+            safe_covered[index] = True
+            continue
+        hallucinated.append(noun)
+    return GenerativeResult(
+        nouns, hallucinated, [w for w, c in zip(item["truth"], safe_covered) if c],
+        [w for w, c in zip(item["hallu"], hallu_covered) if c], len(item["truth"]), len(item["hallu"]))
+
+
+def _type_prefix(item_type: str) -> str:
+    return TYPES.get(item_type, RELATION_PREFIX)
+
+
+def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | None, *,
+             evaluation_type: str = "a", threshold: float = 0.8, allow_partial: bool = False,
+             examples: int = 0) -> dict:
+    """All AMBER metrics for `responses` (id -> text); refuses missing ids unless `allow_partial`."""
+    if evaluation_type not in EVALUATION_TYPES:
+        raise AmberInputError(f"evaluation_type {evaluation_type!r}; expected one of {EVALUATION_TYPES}")
+    wants_generative = evaluation_type in ("a", "g")
+    wanted_types = {"a": None, "g": {"generative"}, "d": None, "de": {"discriminative-hallucination"},
+                    "da": set(k for k in TYPES if "attribute" in k), "dr": None}[evaluation_type]
+
+    def wanted(item) -> bool:
+        kind = item["type"]
+        if evaluation_type in ("d", "dr"):
+            return kind != "generative" and (evaluation_type == "d" or _type_prefix(kind) == RELATION_PREFIX)
+        return wanted_types is None or kind in wanted_types
+
+    expected = {item["id"] for item in data.annotations if wanted(item)}
+    unknown = sorted(set(responses) - {item["id"] for item in data.annotations})
+    if unknown:
+        raise AmberInputError(f"responses: ids not in annotations.json: {unknown[:10]}")
+    missing = sorted(expected - set(responses))
+    if missing and not allow_partial:
+        raise AmberInputError(f"responses: {len(missing)} id(s) of evaluation type {evaluation_type!r} have no "
+                              f"response (e.g. {missing[:10]}); pass allow_partial to score the rest")
+    if wants_generative and nlp is None:
+        raise AmberInputError("generative AMBER needs the NLP resources (tokeniser, tagger, WordNet, vectors)")
+    m = dict(data.counters)
+    for key in ("chair_score", "chair_num", "safe_cover_score", "safe_cover_num", "hallu_cover_score",
+                "hallu_cover_num", "non_hallu_score", "non_hallu_num"):
+        m.setdefault(key, 0.0)
+    qualitative = []
+    for item_id in sorted(set(responses) & expected) if not allow_partial else sorted(responses):
+        item = data.annotations[item_id - 1]
+        response = responses[item_id]
+        if item["type"] == "generative":
+            if nlp is None:
+                continue
+            result = score_generative(item, response, data, nlp, threshold)
+            m["chair_score"] += len(result.hallucinated)
+            m["chair_num"] += len(result.nouns)  # global safe words included, as the official code
+            m["safe_cover_score"] += len(result.covered_truth)
+            m["safe_cover_num"] += result.n_truth
+            m["hallu_cover_score"] += len(result.covered_hallu)
+            m["hallu_cover_num"] += result.n_hallu
+            m["non_hallu_score"] += 1 if not result.hallucinated else 0
+            m["non_hallu_num"] += 1
+            if len(qualitative) < examples and result.hallucinated:
+                qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
+            continue
+        prefix = _type_prefix(item["type"])
+        for p in ("", prefix + "_"):
+            m.setdefault(f"{p}qa_correct_num", 0.0)
+            for key in ("qa_correct_score", "qa_no_num", "qa_no_score", "qa_ans_no_num", "qa_ans_no_score"):
+                m.setdefault(f"{p}{key}", 0.0)
+        truth = item["truth"]
+        for p in ("", prefix + "_"):
+            m[f"{p}qa_correct_num"] += 1
+            if truth == "yes":
+                m[f"{p}qa_correct_score"] += response == "Yes"
+            else:
+                m[f"{p}qa_no_num"] += 1
+                if response == "No":
+                    m[f"{p}qa_correct_score"] += 1
+                    m[f"{p}qa_no_score"] += 1
+            if response == "No":
+                m[f"{p}qa_ans_no_num"] += 1
+                m[f"{p}qa_ans_no_score"] += truth == "no"
+    return _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
+
+
+def _pct(score: float, num: float) -> float:
+    return round(score / num * 100, 1)
+
+
+def _prf(m: dict, prefixes: list[str], epsilon: float) -> dict:
+    get = lambda key: sum(m.get(f"{p}{key}", 0.0) for p in prefixes)  # noqa: E731
+    accuracy = _pct(get("qa_correct_score"), get("qa_correct_num"))
+    precision = _pct(get("qa_ans_no_score"), get("qa_ans_no_num"))
+    recall = _pct(get("qa_no_score"), get("qa_no_num"))
+    f1 = round(2 * (precision / 100) * (recall / 100) / ((precision / 100) + (recall / 100) + epsilon) * 100, 1)
+    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
+
+
+def _summarise(m: dict, evaluation_type: str, *, complete: bool, missing: list[int], qualitative: list) -> dict:
+    out: dict = {"evaluation_type": evaluation_type, "complete": complete, "missing_ids": missing[:100],
+                 "counters": m}
+    if evaluation_type in ("a", "g"):
+        out["generative"] = {
+            "chair": _pct(m["chair_score"], m["chair_num"]),
+            "cover": _pct(m["safe_cover_score"], m["safe_cover_num"]),
+            "hal": round(100 - m["non_hallu_score"] / m["non_hallu_num"] * 100, 1),
+            "cog": _pct(m["hallu_cover_score"], m["hallu_cover_num"]),
+        }
+        out["examples"] = qualitative
+    if evaluation_type in ("a", "d"):
+        out["discriminative"] = _prf(m, [""], 0.0001)
+    if evaluation_type in ("a", "d", "de"):
+        out["existence"] = _prf(m, ["ha_"], 0.001)
+    if evaluation_type in ("a", "d", "da"):
+        out["attribute"] = _prf(m, ["as_", "an_", "aa_"], 0.0001)
+        out["state"] = _prf(m, ["as_"], 0.0001)
+        out["number"] = _prf(m, ["an_"], 0.0001)
+        out["action"] = _prf(m, ["aa_"], 0.0001)
+    if evaluation_type in ("a", "d", "dr"):
+        out["relation"] = _prf(m, ["asso_"], 0.0001)
+    if "generative" in out and "discriminative" in out:
+        out["amber_score"] = round((100 - out["generative"]["chair"] + out["discriminative"]["f1"]) / 2, 2)
+    return out
+
+
+def amber_score(chair: float, f1: float) -> float:
+    return (100 - chair + f1) / 2
