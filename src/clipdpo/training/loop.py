@@ -28,7 +28,7 @@ from clipdpo.training.backends import DDPBackend, DeepSpeedBackend, frozen_refer
 from clipdpo.training.config import TrainConfig, accumulation_steps
 from clipdpo.training.data import PairStore, build_index, collate, epoch_order, prefetch, rank_micro_batches
 from clipdpo.training.encode import PairEncoder
-from clipdpo.training.logps import IGNORE_INDEX, sequence_logps
+from clipdpo.training.logps import sequence_logps
 from clipdpo.training.loss import preference_loss, uses_mean_logps
 from clipdpo.training.model import (load_model, load_processor, local_model_dir, model_signature, prepare_policy,
                                     save_hf, upload_tree)
@@ -115,9 +115,11 @@ def _train(ctx: dist.DistContext, cfg: TrainConfig, pairs_uri: str, output: str,
     np.random.seed(cfg.seed)
 
     scratch = checkpoint.scratch_dir(output)
-    model_dir = local_model_dir(storage, cfg.model, os.path.join(scratch, "models")) if ctx.is_local_main else None
+    models_cache = os.path.join(scratch, "models")
+    if ctx.is_local_main:
+        local_model_dir(storage, cfg.model, models_cache)  # one copy per node of a model on S3
     dist.barrier(ctx)
-    model_dir = local_model_dir(storage, cfg.model, os.path.join(scratch, "models"))
+    model_dir = local_model_dir(storage, cfg.model, models_cache)  # complete now: only resolves the path
     processor = load_processor(model_dir, cfg)
     encoder = PairEncoder(processor, cfg.max_length)
     pad_token_id = processor.tokenizer.pad_token_id
