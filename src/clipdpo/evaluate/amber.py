@@ -193,14 +193,15 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
     if evaluation_type not in EVALUATION_TYPES:
         raise AmberInputError(f"evaluation_type {evaluation_type!r}; expected one of {EVALUATION_TYPES}")
     wants_generative = evaluation_type in ("a", "g")
-    wanted_types = {"a": None, "g": {"generative"}, "d": None, "de": {"discriminative-hallucination"},
-                    "da": set(k for k in TYPES if "attribute" in k), "dr": None}[evaluation_type]
+    groups = {"de": {"ha"}, "da": {"as", "an", "aa"}, "dr": {RELATION_PREFIX}}
 
     def wanted(item) -> bool:
         kind = item["type"]
-        if evaluation_type in ("d", "dr"):
-            return kind != "generative" and (evaluation_type == "d" or _type_prefix(kind) == RELATION_PREFIX)
-        return wanted_types is None or kind in wanted_types
+        if evaluation_type in ("a", "g"):
+            return evaluation_type == "a" or kind == "generative"
+        if kind == "generative":
+            return False
+        return evaluation_type == "d" or _type_prefix(kind) in groups[evaluation_type]
 
     expected = {item["id"] for item in data.annotations if wanted(item)}
     unknown = sorted(set(responses) - {item["id"] for item in data.annotations})
@@ -217,12 +218,10 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
                 "hallu_cover_num", "non_hallu_score", "non_hallu_num"):
         m.setdefault(key, 0.0)
     qualitative = []
-    for item_id in sorted(set(responses) & expected) if not allow_partial else sorted(responses):
+    for item_id in sorted(set(responses) & expected):
         item = data.annotations[item_id - 1]
         response = responses[item_id]
         if item["type"] == "generative":
-            if nlp is None:
-                continue
             result = score_generative(item, response, data, nlp, threshold)
             m["chair_score"] += len(result.hallucinated)
             m["chair_num"] += len(result.nouns)  # global safe words included, as the official code
@@ -235,24 +234,26 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
             if len(qualitative) < examples and result.hallucinated:
                 qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
             continue
-        prefix = _type_prefix(item["type"])
-        for p in ("", prefix + "_"):
-            m.setdefault(f"{p}qa_correct_num", 0.0)
-            for key in ("qa_correct_score", "qa_no_num", "qa_no_score", "qa_ans_no_num", "qa_ans_no_score"):
-                m.setdefault(f"{p}{key}", 0.0)
+        prefix = _type_prefix(item["type"]) + "_"
+
+        def bump(key: str) -> None:  # the overall counter and the item type's own
+            for name in (key, prefix + key):
+                m[name] = m.get(name, 0.0) + 1
+
         truth = item["truth"]
-        for p in ("", prefix + "_"):
-            m[f"{p}qa_correct_num"] += 1
-            if truth == "yes":
-                m[f"{p}qa_correct_score"] += response == "Yes"
-            else:
-                m[f"{p}qa_no_num"] += 1
-                if response == "No":
-                    m[f"{p}qa_correct_score"] += 1
-                    m[f"{p}qa_no_score"] += 1
+        bump("qa_correct_num")
+        if truth == "yes":
+            if response == "Yes":
+                bump("qa_correct_score")
+        else:
+            bump("qa_no_num")
             if response == "No":
-                m[f"{p}qa_ans_no_num"] += 1
-                m[f"{p}qa_ans_no_score"] += truth == "no"
+                bump("qa_correct_score")
+                bump("qa_no_score")
+        if response == "No":
+            bump("qa_ans_no_num")
+            if truth == "no":
+                bump("qa_ans_no_score")
     return _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
 
 
@@ -292,7 +293,7 @@ def _summarise(m: dict, evaluation_type: str, *, complete: bool, missing: list[i
     if evaluation_type in ("a", "d", "dr"):
         out["relation"] = _prf(m, ["asso_"], 0.0001)
     if "generative" in out and "discriminative" in out:
-        out["amber_score"] = round((100 - out["generative"]["chair"] + out["discriminative"]["f1"]) / 2, 2)
+        out["amber_score"] = round(amber_score(out["generative"]["chair"], out["discriminative"]["f1"]), 2)
     return out
 
 
