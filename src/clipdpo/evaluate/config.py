@@ -1,0 +1,128 @@
+"""Evaluate-stage config: the models to compare and the three evaluations of the paper (Sec. 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clipdpo.generate.engines import ModelSpec
+
+BENCHMARK_KINDS = ("pope", "mme", "gqa", "textvqa", "scienceqa", "mmbench")
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # LLaVA's eval prompts
+LETTER_ANSWER = "\nAnswer with the option's letter from the given choices directly."
+
+
+@dataclass(frozen=True)
+class NLPConfig:
+    """Where AMBER's NLP resources come from (never downloaded at run time).
+
+    backend `official`: nltk tokenizer + POS tagger + WordNet lemmatizer (data in `nltk_data`) and
+    spaCy vectors (`spacy_model`: en_core_web_lg by default, as the official code). backend `spacy`:
+    the spaCy model alone (its tokenizer, PTB tagger and lemmatizer, and its vectors), for places
+    without the nltk data; the report says which produced the numbers."""
+
+    backend: str = "official"  # official | spacy
+    spacy_model: str = "en_core_web_lg"  # a package name or a model folder
+    nltk_data: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("official", "spacy"):
+            raise ValueError(f"amber.nlp.backend: {self.backend!r}; expected 'official' or 'spacy'")
+
+
+@dataclass(frozen=True)
+class AmberConfig:
+    """AMBER in its official layout: `root` is its data/ folder, `images` its image/ folder."""
+
+    root: str = ""
+    images: str = ""  # default: <root>/../image
+    query_file: str = "query/query_all.json"
+    evaluation_type: str = "a"  # a | g | d | de | da | dr, as the official --evaluation_type
+    discriminative_mode: str = "logits"  # logits (compare "Yes"/"No") | generate (free text, scored as is)
+    similarity_threshold: float = 0.8
+    nlp: NLPConfig = field(default_factory=NLPConfig)
+    allow_partial: bool = False  # score with missing responses (then reported as incomplete)
+    examples: int = 3  # qualitative examples with hallucinated words, per model
+
+    def __post_init__(self) -> None:
+        if self.discriminative_mode not in ("logits", "generate"):
+            raise ValueError(f"amber.discriminative_mode: {self.discriminative_mode!r}; expected logits or generate")
+
+
+@dataclass(frozen=True)
+class ZeroShotDataset:
+    """Images with class labels: `layout` folder (<root>/<class>/<image>) or manifest (<root>/manifest.jsonl
+    of {"image": path under root, "label": class}). Optional <root>/classes.json maps labels to class names."""
+
+    name: str
+    root: str
+    layout: str = "folder"
+    limit: int = 0  # first N images (after sorting), 0 = all
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("folder", "manifest"):
+            raise ValueError(f"zero_shot dataset {self.name!r}: layout {self.layout!r}; expected folder or manifest")
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """The text encoder that matches captions to class names. Default: SigLIP ViT-L/16, as the paper."""
+
+    model_name: str = "ViT-L-16-SigLIP-256"
+    pretrained: str | None = "webli"
+    model_config_dir: str | None = None
+    device: str = "auto"
+    init_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    datasets: list[ZeroShotDataset] = field(default_factory=list)
+    prompt: str = "What is the main object in this image? Describe it in one short sentence."
+    class_template: str = "a photo of a {}."
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    max_new_tokens: int = 32
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One LLaVA-suite benchmark: `<root>/questions.jsonl` in clipdpo's benchmark layout (see README)
+    and the images it names, relative to `images` (default: root)."""
+
+    kind: str
+    root: str
+    name: str = ""  # default: kind
+    images: str = ""
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in BENCHMARK_KINDS:
+            raise ValueError(f"suite benchmark kind {self.kind!r}; expected one of {BENCHMARK_KINDS}")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    # The first model is the baseline the others are compared with (base, then trained).
+    models: list[ModelSpec] = field(default_factory=list)
+    amber: AmberConfig | None = None
+    zero_shot: ZeroShotConfig | None = None
+    suite: list[Benchmark] = field(default_factory=list)
+    batch_size: int = 8  # hf engine batch
+    chunk_size: int = 256  # responses saved per chunk: a restart redoes at most one chunk per task
+    max_new_tokens: int = 512  # descriptions; short answers use 16
+    model_cache: str = "/tmp/clipdpo-eval-models"  # where s3:// models are copied
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models: at least one model to evaluate is needed (the first is the baseline)")
+        names = [model.name for model in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be unique, got {names}")
+        if self.amber is None and self.zero_shot is None and not self.suite:
+            raise ValueError("nothing to evaluate: set amber, zero_shot and/or suite")
+        labels = [benchmark.label for benchmark in self.suite]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"suite: benchmark names must be unique, got {labels}")

@@ -1,0 +1,86 @@
+"""Model inference for the evaluations, through the generate stage's engines, saved in resumable chunks.
+
+Responses of one (model, task) go to `<output>/responses/<model>/<task>-<key>/part-NNNNN.jsonl`, one
+file per `chunk_size` items, each written atomically. The key hashes everything that decides the
+replies (model spec, prompts, mode, decoding), so a rerun with the same settings reuses finished
+chunks and a changed setting starts afresh. Decoding is greedy, as the benchmarks' own scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from clipdpo.evaluate.data import Item, load_image
+from clipdpo.generate.engines import Engine, ImageRequest, ModelSpec, Sampling
+from clipdpo.storage import NotFound, Storage, join
+
+log = logging.getLogger("clipdpo.evaluate")
+
+YES_NO = ["Yes", "No"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What to ask of every item: free text (`max_new_tokens`) or a choice among `options` by logits."""
+
+    name: str
+    items: list[Item]
+    max_new_tokens: int = 512
+    options: tuple[str, ...] = ()
+
+
+def task_key(spec: ModelSpec, task: Task) -> str:
+    decided_by = {"model": asdict(spec), "options": list(task.options), "max_new_tokens": task.max_new_tokens,
+                  "items": [[item.id, item.image, item.prompt] for item in task.items]}
+    return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Responder:
+    """Answers tasks with one model; the engine is loaded on first need (a fully cached rerun loads none)."""
+
+    def __init__(self, spec: ModelSpec, output: str, storage: Storage, engine_factory: Callable[[], Engine],
+                 chunk_size: int = 256):
+        self.spec, self.output, self.storage = spec, output, storage
+        self._factory, self._engine = engine_factory, None
+        self.chunk_size = chunk_size
+        self.inferred = 0  # items answered by the model in this process (not read back from chunks)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._factory()
+        return self._engine
+
+    def folder(self, task: Task) -> str:
+        return join(self.output, "responses", self.spec.name, f"{task.name}-{task_key(self.spec, task)}")
+
+    def answer(self, task: Task) -> dict[str, str]:
+        """item id -> response, for every item of the task."""
+        folder = self.folder(task)
+        responses: dict[str, str] = {}
+        for index, start in enumerate(range(0, len(task.items), self.chunk_size)):
+            chunk = task.items[start : start + self.chunk_size]
+            uri = join(folder, f"part-{index:05d}.jsonl")
+            try:
+                rows = [json.loads(line) for line in self.storage.read_bytes(uri).decode().splitlines()]
+            except NotFound:
+                rows = self._infer(task, chunk)
+                self.storage.write_bytes(uri, "".join(json.dumps(row) + "\n" for row in rows).encode())
+            responses.update((row["id"], row["response"]) for row in rows)
+        log.info("%s / %s: %d responses (%s)", self.spec.name, task.name, len(responses), folder)
+        return responses
+
+    def _infer(self, task: Task, chunk: list[Item]) -> list[dict]:
+        requests = [ImageRequest(image=load_image(self.storage, item.image, f"{task.name} item {item.id}"),
+                                 prompt=item.prompt, n=1, seed=0) for item in chunk]
+        if task.options:
+            replies = self.engine.choose(requests, list(task.options))
+        else:
+            greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=task.max_new_tokens)
+            replies = [texts[0] for texts in self.engine.caption(requests, greedy)]
+        self.inferred += len(chunk)
+        return [{"id": item.id, "response": reply} for item, reply in zip(chunk, replies)]

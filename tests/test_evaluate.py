@@ -1,0 +1,192 @@
+"""The evaluate stage end to end on tiny models through the loopback S3 server, and its bad-input handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from clipdpo import tiny
+from clipdpo.evaluate import runner
+from clipdpo.evaluate.config import EvaluateConfig
+from clipdpo.evaluate.data import EvalInputError
+from clipdpo.generate.engines import HFEngine, ImageRequest, ModelSpec, option_token_ids
+from clipdpo.storage import Storage, join
+from clipdpo.config import from_dict
+
+sys.path.insert(0, os.path.dirname(__file__))
+import eval_fixture as fx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-models")
+    return {"base": tiny.build_tiny_llava(str(root / "base"), seed=0),
+            "trained": tiny.build_tiny_llava(str(root / "trained"), seed=5),
+            "clip_config_dir": tiny.build_tiny_clip(str(root / "clip"))}
+
+
+def eval_config(models: dict, inputs: dict, **amber_extra) -> dict:
+    return {
+        "models": [{"name": "base", "path": models["base"], "engine": "hf"},
+                   {"name": "trained", "path": models["trained"], "engine": "hf"}],
+        "amber": {"root": inputs["amber"], "nlp": {"backend": "spacy", "spacy_model": fx.spacy_model()},
+                  **amber_extra},
+        "zero_shot": {"datasets": [{"name": "colours", "root": inputs["zero_shot"]}],
+                      "text_encoder": {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
+                                       "model_config_dir": models["clip_config_dir"]}},
+        "suite": [{"kind": "pope", "root": inputs["pope"], "images": join(inputs["suite"], "images")},
+                  {"kind": "scienceqa", "root": inputs["scienceqa"], "images": join(inputs["suite"], "images")}],
+        "max_new_tokens": 24, "chunk_size": 4,
+    }
+
+
+@pytest.fixture
+def inputs(bucket):
+    storage = Storage()
+    suite = fx.write_suite(storage, join(bucket, "suite"))
+    return {"amber": fx.write_amber(storage, join(bucket, "AMBER")),
+            "zero_shot": fx.write_zero_shot(storage, join(bucket, "colours")),
+            "suite": join(bucket, "suite"), **suite}
+
+
+def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_path):
+    from clipdpo.evaluate.__main__ import run as cli
+
+    storage = Storage()
+    config_path = tmp_path / "evaluate.json"
+    config_path.write_text(json.dumps(eval_config(models, inputs)))
+    output = join(bucket, "eval")
+    metrics = cli(["--config", str(config_path), "--output", output])
+
+    saved = json.loads(storage.read_bytes(join(output, "metrics.json")))
+    assert saved == json.loads(json.dumps(metrics))
+    assert metrics["complete"] is True and metrics["baseline"] == "base"
+    # every item answered once per model: 2 descriptions + 7 yes/no + 9 zero-shot captions + 6 POPE + 3 SQA
+    assert metrics["inferred_items"] == {"base": 27, "trained": 27}
+    for name in ("base", "trained"):
+        result = metrics["results"][name]
+        amber = result["amber"]
+        assert amber["complete"] is True
+        assert set(amber["generative"]) == {"chair", "cover", "hal", "cog"}
+        assert amber["amber_score"] == pytest.approx((100 - amber["generative"]["chair"]
+                                                      + amber["discriminative"]["f1"]) / 2, abs=0.01)
+        assert result["zero_shot"]["colours"]["images"] == 9 and result["zero_shot"]["colours"]["classes"] == 3
+        assert 0 <= result["zero_shot"]["colours"]["top1"] <= 100
+        assert set(result["suite"]["pope"]["splits"]) == {"random", "popular"}
+        assert result["suite"]["scienceqa"]["questions"] == 3
+        # logits mode: the discriminative replies are exactly "Yes" or "No", which the official scorer reads
+        folder = [u for u in storage.list(join(output, "responses", name)) if "amber-discriminative" in u]
+        replies = [json.loads(line)["response"] for uri in folder
+                   for line in storage.read_bytes(uri).decode().splitlines()]
+        assert len(replies) == 7 and set(replies) <= {"Yes", "No"}
+        assert len(folder) == 2  # chunks of 4: items 1-4 and 5-7
+    assert "en_core_web_md" in metrics["resources"]["amber_nlp"]
+
+    report_md = storage.read_bytes(join(output, "report.md")).decode()
+    for heading in ("## AMBER (Table 2)", "## Zero-shot classification via captions", "## LLaVA benchmark suite",
+                    "| Δ trained |", "## Resources"):
+        assert heading in report_md
+    assert "INCOMPLETE" not in report_md
+    assert "<table>" in storage.read_bytes(join(output, "report.html")).decode()
+
+    # a rerun reuses every saved response: no model is even loaded
+    def no_model(spec):
+        def fail():
+            raise AssertionError(f"{spec.name} loaded on a fully cached rerun")
+        return fail
+
+    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    again = runner.run(cfg, output, storage, engine_factory=no_model)
+    assert again["results"] == metrics["results"] and again["inferred_items"] == {"base": 0, "trained": 0}
+
+    # a crash that lost one chunk redoes that chunk only (3 items), for that model only
+    lost = [u for u in storage.list(join(output, "responses", "trained")) if "amber-discriminative" in u][-1]
+    storage.delete(lost)
+    resumed = runner.run(cfg, output, storage)
+    assert resumed["inferred_items"] == {"base": 0, "trained": 3}
+    assert resumed["results"] == metrics["results"]  # greedy decoding: the same replies again
+
+
+def test_yes_no_by_logits_matches_a_forward_pass_per_request(models):
+    engine = HFEngine(ModelSpec(name="base", path=models["base"], engine="hf", device="cpu"), batch_size=3)
+    image = fx.jpeg((200, 10, 10))
+    from clipdpo.score.scorer import decode_image
+
+    prompts = ["Is there a dog?", "Is the square red? Answer yes or no please, thank you.", "Cat?"]
+    requests = [ImageRequest(decode_image(image), p, 1, 0) for p in prompts]
+    chosen = engine.choose(requests, ["Yes", "No"])  # batched, left-padded
+    yes_ids, no_ids = option_token_ids(engine.tokenizer, ["Yes", "No"])
+    for request, got in zip(requests, chosen):
+        inputs = engine.processor(images=[request.image], text=[engine._template(request.prompt, True)],
+                                  return_tensors="pt")
+        with torch.no_grad():
+            logits = engine.model(**inputs).logits[0, -1]
+        expected = "Yes" if logits[yes_ids].max() > logits[no_ids].max() else "No"
+        assert got == expected
+
+
+def test_options_sharing_a_first_token_are_refused(models):
+    engine = HFEngine(ModelSpec(name="base", path=models["base"], engine="hf", device="cpu"))
+    with pytest.raises(ValueError, match="cannot be told apart by logits"):
+        option_token_ids(engine.tokenizer, ["yes", "Yes"])
+
+
+def _no_engine(spec):
+    def fail():
+        raise AssertionError("a model was loaded although the input was bad")
+    return fail
+
+
+def test_missing_image_fails_before_any_model_loads(models, inputs, bucket):
+    storage = Storage()
+    storage.delete(join(bucket, "AMBER", "image", "AMBER_2.jpg"))
+    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    with pytest.raises(EvalInputError, match=r"amber-.*AMBER_2\.jpg"):
+        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+    assert not storage.exists(join(bucket, "out", "metrics.json"))
+
+
+def test_question_file_errors_name_file_line_and_field(models, inputs, bucket):
+    storage = Storage()
+    bad = [{"id": 1, "image": "red.jpg", "question": "Is it red?", "category": "random"}]  # no answer
+    storage.write_bytes(join(inputs["pope"], "questions.jsonl"), (json.dumps(bad[0]) + "\n").encode())
+    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    with pytest.raises(EvalInputError, match=r"pope/questions\.jsonl:1: field 'answer' is missing"):
+        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+
+
+def test_amber_query_file_in_the_wrong_layout(models, inputs, bucket):
+    storage = Storage()
+    storage.write_bytes(join(inputs["amber"], "query", "query_all.json"), json.dumps({"1": "Describe"}).encode())
+    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    with pytest.raises(ValueError, match=r"query_all\.json: expected \[\{\"id\""):
+        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+
+
+def test_zero_shot_folder_without_class_folders(models, inputs, bucket):
+    storage = Storage()
+    config = eval_config(models, inputs)
+    config["zero_shot"]["datasets"] = [{"name": "empty", "root": join(bucket, "nothing-here")}]
+    with pytest.raises(EvalInputError, match=r"zero_shot empty: no images under .*nothing-here/<class>/"):
+        runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
+
+
+def test_missing_responses_are_refused_or_reported_incomplete(models, inputs, bucket):
+    storage = Storage()
+    queries = [q for q in fx.AMBER_QUERIES if q["id"] != 9]  # relation item 9 never asked
+    storage.write_bytes(join(inputs["amber"], "query", "query_all.json"), json.dumps(queries).encode())
+    config = eval_config(models, inputs)
+    config.pop("zero_shot"), config.pop("suite")
+    with pytest.raises(EvalInputError, match=r"no query for 1 id\(s\) .*\[9\]"):
+        runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
+
+    config["amber"]["allow_partial"] = True
+    config["models"] = config["models"][:1]
+    metrics = runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage)
+    assert metrics["complete"] is False and metrics["results"]["base"]["amber"]["missing_ids"] == [9]
+    assert "INCOMPLETE RESULTS" in storage.read_bytes(join(bucket, "out", "report.md")).decode()
+    assert json.loads(storage.read_bytes(join(bucket, "out", "metrics.json")))["complete"] is False
