@@ -1,0 +1,94 @@
+"""GQA / TextVQA / ScienceQA answer rules, suite scoring and zero-shot matching, against hand-worked cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipdpo.evaluate import suite, vqa
+from clipdpo.evaluate.data import Item
+from clipdpo.evaluate.zeroshot import classify
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("Two dogs.", "2 dogs"),            # number word -> digit, final period stripped
+    ("The answer is 3.5", "answer is 3.5"),  # a period between digits stays; articles go
+    ("1,000", "1000"),                  # commas are dropped before anything else
+    ("dont know", "don't know"),        # contraction restored
+    ("yes!", "yes"),                    # '!' with no space beside it becomes a space
+    ("red-white", "red white"),
+    ("a - b", "b"),                     # '-' next to a space is deleted; 'a' is an article
+    ("the cat's toy", "cat 's toy"),    # "'s" split off, as EvalAI's tokenizer
+    ("None", "0"),
+    ("  Left\n", "left"),
+])
+def test_vqa_normalisation(raw, expected):
+    assert vqa.normalize_vqa_answer(raw) == expected
+
+
+def test_vqa_accuracy_leave_one_out_by_hand():
+    humans = ["2", "2", "two", "3", "3", "3", "3", "3", "3", "3"]  # normalised: 3 x "2", 7 x "3"
+    # "two" -> "2": annotators saying "2" see 2 others agreeing (2/3), the other 7 see 3 (capped at 1): 9/10
+    assert vqa.vqa_accuracy("two", humans) == pytest.approx(0.9)
+    assert vqa.vqa_accuracy("3.", humans) == pytest.approx(1.0)
+    assert vqa.vqa_accuracy("4", humans) == 0.0
+    # a single agreeing annotator: left out of its own count, 0/3, others see 1/3 -> (1 x 0 + 9 x 1/3) / 10
+    assert vqa.vqa_accuracy("cat", ["cat"] + ["dog"] * 9) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("reply,gold,correct", [
+    ("Yes.", "yes", True), ("Left", "left", True), ("The table", "table", False), ("table..", "table", True)])
+def test_gqa_exact_match_after_llava_conversion(reply, gold, correct):
+    assert vqa.gqa_correct(reply, gold) is correct
+
+
+@pytest.mark.parametrize("reply,letter", [
+    ("A", "A"), ("B. The cat", "B"), ("The answer is C.", "C"), ("I think the answer is C.", "FAILED"),
+    ("The answer is A. The answer is B.", "FAILED"), ("b", "FAILED"), ("B.The cat", "FAILED")])
+def test_scienceqa_reply_parsing(reply, letter):
+    assert vqa.scienceqa_letter(reply) == letter
+
+
+def test_scienceqa_letter_beyond_the_choices_is_wrong():
+    assert vqa.scienceqa_correct("C", 2, 3) and not vqa.scienceqa_correct("E", 2, 3)
+    assert not vqa.scienceqa_correct("D", 3, 3)  # D with 3 choices is no choice at all
+
+
+def _items(rows):
+    return [Item(id=str(i), image=f"{i}.jpg", prompt="", fields=row) for i, row in enumerate(rows)]
+
+
+def test_suite_scores_by_hand():
+    pope = _items([{"answer": "yes", "category": "random"}, {"answer": "no", "category": "random"},
+                   {"answer": "yes", "category": "adversarial"}, {"answer": "no", "category": "adversarial"}])
+    replies = {"0": "Yes", "1": "No", "2": "No, there is not.", "3": "No"}
+    result = suite.score("pope", pope, replies)
+    # random: TP 1 TN 1 -> F1 1.0; adversarial: TP 0 FN 1 TN 1 -> F1 0; mean 50
+    assert result["splits"]["random"]["f1"] == 1.0 and result["splits"]["adversarial"]["f1"] == 0.0
+    assert result["headline"] == pytest.approx(50.0)
+
+    textvqa = _items([{"answers": ["stop"] * 10}, {"answers": ["2"] * 3 + ["3"] * 7}])
+    assert suite.score("textvqa", textvqa, {"0": "Stop.", "1": "two"})["headline"] == pytest.approx(95.0)
+
+    mmbench = _items([{"index": 7, "answer": "A", "options": {}}, {"index": 1_000_007, "answer": "B", "options": {}},
+                      {"index": 8, "answer": "C", "options": {}}])
+    result = suite.score("mmbench", mmbench, {"0": "A", "1": "A", "2": "C."})
+    assert result["headline"] == pytest.approx(50.0) and result["vanilla_accuracy"] == 1.0
+
+    with pytest.raises(ValueError, match="1 item\\(s\\) have no response"):
+        suite.score("gqa", _items([{"answer": "x"}, {"answer": "y"}]), {"0": "x"})
+
+
+def test_prompts_follow_llava_eval():
+    row = {"question": "Which one?", "choices": ["cat", "dog"], "hint": "Pets."}
+    assert suite._prompt("scienceqa", row) == ("Context: Pets.\nWhich one?\nA. cat\nB. dog\n"
+                                              "Answer with the option's letter from the given choices directly.")
+    assert suite._prompt("gqa", {"question": "Is it red?"}) == (
+        "Is it red?\nAnswer the question using a single word or phrase.")
+
+
+def test_zero_shot_picks_the_nearest_class_text():
+    classes = np.eye(3, dtype=np.float32)  # three orthogonal class texts
+    captions = np.array([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.1, 0.7, 0.7]], dtype=np.float32)
+    captions /= np.linalg.norm(captions, axis=1, keepdims=True)
+    assert classify(captions, classes).tolist() == [0, 2, 1]  # ties go to the first, as argmax
