@@ -23,7 +23,7 @@ help:
 	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
-	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL"
+	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL, AMBER scoring"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,10 +72,11 @@ images:
 push: images
 	@for stage in $(IMAGE_STAGES); do docker push $(REGISTRY)/clipdpo-$$stage:$(TAG) || exit 1; done
 
-bench: $(STAMP)
+bench: $(STAMP) nlp-data
 	$(PY) benchmarks/bench_filter.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_score.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_train.py
+	CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) benchmarks/bench_amber.py
 
 clean:
 	rm -rf .local bench-results pipelines/compiled
