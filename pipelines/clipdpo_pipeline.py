@@ -1,4 +1,4 @@
-"""The clipdpo pipeline: ingest -> generate (fan-out) -> score (fan-out) -> filter -> train.
+"""The clipdpo pipeline: ingest -> generate (fan-out) -> score (fan-out) -> filter -> train -> evaluate.
 
 Every component runs its stage's own image and calls `clipdpo.steps`; no stage logic lives
 here. Artifacts pass through S3 under `run_root` (a pipeline parameter); components read and
@@ -77,6 +77,13 @@ def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image:
                       tolerations_json=tolerations_json, timeout_hours=timeout_hours)
 
 
+@dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
+def evaluate(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
+    from clipdpo.steps import evaluate_step
+
+    return evaluate_step(run_root, model_uri, train_config_json, config_json)
+
+
 def _s3(task):
     """S3 credentials (and endpoint/region when the Secret has them) as env vars; caching on."""
     kubernetes.use_secret_as_env(task, secret_name=SETTINGS.s3_secret, secret_key_to_env=S3_SECRET_KEYS)
@@ -112,6 +119,7 @@ def clipdpo_pipeline(
     train_node_selector: str = "{}",
     train_tolerations: str = '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
     train_timeout_hours: float = 72.0,
+    evaluate_config: str = "{}",
 ):
     images = _s3(ingest(run_root=run_root, source=source, config_json=ingest_config))
     images.set_cpu_request("2").set_memory_request("8G").set_display_name("ingest")
@@ -142,3 +150,8 @@ def clipdpo_pipeline(
                       tolerations_json=train_tolerations, timeout_hours=train_timeout_hours))
     # No step timeout: the launcher's own deadline (train_timeout_hours) governs and deletes the job.
     model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (PyTorchJob)")
+
+    # base vs trained on the configured benchmarks (an empty evaluate_config skips it); one GPU, models in turn
+    report = _gpu(_s3(evaluate(run_root=run_root, model_uri=model.output, train_config_json=train_config,
+                               config_json=evaluate_config)), memory="64G")
+    report.set_display_name("evaluate")

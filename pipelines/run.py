@@ -28,7 +28,7 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
         "train_nodes": args.train_nodes,
         "train_gpus_per_node": args.gpus_per_node,
     }
-    for stage in ("ingest", "generate", "score", "filter", "train"):
+    for stage in ("ingest", "generate", "score", "filter", "train", "evaluate"):
         arguments[f"{stage}_config"] = json.dumps(configs.get(stage, {}), sort_keys=True)
     return arguments
 
@@ -63,8 +63,9 @@ def run_local(args) -> int:
             server.stop()
     root = arguments["run_root"]
     print(f"\nrun finished in {time.monotonic() - started:.1f}s (kfp local runner); artifacts under {root}/:")
-    for name in ("images", "candidates", "scores", "pairs", "model"):
+    for name in ("images", "candidates", "scores", "pairs", "model", "evaluation"):
         print(f"  {name:<10} {root}/{name}")
+    print(f"  report     {root}/evaluation/report.md (and report.html, metrics.json)")
     print(f"  TRL JSONL  {root}/pairs/export/trl/")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")

@@ -1,5 +1,6 @@
 """`make pipeline-run` without a cluster: the real kfp pipeline through kfp's local runner, on the
-loopback S3 server, with the built-in default (tiny models): images -> ... -> a trained model."""
+loopback S3 server, with the built-in default (tiny models): images -> ... -> a trained model -> its
+evaluation against the base model on the demo benchmarks."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     summary = json.loads(storage.read_bytes(join(root, "model", "train_summary.json")))
     assert summary["pairs"] == join(root, "pairs") and summary["steps"] >= 1
     assert storage.exists(join(root, "model", "model", "model.safetensors"))
+    metrics = json.loads(storage.read_bytes(join(root, "evaluation", "metrics.json")))
+    assert [m["name"] for m in metrics["models"]] == ["base", "clip-dpo"] and metrics["complete"] is True
+    assert metrics["models"][1]["path"] == join(root, "model", "model")  # the model this run trained
+    for result in metrics["results"].values():
+        assert set(result) == {"amber", "zero_shot", "suite"} and "amber_score" in result["amber"]
+    assert "| Δ clip-dpo |" in storage.read_bytes(join(root, "evaluation", "report.md")).decode()
     out = capsys.readouterr().out
     assert "finished" in out and join(root, "model") in out
 

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-ingest": "generate", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
     "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
-    "exec-plan-shards": "filter", "exec-train": "train",
+    "exec-plan-shards": "filter", "exec-train": "train", "exec-evaluate": "evaluate",
 }
 
 
@@ -48,7 +48,7 @@ def test_every_stage_runs_its_own_pinned_image(compiled):
         tag = image.rsplit(":", 1)[1]
         assert tag and tag != "latest"
         images[stage] = image
-    assert len(set(images.values())) == 4  # generate, score, filter, train: four images
+    assert len(set(images.values())) == 5  # generate, score, filter, train, evaluate: five images
     # components call the stage code through clipdpo.steps; nothing installs packages at run time
     for name in STAGE_EXECUTORS:
         command = " ".join(executors[name]["container"]["command"])
@@ -59,7 +59,7 @@ def test_every_stage_runs_its_own_pinned_image(compiled):
 def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
     spec, platform, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-generate-shard", "exec-score-shard"):
+    for name in ("exec-generate-shard", "exec-score-shard", "exec-evaluate"):
         accelerator = executors[name]["container"]["resources"]["accelerator"]
         assert accelerator["resourceType"] == "nvidia.com/gpu" and int(accelerator["resourceCount"]) == 1
         tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]["tolerations"]
@@ -83,7 +83,7 @@ def test_caching_is_on_for_every_task(compiled):
     spec, _, _ = compiled
     tasks = dict(all_tasks(spec))
     leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith("for-loop")}
-    assert len(leaf_tasks) == 8
+    assert len(leaf_tasks) == 9
     assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
 
 
@@ -103,7 +103,7 @@ def test_generate_and_score_fan_out_over_shards(compiled):
     assert "for-loop" in str(finalize["inputs"]["parameters"]["shard_outputs"])
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["shard_count"]["parameterType"] == "NUMBER_INTEGER"
-    for stage in ("ingest", "generate", "score", "filter", "train"):
+    for stage in ("ingest", "generate", "score", "filter", "train", "evaluate"):
         assert f"{stage}_config" in params
 
 

@@ -8,11 +8,12 @@ filter thresholds are relaxed to suit their scores and training uses a tiny batc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from clipdpo import tiny
 
-STAGES = ("ingest", "generate", "score", "filter", "train")
+STAGES = ("ingest", "generate", "score", "filter", "train", "evaluate")
 
 # Random tiny CLIP scores sit near 0: the paper's thresholds (28/25) would drop everything.
 DEMO_FILTER = {
@@ -25,7 +26,13 @@ DEMO_FILTER = {
 
 
 def demo_configs(models_dir: Path) -> dict[str, dict]:
+    from clipdpo.evaluate import demo
+
     paths = tiny.build_all(str(models_dir))
+    benchmarks = demo.write(str(models_dir.parent / "benchmarks"))
+    benchmarks["amber"]["nlp"] = {"backend": "spacy", "spacy_model": demo_spacy_model()}
+    benchmarks["zero_shot"]["text_encoder"] = {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
+                                               "model_config_dir": paths["clip_config_dir"]}
     return {
         "ingest": {"source": "builtin:demo", "source_name": "skimage", "shard_size": 4},
         "generate": {
@@ -40,7 +47,17 @@ def demo_configs(models_dir: Path) -> dict[str, dict]:
         # The paper's optimiser settings, scaled to a handful of pairs and a tiny model.
         "train": {"model": paths["captioner"], "global_batch_size": 4, "per_device_batch_size": 2,
                   "learning_rate": 1e-4, "max_length": 128, "epochs": 2, "save_steps": 1000},
+        # base (the tiny captioner) vs its trained copy on the demo benchmarks (clipdpo.evaluate.demo)
+        "evaluate": {"engine": "hf", "max_new_tokens": 48, **benchmarks},
     }
+
+
+def demo_spacy_model() -> str:
+    """en_core_web_md as `make` fetches it (CLIPDPO_SPACY_MODEL), for AMBER's NLP in the local run."""
+    path = os.environ.get("CLIPDPO_SPACY_MODEL", ".cache/nlp/en_core_web_md")
+    if not Path(path, "meta.json").exists():
+        raise FileNotFoundError(f"spaCy model not found at {path}: `make pipeline-run` fetches it (make nlp-data)")
+    return str(Path(path).resolve())
 
 
 def write_demo_configs(config_dir: Path, models_dir: Path) -> dict[str, dict]:

@@ -13,7 +13,8 @@ import tempfile
 
 from clipdpo.storage import join
 
-ARTIFACTS = {"ingest": "images", "generate": "candidates", "score": "scores", "filter": "pairs", "train": "model"}
+ARTIFACTS = {"ingest": "images", "generate": "candidates", "score": "scores", "filter": "pairs", "train": "model",
+             "evaluate": "evaluation"}
 INPUTS = {"generate": "ingest", "score": "generate", "filter": "score", "train": "filter"}
 
 
@@ -90,6 +91,45 @@ def train_step(run_root: str, config_json: str, *, launcher: str, image: str = "
         tolerations=json.loads(tolerations_json), active_deadline_seconds=int(timeout_hours * 3600))
     launch(spec, launch_key, timeout_seconds=timeout_hours * 3600)
     return output
+
+
+def evaluation_models(model_uri: str, train_config_json: str, engine: str) -> list[dict]:
+    """The base model the run trained from, then the trained one (LoRA: its merged copy)."""
+    from clipdpo.storage import Storage
+    from clipdpo.training.config import TrainConfig
+
+    base = json.loads(train_config_json or "{}").get("model") or TrainConfig().model
+    trained = join(model_uri, "model")
+    if Storage().exists(join(trained, "merged", "config.json")):
+        trained = join(trained, "merged")
+    return [{"name": "base", "path": base, "engine": engine}, {"name": "clip-dpo", "path": trained, "engine": engine}]
+
+
+def evaluate_step(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
+    """Evaluate the base and the trained model; an empty config means no evaluation was asked for.
+
+    Without `models` in the config, the pair compared is the run's base model and its trained model,
+    on `engine` (a config key of this step only; default vllm)."""
+    import logging
+
+    from clipdpo.stage import setup_logging
+
+    setup_logging()
+    config = json.loads(config_json or "{}")
+    if not config:
+        logging.getLogger("clipdpo.evaluate").warning("evaluate: no benchmarks configured (evaluate_config is {}); "
+                                                      "skipped")
+        return ""
+    engine = config.pop("engine", "vllm")
+    config.setdefault("models", evaluation_models(model_uri, train_config_json, engine))
+    config_path = _config_file(json.dumps(config))
+    try:
+        from clipdpo.evaluate.__main__ import run
+
+        run(["--output", artifact_uri(run_root, "evaluate"), "--config", config_path])
+    finally:
+        os.unlink(config_path)
+    return artifact_uri(run_root, "evaluate")
 
 
 def shard_indices(shard_count: int) -> list[int]:

@@ -253,8 +253,9 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
     return _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
 
 
-def _pct(score: float, num: float) -> float:
-    return round(score / num * 100, 1)
+def _pct(score: float, num: float) -> float | None:
+    """None when nothing was counted (a metrics.txt without that counter and no item of its type)."""
+    return round(score / num * 100, 1) if num else None
 
 
 def _prf(m: dict, prefixes: list[str], epsilon: float) -> dict:
@@ -262,7 +263,9 @@ def _prf(m: dict, prefixes: list[str], epsilon: float) -> dict:
     accuracy = _pct(get("qa_correct_score"), get("qa_correct_num"))
     precision = _pct(get("qa_ans_no_score"), get("qa_ans_no_num"))
     recall = _pct(get("qa_no_score"), get("qa_no_num"))
-    f1 = round(2 * (precision / 100) * (recall / 100) / ((precision / 100) + (recall / 100) + epsilon) * 100, 1)
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = round(2 * (precision / 100) * (recall / 100) / ((precision / 100) + (recall / 100) + epsilon) * 100, 1)
     return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
 
 
@@ -273,7 +276,7 @@ def _summarise(m: dict, evaluation_type: str, *, complete: bool, missing: list[i
         out["generative"] = {
             "chair": _pct(m["chair_score"], m["chair_num"]),
             "cover": _pct(m["safe_cover_score"], m["safe_cover_num"]),
-            "hal": round(100 - m["non_hallu_score"] / m["non_hallu_num"] * 100, 1),
+            "hal": round(100 - m["non_hallu_score"] / m["non_hallu_num"] * 100, 1) if m["non_hallu_num"] else None,
             "cog": _pct(m["hallu_cover_score"], m["hallu_cover_num"]),
         }
         out["examples"] = qualitative
@@ -288,7 +291,8 @@ def _summarise(m: dict, evaluation_type: str, *, complete: bool, missing: list[i
         out["action"] = _prf(m, ["aa_"], 0.0001)
     if evaluation_type in ("a", "d", "dr"):
         out["relation"] = _prf(m, ["asso_"], 0.0001)
-    if "generative" in out and "discriminative" in out:
+    if "generative" in out and "discriminative" in out and None not in (out["generative"]["chair"],
+                                                                          out["discriminative"]["f1"]):
         out["amber_score"] = round(amber_score(out["generative"]["chair"], out["discriminative"]["f1"]), 2)
     return out
 
