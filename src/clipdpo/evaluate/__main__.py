@@ -36,10 +36,11 @@ def run(argv: list[str] | None = None) -> dict:
     from clipdpo.evaluate.runner import run as evaluate  # torch loads only past argument checks
 
     metrics = evaluate(cfg, args.output, storage)
-    headline = {name: {key: value.get("amber_score") if key == "amber" else None for key, value in result.items()}
-                for name, result in metrics["results"].items()}
+    amber_scores = {name: result["amber"].get("amber_score") for name, result in metrics["results"].items()
+                    if "amber" in result}
     print(json.dumps({"stage": "evaluate", "output": args.output, "complete": metrics["complete"],
-                      "amber_score": headline}, sort_keys=True), flush=True)
+                      "report": args.output.rstrip("/") + "/report.md", "amber_score": amber_scores},
+                     sort_keys=True), flush=True)
     return metrics
 
 
