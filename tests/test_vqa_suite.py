@@ -92,3 +92,36 @@ def test_zero_shot_picks_the_nearest_class_text():
     captions = np.array([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.1, 0.7, 0.7]], dtype=np.float32)
     captions /= np.linalg.norm(captions, axis=1, keepdims=True)
     assert classify(captions, classes).tolist() == [0, 2, 1]  # ties go to the first, as argmax
+
+
+def test_zero_shot_datasets_load_from_folders_and_manifests(tmp_path, monkeypatch):
+    import json
+    import os
+    import sys
+
+    from clipdpo.evaluate.config import ZeroShotDataset
+    from clipdpo.evaluate.data import EvalInputError
+    from clipdpo.evaluate.zeroshot import load_dataset
+    from clipdpo.storage import Storage
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import eval_fixture as fx
+
+    storage = Storage()
+    fx.write_zero_shot(storage, str(tmp_path / "folder"))
+    monkeypatch.chdir(tmp_path)
+    items, names = load_dataset(storage, ZeroShotDataset(name="f", root="./folder"), "describe")
+    assert names == ["blue square", "green square", "red square"]  # labels sorted, named by classes.json
+    assert len(items) == 9 and items[0].fields == {"label": "c_blue", "class_index": 0}
+
+    rows = [{"image": "a.jpg", "label": "zebra"}, {"image": "b.jpg", "label": "ant"}]
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items, names = load_dataset(storage, ZeroShotDataset(name="m", root=str(tmp_path / "m"), layout="manifest"),
+                                "describe")
+    assert names == ["ant", "zebra"] and [i.fields["class_index"] for i in items] == [1, 0]
+    assert items[0].image == str(tmp_path / "m" / "a.jpg")
+
+    (tmp_path / "m" / "manifest.jsonl").write_text('{"image": "a.jpg"}\n')
+    with pytest.raises(EvalInputError, match=r"manifest\.jsonl:1: field 'label' is missing"):
+        load_dataset(storage, ZeroShotDataset(name="m", root=str(tmp_path / "m"), layout="manifest"), "describe")

@@ -12,6 +12,7 @@ copy, as an image folder per class or a manifest.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +36,7 @@ PRESETS = {
 
 def load_dataset(storage: Storage, dataset: ZeroShotDataset, prompt: str) -> tuple[list[Item], list[str]]:
     """The items (label in fields) and the class names, in a fixed order."""
-    root = dataset.root.rstrip("/")
+    root = dataset.root.rstrip("/") if dataset.root.startswith("s3://") else str(Path(dataset.root))
     labelled: list[tuple[str, str]] = []  # (image URI, label)
     if dataset.layout == "folder":
         for uri in storage.list(root):
