@@ -58,6 +58,7 @@ def run_local(args) -> int:
         from pipelines.clipdpo_pipeline import clipdpo_pipeline
 
         clipdpo_pipeline(**arguments)
+        reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
     finally:
         if server is not None:
             server.stop()
@@ -66,10 +67,26 @@ def run_local(args) -> int:
     for name in ("images", "candidates", "scores", "pairs", "model", "evaluation"):
         print(f"  {name:<10} {root}/{name}")
     print(f"  report     {root}/evaluation/report.md (and report.html, metrics.json)")
+    if reports:
+        print(f"  copied to  {reports[0].parent}/ ({', '.join(p.name for p in reports)})")
     print(f"  TRL JSONL  {root}/pairs/export/trl/")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
     return 0
+
+
+def copy_reports(run_root: str, target: Path) -> list[Path]:
+    """The evaluation report next to the local state, readable once the loopback S3 server is gone."""
+    from clipdpo.storage import Storage, join
+
+    storage, copied = Storage(), []
+    for name in ("report.md", "report.html", "metrics.json"):
+        uri = join(run_root, "evaluation", name)
+        if storage.exists(uri):
+            target.mkdir(parents=True, exist_ok=True)
+            (target / name).write_bytes(storage.read_bytes(uri))
+            copied.append(target / name)
+    return copied
 
 
 def run_cluster(args, host: str) -> int:

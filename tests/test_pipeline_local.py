@@ -39,6 +39,8 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     for result in metrics["results"].values():
         assert set(result) == {"amber", "zero_shot", "suite"} and "amber_score" in result["amber"]
     assert "| Δ clip-dpo |" in storage.read_bytes(join(root, "evaluation", "report.md")).decode()
+    local_report = tmp_path / "state" / "reports" / run_id / "report.md"
+    assert local_report.read_text() == storage.read_bytes(join(root, "evaluation", "report.md")).decode()
     out = capsys.readouterr().out
     assert "finished" in out and join(root, "model") in out
 
