@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 from PIL import Image
 
+from clipdpo.evaluate import amber
 from clipdpo.storage import Storage, join
 
 # AMBER: official data/ layout (annotations, relation words, safe words, counters) + query file + image/.
+# Every expected value of tests/test_amber.py is worked out by hand from these.
 AMBER_RELATION = {"dog": ["puppy"], "cat": ["kitten"], "car": ["vehicle"], "tree": [], "frisbee": [],
-                  "grass": ["lawn"], "man": ["person"], "sky": []}
+                  "grass": ["lawn"], "man": ["person"], "sky": []}  # sky: in the vocabulary and a global safe word
 AMBER_ANNOTATIONS = [
     {"id": 1, "type": "generative", "truth": ["dog", "grass"], "hallu": ["cat", "frisbee"]},
     {"id": 2, "type": "generative", "truth": ["car", "tree"], "hallu": ["man"]},
@@ -27,12 +28,7 @@ AMBER_ANNOTATIONS = [
 AMBER_QUERIES = [{"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
                  {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."}] + [
     {"id": i, "image": f"AMBER_{(i % 2) + 1}.jpg", "query": "Is there a dog in this image?"} for i in range(3, 10)]
-COUNTER_NAMES = ["chair_num", "chair_score", "safe_cover_num", "safe_cover_score", "hallu_cover_num",
-                 "hallu_cover_score", "non_hallu_score", "non_hallu_num", "qa_correct_score", "qa_correct_num",
-                 "qa_no_score", "qa_no_num", "qa_ans_no_score", "qa_ans_no_num"] + [
-    f"{p}_{k}" for p in ("as", "an", "aa", "ha", "asso") for k in (
-        "qa_correct_score", "qa_correct_num", "qa_no_score", "qa_no_num", "qa_ans_no_score", "qa_ans_no_num")]
-METRICS_TXT = "\n".join(f"{n}=0" if n.endswith("score") else f"{n}=0.001" for n in COUNTER_NAMES)
+METRICS_TXT = amber.start_counters_text()
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
 
@@ -85,7 +81,6 @@ def write_suite(storage: Storage, root: str) -> dict[str, str]:
 
 def spacy_model() -> str:
     """The spaCy model the tests use: `make test` fetches en_core_web_md and names it here."""
-    path = os.environ.get("CLIPDPO_SPACY_MODEL", ".cache/nlp/en_core_web_md")
-    if not os.path.exists(os.path.join(path, "meta.json")):
-        raise RuntimeError(f"spaCy model not found at {path}: run the tests through `make test` (it fetches it)")
-    return path
+    from clipdpo.evaluate.nlp import local_spacy_model
+
+    return local_spacy_model()

@@ -8,7 +8,6 @@ filter thresholds are relaxed to suit their scores and training uses a tiny batc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from clipdpo import tiny
@@ -27,10 +26,11 @@ DEMO_FILTER = {
 
 def demo_configs(models_dir: Path) -> dict[str, dict]:
     from clipdpo.evaluate import demo
+    from clipdpo.evaluate.nlp import local_spacy_model
 
     paths = tiny.build_all(str(models_dir))
     benchmarks = demo.write(str(models_dir.parent / "benchmarks"))
-    benchmarks["amber"]["nlp"] = {"backend": "spacy", "spacy_model": demo_spacy_model()}
+    benchmarks["amber"]["nlp"] = {"backend": "spacy", "spacy_model": local_spacy_model()}
     benchmarks["zero_shot"]["text_encoder"] = {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
                                                "model_config_dir": paths["clip_config_dir"]}
     return {
@@ -51,13 +51,6 @@ def demo_configs(models_dir: Path) -> dict[str, dict]:
         "evaluate": {"engine": "hf", "max_new_tokens": 48, **benchmarks},
     }
 
-
-def demo_spacy_model() -> str:
-    """en_core_web_md as `make` fetches it (CLIPDPO_SPACY_MODEL), for AMBER's NLP in the local run."""
-    path = os.environ.get("CLIPDPO_SPACY_MODEL", ".cache/nlp/en_core_web_md")
-    if not Path(path, "meta.json").exists():
-        raise FileNotFoundError(f"spaCy model not found at {path}: `make pipeline-run` fetches it (make nlp-data)")
-    return str(Path(path).resolve())
 
 
 def write_demo_configs(config_dir: Path, models_dir: Path) -> dict[str, dict]:

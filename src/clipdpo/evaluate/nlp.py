@@ -78,6 +78,18 @@ def _doc_nouns(doc) -> list[str]:
     return [token.lemma_ if token.text.islower() else token.text for token in doc if token.tag_.startswith("NN")]
 
 
+def local_spacy_model() -> str:
+    """The en_core_web_md folder `make nlp-data` fetches (CLIPDPO_SPACY_MODEL names another), absolute."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("CLIPDPO_SPACY_MODEL", ".cache/nlp/en_core_web_md"))
+    if not (path / "meta.json").exists():
+        raise FileNotFoundError(f"spaCy model not found at {path}: `make nlp-data` fetches it (make test and make "
+                                "pipeline-run do so themselves)")
+    return str(path.resolve())
+
+
 def load_nlp(backend: str, spacy_model: str, nltk_data: str | None):
     if backend == "official":
         return OfficialNLP(spacy_model, nltk_data)
