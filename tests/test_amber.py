@@ -9,30 +9,19 @@ algorithm by hand in the comments.
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 
 from clipdpo.evaluate import amber
 
-RELATION = {"dog": ["puppy"], "cat": ["kitten"], "car": ["vehicle"], "tree": [], "frisbee": [],
-            "grass": ["lawn"], "man": ["person"], "sky": []}  # sky: in the vocabulary and a global safe word
+sys.path.insert(0, os.path.dirname(__file__))
+import eval_fixture as fx  # noqa: E402
+
+# The hand-made benchmark (relation words, annotations, metrics.txt) is shared with the evaluate tests.
+RELATION, ANNOTATIONS, METRICS_TXT = fx.AMBER_RELATION, fx.AMBER_ANNOTATIONS, fx.METRICS_TXT
 SAFE_WORDS = ["sky", "day"]
-METRICS_TXT = "\n".join(f"{name}=0" if name.endswith("score") else f"{name}=0.001" for name in [
-    "chair_num", "chair_score", "safe_cover_num", "safe_cover_score", "hallu_cover_num", "hallu_cover_score",
-    "non_hallu_score", "non_hallu_num", "qa_correct_score", "qa_correct_num", "qa_no_score", "qa_no_num",
-    "qa_ans_no_score", "qa_ans_no_num"] + [f"{p}_{k}" for p in ("as", "an", "aa", "ha", "asso") for k in (
-    "qa_correct_score", "qa_correct_num", "qa_no_score", "qa_no_num", "qa_ans_no_score", "qa_ans_no_num")])
-ANNOTATIONS = [
-    {"id": 1, "type": "generative", "truth": ["dog", "grass"], "hallu": ["cat", "frisbee"]},
-    {"id": 2, "type": "generative", "truth": ["car", "tree"], "hallu": ["man"]},
-    {"id": 3, "type": "discriminative-hallucination", "truth": "no"},
-    {"id": 4, "type": "discriminative-hallucination", "truth": "yes"},
-    {"id": 5, "type": "discriminative-attribute-state", "truth": "no"},
-    {"id": 6, "type": "discriminative-attribute-number", "truth": "yes"},
-    {"id": 7, "type": "discriminative-attribute-action", "truth": "no"},
-    {"id": 8, "type": "discriminative-relation", "truth": "yes"},
-    {"id": 9, "type": "discriminative-relation", "truth": "no"},
-]
 
 
 class TableNLP:
@@ -155,11 +144,11 @@ def test_bad_inputs_are_named(bench, tmp_path):
 
 
 def test_the_official_files_load(tmp_path):
-    import os
-
     root = "/work/shared/amber"
     if not os.path.isdir(root):
         pytest.fail("shared/amber is expected on these machines")
     data = amber.load(root)
     assert len(data.annotations) > 1000 and "dog" in data.hallucination_words
     assert data.counters["chair_num"] == 0.001
+    # the metrics.txt the demo and the tests write is the official one, counter for counter
+    assert amber.parse_counters(amber.start_counters_text(), "generated") == data.counters

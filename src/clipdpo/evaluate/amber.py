@@ -64,6 +64,18 @@ class AmberData:
         self.hallucination_words = words
 
 
+COUNTER_NAMES = ["chair_num", "chair_score", "safe_cover_num", "safe_cover_score", "hallu_cover_num",
+                 "hallu_cover_score", "non_hallu_score", "non_hallu_num", "qa_correct_score", "qa_correct_num",
+                 "qa_no_score", "qa_no_num", "qa_ans_no_score", "qa_ans_no_num"]
+
+
+def start_counters_text() -> str:
+    """A metrics.txt as the official one: every counter, scores from 0, denominators from 0.001."""
+    discriminative = COUNTER_NAMES[8:]
+    names = COUNTER_NAMES + [f"{p}_{c}" for p in ("as", "an", "aa", "ha", RELATION_PREFIX) for c in discriminative]
+    return "\n".join(f"{n}=0" if n.endswith("score") else f"{n}=0.001" for n in names)
+
+
 def parse_counters(text: str, where: str) -> dict[str, float]:
     """metrics.txt: `name=value` per line (the official code eval()s the value; numbers only here)."""
     counters = {}
@@ -212,7 +224,7 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
     scored = sorted(set(responses) & expected)
     batched: dict[int, list[str]] = {}
     if wants_generative and hasattr(nlp, "nouns_many"):  # one batched NLP pass over all descriptions
-        generative = [i for i in scored if data.annotations[i - 1]["type"] == "generative"]
+        generative = [i for i in scored if is_generative(data, i)]
         batched = dict(zip(generative, nlp.nouns_many([responses[i] for i in generative])))
     for item_id in scored:
         item = data.annotations[item_id - 1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 
+from clipdpo.evaluate import amber
 from clipdpo.storage import Storage, join
 
 # photo -> (objects in it, objects not in it), in words of the demo vocabulary below
@@ -27,9 +28,6 @@ RELATION = {"person": ["woman", "astronaut"], "flag": [], "dog": ["puppy"], "car
             "airplane": ["plane"], "bird": [], "horse": ["pony"], "man": [], "camera": []}
 ZERO_SHOT_CLASSES = {"astronaut": "person", "chelsea": "cat", "coffee": "cup", "rocket": "rocket", "horse": "horse",
                      "camera": "person"}
-COUNTERS = ["chair_num", "chair_score", "safe_cover_num", "safe_cover_score", "hallu_cover_num", "hallu_cover_score",
-            "non_hallu_score", "non_hallu_num", "qa_correct_score", "qa_correct_num", "qa_no_score", "qa_no_num",
-            "qa_ans_no_score", "qa_ans_no_num"]
 
 
 def _photo(name: str) -> bytes:
@@ -61,10 +59,7 @@ def write(root: str, storage: Storage | None = None) -> dict:
         join(amber_data, "annotations.json"): json.dumps(annotations),
         join(amber_data, "relation.json"): json.dumps(RELATION),
         join(amber_data, "safe_words.txt"): "sky\n",
-        # the official counters start every denominator at 0.001
-        join(amber_data, "metrics.txt"): "\n".join(f"{c}=0" if c.endswith("score") else f"{c}=0.001" for c in
-                                                   COUNTERS + [f"{t}_{c}" for t in ("as", "an", "aa", "ha", "asso")
-                                                               for c in COUNTERS[8:]]),
+        join(amber_data, "metrics.txt"): amber.start_counters_text(),
         join(amber_data, "query", "query_all.json"): json.dumps(queries),
         join(root, "pope", "questions.jsonl"): "".join(json.dumps(row) + "\n" for row in pope),
         join(root, "zero-shot", "classes.json"): json.dumps({c: c for c in set(ZERO_SHOT_CLASSES.values())}),
