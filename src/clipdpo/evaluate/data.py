@@ -72,18 +72,20 @@ def load_image(storage: Storage, uri: str, where: str) -> Image.Image:
         raise EvalInputError(f"{where}: image {uri} cannot be decoded ({err})") from err
 
 
-def check_images_exist(storage: Storage, items: list[Item], where: str) -> None:
-    """Fail before any inference when an image is missing: one listing per folder, not one call per image."""
+def check_images_exist(storage: Storage, items_by_task: dict[str, list[Item]]) -> None:
+    """Fail before any inference when an image is missing: one listing per folder (shared by the tasks that
+    use it), not one call per image."""
     folders: dict[str, set[str]] = {}
-    missing = []
-    for item in items:
-        folder = item.image.rsplit("/", 1)[0]
-        if folder not in folders:
-            folders[folder] = set(storage.list(folder))
-        if item.image not in folders[folder] and not storage.exists(item.image):
-            missing.append(f"{item.id}: {item.image}")
-    if missing:
-        raise EvalInputError(f"{where}: {len(missing)} image(s) not found, e.g. {missing[:5]}")
+    for task, items in items_by_task.items():
+        missing = []
+        for item in items:
+            folder = item.image.rsplit("/", 1)[0]
+            if folder not in folders:
+                folders[folder] = set(storage.list(folder))
+            if item.image not in folders[folder] and not storage.exists(item.image):
+                missing.append(f"{item.id}: {item.image}")
+        if missing:
+            raise EvalInputError(f"{task}: {len(missing)} image(s) not found, e.g. {missing[:5]}")
 
 
 def image_uri(images_root: str, relative: str) -> str:

@@ -87,8 +87,7 @@ def run(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
         items = suite.load_items(storage, benchmark)
         benchmarks.append((benchmark, items))
         tasks.append(Task(f"suite-{benchmark.label}", items, max_new_tokens=SHORT_ANSWER_TOKENS))
-    for task in tasks:
-        check_images_exist(storage, task.items, task.name)
+    check_images_exist(storage, {task.name: task.items for task in tasks})
     if amber_data is not None and cfg.amber.evaluation_type in ("a", "g") and nlp is None:
         n = cfg.amber.nlp
         from clipdpo.evaluate.nlp import load_nlp
@@ -107,6 +106,8 @@ def run(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
         del responder  # frees the engine before the next model loads
 
     # 3. scores
+    classes = {dataset.name: zeroshot.class_embeddings(names, encoder, cfg.zero_shot)
+               for dataset, _, names in zero_shot_sets}
     results: dict[str, dict] = {}
     for spec in cfg.models:
         got = responses[spec.name]
@@ -118,8 +119,8 @@ def run(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
                                              allow_partial=cfg.amber.allow_partial, examples=cfg.amber.examples)
             result["amber"].pop("counters")
         if zero_shot_sets:
-            result["zero_shot"] = {dataset.name: zeroshot.evaluate_dataset(items, names, got[f"zeroshot-{dataset.name}"],
-                                                                           encoder, cfg.zero_shot)
+            result["zero_shot"] = {dataset.name: zeroshot.evaluate_dataset(items, names, classes[dataset.name],
+                                                                           got[f"zeroshot-{dataset.name}"], encoder)
                                    for dataset, items, names in zero_shot_sets}
         if benchmarks:
             result["suite"] = {b.label: {"kind": b.kind, **suite.score(b.kind, items, got[f"suite-{b.label}"])}

@@ -93,13 +93,18 @@ def classify(caption_embeddings: np.ndarray, class_embeddings: np.ndarray) -> np
     return (caption_embeddings @ class_embeddings.T).argmax(axis=1)
 
 
-def evaluate_dataset(items: list[Item], class_names: list[str], captions: dict[str, str], encoder: TextEncoder,
-                     config: ZeroShotConfig) -> dict:
+def class_embeddings(class_names: list[str], encoder: TextEncoder, config: ZeroShotConfig) -> np.ndarray:
+    """The class texts' embeddings: the same for every model, so computed once per dataset."""
+    return encoder.encode([config.class_template.format(name) for name in class_names])
+
+
+def evaluate_dataset(items: list[Item], class_names: list[str], classes: np.ndarray, captions: dict[str, str],
+                     encoder: TextEncoder) -> dict:
+    """`classes`: class_embeddings() of `class_names`."""
     missing = [item.id for item in items if item.id not in captions]
     if missing:
         raise EvalInputError(f"zero_shot: {len(missing)} image(s) have no caption, e.g. {missing[:5]}")
-    class_embeddings = encoder.encode([config.class_template.format(name) for name in class_names])
-    predictions = classify(encoder.encode([captions[item.id] for item in items]), class_embeddings)
+    predictions = classify(encoder.encode([captions[item.id] for item in items]), classes)
     truth = [item.fields["class_index"] for item in items]
     correct = predictions == np.asarray(truth)
     per_class: dict[str, list[int]] = {}
