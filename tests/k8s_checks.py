@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import glob
+import json
 import os
 import re
 
@@ -23,6 +24,11 @@ import kubernetes_validate
 import yaml
 
 K8S_VERSION = "1.37.0"
+# kubernetes-validate re-reads its JSON schemas (MBs) from disk on every call; they never change
+# within a test session, so read each once (the validation itself is untouched).
+if not hasattr(kubernetes_validate.utils.schema_contents, "cache_info"):
+    kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
+        kubernetes_validate.utils.schema_contents)
 RESTART_POLICIES = {"Always", "OnFailure", "Never", "ExitCode"}
 CLEAN_POD_POLICIES = {"None", "Running", "All"}
 REPLICA_TYPES = {"Master", "Worker"}
@@ -86,8 +92,7 @@ def validate_pytorchjob(job: dict) -> None:
         names = [c["name"] for c in replica["template"]["spec"]["containers"]]
         assert "pytorch" in names, f"{role}: the operator needs a container named 'pytorch', got {names}"
     for where, template in templates:
-        validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
-                       "template": template})
+        _validate_pod_template(template)
 
 
 # --- custom resources against the CRDs -------------------------------------------------------------
@@ -154,7 +159,13 @@ def validate_crd_object(obj: dict) -> None:
 
 
 def _validate_pod_template(template: dict) -> None:
-    validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template})
+    _validate_pod_template_json(json.dumps(template, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _validate_pod_template_json(template: str) -> None:  # many jobs share a template: check each once
+    validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
+                   "template": json.loads(template)})
 
 
 def _merge_named(base: list, patch: list) -> list:
@@ -210,3 +221,10 @@ def validate_trainjob(job: dict, runtime: dict | None = None) -> None:
     node["env"] = _merge_named(node.get("env", []), trainer.get("env", []))
     node["resources"] = trainer.get("resourcesPerNode", {})
     _validate_pod_template(template)
+
+
+def validate_any(obj: dict) -> None:
+    """Route an object to its validator: the CRD kinds we ship, else a core Kubernetes object."""
+    validators = {"PyTorchJob": validate_pytorchjob, "TrainJob": validate_trainjob,
+                  "ClusterTrainingRuntime": validate_clustertrainingruntime}
+    validators.get(obj.get("kind"), validate_core)(obj)
