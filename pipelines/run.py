@@ -71,7 +71,7 @@ def run_local(args) -> int:
     print(f"  report     {root}/evaluation/report.md (and report.html, metrics.json)")
     if reports:
         print(f"  copied to  {reports[0].parent}/ ({', '.join(p.name for p in reports)})")
-    print(f"  TRL JSONL  {root}/pairs/export/trl/")
+    print(f"  TRL data   {root}/pairs/export/trl/*.parquet")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
     return 0
