@@ -24,7 +24,8 @@ def plan_shards(shard_count: int) -> List[int]:
     return shard_indices(shard_count)
 
 
-@dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
+# CPU work: the light filter image, so the vLLM generate image is not rebuilt for an ingest change
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
 def ingest(run_root: str, source: str, config_json: str) -> str:
     from clipdpo.steps import run_stage
 
