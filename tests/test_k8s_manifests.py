@@ -20,7 +20,7 @@ from fake_k8s import FakeCluster, FakeClock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "helm", "clipdpo")
-SECRET_VALUES = {"s3": {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "example-secret",
+SECRET_VALUES = {"s3": {"create": True, "accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "example-secret",
                         "endpointUrl": "https://s3.example.com"}}
 FORBIDDEN_VERBS = {"*", "update", "patch", "escalate", "bind", "impersonate", "deletecollection"}
 
@@ -216,4 +216,7 @@ def test_helm_existing_secret_and_values_schema():
         with pytest.raises(Exception):
             chart.validate_schema(bad)
     with pytest.raises(Exception, match="accessKeyId"):
-        render_chart({})  # s3.create=true without credentials: a clear failure, not an empty Secret
+        render_chart({"s3": {"create": True}})  # no credentials: a clear failure, not an empty Secret
+    defaults = render_chart({})  # the default: the Secret already exists, the chart only names it
+    assert "Secret" not in [o["kind"] for o in defaults]
+    assert next(o for o in defaults if o["kind"] == "ConfigMap")["data"]["CLIPDPO_S3_SECRET"] == "clipdpo-s3"
