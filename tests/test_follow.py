@@ -177,3 +177,19 @@ def test_a_foreign_job_with_the_same_name_is_not_adopted(launcher):
 def test_an_unknown_launcher_is_a_clear_error():
     with pytest.raises(ValueError, match="launcher 'mpijob'"):
         build_manifest(spec(), "mpijob", KEY)
+
+
+def test_kueue_reason_is_read_from_whichever_workload_version_is_served():
+    from kubernetes.client import ApiException
+
+    class OldKueue(FakeCluster):  # a Kueue that serves only v1beta1
+        def list_namespaced_custom_object(self, group, version, namespace, plural, label_selector=""):
+            self.asked = getattr(self, "asked", []) + [version]
+            if version != "v1beta1":
+                raise ApiException(status=404, reason="Not Found")
+            return super().list_namespaced_custom_object(group, version, namespace, plural, label_selector)
+
+    cluster = OldKueue(rec.queued_by_kueue("TrainJob", spec().name, 2, "6f1c2e8a-0b7d-4a51-9c1e-2d4f8b7a9e10"))
+    with pytest.raises(JobUnschedulable, match="16 more needed"):
+        run(cluster, "trainjob", nodes=2, queue_name="team-gpus")
+    assert cluster.asked == ["v1beta2", "v1beta1"]

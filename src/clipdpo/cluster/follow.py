@@ -26,7 +26,7 @@ from clipdpo.cluster import pytorchjob, trainjob
 from clipdpo.cluster.jobspec import LABEL_KEY
 
 log = logging.getLogger("clipdpo.cluster")
-KUEUE = ("kueue.x-k8s.io", "v1beta1", "workloads")
+KUEUE_GROUP, KUEUE_VERSIONS, KUEUE_PLURAL = "kueue.x-k8s.io", ("v1beta2", "v1beta1"), "workloads"  # newest first
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
@@ -226,11 +226,14 @@ class JobFollower:
         uid, namespace = job["metadata"].get("uid"), job["metadata"]["namespace"]
         if not uid:
             return ""
-        try:
-            workloads = self.custom.list_namespaced_custom_object(*KUEUE[:2], namespace, KUEUE[2],
-                                                                  label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}")
-        except Exception:  # Kueue not installed, or not allowed: say what the job itself says
-            return ""
+        workloads = {}
+        for version in KUEUE_VERSIONS:
+            try:
+                workloads = self.custom.list_namespaced_custom_object(
+                    KUEUE_GROUP, version, namespace, KUEUE_PLURAL, label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}")
+                break
+            except Exception:  # that version not served, Kueue not installed, or not allowed
+                continue
         for workload in workloads.get("items") or []:
             for kind in ("QuotaReserved", "Admitted"):
                 condition = _condition(workload, kind)
