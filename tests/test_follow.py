@@ -193,3 +193,30 @@ def test_kueue_reason_is_read_from_whichever_workload_version_is_served():
     with pytest.raises(JobUnschedulable, match="16 more needed"):
         run(cluster, "trainjob", nodes=2, queue_name="team-gpus")
     assert cluster.asked == ["v1beta2", "v1beta1"]
+
+
+@pytest.mark.parametrize("launcher", sorted(KINDS))
+def test_the_pipelines_train_step_launches_and_follows_the_job(launcher, monkeypatch):
+    """steps.train_step as the kfp component calls it, down to the API calls (fake cluster, no sleeping)."""
+    import functools
+
+    from clipdpo import steps
+    from clipdpo.cluster import launch as launch_module
+
+    cluster = FakeCluster()
+    monkeypatch.setattr(launch_module, "kubernetes_clients", lambda: (cluster, cluster))
+    monkeypatch.setattr(launch_module, "JobFollower", functools.partial(JobFollower, poll_seconds=0))
+    monkeypatch.setenv("CLIPDPO_POD_NAME", "clipdpo-run-train-pod")
+    monkeypatch.setenv("CLIPDPO_POD_UID", "pod-uid-1")
+    run_root, config = "s3://b/runs/r1", '{"beta": 0.1}'
+    output = steps.artifact_uri(run_root, "train")
+    name = jobspec.job_name(output + "\n" + '{"beta": 0.1}')
+    cluster.frames = rec.succeeded(KINDS[launcher], name, 2)
+    assert steps.train_step(run_root, config, launcher=launcher, image="ghcr.io/x/clipdpo-train:0.1.0", nodes=2,
+                            gpus_per_node=4, queue_name="team-gpus") == output
+    job = cluster.created[0]
+    assert job["kind"] == KINDS[launcher] and job["metadata"]["name"] == name and cluster.deleted == [name]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpus"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "pod-uid-1"  # same namespace as the step's pod
+    with pytest.raises(ValueError, match="expected 'trainjob', 'pytorchjob' or 'local'"):
+        steps.train_step(run_root, config, launcher="mpijob", image="ghcr.io/x/clipdpo-train:0.1.0")
