@@ -92,7 +92,10 @@ def test_what_goes_into_each_tag():
     assert not any(path.startswith("clipdpo/ingest/") for path in sources["generate"])
     assert "clipdpo/cluster/launch.py" in sources["train"]  # steps.train_step's lazy import
     assert not any(path.startswith("clipdpo/cluster/") for path in sources["generate"] | sources["score"])
-    assert all(tag.startswith("0.1.0-") and len(tag) == len("0.1.0-") + 12 for tag in tags(ROOT).values())
+    from clipdpo import __version__
+
+    prefix = f"{__version__}-"
+    assert all(tag.startswith(prefix) and len(tag) == len(prefix) + 12 for tag in tags(ROOT).values())
 
 
 def test_cli_prints_the_tags_and_the_pipeline_uses_them():
