@@ -110,3 +110,22 @@ def test_cli_prints_the_tags_and_the_pipeline_uses_them():
     assert settings.image("train") == f"r.example.com/ml/clipdpo-train:{printed['train']}"
     with pytest.raises(ValueError, match="must pin"):
         PipelineSettings(stage_tags={"train": "latest"}).image("train")
+
+
+def test_the_only_dynamic_import_is_the_one_the_tags_resolve():
+    """An import the graph cannot see would let a change slip past the tags: the only one allowed is
+    steps.run_stage's import_module(f"clipdpo.{stage}.__main__"), resolved from the components'
+    literal run_stage("<stage>") calls."""
+    import ast
+
+    dynamic = []
+    for folder, _, names in os.walk(os.path.join(ROOT, "src", "clipdpo")):
+        for name in names:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path).read())):
+                callee = isinstance(node, ast.Call) and (getattr(node.func, "attr", "") or getattr(node.func, "id", ""))
+                if callee in ("import_module", "__import__"):
+                    dynamic.append(os.path.relpath(path, ROOT))
+    assert dynamic == [os.path.join("src", "clipdpo", "steps.py")], dynamic
