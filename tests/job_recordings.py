@@ -102,8 +102,10 @@ def _frame(kind, job, nodes, conditions, pod_state="running", **pod_args) -> dic
 
 
 def succeeded(kind: str, job: str, nodes: int) -> list:
-    done = (_condition(kind, "Succeeded", "PyTorchJobSucceeded", "PyTorchJob ml/j successfully completed.")
-            if kind == "PyTorchJob" else _condition(kind, "Complete", "AllJobsCompleted", "jobset completed successfully"))
+    if kind == "PyTorchJob":
+        done = _condition(kind, "Succeeded", "PyTorchJobSucceeded", "PyTorchJob ml/j successfully completed.")
+    else:
+        done = _condition(kind, "Complete", "AllJobsCompleted", "jobset completed successfully")
     if kind == "PyTorchJob":
         done_conditions = [dict(c, status="False") if c["type"] == "Running" else c for c in _running(kind)] + [done]
     else:
@@ -116,9 +118,10 @@ def failed(kind: str, job: str, nodes: int, failed_index: int) -> list:
     """A worker is OOM-killed; the operator gives up (v1: backoff limit; v2: the JobSet failed)."""
     if kind == "PyTorchJob":
         restarting = _running(kind) + [_condition(kind, "Restarting", "PyTorchJobRestarting",
-                                                  f"PyTorchJob j is restarting because 1 Worker replica(s) failed.")]
-        end = _running(kind) + [_condition(kind, "Failed", "BackoffLimitExceeded",
-                                           "PyTorchJob j has failed because it has reached the specified backoff limit")]
+                                                  "PyTorchJob j is restarting because 1 Worker replica(s) failed.")]
+        end = _running(kind) + [_condition(
+            kind, "Failed", "BackoffLimitExceeded",
+            "PyTorchJob j has failed because it has reached the specified backoff limit")]
         return [_frame(kind, job, nodes, _running(kind)),
                 _frame(kind, job, nodes, restarting, failed=failed_index, restarted=True),
                 _frame(kind, job, nodes, end, failed=failed_index)]

@@ -43,8 +43,8 @@ def build(launcher, nodes, gpus, kueue, gang) -> dict:
 def pods_and_gpus(job: dict) -> tuple[int, set]:
     if job["kind"] == "PyTorchJob":
         replicas = job["spec"]["pytorchReplicaSpecs"].values()
-        return (sum(r["replicas"] for r in replicas),
-                {c["resources"]["limits"]["nvidia.com/gpu"] for r in replicas for c in r["template"]["spec"]["containers"]})
+        containers = [c for r in replicas for c in r["template"]["spec"]["containers"]]
+        return sum(r["replicas"] for r in replicas), {c["resources"]["limits"]["nvidia.com/gpu"] for c in containers}
     trainer = job["spec"]["trainer"]
     return trainer["numNodes"], {trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]}
 

@@ -8,7 +8,6 @@ import io
 import os
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from PIL import Image
 

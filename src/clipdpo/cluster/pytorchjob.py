@@ -18,9 +18,10 @@ from __future__ import annotations
 import copy
 
 from clipdpo import __version__
-from clipdpo.cluster.jobspec import (CONTAINER_SECURITY, LABEL_APP, LABEL_KEY, VOLUME_MOUNTS, TrainJobSpec,  # noqa: F401
-                                     job_metadata, job_name, launch_label, plain_env, pod_labels, pod_spec_extras,
-                                     resources)
+# TrainJobSpec, job_name, launch_label, LABEL_*: re-exported, callers import them from here too
+from clipdpo.cluster.jobspec import (CONTAINER_SECURITY, LABEL_APP, LABEL_KEY, VOLUME_MOUNTS,  # noqa: F401
+                                     TrainJobSpec, job_metadata, job_name, launch_label, plain_env, pod_labels,
+                                     pod_spec_extras, resources)
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 CONTAINER_NAME = "pytorch"  # required by the Training Operator
