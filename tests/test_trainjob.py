@@ -15,7 +15,6 @@ import pytest
 
 import k8s_checks
 from clipdpo.cluster import jobspec, trainjob
-from clipdpo.training import dist  # noqa: F401  (the probe below imports it in each rank)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
