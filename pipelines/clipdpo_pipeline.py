@@ -24,7 +24,8 @@ def plan_shards(shard_count: int) -> List[int]:
     return shard_indices(shard_count)
 
 
-@dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
+# CPU work: the light filter image, so the vLLM generate image is not rebuilt for an ingest change
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
 def ingest(run_root: str, source: str, config_json: str) -> str:
     from clipdpo.steps import run_stage
 
@@ -69,12 +70,13 @@ def filter_pairs(run_root: str, scores_uri: str, config_json: str) -> str:
 @dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)
 def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image: str, nodes: int,
           gpus_per_node: int, s3_secret: str, node_selector_json: str, tolerations_json: str,
-          timeout_hours: float) -> str:
+          timeout_hours: float, queue_name: str, runtime: str) -> str:
     from clipdpo.steps import train_step
 
     return train_step(run_root, config_json, launcher=launcher, image=image, nodes=nodes,
                       gpus_per_node=gpus_per_node, s3_secret=s3_secret, node_selector_json=node_selector_json,
-                      tolerations_json=tolerations_json, timeout_hours=timeout_hours)
+                      tolerations_json=tolerations_json, timeout_hours=timeout_hours, queue_name=queue_name,
+                      runtime=runtime)
 
 
 @dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
@@ -119,6 +121,8 @@ def clipdpo_pipeline(
     train_node_selector: str = "{}",
     train_tolerations: str = '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
     train_timeout_hours: float = 72.0,
+    train_queue_name: str = "",
+    train_runtime: str = "torch-distributed",
     evaluate_config: str = "{}",
 ):
     images = _s3(ingest(run_root=run_root, source=source, config_json=ingest_config))
@@ -147,9 +151,13 @@ def clipdpo_pipeline(
     model = _s3(train(run_root=run_root, pairs_uri=pairs.output, config_json=train_config, launcher=train_launcher,
                       image=SETTINGS.image("train"), nodes=train_nodes, gpus_per_node=train_gpus_per_node,
                       s3_secret=SETTINGS.s3_secret, node_selector_json=train_node_selector,
-                      tolerations_json=train_tolerations, timeout_hours=train_timeout_hours))
+                      tolerations_json=train_tolerations, timeout_hours=train_timeout_hours,
+                      queue_name=train_queue_name, runtime=train_runtime))
     # No step timeout: the launcher's own deadline (train_timeout_hours) governs and deletes the job.
-    model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (PyTorchJob)")
+    # The job names this step's pod as its owner: deleting the pod deletes the job.
+    kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_POD_NAME", field_path="metadata.name")
+    kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_POD_UID", field_path="metadata.uid")
+    model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (cluster job)")
 
     # base vs trained on the configured benchmarks (an empty evaluate_config skips it); one GPU, models in turn
     report = _gpu(_s3(evaluate(run_root=run_root, model_uri=model.output, train_config_json=train_config,

@@ -28,6 +28,8 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
         "train_nodes": args.train_nodes,
         "train_gpus_per_node": args.gpus_per_node,
     }
+    if launcher != "local":  # cluster runs: Kueue queue (empty: none)
+        arguments.update(train_queue_name=args.queue_name, train_runtime=args.runtime)
     for stage in ("ingest", "generate", "score", "filter", "train", "evaluate"):
         arguments[f"{stage}_config"] = json.dumps(configs.get(stage, {}), sort_keys=True)
     return arguments
@@ -69,7 +71,7 @@ def run_local(args) -> int:
     print(f"  report     {root}/evaluation/report.md (and report.html, metrics.json)")
     if reports:
         print(f"  copied to  {reports[0].parent}/ ({', '.join(p.name for p in reports)})")
-    print(f"  TRL JSONL  {root}/pairs/export/trl/")
+    print(f"  TRL data   {root}/pairs/export/trl/*.parquet")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
     return 0
@@ -97,7 +99,7 @@ def run_cluster(args, host: str) -> int:
 
     configs = read_configs(Path(args.config_dir)) if args.config_dir else {}
     package = compile_pipeline(args.package)
-    arguments = pipeline_arguments(args, configs, launcher="pytorchjob")
+    arguments = pipeline_arguments(args, configs, launcher=args.launcher)
     if not (args.run_root or args.bucket != "clipdpo-local"):
         print("set --bucket or --run-root (CLIPDPO_BUCKET / CLIPDPO_RUN_ROOT) to your S3 bucket for a cluster run",
               file=sys.stderr)
@@ -120,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=int(os.environ.get("CLIPDPO_SHARDS", "2")))
     parser.add_argument("--train-nodes", type=int, default=int(os.environ.get("CLIPDPO_TRAIN_NODES", "1")))
     parser.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("CLIPDPO_GPUS_PER_NODE", "8")))
+    parser.add_argument("--launcher", choices=("trainjob", "pytorchjob"),
+                        default=os.environ.get("CLIPDPO_TRAIN_LAUNCHER", "pytorchjob"),
+                        help="cluster runs: Kubeflow Trainer v2 TrainJob or Training Operator v1 PyTorchJob")
+    parser.add_argument("--queue-name", default=os.environ.get("CLIPDPO_QUEUE_NAME", ""),
+                        help="cluster runs: Kueue LocalQueue for the training job")
+    parser.add_argument("--runtime", default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", "torch-distributed"),
+                        help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime")
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
     parser.add_argument("--state-dir", default=".local")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))

@@ -19,6 +19,8 @@ STAGE_IMAGES = ("generate", "score", "filter", "train", "evaluate")
 class PipelineSettings:
     registry: str = "ghcr.io/clipdpo"
     tag: str = __version__
+    # per-stage content tags (`python -m clipdpo.cluster.imagetags --json`); a stage not named uses `tag`
+    stage_tags: dict = field(default_factory=dict)
     s3_secret: str = "clipdpo-s3"
     gpu_resource: str = "nvidia.com/gpu"
     gpu_node_selector: dict = field(default_factory=dict)  # e.g. {"nvidia.com/gpu.present": "true"}
@@ -28,9 +30,11 @@ class PipelineSettings:
     def image(self, stage: str) -> str:
         if stage not in STAGE_IMAGES:
             raise ValueError(f"no image for stage {stage!r}; images: {STAGE_IMAGES}")
-        if self.tag in ("", "latest"):
-            raise ValueError("CLIPDPO_IMAGE_TAG must pin a version, not 'latest'")
-        return f"{self.registry.rstrip('/')}/clipdpo-{stage}:{self.tag}"
+        tag = self.stage_tags.get(stage, self.tag)
+        if tag in ("", "latest"):
+            raise ValueError(f"the {stage} image tag (CLIPDPO_IMAGE_TAG / CLIPDPO_IMAGE_TAGS) must pin a version, "
+                             "not 'latest'")
+        return f"{self.registry.rstrip('/')}/clipdpo-{stage}:{tag}"
 
     @classmethod
     def from_env(cls) -> "PipelineSettings":
@@ -38,6 +42,7 @@ class PipelineSettings:
         return cls(
             registry=os.environ.get("CLIPDPO_REGISTRY", defaults.registry),
             tag=os.environ.get("CLIPDPO_IMAGE_TAG", defaults.tag),
+            stage_tags=json.loads(os.environ.get("CLIPDPO_IMAGE_TAGS", "{}")),
             s3_secret=os.environ.get("CLIPDPO_S3_SECRET", defaults.s3_secret),
             gpu_resource=os.environ.get("CLIPDPO_GPU_RESOURCE", defaults.gpu_resource),
             gpu_node_selector=json.loads(os.environ.get("CLIPDPO_GPU_NODE_SELECTOR", "{}")),

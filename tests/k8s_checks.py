@@ -1,18 +1,34 @@
 """Offline schema checks for Kubernetes objects.
 
 Core objects: kubernetes-validate (the Kubernetes OpenAPI JSON schemas, strict: unknown fields
-fail). PyTorchJob: walked field by field against the Kubeflow training SDK's generated models
-(`openapi_types` / `attribute_map`, from the CRD's OpenAPI), unknown keys and wrong primitive
-types fail; each replica's pod template is then validated as a core v1 PodTemplate.
+fail). Custom resources (PyTorchJob, TrainJob, ClusterTrainingRuntime): `jsonschema` against the
+real CRDs' openAPIV3Schema (tests/crds/), made strict the way `kubectl --validate=strict` is:
+unknown fields fail unless the schema preserves them; x-kubernetes-* keys are dropped (CEL rules
+are not evaluated: the builders check names themselves). Every pod template inside is then
+validated as a core v1 PodTemplate; a TrainJob's after merging it into its runtime's template,
+as the Trainer controller does. PyTorchJob is also walked against the Kubeflow training SDK's
+generated models (`openapi_types` / `attribute_map`).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import glob
+import json
+import os
 import re
 
+import jsonschema
 import kubernetes_validate
+import yaml
 
 K8S_VERSION = "1.37.0"
+# kubernetes-validate re-reads its JSON schemas (MBs) from disk on every call; they never change
+# within a test session, so read each once (the validation itself is untouched).
+if not hasattr(kubernetes_validate.utils.schema_contents, "cache_info"):
+    kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
+        kubernetes_validate.utils.schema_contents)
 RESTART_POLICIES = {"Always", "OnFailure", "Never", "ExitCode"}
 CLEAN_POD_POLICIES = {"None", "Running", "All"}
 REPLICA_TYPES = {"Master", "Worker"}
@@ -62,6 +78,7 @@ def _walk(value, type_name: str, where: str, pod_templates: list) -> None:
 
 def validate_pytorchjob(job: dict) -> None:
     assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
+    validate_crd_object(job)
     validate_core({"apiVersion": "v1", "kind": "ConfigMap", "metadata": job["metadata"]})  # metadata schema
     templates: list = []
     _walk(job["spec"], "KubeflowOrgV1PyTorchJobSpec", "spec", templates)
@@ -75,5 +92,139 @@ def validate_pytorchjob(job: dict) -> None:
         names = [c["name"] for c in replica["template"]["spec"]["containers"]]
         assert "pytorch" in names, f"{role}: the operator needs a container named 'pytorch', got {names}"
     for where, template in templates:
-        validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
-                       "template": template})
+        _validate_pod_template(template)
+
+
+# --- custom resources against the CRDs -------------------------------------------------------------
+
+CRD_DIR = os.environ.get("CLIPDPO_K8S_CRDS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "crds")
+SCHEMA_MAPS = ("properties", "patternProperties", "definitions")
+SCHEMA_LISTS = ("anyOf", "allOf", "oneOf")
+
+
+def _load_yaml(path: str):
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are 2 MB
+    with open(path) as handle:
+        return yaml.load(handle, Loader=loader)
+
+
+def strict_schema(node: dict) -> dict:
+    """An OpenAPI v3 structural schema as a JSON schema that refuses unknown fields."""
+    out = {}
+    for key, value in node.items():
+        if key.startswith("x-kubernetes-"):
+            continue
+        if key in SCHEMA_MAPS:
+            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
+        elif key in SCHEMA_LISTS:
+            out[key] = [strict_schema(sub) for sub in value]
+        elif key in ("items", "not") or (key == "additionalProperties" and isinstance(value, dict)):
+            out[key] = strict_schema(value)
+        else:
+            out[key] = value
+    if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    preserve = node.get("x-kubernetes-preserve-unknown-fields")
+    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out and not preserve:
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def crd_validators() -> dict:
+    """{(apiVersion, kind): jsonschema validator} for every served version of every CRD in CRD_DIR."""
+    validators = {}
+    for path in sorted(glob.glob(os.path.join(CRD_DIR, "*.yaml"))):
+        crd = _load_yaml(path)
+        if crd.get("kind") != "CustomResourceDefinition":
+            continue
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = strict_schema(version["schema"]["openAPIV3Schema"])
+            validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    assert validators, f"no CRDs found in {CRD_DIR}"
+    return validators
+
+
+def validate_crd_object(obj: dict) -> None:
+    """Fails (AssertionError naming every bad field) unless `obj` fits its CRD's schema."""
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    validator = crd_validators().get(key)
+    assert validator is not None, f"no CRD for {key} in {CRD_DIR}: known {sorted(crd_validators())}"
+    errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+    assert not errors, f"{key[1]} {obj.get('metadata', {}).get('name')}: " + "; ".join(
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:10])
+    validate_core({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]})  # metadata schema
+
+
+def _validate_pod_template(template: dict) -> None:
+    _validate_pod_template_json(json.dumps(template, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _validate_pod_template_json(template: str) -> None:  # many jobs share a template: check each once
+    validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
+                   "template": json.loads(template)})
+
+
+def _merge_named(base: list, patch: list) -> list:
+    merged = {item["name"]: copy.deepcopy(item) for item in base}
+    for item in patch:
+        merged[item["name"]] = {**merged.get(item["name"], {}), **copy.deepcopy(item)}
+    return list(merged.values())
+
+
+def merge_pod_template(base: dict, patch: dict) -> dict:
+    """A runtime's pod template with a TrainJob's patch applied (containers/volumes merge by name)."""
+    out = copy.deepcopy(base)
+    labels = {**out.get("metadata", {}).get("labels", {}), **patch.get("metadata", {}).get("labels", {})}
+    out.setdefault("metadata", {})["labels"] = labels
+    for key, value in patch.get("spec", {}).items():
+        named = key in ("containers", "initContainers", "volumes")
+        out["spec"][key] = _merge_named(out["spec"].get(key, []), value) if named else copy.deepcopy(value)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def stock_runtimes() -> dict:
+    return {rt["metadata"]["name"]: rt for path in sorted(glob.glob(os.path.join(CRD_DIR, "*.yaml")))
+            if (rt := _load_yaml(path)).get("kind") == "ClusterTrainingRuntime"}
+
+
+def _node_template(runtime: dict, job_name: str) -> dict:
+    jobs = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    return next(j for j in jobs if j["name"] == job_name)["template"]["spec"]["template"]
+
+
+def validate_clustertrainingruntime(runtime: dict) -> None:
+    validate_crd_object(runtime)
+    for job in runtime["spec"]["template"]["spec"]["replicatedJobs"]:
+        _validate_pod_template(job["template"]["spec"]["template"])
+
+
+def validate_trainjob(job: dict, runtime: dict | None = None) -> None:
+    """The TrainJob against its CRD, then the pod it makes: runtime template + patches + trainer."""
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    validate_crd_object(job)
+    name = job["metadata"]["name"]
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, f"TrainJob name {name!r} (CEL rule)"
+    runtime = runtime or stock_runtimes()[job["spec"]["runtimeRef"]["name"]]
+    template = _node_template(runtime, "node")
+    for patch in job["spec"].get("runtimePatches", []):
+        for replicated in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+            assert replicated["name"] == "node", f"patch for unknown replicated job {replicated['name']!r}"
+            template = merge_pod_template(template, replicated["template"]["spec"]["template"])
+    trainer = job["spec"]["trainer"]
+    node = next(c for c in template["spec"]["containers"] if c["name"] == "node")
+    node.update({k: trainer[k] for k in ("image", "command", "args") if k in trainer})
+    node["env"] = _merge_named(node.get("env", []), trainer.get("env", []))
+    node["resources"] = trainer.get("resourcesPerNode", {})
+    _validate_pod_template(template)
+
+
+def validate_any(obj: dict) -> None:
+    """Route an object to its validator: the CRD kinds we ship, else a core Kubernetes object."""
+    validators = {"PyTorchJob": validate_pytorchjob, "TrainJob": validate_trainjob,
+                  "ClusterTrainingRuntime": validate_clustertrainingruntime}
+    validators.get(obj.get("kind"), validate_core)(obj)

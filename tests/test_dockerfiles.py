@@ -73,3 +73,7 @@ def test_example_ci_workflow_rebuilds_images_and_submits_a_run():
     assert "make test" in steps and "make images push" in steps and "make pipeline-run" in steps
     for stage in STAGES:
         assert stage in steps
+    # which images to build: their content tag is missing from the registry (no path regex)
+    assert "clipdpo.cluster.imagetags --stage" in steps and "imagetools inspect" in steps and "grep" not in steps
+    retrain_env = next(step for step in jobs["retrain"]["steps"] if "make pipeline-run" in step.get("run", ""))["env"]
+    assert retrain_env["CLIPDPO_IMAGE_TAGS"] == "${{ needs.images.outputs.tags }}"  # compiled with those tags

@@ -12,13 +12,15 @@ import pytest
 import yaml
 
 import k8s_checks
-from clipdpo.cluster import pytorchjob
-from clipdpo.cluster.follow import JobFollower
-from test_pytorchjob import SUCCEEDED, FakeCluster, FakeClock
+import job_recordings as rec
+from clipdpo.cluster import jobspec, pytorchjob, trainjob
+from clipdpo.cluster.follow import JobFollower, JobUnschedulable
+from clipdpo.cluster.launch import build_manifest
+from fake_k8s import FakeCluster, FakeClock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "helm", "clipdpo")
-SECRET_VALUES = {"s3": {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "example-secret",
+SECRET_VALUES = {"s3": {"create": True, "accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "example-secret",
                         "endpointUrl": "https://s3.example.com"}}
 FORBIDDEN_VERBS = {"*", "update", "patch", "escalate", "bind", "impersonate", "deletecollection"}
 
@@ -42,21 +44,26 @@ def permissions(rules: list[dict]) -> set[tuple]:
 
 
 def used_permissions() -> set[tuple]:
-    """The API calls the launcher really makes, recorded on the fake client, as RBAC tuples."""
+    """The API calls the launcher really makes, recorded on the fake client, as RBAC tuples: both
+    launchers to success, and a job Kueue holds back (the follower reads its Workload)."""
     calls = set()
 
     class Recording(FakeCluster):
-        def get_namespaced_custom_object(self, *a, **k):
-            calls.add(("kubeflow.org", "pytorchjobs", "get"))
-            return super().get_namespaced_custom_object(*a, **k)
+        def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+            calls.add((group, plural, "get"))
+            return super().get_namespaced_custom_object(group, version, namespace, plural, name)
 
-        def create_namespaced_custom_object(self, *a, **k):
-            calls.add(("kubeflow.org", "pytorchjobs", "create"))
-            return super().create_namespaced_custom_object(*a, **k)
+        def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+            calls.add((group, plural, "create"))
+            return super().create_namespaced_custom_object(group, version, namespace, plural, body)
 
-        def delete_namespaced_custom_object(self, *a, **k):
-            calls.add(("kubeflow.org", "pytorchjobs", "delete"))
-            return super().delete_namespaced_custom_object(*a, **k)
+        def delete_namespaced_custom_object(self, group, version, namespace, plural, name, body=None):
+            calls.add((group, plural, "delete"))
+            return super().delete_namespaced_custom_object(group, version, namespace, plural, name, body)
+
+        def list_namespaced_custom_object(self, group, version, namespace, plural, label_selector=""):
+            calls.add((group, plural, "list"))
+            return super().list_namespaced_custom_object(group, version, namespace, plural, label_selector)
 
         def list_namespaced_pod(self, *a, **k):
             calls.add(("", "pods", "list"))
@@ -66,10 +73,20 @@ def used_permissions() -> set[tuple]:
             calls.add(("", "pods/log", "get"))
             return super().read_namespaced_pod_log(*a, **k)
 
-    cluster = Recording(script=[SUCCEEDED])
-    clock = FakeClock()
-    manifest = pytorchjob.build(pytorchjob.example_spec())
-    JobFollower(cluster, cluster, poll_seconds=1, clock=clock, sleep=clock.sleep).run(manifest, timeout_seconds=10)
+    example = pytorchjob.example_spec()
+    for launcher, kind in (("pytorchjob", "PyTorchJob"), ("trainjob", "TrainJob")):
+        manifest = build_manifest(example, launcher, "key")
+        for frames, schedule_timeout in ((rec.succeeded(kind, example.name, example.nodes), 0),
+                                         (rec.queued_by_kueue(kind, example.name, example.nodes,
+                                                              "6f1c2e8a-0b7d-4a51-9c1e-2d4f8b7a9e10"), 60)):
+            cluster, clock = Recording(frames), FakeClock()
+            manifest["metadata"]["namespace"] = "clipdpo"
+            try:
+                JobFollower(cluster, cluster, poll_seconds=30, clock=clock, sleep=clock.sleep).run(
+                    manifest, timeout_seconds=3600, schedule_timeout_seconds=schedule_timeout)
+            except JobUnschedulable:
+                pass
+    assert ("kueue.x-k8s.io", "workloads", "list") in calls and ("trainer.kubeflow.org", "trainjobs", "create") in calls
     return calls
 
 
@@ -81,8 +98,9 @@ def check_least_privilege(rules: list[dict], secret_name: str = "clipdpo-s3") ->
         assert (group, resource, verb, ()) in granted, f"launcher needs {verb} {resource}"
     # beyond what it calls: watch/list on its jobs (kubectl-style following) and get on pods, plus the Secret
     extra = {(g, r, v) for g, r, v, names in granted if not names} - used
-    assert extra <= {("kubeflow.org", "pytorchjobs", "watch"), ("kubeflow.org", "pytorchjobs", "list"),
-                     ("", "pods", "get")}, extra
+    assert extra <= {(group, plural, verb) for group, plural in (("kubeflow.org", "pytorchjobs"),
+                                                                 ("trainer.kubeflow.org", "trainjobs"))
+                     for verb in ("watch", "list")} | {("", "pods", "get")}, extra
     secret_rules = [(g, r, v, names) for g, r, v, names in granted if r == "secrets"]
     assert secret_rules == [("", "secrets", "get", (secret_name,))]  # one Secret, by name, read only
 
@@ -118,6 +136,14 @@ def test_shipped_pytorchjob_template_is_current_and_valid():
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
 
 
+def test_shipped_trainjob_template_is_current_and_valid():
+    path = os.path.join(ROOT, "k8s", "trainjob", "train-trainjob.yaml")
+    assert open(path).read() == trainjob.render_example(), "regenerate: python -m clipdpo.cluster.trainjob"
+    job = yaml.safe_load(open(path))
+    k8s_checks.validate_trainjob(job)
+    assert job["spec"]["trainer"]["numNodes"] == 2
+
+
 def helm():
     import helm_python
 
@@ -151,6 +177,24 @@ def test_helm_chart_lints_and_renders_valid_objects():
     assert settings["CLIPDPO_S3_SECRET"] == PipelineSettings().s3_secret  # the pipeline reads the same Secret
 
 
+def test_helm_installs_a_valid_project_training_runtime_equal_to_the_builders():
+    values = {**SECRET_VALUES, "trainingRuntime": {"create": True, "name": "clipdpo-torch", "maxRestarts": 5,
+                                                   "ttlSecondsAfterFinished": 600, "gangTimeoutSeconds": 900}}
+    objects = render_chart(values)
+    runtime = next(o for o in objects if o["kind"] == "ClusterTrainingRuntime")
+    k8s_checks.validate_clustertrainingruntime(runtime)
+    expected = trainjob.build_runtime("clipdpo-torch", "ghcr.io/clipdpo/clipdpo-train:0.1.0", max_restarts=5,
+                                      ttl_seconds_after_finished=600, gang_timeout_seconds=900)
+    assert runtime["spec"] == expected["spec"] and runtime["metadata"]["name"] == "clipdpo-torch"
+    # a TrainJob on it makes a valid pod; without gang timeout there is no podGroupPolicy
+    job = trainjob.build(jobspec.TrainJobSpec(name="clipdpo-train-x", namespace="ml", image="ghcr.io/x/t:1.0",
+                                              train_args=[], runtime="clipdpo-torch"))
+    k8s_checks.validate_trainjob(job, runtime)
+    plain = render_chart({**values, "trainingRuntime": {**values["trainingRuntime"], "gangTimeoutSeconds": 0}})
+    assert "podGroupPolicy" not in next(o for o in plain if o["kind"] == "ClusterTrainingRuntime")["spec"]
+    assert "ClusterTrainingRuntime" not in [o["kind"] for o in render_chart(SECRET_VALUES)]  # off by default
+
+
 def test_helm_notes_tell_the_next_command():
     rendered = helm().Chart.load(CHART).render(SECRET_VALUES, name="clipdpo", namespace="ml", is_install=True)
     notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
@@ -167,8 +211,12 @@ def test_helm_existing_secret_and_values_schema():
     chart = helm().Chart.load(CHART)
     chart.validate_schema({})  # the defaults are valid
     for bad in ({"images": {"tag": "latest"}}, {"train": {"nodes": 0}}, {"s3": {"bucket": "Bad_Bucket"}},
-                {"unknown": 1}, {"train": {"gpusPerNode": "eight"}}):
+                {"unknown": 1}, {"train": {"gpusPerNode": "eight"}}, {"train": {"launcher": "mpijob"}},
+                {"trainingRuntime": {"maxRestarts": -1}}):
         with pytest.raises(Exception):
             chart.validate_schema(bad)
     with pytest.raises(Exception, match="accessKeyId"):
-        render_chart({})  # s3.create=true without credentials: a clear failure, not an empty Secret
+        render_chart({"s3": {"create": True}})  # no credentials: a clear failure, not an empty Secret
+    defaults = render_chart({})  # the default: the Secret already exists, the chart only names it
+    assert "Secret" not in [o["kind"] for o in defaults]
+    assert next(o for o in defaults if o["kind"] == "ConfigMap")["data"]["CLIPDPO_S3_SECRET"] == "clipdpo-s3"

@@ -11,7 +11,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE_EXECUTORS = {  # executor -> image of its stage
-    "exec-ingest": "generate", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
+    "exec-ingest": "filter", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
     "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
     "exec-plan-shards": "filter", "exec-train": "train", "exec-evaluate": "evaluate",
 }

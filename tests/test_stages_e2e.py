@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -81,9 +82,9 @@ def test_full_chain_through_s3(bucket, configs, tmp_path, capsys):
     table = pa.concat_tables([t for _, t in pairs.iter_shards()])
     assert table.num_rows == pairs_stats["caption_pairs"] + pairs_stats["qa_pairs"] > 0
     assert all(c >= r for c, r in zip(table.column("chosen_score").to_pylist(), table.column("rejected_score").to_pylist()))
-    jsonl = b"".join(storage.read_bytes(uri) for uri in storage.list(f"{base}/pairs/export/trl"))
-    lines = [json.loads(line) for line in jsonl.decode().splitlines()]
-    assert len(lines) == table.num_rows and set(lines[0]) >= {"prompt", "chosen", "rejected", "images"}
+    exported = pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(uri)))  # TRL dataset, images embedded
+                                for uri in storage.list(f"{base}/pairs/export/trl"))
+    assert exported.num_rows == table.num_rows and set(exported.column_names) >= {"prompt", "chosen", "rejected", "images"}
 
     # Rerunning a finished stage is a no-op; a lost shard is redone alone.
     again = run_score(["--input", f"{base}/candidates", "--output", f"{base}/scores", "--config", configs["score"]])

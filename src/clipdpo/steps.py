@@ -70,26 +70,32 @@ def run_stage(stage: str, run_root: str, config_json: str = "{}", *, shard_index
 def train_step(run_root: str, config_json: str, *, launcher: str, image: str = "", nodes: int = 1,
                gpus_per_node: int = 8, namespace: str = "", s3_secret: str = "clipdpo-s3",
                service_account: str = "clipdpo-train", node_selector_json: str = "{}", tolerations_json: str = "[]",
-               timeout_hours: float = 72.0) -> str:
-    """Train on this run's pairs: in this process (`local`) or as a multi-node PyTorchJob (`pytorchjob`)."""
+               timeout_hours: float = 72.0, queue_name: str = "", runtime: str = "torch-distributed") -> str:
+    """Train on this run's pairs: in this process (`local`), or as a multi-node Kubeflow Trainer v2
+    TrainJob (`trainjob`, on ClusterTrainingRuntime `runtime`) or Training Operator v1 PyTorchJob
+    (`pytorchjob`); `queue_name`: a Kueue LocalQueue (empty: none)."""
     if launcher == "local":
         return run_stage("train", run_root, config_json)
-    if launcher != "pytorchjob":
-        raise ValueError(f"train launcher {launcher!r}: expected 'pytorchjob' or 'local'")
-    from clipdpo.cluster import pytorchjob
-    from clipdpo.cluster.launch import current_namespace, launch
+    from clipdpo.cluster import jobspec
+    from clipdpo.cluster.launch import BUILDERS, current_namespace, launch, owner_from_env
 
+    if launcher not in BUILDERS:
+        raise ValueError(f"train launcher {launcher!r}: expected 'trainjob', 'pytorchjob' or 'local'")
     output = artifact_uri(run_root, "train")
     config = json.loads(config_json or "{}")
     train_args = ["--input", artifact_uri(run_root, "filter"), "--output", output]
     train_args += [arg for key, value in sorted(config.items()) for arg in ("--set", f"{key}={json.dumps(value)}")]
     launch_key = output + "\n" + json.dumps(config, sort_keys=True)  # same output + config = same job
-    spec = pytorchjob.TrainJobSpec(
-        name=pytorchjob.job_name(launch_key), namespace=namespace or current_namespace(), image=image,
+    namespace = namespace or current_namespace()
+    spec = jobspec.TrainJobSpec(
+        name=jobspec.job_name(launch_key), namespace=namespace, image=image,
         train_args=train_args, nodes=int(nodes), gpus_per_node=int(gpus_per_node), s3_secret=s3_secret,
         service_account=service_account, node_selector=json.loads(node_selector_json),
-        tolerations=json.loads(tolerations_json), active_deadline_seconds=int(timeout_hours * 3600))
-    launch(spec, launch_key, timeout_seconds=timeout_hours * 3600)
+        tolerations=json.loads(tolerations_json), active_deadline_seconds=int(timeout_hours * 3600),
+        queue_name=queue_name, runtime=runtime, owner=owner_from_env() if namespace == current_namespace() else None)
+    # the follower's backstop lies past the job's own deadline, so the operator's reason is what we see
+    launch(spec, launch_key, launcher=launcher, timeout_seconds=timeout_hours * 3600 + 600,
+           schedule_timeout_seconds=3600)  # pods not all placed within an hour: fail naming why
     return output
 
 

@@ -5,106 +5,60 @@ operator injects the rendezvous settings (PET_NNODES, PET_NODE_RANK, PET_MASTER_
 torchrun reads from its environment. The container must be named `pytorch`: the operator finds
 it by that name. S3 credentials come from a Secret through envFrom; /dev/shm is a memory-backed
 volume because the default 64 MiB breaks NCCL and data loading.
+
+Gang scheduling: `gang=True` sets runPolicy.schedulingPolicy.minAvailable to every replica, so a
+gang scheduler (Volcano or scheduler-plugins, enabled in the operator) starts all pods or none;
+`queue_name` puts the job in a Kueue LocalQueue, which admits it only when quota for all of it
+exists. A failed pod restarts (OnFailure) up to runPolicy.backoffLimit times; the trainer then
+resumes from its last S3 checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
+import copy
 
 from clipdpo import __version__
-from dataclasses import dataclass, field
+# TrainJobSpec, job_name, launch_label, LABEL_*: re-exported, callers import them from here too
+from clipdpo.cluster.jobspec import (CONTAINER_SECURITY, LABEL_APP, LABEL_KEY, VOLUME_MOUNTS,  # noqa: F401
+                                     TrainJobSpec, job_metadata, job_name, launch_label, plain_env, pod_labels,
+                                     pod_spec_extras, resources)
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 CONTAINER_NAME = "pytorch"  # required by the Training Operator
-LABEL_APP = "app.kubernetes.io/name"
-LABEL_KEY = "clipdpo.dev/launch-key"
-
-
-@dataclass
-class TrainJobSpec:
-    name: str
-    namespace: str
-    image: str
-    train_args: list[str]  # arguments of `python -m clipdpo.train`
-    nodes: int = 1
-    gpus_per_node: int = 8
-    cpu: str = "16"
-    memory: str = "256Gi"
-    shm_size: str = "64Gi"
-    s3_secret: str = "clipdpo-s3"
-    service_account: str = "clipdpo-train"
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    active_deadline_seconds: int = 7 * 24 * 3600
-    backoff_limit: int = 3
-    ttl_seconds_after_finished: int = 3600
-    labels: dict[str, str] = field(default_factory=dict)
-    owner: dict | None = None  # ownerReference (the pipeline step's pod): the job dies with it
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.name):
-            raise ValueError(f"job name {self.name!r} is not a valid Kubernetes name (lower case, digits, '-', <= 63)")
-        if self.nodes < 1:
-            raise ValueError(f"nodes must be >= 1, got {self.nodes}")
-        if self.gpus_per_node < 0:
-            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
-        if ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image:
-            raise ValueError(f"image {self.image!r} has no tag: pin a version")
-        if self.image.endswith(":latest"):
-            raise ValueError(f"image {self.image!r}: pin a version, not latest")
-
-
-def job_name(launch_key: str, prefix: str = "clipdpo-train") -> str:
-    """A stable name per launch key (pipeline run + output): a restarted step finds its own job."""
-    return f"{prefix}-{hashlib.sha256(launch_key.encode()).hexdigest()[:12]}"
-
-
-def launch_label(launch_key: str) -> str:
-    """The value of LABEL_KEY on a job: tells our own job (re-attach) from a name clash."""
-    return hashlib.sha256(launch_key.encode()).hexdigest()[:40]
 
 
 def _container(spec: TrainJobSpec) -> dict:
-    procs = max(spec.gpus_per_node, 1)
-    resources = {"requests": {"cpu": spec.cpu, "memory": spec.memory}, "limits": {"memory": spec.memory}}
-    if spec.gpus_per_node:
-        resources["requests"]["nvidia.com/gpu"] = spec.gpus_per_node
-        resources["limits"]["nvidia.com/gpu"] = spec.gpus_per_node
-    env = [{"name": "CLIPDPO_SCRATCH", "value": "/scratch"}, {"name": "HF_HOME", "value": "/scratch/hf"}]
-    env += [{"name": key, "value": value} for key, value in sorted(spec.env.items())]
     return {
         "name": CONTAINER_NAME,
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["torchrun", f"--nnodes={spec.nodes}", f"--nproc-per-node={procs}", "-m", "clipdpo.train"],
+        "command": ["torchrun", f"--nnodes={spec.nodes}", f"--nproc-per-node={spec.procs_per_node}",
+                    "-m", "clipdpo.train"],
         "args": list(spec.train_args),
-        "env": env,
+        "env": plain_env(spec),
         "envFrom": [{"secretRef": {"name": spec.s3_secret}}],
-        "resources": resources,
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "scratch", "mountPath": "/scratch"}],
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "resources": resources(spec),
+        "volumeMounts": [dict(m) for m in VOLUME_MOUNTS],
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
 
 
 def _pod_template(spec: TrainJobSpec, role: str) -> dict:
-    pod_spec = {
-        "serviceAccountName": spec.service_account,
-        "containers": [_container(spec)],
-        "volumes": [
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
-            {"name": "scratch", "emptyDir": {}},
-        ],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+    extras = pod_spec_extras(spec)
+    pod_spec = {"serviceAccountName": extras.pop("serviceAccountName"), "containers": [_container(spec)], **extras}
+    return {"metadata": {"labels": pod_labels(spec, role)}, "spec": pod_spec}
+
+
+def _run_policy(spec: TrainJobSpec) -> dict:
+    policy = {
+        "cleanPodPolicy": "Running",  # stop stragglers when the job ends; keep failed pods' logs
+        "backoffLimit": spec.backoff_limit,
+        "activeDeadlineSeconds": spec.active_deadline_seconds,
+        "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
     }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
-    labels = {LABEL_APP: "clipdpo", "app.kubernetes.io/component": f"train-{role.lower()}", **spec.labels}
-    return {"metadata": {"labels": labels}, "spec": pod_spec}
+    if spec.gang:
+        policy["schedulingPolicy"] = {"minAvailable": spec.nodes}  # Master + Workers: all or none
+    return policy
 
 
 def build(spec: TrainJobSpec) -> dict:
@@ -113,24 +67,12 @@ def build(spec: TrainJobSpec) -> dict:
     if spec.nodes > 1:
         replicas["Worker"] = {"replicas": spec.nodes - 1, "restartPolicy": "OnFailure",
                               "template": _pod_template(spec, "Worker")}
-    metadata = {"name": spec.name, "namespace": spec.namespace,
-                "labels": {LABEL_APP: "clipdpo", "app.kubernetes.io/component": "train", **spec.labels}}
-    if spec.owner:
-        metadata["ownerReferences"] = [dict(spec.owner)]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": metadata,
-        "spec": {
-            "nprocPerNode": str(max(spec.gpus_per_node, 1)),
-            "runPolicy": {
-                "cleanPodPolicy": "Running",  # stop stragglers when the job ends; keep failed pods' logs
-                "backoffLimit": spec.backoff_limit,
-                "activeDeadlineSeconds": spec.active_deadline_seconds,
-                "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
-            },
-            "pytorchReplicaSpecs": replicas,
-        },
+        "metadata": job_metadata(spec),
+        "spec": {"nprocPerNode": str(spec.procs_per_node), "runPolicy": _run_policy(spec),
+                 "pytorchReplicaSpecs": replicas},
     }
 
 

@@ -7,7 +7,8 @@ import sys
 
 from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, ArtifactWriter
-from clipdpo.filter.select import FUNNEL_ORDER, RULE_COLUMNS, FilterConfig, filter_shard, trl_jsonl
+from clipdpo.filter.export import read_pair_images, trl_parquet
+from clipdpo.filter.select import FUNNEL_ORDER, RULE_COLUMNS, FilterConfig, filter_shard
 from clipdpo.stage import build_parser, entry_point, load_config, print_summary, run_shards
 from clipdpo.storage import Storage, join
 
@@ -34,14 +35,15 @@ def run(argv: list[str] | None = None) -> dict:
         table = scores.read_shard(name, columns=RULE_COLUMNS)
         pairs, funnel = filter_shard(table, cfg, images.shard_uri(name))
         # The TRL export lands before the shard's done-record: a finished shard has both.
-        storage.write_bytes(join(writer.uri, "export", "trl", f"{name}.jsonl"), trl_jsonl(pairs))
+        storage.write_bytes(join(writer.uri, "export", "trl", f"{name}.parquet"),
+                            trl_parquet(pairs, read_pair_images(storage, pairs)))
         return pairs, dict(funnel)
 
     result = run_shards(writer, scores.shard_names, process, args.shard, finalize_only=args.finalize)
     if result.manifest is not None:
         funnel = result.manifest.stats
         print("filter funnel (rows removed by each rule, in order):\n" + format_funnel(funnel), file=sys.stderr)
-        print(f"pairs: {writer.uri} ({result.manifest.rows} pairs; TRL JSONL under "
+        print(f"pairs: {writer.uri} ({result.manifest.rows} pairs; TRL dataset (Parquet, images embedded) under "
               f"{join(writer.uri, 'export', 'trl')}/)", file=sys.stderr)
     print_summary("filter", result, {"output": writer.uri})
     return result.manifest.stats if result.manifest else {}

@@ -1,0 +1,139 @@
+"""What a training launch asks the cluster for, whichever operator runs it (PyTorchJob or TrainJob).
+
+The two builders (`pytorchjob.py`, `trainjob.py`) turn one `TrainJobSpec` into their kind's
+object; the pod-level pieces both need (volumes, security context, environment) live here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+LABEL_APP = "app.kubernetes.io/name"
+LABEL_KEY = "clipdpo.dev/launch-key"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits the whole job at once (gang admission)
+# RFC 1035 label: the TrainJob CRD's own rule (a letter first), stricter than PyTorchJob's RFC 1123.
+NAME_PATTERN = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
+# The S3 Secret's keys (helm/clipdpo writes them): the first two are required, the rest optional.
+S3_REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+
+
+@dataclass
+class TrainJobSpec:
+    name: str
+    namespace: str
+    image: str
+    train_args: list[str]  # arguments of `python -m clipdpo.train`
+    nodes: int = 1
+    gpus_per_node: int = 8
+    cpu: str = "16"
+    memory: str = "256Gi"
+    shm_size: str = "64Gi"
+    s3_secret: str = "clipdpo-s3"
+    service_account: str = "clipdpo-train"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    active_deadline_seconds: int = 7 * 24 * 3600
+    backoff_limit: int = 3  # PyTorchJob: runPolicy.backoffLimit; TrainJob: its runtime's failurePolicy
+    ttl_seconds_after_finished: int = 3600
+    labels: dict[str, str] = field(default_factory=dict)
+    owner: dict | None = None  # ownerReference (the pipeline step's pod): the job dies with it
+    queue_name: str = ""  # Kueue LocalQueue; empty: no Kueue
+    gang: bool = False  # PyTorchJob: runPolicy.schedulingPolicy.minAvailable = every replica
+    runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime it runs on
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(NAME_PATTERN, self.name):
+            raise ValueError(f"job name {self.name!r} is not a valid Kubernetes name "
+                             "(lower case letter first, then letters, digits, '-', <= 63)")
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be >= 1, got {self.nodes}")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        if ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image:
+            raise ValueError(f"image {self.image!r} has no tag: pin a version")
+        if self.image.endswith(":latest"):
+            raise ValueError(f"image {self.image!r}: pin a version, not latest")
+        if self.active_deadline_seconds < 1 or self.backoff_limit < 0:
+            raise ValueError(f"active_deadline_seconds must be >= 1 and backoff_limit >= 0, got "
+                             f"{self.active_deadline_seconds} and {self.backoff_limit}")
+        if self.queue_name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", self.queue_name):
+            raise ValueError(f"queue_name {self.queue_name!r} is not a valid LocalQueue name")
+
+    @property
+    def procs_per_node(self) -> int:
+        return max(self.gpus_per_node, 1)
+
+
+def job_name(launch_key: str, prefix: str = "clipdpo-train") -> str:
+    """A stable name per launch key (pipeline run + output): a restarted step finds its own job."""
+    return f"{prefix}-{hashlib.sha256(launch_key.encode()).hexdigest()[:12]}"
+
+
+def launch_label(launch_key: str) -> str:
+    """The value of LABEL_KEY on a job: tells our own job (re-attach) from a name clash."""
+    return hashlib.sha256(launch_key.encode()).hexdigest()[:40]
+
+
+def job_metadata(spec: TrainJobSpec) -> dict:
+    labels = {LABEL_APP: "clipdpo", "app.kubernetes.io/component": "train", **spec.labels}
+    if spec.queue_name:
+        labels[QUEUE_LABEL] = spec.queue_name
+    metadata = {"name": spec.name, "namespace": spec.namespace, "labels": labels}
+    if spec.owner:
+        metadata["ownerReferences"] = [dict(spec.owner)]
+    return metadata
+
+
+def resources(spec: TrainJobSpec) -> dict:
+    out = {"requests": {"cpu": spec.cpu, "memory": spec.memory}, "limits": {"memory": spec.memory}}
+    if spec.gpus_per_node:
+        out["requests"]["nvidia.com/gpu"] = spec.gpus_per_node
+        out["limits"]["nvidia.com/gpu"] = spec.gpus_per_node
+    return out
+
+
+def plain_env(spec: TrainJobSpec) -> list[dict]:
+    env = [{"name": "CLIPDPO_SCRATCH", "value": "/scratch"}, {"name": "HF_HOME", "value": "/scratch/hf"}]
+    return env + [{"name": key, "value": value} for key, value in sorted(spec.env.items())]
+
+
+def secret_env(spec: TrainJobSpec) -> list[dict]:
+    """S3 credentials one key at a time, for objects that cannot say envFrom (a TrainJob's trainer)."""
+    def ref(key: str, optional: bool) -> dict:
+        selector = {"name": spec.s3_secret, "key": key}
+        if optional:
+            selector["optional"] = True
+        return {"name": key, "valueFrom": {"secretKeyRef": selector}}
+
+    return [ref(key, False) for key in S3_REQUIRED_KEYS] + [ref(key, True) for key in S3_OPTIONAL_KEYS]
+
+
+VOLUME_MOUNTS = ({"name": "dshm", "mountPath": "/dev/shm"}, {"name": "scratch", "mountPath": "/scratch"})
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000}
+
+
+def pod_spec_extras(spec: TrainJobSpec) -> dict:
+    """Pod-level fields both kinds set: identity, placement, /dev/shm and scratch volumes."""
+    pod = {
+        "serviceAccountName": spec.service_account,
+        "volumes": [
+            # the default 64 MiB /dev/shm breaks NCCL and data loading
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+        "securityContext": dict(POD_SECURITY),
+    }
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [dict(t) for t in spec.tolerations]
+    return pod
+
+
+def pod_labels(spec: TrainJobSpec, role: str) -> dict:
+    return {LABEL_APP: "clipdpo", "app.kubernetes.io/component": f"train-{role.lower()}", **spec.labels}

@@ -1,0 +1,131 @@
+"""Stage image tags by content: a change reaches exactly the images that can run it, found from
+the import graph (not from file paths), Dockerfiles and the stage's dependency pins."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from clipdpo.cluster import imagetags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A copy of what the tags read: src/, Dockerfiles/, pipelines/*.py, pyproject.toml."""
+    shutil.copytree(os.path.join(ROOT, "src", "clipdpo"), tmp_path / "src" / "clipdpo",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(os.path.join(ROOT, "Dockerfiles"), tmp_path / "Dockerfiles")
+    (tmp_path / "pipelines").mkdir()
+    for name in os.listdir(os.path.join(ROOT, "pipelines")):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(ROOT, "pipelines", name), tmp_path / "pipelines" / name)
+    shutil.copy(os.path.join(ROOT, "pyproject.toml"), tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def tags(root) -> dict[str, str]:
+    return {stage: imagetags.stage_tag(str(root), stage) for stage in imagetags.STAGES}
+
+
+def touch(path, text="\n# changed\n"):
+    with open(path, "a") as handle:
+        handle.write(text)
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {stage for stage in before if before[stage] != after[stage]}
+
+
+def test_an_ingest_only_change_leaves_the_generate_tag_alone(repo):
+    before = tags(repo)
+    touch(repo / "src" / "clipdpo" / "ingest" / "sources.py")
+    assert changed(before, tags(repo)) == {"filter"}  # the ingest step runs in the filter image
+
+
+def test_a_module_the_generate_stage_imports_changes_its_tag(repo):
+    before = tags(repo)
+    touch(repo / "src" / "clipdpo" / "generate" / "qa_parse.py")
+    assert changed(before, tags(repo)) == {"generate"}
+    before = tags(repo)
+    touch(repo / "src" / "clipdpo" / "storage.py")  # every stage reads and writes S3
+    assert changed(before, tags(repo)) == set(imagetags.STAGES)
+
+
+def test_the_graph_follows_lazy_imports_and_ignores_files_nobody_imports(repo):
+    generate = repo / "src" / "clipdpo" / "generate"
+    (generate / "unused.py").write_text("X = 1\n")
+    (generate / "helper.py").write_text("Y = 1\n")
+    before = tags(repo)
+    touch(generate / "unused.py")  # in the generate folder, imported by nothing: a path regex would rebuild
+    assert changed(before, tags(repo)) == set()
+    touch(generate / "shard.py", "\n\ndef _later():\n    from clipdpo.generate import helper\n    return helper.Y\n")
+    before = tags(repo)
+    touch(generate / "helper.py")  # imported only inside a function
+    assert changed(before, tags(repo)) == {"generate"}
+
+
+def test_dockerfiles_and_pins_reach_only_their_stages(repo):
+    before = tags(repo)
+    touch(repo / "Dockerfiles" / "train.Dockerfile")
+    assert changed(before, tags(repo)) == {"train"}
+    pyproject = repo / "pyproject.toml"
+    text = pyproject.read_text()
+    before = tags(repo)
+    pyproject.write_text(text.replace('"pytest==9.1.1"', '"pytest==9.1.2"'))  # dev only: in no image
+    assert changed(before, tags(repo)) == set()
+    pyproject.write_text(text.replace('deepspeed = ["deepspeed==0.19.8"]', 'deepspeed = ["deepspeed==0.19.9"]'))
+    assert changed(before, tags(repo)) == {"train"}  # the only image installing the extra
+    pyproject.write_text(text.replace('"boto3==1.43.107",', '"boto3==1.43.108",'))
+    assert changed(before, tags(repo)) == set(imagetags.STAGES)
+
+
+def test_what_goes_into_each_tag():
+    sources = {stage: set(imagetags.stage_inputs(ROOT, stage)["sources"]) for stage in imagetags.STAGES}
+    assert "clipdpo/generate/__main__.py" in sources["generate"] and "clipdpo/ingest/__main__.py" in sources["filter"]
+    assert not any(path.startswith("clipdpo/ingest/") for path in sources["generate"])
+    assert "clipdpo/cluster/launch.py" in sources["train"]  # steps.train_step's lazy import
+    assert not any(path.startswith("clipdpo/cluster/") for path in sources["generate"] | sources["score"])
+    from clipdpo import __version__
+
+    prefix = f"{__version__}-"
+    assert all(tag.startswith(prefix) and len(tag) == len(prefix) + 12 for tag in tags(ROOT).values())
+
+
+def test_cli_prints_the_tags_and_the_pipeline_uses_them():
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
+    out = subprocess.run([sys.executable, "-m", "clipdpo.cluster.imagetags", "--root", ROOT, "--json"],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    printed = json.loads(out)
+    assert printed == tags(ROOT)
+    from pipelines.settings import PipelineSettings
+
+    settings = PipelineSettings(registry="r.example.com/ml", stage_tags=printed)
+    assert settings.image("train") == f"r.example.com/ml/clipdpo-train:{printed['train']}"
+    with pytest.raises(ValueError, match="must pin"):
+        PipelineSettings(stage_tags={"train": "latest"}).image("train")
+
+
+def test_the_only_dynamic_import_is_the_one_the_tags_resolve():
+    """An import the graph cannot see would let a change slip past the tags: the only one allowed is
+    steps.run_stage's import_module(f"clipdpo.{stage}.__main__"), resolved from the components'
+    literal run_stage("<stage>") calls."""
+    import ast
+
+    dynamic = []
+    for folder, _, names in os.walk(os.path.join(ROOT, "src", "clipdpo")):
+        for name in names:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path).read())):
+                callee = isinstance(node, ast.Call) and (getattr(node.func, "attr", "") or getattr(node.func, "id", ""))
+                if callee in ("import_module", "__import__"):
+                    dynamic.append(os.path.relpath(path, ROOT))
+    assert dynamic == [os.path.join("src", "clipdpo", "steps.py")], dynamic
