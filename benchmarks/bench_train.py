@@ -31,7 +31,7 @@ def trl_dataset(pairs_uri: str):
 
     from clipdpo.artifacts import Artifact
     from clipdpo.storage import Storage
-    from clipdpo.training.data import PAIR_COLUMNS
+    from clipdpo.train.data import PAIR_COLUMNS
     from clipdpo.score.scorer import decode_image
     import pyarrow.parquet as pq
     import io
@@ -57,13 +57,13 @@ def trl_dataset(pairs_uri: str):
 
 def run_clipdpo(model: str, pairs: str, output: str, batch: int, max_length: int, lr: float) -> dict:
     from clipdpo.storage import Storage, join
-    from clipdpo.training.config import TrainConfig
-    from clipdpo.training.loop import train
+    from clipdpo.train.config import TrainConfig
+    from clipdpo import train
 
     cfg = TrainConfig(model=model, learning_rate=lr, global_batch_size=batch, per_device_batch_size=batch,
                       max_length=max_length, warmup_ratio=0.0, epochs=1, save_steps=10**6)
     started = time.monotonic()
-    summary = train(cfg, pairs, output)
+    summary = train.run(cfg, pairs, output)
     total = time.monotonic() - started
     rows = [json.loads(line) for line in Storage().read_bytes(join(output, "metrics.jsonl")).decode().splitlines()]
     samples = batch * len(rows)

@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 
 from clipdpo.storage import Storage, join
 from clipdpo.tiny import build_tiny_llava
-from clipdpo.training.config import TrainConfig
-from clipdpo.training.data import BadPairsError, build_index
-from clipdpo.training.encode import PairEncoder
-from clipdpo.training.loop import train
+from clipdpo.train.config import TrainConfig
+from clipdpo.train.data import BadPairsError, build_index
+from clipdpo.train.encode import PairEncoder
+from clipdpo import train
 
 sys.path.insert(0, os.path.dirname(__file__))
 from pairs_fixture import write_pairs  # noqa: E402
@@ -52,6 +52,7 @@ def metrics(storage: Storage, output: str) -> list[dict]:
 
 
 ENTRY = os.path.join(os.path.dirname(__file__), "train_entry.py")  # python -m clipdpo.train + test-only hooks
+# (--kill-after-step N, no DeepSpeed shm op build)
 DEEPSPEED = ["--set", "strategy=deepspeed", "--set", "zero_stage=3"]
 
 
@@ -128,7 +129,7 @@ def test_tiny_llava_learns_the_preference_through_s3(tiny_llava, bucket, capsys)
     storage = Storage()
     pairs = write_pairs(join(bucket, "data"), n_pairs=32, n_shards=2, bad_rows=BAD)
     output = join(bucket, "model")
-    summary = train(config(tiny_llava, epochs=4, save_steps=3), pairs, output)
+    summary = train.run(config(tiny_llava, epochs=4, save_steps=3), pairs, output)
     rows = metrics(storage, output)
     assert [r["step"] for r in rows] == list(range(1, 13))  # 29 good pairs // 8 = 3 steps x 4 epochs
     # step 1: the policy is the reference, so h = 0 and the loss is log 2 (checks the reference cache lines up).
@@ -163,7 +164,7 @@ def test_tiny_llava_learns_the_preference_through_s3(tiny_llava, bucket, capsys)
 
     LlavaForConditionalGeneration.from_pretrained(local)
     # idempotent: the same run again does nothing and returns the stored summary
-    again = train(config(tiny_llava, epochs=4, save_steps=3), pairs, output)
+    again = train.run(config(tiny_llava, epochs=4, save_steps=3), pairs, output)
     assert again["fingerprint"] == summary["fingerprint"] and again["seconds"] == summary["seconds"]
 
 
@@ -187,7 +188,7 @@ def test_two_gloo_processes_train_like_one_process(tiny_llava, pairs_dir, one_pr
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_llava, pairs_dir, one_process_run, tmp_path):
     output = str(tmp_path / "killed")
-    killed = cli(tiny_llava, pairs_dir, output, ["--set", "debug_kill_after_step=5"])
+    killed = cli(tiny_llava, pairs_dir, output, ["--kill-after-step", "5"])
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL after step 5; last checkpoint: step 4
     assert not os.path.exists(os.path.join(output, "train_summary.json"))
     resumed = cli(tiny_llava, pairs_dir, output, [])
@@ -203,7 +204,7 @@ def test_reference_model_mode_matches_the_precomputed_reference(tiny_llava, pair
     runs = {}
     for mode in ("precompute", "model"):
         output = str(tmp_path / mode)
-        train(config(tiny_llava, reference=mode, max_steps=3), pairs_dir, output)
+        train.run(config(tiny_llava, reference=mode, max_steps=3), pairs_dir, output)
         runs[mode] = metrics(storage, output)
     # The two references see the same weights but in differently padded batches (cache chunks vs training
     # micro-batches), which some CPU kernels round differently: a few ulps of log-prob sums < 100, |dh| ~ 1e-5;
@@ -214,14 +215,14 @@ def test_reference_model_mode_matches_the_precomputed_reference(tiny_llava, pair
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge", "kto_pair"])
 def test_other_losses_train(tiny_llava, pairs_dir, tmp_path, loss_type):
     output = str(tmp_path / loss_type)
-    train(config(tiny_llava, loss_type=loss_type, epochs=3), pairs_dir, output)
+    train.run(config(tiny_llava, loss_type=loss_type, epochs=3), pairs_dir, output)
     rows = metrics(Storage(), output)
     assert rows[-1]["rewards/margin"] > rows[1]["rewards/margin"]
 
 
 def test_lora_saves_adapter_and_merged_model(tiny_llava, pairs_dir, tmp_path):
     output = str(tmp_path / "lora")
-    summary = train(config(tiny_llava, finetune="lora", lora_r=4, lora_alpha=8, max_steps=2), pairs_dir, output)
+    summary = train.run(config(tiny_llava, finetune="lora", lora_r=4, lora_alpha=8, max_steps=2), pairs_dir, output)
     assert os.path.exists(os.path.join(output, "model", "adapter", "adapter_config.json"))
     adapter_config = json.load(open(os.path.join(output, "model", "adapter", "adapter_config.json")))
     assert "language_model" in adapter_config["target_modules"]  # the vision tower's q/k/v stay untouched
@@ -273,14 +274,14 @@ def test_truncation_cuts_only_the_response_never_image_tokens(tiny_llava):
 
 def test_reference_cache_is_reused_by_a_later_run(tiny_llava, pairs_dir, tmp_path):
     storage = Storage()
-    first = train(config(tiny_llava, max_steps=1), pairs_dir, str(tmp_path / "a"))
+    first = train.run(config(tiny_llava, max_steps=1), pairs_dir, str(tmp_path / "a"))
     manifest = json.loads(storage.read_bytes(join(first["reference_cache"], "manifest.json")))
-    second = train(config(tiny_llava, max_steps=1, learning_rate=1e-3), pairs_dir, str(tmp_path / "b"))
+    second = train.run(config(tiny_llava, max_steps=1, learning_rate=1e-3), pairs_dir, str(tmp_path / "b"))
     assert second["reference_cache"] == first["reference_cache"]
     assert json.loads(storage.read_bytes(join(first["reference_cache"], "manifest.json")))["created_unix"] == \
         manifest["created_unix"]
     # a different tokenisation is a different cache
-    third = train(config(tiny_llava, max_steps=1, max_length=60), pairs_dir, str(tmp_path / "c"))
+    third = train.run(config(tiny_llava, max_steps=1, max_length=60), pairs_dir, str(tmp_path / "c"))
     assert third["reference_cache"] != first["reference_cache"]
 
 
@@ -303,10 +304,33 @@ def test_deepspeed_zero3_killed_and_resumed_is_bit_identical_to_uninterrupted(ti
                                                                               tmp_path):
     output = str(tmp_path / "zero3-killed")
     ds_env = {"DS_ACCELERATOR": "cpu"}
-    killed = cli(tiny_llava, pairs_dir, output, DEEPSPEED + ["--set", "debug_kill_after_step=5"], nproc=2, env=ds_env)
+    killed = cli(tiny_llava, pairs_dir, output, DEEPSPEED + ["--kill-after-step", "5"], nproc=2, env=ds_env)
     assert killed.returncode != 0 and not os.path.exists(os.path.join(output, "train_summary.json"))
-    assert "debug_kill_after_step=5" in killed.stderr
+    assert "SIGKILL after step 5" in killed.stderr
     resumed = cli(tiny_llava, pairs_dir, output, DEEPSPEED, nproc=2, env=ds_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr and "(step 4)" in resumed.stderr
     assert_bit_identical_training(output, zero3_run)
+
+
+def test_empty_pairs_are_refused_before_any_model_work(tmp_path):
+    pairs = write_pairs(str(tmp_path / "data"), n_pairs=0, n_shards=1)
+    # the model path does not exist: the error must come before anything tries to load it
+    with pytest.raises(ValueError, match=r"pairs artifact holds 0 pairs: nothing to train") as raised:
+        train.run(config(str(tmp_path / "no-model-here")), pairs, str(tmp_path / "model"))
+    assert "\n" not in str(raised.value)
+    assert not os.path.exists(tmp_path / "model")
+
+
+def test_cli_reads_its_config_from_s3_and_refuses_sharding(bucket, capsys):
+    from clipdpo.train.__main__ import main
+
+    uri = join(bucket, "configs", "train.json")
+    Storage().write_bytes(uri, json.dumps({"beta": 0.25, "loss_type": "ipo"}).encode())
+    main(["--input", join(bucket, "pairs"), "--output", join(bucket, "model"), "--config", uri,
+          "--set", "epochs=3", "--dry-run"])
+    resolved = json.loads(capsys.readouterr().out)
+    assert (resolved["beta"], resolved["loss_type"], resolved["epochs"]) == (0.25, "ipo", 3)
+    with pytest.raises(SystemExit):
+        main(["--input", "p", "--output", "m", "--shard", "1/2"])
+    assert "--shard and --finalize do not apply" in capsys.readouterr().err

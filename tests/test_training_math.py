@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from clipdpo.training.config import TrainConfig, accumulation_steps
-from clipdpo.training.data import PairIndex, epoch_order, rank_micro_batches
-from clipdpo.training.logps import IGNORE_INDEX, sequence_logps
-from clipdpo.training.loss import preference_loss
-from clipdpo.training.schedule import lr_factor, warmup_steps
+from clipdpo.train.config import TrainConfig, accumulation_steps
+from clipdpo.train.data import PairIndex, epoch_order, rank_micro_batches
+from clipdpo.train.logps import IGNORE_INDEX, sequence_logps
+from clipdpo.train.loss import preference_loss
+from clipdpo.train.schedule import lr_factor, warmup_steps
 
 
 def logsigmoid(x: float) -> float:

@@ -15,9 +15,9 @@ import random
 import numpy as np
 import torch
 
-from clipdpo.training import dist
-from clipdpo.training.config import TrainConfig
-from clipdpo.training.schedule import lr_factor
+from clipdpo.train import dist
+from clipdpo.train.config import TrainConfig
+from clipdpo.train.schedule import StepPlan, lr_factor
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -29,6 +29,12 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer, total_steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
+
+
+def model_logits(model, batch: dict, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Logits of a concatenated batch; inputs moved to `device`, images cast to the model's dtype."""
+    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                 pixel_values=batch["pixel_values"].to(device, dtype), use_cache=False).logits
 
 
 def rng_state() -> dict:
@@ -47,10 +53,10 @@ def set_rng_state(state: dict) -> None:
 class DDPBackend:
     name = "ddp"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, accumulation: int, total_steps: int, warmup: int):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan):
         self.ctx = ctx
         self.cfg = cfg
-        self.accumulation = accumulation
+        self.accumulation = plan.accumulation
         self.model = model.to(ctx.device)
         self.module = self.model
         if ctx.distributed:
@@ -59,11 +65,10 @@ class DDPBackend:
             device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.module, device_ids=device_ids)
         self.optimizer = make_optimizer(self.module, cfg)
-        self.scheduler = make_scheduler(self.optimizer, total_steps, warmup)
+        self.scheduler = make_scheduler(self.optimizer, plan.total_steps, plan.warmup)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          pixel_values=batch["pixel_values"].to(self.module.dtype), use_cache=False).logits
+        return model_logits(self.model, batch, self.ctx.device, self.module.dtype)
 
     def micro_step(self, last: bool):
         """Context for one micro-batch: gradients are all-reduced only on the last one."""
@@ -110,27 +115,29 @@ class DDPBackend:
     def unwrapped(self):
         return self.module
 
+    def full_state_dict(self) -> dict | None:
+        """None: the module's own state dict is complete on every rank."""
+        return None
+
 
 class DeepSpeedBackend:
     """ZeRO-1/2/3 through deepspeed.initialize; imported only when chosen."""
 
     name = "deepspeed"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, accumulation: int, total_steps: int, warmup: int,
-                 ds_config: dict):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, ds_config: dict):
         import deepspeed
 
         self.ctx = ctx
         self.cfg = cfg
         optimizer = make_optimizer(model, cfg)
-        scheduler = make_scheduler(optimizer, total_steps, warmup)
+        scheduler = make_scheduler(optimizer, plan.total_steps, plan.warmup)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.module = self.engine.module
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           pixel_values=batch["pixel_values"].to(self.module.dtype), use_cache=False).logits
+        return model_logits(self.engine, batch, self.ctx.device, self.module.dtype)
 
     def micro_step(self, last: bool):
         return contextlib.nullcontext()  # DeepSpeed knows its accumulation boundary
@@ -164,6 +171,12 @@ class DeepSpeedBackend:
 
     def unwrapped(self):
         return self.module
+
+    def full_state_dict(self) -> dict | None:
+        """ZeRO-3 holds 1/world of each parameter per rank: a collective gather (every rank calls it), or None."""
+        if self.cfg.zero_stage != 3:
+            return None
+        return self.engine._zero3_consolidated_16bit_state_dict()
 
 
 def frozen_reference(model, ctx: dist.DistContext, strategy: str, ds_config: dict | None):
