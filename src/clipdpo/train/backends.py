@@ -50,6 +50,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_rng(local_dir: str, rank: int) -> None:
+    torch.save(rng_state(), os.path.join(local_dir, f"rng-rank{rank}.pt"))
+
+
+def load_rng(local_dir: str, rank: int) -> None:
+    """Restore this rank's RNG state when the checkpoint holds one."""
+    path = os.path.join(local_dir, f"rng-rank{rank}.pt")
+    if os.path.exists(path):
+        set_rng_state(torch.load(path, weights_only=False))
+
+
 class DDPBackend:
     name = "ddp"
 
@@ -99,7 +110,7 @@ class DDPBackend:
             trainable = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
             torch.save({"model": trainable, "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict()}, os.path.join(local_dir, "state.pt"))
-        torch.save(rng_state(), os.path.join(local_dir, f"rng-rank{self.ctx.rank}.pt"))
+        save_rng(local_dir, self.ctx.rank)
 
     def load(self, local_dir: str) -> None:
         state = torch.load(os.path.join(local_dir, "state.pt"), map_location=self.ctx.device, weights_only=False)
@@ -108,9 +119,7 @@ class DDPBackend:
             raise ValueError(f"checkpoint {local_dir}: unexpected parameters {missing.unexpected_keys[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rng_file = os.path.join(local_dir, f"rng-rank{self.ctx.rank}.pt")
-        if os.path.exists(rng_file):
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        load_rng(local_dir, self.ctx.rank)
 
     def unwrapped(self):
         return self.module
@@ -159,15 +168,13 @@ class DeepSpeedBackend:
     def save(self, local_dir: str) -> None:
         # Collective: every rank writes its ZeRO partition; tag fixed so the folder is self-contained.
         self.engine.save_checkpoint(local_dir, tag="state")
-        torch.save(rng_state(), os.path.join(local_dir, f"rng-rank{self.ctx.rank}.pt"))
+        save_rng(local_dir, self.ctx.rank)
 
     def load(self, local_dir: str) -> None:
         path, _ = self.engine.load_checkpoint(local_dir, tag="state")
         if path is None:
             raise ValueError(f"checkpoint {local_dir}: DeepSpeed found no state to load")
-        rng_file = os.path.join(local_dir, f"rng-rank{self.ctx.rank}.pt")
-        if os.path.exists(rng_file):
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        load_rng(local_dir, self.ctx.rank)
 
     def unwrapped(self):
         return self.module
