@@ -105,11 +105,13 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: a second busy core slows a 2-thread run ~10x on these machines)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     from clipdpo.tiny import build_tiny_llava
     from pairs_fixture import write_pairs
 
@@ -124,7 +126,8 @@ def main() -> int:
         peer = run_trl(model, pairs, str(work / "trl"), args.batch, args.max_length, 5e-6)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "clipdpo": ours, "clipdpo_rerun": rerun, "trl": peer,
+    result = {"pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "threads": args.threads,
+              "clipdpo": ours, "clipdpo_rerun": rerun, "trl": peer,
               "ratio_loop": ours["samples_per_s_loop"] / peer["samples_per_s"],
               "ratio_total": ours["samples_per_s_total"] / peer["samples_per_s_total"],
               "ratio_rerun": rerun["samples_per_s_total"] / peer["samples_per_s_total"]}
