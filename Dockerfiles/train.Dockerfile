@@ -15,6 +15,6 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HOME=/home/clipdpo/.cache/huggingface
 USER 1000:1000
 WORKDIR /home/clipdpo
-RUN python -c "import deepspeed, peft, kubernetes, clipdpo.training.loop, clipdpo.cluster.launch, clipdpo.steps" \
+RUN python -c "import deepspeed, peft, kubernetes, clipdpo.train.recipe, clipdpo.cluster.launch, clipdpo.steps" \
     && python -m clipdpo.train --help > /dev/null && torchrun --help > /dev/null
 CMD ["python", "-m", "clipdpo.train", "--help"]

@@ -31,7 +31,7 @@ def trl_dataset(pairs_uri: str):
 
     from clipdpo.artifacts import Artifact
     from clipdpo.storage import Storage
-    from clipdpo.training.data import PAIR_COLUMNS
+    from clipdpo.train.data import PAIR_COLUMNS
     from clipdpo.score.scorer import decode_image
     import pyarrow.parquet as pq
     import io
@@ -57,13 +57,13 @@ def trl_dataset(pairs_uri: str):
 
 def run_clipdpo(model: str, pairs: str, output: str, batch: int, max_length: int, lr: float) -> dict:
     from clipdpo.storage import Storage, join
-    from clipdpo.training.config import TrainConfig
-    from clipdpo.training.loop import train
+    from clipdpo.train.config import TrainConfig
+    from clipdpo import train
 
     cfg = TrainConfig(model=model, learning_rate=lr, global_batch_size=batch, per_device_batch_size=batch,
                       max_length=max_length, warmup_ratio=0.0, epochs=1, save_steps=10**6)
     started = time.monotonic()
-    summary = train(cfg, pairs, output)
+    summary = train.run(cfg, pairs, output)
     total = time.monotonic() - started
     rows = [json.loads(line) for line in Storage().read_bytes(join(output, "metrics.jsonl")).decode().splitlines()]
     samples = batch * len(rows)
@@ -105,11 +105,13 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: a second busy core slows a 2-thread run ~10x on these machines)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     from clipdpo.tiny import build_tiny_llava
     from pairs_fixture import write_pairs
 
@@ -124,7 +126,8 @@ def main() -> int:
         peer = run_trl(model, pairs, str(work / "trl"), args.batch, args.max_length, 5e-6)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "clipdpo": ours, "clipdpo_rerun": rerun, "trl": peer,
+    result = {"pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "threads": args.threads,
+              "clipdpo": ours, "clipdpo_rerun": rerun, "trl": peer,
               "ratio_loop": ours["samples_per_s_loop"] / peer["samples_per_s"],
               "ratio_total": ours["samples_per_s_total"] / peer["samples_per_s_total"],
               "ratio_rerun": rerun["samples_per_s_total"] / peer["samples_per_s_total"]}

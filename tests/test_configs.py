@@ -19,7 +19,7 @@ def config_class(stage: str):
     from clipdpo.ingest.__main__ import IngestConfig
     from clipdpo.score.scorer import ScorerConfig
     from clipdpo.evaluate.config import EvaluateConfig
-    from clipdpo.training.config import TrainConfig
+    from clipdpo.train.config import TrainConfig
 
     return {"ingest": IngestConfig, "generate": GenerateConfig, "score": ScorerConfig, "filter": FilterConfig,
             "train": TrainConfig, "evaluate": EvaluateConfig}[stage]

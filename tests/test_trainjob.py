@@ -91,7 +91,7 @@ def test_a_wrong_field_fails_the_crd_check():
 
 PROBE = """
 import json
-from clipdpo.training import dist
+from clipdpo.train import dist
 ctx = dist.init()
 ranks = dist.all_gather_objects(ctx, ctx.rank)
 print(json.dumps({"rank": ctx.rank, "world": ctx.world_size, "local": ctx.local_rank, "ranks": ranks}), flush=True)

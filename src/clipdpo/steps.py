@@ -102,7 +102,7 @@ def train_step(run_root: str, config_json: str, *, launcher: str, image: str = "
 def evaluation_models(model_uri: str, train_config_json: str, engine: str) -> list[dict]:
     """The base model the run trained from, then the trained one (LoRA: its merged copy)."""
     from clipdpo.storage import Storage
-    from clipdpo.training.config import TrainConfig
+    from clipdpo.train.config import TrainConfig
 
     base = json.loads(train_config_json or "{}").get("model") or TrainConfig().model
     trained = join(model_uri, "model")

@@ -242,3 +242,31 @@ class Storage:
         except NotFound:
             self._s3_call(uri, self.s3.create_bucket, Bucket=bucket)
 
+
+
+def local_model_dir(storage: Storage, model: str, cache_dir: str) -> str:
+    """`model` itself unless it is an s3:// prefix, which is copied (once) under `cache_dir`."""
+    if not model.startswith("s3://"):
+        return model
+    target = Path(cache_dir, hashlib.sha256(model.encode()).hexdigest()[:16])
+    marker = target / ".complete"
+    if not marker.exists():
+        prefix = model.rstrip("/")
+        uris = storage.list(prefix)
+        if not uris:
+            raise FileNotFoundError(f"model {model}: no files under that prefix")
+        for uri in uris:
+            storage.download_file(uri, str(target / uri[len(prefix) + 1:]))
+        marker.write_text(model)
+    return str(target)
+
+
+def upload_tree(storage: Storage, local_dir: str, uri: str) -> list[str]:
+    """Upload every file under `local_dir` to `uri`/<relative path>; the URIs written."""
+    uploaded = []
+    for path in sorted(Path(local_dir).rglob("*")):
+        if path.is_file():
+            target = join(uri, str(path.relative_to(local_dir)))
+            storage.upload_file(str(path), target)
+            uploaded.append(target)
+    return uploaded

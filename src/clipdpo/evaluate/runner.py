@@ -56,7 +56,7 @@ def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData,
 
 def default_engine_factory(spec: ModelSpec, cfg: EvaluateConfig, storage: Storage) -> Callable[[], Engine]:
     def make() -> Engine:
-        from clipdpo.training.model import local_model_dir
+        from clipdpo.storage import local_model_dir
 
         local = replace(spec, path=local_model_dir(storage, spec.path, cfg.model_cache))
         return load_engine(local, vision=True, batch_size=cfg.batch_size)

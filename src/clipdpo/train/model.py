@@ -15,30 +15,12 @@ from pathlib import Path
 
 import torch
 
-from clipdpo.storage import Storage, join
-from clipdpo.training.config import TrainConfig
+from clipdpo.train.config import TrainConfig
 
 log = logging.getLogger("clipdpo.train")
 
 VISION_TOWER_NAMES = ("vision_tower", "vision_model", "visual")
 PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector")
-
-
-def local_model_dir(storage: Storage, model: str, cache_dir: str) -> str:
-    """`model` itself unless it is an s3:// prefix, which is copied (once) under `cache_dir`."""
-    if not model.startswith("s3://"):
-        return model
-    target = Path(cache_dir, hashlib.sha256(model.encode()).hexdigest()[:16])
-    marker = target / ".complete"
-    if not marker.exists():
-        prefix = model.rstrip("/")
-        uris = storage.list(prefix)
-        if not uris:
-            raise FileNotFoundError(f"model {model}: no files under that prefix")
-        for uri in uris:
-            storage.download_file(uri, str(target / uri[len(prefix) + 1:]))
-        marker.write_text(model)
-    return str(target)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -123,13 +105,3 @@ def save_hf(model, processor, cfg: TrainConfig, local_dir: str, state_dict: dict
         saved.append(".")
     Path(local_dir, "clipdpo_train.json").write_text(json.dumps({"finetune": cfg.finetune, "saved": saved}))
     return saved
-
-
-def upload_tree(storage: Storage, local_dir: str, uri: str) -> list[str]:
-    uploaded = []
-    for path in sorted(Path(local_dir).rglob("*")):
-        if path.is_file():
-            target = join(uri, str(path.relative_to(local_dir)))
-            storage.upload_file(str(path), target)
-            uploaded.append(target)
-    return uploaded

@@ -15,9 +15,9 @@ import random
 import numpy as np
 import torch
 
-from clipdpo.training import dist
-from clipdpo.training.config import TrainConfig
-from clipdpo.training.schedule import lr_factor
+from clipdpo.train import dist
+from clipdpo.train.config import TrainConfig
+from clipdpo.train.schedule import StepPlan, lr_factor
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -29,6 +29,12 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer, total_steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
+
+
+def model_logits(model, batch: dict, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Logits of a concatenated batch; inputs moved to `device`, images cast to the model's dtype."""
+    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                 pixel_values=batch["pixel_values"].to(device, dtype), use_cache=False).logits
 
 
 def rng_state() -> dict:
@@ -44,13 +50,24 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_rng(local_dir: str, rank: int) -> None:
+    torch.save(rng_state(), os.path.join(local_dir, f"rng-rank{rank}.pt"))
+
+
+def load_rng(local_dir: str, rank: int) -> None:
+    """Restore this rank's RNG state when the checkpoint holds one."""
+    path = os.path.join(local_dir, f"rng-rank{rank}.pt")
+    if os.path.exists(path):
+        set_rng_state(torch.load(path, weights_only=False))
+
+
 class DDPBackend:
     name = "ddp"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, accumulation: int, total_steps: int, warmup: int):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan):
         self.ctx = ctx
         self.cfg = cfg
-        self.accumulation = accumulation
+        self.accumulation = plan.accumulation
         self.model = model.to(ctx.device)
         self.module = self.model
         if ctx.distributed:
@@ -59,11 +76,10 @@ class DDPBackend:
             device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.module, device_ids=device_ids)
         self.optimizer = make_optimizer(self.module, cfg)
-        self.scheduler = make_scheduler(self.optimizer, total_steps, warmup)
+        self.scheduler = make_scheduler(self.optimizer, plan.total_steps, plan.warmup)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          pixel_values=batch["pixel_values"].to(self.module.dtype), use_cache=False).logits
+        return model_logits(self.model, batch, self.ctx.device, self.module.dtype)
 
     def micro_step(self, last: bool):
         """Context for one micro-batch: gradients are all-reduced only on the last one."""
@@ -94,7 +110,7 @@ class DDPBackend:
             trainable = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
             torch.save({"model": trainable, "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict()}, os.path.join(local_dir, "state.pt"))
-        torch.save(rng_state(), os.path.join(local_dir, f"rng-rank{self.ctx.rank}.pt"))
+        save_rng(local_dir, self.ctx.rank)
 
     def load(self, local_dir: str) -> None:
         state = torch.load(os.path.join(local_dir, "state.pt"), map_location=self.ctx.device, weights_only=False)
@@ -103,12 +119,14 @@ class DDPBackend:
             raise ValueError(f"checkpoint {local_dir}: unexpected parameters {missing.unexpected_keys[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rng_file = os.path.join(local_dir, f"rng-rank{self.ctx.rank}.pt")
-        if os.path.exists(rng_file):
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        load_rng(local_dir, self.ctx.rank)
 
     def unwrapped(self):
         return self.module
+
+    def full_state_dict(self) -> dict | None:
+        """None: the module's own state dict is complete on every rank."""
+        return None
 
 
 class DeepSpeedBackend:
@@ -116,21 +134,19 @@ class DeepSpeedBackend:
 
     name = "deepspeed"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, accumulation: int, total_steps: int, warmup: int,
-                 ds_config: dict):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, ds_config: dict):
         import deepspeed
 
         self.ctx = ctx
         self.cfg = cfg
         optimizer = make_optimizer(model, cfg)
-        scheduler = make_scheduler(optimizer, total_steps, warmup)
+        scheduler = make_scheduler(optimizer, plan.total_steps, plan.warmup)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.module = self.engine.module
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           pixel_values=batch["pixel_values"].to(self.module.dtype), use_cache=False).logits
+        return model_logits(self.engine, batch, self.ctx.device, self.module.dtype)
 
     def micro_step(self, last: bool):
         return contextlib.nullcontext()  # DeepSpeed knows its accumulation boundary
@@ -152,18 +168,22 @@ class DeepSpeedBackend:
     def save(self, local_dir: str) -> None:
         # Collective: every rank writes its ZeRO partition; tag fixed so the folder is self-contained.
         self.engine.save_checkpoint(local_dir, tag="state")
-        torch.save(rng_state(), os.path.join(local_dir, f"rng-rank{self.ctx.rank}.pt"))
+        save_rng(local_dir, self.ctx.rank)
 
     def load(self, local_dir: str) -> None:
         path, _ = self.engine.load_checkpoint(local_dir, tag="state")
         if path is None:
             raise ValueError(f"checkpoint {local_dir}: DeepSpeed found no state to load")
-        rng_file = os.path.join(local_dir, f"rng-rank{self.ctx.rank}.pt")
-        if os.path.exists(rng_file):
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        load_rng(local_dir, self.ctx.rank)
 
     def unwrapped(self):
         return self.module
+
+    def full_state_dict(self) -> dict | None:
+        """ZeRO-3 holds 1/world of each parameter per rank: a collective gather (every rank calls it), or None."""
+        if self.cfg.zero_stage != 3:
+            return None
+        return self.engine._zero3_consolidated_16bit_state_dict()
 
 
 def frozen_reference(model, ctx: dist.DistContext, strategy: str, ds_config: dict | None):

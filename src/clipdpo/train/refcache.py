@@ -21,10 +21,10 @@ import torch
 
 from clipdpo.artifacts import Artifact, ArtifactWriter, shard_name
 from clipdpo.storage import join
-from clipdpo.training import dist
-from clipdpo.training.data import PairIndex, PairStore, collate, prefetch
-from clipdpo.training.encode import PairEncoder
-from clipdpo.training.logps import sequence_logps
+from clipdpo.train import dist
+from clipdpo.train.data import PairIndex, PairStore, prefetch
+from clipdpo.train.encode import PairEncoder
+from clipdpo.train.logps import sequence_logps
 
 log = logging.getLogger("clipdpo.train")
 
@@ -58,52 +58,51 @@ def chunk_bounds(total: int, chunk: int) -> list[tuple[int, int]]:
 def batch_logps(forward, batch: dict) -> torch.Tensor:
     """[n, 4]: chosen sum, rejected sum, chosen mean, rejected mean, for one concatenated batch."""
     logits = forward(batch)
-    sums, means, _ = sequence_logps(logits, batch["labels"])
+    sums, means, _ = sequence_logps(logits, batch["labels"].to(logits.device))
     n = len(sums) // 2
     return torch.stack([sums[:n], sums[n:], means[:n], means[n:]], dim=1).double().cpu()
 
 
-def ensure(ctx: dist.DistContext, forward, pairs: Artifact, index: PairIndex, store: PairStore,
-           encoder: PairEncoder, key: dict, uri: str, *, micro_batch: int, truncate: bool, pad_token_id: int,
-           to_device) -> np.ndarray:
+def ensure(ctx: dist.DistContext, forward, store: PairStore, key: dict, uri: str, *, micro_batch: int) -> np.ndarray:
     """[len(index), 4] reference log-probs in index order, computing the missing chunks."""
+    pairs = store.pairs
     writer = ArtifactWriter(pairs.storage, uri, "reflogps", key, [pairs], overwrite=True)
-    per_chunk = ctx.world_size * micro_batch * 16
-    bounds = chunk_bounds(len(index), per_chunk)
+    bounds = chunk_bounds(len(store.index), ctx.world_size * micro_batch * 16)
     names = [shard_name(i) for i in range(len(bounds))]
-    if not writer.is_complete():
-        todo = [i for i, name in enumerate(names) if writer.done_record(name) is None]
-        todo = dist.broadcast_object(ctx, todo)  # every rank must run the same chunks
-        log.info("reference log-probs: %d of %d chunk(s) to compute -> %s", len(todo), len(names), uri)
-        for i in todo:
-            start, stop = bounds[i]
-            positions = np.arange(start, stop)
-            mine = positions[ctx.rank::ctx.world_size]
-            steps = -(-len(positions) // (ctx.world_size * micro_batch))
-            parts = []
-            for s in range(steps):  # equal forward count on every rank; the short tail repeats a row
-                part = mine[s * micro_batch:(s + 1) * micro_batch]
-                parts.append((part if len(part) else positions[:1], len(part)))
-
-            def prepare(item) -> dict:
-                examples = [store.example(int(p)) for p in item[0]]
-                return collate(encoder.encode_batch(examples, truncate), pad_token_id)
-
-            rows = []
-            for (part, real), cpu_batch in prefetch(parts, prepare):
-                values = batch_logps(forward, to_device(cpu_batch))
-                rows.extend(zip(part[:real].tolist(), values[:real].tolist()))
-            gathered = dist.all_gather_objects(ctx, rows)
-            if ctx.is_main:
-                merged = sorted(row for rank_rows in gathered for row in rank_rows)
-                writer.write_shard(names[i], _table(index, merged), {"pairs": len(merged)})
-            dist.barrier(ctx)
-        if ctx.is_main:
-            writer.finalize(names)
-        dist.barrier(ctx)
-    else:
+    if writer.is_complete():
         log.info("reference log-probs: reusing %s", uri)
-    return load(pairs.storage, uri, index)
+        return load(pairs.storage, uri, store.index)
+    todo = [i for i, name in enumerate(names) if writer.done_record(name) is None]
+    todo = dist.broadcast_object(ctx, todo)  # every rank must run the same chunks
+    log.info("reference log-probs: %d of %d chunk(s) to compute -> %s", len(todo), len(names), uri)
+    for i in todo:
+        rows = _chunk_rows(ctx, forward, store, np.arange(*bounds[i]), micro_batch)
+        gathered = dist.all_gather_objects(ctx, rows)
+        if ctx.is_main:
+            merged = sorted(row for rank_rows in gathered for row in rank_rows)
+            writer.write_shard(names[i], _table(store.index, merged), {"pairs": len(merged)})
+        dist.barrier(ctx)
+    if ctx.is_main:
+        writer.finalize(names)
+    dist.barrier(ctx)
+    return load(pairs.storage, uri, store.index)
+
+
+def _chunk_rows(ctx: dist.DistContext, forward, store: PairStore, positions: np.ndarray,
+                micro_batch: int) -> list[tuple[int, list[float]]]:
+    """This rank's (position, values) rows of one chunk. Every rank runs the same number of forwards (ZeRO-3
+    gathers parameters collectively): a rank whose share runs out repeats a row and drops its result."""
+    mine = positions[ctx.rank::ctx.world_size]
+    steps = -(-len(positions) // (ctx.world_size * micro_batch))
+    parts = []
+    for s in range(steps):
+        part = mine[s * micro_batch:(s + 1) * micro_batch]
+        parts.append((part if len(part) else positions[:1], len(part)))
+    rows = []
+    for (part, real), cpu_batch in prefetch(parts, lambda item: store.batch(item[0])):
+        values = batch_logps(forward, cpu_batch)
+        rows.extend(zip(part[:real].tolist(), values[:real].tolist()))
+    return rows
 
 
 def _table(index: PairIndex, rows: list[tuple[int, list[float]]]) -> pa.Table:

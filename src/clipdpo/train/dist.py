@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from clipdpo.training.config import TrainConfig
+from clipdpo.train.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipdpo.training.loss import check_loss_type
+from clipdpo.train.loss import check_loss_type
 
 LLAVA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -59,9 +59,6 @@ class TrainConfig:
     log_steps: int = 1
     save_merged: bool = True  # LoRA: also save the merged full model
     reference_cache: str = ""  # "" = <pairs>/refcache/<key>; or an explicit prefix
-
-    # testing hook: SIGKILL this process right after optimizer step N (crash/resume tests)
-    debug_kill_after_step: int = 0
 
     def __post_init__(self) -> None:
         check_loss_type(self.loss_type)

@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The run's optimizer steps: how many per epoch and in all, warm-up, micro-batches per step per rank."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    accumulation: int
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) that 0-based optimizer step `step` trains on."""
+        return divmod(step, self.steps_per_epoch)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from clipdpo.artifacts import Artifact
-from clipdpo.training.encode import Encoded, PairEncoder
-from clipdpo.training.logps import IGNORE_INDEX
+from clipdpo.train.encode import Encoded, PairEncoder
+from clipdpo.train.logps import IGNORE_INDEX
 
 log = logging.getLogger("clipdpo.train")
 
@@ -142,11 +142,16 @@ def rank_micro_batches(global_batch: np.ndarray, rank: int, world_size: int, acc
 
 
 class PairStore:
-    """Reads examples by index position; keeps the last few shards (pairs + their images) in memory."""
+    """Reads examples by index position and encodes them into model batches; keeps the last few shards
+    (pairs + their images) in memory. The training loop and the reference pass both batch through it."""
 
-    def __init__(self, pairs: Artifact, index: PairIndex, cache_shards: int = 2):
+    def __init__(self, pairs: Artifact, index: PairIndex, encoder: PairEncoder, *, truncate: bool, pad_token_id: int,
+                 cache_shards: int = 2):
         self.pairs = pairs
         self.index = index
+        self.encoder = encoder
+        self.truncate = truncate
+        self.pad_token_id = pad_token_id
         self.cache: OrderedDict[int, tuple] = OrderedDict()
         self.cache_shards = cache_shards
 
@@ -175,6 +180,11 @@ class PairStore:
         image = Image.open(io.BytesIO(data))
         image.load()
         return image.convert("RGB"), columns["prompt"][row] or "", columns["chosen"][row], columns["rejected"][row]
+
+    def batch(self, positions) -> dict[str, torch.Tensor]:
+        """The concatenated chosen/rejected batch (see `collate`) of the pairs at these index positions."""
+        examples = [self.example(int(p)) for p in positions]
+        return collate(self.encoder.encode_batch(examples, self.truncate), self.pad_token_id)
 
 
 def collate(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:

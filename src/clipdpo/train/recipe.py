@@ -1,0 +1,289 @@
+"""The DPO training recipe: set up once (`TrainRun.setup`), train (`TrainRun.train`), clean up (`cleanup`).
+
+Step k (0-based, counted over all epochs) always trains on the same global batch: batch
+k mod steps_per_epoch of epoch k // steps_per_epoch's order. A resumed run restores weights,
+optimizer, scheduler and RNG from the newest checkpoint and continues at the next step, so it ends
+where an uninterrupted run ends. Outputs under `<output>/`: `model/` (Hugging Face format),
+`metrics.jsonl` (one line per step), `checkpoints/`, and `train_summary.json`, written last.
+The loss of a micro-batch is the objective's (objective.py); metrics and checkpoints are callbacks
+(callbacks.py); the loop only runs micro-batches and optimizer steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from clipdpo import config as config_lib
+from clipdpo.artifacts import Artifact, code_version, fingerprint
+from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tree
+from clipdpo.train import checkpoint, dist, refcache
+from clipdpo.train.backends import DDPBackend, DeepSpeedBackend, frozen_reference
+from clipdpo.train.callbacks import METRICS, CheckpointCallback, MetricsCallback, StepStats, jsonl, metrics_row
+from clipdpo.train.config import TrainConfig, accumulation_steps
+from clipdpo.train.data import PairIndex, PairStore, build_index, epoch_order, prefetch, rank_micro_batches
+from clipdpo.train.encode import PairEncoder
+from clipdpo.train.model import load_model, load_processor, model_signature, prepare_policy, save_hf
+from clipdpo.train.objective import DPOObjective
+from clipdpo.train.schedule import StepPlan, warmup_steps
+
+log = logging.getLogger("clipdpo.train")
+
+SUMMARY = "train_summary.json"
+# Config keys that do not change what is trained (excluded from the output fingerprint).
+_NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache")
+
+
+class OutputExists(RuntimeError):
+    pass
+
+
+def run(cfg: TrainConfig, input_uri: str, output_uri: str, *, overwrite: bool = False,
+        storage: Storage | None = None) -> dict:
+    """Train on the pairs artifact at `input_uri` into `output_uri`; returns the run's summary.
+
+    One process, or one of many under torchrun. A finished run with the same pairs and config
+    returns its stored summary; a killed one resumes from its newest checkpoint."""
+    storage = storage or Storage()
+    output = output_uri.rstrip("/")
+    ctx = dist.init()
+    try:
+        check_config(cfg, ctx.world_size)
+        pairs = open_pairs(storage, input_uri)
+        run_fingerprint = output_fingerprint(cfg, pairs)
+        finished = prepare_output(ctx, storage, output, run_fingerprint, overwrite)
+        if finished is not None:
+            return finished
+        recipe = TrainRun.setup(ctx, cfg, pairs, output, storage, run_fingerprint)
+        recipe.train([MetricsCallback(cfg.log_steps), CheckpointCallback(cfg.save_steps)])
+        return recipe.cleanup()
+    finally:
+        dist.shutdown(ctx)
+
+
+def check_config(cfg: TrainConfig, world_size: int) -> None:
+    """Refuse settings that cannot work together, before any data or model is read."""
+    accumulation_steps(cfg, world_size)  # the global batch must split over this world size
+    if dist.resolve_strategy(cfg) == "deepspeed" and cfg.zero_stage == 3 and cfg.finetune == "lora":
+        raise ValueError("finetune=lora with DeepSpeed zero_stage=3 is not supported (the adapter cannot be saved "
+                         "from partitioned weights); LoRA weights are small: use zero_stage=2")
+
+
+def open_pairs(storage: Storage, uri: str) -> Artifact:
+    pairs = Artifact.open(storage, uri, kind="pairs")
+    if pairs.manifest.rows == 0:
+        raise ValueError(f"{uri}: the pairs artifact holds 0 pairs: nothing to train (check the filter stage's "
+                         "thresholds)")
+    return pairs
+
+
+def output_fingerprint(cfg: TrainConfig, pairs: Artifact) -> str:
+    semantic = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in _NON_SEMANTIC}
+    return fingerprint("model", semantic, [pairs.manifest.fingerprint])
+
+
+def prepare_output(ctx: dist.DistContext, storage: Storage, output: str, run_fingerprint: str,
+                   overwrite: bool) -> dict | None:
+    """The stored summary when `output` already holds this run's model; else clear the way (or refuse)."""
+    try:
+        existing = json.loads(storage.read_bytes(join(output, SUMMARY)))
+    except NotFound:
+        existing = None
+    if existing is not None:
+        if existing.get("fingerprint") == run_fingerprint:
+            log.info("%s already holds this training run's model: nothing to do", output)
+            return existing
+        if not overwrite:
+            raise OutputExists(f"{output} holds a model trained from other pairs or config; "
+                               "write to a new URI or pass --overwrite")
+    if ctx.is_main:
+        storage.ensure_bucket(output)
+        if existing is not None:
+            storage.delete(join(output, SUMMARY))
+    return None
+
+
+def plan_steps(cfg: TrainConfig, good_pairs: int, world_size: int, pairs_uri: str) -> StepPlan:
+    steps_per_epoch = good_pairs // cfg.global_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{pairs_uri}: {good_pairs} good pairs, fewer than global_batch_size "
+                         f"{cfg.global_batch_size}: nothing to train")
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    plan = StepPlan(steps_per_epoch, total_steps, warmup_steps(total_steps, cfg.warmup_ratio),
+                    accumulation_steps(cfg, world_size))
+    log.info("%d good pairs -> %d step(s)/epoch x %d epoch(s) = %d steps (global batch %d = %d per device x %d "
+             "accumulation x %d ranks; %d pair(s) per epoch beyond the last full batch are not used)",
+             good_pairs, steps_per_epoch, cfg.epochs, total_steps, cfg.global_batch_size, cfg.per_device_batch_size,
+             plan.accumulation, world_size, good_pairs - steps_per_epoch * cfg.global_batch_size)
+    return plan
+
+
+def shared_model_dir(ctx: dist.DistContext, storage: Storage, model: str, scratch: str) -> str:
+    """A local folder holding `model`: one copy per node of a model on S3."""
+    cache = os.path.join(scratch, "models")
+    if ctx.is_local_main:
+        local_model_dir(storage, model, cache)
+    dist.barrier(ctx)
+    return local_model_dir(storage, model, cache)  # complete now: only resolves the path
+
+
+def make_backend(ctx: dist.DistContext, cfg: TrainConfig, model_dir: str, plan: StepPlan,
+                 strategy: str) -> tuple[Any, dict | None, Any]:
+    """(backend, DeepSpeed config or None, what must stay alive while ZeRO-3 models load)."""
+    if strategy != "deepspeed":
+        return DDPBackend(prepare_policy(load_model(model_dir, cfg), cfg), cfg, ctx, plan), None, None
+    import deepspeed
+
+    # DeepSpeed keeps its own communication handle (wrapping torchrun's process group); ZeRO-3's
+    # sharded loading below already needs it.
+    deepspeed.init_distributed(dist_backend="nccl" if ctx.device.type == "cuda" else "gloo")
+    ds_config = dist.deepspeed_config(cfg, ctx.world_size, plan.accumulation)
+    keep_alive = None
+    if cfg.zero_stage == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep_alive = HfDeepSpeedConfig(ds_config)  # while alive, from_pretrained shards at load
+    policy = prepare_policy(load_model(model_dir, cfg), cfg)
+    return DeepSpeedBackend(policy, cfg, ctx, plan, ds_config), ds_config, keep_alive
+
+
+@dataclass
+class TrainRun:
+    """What a training run sets up once; `train` runs the steps, `cleanup` writes the outputs."""
+
+    ctx: dist.DistContext
+    cfg: TrainConfig
+    storage: Storage
+    output: str
+    fingerprint: str
+    strategy: str
+    plan: StepPlan
+    processor: Any
+    index: PairIndex
+    store: PairStore
+    backend: Any
+    checkpoints: checkpoint.Checkpoints
+    started: float
+    objective: DPOObjective | None = None
+    reference_cache: str = ""  # the reference log-probs' URI (reference="precompute")
+    start_step: int = 0
+    metrics: list[dict] = field(default_factory=list)
+    zero3_loading: Any = None  # HfDeepSpeedConfig, kept for the run's lifetime (transformers consults it)
+
+    @classmethod
+    def setup(cls, ctx: dist.DistContext, cfg: TrainConfig, pairs: Artifact, output: str, storage: Storage,
+              run_fingerprint: str) -> "TrainRun":
+        started = time.monotonic()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        scratch = checkpoint.scratch_dir(output)
+        model_dir = shared_model_dir(ctx, storage, cfg.model, scratch)
+        processor = load_processor(model_dir, cfg)
+        encoder = PairEncoder(processor, cfg.max_length)
+        pad_token_id = processor.tokenizer.pad_token_id
+        if pad_token_id is None:
+            pad_token_id = processor.tokenizer.eos_token_id
+        index = build_index(pairs, encoder, truncate=cfg.truncate_responses, on_bad_pair=cfg.on_bad_pair)
+        plan = plan_steps(cfg, len(index), ctx.world_size, pairs.uri)
+        strategy = dist.resolve_strategy(cfg)
+        log.info("strategy %s", strategy)
+        backend, ds_config, keep_alive = make_backend(ctx, cfg, model_dir, plan, strategy)
+        store = PairStore(pairs, index, encoder, truncate=cfg.truncate_responses, pad_token_id=pad_token_id)
+        run = cls(ctx, cfg, storage, output, run_fingerprint, strategy, plan, processor, index, store, backend,
+                  checkpoint.Checkpoints(ctx, storage, output, scratch, cfg.keep_checkpoints), started,
+                  zero3_loading=keep_alive)
+        if cfg.reference == "precompute":
+            run.objective = run.precompute_reference(model_dir, encoder)
+        else:
+            reference = frozen_reference(load_model(model_dir, cfg), ctx, strategy, ds_config)
+            run.objective = DPOObjective.from_config(cfg, reference_model=reference)
+        record = run.checkpoints.restore(backend)
+        if record is not None:
+            run.start_step, run.metrics = record["step"], record.get("metrics", [])
+        return run
+
+    def precompute_reference(self, model_dir: str, encoder: PairEncoder) -> DPOObjective:
+        """The objective with reference log-probs from the cache, computing what it lacks with the policy,
+        which before the first step is the reference model (LoRA starts as a no-op)."""
+        cfg, pairs = self.cfg, self.store.pairs
+        key = refcache.cache_key(pairs, model_signature(model_dir, cfg), encoder, cfg.truncate_responses)
+        self.reference_cache = refcache.cache_uri(pairs, key, cfg.reference_cache)
+        resumable = checkpoint.complete_steps(self.storage, self.output)
+        if resumable and not self.storage.exists(join(self.reference_cache, "manifest.json")):
+            raise RuntimeError(f"{self.output} has checkpoints but the reference cache {self.reference_cache} is "
+                               "incomplete: the policy is no longer the reference; delete the checkpoints or "
+                               "restore the cache")
+        self.backend.train(False)
+        values = refcache.ensure(self.ctx, self.backend.forward, self.store, key, self.reference_cache,
+                                 micro_batch=cfg.per_device_batch_size)
+        return DPOObjective.from_config(cfg, reference_logps=values)
+
+    def schedule(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(step, micro-batch number, positions) for every micro-batch this rank runs, in order."""
+        order_epoch, order, size = -1, None, self.cfg.global_batch_size
+        for step in range(self.start_step, self.plan.total_steps):
+            epoch, batch_in_epoch = self.plan.position(step)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(self.index, self.cfg.seed, epoch)
+            global_batch = order[batch_in_epoch * size:(batch_in_epoch + 1) * size]
+            parts = rank_micro_batches(global_batch, self.ctx.rank, self.ctx.world_size, self.plan.accumulation)
+            for m, positions in enumerate(parts):
+                yield step, m, positions
+
+    def train(self, callbacks: list) -> None:
+        """Micro-batches, their losses and gradients, optimizer steps; callbacks after each step."""
+        last = self.plan.accumulation - 1
+        self.backend.train(True)
+        stats, step_started = StepStats.zero(), time.monotonic()
+        for (step, m, positions), cpu_batch in prefetch(self.schedule(), lambda item: self.store.batch(item[2])):
+            batch = {k: v.to(self.ctx.device) for k, v in cpu_batch.items()}
+            with self.backend.micro_step(last=m == last):
+                losses, chosen_rewards, rejected_rewards = self.objective.losses(self.backend.forward, batch,
+                                                                                 positions)
+                self.backend.backward(losses.mean())
+            stats.add(losses, chosen_rewards, rejected_rewards, int(batch["attention_mask"].sum()))
+            if m < last:
+                continue
+            grad_norm = self.backend.step()
+            totals = dist.all_reduce_sum(self.ctx, stats.values)
+            row = metrics_row(totals, step + 1, self.plan.steps_per_epoch, self.backend.lr(), grad_norm,
+                              time.monotonic() - step_started)
+            for callback in callbacks:
+                callback.on_step_end(self, step + 1, row)
+            stats, step_started = StepStats.zero(), time.monotonic()
+        for callback in callbacks:
+            callback.on_train_end(self)
+
+    def cleanup(self) -> dict:
+        """The model in Hugging Face format, metrics, then the summary (written last: it marks completion)."""
+        local_dir = os.path.join(self.checkpoints.local_root, "final")
+        state_dict = self.backend.full_state_dict()  # collective under ZeRO-3: every rank calls it
+        if self.ctx.is_main:
+            save_hf(self.backend.unwrapped(), self.processor, self.cfg, local_dir, state_dict=state_dict)
+        dist.barrier(self.ctx)
+        summary = self.summary()
+        if self.ctx.is_main:
+            upload_tree(self.storage, local_dir, join(self.output, "model"))
+            self.storage.write_bytes(join(self.output, METRICS), jsonl(self.metrics))
+            self.storage.write_bytes(join(self.output, SUMMARY), json.dumps(summary, indent=2).encode())
+            log.info("model -> %s", join(self.output, "model"))
+        dist.barrier(self.ctx)
+        return summary
+
+    def summary(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint, "pairs": self.store.pairs.uri, "model": join(self.output, "model"),
+            "finetune": self.cfg.finetune, "steps": self.plan.total_steps, "strategy": self.strategy,
+            "world_size": self.ctx.world_size, "reference_cache": self.reference_cache,
+            "code_version": code_version(), "config": config_lib.to_dict(self.cfg), "data": self.index.summary(),
+            "seconds": round(time.monotonic() - self.started, 2), "final": self.metrics[-1] if self.metrics else {},
+        }
