@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from clipdpo import tiny
+from clipdpo.demo import models as tiny
 from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.schemas import CANDIDATES
 from clipdpo.score.__main__ import run as run_score

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
+from clipdpo.stages import IMAGES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = {"generate": "clipdpo.generate", "score": "clipdpo.score", "filter": "clipdpo.filter",
-          "train": "clipdpo.train", "evaluate": "clipdpo.evaluate"}
+STAGES = {image: f"clipdpo.{image}" for image in IMAGES}  # one image per stage, named after it
 
 
 def hadolint() -> str:

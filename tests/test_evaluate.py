@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from clipdpo import tiny
-from clipdpo.evaluate import runner
+from clipdpo.demo import models as tiny
+from clipdpo.evaluate.evaluation import evaluate_models
 from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.data import EvalInputError
 from clipdpo.generate.engines import HFEngine, ImageRequest, ModelSpec, option_token_ids
@@ -53,17 +53,20 @@ def inputs(bucket):
             "suite": join(bucket, "suite"), **suite}
 
 
+def as_json(value):
+    return json.loads(json.dumps(value))
+
+
 def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_path):
-    from clipdpo.evaluate.__main__ import run as cli
+    from clipdpo.evaluate.__main__ import main
 
     storage = Storage()
     config_path = tmp_path / "evaluate.json"
     config_path.write_text(json.dumps(eval_config(models, inputs)))
     output = join(bucket, "eval")
-    metrics = cli(["--config", str(config_path), "--output", output])
+    assert main(["--config", str(config_path), "--output", output]) == 0
 
-    saved = json.loads(storage.read_bytes(join(output, "metrics.json")))
-    assert saved == json.loads(json.dumps(metrics))
+    metrics = json.loads(storage.read_bytes(join(output, "metrics.json")))
     assert metrics["complete"] is True and metrics["baseline"] == "base"
     # every item answered once per model: 2 descriptions + 7 yes/no + 9 zero-shot captions + 6 POPE + 3 SQA
     assert metrics["inferred_items"] == {"base": 27, "trained": 27}
@@ -100,21 +103,21 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
         return fail
 
     cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
-    again = runner.run(cfg, output, storage, engine_factory=no_model)
-    assert again["results"] == metrics["results"] and again["inferred_items"] == {"base": 0, "trained": 0}
+    again = evaluate_models(cfg, output, storage, engine_factory=no_model)
+    assert as_json(again["results"]) == metrics["results"] and again["inferred_items"] == {"base": 0, "trained": 0}
 
     # a crash that lost one chunk redoes that chunk only (3 items), for that model only
     lost = [u for u in storage.list(join(output, "responses", "trained")) if "amber-discriminative" in u][-1]
     storage.delete(lost)
-    resumed = runner.run(cfg, output, storage)
+    resumed = evaluate_models(cfg, output, storage)
     assert resumed["inferred_items"] == {"base": 0, "trained": 3}
-    assert resumed["results"] == metrics["results"]  # greedy decoding: the same replies again
+    assert as_json(resumed["results"]) == metrics["results"]  # greedy decoding: the same replies again
 
 
 def test_yes_no_by_logits_matches_a_forward_pass_per_request(models):
     engine = HFEngine(ModelSpec(name="base", path=models["base"], engine="hf", device="cpu"), batch_size=3)
     image = fx.jpeg((200, 10, 10))
-    from clipdpo.score.scorer import decode_image
+    from clipdpo.images import decode_image
 
     prompts = ["Is there a dog?", "Is the square red? Answer yes or no please, thank you.", "Cat?"]
     requests = [ImageRequest(decode_image(image), p, 1, 0) for p in prompts]
@@ -146,7 +149,7 @@ def test_missing_image_fails_before_any_model_loads(models, inputs, bucket):
     storage.delete(join(bucket, "AMBER", "image", "AMBER_2.jpg"))
     cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
     with pytest.raises(EvalInputError, match=r"amber-.*AMBER_2\.jpg"):
-        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
     assert not storage.exists(join(bucket, "out", "metrics.json"))
 
 
@@ -156,7 +159,7 @@ def test_question_file_errors_name_file_line_and_field(models, inputs, bucket):
     storage.write_bytes(join(inputs["pope"], "questions.jsonl"), (json.dumps(bad[0]) + "\n").encode())
     cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
     with pytest.raises(EvalInputError, match=r"pope/questions\.jsonl:1: field 'answer' is missing"):
-        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
 def test_amber_query_file_in_the_wrong_layout(models, inputs, bucket):
@@ -164,7 +167,7 @@ def test_amber_query_file_in_the_wrong_layout(models, inputs, bucket):
     storage.write_bytes(join(inputs["amber"], "query", "query_all.json"), json.dumps({"1": "Describe"}).encode())
     cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
     with pytest.raises(ValueError, match=r"query_all\.json: expected \[\{\"id\""):
-        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
 def test_zero_shot_folder_without_class_folders(models, inputs, bucket):
@@ -172,7 +175,7 @@ def test_zero_shot_folder_without_class_folders(models, inputs, bucket):
     config = eval_config(models, inputs)
     config["zero_shot"]["datasets"] = [{"name": "empty", "root": join(bucket, "nothing-here")}]
     with pytest.raises(EvalInputError, match=r"zero_shot empty: no images under .*nothing-here/<class>/"):
-        runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
 def test_missing_responses_are_refused_or_reported_incomplete(models, inputs, bucket):
@@ -182,11 +185,11 @@ def test_missing_responses_are_refused_or_reported_incomplete(models, inputs, bu
     config = eval_config(models, inputs)
     config.pop("zero_shot"), config.pop("suite")
     with pytest.raises(EvalInputError, match=r"no query for 1 id\(s\) .*\[9\]"):
-        runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
 
     config["amber"]["allow_partial"] = True
     config["models"] = config["models"][:1]
-    metrics = runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage)
+    metrics = evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage)
     assert metrics["complete"] is False and metrics["results"]["base"]["amber"]["missing_ids"] == [9]
     assert "INCOMPLETE RESULTS" in storage.read_bytes(join(bucket, "out", "report.md")).decode()
     assert json.loads(storage.read_bytes(join(bucket, "out", "metrics.json")))["complete"] is False

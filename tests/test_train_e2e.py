@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from clipdpo.storage import Storage, join
-from clipdpo.tiny import build_tiny_llava
+from clipdpo.demo.models import build_tiny_llava
 from clipdpo.train.config import TrainConfig
 from clipdpo.train.data import BadPairsError, build_index
 from clipdpo.train.encode import PairEncoder

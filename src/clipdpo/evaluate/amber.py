@@ -124,16 +124,6 @@ def load(root: str, storage: Storage | None = None) -> AmberData:
     return AmberData(annotations, association, safe_words, counters)
 
 
-def load_responses(text: str, where: str) -> dict[int, str]:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise AmberInputError(f"{where}: not valid JSON ({err})") from err
-    if not isinstance(items, list) or not all(isinstance(i, dict) and {"id", "response"} <= set(i) for i in items):
-        raise AmberInputError(f'{where}: expected [{{"id": int, "response": str}}, ...]')
-    return {int(item["id"]): item["response"] for item in items}
-
-
 @dataclass
 class GenerativeResult:
     nouns: list[str]  # vocabulary nouns considered

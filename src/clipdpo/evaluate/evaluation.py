@@ -1,4 +1,4 @@
-"""The evaluate stage: every configured evaluation for every model, then metrics.json and the report.
+"""Evaluating models: every configured evaluation for every model, then metrics.json and the report.
 
 Order of work: inputs are read and checked first (question files, annotations, images exist),
 so bad input fails before any model is loaded; then per model its responses (resumable chunks,
@@ -12,19 +12,35 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from clipdpo.evaluate import amber, report, suite, zeroshot
-from clipdpo.evaluate.config import EvaluateConfig
+from clipdpo.evaluate import amber, report, zeroshot
+from clipdpo.evaluate.config import Benchmark, EvaluateConfig, ZeroShotDataset
 from clipdpo.evaluate.data import EvalInputError, Item, check_images_exist, image_uri, read_text
 from clipdpo.evaluate.infer import YES_NO, Responder, Task
+from clipdpo.evaluate.suite.questions import load_items
+from clipdpo.evaluate.suite.scoring import score as score_benchmark
 from clipdpo.generate.engines import Engine, ModelSpec, load_engine
 from clipdpo.storage import Storage, join
 
 log = logging.getLogger("clipdpo.evaluate")
 
 SHORT_ANSWER_TOKENS = 16
+AMBER_TASKS = ("amber-generative", "amber-discriminative")
+
+EngineFactory = Callable[[ModelSpec], Callable[[], Engine]]
+Responses = dict[str, dict[str, str]]  # task name -> item id -> reply
+
+
+@dataclass
+class Inputs:
+    """Everything read from the benchmarks before any model loads."""
+
+    tasks: list[Task] = field(default_factory=list)
+    amber: amber.AmberData | None = None
+    zero_shot: list[tuple[ZeroShotDataset, list[Item], list[str]]] = field(default_factory=list)
+    suite: list[tuple[Benchmark, list[Item]]] = field(default_factory=list)
 
 
 def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData, list[Task]]:
@@ -47,11 +63,29 @@ def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData,
                              f"{a.evaluation_type!r} (e.g. {missing[:5]}); use query_all.json or allow_partial")
     tasks = []
     if generative:
-        tasks.append(Task("amber-generative", generative, max_new_tokens=cfg.max_new_tokens))
+        tasks.append(Task(AMBER_TASKS[0], generative, max_new_tokens=cfg.max_new_tokens))
     if discriminative:
-        tasks.append(Task("amber-discriminative", discriminative, max_new_tokens=SHORT_ANSWER_TOKENS,
+        tasks.append(Task(AMBER_TASKS[1], discriminative, max_new_tokens=SHORT_ANSWER_TOKENS,
                           options=tuple(YES_NO) if a.discriminative_mode == "logits" else ()))
     return data, tasks
+
+
+def read_inputs(storage: Storage, cfg: EvaluateConfig) -> Inputs:
+    """Every benchmark's items, checked (images included) before any model is loaded."""
+    inputs = Inputs()
+    if cfg.amber is not None:
+        inputs.amber, inputs.tasks = amber_tasks(storage, cfg)
+    if cfg.zero_shot is not None:
+        for dataset in cfg.zero_shot.datasets:
+            items, class_names = zeroshot.load_dataset(storage, dataset, cfg.zero_shot.prompt)
+            inputs.zero_shot.append((dataset, items, class_names))
+            inputs.tasks.append(Task(f"zeroshot-{dataset.name}", items, max_new_tokens=cfg.zero_shot.max_new_tokens))
+    for benchmark in cfg.suite:
+        items = load_items(storage, benchmark)
+        inputs.suite.append((benchmark, items))
+        inputs.tasks.append(Task(f"suite-{benchmark.label}", items, max_new_tokens=SHORT_ANSWER_TOKENS))
+    check_images_exist(storage, {task.name: task.items for task in inputs.tasks})
+    return inputs
 
 
 def default_engine_factory(spec: ModelSpec, cfg: EvaluateConfig, storage: Storage) -> Callable[[], Engine]:
@@ -64,71 +98,70 @@ def default_engine_factory(spec: ModelSpec, cfg: EvaluateConfig, storage: Storag
     return make
 
 
-def run(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
-        engine_factory: Callable[[ModelSpec], Callable[[], Engine]] | None = None, nlp=None, encoder=None) -> dict:
-    """Evaluate every model; returns (and writes) the metrics. `nlp`/`encoder` replace the configured ones."""
-    storage = storage or Storage()
-    engine_factory = engine_factory or (lambda spec: default_engine_factory(spec, cfg, storage))
-
-    # 1. inputs, checked before any model loads
-    tasks: list[Task] = []
-    amber_data = None
-    if cfg.amber is not None:
-        amber_data, amber_task_list = amber_tasks(storage, cfg)
-        tasks += amber_task_list
-    zero_shot_sets = []
-    if cfg.zero_shot is not None:
-        for dataset in cfg.zero_shot.datasets:
-            items, class_names = zeroshot.load_dataset(storage, dataset, cfg.zero_shot.prompt)
-            zero_shot_sets.append((dataset, items, class_names))
-            tasks.append(Task(f"zeroshot-{dataset.name}", items, max_new_tokens=cfg.zero_shot.max_new_tokens))
-    benchmarks = []
-    for benchmark in cfg.suite:
-        items = suite.load_items(storage, benchmark)
-        benchmarks.append((benchmark, items))
-        tasks.append(Task(f"suite-{benchmark.label}", items, max_new_tokens=SHORT_ANSWER_TOKENS))
-    check_images_exist(storage, {task.name: task.items for task in tasks})
-    if amber_data is not None and cfg.amber.evaluation_type in ("a", "g") and nlp is None:
-        n = cfg.amber.nlp
-        from clipdpo.evaluate.nlp import load_nlp
-
-        nlp = load_nlp(n.backend, n.spacy_model, n.nltk_data)  # fail early, before hours of inference
-    if zero_shot_sets and encoder is None:
-        encoder = zeroshot.TextEncoder(cfg.zero_shot.text_encoder)
-
-    # 2. responses, model by model (one model in memory at a time)
-    responses: dict[str, dict[str, dict[str, str]]] = {}
+def answer_all(cfg: EvaluateConfig, tasks: list[Task], output: str, storage: Storage,
+               engine_factory: EngineFactory) -> tuple[dict[str, Responses], dict[str, int]]:
+    """Every model's replies to every task, model by model (one model in memory at a time)."""
+    responses: dict[str, Responses] = {}
     inferred: dict[str, int] = {}
     for spec in cfg.models:
         responder = Responder(spec, output, storage, engine_factory(spec), chunk_size=cfg.chunk_size)
         responses[spec.name] = {task.name: responder.answer(task) for task in tasks}
         inferred[spec.name] = responder.inferred
         del responder  # frees the engine before the next model loads
+    return responses, inferred
 
-    # 3. scores
+
+def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encoder, classes: dict) -> dict:
+    """One model's results from its replies: AMBER, zero-shot and suite, as configured."""
+    result: dict = {}
+    if inputs.amber is not None:
+        a = cfg.amber
+        answers = {int(i): r for name in AMBER_TASKS for i, r in got.get(name, {}).items()}
+        result["amber"] = amber.evaluate(inputs.amber, answers, nlp, evaluation_type=a.evaluation_type,
+                                         threshold=a.similarity_threshold, allow_partial=a.allow_partial,
+                                         examples=a.examples)
+        result["amber"].pop("counters")
+    if inputs.zero_shot:
+        result["zero_shot"] = {dataset.name: zeroshot.evaluate_dataset(items, names, classes[dataset.name],
+                                                                       got[f"zeroshot-{dataset.name}"], encoder)
+                               for dataset, items, names in inputs.zero_shot}
+    if inputs.suite:
+        result["suite"] = {b.label: {"kind": b.kind, **score_benchmark(b.kind, items, got[f"suite-{b.label}"])}
+                           for b, items in inputs.suite}
+    return result
+
+
+def write_metrics(storage: Storage, output: str, metrics: dict) -> None:
+    storage.write_bytes(join(output, "report.md"), report.markdown(metrics).encode())
+    storage.write_bytes(join(output, "report.html"), report.html(metrics).encode())
+    storage.write_bytes(join(output, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True).encode())
+
+
+def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
+                    engine_factory: EngineFactory | None = None, nlp=None, encoder=None) -> dict:
+    """Evaluate every model; returns (and writes) the metrics. `nlp`/`encoder` replace the configured ones."""
+    storage = storage or Storage()
+    engine_factory = engine_factory or (lambda spec: default_engine_factory(spec, cfg, storage))
+
+    # 1. inputs, checked before any model loads; the NLP too (fail early, before hours of inference)
+    inputs = read_inputs(storage, cfg)
+    if inputs.amber is not None and cfg.amber.evaluation_type in ("a", "g") and nlp is None:
+        from clipdpo.evaluate.nlp import load_nlp
+
+        nlp = load_nlp(cfg.amber.nlp.backend, cfg.amber.nlp.spacy_model, cfg.amber.nlp.nltk_data)
+    if inputs.zero_shot and encoder is None:
+        encoder = zeroshot.TextEncoder(cfg.zero_shot.text_encoder)
+
+    # 2. responses, model by model
+    responses, inferred = answer_all(cfg, inputs.tasks, output, storage, engine_factory)
+
+    # 3. scores (class embeddings are the same for every model: computed once per dataset)
     classes = {dataset.name: zeroshot.class_embeddings(names, encoder, cfg.zero_shot)
-               for dataset, _, names in zero_shot_sets}
-    results: dict[str, dict] = {}
-    for spec in cfg.models:
-        got = responses[spec.name]
-        result: dict = {}
-        if amber_data is not None:
-            answers = {int(i): r for name in ("amber-generative", "amber-discriminative") for i, r in got.get(name, {}).items()}
-            result["amber"] = amber.evaluate(amber_data, answers, nlp, evaluation_type=cfg.amber.evaluation_type,
-                                             threshold=cfg.amber.similarity_threshold,
-                                             allow_partial=cfg.amber.allow_partial, examples=cfg.amber.examples)
-            result["amber"].pop("counters")
-        if zero_shot_sets:
-            result["zero_shot"] = {dataset.name: zeroshot.evaluate_dataset(items, names, classes[dataset.name],
-                                                                           got[f"zeroshot-{dataset.name}"], encoder)
-                                   for dataset, items, names in zero_shot_sets}
-        if benchmarks:
-            result["suite"] = {b.label: {"kind": b.kind, **suite.score(b.kind, items, got[f"suite-{b.label}"])}
-                               for b, items in benchmarks}
-        results[spec.name] = result
-    complete = all(r.get("amber", {}).get("complete", True) for r in results.values())
+               for dataset, _, names in inputs.zero_shot}
+    results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes)
+               for spec in cfg.models}
     metrics = {
-        "complete": complete,
+        "complete": all(r.get("amber", {}).get("complete", True) for r in results.values()),
         "models": [asdict(spec) for spec in cfg.models],
         "baseline": cfg.models[0].name,
         "results": results,
@@ -137,7 +170,5 @@ def run(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
                       "zero_shot_text_encoder": getattr(encoder, "description", None)},
         "inferred_items": inferred,
     }
-    storage.write_bytes(join(output, "report.md"), report.markdown(metrics).encode())
-    storage.write_bytes(join(output, "report.html"), report.html(metrics).encode())
-    storage.write_bytes(join(output, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True).encode())
+    write_metrics(storage, output, metrics)
     return metrics
