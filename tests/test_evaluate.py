@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 import torch
@@ -17,9 +15,6 @@ from clipdpo.generate.engines import HFEngine, ImageRequest, ModelSpec, option_t
 from clipdpo.storage import Storage, join
 from clipdpo.config import from_dict
 
-sys.path.insert(0, os.path.dirname(__file__))
-import eval_fixture as fx  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
@@ -30,10 +25,11 @@ def models(tmp_path_factory):
 
 
 def eval_config(models: dict, inputs: dict, **amber_extra) -> dict:
+    """`inputs`: the `inputs` fixture, with the spaCy model the AMBER NLP uses."""
     return {
         "models": [{"name": "base", "path": models["base"], "engine": "hf"},
                    {"name": "trained", "path": models["trained"], "engine": "hf"}],
-        "amber": {"root": inputs["amber"], "nlp": {"backend": "spacy", "spacy_model": fx.spacy_model()},
+        "amber": {"root": inputs["amber"], "nlp": {"backend": "spacy", "spacy_model": inputs["spacy_model"]},
                   **amber_extra},
         "zero_shot": {"datasets": [{"name": "colours", "root": inputs["zero_shot"]}],
                       "text_encoder": {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
@@ -45,12 +41,12 @@ def eval_config(models: dict, inputs: dict, **amber_extra) -> dict:
 
 
 @pytest.fixture
-def inputs(bucket):
+def inputs(bucket, eval_set, spacy_model):
     storage = Storage()
-    suite = fx.write_suite(storage, join(bucket, "suite"))
-    return {"amber": fx.write_amber(storage, join(bucket, "AMBER")),
-            "zero_shot": fx.write_zero_shot(storage, join(bucket, "colours")),
-            "suite": join(bucket, "suite"), **suite}
+    suite = eval_set.write_suite(storage, join(bucket, "suite"))
+    return {"amber": eval_set.write_amber(storage, join(bucket, "AMBER")),
+            "zero_shot": eval_set.write_zero_shot(storage, join(bucket, "colours")),
+            "suite": join(bucket, "suite"), "spacy_model": spacy_model, **suite}
 
 
 def as_json(value):
@@ -114,9 +110,9 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
     assert as_json(resumed["results"]) == metrics["results"]  # greedy decoding: the same replies again
 
 
-def test_yes_no_by_logits_matches_a_forward_pass_per_request(models):
+def test_yes_no_by_logits_matches_a_forward_pass_per_request(models, eval_set):
     engine = HFEngine(ModelSpec(name="base", path=models["base"], engine="hf", device="cpu"), batch_size=3)
-    image = fx.jpeg((200, 10, 10))
+    image = eval_set.jpeg((200, 10, 10))
     from clipdpo.images import decode_image
 
     prompts = ["Is there a dog?", "Is the square red? Answer yes or no please, thank you.", "Cat?"]
@@ -178,9 +174,9 @@ def test_zero_shot_folder_without_class_folders(models, inputs, bucket):
         evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
-def test_missing_responses_are_refused_or_reported_incomplete(models, inputs, bucket):
+def test_missing_responses_are_refused_or_reported_incomplete(models, inputs, bucket, eval_set):
     storage = Storage()
-    queries = [q for q in fx.AMBER_QUERIES if q["id"] != 9]  # relation item 9 never asked
+    queries = [q for q in eval_set.amber_queries if q["id"] != 9]  # relation item 9 never asked
     storage.write_bytes(join(inputs["amber"], "query", "query_all.json"), json.dumps(queries).encode())
     config = eval_config(models, inputs)
     config.pop("zero_shot"), config.pop("suite")

@@ -95,21 +95,16 @@ def test_zero_shot_picks_the_nearest_class_text():
     assert classify(captions, classes).tolist() == [0, 2, 1]  # ties go to the first, as argmax
 
 
-def test_zero_shot_datasets_load_from_folders_and_manifests(tmp_path, monkeypatch):
+def test_zero_shot_datasets_load_from_folders_and_manifests(tmp_path, monkeypatch, eval_set):
     import json
-    import os
-    import sys
 
     from clipdpo.evaluate.config import ZeroShotDataset
     from clipdpo.evaluate.data import EvalInputError
     from clipdpo.evaluate.zeroshot import load_dataset
     from clipdpo.storage import Storage
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    import eval_fixture as fx
-
     storage = Storage()
-    fx.write_zero_shot(storage, str(tmp_path / "folder"))
+    eval_set.write_zero_shot(storage, str(tmp_path / "folder"))
     monkeypatch.chdir(tmp_path)
     items, names = load_dataset(storage, ZeroShotDataset(name="f", root="./folder"), "describe")
     assert names == ["blue square", "green square", "red square"]  # labels sorted, named by classes.json

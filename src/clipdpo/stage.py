@@ -167,3 +167,12 @@ def load_config(config_cls: type[T], args: argparse.Namespace, storage: Storage 
         print(json.dumps(config_lib.to_dict(cfg), indent=2))
         return None
     return cfg
+
+
+def sharded_main(run: Callable[..., Any], config_cls: type, argv: list[str] | None, *, prog: str, doc: str | None,
+                 input_help: str) -> int:
+    """The command line of a stage with an input artifact: flags -> config -> `run`."""
+    args = build_parser(prog, doc, input_help).parse_args(argv)
+    if (cfg := load_config(config_cls, args)) is not None:
+        run(cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite)
+    return 0

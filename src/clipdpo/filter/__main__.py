@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from clipdpo.filter import FilterConfig, run
-from clipdpo.stage import build_parser, load_config
+from clipdpo.stage import sharded_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("python -m clipdpo.filter", __doc__, "scores artifact URI").parse_args(argv)
-    if (cfg := load_config(FilterConfig, args)) is not None:
-        run(cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite)
-    return 0
+    return sharded_main(run, FilterConfig, argv, prog="python -m clipdpo.filter", doc=__doc__,
+                        input_help="scores artifact URI")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from clipdpo.generate import GenerateConfig, run
-from clipdpo.stage import build_parser, load_config
+from clipdpo.stage import sharded_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("python -m clipdpo.generate", __doc__, "images artifact URI").parse_args(argv)
-    if (cfg := load_config(GenerateConfig, args)) is not None:
-        run(cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite)
-    return 0
+    return sharded_main(run, GenerateConfig, argv, prog="python -m clipdpo.generate", doc=__doc__,
+                        input_help="images artifact URI")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from clipdpo.score import run
 from clipdpo.score.scorer import ScorerConfig
-from clipdpo.stage import build_parser, load_config
+from clipdpo.stage import sharded_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("python -m clipdpo.score", __doc__, "candidates artifact URI").parse_args(argv)
-    if (cfg := load_config(ScorerConfig, args)) is not None:
-        run(cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite)
-    return 0
+    return sharded_main(run, ScorerConfig, argv, prog="python -m clipdpo.score", doc=__doc__,
+                        input_help="candidates artifact URI")
 
 
 if __name__ == "__main__":
