@@ -53,6 +53,7 @@ def as_json(value):
     return json.loads(json.dumps(value))
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_path):
     from clipdpo.evaluate.__main__ import main
 
@@ -174,6 +175,7 @@ def test_zero_shot_folder_without_class_folders(models, inputs, bucket):
         evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
+@pytest.mark.slow
 def test_missing_responses_are_refused_or_reported_incomplete(models, inputs, bucket, eval_set):
     storage = Storage()
     queries = [q for q in eval_set.amber_queries if q["id"] != 9]  # relation item 9 never asked

@@ -46,6 +46,7 @@ def _png(color) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_full_chain_through_s3(bucket, configs, tmp_path, capsys):
     storage = Storage()
     # Images as files in an S3 prefix, one of them corrupt.
