@@ -15,6 +15,7 @@ from clipdpo.artifacts import Artifact, ArtifactError, ArtifactWriter
 from clipdpo.config import from_dict
 from clipdpo.filter.__main__ import main as filter_main
 from clipdpo.generate.config import GenerateConfig
+from clipdpo.ingest.__main__ import main as ingest_main
 from clipdpo.ingest import IngestConfig
 from clipdpo.schemas import IMAGES
 from clipdpo.score.scorer import ClipScorer, ScorerConfig
@@ -150,3 +151,6 @@ def test_config_file_on_s3_then_overrides(bucket, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["pair_min_margin"] == 1.5 and printed["pairs_per_image"] == 2  # file, then --set
     assert printed["caption_min_score"] == 28.0  # the paper's default where neither says otherwise
+    # a stage's own flag is shorthand for --set: ingest's --source lands in its config, kept a string
+    assert ingest_main(["--output", f"{bucket}/i", "--source", "123", "--set", "shard_size=7", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"source": "123", "source_name": "local", "shard_size": 7}

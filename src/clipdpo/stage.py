@@ -132,6 +132,16 @@ def report(stage: str, result: StageResult, extra: dict[str, Any] | None = None)
     return result.manifest.stats if result.manifest else {}
 
 
+def add_config_flag(parser: argparse.ArgumentParser, flag: str, key: str, help: str) -> None:
+    """A stage flag that is shorthand for `--set KEY=VALUE` (VALUE kept a string): `--dry-run` shows it."""
+
+    class SetKey(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            namespace.overrides = [*namespace.overrides, f"{key}={json.dumps(value)}"]
+
+    parser.add_argument(flag, action=SetKey, metavar=key.upper(), help=help)
+
+
 def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded: bool = True,
                  overwrite: bool = True) -> argparse.ArgumentParser:
     """The flags every stage shares: `--input` (when the stage has one), `--output`, `--config`, `--set`,
@@ -169,10 +179,17 @@ def load_config(config_cls: type[T], args: argparse.Namespace, storage: Storage 
     return cfg
 
 
+def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str] | None,
+            call: Callable[[T, argparse.Namespace], Any]) -> int:
+    """Every stage's command line, one seam: flags -> config -> `call(cfg, args)` (the stage's `run`); exit code."""
+    args = parser.parse_args(argv)
+    if (cfg := load_config(config_cls, args)) is not None:
+        call(cfg, args)
+    return 0
+
+
 def sharded_main(run: Callable[..., Any], config_cls: type, argv: list[str] | None, *, prog: str, doc: str | None,
                  input_help: str) -> int:
     """The command line of a stage with an input artifact: flags -> config -> `run`."""
-    args = build_parser(prog, doc, input_help).parse_args(argv)
-    if (cfg := load_config(config_cls, args)) is not None:
-        run(cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite)
-    return 0
+    return run_cli(build_parser(prog, doc, input_help), config_cls, argv, lambda cfg, args: run(
+        cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite))

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from clipdpo.evaluate import run
 from clipdpo.evaluate.config import EvaluateConfig
-from clipdpo.stage import build_parser, load_config
+from clipdpo.stage import build_parser, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m clipdpo.evaluate", __doc__, None, sharded=False, overwrite=False)
-    args = parser.parse_args(argv)
-    if (cfg := load_config(EvaluateConfig, args)) is not None:
-        run(cfg, args.output)
-    return 0
+    return run_cli(parser, EvaluateConfig, argv, lambda cfg, args: run(cfg, args.output))
 
 
 if __name__ == "__main__":

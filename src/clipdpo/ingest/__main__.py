@@ -7,16 +7,14 @@ reported by name and left out; the run goes on.
 from __future__ import annotations
 
 from clipdpo.ingest import IngestConfig, run
-from clipdpo.stage import build_parser, load_config
+from clipdpo.stage import add_config_flag, build_parser, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m clipdpo.ingest", __doc__, None)
-    parser.add_argument("--source", help="folder, s3:// prefix of image files, or builtin:demo (default: the config's)")
-    args = parser.parse_args(argv)
-    if (cfg := load_config(IngestConfig, args)) is not None:
-        run(cfg, args.source, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite)
-    return 0
+    add_config_flag(parser, "--source", "source", "folder, s3:// prefix of image files, or builtin:demo")
+    return run_cli(parser, IngestConfig, argv, lambda cfg, args: run(
+        cfg, None, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

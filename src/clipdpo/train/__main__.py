@@ -8,20 +8,25 @@ Training is one job (many processes under torchrun): it takes no --shard or --fi
 
 from __future__ import annotations
 
+import argparse
 import json
 
-from clipdpo.stage import build_parser, load_config
+from clipdpo.stage import build_parser, run_cli
 from clipdpo.train import run
 from clipdpo.train.config import TrainConfig
 
 
+def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
+    """`run`, then the stage's summary line."""
+    summary = run(cfg, args.input, args.output, overwrite=args.overwrite)
+    print(json.dumps({"stage": "train", "model": summary["model"], "steps": summary["steps"],
+                      "final": summary["final"], "data": summary["data"]}, sort_keys=True), flush=True)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("python -m clipdpo.train", __doc__, "pairs artifact URI", sharded=False).parse_args(argv)
-    if (cfg := load_config(TrainConfig, args)) is not None:
-        summary = run(cfg, args.input, args.output, overwrite=args.overwrite)
-        print(json.dumps({"stage": "train", "model": summary["model"], "steps": summary["steps"],
-                          "final": summary["final"], "data": summary["data"]}, sort_keys=True), flush=True)
-    return 0
+    parser = build_parser("python -m clipdpo.train", __doc__, "pairs artifact URI", sharded=False)
+    return run_cli(parser, TrainConfig, argv, train)
 
 
 if __name__ == "__main__":
