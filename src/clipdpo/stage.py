@@ -1,4 +1,4 @@
-"""What every stage shares: common CLI flags, shard assignment, resume and finalize.
+"""What every stage shares: its command line (flags, config, `run_cli`), shard assignment, resume and finalize.
 
 A stage maps each input shard to one output shard of the same name. `--shard i/n` gives
 this process every n-th input shard starting at i (one pod of a fan-out); finished shards
@@ -166,11 +166,10 @@ def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded:
 
 
 def load_config(config_cls: type[T], args: argparse.Namespace, storage: Storage | None = None) -> T | None:
-    """The CLI's step past its flags: logging set up, then the stage config from defaults, `--config` (a path
-    or an s3:// URI, read through Storage) and `--set`; None after printing it when `--dry-run` is given."""
+    """The stage config from defaults, then `--config` (a path or an s3:// URI, read through Storage),
+    then `--set`; None after printing it when `--dry-run` is given."""
     from clipdpo import config as config_lib
 
-    setup_logging()
     storage = storage or Storage()
     cfg = config_lib.load(config_cls, args.config, list(args.overrides), lambda uri: storage.read_bytes(uri).decode())
     if args.dry_run:
@@ -183,6 +182,7 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str
             call: Callable[[T, argparse.Namespace], Any]) -> int:
     """Every stage's command line, one seam: flags -> config -> `call(cfg, args)` (the stage's `run`); exit code."""
     args = parser.parse_args(argv)
+    setup_logging()
     if (cfg := load_config(config_cls, args)) is not None:
         call(cfg, args)
     return 0
