@@ -77,3 +77,9 @@ def test_example_ci_workflow_rebuilds_images_and_submits_a_run():
     assert "clipdpo.cluster.imagetags --stage" in steps and "imagetools inspect" in steps and "grep" not in steps
     retrain_env = next(step for step in jobs["retrain"]["steps"] if "make pipeline-run" in step.get("run", ""))["env"]
     assert retrain_env["CLIPDPO_IMAGE_TAGS"] == "${{ needs.images.outputs.tags }}"  # compiled with those tags
+
+
+def test_one_dockerfile_per_image_and_make_builds_the_stage_list():
+    assert sorted(os.listdir(os.path.join(ROOT, "Dockerfiles"))) == sorted(f"{image}.Dockerfile" for image in IMAGES)
+    planned = subprocess.run(["make", "-n", "images", "TAG=1.0.0"], cwd=ROOT, capture_output=True, text=True)
+    assert f"for stage in {' '.join(IMAGES)}; do" in planned.stdout, planned.stdout + planned.stderr
