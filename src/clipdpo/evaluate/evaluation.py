@@ -11,7 +11,6 @@ result was scored on part of its items (AMBER's allow_partial), and the report s
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -23,8 +22,6 @@ from clipdpo.evaluate.suite.questions import load_items
 from clipdpo.evaluate.suite.scoring import score as score_benchmark
 from clipdpo.generate.engines import Engine, ModelSpec, load_engine
 from clipdpo.storage import Storage, join
-
-log = logging.getLogger("clipdpo.evaluate")
 
 SHORT_ANSWER_TOKENS = 16
 AMBER_TASKS = ("amber-generative", "amber-discriminative")

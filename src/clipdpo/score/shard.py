@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +12,6 @@ from clipdpo.images import decode_all
 from clipdpo.schemas import SCORES
 from clipdpo.score.qa_caption import question_to_caption
 from clipdpo.score.scorer import ClipScorer
-
-log = logging.getLogger("clipdpo.score")
 
 
 def _cosine_scores(image_rows: np.ndarray, image_emb: np.ndarray, text_rows: np.ndarray,
