@@ -34,7 +34,7 @@ def exported(tmp_path_factory):
 def processor(tmp_path_factory):
     from transformers import AutoProcessor
 
-    from clipdpo import tiny
+    from clipdpo.demo import models as tiny
 
     path = tiny.build_tiny_llava(str(tmp_path_factory.mktemp("llava") / "model"))
     return path, AutoProcessor.from_pretrained(path)
