@@ -11,7 +11,7 @@ from clipdpo.demo import models as tiny
 from clipdpo.evaluate.evaluation import evaluate_models
 from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.data import EvalInputError
-from clipdpo.generate.engines import HFEngine, ImageRequest, ModelSpec, option_token_ids
+from clipdpo.engines import HFEngine, ImageRequest, ModelSpec, option_token_ids
 from clipdpo.storage import Storage, join
 from clipdpo.config import from_dict
 

@@ -21,18 +21,17 @@ def test_train_job_reads_the_config_the_step_wrote(bucket, monkeypatch):
                         lambda args, key, **job: launched.update(args=args, key=key, job=job))
     root = f"{bucket}/runs/r1"
     parameter = json.dumps({"beta": 0.2, "learning_rate": 1e-6})
-    assert steps.train_step(root, parameter, launcher="pytorchjob", job={"image": "img:1", "nodes": 2}) == \
-        f"{root}/model"
+    assert steps.train_step(root, parameter, launcher="pytorchjob", image="img:1", nodes=2) == f"{root}/model"
     args = launched["args"]
     assert args == ["--input", f"{root}/pairs", "--output", f"{root}/model", "--config", f"{root}/configs/train.json"]
-    assert launched["job"] == {"image": "img:1", "nodes": 2}
+    assert launched["job"] == {"launcher": "pytorchjob", "image": "img:1", "nodes": 2}
     # what `python -m clipdpo.train` does with those flags: the same config, no second encoding
     parsed = build_parser("python -m clipdpo.train", None, "pairs", sharded=False).parse_args(args)
     assert load_config(TrainConfig, parsed) == TrainConfig(beta=0.2, learning_rate=1e-6)
     # a restarted step with the same output and config asks for the same job
     again = {}
     monkeypatch.setattr(steps, "launch_train_job", lambda args, key, **job: again.update(key=key))
-    steps.train_step(root, json.dumps({"learning_rate": 1e-6, "beta": 0.2}), launcher="pytorchjob", job={"image": "i"})
+    steps.train_step(root, json.dumps({"learning_rate": 1e-6, "beta": 0.2}), launcher="pytorchjob", image="i")
     assert again["key"] == launched["key"]
 
 
@@ -54,7 +53,7 @@ def test_the_stage_list_drives_uris_and_images():
     assert steps.artifact_uri("s3://b/r", "filter") == "s3://b/r/pairs"
     assert steps.input_uri("s3://b/r", "filter") == "s3://b/r/scores"
     assert [s.input for s in STAGES[1:]] == list(NAMES[:-1])  # each stage reads the one before
-    assert IMAGES == ("generate", "score", "filter", "train", "evaluate")  # ingest runs in generate's image
+    assert IMAGES == ("filter", "generate", "score", "train", "evaluate")  # ingest runs in the filter image
     with pytest.raises(ValueError, match="unknown stage 'rank'"):
         stage("rank")
 

@@ -20,7 +20,7 @@ from clipdpo.evaluate.data import EvalInputError, Item, check_images_exist, imag
 from clipdpo.evaluate.infer import YES_NO, Responder, Task
 from clipdpo.evaluate.suite.questions import load_items
 from clipdpo.evaluate.suite.scoring import score as score_benchmark
-from clipdpo.generate.engines import Engine, ModelSpec, load_engine
+from clipdpo.engines import Engine, ModelSpec, load_engine
 from clipdpo.storage import Storage, join
 
 SHORT_ANSWER_TOKENS = 16

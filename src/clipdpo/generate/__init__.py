@@ -19,7 +19,7 @@ class _Engines:
         self.cfg, self.captioners, self.qa = cfg, {}, None
 
     def load(self) -> "_Engines":
-        from clipdpo.generate.engines import load_engine
+        from clipdpo.engines import load_engine
 
         if not self.captioners:
             for spec in self.cfg.captioners:

@@ -10,7 +10,7 @@ import pyarrow as pa
 from PIL import Image
 
 from clipdpo.generate.config import GenerateConfig, QAConfig
-from clipdpo.generate.engines import Engine, ImageRequest
+from clipdpo.engines import Engine, ImageRequest
 from clipdpo.generate.qa_parse import parse_qa
 from clipdpo.schemas import CANDIDATES
 from clipdpo.images import decode_all
