@@ -24,6 +24,12 @@ def models(tmp_path_factory):
             "clip_config_dir": tiny.build_tiny_clip(str(root / "clip"))}
 
 
+@pytest.fixture(scope="module")
+def unloadable_models() -> dict:
+    """Model paths for tests that must fail on their input before any model is loaded."""
+    return {"base": "/nonexistent/base", "trained": "/nonexistent/trained", "clip_config_dir": "/nonexistent/clip"}
+
+
 def eval_config(models: dict, inputs: dict, **amber_extra) -> dict:
     """`inputs`: the `inputs` fixture, with the spaCy model the AMBER NLP uses."""
     return {
@@ -111,6 +117,7 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
     assert as_json(resumed["results"]) == metrics["results"]  # greedy decoding: the same replies again
 
 
+@pytest.mark.slow
 def test_yes_no_by_logits_matches_a_forward_pass_per_request(models, eval_set):
     engine = HFEngine(ModelSpec(name="base", path=models["base"], engine="hf", device="cpu"), batch_size=3)
     image = eval_set.jpeg((200, 10, 10))
@@ -129,6 +136,7 @@ def test_yes_no_by_logits_matches_a_forward_pass_per_request(models, eval_set):
         assert got == expected
 
 
+@pytest.mark.slow
 def test_options_sharing_a_first_token_are_refused(models):
     engine = HFEngine(ModelSpec(name="base", path=models["base"], engine="hf", device="cpu"))
     with pytest.raises(ValueError, match="cannot be told apart by logits"):
@@ -141,35 +149,35 @@ def _no_engine(spec):
     return fail
 
 
-def test_missing_image_fails_before_any_model_loads(models, inputs, bucket):
+def test_missing_image_fails_before_any_model_loads(unloadable_models, inputs, bucket):
     storage = Storage()
     storage.delete(join(bucket, "AMBER", "image", "AMBER_2.jpg"))
-    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    cfg = from_dict(EvaluateConfig, eval_config(unloadable_models, inputs))
     with pytest.raises(EvalInputError, match=r"amber-.*AMBER_2\.jpg"):
         evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
     assert not storage.exists(join(bucket, "out", "metrics.json"))
 
 
-def test_question_file_errors_name_file_line_and_field(models, inputs, bucket):
+def test_question_file_errors_name_file_line_and_field(unloadable_models, inputs, bucket):
     storage = Storage()
     bad = [{"id": 1, "image": "red.jpg", "question": "Is it red?", "category": "random"}]  # no answer
     storage.write_bytes(join(inputs["pope"], "questions.jsonl"), (json.dumps(bad[0]) + "\n").encode())
-    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    cfg = from_dict(EvaluateConfig, eval_config(unloadable_models, inputs))
     with pytest.raises(EvalInputError, match=r"pope/questions\.jsonl:1: field 'answer' is missing"):
         evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
-def test_amber_query_file_in_the_wrong_layout(models, inputs, bucket):
+def test_amber_query_file_in_the_wrong_layout(unloadable_models, inputs, bucket):
     storage = Storage()
     storage.write_bytes(join(inputs["amber"], "query", "query_all.json"), json.dumps({"1": "Describe"}).encode())
-    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    cfg = from_dict(EvaluateConfig, eval_config(unloadable_models, inputs))
     with pytest.raises(ValueError, match=r"query_all\.json: expected \[\{\"id\""):
         evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
-def test_zero_shot_folder_without_class_folders(models, inputs, bucket):
+def test_zero_shot_folder_without_class_folders(unloadable_models, inputs, bucket):
     storage = Storage()
-    config = eval_config(models, inputs)
+    config = eval_config(unloadable_models, inputs)
     config["zero_shot"]["datasets"] = [{"name": "empty", "root": join(bucket, "nothing-here")}]
     with pytest.raises(EvalInputError, match=r"zero_shot empty: no images under .*nothing-here/<class>/"):
         evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)

@@ -49,6 +49,7 @@ def test_an_ingest_only_change_leaves_the_generate_tag_alone(repo):
     assert changed(before, tags(repo)) == {"filter"}  # the ingest step runs in the filter image
 
 
+@pytest.mark.slow  # hashes a copy of the repository several times
 def test_a_module_the_generate_stage_imports_changes_its_tag(repo):
     before = tags(repo)
     touch(repo / "src" / "clipdpo" / "generate" / "qa_parse.py")
@@ -58,6 +59,7 @@ def test_a_module_the_generate_stage_imports_changes_its_tag(repo):
     assert changed(before, tags(repo)) == set(imagetags.STAGES)
 
 
+@pytest.mark.slow  # hashes a copy of the repository several times
 def test_the_graph_follows_lazy_imports_and_ignores_files_nobody_imports(repo):
     generate = repo / "src" / "clipdpo" / "generate"
     (generate / "unused.py").write_text("X = 1\n")
@@ -71,6 +73,7 @@ def test_the_graph_follows_lazy_imports_and_ignores_files_nobody_imports(repo):
     assert changed(before, tags(repo)) == {"generate"}
 
 
+@pytest.mark.slow  # hashes a copy of the repository several times
 def test_dockerfiles_and_pins_reach_only_their_stages(repo):
     before = tags(repo)
     touch(repo / "Dockerfiles" / "train.Dockerfile")

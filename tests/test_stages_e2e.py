@@ -28,6 +28,12 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> str:
+    """The tiny CLIP alone (a config file): enough for the scorer tests."""
+    return tiny.build_tiny_clip(str(tmp_path_factory.mktemp("clip")))
+
+
+@pytest.fixture(scope="module")
 def configs(models):
     """The typed configs of generate and score for the tiny models."""
     generate_config = {
@@ -98,8 +104,8 @@ def test_full_chain_through_s3(bucket, configs, tmp_path, capsys):
     assert summary["processed_shards"] == 1 and summary["skipped_shards"] == 1
 
 
-def test_scores_equal_independent_cosine(models):
-    cfg = ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=models["clip_config_dir"])
+def test_scores_equal_independent_cosine(clip_dir):
+    cfg = ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=clip_dir)
     scorer = ClipScorer(cfg)
     import torch
 
@@ -116,9 +122,11 @@ def test_scores_equal_independent_cosine(models):
     assert scorer.token_counts(["a dog"]) == [4]  # <start> a dog <end>
 
 
-def test_missing_input_and_malformed_shard_are_clear(bucket, configs):
+def test_missing_input_and_malformed_shard_are_clear(bucket, clip_dir):
+    # the input is checked before any model loads: the default (real) captioners are never fetched
+    score_config = ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=clip_dir)
     with pytest.raises(ArtifactError, match="no manifest.json"):
-        score.run(configs["score"], f"{bucket}/nothing", f"{bucket}/s")
+        score.run(score_config, f"{bucket}/nothing", f"{bucket}/s")
     storage = Storage()
     writer = ArtifactWriter(storage, f"{bucket}/images", "images", {}, [])
     writer.write_shard("part-00000", pa.Table.from_pylist(
@@ -126,7 +134,7 @@ def test_missing_input_and_malformed_shard_are_clear(bucket, configs):
     writer.finalize(["part-00000"])
     storage.write_bytes(f"{bucket}/images/data/part-00000.parquet", b"PAR1garbage")
     with pytest.raises(ArtifactError, match="part-00000.parquet: sha256"):
-        generate.run(configs["generate"], f"{bucket}/images", f"{bucket}/c")
+        generate.run(GenerateConfig(), f"{bucket}/images", f"{bucket}/c")
 
 
 def test_unknown_config_key_is_named(bucket):
@@ -138,8 +146,8 @@ def test_unknown_config_key_is_named(bucket):
         filter_main(["--input", f"{bucket}/x", "--output", f"{bucket}/y", "--set", "caption_min_score=high"])
 
 
-def test_untrained_scorer_is_reproducible(models):
-    cfg = ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=models["clip_config_dir"])
+def test_untrained_scorer_is_reproducible(clip_dir):
+    cfg = ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=clip_dir)
     first, second = ClipScorer(cfg), ClipScorer(cfg)
     np.testing.assert_array_equal(first.encode_texts(["a dog"]), second.encode_texts(["a dog"]))
 

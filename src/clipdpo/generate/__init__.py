@@ -42,8 +42,9 @@ def run(cfg: GenerateConfig, input: str, output: str, *, shard: ShardSpec = Shar
     engines = _Engines(cfg)
 
     def process(name: str):
+        shard_images = images.read_shard(name)  # a corrupt shard fails before any model loads
         loaded = engines.load()
-        return generate_shard(images.read_shard(name), cfg, loaded.captioners, loaded.qa)
+        return generate_shard(shard_images, cfg, loaded.captioners, loaded.qa)
 
     result = run_shards(writer, images.shard_names, process, shard, finalize_only=finalize)
     return report("generate", result, {"output": writer.uri})

@@ -33,9 +33,10 @@ def run(cfg: ScorerConfig, input: str, output: str, *, shard: ShardSpec = ShardS
     scorer: list[ClipScorer] = []  # built lazily: a finished or resumed run needs no model
 
     def process(name: str):
+        shard_candidates, shard_images = candidates.read_shard(name), images.read_shard(name)  # checked first
         if not scorer:
             scorer.append(ClipScorer(cfg))
-        return score_shard(candidates.read_shard(name), images.read_shard(name), scorer[0])
+        return score_shard(shard_candidates, shard_images, scorer[0])
 
     result = run_shards(writer, candidates.shard_names, process, shard, finalize_only=finalize)
     stats = result.manifest.stats if result.manifest else {}
