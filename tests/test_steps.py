@@ -18,19 +18,19 @@ from clipdpo.training.config import TrainConfig
 def test_train_job_reads_the_config_the_step_wrote(bucket, monkeypatch):
     launched = {}
     monkeypatch.setattr(steps, "launch_train_job",
-                        lambda args, key, **job: launched.update(args=args, key=key, job=job))
+                        lambda args, key, launcher, job: launched.update(args=args, key=key, launcher=launcher, job=job))
     root = f"{bucket}/runs/r1"
     parameter = json.dumps({"beta": 0.2, "learning_rate": 1e-6})
     assert steps.train_step(root, parameter, launcher="pytorchjob", image="img:1", nodes=2) == f"{root}/model"
     args = launched["args"]
     assert args == ["--input", f"{root}/pairs", "--output", f"{root}/model", "--config", f"{root}/configs/train.json"]
-    assert launched["job"] == {"launcher": "pytorchjob", "image": "img:1", "nodes": 2}
+    assert launched["launcher"] == "pytorchjob" and launched["job"] == {"image": "img:1", "nodes": 2}
     # what `python -m clipdpo.train` does with those flags: the same config, no second encoding
     parsed = build_parser("python -m clipdpo.train", None, "pairs", sharded=False).parse_args(args)
     assert load_config(TrainConfig, parsed) == TrainConfig(beta=0.2, learning_rate=1e-6)
     # a restarted step with the same output and config asks for the same job
     again = {}
-    monkeypatch.setattr(steps, "launch_train_job", lambda args, key, **job: again.update(key=key))
+    monkeypatch.setattr(steps, "launch_train_job", lambda args, key, launcher, job: again.update(key=key))
     steps.train_step(root, json.dumps({"learning_rate": 1e-6, "beta": 0.2}), launcher="pytorchjob", image="i")
     assert again["key"] == launched["key"]
 

@@ -118,28 +118,28 @@ def train_step(run_root: str, config_json: str, *, launcher: str, **job: Any) ->
     train_args = ["--input", input_uri(run_root, "train"), "--output", output,
                   "--config", write_train_config(run_root, cfg)]
     launch_key = output + "\n" + json.dumps(config_object(config_json, "train_config"), sort_keys=True)
-    launch_train_job(train_args, launch_key, launcher=launcher, **job)  # same output + config = same job
+    launch_train_job(train_args, launch_key, launcher, job)  # same output + config = same job
     return output
 
 
-def launch_train_job(train_args: list[str], launch_key: str, *, launcher: str, image: str, nodes: int = 1,
-                     gpus_per_node: int = 8, timeout_hours: float = 72.0, **placement: str) -> None:
+def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job: dict[str, Any]) -> None:
     """Run `python -m clipdpo.train <train_args>` as a cluster job and follow it to the end.
 
-    `placement`: s3_secret, service_account, namespace, node_selector_json, tolerations_json, queue_name,
-    runtime."""
+    `job`: image, nodes, gpus_per_node, timeout_hours, s3_secret, service_account, namespace,
+    node_selector_json, tolerations_json, queue_name, runtime (all but image have defaults)."""
     from clipdpo.cluster import jobspec
     from clipdpo.cluster.launch import current_namespace, launch, owner_from_env
 
-    namespace = placement.get("namespace") or current_namespace()
+    namespace = job.get("namespace") or current_namespace()
+    timeout_hours = float(job.get("timeout_hours", 72.0))
     spec = jobspec.TrainJobSpec(
-        name=jobspec.job_name(launch_key), namespace=namespace, image=image, train_args=train_args,
-        nodes=int(nodes), gpus_per_node=int(gpus_per_node), s3_secret=placement.get("s3_secret", "clipdpo-s3"),
-        service_account=placement.get("service_account", "clipdpo-train"),
-        node_selector=json.loads(placement.get("node_selector_json", "{}")),
-        tolerations=json.loads(placement.get("tolerations_json", "[]")),
-        active_deadline_seconds=int(timeout_hours * 3600), queue_name=placement.get("queue_name", ""),
-        runtime=placement.get("runtime", "torch-distributed"),
+        name=jobspec.job_name(launch_key), namespace=namespace, image=job["image"], train_args=train_args,
+        nodes=int(job.get("nodes", 1)), gpus_per_node=int(job.get("gpus_per_node", 8)),
+        s3_secret=job.get("s3_secret", "clipdpo-s3"), service_account=job.get("service_account", "clipdpo-train"),
+        node_selector=json.loads(job.get("node_selector_json", "{}")),
+        tolerations=json.loads(job.get("tolerations_json", "[]")),
+        active_deadline_seconds=int(timeout_hours * 3600), queue_name=job.get("queue_name", ""),
+        runtime=job.get("runtime", "torch-distributed"),
         owner=owner_from_env() if namespace == current_namespace() else None)
     # the follower's backstop lies past the job's own deadline, so the operator's reason is what we see
     launch(spec, launch_key, launcher=launcher, timeout_seconds=timeout_hours * 3600 + 600,
