@@ -12,7 +12,7 @@ from clipdpo.config import ConfigError
 from clipdpo.stage import ShardSpec, build_parser, load_config
 from clipdpo.stages import IMAGES, NAMES, STAGES, stage
 from clipdpo.storage import Storage
-from clipdpo.training.config import TrainConfig
+from clipdpo.train.config import TrainConfig
 
 
 def test_train_job_reads_the_config_the_step_wrote(bucket, monkeypatch):

@@ -29,8 +29,6 @@ from clipdpo import train
 sys.path.insert(0, os.path.dirname(__file__))
 from pairs_fixture import write_pairs  # noqa: E402
 
-pytestmark = pytest.mark.slow  # every test here trains or runs processes: not in `make test-fast`
-
 BAD = {3: "empty_chosen", 7: "missing_image", 9: "long_prompt"}
 
 
