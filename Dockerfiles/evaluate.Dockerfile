@@ -25,6 +25,6 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HOME=/home/clipdpo/.cache/hug
 USER 1000:1000
 WORKDIR /home/clipdpo
 # Smoke check: the stage imports and the official NLP resources load offline.
-RUN python -c "import vllm, open_clip, clipdpo.evaluate.runner, clipdpo.steps, kfp; from clipdpo.evaluate.nlp import OfficialNLP; print(OfficialNLP().nouns('Two dogs on the grass.'))" \
+RUN python -c "import vllm, open_clip, clipdpo.evaluate.evaluation, clipdpo.steps, kfp; from clipdpo.evaluate.nlp import OfficialNLP; print(OfficialNLP().nouns('Two dogs on the grass.'))" \
     && python -m clipdpo.evaluate --help > /dev/null
 CMD ["python", "-m", "clipdpo.evaluate", "--help"]

@@ -17,6 +17,6 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HOME=/home/clipdpo/.cache/huggingface
 USER 1000:1000
 WORKDIR /home/clipdpo
-RUN python -c "import vllm, clipdpo.generate.engines, clipdpo.steps, kfp" \
+RUN python -c "import vllm, clipdpo.engines, clipdpo.steps, kfp" \
     && python -m clipdpo.generate --help > /dev/null
 CMD ["python", "-m", "clipdpo.generate", "--help"]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from clipdpo import tiny
+from clipdpo.demo import models as tiny
 from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.schemas import CANDIDATES
-from clipdpo.score.__main__ import run as run_score
-from clipdpo.ingest.__main__ import run as run_ingest
+from clipdpo import ingest, score
+from clipdpo.score.scorer import ScorerConfig
 from clipdpo.storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def main() -> int:
     try:
         models = tiny.build_all(str(work / "models"))
         storage = Storage()
-        run_ingest(["--output", str(work / "images"), "--set", "shard_size=5"])
+        ingest.run(ingest.IngestConfig(source="builtin:demo", shard_size=5), None, str(work / "images"))
         images = Artifact.open(storage, str(work / "images"), kind="images")
         writer = ArtifactWriter(storage, str(work / "candidates"), "candidates", {"bench": 1}, [images])
         captions_per_image, questions_per_image = 25, 4
@@ -51,12 +51,10 @@ def main() -> int:
                         answer_pos=f"thing {q}", answer_neg=f"other {q}"))
             writer.write_shard(name, pa.Table.from_pylist(rows, schema=CANDIDATES))
         writer.finalize(images.shard_names)
-        config = work / "score.json"
-        config.write_text(json.dumps({"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
-                                      "model_config_dir": models["clip_config_dir"]}))
+        config = ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None,
+                              model_config_dir=models["clip_config_dir"])
         started = time.monotonic()
-        stats = run_score(["--input", str(work / "candidates"), "--output", str(work / "scores"),
-                           "--config", str(config)])
+        stats = score.run(config, str(work / "candidates"), str(work / "scores"))
         seconds = time.monotonic() - started
         result = {
             "images": stats["images"],

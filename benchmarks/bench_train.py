@@ -32,7 +32,7 @@ def trl_dataset(pairs_uri: str):
     from clipdpo.artifacts import Artifact
     from clipdpo.storage import Storage
     from clipdpo.train.data import PAIR_COLUMNS
-    from clipdpo.score.scorer import decode_image
+    from clipdpo.images import decode_image
     import pyarrow.parquet as pq
     import io
 
@@ -112,7 +112,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from clipdpo.tiny import build_tiny_llava
+    from clipdpo.demo.models import build_tiny_llava
     from pairs_fixture import write_pairs
 
     work = Path(tempfile.mkdtemp(prefix="clipdpo-bench-train-"))

@@ -4,7 +4,9 @@ Every component runs its stage's own image and calls `clipdpo.steps`; no stage l
 here. Artifacts pass through S3 under `run_root` (a pipeline parameter); components read and
 write S3 themselves with credentials from the S3 Secret. kfp caching is on for every step, so a
 rerun with unchanged inputs and configs reuses finished steps (and the stages themselves skip
-complete artifacts). Evaluate joins when its stage exists (issue 4).
+complete artifacts). Each stage config travels as a JSON-object parameter; the step turns it into
+the stage's typed config and calls the stage's `run` (train on a cluster: a PyTorchJob reading the
+config from `<run_root>/configs/train.json`).
 """
 
 # No `from __future__ import annotations`: kfp reads the component signatures' real types.
@@ -13,8 +15,6 @@ from typing import List
 from kfp import dsl, kubernetes
 
 from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS
-
-GPU_STAGES = ("generate", "score")
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
@@ -27,44 +27,44 @@ def plan_shards(shard_count: int) -> List[int]:
 # CPU work: the light filter image, so the vLLM generate image is not rebuilt for an ingest change
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
 def ingest(run_root: str, source: str, config_json: str) -> str:
-    from clipdpo.steps import run_stage
+    from clipdpo.steps import ingest_step
 
-    return run_stage("ingest", run_root, config_json, source=source)
+    return ingest_step(run_root, source, config_json)
 
 
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
 def generate_shard(run_root: str, images_uri: str, config_json: str, shard_index: int, shard_count: int) -> str:
-    from clipdpo.steps import run_stage
+    from clipdpo.steps import generate_step
 
-    return run_stage("generate", run_root, config_json, shard_index=shard_index, shard_count=shard_count)
+    return generate_step(run_root, config_json, shard_index, shard_count)
 
 
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
 def generate_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int) -> str:
-    from clipdpo.steps import run_stage
+    from clipdpo.steps import generate_step
 
-    return run_stage("generate", run_root, config_json, shard_count=shard_count, finalize=True)
+    return generate_step(run_root, config_json, shard_count=shard_count, finalize=True)
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
 def score_shard(run_root: str, candidates_uri: str, config_json: str, shard_index: int, shard_count: int) -> str:
-    from clipdpo.steps import run_stage
+    from clipdpo.steps import score_step
 
-    return run_stage("score", run_root, config_json, shard_index=shard_index, shard_count=shard_count)
+    return score_step(run_root, config_json, shard_index, shard_count)
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
 def score_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int) -> str:
-    from clipdpo.steps import run_stage
+    from clipdpo.steps import score_step
 
-    return run_stage("score", run_root, config_json, shard_count=shard_count, finalize=True)
+    return score_step(run_root, config_json, shard_count=shard_count, finalize=True)
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
 def filter_pairs(run_root: str, scores_uri: str, config_json: str) -> str:
-    from clipdpo.steps import run_stage
+    from clipdpo.steps import filter_step
 
-    return run_stage("filter", run_root, config_json)
+    return filter_step(run_root, config_json)
 
 
 @dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from clipdpo.stages import NAMES, STAGES, stage
+
 
 def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
     arguments = {
@@ -30,16 +32,25 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
     }
     if launcher != "local":  # cluster runs: Kueue queue (empty: none)
         arguments.update(train_queue_name=args.queue_name, train_runtime=args.runtime)
-    for stage in ("ingest", "generate", "score", "filter", "train", "evaluate"):
-        arguments[f"{stage}_config"] = json.dumps(configs.get(stage, {}), sort_keys=True)
+    for name in NAMES:
+        arguments[f"{name}_config"] = json.dumps(configs.get(name, {}), sort_keys=True)
     return arguments
+
+
+def read_configs(config_dir: Path) -> dict[str, dict]:
+    """Stage configs from `<config_dir>/<stage>.json`; a missing file means the stage's defaults."""
+    configs = {}
+    for name in NAMES:
+        path = config_dir / f"{name}.json"
+        configs[name] = json.loads(path.read_text()) if path.exists() else {}
+    return configs
 
 
 def run_local(args) -> int:
     from kfp import local
 
     from clipdpo import s3server
-    from clipdpo.localrun import read_configs, write_demo_configs
+    from clipdpo.demo.configs import write_demo_configs
 
     state = Path(args.state_dir).resolve()
     if args.config_dir:
@@ -66,12 +77,12 @@ def run_local(args) -> int:
             server.stop()
     root = arguments["run_root"]
     print(f"\nrun finished in {time.monotonic() - started:.1f}s (kfp local runner); artifacts under {root}/:")
-    for name in ("images", "candidates", "scores", "pairs", "model", "evaluation"):
-        print(f"  {name:<10} {root}/{name}")
-    print(f"  report     {root}/evaluation/report.md (and report.html, metrics.json)")
+    for each in STAGES:
+        print(f"  {each.artifact:<10} {root}/{each.artifact}")
+    print(f"  report     {root}/{stage('evaluate').artifact}/report.md (and report.html, metrics.json)")
     if reports:
         print(f"  copied to  {reports[0].parent}/ ({', '.join(p.name for p in reports)})")
-    print(f"  TRL data   {root}/pairs/export/trl/*.parquet")
+    print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
     return 0
@@ -83,7 +94,7 @@ def copy_reports(run_root: str, target: Path) -> list[Path]:
 
     storage, copied = Storage(), []
     for name in ("report.md", "report.html", "metrics.json"):
-        uri = join(run_root, "evaluation", name)
+        uri = join(run_root, stage("evaluate").artifact, name)
         if storage.exists(uri):
             target.mkdir(parents=True, exist_ok=True)
             (target / name).write_bytes(storage.read_bytes(uri))
@@ -94,7 +105,6 @@ def copy_reports(run_root: str, target: Path) -> list[Path]:
 def run_cluster(args, host: str) -> int:
     import kfp
 
-    from clipdpo.localrun import read_configs
     from pipelines.compile import compile_pipeline
 
     configs = read_configs(Path(args.config_dir)) if args.config_dir else {}

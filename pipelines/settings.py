@@ -11,8 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from clipdpo import __version__
-
-STAGE_IMAGES = ("generate", "score", "filter", "train", "evaluate")
+from clipdpo.stages import IMAGES as STAGE_IMAGES
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,19 @@
-"""Shared fixtures: a real S3 server (SeaweedFS) on loopback for the whole session."""
+"""Shared fixtures: a real S3 server (SeaweedFS) on loopback for the whole session, and a small
+evaluation set in the benchmarks' own layouts (with real tiny images) for the evaluate tests."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import uuid
+from types import SimpleNamespace
 
 import pytest
+from PIL import Image
+
+from clipdpo.evaluate import amber
+from clipdpo.storage import Storage, join
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -37,3 +45,88 @@ def bucket(s3_server) -> str:
     uri = f"s3://t-{uuid.uuid4().hex[:12]}"
     Storage().ensure_bucket(uri + "/x")
     return uri
+
+
+# AMBER: official data/ layout (annotations, relation words, safe words, counters) + query file + image/.
+# Every expected value of tests/test_amber.py is worked out by hand from these.
+AMBER_RELATION = {"dog": ["puppy"], "cat": ["kitten"], "car": ["vehicle"], "tree": [], "frisbee": [],
+                  "grass": ["lawn"], "man": ["person"], "sky": []}  # sky: in the vocabulary and a global safe word
+AMBER_ANNOTATIONS = [
+    {"id": 1, "type": "generative", "truth": ["dog", "grass"], "hallu": ["cat", "frisbee"]},
+    {"id": 2, "type": "generative", "truth": ["car", "tree"], "hallu": ["man"]},
+    {"id": 3, "type": "discriminative-hallucination", "truth": "no"},
+    {"id": 4, "type": "discriminative-hallucination", "truth": "yes"},
+    {"id": 5, "type": "discriminative-attribute-state", "truth": "no"},
+    {"id": 6, "type": "discriminative-attribute-number", "truth": "yes"},
+    {"id": 7, "type": "discriminative-attribute-action", "truth": "no"},
+    {"id": 8, "type": "discriminative-relation", "truth": "yes"},
+    {"id": 9, "type": "discriminative-relation", "truth": "no"},
+]
+AMBER_QUERIES = [{"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
+                 {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."}] + [
+    {"id": i, "image": f"AMBER_{(i % 2) + 1}.jpg", "query": "Is there a dog in this image?"} for i in range(3, 10)]
+METRICS_TXT = amber.start_counters_text()
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def jpeg(colour: tuple[int, int, int], size: int = 40) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def write_amber(storage: Storage, root: str) -> str:
+    """AMBER's layout under `root`: data/ (metadata + query/) and image/; returns the data/ URI."""
+    data = join(root, "data")
+    storage.write_bytes(join(data, "annotations.json"), json.dumps(AMBER_ANNOTATIONS).encode())
+    storage.write_bytes(join(data, "relation.json"), json.dumps(AMBER_RELATION).encode())
+    storage.write_bytes(join(data, "safe_words.txt"), b"sky\nday\n")
+    storage.write_bytes(join(data, "metrics.txt"), METRICS_TXT.encode())
+    storage.write_bytes(join(data, "query", "query_all.json"), json.dumps(AMBER_QUERIES).encode())
+    storage.write_bytes(join(root, "image", "AMBER_1.jpg"), jpeg(COLOURS["green"]))
+    storage.write_bytes(join(root, "image", "AMBER_2.jpg"), jpeg(COLOURS["blue"]))
+    return data
+
+
+def write_zero_shot(storage: Storage, root: str, per_class: int = 3) -> str:
+    """Image folder per class (red / blue / green squares), plus classes.json naming them."""
+    for name, colour in COLOURS.items():
+        for index in range(per_class):
+            shade = tuple(max(0, c - 15 * index) for c in colour)
+            storage.write_bytes(join(root, f"c_{name}", f"{index}.jpg"), jpeg(shade))
+    storage.write_bytes(join(root, "classes.json"),
+                        json.dumps({f"c_{n}": f"{n} square" for n in COLOURS}).encode())
+    return root
+
+
+def write_suite(storage: Storage, root: str) -> dict[str, str]:
+    """POPE and ScienceQA question files in clipdpo's benchmark layout; returns kind -> root."""
+    for name, colour in COLOURS.items():
+        storage.write_bytes(join(root, "images", f"{name}.jpg"), jpeg(colour))
+    pope = [{"id": i, "image": f"{c}.jpg", "question": f"Is there a {c} square in the image?",
+             "answer": "yes" if i % 2 else "no", "category": "random" if i < 4 else "popular"}
+            for i, c in enumerate(["red", "blue", "green", "red", "blue", "green"])]
+    sqa = [{"id": f"q{i}", "image": f"{c}.jpg", "question": "Which colour is the square?",
+            "choices": ["red", "blue", "green"], "answer": i % 3, "hint": "A square is shown."}
+           for i, c in enumerate(["red", "blue", "green"])]
+    out = {}
+    for kind, rows in (("pope", pope), ("scienceqa", sqa)):
+        storage.write_bytes(join(root, kind, "questions.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
+        out[kind] = join(root, kind)
+    return out
+
+
+@pytest.fixture(scope="session")
+def eval_set() -> SimpleNamespace:
+    """The hand-made evaluation set above: its AMBER tables and writers of each layout."""
+    return SimpleNamespace(amber_relation=AMBER_RELATION, amber_annotations=AMBER_ANNOTATIONS,
+                           amber_queries=AMBER_QUERIES, metrics_txt=METRICS_TXT, jpeg=jpeg, write_amber=write_amber,
+                           write_zero_shot=write_zero_shot, write_suite=write_suite)
+
+
+@pytest.fixture(scope="session")
+def spacy_model() -> str:
+    """The spaCy model the tests use: `make test` fetches en_core_web_md and names it here."""
+    from clipdpo.evaluate.nlp import local_spacy_model
+
+    return local_spacy_model()

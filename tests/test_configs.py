@@ -8,15 +8,15 @@ import os
 import pytest
 
 from clipdpo import config as config_lib
-from clipdpo.localrun import STAGES
+from clipdpo.stages import NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def config_class(stage: str):
-    from clipdpo.filter.select import FilterConfig
-    from clipdpo.generate.config import GenerateConfig
-    from clipdpo.ingest.__main__ import IngestConfig
+    from clipdpo.filter import FilterConfig
+    from clipdpo.generate import GenerateConfig
+    from clipdpo.ingest import IngestConfig
     from clipdpo.score.scorer import ScorerConfig
     from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.train.config import TrainConfig
@@ -25,7 +25,7 @@ def config_class(stage: str):
             "train": TrainConfig, "evaluate": EvaluateConfig}[stage]
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", NAMES)
 def test_cluster_config_loads(stage):
     path = os.path.join(ROOT, "configs", "cluster", f"{stage}.json")
     data = json.load(open(path))

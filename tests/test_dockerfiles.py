@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
+from clipdpo.stages import IMAGES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = {"generate": "clipdpo.generate", "score": "clipdpo.score", "filter": "clipdpo.filter",
-          "train": "clipdpo.train", "evaluate": "clipdpo.evaluate"}
+STAGES = {image: f"clipdpo.{image}" for image in IMAGES}  # one image per stage, named after it
 
 
 def hadolint() -> str:
@@ -71,9 +72,14 @@ def test_example_ci_workflow_rebuilds_images_and_submits_a_run():
     assert jobs["images"]["needs"] == "test" and jobs["retrain"]["needs"] == "images"
     steps = " ".join(step.get("run", "") for job in jobs.values() for step in job["steps"])
     assert "make test" in steps and "make images push" in steps and "make pipeline-run" in steps
-    for stage in STAGES:
-        assert stage in steps
+    assert "python -m clipdpo.stages images" in steps  # every stage's image, from the one stage list
     # which images to build: their content tag is missing from the registry (no path regex)
     assert "clipdpo.cluster.imagetags --stage" in steps and "imagetools inspect" in steps and "grep" not in steps
     retrain_env = next(step for step in jobs["retrain"]["steps"] if "make pipeline-run" in step.get("run", ""))["env"]
     assert retrain_env["CLIPDPO_IMAGE_TAGS"] == "${{ needs.images.outputs.tags }}"  # compiled with those tags
+
+
+def test_one_dockerfile_per_image_and_make_builds_the_stage_list():
+    assert sorted(os.listdir(os.path.join(ROOT, "Dockerfiles"))) == sorted(f"{image}.Dockerfile" for image in IMAGES)
+    planned = subprocess.run(["make", "-n", "images", "TAG=1.0.0"], cwd=ROOT, capture_output=True, text=True)
+    assert f"for stage in {' '.join(IMAGES)}; do" in planned.stdout, planned.stdout + planned.stderr

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 import torch
 
-from clipdpo import tiny
-from clipdpo.evaluate import runner
+from clipdpo.demo import models as tiny
+from clipdpo.evaluate.evaluation import evaluate_models
 from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.data import EvalInputError
-from clipdpo.generate.engines import HFEngine, ImageRequest, ModelSpec, option_token_ids
+from clipdpo.engines import HFEngine, ImageRequest, ModelSpec, option_token_ids
 from clipdpo.storage import Storage, join
 from clipdpo.config import from_dict
-
-sys.path.insert(0, os.path.dirname(__file__))
-import eval_fixture as fx  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +24,18 @@ def models(tmp_path_factory):
             "clip_config_dir": tiny.build_tiny_clip(str(root / "clip"))}
 
 
+@pytest.fixture(scope="module")
+def unloadable_models() -> dict:
+    """Model paths for tests that must fail on their input before any model is loaded."""
+    return {"base": "/nonexistent/base", "trained": "/nonexistent/trained", "clip_config_dir": "/nonexistent/clip"}
+
+
 def eval_config(models: dict, inputs: dict, **amber_extra) -> dict:
+    """`inputs`: the `inputs` fixture, with the spaCy model the AMBER NLP uses."""
     return {
         "models": [{"name": "base", "path": models["base"], "engine": "hf"},
                    {"name": "trained", "path": models["trained"], "engine": "hf"}],
-        "amber": {"root": inputs["amber"], "nlp": {"backend": "spacy", "spacy_model": fx.spacy_model()},
+        "amber": {"root": inputs["amber"], "nlp": {"backend": "spacy", "spacy_model": inputs["spacy_model"]},
                   **amber_extra},
         "zero_shot": {"datasets": [{"name": "colours", "root": inputs["zero_shot"]}],
                       "text_encoder": {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
@@ -45,25 +47,29 @@ def eval_config(models: dict, inputs: dict, **amber_extra) -> dict:
 
 
 @pytest.fixture
-def inputs(bucket):
+def inputs(bucket, eval_set, spacy_model):
     storage = Storage()
-    suite = fx.write_suite(storage, join(bucket, "suite"))
-    return {"amber": fx.write_amber(storage, join(bucket, "AMBER")),
-            "zero_shot": fx.write_zero_shot(storage, join(bucket, "colours")),
-            "suite": join(bucket, "suite"), **suite}
+    suite = eval_set.write_suite(storage, join(bucket, "suite"))
+    return {"amber": eval_set.write_amber(storage, join(bucket, "AMBER")),
+            "zero_shot": eval_set.write_zero_shot(storage, join(bucket, "colours")),
+            "suite": join(bucket, "suite"), "spacy_model": spacy_model, **suite}
 
 
+def as_json(value):
+    return json.loads(json.dumps(value))
+
+
+@pytest.mark.slow
 def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_path):
-    from clipdpo.evaluate.__main__ import run as cli
+    from clipdpo.evaluate.__main__ import main
 
     storage = Storage()
     config_path = tmp_path / "evaluate.json"
     config_path.write_text(json.dumps(eval_config(models, inputs)))
     output = join(bucket, "eval")
-    metrics = cli(["--config", str(config_path), "--output", output])
+    assert main(["--config", str(config_path), "--output", output]) == 0
 
-    saved = json.loads(storage.read_bytes(join(output, "metrics.json")))
-    assert saved == json.loads(json.dumps(metrics))
+    metrics = json.loads(storage.read_bytes(join(output, "metrics.json")))
     assert metrics["complete"] is True and metrics["baseline"] == "base"
     # every item answered once per model: 2 descriptions + 7 yes/no + 9 zero-shot captions + 6 POPE + 3 SQA
     assert metrics["inferred_items"] == {"base": 27, "trained": 27}
@@ -100,21 +106,22 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
         return fail
 
     cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
-    again = runner.run(cfg, output, storage, engine_factory=no_model)
-    assert again["results"] == metrics["results"] and again["inferred_items"] == {"base": 0, "trained": 0}
+    again = evaluate_models(cfg, output, storage, engine_factory=no_model)
+    assert as_json(again["results"]) == metrics["results"] and again["inferred_items"] == {"base": 0, "trained": 0}
 
     # a crash that lost one chunk redoes that chunk only (3 items), for that model only
     lost = [u for u in storage.list(join(output, "responses", "trained")) if "amber-discriminative" in u][-1]
     storage.delete(lost)
-    resumed = runner.run(cfg, output, storage)
+    resumed = evaluate_models(cfg, output, storage)
     assert resumed["inferred_items"] == {"base": 0, "trained": 3}
-    assert resumed["results"] == metrics["results"]  # greedy decoding: the same replies again
+    assert as_json(resumed["results"]) == metrics["results"]  # greedy decoding: the same replies again
 
 
-def test_yes_no_by_logits_matches_a_forward_pass_per_request(models):
+@pytest.mark.slow
+def test_yes_no_by_logits_matches_a_forward_pass_per_request(models, eval_set):
     engine = HFEngine(ModelSpec(name="base", path=models["base"], engine="hf", device="cpu"), batch_size=3)
-    image = fx.jpeg((200, 10, 10))
-    from clipdpo.score.scorer import decode_image
+    image = eval_set.jpeg((200, 10, 10))
+    from clipdpo.images import decode_image
 
     prompts = ["Is there a dog?", "Is the square red? Answer yes or no please, thank you.", "Cat?"]
     requests = [ImageRequest(decode_image(image), p, 1, 0) for p in prompts]
@@ -129,6 +136,7 @@ def test_yes_no_by_logits_matches_a_forward_pass_per_request(models):
         assert got == expected
 
 
+@pytest.mark.slow
 def test_options_sharing_a_first_token_are_refused(models):
     engine = HFEngine(ModelSpec(name="base", path=models["base"], engine="hf", device="cpu"))
     with pytest.raises(ValueError, match="cannot be told apart by logits"):
@@ -141,52 +149,53 @@ def _no_engine(spec):
     return fail
 
 
-def test_missing_image_fails_before_any_model_loads(models, inputs, bucket):
+def test_missing_image_fails_before_any_model_loads(unloadable_models, inputs, bucket):
     storage = Storage()
     storage.delete(join(bucket, "AMBER", "image", "AMBER_2.jpg"))
-    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    cfg = from_dict(EvaluateConfig, eval_config(unloadable_models, inputs))
     with pytest.raises(EvalInputError, match=r"amber-.*AMBER_2\.jpg"):
-        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
     assert not storage.exists(join(bucket, "out", "metrics.json"))
 
 
-def test_question_file_errors_name_file_line_and_field(models, inputs, bucket):
+def test_question_file_errors_name_file_line_and_field(unloadable_models, inputs, bucket):
     storage = Storage()
     bad = [{"id": 1, "image": "red.jpg", "question": "Is it red?", "category": "random"}]  # no answer
     storage.write_bytes(join(inputs["pope"], "questions.jsonl"), (json.dumps(bad[0]) + "\n").encode())
-    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    cfg = from_dict(EvaluateConfig, eval_config(unloadable_models, inputs))
     with pytest.raises(EvalInputError, match=r"pope/questions\.jsonl:1: field 'answer' is missing"):
-        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
-def test_amber_query_file_in_the_wrong_layout(models, inputs, bucket):
+def test_amber_query_file_in_the_wrong_layout(unloadable_models, inputs, bucket):
     storage = Storage()
     storage.write_bytes(join(inputs["amber"], "query", "query_all.json"), json.dumps({"1": "Describe"}).encode())
-    cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
+    cfg = from_dict(EvaluateConfig, eval_config(unloadable_models, inputs))
     with pytest.raises(ValueError, match=r"query_all\.json: expected \[\{\"id\""):
-        runner.run(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(cfg, join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
-def test_zero_shot_folder_without_class_folders(models, inputs, bucket):
+def test_zero_shot_folder_without_class_folders(unloadable_models, inputs, bucket):
     storage = Storage()
-    config = eval_config(models, inputs)
+    config = eval_config(unloadable_models, inputs)
     config["zero_shot"]["datasets"] = [{"name": "empty", "root": join(bucket, "nothing-here")}]
     with pytest.raises(EvalInputError, match=r"zero_shot empty: no images under .*nothing-here/<class>/"):
-        runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
 
 
-def test_missing_responses_are_refused_or_reported_incomplete(models, inputs, bucket):
+@pytest.mark.slow
+def test_missing_responses_are_refused_or_reported_incomplete(models, inputs, bucket, eval_set):
     storage = Storage()
-    queries = [q for q in fx.AMBER_QUERIES if q["id"] != 9]  # relation item 9 never asked
+    queries = [q for q in eval_set.amber_queries if q["id"] != 9]  # relation item 9 never asked
     storage.write_bytes(join(inputs["amber"], "query", "query_all.json"), json.dumps(queries).encode())
     config = eval_config(models, inputs)
     config.pop("zero_shot"), config.pop("suite")
     with pytest.raises(EvalInputError, match=r"no query for 1 id\(s\) .*\[9\]"):
-        runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
+        evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage, engine_factory=_no_engine)
 
     config["amber"]["allow_partial"] = True
     config["models"] = config["models"][:1]
-    metrics = runner.run(from_dict(EvaluateConfig, config), join(bucket, "out"), storage)
+    metrics = evaluate_models(from_dict(EvaluateConfig, config), join(bucket, "out"), storage)
     assert metrics["complete"] is False and metrics["results"]["base"]["amber"]["missing_ids"] == [9]
     assert "INCOMPLETE RESULTS" in storage.read_bytes(join(bucket, "out", "report.md")).decode()
     assert json.loads(storage.read_bytes(join(bucket, "out", "metrics.json")))["complete"] is False

@@ -133,25 +133,3 @@ def test_config_rejects_bad_values():
         FilterConfig(pair_min_length_ratio=2.0)
     with pytest.raises(ValueError, match="pairs_per_image"):
         FilterConfig(pairs_per_image=0)
-
-
-@pytest.mark.parametrize("tricky", [
-    'plain', 'a "quoted" word', "back\\slash", "new\nline\ttab\rcr", "unicode é ✓ 文字", "ctrl\x01char", "",
-])
-def test_trl_jsonl_lines_parse_back_exactly(tricky):
-    import json
-
-    from clipdpo.filter.select import trl_jsonl
-    from clipdpo.schemas import PAIRS
-
-    rows = [dict(image_id="img/1", kind="caption", prompt="Describe.", chosen=tricky, rejected="other " + tricky,
-                 chosen_score=30.0, rejected_score=27.0, margin=3.0, image_uri="s3://b/images/data/part-00000.parquet"),
-            dict(image_id="img2", kind="qa", prompt=tricky, chosen="yes", rejected="no",
-                 chosen_score=1.0, rejected_score=0.0, margin=1.0, image_uri="u")]
-    lines = trl_jsonl(pa.Table.from_pylist(rows, schema=PAIRS)).decode().splitlines()
-    parsed = [json.loads(line) for line in lines]
-    assert parsed[0] == {"prompt": "Describe.", "chosen": tricky, "rejected": "other " + tricky,
-                         "images": ["s3://b/images/data/part-00000.parquet#img/1"], "image_id": "img/1",
-                         "kind": "caption"}
-    assert parsed[1]["prompt"] == tricky and parsed[1]["images"] == ["u#img2"]
-    assert trl_jsonl(pa.Table.from_pylist([], schema=PAIRS)) == b""

@@ -4,6 +4,8 @@ through a fake API at the client boundary, a fake clock, and a wall-clock alarm 
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 
@@ -196,7 +198,7 @@ def test_kueue_reason_is_read_from_whichever_workload_version_is_served():
 
 
 @pytest.mark.parametrize("launcher", sorted(KINDS))
-def test_the_pipelines_train_step_launches_and_follows_the_job(launcher, monkeypatch):
+def test_the_pipelines_train_step_launches_and_follows_the_job(launcher, monkeypatch, bucket):
     """steps.train_step as the kfp component calls it, down to the API calls (fake cluster, no sleeping)."""
     import functools
 
@@ -208,7 +210,7 @@ def test_the_pipelines_train_step_launches_and_follows_the_job(launcher, monkeyp
     monkeypatch.setattr(launch_module, "JobFollower", functools.partial(JobFollower, poll_seconds=0))
     monkeypatch.setenv("CLIPDPO_POD_NAME", "clipdpo-run-train-pod")
     monkeypatch.setenv("CLIPDPO_POD_UID", "pod-uid-1")
-    run_root, config = "s3://b/runs/r1", '{"beta": 0.1}'
+    run_root, config = f"{bucket}/runs/r1", '{"beta": 0.1}'  # the step writes the job's config file there
     output = steps.artifact_uri(run_root, "train")
     name = jobspec.job_name(output + "\n" + '{"beta": 0.1}')
     cluster.frames = rec.succeeded(KINDS[launcher], name, 2)
@@ -218,5 +220,6 @@ def test_the_pipelines_train_step_launches_and_follows_the_job(launcher, monkeyp
     assert job["kind"] == KINDS[launcher] and job["metadata"]["name"] == name and cluster.deleted == [name]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpus"
     assert job["metadata"]["ownerReferences"][0]["uid"] == "pod-uid-1"  # same namespace as the step's pod
+    assert f"{run_root}/configs/train.json" in json.dumps(job)  # the job reads the config the step wrote
     with pytest.raises(ValueError, match="expected 'trainjob', 'pytorchjob' or 'local'"):
         steps.train_step(run_root, config, launcher="mpijob", image="ghcr.io/x/clipdpo-train:0.1.0")

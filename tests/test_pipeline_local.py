@@ -5,15 +5,13 @@ evaluation against the base model on the demo benchmarks."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import pytest
 
 
+@pytest.mark.slow
 def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, tmp_path, capsys):
     from clipdpo.artifacts import Artifact
     from clipdpo.storage import Storage, join

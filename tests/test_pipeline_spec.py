@@ -9,6 +9,8 @@ import sys
 import pytest
 import yaml
 
+from clipdpo.stages import NAMES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-ingest": "filter", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
@@ -53,7 +55,7 @@ def test_every_stage_runs_its_own_pinned_image(compiled):
     for name in STAGE_EXECUTORS:
         command = " ".join(executors[name]["container"]["command"])
         assert "pip install" not in command
-    assert "run_stage(\"generate\"" in " ".join(executors["exec-generate-shard"]["container"]["command"])
+    assert "generate_step(run_root" in " ".join(executors["exec-generate-shard"]["container"]["command"])
 
 
 def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
@@ -103,7 +105,7 @@ def test_generate_and_score_fan_out_over_shards(compiled):
     assert "for-loop" in str(finalize["inputs"]["parameters"]["shard_outputs"])
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["shard_count"]["parameterType"] == "NUMBER_INTEGER"
-    for stage in ("ingest", "generate", "score", "filter", "train", "evaluate"):
+    for stage in NAMES:
         assert f"{stage}_config" in params
 
 

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
 from clipdpo.evaluate import report
-
-sys.path.insert(0, os.path.dirname(__file__))
-import eval_fixture as fx  # noqa: E402
 
 
 def _metrics(complete=True):
@@ -55,10 +49,10 @@ def test_incomplete_results_are_flagged():
     assert "INCOMPLETE RESULTS" in report.html(_metrics(complete=False))
 
 
-def test_spacy_nouns_and_vectors():
+def test_spacy_nouns_and_vectors(spacy_model):
     from clipdpo.evaluate.nlp import SpacyNLP
 
-    nlp = SpacyNLP(fx.spacy_model())
+    nlp = SpacyNLP(spacy_model)
     assert nlp.nouns("Two dogs are playing on the grass near a red car.") == ["dog", "grass", "car"]
     # WordNet lemmatizes lower-case forms only; a capitalised plural stays as written, as officially
     assert nlp.nouns("Dogs are chasing two bicycles.") == ["Dogs", "bicycle"]

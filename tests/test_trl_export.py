@@ -34,7 +34,7 @@ def exported(tmp_path_factory):
 def processor(tmp_path_factory):
     from transformers import AutoProcessor
 
-    from clipdpo import tiny
+    from clipdpo.demo import models as tiny
 
     path = tiny.build_tiny_llava(str(tmp_path_factory.mktemp("llava") / "model"))
     return path, AutoProcessor.from_pretrained(path)
@@ -57,6 +57,7 @@ def test_datasets_loads_the_export_with_the_images_decoded(exported):
         assert row["chosen"] == [{"role": "assistant", "content": chosen}] and row["image_id"] == image_id
 
 
+@pytest.mark.slow  # builds a tiny LLaVA and loads TRL
 def test_trls_vision_preference_collator_takes_the_rows_as_they_are(exported, processor):
     import datasets
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
@@ -70,6 +71,7 @@ def test_trls_vision_preference_collator_takes_the_rows_as_they_are(exported, pr
     assert batch["completion_mask"].sum(dim=1).gt(0).all()  # every row has completion tokens
 
 
+@pytest.mark.slow  # builds a tiny LLaVA and loads TRL
 def test_dpo_trainer_accepts_the_export_and_yields_a_batch(exported, processor, tmp_path):
     import datasets
     import torch

@@ -15,7 +15,6 @@ reads a half-written output as complete.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -109,12 +108,6 @@ class Manifest:
             return cls(**body)
         except (ValueError, KeyError, TypeError) as err:
             raise ArtifactError(f"{where}: not a valid clipdpo manifest ({err})") from err
-
-
-def table_to_parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
 
 
 class ArtifactWriter:

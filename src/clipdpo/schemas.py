@@ -1,4 +1,4 @@
-"""Column schemas of every artifact kind (DESIGN.md, Artifacts) and their validation."""
+"""Column schemas of every artifact kind (README, Artifacts) and their validation."""
 
 from __future__ import annotations
 

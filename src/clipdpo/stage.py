@@ -1,4 +1,4 @@
-"""What every stage shares: common CLI flags, shard assignment, resume and finalize.
+"""What every stage shares: its command line (flags, config, `run_cli`), shard assignment, resume and finalize.
 
 A stage maps each input shard to one output shard of the same name. `--shard i/n` gives
 this process every n-th input shard starting at i (one pod of a fan-out); finished shards
@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 
@@ -24,39 +24,32 @@ from clipdpo.storage import Storage
 
 log = logging.getLogger("clipdpo")
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class ShardSpec:
     index: int = 0
     count: int = 1
 
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: need 0 <= i < n")
+
     @classmethod
     def parse(cls, text: str) -> "ShardSpec":
         try:
             index_text, count_text = text.split("/")
-            spec = cls(int(index_text), int(count_text))
+            index, count = int(index_text), int(count_text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, for example 0/4") from None
-        if spec.count < 1 or not 0 <= spec.index < spec.count:
-            raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
-        return spec
+        try:
+            return cls(index, count)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n") from None
 
     def select(self, names: list[str]) -> list[str]:
         return [name for k, name in enumerate(names) if k % self.count == self.index]
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="artifact URI to write (s3://bucket/prefix or a path)")
-    parser.add_argument("--config", help="JSON config file (path or s3:// URI); defaults are the paper's")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set caption_min_score=27.5 (repeatable)")
-    parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(), metavar="I/N",
-                        help="process input shards I, I+N, I+2N, ... (fan-out); default 0/1")
-    parser.add_argument("--finalize", action="store_true",
-                        help="only write the manifest once every shard is done (after a fan-out)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing complete artifact made with other inputs or config")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, then exit")
 
 
 def setup_logging() -> None:
@@ -133,33 +126,70 @@ def print_summary(stage: str, result: StageResult, extra: dict[str, Any] | None 
     print(json.dumps(summary, sort_keys=True), flush=True)
 
 
-def build_parser(prog: str, doc: str | None, input_help: str | None) -> argparse.ArgumentParser:
-    """The parser every stage starts from: `--input` (when the stage has one) plus the common flags."""
+def report(stage: str, result: StageResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Print the stage's summary line; return the artifact's stats (empty until the manifest exists)."""
+    print_summary(stage, result, extra)
+    return result.manifest.stats if result.manifest else {}
+
+
+def add_config_flag(parser: argparse.ArgumentParser, flag: str, key: str, help: str) -> None:
+    """A stage flag that is shorthand for `--set KEY=VALUE` (VALUE kept a string): `--dry-run` shows it."""
+
+    class SetKey(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            namespace.overrides = [*namespace.overrides, f"{key}={json.dumps(value)}"]
+
+    parser.add_argument(flag, action=SetKey, metavar=key.upper(), help=help)
+
+
+def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded: bool = True,
+                 overwrite: bool = True) -> argparse.ArgumentParser:
+    """The flags every stage shares: `--input` (when the stage has one), `--output`, `--config`, `--set`,
+    `--dry-run`, and, where they apply, `--shard`/`--finalize` (a fan-out) and `--overwrite`."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if input_help:
         parser.add_argument("--input", required=True, help=input_help)
-    add_common_args(parser)
+    parser.add_argument("--output", required=True, help="artifact URI to write (s3://bucket/prefix or a path)")
+    parser.add_argument("--config", help="JSON config file (path or s3:// URI); defaults are the paper's")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set caption_min_score=27.5 (repeatable)")
+    if sharded:
+        parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(), metavar="I/N",
+                            help="process input shards I, I+N, I+2N, ... (fan-out); default 0/1")
+        parser.add_argument("--finalize", action="store_true",
+                            help="only write the manifest once every shard is done (after a fan-out)")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace an existing complete artifact made with other inputs or config")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config, then exit")
     return parser
 
 
-def load_config(config_cls: type, args: argparse.Namespace, storage: Storage, extra_overrides: list[str] = ()):
-    """The stage config from --config and --set; None after printing it when --dry-run is given."""
+def load_config(config_cls: type[T], args: argparse.Namespace, storage: Storage | None = None) -> T | None:
+    """The stage config from defaults, then `--config` (a path or an s3:// URI, read through Storage),
+    then `--set`; None after printing it when `--dry-run` is given."""
     from clipdpo import config as config_lib
 
-    cfg = config_lib.load(config_cls, args.config, list(args.overrides) + list(extra_overrides),
-                          lambda uri: storage.read_bytes(uri).decode())
+    storage = storage or Storage()
+    cfg = config_lib.load(config_cls, args.config, list(args.overrides), lambda uri: storage.read_bytes(uri).decode())
     if args.dry_run:
         print(json.dumps(config_lib.to_dict(cfg), indent=2))
         return None
     return cfg
 
 
-def entry_point(run: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
-    """`main()` for a stage's `run()`: logging set up, exit code 0 when it returns."""
+def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str] | None,
+            call: Callable[[T, argparse.Namespace], Any]) -> int:
+    """Every stage's command line, one seam: flags -> config -> `call(cfg, args)` (the stage's `run`); exit code."""
+    args = parser.parse_args(argv)
+    setup_logging()
+    if (cfg := load_config(config_cls, args)) is not None:
+        call(cfg, args)
+    return 0
 
-    def main(argv: list[str] | None = None) -> int:
-        setup_logging()
-        run(argv)
-        return 0
 
-    return main
+def sharded_main(run: Callable[..., Any], config_cls: type, argv: list[str] | None, *, prog: str, doc: str | None,
+                 input_help: str) -> int:
+    """The command line of a stage with an input artifact: flags -> config -> `run`."""
+    return run_cli(build_parser(prog, doc, input_help), config_cls, argv, lambda cfg, args: run(
+        cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite))

@@ -1,110 +1,156 @@
 """What a pipeline step does, as plain functions: the kfp components in pipelines/ only call these.
 
-Artifacts of one run live under `run_root` with fixed names (images, candidates, scores, pairs,
-model), so a step needs only the run root, its stage config (JSON) and its shard. Each function
-returns the URI it produced, which the pipeline passes on to make the order explicit.
+Artifacts of one run live under `run_root` with fixed names (clipdpo.stages), so a step needs only
+the run root, its stage config (the pipeline parameter, a JSON object) and its shard. Each step
+builds the stage's typed config from that parameter and calls the stage's `run` in this process;
+the training job is the one process boundary, and it gets the config as a file on S3. Each
+function returns the URI it produced, which the pipeline passes on to make the order explicit.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from typing import Any, Callable, TypeVar
 
-from clipdpo.storage import join
+from clipdpo import config as config_lib
+from clipdpo.stage import ShardSpec, setup_logging
+from clipdpo.stages import stage
+from clipdpo.storage import Storage, join
 
-ARTIFACTS = {"ingest": "images", "generate": "candidates", "score": "scores", "filter": "pairs", "train": "model",
-             "evaluate": "evaluation"}
-INPUTS = {"generate": "ingest", "score": "generate", "filter": "score", "train": "filter"}
-
-
-def artifact_uri(run_root: str, stage: str) -> str:
-    return join(run_root, ARTIFACTS[stage])
+T = TypeVar("T")
 
 
-def _config_file(config_json: str) -> str:
+def artifact_uri(run_root: str, name: str) -> str:
+    """Where stage `name` writes under `run_root`."""
+    return join(run_root, stage(name).artifact)
+
+
+def input_uri(run_root: str, name: str) -> str:
+    """The artifact stage `name` reads: its input stage's output."""
+    return artifact_uri(run_root, stage(name).input)
+
+
+def config_object(config_json: str, where: str) -> dict[str, Any]:
+    """The JSON object in a config parameter ("" means {}), or an error naming the parameter."""
     try:
         config = json.loads(config_json or "{}")
     except json.JSONDecodeError as err:
-        raise ValueError(f"stage config is not valid JSON: {err}") from err
+        raise config_lib.ConfigError(f"{where}: not valid JSON ({err})") from err
     if not isinstance(config, dict):
-        raise ValueError(f"stage config must be a JSON object, got {type(config).__name__}")
-    handle, path = tempfile.mkstemp(suffix=".json", prefix="clipdpo-config-")
-    with os.fdopen(handle, "w") as out:
-        json.dump(config, out)
-    return path
+        raise config_lib.ConfigError(f"{where}: must be a JSON object, got {type(config).__name__}")
+    return config
 
 
-def stage_argv(stage: str, run_root: str, config_path: str, *, shard_index: int = 0, shard_count: int = 1,
-               finalize: bool = False, source: str = "") -> list[str]:
-    argv = ["--output", artifact_uri(run_root, stage), "--config", config_path]
-    if stage in INPUTS:
-        argv += ["--input", artifact_uri(run_root, INPUTS[stage])]
-    if stage == "ingest" and source:
-        argv += ["--source", source]
-    if finalize:
-        argv += ["--finalize", "--shard", f"0/{shard_count}"]
-    elif stage not in ("train",):
-        argv += ["--shard", f"{shard_index}/{shard_count}"]
-    return argv
+def typed_config(cls: type[T], config_json: str, where: str) -> T:
+    """The stage's config dataclass from its pipeline parameter (unknown keys and bad types are errors)."""
+    return config_lib.from_dict(cls, config_object(config_json, where), where)
 
 
-def run_stage(stage: str, run_root: str, config_json: str = "{}", *, shard_index: int = 0, shard_count: int = 1,
-              finalize: bool = False, source: str = "") -> str:
-    """Run one stage (or one shard of it, or its finalize) in this process; return its output URI."""
-    import importlib
+def _sharded(name: str, run: Callable[..., Any], cfg: Any, run_root: str, shard: ShardSpec, finalize: bool) -> str:
+    setup_logging()
+    output = artifact_uri(run_root, name)
+    run(cfg, input_uri(run_root, name), output, shard=shard, finalize=finalize)
+    return output
 
-    from clipdpo.stage import setup_logging
+
+def ingest_step(run_root: str, source: str, config_json: str) -> str:
+    """Pack the images at `source` (empty: the config's source) into this run's images artifact."""
+    from clipdpo import ingest
 
     setup_logging()
-    config_path = _config_file(config_json)
-    try:
-        module = importlib.import_module(f"clipdpo.{stage}.__main__")
-        module.run(stage_argv(stage, run_root, config_path, shard_index=int(shard_index),
-                              shard_count=int(shard_count), finalize=finalize, source=source))
-    finally:
-        os.unlink(config_path)
-    return artifact_uri(run_root, stage)
+    output = artifact_uri(run_root, "ingest")
+    ingest.run(typed_config(ingest.IngestConfig, config_json, "ingest_config"), source or None, output)
+    return output
 
 
-def train_step(run_root: str, config_json: str, *, launcher: str, image: str = "", nodes: int = 1,
-               gpus_per_node: int = 8, namespace: str = "", s3_secret: str = "clipdpo-s3",
-               service_account: str = "clipdpo-train", node_selector_json: str = "{}", tolerations_json: str = "[]",
-               timeout_hours: float = 72.0, queue_name: str = "", runtime: str = "torch-distributed") -> str:
+def generate_step(run_root: str, config_json: str, shard_index: int = 0, shard_count: int = 1,
+                  finalize: bool = False) -> str:
+    """One shard of the generate fan-out (`finalize`: the manifest once every shard is done)."""
+    from clipdpo import generate
+
+    cfg = typed_config(generate.GenerateConfig, config_json, "generate_config")
+    return _sharded("generate", generate.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize)
+
+
+def score_step(run_root: str, config_json: str, shard_index: int = 0, shard_count: int = 1,
+               finalize: bool = False) -> str:
+    """One shard of the score fan-out (`finalize`: the manifest once every shard is done)."""
+    from clipdpo import score
+    from clipdpo.score.scorer import ScorerConfig
+
+    cfg = typed_config(ScorerConfig, config_json, "score_config")
+    return _sharded("score", score.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize)
+
+
+def filter_step(run_root: str, config_json: str) -> str:
+    from clipdpo import filter as filter_stage
+
+    cfg = typed_config(filter_stage.FilterConfig, config_json, "filter_config")
+    return _sharded("filter", filter_stage.run, cfg, run_root, ShardSpec(), False)
+
+
+def write_train_config(run_root: str, config: Any) -> str:
+    """The train config as the job reads it: `<run_root>/configs/train.json`; returns its URI."""
+    uri = join(run_root, "configs", "train.json")
+    Storage().write_bytes(uri, json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True).encode())
+    return uri
+
+
+def train_step(run_root: str, config_json: str, *, launcher: str, **job: Any) -> str:
     """Train on this run's pairs: in this process (`local`), or as a multi-node Kubeflow Trainer v2
-    TrainJob (`trainjob`, on ClusterTrainingRuntime `runtime`) or Training Operator v1 PyTorchJob
-    (`pytorchjob`); `queue_name`: a Kueue LocalQueue (empty: none)."""
-    if launcher == "local":
-        return run_stage("train", run_root, config_json)
-    from clipdpo.cluster import jobspec
-    from clipdpo.cluster.launch import BUILDERS, current_namespace, launch, owner_from_env
+    TrainJob (`trainjob`) or Training Operator v1 PyTorchJob (`pytorchjob`).
 
-    if launcher not in BUILDERS:
-        raise ValueError(f"train launcher {launcher!r}: expected 'trainjob', 'pytorchjob' or 'local'")
+    `job`: the cluster job's settings (image, nodes, gpus_per_node, timeout_hours, and optionally
+    s3_secret, service_account, namespace, node_selector_json, tolerations_json, queue_name: a Kueue
+    LocalQueue, runtime: the TrainJob's ClusterTrainingRuntime)."""
+    from clipdpo.train.config import TrainConfig
+
+    setup_logging()
+    cfg = typed_config(TrainConfig, config_json, "train_config")  # a bad key fails here, not in the job
     output = artifact_uri(run_root, "train")
-    config = json.loads(config_json or "{}")
-    train_args = ["--input", artifact_uri(run_root, "filter"), "--output", output]
-    train_args += [arg for key, value in sorted(config.items()) for arg in ("--set", f"{key}={json.dumps(value)}")]
-    launch_key = output + "\n" + json.dumps(config, sort_keys=True)  # same output + config = same job
-    namespace = namespace or current_namespace()
+    if launcher == "local":
+        from clipdpo import train
+
+        train.run(cfg, input_uri(run_root, "train"), output)
+        return output
+    if launcher not in ("trainjob", "pytorchjob"):
+        raise ValueError(f"train launcher {launcher!r}: expected 'trainjob', 'pytorchjob' or 'local'")
+    train_args = ["--input", input_uri(run_root, "train"), "--output", output,
+                  "--config", write_train_config(run_root, cfg)]
+    launch_key = output + "\n" + json.dumps(config_object(config_json, "train_config"), sort_keys=True)
+    launch_train_job(train_args, launch_key, launcher, job)  # same output + config = same job
+    return output
+
+
+def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job: dict[str, Any]) -> None:
+    """Run `python -m clipdpo.train <train_args>` as a cluster job and follow it to the end.
+
+    `job`: image, nodes, gpus_per_node, timeout_hours, s3_secret, service_account, namespace,
+    node_selector_json, tolerations_json, queue_name, runtime (all but image have defaults)."""
+    from clipdpo.cluster import jobspec
+    from clipdpo.cluster.launch import current_namespace, launch, owner_from_env
+
+    namespace = job.get("namespace") or current_namespace()
+    timeout_hours = float(job.get("timeout_hours", 72.0))
     spec = jobspec.TrainJobSpec(
-        name=jobspec.job_name(launch_key), namespace=namespace, image=image,
-        train_args=train_args, nodes=int(nodes), gpus_per_node=int(gpus_per_node), s3_secret=s3_secret,
-        service_account=service_account, node_selector=json.loads(node_selector_json),
-        tolerations=json.loads(tolerations_json), active_deadline_seconds=int(timeout_hours * 3600),
-        queue_name=queue_name, runtime=runtime, owner=owner_from_env() if namespace == current_namespace() else None)
+        name=jobspec.job_name(launch_key), namespace=namespace, image=job["image"], train_args=train_args,
+        nodes=int(job.get("nodes", 1)), gpus_per_node=int(job.get("gpus_per_node", 8)),
+        s3_secret=job.get("s3_secret", "clipdpo-s3"), service_account=job.get("service_account", "clipdpo-train"),
+        node_selector=json.loads(job.get("node_selector_json", "{}")),
+        tolerations=json.loads(job.get("tolerations_json", "[]")),
+        active_deadline_seconds=int(timeout_hours * 3600), queue_name=job.get("queue_name", ""),
+        runtime=job.get("runtime", "torch-distributed"),
+        owner=owner_from_env() if namespace == current_namespace() else None)
     # the follower's backstop lies past the job's own deadline, so the operator's reason is what we see
     launch(spec, launch_key, launcher=launcher, timeout_seconds=timeout_hours * 3600 + 600,
            schedule_timeout_seconds=3600)  # pods not all placed within an hour: fail naming why
-    return output
 
 
 def evaluation_models(model_uri: str, train_config_json: str, engine: str) -> list[dict]:
     """The base model the run trained from, then the trained one (LoRA: its merged copy)."""
-    from clipdpo.storage import Storage
     from clipdpo.train.config import TrainConfig
 
-    base = json.loads(train_config_json or "{}").get("model") or TrainConfig().model
+    base = typed_config(TrainConfig, train_config_json, "train_config").model
     trained = join(model_uri, "model")
     if Storage().exists(join(trained, "merged", "config.json")):
         trained = join(trained, "merged")
@@ -118,24 +164,20 @@ def evaluate_step(run_root: str, model_uri: str, train_config_json: str, config_
     on `engine` (a config key of this step only; default vllm)."""
     import logging
 
-    from clipdpo.stage import setup_logging
+    from clipdpo import evaluate
+    from clipdpo.evaluate.config import EvaluateConfig
 
     setup_logging()
-    config = json.loads(config_json or "{}")
+    config = config_object(config_json, "evaluate_config")
     if not config:
         logging.getLogger("clipdpo.evaluate").warning("evaluate: no benchmarks configured (evaluate_config is {}); "
                                                       "skipped")
         return ""
     engine = config.pop("engine", "vllm")
     config.setdefault("models", evaluation_models(model_uri, train_config_json, engine))
-    config_path = _config_file(json.dumps(config))
-    try:
-        from clipdpo.evaluate.__main__ import run
-
-        run(["--output", artifact_uri(run_root, "evaluate"), "--config", config_path])
-    finally:
-        os.unlink(config_path)
-    return artifact_uri(run_root, "evaluate")
+    output = artifact_uri(run_root, "evaluate")
+    evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
+    return output
 
 
 def shard_indices(shard_count: int) -> list[int]:

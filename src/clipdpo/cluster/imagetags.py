@@ -14,7 +14,7 @@ What goes into a stage's tag:
     module-level code) and, for every kfp
     component whose base_image is this stage (pipelines/*.py), the clipdpo functions it imports
     (for a function, only the imports of the functions it reaches, so `steps.train_step`'s lazy
-    cluster imports stay out of the generate image) and the stage whose `run_stage("<stage>")` it calls.
+    cluster imports stay out of the generate image; `steps.generate_step` imports its stage itself).
 Every image copies all of src/, but a file outside that graph cannot run in it, so an unchanged
 tag means unchanged behaviour; CI builds a stage only when its tag is not yet in the registry.
 Standard library only: CI runs it before installing anything.
@@ -31,12 +31,13 @@ import shlex
 import sys
 from dataclasses import dataclass
 
+from clipdpo.stages import IMAGES as STAGES  # the stage images (standard library only, like this module)
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     tomllib = None
 
-STAGES = ("generate", "score", "filter", "train", "evaluate")
 PACKAGE = "clipdpo"
 
 
@@ -187,7 +188,7 @@ def _component_stage(node: ast.FunctionDef) -> str | None:
 
 
 def component_roots(pipeline_files: list[str]) -> dict[str, set[Root]]:
-    """Per image: the clipdpo functions/modules its kfp components import, and the stages they run."""
+    """Per image: the clipdpo functions/modules its kfp components import."""
     roots: dict[str, set[Root]] = {}
     for path in pipeline_files:
         for node in ast.walk(ast.parse(open(path).read(), filename=path)):
@@ -197,9 +198,6 @@ def component_roots(pipeline_files: list[str]) -> dict[str, set[Root]]:
             for inner in ast.walk(node):
                 if isinstance(inner, ast.ImportFrom) and (inner.module or "").split(".")[0] == PACKAGE:
                     roots.setdefault(stage, set()).update(Root(inner.module, a.name) for a in inner.names)
-                if (isinstance(inner, ast.Call) and getattr(inner.func, "id", "") == "run_stage" and inner.args
-                        and isinstance(inner.args[0], ast.Constant)):
-                    roots.setdefault(stage, set()).add(Root(f"{PACKAGE}.{inner.args[0].value}.__main__"))
     return roots
 
 

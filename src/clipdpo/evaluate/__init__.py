@@ -1,1 +1,28 @@
-"""The evaluate stage's scorers: AMBER (exact to the official code) and the LLaVA benchmark suite."""
+"""evaluate: the paper's evaluations (Sec. 6) of a baseline and the models compared with it.
+
+`run(cfg, output)` evaluates the configured models (`evaluation.evaluate_models`) and prints the
+stage's summary line. The parts: `amber` (Table 2, exact to the official code), `zeroshot` (Table 3),
+`suite` (the LLaVA benchmarks of Table 4), `infer` (resumable responses), `report`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from clipdpo.storage import Storage, join
+
+if TYPE_CHECKING:  # torch loads only when a model is evaluated
+    from clipdpo.evaluate.config import EvaluateConfig
+
+
+def run(cfg: EvaluateConfig, output: str, *, storage: Storage | None = None) -> dict:
+    """Evaluate every model of `cfg` into `output` (responses, metrics.json, report.md/.html); the metrics."""
+    from clipdpo.evaluate.evaluation import evaluate_models
+
+    metrics = evaluate_models(cfg, output, storage or Storage())
+    amber_scores = {name: result["amber"].get("amber_score") for name, result in metrics["results"].items()
+                    if "amber" in result}
+    print(json.dumps({"stage": "evaluate", "output": output, "complete": metrics["complete"],
+                      "report": join(output, "report.md"), "amber_score": amber_scores}, sort_keys=True), flush=True)
+    return metrics

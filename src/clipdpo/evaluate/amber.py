@@ -124,16 +124,6 @@ def load(root: str, storage: Storage | None = None) -> AmberData:
     return AmberData(annotations, association, safe_words, counters)
 
 
-def load_responses(text: str, where: str) -> dict[int, str]:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise AmberInputError(f"{where}: not valid JSON ({err})") from err
-    if not isinstance(items, list) or not all(isinstance(i, dict) and {"id", "response"} <= set(i) for i in items):
-        raise AmberInputError(f'{where}: expected [{{"id": int, "response": str}}, ...]')
-    return {int(item["id"]): item["response"] for item in items}
-
-
 @dataclass
 class GenerativeResult:
     nouns: list[str]  # vocabulary nouns considered
@@ -199,6 +189,53 @@ def _type_prefix(item_type: str) -> str:
     return TYPES.get(item_type, RELATION_PREFIX)
 
 
+def _check_responses(data: AmberData, responses: dict[int, str], expected: set[int], evaluation_type: str,
+                     allow_partial: bool) -> list[int]:
+    """The expected ids with no response; unknown ids, and missing ones unless allowed, are errors."""
+    unknown = sorted(set(responses) - {item["id"] for item in data.annotations})
+    if unknown:
+        raise AmberInputError(f"responses: ids not in annotations.json: {unknown[:10]}")
+    missing = sorted(expected - set(responses))
+    if missing and not allow_partial:
+        raise AmberInputError(f"responses: {len(missing)} id(s) of evaluation type {evaluation_type!r} have no "
+                              f"response (e.g. {missing[:10]}); pass allow_partial to score the rest")
+    return missing
+
+
+def _count_generative(m: dict, result: GenerativeResult) -> None:
+    m["chair_score"] += len(result.hallucinated)
+    m["chair_num"] += len(result.nouns)  # global safe words included, as the official code
+    m["safe_cover_score"] += len(result.covered_truth)
+    m["safe_cover_num"] += result.n_truth
+    m["hallu_cover_score"] += len(result.covered_hallu)
+    m["hallu_cover_num"] += result.n_hallu
+    m["non_hallu_score"] += 1 if not result.hallucinated else 0
+    m["non_hallu_num"] += 1
+
+
+def _count_discriminative(m: dict, item: dict, response: str) -> None:
+    prefix = _type_prefix(item["type"]) + "_"
+
+    def bump(key: str) -> None:  # the overall counter and the item type's own
+        for name in (key, prefix + key):
+            m[name] = m.get(name, 0.0) + 1
+
+    truth = item["truth"]
+    bump("qa_correct_num")
+    if truth == "yes":
+        if response == "Yes":
+            bump("qa_correct_score")
+    else:
+        bump("qa_no_num")
+        if response == "No":
+            bump("qa_correct_score")
+            bump("qa_no_score")
+    if response == "No":
+        bump("qa_ans_no_num")
+        if truth == "no":
+            bump("qa_ans_no_score")
+
+
 def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | None, *,
              evaluation_type: str = "a", threshold: float = 0.8, allow_partial: bool = False,
              examples: int = 0) -> dict:
@@ -207,13 +244,7 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
         raise AmberInputError(f"evaluation_type {evaluation_type!r}; expected one of {EVALUATION_TYPES}")
     wants_generative = evaluation_type in ("a", "g")
     expected = wanted_ids(data, evaluation_type)
-    unknown = sorted(set(responses) - {item["id"] for item in data.annotations})
-    if unknown:
-        raise AmberInputError(f"responses: ids not in annotations.json: {unknown[:10]}")
-    missing = sorted(expected - set(responses))
-    if missing and not allow_partial:
-        raise AmberInputError(f"responses: {len(missing)} id(s) of evaluation type {evaluation_type!r} have no "
-                              f"response (e.g. {missing[:10]}); pass allow_partial to score the rest")
+    missing = _check_responses(data, responses, expected, evaluation_type, allow_partial)
     if wants_generative and nlp is None:
         raise AmberInputError("generative AMBER needs the NLP resources (tokeniser, tagger, WordNet, vectors)")
     m = dict(data.counters)
@@ -229,39 +260,13 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
     for item_id in scored:
         item = data.annotations[item_id - 1]
         response = responses[item_id]
-        if item["type"] == "generative":
-            result = score_generative(item, response, data, nlp, threshold, batched.get(item_id))
-            m["chair_score"] += len(result.hallucinated)
-            m["chair_num"] += len(result.nouns)  # global safe words included, as the official code
-            m["safe_cover_score"] += len(result.covered_truth)
-            m["safe_cover_num"] += result.n_truth
-            m["hallu_cover_score"] += len(result.covered_hallu)
-            m["hallu_cover_num"] += result.n_hallu
-            m["non_hallu_score"] += 1 if not result.hallucinated else 0
-            m["non_hallu_num"] += 1
-            if len(qualitative) < examples and result.hallucinated:
-                qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
+        if item["type"] != "generative":
+            _count_discriminative(m, item, response)
             continue
-        prefix = _type_prefix(item["type"]) + "_"
-
-        def bump(key: str) -> None:  # the overall counter and the item type's own
-            for name in (key, prefix + key):
-                m[name] = m.get(name, 0.0) + 1
-
-        truth = item["truth"]
-        bump("qa_correct_num")
-        if truth == "yes":
-            if response == "Yes":
-                bump("qa_correct_score")
-        else:
-            bump("qa_no_num")
-            if response == "No":
-                bump("qa_correct_score")
-                bump("qa_no_score")
-        if response == "No":
-            bump("qa_ans_no_num")
-            if truth == "no":
-                bump("qa_ans_no_score")
+        result = score_generative(item, response, data, nlp, threshold, batched.get(item_id))
+        _count_generative(m, result)
+        if len(qualitative) < examples and result.hallucinated:
+            qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
     return _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipdpo.generate.engines import ModelSpec
+from clipdpo.engines import ModelSpec
 
 BENCHMARK_KINDS = ("pope", "mme", "gqa", "textvqa", "scienceqa", "mmbench")
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # LLaVA's eval prompts

@@ -8,6 +8,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from clipdpo.images import decode_image
 from clipdpo.storage import NotFound, Storage, join
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -65,8 +66,6 @@ def load_image(storage: Storage, uri: str, where: str) -> Image.Image:
     except NotFound:
         raise EvalInputError(f"{where}: image {uri} not found") from None
     try:
-        from clipdpo.score.scorer import decode_image
-
         return decode_image(data)
     except (UnidentifiedImageError, OSError) as err:
         raise EvalInputError(f"{where}: image {uri} cannot be decoded ({err})") from err

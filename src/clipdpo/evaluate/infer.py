@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from clipdpo.evaluate.data import Item, load_image
-from clipdpo.generate.engines import Engine, ImageRequest, ModelSpec, Sampling
+from clipdpo.engines import Engine, ImageRequest, ModelSpec, Sampling
 from clipdpo.storage import NotFound, Storage, join
 
 log = logging.getLogger("clipdpo.evaluate")

@@ -1,1 +1,50 @@
-"""generate: captions from a pool of LVLMs and LLM-written questions with right and wrong answers."""
+"""generate: captions from a pool of LVLMs and LLM-written questions with right and wrong answers.
+
+`run(cfg, images_uri, output, ...)` writes one candidates shard per images shard.
+"""
+
+from __future__ import annotations
+
+from clipdpo import config as config_lib
+from clipdpo.artifacts import Artifact, ArtifactWriter
+from clipdpo.generate.config import GenerateConfig
+from clipdpo.stage import ShardSpec, report, run_shards
+from clipdpo.storage import Storage
+
+
+class _Engines:
+    """The caption engines and the QA engine, loaded on first use: a finished or resumed run loads none."""
+
+    def __init__(self, cfg: GenerateConfig):
+        self.cfg, self.captioners, self.qa = cfg, {}, None
+
+    def load(self) -> "_Engines":
+        from clipdpo.engines import load_engine
+
+        if not self.captioners:
+            for spec in self.cfg.captioners:
+                self.captioners[spec.name] = load_engine(spec, vision=True, batch_size=self.cfg.batch_size)
+            if self.cfg.qa.enabled:
+                self.qa = load_engine(self.cfg.qa.model, vision=False, batch_size=self.cfg.batch_size)
+        return self
+
+
+def run(cfg: GenerateConfig, input: str, output: str, *, shard: ShardSpec = ShardSpec(), finalize: bool = False,
+        overwrite: bool = False, storage: Storage | None = None) -> dict:
+    """Candidates for every images shard of `input` (this worker's share) into `output`; its stats."""
+    from clipdpo.generate.shard import generate_shard
+
+    storage = storage or Storage()
+    images = Artifact.open(storage, input, kind="images")
+    identity = config_lib.to_dict(cfg)
+    identity.pop("batch_size")  # speed only
+    writer = ArtifactWriter(storage, output, "candidates", identity, [images], overwrite=overwrite)
+    engines = _Engines(cfg)
+
+    def process(name: str):
+        shard_images = images.read_shard(name)  # a corrupt shard fails before any model loads
+        loaded = engines.load()
+        return generate_shard(shard_images, cfg, loaded.captioners, loaded.qa)
+
+    result = run_shards(writer, images.shard_names, process, shard, finalize_only=finalize)
+    return report("generate", result, {"output": writer.uri})

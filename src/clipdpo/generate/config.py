@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipdpo.generate.engines import ModelSpec, Sampling
+from clipdpo.engines import ModelSpec, Sampling
 from clipdpo.generate.qa_parse import QA_PROMPT_TEMPLATE
 
 # Five descriptive prompts (Sec. 4.1): different wording gives more diverse captions.

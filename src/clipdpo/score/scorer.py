@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -127,10 +126,4 @@ class ClipScorer:
         sims = image_embeddings @ self.prototypes.T
         best = sims.argmax(axis=1)
         return [self.categories[i] for i in best], 100.0 * sims[np.arange(len(best)), best]
-
-
-def decode_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image.convert("RGB")
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from clipdpo.images import decode_all
 from clipdpo.schemas import SCORES
 from clipdpo.score.qa_caption import question_to_caption
-from clipdpo.score.scorer import ClipScorer, decode_image
-
-log = logging.getLogger("clipdpo.score")
+from clipdpo.score.scorer import ClipScorer
 
 
 def _cosine_scores(image_rows: np.ndarray, image_emb: np.ndarray, text_rows: np.ndarray,
@@ -25,80 +24,81 @@ def _cosine_scores(image_rows: np.ndarray, image_emb: np.ndarray, text_rows: np.
     return out
 
 
+@dataclass
+class _Texts:
+    """The texts of a shard's rows to score, one column each (None where a row has none)."""
+
+    caption: list[str | None]
+    question: list[str | None]
+    qa_caption: list[str | None]
+    qa_neg_caption: list[str | None]
+
+    @classmethod
+    def of(cls, rows: list[dict]) -> "_Texts":
+        qa = [row["kind"] == "qa" and bool(row["question"]) for row in rows]
+        return cls(
+            caption=[row["text"] if row["kind"] == "caption" and row["text"] else None for row in rows],
+            question=[row["question"] if is_qa else None for row, is_qa in zip(rows, qa)],
+            qa_caption=[question_to_caption(row["question"], row["answer_pos"] or "") if is_qa else None
+                        for row, is_qa in zip(rows, qa)],
+            qa_neg_caption=[question_to_caption(row["question"], row["answer_neg"] or "") if is_qa else None
+                            for row, is_qa in zip(rows, qa)],
+        )
+
+    def columns(self) -> tuple[list[str | None], ...]:
+        return self.caption, self.question, self.qa_caption, self.qa_neg_caption
+
+
 def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> tuple[pa.Table, dict[str, Any]]:
     rows = candidates.to_pylist()
     needed = sorted({row["image_id"] for row in rows})
     image_bytes = dict(zip(images.column("image_id").to_pylist(), images.column("image").to_pylist()))
 
     # Decode and encode each image exactly once, however many candidates it has.
-    decoded, failed = [], {}
-    for image_id in needed:
-        data = image_bytes.get(image_id)
-        if data is None:
-            failed[image_id] = "not in the images shard"
-            continue
-        try:
-            decoded.append((image_id, decode_image(data)))
-        except Exception as err:  # PIL raises many types for corrupt data
-            failed[image_id] = f"cannot decode: {err}"
-    for image_id, reason in list(failed.items())[:20]:
-        log.warning("image %s skipped: %s", image_id, reason)
-    encodes_before = scorer.image_encodes
-    image_emb = scorer.encode_images([image for _, image in decoded])
-    image_index = {image_id: i for i, (image_id, _) in enumerate(decoded)}
-    categories, category_scores = scorer.categorize(image_emb) if decoded else ([], np.zeros(0))
+    decoded = decode_all(((image_id, image_bytes.get(image_id)) for image_id in needed),
+                         missing="not in the images shard")
+    encodes_before, text_encodes_before = scorer.image_encodes, scorer.text_encodes
+    image_emb = scorer.encode_images([image for _, image in decoded.images])
+    image_index = {image_id: i for i, (image_id, _) in enumerate(decoded.images)}
+    categories, category_scores = scorer.categorize(image_emb) if decoded.images else ([], np.zeros(0))
+    category_of = {image_id: (categories[i], float(category_scores[i])) for image_id, i in image_index.items()}
 
     # Collect every text to score, then encode the unique ones once.
-    qa_captions, qa_neg_captions = [], []
-    for row in rows:
-        if row["kind"] == "qa" and row["question"]:
-            qa_captions.append(question_to_caption(row["question"], row["answer_pos"] or ""))
-            qa_neg_captions.append(question_to_caption(row["question"], row["answer_neg"] or ""))
-        else:
-            qa_captions.append(None)
-            qa_neg_captions.append(None)
-    caption_texts = [row["text"] if row["kind"] == "caption" and row["text"] else None for row in rows]
-    question_texts = [row["question"] if row["kind"] == "qa" and row["question"] else None for row in rows]
-    unique_texts = sorted({t for column in (caption_texts, question_texts, qa_captions, qa_neg_captions)
-                           for t in column if t})
-    text_encodes_before = scorer.text_encodes
+    texts = _Texts.of(rows)
+    unique_texts = sorted({t for column in texts.columns() for t in column if t})
     text_emb = scorer.encode_texts(unique_texts) if unique_texts else np.zeros((0, 1), np.float32)
     text_index = {text: i for i, text in enumerate(unique_texts)}
-    caption_set = sorted({t for t in caption_texts if t})  # only captions face the context rule
+    caption_set = sorted({t for t in texts.caption if t})  # only captions face the context rule
     token_count = dict(zip(caption_set, scorer.token_counts(caption_set)))
-
     image_rows = np.array([image_index.get(row["image_id"], -1) for row in rows], dtype=np.int64)
 
-    def score_of(texts: list[str | None]) -> np.ndarray:
-        text_rows = np.array([text_index[t] if t else -1 for t in texts], dtype=np.int64)
+    def score_of(column: list[str | None]) -> np.ndarray:
+        text_rows = np.array([text_index[t] if t else -1 for t in column], dtype=np.int64)
         return _cosine_scores(image_rows, image_emb, text_rows, text_emb)
 
-    category_of = {image_id: (categories[i], float(category_scores[i])) for image_id, i in image_index.items()}
-    keep = image_rows >= 0
-    columns = {name: candidates.column(name) for name in candidates.column_names}
     extra = {
-        "clip_score": score_of(caption_texts),
-        "clip_tokens": [token_count[t] if t else None for t in caption_texts],
+        "clip_score": score_of(texts.caption),
+        "clip_tokens": [token_count[t] if t else None for t in texts.caption],
         "clip_context": [scorer.context_length] * len(rows),
-        "n_words": [len(t.split()) if t else 0 for t in caption_texts],
+        "n_words": [len(t.split()) if t else 0 for t in texts.caption],
         "category": [category_of.get(row["image_id"], (None, None))[0] for row in rows],
         "category_score": [category_of.get(row["image_id"], (None, None))[1] for row in rows],
-        "question_score": score_of(question_texts),
-        "qa_caption": qa_captions,
-        "qa_caption_score": score_of(qa_captions),
-        "qa_neg_caption_score": score_of(qa_neg_captions),
+        "question_score": score_of(texts.question),
+        "qa_caption": texts.qa_caption,
+        "qa_caption_score": score_of(texts.qa_caption),
+        "qa_neg_caption_score": score_of(texts.qa_neg_caption),
     }
+    columns = {name: candidates.column(name) for name in candidates.column_names}
     table = pa.table({**columns, **{name: pa.array(values, SCORES.field(name).type) for name, values in extra.items()}})
-    table = table.filter(pa.array(keep))  # rows of undecodable images cannot be scored
+    table = table.filter(pa.array(image_rows >= 0))  # rows of undecodable images cannot be scored
     stats = {
         "rows_in": len(rows),
         "rows_out": table.num_rows,
         "images": len(needed),
-        "images_failed": len(failed),
+        "images_failed": len(decoded.failed),
         "image_encodes": scorer.image_encodes - encodes_before,
         "text_encodes": scorer.text_encodes - text_encodes_before,
-        "texts_scored": sum(1 for column in (caption_texts, question_texts, qa_captions, qa_neg_captions)
-                            for t in column if t),
-        "failed_image_ids": sorted(failed)[:20],
+        "texts_scored": sum(1 for column in texts.columns() for t in column if t),
+        "failed_image_ids": sorted(decoded.failed)[:20],
     }
     return table.select(SCORES.names), stats

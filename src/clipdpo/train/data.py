@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from clipdpo.artifacts import Artifact
+from clipdpo.images import decode_image
 from clipdpo.train.encode import Encoded, PairEncoder
 from clipdpo.train.logps import IGNORE_INDEX
 
@@ -176,10 +177,8 @@ class PairStore:
     def example(self, position: int) -> tuple[Image.Image, str, str, str]:
         columns, images = self._shard(int(self.index.shard[position]))
         row = int(self.index.row[position])
-        data = images[columns["image_uri"][row]][columns["image_id"][row]]
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image.convert("RGB"), columns["prompt"][row] or "", columns["chosen"][row], columns["rejected"][row]
+        image = decode_image(images[columns["image_uri"][row]][columns["image_id"][row]])
+        return image, columns["prompt"][row] or "", columns["chosen"][row], columns["rejected"][row]
 
     def batch(self, positions) -> dict[str, torch.Tensor]:
         """The concatenated chosen/rejected batch (see `collate`) of the pairs at these index positions."""

@@ -1,12 +1,10 @@
-"""Answer normalisation and accuracy of the open-ended and multiple-choice LLaVA-suite benchmarks.
+"""Answer normalisation and accuracy of the open-ended LLaVA-suite benchmarks (TextVQA, GQA).
 
 TextVQA: the EvalAI answer processor (lower-case; drop ',' and '?'; split "'s"; the VQA
 punctuation rule; number words to digits; drop articles; restore contractions) on the prediction
 and on each of the 10 human answers, then the VQA accuracy: for each human answer, min(1, matches
 among the other nine / 3), averaged over the ten (LLaVA's m4c TextVQA evaluator).
 GQA: LLaVA's conversion (strip trailing '.', lower-case) then exact match with the gold answer.
-ScienceQA: LLaVA's `eval_science_qa.py` parsing: the reply is a bare option letter, or starts
-"X. ", or contains exactly one "The answer is X."; anything else is FAILED (wrong).
 
 The rules keep the official code's quirks on purpose, e.g. the period rule's lookbehind typo
 (`(?!<=\\d)`: a '.' after a digit is stripped unless a digit follows) and its count of 32.
@@ -100,23 +98,3 @@ def gqa_prediction(text: str) -> str:
 
 def gqa_correct(prediction: str, answer: str) -> bool:
     return gqa_prediction(prediction) == answer
-
-
-SCIENCEQA_OPTIONS = ("A", "B", "C", "D", "E")
-_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
-
-
-def scienceqa_letter(text: str) -> str:
-    """The chosen option letter, or 'FAILED' (LLaVA's eval_science_qa.py rules)."""
-    if text in SCIENCEQA_OPTIONS:
-        return text
-    if len(text) >= 3 and text[0] in SCIENCEQA_OPTIONS and text[1:3] == ". ":
-        return text[0]
-    found = _ANSWER_IS.findall(text)
-    return found[0] if len(found) == 1 else "FAILED"
-
-
-def scienceqa_correct(reply: str, answer_index: int, n_choices: int) -> bool:
-    letter = scienceqa_letter(reply)
-    index = SCIENCEQA_OPTIONS.index(letter) if letter in SCIENCEQA_OPTIONS[:n_choices] else -1
-    return index == answer_index

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipdpo.evaluate import suite, vqa
+from clipdpo.evaluate.suite import questions, scienceqa, vqa
+from clipdpo.evaluate.suite.scoring import score
 from clipdpo.evaluate.data import Item
 from clipdpo.evaluate.zeroshot import classify
 
@@ -46,12 +47,12 @@ def test_gqa_exact_match_after_llava_conversion(reply, gold, correct):
     ("A", "A"), ("B. The cat", "B"), ("The answer is C.", "C"), ("I think the answer is C.", "FAILED"),
     ("The answer is A. The answer is B.", "FAILED"), ("b", "FAILED"), ("B.The cat", "FAILED")])
 def test_scienceqa_reply_parsing(reply, letter):
-    assert vqa.scienceqa_letter(reply) == letter
+    assert scienceqa.scienceqa_letter(reply) == letter
 
 
 def test_scienceqa_letter_beyond_the_choices_is_wrong():
-    assert vqa.scienceqa_correct("C", 2, 3) and not vqa.scienceqa_correct("E", 2, 3)
-    assert not vqa.scienceqa_correct("D", 3, 3)  # D with 3 choices is no choice at all
+    assert scienceqa.scienceqa_correct("C", 2, 3) and not scienceqa.scienceqa_correct("E", 2, 3)
+    assert not scienceqa.scienceqa_correct("D", 3, 3)  # D with 3 choices is no choice at all
 
 
 def _items(rows):
@@ -62,28 +63,28 @@ def test_suite_scores_by_hand():
     pope = _items([{"answer": "yes", "category": "random"}, {"answer": "no", "category": "random"},
                    {"answer": "yes", "category": "adversarial"}, {"answer": "no", "category": "adversarial"}])
     replies = {"0": "Yes", "1": "No", "2": "No, there is not.", "3": "No"}
-    result = suite.score("pope", pope, replies)
+    result = score("pope", pope, replies)
     # random: TP 1 TN 1 -> F1 1.0; adversarial: TP 0 FN 1 TN 1 -> F1 0; mean 50
     assert result["splits"]["random"]["f1"] == 1.0 and result["splits"]["adversarial"]["f1"] == 0.0
     assert result["headline"] == pytest.approx(50.0)
 
     textvqa = _items([{"answers": ["stop"] * 10}, {"answers": ["2"] * 3 + ["3"] * 7}])
-    assert suite.score("textvqa", textvqa, {"0": "Stop.", "1": "two"})["headline"] == pytest.approx(95.0)
+    assert score("textvqa", textvqa, {"0": "Stop.", "1": "two"})["headline"] == pytest.approx(95.0)
 
     mmbench = _items([{"index": 7, "answer": "A", "options": {}}, {"index": 1_000_007, "answer": "B", "options": {}},
                       {"index": 8, "answer": "C", "options": {}}])
-    result = suite.score("mmbench", mmbench, {"0": "A", "1": "A", "2": "C."})
+    result = score("mmbench", mmbench, {"0": "A", "1": "A", "2": "C."})
     assert result["headline"] == pytest.approx(50.0) and result["vanilla_accuracy"] == 1.0
 
     with pytest.raises(ValueError, match="1 item\\(s\\) have no response"):
-        suite.score("gqa", _items([{"answer": "x"}, {"answer": "y"}]), {"0": "x"})
+        score("gqa", _items([{"answer": "x"}, {"answer": "y"}]), {"0": "x"})
 
 
 def test_prompts_follow_llava_eval():
     row = {"question": "Which one?", "choices": ["cat", "dog"], "hint": "Pets."}
-    assert suite._prompt("scienceqa", row) == ("Context: Pets.\nWhich one?\nA. cat\nB. dog\n"
+    assert questions.prompt("scienceqa", row) == ("Context: Pets.\nWhich one?\nA. cat\nB. dog\n"
                                               "Answer with the option's letter from the given choices directly.")
-    assert suite._prompt("gqa", {"question": "Is it red?"}) == (
+    assert questions.prompt("gqa", {"question": "Is it red?"}) == (
         "Is it red?\nAnswer the question using a single word or phrase.")
 
 
@@ -94,21 +95,16 @@ def test_zero_shot_picks_the_nearest_class_text():
     assert classify(captions, classes).tolist() == [0, 2, 1]  # ties go to the first, as argmax
 
 
-def test_zero_shot_datasets_load_from_folders_and_manifests(tmp_path, monkeypatch):
+def test_zero_shot_datasets_load_from_folders_and_manifests(tmp_path, monkeypatch, eval_set):
     import json
-    import os
-    import sys
 
     from clipdpo.evaluate.config import ZeroShotDataset
     from clipdpo.evaluate.data import EvalInputError
     from clipdpo.evaluate.zeroshot import load_dataset
     from clipdpo.storage import Storage
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    import eval_fixture as fx
-
     storage = Storage()
-    fx.write_zero_shot(storage, str(tmp_path / "folder"))
+    eval_set.write_zero_shot(storage, str(tmp_path / "folder"))
     monkeypatch.chdir(tmp_path)
     items, names = load_dataset(storage, ZeroShotDataset(name="f", root="./folder"), "describe")
     assert names == ["blue square", "green square", "red square"]  # labels sorted, named by classes.json

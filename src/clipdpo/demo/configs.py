@@ -1,4 +1,4 @@
-"""The built-in default for local runs: tiny models built from configs and demo stage configs.
+"""The demo's stage configs: every stage pointed at the tiny models and the demo benchmarks.
 
 `make pipeline-run` with no KFP_HOST runs the kfp pipeline (pipelines/clipdpo_pipeline.py) on
 this machine with these configs (see pipelines/run.py). The tiny models are random, so the
@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clipdpo import tiny
-
-STAGES = ("ingest", "generate", "score", "filter", "train", "evaluate")
+from clipdpo.demo import benchmarks, models
 
 # Random tiny CLIP scores sit near 0: the paper's thresholds (28/25) would drop everything.
 DEMO_FILTER = {
@@ -25,14 +23,13 @@ DEMO_FILTER = {
 
 
 def demo_configs(models_dir: Path) -> dict[str, dict]:
-    from clipdpo.evaluate import demo
     from clipdpo.evaluate.nlp import local_spacy_model
 
-    paths = tiny.build_all(str(models_dir))
-    benchmarks = demo.write(str(models_dir.parent / "benchmarks"))
-    benchmarks["amber"]["nlp"] = {"backend": "spacy", "spacy_model": local_spacy_model()}
-    benchmarks["zero_shot"]["text_encoder"] = {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
-                                               "model_config_dir": paths["clip_config_dir"]}
+    paths = models.build_all(str(models_dir))
+    evaluations = benchmarks.write(str(models_dir.parent / "benchmarks"))
+    evaluations["amber"]["nlp"] = {"backend": "spacy", "spacy_model": local_spacy_model()}
+    evaluations["zero_shot"]["text_encoder"] = {"model_name": models.TINY_CLIP_NAME, "pretrained": None,
+                                                "model_config_dir": paths["clip_config_dir"]}
     return {
         "ingest": {"source": "builtin:demo", "source_name": "skimage", "shard_size": 4},
         "generate": {
@@ -41,16 +38,15 @@ def demo_configs(models_dir: Path) -> dict[str, dict]:
             "qa": {"model": {"name": "tiny-llm", "path": paths["llm"], "engine": "hf"},
                    "sampling": {"max_new_tokens": 48}},
         },
-        "score": {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
+        "score": {"model_name": models.TINY_CLIP_NAME, "pretrained": None,
                   "model_config_dir": paths["clip_config_dir"]},
         "filter": DEMO_FILTER,
         # The paper's optimiser settings, scaled to a handful of pairs and a tiny model.
         "train": {"model": paths["captioner"], "global_batch_size": 4, "per_device_batch_size": 2,
                   "learning_rate": 1e-4, "max_length": 128, "epochs": 2, "save_steps": 1000},
-        # base (the tiny captioner) vs its trained copy on the demo benchmarks (clipdpo.evaluate.demo)
-        "evaluate": {"engine": "hf", "max_new_tokens": 48, **benchmarks},
+        # base (the tiny captioner) vs its trained copy on the demo benchmarks (clipdpo.demo.benchmarks)
+        "evaluate": {"engine": "hf", "max_new_tokens": 48, **evaluations},
     }
-
 
 
 def write_demo_configs(config_dir: Path, models_dir: Path) -> dict[str, dict]:
@@ -58,13 +54,4 @@ def write_demo_configs(config_dir: Path, models_dir: Path) -> dict[str, dict]:
     config_dir.mkdir(parents=True, exist_ok=True)
     for stage, body in configs.items():
         (config_dir / f"{stage}.json").write_text(json.dumps(body, indent=2))
-    return configs
-
-
-def read_configs(config_dir: Path) -> dict[str, dict]:
-    """Stage configs from `<config_dir>/<stage>.json`; a missing file means the stage's defaults."""
-    configs = {}
-    for stage in STAGES:
-        path = config_dir / f"{stage}.json"
-        configs[stage] = json.loads(path.read_text()) if path.exists() else {}
     return configs

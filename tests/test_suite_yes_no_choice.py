@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from clipdpo.evaluate.llava_suite import MMEItem, mmbench_circular, mme_answer, mme_scores, pope_answer, pope_metrics
+from clipdpo.evaluate.suite.mmbench import mmbench_circular
+from clipdpo.evaluate.suite.mme import MMEItem, mme_answer, mme_scores
+from clipdpo.evaluate.suite.pope import pope_answer, pope_metrics
 
 
 @pytest.mark.parametrize("text,expected", [

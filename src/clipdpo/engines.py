@@ -1,4 +1,5 @@
-"""Two generation engines behind one interface: vLLM (GPU) and Hugging Face transformers.
+"""Two generation engines behind one interface: vLLM (GPU) and Hugging Face transformers, shared by
+the generate stage (captions, QA) and the evaluate stage (benchmark replies).
 
 Both take the same requests and build prompts with the model's own chat template, so a run
 on either engine asks the model the same thing. vLLM is imported only when chosen.
@@ -12,7 +13,7 @@ from typing import Protocol
 
 from PIL import Image
 
-log = logging.getLogger("clipdpo.generate")
+log = logging.getLogger("clipdpo.engines")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,171 @@
+"""Evaluating models: every configured evaluation for every model, then metrics.json and the report.
+
+Order of work: inputs are read and checked first (question files, annotations, images exist),
+so bad input fails before any model is loaded; then per model its responses (resumable chunks,
+see infer.py); then scoring, which needs no model. Outputs under `output`:
+  responses/<model>/<task>-<key>/part-*.jsonl, metrics.json, report.md, report.html
+metrics.json and the reports are written last and atomically; `complete` is false whenever a
+result was scored on part of its items (AMBER's allow_partial), and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+from clipdpo.evaluate import amber, report, zeroshot
+from clipdpo.evaluate.config import Benchmark, EvaluateConfig, ZeroShotDataset
+from clipdpo.evaluate.data import EvalInputError, Item, check_images_exist, image_uri, read_text
+from clipdpo.evaluate.infer import YES_NO, Responder, Task
+from clipdpo.evaluate.suite.questions import load_items
+from clipdpo.evaluate.suite.scoring import score as score_benchmark
+from clipdpo.engines import Engine, ModelSpec, load_engine
+from clipdpo.storage import Storage, join
+
+SHORT_ANSWER_TOKENS = 16
+AMBER_TASKS = ("amber-generative", "amber-discriminative")
+
+EngineFactory = Callable[[ModelSpec], Callable[[], Engine]]
+Responses = dict[str, dict[str, str]]  # task name -> item id -> reply
+
+
+@dataclass
+class Inputs:
+    """Everything read from the benchmarks before any model loads."""
+
+    tasks: list[Task] = field(default_factory=list)
+    amber: amber.AmberData | None = None
+    zero_shot: list[tuple[ZeroShotDataset, list[Item], list[str]]] = field(default_factory=list)
+    suite: list[tuple[Benchmark, list[Item]]] = field(default_factory=list)
+
+
+def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData, list[Task]]:
+    a = cfg.amber
+    data = amber.load(a.root, storage)
+    query_uri = join(a.root, a.query_file)
+    queries = amber.load_queries(read_text(storage, query_uri, "AMBER query file"), query_uri, data)
+    images = a.images or join(a.root.rstrip("/").rsplit("/", 1)[0], "image")
+    wanted = amber.wanted_ids(data, a.evaluation_type)
+    generative, discriminative = [], []
+    for query in queries:
+        if query["id"] not in wanted:
+            continue
+        item = Item(id=str(query["id"]), image=image_uri(images, query["image"]), prompt=query["query"])
+        (generative if amber.is_generative(data, query["id"]) else discriminative).append(item)
+    asked = {int(item.id) for item in generative + discriminative}
+    if not a.allow_partial and wanted - asked:
+        missing = sorted(wanted - asked)
+        raise EvalInputError(f"{query_uri}: no query for {len(missing)} id(s) of evaluation type "
+                             f"{a.evaluation_type!r} (e.g. {missing[:5]}); use query_all.json or allow_partial")
+    tasks = []
+    if generative:
+        tasks.append(Task(AMBER_TASKS[0], generative, max_new_tokens=cfg.max_new_tokens))
+    if discriminative:
+        tasks.append(Task(AMBER_TASKS[1], discriminative, max_new_tokens=SHORT_ANSWER_TOKENS,
+                          options=tuple(YES_NO) if a.discriminative_mode == "logits" else ()))
+    return data, tasks
+
+
+def read_inputs(storage: Storage, cfg: EvaluateConfig) -> Inputs:
+    """Every benchmark's items, checked (images included) before any model is loaded."""
+    inputs = Inputs()
+    if cfg.amber is not None:
+        inputs.amber, inputs.tasks = amber_tasks(storage, cfg)
+    if cfg.zero_shot is not None:
+        for dataset in cfg.zero_shot.datasets:
+            items, class_names = zeroshot.load_dataset(storage, dataset, cfg.zero_shot.prompt)
+            inputs.zero_shot.append((dataset, items, class_names))
+            inputs.tasks.append(Task(f"zeroshot-{dataset.name}", items, max_new_tokens=cfg.zero_shot.max_new_tokens))
+    for benchmark in cfg.suite:
+        items = load_items(storage, benchmark)
+        inputs.suite.append((benchmark, items))
+        inputs.tasks.append(Task(f"suite-{benchmark.label}", items, max_new_tokens=SHORT_ANSWER_TOKENS))
+    check_images_exist(storage, {task.name: task.items for task in inputs.tasks})
+    return inputs
+
+
+def default_engine_factory(spec: ModelSpec, cfg: EvaluateConfig, storage: Storage) -> Callable[[], Engine]:
+    def make() -> Engine:
+        from clipdpo.storage import local_model_dir
+
+        local = replace(spec, path=local_model_dir(storage, spec.path, cfg.model_cache))
+        return load_engine(local, vision=True, batch_size=cfg.batch_size)
+
+    return make
+
+
+def answer_all(cfg: EvaluateConfig, tasks: list[Task], output: str, storage: Storage,
+               engine_factory: EngineFactory) -> tuple[dict[str, Responses], dict[str, int]]:
+    """Every model's replies to every task, model by model (one model in memory at a time)."""
+    responses: dict[str, Responses] = {}
+    inferred: dict[str, int] = {}
+    for spec in cfg.models:
+        responder = Responder(spec, output, storage, engine_factory(spec), chunk_size=cfg.chunk_size)
+        responses[spec.name] = {task.name: responder.answer(task) for task in tasks}
+        inferred[spec.name] = responder.inferred
+        del responder  # frees the engine before the next model loads
+    return responses, inferred
+
+
+def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encoder, classes: dict) -> dict:
+    """One model's results from its replies: AMBER, zero-shot and suite, as configured."""
+    result: dict = {}
+    if inputs.amber is not None:
+        a = cfg.amber
+        answers = {int(i): r for name in AMBER_TASKS for i, r in got.get(name, {}).items()}
+        result["amber"] = amber.evaluate(inputs.amber, answers, nlp, evaluation_type=a.evaluation_type,
+                                         threshold=a.similarity_threshold, allow_partial=a.allow_partial,
+                                         examples=a.examples)
+        result["amber"].pop("counters")
+    if inputs.zero_shot:
+        result["zero_shot"] = {dataset.name: zeroshot.evaluate_dataset(items, names, classes[dataset.name],
+                                                                       got[f"zeroshot-{dataset.name}"], encoder)
+                               for dataset, items, names in inputs.zero_shot}
+    if inputs.suite:
+        result["suite"] = {b.label: {"kind": b.kind, **score_benchmark(b.kind, items, got[f"suite-{b.label}"])}
+                           for b, items in inputs.suite}
+    return result
+
+
+def write_metrics(storage: Storage, output: str, metrics: dict) -> None:
+    storage.write_bytes(join(output, "report.md"), report.markdown(metrics).encode())
+    storage.write_bytes(join(output, "report.html"), report.html(metrics).encode())
+    storage.write_bytes(join(output, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True).encode())
+
+
+def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
+                    engine_factory: EngineFactory | None = None, nlp=None, encoder=None) -> dict:
+    """Evaluate every model; returns (and writes) the metrics. `nlp`/`encoder` replace the configured ones."""
+    storage = storage or Storage()
+    engine_factory = engine_factory or (lambda spec: default_engine_factory(spec, cfg, storage))
+
+    # 1. inputs, checked before any model loads; the NLP too (fail early, before hours of inference)
+    inputs = read_inputs(storage, cfg)
+    if inputs.amber is not None and cfg.amber.evaluation_type in ("a", "g") and nlp is None:
+        from clipdpo.evaluate.nlp import load_nlp
+
+        nlp = load_nlp(cfg.amber.nlp.backend, cfg.amber.nlp.spacy_model, cfg.amber.nlp.nltk_data)
+    if inputs.zero_shot and encoder is None:
+        encoder = zeroshot.TextEncoder(cfg.zero_shot.text_encoder)
+
+    # 2. responses, model by model
+    responses, inferred = answer_all(cfg, inputs.tasks, output, storage, engine_factory)
+
+    # 3. scores (class embeddings are the same for every model: computed once per dataset)
+    classes = {dataset.name: zeroshot.class_embeddings(names, encoder, cfg.zero_shot)
+               for dataset, _, names in inputs.zero_shot}
+    results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes)
+               for spec in cfg.models}
+    metrics = {
+        "complete": all(r.get("amber", {}).get("complete", True) for r in results.values()),
+        "models": [asdict(spec) for spec in cfg.models],
+        "baseline": cfg.models[0].name,
+        "results": results,
+        "resources": {"amber_nlp": getattr(nlp, "description", None),
+                      "amber_discriminative_mode": cfg.amber.discriminative_mode if cfg.amber else None,
+                      "zero_shot_text_encoder": getattr(encoder, "description", None)},
+        "inferred_items": inferred,
+    }
+    write_metrics(storage, output, metrics)
+    return metrics
