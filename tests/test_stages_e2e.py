@@ -89,8 +89,9 @@ def test_full_chain_through_s3(bucket, configs, tmp_path, capsys):
     # Rerunning a finished stage is a no-op; a lost shard is redone alone.
     again = run_score(["--input", f"{base}/candidates", "--output", f"{base}/scores", "--config", configs["score"]])
     assert again == score
+    lost_shard = Artifact.open(storage, f"{base}/scores").shard_uri("part-00001")
     storage.delete(f"{base}/scores/manifest.json")
-    storage.delete(f"{base}/scores/_done/part-00001.json")
+    storage.delete(lost_shard)
     capsys.readouterr()
     run_score(["--input", f"{base}/candidates", "--output", f"{base}/scores", "--config", configs["score"]])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -123,7 +124,7 @@ def test_missing_input_and_malformed_shard_are_clear(bucket, configs):
     writer.write_shard("part-00000", pa.Table.from_pylist(
         [dict(image_id="a", source="s", uri="u", image=_png((1, 2, 3)), width=40, height=30)], schema=IMAGES))
     writer.finalize(["part-00000"])
-    storage.write_bytes(f"{bucket}/images/data/part-00000.parquet", b"PAR1garbage")
+    storage.write_bytes(writer.shard_uri("part-00000"), b"PAR1garbage")
     with pytest.raises(ArtifactError, match="part-00000.parquet: sha256"):
         run_generate(["--input", f"{bucket}/images", "--output", f"{bucket}/c", "--config", configs["generate"]])
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from clipdpo.artifacts import Artifact, ArtifactWriter, Manifest, ShardRecord
+from clipdpo.errors import UserError
 from clipdpo.storage import Storage
 
 log = logging.getLogger("clipdpo")
@@ -57,6 +58,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing complete artifact made with other inputs or config")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, then exit")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
 
 
 def setup_logging() -> None:
@@ -155,11 +157,25 @@ def load_config(config_cls: type, args: argparse.Namespace, storage: Storage, ex
 
 
 def entry_point(run: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
-    """`main()` for a stage's `run()`: logging set up, exit code 0 when it returns."""
+    """`main()` for a stage's `run()`: logging set up, exit code 0 when it returns.
+
+    A `UserError` (bad flag value, missing file, wrong credentials, ...) is one line on stderr and
+    exit code 2; `--debug` anywhere in argv re-raises it with its traceback. Other exceptions are bugs
+    and keep their traceback.
+    """
 
     def main(argv: list[str] | None = None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv
+        argv = [arg for arg in argv if arg != "--debug"]
         setup_logging()
-        run(argv)
+        try:
+            run(argv)
+        except UserError as err:
+            if debug:
+                raise
+            print("error: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
+            return 2
         return 0
 
     return main

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from clipdpo.errors import UserError
+
 MULTIPART_THRESHOLD_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-class StorageError(RuntimeError):
+class StorageError(RuntimeError, UserError):
     """An object could not be read or written; the message names the URI."""
 
 
@@ -47,6 +49,15 @@ class S3Settings:
             region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
             max_attempts=int(os.environ.get("CLIPDPO_S3_MAX_ATTEMPTS", "5")),
         )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object; `version` (S3 ETag, local mtime in ns) changes when its bytes are replaced."""
+
+    uri: str
+    size: int
+    version: str
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -165,21 +176,41 @@ class Storage:
                 return False
         return Path(uri).is_file()
 
+    def size(self, uri: str) -> int:
+        """Bytes of one object; `NotFound` when it is missing."""
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            return int(self._s3_call(uri, self.s3.head_object, Bucket=bucket, Key=key)["ContentLength"])
+        try:
+            return os.path.getsize(uri)
+        except FileNotFoundError as err:
+            raise NotFound(f"{uri}: no such file") from err
+
     def list(self, prefix: str) -> list[str]:
         """Full URIs of the objects under `prefix` (a folder), sorted."""
+        return [info.uri for info in self.list_info(prefix)]
+
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
+        """The objects under `prefix` (a folder) with size and version, sorted by URI."""
         if prefix.startswith("s3://"):
             bucket, key = split_s3(prefix)
             key = key.rstrip("/") + "/" if key else ""
             paginator = self.s3.get_paginator("list_objects_v2")
-            out: list[str] = []
+            out: list[ObjectInfo] = []
             pages = self._s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
             for page in pages:
-                out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
-            return sorted(out)
+                out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", "").strip('"'))
+                           for obj in page.get("Contents", []))
+            return sorted(out, key=lambda info: info.uri)
         root = Path(prefix)
         if not root.is_dir():
             return []
-        return sorted(str(p) for p in root.rglob("*") if p.is_file() and ".tmp-" not in p.name)
+        out = []
+        for path in root.rglob("*"):
+            if path.is_file() and ".tmp-" not in path.name:
+                stat = path.stat()
+                out.append(ObjectInfo(str(path), stat.st_size, str(stat.st_mtime_ns)))
+        return sorted(out, key=lambda info: info.uri)
 
     # -- writes ----------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> str:

@@ -35,7 +35,7 @@ def run(argv: list[str] | None = None) -> dict:
         table = scores.read_shard(name, columns=RULE_COLUMNS)
         pairs, funnel = filter_shard(table, cfg, images.shard_uri(name))
         # The TRL export lands before the shard's done-record: a finished shard has both.
-        storage.write_bytes(join(writer.uri, "export", "trl", f"{name}.parquet"),
+        storage.write_bytes(writer.sidecar_uri("export/trl", f"{name}.parquet"),
                             trl_parquet(pairs, read_pair_images(storage, pairs)))
         return pairs, dict(funnel)
 
