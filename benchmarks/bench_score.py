@@ -32,7 +32,7 @@ def main() -> int:
     try:
         models = tiny.build_all(str(work / "models"))
         storage = Storage()
-        run_ingest(["--output", str(work / "images"), "--set", "shard_size=5"])
+        run_ingest(["--source", "builtin:demo", "--output", str(work / "images"), "--set", "shard_size=5"])
         images = Artifact.open(storage, str(work / "images"), kind="images")
         writer = ArtifactWriter(storage, str(work / "candidates"), "candidates", {"bench": 1}, [images])
         captions_per_image, questions_per_image = 25, 4

@@ -35,11 +35,11 @@ import pyarrow.parquet as pq
 
 from clipdpo import __version__
 from clipdpo.errors import UserError
+from clipdpo.lease import Lease
 from clipdpo.schemas import SCHEMA_VERSION, validate_table
 from clipdpo.storage import NotFound, Storage, join
 
 MANIFEST = "manifest.json"
-LEASE_PREFIX = "_lease"
 ARTIFACT_FOLDERS = ("data/", "_done/", "export/")
 
 log = logging.getLogger("clipdpo.artifacts")
@@ -181,13 +181,18 @@ class ArtifactWriter:
         self.fingerprint = fingerprint(kind, config, upstream)
         self.data_dir = f"data/{self.fingerprint[:16]}"
         self.done_dir = f"_done/{self.fingerprint[:16]}"
+        self.overwrite = overwrite
+        self.lease = Lease(storage, self.uri, self.fingerprint)
         storage.ensure_bucket(self.uri)
-        existing = self._existing_manifest(tolerate_corrupt=overwrite)
-        if existing is not None and existing.fingerprint != self.fingerprint and not overwrite:
+        self._refuse_other_complete_artifact()
+
+    def _refuse_other_complete_artifact(self) -> None:
+        existing = self._existing_manifest(tolerate_corrupt=self.overwrite)
+        if existing is not None and existing.fingerprint != self.fingerprint and not self.overwrite:
             made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(existing.created_unix))
             raise ArtifactError(
                 f"{self.uri} already holds a complete {existing.kind!r} artifact ({existing.rows} rows, made {made}) "
-                f"that differs in {_describe_difference(existing, config, self.input_uris)}; write to a new "
+                f"that differs in {_describe_difference(existing, self.config, self.input_uris)}; write to a new "
                 "--output to keep it, or pass --overwrite to replace it (it stays readable until the new one "
                 "is complete, then its files are deleted)"
             )
@@ -202,6 +207,11 @@ class ArtifactWriter:
             if tolerate_corrupt:
                 return None  # a torn manifest protects nothing: --overwrite replaces it
             raise ArtifactError(f"{err}; pass --overwrite to replace it") from err
+
+    def _guard(self) -> None:
+        """Before each shard and before the manifest: hold the lease, and the output is still ours."""
+        self.lease.check()
+        self._refuse_other_complete_artifact()  # a run that finished meanwhile is not overwritten silently
 
     def is_complete(self) -> bool:
         manifest = self._existing_manifest(tolerate_corrupt=True)
@@ -241,6 +251,7 @@ class ArtifactWriter:
 
     def write_shard(self, name: str, table: pa.Table, stats: dict[str, Any] | None = None) -> ShardRecord:
         table = validate_table(table, self.kind, where=f"{self.uri} shard {name}")
+        self._guard()
         with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
             pq.write_table(table, tmp.name, compression="zstd")
             size = os.path.getsize(tmp.name)
@@ -275,6 +286,7 @@ class ArtifactWriter:
     ) -> Manifest:
         """Write the manifest once every shard is done; `summarize` turns the records into its stats."""
         records = self._finished_records(shard_names)
+        self._guard()
         manifest = Manifest(
             kind=self.kind,
             fingerprint=self.fingerprint,
@@ -288,6 +300,7 @@ class ArtifactWriter:
         )
         self.storage.write_bytes(join(self.uri, MANIFEST), manifest.to_json().encode())
         self.remove_stale()
+        self.lease.release()
         return manifest
 
     def remove_stale(self) -> list[str]:
