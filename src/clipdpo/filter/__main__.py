@@ -20,6 +20,18 @@ def format_funnel(stats: dict) -> str:
     return "\n".join(f"  {key:<{width}}  {int(stats.get(key, 0)):>12,}" for key in FUNNEL_ORDER)
 
 
+def kept_line(stats: dict, pairs: int) -> str:
+    """One line with the outcome; with no pairs, which rules removed what (train refuses empty input)."""
+    if pairs:
+        return f"{pairs} pairs kept ({int(stats.get('caption_pairs', 0))} caption, {int(stats.get('qa_pairs', 0))} QA)"
+    removed = ", ".join(f"{key[len('removed_'):]}={int(stats.get(key, 0))}" for key in FUNNEL_ORDER
+                        if key.startswith("removed_"))
+    counts = ", ".join(f"{key}={int(stats.get(key, 0))}" for key in
+                       ("rows_in", "captions_kept", "qa_kept", "images_without_caption_pair"))
+    return (f"0 pairs kept: {counts}; removed by rule: {removed}; "
+            "loosen the thresholds (--set caption_min_score=..., pair_min_margin=...) or score more images")
+
+
 def run(argv: list[str] | None = None) -> dict:
     args = build_parser("python -m clipdpo.filter", __doc__, "scores artifact URI").parse_args(argv)
     storage = Storage()
@@ -43,6 +55,8 @@ def run(argv: list[str] | None = None) -> dict:
     if result.manifest is not None:
         funnel = result.manifest.stats
         print("filter funnel (rows removed by each rule, in order):\n" + format_funnel(funnel), file=sys.stderr)
+        severity = "WARNING" if result.manifest.rows == 0 else "INFO"
+        print(f"filter {severity}: {kept_line(funnel, result.manifest.rows)}", file=sys.stderr)
         print(f"pairs: {writer.uri} ({result.manifest.rows} pairs; TRL dataset (Parquet, images embedded) under "
               f"{join(writer.uri, 'export', 'trl')}/)", file=sys.stderr)
     print_summary("filter", result, {"output": writer.uri})
