@@ -73,8 +73,8 @@ def test_stale_server_of_this_dir_is_cleared_and_others_are_left_alone(tmp_path)
     try:
         server = s3server.start(data_dir)
         try:
-            stale.wait(timeout=15)  # stopped by start()
-            Storage().ensure_bucket  # the new server answers S3 (start() waited for it)
+            stale.wait(timeout=15)  # stopped by start(), which then waited for its own server to answer
+            assert server.process.poll() is None
         finally:
             server.stop()
         s3server.clear_stale(other_dir)

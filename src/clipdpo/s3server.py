@@ -180,6 +180,25 @@ def start(data_dir: str | None = None, timeout_s: float = 60.0, log_path: str | 
     os.makedirs(data_dir, exist_ok=True)
     clear_stale(data_dir)
     _write_security(data_dir)  # weed reads ./security.toml: it runs in data_dir
+    log_path = log_path or os.path.join(data_dir, "weed.log")
+    for attempt in range(3):
+        server = _launch(data_dir, log_path)
+        try:
+            _wait_ready(server, timeout_s)
+            return server
+        except BaseException as err:
+            server.stop()
+            # A free port can be taken by another process between picking and binding: pick again.
+            if attempt == 2 or not isinstance(err, PortTaken):
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def _launch(data_dir: str, log_path: str) -> S3Server:
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
     args = [
         weed_binary(),
@@ -196,19 +215,14 @@ def start(data_dir: str | None = None, timeout_s: float = 60.0, log_path: str | 
         *[f"-{flag}={port}" for flag, port in ports.items()],
     ]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY)
-    log = open(log_path or os.path.join(data_dir, "weed.log"), "ab")
-    # Own session: a Ctrl-C meant for the caller reaches it through the caller's clean-up, in order.
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                               cwd=data_dir, preexec_fn=_die_with_parent)
+    with open(log_path, "ab") as log:
+        # Own session: a Ctrl-C meant for the caller reaches it through the caller's clean-up, in order.
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   cwd=data_dir, preexec_fn=_die_with_parent)
     server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", process, data_dir)
     record = {"pid": process.pid, "owner_pid": os.getpid(), "endpoint": server.endpoint_url}
     Path(data_dir, PID_FILE).write_text(json.dumps(record))
     atexit.register(server.stop)
-    try:
-        _wait_ready(server, timeout_s)
-    except BaseException:
-        server.stop()
-        raise
     return server
 
 
@@ -228,7 +242,12 @@ def _wait_ready(server: S3Server, timeout_s: float) -> None:
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited with code {server.process.returncode}; see {server.data_dir}/weed.log")
+            try:
+                log_tail = Path(server.data_dir, "weed.log").read_text(errors="replace")[-4000:]
+            except OSError:
+                log_tail = ""
+            error = PortTaken if "address already in use" in log_tail else RuntimeError
+            raise error(f"SeaweedFS exited with code {server.process.returncode}; see {server.data_dir}/weed.log")
         try:
             client.list_buckets()
             return

@@ -57,7 +57,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="only write the manifest once every shard is done (after a fan-out)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing complete artifact made with other inputs or config")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, then exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config as JSON and exit; nothing is read or written")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
 
 

@@ -22,6 +22,9 @@ from clipdpo.errors import UserError
 
 MULTIPART_THRESHOLD_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 8 * 1024 * 1024
+# S3 error codes that mean "these credentials do not work here" (403: a HEAD request's bare status).
+CREDENTIAL_ERRORS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+                     "ExpiredToken")
 
 
 class StorageError(RuntimeError, UserError):
@@ -67,7 +70,7 @@ class ObjectInfo:
 def split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
+        raise StorageError(f"not an s3:// URI: {uri!r}")
     return parsed.netloc, parsed.path.lstrip("/")
 
 
@@ -113,7 +116,7 @@ class Storage:
         return self._client
 
     def _s3_call(self, uri: str, fn, **kwargs):
-        from botocore.exceptions import ClientError, EndpointConnectionError, ConnectionClosedError
+        from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, NoCredentialsError
 
         try:
             return fn(**kwargs)
@@ -125,7 +128,15 @@ class Storage:
                 raise NotFound(f"{uri}: bucket does not exist (create it, or check the bucket name)") from err
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise PreconditionFailed(f"{uri}: changed by another writer") from err
+            if code in CREDENTIAL_ERRORS:
+                endpoint = self._s3_settings.endpoint_url or "AWS"
+                raise StorageError(
+                    f"{uri}: S3 at {endpoint} refused the request ({code}): check AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or the role) and that they may access this bucket"
+                ) from err
             raise StorageError(f"{uri}: S3 error {code}: {err}") from err
+        except NoCredentialsError as err:
+            raise StorageError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from err
         except (EndpointConnectionError, ConnectionClosedError) as err:
             endpoint = self._s3_settings.endpoint_url or "AWS default endpoint"
             raise StorageError(
