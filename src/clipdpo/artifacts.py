@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from clipdpo import __version__
 from clipdpo.errors import UserError
-from clipdpo.lease import Lease
+from clipdpo.lease import Lease, LeaseHeld
 from clipdpo.schemas import SCHEMA_VERSION, validate_table
 from clipdpo.storage import NotFound, Storage, join
 
@@ -204,8 +204,10 @@ class ArtifactWriter:
         except NotFound:
             return None
         except (ArtifactError, UnicodeDecodeError) as err:
-            if tolerate_corrupt:
-                return None  # a torn manifest protects nothing: --overwrite replaces it
+            # A torn manifest protects nothing readable: --overwrite replaces it, and a run with our
+            # own fingerprint (whose done-records are there) simply finalizes again.
+            if tolerate_corrupt or self.storage.list(join(self.uri, self.done_dir)):
+                return None
             raise ArtifactError(f"{err}; pass --overwrite to replace it") from err
 
     def _guard(self) -> None:
@@ -214,8 +216,17 @@ class ArtifactWriter:
         self._refuse_other_complete_artifact()  # a run that finished meanwhile is not overwritten silently
 
     def is_complete(self) -> bool:
+        """True when the output holds this fingerprint's manifest; then it finishes an interrupted cleanup."""
         manifest = self._existing_manifest(tolerate_corrupt=True)
-        return manifest is not None and manifest.fingerprint == self.fingerprint
+        if manifest is None or manifest.fingerprint != self.fingerprint:
+            return False
+        try:
+            self.lease.check()  # never delete under a run that holds the output now
+        except LeaseHeld:
+            return True
+        self.remove_stale()
+        self.lease.release()
+        return True
 
     def shard_uri(self, name: str) -> str:
         return join(self.uri, self.data_dir, f"{name}.parquet")
