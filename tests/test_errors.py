@@ -7,6 +7,7 @@ from PIL import Image
 
 from clipdpo.filter.__main__ import main as filter_main
 from clipdpo.ingest.__main__ import main as ingest_main
+from tests.test_filter_stage import write_scores
 
 
 @pytest.fixture
@@ -47,6 +48,8 @@ ROWS = {
                                     "caption_min_score: expected a number, got 'high'"),
     "value out of range": (lambda t, d: ingest_main(["--source", str(d), "--output", str(t / "o"),
                                                      "--set", "shard_size=0"]), "shard_size must be >= 1"),
+    "filter output is its input": (lambda t, d: filter_main(["--input", write_scores(t), "--output",
+                                                             str(t / "scores"), "--overwrite"]), "is (or lies in the shard folders of) its input"),
     "output inside the input": (lambda t, d: ingest_main(["--source", str(d), "--output", str(d / "out")]),
                                 "overlaps the input"),
 }

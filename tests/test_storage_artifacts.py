@@ -133,9 +133,15 @@ def test_torn_manifest_counts_as_absent_for_overwrite_and_corrupt_shards_are_red
     assert calls == names and result.manifest.rows == 2
     Artifact.open(storage, uri).read_shard(names[0])  # checksum holds again
     storage.write_bytes(f"{uri}/manifest.json", b'{"kind": "ima')  # truncated
+    # Another config may not take a torn artifact over silently, but --overwrite may.
     with pytest.raises(ArtifactError, match="not a valid clipdpo manifest.*pass --overwrite"):
-        ArtifactWriter(storage, uri, "images", {}, [])
-    again = ArtifactWriter(storage, uri, "images", {}, [], overwrite=True)
+        ArtifactWriter(storage, uri, "images", {"other": 1}, [])
+    # The same config (its done-records are there) just finalizes again.
+    assert ArtifactWriter(storage, uri, "images", {}, []).finalize(names).rows == 2
+    storage.write_bytes(f"{uri}/manifest.json", b'{"kind": "ima')
+    again = ArtifactWriter(storage, uri, "images", {"other": 1}, [], overwrite=True)
+    for k, name in enumerate(names):
+        again.write_shard(name, _images(1, start=k))
     assert again.finalize(names).rows == 2
 
 

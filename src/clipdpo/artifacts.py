@@ -148,6 +148,20 @@ def check_not_inside(output: str, source: str) -> None:
         )
 
 
+def check_not_input(output: str, input_uri: str) -> None:
+    """Refuse writing an artifact onto its input, or where one's cleanup would delete the other.
+
+    Nesting elsewhere is fine (the training reference cache lives at `<pairs>/refcache/...`):
+    cleanup only ever touches an artifact's own `data/`, `_done/` and `export/` folders.
+    """
+    out, inp = _prefix_key(output), _prefix_key(input_uri)
+    if out == inp or any(out.startswith(inp + folder) or inp.startswith(out + folder) for folder in ARTIFACT_FOLDERS):
+        raise ArtifactError(
+            f"--output {output} is (or lies in the shard folders of) its input {input_uri}; "
+            "write the output to a separate prefix"
+        )
+
+
 def _describe_difference(existing: Manifest, config: dict[str, Any], input_uris: list[str]) -> str:
     changed = sorted(key for key in set(existing.config) | set(config) if existing.config.get(key) != config.get(key))
     parts = [f"config keys {changed}"] if changed else []
@@ -176,7 +190,7 @@ class ArtifactWriter:
         self.config = config
         self.input_uris = [artifact.uri for artifact in inputs]
         for artifact in inputs:
-            check_not_inside(self.uri, artifact.uri)
+            check_not_input(self.uri, artifact.uri)
         upstream = [artifact.manifest.fingerprint for artifact in inputs] + list(input_fingerprints)
         self.fingerprint = fingerprint(kind, config, upstream)
         self.data_dir = f"data/{self.fingerprint[:16]}"
