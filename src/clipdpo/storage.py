@@ -330,8 +330,11 @@ class Storage:
         if uri.startswith("s3://"):
             bucket, key = split_s3(uri)
             self._s3_call(uri, self.s3.delete_object, Bucket=bucket, Key=key)
-        elif os.path.exists(uri):
-            os.unlink(uri)
+        else:
+            try:
+                os.unlink(uri)
+            except FileNotFoundError:
+                pass  # deleting what is gone is done (S3 behaves the same)
 
     def ensure_bucket(self, uri: str) -> None:
         """Create the bucket of an s3:// URI if missing (local runs and tests)."""
