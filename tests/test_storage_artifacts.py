@@ -196,3 +196,23 @@ def test_shard_spec_parsing():
     for bad in ("4/4", "x", "1/0", "-1/2"):
         with pytest.raises(argparse.ArgumentTypeError):
             ShardSpec.parse(bad)
+
+
+def test_overwrite_with_fewer_shards_leaves_no_stale_export_or_foreign_files(tmp_path):
+    storage = Storage()
+    uri = str(tmp_path / "pairs")
+    storage.write_bytes(f"{uri}/notes/mine.txt", b"not the artifact's")  # never touched
+    old = ArtifactWriter(storage, uri, "images", {"v": 1}, [])
+    for k, name in enumerate([shard_name(0), shard_name(1)]):
+        storage.write_bytes(old.sidecar_uri("export/trl", f"{name}.parquet"), b"old")
+        old.write_shard(name, _images(1, start=k))
+    old.finalize([shard_name(0), shard_name(1)])
+    new = ArtifactWriter(storage, uri, "images", {"v": 2}, [], overwrite=True)
+    storage.write_bytes(new.sidecar_uri("export/trl", "part-00000.parquet"), b"new")
+    new.write_shard(shard_name(0), _images(1))
+    new.finalize([shard_name(0)])
+    listed = sorted(u[len(uri) + 1:] for u in storage.list(uri))
+    fp = new.fingerprint[:16]
+    assert listed == ["_done/" + fp + "/part-00000.json", "data/" + fp + "/part-00000.parquet",
+                      "export/trl/part-00000.parquet", "manifest.json", "notes/mine.txt"]
+    assert storage.read_bytes(f"{uri}/export/trl/part-00000.parquet") == b"new"

@@ -238,7 +238,7 @@ class ArtifactWriter:
             self.lease.check()  # never delete under a run that holds the output now
         except LeaseHeld:
             return True
-        self.remove_stale()
+        self.remove_stale([shard.name for shard in manifest.shards])
         self.lease.release()
         return True
 
@@ -246,8 +246,14 @@ class ArtifactWriter:
         return join(self.uri, self.data_dir, f"{name}.parquet")
 
     def sidecar_uri(self, folder: str, filename: str) -> str:
-        """A per-shard extra file (an export) that lives and dies with this run's shards."""
-        return join(self.uri, folder, self.fingerprint[:16], filename)
+        """A per-shard extra file (an export) named `<shard>.<ext>` under `export/`, where users glob it.
+
+        Unlike the shards it is rewritten in place: during an `--overwrite` the folder mixes the old
+        and the new run's files until the manifest lands; then the files of shards it does not name go.
+        """
+        if not folder.startswith("export"):
+            raise ValueError(f"sidecar folder {folder!r}: sidecars live under export/")
+        return join(self.uri, folder, filename)
 
     def _record(self, name: str) -> ShardRecord | None:
         where = join(self.uri, self.done_dir, f"{name}.json")
@@ -324,18 +330,23 @@ class ArtifactWriter:
             data_dir=self.data_dir,
         )
         self.storage.write_bytes(join(self.uri, MANIFEST), manifest.to_json().encode())
-        self.remove_stale()
+        self.remove_stale(shard_names)
         self.lease.release()
         return manifest
 
-    def remove_stale(self) -> list[str]:
+    def remove_stale(self, shard_names: list[str]) -> list[str]:
         """Delete what the manifest does not name: an overwritten run's shards, done-records, exports."""
-        keep_segment = self.fingerprint[:16]
+        keep_segment, names = self.fingerprint[:16], set(shard_names)
         stale = []
         for uri in self.storage.list(self.uri):
             relative = uri[len(self.uri) + 1 :]
             # Only the folders artifacts write are touched: anything else under the prefix is not ours.
-            if not relative.startswith(ARTIFACT_FOLDERS) or keep_segment in relative.split("/"):
+            if not relative.startswith(ARTIFACT_FOLDERS):
+                continue
+            if relative.startswith("export/"):
+                if relative.rsplit("/", 1)[-1].split(".", 1)[0] in names:
+                    continue
+            elif keep_segment in relative.split("/"):
                 continue
             self.storage.delete(uri)
             stale.append(relative)
