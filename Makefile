@@ -22,7 +22,7 @@ SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally (loopback S3, tiny models)"
 	@echo "make test           unit, integration and end-to-end tests"
-	@echo "make faults         kill ingest/filter at random and at each phase boundary, resume, compare (~2 min)"
+	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
 	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
