@@ -4,7 +4,6 @@ import io
 import json
 import unicodedata
 
-import pytest
 from PIL import Image
 
 from clipdpo.artifacts import Artifact
