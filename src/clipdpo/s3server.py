@@ -3,13 +3,26 @@
 SeaweedFS checks SigV4 signatures and implements multipart uploads, so local runs exercise the
 same client code paths as a cluster's S3. Every port is picked free so parallel runs coexist.
 
+Only S3 is meant to be reached: every port listens on 127.0.0.1 alone, the Iceberg, Lance, IAM,
+WebDAV and metrics servers stay off, and the internal master/volume/filer HTTP ports demand a
+JWT signed with keys generated per start (`security.toml`), so an unsigned GET there is refused.
+
+The server never outlives the process that started it: it gets SIGTERM when that process dies,
+however it dies (Linux `PR_SET_PDEATHSIG`), and is stopped at interpreter exit. A server left by
+a crash on another OS is found on the next start through `weed.pid` in the data directory and
+stopped, only when it is `weed mini` on that very directory, run by this user, and the process
+that started it is gone.
+
     python -m clipdpo.s3server --dir .local/s3 --env-file .local/s3.env   # runs until killed
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +33,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipdpo.errors import UserError
+
+PID_FILE = "weed.pid"
 LOCAL_ACCESS_KEY = "clipdpo-local"
 LOCAL_SECRET_KEY = "clipdpo-local-secret"
 
@@ -33,14 +49,8 @@ _PORT_FLAGS = (
     "filer.port.grpc",
     "s3.port",
     "s3.port.grpc",
-    "s3.port.iceberg",
-    "s3.port.lance",
     "admin.port",
     "admin.port.grpc",
-    "debug.port",
-    "metricsPort",
-    "s3.debug.port",
-    "s3.metricsPort",
 )
 
 
@@ -94,12 +104,101 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        pid_file = Path(self.data_dir, PID_FILE)
+        if _read_pid_file(pid_file).get("pid") == self.process.pid:
+            pid_file.unlink(missing_ok=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux); elsewhere atexit and weed.pid do it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _read_pid_file(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_weed_on(pid: int, data_dir: str) -> bool:
+    """Is `pid` a `weed mini` of this user serving exactly `data_dir`?"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return False
+    return uid == os.getuid() and b"mini" in argv and f"-dir={data_dir}".encode() in argv
+
+
+def clear_stale(data_dir: str) -> None:
+    """Stop a server an earlier run left on `data_dir`; refuse to touch one whose starter still runs."""
+    pid_file = Path(data_dir, PID_FILE)
+    record = _read_pid_file(pid_file)
+    pid, owner = record.get("pid"), record.get("owner_pid")
+    if isinstance(pid, int) and _is_weed_on(pid, data_dir):
+        if isinstance(owner, int) and owner != os.getpid() and _alive(owner):
+            raise UserError(f"{data_dir} is served by a running S3 server (pid {pid}, {record.get('endpoint')}) "
+                            f"started by pid {owner}: stop that run, or point AWS_ENDPOINT_URL at its server")
+        print(f"stopping a stale S3 server (pid {pid}) left on {data_dir} by an earlier run", file=sys.stderr)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
+def _write_security(data_dir: str) -> None:
+    """Fresh JWT keys: the master, volume and filer HTTP ports then refuse unsigned reads and writes."""
+    sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+    text = "".join(f'[{section}]\nkey = "{secrets.token_hex(32)}"\n' for section in sections)
+    path = Path(data_dir, "security.toml")
+    path.write_text(text)
+    path.chmod(0o600)
 
 
 def start(data_dir: str | None = None, timeout_s: float = 60.0, log_path: str | None = None) -> S3Server:
     """Start `weed mini` on loopback and wait until it answers S3 requests."""
-    data_dir = data_dir or tempfile.mkdtemp(prefix="clipdpo-s3-")
+    data_dir = os.path.abspath(data_dir or tempfile.mkdtemp(prefix="clipdpo-s3-"))
     os.makedirs(data_dir, exist_ok=True)
+    clear_stale(data_dir)
+    _write_security(data_dir)  # weed reads ./security.toml: it runs in data_dir
+    log_path = log_path or os.path.join(data_dir, "weed.log")
+    for attempt in range(3):
+        server = _launch(data_dir, log_path)
+        try:
+            _wait_ready(server, timeout_s)
+            return server
+        except BaseException as err:
+            server.stop()
+            # A free port can be taken by another process between picking and binding: pick again.
+            if attempt == 2 or not isinstance(err, PortTaken):
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def _launch(data_dir: str, log_path: str) -> S3Server:
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
     args = [
         weed_binary(),
@@ -110,17 +209,20 @@ def start(data_dir: str | None = None, timeout_s: float = 60.0, log_path: str | 
         "-webdav=false",
         "-admin.ui=false",
         "-master.telemetry=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-s3.iam=false",
         *[f"-{flag}={port}" for flag, port in ports.items()],
     ]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY)
-    log = open(log_path or os.path.join(data_dir, "weed.log"), "ab")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(log_path, "ab") as log:
+        # Own session: a Ctrl-C meant for the caller reaches it through the caller's clean-up, in order.
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   cwd=data_dir, preexec_fn=_die_with_parent)
     server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", process, data_dir)
-    try:
-        _wait_ready(server, timeout_s)
-    except BaseException:
-        server.stop()
-        raise
+    record = {"pid": process.pid, "owner_pid": os.getpid(), "endpoint": server.endpoint_url}
+    Path(data_dir, PID_FILE).write_text(json.dumps(record))
+    atexit.register(server.stop)
     return server
 
 
@@ -140,7 +242,12 @@ def _wait_ready(server: S3Server, timeout_s: float) -> None:
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited with code {server.process.returncode}; see {server.data_dir}/weed.log")
+            try:
+                log_tail = Path(server.data_dir, "weed.log").read_text(errors="replace")[-4000:]
+            except OSError:
+                log_tail = ""
+            error = PortTaken if "address already in use" in log_tail else RuntimeError
+            raise error(f"SeaweedFS exited with code {server.process.returncode}; see {server.data_dir}/weed.log")
         try:
             client.list_buckets()
             return
@@ -150,11 +257,23 @@ def _wait_ready(server: S3Server, timeout_s: float) -> None:
     raise RuntimeError(f"SeaweedFS did not answer on {server.endpoint_url} within {timeout_s}s: {last_error}")
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (and SIGHUP) raise SystemExit like Ctrl-C raises KeyboardInterrupt: `finally` blocks run."""
+
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _exit)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=".local/s3", help="data directory (kept between runs)")
     parser.add_argument("--env-file", help="write the AWS_* variables for this server here as KEY=VALUE lines")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     server = start(os.path.abspath(args.dir))
     lines = "".join(f"{key}={value}\n" for key, value in server.env.items())
     if args.env_file:

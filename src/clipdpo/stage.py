@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 import pyarrow as pa
 
 from clipdpo.artifacts import Artifact, ArtifactWriter, Manifest, ShardRecord
+from clipdpo.errors import UserError
 from clipdpo.storage import Storage
 
 log = logging.getLogger("clipdpo")
@@ -161,7 +162,9 @@ def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded:
     if overwrite:
         parser.add_argument("--overwrite", action="store_true",
                             help="replace an existing complete artifact made with other inputs or config")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config, then exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config as JSON and exit; nothing is read or written")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     return parser
 
 
@@ -180,11 +183,21 @@ def load_config(config_cls: type[T], args: argparse.Namespace, storage: Storage 
 
 def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str] | None,
             call: Callable[[T, argparse.Namespace], Any]) -> int:
-    """Every stage's command line, one seam: flags -> config -> `call(cfg, args)` (the stage's `run`); exit code."""
+    """Every stage's command line, one seam: flags -> config -> `call(cfg, args)` (the stage's `run`); exit code.
+
+    A `UserError` (bad flag value, missing file, wrong credentials, ...) is one line on stderr and
+    exit code 2; `--debug` re-raises it with its traceback. Other exceptions are bugs and keep theirs.
+    """
     args = parser.parse_args(argv)
     setup_logging()
-    if (cfg := load_config(config_cls, args)) is not None:
-        call(cfg, args)
+    try:
+        if (cfg := load_config(config_cls, args)) is not None:
+            call(cfg, args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print("error: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

@@ -18,16 +18,25 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from clipdpo.errors import UserError
+
 MULTIPART_THRESHOLD_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 8 * 1024 * 1024
+# S3 error codes that mean "these credentials do not work here" (403: a HEAD request's bare status).
+CREDENTIAL_ERRORS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+                     "ExpiredToken")
 
 
-class StorageError(RuntimeError):
+class StorageError(RuntimeError, UserError):
     """An object could not be read or written; the message names the URI."""
 
 
 class NotFound(StorageError):
     """The object does not exist."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +58,19 @@ class S3Settings:
         )
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object; `version` (S3 ETag, local mtime in ns) changes when its bytes are replaced."""
+
+    uri: str
+    size: int
+    version: str
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
+        raise StorageError(f"not an s3:// URI: {uri!r}")
     return parsed.netloc, parsed.path.lstrip("/")
 
 
@@ -98,7 +116,7 @@ class Storage:
         return self._client
 
     def _s3_call(self, uri: str, fn, **kwargs):
-        from botocore.exceptions import ClientError, EndpointConnectionError, ConnectionClosedError
+        from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, NoCredentialsError
 
         try:
             return fn(**kwargs)
@@ -107,8 +125,18 @@ class Storage:
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(f"{uri}: no such object") from err
             if code == "NoSuchBucket":
-                raise NotFound(f"{uri}: bucket does not exist") from err
+                raise NotFound(f"{uri}: bucket does not exist (create it, or check the bucket name)") from err
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise PreconditionFailed(f"{uri}: changed by another writer") from err
+            if code in CREDENTIAL_ERRORS:
+                endpoint = self._s3_settings.endpoint_url or "AWS"
+                raise StorageError(
+                    f"{uri}: S3 at {endpoint} refused the request ({code}): check AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or the role) and that they may access this bucket"
+                ) from err
             raise StorageError(f"{uri}: S3 error {code}: {err}") from err
+        except NoCredentialsError as err:
+            raise StorageError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from err
         except (EndpointConnectionError, ConnectionClosedError) as err:
             endpoint = self._s3_settings.endpoint_url or "AWS default endpoint"
             raise StorageError(
@@ -165,21 +193,41 @@ class Storage:
                 return False
         return Path(uri).is_file()
 
+    def size(self, uri: str) -> int:
+        """Bytes of one object; `NotFound` when it is missing."""
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            return int(self._s3_call(uri, self.s3.head_object, Bucket=bucket, Key=key)["ContentLength"])
+        try:
+            return os.path.getsize(uri)
+        except FileNotFoundError as err:
+            raise NotFound(f"{uri}: no such file") from err
+
     def list(self, prefix: str) -> list[str]:
         """Full URIs of the objects under `prefix` (a folder), sorted."""
+        return [info.uri for info in self.list_info(prefix)]
+
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
+        """The objects under `prefix` (a folder) with size and version, sorted by URI."""
         if prefix.startswith("s3://"):
             bucket, key = split_s3(prefix)
             key = key.rstrip("/") + "/" if key else ""
             paginator = self.s3.get_paginator("list_objects_v2")
-            out: list[str] = []
+            out: list[ObjectInfo] = []
             pages = self._s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
             for page in pages:
-                out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
-            return sorted(out)
+                out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", "").strip('"'))
+                           for obj in page.get("Contents", []))
+            return sorted(out, key=lambda info: info.uri)
         root = Path(prefix)
         if not root.is_dir():
             return []
-        return sorted(str(p) for p in root.rglob("*") if p.is_file() and ".tmp-" not in p.name)
+        out = []
+        for path in root.rglob("*"):
+            if path.is_file() and ".tmp-" not in path.name:
+                stat = path.stat()
+                out.append(ObjectInfo(str(path), stat.st_size, str(stat.st_mtime_ns)))
+        return sorted(out, key=lambda info: info.uri)
 
     # -- writes ----------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> str:
@@ -225,12 +273,68 @@ class Storage:
             os.replace(tmp, path)
         return digest.hexdigest()
 
+    # -- conditional writes (leases) --------------------------------------------
+    def read_versioned(self, uri: str) -> tuple[bytes, str]:
+        """The object's bytes and a version tag for `write_if` (S3 ETag; locally the sha256)."""
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            response = self._s3_call(uri, self.s3.get_object, Bucket=bucket, Key=key)
+            return response["Body"].read(), response["ETag"]
+        data = self.read_bytes(uri)
+        return data, sha256_bytes(data)
+
+    def write_if(self, uri: str, data: bytes, version: str | None) -> str:
+        """Write only if the object is absent (`version=None`) or still at `version`; return the new version.
+
+        S3: a conditional PUT (If-None-Match: * / If-Match), atomic on stores that support it (AWS,
+        SeaweedFS, MinIO). Local: absent-only is atomic (hard link of a finished temp file); the
+        version check before a replace leaves a small window, which the lease's read-back covers.
+        """
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+            return self._s3_call(uri, self.s3.put_object, Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+        path = Path(uri)
+        if version is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError as err:
+                raise PreconditionFailed(f"{uri}: changed by another writer") from err
+            finally:
+                os.unlink(tmp)
+            return sha256_bytes(data)
+        try:
+            current = sha256_bytes(path.read_bytes())
+        except FileNotFoundError:
+            current = None
+        if current != version:
+            raise PreconditionFailed(f"{uri}: changed by another writer")
+        return self.write_bytes(uri, data)
+
+    def delete_if(self, uri: str, version: str) -> None:
+        """Delete only if the object is still at `version`; a lost race is not an error."""
+        try:
+            if uri.startswith("s3://"):
+                bucket, key = split_s3(uri)
+                self._s3_call(uri, self.s3.delete_object, Bucket=bucket, Key=key, IfMatch=version)
+            elif self.read_versioned(uri)[1] == version:
+                self.delete(uri)
+        except (PreconditionFailed, NotFound):
+            pass
+
     def delete(self, uri: str) -> None:
         if uri.startswith("s3://"):
             bucket, key = split_s3(uri)
             self._s3_call(uri, self.s3.delete_object, Bucket=bucket, Key=key)
-        elif os.path.exists(uri):
-            os.unlink(uri)
+        else:
+            try:
+                os.unlink(uri)
+            except FileNotFoundError:
+                pass  # deleting what is gone is done (S3 behaves the same)
 
     def ensure_bucket(self, uri: str) -> None:
         """Create the bucket of an s3:// URI if missing (local runs and tests)."""

@@ -1,7 +1,8 @@
 """ingest: image files (folder, S3 prefix or the built-in demo set) into an images artifact.
 
 `run(cfg, source, output, ...)` packs the files into Parquet shards of `shard_size` images.
-Undecodable files are reported by name and left out; the run goes on.
+Undecodable files, and files without an image extension, are counted and named in the manifest
+stats and left out; the run goes on. Image ids are the path below the source, extension kept.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 
 from clipdpo import config as config_lib
-from clipdpo.artifacts import ArtifactWriter, shard_name
+from clipdpo.artifacts import ArtifactWriter, check_not_inside, shard_name
 from clipdpo.images import decode_all
 from clipdpo.ingest.sources import SourceRef, list_sources, read_source
 from clipdpo.schemas import IMAGES
@@ -21,9 +22,16 @@ from clipdpo.storage import Storage
 
 @dataclass(frozen=True)
 class IngestConfig:
-    source: str = "builtin:demo"
+    source: str = ""  # required: a folder, an s3:// prefix, or builtin:demo
     source_name: str = "local"
     shard_size: int = 1000
+
+    def __post_init__(self):
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+
+# Lists in shard stats are examples for the manifest (sum_stats keeps 100 in all); counts are exact.
+MAX_LISTED = 100
 
 
 def _read(storage: Storage, item: SourceRef) -> bytes | None:
@@ -33,15 +41,17 @@ def _read(storage: Storage, item: SourceRef) -> bytes | None:
         return None
 
 
-def ingest_shard(storage: Storage, refs: list[SourceRef]) -> tuple[pa.Table, dict]:
-    """One shard of images: every readable, decodable file with its size; the others by URI."""
+def ingest_shard(storage: Storage, refs: list[SourceRef], not_images: list[str] = ()) -> tuple[pa.Table, dict]:
+    """One shard of images: every readable, decodable file with its size; the others by URI, and
+    `not_images` (files skipped by name) in the stats."""
     data = {item.uri: _read(storage, item) for item in refs}
     decoded = decode_all(data.items(), missing="cannot be read")
     sizes = {uri: image.size for uri, image in decoded.images}
     rows = [{"image_id": item.image_id, "source": item.source, "uri": item.uri, "image": data[item.uri],
              "width": sizes[item.uri][0], "height": sizes[item.uri][1]} for item in refs if item.uri in sizes]
     bad = [item.uri for item in refs if item.uri in decoded.failed]
-    stats = {"images": len(rows), "images_failed": len(bad), "failed_uris": bad[:20]}
+    stats = {"images": len(rows), "images_failed": len(bad), "failed_uris": bad[:MAX_LISTED],
+             "not_images": len(not_images), "not_image_uris": list(not_images)[:MAX_LISTED]}
     return pa.Table.from_pylist(rows, schema=IMAGES), stats
 
 
@@ -50,10 +60,19 @@ def run(cfg: IngestConfig, source: str | None, output: str, *, shard: ShardSpec 
     """Pack the images at `source` (None: `cfg.source`) into the images artifact `output`; its stats."""
     cfg = replace(cfg, source=source) if source else cfg
     storage = storage or Storage()
-    writer = ArtifactWriter(storage, output, "images", config_lib.to_dict(cfg), [], overwrite=overwrite)
+    check_not_inside(output, cfg.source)
+    # The listing (names, sizes, versions) is part of the fingerprint: a changed folder re-ingests.
     # Listing is cheap; bytes are read shard by shard, so memory holds one shard of images.
-    refs = [] if writer.is_complete() else list_sources(storage, cfg.source, cfg.source_name)
+    listing = list_sources(storage, cfg.source, cfg.source_name)
+    writer = ArtifactWriter(storage, output, "images", config_lib.to_dict(cfg), [], overwrite=overwrite,
+                            input_fingerprints=[listing.fingerprint])
+    refs = listing.images
     by_name = {shard_name(i // cfg.shard_size): refs[i : i + cfg.shard_size] for i in range(0, len(refs), cfg.shard_size)}
-    result = run_shards(writer, list(by_name), lambda name: ingest_shard(storage, by_name[name]), shard,
-                        finalize_only=finalize)
+    first = shard_name(0)
+
+    def process(name: str) -> tuple[pa.Table, dict]:
+        # Files skipped by name are reported once, with the first shard.
+        return ingest_shard(storage, by_name[name], listing.not_images if name == first else [])
+
+    result = run_shards(writer, list(by_name), process, shard, finalize_only=finalize)
     return report("ingest", result, {"output": writer.uri})

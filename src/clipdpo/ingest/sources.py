@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import unicodedata
+from collections import defaultdict
 from dataclasses import dataclass
-from clipdpo.storage import Storage
 
+from clipdpo.errors import UserError
+from clipdpo.storage import ObjectInfo, Storage
+
+BUILTIN_DEMO = "builtin:demo"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 # Real photos that ship inside scikit-image (public domain or CC0 per its data README).
@@ -38,19 +44,70 @@ def _skimage_data():
     return data
 
 
+class ImageIdClash(UserError):
+    """Two source files would get one image id; the message lists them."""
+
+
 def image_id_for(root: str, uri: str) -> str:
-    """Stable id from the path below the root: same file, same id, whatever the machine."""
-    relative = uri[len(root.rstrip("/")) + 1 :]
-    return os.path.splitext(relative)[0].replace("/", "__")
+    """Stable id from the path below the root: same file, same id, whatever the machine.
+
+    The id is the relative path, extension kept (`a.jpg` and `a.png` are two images), in Unicode
+    NFC (macOS and Linux spell accented names differently), with `%` and `/` percent-escaped so
+    that the mapping is one-to-one (`sub/b.png` -> `sub%2Fb.png`, `sub__b.png` stays itself) and
+    ids never contain the `/` that candidate ids use as a separator.
+    """
+    relative = unicodedata.normalize("NFC", uri[len(root.rstrip("/")) + 1 :])
+    return relative.replace("%", "%25").replace("/", "%2F")
 
 
-def list_sources(storage: Storage, root: str, source_name: str) -> list[SourceRef]:
-    if root == "builtin:demo":
-        return [SourceRef(f"demo-{name}", "skimage", f"skimage://data/{name}") for name in DEMO_IMAGES]
-    uris = [uri for uri in storage.list(root) if uri.lower().endswith(IMAGE_SUFFIXES)]
-    if not uris:
-        raise FileNotFoundError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
-    return [SourceRef(image_id_for(root, uri), source_name, uri) for uri in uris]
+def check_unique_ids(refs: list[SourceRef]) -> None:
+    """Refuse a listing in which two files share an id (only Unicode-equivalent names can)."""
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for ref in refs:
+        by_id[ref.image_id].append(ref.uri)
+    clashes = {image_id: uris for image_id, uris in by_id.items() if len(uris) > 1}
+    if clashes:
+        listed = "; ".join(f"{image_id!r}: {uris}" for image_id, uris in sorted(clashes.items())[:20])
+        raise ImageIdClash(f"{len(clashes)} image id(s) shared by several source files, rename them: {listed}")
+
+
+class SourceError(UserError):
+    """The source folder or prefix is missing or holds no images."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a source holds: the images to ingest, the other files (skipped, reported), a fingerprint."""
+
+    images: list[SourceRef]
+    not_images: list[str]
+    fingerprint: str
+
+
+def listing_fingerprint(root: str, files: list[ObjectInfo]) -> str:
+    """Changes when a file is added, removed or replaced (size, S3 ETag or local mtime)."""
+    digest = hashlib.sha256()
+    for info in files:
+        digest.update(f"{info.uri[len(root.rstrip('/')) + 1:]}\t{info.size}\t{info.version}\n".encode())
+    return digest.hexdigest()
+
+
+def list_sources(storage: Storage, root: str, source_name: str) -> Listing:
+    if root == BUILTIN_DEMO:
+        refs = [SourceRef(f"demo-{name}", "skimage", f"skimage://data/{name}") for name in DEMO_IMAGES]
+        return Listing(refs, [], hashlib.sha256(" ".join(DEMO_IMAGES).encode()).hexdigest())
+    if not root:
+        raise SourceError(f"no --source given: pass a folder, an s3:// prefix, or {BUILTIN_DEMO} for the demo set")
+    if not root.startswith("s3://") and not os.path.isdir(root):
+        raise SourceError(f"{root}: no such folder (--source takes a folder, an s3:// prefix or {BUILTIN_DEMO})")
+    files = storage.list_info(root)
+    images = [info.uri for info in files if info.uri.lower().endswith(IMAGE_SUFFIXES)]
+    if not images:
+        raise SourceError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found among {len(files)} object(s)")
+    refs = [SourceRef(image_id_for(root, uri), source_name, uri) for uri in images]
+    check_unique_ids(refs)
+    not_images = [info.uri for info in files if not info.uri.lower().endswith(IMAGE_SUFFIXES)]
+    return Listing(refs, not_images, listing_fingerprint(root, files))
 
 
 def read_source(storage: Storage, ref: SourceRef) -> bytes:

@@ -23,6 +23,7 @@ import torch
 
 from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, code_version, fingerprint
+from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tree
 from clipdpo.train import checkpoint, dist, refcache
 from clipdpo.train.backends import DDPBackend, DeepSpeedBackend, frozen_reference
@@ -41,8 +42,12 @@ SUMMARY = "train_summary.json"
 _NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache")
 
 
-class OutputExists(RuntimeError):
+class OutputExists(UserError):
     pass
+
+
+class NoPairs(UserError, ValueError):
+    """The pairs artifact is empty: one line for the user, before any model is loaded."""
 
 
 def run(cfg: TrainConfig, input_uri: str, output_uri: str, *, overwrite: bool = False,
@@ -79,7 +84,7 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
 def open_pairs(storage: Storage, uri: str) -> Artifact:
     pairs = Artifact.open(storage, uri, kind="pairs")
     if pairs.manifest.rows == 0:
-        raise ValueError(f"{uri}: the pairs artifact holds 0 pairs: nothing to train (check the filter stage's "
+        raise NoPairs(f"{uri}: the pairs artifact holds 0 pairs: nothing to train (check the filter stage's "
                          "thresholds)")
     return pairs
 

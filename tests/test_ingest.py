@@ -1,0 +1,107 @@
+"""ingest under ordinary but hostile folders: ids, re-ingest after changes, bad files."""
+
+import io
+import json
+import unicodedata
+
+from PIL import Image
+
+from clipdpo.artifacts import Artifact
+from clipdpo.ingest.__main__ import main as ingest_main
+from clipdpo.storage import Storage
+
+
+def _png(path, color=(200, 10, 10), size=(8, 6)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+
+
+def _rows(uri):
+    artifact = Artifact.open(Storage(), uri, kind="images")
+    return [row for _, table in artifact.iter_shards(["image_id", "uri"]) for row in table.to_pylist()]
+
+
+def test_ids_are_unique_per_file_and_keep_extension(tmp_path):
+    src = tmp_path / "src"
+    for name in ("a.jpg", "a.png", "sub/b.png", "sub__b.png", "c.png"):
+        _png(src / name)
+    out = str(tmp_path / "out")
+    assert ingest_main(["--source", str(src), "--output", out]) == 0
+    rows = _rows(out)
+    ids = sorted(row["image_id"] for row in rows)
+    assert ids == ["a.jpg", "a.png", "c.png", "sub%2Fb.png", "sub__b.png"]
+    # Stable across machines: the id depends on the path below the source, not on where it lies.
+    other = tmp_path / "elsewhere" / "copy"
+    for name in ("a.jpg", "a.png", "sub/b.png", "sub__b.png", "c.png"):
+        _png(other / name)
+    out2 = str(tmp_path / "out2")
+    assert ingest_main(["--source", str(other), "--output", out2]) == 0
+    assert sorted(row["image_id"] for row in _rows(out2)) == ids
+
+
+def test_ids_that_cannot_be_unique_are_refused_with_the_clashes(tmp_path, capsys):
+    src = tmp_path / "src"
+    composed = unicodedata.normalize("NFC", "caf\u00e9.png")
+    decomposed = unicodedata.normalize("NFD", composed)
+    _png(src / composed)
+    _png(src / decomposed)
+    assert len(list(src.iterdir())) == 2  # Linux keeps both spellings as two files
+    code = ingest_main(["--source", str(src), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "image id(s) shared by several source files" in err and composed in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_reingest_after_adding_removing_or_replacing_images_reruns(tmp_path):
+    src = tmp_path / "src"
+    for name in ("a.png", "b.png"):
+        _png(src / name)
+    out = str(tmp_path / "out")
+    argv = ["--source", str(src), "--output", out, "--overwrite"]
+    assert ingest_main(argv) == 0
+    assert sorted(r["image_id"] for r in _rows(out)) == ["a.png", "b.png"]
+    _png(src / "d.png")
+    assert ingest_main(argv) == 0
+    assert sorted(r["image_id"] for r in _rows(out)) == ["a.png", "b.png", "d.png"]
+    (src / "a.png").unlink()
+    assert ingest_main(argv) == 0
+    assert sorted(r["image_id"] for r in _rows(out)) == ["b.png", "d.png"]
+    _png(src / "b.png", color=(0, 0, 255), size=(9, 5))  # replaced in place
+    assert ingest_main(argv) == 0
+    artifact = Artifact.open(Storage(), out)
+    sizes = {r["image_id"]: (r["width"], r["height"]) for _, t in artifact.iter_shards() for r in t.to_pylist()}
+    assert sizes == {"b.png": (9, 5), "d.png": (8, 6)}
+    # Without --overwrite, a changed folder is refused rather than silently kept.
+    _png(src / "e.png")
+    assert ingest_main(argv[:-1]) == 2
+
+
+def test_output_equal_to_or_inside_the_source_is_refused_before_anything_is_deleted(tmp_path, capsys):
+    src = tmp_path / "src"
+    _png(src / "a.png")
+    out = str(tmp_path / "out")
+    assert ingest_main(["--source", str(src), "--output", out]) == 0
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    for source, output in ((out, out), (out, out + "/inner"), (str(src), str(tmp_path))):
+        capsys.readouterr()
+        assert ingest_main(["--source", source, "--output", output, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "overlaps the input" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before
+    assert (src / "a.png").exists()
+
+
+def test_unreadable_and_non_image_files_are_counted_skipped_and_listed(tmp_path):
+    src = tmp_path / "src"
+    _png(src / "good.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (src / "notes.txt").write_text("not an image")
+    out = str(tmp_path / "out")
+    assert ingest_main(["--source", str(src), "--output", out]) == 0
+    stats = json.loads((tmp_path / "out" / "manifest.json").read_text())["stats"]
+    assert stats["images"] == 1
+    assert stats["images_failed"] == 1 and stats["failed_uris"] == [str(src / "broken.jpg")]
+    assert stats["not_images"] == 1 and stats["not_image_uris"] == [str(src / "notes.txt")]
