@@ -92,3 +92,45 @@ def test_two_stages_and_the_beta2_zero_ablation(tiny_llava, pairs_dir, tmp_path)
     assert_same_training_up_to_rounding(runs["text_only"], runs["clipdpo"], tiny_llava)
     summary = json.loads(storage.read_bytes(join(runs["povid"], "train_summary.json")))
     assert summary["config"]["method"] == "povid" and summary["steps"] == 6
+
+
+POVID_SETS = ["--set", "method=povid", "--set", "reference=model", "--set", "stage1_epochs=1", "--set",
+              "stage2_epochs=1"]  # with cli()'s settings: 3 steps per epoch, micro-batches of 2 pairs
+
+
+@pytest.fixture(scope="module")
+def povid_one_process(tiny_llava, pairs_dir, tmp_path_factory) -> str:
+    output = str(tmp_path_factory.mktemp("runs") / "povid-single")
+    result = cli(tiny_llava, pairs_dir, output, POVID_SETS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.mark.slow  # two CLI runs
+def test_povid_killed_in_stage_2_resumes_to_the_uninterrupted_result(tiny_llava, pairs_dir, povid_one_process,
+                                                                     tmp_path):
+    # Killed after step 5 (stage 2 runs steps 4-6; last checkpoint: step 4): the resumed run redoes step 5,
+    # regenerating its noisy answers from the restored weights and the (seed, step, pair) noise, so it is the
+    # same run (noisy_every = 1: no answer is reused, so none is lost with the process).
+    from test_train_e2e import assert_bit_identical_training
+
+    output = str(tmp_path / "killed")
+    killed = cli(tiny_llava, pairs_dir, output, POVID_SETS + ["--kill-after-step", "5"])
+    assert killed.returncode != 0 and "SIGKILL after step 5" in killed.stderr
+    resumed = cli(tiny_llava, pairs_dir, output, POVID_SETS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "(step 4)" in resumed.stderr
+    assert_bit_identical_training(output, povid_one_process)
+
+
+@pytest.mark.slow  # DeepSpeed on 2 processes
+def test_povid_noisy_path_under_zero3_on_two_processes_trains_like_one_process(tiny_llava, pairs_dir,
+                                                                               povid_one_process, tmp_path):
+    # The teacher-forced noisy answer is an ordinary forward of the ZeRO-3 policy (parameters gathered by
+    # DeepSpeed's hooks), the reference a ZeRO-3 inference engine; same micro-batches, same seeded noise.
+    output = str(tmp_path / "zero3")
+    result = cli(tiny_llava, pairs_dir, output, POVID_SETS + DEEPSPEED, nproc=2, env={"DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
+    assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2 and summary["steps"] == 6
+    assert_same_training_up_to_rounding(output, povid_one_process, tiny_llava)
