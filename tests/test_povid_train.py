@@ -92,6 +92,10 @@ def test_two_stages_and_the_beta2_zero_ablation(tiny_llava, pairs_dir, tmp_path)
     assert_same_training_up_to_rounding(runs["text_only"], runs["clipdpo"], tiny_llava)
     summary = json.loads(storage.read_bytes(join(runs["povid"], "train_summary.json")))
     assert summary["config"]["method"] == "povid" and summary["steps"] == 6
+    # stage 2: 3 steps x 8 pairs, each pair's noisy answer made once (noisy_every = 1, one process)
+    made = summary["povid_rank0"]
+    assert made["noisy_answers_made"] == 24 and made["noisy_answer_tokens"] > 24
+    assert 0 < made["noisy_tokens_changed_fraction"] <= 1
 
 
 POVID_SETS = ["--set", "method=povid", "--set", "reference=model", "--set", "stage1_epochs=1", "--set",

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from clipdpo.train.backends import model_logits
+from clipdpo.train.config import TrainConfig
 from clipdpo.train.logps import IGNORE_INDEX, sequence_logps
 from clipdpo.train.noise import add_diffusion_noise
 from clipdpo.train.objective import DPOObjective, Losses
@@ -62,6 +63,18 @@ class POVIDObjective:
     noisy_every: int
     seed: int
     answers: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)  # position -> (step, y_n tokens)
+    # this rank's noisy answers made: how many, their tokens, how many of those differ from the preferred answer's
+    made: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, text: DPOObjective, steps_per_epoch: int) -> "POVIDObjective":
+        return cls(text, steps_per_epoch * cfg.stage1_epochs, cfg.povid_alpha, cfg.povid_beta_1, cfg.povid_beta_2,
+                   cfg.noise_step, cfg.noisy_every, cfg.seed)
+
+    def summary(self) -> dict:
+        answers, tokens, changed = self.made
+        return {"noisy_answers_made": answers, "noisy_answer_tokens": tokens,
+                "noisy_tokens_changed_fraction": round(changed / tokens, 4) if tokens else None}
 
     def losses(self, forward: Callable[[dict], torch.Tensor], batch: dict, positions: np.ndarray,
                step: int = 0) -> Losses:
@@ -97,6 +110,9 @@ class POVIDObjective:
             logits = forward({"input_ids": chosen_ids, "attention_mask": noisy["attention_mask"],
                               "pixel_values": noisy["pixel_values"]})
         out = teacher_forced_answers(logits, chosen_ids.to(logits.device), noisy["labels"].to(logits.device))
+        mask = response.to(out.device)
+        self.made = [self.made[0] + n, self.made[1] + int(mask.sum()),
+                     self.made[2] + int((out != chosen_ids.to(out.device))[mask].sum())]
         for i, p in enumerate(positions):
             self.answers[int(p)] = (step, out[i][response[i].to(out.device)].cpu())
         return out.to(chosen_ids.device)

@@ -212,9 +212,7 @@ class TrainRun:
             reference = frozen_reference(load_model(model_dir, cfg), ctx, strategy, ds_config)
             run.objective = DPOObjective.from_config(cfg, reference_model=reference)
             if is_two_stage(cfg):
-                run.objective = POVIDObjective(run.objective, plan.steps_per_epoch * cfg.stage1_epochs, cfg.povid_alpha,
-                                               cfg.povid_beta_1, cfg.povid_beta_2, cfg.noise_step, cfg.noisy_every,
-                                               cfg.seed)
+                run.objective = POVIDObjective.from_config(cfg, run.objective, plan.steps_per_epoch)
         record = run.checkpoints.restore(backend)
         if record is not None:
             run.start_step, run.metrics = record["step"], record.get("metrics", [])
@@ -295,4 +293,5 @@ class TrainRun:
             "world_size": self.ctx.world_size, "reference_cache": self.reference_cache,
             "code_version": code_version(), "config": config_lib.to_dict(self.cfg), "data": self.index.summary(),
             "seconds": round(time.monotonic() - self.started, 2), "final": self.metrics[-1] if self.metrics else {},
+            **({"povid_rank0": self.objective.summary()} if isinstance(self.objective, POVIDObjective) else {}),
         }
