@@ -138,3 +138,16 @@ def test_povid_noisy_path_under_zero3_on_two_processes_trains_like_one_process(t
     summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
     assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2 and summary["steps"] == 6
     assert_same_training_up_to_rounding(output, povid_one_process, tiny_llava)
+
+
+@pytest.mark.slow  # two torchrun processes
+def test_povid_noisy_path_under_ddp_on_two_processes_trains_like_one_process(tiny_llava, pairs_dir,
+                                                                             povid_one_process, tmp_path):
+    # The gradient-free teacher-forced forward runs through the DDP wrapper on every rank alike (its buffer
+    # broadcast is a collective: the same count of forwards on each rank keeps them matched).
+    output = str(tmp_path / "ddp")
+    result = cli(tiny_llava, pairs_dir, output, POVID_SETS, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
+    assert summary["strategy"] == "ddp" and summary["world_size"] == 2 and summary["steps"] == 6
+    assert_same_training_up_to_rounding(output, povid_one_process, tiny_llava)
