@@ -55,7 +55,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from clipdpo.tiny import build_tiny_llava
+    from clipdpo.demo.models import build_tiny_llava
     from pairs_fixture import write_pairs
 
     work = Path(tempfile.mkdtemp(prefix="clipdpo-bench-povid-"))

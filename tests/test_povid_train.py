@@ -12,7 +12,7 @@ import torch
 
 from clipdpo import train
 from clipdpo.storage import Storage, join
-from clipdpo.tiny import build_tiny_llava
+from clipdpo.demo.models import build_tiny_llava
 from clipdpo.train.config import TrainConfig
 from clipdpo.train.logps import IGNORE_INDEX
 from clipdpo.train.povid import noised_images, teacher_forced_answers
