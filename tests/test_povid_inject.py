@@ -51,3 +51,24 @@ def test_unusable_injections_are_dropped_and_counted():
     assert validate(replies[4], ORIGINAL) == ("Three men sit in a small boat on the water.", "kept")
     with pytest.raises(ValueError, match="replies"):
         validate_all(replies, [ORIGINAL])
+
+
+@pytest.mark.slow  # two tiny models built and run
+def test_rewrite_runs_the_prompts_through_real_engines(tmp_path):
+    # The tiny models are untrained: their replies are noise, so this checks the round trip (both modalities,
+    # request order, every reply validated and counted), not the quality of the injections.
+    from PIL import Image
+
+    from clipdpo.demo.models import build_tiny_llava, build_tiny_llm
+    from clipdpo.engines import HFEngine, ModelSpec, Sampling
+    from clipdpo.generate.povid_rewrite import GroundTruth, rewrite
+
+    llm = HFEngine(ModelSpec("llm", build_tiny_llm(str(tmp_path / "llm")), engine="hf", device="cpu"), vision=False)
+    vlm = HFEngine(ModelSpec("vlm", build_tiny_llava(str(tmp_path / "vlm")), engine="hf", device="cpu"))
+    sampling = Sampling(temperature=0.0, max_new_tokens=8)
+    items = [GroundTruth("Describe this image.", ORIGINAL), GroundTruth("How many oars?", "Two.", "reasoning")]
+    for engine, image in ((llm, None), (vlm, Image.new("RGB", (32, 32), (200, 10, 10)))):
+        batch = [GroundTruth(i.question, i.answer, i.kind, image) for i in items]
+        injected, counts = rewrite(engine, batch, sampling)
+        assert len(injected) == 2 and counts.kept + sum(counts.dropped.values()) == 2
+        assert counts.kept == sum(x is not None for x in injected)

@@ -52,6 +52,8 @@ def test_povid_needs_a_reference_model_and_the_sigmoid_loss():
                                  per_device_batch_size=4), 1)
     with pytest.raises(ValueError, match="method"):
         TrainConfig(method="rlhf")
+    with pytest.raises(ValueError, match="stage1_epochs"):
+        TrainConfig(method="povid", epochs=3)
     with pytest.raises(ValueError, match="noise_step"):
         TrainConfig(noise_step=1000)
 

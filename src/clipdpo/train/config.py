@@ -91,6 +91,9 @@ class TrainConfig:
         for name in ("stage1_epochs", "stage2_epochs", "noisy_every"):
             if getattr(self, name) < (0 if name == "stage1_epochs" else 1):
                 raise ValueError(f"{name} must be >= {0 if name == 'stage1_epochs' else 1}, got {getattr(self, name)}")
+        if self.method != "clipdpo" and self.epochs != 1:
+            raise ValueError(f"method={self.method} trains stage1_epochs + stage2_epochs; epochs={self.epochs} would be "
+                             "ignored: leave it at 1")
         if not 0 <= self.noise_step < 1000:
             raise ValueError(f"noise_step must be in [0, 999] (Eq. 4's schedule has 1000 steps), got {self.noise_step}")
         if self.zero_stage not in (0, 1, 2, 3):
