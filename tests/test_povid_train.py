@@ -90,7 +90,7 @@ def test_two_stages_and_the_beta2_zero_ablation(tiny_llava, pairs_dir, tmp_path)
     assert all(a["loss"] != b["loss"] for a, b in zip(povid[3:], text_only[3:]))
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in povid)
     # beta_2 = 0 (alpha = beta_1 = beta) is stage-1-only training: the same run as DPO for both epochs, up to the
-    # rounding of alpha*c - beta_1*t against beta*(c - t) and of a 3n-row forward against a 2n-row one
+    # rounding of alpha*c - beta_1*t against beta*(c - t)
     assert_same_training_up_to_rounding(runs["text_only"], runs["clipdpo"], tiny_llava)
     summary = json.loads(storage.read_bytes(join(runs["povid"], "train_summary.json")))
     assert summary["config"]["method"] == "povid" and summary["steps"] == 6
@@ -98,10 +98,12 @@ def test_two_stages_and_the_beta2_zero_ablation(tiny_llava, pairs_dir, tmp_path)
     made = summary["povid_rank0"]
     assert made["noisy_answers_made"] == 24 and made["noisy_answer_tokens"] > 24
     assert 0 < made["noisy_tokens_changed_fraction"] <= 1
+    assert json.loads(storage.read_bytes(join(runs["text_only"], "train_summary.json")))["povid_rank0"][
+        "noisy_answers_made"] == 0  # beta_2 = 0: nothing generated
 
 
-POVID_SETS = ["--set", "method=povid", "--set", "reference=model", "--set", "stage1_epochs=1", "--set",
-              "stage2_epochs=1"]  # with cli()'s settings: 3 steps per epoch, micro-batches of 2 pairs
+POVID_SETS = ["--set", "epochs=1", "--set", "method=povid", "--set", "reference=model", "--set", "stage1_epochs=1",
+              "--set", "stage2_epochs=1"]  # with cli()'s settings: 3 steps per epoch, micro-batches of 2 pairs
 
 
 @pytest.fixture(scope="module")

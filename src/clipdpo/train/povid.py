@@ -80,21 +80,28 @@ class POVIDObjective:
                step: int = 0) -> Losses:
         if step < self.stage2_start:
             return self.text.losses(forward, batch, positions, step)
-        n = len(positions)
-        noisy = {"pixel_values": noised_images(batch["pixel_values"][:n], positions, step, self.noise_step, self.seed),
-                 "attention_mask": batch["attention_mask"][:n], "labels": batch["labels"][:n]}
-        noisy["input_ids"] = self._noisy_answers(forward, batch, noisy, positions, step)
-        noisy["labels"] = torch.where(noisy["labels"] != IGNORE_INDEX, noisy["input_ids"], noisy["labels"])
-        joint = {key: torch.cat([batch[key], noisy[key]]) for key in ("input_ids", "attention_mask", "labels",
-                                                                      "pixel_values")}
+        n, joint = len(positions), batch
+        if self.beta_2:  # beta_2 = 0 (the ablation): no noisy term, nothing to generate
+            noisy = self._noisy_rows(forward, batch, positions, step)
+            joint = {key: torch.cat([batch[key], noisy[key]]) for key in ("input_ids", "attention_mask", "labels",
+                                                                          "pixel_values")}
         labels = joint["labels"].to(batch["input_ids"].device)
         policy, _, _ = sequence_logps(forward(joint), labels)
         with torch.no_grad():
             reference, _, _ = sequence_logps(model_logits(self.text.reference_model, joint, labels.device,
                                                           self.text.model_dtype), labels)
         ratios = policy - reference.to(policy.dtype)
-        return povid_loss(ratios[:n], ratios[n:2 * n], ratios[2 * n:], alpha=self.alpha, beta_1=self.beta_1,
-                          beta_2=self.beta_2)
+        return povid_loss(ratios[:n], ratios[n:2 * n], ratios[2 * n:] if self.beta_2 else None, alpha=self.alpha,
+                          beta_1=self.beta_1, beta_2=self.beta_2)
+
+    def _noisy_rows(self, forward, batch: dict, positions: np.ndarray, step: int) -> dict:
+        """The batch rows of (noised image, y_n): the chosen rows' prompt and layout, y_n's tokens as labels."""
+        n = len(positions)
+        noisy = {"pixel_values": noised_images(batch["pixel_values"][:n], positions, step, self.noise_step, self.seed),
+                 "attention_mask": batch["attention_mask"][:n], "labels": batch["labels"][:n]}
+        noisy["input_ids"] = self._noisy_answers(forward, batch, noisy, positions, step)
+        noisy["labels"] = torch.where(noisy["labels"] != IGNORE_INDEX, noisy["input_ids"], noisy["labels"])
+        return noisy
 
     def _noisy_answers(self, forward, batch: dict, noisy: dict, positions: np.ndarray, step: int) -> torch.Tensor:
         """y_n of each pair (input ids on the chosen rows' layout): reused while younger than noisy_every steps."""
