@@ -54,7 +54,8 @@ def test_noise_is_deterministic_given_the_seed_and_leaves_the_global_rng_alone()
     a, b, c = add_diffusion_noise(x, 500, seed=11), add_diffusion_noise(x, 500, seed=11), add_diffusion_noise(x, 500, 12)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(state, torch.get_rng_state())
-    # x = 0: the output is sqrt(1 - 0.744799) * eps = 0.505174 * eps, eps ~ N(0, 1): std within 15% over 96 draws
+    # x = 0: the output is sqrt(1 - 0.744799) * eps = 0.505174 * eps with eps ~ N(0, 1). The sample std of 96
+    # draws has a relative spread of 1/sqrt(2 * 95) = 7%: 30% is > 4 spreads (and the seeded draw is fixed anyway)
     assert float(a.std()) == pytest.approx(0.505, rel=0.3)
 
 
