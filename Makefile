@@ -95,6 +95,7 @@ bench: $(STAMP) nlp-data
 	$(PY) benchmarks/bench_filter.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_score.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_train.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_povid.py
 	CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) benchmarks/bench_amber.py
 
 clean:

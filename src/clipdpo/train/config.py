@@ -31,6 +31,18 @@ class TrainConfig:
     label_smoothing: float = 0.0  # > 0 with sigmoid = cDPO (the paper's 0.1)
     reference: str = "precompute"  # precompute (one pass, cached on S3) | model (frozen copy each step)
 
+    # method: clipdpo = DPO on the pairs for `epochs`; povid | both = POVID's two stages as one run (the
+    # pairs hold POVID's text dispreferences, or CLIP-DPO pairs plus them for both): stage 1 DPO on the
+    # pairs for stage1_epochs, stage 2 Eq. 5 with noisy-image rejections for stage2_epochs (`epochs` unused)
+    method: str = "clipdpo"
+    stage1_epochs: int = 3  # the paper's Sec. 4.1: 3 epochs, then 1
+    stage2_epochs: int = 1
+    povid_alpha: float = 0.1  # Eq. 5's weights (the paper does not state them; DPO's beta as default)
+    povid_beta_1: float = 0.1  # text dispreference
+    povid_beta_2: float = 0.1  # noisy-image dispreference; 0 = stage 2 is text-only DPO
+    noise_step: int = 500  # Eq. 4's k (Table 5), 0..999
+    noisy_every: int = 1  # regenerate a pair's noisy-image rejection when older than this many steps
+
     # optimisation
     learning_rate: float = 5e-7
     warmup_ratio: float = 0.01
@@ -68,6 +80,7 @@ class TrainConfig:
             "on_bad_pair": ("skip", "error"),
             "strategy": ("auto", "ddp", "deepspeed"),
             "dtype": ("auto", "float32", "bfloat16", "float16"),
+            "method": ("clipdpo", "povid", "both"),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -75,8 +88,25 @@ class TrainConfig:
         for name in ("global_batch_size", "per_device_batch_size", "epochs", "max_length", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("stage1_epochs", "stage2_epochs", "noisy_every"):
+            if getattr(self, name) < (0 if name == "stage1_epochs" else 1):
+                raise ValueError(f"{name} must be >= {0 if name == 'stage1_epochs' else 1}, got {getattr(self, name)}")
+        if self.method != "clipdpo" and self.epochs != 1:
+            raise ValueError(f"method={self.method} trains stage1_epochs + stage2_epochs; epochs={self.epochs} would be "
+                             "ignored: leave it at 1")
+        if not 0 <= self.noise_step < 1000:
+            raise ValueError(f"noise_step must be in [0, 999] (Eq. 4's schedule has 1000 steps), got {self.noise_step}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
+
+
+def is_two_stage(cfg: TrainConfig) -> bool:
+    return cfg.method in ("povid", "both")
+
+
+def run_epochs(cfg: TrainConfig) -> int:
+    """Epochs of the whole run: both POVID stages, or `epochs`."""
+    return cfg.stage1_epochs + cfg.stage2_epochs if is_two_stage(cfg) else cfg.epochs
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:

@@ -42,8 +42,10 @@ class DPOObjective:
     def uses_means(self) -> bool:
         return uses_mean_logps(self.loss_type)
 
-    def losses(self, forward: Callable[[dict], torch.Tensor], batch: dict, positions: np.ndarray) -> Losses:
-        """Losses and rewards of the pairs at index `positions`, whose concatenated batch is `batch`."""
+    def losses(self, forward: Callable[[dict], torch.Tensor], batch: dict, positions: np.ndarray,
+               step: int = 0) -> Losses:
+        """Losses and rewards of the pairs at index `positions`, whose concatenated batch is `batch`
+        (at optimizer step `step`, which only objectives with a schedule use)."""
         logits = forward(batch)
         labels = batch["labels"].to(logits.device)
         sums, means, _ = sequence_logps(logits, labels)

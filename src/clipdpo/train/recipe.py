@@ -28,11 +28,12 @@ from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tre
 from clipdpo.train import checkpoint, dist, refcache
 from clipdpo.train.backends import DDPBackend, DeepSpeedBackend, frozen_reference
 from clipdpo.train.callbacks import METRICS, CheckpointCallback, MetricsCallback, StepStats, jsonl, metrics_row
-from clipdpo.train.config import TrainConfig, accumulation_steps
+from clipdpo.train.config import TrainConfig, accumulation_steps, is_two_stage, run_epochs
 from clipdpo.train.data import PairIndex, PairStore, build_index, epoch_order, prefetch, rank_micro_batches
 from clipdpo.train.encode import PairEncoder
 from clipdpo.train.model import load_model, load_processor, model_signature, prepare_policy, save_hf
 from clipdpo.train.objective import DPOObjective
+from clipdpo.train.povid import POVIDObjective
 from clipdpo.train.schedule import StepPlan, warmup_steps
 
 log = logging.getLogger("clipdpo.train")
@@ -76,6 +77,10 @@ def run(cfg: TrainConfig, input_uri: str, output_uri: str, *, overwrite: bool = 
 def check_config(cfg: TrainConfig, world_size: int) -> None:
     """Refuse settings that cannot work together, before any data or model is read."""
     accumulation_steps(cfg, world_size)  # the global batch must split over this world size
+    if is_two_stage(cfg) and (cfg.reference != "model" or cfg.loss_type != "sigmoid"):
+        raise ValueError(f"method={cfg.method} needs reference=model (the noisy-image rejections change as the policy "
+                         "trains, so their reference log-probs cannot be precomputed) and loss_type=sigmoid (Eq. 5); "
+                         f"got reference={cfg.reference}, loss_type={cfg.loss_type}")
     if dist.resolve_strategy(cfg) == "deepspeed" and cfg.zero_stage == 3 and cfg.finetune == "lora":
         raise ValueError("finetune=lora with DeepSpeed zero_stage=3 is not supported (the adapter cannot be saved "
                          "from partitioned weights); LoRA weights are small: use zero_stage=2")
@@ -120,14 +125,14 @@ def plan_steps(cfg: TrainConfig, good_pairs: int, world_size: int, pairs_uri: st
     if steps_per_epoch == 0:
         raise ValueError(f"{pairs_uri}: {good_pairs} good pairs, fewer than global_batch_size "
                          f"{cfg.global_batch_size}: nothing to train")
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = steps_per_epoch * run_epochs(cfg)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     plan = StepPlan(steps_per_epoch, total_steps, warmup_steps(total_steps, cfg.warmup_ratio),
                     accumulation_steps(cfg, world_size))
     log.info("%d good pairs -> %d step(s)/epoch x %d epoch(s) = %d steps (global batch %d = %d per device x %d "
              "accumulation x %d ranks; %d pair(s) per epoch beyond the last full batch are not used)",
-             good_pairs, steps_per_epoch, cfg.epochs, total_steps, cfg.global_batch_size, cfg.per_device_batch_size,
+             good_pairs, steps_per_epoch, run_epochs(cfg), total_steps, cfg.global_batch_size, cfg.per_device_batch_size,
              plan.accumulation, world_size, good_pairs - steps_per_epoch * cfg.global_batch_size)
     return plan
 
@@ -178,7 +183,7 @@ class TrainRun:
     backend: Any
     checkpoints: checkpoint.Checkpoints
     started: float
-    objective: DPOObjective | None = None
+    objective: DPOObjective | POVIDObjective | None = None
     reference_cache: str = ""  # the reference log-probs' URI (reference="precompute")
     start_step: int = 0
     metrics: list[dict] = field(default_factory=list)
@@ -211,6 +216,8 @@ class TrainRun:
         else:
             reference = frozen_reference(load_model(model_dir, cfg), ctx, strategy, ds_config)
             run.objective = DPOObjective.from_config(cfg, reference_model=reference)
+            if is_two_stage(cfg):
+                run.objective = POVIDObjective.from_config(cfg, run.objective, plan.steps_per_epoch)
         record = run.checkpoints.restore(backend)
         if record is not None:
             run.start_step, run.metrics = record["step"], record.get("metrics", [])
@@ -253,7 +260,7 @@ class TrainRun:
             batch = {k: v.to(self.ctx.device) for k, v in cpu_batch.items()}
             with self.backend.micro_step(last=m == last):
                 losses, chosen_rewards, rejected_rewards = self.objective.losses(self.backend.forward, batch,
-                                                                                 positions)
+                                                                                 positions, step)
                 self.backend.backward(losses.mean())
             stats.add(losses, chosen_rewards, rejected_rewards, int(batch["attention_mask"].sum()))
             if m < last:
@@ -291,4 +298,5 @@ class TrainRun:
             "world_size": self.ctx.world_size, "reference_cache": self.reference_cache,
             "code_version": code_version(), "config": config_lib.to_dict(self.cfg), "data": self.index.summary(),
             "seconds": round(time.monotonic() - self.started, 2), "final": self.metrics[-1] if self.metrics else {},
+            **({"povid_rank0": self.objective.summary()} if isinstance(self.objective, POVIDObjective) else {}),
         }

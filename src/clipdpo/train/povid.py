@@ -1,0 +1,125 @@
+"""POVID's objective (Eq. 5): DPO on the pairs' text dispreferences, plus the policy's own answers on a
+diffusion-noised image (Eq. 4) as a second dispreferred response, scored on that noised image by the
+policy and the reference alike.
+
+The noisy-image rejection y_n follows the paper (Sec. 3.2): token i is the argmax of
+pi_theta(. | x_n, y_w,<i), i.e. one teacher-forced, gradient-free forward of the current policy on
+(noised image, preferred answer), not an autoregressive generate. That is also why it works
+unchanged under ZeRO-3: it is an ordinary forward, so DeepSpeed's hooks gather each sharded layer as
+in training, and every rank runs exactly one such forward per micro-batch (an autoregressive generate
+would stop at different lengths on different ranks and hang the parameter gathers unless run with
+synced_gpus). The policy, not the unsharded reference, generates: Eq. 5's y_n is the *current*
+policy's hallucination, which the paper regenerates during training because it moves as the policy
+trains; the reference's would be fixed, i.e. precomputable data.
+
+Stage 1 (the first stage1_epochs) is plain DPO on the pairs; stage 2 is Eq. 5. A pair's y_n is reused
+until it is `noisy_every` steps old (1 = on-policy every step). The noise of pair p at step s is seeded
+by (seed, s, p), so every rank and a resumed run draw the same noised image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from clipdpo.train.backends import model_logits
+from clipdpo.train.config import TrainConfig
+from clipdpo.train.logps import IGNORE_INDEX, sequence_logps
+from clipdpo.train.noise import add_diffusion_noise
+from clipdpo.train.objective import DPOObjective, Losses
+from clipdpo.train.povid_loss import povid_loss
+
+
+def noise_seed(seed: int, step: int, position: int) -> int:
+    return int(np.random.SeedSequence([seed, step, int(position)]).generate_state(1)[0])
+
+
+def noised_images(pixel_values: torch.Tensor, positions: np.ndarray, step: int, k: int, seed: int) -> torch.Tensor:
+    """Eq. 4 on each pair's image (one per row of `pixel_values`), seeded by (seed, step, position)."""
+    rows = [add_diffusion_noise(pixel_values[i].cpu(), k, noise_seed(seed, step, p)) for i, p in enumerate(positions)]
+    return torch.stack(rows).to(pixel_values.device)
+
+
+def teacher_forced_answers(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """input_ids with every response token t replaced by argmax logits[t - 1]: the model's own choice after the
+    preferred answer's prefix (Sec. 3.2). Prompt, image and padding tokens are kept."""
+    predicted = torch.cat([input_ids[:, :1], logits[:, :-1].argmax(-1)], dim=1)
+    return torch.where(labels != IGNORE_INDEX, predicted, input_ids)
+
+
+@dataclass
+class POVIDObjective:
+    """Stage 1: `text` (DPO on the pairs). Stage 2 (from step `stage2_start`): Eq. 5."""
+
+    text: DPOObjective  # needs a reference model: y_n changes, so its reference log-probs cannot be cached
+    stage2_start: int
+    alpha: float
+    beta_1: float
+    beta_2: float
+    noise_step: int
+    noisy_every: int
+    seed: int
+    answers: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)  # position -> (step, y_n tokens)
+    # this rank's noisy answers made: how many, their tokens, how many of those differ from the preferred answer's
+    made: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, text: DPOObjective, steps_per_epoch: int) -> "POVIDObjective":
+        return cls(text, steps_per_epoch * cfg.stage1_epochs, cfg.povid_alpha, cfg.povid_beta_1, cfg.povid_beta_2,
+                   cfg.noise_step, cfg.noisy_every, cfg.seed)
+
+    def summary(self) -> dict:
+        answers, tokens, changed = self.made
+        return {"noisy_answers_made": answers, "noisy_answer_tokens": tokens,
+                "noisy_tokens_changed_fraction": round(changed / tokens, 4) if tokens else None}
+
+    def losses(self, forward: Callable[[dict], torch.Tensor], batch: dict, positions: np.ndarray,
+               step: int = 0) -> Losses:
+        if step < self.stage2_start:
+            return self.text.losses(forward, batch, positions, step)
+        n, joint = len(positions), batch
+        if self.beta_2:  # beta_2 = 0 (the ablation): no noisy term, nothing to generate
+            noisy = self._noisy_rows(forward, batch, positions, step)
+            joint = {key: torch.cat([batch[key], noisy[key]]) for key in ("input_ids", "attention_mask", "labels",
+                                                                          "pixel_values")}
+        labels = joint["labels"].to(batch["input_ids"].device)
+        policy, _, _ = sequence_logps(forward(joint), labels)
+        with torch.no_grad():
+            reference, _, _ = sequence_logps(model_logits(self.text.reference_model, joint, labels.device,
+                                                          self.text.model_dtype), labels)
+        ratios = policy - reference.to(policy.dtype)
+        return povid_loss(ratios[:n], ratios[n:2 * n], ratios[2 * n:] if self.beta_2 else None, alpha=self.alpha,
+                          beta_1=self.beta_1, beta_2=self.beta_2)
+
+    def _noisy_rows(self, forward, batch: dict, positions: np.ndarray, step: int) -> dict:
+        """The batch rows of (noised image, y_n): the chosen rows' prompt and layout, y_n's tokens as labels."""
+        n = len(positions)
+        noisy = {"pixel_values": noised_images(batch["pixel_values"][:n], positions, step, self.noise_step, self.seed),
+                 "attention_mask": batch["attention_mask"][:n], "labels": batch["labels"][:n]}
+        noisy["input_ids"] = self._noisy_answers(forward, batch, noisy, positions, step)
+        noisy["labels"] = torch.where(noisy["labels"] != IGNORE_INDEX, noisy["input_ids"], noisy["labels"])
+        return noisy
+
+    def _noisy_answers(self, forward, batch: dict, noisy: dict, positions: np.ndarray, step: int) -> torch.Tensor:
+        """y_n of each pair (input ids on the chosen rows' layout): reused while younger than noisy_every steps."""
+        n, chosen_ids = len(positions), batch["input_ids"][:len(positions)]
+        response = noisy["labels"] != IGNORE_INDEX
+        cached = [self.answers.get(int(p)) for p in positions]
+        if all(c is not None and step - c[0] < self.noisy_every for c in cached):
+            out = chosen_ids.clone()
+            for i in range(n):
+                out[i][response[i]] = cached[i][1].to(out.device)
+            return out
+        with torch.no_grad():
+            logits = forward({"input_ids": chosen_ids, "attention_mask": noisy["attention_mask"],
+                              "pixel_values": noisy["pixel_values"]})
+        out = teacher_forced_answers(logits, chosen_ids.to(logits.device), noisy["labels"].to(logits.device))
+        mask = response.to(out.device)
+        self.made = [self.made[0] + n, self.made[1] + int(mask.sum()),
+                     self.made[2] + int((out != chosen_ids.to(out.device))[mask].sum())]
+        for i, p in enumerate(positions):
+            self.answers[int(p)] = (step, out[i][response[i].to(out.device)].cpu())
+        return out.to(chosen_ids.device)

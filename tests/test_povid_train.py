@@ -1,0 +1,157 @@
+"""POVID in the train stage (#15): noisy-image rejections, the two-stage schedule, the beta_2 = 0 ablation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from clipdpo import train
+from clipdpo.storage import Storage, join
+from clipdpo.demo.models import build_tiny_llava
+from clipdpo.train.config import TrainConfig
+from clipdpo.train.logps import IGNORE_INDEX
+from clipdpo.train.povid import noised_images, teacher_forced_answers
+from clipdpo.train.recipe import check_config
+
+sys.path.insert(0, os.path.dirname(__file__))
+from pairs_fixture import write_pairs  # noqa: E402
+from test_train_e2e import DEEPSPEED, assert_same_training_up_to_rounding, cli, metrics  # noqa: E402
+
+
+def test_teacher_forced_answer_is_the_argmax_after_the_preferred_prefix():
+    # sequence: [prompt 5, prompt 6, answer 7, answer 8, pad 0]; vocabulary of 10
+    # logits at t = 1 argmax 3 -> replaces the answer token at t = 2; at t = 2 argmax 9 -> replaces t = 3;
+    # the prompt (t = 0, 1) and the padding (t = 4) keep their ids whatever the logits say
+    input_ids = torch.tensor([[5, 6, 7, 8, 0]])
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 7, 8, IGNORE_INDEX]])
+    logits = torch.zeros(1, 5, 10)
+    for t, best in enumerate([1, 3, 9, 2, 4]):
+        logits[0, t, best] = 1.0
+    assert teacher_forced_answers(logits, input_ids, labels).tolist() == [[5, 6, 3, 9, 0]]
+
+
+def test_noised_images_are_seeded_by_run_step_and_pair():
+    pixels = torch.zeros(2, 3, 4, 4)
+    a = noised_images(pixels, np.array([3, 4]), step=5, k=500, seed=7)
+    assert torch.equal(a, noised_images(pixels, np.array([3, 4]), step=5, k=500, seed=7))
+    assert not torch.equal(a[0], a[1])  # two pairs, two draws
+    assert not torch.equal(a, noised_images(pixels, np.array([3, 4]), step=6, k=500, seed=7))
+    assert torch.equal(a[1], noised_images(pixels[:1], np.array([4]), step=5, k=500, seed=7)[0])  # batch-independent
+
+
+def test_povid_needs_a_reference_model_and_the_sigmoid_loss():
+    with pytest.raises(ValueError, match="reference=model"):
+        check_config(TrainConfig(method="povid", global_batch_size=8, per_device_batch_size=4), 1)
+    with pytest.raises(ValueError, match="loss_type=sigmoid"):
+        check_config(TrainConfig(method="both", reference="model", loss_type="ipo", global_batch_size=8,
+                                 per_device_batch_size=4), 1)
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig(method="rlhf")
+    with pytest.raises(ValueError, match="stage1_epochs"):
+        TrainConfig(method="povid", epochs=3)
+    with pytest.raises(ValueError, match="noise_step"):
+        TrainConfig(noise_step=1000)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory) -> str:
+    return build_tiny_llava(str(tmp_path_factory.mktemp("models") / "tiny-llava"))
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory) -> str:
+    return write_pairs(str(tmp_path_factory.mktemp("data")), n_pairs=24, n_shards=2)
+
+
+def povid_config(model: str, **overrides) -> TrainConfig:
+    values = dict(model=model, learning_rate=5e-3, global_batch_size=8, per_device_batch_size=4, max_length=64,
+                  warmup_ratio=0.0, save_steps=2, seed=7, reference="model", method="povid", stage1_epochs=1,
+                  stage2_epochs=1, povid_alpha=0.1, povid_beta_1=0.1, povid_beta_2=0.1, noise_step=500)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.mark.slow  # three training runs on the tiny LLaVA: ~40 s
+def test_two_stages_and_the_beta2_zero_ablation(tiny_llava, pairs_dir, tmp_path):
+    storage = Storage()
+    runs = {name: str(tmp_path / name) for name in ("povid", "text_only", "clipdpo")}
+    train.run(povid_config(tiny_llava), pairs_dir, runs["povid"])
+    train.run(povid_config(tiny_llava, povid_beta_2=0.0), pairs_dir, runs["text_only"])
+    train.run(povid_config(tiny_llava, method="clipdpo", epochs=2), pairs_dir, runs["clipdpo"])
+    povid, text_only = metrics(storage, runs["povid"]), metrics(storage, runs["text_only"])
+    assert [r["step"] for r in povid] == list(range(1, 7))  # 24 pairs // 8 = 3 steps x (1 + 1) stage epochs
+    # stage 1 is the same DPO in both runs (the same operations: bit-identical); stage 2 adds the noisy term
+    assert [r["loss"] for r in povid[:3]] == [r["loss"] for r in text_only[:3]]
+    assert all(a["loss"] != b["loss"] for a, b in zip(povid[3:], text_only[3:]))
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in povid)
+    # beta_2 = 0 (alpha = beta_1 = beta) is stage-1-only training: the same run as DPO for both epochs, up to the
+    # rounding of alpha*c - beta_1*t against beta*(c - t)
+    assert_same_training_up_to_rounding(runs["text_only"], runs["clipdpo"], tiny_llava)
+    summary = json.loads(storage.read_bytes(join(runs["povid"], "train_summary.json")))
+    assert summary["config"]["method"] == "povid" and summary["steps"] == 6
+    # stage 2: 3 steps x 8 pairs, each pair's noisy answer made once (noisy_every = 1, one process)
+    made = summary["povid_rank0"]
+    assert made["noisy_answers_made"] == 24 and made["noisy_answer_tokens"] > 24
+    assert 0 < made["noisy_tokens_changed_fraction"] <= 1
+    assert json.loads(storage.read_bytes(join(runs["text_only"], "train_summary.json")))["povid_rank0"][
+        "noisy_answers_made"] == 0  # beta_2 = 0: nothing generated
+
+
+POVID_SETS = ["--set", "epochs=1", "--set", "method=povid", "--set", "reference=model", "--set", "stage1_epochs=1",
+              "--set", "stage2_epochs=1"]  # with cli()'s settings: 3 steps per epoch, micro-batches of 2 pairs
+
+
+@pytest.fixture(scope="module")
+def povid_one_process(tiny_llava, pairs_dir, tmp_path_factory) -> str:
+    output = str(tmp_path_factory.mktemp("runs") / "povid-single")
+    result = cli(tiny_llava, pairs_dir, output, POVID_SETS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.mark.slow  # two CLI runs
+def test_povid_killed_in_stage_2_resumes_to_the_uninterrupted_result(tiny_llava, pairs_dir, povid_one_process,
+                                                                     tmp_path):
+    # Killed after step 5 (stage 2 runs steps 4-6; last checkpoint: step 4): the resumed run redoes step 5,
+    # regenerating its noisy answers from the restored weights and the (seed, step, pair) noise, so it is the
+    # same run (noisy_every = 1: no answer is reused, so none is lost with the process).
+    from test_train_e2e import assert_bit_identical_training
+
+    output = str(tmp_path / "killed")
+    killed = cli(tiny_llava, pairs_dir, output, POVID_SETS + ["--kill-after-step", "5"])
+    assert killed.returncode != 0 and "SIGKILL after step 5" in killed.stderr
+    resumed = cli(tiny_llava, pairs_dir, output, POVID_SETS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "(step 4)" in resumed.stderr
+    assert_bit_identical_training(output, povid_one_process)
+
+
+@pytest.mark.slow  # DeepSpeed on 2 processes
+def test_povid_noisy_path_under_zero3_on_two_processes_trains_like_one_process(tiny_llava, pairs_dir,
+                                                                               povid_one_process, tmp_path):
+    # The teacher-forced noisy answer is an ordinary forward of the ZeRO-3 policy (parameters gathered by
+    # DeepSpeed's hooks), the reference a ZeRO-3 inference engine; same micro-batches, same seeded noise.
+    output = str(tmp_path / "zero3")
+    result = cli(tiny_llava, pairs_dir, output, POVID_SETS + DEEPSPEED, nproc=2, env={"DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
+    assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2 and summary["steps"] == 6
+    assert_same_training_up_to_rounding(output, povid_one_process, tiny_llava)
+
+
+@pytest.mark.slow  # two torchrun processes
+def test_povid_noisy_path_under_ddp_on_two_processes_trains_like_one_process(tiny_llava, pairs_dir,
+                                                                             povid_one_process, tmp_path):
+    # The gradient-free teacher-forced forward runs through the DDP wrapper on every rank alike (its buffer
+    # broadcast is a collective: the same count of forwards on each rank keeps them matched).
+    output = str(tmp_path / "ddp")
+    result = cli(tiny_llava, pairs_dir, output, POVID_SETS, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
+    assert summary["strategy"] == "ddp" and summary["world_size"] == 2 and summary["steps"] == 6
+    assert_same_training_up_to_rounding(output, povid_one_process, tiny_llava)
