@@ -86,3 +86,36 @@ def test_folder_is_ingestable_with_truth(tmp_path):
     assert Image.open(tmp_path / "images" / f"{items[0].image_id}.png").size == (scene.SIZE, scene.SIZE)
     with pytest.raises(FileExistsError):
         data.write_folder(folder, items)
+
+
+def test_benchmark_in_amber_layout_scores_truth_and_partner_captions(tmp_path, nlp):
+    """The real AMBER scorer on the world benchmark: correct captions score CHAIR 0 / Cover 100, captions naming
+    an absent partner are hallucinations (and Cog hits), right Yes/No answers give F1 100."""
+    import json
+
+    from clipdpo.evaluate import amber
+    from clipdpo.world import benchmark
+
+    items = data.scenes(5, "heldout", 40)
+    config = benchmark.write(str(tmp_path / "bench"), items, seed=5)
+    bench = amber.load(config["amber"]["root"])
+    generative = [a for a in bench.annotations if a["type"] == "generative"]
+    assert len(generative) == len(items)
+    queries = json.loads((tmp_path / "bench/AMBER/data/query/query_all.json").read_text())
+    assert all((tmp_path / "bench/AMBER/image" / q["image"]).exists() for q in queries)
+    right = {a["id"]: ("Yes" if a["truth"] == "yes" else "No") for a in bench.annotations if a["type"] != "generative"}
+    correct = amber.evaluate(bench, {**{i + 1: language.caption(s) for i, s in enumerate(items)}, **right}, nlp)
+    assert correct["generative"]["chair"] == 0 and correct["generative"]["cover"] == 100.0
+    assert correct["generative"]["hal"] == 0 and correct["discriminative"]["f1"] == 100.0
+    assert {"state", "number", "relation", "existence"} <= set(correct)
+    rng = np.random.default_rng(0)
+    biased = {i + 1: (language.with_partner(s, rng) or (language.caption(s),))[0] for i, s in enumerate(items)}
+    tempted = sum(bool(s.absent_partners) for s in items)
+    wrong = amber.evaluate(bench, {**biased, **right}, nlp)
+    assert wrong["generative"]["hal"] == round(100 * tempted / len(items), 1)
+    assert wrong["generative"]["cog"] > 0 and wrong["generative"]["cover"] == 100.0
+    pope = [json.loads(line) for line in (tmp_path / "bench/pope/questions.jsonl").read_text().splitlines()]
+    assert {r["category"] for r in pope} == {"random", "adversarial"}
+    assert sum(r["answer"] == "yes" for r in pope) == sum(r["answer"] == "no" for r in pope)
+    classes = json.loads((tmp_path / "bench/zero-shot/classes.json").read_text())
+    assert all((tmp_path / "bench/zero-shot" / c).is_dir() for c in classes)

@@ -110,3 +110,18 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, st
         out.append(("relation", relation_question(a.kind, b.kind) if ask_true else relation_question(b.kind, a.kind),
                     "Yes" if ask_true else "No"))
     return out
+
+
+def category_descriptions(per_category: int = 10, seed: int = 12345) -> dict[str, list[str]]:
+    """Ten descriptions per image category of Sec. 4.2, in the world's language: the correct captions of
+    the first scenes of each category of a fixed draw. The score stage's prototypes come from these."""
+    from clipdpo.world.scene import sample_scene
+
+    out: dict[str, list[str]] = {"text": [], "people": [], "objects": [], "scenes": []}
+    index = 0
+    while any(len(texts) < per_category for texts in out.values()):
+        scene = sample_scene(seed, "train", index)
+        if len(out[scene.category]) < per_category:
+            out[scene.category].append(caption(scene))
+        index += 1
+    return out
