@@ -119,3 +119,46 @@ def test_benchmark_in_amber_layout_scores_truth_and_partner_captions(tmp_path, n
     assert sum(r["answer"] == "yes" for r in pope) == sum(r["answer"] == "no" for r in pope)
     classes = json.loads((tmp_path / "bench/zero-shot/classes.json").read_text())
     assert all((tmp_path / "bench/zero-shot" / c).is_dir() for c in classes)
+
+
+def _tiny_world(**overrides):
+    from clipdpo.world.build import WorldConfig
+    from clipdpo.world.clip import ClipConfig
+    from clipdpo.world.lvlm import LvlmConfig
+
+    fields = {"train_images": 64, "heldout_images": 24, "pool_images": 6, "clip": ClipConfig(steps=3, batch_size=16),
+              "lvlm": LvlmConfig(steps=2, batch_size=4)}
+    return WorldConfig(**{**fields, **overrides})
+
+
+def test_world_clip_tower_is_the_llava_vision_tower_exactly(tmp_path):
+    """open_clip's image tower converted to transformers' CLIPVisionModel gives the same image embedding."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    from clipdpo.world import clip, tower
+
+    torch.set_num_threads(1)
+    cfg = _tiny_world().clip
+    model, preprocess, _ = clip.train(data.scenes(0, "train", 16), str(tmp_path), cfg, progress=lambda _: None)
+    hf = CLIPVisionModel(tower.hf_vision_config(clip.model_config(cfg))).eval()
+    hf.load_state_dict(tower.hf_vision_state(model.visual.state_dict(), cfg.vision_layers), strict=True)
+    images = [scene.render(s) for s in data.scenes(0, "heldout", 3)]
+    hf_pixels = CLIPImageProcessor(size={"shortest_edge": scene.SIZE},
+                                   crop_size={"height": scene.SIZE, "width": scene.SIZE})(images, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.encode_image(torch.stack([preprocess(i) for i in images]))
+        got = hf(pixel_values=hf_pixels["pixel_values"]).pooler_output @ model.visual.proj
+    # same arithmetic in another order of operations: float32 rounding only
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_build_refuses_a_clip_that_cannot_rank_and_keys_on_config(tmp_path):
+    from clipdpo.world.build import build, world_key
+    from clipdpo.world.clip import WorldBuildError
+
+    cfg = _tiny_world()
+    assert world_key(cfg) == world_key(_tiny_world()) and world_key(cfg) != world_key(_tiny_world(seed=1))
+    with pytest.raises(WorldBuildError, match="world CLIP ranks a correct caption .* below the 90%"):
+        build(cfg, str(tmp_path), say=lambda _: None)
+    assert not list(tmp_path.glob("world*/world.json"))  # nothing half-built is taken for a finished world

@@ -1,0 +1,51 @@
+"""python -m clipdpo.world build --out DIR --seed N: build (or reuse) a world and print where it lies.
+
+Writes the stage configs for a pipeline run on it to `<world>/configs/<stage>.json`, the layout
+`python -m pipelines.run --config-dir` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipdpo.world", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser("build", help="build the world's images, CLIP, LVLM and benchmark once")
+    build_parser.add_argument("--out", default=".local/world", help="cache folder (one subfolder per world)")
+    build_parser.add_argument("--seed", type=int, default=0)
+    build_parser.add_argument("--threads", type=int, default=1,
+                              help="torch threads (1: a busy second core slows 2 threads ~10x)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from clipdpo.world.build import WorldConfig, build
+    from clipdpo.world.clip import WorldBuildError
+
+    torch.set_num_threads(args.threads)
+    spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
+    try:
+        paths = build(WorldConfig(seed=args.seed), args.out,
+                      spacy_model=str(Path(spacy_model).resolve()) if spacy_model else None,
+                      say=lambda line: print(line, flush=True))
+    except WorldBuildError as err:
+        print(f"world build refused: {err}", file=sys.stderr)
+        return 1
+    config_dir = Path(paths.root, "configs")
+    config_dir.mkdir(exist_ok=True)
+    for stage, body in paths.configs.items():
+        (config_dir / f"{stage}.json").write_text(json.dumps(body, indent=2))
+    print(json.dumps({"root": paths.root, "images": paths.images, "clip": paths.clip, "lvlm": paths.lvlm,
+                      "benchmarks": paths.benchmarks, "configs": str(config_dir), "checks": paths.checks}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
