@@ -162,3 +162,31 @@ def test_build_refuses_a_clip_that_cannot_rank_and_keys_on_config(tmp_path):
     with pytest.raises(WorldBuildError, match="world CLIP ranks a correct caption .* below the 90%"):
         build(cfg, str(tmp_path), say=lambda _: None)
     assert not list(tmp_path.glob("world*/world.json"))  # nothing half-built is taken for a finished world
+
+
+def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
+    """Every stage config the world hands to a run is accepted by that stage's own config class."""
+    from clipdpo import config as config_lib
+    from clipdpo.evaluate.config import EvaluateConfig
+    from clipdpo.filter.select import FilterConfig
+    from clipdpo.generate.config import GenerateConfig
+    from clipdpo.ingest.__main__ import IngestConfig
+    from clipdpo.score.scorer import ScorerConfig
+    from clipdpo.training.config import TrainConfig
+    from clipdpo.world import benchmark
+    from clipdpo.world.build import stage_configs
+
+    paths = {"images": "/w/images", "clip": "/w/clip", "lvlm": "/w/lvlm"}
+    configs = stage_configs(paths, benchmark.config("/w/benchmarks"), _tiny_world(), spacy_model="/nlp/md")
+    evaluate = {**configs["evaluate"], "models": [{"name": "base", "path": "/w/lvlm", "engine": "hf"}]}
+    evaluate.pop("engine")  # a key of the pipeline's evaluate step, not of the stage
+    classes = {"ingest": IngestConfig, "generate": GenerateConfig, "score": ScorerConfig, "filter": FilterConfig,
+               "train": TrainConfig}
+    parsed = {stage: config_lib.from_dict(cls, configs[stage]) for stage, cls in classes.items()}
+    parsed["evaluate"] = config_lib.from_dict(EvaluateConfig, evaluate)
+    assert parsed["score"].pretrained.endswith("open_clip_model.pt") and set(parsed["score"].categories) == {
+        "text", "people", "objects", "scenes"}
+    assert all(len(texts) == 10 for texts in parsed["score"].categories.values())
+    assert parsed["generate"].qa.enabled is False and parsed["generate"].sampling.temperature == 1.0
+    assert parsed["evaluate"].amber.nlp.spacy_model == "/nlp/md"
+    assert parsed["evaluate"].zero_shot.text_encoder.model_name == "clipdpo-world-clip"
