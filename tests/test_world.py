@@ -190,3 +190,32 @@ def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
     assert parsed["generate"].qa.enabled is False and parsed["generate"].sampling.temperature == 1.0
     assert parsed["evaluate"].amber.nlp.spacy_model == "/nlp/md"
     assert parsed["evaluate"].zero_shot.text_encoder.model_name == "clipdpo-world-clip"
+
+
+@pytest.mark.slow
+def test_every_stage_runs_on_a_small_unchecked_world(tmp_path):
+    """ingest -> generate -> score -> filter -> train -> evaluate on a world too small to see (self-checks
+    off): the world's stage configs and models go through the real stages, base vs trained in metrics.json.
+    The effect itself needs the full world (`python -m clipdpo.world measure`, minutes)."""
+    import torch
+
+    from clipdpo.world.build import build
+    from clipdpo.world.effect import run_stages, summary
+    from clipdpo.world.clip import ClipConfig
+    from clipdpo.world.lvlm import LvlmConfig
+    from clipdpo.evaluate.nlp import local_spacy_model
+
+    torch.set_num_threads(1)
+    cfg = _tiny_world(pool_images=8, samples_per_image=3, heldout_images=12,
+                      clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
+                      lvlm=LvlmConfig(steps=3, batch_size=4, min_cover=0.0))
+    paths = build(cfg, str(tmp_path / "world"), spacy_model=local_spacy_model(), say=lambda _: None)
+    assert build(cfg, str(tmp_path / "world"), say=lambda _: None).root == paths.root  # cached: no rebuild
+    loose = {"filter": {"caption_min_score": -100, "pair_min_margin": 0.0, "pair_min_length_ratio": 0.0},
+             "train": {"global_batch_size": 4, "per_device_batch_size": 4}}
+    measured = run_stages(paths, str(tmp_path / "run"), overrides=loose, say=lambda _: None)
+    results = summary(measured["metrics"])
+    assert set(results) == {"base", "clipdpo"}
+    assert all(r["chair"] is not None and r["f1"] is not None and r["amber_score"] is not None
+               for r in results.values())
+    assert measured["metrics"]["complete"]

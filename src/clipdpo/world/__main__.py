@@ -1,7 +1,9 @@
-"""python -m clipdpo.world build --out DIR --seed N: build (or reuse) a world and print where it lies.
+"""python -m clipdpo.world build|measure --out DIR --seed N
 
-Writes the stage configs for a pipeline run on it to `<world>/configs/<stage>.json`, the layout
-`python -m pipelines.run --config-dir` reads.
+build: build (or reuse) a world and print where it lies; writes the stage configs for a pipeline run
+on it to `<world>/configs/<stage>.json`, the layout `python -m pipelines.run --config-dir` reads.
+measure: also run the stages on it in this process (ingest ... evaluate, local folders under
+--run-root) and print base vs CLIP-DPO.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipdpo.world", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    build_parser = commands.add_parser("build", help="build the world's images, CLIP, LVLM and benchmark once")
-    build_parser.add_argument("--out", default=".local/world", help="cache folder (one subfolder per world)")
-    build_parser.add_argument("--seed", type=int, default=0)
-    build_parser.add_argument("--threads", type=int, default=1,
-                              help="torch threads (1: a busy second core slows 2 threads ~10x)")
+    for name, text in (("build", "build the world's images, CLIP, LVLM and benchmark once"),
+                       ("measure", "build, then run every stage on the world and print base vs CLIP-DPO")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--out", default=".local/world", help="cache folder (one subfolder per world)")
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--threads", type=int, default=1,
+                             help="torch threads (1: a busy second core slows 2 threads ~10x)")
+        if name == "measure":
+            command.add_argument("--run-root", required=True, help="a folder for the run's artifacts")
     args = parser.parse_args(argv)
 
     import torch
@@ -42,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     config_dir.mkdir(exist_ok=True)
     for stage, body in paths.configs.items():
         (config_dir / f"{stage}.json").write_text(json.dumps(body, indent=2))
+    if args.command == "measure":
+        from clipdpo.world.effect import run_stages, summary
+
+        measured = run_stages(paths, str(Path(args.run_root).resolve()), say=lambda line: print(line, flush=True))
+        print(json.dumps({"world": paths.root, "checks": paths.checks, "seconds": measured["seconds"],
+                          "results": summary(measured["metrics"])}, indent=2))
+        return 0
     print(json.dumps({"root": paths.root, "images": paths.images, "clip": paths.clip, "lvlm": paths.lvlm,
                       "benchmarks": paths.benchmarks, "configs": str(config_dir), "checks": paths.checks}, indent=2))
     return 0

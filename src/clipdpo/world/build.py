@@ -22,6 +22,9 @@ from clipdpo.world.lvlm import LvlmConfig
 from clipdpo.world.scene import SceneConfig
 
 WORLD_FILE = "world.json"
+# The modules whose code decides what a build makes (the entry point and the stage runner do not).
+WORLD_MODULES = ("scene.py", "language.py", "data.py", "clip.py", "tower.py", "lvlm.py", "benchmark.py", "metrics.py",
+                 "build.py")
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,10 @@ class WorldPaths:
 
 
 def world_key(cfg: WorldConfig) -> str:
-    """sha256 of the world package's source and the config: what makes a build reusable."""
+    """sha256 of the world-making code (WORLD_MODULES) and the config: what makes a build reusable."""
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    for name in WORLD_MODULES:
+        digest.update(name.encode() + Path(__file__).with_name(name).read_bytes())
     return digest.hexdigest()[:16]
 
 
