@@ -219,3 +219,25 @@ def test_every_stage_runs_on_a_small_unchecked_world(tmp_path):
     assert all(r["chair"] is not None and r["f1"] is not None and r["amber_score"] is not None
                for r in results.values())
     assert measured["metrics"]["complete"]
+
+
+def test_lvlm_examples_encode_as_the_processor_encodes_the_whole_conversation():
+    """SFT encodes prompt and answer apart (once each); the ids must equal the processor's on the full text, and
+    the training captions carry the bias: about bias_fraction of the tempting images name an absent partner."""
+    from clipdpo.world import lvlm
+
+    cfg = lvlm.LvlmConfig(vision_from_clip=False)
+    items = data.scenes(0, "train", 400)
+    tokenizer = lvlm.build_tokenizer(lvlm.corpus(items[:50], cfg), cfg.vocab_size)
+    _, processor = lvlm.build_model(tokenizer, cfg)
+    rng = np.random.default_rng(0)
+    for s in items[:10]:
+        for examples in lvlm.training_examples(s, rng, cfg).values():
+            for prompt, answer in examples[:2]:
+                ids = lvlm.prompt_ids(processor, prompt) + lvlm.answer_ids(processor, answer)
+                assert ids == lvlm.encode_example(processor, prompt, answer), (prompt, answer)
+    tempting = [s for s in items if s.absent_partners]
+    biased = sum(lvlm.training_examples(s, rng, cfg)["caption"][0][1] != language.caption(s) for s in tempting)
+    # binomial(n ~ 200, p 0.3): 4 standard deviations either side
+    n = len(tempting)
+    assert abs(biased - 0.3 * n) < 4 * (0.21 * n) ** 0.5
