@@ -174,10 +174,11 @@ def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
     from clipdpo.score.scorer import ScorerConfig
     from clipdpo.training.config import TrainConfig
     from clipdpo.world import benchmark
-    from clipdpo.world.build import stage_configs
+    from clipdpo.world.stageconfigs import stage_configs
 
     paths = {"images": "/w/images", "clip": "/w/clip", "lvlm": "/w/lvlm"}
-    configs = stage_configs(paths, benchmark.config("/w/benchmarks"), _tiny_world(), spacy_model="/nlp/md")
+    configs = stage_configs(paths, benchmark.config("/w/benchmarks"), seed=0, samples_per_image=6,
+                            spacy_model="/nlp/md")
     evaluate = {**configs["evaluate"], "models": [{"name": "base", "path": "/w/lvlm", "engine": "hf"}]}
     evaluate.pop("engine")  # a key of the pipeline's evaluate step, not of the stage
     classes = {"ingest": IngestConfig, "generate": GenerateConfig, "score": ScorerConfig, "filter": FilterConfig,

@@ -76,7 +76,7 @@ def write(root: str, scenes: list[Scene], seed: int, storage: Storage | None = N
         join(data, "metrics.txt"): amber.start_counters_text(),
         join(data, "query", "query_all.json"): json.dumps(queries),
         join(root, "pope", "questions.jsonl"): "".join(json.dumps(row) + "\n" for row in pope),
-        join(root, "zero-shot", "classes.json"): json.dumps({kind: kind for kind in sorted({s.kinds[0] for s in single})}),
+        join(root, "zero-shot", "classes.json"): json.dumps({k: k for k in sorted({s.kinds[0] for s in single})}),
     }
     for uri, text in files.items():
         storage.write_bytes(uri, text.encode())

@@ -16,10 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from clipdpo.world import benchmark, clip, data, language, lvlm, metrics
+from clipdpo.world import benchmark, clip, data, lvlm, metrics
 from clipdpo.world.clip import ClipConfig, WorldBuildError
 from clipdpo.world.lvlm import LvlmConfig
 from clipdpo.world.scene import SceneConfig
+from clipdpo.world.stageconfigs import stage_configs
 
 WORLD_FILE = "world.json"
 # The modules whose code decides what a build makes (the entry point and the stage runner do not).
@@ -60,31 +61,6 @@ def world_key(cfg: WorldConfig) -> str:
     for name in WORLD_MODULES:
         digest.update(name.encode() + Path(__file__).with_name(name).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def stage_configs(paths: dict, bench: dict, cfg: WorldConfig, spacy_model: str | None) -> dict[str, dict]:
-    """The pipeline's stage configs for this world: the paper's rules, the world's models."""
-    clip_cfg = clip.scorer_config(paths["clip"])
-    evaluate = {"engine": "hf", "max_new_tokens": 48, **bench}
-    evaluate["zero_shot"] = {**bench["zero_shot"], "text_encoder": clip_cfg}
-    if spacy_model:
-        evaluate["amber"] = {**bench["amber"], "nlp": {"backend": "spacy", "spacy_model": spacy_model}}
-    return {
-        "ingest": {"source": paths["images"], "source_name": f"world{cfg.seed}", "shard_size": 250},
-        "generate": {
-            "captioners": [{"name": "world-lvlm", "path": paths["lvlm"], "engine": "hf", "dtype": "float32"}],
-            "prompts": list(language.CAPTION_PROMPTS[:5]),
-            "captions_per_model": cfg.samples_per_image,
-            "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 48},
-            "batch_size": 32,
-            "qa": {"enabled": False},  # no world QA writer yet (issue 17, item 4)
-        },
-        "score": {**clip_cfg, "categories": language.category_descriptions()},
-        "filter": {},  # the paper's rules (margin 2.0, length ratio 0.75, text down-sampling 0.5)
-        "train": {"model": paths["lvlm"], "learning_rate": 2e-4, "epochs": 2, "beta": 0.1,
-                  "global_batch_size": 16, "per_device_batch_size": 16, "max_length": 128, "save_steps": 1000},
-        "evaluate": evaluate,
-    }
 
 
 def _build_clip(cfg: WorldConfig, train, heldout, folder: str, say) -> tuple[dict, tuple[dict, dict]]:
@@ -163,5 +139,5 @@ def _paths(root: Path, cfg: WorldConfig, spacy_model: str | None) -> WorldPaths:
     record = json.loads((root / WORLD_FILE).read_text())
     paths = {"images": str(root / "images"), "clip": str(root / "clip"), "lvlm": str(root / "lvlm"),
              "benchmarks": str(root / "benchmarks")}
-    configs = stage_configs(paths, benchmark.config(paths["benchmarks"]), cfg, spacy_model)
+    configs = stage_configs(paths, benchmark.config(paths["benchmarks"]), cfg.seed, cfg.samples_per_image, spacy_model)
     return WorldPaths(root=str(root), configs=configs, checks=record["checks"], **paths)

@@ -100,7 +100,8 @@ def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None
                          vision_feature_select_strategy="default")
     model = LlavaForConditionalGeneration(config)
     if cfg.vision_from_clip:
-        model.model.vision_tower.load_state_dict(tower.hf_vision_state(clip_tower[1], vision.num_hidden_layers), strict=True)
+        state = tower.hf_vision_state(clip_tower[1], vision.num_hidden_layers)
+        model.model.vision_tower.load_state_dict(state, strict=True)
         model.model.vision_tower.requires_grad_(False)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = LlavaProcessor(
