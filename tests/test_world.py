@@ -242,3 +242,18 @@ def test_lvlm_examples_encode_as_the_processor_encodes_the_whole_conversation():
     # binomial(n ~ 200, p 0.3): 4 standard deviations either side
     n = len(tempting)
     assert abs(biased - 0.3 * n) < 4 * (0.21 * n) ** 0.5
+
+
+def test_control_shuffles_caption_scores_within_each_image_only():
+    from clipdpo.world.control import shuffled_scores
+
+    ids = ["a", "a", "a", "b", "b", "a"]
+    kinds = ["caption", "caption", "caption", "caption", "caption", "qa"]
+    scores = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 99.0])
+    seen = set()
+    for seed in range(20):
+        out = shuffled_scores(ids, kinds, scores, seed)
+        assert sorted(out[:3]) == [1.0, 2.0, 3.0] and sorted(out[3:5]) == [10.0, 20.0] and out[5] == 99.0
+        seen.add(tuple(out))
+    assert len(seen) > 3  # the order really changes with the seed
+    np.testing.assert_array_equal(shuffled_scores(ids, kinds, scores, 7), shuffled_scores(ids, kinds, scores, 7))
