@@ -1,7 +1,20 @@
 """A synthetic world with exact ground truth: images, a CLIP and a LLaVA trained on it, a benchmark.
 
-There are no real CLIP or LVLM weights on a laptop or CI machine; this world stands in for the web:
-`scene` draws seeded images of objects (kind, colour, count, position), `language` writes their
-captions (correct, or naming an absent co-occurring partner) and questions, `data` writes them as
-PNG folders that `ingest` reads.
+There are no real CLIP or LVLM weights on a laptop or CI machine; this world stands in for the web
+(issue 17):
+
+- `scene`: seeded 32x32 images of 1-3 object groups (11 kinds, each a fixed shape with two colours;
+  count 1-2; slot left/middle/right) on a background that sets the image category of the paper's
+  Sec. 4.2 (plain: objects, field: scenes, page of printed glyphs: text, any image with a man:
+  people). Five kinds co-occur in pairs (cup/book, cat/chair, bird/tree, car/house, horse/ball).
+- `language`: correct captions, captions that also name an absent partner, Yes/No questions.
+- `clip`: an open_clip ViT trained on correct captions only; refuses to rank below 90%.
+- `tower` + `lvlm`: LLaVA with the world CLIP's image tower (frozen, penultimate layer, as
+  LLaVA-1.5 uses OpenAI's CLIP) and a 2x64 Llama, SFT on captions of which 30% of the tempting
+  images name the absent partner; refuses greedy Cover below 90%.
+- `benchmark`: AMBER's official layout, POPE questions and a zero-shot folder on held-out images.
+- `build`: all of it once, cached by a hash of the world-making code and config
+  (`python -m clipdpo.world build --out .local/world --seed 0`, or `make world`).
+- `stageconfigs`: the stage configs a pipeline run on the world uses; `effect`: runs the stages
+  in-process (`python -m clipdpo.world measure ...`); `control`: the shuffled-score control arm.
 """
