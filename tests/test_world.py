@@ -164,6 +164,17 @@ def test_build_refuses_a_clip_that_cannot_rank_and_keys_on_config(tmp_path):
     assert not list(tmp_path.glob("world*/world.json"))  # nothing half-built is taken for a finished world
 
 
+@pytest.mark.slow
+def test_build_refuses_an_lvlm_that_cannot_see(tmp_path):
+    from clipdpo.world.build import build
+    from clipdpo.world.clip import ClipConfig, WorldBuildError
+
+    blind = _tiny_world(clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0))
+    with pytest.raises(WorldBuildError, match="world LVLM does not see: greedy Cover .* below the 90%"):
+        build(blind, str(tmp_path), say=lambda _: None)
+    assert not list(tmp_path.glob("world*/world.json"))
+
+
 def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
     """Every stage config the world hands to a run is accepted by that stage's own config class."""
     from clipdpo import config as config_lib
