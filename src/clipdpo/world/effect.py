@@ -22,14 +22,20 @@ def run_stages(paths: WorldPaths, run_root: str, overrides: dict[str, dict] | No
     from clipdpo import steps
 
     configs = {stage: {**body, **(overrides or {}).get(stage, {})} for stage, body in paths.configs.items()}
+    config_json = {stage: json.dumps(body) for stage, body in configs.items()}
+    work = {
+        "ingest": lambda: steps.ingest_step(run_root, paths.images, config_json["ingest"]),
+        "generate": lambda: [steps.generate_step(run_root, config_json["generate"], 0, 1, finalize=last)
+                             for last in (False, True)],  # one shard, then the manifest
+        "score": lambda: [steps.score_step(run_root, config_json["score"], 0, 1, finalize=last)
+                          for last in (False, True)],
+        "filter": lambda: steps.filter_step(run_root, config_json["filter"]),
+        "train": lambda: steps.train_step(run_root, config_json["train"], launcher="local"),
+    }
     seconds = {}
     for stage in STAGES:
         started = time.monotonic()
-        if stage in ("generate", "score"):  # one shard, then the finalize that writes the manifest
-            steps.run_stage(stage, run_root, json.dumps(configs[stage]), shard_index=0, shard_count=1)
-            steps.run_stage(stage, run_root, json.dumps(configs[stage]), finalize=True, shard_count=1)
-        else:
-            steps.run_stage(stage, run_root, json.dumps(configs[stage]), source=paths.images)
+        work[stage]()
         seconds[stage] = round(time.monotonic() - started, 1)
         say(f"  {stage}: {seconds[stage]:.0f}s")
     started = time.monotonic()
@@ -37,9 +43,7 @@ def run_stages(paths: WorldPaths, run_root: str, overrides: dict[str, dict] | No
         {"name": "base", "path": paths.lvlm, "engine": "hf", "dtype": "float32"},
         {"name": "clipdpo", "path": join(steps.artifact_uri(run_root, "train"), "model"), "engine": "hf",
          "dtype": "float32"}]}
-    evaluate.pop("engine", None)
-    steps.evaluate_step(run_root, steps.artifact_uri(run_root, "train"), json.dumps(configs["train"]),
-                        json.dumps(evaluate))
+    steps.evaluate_step(run_root, steps.artifact_uri(run_root, "train"), config_json["train"], json.dumps(evaluate))
     seconds["evaluate"] = round(time.monotonic() - started, 1)
     say(f"  evaluate: {seconds['evaluate']:.0f}s")
     metrics = json.loads(Storage().read_bytes(join(steps.artifact_uri(run_root, "evaluate"), "metrics.json")))
