@@ -51,9 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "measure":
         from clipdpo.world.effect import run_stages, summary
 
-        measured = run_stages(paths, str(Path(args.run_root).resolve()), say=lambda line: print(line, flush=True))
+        from clipdpo.storage import join
+        from clipdpo.world import data
+        from clipdpo.world.effect import run_control, sampled_metrics
+
+        run_root = str(Path(args.run_root).resolve())
+        measured = run_stages(paths, run_root, say=lambda line: print(line, flush=True))
+        results = summary(measured["metrics"])
+        results["control"] = summary(run_control(paths, run_root))["control"]
+        heldout = data.scenes(args.seed, "heldout", len(data.read_truth(str(Path(paths.root, "heldout")))))
+        models = {"base": paths.lvlm, "clipdpo": join(run_root, "model", "model"),
+                  "control": join(run_root + "-control", "model", "model")}
+        sampled = {name: sampled_metrics(path, heldout) for name, path in models.items()}
         print(json.dumps({"world": paths.root, "checks": paths.checks, "seconds": measured["seconds"],
-                          "results": summary(measured["metrics"])}, indent=2))
+                          "greedy_amber": results, "sampled_exact": sampled}, indent=2))
         return 0
     print(json.dumps({"root": paths.root, "images": paths.images, "clip": paths.clip, "lvlm": paths.lvlm,
                       "benchmarks": paths.benchmarks, "configs": str(config_dir), "checks": paths.checks}, indent=2))

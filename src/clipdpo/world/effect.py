@@ -60,3 +60,36 @@ def summary(metrics: dict) -> dict[str, dict]:
                      "cog": generative.get("cog"), "f1": amber.get("discriminative", {}).get("f1"),
                      "amber_score": amber.get("amber_score")}
     return out
+
+
+def run_control(paths: WorldPaths, run_root: str, seed: int = 0) -> dict:
+    """The control arm on `run_root`'s scores: shuffled within each image, then filter, train, evaluate
+    (base vs "control") under `<run_root>-control`; returns its metrics.json."""
+    from clipdpo import steps
+    from clipdpo.world.control import write_shuffled
+
+    control = run_root.rstrip("/") + "-control"
+    write_shuffled(steps.artifact_uri(run_root, "score"), steps.artifact_uri(control, "score"), seed=seed)
+    train = json.dumps(paths.configs["train"])
+    steps.filter_step(control, json.dumps(paths.configs["filter"]))
+    steps.train_step(control, train, launcher="local")
+    evaluate = {**paths.configs["evaluate"], "models": [
+        {"name": "base", "path": paths.lvlm, "engine": "hf", "dtype": "float32"},
+        {"name": "control", "path": join(steps.artifact_uri(control, "train"), "model"), "engine": "hf",
+         "dtype": "float32"}]}
+    steps.evaluate_step(control, steps.artifact_uri(control, "train"), train, json.dumps(evaluate))
+    return json.loads(Storage().read_bytes(join(steps.artifact_uri(control, "evaluate"), "metrics.json")))
+
+
+def sampled_metrics(model_dir: str, scenes: list, samples: int = 3) -> dict:
+    """Exact CHAIR/Hal/Cover of sampled captions (temperature 1.0, `samples` per image), mean over samples:
+    steadier than greedy on a few hundred images (issue 17, trap 3)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from clipdpo.world import lvlm, metrics
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    runs = [metrics.caption_metrics(scenes, lvlm.describe(model, processor, scenes, temperature=1.0, seed=seed))
+            for seed in range(samples)]
+    return {key: round(sum(getattr(r, key) for r in runs) / samples, 2) for key in ("chair", "hal", "cover")}
