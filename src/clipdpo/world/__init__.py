@@ -21,10 +21,11 @@ There are no real CLIP or LVLM weights on a laptop or CI machine; this world sta
 Measured 2026-11-29 (2 shared CPU cores), worlds 0/1/2 with the default configs, real stages, 300
 held-out images; greedy = the evaluate stage's AMBER (spaCy md), sampled = T 1.0, 3 samples per
 image, exact world metrics. base -> CLIP-DPO (control: scores shuffled within each image):
-  greedy CHAIR  3.3->2.3 (3.2) | 5.3->4.8 (4.5) | 6.5->4.1 (7.1)
-  greedy Hal    9.0->6.7 (8.7) | 15.0->14.0 (13.0) | 16.7->10.7 (18.7)
-  sampled CHAIR 10.0->6.5 (10.4) | 11.9->8.3 (11.6) | 13.2->8.6 (13.3)
-  sampled Hal   27.8->18.1 (28.4) | 31.9->23.0 (30.9) | 32.7->22.0 (33.0)
-  Cover within +-1 point; AMBER score +1.45 / +0.15 / +1.15.
+  greedy CHAIR  3.3->2.3 (3.2) | 5.3->4.8 (4.5) | 6.5->4.6 (6.3)
+  greedy Hal    9.0->6.7 (8.7) | 15.0->14.0 (13.0) | 16.7->11.7 (16.0)
+  sampled CHAIR 10.0->6.5 (10.4) | 11.9->8.3 (11.6) | 13.2->8.9 (12.7)
+  sampled Hal   27.8->18.1 (28.4) | 31.9->23.0 (30.9) | 32.7->21.7 (31.3)
+  Cover within +-1 point; AMBER score +1.45 / +0.15 / +0.9. World 2 is
+  `python -m clipdpo.world measure --seed 2 --out OUT --run-root RUN` (~5 min once built).
 The world's LVLM answers Yes/No questions near chance on worlds 0 and 1 (AMBER F1 ~60, POPE ~50%).
 """
