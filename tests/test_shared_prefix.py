@@ -38,6 +38,10 @@ def tiny(tmp_path_factory):
 def set_attention(model, name: str) -> None:
     for config in (model.config, model.config.text_config):
         config._attn_implementation = name
+    if name == prefix.BLOCK_ATTENTION:
+        set_attention(model, "sdpa")
+        prefix.prepare(model)
+        assert model.config.text_config._attn_implementation == prefix.BLOCK_ATTENTION
 
 
 def concatenated_logps(model, encoded, pad):
@@ -60,13 +64,23 @@ def test_the_batch_has_what_the_equality_claims_cover(tiny):
     assert len(encoded[2].rejected_ids) > len(encoded[2].chosen_ids)  # rejected longer than chosen too
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_log_probs_equal_the_concatenated_forward(tiny, attention):
+# sdpa and eager: one dense 4-D mask; clipdpo_shared_prefix: per row, the prefix causally and the
+# responses on the prefix and themselves (the training default where the model runs SDPA)
+@pytest.mark.parametrize("attention", ["sdpa", "eager", prefix.BLOCK_ATTENTION])
+def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
     _, model, encoded, pad = tiny
-    set_attention(model, attention)
+    rows_run = []
+    row_attention = prefix._pair_row_attention
+    monkeypatch.setattr(prefix, "_pair_row_attention", lambda *a: rows_run.append(1) or row_attention(*a))
+    set_attention(model, "sdpa")
     with torch.no_grad():
         sums, means, counts = concatenated_logps(model, encoded, pad)
+        set_attention(model, attention)
+        if attention == prefix.BLOCK_ATTENTION:  # ordinary calls take plain SDPA: the very same numbers
+            assert torch.equal(concatenated_logps(model, encoded, pad)[0], sums) and not rows_run
         shared_sums, shared_means, shared_counts = shared_logps(model, encoded, pad)
+    # the block path ran once per packed row and layer, and only when chosen
+    assert len(rows_run) == (len(encoded) * 2 if attention == prefix.BLOCK_ATTENTION else 0)
     assert shared_counts.tolist() == counts.tolist() == [len(e.chosen_ids) for e in encoded] + [
         len(e.rejected_ids) for e in encoded]
     # fp32, summed in another order (and attention over a differently padded row): the sums reach
@@ -76,12 +90,13 @@ def test_log_probs_equal_the_concatenated_forward(tiny, attention):
     assert (sums < 0).all() and len(set(sums.tolist())) == 6  # real, distinct values, not a degenerate match
 
 
-def test_gradients_equal_the_concatenated_forward(tiny):
+@pytest.mark.parametrize("attention", ["sdpa", prefix.BLOCK_ATTENTION])
+def test_gradients_equal_the_concatenated_forward(tiny, attention):
     _, model, encoded, pad = tiny
-    set_attention(model, "sdpa")
     weights = torch.linspace(-1.0, 1.0, 2 * len(encoded))  # a loss that weighs every sequence differently
     grads = []
     for logps in (concatenated_logps, shared_logps):
+        set_attention(model, "sdpa" if logps is concatenated_logps else attention)
         model.zero_grad(set_to_none=True)
         sums, means, _ = logps(model, encoded, pad)
         ((weights * sums).sum() + (weights * means).sum()).backward()

@@ -12,6 +12,12 @@ so each response sees exactly what it sees in its own row of the concatenated la
 log-probs, up to float summation order. The LM head runs only on the hidden states that predict
 a response token (`logits_to_keep` as a boolean mask), never on image or prompt positions; the
 last prefix position predicts the first token of both responses and is computed once.
+
+Attention: a dense 4-D mask makes SDPA compute every (query, key) score of the packed row,
+masked or not. With SDPA the model's attention is switched to `clipdpo_shared_prefix`, which
+is SDPA for every ordinary call and, for a packed batch (`pair_spans` passed), runs per row the
+prefix causally (`is_causal`, whose kernel skips the upper triangle) and the two responses'
+queries against the prefix and their own segment only. Eager attention gets the dense mask.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ PAD, PREFIX, CHOSEN, REJECTED = -1, 0, 1, 2
 # (one rotary position per token). Qwen2-VL-style multimodal RoPE, for example, does not.
 SUPPORTED_MODEL_TYPES = ("llava",)
 MASKED_ATTENTION = ("sdpa", "eager")  # the kernels that take an arbitrary 4-D mask tensor
+BLOCK_ATTENTION = "clipdpo_shared_prefix"  # SDPA, plus the block-sparse path for packed pair rows
 
 
 class SharedPrefixUnsupported(ValueError):
@@ -55,7 +62,7 @@ def unsupported_reason(model) -> str | None:
     if missing:
         return f"{type(base).__name__}.forward takes no {missing}"
     attention = attention_implementation(base)
-    if attention not in MASKED_ATTENTION:
+    if attention not in MASKED_ATTENTION + (BLOCK_ATTENTION,):
         return (f"attention implementation {attention!r} takes no custom 4-D mask; load the model with "
                 f"attn_implementation in {list(MASKED_ATTENTION)}")
     return None
@@ -71,6 +78,59 @@ def check_supported(model) -> None:
     reason = unsupported_reason(model)
     if reason is not None:
         raise SharedPrefixUnsupported(f"forward=shared_prefix: {reason}; set forward=concatenated")
+
+
+def prepare(model) -> None:
+    """Check the model, and switch its language model from SDPA to the block-sparse SDPA.
+
+    The switch changes nothing for ordinary calls (generation, the concatenated forward): they
+    take the SDPA path. The setting is not saved with the model (Hugging Face drops it).
+    """
+    check_supported(model)
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(BLOCK_ATTENTION, block_sparse_attention)
+    AttentionMaskInterface.register(BLOCK_ATTENTION, sdpa_mask)  # ordinary calls get SDPA's masks
+    config = _base_model(model).config
+    text_config = getattr(config, "text_config", None) or config
+    if attention_implementation(model) == "sdpa":
+        text_config._attn_implementation = BLOCK_ATTENTION
+
+
+def _pair_row_attention(query, key, value, span: tuple[int, int, int], scaling) -> torch.Tensor:
+    """One packed row [1, heads, L, dim]: the prefix causally, each response on the prefix and itself."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    p, c, r = span
+    prefix_out = sdpa(query[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True, scale=scaling)
+    q_index = torch.arange(p, p + c + r, device=query.device)[:, None]
+    k_index = torch.arange(p + c + r, device=query.device)[None, :]
+    same_side = (q_index < p + c) == (k_index < p + c)
+    allowed = (k_index < p) | (same_side & (k_index <= q_index))
+    response_out = sdpa(query[:, :, p:p + c + r], key[:, :, :p + c + r], value[:, :, :p + c + r],
+                        attn_mask=allowed, scale=scaling)
+    pad = query.new_zeros(query.shape[0], query.shape[1], query.shape[2] - p - c - r, query.shape[3])
+    return torch.cat([prefix_out, response_out, pad], dim=2)
+
+
+def block_sparse_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                           pair_spans=None, **kwargs):
+    """A transformers attention function: SDPA, or per packed row when `pair_spans` [(p, c, r), ...] is given.
+
+    query [n, heads, L, dim], key / value [n, kv_heads, L, dim]; returns ([n, L, heads, dim], None).
+    """
+    if pair_spans is None or dropout:  # the 4-D mask of a packed batch keeps SDPA right, only slower
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: one key head per query group
+        key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    rows = [_pair_row_attention(query[i:i + 1], key[i:i + 1], value[i:i + 1], span, scaling)
+            for i, span in enumerate(pair_spans)]
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
 
 
 def collate_shared_prefix(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -106,6 +166,7 @@ def collate_shared_prefix(encoded: list[Encoded], pad_token_id: int) -> dict[str
         "input_ids": input_ids, "position_ids": position_ids, "segments": segments, "logits_mask": logits_mask,
         "target_rows": row_of_flat[torch.cat(predictors)], "target_labels": torch.cat(labels),
         "target_owner": torch.cat(owners), "pixel_values": torch.cat([item.pixel_values for item in encoded]),
+        "pair_spans": torch.tensor([[len(e.prompt_ids), len(e.chosen_ids), len(e.rejected_ids)] for e in encoded]),
     }
 
 
@@ -131,10 +192,13 @@ def block_attention_mask(segments: torch.Tensor, additive_dtype: torch.dtype | N
 
 def model_inputs(batch: dict, attention: str, dtype: torch.dtype) -> dict:
     """Keyword arguments for a LLaVA-style forward over a shared-prefix batch."""
-    mask = block_attention_mask(batch["segments"], additive_dtype=None if attention == "sdpa" else dtype)
-    return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"],
-            "pixel_values": batch["pixel_values"].to(dtype), "logits_to_keep": batch["logits_mask"],
-            "use_cache": False}
+    mask = block_attention_mask(batch["segments"], additive_dtype=dtype if attention == "eager" else None)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"],
+              "pixel_values": batch["pixel_values"].to(dtype), "logits_to_keep": batch["logits_mask"],
+              "use_cache": False}
+    if attention == BLOCK_ATTENTION:
+        inputs["pair_spans"] = [tuple(span) for span in batch["pair_spans"].tolist()]
+    return inputs
 
 
 def response_logps(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
