@@ -114,17 +114,17 @@ def _pair_row_attention(query, key, value, span: tuple[int, int, int], scaling) 
     return torch.cat([prefix_out, response_out, pad], dim=2)
 
 
-def block_sparse_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                           pair_spans=None, **kwargs):
+def block_sparse_attention(module, query, key, value, attention_mask, **kwargs):
     """A transformers attention function: SDPA, or per packed row when `pair_spans` [(p, c, r), ...] is given.
 
     query [n, heads, L, dim], key / value [n, kv_heads, L, dim]; returns ([n, L, heads, dim], None).
     """
-    if pair_spans is None or dropout:  # the 4-D mask of a packed batch keeps SDPA right, only slower
+    pair_spans = kwargs.pop("pair_spans", None)
+    if pair_spans is None or kwargs.get("dropout"):  # a packed batch's 4-D mask keeps SDPA right, only slower
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    scaling = kwargs.get("scaling")
     if key.shape[1] != query.shape[1]:  # grouped-query attention: one key head per query group
         key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
         value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
@@ -219,7 +219,10 @@ def response_logps(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, tor
 
 
 def shared_prefix_logps(call, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run `call` (the model, or its DDP / DeepSpeed wrapper) on a shared-prefix batch; see response_logps."""
+    """Run `call` (the model, or its DDP / DeepSpeed wrapper) on a shared-prefix batch; see response_logps.
+
+    `model` tells the attention implementation and dtype (the same for a policy and its frozen reference).
+    """
     base = _base_model(model)
     logits = call(**model_inputs(batch, attention_implementation(base), base.dtype)).logits
     return response_logps(logits, batch)
