@@ -84,8 +84,8 @@ def text_token_stats(tokenizer, texts) -> dict:
 
 def run_ours(model: str, pairs: str, work: Path, forward: str, batch: int, max_length: int) -> dict:
     from clipdpo.storage import Storage, join
-    from clipdpo.training.config import TrainConfig
-    from clipdpo.training.loop import train
+    from clipdpo.train.config import TrainConfig
+    from clipdpo.train import run as train
 
     output = str(work / f"ours-{forward}")
     cfg = TrainConfig(model=model, learning_rate=5e-6, global_batch_size=batch, per_device_batch_size=batch,
@@ -149,37 +149,33 @@ class Layouts:
         from PIL import Image
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        from clipdpo.training.data import collate
-        from clipdpo.training.encode import PairEncoder
-        from clipdpo.training.prefix import collate_shared_prefix, prepare
+        from clipdpo.train import layouts
+        from clipdpo.train.encode import PairEncoder
         from pairs_fixture import png
 
         processor = AutoProcessor.from_pretrained(model_path)
         self.model = LlavaForConditionalGeneration.from_pretrained(model_path)
         self.model.model.vision_tower.requires_grad_(False)  # clipdpo's default trainable set
-        prepare(self.model)  # block-sparse SDPA for packed rows; plain SDPA for the concatenated batches
+        # the training run's layouts; the shared prefix switches SDPA to its block-sparse form,
+        # which leaves the concatenated batches on plain SDPA
+        self.layouts = {"concatenated": layouts.Concatenated(),
+                        "shared_prefix": layouts.choose("shared_prefix", self.model)}
         encoder = PairEncoder(processor, max_length)
         pad = processor.tokenizer.pad_token_id
         examples = [(Image.open(io.BytesIO(png(k))).convert("RGB"), *t) for k, t in enumerate(texts)]
         encoded = [encoder.encode_batch(examples[s:s + batch], True) for s in range(0, len(examples), batch)]
-        self.batches = {"concatenated": [collate(e, pad) for e in encoded],
-                        "shared_prefix": [collate_shared_prefix(e, pad) for e in encoded]}
+        self.batches = {name: [layout.collate(e, pad) for e in encoded] for name, layout in self.layouts.items()}
 
     def logps(self, layout: str, batch: dict):
-        from clipdpo.training.logps import sequence_logps
-        from clipdpo.training.prefix import shared_prefix_logps
+        import torch
 
-        if layout == "shared_prefix":
-            return shared_prefix_logps(self.model, self.model, batch)[0]
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            pixel_values=batch["pixel_values"], use_cache=False).logits
-        return sequence_logps(logits, batch["labels"])[0]
+        return self.layouts[layout].logps(self.model, batch, torch.device("cpu"), self.model.dtype)[0]
 
     def dpo_step(self, layout: str, batch: dict) -> float:
         """Forward + backward of the sigmoid DPO loss against a reference of zeros (untimed parts aside)."""
         import torch
 
-        from clipdpo.training.loss import preference_loss
+        from clipdpo.train.loss import preference_loss
 
         sums = self.logps(layout, batch)
         n = len(sums) // 2
