@@ -189,6 +189,17 @@ def test_block_attention_equals_dense_masked_sdpa_with_grouped_query_heads():
     assert not torch.allclose(block[real], dense[real].roll(1, 0), atol=1e-3)  # values that tell rows apart
 
 
+def test_the_block_attention_switch_is_not_saved_with_the_model(tiny, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    _, model, _, _ = tiny
+    set_attention(model, prefix.BLOCK_ATTENTION)
+    model.save_pretrained(str(tmp_path / "saved"))
+    assert prefix.BLOCK_ATTENTION not in (tmp_path / "saved" / "config.json").read_text()
+    reloaded = LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "saved"))
+    assert prefix.attention_implementation(reloaded) == "sdpa"
+
+
 def test_an_unsupported_model_gets_a_clear_message(tiny):
     from transformers import LlamaConfig, LlamaForCausalLM
 
