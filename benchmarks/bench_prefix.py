@@ -62,7 +62,7 @@ def words_of(tokenizer, rng, target: int, vocabulary: list[str]) -> str:
 def make_texts(tokenizer, n: int, seed: int) -> list[tuple[str, str, str]]:
     import numpy as np
 
-    from clipdpo.tiny import _CORPUS
+    from clipdpo.demo.models import _CORPUS
 
     rng = np.random.default_rng(seed)
     vocabulary = sorted(set(_CORPUS.split()) - {".", "?", ":"})
@@ -250,7 +250,7 @@ def measure(args, work: Path) -> dict:
     from transformers import AutoTokenizer
 
     from bench_train import run_trl
-    from clipdpo.tiny import LlavaShape, build_tiny_llava
+    from clipdpo.demo.models import LlavaShape, build_tiny_llava
     from pairs_fixture import write_pairs
 
     model = build_tiny_llava(str(work / "narrow-llava"), shape=LlavaShape(**SHAPE))

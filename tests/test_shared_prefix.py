@@ -13,7 +13,7 @@ from PIL import Image
 
 from clipdpo.artifacts import Artifact
 from clipdpo.storage import Storage
-from clipdpo.tiny import build_tiny_llava
+from clipdpo.demo.models import build_tiny_llava
 from clipdpo.train import prefix
 from clipdpo.train.data import collate
 from clipdpo.train.encode import PairEncoder
