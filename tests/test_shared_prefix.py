@@ -82,6 +82,7 @@ def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
     rows_run = []
     row_attention = prefix._pair_row_attention
     monkeypatch.setattr(prefix, "_pair_row_attention", lambda *a: rows_run.append(1) or row_attention(*a))
+    monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the tiny rows take the block path too
     set_attention(model, "sdpa")
     with torch.no_grad():
         sums, means, counts = concatenated_logps(model, encoded, pad)
@@ -98,11 +99,17 @@ def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
     assert torch.allclose(shared_sums, sums, rtol=1e-5, atol=1e-5), (shared_sums - sums).abs().max()
     assert torch.allclose(shared_means, means, rtol=0, atol=1e-5), (shared_means - means).abs().max()
     assert (sums < 0).all() and len(set(sums.tolist())) == 6  # real, distinct values, not a degenerate match
+    if attention == prefix.BLOCK_ATTENTION:  # rows shorter than BLOCK_MIN_LENGTH: one dense masked call
+        monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 10_000)
+        with torch.no_grad():
+            dense_sums = shared_logps(model, encoded, pad)[0]
+        assert len(rows_run) == len(encoded) * 2 and torch.allclose(dense_sums, sums, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", prefix.BLOCK_ATTENTION])
-def test_gradients_equal_the_concatenated_forward(tiny, attention):
+def test_gradients_equal_the_concatenated_forward(tiny, attention, monkeypatch):
     _, model, encoded, pad = tiny
+    monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the tiny rows take the block path too
     weights = torch.linspace(-1.0, 1.0, 2 * len(encoded))  # a loss that weighs every sequence differently
     grads = []
     for logps in (concatenated_logps, shared_logps):
