@@ -220,11 +220,17 @@ class Layouts:
                  "language_model": self.model.model.language_model, "lm_head": self.model.lm_head}
         seconds = dict.fromkeys(parts, 0.0)
         starts = {}
+
+        def start(name: str) -> None:
+            starts[name] = time.perf_counter()
+
+        def stop(name: str) -> None:
+            seconds[name] += time.perf_counter() - starts[name]
+
         hooks = []
         for name, module in parts.items():
-            hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: starts.__setitem__(name, time.perf_counter())))
-            hooks.append(module.register_forward_hook(
-                lambda m, a, o, name=name: seconds.__setitem__(name, seconds[name] + time.perf_counter() - starts[name])))
+            hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: start(name)))
+            hooks.append(module.register_forward_hook(lambda m, a, o, name=name: stop(name)))
         batch = self.batches[layout][0]
         try:
             self.dpo_step(layout, batch)  # warm
@@ -308,7 +314,8 @@ def table(result: dict) -> str:
                   f"{ours[forward]['samples_per_s_first_run']:.2f} | |"]
     lines += [f"| TRL DPOTrainer.train() | {trl['samples_per_s']:.2f} | |",
               f"| TRL incl. dataset preparation | {trl['samples_per_s_total']:.2f} | |"]
-    keys = ("loop_speedup_vs_concatenated", "peak_memory_ratio_vs_concatenated", "reference_pass_speedup_vs_concatenated",
+    keys = ("loop_speedup_vs_concatenated", "peak_memory_ratio_vs_concatenated",
+            "reference_pass_speedup_vs_concatenated",
             "first_run_speedup_vs_concatenated", "first_run_speedup_vs_trl", "concatenated_first_run_speedup_vs_trl",
             "first_run_cpu_speedup_vs_trl", "concatenated_first_run_cpu_speedup_vs_trl")
     lines += [f"{key}: {result[key]:.2f}" for key in keys]
