@@ -257,3 +257,16 @@ def test_a_short_run_gives_the_same_losses_and_reference_cache_both_ways(tiny, t
     np.testing.assert_allclose(losses["shared_prefix"], losses["concatenated"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(caches["shared_prefix"], caches["concatenated"], rtol=1e-5, atol=1e-5)
     assert len(np.unique(caches["concatenated"][:, 0])) > 1
+
+
+def test_povid_runs_concatenated_rows_and_refuses_shared_prefix():
+    from clipdpo.train.config import TrainConfig
+    from clipdpo.train.recipe import check_config, forward_setting
+
+    povid = dict(method="povid", reference="model", global_batch_size=4, per_device_batch_size=4)
+    assert forward_setting(TrainConfig(**povid)) == "concatenated"  # auto: the noisy rows need concatenated rows
+    assert forward_setting(TrainConfig(global_batch_size=4, per_device_batch_size=4)) == "auto"
+    with pytest.raises(ValueError, match="method=povid.*forward=concatenated"):
+        check_config(TrainConfig(**povid, forward="shared_prefix"), world_size=1)
+    with pytest.raises(ValueError, match="forward='packed'; expected one of"):
+        TrainConfig(forward="packed")
