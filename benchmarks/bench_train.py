@@ -104,7 +104,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=1024)  # holds LLaVA-1.5: 576 image tokens + text
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: a second busy core slows a 2-thread run ~10x on these machines)")
     args = parser.parse_args()

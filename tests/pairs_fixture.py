@@ -25,8 +25,9 @@ def png(seed: int, size: int = 40) -> bytes:
 
 
 def write_pairs(root: str, n_pairs: int = 32, n_shards: int = 2, bad_rows: dict[int, str] | None = None,
-                storage: Storage | None = None) -> str:
-    """Images and pairs artifacts under `root`; returns the pairs URI. `bad_rows`: global row -> defect."""
+                storage: Storage | None = None, texts: list[tuple[str, str, str]] | None = None) -> str:
+    """Images and pairs artifacts under `root`; returns the pairs URI. `bad_rows`: global row -> defect.
+    `texts`: (prompt, chosen, rejected) per row instead of the fixed sentences."""
     storage = storage or Storage()
     bad_rows = bad_rows or {}
     images_uri, pairs_uri = join(root, "images"), join(root, "pairs")
@@ -48,6 +49,11 @@ def write_pairs(root: str, n_pairs: int = 32, n_shards: int = 2, bad_rows: dict[
         rows = range(s * per_shard, min(n_pairs, (s + 1) * per_shard))
         chosen, rejected, prompts = [], [], []
         for k in rows:
+            if texts is not None:
+                prompts.append(texts[k][0])
+                chosen.append(texts[k][1])
+                rejected.append(texts[k][2])
+                continue
             chosen.append("" if bad_rows.get(k) == "empty_chosen" else CHOSEN[k % len(CHOSEN)])
             rejected.append(REJECTED[k % len(REJECTED)])
             prompts.append("describe the image " * 40 if bad_rows.get(k) == "long_prompt" else "describe the image")

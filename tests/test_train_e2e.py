@@ -190,6 +190,7 @@ def test_two_gloo_processes_train_like_one_process(tiny_llava, pairs_dir, one_pr
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
     assert summary["world_size"] == 2 and summary["strategy"] == "ddp"
+    assert summary["forward"] == "shared_prefix"  # forward=auto on a LLaVA: the packed rows, under DDP
     assert len(metrics(Storage(), output)) == 6
     assert_same_training_up_to_rounding(output, one_process_run, tiny_llava)
 
@@ -307,6 +308,7 @@ def zero3_run(tiny_llava, pairs_dir, tmp_path_factory) -> str:
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
     assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
+    assert summary["forward"] == "shared_prefix"  # forward=auto on a LLaVA: the packed rows, under ZeRO-3
     return output
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 TINY_CLIP_NAME = "clipdpo-tiny-clip"
@@ -55,16 +56,16 @@ def tiny_tokenizer():
     return fast
 
 
-def _llama_config(tokenizer, hidden: int = 32):
+def _llama_config(tokenizer, hidden: int = 32, intermediate: int = 0, heads: int = 2):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=1024,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -73,27 +74,42 @@ def _llama_config(tokenizer, hidden: int = 32):
     )
 
 
-def build_tiny_llava(path: str, seed: int = 0) -> str:
+@dataclass(frozen=True)
+class LlavaShape:
+    """Sizes of a tiny LLaVA. The defaults: 16 image tokens, a 32-wide Llama. image_size=336 with
+    patch_size=14 gives LLaVA-1.5's 576 image tokens (the shared-prefix benchmark's narrow model)."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    vision_hidden: int = 16
+    hidden: int = 32
+    intermediate: int = 0  # 0 = 2 x hidden
+    heads: int = 2
+
+
+def build_tiny_llava(path: str, seed: int = 0, shape: LlavaShape = LlavaShape()) -> str:
     """Save a tiny LlavaForConditionalGeneration + LlavaProcessor at `path`."""
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8)
+    vision = CLIPVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=2 * shape.vision_hidden,
+                              num_hidden_layers=2, num_attention_heads=2, image_size=shape.image_size,
+                              patch_size=shape.patch_size)
     config = LlavaConfig(
         vision_config=vision,
-        text_config=_llama_config(tokenizer),
+        text_config=_llama_config(tokenizer, shape.hidden, shape.intermediate, shape.heads),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config).eval()
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        image_processor=CLIPImageProcessor(size={"shortest_edge": shape.image_size},
+                                           crop_size={"height": shape.image_size, "width": shape.image_size}),
         tokenizer=tokenizer,
-        patch_size=8,
+        patch_size=shape.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
         chat_template=CHAT_TEMPLATE,

@@ -6,6 +6,8 @@ TrainConfig and calls it (under torchrun for many processes). The parts, each te
   objective  the DPO loss of a micro-batch against precomputed or live reference log-probs
   callbacks  metrics and checkpoints after each optimizer step
   loss, logps, schedule   pure maths;  encode, data   pairs -> token batches
+  layouts, prefix   how a batch goes through the model: shared prefix (image + prompt once per
+             pair, logits only at response positions) or concatenated rows
   refcache   reference log-probs computed once and reused;  model, backends, dist, checkpoint
 """
 

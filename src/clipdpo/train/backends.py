@@ -1,5 +1,6 @@
 """Two ways to run the same training step: torch DDP (CPU/gloo tests, small GPU runs) and
-DeepSpeed ZeRO (the cluster default). Both present forward / backward / step / save / load.
+DeepSpeed ZeRO (the cluster default). Both present logps / backward / step / save / load
+(logps runs a batch in the layout chosen for the model, layouts.py).
 
 Loss scaling is the same in both: each micro-batch's loss is the mean over its examples, divided
 by the accumulation count (DeepSpeed does that division itself), and gradients are averaged over
@@ -64,9 +65,10 @@ def load_rng(local_dir: str, rank: int) -> None:
 class DDPBackend:
     name = "ddp"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, layout):
         self.ctx = ctx
         self.cfg = cfg
+        self.layout = layout  # layouts.choose(cfg.forward, model): how batches go through the model
         self.accumulation = plan.accumulation
         self.model = model.to(ctx.device)
         self.module = self.model
@@ -79,7 +81,12 @@ class DDPBackend:
         self.scheduler = make_scheduler(self.optimizer, plan.total_steps, plan.warmup)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """Logits of a concatenated batch (POVID's rows; forward=concatenated)."""
         return model_logits(self.model, batch, self.ctx.device, self.module.dtype)
+
+    def logps(self, batch: dict):
+        """(sums, means, counts) of the batch's 2n responses, through the DDP wrapper (gradient hooks)."""
+        return self.layout.logps(self.model, batch, self.ctx.device, self.module.dtype)
 
     def micro_step(self, last: bool):
         """Context for one micro-batch: gradients are all-reduced only on the last one."""
@@ -134,11 +141,12 @@ class DeepSpeedBackend:
 
     name = "deepspeed"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, ds_config: dict):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, ds_config: dict, layout):
         import deepspeed
 
         self.ctx = ctx
         self.cfg = cfg
+        self.layout = layout  # layouts.choose(cfg.forward, model): how batches go through the model
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, plan.total_steps, plan.warmup)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -146,7 +154,12 @@ class DeepSpeedBackend:
         self.module = self.engine.module
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """Logits of a concatenated batch (POVID's rows; forward=concatenated)."""
         return model_logits(self.engine, batch, self.ctx.device, self.module.dtype)
+
+    def logps(self, batch: dict):
+        """(sums, means, counts) of the batch's 2n responses, through the engine (ZeRO-3 gathers parameters)."""
+        return self.layout.logps(self.engine, batch, self.ctx.device, self.module.dtype)
 
     def micro_step(self, last: bool):
         return contextlib.nullcontext()  # DeepSpeed knows its accumulation boundary

@@ -30,6 +30,9 @@ class TrainConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0  # > 0 with sigmoid = cDPO (the paper's 0.1)
     reference: str = "precompute"  # precompute (one pass, cached on S3) | model (frozen copy each step)
+    # shared_prefix: image + prompt run once per pair and both responses continue from them in one
+    # packed row; concatenated: a row per response; auto: shared_prefix where the model supports it
+    forward: str = "auto"
 
     # method: clipdpo = DPO on the pairs for `epochs`; povid | both = POVID's two stages as one run (the
     # pairs hold POVID's text dispreferences, or CLIP-DPO pairs plus them for both): stage 1 DPO on the
@@ -81,6 +84,7 @@ class TrainConfig:
             "strategy": ("auto", "ddp", "deepspeed"),
             "dtype": ("auto", "float32", "bfloat16", "float16"),
             "method": ("clipdpo", "povid", "both"),
+            "forward": ("auto", "shared_prefix", "concatenated"),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:

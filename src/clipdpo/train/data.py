@@ -146,15 +146,17 @@ class PairStore:
     """Reads examples by index position and encodes them into model batches; keeps the last few shards
     (pairs + their images) in memory. The training loop and the reference pass both batch through it."""
 
+    cache_shards = 2
+
     def __init__(self, pairs: Artifact, index: PairIndex, encoder: PairEncoder, *, truncate: bool, pad_token_id: int,
-                 cache_shards: int = 2):
+                 collate_fn: Callable[[list[Encoded], int], dict] | None = None):
         self.pairs = pairs
         self.index = index
         self.encoder = encoder
         self.truncate = truncate
         self.pad_token_id = pad_token_id
+        self.collate = collate_fn or collate  # the model's batch layout (layouts.py); by default concatenated
         self.cache: OrderedDict[int, tuple] = OrderedDict()
-        self.cache_shards = cache_shards
 
     def _shard(self, shard_index: int):
         if shard_index in self.cache:
@@ -181,9 +183,9 @@ class PairStore:
         return image, columns["prompt"][row] or "", columns["chosen"][row], columns["rejected"][row]
 
     def batch(self, positions) -> dict[str, torch.Tensor]:
-        """The concatenated chosen/rejected batch (see `collate`) of the pairs at these index positions."""
+        """The batch (by default concatenated, see `collate`) of the pairs at these index positions."""
         examples = [self.example(int(p)) for p in positions]
-        return collate(self.encoder.encode_batch(examples, self.truncate), self.pad_token_id)
+        return self.collate(self.encoder.encode_batch(examples, self.truncate), self.pad_token_id)
 
 
 def collate(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:

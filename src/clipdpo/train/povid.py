@@ -20,7 +20,6 @@ by (seed, s, p), so every rank and a resumed run draw the same noised image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -76,10 +75,12 @@ class POVIDObjective:
         return {"noisy_answers_made": answers, "noisy_answer_tokens": tokens,
                 "noisy_tokens_changed_fraction": round(changed / tokens, 4) if tokens else None}
 
-    def losses(self, forward: Callable[[dict], torch.Tensor], batch: dict, positions: np.ndarray,
-               step: int = 0) -> Losses:
+    def losses(self, policy, batch: dict, positions: np.ndarray, step: int = 0) -> Losses:
+        """`policy`: the backend; its `forward` gives a concatenated batch's logits (recipe.forward_setting
+        keeps two-stage runs on the concatenated layout: the noisy rows are built from its rows)."""
+        forward = policy.forward
         if step < self.stage2_start:
-            return self.text.losses(forward, batch, positions, step)
+            return self.text.losses(policy, batch, positions, step)
         n, joint = len(positions), batch
         if self.beta_2:  # beta_2 = 0 (the ablation): no noisy term, nothing to generate
             noisy = self._noisy_rows(forward, batch, positions, step)

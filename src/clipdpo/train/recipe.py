@@ -25,7 +25,7 @@ from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, code_version, fingerprint
 from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tree
-from clipdpo.train import checkpoint, dist, refcache
+from clipdpo.train import checkpoint, dist, layouts, refcache
 from clipdpo.train.backends import DDPBackend, DeepSpeedBackend, frozen_reference
 from clipdpo.train.callbacks import METRICS, CheckpointCallback, MetricsCallback, StepStats, jsonl, metrics_row
 from clipdpo.train.config import TrainConfig, accumulation_steps, is_two_stage, run_epochs
@@ -40,7 +40,8 @@ log = logging.getLogger("clipdpo.train")
 
 SUMMARY = "train_summary.json"
 # Config keys that do not change what is trained (excluded from the output fingerprint).
-_NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache")
+# `forward` changes only the summation order of the same log-probs (tests/test_shared_prefix.py).
+_NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache", "forward")
 
 
 class OutputExists(UserError):
@@ -81,6 +82,9 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
         raise ValueError(f"method={cfg.method} needs reference=model (the noisy-image rejections change as the policy "
                          "trains, so their reference log-probs cannot be precomputed) and loss_type=sigmoid (Eq. 5); "
                          f"got reference={cfg.reference}, loss_type={cfg.loss_type}")
+    if is_two_stage(cfg) and cfg.forward == "shared_prefix":
+        raise ValueError(f"method={cfg.method} builds its noisy-image rows from the concatenated layout's rows: "
+                         "set forward=concatenated (or auto, which takes it for this method)")
     if dist.resolve_strategy(cfg) == "deepspeed" and cfg.zero_stage == 3 and cfg.finetune == "lora":
         raise ValueError("finetune=lora with DeepSpeed zero_stage=3 is not supported (the adapter cannot be saved "
                          "from partitioned weights); LoRA weights are small: use zero_stage=2")
@@ -146,11 +150,17 @@ def shared_model_dir(ctx: dist.DistContext, storage: Storage, model: str, scratc
     return local_model_dir(storage, model, cache)  # complete now: only resolves the path
 
 
+def forward_setting(cfg: TrainConfig) -> str:
+    """cfg.forward, except that POVID's two stages run concatenated rows (check_config refuses shared_prefix)."""
+    return "concatenated" if is_two_stage(cfg) else cfg.forward
+
+
 def make_backend(ctx: dist.DistContext, cfg: TrainConfig, model_dir: str, plan: StepPlan,
                  strategy: str) -> tuple[Any, dict | None, Any]:
     """(backend, DeepSpeed config or None, what must stay alive while ZeRO-3 models load)."""
     if strategy != "deepspeed":
-        return DDPBackend(prepare_policy(load_model(model_dir, cfg), cfg), cfg, ctx, plan), None, None
+        policy = prepare_policy(load_model(model_dir, cfg), cfg)
+        return DDPBackend(policy, cfg, ctx, plan, layouts.choose(forward_setting(cfg), policy)), None, None
     import deepspeed
 
     # DeepSpeed keeps its own communication handle (wrapping torchrun's process group); ZeRO-3's
@@ -163,7 +173,8 @@ def make_backend(ctx: dist.DistContext, cfg: TrainConfig, model_dir: str, plan: 
 
         keep_alive = HfDeepSpeedConfig(ds_config)  # while alive, from_pretrained shards at load
     policy = prepare_policy(load_model(model_dir, cfg), cfg)
-    return DeepSpeedBackend(policy, cfg, ctx, plan, ds_config), ds_config, keep_alive
+    layout = layouts.choose(forward_setting(cfg), policy)
+    return DeepSpeedBackend(policy, cfg, ctx, plan, ds_config, layout), ds_config, keep_alive
 
 
 @dataclass
@@ -205,17 +216,20 @@ class TrainRun:
         index = build_index(pairs, encoder, truncate=cfg.truncate_responses, on_bad_pair=cfg.on_bad_pair)
         plan = plan_steps(cfg, len(index), ctx.world_size, pairs.uri)
         strategy = dist.resolve_strategy(cfg)
-        log.info("strategy %s", strategy)
         backend, ds_config, keep_alive = make_backend(ctx, cfg, model_dir, plan, strategy)
-        store = PairStore(pairs, index, encoder, truncate=cfg.truncate_responses, pad_token_id=pad_token_id)
+        log.info("strategy %s, forward %s", strategy, backend.layout.name)
+        store = PairStore(pairs, index, encoder, truncate=cfg.truncate_responses, pad_token_id=pad_token_id,
+                          collate_fn=backend.layout.collate)
         run = cls(ctx, cfg, storage, output, run_fingerprint, strategy, plan, processor, index, store, backend,
                   checkpoint.Checkpoints(ctx, storage, output, scratch, cfg.keep_checkpoints), started,
                   zero3_loading=keep_alive)
         if cfg.reference == "precompute":
             run.objective = run.precompute_reference(model_dir, encoder)
         else:
-            reference = frozen_reference(load_model(model_dir, cfg), ctx, strategy, ds_config)
-            run.objective = DPOObjective.from_config(cfg, reference_model=reference)
+            reference_base = load_model(model_dir, cfg)
+            backend.layout.prepare(reference_base)
+            reference = frozen_reference(reference_base, ctx, strategy, ds_config)
+            run.objective = DPOObjective.from_config(cfg, reference_model=reference, layout=backend.layout)
             if is_two_stage(cfg):
                 run.objective = POVIDObjective.from_config(cfg, run.objective, plan.steps_per_epoch)
         record = run.checkpoints.restore(backend)
@@ -235,7 +249,7 @@ class TrainRun:
                                "incomplete: the policy is no longer the reference; delete the checkpoints or "
                                "restore the cache")
         self.backend.train(False)
-        values = refcache.ensure(self.ctx, self.backend.forward, self.store, key, self.reference_cache,
+        values = refcache.ensure(self.ctx, self.backend.logps, self.store, key, self.reference_cache,
                                  micro_batch=cfg.per_device_batch_size)
         return DPOObjective.from_config(cfg, reference_logps=values)
 
@@ -259,10 +273,10 @@ class TrainRun:
         for (step, m, positions), cpu_batch in prefetch(self.schedule(), lambda item: self.store.batch(item[2])):
             batch = {k: v.to(self.ctx.device) for k, v in cpu_batch.items()}
             with self.backend.micro_step(last=m == last):
-                losses, chosen_rewards, rejected_rewards = self.objective.losses(self.backend.forward, batch,
-                                                                                 positions, step)
+                losses, chosen_rewards, rejected_rewards = self.objective.losses(self.backend, batch, positions,
+                                                                                 step)
                 self.backend.backward(losses.mean())
-            stats.add(losses, chosen_rewards, rejected_rewards, int(batch["attention_mask"].sum()))
+            stats.add(losses, chosen_rewards, rejected_rewards, self.backend.layout.tokens(batch))
             if m < last:
                 continue
             grad_norm = self.backend.step()
@@ -295,7 +309,8 @@ class TrainRun:
         return {
             "fingerprint": self.fingerprint, "pairs": self.store.pairs.uri, "model": join(self.output, "model"),
             "finetune": self.cfg.finetune, "steps": self.plan.total_steps, "strategy": self.strategy,
-            "world_size": self.ctx.world_size, "reference_cache": self.reference_cache,
+            "world_size": self.ctx.world_size, "forward": self.backend.layout.name,
+            "reference_cache": self.reference_cache,
             "code_version": code_version(), "config": config_lib.to_dict(self.cfg), "data": self.index.summary(),
             "seconds": round(time.monotonic() - self.started, 2), "final": self.metrics[-1] if self.metrics else {},
             **({"povid_rank0": self.objective.summary()} if isinstance(self.objective, POVIDObjective) else {}),

@@ -24,7 +24,6 @@ from clipdpo.storage import join
 from clipdpo.train import dist
 from clipdpo.train.data import PairIndex, PairStore, prefetch
 from clipdpo.train.encode import PairEncoder
-from clipdpo.train.logps import sequence_logps
 
 log = logging.getLogger("clipdpo.train")
 
@@ -55,15 +54,16 @@ def chunk_bounds(total: int, chunk: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def batch_logps(forward, batch: dict) -> torch.Tensor:
-    """[n, 4]: chosen sum, rejected sum, chosen mean, rejected mean, for one concatenated batch."""
-    logits = forward(batch)
-    sums, means, _ = sequence_logps(logits, batch["labels"].to(logits.device))
+def batch_logps(logps, batch: dict) -> torch.Tensor:
+    """[n, 4]: chosen sum, rejected sum, chosen mean, rejected mean, for one batch of n pairs.
+
+    `logps(batch)`: (sums, means, counts) over its 2n responses, chosen first (a backend's `logps`)."""
+    sums, means, _ = logps(batch)
     n = len(sums) // 2
     return torch.stack([sums[:n], sums[n:], means[:n], means[n:]], dim=1).double().cpu()
 
 
-def ensure(ctx: dist.DistContext, forward, store: PairStore, key: dict, uri: str, *, micro_batch: int) -> np.ndarray:
+def ensure(ctx: dist.DistContext, logps, store: PairStore, key: dict, uri: str, *, micro_batch: int) -> np.ndarray:
     """[len(index), 4] reference log-probs in index order, computing the missing chunks."""
     pairs = store.pairs
     writer = ArtifactWriter(pairs.storage, uri, "reflogps", key, [pairs], overwrite=True)
@@ -76,7 +76,7 @@ def ensure(ctx: dist.DistContext, forward, store: PairStore, key: dict, uri: str
     todo = dist.broadcast_object(ctx, todo)  # every rank must run the same chunks
     log.info("reference log-probs: %d of %d chunk(s) to compute -> %s", len(todo), len(names), uri)
     for i in todo:
-        rows = _chunk_rows(ctx, forward, store, np.arange(*bounds[i]), micro_batch)
+        rows = _chunk_rows(ctx, logps, store, np.arange(*bounds[i]), micro_batch)
         gathered = dist.all_gather_objects(ctx, rows)
         if ctx.is_main:
             merged = sorted(row for rank_rows in gathered for row in rank_rows)
@@ -88,7 +88,7 @@ def ensure(ctx: dist.DistContext, forward, store: PairStore, key: dict, uri: str
     return load(pairs.storage, uri, store.index)
 
 
-def _chunk_rows(ctx: dist.DistContext, forward, store: PairStore, positions: np.ndarray,
+def _chunk_rows(ctx: dist.DistContext, logps, store: PairStore, positions: np.ndarray,
                 micro_batch: int) -> list[tuple[int, list[float]]]:
     """This rank's (position, values) rows of one chunk. Every rank runs the same number of forwards (ZeRO-3
     gathers parameters collectively): a rank whose share runs out repeats a row and drops its result."""
@@ -100,7 +100,7 @@ def _chunk_rows(ctx: dist.DistContext, forward, store: PairStore, positions: np.
         parts.append((part if len(part) else positions[:1], len(part)))
     rows = []
     for (part, real), cpu_batch in prefetch(parts, lambda item: store.batch(item[0])):
-        values = batch_logps(forward, cpu_batch)
+        values = batch_logps(logps, cpu_batch)
         rows.extend(zip(part[:real].tolist(), values[:real].tolist()))
     return rows
 

@@ -1,0 +1,353 @@
+"""make bench (DPO at LLaVA-1.5's shapes): TRL DPOTrainer vs clipdpo's concatenated and shared-prefix forwards.
+
+The model is narrow but laid out like LLaVA-1.5: a CLIP tower at 336 px with 14 px patches (576
+image tokens in front of every prompt), a 2-layer 256-wide Llama (4 heads, MLP 688 = LLaMA's
+2.69x) and the tiny tokenizer (vocabulary ~400: at this width the head then costs about what
+a 32k head costs next to a 7B model's layers, ~5% of a position's work). Prompts and responses
+are random words of the tokenizer's corpus with token counts drawn from a seeded distribution:
+prompt ~ U{20..40}, chosen and rejected ~ U{40..120} independently (text tokens; the chat
+template adds ~10 and the image 576). One torch thread, everything in this process, one after
+the other, on the same pairs, batch and max length:
+
+- TRL `DPOTrainer.train()` (reference forward inside every step; its dataset preparation at
+  construction reported apart);
+- clipdpo `train()` with forward=concatenated and forward=shared_prefix, each a first run
+  (index + reference pass + loop + save; a fresh reference cache each); the loop is the sum of
+  the per-step times in metrics.jsonl. First runs and TRL are also timed in CPU seconds of this
+  process (time.process_time), which other processes on a shared machine disturb far less;
+- the reference pass alone (forward only, no grad, batches encoded beforehand) in both layouts;
+- peak memory of one training micro-step (forward + backward of the DPO loss) and of one
+  reference forward, in both layouts: the largest total of live tensors created during it
+  (activations, temporaries, gradients; not the weights), counted by a dispatch mode in one
+  extra, untimed step each, on the same first batch;
+- a profile of one shared-prefix training step: time per part and the top operators.
+
+`--json` prints one JSON object as the last line; results also go to bench-results/prefix.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT_TOKENS = (20, 40)  # inclusive ranges, uniform
+RESPONSE_TOKENS = (40, 120)
+SHAPE = dict(image_size=336, patch_size=14, vision_hidden=64, hidden=256, intermediate=688, heads=4)
+
+
+def words_of(tokenizer, rng, target: int, vocabulary: list[str]) -> str:
+    """Random corpus words whose token count is `target` (words are 1-2 tokens: add, then trim)."""
+    words = list(rng.choice(vocabulary, size=target))
+    count = lambda: len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"])  # noqa: E731
+    while count() > target and len(words) > 1:
+        words.pop()
+    while count() < target:
+        words.append(str(rng.choice(vocabulary)))
+    return " ".join(words)
+
+
+def make_texts(tokenizer, n: int, seed: int) -> list[tuple[str, str, str]]:
+    import numpy as np
+
+    from clipdpo.demo.models import _CORPUS
+
+    rng = np.random.default_rng(seed)
+    vocabulary = sorted(set(_CORPUS.split()) - {".", "?", ":"})
+    rows = []
+    for _ in range(n):
+        p, c, r = rng.integers(PROMPT_TOKENS[0], PROMPT_TOKENS[1] + 1), *rng.integers(
+            RESPONSE_TOKENS[0], RESPONSE_TOKENS[1] + 1, size=2)
+        rows.append((words_of(tokenizer, rng, p, vocabulary), words_of(tokenizer, rng, c, vocabulary),
+                     words_of(tokenizer, rng, r, vocabulary)))
+    return rows
+
+
+def text_token_stats(tokenizer, texts) -> dict:
+    stats = {}
+    for k, name in enumerate(("prompt", "chosen", "rejected")):
+        counts = [len(tokenizer(t[k], add_special_tokens=False)["input_ids"]) for t in texts]
+        stats[name] = {"min": min(counts), "mean": round(sum(counts) / len(counts), 1), "max": max(counts)}
+    return stats
+
+
+def run_ours(model: str, pairs: str, work: Path, forward: str, batch: int, max_length: int) -> dict:
+    from clipdpo.storage import Storage, join
+    from clipdpo.train.config import TrainConfig
+    from clipdpo.train import run as train
+
+    output = str(work / f"ours-{forward}")
+    cfg = TrainConfig(model=model, learning_rate=5e-6, global_batch_size=batch, per_device_batch_size=batch,
+                      max_length=max_length, warmup_ratio=0.0, epochs=1, save_steps=10**6, forward=forward,
+                      reference_cache=str(work / f"refcache-{forward}"))  # a first run: no cache to reuse
+    started, cpu_started = time.monotonic(), time.process_time()
+    summary = train(cfg, pairs, output)
+    total, cpu = time.monotonic() - started, time.process_time() - cpu_started
+    rows = [json.loads(line) for line in Storage().read_bytes(join(output, "metrics.jsonl")).decode().splitlines()]
+    samples = batch * len(rows)
+    loop = sum(r["seconds"] for r in rows)
+    return {"samples": samples, "loop_seconds": round(loop, 2), "first_run_seconds": round(total, 2),
+            "first_run_cpu_seconds": round(cpu, 2),
+            "samples_per_s_loop": samples / loop, "samples_per_s_first_run": samples / total,
+            "losses": [r["loss"] for r in rows], "data": summary["data"]}
+
+
+def live_tensor_peak_mode():
+    """A TorchDispatchMode class that counts the bytes of every tensor storage created while it is
+    active (forward, backward, gradients; not the weights that already exist) until it is freed,
+    and keeps the largest total. CPU torch has no allocator statistics; this is what MemTracker
+    does, without its parameter hooks (which refuse frozen parameters such as the vision tower)."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+    from torch.utils.weak import WeakIdKeyDictionary
+
+    class Mode(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = WeakIdKeyDictionary()
+            self.current = self.peak = 0
+
+        def _free(self, nbytes: int) -> None:
+            self.current -= nbytes
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in tree_leaves(out):
+                if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
+                    storage = tensor.untyped_storage()
+                    if storage not in self.seen:
+                        self.seen[storage] = True
+                        self.current += storage.nbytes()
+                        self.peak = max(self.peak, self.current)
+                        weakref.finalize(storage, self._free, storage.nbytes())
+            return out
+
+    return Mode
+
+
+def LiveTensorPeak():  # noqa: N802  a class made on first use, so that importing this file stays light
+    return live_tensor_peak_mode()()
+
+
+class Layouts:
+    """The two forwards on pre-encoded batches, as the training loop and the reference pass run them."""
+
+    def __init__(self, model_path: str, texts, batch: int, max_length: int):
+        from PIL import Image
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        from clipdpo.train import layouts
+        from clipdpo.train.encode import PairEncoder
+        from pairs_fixture import png
+
+        processor = AutoProcessor.from_pretrained(model_path)
+        self.model = LlavaForConditionalGeneration.from_pretrained(model_path)
+        self.model.model.vision_tower.requires_grad_(False)  # clipdpo's default trainable set
+        # the training run's layouts; the shared prefix switches SDPA to its block-sparse form,
+        # which leaves the concatenated batches on plain SDPA
+        self.layouts = {"concatenated": layouts.Concatenated(),
+                        "shared_prefix": layouts.choose("shared_prefix", self.model)}
+        encoder = PairEncoder(processor, max_length)
+        pad = processor.tokenizer.pad_token_id
+        examples = [(Image.open(io.BytesIO(png(k))).convert("RGB"), *t) for k, t in enumerate(texts)]
+        encoded = [encoder.encode_batch(examples[s:s + batch], True) for s in range(0, len(examples), batch)]
+        self.batches = {name: [layout.collate(e, pad) for e in encoded] for name, layout in self.layouts.items()}
+
+    def logps(self, layout: str, batch: dict):
+        import torch
+
+        return self.layouts[layout].logps(self.model, batch, torch.device("cpu"), self.model.dtype)[0]
+
+    def dpo_step(self, layout: str, batch: dict) -> float:
+        """Forward + backward of the sigmoid DPO loss against a reference of zeros (untimed parts aside)."""
+        import torch
+
+        from clipdpo.train.loss import preference_loss
+
+        sums = self.logps(layout, batch)
+        n = len(sums) // 2
+        zeros = torch.zeros(n)
+        losses, _, _ = preference_loss(sums[:n], sums[n:], zeros, zeros, loss_type="sigmoid", beta=0.1,
+                                       label_smoothing=0.0)
+        losses.mean().backward()
+        self.model.zero_grad(set_to_none=True)
+        return float(losses.mean().detach())
+
+    def reference_pass(self, layout: str) -> dict:
+        import torch
+
+        samples = 0
+        started = time.monotonic()
+        with torch.no_grad():
+            for batch in self.batches[layout]:
+                samples += len(self.logps(layout, batch)) // 2
+        seconds = time.monotonic() - started
+        return {"samples": samples, "seconds": round(seconds, 2), "samples_per_s": samples / seconds}
+
+    def peak_bytes(self, layout: str, train: bool) -> int:
+        import torch
+
+        batch = self.batches[layout][0]
+        with LiveTensorPeak() as tracker:
+            if train:
+                self.dpo_step(layout, batch)
+            else:
+                with torch.no_grad():
+                    self.logps(layout, batch)
+        return tracker.peak
+
+    def profile(self, layout: str) -> dict:
+        """Seconds per part of one training step (module hooks) and the top operators (torch.profiler)."""
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        parts = {"vision_tower": self.model.model.vision_tower, "projector": self.model.model.multi_modal_projector,
+                 "language_model": self.model.model.language_model, "lm_head": self.model.lm_head}
+        seconds = dict.fromkeys(parts, 0.0)
+        starts = {}
+
+        def start(name: str) -> None:
+            starts[name] = time.perf_counter()
+
+        def stop(name: str) -> None:
+            seconds[name] += time.perf_counter() - starts[name]
+
+        hooks = []
+        for name, module in parts.items():
+            hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: start(name)))
+            hooks.append(module.register_forward_hook(lambda m, a, o, name=name: stop(name)))
+        batch = self.batches[layout][0]
+        try:
+            self.dpo_step(layout, batch)  # warm
+            for key in seconds:
+                seconds[key] = 0.0
+            started = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                self.dpo_step(layout, batch)
+            total = time.perf_counter() - started
+        finally:
+            for hook in hooks:
+                hook.remove()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        own = sum(e.self_cpu_time_total for e in events)
+        forward = sum(seconds.values())
+        return {"step_seconds_profiled": round(total, 3),
+                "forward_parts_share_of_step": {k: round(v / total, 3) for k, v in seconds.items()},
+                "rest_of_step_share (loss + backward)": round(1 - forward / total, 3),
+                "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / own, 3) for e in events[:10]}}
+
+
+def measure(args, work: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    from bench_train import run_trl
+    from clipdpo.demo.models import LlavaShape, build_tiny_llava
+    from pairs_fixture import write_pairs
+
+    model = build_tiny_llava(str(work / "narrow-llava"), shape=LlavaShape(**SHAPE))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    texts = make_texts(tokenizer, args.pairs, args.seed)
+    pairs = write_pairs(str(work / "data"), n_pairs=args.pairs, n_shards=2, texts=texts)
+    layouts = Layouts(model, texts, args.batch, args.max_length)
+    for layout in ("concatenated", "shared_prefix"):  # warm-up: lazy imports, first allocations
+        layouts.dpo_step(layout, layouts.batches[layout][0])
+    reference = {layout: layouts.reference_pass(layout) for layout in ("concatenated", "shared_prefix")}
+    memory = {layout: {"train_step": layouts.peak_bytes(layout, True),
+                       "reference_forward": layouts.peak_bytes(layout, False)}
+              for layout in ("concatenated", "shared_prefix")}
+    profile = {layout: layouts.profile(layout) for layout in ("concatenated", "shared_prefix")}
+    del layouts
+    ours = {forward: run_ours(model, pairs, work, forward, args.batch, args.max_length)
+            for forward in ("concatenated", "shared_prefix")}
+    cpu_started = time.process_time()
+    peer = run_trl(model, pairs, str(work / "trl"), args.batch, args.max_length, 5e-6)
+    peer["cpu_seconds_incl_dataset"] = round(time.process_time() - cpu_started, 2)
+    concatenated, shared = ours["concatenated"], ours["shared_prefix"]
+    return {
+        "pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "seed": args.seed,
+        "torch_threads": 1, "model": SHAPE, "text_tokens": text_token_stats(tokenizer, texts),
+        "clipdpo": ours, "reference_pass": reference, "peak_memory_bytes": memory, "profile": profile, "trl": peer,
+        "loop_speedup_vs_concatenated": shared["samples_per_s_loop"] / concatenated["samples_per_s_loop"],
+        "peak_memory_ratio_vs_concatenated": (memory["shared_prefix"]["train_step"]
+                                              / memory["concatenated"]["train_step"]),
+        "reference_pass_speedup_vs_concatenated": (reference["shared_prefix"]["samples_per_s"]
+                                                   / reference["concatenated"]["samples_per_s"]),
+        "reference_peak_memory_ratio_vs_concatenated": (memory["shared_prefix"]["reference_forward"]
+                                                        / memory["concatenated"]["reference_forward"]),
+        "first_run_speedup_vs_concatenated": (shared["samples_per_s_first_run"]
+                                              / concatenated["samples_per_s_first_run"]),
+        "first_run_speedup_vs_trl": shared["samples_per_s_first_run"] / peer["samples_per_s"],
+        "concatenated_first_run_speedup_vs_trl": concatenated["samples_per_s_first_run"] / peer["samples_per_s"],
+        # CPU seconds of this process: the same ratio, less exposed to other processes on a shared machine
+        "first_run_cpu_speedup_vs_trl": peer["cpu_seconds_incl_dataset"] / shared["first_run_cpu_seconds"],
+        "concatenated_first_run_cpu_speedup_vs_trl": (peer["cpu_seconds_incl_dataset"]
+                                                      / concatenated["first_run_cpu_seconds"]),
+        "loss_max_abs_difference": max(abs(a - b) for a, b in zip(concatenated["losses"], shared["losses"])),
+    }
+
+
+def table(result: dict) -> str:
+    mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
+    ours, ref, mem, trl = result["clipdpo"], result["reference_pass"], result["peak_memory_bytes"], result["trl"]
+    lines = ["| variant | samples/s | peak memory (one step) |", "|---|---|---|"]
+    for forward in ("concatenated", "shared_prefix"):
+        lines += [f"| clipdpo {forward}, training loop | {ours[forward]['samples_per_s_loop']:.2f} | "
+                  f"{mib(mem[forward]['train_step'])} |",
+                  f"| clipdpo {forward}, reference pass | {ref[forward]['samples_per_s']:.2f} | "
+                  f"{mib(mem[forward]['reference_forward'])} |",
+                  f"| clipdpo {forward}, first run (index + reference + loop + save) | "
+                  f"{ours[forward]['samples_per_s_first_run']:.2f} | |"]
+    lines += [f"| TRL DPOTrainer.train() | {trl['samples_per_s']:.2f} | |",
+              f"| TRL incl. dataset preparation | {trl['samples_per_s_total']:.2f} | |"]
+    keys = ("loop_speedup_vs_concatenated", "peak_memory_ratio_vs_concatenated",
+            "reference_pass_speedup_vs_concatenated",
+            "first_run_speedup_vs_concatenated", "first_run_speedup_vs_trl", "concatenated_first_run_speedup_vs_trl",
+            "first_run_cpu_speedup_vs_trl", "concatenated_first_run_cpu_speedup_vs_trl")
+    lines += [f"{key}: {result[key]:.2f}" for key in keys]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="clipdpo-bench-prefix-"))
+    try:
+        result = measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "prefix.json").write_text(json.dumps(result, indent=2))
+    print(table(result))
+    print("profile of one training step:", json.dumps(result["profile"], indent=1))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""How a batch of pairs goes through the model: `forward: shared_prefix | concatenated | auto`.
+
+Both layouts give, per pair, the chosen and rejected responses' summed and mean log-probs in the
+same order (chosen sequences 0..n-1, rejected n..2n-1) for the policy pass, the reference pass
+and a frozen reference model alike; only the cost differs (see prefix.py). `auto` takes the
+shared prefix where the model supports it and logs why not where it does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from clipdpo.train import prefix
+from clipdpo.train.backends import model_logits
+from clipdpo.train.data import collate
+from clipdpo.train.logps import sequence_logps
+
+log = logging.getLogger("clipdpo.train")
+
+FORWARDS = ("auto", "shared_prefix", "concatenated")
+Logps = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # sums, means, counts over the 2n sequences
+
+
+class Concatenated:
+    """Two rows per pair, [prefix | chosen] and [prefix | rejected]; logits at every position."""
+
+    name = "concatenated"
+
+    def prepare(self, model) -> None:
+        pass
+
+    def collate(self, encoded: list, pad_token_id: int) -> dict:
+        return collate(encoded, pad_token_id)
+
+    def logps(self, call, batch: dict, device: torch.device, dtype: torch.dtype) -> Logps:
+        logits = model_logits(call, batch, device, dtype)
+        return sequence_logps(logits, batch["labels"].to(logits.device))
+
+    def tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """One packed row per pair, [prefix | chosen | rejected]; logits only where a response token is read."""
+
+    attention: str  # the prepared model's attention implementation (prefix.attention_implementation)
+    name = "shared_prefix"
+
+    def prepare(self, model) -> None:
+        prefix.prepare(model)  # the frozen reference model runs the same attention as the policy
+
+    def collate(self, encoded: list, pad_token_id: int) -> dict:
+        return prefix.collate_shared_prefix(encoded, pad_token_id)
+
+    def logps(self, call, batch: dict, device: torch.device, dtype: torch.dtype) -> Logps:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        logits = call(**prefix.model_inputs(batch, self.attention, dtype)).logits
+        return prefix.response_logps(logits, batch)
+
+    def tokens(self, batch: dict) -> int:
+        return int((batch["segments"] != prefix.PAD).sum())
+
+
+Layout = Concatenated | SharedPrefix
+
+
+def choose(forward: str, model) -> Layout:
+    """The layout for config value `forward`, preparing `model` for it (before any DDP / DeepSpeed wrapping)."""
+    if forward not in FORWARDS:
+        raise ValueError(f"forward={forward!r}; expected one of {list(FORWARDS)}")
+    if forward == "concatenated":
+        return Concatenated()
+    reason = prefix.unsupported_reason(model)
+    if reason is not None and forward == "auto":
+        log.info("forward=auto: concatenated, as the shared prefix cannot run here: %s", reason)
+        return Concatenated()
+    prefix.prepare(model)  # forward=shared_prefix on a model that cannot: SharedPrefixUnsupported, with the reason
+    return SharedPrefix(prefix.attention_implementation(model))

@@ -1,0 +1,272 @@
+"""The shared-prefix forward gives the concatenated forward's log-probs and gradients on the tiny LLaVA."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipdpo.artifacts import Artifact
+from clipdpo.storage import Storage
+from clipdpo.demo.models import build_tiny_llava
+from clipdpo.train import prefix
+from clipdpo.train.data import collate
+from clipdpo.train.encode import PairEncoder
+from clipdpo.train.logps import sequence_logps
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pairs_fixture import write_pairs  # noqa: E402
+
+# Unequal prompt lengths (so the packed rows pad differently from the concatenated ones), unequal
+# response lengths on both sides, and with max_length 70 the second pair's chosen response is cut.
+EXAMPLES = [
+    ((200, 10, 10), "describe the image", "a dog on a red sofa", "a cat"),
+    ((10, 200, 10), "what is in this picture of a park near the river ?",
+     "two people walking in the park near the river on a blue day with a dog", "a rocket"),
+    ((10, 10, 200), "hi", "a man", "a woman holding a cup of coffee in the kitchen"),
+]
+MAX_LENGTH = 70
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    torch.set_num_threads(1)
+    path = build_tiny_llava(str(tmp_path_factory.mktemp("models") / "tiny-llava"))
+    processor = AutoProcessor.from_pretrained(path)
+    encoder = PairEncoder(processor, max_length=MAX_LENGTH)
+    encoded = encoder.encode_batch([(Image.new("RGB", (40, 40), rgb), *texts) for rgb, *texts in EXAMPLES], True)
+    return path, LlavaForConditionalGeneration.from_pretrained(path), encoded, processor.tokenizer.pad_token_id
+
+
+def set_attention(model, name: str) -> None:
+    for config in (model.config, model.config.text_config):
+        config._attn_implementation = name
+    if name == prefix.BLOCK_ATTENTION:
+        set_attention(model, "sdpa")
+        prefix.prepare(model)
+        assert model.config.text_config._attn_implementation == prefix.BLOCK_ATTENTION
+
+
+def concatenated_logps(model, encoded, pad):
+    batch = collate(encoded, pad)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   pixel_values=batch["pixel_values"], use_cache=False).logits
+    return sequence_logps(logits, batch["labels"])
+
+
+def shared_logps(model, encoded, pad):
+    return prefix.shared_prefix_logps(model, model, prefix.collate_shared_prefix(encoded, pad))
+
+
+def test_the_batch_has_what_the_equality_claims_cover(tiny):
+    _, _, encoded, _ = tiny
+    totals = [len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in encoded]
+    assert len({len(e.prompt_ids) for e in encoded}) == 3 and len(set(totals)) == 3  # unequal, so padded
+    assert [e.truncated for e in encoded] == [False, True, False]
+    assert len(encoded[1].prompt_ids) + len(encoded[1].chosen_ids) == MAX_LENGTH
+    assert len(encoded[2].rejected_ids) > len(encoded[2].chosen_ids)  # rejected longer than chosen too
+
+
+# sdpa and eager: one dense 4-D mask; clipdpo_shared_prefix: per row, the prefix causally and the
+# responses on the prefix and themselves (the training default where the model runs SDPA)
+@pytest.mark.parametrize("attention", ["sdpa", "eager", prefix.BLOCK_ATTENTION])
+def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
+    _, model, encoded, pad = tiny
+    rows_run = []
+    row_attention = prefix._pair_row_attention
+    monkeypatch.setattr(prefix, "_pair_row_attention", lambda *a: rows_run.append(1) or row_attention(*a))
+    monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the tiny rows take the block path too
+    set_attention(model, "sdpa")
+    with torch.no_grad():
+        sums, means, counts = concatenated_logps(model, encoded, pad)
+        set_attention(model, attention)
+        if attention == prefix.BLOCK_ATTENTION:  # ordinary calls take plain SDPA: the very same numbers
+            assert torch.equal(concatenated_logps(model, encoded, pad)[0], sums) and not rows_run
+        shared_sums, shared_means, shared_counts = shared_logps(model, encoded, pad)
+    # the block path ran once per packed row and layer, and only when chosen
+    assert len(rows_run) == (len(encoded) * 2 if attention == prefix.BLOCK_ATTENTION else 0)
+    assert shared_counts.tolist() == counts.tolist() == [len(e.chosen_ids) for e in encoded] + [
+        len(e.rejected_ids) for e in encoded]
+    # fp32, summed in another order (and attention over a differently padded row): the sums reach
+    # |70|, where one fp32 ulp is 7.6e-6, so 1e-5 is relative; the means (|x| < 8) hold it absolutely.
+    assert torch.allclose(shared_sums, sums, rtol=1e-5, atol=1e-5), (shared_sums - sums).abs().max()
+    assert torch.allclose(shared_means, means, rtol=0, atol=1e-5), (shared_means - means).abs().max()
+    assert (sums < 0).all() and len(set(sums.tolist())) == 6  # real, distinct values, not a degenerate match
+    if attention == prefix.BLOCK_ATTENTION:  # rows shorter than BLOCK_MIN_LENGTH: one dense masked call
+        monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 10_000)
+        with torch.no_grad():
+            dense_sums = shared_logps(model, encoded, pad)[0]
+        assert len(rows_run) == len(encoded) * 2 and torch.allclose(dense_sums, sums, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", prefix.BLOCK_ATTENTION])
+def test_gradients_equal_the_concatenated_forward(tiny, attention, monkeypatch):
+    _, model, encoded, pad = tiny
+    monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the tiny rows take the block path too
+    weights = torch.linspace(-1.0, 1.0, 2 * len(encoded))  # a loss that weighs every sequence differently
+    grads = []
+    for logps in (concatenated_logps, shared_logps):
+        set_attention(model, "sdpa" if logps is concatenated_logps else attention)
+        model.zero_grad(set_to_none=True)
+        sums, means, _ = logps(model, encoded, pad)
+        ((weights * sums).sum() + (weights * means).sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("vision_tower" in n for n in grads[0])
+    for name, expected in grads[0].items():
+        # fp32 sums over tokens and heads in another order: relative to the tensor's largest entry,
+        # as a few ulps of a gradient entry of size g are ~1e-7 g.
+        scale = max(expected.abs().max().item(), 1e-3)
+        difference = (grads[1][name] - expected).abs().max().item()
+        assert difference <= 1e-5 * scale, (name, difference, scale)
+    assert max(g.abs().max().item() for g in grads[0].values()) > 1e-3  # gradients that mean something
+
+
+def test_each_image_encoded_once_and_logits_only_at_response_positions(tiny):
+    _, model, encoded, pad = tiny
+    seen = {}
+
+    def record(key, value) -> None:  # a forward hook that returns None leaves the output alone
+        seen[key] = value
+
+    hooks = [model.model.vision_tower.register_forward_hook(lambda m, args, out: record("images", args[0].shape[0])),
+             model.lm_head.register_forward_hook(lambda m, args, out: record("head_rows", args[0].shape[:-1]))]
+    try:
+        with torch.no_grad():
+            shared_logps(model, encoded, pad)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen["images"] == len(encoded)
+    # per pair: the prefix's last position (predicts both first tokens) + the others of each response
+    assert tuple(seen["head_rows"]) == (sum(len(e.chosen_ids) + len(e.rejected_ids) - 1 for e in encoded),)
+
+
+def test_block_mask_and_positions_by_hand():
+    item = prefix.Encoded(torch.tensor([5, 6]), torch.zeros(1, 3, 2, 2), torch.tensor([7, 8]), torch.tensor([9]), False)
+    short = prefix.Encoded(torch.tensor([5]), torch.zeros(1, 3, 2, 2), torch.tensor([7]), torch.tensor([9]), False)
+    batch = prefix.collate_shared_prefix([item, short], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 7, 9, 0, 0]]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 2]  # the rejected branch restarts after the prefix
+    mask = prefix.block_attention_mask(batch["segments"])[0, 0].int().tolist()
+    assert mask == [[1, 0, 0, 0, 0],   # prefix
+                    [1, 1, 0, 0, 0],
+                    [1, 1, 1, 0, 0],   # chosen
+                    [1, 1, 1, 1, 0],
+                    [1, 1, 0, 0, 1]]   # rejected: the prefix and itself, never the chosen tokens
+    padded = prefix.block_attention_mask(batch["segments"])[1, 0].int().tolist()
+    assert padded[3] == [0, 0, 0, 1, 0] and padded[2] == [1, 0, 1, 0, 0]  # padding sees only itself
+    additive = prefix.block_attention_mask(batch["segments"], torch.float32)[0, 0]
+    assert additive[4, 2].item() == torch.finfo(torch.float32).min and additive[4, 1].item() == 0.0
+    # logits at the prefix's last position (0,1) and chosen's first (0,2); row 1: prefix only (1,0)
+    assert batch["logits_mask"].int().tolist() == [[0, 1, 1, 0, 0], [1, 0, 0, 0, 0]]
+    assert batch["target_rows"].tolist() == [0, 1, 0, 2, 2]  # pair 0 chosen x2, pair 0 rejected, pair 1 x2
+    assert batch["target_labels"].tolist() == [7, 8, 9, 7, 9]
+    assert batch["target_owner"].tolist() == [0, 0, 2, 1, 3]
+
+
+def test_block_attention_equals_dense_masked_sdpa_with_grouped_query_heads():
+    """The per-row path against transformers' SDPA with the dense block mask: 4 query heads on 2
+    key/value heads (LLaVA-1.5 has none, later LLaVAs do), two rows of different spans and padding."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    spans, length = [(5, 3, 4), (2, 4, 1)], 12
+    segments = torch.tensor([[prefix.PREFIX] * p + [prefix.CHOSEN] * c + [prefix.REJECTED] * r
+                             + [prefix.PAD] * (length - p - c - r) for p, c, r in spans])
+    query = torch.randn(2, 4, length, 8)
+    key, value = torch.randn(2, 2, length, 8), torch.randn(2, 2, length, 8)
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    mask = prefix.block_attention_mask(segments)
+    dense, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=0.0, scaling=0.3)
+    block, _ = prefix.block_sparse_attention(module, query, key, value, mask, dropout=0.0, scaling=0.3,
+                                             pair_spans=spans)
+    real = segments != prefix.PAD
+    assert block.shape == dense.shape == (2, length, 4, 8)
+    # fp32 softmax over <= 12 keys, blocked differently by the two kernels: well inside 1e-6
+    assert torch.allclose(block[real], dense[real], atol=1e-6), (block[real] - dense[real]).abs().max()
+    assert not torch.allclose(block[real], dense[real].roll(1, 0), atol=1e-3)  # values that tell rows apart
+
+
+def test_the_block_attention_switch_is_not_saved_with_the_model(tiny, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    _, model, _, _ = tiny
+    set_attention(model, prefix.BLOCK_ATTENTION)
+    model.save_pretrained(str(tmp_path / "saved"))
+    assert prefix.BLOCK_ATTENTION not in (tmp_path / "saved" / "config.json").read_text()
+    reloaded = LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "saved"))
+    assert prefix.attention_implementation(reloaded) == "sdpa"
+
+
+def test_an_unsupported_model_gets_a_clear_message(tiny):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, model, _, _ = tiny
+    assert prefix.unsupported_reason(model) is None
+    text_only = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(prefix.SharedPrefixUnsupported, match="model_type 'llama'.*forward=concatenated"):
+        prefix.check_supported(text_only)
+    set_attention(model, "flash_attention_2")
+    try:
+        with pytest.raises(prefix.SharedPrefixUnsupported, match="flash_attention_2.*sdpa"):
+            prefix.check_supported(model)
+    finally:
+        set_attention(model, "sdpa")
+
+
+def reference_cache_values(uri: str) -> np.ndarray:
+    cache = Artifact.open(Storage(), uri, kind="reflogps")
+    tables = [table for _, table in cache.iter_shards()]
+    rows = sorted((s, r, *v) for table in tables for s, r, *v in zip(
+        table.column("pair_shard").to_pylist(), table.column("row").to_pylist(),
+        *(table.column(c).to_pylist() for c in ("chosen_logp", "rejected_logp", "chosen_logp_mean",
+                                                "rejected_logp_mean"))))
+    return np.asarray([row[2:] for row in rows])
+
+
+@pytest.mark.slow  # two training runs: ~10 s
+def test_a_short_run_gives_the_same_losses_and_reference_cache_both_ways(tiny, tmp_path):
+    from clipdpo.train import run
+    from clipdpo.train.config import TrainConfig
+
+    pairs = write_pairs(str(tmp_path / "data"), n_pairs=12, n_shards=2)
+    losses, caches = {}, {}
+    for forward in ("concatenated", "shared_prefix"):
+        cfg = TrainConfig(model=tiny[0], learning_rate=5e-3, global_batch_size=4, per_device_batch_size=2,
+                          max_length=50, warmup_ratio=0.0, max_steps=3, seed=7, forward=forward,
+                          reference_cache=str(tmp_path / f"refcache-{forward}"))
+        summary = run(cfg, pairs, str(tmp_path / forward))
+        assert summary["forward"] == forward and summary["data"]["pairs_truncated"] > 0
+        rows = Storage().read_bytes(str(tmp_path / forward / "metrics.jsonl")).decode().splitlines()
+        losses[forward] = [(r["loss"], r["rewards/margin"]) for r in map(json.loads, rows)]
+        caches[forward] = reference_cache_values(summary["reference_cache"])
+    assert len(losses["concatenated"]) == 3 and len(caches["concatenated"]) == 12
+    # after two optimizer steps at lr 5e-3 the policy has moved: margins differ from zero
+    assert abs(losses["concatenated"][-1][1]) > 1e-3
+    # fp32 log-probs summed in another order (see above), through 3 steps of training: 1e-5
+    np.testing.assert_allclose(losses["shared_prefix"], losses["concatenated"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(caches["shared_prefix"], caches["concatenated"], rtol=1e-5, atol=1e-5)
+    assert len(np.unique(caches["concatenated"][:, 0])) > 1
+
+
+def test_povid_runs_concatenated_rows_and_refuses_shared_prefix():
+    from clipdpo.train.config import TrainConfig
+    from clipdpo.train.recipe import check_config, forward_setting
+
+    povid = dict(method="povid", reference="model", global_batch_size=4, per_device_batch_size=4)
+    assert forward_setting(TrainConfig(**povid)) == "concatenated"  # auto: the noisy rows need concatenated rows
+    assert forward_setting(TrainConfig(global_batch_size=4, per_device_batch_size=4)) == "auto"
+    with pytest.raises(ValueError, match="method=povid.*forward=concatenated"):
+        check_config(TrainConfig(**povid, forward="shared_prefix"), world_size=1)
+    with pytest.raises(ValueError, match="forward='packed'; expected one of"):
+        TrainConfig(forward="packed")
