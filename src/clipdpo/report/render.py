@@ -64,14 +64,41 @@ def _examples_html(examples: list[Example]) -> str:
     return "\n".join(out + ["</table>"])
 
 
+def split_headline(run: RunData) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The headline as (run-wide numbers, {metric: {model: value}}), for a models-side-by-side table."""
+    models = [m["name"] for m in (run.evaluation or {}).get("models", [])]
+    run_wide, by_model = {}, {}
+    for key, value in headline(run).items():
+        model = next((m for m in models if key.startswith(m + "_")), None)
+        if model is None:
+            run_wide[key] = value
+        else:
+            by_model.setdefault(key[len(model) + 1:], {})[model] = value
+    return run_wide, by_model
+
+
+def _headline_html(run: RunData) -> str:
+    e = html_lib.escape
+    run_wide, by_model = split_headline(run)
+    out = ["<h2>Headline</h2><table><tr><th>run</th><th>value</th></tr>"]
+    out += [f"<tr><td>{e(k)}</td><td>{v:.4g}</td></tr>" for k, v in run_wide.items()]
+    out.append("</table>")
+    models = [m["name"] for m in (run.evaluation or {}).get("models", [])]
+    if by_model:
+        out.append("<table><tr><th>metric</th>" + "".join(f"<th>{e(m)}</th>" for m in models) + "</tr>")
+        for metric, values in by_model.items():
+            cells = "".join("<td>–</td>" if values.get(m) is None else f"<td>{values[m]:.4g}</td>" for m in models)
+            out.append(f"<tr><td>{e(metric)}</td>{cells}</tr>")
+        out.append("</table>")
+    return "\n".join(out)
+
+
 def html(run: RunData, figures: list, pngs: dict[str, bytes], examples: list[Example]) -> str:
     """`figures`: report.figures.NamedFigure list; `pngs`: their PNG bytes by name."""
     e = html_lib.escape
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipdpo run report</title>",
            f"<style>{CSS}</style></head><body><h1>clipdpo run report</h1><p>Run: <code>{e(run.run_root)}</code></p>",
-           "<h2>Headline</h2><table><tr><th>metric</th><th>value</th></tr>"]
-    out += [f"<tr><td>{e(k)}</td><td>{v:.4g}</td></tr>" for k, v in headline(run).items()]
-    out.append("</table>")
+           _headline_html(run)]
     warning = plots.chosen_logps_warning(run.train_rows)
     section = None
     for figure in figures:
