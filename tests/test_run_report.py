@@ -14,6 +14,7 @@ from PIL import Image
 import report_fixture as fx
 from clipdpo import report
 from clipdpo.report.gather import by_category, gather
+from clipdpo.report.render import split_headline
 from clipdpo.storage import Storage
 
 FIGURES = ["amber", "caption_lengths", "clip_scores", "filter_funnel", "training_curves"]
@@ -81,6 +82,9 @@ def test_headline_numbers_and_markdown(run_root):
     assert (numbers["base_amber_chair"], numbers["clip-dpo_amber_chair"]) == (10.0, 6.0)
     assert (numbers["base_amber_f1"], numbers["clip-dpo_amber_score"]) == (70.0, (100 - 6 + 74) / 2)
     assert numbers["filter_rows"] == 4.0
+    run_wide, by_model = split_headline(gather(run_root, Storage()))
+    assert by_model["amber_chair"] == {"base": 10.0, "clip-dpo": 6.0} and "amber_chair" not in run_wide
+    assert run_wide["train_final_loss"] == numbers["train_final_loss"]
     text = written.markdown
     assert "| train_final_loss | 0.49 |" in text and "`clip_scores.png`" in text
     assert "## Evaluation" in text and "AMBER (Table 2)" in text

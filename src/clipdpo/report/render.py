@@ -30,16 +30,13 @@ def headline(run: RunData) -> dict[str, float]:
         if final.get(key) is not None:
             out[name] = float(final[key])
     for model in (run.evaluation or {}).get("models", []):
-        amber = run.evaluation["results"].get(model["name"], {}).get("amber") or {}
-        for key in ("chair", "cover", "hal", "cog"):
-            if (amber.get("generative") or {}).get(key) is not None:
-                out[f"{model['name']}_amber_{key}"] = float(amber["generative"][key])
-        for key, name in ((("discriminative", "f1"), "amber_f1"), (("amber_score",), "amber_score")):
-            value = amber
-            for part in key:
-                value = value.get(part) if isinstance(value, dict) else None
-            if value is not None:
-                out[f"{model['name']}_{name}"] = float(value)
+        result = run.evaluation["results"].get(model["name"], {})
+        amber = result.get("amber") or {}
+        values = {f"amber_{k}": (amber.get("generative") or {}).get(k) for k in ("chair", "cover", "hal", "cog")}
+        values["amber_f1"] = (amber.get("discriminative") or {}).get("f1")
+        values["amber_score"] = amber.get("amber_score")
+        values.update({f"zero_shot_{d}_top1": r.get("top1") for d, r in (result.get("zero_shot") or {}).items()})
+        out.update({f"{model['name']}_{k}": float(v) for k, v in values.items() if v is not None})
     return out
 
 
