@@ -12,6 +12,7 @@ from PIL import Image
 
 from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.schemas import SCORES
+from clipdpo.stage import sum_stats
 from clipdpo.storage import Storage, join
 
 # image -> (category, caption CLIP scores); img2 has one caption only: no margin of its own
@@ -67,8 +68,8 @@ def write_run(root: str, storage: Storage | None = None) -> str:
         "chosen": [r[1] for r in rows], "rejected": [r[2] for r in rows],
         "chosen_score": pa.array([r[3] for r in rows], pa.float32()),
         "rejected_score": pa.array([r[4] for r in rows], pa.float32()),
-        "margin": pa.array([r[3] - r[4] for r in rows], pa.float32()), "image_uri": ["x"] * len(rows)}))
-    pairs.finalize(["00000"], summarize=lambda records: dict(FUNNEL))
+        "margin": pa.array([r[3] - r[4] for r in rows], pa.float32()), "image_uri": ["x"] * len(rows)}), FUNNEL)
+    pairs.finalize(["00000"], summarize=sum_stats)
     model = join(root, "model")
     storage.write_bytes(join(model, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in TRAIN_ROWS).encode())
     storage.write_bytes(join(model, "train_summary.json"), json.dumps(
