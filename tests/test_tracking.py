@@ -63,10 +63,8 @@ def test_mlflow_run_logged_resumed_and_continued_by_another_step(tmp_path):
     again.close()
     info = json.loads((tmp_path / "model" / tracking.TRACKING_FILE).read_text())
     # the evaluate step logs to the training's run
-    evaluate = tracking.open_tracker(str(tmp_path / "evaluation"), storage=storage, local_dir=str(tmp_path / "tb2"),
-                                     run_name="evaluate", env=env, resume_from=output)
-    evaluate.log_metrics({"amber": {"clip-dpo": {"chair": 7.5}}})
-    evaluate.close()
+    tracking.log_evaluation(str(tmp_path / "evaluation"), output, {"clip-dpo": {"amber": {"chair": 7.5}}}, storage,
+                            env=env)
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs([client.get_experiment_by_name("clipdpo-test").experiment_id])
@@ -76,7 +74,8 @@ def test_mlflow_run_logged_resumed_and_continued_by_another_step(tmp_path):
     assert run.data.params == {"beta": "0.1", "model.path": "s3://m/x"}
     assert run.data.tags["clipdpo.model"] == "s3://b/run/model/model"
     assert run.data.tags["clipdpo.output"] == output
-    assert run.data.metrics["amber.clip-dpo.chair"] == 7.5
+    assert run.data.metrics["eval.clip-dpo.amber.chair"] == 7.5
+    assert run.data.tags["clipdpo.evaluation"] == str(tmp_path / "evaluation")
     assert not (tmp_path / "tb").exists()  # no TensorBoard asked for
 
 
@@ -98,3 +97,31 @@ def test_tensorboard_event_files_on_s3_hold_the_loss(tmp_path, bucket):
     assert [value for _, value in scalars["rewards/accuracy"]] == [0.5, 0.75]
     assert json.loads(storage.read_bytes(join(output, tracking.TRACKING_FILE))) == {
         "tensorboard": join(output, tracking.TENSORBOARD_DIR)}
+
+
+
+def test_training_callbacks_only_when_asked_and_on_the_main_rank(tmp_path):
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    @dataclass
+    class Config:  # the fields of the train config the callback reads
+        save_steps: int = 2
+        beta: float = 0.1
+
+    def run(is_main):  # what the callback reads of the train stage's TrainRun
+        return SimpleNamespace(ctx=SimpleNamespace(is_main=is_main), cfg=Config(),
+                               storage=Storage(), output=str(tmp_path / "runs" / "r1" / "model"),
+                               checkpoints=SimpleNamespace(local_root=str(tmp_path / "scratch")))
+
+    env = {"CLIPDPO_TENSORBOARD": "1"}
+    assert tracking.training_callbacks(run(True), env={}) == []
+    assert tracking.training_callbacks(run(False), env=env) == []
+    main = run(True)
+    (callback,) = tracking.training_callbacks(main, env=env)
+    for row in ROWS:
+        callback.on_step_end(main, row["step"], row)
+    uploaded = tmp_path / "runs" / "r1" / "model" / tracking.TENSORBOARD_DIR
+    assert len(event_scalars(str(uploaded))["loss"]) == 2  # step 2 is a checkpoint step: synced already
+    callback.on_train_end(main)
+    assert "step" not in event_scalars(str(uploaded))

@@ -193,3 +193,51 @@ def open_tracker(output: str, *, storage: Storage, local_dir: str, run_name: str
         return Tracker()
     storage.write_bytes(join(output, TRACKING_FILE), json.dumps(info, indent=2, sort_keys=True).encode())
     return Trackers(trackers, info)
+
+
+class TrackingCallback:
+    """The train stage's tracking as one of its callbacks (`on_step_end(run, step, row)`, `on_train_end(run)`):
+    the config as params before the first step's metrics, each step's row, a TensorBoard upload at each
+    checkpoint, and the final artifacts' URIs. Never inside a training step."""
+
+    def __init__(self, tracker: Tracker, params: Mapping, sync_steps: int):
+        self.tracker, self.params, self.sync_steps = tracker, params, max(1, sync_steps)
+        self.params_logged = False
+
+    def on_step_end(self, run, step: int, row: dict) -> None:
+        if not self.params_logged:
+            self.tracker.log_params(self.params)
+            self.params_logged = True
+        self.tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step)
+        if step % self.sync_steps == 0:
+            self.tracker.sync()
+
+    def on_train_end(self, run) -> None:
+        self.tracker.log_artifacts({"model": join(run.output, "model"), "metrics": join(run.output, "metrics.jsonl"),
+                                    "output": run.output})
+        self.tracker.close()
+
+
+def training_callbacks(run, env: Mapping[str, str] | None = None) -> list[TrackingCallback]:
+    """[] unless the environment asks for tracking; on the main rank only. `run`: the train stage's TrainRun
+    (ctx, cfg, storage, output, checkpoints)."""
+    if not run.ctx.is_main:
+        return []
+    from clipdpo import config as config_lib
+
+    run_name = "train " + "/".join(run.output.rstrip("/").split("/")[-2:])
+    tracker = open_tracker(run.output, storage=run.storage, run_name=run_name, env=env,
+                           local_dir=os.path.join(run.checkpoints.local_root, TENSORBOARD_DIR))
+    if type(tracker) is Tracker:
+        return []
+    return [TrackingCallback(tracker, config_lib.to_dict(run.cfg), run.cfg.save_steps)]
+
+
+def log_evaluation(output: str, model_uri: str, results: Mapping, storage: Storage,
+                   env: Mapping[str, str] | None = None) -> None:
+    """The evaluate step's figures (every number of every model's results), on its training's MLflow run."""
+    tracker = open_tracker(output, storage=storage, local_dir="", run_name="evaluate", env=env,
+                           resume_from=model_uri, tensorboard=False)
+    tracker.log_metrics({"eval": dict(results)})
+    tracker.log_artifacts({"evaluation": output})
+    tracker.close()
