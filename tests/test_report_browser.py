@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import report_fixture as fx
-from clipdpo import report
+from clipdpo.report import build as report
 from clipdpo.storage import Storage
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import report_fixture as fx
-from clipdpo import report
+from clipdpo.report import build as report
 from clipdpo.report.gather import by_category, gather
 from clipdpo.report.render import split_headline
 from clipdpo.storage import Storage

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import report_fixture as fx
-from clipdpo import report
+from clipdpo.report import build as report
 from clipdpo.report.step_metrics import log_to, step_metrics
 from clipdpo.storage import Storage
 

@@ -1,53 +1,11 @@
 """The run report: what a person reads after a run (figures, headline numbers, qualitative examples).
 
-`write(run_root)` gathers the run's artifacts (any stage may be missing), draws the figures and writes,
-under `<run_root>/report/`: report.html (one self-contained file, figures and thumbnails inlined),
+`report.build.write(run_root)` gathers the run's artifacts (any stage may be missing), draws the figures
+and writes, under `<run_root>/report/`: report.html (one self-contained file, figures and thumbnails inlined),
 report.md, each figure as <name>.png, and headline.json. The pipeline's report step also hands the
-HTML and Markdown to kfp as its HTML/Markdown artifacts, so the KFP UI shows them.
+HTML and Markdown to kfp as its HTML/Markdown artifacts, so the KFP UI shows them. Each step's kfp
+Metrics come from `report.step_metrics`; the local run's terminal summary from `report.local_summary`.
+This package's root imports nothing heavy (every step imports step_metrics; only the report step draws).
 """
 
-from __future__ import annotations
-
-import json
-from dataclasses import dataclass
-
-from clipdpo import plots
-from clipdpo.report import figures as figures_lib
-from clipdpo.report import gather as gather_lib
-from clipdpo.report import render
-from clipdpo.storage import Storage, join
-
-REPORT_DIR = "report"
-
-
-@dataclass
-class Report:
-    uri: str  # the folder holding the files
-    html: str
-    markdown: str
-    headline: dict[str, float]
-    files: list[str]  # names written under uri
-
-
-def build(run_root: str, storage: Storage | None = None) -> tuple[Report, dict[str, bytes]]:
-    """The report and its files (name -> bytes), not yet written."""
-    storage = storage or Storage()
-    run = gather_lib.gather(run_root, storage)
-    named = figures_lib.run_figures(run)
-    pngs = {f.name: plots.to_png(f.figure) for f in named}
-    page = render.html(run, named, pngs, gather_lib.examples(run.evaluation, storage))
-    text = render.markdown(run, named)
-    numbers = render.headline(run)
-    files = {"report.html": page.encode(), "report.md": text.encode(),
-             "headline.json": json.dumps(numbers, indent=2, sort_keys=True).encode()}
-    files.update({f"{name}.png": png for name, png in pngs.items()})
-    return Report(join(run_root, REPORT_DIR), page, text, numbers, sorted(files)), files
-
-
-def write(run_root: str, storage: Storage | None = None) -> Report:
-    """Build the report and write its files under <run_root>/report/ (report.html last)."""
-    storage = storage or Storage()
-    report, files = build(run_root, storage)
-    for name in sorted(files, key=lambda n: n == "report.html"):
-        storage.write_bytes(join(report.uri, name), files[name])
-    return report
+REPORT_DIR = "report"  # under the run root

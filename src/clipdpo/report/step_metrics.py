@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pyarrow.compute as pc
 
@@ -110,3 +111,12 @@ def log_to(metrics_output, values: dict[str, float]) -> dict[str, float]:
     for key, value in sorted(values.items()):
         metrics_output.log_metric(key, value)
     return values
+
+
+def log_step(metrics_output, stage: str, run_root: str, started: float, *,
+             shard: tuple[int, int] | None = None) -> dict[str, float]:
+    """What a kfp component calls last: its stage's numbers plus `step_seconds` (since `started`, a
+    time.monotonic() reading), logged on its `Output[Metrics]`."""
+    values = step_metrics(stage, run_root, shard=shard)
+    values["step_seconds"] = round(time.monotonic() - started, 3)
+    return log_to(metrics_output, values)
