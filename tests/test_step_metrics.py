@@ -56,3 +56,11 @@ def test_log_to_a_kfp_metrics_artifact():
     metrics = Metrics(name="metrics", uri="", metadata={})
     log_to(metrics, {"rows": 3.0, "final_loss": 0.5})
     assert metrics.metadata == {"final_loss": 0.5, "rows": 3.0}
+
+
+def test_artifact_uris_match_the_steps():
+    from clipdpo import stages, steps
+    from clipdpo.report import step_metrics as sm
+
+    for name in stages.NAMES:
+        assert sm.artifact_uri("s3://b/run", name) == steps.artifact_uri("s3://b/run", name)

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipdpo.artifacts import Artifact, ArtifactError
+from clipdpo.report.step_metrics import artifact_uri
 from clipdpo.storage import NotFound, Storage, join
-from clipdpo.steps import artifact_uri
 
 MAX_PAIRS = 20000
 

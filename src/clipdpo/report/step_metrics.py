@@ -9,6 +9,7 @@ report: the run's headline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -17,13 +18,17 @@ import pyarrow.compute as pc
 
 from clipdpo.artifacts import Artifact, ShardRecord
 from clipdpo.stage import ShardSpec, sum_stats
-from clipdpo.steps import INPUTS, artifact_uri
+from clipdpo import stages
 from clipdpo.storage import NotFound, Storage, join
 from clipdpo.tracking import numeric
 
 KINDS = {"ingest": "images", "generate": "candidates", "score": "scores", "filter": "pairs"}
-TRAIN_FINAL = (("loss", "final_loss"), ("rewards/accuracy", "reward_accuracy"), ("rewards/margin", "reward_margin"),
-               ("samples_per_s", "samples_per_s"), ("tokens_per_s", "tokens_per_s"))
+
+
+def artifact_uri(run_root: str, name: str) -> str:
+    """(as clipdpo.steps.artifact_uri, not imported from there: its lazy cluster imports would join every
+    image that imports this module, see clipdpo.cluster.imagetags)"""
+    return join(run_root, stages.stage(name).artifact)
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:
@@ -41,7 +46,7 @@ def artifact_metrics(storage: Storage, stage: str, run_root: str) -> dict[str, f
 
 def shard_metrics(storage: Storage, stage: str, run_root: str, shard_index: int, shard_count: int) -> dict[str, float]:
     """The counters of the shards this step (shard_index of shard_count) wrote."""
-    upstream = Artifact.open(storage, artifact_uri(run_root, INPUTS[stage]))
+    upstream = Artifact.open(storage, artifact_uri(run_root, stages.stage(stage).input))
     output = artifact_uri(run_root, stage)
     records = []
     for name in ShardSpec(int(shard_index), int(shard_count)).select(upstream.shard_names):
@@ -120,3 +125,12 @@ def log_step(metrics_output, stage: str, run_root: str, started: float, *,
     values = step_metrics(stage, run_root, shard=shard)
     values["step_seconds"] = round(time.monotonic() - started, 3)
     return log_to(metrics_output, values)
+
+
+@contextlib.contextmanager
+def logged(metrics_output, stage: str, run_root: str, *, shard: tuple[int, int] | None = None):
+    """`with logged(metrics, "filter", run_root): return filter_step(...)`: once the step's body has
+    finished (not when it raised), its numbers go to its kfp `Output[Metrics]`."""
+    started = time.monotonic()
+    yield
+    log_step(metrics_output, stage, run_root, started, shard=shard)
