@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from clipdpo.report.local_summary import collect, format_summary
+from clipdpo.report.local_summary import collect, display_name, format_summary, task_names
 
 
 def _task(root, run, task, metadata):
@@ -21,7 +21,10 @@ def test_cached_steps_take_their_numbers_from_the_run_that_ran_them(tmp_path):
     _task(root, "clipdpo-2026-11-29-10-00-00-000001", "ingest", {"rows": 10, "step_seconds": 2.5})
     _task(root, "clipdpo-2026-11-29-10-00-00-000001", "train", {"steps": 4, "final_loss": 0.6, "step_seconds": 30.0})
     _task(root, "clipdpo-2026-11-29-11-00-00-000001", "train", {"steps": 6, "final_loss": 0.5, "step_seconds": 40.0})
+    _task(root, "clipdpo-2026-11-29-11-00-00-000001", "for-loop-1-iteration-1/score-shard", {"rows": 3})
     os.makedirs(os.path.join(root, "other-2026-11-29-12-00-00-000001", "ingest"))  # another pipeline's run
+    assert task_names(root, "clipdpo") == ["ingest", "for-loop-1-iteration-1/score-shard", "train"]
+    assert display_name("for-loop-1-iteration-1/score-shard") == "score-shard[1]"
     lines = collect(root, "clipdpo", ["ingest", "train", "evaluate"])
     assert [(line.task, line.cached, line.rows) for line in lines] == [
         ("ingest", True, 10.0), ("train", False, 6.0), ("evaluate", True, None)]

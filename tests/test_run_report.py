@@ -82,7 +82,7 @@ def test_headline_numbers_and_markdown(run_root):
     assert (numbers["base_amber_chair"], numbers["clip-dpo_amber_chair"]) == (10.0, 6.0)
     assert (numbers["base_amber_f1"], numbers["clip-dpo_amber_score"]) == (70.0, (100 - 6 + 74) / 2)
     assert numbers["filter_rows"] == 4.0
-    run_wide, by_model = split_headline(gather(run_root, Storage()))
+    run_wide, by_model = split_headline(numbers, ["base", "clip-dpo"])
     assert by_model["amber_chair"] == {"base": 10.0, "clip-dpo": 6.0} and "amber_chair" not in run_wide
     assert run_wide["train_final_loss"] == numbers["train_final_loss"]
     text = written.markdown

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 # Metrics keys shown as a step's rows (the first one present).
 ROW_KEYS = ("rows", "steps")
+# Task folders in pipeline order (kfp names them after the components); others follow, by name.
+ORDER = ("plan-shards", "ingest", "generate-shard", "generate-finalize", "score-shard", "score-finalize",
+         "filter-pairs", "train", "evaluate", "report")
 
 
 @dataclass
@@ -49,6 +52,29 @@ def run_dirs(pipeline_root: str, pipeline_name: str) -> list[str]:
     return [os.path.join(pipeline_root, n) for n in names if os.path.isdir(os.path.join(pipeline_root, n))]
 
 
+def task_names(pipeline_root: str, pipeline_name: str) -> list[str]:
+    """Every task any local run of the pipeline executed, as its folder relative to the run (a ParallelFor
+    iteration's tasks sit under `for-loop-<n>-iteration-<i>/`), in pipeline order."""
+    names = set()
+    for run in run_dirs(pipeline_root, pipeline_name):
+        for folder, _, files in os.walk(run):
+            if "executor_output.json" in files:
+                names.add(os.path.relpath(folder, run))
+
+    def rank(name: str) -> tuple[int, str]:
+        leaf = os.path.basename(name)
+        known = [i for i, prefix in enumerate(ORDER) if leaf == prefix]
+        return (known[0] if known else len(ORDER), name)
+
+    return sorted(names, key=rank)
+
+
+def display_name(task: str) -> str:
+    """`for-loop-1-iteration-0/generate-shard` -> `generate-shard[0]`."""
+    parent, leaf = os.path.split(task)
+    return f"{leaf}[{parent.rsplit('-', 1)[1]}]" if "-iteration-" in parent else task
+
+
 def collect(pipeline_root: str, pipeline_name: str, tasks: list[str]) -> list[StepLine]:
     """One line per task of the newest run: its metrics, and whether kfp's cache served it."""
     runs = run_dirs(pipeline_root, pipeline_name)
@@ -70,10 +96,10 @@ def _number(value: float | None, digits: str = ",.0f") -> str:
 
 def format_summary(lines: list[StepLine], headline: dict[str, dict[str, float]], report_path: str) -> str:
     """Steps (cached or run, rows, seconds), then each headline metric per model, then the report's path."""
-    width = max([len(line.task) for line in lines] + [4])
+    width = max([len(display_name(line.task)) for line in lines] + [4])
     out = [f"{'step':<{width}}  {'cached':<6}  {'rows':>9}  {'seconds':>8}"]
     for line in lines:
-        out.append(f"{line.task:<{width}}  {'yes' if line.cached else 'no':<6}  {_number(line.rows):>9}  "
+        out.append(f"{display_name(line.task):<{width}}  {'yes' if line.cached else 'no':<6}  {_number(line.rows):>9}  "
                    f"{_number(line.metrics.get('step_seconds'), '.1f'):>8}")
     models = list(dict.fromkeys(m for values in headline.values() for m in values))
     if headline:

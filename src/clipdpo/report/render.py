@@ -61,11 +61,11 @@ def _examples_html(examples: list[Example]) -> str:
     return "\n".join(out + ["</table>"])
 
 
-def split_headline(run: RunData) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """The headline as (run-wide numbers, {metric: {model: value}}), for a models-side-by-side table."""
-    models = [m["name"] for m in (run.evaluation or {}).get("models", [])]
-    run_wide, by_model = {}, {}
-    for key, value in headline(run).items():
+def split_headline(numbers: dict[str, float], models: list[str]) -> tuple[dict[str, float], dict[str, dict]]:
+    """A headline as (run-wide numbers, {metric: {model: value}}), for a models-side-by-side table."""
+    run_wide: dict[str, float] = {}
+    by_model: dict[str, dict[str, float]] = {}
+    for key, value in numbers.items():
         model = next((m for m in models if key.startswith(m + "_")), None)
         if model is None:
             run_wide[key] = value
@@ -76,11 +76,11 @@ def split_headline(run: RunData) -> tuple[dict[str, float], dict[str, dict[str, 
 
 def _headline_html(run: RunData) -> str:
     e = html_lib.escape
-    run_wide, by_model = split_headline(run)
+    models = [m["name"] for m in (run.evaluation or {}).get("models", [])]
+    run_wide, by_model = split_headline(headline(run), models)
     out = ["<h2>Headline</h2><table><tr><th>run</th><th>value</th></tr>"]
     out += [f"<tr><td>{e(k)}</td><td>{v:.4g}</td></tr>" for k, v in run_wide.items()]
     out.append("</table>")
-    models = [m["name"] for m in (run.evaluation or {}).get("models", [])]
     if by_model:
         out.append("<table><tr><th>metric</th>" + "".join(f"<th>{e(m)}</th>" for m in models) + "</tr>")
         for metric, values in by_model.items():
