@@ -30,7 +30,7 @@ def test_gather_reads_each_stage(run_root):
     assert run.stage_rows == {"score": 9, "filter": 4}  # 8 captions + 1 qa row; 3 caption pairs + 1 qa pair
     # widest caption margin per image: img0 30-26, img1 31-29.5, img3 33-27; img2 has one caption
     assert sorted(run.widest_margins) == pytest.approx([1.5, 4.0, 6.0])
-    assert run.margin_threshold == 1.0 and run.funnel == fx.FUNNEL
+    assert run.margin_threshold == 1.0 and run.funnel == {**fx.FUNNEL, "seconds": 0.5}
     assert run.pairs.chosen_score == [30.0, 31.0, 33.0] and run.pairs.margin == [4.0, 1.5, 6.0]  # qa pair left out
     assert run.pairs.chosen_words == [8, 2, 8] and run.pairs.rejected_words == [2, 7, 2]
     assert by_category(run.pairs) == {"people": ([30.0, 33.0], [26.0, 27.0]), "objects": ([31.0], [29.5])}
@@ -71,6 +71,13 @@ def test_report_is_self_contained_with_every_figure_and_example(run_root):
     assert "A dog and a <mark>cat</mark> on the grass." in page
     assert "A dog on the grass.<br><small>hallucinated: none</small>" in page
     assert page.count("<mark>man</mark>") == 2
+
+
+def test_the_funnel_figure_shows_the_rules_only(run_root):
+    from clipdpo.report.figures import run_figures
+
+    (funnel,) = [f for f in run_figures(gather(run_root, Storage())) if f.name == "filter_funnel"]
+    assert len(funnel.figure.axes[0].patches) == len(fx.FUNNEL)  # not the shards' "seconds"
 
 
 def test_headline_numbers_and_markdown(run_root):

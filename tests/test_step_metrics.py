@@ -28,7 +28,7 @@ def test_score_rows_and_mean_score_per_category(run_root):
 
 def test_filter_funnel_whole_and_per_shard(run_root):
     values = step_metrics("filter", run_root)
-    assert values == {"rows": 4.0, "shards": 1.0, **{k: float(v) for k, v in fx.FUNNEL.items()}}
+    assert values == {"rows": 4.0, "shards": 1.0, "seconds": 0.5, **{k: float(v) for k, v in fx.FUNNEL.items()}}
     assert step_metrics("filter", run_root, shard=(0, 1)) == values  # its one shard is the whole
     assert step_metrics("filter", run_root, shard=(1, 2)) == {"rows": 0.0, "shards": 0.0}  # shard 1 of 2 has none
 

@@ -47,7 +47,9 @@ def run_figures(run: RunData) -> list[NamedFigure]:
                                plots.training_curves(run.train_rows, run.beta)))
     if run.funnel:
         out.append(NamedFigure("filter_funnel", "Data", "Rows entering the filter, removed by each rule (in the "
-                               "order they run) and kept.", plots.filter_funnel(run.funnel, FUNNEL_ORDER)))
+                               "order they run) and kept.",
+                               plots.filter_funnel({k: v for k, v in run.funnel.items() if k in FUNNEL_ORDER},
+                                                   FUNNEL_ORDER)))
     p = run.pairs
     if p.chosen_score:
         margins = {"widest per image (all captions)": run.widest_margins, "kept pairs": p.margin}
