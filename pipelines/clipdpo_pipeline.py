@@ -15,7 +15,7 @@ from typing import List
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Markdown, Metrics, Output
 
-from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS
+from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS, TRACKING_CONFIG_MAP, TRACKING_KEYS
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
@@ -139,6 +139,13 @@ def _s3(task):
     return task
 
 
+def _tracking(task):
+    """MLflow/TensorBoard settings from the optional `clipdpo-tracking` ConfigMap (absent: no tracking)."""
+    kubernetes.use_config_map_as_env(task, config_map_name=TRACKING_CONFIG_MAP, config_map_key_to_env=TRACKING_KEYS,
+                                     optional=True)
+    return task
+
+
 def _gpu(task, gpus: int = 1, memory: str = "64G"):
     task.set_accelerator_type(SETTINGS.gpu_resource).set_accelerator_limit(gpus)
     task.set_cpu_request("8").set_memory_request(memory)
@@ -192,11 +199,12 @@ def clipdpo_pipeline(
     pairs = _s3(filter_pairs(run_root=run_root, scores_uri=_uri(scores), config_json=filter_config))
     pairs.set_cpu_request("4").set_memory_request("8G").set_display_name("filter")
 
-    model = _s3(train(run_root=run_root, pairs_uri=_uri(pairs), config_json=train_config, launcher=train_launcher,
-                      image=SETTINGS.image("train"), nodes=train_nodes, gpus_per_node=train_gpus_per_node,
-                      s3_secret=SETTINGS.s3_secret, node_selector_json=train_node_selector,
-                      tolerations_json=train_tolerations, timeout_hours=train_timeout_hours,
-                      queue_name=train_queue_name, runtime=train_runtime))
+    model = _tracking(_s3(train(run_root=run_root, pairs_uri=_uri(pairs), config_json=train_config,
+                                launcher=train_launcher, image=SETTINGS.image("train"), nodes=train_nodes,
+                                gpus_per_node=train_gpus_per_node, s3_secret=SETTINGS.s3_secret,
+                                node_selector_json=train_node_selector, tolerations_json=train_tolerations,
+                                timeout_hours=train_timeout_hours, queue_name=train_queue_name,
+                                runtime=train_runtime)))
     # No step timeout: the launcher's own deadline (train_timeout_hours) governs and deletes the job.
     # The job names this step's pod as its owner: deleting the pod deletes the job.
     kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_POD_NAME", field_path="metadata.name")
@@ -204,8 +212,8 @@ def clipdpo_pipeline(
     model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (cluster job)")
 
     # base vs trained on the configured benchmarks (an empty evaluate_config skips it); one GPU, models in turn
-    evaluation = _gpu(_s3(evaluate(run_root=run_root, model_uri=_uri(model), train_config_json=train_config,
-                                   config_json=evaluate_config)), memory="64G")
+    evaluation = _tracking(_gpu(_s3(evaluate(run_root=run_root, model_uri=_uri(model), train_config_json=train_config,
+                                            config_json=evaluate_config)), memory="64G"))
     evaluation.set_display_name("evaluate")
 
     # what a person reads: figures, headline numbers, examples (kfp HTML + Markdown on the run page)

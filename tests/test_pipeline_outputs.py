@@ -14,10 +14,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> dict:
+def compiled(tmp_path_factory) -> list[dict]:
     path = str(tmp_path_factory.mktemp("kfp") / "clipdpo.yaml")
     subprocess.run([sys.executable, "-m", "pipelines.compile", path], cwd=ROOT, check=True, capture_output=True)
-    return next(yaml.safe_load_all(open(path)))
+    return list(yaml.safe_load_all(open(path)))
+
+
+@pytest.fixture(scope="module")
+def spec(compiled) -> dict:
+    return compiled[0]
 
 
 def _output_artifacts(component: dict) -> dict[str, str]:
@@ -40,3 +45,13 @@ def test_the_report_step_runs_after_evaluate_in_the_evaluate_image(spec):
     assert report["taskInfo"]["name"] == "report"
     image = spec["deploymentSpec"]["executors"]["exec-report"]["container"]["image"]
     assert "/clipdpo-evaluate:" in image
+
+
+def test_train_and_evaluate_read_tracking_settings_from_an_optional_config_map(compiled):
+    executors = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-train", "exec-evaluate"):
+        (config_map,) = executors[name]["configMapAsEnv"]
+        assert config_map["configMapName"] == "clipdpo-tracking" and config_map["optional"] is True
+        assert {pair["envVar"] for pair in config_map["keyToEnv"]} == {
+            "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "CLIPDPO_TENSORBOARD"}
+    assert "configMapAsEnv" not in executors["exec-filter-pairs"]

@@ -35,6 +35,11 @@ def test_flatten_and_numeric():
         "loss": 1.0, "m.f1": 80.5}
 
 
+def test_job_env_passes_on_only_the_tracking_settings():
+    env = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "CLIPDPO_TENSORBOARD": "", "HOME": "/root"}
+    assert tracking.job_env(env) == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+
+
 def test_nothing_configured_nothing_written(tmp_path):
     tracker = tracking.open_tracker(str(tmp_path / "out"), storage=Storage(), local_dir=str(tmp_path / "tb"),
                                     run_name="r", env={})

@@ -27,6 +27,13 @@ log = logging.getLogger("clipdpo.tracking")
 TRACKING_FILE = "tracking.json"
 TENSORBOARD_DIR = "tensorboard"
 MAX_PARAM_CHARS = 6000  # MLflow refuses longer param values
+ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "CLIPDPO_TENSORBOARD")
+
+
+def job_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The tracking settings of this process, for the training job's pods (a cluster run's train step)."""
+    env = os.environ if env is None else env
+    return {key: env[key] for key in ENV_KEYS if env.get(key)}
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
