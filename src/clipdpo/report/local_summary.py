@@ -3,6 +3,7 @@
 kfp's local runner gives each run a folder `<pipeline_root>/<pipeline>-<timestamp>/` with one folder per task
 it executed, holding the task's `executor_output.json` (its Metrics output's numbers among them). A task
 served from kfp's cache gets no folder in this run: its numbers come from the newest earlier run that ran it.
+(kfp's local layout, as of kfp 2.17; a task it cannot find is shown without numbers.)
 """
 
 from __future__ import annotations
@@ -75,18 +76,19 @@ def display_name(task: str) -> str:
     return f"{leaf}[{parent.rsplit('-', 1)[1]}]" if "-iteration-" in parent else task
 
 
-def collect(pipeline_root: str, pipeline_name: str, tasks: list[str]) -> list[StepLine]:
-    """One line per task of the newest run: its metrics, and whether kfp's cache served it."""
+def collect(pipeline_root: str, pipeline_name: str, tasks: list[str], before: set[str]) -> list[StepLine]:
+    """One line per task: its newest metrics, and whether kfp's cache served it this time. `before`: the
+    run folders that existed before this run started (a run served wholly from cache may add none)."""
     runs = run_dirs(pipeline_root, pipeline_name)
     lines = []
     for task in tasks:
         found = [(run, task_metrics(os.path.join(run, task))) for run in runs]
         found = [(run, values) for run, values in found if values is not None]
         if not found:
-            lines.append(StepLine(task, cached=bool(runs)))
+            lines.append(StepLine(task, cached=False))
             continue
         run, values = found[-1]
-        lines.append(StepLine(task, cached=run != runs[-1], metrics=values))
+        lines.append(StepLine(task, cached=run in before, metrics=values))
     return lines
 
 
