@@ -16,13 +16,15 @@ import time
 
 import pyarrow.compute as pc
 
+from clipdpo import stages
 from clipdpo.artifacts import Artifact, ShardRecord
 from clipdpo.stage import ShardSpec, sum_stats
-from clipdpo import stages
 from clipdpo.storage import NotFound, Storage, join
 from clipdpo.tracking import numeric
 
 KINDS = {"ingest": "images", "generate": "candidates", "score": "scores", "filter": "pairs"}
+TRAIN_FINAL = (("loss", "final_loss"), ("rewards/accuracy", "reward_accuracy"), ("rewards/margin", "reward_margin"),
+               ("samples_per_s", "samples_per_s"), ("tokens_per_s", "tokens_per_s"))
 
 
 def artifact_uri(run_root: str, name: str) -> str:
