@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from clipdpo.storage import Storage, join
-from clipdpo.tiny import build_tiny_llava
+from clipdpo.demo.models import build_tiny_llava
 from pairs_fixture import write_pairs
 from test_tracking import event_scalars
 
