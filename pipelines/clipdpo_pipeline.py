@@ -20,9 +20,10 @@ from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS, TRACK
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
 def plan_shards(shard_count: int, metrics: Output[Metrics]) -> List[int]:
+    from clipdpo.report.step_metrics import log_to
     from clipdpo.steps import shard_indices
 
-    metrics.log_metric("shards", float(shard_count))
+    log_to(metrics, {"shards": float(shard_count)})
     return shard_indices(shard_count)
 
 

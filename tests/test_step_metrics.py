@@ -50,12 +50,14 @@ def test_nothing_evaluated_and_unknown_stage(tmp_path):
         step_metrics("plan", str(tmp_path))
 
 
-def test_log_to_a_kfp_metrics_artifact():
+def test_log_to_a_kfp_metrics_artifact(tmp_path):
     from kfp.dsl import Metrics
 
-    metrics = Metrics(name="metrics", uri="", metadata={})
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
     log_to(metrics, {"rows": 3.0, "final_loss": 0.5})
     assert metrics.metadata == {"final_loss": 0.5, "rows": 3.0}
+    # the file kfp's local cache needs to find, holding the same numbers
+    assert json.loads((tmp_path / "metrics").read_text()) == {"final_loss": 0.5, "rows": 3.0}
 
 
 def test_artifact_uris_match_the_steps():

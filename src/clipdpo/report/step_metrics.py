@@ -114,9 +114,12 @@ def step_metrics(stage: str, run_root: str, *, shard: tuple[int, int] | None = N
 
 
 def log_to(metrics_output, values: dict[str, float]) -> dict[str, float]:
-    """Log `values` on a kfp `Output[Metrics]` (anything with log_metric); returns them."""
+    """Log `values` on a kfp `Output[Metrics]` and write them (JSON) to its file too: kfp's local runner
+    counts an output artifact without a file as missing and never serves the step from its cache."""
     for key, value in sorted(values.items()):
         metrics_output.log_metric(key, value)
+    with open(metrics_output.path, "w") as out:
+        json.dump(dict(sorted(values.items())), out)
     return values
 
 
