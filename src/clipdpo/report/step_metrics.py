@@ -47,15 +47,18 @@ def artifact_metrics(storage: Storage, stage: str, run_root: str) -> dict[str, f
 
 
 def shard_metrics(storage: Storage, stage: str, run_root: str, shard_index: int, shard_count: int) -> dict[str, float]:
-    """The counters of the shards this step (shard_index of shard_count) wrote."""
+    """The counters of the shards this step (shard_index of shard_count) wrote: their done-records under
+    `_done/<fingerprint>/`. Several fingerprint folders exist only while an --overwrite run is under way;
+    then the folder holding most of this step's shards is the one read."""
     upstream = Artifact.open(storage, artifact_uri(run_root, stages.stage(stage).input))
-    output = artifact_uri(run_root, stage)
-    records = []
-    for name in ShardSpec(int(shard_index), int(shard_count)).select(upstream.shard_names):
-        try:
-            records.append(ShardRecord(**json.loads(storage.read_bytes(join(output, "_done", f"{name}.json")))))
-        except NotFound:
-            continue
+    wanted = set(ShardSpec(int(shard_index), int(shard_count)).select(upstream.shard_names))
+    folders: dict[str, list[str]] = {}
+    for uri in storage.list(join(artifact_uri(run_root, stage), "_done")):
+        folder, _, file = uri.rpartition("/")
+        if file.endswith(".json") and file[:-len(".json")] in wanted:
+            folders.setdefault(folder, []).append(uri)
+    chosen = max(folders.values(), key=len) if folders else []
+    records = [ShardRecord(**json.loads(storage.read_bytes(uri))) for uri in sorted(chosen)]
     out = {"rows": float(sum(r.rows for r in records)), "shards": float(len(records))}
     out.update(numeric(sum_stats(records)))
     return out
