@@ -55,11 +55,16 @@ $(SPACY_MD)/meta.json: | $(STAMP)
 nlp-data: $(SPACY_MD)/meta.json
 
 # kubectl renders the kustomize overlays in the tests; Debian's kubernetes-client provides it.
+# chromium: the run report is checked in a real headless browser (tests/test_report_browser.py).
 tools:
 	@command -v kubectl >/dev/null 2>&1 || { \
 	  echo "kubectl not found: installing Debian's kubernetes-client" >&2; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "chromium not found: installing Debian's chromium" >&2; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) tools nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q

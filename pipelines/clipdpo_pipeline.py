@@ -1,4 +1,4 @@
-"""The clipdpo pipeline: ingest -> generate (fan-out) -> score (fan-out) -> filter -> train -> evaluate.
+"""The clipdpo pipeline: ingest -> generate (fan-out) -> score (fan-out) -> filter -> train -> evaluate -> report.
 
 Every component runs its stage's own image and calls `clipdpo.steps`; no stage logic lives
 here. Artifacts pass through S3 under `run_root` (a pipeline parameter); components read and
@@ -13,77 +13,122 @@ config from `<run_root>/configs/train.json`).
 from typing import List
 
 from kfp import dsl, kubernetes
+from kfp.dsl import HTML, Markdown, Metrics, Output
 
-from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS
+from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS, TRACKING_CONFIG_MAP, TRACKING_KEYS
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
-def plan_shards(shard_count: int) -> List[int]:
+def plan_shards(shard_count: int, metrics: Output[Metrics]) -> List[int]:
+    from clipdpo.report.step_metrics import log_to
     from clipdpo.steps import shard_indices
 
+    log_to(metrics, {"shards": float(shard_count)})
     return shard_indices(shard_count)
 
 
 # CPU work: the light filter image, so the vLLM generate image is not rebuilt for an ingest change
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
-def ingest(run_root: str, source: str, config_json: str) -> str:
+def ingest(run_root: str, source: str, config_json: str, metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
     from clipdpo.steps import ingest_step
 
-    return ingest_step(run_root, source, config_json)
+    with logged(metrics, "ingest", run_root):
+        return ingest_step(run_root, source, config_json)
 
 
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
-def generate_shard(run_root: str, images_uri: str, config_json: str, shard_index: int, shard_count: int) -> str:
+def generate_shard(run_root: str, images_uri: str, config_json: str, shard_index: int, shard_count: int,
+                   metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
     from clipdpo.steps import generate_step
 
-    return generate_step(run_root, config_json, shard_index, shard_count)
+    with logged(metrics, "generate", run_root, shard=(shard_index, shard_count)):
+        return generate_step(run_root, config_json, shard_index, shard_count)
 
 
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
-def generate_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int) -> str:
+def generate_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int,
+                      metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
     from clipdpo.steps import generate_step
 
-    return generate_step(run_root, config_json, shard_count=shard_count, finalize=True)
+    with logged(metrics, "generate", run_root):
+        return generate_step(run_root, config_json, shard_count=shard_count, finalize=True)
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
-def score_shard(run_root: str, candidates_uri: str, config_json: str, shard_index: int, shard_count: int) -> str:
+def score_shard(run_root: str, candidates_uri: str, config_json: str, shard_index: int, shard_count: int,
+                metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
     from clipdpo.steps import score_step
 
-    return score_step(run_root, config_json, shard_index, shard_count)
+    with logged(metrics, "score", run_root, shard=(shard_index, shard_count)):
+        return score_step(run_root, config_json, shard_index, shard_count)
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
-def score_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int) -> str:
+def score_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int,
+                   metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
     from clipdpo.steps import score_step
 
-    return score_step(run_root, config_json, shard_count=shard_count, finalize=True)
+    with logged(metrics, "score", run_root):
+        return score_step(run_root, config_json, shard_count=shard_count, finalize=True)
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
-def filter_pairs(run_root: str, scores_uri: str, config_json: str) -> str:
+def filter_pairs(run_root: str, scores_uri: str, config_json: str, metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
     from clipdpo.steps import filter_step
 
-    return filter_step(run_root, config_json)
+    with logged(metrics, "filter", run_root):
+        return filter_step(run_root, config_json)
 
 
 @dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)
 def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image: str, nodes: int,
           gpus_per_node: int, s3_secret: str, node_selector_json: str, tolerations_json: str,
-          timeout_hours: float, queue_name: str, runtime: str) -> str:
+          timeout_hours: float, queue_name: str, runtime: str, metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
     from clipdpo.steps import train_step
 
-    return train_step(run_root, config_json, launcher=launcher, image=image, nodes=nodes,
-                      gpus_per_node=gpus_per_node, s3_secret=s3_secret, node_selector_json=node_selector_json,
-                      tolerations_json=tolerations_json, timeout_hours=timeout_hours, queue_name=queue_name,
-                      runtime=runtime)
+    with logged(metrics, "train", run_root):
+        return train_step(run_root, config_json, launcher=launcher, image=image, nodes=nodes,
+                          gpus_per_node=gpus_per_node, s3_secret=s3_secret, node_selector_json=node_selector_json,
+                          tolerations_json=tolerations_json, timeout_hours=timeout_hours, queue_name=queue_name,
+                          runtime=runtime)
 
 
 @dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
-def evaluate(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
+def evaluate(run_root: str, model_uri: str, train_config_json: str, config_json: str,
+             metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
     from clipdpo.steps import evaluate_step
 
-    return evaluate_step(run_root, model_uri, train_config_json, config_json)
+    with logged(metrics, "evaluate", run_root):
+        return evaluate_step(run_root, model_uri, train_config_json, config_json)
+
+
+@dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
+def report(run_root: str, evaluation_uri: str, metrics: Output[Metrics], report_html: Output[HTML],
+           report_markdown: Output[Markdown]) -> str:
+    """The run report (figures, headline, examples) as the run page's HTML and Markdown, and on S3."""
+    from clipdpo.report.build import write
+    from clipdpo.report.step_metrics import logged
+
+    with logged(metrics, "report", run_root):
+        written = write(run_root)
+        with open(report_html.path, "w") as out:
+            out.write(written.html)
+        with open(report_markdown.path, "w") as out:
+            out.write(written.markdown)
+        return written.uri
+
+
+def _uri(task):
+    """The URI a step returned (`.output` is ambiguous: every step also has its Metrics output)."""
+    return task.outputs["Output"]
 
 
 def _s3(task):
@@ -92,6 +137,13 @@ def _s3(task):
     kubernetes.use_secret_as_env(task, secret_name=SETTINGS.s3_secret, secret_key_to_env=S3_OPTIONAL_KEYS,
                                  optional=True)
     task.set_caching_options(True)
+    return task
+
+
+def _tracking(task):
+    """MLflow/TensorBoard settings from the optional `clipdpo-tracking` ConfigMap (absent: no tracking)."""
+    kubernetes.use_config_map_as_env(task, config_map_name=TRACKING_CONFIG_MAP, config_map_key_to_env=TRACKING_KEYS,
+                                     optional=True)
     return task
 
 
@@ -129,30 +181,31 @@ def clipdpo_pipeline(
     images.set_cpu_request("2").set_memory_request("8G").set_display_name("ingest")
 
     plan = plan_shards(shard_count=shard_count).set_caching_options(True).set_display_name("plan shards")
-    with dsl.ParallelFor(items=plan.output, name="generate-shards") as shard:
-        generated = _gpu(_s3(generate_shard(run_root=run_root, images_uri=images.output, config_json=generate_config,
+    with dsl.ParallelFor(items=_uri(plan), name="generate-shards") as shard:
+        generated = _gpu(_s3(generate_shard(run_root=run_root, images_uri=_uri(images), config_json=generate_config,
                                             shard_index=shard, shard_count=shard_count)))
         generated.set_display_name("generate shard")
-    candidates = _s3(generate_finalize(run_root=run_root, shard_outputs=dsl.Collected(generated.output),
+    candidates = _s3(generate_finalize(run_root=run_root, shard_outputs=dsl.Collected(_uri(generated)),
                                        config_json=generate_config, shard_count=shard_count))
     candidates.set_cpu_request("1").set_memory_request("2G").set_display_name("generate finalize")
 
-    with dsl.ParallelFor(items=plan.output, name="score-shards") as shard:
-        scored = _gpu(_s3(score_shard(run_root=run_root, candidates_uri=candidates.output, config_json=score_config,
+    with dsl.ParallelFor(items=_uri(plan), name="score-shards") as shard:
+        scored = _gpu(_s3(score_shard(run_root=run_root, candidates_uri=_uri(candidates), config_json=score_config,
                                       shard_index=shard, shard_count=shard_count)), memory="32G")
         scored.set_display_name("score shard")
-    scores = _s3(score_finalize(run_root=run_root, shard_outputs=dsl.Collected(scored.output),
+    scores = _s3(score_finalize(run_root=run_root, shard_outputs=dsl.Collected(_uri(scored)),
                                 config_json=score_config, shard_count=shard_count))
     scores.set_cpu_request("1").set_memory_request("2G").set_display_name("score finalize")
 
-    pairs = _s3(filter_pairs(run_root=run_root, scores_uri=scores.output, config_json=filter_config))
+    pairs = _s3(filter_pairs(run_root=run_root, scores_uri=_uri(scores), config_json=filter_config))
     pairs.set_cpu_request("4").set_memory_request("8G").set_display_name("filter")
 
-    model = _s3(train(run_root=run_root, pairs_uri=pairs.output, config_json=train_config, launcher=train_launcher,
-                      image=SETTINGS.image("train"), nodes=train_nodes, gpus_per_node=train_gpus_per_node,
-                      s3_secret=SETTINGS.s3_secret, node_selector_json=train_node_selector,
-                      tolerations_json=train_tolerations, timeout_hours=train_timeout_hours,
-                      queue_name=train_queue_name, runtime=train_runtime))
+    model = _tracking(_s3(train(run_root=run_root, pairs_uri=_uri(pairs), config_json=train_config,
+                                launcher=train_launcher, image=SETTINGS.image("train"), nodes=train_nodes,
+                                gpus_per_node=train_gpus_per_node, s3_secret=SETTINGS.s3_secret,
+                                node_selector_json=train_node_selector, tolerations_json=train_tolerations,
+                                timeout_hours=train_timeout_hours, queue_name=train_queue_name,
+                                runtime=train_runtime)))
     # No step timeout: the launcher's own deadline (train_timeout_hours) governs and deletes the job.
     # The job names this step's pod as its owner: deleting the pod deletes the job.
     kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_POD_NAME", field_path="metadata.name")
@@ -160,6 +213,10 @@ def clipdpo_pipeline(
     model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (cluster job)")
 
     # base vs trained on the configured benchmarks (an empty evaluate_config skips it); one GPU, models in turn
-    report = _gpu(_s3(evaluate(run_root=run_root, model_uri=model.output, train_config_json=train_config,
-                               config_json=evaluate_config)), memory="64G")
-    report.set_display_name("evaluate")
+    evaluation = _tracking(_gpu(_s3(evaluate(run_root=run_root, model_uri=_uri(model), train_config_json=train_config,
+                                            config_json=evaluate_config)), memory="64G"))
+    evaluation.set_display_name("evaluate")
+
+    # what a person reads: figures, headline numbers, examples (kfp HTML + Markdown on the run page)
+    run_report = _s3(report(run_root=run_root, evaluation_uri=_uri(evaluation)))
+    run_report.set_cpu_request("2").set_memory_request("4G").set_display_name("report")

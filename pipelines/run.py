@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from clipdpo.report import REPORT_DIR
 from clipdpo.stages import NAMES, STAGES, stage
 
 
@@ -64,6 +65,9 @@ def run_local(args) -> int:
         os.environ.update(server.env)  # the components (subprocesses) inherit it
         print(f"started loopback S3 server at {server.endpoint_url} (data in {state / 's3'})", flush=True)
     arguments = pipeline_arguments(args, configs, launcher="local")
+    from clipdpo.report.local_summary import run_dirs
+
+    earlier_runs = set(run_dirs(str(state / "kfp"), "clipdpo"))  # the summary tells this run's steps apart
     started = time.monotonic()
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(state / "kfp"),
@@ -72,6 +76,7 @@ def run_local(args) -> int:
 
         clipdpo_pipeline(**arguments)
         reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
+        summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs)
     finally:
         if server is not None:
             server.stop()
@@ -79,27 +84,51 @@ def run_local(args) -> int:
     print(f"\nrun finished in {time.monotonic() - started:.1f}s (kfp local runner); artifacts under {root}/:")
     for each in STAGES:
         print(f"  {each.artifact:<10} {root}/{each.artifact}")
-    print(f"  report     {root}/{stage('evaluate').artifact}/report.md (and report.html, metrics.json)")
+    print(f"  report     {root}/{REPORT_DIR}/report.html (figures, examples; report.md, headline.json, PNGs)")
+    print(f"             {root}/{stage('evaluate').artifact}/report.md (the evaluation's tables; report.html, "
+          "metrics.json)")
     if reports:
-        print(f"  copied to  {reports[0].parent}/ ({', '.join(p.name for p in reports)})")
+        print(f"  copied to  {state / 'reports' / args.run_id}/ ({len(reports)} files)")
+    print(f"  kfp        {state / 'kfp'}/ (per task: its Metrics; the report step's HTML and Markdown)")
     print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
+    print("\n" + summary)
     return 0
 
 
 def copy_reports(run_root: str, target: Path) -> list[Path]:
-    """The evaluation report next to the local state, readable once the loopback S3 server is gone."""
+    """The run report (report.html, its figures) and the evaluation's files next to the local state,
+    readable once the loopback S3 server is gone (the evaluation's under evaluation/)."""
     from clipdpo.storage import Storage, join
 
     storage, copied = Storage(), []
-    for name in ("report.md", "report.html", "metrics.json"):
-        uri = join(run_root, stage("evaluate").artifact, name)
+    evaluation = stage("evaluate").artifact
+    sources = [(uri, target / uri.rsplit("/", 1)[1]) for uri in storage.list(join(run_root, REPORT_DIR))]
+    sources += [(join(run_root, evaluation, name), target / evaluation / name)
+                for name in ("report.md", "report.html", "metrics.json")]
+    for uri, path in sources:
         if storage.exists(uri):
-            target.mkdir(parents=True, exist_ok=True)
-            (target / name).write_bytes(storage.read_bytes(uri))
-            copied.append(target / name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(storage.read_bytes(uri))
+            copied.append(path)
     return copied
+
+
+def local_summary(state: Path, run_root: str, copied: Path, earlier_runs: set[str]) -> str:
+    """Per step: cached or run, rows, seconds; the headline metrics per model; where the report is.
+    `copied`: the folder copy_reports wrote; `earlier_runs`: kfp's local run folders before this run."""
+    from clipdpo.report import local_summary as summary_lib
+    from clipdpo.report.render import split_headline
+
+    kfp_root = str(state / "kfp")
+    tasks = summary_lib.collect(kfp_root, "clipdpo", summary_lib.task_names(kfp_root, "clipdpo"), earlier_runs)
+    headline = json.loads((copied / "headline.json").read_text()) if (copied / "headline.json").exists() else {}
+    evaluation = copied / stage("evaluate").artifact / "metrics.json"
+    models = [m["name"] for m in json.loads(evaluation.read_text())["models"]] if evaluation.exists() else []
+    _, by_model = split_headline(headline, models)
+    report = copied / "report.html" if (copied / "report.html").exists() else f"{run_root}/{REPORT_DIR}/report.html"
+    return summary_lib.format_summary(tasks, by_model, str(report))
 
 
 def run_cluster(args, host: str) -> int:

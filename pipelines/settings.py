@@ -55,3 +55,7 @@ SETTINGS = PipelineSettings.from_env()
 # Keys of the S3 Secret (helm/clipdpo creates it) and the env vars boto3 reads.
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 S3_OPTIONAL_KEYS = {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION"}
+# Experiment tracking (clipdpo.tracking), from an optional ConfigMap: train and evaluate read it, and the
+# train step passes it on to the training job's pods.
+TRACKING_CONFIG_MAP = "clipdpo-tracking"
+TRACKING_KEYS = {key: key for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "CLIPDPO_TENSORBOARD")}

@@ -73,6 +73,10 @@ def test_generative_metrics_by_hand(bench):
     # hallu words covered: R1 cat (via kitten) of {cat, frisbee}; R2 man (via person) of {man} -> 2 / 3.001
     assert gen["cog"] == round(2 / 3.001 * 100, 1) == 66.6
     assert result["examples"] == [] and result["complete"]
+    # examples: the first generative items by id, hallucinated or not (every model shows the same ones)
+    first = amber.evaluate(data, RESPONSES, NLP, examples=1)["examples"]
+    assert first == [{"id": 1, "response": R1, "hallucinated": ["kitten"]}]
+    assert [e["id"] for e in amber.evaluate(data, RESPONSES, NLP, examples=5)["examples"]] == [1, 2]
 
 
 def test_similarity_rescues_a_safe_noun_and_global_safe_words_count(bench):

@@ -90,6 +90,9 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
                    for line in storage.read_bytes(uri).decode().splitlines()]
         assert len(replies) == 7 and set(replies) <= {"Yes", "No"}
         assert len(folder) == 2  # chunks of 4: items 1-4 and 5-7
+        # qualitative examples: the same first descriptions for every model, each with its image for the report
+        assert [(e["id"], e["image"].rsplit("/", 1)[1]) for e in amber["examples"]] == [
+            (1, "AMBER_1.jpg"), (2, "AMBER_2.jpg")]
     assert "en_core_web_md" in metrics["resources"]["amber_nlp"]
 
     report_md = storage.read_bytes(join(output, "report.md")).decode()

@@ -5,10 +5,18 @@ evaluation against the base model on the demo benchmarks."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
 import pytest
+
+
+def summary_table(out: str) -> list[str]:
+    """The lines of the run's closing summary, from its header on."""
+    headers = list(re.finditer(r"^step\s+cached\s+rows\s+seconds$", out, re.M))
+    assert headers, out[-2000:]
+    return out[headers[-1].start():].splitlines()
 
 
 @pytest.mark.slow
@@ -37,15 +45,31 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     for result in metrics["results"].values():
         assert set(result) == {"amber", "zero_shot", "suite"} and "amber_score" in result["amber"]
     assert "| Δ clip-dpo |" in storage.read_bytes(join(root, "evaluation", "report.md")).decode()
-    local_report = tmp_path / "state" / "reports" / run_id / "report.md"
+    local_report = tmp_path / "state" / "reports" / run_id / "evaluation" / "report.md"
     assert local_report.read_text() == storage.read_bytes(join(root, "evaluation", "report.md")).decode()
+    # the run report: one file with every figure and the qualitative examples, copied beside the state
+    page = (tmp_path / "state" / "reports" / run_id / "report.html").read_text()
+    assert page == storage.read_bytes(join(root, "report", "report.html")).decode()
+    for figure in ("training_curves", "filter_funnel", "clip_scores", "caption_lengths", "amber"):
+        assert f"alt='{figure}' src='data:image/png;base64," in page
+    assert page.count("alt='AMBER ") >= 2 and "Qualitative examples" in page
     out = capsys.readouterr().out
     assert "finished" in out and join(root, "model") in out
+    # the summary: every step, run (not cached) the first time, with its rows; then the report's path
+    table = summary_table(out)
+    steps = {line.split()[0]: line.split()[1:] for line in table[1:] if line.strip() and not line.startswith("metric")}
+    for step in ("ingest", "generate-shard[0]", "score-finalize", "filter-pairs", "train", "evaluate", "report"):
+        assert steps[step][0] == "no", (step, table)
+    assert steps["ingest"][1] == "10" and f"report: {tmp_path / 'state' / 'reports' / run_id / 'report.html'}" in out
 
     started = time.monotonic()
     assert main(argv) == 0  # same inputs and configs: kfp's cache and the stages' own checks reuse everything
     second = time.monotonic() - started
     assert json.loads(storage.read_bytes(join(root, "model", "train_summary.json")))["seconds"] == summary["seconds"]
+    out = capsys.readouterr().out
+    table = summary_table(out)
+    cached = {line.split()[0]: line.split()[1] for line in table[1:] if line.strip()}
+    assert (cached["ingest"], cached["train"], cached["report"]) == ("yes", "yes", "yes")
     with capsys.disabled():
         print(f"\n[pipeline] local kfp run {first:.1f}s, rerun {second:.1f}s")
     assert second < first

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-ingest": "filter", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
     "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
-    "exec-plan-shards": "filter", "exec-train": "train", "exec-evaluate": "evaluate",
+    "exec-plan-shards": "filter", "exec-train": "train", "exec-evaluate": "evaluate", "exec-report": "evaluate",
 }
 
 
@@ -85,7 +85,7 @@ def test_caching_is_on_for_every_task(compiled):
     spec, _, _ = compiled
     tasks = dict(all_tasks(spec))
     leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith("for-loop")}
-    assert len(leaf_tasks) == 9
+    assert len(leaf_tasks) == 10
     assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
 
 

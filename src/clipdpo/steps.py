@@ -129,6 +129,7 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
     node_selector_json, tolerations_json, queue_name, runtime (all but image have defaults)."""
     from clipdpo.cluster import jobspec
     from clipdpo.cluster.launch import current_namespace, launch, owner_from_env
+    from clipdpo.tracking import job_env
 
     namespace = job.get("namespace") or current_namespace()
     timeout_hours = float(job.get("timeout_hours", 72.0))
@@ -140,7 +141,8 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
         tolerations=json.loads(job.get("tolerations_json", "[]")),
         active_deadline_seconds=int(timeout_hours * 3600), queue_name=job.get("queue_name", ""),
         runtime=job.get("runtime", "torch-distributed"),
-        owner=owner_from_env() if namespace == current_namespace() else None)
+        owner=owner_from_env() if namespace == current_namespace() else None,
+        env=job_env())  # MLflow/TensorBoard settings (clipdpo.tracking), when the step has them
     # the follower's backstop lies past the job's own deadline, so the operator's reason is what we see
     launch(spec, launch_key, launcher=launcher, timeout_seconds=timeout_hours * 3600 + 600,
            schedule_timeout_seconds=3600)  # pods not all placed within an hour: fail naming why
@@ -176,7 +178,11 @@ def evaluate_step(run_root: str, model_uri: str, train_config_json: str, config_
     engine = config.pop("engine", "vllm")
     config.setdefault("models", evaluation_models(model_uri, train_config_json, engine))
     output = artifact_uri(run_root, "evaluate")
-    evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
+    metrics = evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
+    from clipdpo.tracking import log_evaluation
+
+    # MLflow (when configured): the figures join the training's run
+    log_evaluation(output, model_uri, metrics.get("results", {}), Storage())
     return output
 
 

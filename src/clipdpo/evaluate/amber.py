@@ -265,7 +265,7 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
             continue
         result = score_generative(item, response, data, nlp, threshold, batched.get(item_id))
         _count_generative(m, result)
-        if len(qualitative) < examples and result.hallucinated:
+        if len(qualitative) < examples:  # the first items by id: the same ones for every model
             qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
     return _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
 

@@ -41,7 +41,7 @@ class AmberConfig:
     similarity_threshold: float = 0.8
     nlp: NLPConfig = field(default_factory=NLPConfig)
     allow_partial: bool = False  # score with missing responses (then reported as incomplete)
-    examples: int = 3  # qualitative examples with hallucinated words, per model
+    examples: int = 3  # qualitative examples: the first N generative items (by id), each model's description
 
     def __post_init__(self) -> None:
         if self.discriminative_mode not in ("logits", "generate"):

@@ -118,6 +118,10 @@ def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encode
                                          threshold=a.similarity_threshold, allow_partial=a.allow_partial,
                                          examples=a.examples)
         result["amber"].pop("counters")
+        images = {int(item.id): item.image for task in inputs.tasks if task.name == AMBER_TASKS[0]
+                  for item in task.items}
+        for example in result["amber"].get("examples", []):  # the run report shows the image beside it
+            example["image"] = images[example["id"]]
     if inputs.zero_shot:
         result["zero_shot"] = {dataset.name: zeroshot.evaluate_dataset(items, names, classes[dataset.name],
                                                                        got[f"zeroshot-{dataset.name}"], encoder)

@@ -102,7 +102,7 @@ def _examples(metrics: dict) -> list[tuple[str, dict]]:
     return [(n, e) for n, r in metrics["results"].items() for e in (_get(r, "amber", "examples") or [])]
 
 
-def _mark(text: str, words: list[str], left: str, right: str, escape) -> str:
+def mark_words(text: str, words: list[str], left: str, right: str, escape) -> str:
     if not words:
         return escape(text)
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True)) + r")(s|es)?\b",
@@ -148,14 +148,14 @@ def markdown(metrics: dict) -> str:
     if examples:
         out += ["## Qualitative examples (AMBER descriptions; hallucinated objects in bold)", ""]
         for name, example in examples:
-            marked = _mark(example["response"], example["hallucinated"], "**", "**", lambda s: s.replace("\n", " "))
+            marked = mark_words(example["response"], example["hallucinated"], "**", "**", lambda s: s.replace("\n", " "))
             out += [f"- **{name}**, AMBER {example['id']}: {marked}  ", f"  hallucinated: {', '.join(example['hallucinated'])}"]
         out.append("")
     out += ["## Resources", ""] + [f"- {line}" for line in _resources(metrics)] + [""]
     return "\n".join(out)
 
 
-_CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:.5em}"
+TABLE_CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:.5em}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
         ".better{color:#0a7d22;font-weight:bold}.worse{color:#c0151b;font-weight:bold}"
         ".warn{background:#fff3cd;padding:8px;border:1px solid #e0b000}mark{background:#ffb3b3}")
@@ -164,10 +164,27 @@ _CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;m
 def html(metrics: dict) -> str:
     e = html_lib.escape
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipdpo evaluation report</title>",
-           f"<style>{_CSS}</style></head><body><h1>clipdpo evaluation report</h1>"]
+           f"<style>{TABLE_CSS}</style></head><body><h1>clipdpo evaluation report</h1>"]
     if not metrics["complete"]:
         out.append("<p class='warn'><b>INCOMPLETE RESULTS</b>: some numbers were computed on part of the items.</p>")
     out.append(f"<p>Baseline: <b>{e(metrics['baseline'])}</b></p>")
+    out.append(tables_html(metrics))
+    examples = _examples(metrics)
+    if examples:
+        out.append("<h2>Qualitative examples (AMBER descriptions; hallucinated objects marked)</h2><ul>")
+        for name, example in examples:
+            out.append(f"<li><b>{e(name)}</b>, AMBER {example['id']}: "
+                       + mark_words(example["response"], example["hallucinated"], "<mark>", "</mark>", e) + "</li>")
+        out.append("</ul>")
+    out.append("<h2>Resources</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in _resources(metrics)) + "</ul>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def tables_html(metrics: dict) -> str:
+    """The tables with their delta rows, as HTML (also part of the run report, clipdpo.report)."""
+    e = html_lib.escape
+    out = []
     for table in build_tables(metrics):
         out.append(f"<h2>{e(table.title)}</h2><table><tr><th>Model</th>"
                    + "".join(f"<th>{e(c)}</th>" for c in table.columns) + "</tr>")
@@ -180,13 +197,4 @@ def html(metrics: dict) -> str:
                 cells.append(f"<td class='{css}'>" + ("–" if d is None else f"{d:+.1f}") + "</td>")
             out.append(f"<tr><td>{e(name)}</td>" + "".join(cells) + "</tr>")
         out.append("</table>" + (f"<p><i>{e(table.note)}</i></p>" if table.note else ""))
-    examples = _examples(metrics)
-    if examples:
-        out.append("<h2>Qualitative examples (AMBER descriptions; hallucinated objects marked)</h2><ul>")
-        for name, example in examples:
-            out.append(f"<li><b>{e(name)}</b>, AMBER {example['id']}: "
-                       + _mark(example["response"], example["hallucinated"], "<mark>", "</mark>", e) + "</li>")
-        out.append("</ul>")
-    out.append("<h2>Resources</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in _resources(metrics)) + "</ul>")
-    out.append("</body></html>")
     return "\n".join(out)

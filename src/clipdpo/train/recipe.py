@@ -25,6 +25,7 @@ from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, code_version, fingerprint
 from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tree
+from clipdpo.tracking import training_callbacks
 from clipdpo.train import checkpoint, dist, layouts, refcache
 from clipdpo.train.backends import DDPBackend, DeepSpeedBackend, frozen_reference
 from clipdpo.train.callbacks import METRICS, CheckpointCallback, MetricsCallback, StepStats, jsonl, metrics_row
@@ -69,7 +70,8 @@ def run(cfg: TrainConfig, input_uri: str, output_uri: str, *, overwrite: bool = 
         if finished is not None:
             return finished
         recipe = TrainRun.setup(ctx, cfg, pairs, output, storage, run_fingerprint)
-        recipe.train([MetricsCallback(cfg.log_steps), CheckpointCallback(cfg.save_steps)])
+        # MLflow / TensorBoard only when the environment asks for them (clipdpo.tracking)
+        recipe.train([MetricsCallback(cfg.log_steps), CheckpointCallback(cfg.save_steps), *training_callbacks(recipe)])
         return recipe.cleanup()
     finally:
         dist.shutdown(ctx)

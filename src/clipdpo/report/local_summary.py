@@ -1,0 +1,114 @@
+"""The terminal summary at the end of a local pipeline run (kfp's local runner).
+
+kfp's local runner gives each run a folder `<pipeline_root>/<pipeline>-<timestamp>/` with one folder per task
+it executed, holding the task's `executor_output.json` (its Metrics output's numbers among them). A task
+served from kfp's cache gets no folder in this run: its numbers come from the newest earlier run that ran it.
+(kfp's local layout, as of kfp 2.17; a task it cannot find is shown without numbers.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+# Metrics keys shown as a step's rows (the first one present).
+ROW_KEYS = ("rows", "steps")
+# Task folders in pipeline order (kfp names them after the components); others follow, by name.
+ORDER = ("plan-shards", "ingest", "generate-shard", "generate-finalize", "score-shard", "score-finalize",
+         "filter-pairs", "train", "evaluate", "report")
+
+
+@dataclass
+class StepLine:
+    task: str
+    cached: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> float | None:
+        return next((self.metrics[k] for k in ROW_KEYS if k in self.metrics), None)
+
+
+def task_metrics(task_dir: str) -> dict[str, float] | None:
+    """The numbers a task's Metrics outputs logged; None when the task left no executor output."""
+    path = os.path.join(task_dir, "executor_output.json")
+    if not os.path.isfile(path):
+        return None
+    output = json.load(open(path))
+    values: dict[str, float] = {}
+    for artifacts in output.get("artifacts", {}).values():
+        for artifact in artifacts.get("artifacts", []):
+            if artifact.get("type", {}).get("schemaTitle") in (None, "system.Metrics"):
+                values.update({k: float(v) for k, v in (artifact.get("metadata") or {}).items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return values
+
+
+def run_dirs(pipeline_root: str, pipeline_name: str) -> list[str]:
+    """This pipeline's local run folders, oldest first (their names end in a sortable timestamp)."""
+    if not os.path.isdir(pipeline_root):
+        return []
+    names = sorted(n for n in os.listdir(pipeline_root) if n.startswith(pipeline_name + "-"))
+    return [os.path.join(pipeline_root, n) for n in names if os.path.isdir(os.path.join(pipeline_root, n))]
+
+
+def task_names(pipeline_root: str, pipeline_name: str) -> list[str]:
+    """Every task any local run of the pipeline executed, as its folder relative to the run (a ParallelFor
+    iteration's tasks sit under `for-loop-<n>-iteration-<i>/`), in pipeline order."""
+    names = set()
+    for run in run_dirs(pipeline_root, pipeline_name):
+        for folder, _, files in os.walk(run):
+            if "executor_output.json" in files:
+                names.add(os.path.relpath(folder, run))
+
+    def rank(name: str) -> tuple[int, str]:
+        leaf = os.path.basename(name)
+        known = [i for i, prefix in enumerate(ORDER) if leaf == prefix]
+        return (known[0] if known else len(ORDER), name)
+
+    return sorted(names, key=rank)
+
+
+def display_name(task: str) -> str:
+    """`for-loop-1-iteration-0/generate-shard` -> `generate-shard[0]`."""
+    parent, leaf = os.path.split(task)
+    return f"{leaf}[{parent.rsplit('-', 1)[1]}]" if "-iteration-" in parent else task
+
+
+def collect(pipeline_root: str, pipeline_name: str, tasks: list[str], before: set[str]) -> list[StepLine]:
+    """One line per task: its newest metrics, and whether kfp's cache served it this time. `before`: the
+    run folders that existed before this run started (a run served wholly from cache may add none)."""
+    runs = run_dirs(pipeline_root, pipeline_name)
+    lines = []
+    for task in tasks:
+        found = [(run, task_metrics(os.path.join(run, task))) for run in runs]
+        found = [(run, values) for run, values in found if values is not None]
+        if not found:
+            lines.append(StepLine(task, cached=False))
+            continue
+        run, values = found[-1]
+        lines.append(StepLine(task, cached=run in before, metrics=values))
+    return lines
+
+
+def _number(value: float | None, digits: str = ",.0f") -> str:
+    return "–" if value is None else format(value, digits)
+
+
+def format_summary(lines: list[StepLine], headline: dict[str, dict[str, float]], report_path: str) -> str:
+    """Steps (cached or run, rows, seconds), then each headline metric per model, then the report's path."""
+    width = max([len(display_name(line.task)) for line in lines] + [4])
+    out = [f"{'step':<{width}}  {'cached':<6}  {'rows':>9}  {'seconds':>8}"]
+    for line in lines:
+        out.append(f"{display_name(line.task):<{width}}  {'yes' if line.cached else 'no':<6}  {_number(line.rows):>9}  "
+                   f"{_number(line.metrics.get('step_seconds'), '.1f'):>8}")
+    models = list(dict.fromkeys(m for values in headline.values() for m in values))
+    if headline:
+        metric_width = max(len(k) for k in headline)
+        out += ["", f"{'metric':<{metric_width}}  " + "  ".join(f"{m:>10}" for m in models)]
+        for metric, values in headline.items():
+            out.append(f"{metric:<{metric_width}}  " + "  ".join(f"{_number(values.get(m), '.2f'):>10}"
+                                                                 for m in models))
+    out += ["", f"report: {report_path}"]
+    return "\n".join(out)

@@ -1,0 +1,107 @@
+"""The run report from a finished run's artifacts: what it gathers (worked out by hand from report_fixture),
+and that report.html is one self-contained page holding every figure and example, with the words marked."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import pytest
+from PIL import Image
+
+import report_fixture as fx
+from clipdpo.report import build as report
+from clipdpo.report.gather import by_category, gather
+from clipdpo.report.render import split_headline
+from clipdpo.storage import Storage
+
+FIGURES = ["amber", "caption_lengths", "clip_scores", "filter_funnel", "training_curves"]
+
+
+@pytest.fixture
+def run_root(tmp_path) -> str:
+    return fx.write_run(str(tmp_path / "run"))
+
+
+def test_gather_reads_each_stage(run_root):
+    run = gather(run_root, Storage())
+    assert run.stage_rows == {"score": 9, "filter": 4}  # 8 captions + 1 qa row; 3 caption pairs + 1 qa pair
+    # widest caption margin per image: img0 30-26, img1 31-29.5, img3 33-27; img2 has one caption
+    assert sorted(run.widest_margins) == pytest.approx([1.5, 4.0, 6.0])
+    assert run.margin_threshold == 1.0 and run.funnel == {**fx.FUNNEL, "seconds": 0.5}
+    assert run.pairs.chosen_score == [30.0, 31.0, 33.0] and run.pairs.margin == [4.0, 1.5, 6.0]  # qa pair left out
+    assert run.pairs.chosen_words == [8, 2, 8] and run.pairs.rejected_words == [2, 7, 2]
+    assert by_category(run.pairs) == {"people": ([30.0, 33.0], [26.0, 27.0]), "objects": ([31.0], [29.5])}
+    assert run.beta == 0.1 and [r["step"] for r in run.train_rows] == [1, 2, 3, 4]
+
+
+def test_gather_of_an_empty_run_root_is_empty(tmp_path):
+    run = gather(str(tmp_path / "nothing"), Storage())
+    assert (run.stage_rows, run.train_rows, run.funnel, run.evaluation) == ({}, [], {}, None)
+    built, files = report.build(str(tmp_path / "nothing"), Storage())
+    assert "<img" not in built.html and sorted(files) == ["headline.json", "report.html", "report.md"]
+
+
+def _images(page: str) -> list[tuple[str, str]]:
+    return re.findall(r"<img [^>]*alt='([^']*)' src='([^']*)'", page)
+
+
+def test_report_is_self_contained_with_every_figure_and_example(run_root):
+    written = report.write(run_root, Storage())
+    folder = f"{run_root}/report"
+    assert written.files == sorted(["report.html", "report.md", "headline.json"] + [f"{n}.png" for n in FIGURES])
+    page = open(f"{folder}/report.html").read()
+    assert page == written.html
+    images = _images(page)
+    assert page.count("<img") == len(images) == len(FIGURES) + 2  # five figures, two example thumbnails
+    assert sorted(alt for alt, _ in images if not alt.startswith("AMBER")) == FIGURES
+    for alt, src in images:
+        mime, data = re.fullmatch(r"data:(image/(?:png|jpeg));base64,(.+)", src).groups()
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+        assert image.format == {"image/png": "PNG", "image/jpeg": "JPEG"}[mime]
+        if alt in FIGURES:  # the inlined figure is the PNG saved beside the report
+            assert base64.b64decode(data) == open(f"{folder}/{alt}.png", "rb").read()
+    assert Image.open(io.BytesIO(base64.b64decode(dict(images)["AMBER 2"].split(",")[1]))).size == (224, 149)
+    # no reference leaves the file except the links to the PNG copies beside it
+    assert not re.search(r"(src|href)='(?!data:)(?![a-z_]+\.png')", page)
+    # each model's description, hallucinated words marked: base's 'cat' on item 1, nothing for clip-dpo's
+    assert "A dog and a <mark>cat</mark> on the grass." in page
+    assert "A dog on the grass.<br><small>hallucinated: none</small>" in page
+    assert page.count("<mark>man</mark>") == 2
+
+
+def test_the_funnel_figure_shows_the_rules_only(run_root):
+    from clipdpo.report.figures import run_figures
+
+    (funnel,) = [f for f in run_figures(gather(run_root, Storage())) if f.name == "filter_funnel"]
+    assert len(funnel.figure.axes[0].patches) == len(fx.FUNNEL)  # not the shards' "seconds"
+
+
+def test_headline_numbers_and_markdown(run_root):
+    written = report.write(run_root, Storage())
+    numbers = json.loads(open(f"{run_root}/report/headline.json").read())
+    assert numbers == written.headline
+    assert numbers["train_final_loss"] == pytest.approx(0.69 - 0.05 * 4)
+    assert numbers["train_reward_accuracy"] == 1.0 and numbers["train_samples_per_s"] == 8.0
+    assert (numbers["base_amber_chair"], numbers["clip-dpo_amber_chair"]) == (10.0, 6.0)
+    assert (numbers["base_amber_f1"], numbers["clip-dpo_amber_score"]) == (70.0, (100 - 6 + 74) / 2)
+    assert numbers["filter_rows"] == 4.0
+    run_wide, by_model = split_headline(numbers, ["base", "clip-dpo"])
+    assert by_model["amber_chair"] == {"base": 10.0, "clip-dpo": 6.0} and "amber_chair" not in run_wide
+    assert run_wide["train_final_loss"] == numbers["train_final_loss"]
+    text = written.markdown
+    assert "| train_final_loss | 0.49 |" in text and "`clip_scores.png`" in text
+    assert "## Evaluation" in text and "AMBER (Table 2)" in text
+    assert "Warning" not in text and "Warning" not in written.html  # chosen rewards rise in the fixture
+
+
+def test_falling_chosen_logps_warn_in_the_report(tmp_path):
+    root = fx.write_run(str(tmp_path / "run"))
+    falling = [{**row, "rewards/chosen": -0.01 * row["step"]} for row in fx.TRAIN_ROWS]
+    Storage().write_bytes(f"{root}/model/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in falling).encode())
+    written = report.write(root, Storage())
+    assert "<p class='warn'><b>Warning</b>: chosen log-probs fell below the reference" in written.html
+    assert "> **Warning**: chosen log-probs fell" in written.markdown
