@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-ingest": "filter", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
     "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
-    "exec-plan-shards": "filter", "exec-train": "train", "exec-evaluate": "evaluate",
+    "exec-plan-shards": "filter", "exec-train": "train", "exec-plan-evaluation": "filter",
+    "exec-evaluate-task": "evaluate", "exec-evaluate-merge": "evaluate", "exec-gate": "filter",
 }
 
 
@@ -61,7 +62,7 @@ def test_every_stage_runs_its_own_pinned_image(compiled):
 def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
     spec, platform, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-generate-shard", "exec-score-shard", "exec-evaluate"):
+    for name in ("exec-generate-shard", "exec-score-shard", "exec-evaluate-task"):
         accelerator = executors[name]["container"]["resources"]["accelerator"]
         assert accelerator["resourceType"] == "nvidia.com/gpu" and int(accelerator["resourceCount"]) == 1
         tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]["tolerations"]
@@ -85,16 +86,18 @@ def test_caching_is_on_for_every_task(compiled):
     spec, _, _ = compiled
     tasks = dict(all_tasks(spec))
     leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith("for-loop")}
-    assert len(leaf_tasks) == 9
+    assert len(leaf_tasks) == 12
+    # the gate reads the promoted pointer, which other runs move: it must run every time
+    assert not leaf_tasks.pop("gate").get("cachingOptions", {}).get("enableCache")
     assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
 
 
 def test_generate_and_score_fan_out_over_shards(compiled):
     spec, _, _ = compiled
     loops = {name: task for name, task in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in task}
-    assert len(loops) == 2
+    assert len(loops) == 3
     inner = {}
-    for task in loops.values():
+    for task in (t for t in loops.values() if "plan-shards" in str(t["parameterIterator"])):
         iterator = task["parameterIterator"]["items"]["inputParameter"]
         assert "plan-shards" in iterator
         component = spec["components"][task["componentRef"]["name"]]
