@@ -124,3 +124,18 @@ def test_gate_step_promotes_a_better_model_and_refuses_a_worse_one(bucket, capsy
     summary = tmp_path / "summary.md"
     assert gate.main(["--decision", join(third, "gate", "decision.json"), "--summary", str(summary)]) == 0
     assert "PASSED: promoted" in summary.read_text()
+
+
+def test_ci_waits_for_the_run_then_shows_the_gate_and_fails_on_refusal():
+    import os
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    steps = yaml.safe_load(open(os.path.join(root, ".github", "workflows", "retrain.yml")))["jobs"]["retrain"]["steps"]
+    runs = [step.get("run", "") for step in steps]
+    pipeline = next(i for i, text in enumerate(runs) if "make pipeline-run" in text)
+    decision = next(i for i, text in enumerate(runs) if "-m clipdpo.gate" in text)
+    assert decision > pipeline and float(steps[pipeline]["env"]["CLIPDPO_WAIT_HOURS"]) > 0
+    assert "gate/decision.json" in runs[decision] and '--summary "$GITHUB_STEP_SUMMARY"' in runs[decision]
+    assert "continue-on-error" not in steps[decision]  # gate.main exits 1 on a refusal: the job fails
