@@ -88,10 +88,10 @@ def plan_evaluation(run_root: str, model_uri: str, train_config_json: str, confi
 
 
 @dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
-def evaluate_task(run_root: str, model_uri: str, train_config_json: str, config_json: str, item: str) -> str:
+def evaluate_task(run_root: str, train_config_json: str, config_json: str, item: str) -> str:
     from clipdpo.steps import evaluate_task_step
 
-    return evaluate_task_step(run_root, model_uri, train_config_json, config_json, item)
+    return evaluate_task_step(run_root, train_config_json, config_json, item)
 
 
 @dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
@@ -188,8 +188,11 @@ def clipdpo_pipeline(
     evaluation = dict(run_root=run_root, model_uri=model.output, train_config_json=train_config,
                       config_json=evaluate_config)
     items = _s3(plan_evaluation(**evaluation)).set_display_name("plan evaluation")  # reads the model (LoRA?)
+    # only pipeline parameters and the item enter the loop: kfp's local runner binds any other task output
+    # inside a ParallelFor to the loop item (the model is where train wrote it, under run_root)
     with dsl.ParallelFor(items=items.output, name="evaluate-tasks") as item:
-        task = _gpu(_s3(evaluate_task(item=item, **evaluation)), memory="64G").set_display_name("evaluate task")
+        task = _gpu(_s3(evaluate_task(run_root=run_root, train_config_json=train_config, config_json=evaluate_config,
+                                      item=item)), memory="64G").set_display_name("evaluate task")
     report = _s3(evaluate_merge(task_records=dsl.Collected(task.output), **evaluation))
     report.set_cpu_request("2").set_memory_request("8G").set_display_name("evaluate report")
     decision = _s3(gate(run_root=run_root, report_uri=report.output, config_json=gate_config))

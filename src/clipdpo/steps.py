@@ -207,15 +207,15 @@ def evaluation_plan(run_root: str, model_uri: str, train_config_json: str, confi
             for item in plan(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"))]
 
 
-def evaluate_task_step(run_root: str, model_uri: str, train_config_json: str, config_json: str, item: str) -> str:
-    """One (model, task) of the evaluation fan-out; returns its record's URI."""
+def evaluate_task_step(run_root: str, train_config_json: str, config_json: str, item: str) -> str:
+    """One (model, task) of the evaluation fan-out (the trained model: this run's train artifact); its record's URI."""
     from clipdpo import evaluate
     from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.evaluate.fanout import task_record_uri
 
     setup_logging()
     model, _, task = item.partition("|")
-    config = evaluate_settings(run_root, model_uri, train_config_json, config_json) or {}
+    config = evaluate_settings(run_root, artifact_uri(run_root, "train"), train_config_json, config_json) or {}
     config.update(only_model=model, only_task=task)
     output = artifact_uri(run_root, "evaluate")
     evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
