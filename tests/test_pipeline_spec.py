@@ -124,3 +124,14 @@ def test_compile_is_deterministic_and_images_follow_settings(compiled, tmp_path)
     failed = subprocess.run([sys.executable, "-m", "pipelines.compile", str(tmp_path / "x.yaml")], cwd=ROOT,
                             env={**os.environ, "CLIPDPO_IMAGE_TAG": "latest"}, capture_output=True, text=True)
     assert failed.returncode != 0 and "latest" in failed.stderr
+
+
+def test_evaluate_fans_out_per_model_and_task_then_merges_and_gates(compiled):
+    spec, _, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    loop = next(task for task in root.values() if "plan-evaluation" in str(task.get("parameterIterator", "")))
+    assert set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == {"evaluate-task"}
+    assert "for-loop" in str(root["evaluate-merge"]["inputs"]["parameters"]["task_records"])  # every record
+    assert root["gate"]["inputs"]["parameters"]["report_uri"]["taskOutputParameter"]["producerTask"] == \
+        "evaluate-merge"
+    assert "gate_config" in spec["root"]["inputDefinitions"]["parameters"]
