@@ -78,7 +78,8 @@ def _number(value: Any) -> float | None:
 
 
 def check_one(rule: Rule, metric: str, candidate: float | None, reference: float | None) -> Check:
-    described = f"{rule.metric} {rule.better} ({rule.require}{f', tolerance {rule.tolerance}' if rule.tolerance else ''})"
+    tolerance = f", tolerance {rule.tolerance}" if rule.tolerance else ""
+    described = f"{rule.metric} {rule.better} ({rule.require}{tolerance})"
     if candidate is None:
         return Check(described, metric, candidate, reference, False, "the candidate has no value")
     if reference is None:
