@@ -1,4 +1,5 @@
-"""The clipdpo pipeline: ingest -> generate (fan-out) -> score (fan-out) -> filter -> train -> evaluate -> report.
+"""The clipdpo pipeline: ingest -> generate (fan-out) -> score (fan-out) -> filter -> train -> evaluate
+(fan-out over (model, task), merged into one report) -> gate (promote the trained model or refuse it).
 
 Every component runs its stage's own image and calls `clipdpo.steps`; no stage logic lives
 here. Artifacts pass through S3 under `run_root` (a pipeline parameter); components read and
@@ -100,14 +101,43 @@ def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image:
                           runtime=runtime)
 
 
-@dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
-def evaluate(run_root: str, model_uri: str, train_config_json: str, config_json: str,
-             metrics: Output[Metrics]) -> str:
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def plan_evaluation(run_root: str, model_uri: str, train_config_json: str, config_json: str,
+                    metrics: Output[Metrics]) -> List[str]:
     from clipdpo.report.step_metrics import logged
-    from clipdpo.steps import evaluate_step
+    from clipdpo.steps import evaluation_plan
+
+    with logged(metrics, "plan-evaluation", run_root):
+        return evaluation_plan(run_root, model_uri, train_config_json, config_json)
+
+
+@dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
+def evaluate_task(run_root: str, train_config_json: str, config_json: str, item: str,
+                  metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
+    from clipdpo.steps import evaluate_task_step
+
+    with logged(metrics, "evaluate-task", run_root):
+        return evaluate_task_step(run_root, train_config_json, config_json, item)
+
+
+@dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
+def evaluate_merge(run_root: str, model_uri: str, task_records: List[str], train_config_json: str,
+                   config_json: str, metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
+    from clipdpo.steps import evaluate_merge_step
 
     with logged(metrics, "evaluate", run_root):
-        return evaluate_step(run_root, model_uri, train_config_json, config_json)
+        return evaluate_merge_step(run_root, model_uri, train_config_json, config_json)
+
+
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def gate(run_root: str, report_uri: str, config_json: str, metrics: Output[Metrics]) -> str:
+    from clipdpo.report.step_metrics import logged
+    from clipdpo.steps import gate_step
+
+    with logged(metrics, "gate", run_root):
+        return gate_step(run_root, report_uri, config_json)
 
 
 @dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
@@ -176,6 +206,7 @@ def clipdpo_pipeline(
     train_queue_name: str = "",
     train_runtime: str = "torch-distributed",
     evaluate_config: str = "{}",
+    gate_config: str = "{}",
 ):
     images = _s3(ingest(run_root=run_root, source=source, config_json=ingest_config))
     images.set_cpu_request("2").set_memory_request("8G").set_display_name("ingest")
@@ -212,11 +243,21 @@ def clipdpo_pipeline(
     kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_POD_UID", field_path="metadata.uid")
     model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (cluster job)")
 
-    # base vs trained on the configured benchmarks (an empty evaluate_config skips it); one GPU, models in turn
-    evaluation = _tracking(_gpu(_s3(evaluate(run_root=run_root, model_uri=_uri(model), train_config_json=train_config,
-                                            config_json=evaluate_config)), memory="64G"))
-    evaluation.set_display_name("evaluate")
+    # base vs trained: one GPU pod per (model, task) (the base's results come from the eval cache once known),
+    # merged into one report; then the gate judges the trained model and, on pass, moves the promoted pointer
+    evaluation = dict(run_root=run_root, model_uri=_uri(model), train_config_json=train_config,
+                      config_json=evaluate_config)
+    items = _s3(plan_evaluation(**evaluation)).set_display_name("plan evaluation")  # reads the model (LoRA?)
+    # only pipeline parameters and the item enter the loop: kfp's local runner binds any other task output
+    # inside a ParallelFor to the loop item (the model is where train wrote it, under run_root)
+    with dsl.ParallelFor(items=_uri(items), name="evaluate-tasks") as item:
+        task = _gpu(_s3(evaluate_task(run_root=run_root, train_config_json=train_config, config_json=evaluate_config,
+                                      item=item)), memory="64G").set_display_name("evaluate task")
+    merged = _tracking(_s3(evaluate_merge(task_records=dsl.Collected(_uri(task)), **evaluation)))
+    merged.set_cpu_request("2").set_memory_request("8G").set_display_name("evaluate report")
+    decision = _s3(gate(run_root=run_root, report_uri=_uri(merged), config_json=gate_config))
+    decision.set_caching_options(False).set_cpu_request("1").set_memory_request("2G").set_display_name("gate")
 
     # what a person reads: figures, headline numbers, examples (kfp HTML + Markdown on the run page)
-    run_report = _s3(report(run_root=run_root, evaluation_uri=_uri(evaluation)))
+    run_report = _s3(report(run_root=run_root, evaluation_uri=_uri(merged)))
     run_report.set_cpu_request("2").set_memory_request("4G").set_display_name("report")

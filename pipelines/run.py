@@ -33,7 +33,7 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
     }
     if launcher != "local":  # cluster runs: Kueue queue (empty: none)
         arguments.update(train_queue_name=args.queue_name, train_runtime=args.runtime)
-    for name in NAMES:
+    for name in (*NAMES, "gate"):
         arguments[f"{name}_config"] = json.dumps(configs.get(name, {}), sort_keys=True)
     return arguments
 
@@ -41,7 +41,7 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
 def read_configs(config_dir: Path) -> dict[str, dict]:
     """Stage configs from `<config_dir>/<stage>.json`; a missing file means the stage's defaults."""
     configs = {}
-    for name in NAMES:
+    for name in (*NAMES, "gate"):  # gate.json: the promotion gate's rules (clipdpo.gate.GateConfig)
         path = config_dir / f"{name}.json"
         configs[name] = json.loads(path.read_text()) if path.exists() else {}
     return configs
@@ -77,6 +77,7 @@ def run_local(args) -> int:
         clipdpo_pipeline(**arguments)
         reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
         summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs)
+        decision = print_decision(arguments["run_root"])
     finally:
         if server is not None:
             server.stop()
@@ -91,10 +92,26 @@ def run_local(args) -> int:
         print(f"  copied to  {state / 'reports' / args.run_id}/ ({len(reports)} files)")
     print(f"  kfp        {state / 'kfp'}/ (per task: its Metrics; the report step's HTML and Markdown)")
     print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
+    print(f"  gate       {root}/gate/decision.json: {decision}")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
     print("\n" + summary)
     return 0
+
+
+def print_decision(run_root: str) -> str:
+    """Print the promotion gate's decision table; a one-line verdict for the run's summary."""
+    from clipdpo import gate
+    from clipdpo.storage import Storage, join
+
+    uri = join(run_root, "gate", "decision.json")
+    if not Storage().exists(uri):
+        return "no decision (the gate did not run)"
+    record = json.loads(Storage().read_bytes(uri))
+    print("\n" + gate.markdown(record), flush=True)
+    if record["passed"] and record["pointer"]["moved"]:
+        return f"PROMOTED ({record['pointer']['uri']} -> {record['candidate']['model']})"
+    return "REFUSED (the promoted pointer is unchanged)"
 
 
 def copy_reports(run_root: str, target: Path) -> list[Path]:
@@ -147,6 +164,11 @@ def run_cluster(args, host: str) -> int:
     run = client.create_run_from_pipeline_package(package, arguments=arguments, run_name=f"clipdpo-{args.run_id}",
                                                   experiment_name=args.experiment, enable_caching=True)
     print(f"submitted run {run.run_id}: {host.rstrip('/')}/#/runs/details/{run.run_id}")
+    if args.wait_hours:  # CI: wait, then `python -m clipdpo.gate` reads <run root>/gate/decision.json
+        done = client.wait_for_run_completion(run.run_id, timeout=int(args.wait_hours * 3600))
+        state = getattr(done, "state", "")
+        print(f"run {run.run_id} ended: {state}", flush=True)
+        return 0 if state == "SUCCEEDED" else 1
     return 0
 
 
@@ -172,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=".local")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
+    parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
+                        help="cluster runs: wait up to this long for the run to end (0: submit only)")
     parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
     args = parser.parse_args(argv)
     host = os.environ.get("KFP_HOST", "")

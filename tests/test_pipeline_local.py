@@ -53,12 +53,21 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     for figure in ("training_curves", "filter_funnel", "clip_scores", "caption_lengths", "amber"):
         assert f"alt='{figure}' src='data:image/png;base64," in page
     assert page.count("alt='AMBER ") >= 2 and "Qualitative examples" in page
+    # evaluate ran as a fan-out: one record per (model, task), merged into that report
+    records = storage.list(join(root, "evaluation", "tasks"))
+    assert len(records) == 2 * (1 + len(result["zero_shot"]) + len(result["suite"]))
+    assert all(json.loads(storage.read_bytes(uri))["inferred"] > 0 for uri in records)  # a fresh bucket: no cache
+    decision = json.loads(storage.read_bytes(join(root, "gate", "decision.json")))
+    assert decision["reference"]["name"] == "base" and decision["candidate"]["model"] == join(root, "model", "model")
+    promoted = f"s3://{bucket}/promoted"
+    assert storage.exists(promoted) == (decision["passed"] and decision["pointer"]["moved"])
     out = capsys.readouterr().out
     assert "finished" in out and join(root, "model") in out
+    assert "## Promotion gate:" in out and ("PROMOTED" in out or "REFUSED" in out)
     # the summary: every step, run (not cached) the first time, with its rows; then the report's path
     table = summary_table(out)
     steps = {line.split()[0]: line.split()[1:] for line in table[1:] if line.strip() and not line.startswith("metric")}
-    for step in ("ingest", "generate-shard[0]", "score-finalize", "filter-pairs", "train", "evaluate", "report"):
+    for step in ("ingest", "generate-shard[0]", "score-finalize", "filter-pairs", "train", "evaluate-merge", "report"):
         assert steps[step][0] == "no", (step, table)
     assert steps["ingest"][1] == "10" and f"report: {tmp_path / 'state' / 'reports' / run_id / 'report.html'}" in out
 
@@ -73,3 +82,14 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     with capsys.disabled():
         print(f"\n[pipeline] local kfp run {first:.1f}s, rerun {second:.1f}s")
     assert second < first
+
+    # a retraining run (new run root, same bucket): the base model's results come from the eval cache
+    assert main([*argv[:1], "retrain", *argv[2:]]) == 0
+    retrain = f"s3://{bucket}/runs/retrain"
+    records = {uri.rsplit("/tasks/", 1)[1]: json.loads(storage.read_bytes(uri))
+               for uri in storage.list(join(retrain, "evaluation", "tasks"))}
+    assert all(r["inferred"] == 0 and r["cached"] for name, r in records.items() if name.startswith("base/"))
+    assert all(r["inferred"] > 0 for name, r in records.items() if name.startswith("clip-dpo/"))
+    assert storage.list(join(retrain, "evaluation", "responses", "base")) == []
+    assert json.loads(storage.read_bytes(join(retrain, "evaluation", "metrics.json")))["results"]["base"] == \
+        metrics["results"]["base"]

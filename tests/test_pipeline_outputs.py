@@ -32,7 +32,7 @@ def _output_artifacts(component: dict) -> dict[str, str]:
 
 def test_every_step_declares_metrics_and_the_report_html_and_markdown(spec):
     steps = {name: component for name, component in spec["components"].items() if "executorLabel" in component}
-    assert len(steps) == 10 and "comp-report" in steps
+    assert len(steps) == 13 and "comp-report" in steps
     for name, component in steps.items():
         assert _output_artifacts(component).get("metrics") == "system.Metrics", name
     assert _output_artifacts(steps["comp-report"]) == {
@@ -41,7 +41,7 @@ def test_every_step_declares_metrics_and_the_report_html_and_markdown(spec):
 
 def test_the_report_step_runs_after_evaluate_in_the_evaluate_image(spec):
     report = spec["root"]["dag"]["tasks"]["report"]
-    assert report["dependentTasks"] == ["evaluate"]
+    assert report["dependentTasks"] == ["evaluate-merge"]
     assert report["taskInfo"]["name"] == "report"
     image = spec["deploymentSpec"]["executors"]["exec-report"]["container"]["image"]
     assert "/clipdpo-evaluate:" in image
@@ -49,7 +49,7 @@ def test_the_report_step_runs_after_evaluate_in_the_evaluate_image(spec):
 
 def test_train_and_evaluate_read_tracking_settings_from_an_optional_config_map(compiled):
     executors = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-train", "exec-evaluate"):
+    for name in ("exec-train", "exec-evaluate-merge"):
         (config_map,) = executors[name]["configMapAsEnv"]
         assert config_map["configMapName"] == "clipdpo-tracking" and config_map["optional"] is True
         assert {pair["envVar"] for pair in config_map["keyToEnv"]} == {

@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-ingest": "filter", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
     "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
-    "exec-plan-shards": "filter", "exec-train": "train", "exec-evaluate": "evaluate", "exec-report": "evaluate",
+    "exec-plan-shards": "filter", "exec-train": "train", "exec-plan-evaluation": "filter",
+    "exec-evaluate-task": "evaluate", "exec-evaluate-merge": "evaluate", "exec-gate": "filter", "exec-report": "evaluate",
 }
 
 
@@ -61,7 +62,7 @@ def test_every_stage_runs_its_own_pinned_image(compiled):
 def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
     spec, platform, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-generate-shard", "exec-score-shard", "exec-evaluate"):
+    for name in ("exec-generate-shard", "exec-score-shard", "exec-evaluate-task"):
         accelerator = executors[name]["container"]["resources"]["accelerator"]
         assert accelerator["resourceType"] == "nvidia.com/gpu" and int(accelerator["resourceCount"]) == 1
         tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]["tolerations"]
@@ -85,16 +86,18 @@ def test_caching_is_on_for_every_task(compiled):
     spec, _, _ = compiled
     tasks = dict(all_tasks(spec))
     leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith("for-loop")}
-    assert len(leaf_tasks) == 10
+    assert len(leaf_tasks) == 13
+    # the gate reads the promoted pointer, which other runs move: it must run every time
+    assert not leaf_tasks.pop("gate").get("cachingOptions", {}).get("enableCache")
     assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
 
 
 def test_generate_and_score_fan_out_over_shards(compiled):
     spec, _, _ = compiled
     loops = {name: task for name, task in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in task}
-    assert len(loops) == 2
+    assert len(loops) == 3
     inner = {}
-    for task in loops.values():
+    for task in (t for t in loops.values() if "plan-shards" in str(t["parameterIterator"])):
         iterator = task["parameterIterator"]["items"]["inputParameter"]
         assert "plan-shards" in iterator
         component = spec["components"][task["componentRef"]["name"]]
@@ -121,3 +124,14 @@ def test_compile_is_deterministic_and_images_follow_settings(compiled, tmp_path)
     failed = subprocess.run([sys.executable, "-m", "pipelines.compile", str(tmp_path / "x.yaml")], cwd=ROOT,
                             env={**os.environ, "CLIPDPO_IMAGE_TAG": "latest"}, capture_output=True, text=True)
     assert failed.returncode != 0 and "latest" in failed.stderr
+
+
+def test_evaluate_fans_out_per_model_and_task_then_merges_and_gates(compiled):
+    spec, _, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    loop = next(task for task in root.values() if "plan-evaluation" in str(task.get("parameterIterator", "")))
+    assert set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == {"evaluate-task"}
+    assert "for-loop" in str(root["evaluate-merge"]["inputs"]["parameters"]["task_records"])  # every record
+    assert root["gate"]["inputs"]["parameters"]["report_uri"]["taskOutputParameter"]["producerTask"] == \
+        "evaluate-merge"
+    assert "gate_config" in spec["root"]["inputDefinitions"]["parameters"]

@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 from clipdpo import config as config_lib
 from clipdpo.stage import ShardSpec, setup_logging
 from clipdpo.stages import stage
-from clipdpo.storage import Storage, join
+from clipdpo.storage import Storage, join, split_s3
 
 T = TypeVar("T")
 
@@ -28,6 +28,11 @@ def artifact_uri(run_root: str, name: str) -> str:
 def input_uri(run_root: str, name: str) -> str:
     """The artifact stage `name` reads: its input stage's output."""
     return artifact_uri(run_root, stage(name).input)
+
+
+def bucket_of(run_root: str) -> str:
+    """s3://<bucket> of an s3:// run root: where run-spanning objects (eval cache, promoted pointer) live."""
+    return "s3://" + split_s3(run_root)[0]
 
 
 def config_object(config_json: str, where: str) -> dict[str, Any]:
@@ -159,24 +164,34 @@ def evaluation_models(model_uri: str, train_config_json: str, engine: str) -> li
     return [{"name": "base", "path": base, "engine": engine}, {"name": "clip-dpo", "path": trained, "engine": engine}]
 
 
-def evaluate_step(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
-    """Evaluate the base and the trained model; an empty config means no evaluation was asked for.
+def evaluate_settings(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> dict | None:
+    """The evaluate config as a dict (None: no evaluation asked for, i.e. an empty config).
 
-    Without `models` in the config, the pair compared is the run's base model and its trained model,
-    on `engine` (a config key of this step only; default vllm)."""
+    Without `models`, the pair compared is the run's base model and its trained model on `engine` (a key
+    of this step only; default vllm); `result_cache` defaults to s3://<run bucket>/eval-cache."""
+    config = config_object(config_json, "evaluate_config")
+    if not config:
+        return None
+    engine = config.pop("engine", "vllm")
+    config.setdefault("models", evaluation_models(model_uri, train_config_json, engine))
+    if run_root.startswith("s3://"):
+        config.setdefault("result_cache", join(bucket_of(run_root), "eval-cache"))
+    return config
+
+
+def evaluate_step(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
+    """Evaluate the base and the trained model in one process (the fan-out's sequential twin)."""
     import logging
 
     from clipdpo import evaluate
     from clipdpo.evaluate.config import EvaluateConfig
 
     setup_logging()
-    config = config_object(config_json, "evaluate_config")
-    if not config:
+    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
+    if config is None:
         logging.getLogger("clipdpo.evaluate").warning("evaluate: no benchmarks configured (evaluate_config is {}); "
                                                       "skipped")
         return ""
-    engine = config.pop("engine", "vllm")
-    config.setdefault("models", evaluation_models(model_uri, train_config_json, engine))
     output = artifact_uri(run_root, "evaluate")
     metrics = evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
     from clipdpo.tracking import log_evaluation
@@ -184,6 +199,69 @@ def evaluate_step(run_root: str, model_uri: str, train_config_json: str, config_
     # MLflow (when configured): the figures join the training's run
     log_evaluation(output, model_uri, metrics.get("results", {}), Storage())
     return output
+
+
+def evaluation_plan(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> list[str]:
+    """The fan-out's items, each "<model>|<task>" ([] when no evaluation is configured)."""
+    from clipdpo.evaluate.config import EvaluateConfig
+    from clipdpo.evaluate.fanout import plan
+
+    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
+    if config is None:
+        return []
+    return [f"{item['model']}|{item['task']}"
+            for item in plan(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"))]
+
+
+def evaluate_task_step(run_root: str, train_config_json: str, config_json: str, item: str) -> str:
+    """One (model, task) of the evaluation fan-out (the trained model: this run's train artifact); its record's URI."""
+    from clipdpo import evaluate
+    from clipdpo.evaluate.config import EvaluateConfig
+    from clipdpo.evaluate.fanout import task_record_uri
+
+    setup_logging()
+    model, _, task = item.partition("|")
+    config = evaluate_settings(run_root, artifact_uri(run_root, "train"), train_config_json, config_json) or {}
+    config.update(only_model=model, only_task=task)
+    output = artifact_uri(run_root, "evaluate")
+    evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
+    return task_record_uri(output, model, task)
+
+
+def evaluate_merge_step(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
+    """The report (metrics.json, report.md, report.html) from the fan-out's records; "" when none was asked for."""
+    from clipdpo import evaluate
+    from clipdpo.evaluate.config import EvaluateConfig
+
+    setup_logging()
+    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
+    if config is None:
+        return ""
+    output = artifact_uri(run_root, "evaluate")
+    metrics = evaluate.run(config_lib.from_dict(EvaluateConfig, {**config, "merge_tasks": True}, "evaluate_config"),
+                           output)
+    from clipdpo.tracking import log_evaluation
+
+    # MLflow (when configured): the figures join the training's run
+    log_evaluation(output, model_uri, metrics.get("results", {}), Storage())
+    return output
+
+
+def gate_step(run_root: str, report_uri: str, config_json: str) -> str:
+    """Judge the run's trained model against the promoted one; move the pointer on pass. Returns the record URI."""
+    from clipdpo import gate
+
+    setup_logging()
+    cfg = typed_config(gate.GateConfig, config_json, "gate_config")
+    if not (cfg.pointer or run_root.startswith("s3://")):
+        raise config_lib.ConfigError(f"gate_config.pointer: needed when the run root {run_root!r} is not on S3")
+    pointer = cfg.pointer or join(bucket_of(run_root), "promoted")
+    record = gate.run(cfg, report_uri, pointer, run_root, Storage())
+    uri = join(run_root, "gate", "decision.json")
+    Storage().write_bytes(uri, json.dumps(record, indent=2, sort_keys=True).encode())
+    print(json.dumps({"stage": "gate", "passed": record["passed"], "promoted": record["pointer"]["moved"],
+                      "decision": uri}), flush=True)
+    return uri
 
 
 def shard_indices(shard_count: int) -> list[int]:

@@ -1,7 +1,9 @@
 """evaluate: the paper's evaluations (Sec. 6) of a baseline and the models compared with it.
 
 `run(cfg, output)` evaluates the configured models (`evaluation.evaluate_models`) and prints the
-stage's summary line. The parts: `amber` (Table 2, exact to the official code), `zeroshot` (Table 3),
+stage's summary line; with `only_model`/`only_task` one (model, task) of the fan-out, with
+`merge_tasks` the report from the fan-out's records (`fanout`). The parts: `amber` (Table 2,
+exact to the official code), `zeroshot` (Table 3),
 `suite` (the LLaVA benchmarks of Table 4), `infer` (resumable responses), `report`.
 """
 
@@ -18,9 +20,17 @@ if TYPE_CHECKING:  # torch loads only when a model is evaluated
 
 def run(cfg: EvaluateConfig, output: str, *, storage: Storage | None = None) -> dict:
     """Evaluate every model of `cfg` into `output` (responses, metrics.json, report.md/.html); the metrics."""
+    from clipdpo.evaluate import fanout
     from clipdpo.evaluate.evaluation import evaluate_models
 
-    metrics = evaluate_models(cfg, output, storage or Storage())
+    if cfg.only_task:  # one (model, task) of the fan-out: its record, no report
+        record = fanout.evaluate_task(cfg, output, storage or Storage())
+        print(json.dumps({"stage": "evaluate", "model": cfg.only_model, "task": cfg.only_task,
+                          "inferred": record["inferred"], "cached": record["cached"],
+                          "record": fanout.task_record_uri(output, cfg.only_model, cfg.only_task)}), flush=True)
+        return record
+    storage = storage or Storage()
+    metrics = fanout.merge(cfg, output, storage) if cfg.merge_tasks else evaluate_models(cfg, output, storage)
     amber_scores = {name: result["amber"].get("amber_score") for name, result in metrics["results"].items()
                     if "amber" in result}
     print(json.dumps({"stage": "evaluate", "output": output, "complete": metrics["complete"],

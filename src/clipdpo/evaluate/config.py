@@ -114,6 +114,11 @@ class EvaluateConfig:
     chunk_size: int = 256  # responses saved per chunk: a restart redoes at most one chunk per task
     max_new_tokens: int = 512  # descriptions; short answers use 16
     model_cache: str = "/tmp/clipdpo-eval-models"  # where s3:// models are copied
+    # fan-out (evaluate.fanout): one call evaluates one (only_model, only_task); merge_tasks builds the report
+    only_model: str = ""
+    only_task: str = ""  # amber | zeroshot-<dataset> | suite-<benchmark>
+    merge_tasks: bool = False
+    result_cache: str = ""  # baseline results cached here by (model content, task, config); "" = none
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -123,6 +128,8 @@ class EvaluateConfig:
             raise ValueError(f"models: names must be unique, got {names}")
         if self.amber is None and self.zero_shot is None and not self.suite:
             raise ValueError("nothing to evaluate: set amber, zero_shot and/or suite")
+        if bool(self.only_model) != bool(self.only_task):
+            raise ValueError("only_model and only_task: set both (one (model, task) of the fan-out) or neither")
         labels = [benchmark.label for benchmark in self.suite]
         if len(set(labels)) != len(labels):
             raise ValueError(f"suite: benchmark names must be unique, got {labels}")

@@ -138,6 +138,17 @@ def write_metrics(storage: Storage, output: str, metrics: dict) -> None:
     storage.write_bytes(join(output, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True).encode())
 
 
+def scorers(cfg: EvaluateConfig, inputs: Inputs, nlp=None, encoder=None) -> tuple:
+    """AMBER's NLP and the zero-shot text encoder, loaded when the inputs need them and none was given."""
+    if inputs.amber is not None and cfg.amber.evaluation_type in ("a", "g") and nlp is None:
+        from clipdpo.evaluate.nlp import load_nlp
+
+        nlp = load_nlp(cfg.amber.nlp.backend, cfg.amber.nlp.spacy_model, cfg.amber.nlp.nltk_data)
+    if inputs.zero_shot and encoder is None:
+        encoder = zeroshot.TextEncoder(cfg.zero_shot.text_encoder)
+    return nlp, encoder
+
+
 def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
                     engine_factory: EngineFactory | None = None, nlp=None, encoder=None) -> dict:
     """Evaluate every model; returns (and writes) the metrics. `nlp`/`encoder` replace the configured ones."""
@@ -146,12 +157,7 @@ def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = 
 
     # 1. inputs, checked before any model loads; the NLP too (fail early, before hours of inference)
     inputs = read_inputs(storage, cfg)
-    if inputs.amber is not None and cfg.amber.evaluation_type in ("a", "g") and nlp is None:
-        from clipdpo.evaluate.nlp import load_nlp
-
-        nlp = load_nlp(cfg.amber.nlp.backend, cfg.amber.nlp.spacy_model, cfg.amber.nlp.nltk_data)
-    if inputs.zero_shot and encoder is None:
-        encoder = zeroshot.TextEncoder(cfg.zero_shot.text_encoder)
+    nlp, encoder = scorers(cfg, inputs, nlp, encoder)
 
     # 2. responses, model by model
     responses, inferred = answer_all(cfg, inputs.tasks, output, storage, engine_factory)
@@ -161,15 +167,21 @@ def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = 
                for dataset, _, names in inputs.zero_shot}
     results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes)
                for spec in cfg.models}
-    metrics = {
+    metrics = assemble_metrics(cfg, results, inferred, {"amber_nlp": getattr(nlp, "description", None),
+                                                        "zero_shot_text_encoder": getattr(encoder, "description", None)})
+    write_metrics(storage, output, metrics)
+    return metrics
+
+
+def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int], resources: dict) -> dict:
+    """metrics.json from every model's results (the sequential run and the fan-out's merge share it)."""
+    return {
         "complete": all(r.get("amber", {}).get("complete", True) for r in results.values()),
         "models": [asdict(spec) for spec in cfg.models],
         "baseline": cfg.models[0].name,
         "results": results,
-        "resources": {"amber_nlp": getattr(nlp, "description", None),
+        "resources": {"amber_nlp": resources.get("amber_nlp"),
                       "amber_discriminative_mode": cfg.amber.discriminative_mode if cfg.amber else None,
-                      "zero_shot_text_encoder": getattr(encoder, "description", None)},
+                      "zero_shot_text_encoder": resources.get("zero_shot_text_encoder")},
         "inferred_items": inferred,
     }
-    write_metrics(storage, output, metrics)
-    return metrics

@@ -95,6 +95,13 @@ def evaluate_metrics(storage: Storage, run_root: str) -> dict[str, float]:
     return numeric(metrics["results"])
 
 
+def gate_metrics(storage: Storage, run_root: str) -> dict[str, float]:
+    """passed (1/0), pointer moved (1/0) and the number of failed checks, from the gate's decision record."""
+    record = json.loads(storage.read_bytes(join(run_root, "gate", "decision.json")))
+    return {"passed": float(record["passed"]), "promoted": float(record["pointer"]["moved"]),
+            "failed_checks": float(sum(not check["passed"] for check in record["checks"]))}
+
+
 def step_metrics(stage: str, run_root: str, *, shard: tuple[int, int] | None = None,
                  storage: Storage | None = None) -> dict[str, float]:
     """`shard`: (index, count) for a shard step; None for a stage's whole (finalized) artifact."""
@@ -106,13 +113,17 @@ def step_metrics(stage: str, run_root: str, *, shard: tuple[int, int] | None = N
         values = train_metrics(storage, run_root)
     elif stage == "evaluate":
         values = evaluate_metrics(storage, run_root)
+    elif stage in ("plan-evaluation", "evaluate-task"):
+        values = {}  # their numbers are the merged evaluation's (the evaluate step)
+    elif stage == "gate":
+        values = gate_metrics(storage, run_root)
     elif stage == "report":
         from clipdpo.report import REPORT_DIR
 
         values = json.loads(storage.read_bytes(join(run_root, REPORT_DIR, "headline.json")))
     else:
         raise ValueError(f"step_metrics: unknown stage {stage!r}; expected one of "
-                         f"{sorted(KINDS) + ['evaluate', 'report', 'train']}")
+                         f"{sorted(KINDS) + ['evaluate', 'evaluate-task', 'gate', 'plan-evaluation', 'report', 'train']}")
     return _finite(values)
 
 

@@ -1,0 +1,141 @@
+"""The promotion gate: its rules on hand-made result dicts, the conditional pointer on the loopback S3
+server, and the gate step on a run's metrics.json (a better model moves the pointer, a worse one not)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clipdpo import gate
+from clipdpo.config import ConfigError, from_dict
+from clipdpo.steps import gate_step
+from clipdpo.storage import Storage, join
+
+
+def results(score: float, chair: float, pope: float = 85.0, top1: float = 50.0) -> dict:
+    return {"amber": {"amber_score": score, "generative": {"chair": chair}},
+            "suite": {"pope": {"headline": pope}, "scienceqa": {"headline": 60.0}},
+            "zero_shot": {"colours": {"top1": top1}}}
+
+
+def verdicts(checks) -> dict[str, bool]:
+    return {each.metric: each.passed for each in checks}
+
+
+def test_default_rules_need_amber_up_chair_down_and_every_benchmark_held():
+    passed, checks = gate.decide(gate.default_rules(), results(80.0, 9.0), results(78.0, 10.0))
+    assert passed and verdicts(checks) == {"amber.amber_score": True, "amber.generative.chair": True,
+                                           "suite.pope.headline": True, "suite.scienceqa.headline": True,
+                                           "zero_shot.colours.top1": True}
+    # equal AMBER score is not an improvement; a CHAIR that rose fails
+    passed, checks = gate.decide(gate.default_rules(), results(78.0, 11.0), results(78.0, 10.0))
+    assert not passed
+    assert verdicts(checks)["amber.amber_score"] is False and verdicts(checks)["amber.generative.chair"] is False
+
+
+def test_benchmark_tolerance_allows_small_losses_only():
+    reference = results(78.0, 10.0, pope=85.0, top1=50.0)
+    within = gate.decide(gate.default_rules(), results(80.0, 9.0, pope=84.0, top1=49.5), reference)
+    assert within[0]  # 1.0 and 0.5 points lost: within the default tolerance of 1 point
+    beyond = gate.decide(gate.default_rules(), results(80.0, 9.0, pope=83.9), reference)
+    assert not beyond[0] and verdicts(beyond[1])["suite.pope.headline"] is False
+    check = next(c for c in beyond[1] if c.metric == "suite.pope.headline")
+    assert check.candidate == 83.9 and check.reference == 85.0 and "must be >= -1" in check.why
+
+
+def test_missing_values_fail_on_the_candidate_side_only():
+    rules = [gate.Rule("amber.amber_score"), gate.Rule("suite.*.headline", require="hold", tolerance=1.0)]
+    candidate = {"suite": {"pope": {"headline": 80.0}, "gqa": {"headline": 50.0}}}
+    reference = {"amber": {"amber_score": 70.0}, "suite": {"pope": {"headline": 80.0}}}
+    passed, checks = gate.decide(rules, candidate, reference)
+    by_metric = {c.metric: c for c in checks}
+    assert not passed and by_metric["amber.amber_score"].why == "the candidate has no value"
+    assert by_metric["suite.gqa.headline"].passed  # a benchmark new in the candidate has nothing to lose against
+
+
+def test_rules_from_config_and_bad_rules_named():
+    cfg = from_dict(gate.GateConfig, {"rules": [{"metric": "amber.generative.chair", "better": "lower"}]}, "gate")
+    assert cfg.rules == [gate.Rule("amber.generative.chair", "lower", "improve", 0.0)]
+    with pytest.raises(ValueError, match="better 'up'"):
+        from_dict(gate.GateConfig, {"rules": [{"metric": "x", "better": "up"}]}, "gate")
+    with pytest.raises(ConfigError):
+        from_dict(gate.GateConfig, {"rule": []}, "gate")
+
+
+def test_decision_markdown_lists_each_check():
+    passed, checks = gate.decide(gate.default_rules(), results(70.0, 12.0), results(78.0, 10.0))
+    record = gate.decision_record(passed, checks, {"model": "s3://b/new"}, {"model": "s3://b/old"})
+    text = gate.markdown(record)
+    assert "REFUSED" in text and "| amber.amber_score | 70.00 | 78.00 |" in text and "FAIL" in text
+
+
+def test_pointer_moves_only_from_the_state_it_was_read_in(bucket):
+    storage = Storage()
+    uri = join(bucket, "promoted")
+    assert gate.read_pointer(storage, uri) == (None, None)
+    gate.move_pointer(storage, uri, {"model": "m1"}, None)  # If-None-Match: *
+    with pytest.raises(gate.PointerMoved):
+        gate.move_pointer(storage, uri, {"model": "m-late"}, None)  # someone promoted first
+    current, etag = gate.read_pointer(storage, uri)
+    assert current == {"model": "m1"} and etag
+    gate.move_pointer(storage, uri, {"model": "m2"}, etag)  # If-Match on the ETag read
+    with pytest.raises(gate.PointerMoved):
+        gate.move_pointer(storage, uri, {"model": "m3"}, etag)  # stale ETag
+    assert gate.read_pointer(storage, uri)[0] == {"model": "m2"}
+
+
+def write_run(storage: Storage, root: str, base: dict, trained: dict) -> str:
+    report = join(root, "evaluation")
+    metrics = {"complete": True, "baseline": "base", "results": {"base": base, "clip-dpo": trained},
+               "models": [{"name": "base", "path": "tiny/base"}, {"name": "clip-dpo", "path": join(root, "model")}]}
+    storage.write_bytes(join(report, "metrics.json"), json.dumps(metrics).encode())
+    return report
+
+
+def test_gate_step_promotes_a_better_model_and_refuses_a_worse_one(bucket, capsys, tmp_path):
+    storage = Storage()
+    pointer = join(bucket, "promoted")
+    # run 1: nothing promoted yet, so the trained model is judged against its base; it is better
+    first = join(bucket, "runs", "r1")
+    decision_uri = gate_step(first, write_run(storage, first, results(70.0, 12.0), results(75.0, 10.0)), "{}")
+    record = json.loads(storage.read_bytes(decision_uri))
+    assert decision_uri == join(first, "gate", "decision.json")
+    assert record["passed"] and record["pointer"]["moved"] and record["reference"]["name"] == "base"
+    assert gate.read_pointer(storage, pointer)[0]["model"] == join(first, "model")
+
+    # run 2: worse than the promoted model (though better than its own base): refused, pointer unchanged
+    second = join(bucket, "runs", "r2")
+    before = storage.read_bytes(pointer)
+    record = json.loads(storage.read_bytes(gate_step(second, write_run(storage, second, results(60.0, 15.0),
+                                                                      results(74.0, 11.0)), "{}")))
+    assert not record["passed"] and not record["pointer"]["moved"]
+    assert record["reference"]["model"] == join(first, "model")
+    failed = {c["metric"] for c in record["checks"] if not c["passed"]}
+    assert failed == {"amber.amber_score", "amber.generative.chair"}
+    assert storage.read_bytes(pointer) == before
+    assert gate.main(["--decision", join(second, "gate", "decision.json")]) == 1
+    assert "REFUSED" in capsys.readouterr().out
+
+    # run 3: better than the promoted one: the pointer moves to it
+    third = join(bucket, "runs", "r3")
+    gate_step(third, write_run(storage, third, results(60.0, 15.0), results(76.0, 9.5)), "{}")
+    assert gate.read_pointer(storage, pointer)[0]["model"] == join(third, "model")
+    summary = tmp_path / "summary.md"
+    assert gate.main(["--decision", join(third, "gate", "decision.json"), "--summary", str(summary)]) == 0
+    assert "PASSED: promoted" in summary.read_text()
+
+
+def test_ci_waits_for_the_run_then_shows_the_gate_and_fails_on_refusal():
+    import os
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    steps = yaml.safe_load(open(os.path.join(root, ".github", "workflows", "retrain.yml")))["jobs"]["retrain"]["steps"]
+    runs = [step.get("run", "") for step in steps]
+    pipeline = next(i for i, text in enumerate(runs) if "make pipeline-run" in text)
+    decision = next(i for i, text in enumerate(runs) if "-m clipdpo.gate" in text)
+    assert decision > pipeline and float(steps[pipeline]["env"]["CLIPDPO_WAIT_HOURS"]) > 0
+    assert "gate/decision.json" in runs[decision] and '--summary "$GITHUB_STEP_SUMMARY"' in runs[decision]
+    assert "continue-on-error" not in steps[decision]  # gate.main exits 1 on a refusal: the job fails
