@@ -77,3 +77,14 @@ def run_control_arm(configs: dict[str, dict], base: str, run_root: str, seed: in
     evaluate = {**configs["evaluate"], "models": evaluate_models(base, run_root, control=True)}
     steps.evaluate_step(run_root, steps.artifact_uri(run_root, "train"), train, json.dumps(evaluate))
     return json.loads(Storage().read_bytes(join(steps.artifact_uri(run_root, "evaluate"), "metrics.json")))
+
+
+def headline(metrics: dict) -> str:
+    """The report's headline numbers per model (AMBER CHAIR, Hal, Cover, discriminative F1, AMBER score)."""
+    from clipdpo.world.effect import summary
+
+    rows = ["  model     CHAIR    Hal  Cover     F1  AMBER"]
+    for name, row in summary(metrics).items():
+        cells = [row[key] for key in ("chair", "hal", "cover", "f1", "amber_score")]
+        rows.append(f"  {name:<8}" + "".join(f"{'-' if v is None else f'{v:.1f}':>7}" for v in cells))
+    return "\n".join(rows)
