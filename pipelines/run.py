@@ -104,14 +104,14 @@ def run_local(args) -> int:
     print(f"  report     {root}/{stage('evaluate').artifact}/report.md (and report.html, metrics.json)")
     if reports:
         print(f"  copied to  {reports[0].parent}/ ({', '.join(p.name for p in reports)})")
+    print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
+    if server is not None:
+        print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
     if world is not None and reports:
         from pipelines.world_run import headline
 
         print(f"world {args.world}, AMBER on its held-out images (greedy):\n"
               + headline(json.loads((reports[0].parent / "metrics.json").read_text())))
-    print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
-    if server is not None:
-        print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
     return 0
 
 
