@@ -98,7 +98,8 @@ def test_built_world_2_configs_point_at_real_files(monkeypatch):
     from pipelines.world_run import world_configs
 
     if not built(2):
-        pytest.skip("world 2 is not built in .local/world (make world WORLD_SEED=2); the build-free tests cover the wiring")
+        pytest.skip("world 2 is not built in .local/world (make world WORLD_SEED=2); "
+                    "the build-free tests cover the wiring")
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keep this process's threads as they are
     configs, world = world_configs(2, str(CACHE), "s3://b/runs/r")
     for path in (configs["ingest"]["source"], configs["train"]["model"], configs["score"]["pretrained"]):
