@@ -75,8 +75,11 @@ test-fast: $(STAMP) tools nlp-data
 faults: $(STAMP)
 	$(PY) -m pytest -q -s tests/test_faults.py
 
+# WORLD=<seed>: run on the synthetic world of that seed (built once, cached in .local/world) instead of the
+# demo; CONTROL=shuffled (with WORLD) also trains and evaluates the shuffled-score control arm.
 pipeline-run: $(STAMP) nlp-data
-	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID)
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID) \
+		$(if $(WORLD),--world $(WORLD)) $(if $(CONTROL),--control $(CONTROL))
 
 # The synthetic world (src/clipdpo/world): cached by a hash of its code and config; WORLD_SEED picks the world.
 WORLD_SEED ?= 0

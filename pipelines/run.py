@@ -7,6 +7,10 @@ Local (no KFP_HOST): the same pipeline definition runs through kfp's local Subpr
 component as a subprocess in this environment; artifacts go to a loopback S3 server (SeaweedFS,
 started here unless AWS_ENDPOINT_URL is set); with no --config-dir the built-in default (tiny
 models built from configs, the 10 built-in images) is used and training runs in-process.
+With --world SEED the local run uses the synthetic world of that seed instead (built once, cached
+under --world-cache): its images, its CLIP and LLaVA, its benchmark; the report compares `base` with
+`clipdpo`. --control shuffled (with --world) also trains and evaluates the shuffled-score control arm
+(in this process, after the pipeline; see pipelines/world_run.py) into the same report.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import NAMES, STAGES, stage
+from pipelines.world_run import CONTROLS
 
 
 def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
@@ -47,17 +52,28 @@ def read_configs(config_dir: Path) -> dict[str, dict]:
     return configs
 
 
+def local_configs(args, state: Path) -> tuple[dict[str, dict], object]:
+    """The stage configs of a local run: --config-dir, the world of --world, or the built-in demo; and the
+    world's paths (None without --world)."""
+    if args.world is not None:
+        from pipelines.world_run import world_configs
+
+        return world_configs(args.world, str(Path(args.world_cache or state / "world").resolve()),
+                             args.run_root or f"s3://{args.bucket}/runs/{args.run_id}")
+    if args.config_dir:
+        return read_configs(Path(args.config_dir)), None
+    from clipdpo.demo.configs import write_demo_configs
+
+    return write_demo_configs(state / "configs", state / "models"), None
+
+
 def run_local(args) -> int:
     from kfp import local
 
     from clipdpo import s3server
-    from clipdpo.demo.configs import write_demo_configs
 
     state = Path(args.state_dir).resolve()
-    if args.config_dir:
-        configs = read_configs(Path(args.config_dir))
-    else:
-        configs = write_demo_configs(state / "configs", state / "models")
+    configs, world = local_configs(args, state)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     server = None
     if not os.environ.get("AWS_ENDPOINT_URL"):
@@ -74,7 +90,13 @@ def run_local(args) -> int:
                    enable_caching=True)
         from pipelines.clipdpo_pipeline import clipdpo_pipeline
 
+        print(f"running the kfp pipeline ({'world ' + str(args.world) if world else 'demo'}) ...", flush=True)
         clipdpo_pipeline(**arguments)
+        print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
+        if args.control:
+            from pipelines.world_run import run_control_arm
+
+            run_control_arm(configs, world.lvlm, arguments["run_root"])
         reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
         summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs)
         decision = print_decision(arguments["run_root"])
@@ -95,6 +117,11 @@ def run_local(args) -> int:
     print(f"  gate       {root}/gate/decision.json: {decision}")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
+    if world is not None and reports:
+        from pipelines.world_run import headline
+
+        print(f"world {args.world}, AMBER on its held-out images (greedy):\n"
+              + headline(json.loads((reports[0].parent / "metrics.json").read_text())))
     print("\n" + summary)
     return 0
 
@@ -192,12 +219,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime")
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
     parser.add_argument("--state-dir", default=".local")
+    parser.add_argument("--world", type=int, default=int(os.environ["CLIPDPO_WORLD"]) if os.environ.get("CLIPDPO_WORLD")
+                        else None, help="local runs: the synthetic world of this seed instead of the demo")
+    parser.add_argument("--world-cache", default=os.environ.get("CLIPDPO_WORLD_CACHE", ""),
+                        help="where worlds are built and cached (default <state-dir>/world)")
+    parser.add_argument("--control", choices=CONTROLS, default=os.environ.get("CLIPDPO_CONTROL") or None,
+                        help="with --world: also train and evaluate this control arm (shuffled: CLIP scores "
+                             "shuffled within each image)")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
     parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
                         help="cluster runs: wait up to this long for the run to end (0: submit only)")
     parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
     args = parser.parse_args(argv)
+    if args.control and args.world is None:
+        parser.error("--control needs --world (the control arm is defined on the synthetic world)")
     host = os.environ.get("KFP_HOST", "")
     return run_cluster(args, host) if host else run_local(args)
 

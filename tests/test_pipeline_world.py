@@ -1,0 +1,107 @@
+"""`python -m pipelines.run --world SEED [--control shuffled]`: the local run takes the world's stage configs
+and names the compared models base / clipdpo (/ control). Build-free: a world is found in the cache by its
+key and `world.json`, so a cache folder holding only that file stands in for a built world here (the
+stages never run); the real world's run is `make pipeline-run WORLD=2`, measured in the README."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def fake_built_world(cache: Path, seed: int) -> Path:
+    """A cache entry the world build accepts as finished (only world.json: no stage reads the files here)."""
+    from clipdpo.world.build import WORLD_FILE, WorldConfig, world_key
+
+    root = cache / f"world{seed}-{world_key(WorldConfig(seed=seed))}"
+    root.mkdir(parents=True)
+    (root / WORLD_FILE).write_text(json.dumps({"checks": {"clip": {"pairwise_accuracy": 0.95}}}))
+    return root
+
+
+def parse(argv: list[str], monkeypatch):
+    import pipelines.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "run_local", lambda args: seen.setdefault("args", args) and 0)
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    assert run.main(argv) == 0
+    return seen["args"]
+
+
+def test_world_flag_selects_the_world_configs_and_names_base_and_clipdpo(tmp_path, monkeypatch):
+    from clipdpo.steps import artifact_uri
+    from pipelines.run import local_configs, pipeline_arguments
+
+    import torch
+
+    for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "CLIPDPO_WORLD_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keep this process's threads as they are
+    root = fake_built_world(tmp_path / "cache", seed=5)
+    args = parse(["--world", "5", "--world-cache", str(tmp_path / "cache"), "--run-id", "w5"], monkeypatch)
+    configs, world = local_configs(args, tmp_path / "state")
+    assert world.root == str(root.resolve())
+    assert configs["ingest"]["source"] == str(root.resolve() / "images")
+    assert configs["generate"]["captioners"][0]["path"] == str(root.resolve() / "lvlm")
+    assert configs["score"]["model_config_dir"] == str(root.resolve() / "clip")
+    assert configs["train"]["model"] == str(root.resolve() / "lvlm")
+    assert configs["evaluate"]["engine"] == "hf"
+    assert configs["evaluate"]["amber"]["root"].startswith(str(root.resolve() / "benchmarks"))
+    run_root = "s3://clipdpo-local/runs/w5"
+    models = configs["evaluate"]["models"]
+    assert [m["name"] for m in models] == ["base", "clipdpo"]
+    assert models[0]["path"] == str(root.resolve() / "lvlm")
+    assert models[1]["path"] == artifact_uri(run_root, "train") + "/model"  # the model this run trains
+    assert pipeline_arguments(args, configs, "local")["source"] == configs["ingest"]["source"]
+    assert not (tmp_path / "state" / "configs").exists()  # the demo configs were not written
+    assert args.control is None
+
+
+def test_control_adds_the_control_model_and_needs_a_world(tmp_path, monkeypatch):
+    from pipelines.world_run import control_root, evaluate_models
+
+    monkeypatch.delenv("CLIPDPO_WORLD", raising=False)
+    monkeypatch.setenv("CLIPDPO_CONTROL", "shuffled")
+    with pytest.raises(SystemExit):  # argparse error: the control arm is defined on the world only
+        parse([], monkeypatch)
+    monkeypatch.setenv("CLIPDPO_WORLD", "2")
+    args = parse([], monkeypatch)
+    assert (args.world, args.control) == (2, "shuffled")
+    models = evaluate_models("/w/lvlm", "s3://b/runs/r", control=True)
+    assert [m["name"] for m in models] == ["base", "clipdpo", "control"]
+    assert models[2]["path"] == "s3://b/runs/r-control/model/model" == control_root("s3://b/runs/r") + "/model/model"
+
+
+def test_demo_stays_the_default_without_world(monkeypatch):
+    for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL"):
+        monkeypatch.delenv(name, raising=False)
+    args = parse([], monkeypatch)
+    assert args.world is None and args.control is None
+
+
+CACHE = Path(__file__).resolve().parents[1] / ".local" / "world"
+
+
+def built(seed: int) -> bool:
+    """World `seed` lies built in the repo's cache under today's key (else world_configs would build it)."""
+    from clipdpo.world.build import WORLD_FILE, WorldConfig, world_key
+
+    return (CACHE / f"world{seed}-{world_key(WorldConfig(seed=seed))}" / WORLD_FILE).exists()
+
+
+def test_built_world_2_configs_point_at_real_files(monkeypatch):
+    import torch
+
+    from pipelines.world_run import world_configs
+
+    if not built(2):
+        pytest.skip("world 2 is not built in .local/world (make world WORLD_SEED=2); "
+                    "the build-free tests cover the wiring")
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keep this process's threads as they are
+    configs, world = world_configs(2, str(CACHE), "s3://b/runs/r")
+    for path in (configs["ingest"]["source"], configs["train"]["model"], configs["score"]["pretrained"]):
+        assert Path(path).exists(), path
+    assert world.checks["clip"]["pairwise_accuracy"] >= 0.9
