@@ -121,7 +121,7 @@ def run_local(args) -> int:
         from pipelines.world_run import headline
 
         print(f"world {args.world}, AMBER on its held-out images (greedy):\n"
-              + headline(json.loads((reports[0].parent / "metrics.json").read_text())))
+              + headline(json.loads((state / "reports" / args.run_id / "evaluation" / "metrics.json").read_text())))
     print("\n" + summary)
     return 0
 
