@@ -91,10 +91,13 @@ def test_a_wrong_field_fails_the_crd_check():
 
 PROBE = """
 import json
+import os
 from clipdpo.train import dist
 ctx = dist.init()
 ranks = dist.all_gather_objects(ctx, ctx.rank)
-print(json.dumps({"rank": ctx.rank, "world": ctx.world_size, "local": ctx.local_rank, "ranks": ranks}), flush=True)
+# one file per rank: two processes printing to one pipe can interleave their lines
+with open(os.path.join(os.environ["PROBE_OUT"], f"rank{ctx.rank}.json"), "w") as out:
+    json.dump({"rank": ctx.rank, "world": ctx.world_size, "local": ctx.local_rank, "ranks": ranks}, out)
 dist.shutdown(ctx)
 """
 
@@ -118,10 +121,9 @@ def test_torchrun_takes_its_rendezvous_from_the_runtimes_pet_variables(tmp_path)
                                                              "MASTER_PORT") and not k.startswith("PET_")}
     env.update(PET_NNODES="1", PET_NPROC_PER_NODE="2", PET_NODE_RANK="0", PET_MASTER_ADDR="127.0.0.1",
                PET_MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.join(ROOT, "src")]))
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.join(ROOT, "src")]), PROBE_OUT=str(tmp_path))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
-                  key=lambda r: r["rank"])
+    seen = sorted((json.loads(path.read_text()) for path in tmp_path.glob("rank*.json")), key=lambda r: r["rank"])
     assert seen == [{"rank": 0, "world": 2, "local": 0, "ranks": [0, 1]},
                     {"rank": 1, "world": 2, "local": 1, "ranks": [0, 1]}]
