@@ -135,8 +135,13 @@ def _main(stage: str):
     return importlib.import_module(f"clipdpo.{stage}.__main__").main
 
 
+# Byte equality of a model stage's floats needs one thread count on both sides: the clean run and the killed
+# runs are child processes, the resumes run in this process, and another test may have pinned torch here.
+THREADS = 1
+
+
 def _spawn(phase: str, nth: int, stage: str, argv: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, CLIPDPO_LEASE_TTL_S="30")
+    env = dict(os.environ, CLIPDPO_LEASE_TTL_S="30", OMP_NUM_THREADS=str(THREADS))
     return subprocess.Popen([sys.executable, RUNNER, phase, str(nth), stage, *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -166,6 +171,17 @@ def _damage(output: str, rng: random.Random, how: str) -> bool:
     ("score", score_case, 4, 2, 3),
 ])
 def test_kill_resume_equals_clean_run(stage, make_case, seeds, random_kills, shards, tmp_path, capsys):
+    import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        _kill_resume_equals_clean_run(stage, make_case, seeds, random_kills, shards, tmp_path, capsys)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _kill_resume_equals_clean_run(stage, make_case, seeds, random_kills, shards, tmp_path, capsys):
     argv, older_argv = make_case(tmp_path)
     main = _main(stage)
     clean = str(tmp_path / "clean")
