@@ -151,3 +151,30 @@ def test_the_official_files_load(tmp_path):
     assert data.counters["chair_num"] == 0.001
     # the metrics.txt the demo and the tests write is the official one, counter for counter
     assert amber.parse_counters(amber.start_counters_text(), "generated") == data.counters
+
+
+R3 = "A dog on the grass."
+R4 = "A car by a tree."
+
+
+def test_generative_metrics_over_two_samples_per_item_by_hand(bench):
+    """Sampled decoding: each item answered twice; every answer counts as one description."""
+    nlp = TableNLP({**NLP.table, R3: ["dog", "grass"], R4: ["car", "tree"]}, similar=set())
+    result = amber.evaluate(amber.load(bench), {**RESPONSES, 1: [R1, R3], 2: [R2, R4]}, nlp, examples=2)
+    gen = result["generative"]
+    # nouns: R1 4, R3 2, R2 2, R4 2 -> 10; hallucinated: kitten (R1), person (R2) -> 2 / 10.001 = 20.0
+    assert gen["chair"] == round(2 / 10.001 * 100, 1) == 20.0
+    # truth covered: R1 2 of 2, R3 2 of 2, R2 1 of 2, R4 2 of 2 -> 7 / 8.001 = 87.49 -> 87.5
+    assert gen["cover"] == round(7 / 8.001 * 100, 1) == 87.5
+    # 4 descriptions, R3 and R4 free of hallucination -> Hal = 100 - 2 / 4.001 * 100 = 50.01 -> 50.0
+    assert gen["hal"] == 50.0
+    # hallu words: R1 cat of 2, R3 none of 2, R2 man of 1, R4 none of 1 -> 2 / 6.001 = 33.3
+    assert gen["cog"] == round(2 / 6.001 * 100, 1) == 33.3
+    # the discriminative half is untouched and the examples show each item's first sample
+    assert result["discriminative"] == amber.evaluate(amber.load(bench), RESPONSES, NLP)["discriminative"]
+    assert [(e["id"], e["response"]) for e in result["examples"]] == [(1, R1), (2, R2)]
+    # one sample in a list is the greedy computation exactly
+    single = amber.evaluate(amber.load(bench), {**RESPONSES, 1: [R1], 2: [R2]}, NLP)
+    assert single["generative"] == amber.evaluate(amber.load(bench), RESPONSES, NLP)["generative"]
+    with pytest.raises(amber.AmberInputError, match="item 1: expected a text or a non-empty list"):
+        amber.evaluate(amber.load(bench), {**RESPONSES, 1: []}, NLP)

@@ -65,6 +65,8 @@ def test_cache_key_follows_model_content_and_result_deciding_config(tmp_path):
     assert key(batch_size=2, chunk_size=3, model_cache="/elsewhere") == first  # how, not what, is computed
     assert key(max_new_tokens=7) != first
     assert key(amber={"root": "s3://b/AMBER", "similarity_threshold": 0.7}) != first
+    sampled = {"root": "s3://b/AMBER", "decoding": {"temperature": 1.0, "samples": 3}}
+    assert len({first, key(amber=sampled), key(amber={**sampled, "decoding": {"temperature": 1.0, "samples": 2}})}) == 3
     renamed = {**config, "models": [{"name": "base-v1", "path": str(model)}]}
     assert cache_uri(storage, restrict(from_dict(EvaluateConfig, renamed), "base-v1", "amber"), "amber") == first
     (model / "model.safetensors").write_bytes(b"weights-2")  # same size, other content

@@ -4,7 +4,9 @@ Inputs are the benchmark's own files in the official layout, from a folder or S3
 `annotations.json` (item i has id i+1), `relation.json` (word -> associated words),
 `safe_words.txt`, `metrics.txt` (the counters' start values: the official file starts every
 denominator at 0.001, which shows in the last digit). Responses are the official
-`[{"id": ..., "response": ...}]`.
+`[{"id": ..., "response": ...}]`. A generative item may carry several responses (sampled decoding):
+each counts as one description, so CHAIR is over all their nouns, Cover over all their truth words, Hal
+over all descriptions; with one response per item this is exactly the official computation.
 
 Generative (CHAIR, Cover, Hal, Cog): nouns of the response (tokenise, POS-tag, keep NN*,
 lemmatise) that are in AMBER's vocabulary; a noun in the global safe words is skipped but still
@@ -236,10 +238,11 @@ def _count_discriminative(m: dict, item: dict, response: str) -> None:
             bump("qa_ans_no_score")
 
 
-def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | None, *,
+def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSimilarity | None, *,
              evaluation_type: str = "a", threshold: float = 0.8, allow_partial: bool = False,
              examples: int = 0) -> dict:
-    """All AMBER metrics for `responses` (id -> text); refuses missing ids unless `allow_partial`."""
+    """All AMBER metrics for `responses` (id -> text, or a generative item's sampled texts); refuses missing
+    ids unless `allow_partial`. Examples show a generative item's first text."""
     if evaluation_type not in EVALUATION_TYPES:
         raise AmberInputError(f"evaluation_type {evaluation_type!r}; expected one of {EVALUATION_TYPES}")
     wants_generative = evaluation_type in ("a", "g")
@@ -253,21 +256,36 @@ def evaluate(data: AmberData, responses: dict[int, str], nlp: NounSimilarity | N
         m.setdefault(key, 0.0)
     qualitative = []
     scored = sorted(set(responses) & expected)
-    batched: dict[int, list[str]] = {}
-    if wants_generative and hasattr(nlp, "nouns_many"):  # one batched NLP pass over all descriptions
-        generative = [i for i in scored if is_generative(data, i)]
-        batched = dict(zip(generative, nlp.nouns_many([responses[i] for i in generative])))
+    texts = {i: _texts(responses[i], i) for i in scored if is_generative(data, i)}
+    batched = _batched_nouns(texts, nlp) if wants_generative else {}
     for item_id in scored:
         item = data.annotations[item_id - 1]
-        response = responses[item_id]
         if item["type"] != "generative":
-            _count_discriminative(m, item, response)
+            _count_discriminative(m, item, responses[item_id])
             continue
-        result = score_generative(item, response, data, nlp, threshold, batched.get(item_id))
-        _count_generative(m, result)
-        if len(qualitative) < examples:  # the first items by id: the same ones for every model
-            qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
+        for k, response in enumerate(texts[item_id]):
+            result = score_generative(item, response, data, nlp, threshold, batched.get((item_id, k)))
+            _count_generative(m, result)
+            if k == 0 and len(qualitative) < examples:  # the first items by id: the same ones for every model
+                qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
     return _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
+
+
+def _texts(response: str | list[str], item_id: int) -> list[str]:
+    """A generative item's descriptions: one response, or its samples."""
+    if isinstance(response, str):
+        return [response]
+    if not response or not all(isinstance(text, str) for text in response):
+        raise AmberInputError(f"responses: item {item_id}: expected a text or a non-empty list of texts")
+    return list(response)
+
+
+def _batched_nouns(texts: dict[int, list[str]], nlp) -> dict[tuple[int, int], list[str]]:
+    """(item id, sample) -> nouns, in one batched NLP pass when the NLP has one (else scored one by one)."""
+    if not hasattr(nlp, "nouns_many"):
+        return {}
+    keys = [(i, k) for i, samples in texts.items() for k in range(len(samples))]
+    return dict(zip(keys, nlp.nouns_many([texts[i][k] for i, k in keys])))
 
 
 def _pct(score: float, num: float) -> float | None:

@@ -30,6 +30,38 @@ class NLPConfig:
 
 
 @dataclass(frozen=True)
+class DecodingConfig:
+    """How AMBER's descriptions (the generative items) are decoded. Default: greedy, one answer per item,
+    as the official scripts. `samples` > 1 answers every generative item that many times (temperature > 0,
+    seeded); CHAIR, Cover, Hal and Cog then count every answer as one description of its image."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    samples: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"amber.decoding: temperature {self.temperature} (expected >= 0) or top_p "
+                             f"{self.top_p} (expected in (0, 1]) out of range")
+        if self.samples < 1:
+            raise ValueError(f"amber.decoding.samples: {self.samples}; expected at least 1")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"amber.decoding: {self.samples} samples with temperature 0 would repeat one greedy "
+                             "answer; set temperature > 0 or samples 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 and self.samples == 1
+
+    def describe(self) -> str:
+        if self.greedy:
+            return "greedy, 1 answer per description item (as the official scripts)"
+        return (f"sampled (temperature {self.temperature:g}, top_p {self.top_p:g}, seed {self.seed}), "
+                f"{self.samples} answer(s) per description item; CHAIR/Cover/Hal/Cog count every answer")
+
+
+@dataclass(frozen=True)
 class AmberConfig:
     """AMBER in its official layout: `root` is its data/ folder, `images` its image/ folder."""
 
@@ -42,6 +74,7 @@ class AmberConfig:
     nlp: NLPConfig = field(default_factory=NLPConfig)
     allow_partial: bool = False  # score with missing responses (then reported as incomplete)
     examples: int = 3  # qualitative examples: the first N generative items (by id), each model's description
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)  # of the descriptions; examples use sample 0
 
     def __post_init__(self) -> None:
         if self.discriminative_mode not in ("logits", "generate"):

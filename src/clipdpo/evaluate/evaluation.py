@@ -27,7 +27,7 @@ SHORT_ANSWER_TOKENS = 16
 AMBER_TASKS = ("amber-generative", "amber-discriminative")
 
 EngineFactory = Callable[[ModelSpec], Callable[[], Engine]]
-Responses = dict[str, dict[str, str]]  # task name -> item id -> reply
+Responses = dict[str, dict[str, str | list[str]]]  # task name -> item id -> reply (or its samples)
 
 
 @dataclass
@@ -60,7 +60,7 @@ def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData,
                              f"{a.evaluation_type!r} (e.g. {missing[:5]}); use query_all.json or allow_partial")
     tasks = []
     if generative:
-        tasks.append(Task(AMBER_TASKS[0], generative, max_new_tokens=cfg.max_new_tokens))
+        tasks.append(Task(AMBER_TASKS[0], generative, max_new_tokens=cfg.max_new_tokens, decoding=a.decoding))
     if discriminative:
         tasks.append(Task(AMBER_TASKS[1], discriminative, max_new_tokens=SHORT_ANSWER_TOKENS,
                           options=tuple(YES_NO) if a.discriminative_mode == "logits" else ()))
@@ -182,6 +182,8 @@ def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int
         "results": results,
         "resources": {"amber_nlp": resources.get("amber_nlp"),
                       "amber_discriminative_mode": cfg.amber.discriminative_mode if cfg.amber else None,
+                      "amber_decoding": ({**asdict(cfg.amber.decoding), "description": cfg.amber.decoding.describe()}
+                                         if cfg.amber else None),
                       "zero_shot_text_encoder": resources.get("zero_shot_text_encoder")},
         "inferred_items": inferred,
     }

@@ -3,7 +3,9 @@
 Responses of one (model, task) go to `<output>/responses/<model>/<task>-<key>/part-NNNNN.jsonl`, one
 file per `chunk_size` items, each written atomically. The key hashes everything that decides the
 replies (model spec, prompts, mode, decoding), so a rerun with the same settings reuses finished
-chunks and a changed setting starts afresh. Decoding is greedy, as the benchmarks' own scripts.
+chunks and a changed setting starts afresh. Decoding is greedy, as the benchmarks' own scripts, unless a
+task says otherwise (AMBER's `decoding`): then each row also holds `samples`, every answer drawn for the
+item ("response" is the first), and the key hashes the decoding, so a changed decoding never reuses rows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from clipdpo.evaluate.config import DecodingConfig
 from clipdpo.evaluate.data import Item, load_image
 from clipdpo.engines import Engine, ImageRequest, ModelSpec, Sampling
 from clipdpo.storage import NotFound, Storage, join
@@ -25,17 +28,20 @@ YES_NO = ["Yes", "No"]
 
 @dataclass(frozen=True)
 class Task:
-    """What to ask of every item: free text (`max_new_tokens`) or a choice among `options` by logits."""
+    """What to ask of every item: free text (`max_new_tokens`, `decoding`) or a choice among `options` by logits."""
 
     name: str
     items: list[Item]
     max_new_tokens: int = 512
     options: tuple[str, ...] = ()
+    decoding: DecodingConfig = DecodingConfig()
 
 
 def task_key(spec: ModelSpec, task: Task) -> str:
     decided_by = {"model": asdict(spec), "options": list(task.options), "max_new_tokens": task.max_new_tokens,
                   "items": [[item.id, item.image, item.prompt] for item in task.items]}
+    if not task.decoding.greedy:  # greedy keys stay as they were: responses saved before decoding existed still count
+        decided_by["decoding"] = asdict(task.decoding)
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -58,29 +64,35 @@ class Responder:
     def folder(self, task: Task) -> str:
         return join(self.output, "responses", self.spec.name, f"{task.name}-{task_key(self.spec, task)}")
 
-    def answer(self, task: Task) -> dict[str, str]:
-        """item id -> response, for every item of the task."""
+    def answer(self, task: Task) -> dict[str, str | list[str]]:
+        """item id -> response, for every item of the task; every sample (a list) when its decoding samples."""
         folder = self.folder(task)
-        responses: dict[str, str] = {}
+        responses: dict[str, str | list[str]] = {}
         for index, start in enumerate(range(0, len(task.items), self.chunk_size)):
             chunk = task.items[start : start + self.chunk_size]
             uri = join(folder, f"part-{index:05d}.jsonl")
             try:
                 rows = [json.loads(line) for line in self.storage.read_bytes(uri).decode().splitlines()]
             except NotFound:
-                rows = self._infer(task, chunk)
+                rows = self._infer(task, chunk, start)
                 self.storage.write_bytes(uri, "".join(json.dumps(row) + "\n" for row in rows).encode())
-            responses.update((row["id"], row["response"]) for row in rows)
+            responses.update((row["id"], row["samples"] if "samples" in row else row["response"]) for row in rows)
         log.info("%s / %s: %d responses (%s)", self.spec.name, task.name, len(responses), folder)
         return responses
 
-    def _infer(self, task: Task, chunk: list[Item]) -> list[dict]:
+    def _infer(self, task: Task, chunk: list[Item], first: int) -> list[dict]:
+        d = task.decoding
+        # each item's seed is the decoding seed plus its place in the task: a chunk redone after a restart
+        # draws what it drew the first time
         requests = [ImageRequest(image=load_image(self.storage, item.image, f"{task.name} item {item.id}"),
-                                 prompt=item.prompt, n=1, seed=0) for item in chunk]
+                                 prompt=item.prompt, n=d.samples, seed=d.seed + first + k)
+                    for k, item in enumerate(chunk)]
+        self.inferred += len(chunk)
         if task.options:
             replies = self.engine.choose(requests, list(task.options))
-        else:
-            greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=task.max_new_tokens)
-            replies = [texts[0] for texts in self.engine.caption(requests, greedy)]
-        self.inferred += len(chunk)
-        return [{"id": item.id, "response": reply} for item, reply in zip(chunk, replies)]
+            return [{"id": item.id, "response": reply} for item, reply in zip(chunk, replies)]
+        sampling = Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=task.max_new_tokens, seed=d.seed)
+        answers = self.engine.caption(requests, sampling)
+        if d.greedy:
+            return [{"id": item.id, "response": texts[0]} for item, texts in zip(chunk, answers)]
+        return [{"id": item.id, "response": texts[0], "samples": texts} for item, texts in zip(chunk, answers)]

@@ -122,6 +122,8 @@ def _resources(metrics: dict) -> list[str]:
     if r.get("amber_discriminative_mode"):
         lines.append(f"AMBER discriminative answers: {r['amber_discriminative_mode']} "
                      "(logits = the higher of the 'Yes' and 'No' first-token logits)")
+    if r.get("amber_decoding"):
+        lines.append(f"AMBER descriptions: {r['amber_decoding']['description']}")
     if r.get("zero_shot_text_encoder"):
         lines.append(f"Zero-shot text encoder: {r['zero_shot_text_encoder']}")
     return lines
