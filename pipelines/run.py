@@ -120,8 +120,9 @@ def run_local(args) -> int:
     if world is not None and reports:
         from pipelines.world_run import headline
 
-        print(f"world {args.world}, AMBER on its held-out images (greedy):\n"
-              + headline(json.loads((state / "reports" / args.run_id / "evaluation" / "metrics.json").read_text())))
+        metrics = json.loads((state / "reports" / args.run_id / "evaluation" / "metrics.json").read_text())
+        decoding = (metrics["resources"].get("amber_decoding") or {}).get("description", "greedy")
+        print(f"world {args.world}, AMBER on its held-out images; descriptions {decoding}:\n" + headline(metrics))
     print("\n" + summary)
     return 0
 

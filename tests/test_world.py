@@ -206,6 +206,8 @@ def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
     assert all(len(texts) == 10 for texts in parsed["score"].categories.values())
     assert parsed["generate"].qa.enabled is False and parsed["generate"].sampling.temperature == 1.0
     assert parsed["evaluate"].amber.nlp.spacy_model == "/nlp/md"
+    decoding = parsed["evaluate"].amber.decoding  # the world's descriptions are sampled (stageconfigs.EVAL_DECODING)
+    assert (decoding.temperature, decoding.samples) == (1.0, 3) and not decoding.greedy
     assert parsed["evaluate"].zero_shot.text_encoder.model_name == "clipdpo-world-clip"
 
 

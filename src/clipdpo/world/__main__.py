@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                   "control": join(run_root + "-control", "model", "model")}
         sampled = {name: sampled_metrics(path, heldout) for name, path in models.items()}
         print(json.dumps({"world": paths.root, "checks": paths.checks, "seconds": measured["seconds"],
-                          "greedy_amber": results, "sampled_exact": sampled}, indent=2))
+                          "amber": results, "amber_decoding": measured["metrics"]["resources"].get("amber_decoding"),
+                          "sampled_exact": sampled}, indent=2))
         return 0
     print(json.dumps({"root": paths.root, "images": paths.images, "clip": paths.clip, "lvlm": paths.lvlm,
                       "benchmarks": paths.benchmarks, "configs": str(config_dir), "checks": paths.checks}, indent=2))

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from clipdpo.world import clip, language
 
+# AMBER's descriptions on the world are sampled, not greedy (issue 17, trap 3): the model's own distribution
+# (temperature 1.0, as the generate stage samples its captions) drawn 3 times for each of the 300 held-out
+# images, so CHAIR/Hal are counted over 900 descriptions instead of 300 greedy ones, whose hallucination
+# count (a few dozen captions) moved a lot from world to world. Chosen by design, before any number.
+EVAL_DECODING = {"temperature": 1.0, "top_p": 1.0, "samples": 3, "seed": 0}
+
 
 def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
                   spacy_model: str | None) -> dict[str, dict]:
@@ -14,8 +20,9 @@ def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
     clip_cfg = clip.scorer_config(paths["clip"])
     evaluate = {"engine": "hf", "max_new_tokens": 48, **bench}
     evaluate["zero_shot"] = {**bench["zero_shot"], "text_encoder": clip_cfg}
+    evaluate["amber"] = {**bench["amber"], "decoding": dict(EVAL_DECODING)}
     if spacy_model:
-        evaluate["amber"] = {**bench["amber"], "nlp": {"backend": "spacy", "spacy_model": spacy_model}}
+        evaluate["amber"]["nlp"] = {"backend": "spacy", "spacy_model": spacy_model}
     return {
         "ingest": {"source": paths["images"], "source_name": f"world{seed}", "shard_size": 250},
         "generate": {
