@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RUN_ID ?= demo
+# Locally each input gets its own run (and artifact root): a demo run never finds a world run's artifacts.
+RUN_ID ?= $(if $(KFP_HOST)$(DEMO),demo,world$(WORLD))
 REGISTRY ?= ghcr.io/clipdpo
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # The images to build come from the stage list (src/clipdpo/stages.py), read with a bare python3.
@@ -21,7 +22,9 @@ SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90
 .PHONY: help venv nlp-data tools test test-fast faults pipeline-run compile images push image-tags bench clean world
 
 help:
-	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally (loopback S3, tiny models)"
+	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally on the synthetic world 0"
+	@echo "                    (first run builds it: ~10 min on 2 cores; cached after). WORLD=<seed> another world,"
+	@echo "                    CONTROL=shuffled adds the shuffled-score control arm, DEMO=1 the 1-minute tiny demo"
 	@echo "make test           unit, integration and end-to-end tests"
 	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
 	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
@@ -75,14 +78,19 @@ test-fast: $(STAMP) tools nlp-data
 faults: $(STAMP)
 	$(PY) -m pytest -q -s tests/test_faults.py
 
-# WORLD=<seed>: run on the synthetic world of that seed (built once, cached in .local/world) instead of the
-# demo; CONTROL=shuffled (with WORLD) also trains and evaluates the shuffled-score control arm.
+# Locally (no KFP_HOST) the run is on the synthetic world of seed WORLD (built once, cached in .local/world
+# by a hash of its code and config). Seed 0 by design: the first seed, the one `make world` builds, fixed
+# before any run was measured. DEMO=1: the tiny demo instead (random tiny models on 10 built-in images: the
+# plumbing, no effect). CONTROL=shuffled (on the world) also trains and evaluates the shuffled-score control
+# arm. On a cluster (KFP_HOST set) neither applies: the stage configs come from CLIPDPO_CONFIG_DIR.
+WORLD ?= 0
+LOCAL_INPUT = $(if $(KFP_HOST),,$(if $(DEMO),,--world $(WORLD)))
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID) \
-		$(if $(WORLD),--world $(WORLD)) $(if $(CONTROL),--control $(CONTROL))
+		$(LOCAL_INPUT) $(if $(CONTROL),--control $(CONTROL))
 
-# The synthetic world (src/clipdpo/world): cached by a hash of its code and config; WORLD_SEED picks the world.
-WORLD_SEED ?= 0
+# The synthetic world (src/clipdpo/world) alone; WORLD_SEED picks the world (default: pipeline-run's WORLD).
+WORLD_SEED ?= $(WORLD)
 world: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m clipdpo.world build --out .local/world --seed $(WORLD_SEED)
 

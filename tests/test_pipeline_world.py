@@ -75,11 +75,35 @@ def test_control_adds_the_control_model_and_needs_a_world(tmp_path, monkeypatch)
     assert models[2]["path"] == "s3://b/runs/r-control/model/model" == control_root("s3://b/runs/r") + "/model/model"
 
 
-def test_demo_stays_the_default_without_world(monkeypatch):
+def test_python_entry_point_without_world_is_the_demo(monkeypatch):
+    """`python -m pipelines.run` with no --world stays the demo (the tests and scripts name what they run);
+    the world default is `make pipeline-run`'s, below."""
     for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL"):
         monkeypatch.delenv(name, raising=False)
     args = parse([], monkeypatch)
     assert args.world is None and args.control is None
+
+
+def make_command(*assignments: str, kfp_host: str = "") -> list[str]:
+    """The pipelines.run arguments `make pipeline-run` would pass (make -n: prints, runs nothing)."""
+    import os
+    import shlex
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KFP_HOST", "WORLD", "DEMO", "CONTROL", "RUN_ID")}
+    env.update({"KFP_HOST": kfp_host} if kfp_host else {})
+    out = subprocess.run(["make", "-n", "-s", "pipeline-run", *assignments], cwd=Path(__file__).resolve().parents[1],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    words = shlex.split(out.replace("\\\n", " "))
+    return words[words.index("pipelines.run") + 1:]
+
+
+def test_make_pipeline_run_defaults_to_world_0_and_the_demo_is_one_switch_away():
+    assert make_command() == ["--run-id", "world0", "--world", "0"]
+    assert make_command("WORLD=2", "CONTROL=shuffled") == ["--run-id", "world2", "--world", "2", "--control", "shuffled"]
+    assert make_command("DEMO=1") == ["--run-id", "demo"]
+    # a cluster run takes its configs from CLIPDPO_CONFIG_DIR: no world is built for it
+    assert make_command(kfp_host="http://kfp.example") == ["--run-id", "demo"]
 
 
 CACHE = Path(__file__).resolve().parents[1] / ".local" / "world"
