@@ -5,7 +5,7 @@ longer one's words (Sec. 4.2; `filter.pair_min_margin`, `filter.pair_min_length_
 a run of `make pipeline-run` (its scored captions, and its trained model `clipdpo`, which is the
 paper's rules) and reruns only filter -> train per variant of VARIANTS, each under
 `<run_root>-rules-<variant>`, in this process through the same step functions the components call.
-Then one evaluation of base, clipdpo and every variant goes to `<run_root>-rules/evaluation`; base's
+Then one AMBER evaluation of base, clipdpo and every variant goes to `<run_root>-rules/evaluation`; base's
 and clipdpo's responses are copied there from the run's own evaluation first (responses are keyed
 and resumable), so only the variants are inferred. Prints the table and writes it to
 `<state-dir>/reports/<run-id>/rules.md`.
@@ -92,7 +92,7 @@ def evaluate_variants(configs: dict[str, dict], base: str, run_root: str) -> dic
                for variant in VARIANTS]
     copy_responses(steps.artifact_uri(run_root, "evaluate"), steps.artifact_uri(target, "evaluate"),
                    ["base", "clipdpo"], storage)
-    evaluate = {**configs["evaluate"], "models": models}
+    evaluate = {**configs["evaluate"], "models": models, "zero_shot": None, "suite": []}  # the table is AMBER's
     steps.evaluate_step(target, steps.artifact_uri(run_root, "train"), json.dumps(configs["train"]),
                         json.dumps(evaluate))
     return json.loads(storage.read_bytes(join(steps.artifact_uri(target, "evaluate"), "metrics.json")))
