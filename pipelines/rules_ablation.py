@@ -102,7 +102,8 @@ def table(metrics: dict, pairs: dict[str, int]) -> str:
     """The ablation as a Markdown table: pairs, and AMBER's headline figures with the cut against base."""
     from clipdpo.world.effect import summary
 
-    rows = summary(metrics)
+    found = summary(metrics)  # metrics.json sorts its keys: the table keeps base, the paper, then VARIANTS
+    rows = {name: found[name] for name in ["base", "clipdpo", *VARIANTS] if name in found}
     base = rows["base"]
     out = ["| Pair rules | Pairs | CHAIR ↓ | Hal ↓ | Cover ↑ | F1 | AMBER score |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
