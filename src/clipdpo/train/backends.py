@@ -18,6 +18,7 @@ import torch
 
 from clipdpo.train import dist
 from clipdpo.train.config import TrainConfig
+from clipdpo.train.imagefeatures import image_inputs
 from clipdpo.train.schedule import StepPlan, lr_factor
 
 
@@ -33,9 +34,10 @@ def make_scheduler(optimizer, total_steps: int, warmup: int):
 
 
 def model_logits(model, batch: dict, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Logits of a concatenated batch; inputs moved to `device`, images cast to the model's dtype."""
+    """Logits of a concatenated batch; inputs moved to `device`, images cast to the model's dtype. A batch
+    with cached `image_features` (one per pair, imagefeatures.py) gives them to both rows of each pair."""
     return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                 pixel_values=batch["pixel_values"].to(device, dtype), use_cache=False).logits
+                 **image_inputs(model, batch, device, dtype, copies=2), use_cache=False).logits
 
 
 def rng_state() -> dict:

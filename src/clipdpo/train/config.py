@@ -74,6 +74,9 @@ class TrainConfig:
     log_steps: int = 1
     save_merged: bool = True  # LoRA: also save the merged full model
     reference_cache: str = ""  # "" = <pairs>/refcache/<key>; or an explicit prefix
+    # per rank, CPU memory for a frozen vision tower's image features, computed once per run and reused
+    # (imagefeatures.py; LLaVA-1.5: 576 x 1024 values = 1.2 MB per image in bf16); 0 = encode on every use
+    image_feature_cache_mb: int = 4096
 
     def __post_init__(self) -> None:
         check_loss_type(self.loss_type)
@@ -92,6 +95,8 @@ class TrainConfig:
         for name in ("global_batch_size", "per_device_batch_size", "epochs", "max_length", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_feature_cache_mb < 0:
+            raise ValueError(f"image_feature_cache_mb must be >= 0 (0 = off), got {self.image_feature_cache_mb}")
         for name in ("stage1_epochs", "stage2_epochs", "noisy_every"):
             if getattr(self, name) < (0 if name == "stage1_epochs" else 1):
                 raise ValueError(f"{name} must be >= {0 if name == 'stage1_epochs' else 1}, got {getattr(self, name)}")

@@ -157,6 +157,7 @@ class PairStore:
         self.pad_token_id = pad_token_id
         self.collate = collate_fn or collate  # the model's batch layout (layouts.py); by default concatenated
         self.cache: OrderedDict[int, tuple] = OrderedDict()
+        self.image_numbers: dict[tuple[str, str], int] = {}  # (images shard URI, image_id) -> a number per image
 
     def _shard(self, shard_index: int):
         if shard_index in self.cache:
@@ -182,10 +183,20 @@ class PairStore:
         image = decode_image(images[columns["image_uri"][row]][columns["image_id"][row]])
         return image, columns["prompt"][row] or "", columns["chosen"][row], columns["rejected"][row]
 
+    def image_number(self, position: int) -> int:
+        """A number for the image of the pair at `position`, the same for every pair showing that image."""
+        columns, _ = self._shard(int(self.index.shard[position]))
+        row = int(self.index.row[position])
+        key = (columns["image_uri"][row], columns["image_id"][row])
+        return self.image_numbers.setdefault(key, len(self.image_numbers))
+
     def batch(self, positions) -> dict[str, torch.Tensor]:
-        """The batch (by default concatenated, see `collate`) of the pairs at these index positions."""
+        """The batch (by default concatenated, see `collate`) of the pairs at these index positions, and
+        `image_ids` [pairs]: each pair's image number (the key of the image feature cache, imagefeatures.py)."""
         examples = [self.example(int(p)) for p in positions]
-        return self.collate(self.encoder.encode_batch(examples, self.truncate), self.pad_token_id)
+        batch = self.collate(self.encoder.encode_batch(examples, self.truncate), self.pad_token_id)
+        batch["image_ids"] = torch.tensor([self.image_number(int(p)) for p in positions], dtype=torch.long)
+        return batch
 
 
 def collate(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch
 from clipdpo.train import prefix
 from clipdpo.train.backends import model_logits
 from clipdpo.train.data import collate
+from clipdpo.train.imagefeatures import image_inputs
 from clipdpo.train.logps import sequence_logps
 
 log = logging.getLogger("clipdpo.train")
@@ -42,6 +43,10 @@ class Concatenated:
     def tokens(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())
 
+    def pair_images(self, batch: dict) -> torch.Tensor:
+        """One pixel_values row per pair (the rejected rows repeat the chosen rows' images)."""
+        return batch["pixel_values"][:batch["input_ids"].shape[0] // 2]
+
 
 @dataclass(frozen=True)
 class SharedPrefix:
@@ -58,11 +63,15 @@ class SharedPrefix:
 
     def logps(self, call, batch: dict, device: torch.device, dtype: torch.dtype) -> Logps:
         batch = {key: value.to(device) for key, value in batch.items()}
-        logits = call(**prefix.model_inputs(batch, self.attention, dtype)).logits
+        images = image_inputs(call, batch, device, dtype, copies=1)
+        logits = call(**prefix.model_inputs(batch, self.attention, dtype, images)).logits
         return prefix.response_logps(logits, batch)
 
     def tokens(self, batch: dict) -> int:
         return int((batch["segments"] != prefix.PAD).sum())
+
+    def pair_images(self, batch: dict) -> torch.Tensor:
+        return batch["pixel_values"]  # one per packed row = per pair
 
 
 Layout = Concatenated | SharedPrefix

@@ -193,12 +193,13 @@ def block_attention_mask(segments: torch.Tensor, additive_dtype: torch.dtype | N
     return torch.where(allowed, zero, torch.finfo(additive_dtype).min)
 
 
-def model_inputs(batch: dict, attention: str, dtype: torch.dtype) -> dict:
-    """Keyword arguments for a LLaVA-style forward over a shared-prefix batch."""
+def model_inputs(batch: dict, attention: str, dtype: torch.dtype, images: dict | None = None) -> dict:
+    """Keyword arguments for a LLaVA-style forward over a shared-prefix batch; `images`: the image arguments
+    (imagefeatures.image_inputs), by default the batch's pixel_values."""
     mask = block_attention_mask(batch["segments"], additive_dtype=dtype if attention == "eager" else None)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"],
-              "pixel_values": batch["pixel_values"].to(dtype), "logits_to_keep": batch["logits_mask"],
-              "use_cache": False}
+              **(images if images is not None else {"pixel_values": batch["pixel_values"].to(dtype)}),
+              "logits_to_keep": batch["logits_mask"], "use_cache": False}
     if attention == BLOCK_ATTENTION and batch["input_ids"].shape[1] >= BLOCK_MIN_LENGTH:
         inputs["pair_spans"] = [tuple(span) for span in batch["pair_spans"].tolist()]
     return inputs

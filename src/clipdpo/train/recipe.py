@@ -26,7 +26,7 @@ from clipdpo.artifacts import Artifact, code_version, fingerprint
 from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tree
 from clipdpo.tracking import training_callbacks
-from clipdpo.train import checkpoint, dist, layouts, refcache
+from clipdpo.train import checkpoint, dist, imagefeatures, layouts, refcache
 from clipdpo.train.backends import DDPBackend, DeepSpeedBackend, frozen_reference
 from clipdpo.train.callbacks import METRICS, CheckpointCallback, MetricsCallback, StepStats, jsonl, metrics_row
 from clipdpo.train.config import TrainConfig, accumulation_steps, is_two_stage, run_epochs
@@ -42,7 +42,8 @@ log = logging.getLogger("clipdpo.train")
 SUMMARY = "train_summary.json"
 # Config keys that do not change what is trained (excluded from the output fingerprint).
 # `forward` changes only the summation order of the same log-probs (tests/test_shared_prefix.py).
-_NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache", "forward")
+# `image_feature_cache_mb` only decides whether a frozen tower's features are recomputed (tests/test_image_features.py).
+_NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache", "forward", "image_feature_cache_mb")
 
 
 class OutputExists(UserError):
@@ -201,6 +202,8 @@ class TrainRun:
     start_step: int = 0
     metrics: list[dict] = field(default_factory=list)
     zero3_loading: Any = None  # HfDeepSpeedConfig, kept for the run's lifetime (transformers consults it)
+    image_features: imagefeatures.ImageFeatureCache | None = None  # a frozen tower's features, once per run
+    image_features_off: str = ""  # why there is no image feature cache
 
     @classmethod
     def setup(cls, ctx: dist.DistContext, cfg: TrainConfig, pairs: Artifact, output: str, storage: Storage,
@@ -225,6 +228,7 @@ class TrainRun:
         run = cls(ctx, cfg, storage, output, run_fingerprint, strategy, plan, processor, index, store, backend,
                   checkpoint.Checkpoints(ctx, storage, output, scratch, cfg.keep_checkpoints), started,
                   zero3_loading=keep_alive)
+        run.start_image_feature_cache()
         if cfg.reference == "precompute":
             run.objective = run.precompute_reference(model_dir, encoder)
         else:
@@ -239,6 +243,25 @@ class TrainRun:
             run.start_step, run.metrics = record["step"], record.get("metrics", [])
         return run
 
+    def start_image_feature_cache(self) -> None:
+        zero3 = self.strategy == "deepspeed" and self.cfg.zero_stage == 3
+        policy = self.backend.unwrapped()
+        reason = imagefeatures.disabled_reason(policy, zero3=zero3, two_stage=is_two_stage(self.cfg),
+                                               budget_mb=self.cfg.image_feature_cache_mb)
+        if reason is None:
+            self.image_features = imagefeatures.ImageFeatureCache(policy, self.cfg.image_feature_cache_mb * 2**20)
+            log.info("image features: each image encoded once per run (frozen vision tower)")
+        else:
+            self.image_features_off = reason
+            log.info("image features: encoded on every use, as %s", reason)
+
+    def with_image_features(self, batch: dict) -> dict:
+        """`batch` with its pairs' cached image features (encoding the ones not yet seen), or as it is."""
+        if self.image_features is None:
+            return batch
+        return self.image_features.attach(batch, self.backend.layout.pair_images, self.ctx.device,
+                                          self.backend.unwrapped().dtype)
+
     def precompute_reference(self, model_dir: str, encoder: PairEncoder) -> DPOObjective:
         """The objective with reference log-probs from the cache, computing what it lacks with the policy,
         which before the first step is the reference model (LoRA starts as a no-op)."""
@@ -251,8 +274,8 @@ class TrainRun:
                                "incomplete: the policy is no longer the reference; delete the checkpoints or "
                                "restore the cache")
         self.backend.train(False)
-        values = refcache.ensure(self.ctx, self.backend.logps, self.store, key, self.reference_cache,
-                                 micro_batch=cfg.per_device_batch_size)
+        values = refcache.ensure(self.ctx, lambda batch: self.backend.logps(self.with_image_features(batch)),
+                                 self.store, key, self.reference_cache, micro_batch=cfg.per_device_batch_size)
         return DPOObjective.from_config(cfg, reference_logps=values)
 
     def schedule(self) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -273,7 +296,7 @@ class TrainRun:
         self.backend.train(True)
         stats, step_started = StepStats.zero(), time.monotonic()
         for (step, m, positions), cpu_batch in prefetch(self.schedule(), lambda item: self.store.batch(item[2])):
-            batch = {k: v.to(self.ctx.device) for k, v in cpu_batch.items()}
+            batch = self.with_image_features({k: v.to(self.ctx.device) for k, v in cpu_batch.items()})
             with self.backend.micro_step(last=m == last):
                 losses, chosen_rewards, rejected_rewards = self.objective.losses(self.backend, batch, positions,
                                                                                  step)
@@ -313,6 +336,8 @@ class TrainRun:
             "finetune": self.cfg.finetune, "steps": self.plan.total_steps, "strategy": self.strategy,
             "world_size": self.ctx.world_size, "forward": self.backend.layout.name,
             "reference_cache": self.reference_cache,
+            "image_features": (self.image_features.summary() if self.image_features is not None
+                               else {"cached": False, "reason": self.image_features_off}),
             "code_version": code_version(), "config": config_lib.to_dict(self.cfg), "data": self.index.summary(),
             "seconds": round(time.monotonic() - self.started, 2), "final": self.metrics[-1] if self.metrics else {},
             **({"povid_rank0": self.objective.summary()} if isinstance(self.objective, POVIDObjective) else {}),
