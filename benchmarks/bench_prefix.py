@@ -20,7 +20,11 @@ the other, on the same pairs, batch and max length:
   reference forward, in both layouts: the largest total of live tensors created during it
   (activations, temporaries, gradients; not the weights), counted by a dispatch mode in one
   extra, untimed step each, on the same first batch;
-- a profile of one shared-prefix training step: time per part and the top operators.
+- a profile of one training step (image features from the cache, as the run's loop reads them) and
+  of one reference forward (images encoded, as the reference pass does), in both layouts: time per
+  part (vision tower, projector, language model, head, and for a step the rest: loss + backward)
+  and the top operators;
+- how many images each first run encoded and how many it reused (imagefeatures.py).
 
 `--json` prints one JSON object as the last line; results also go to bench-results/prefix.json.
 """
@@ -101,7 +105,7 @@ def run_ours(model: str, pairs: str, work: Path, forward: str, batch: int, max_l
     return {"samples": samples, "loop_seconds": round(loop, 2), "first_run_seconds": round(total, 2),
             "first_run_cpu_seconds": round(cpu, 2),
             "samples_per_s_loop": samples / loop, "samples_per_s_first_run": samples / total,
-            "losses": [r["loss"] for r in rows], "data": summary["data"]}
+            "losses": [r["loss"] for r in rows], "data": summary["data"], "image_features": summary["image_features"]}
 
 
 def live_tensor_peak_mode():
@@ -151,7 +155,9 @@ class Layouts:
         from PIL import Image
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        from clipdpo.train import layouts
+        import torch
+
+        from clipdpo.train import imagefeatures, layouts
         from clipdpo.train.encode import PairEncoder
         from pairs_fixture import png
 
@@ -166,7 +172,9 @@ class Layouts:
         pad = processor.tokenizer.pad_token_id
         examples = [(Image.open(io.BytesIO(png(k))).convert("RGB"), *t) for k, t in enumerate(texts)]
         encoded = [encoder.encode_batch(examples[s:s + batch], True) for s in range(0, len(examples), batch)]
-        self.batches = {name: [layout.collate(e, pad) for e in encoded] for name, layout in self.layouts.items()}
+        self.batches = {name: [{**layout.collate(e, pad), "image_ids": torch.arange(s * batch, s * batch + len(e))}
+                               for s, e in enumerate(encoded)] for name, layout in self.layouts.items()}
+        self.features = imagefeatures.ImageFeatureCache(self.model, 2**30)  # what a run's loop reads
 
     def logps(self, layout: str, batch: dict):
         import torch
@@ -211,8 +219,14 @@ class Layouts:
                     self.logps(layout, batch)
         return tracker.peak
 
-    def profile(self, layout: str) -> dict:
-        """Seconds per part of one training step (module hooks) and the top operators (torch.profiler)."""
+    def with_features(self, layout: str, batch: dict) -> dict:
+        import torch
+
+        return self.features.attach(batch, self.layouts[layout].pair_images, torch.device("cpu"), self.model.dtype)
+
+    def profile(self, layout: str, train: bool) -> dict:
+        """Seconds per part of one training step (cached image features) or reference forward (images
+        encoded), from module hooks, and the top operators (torch.profiler)."""
         import torch
         from torch.profiler import ProfilerActivity, profile
 
@@ -231,14 +245,22 @@ class Layouts:
         for name, module in parts.items():
             hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: start(name)))
             hooks.append(module.register_forward_hook(lambda m, a, o, name=name: stop(name)))
-        batch = self.batches[layout][0]
+        batch = self.with_features(layout, self.batches[layout][0]) if train else self.batches[layout][0]
+
+        def once() -> None:
+            if train:
+                self.dpo_step(layout, batch)
+            else:
+                with torch.no_grad():
+                    self.logps(layout, batch)
+
         try:
-            self.dpo_step(layout, batch)  # warm
+            once()  # warm
             for key in seconds:
                 seconds[key] = 0.0
             started = time.perf_counter()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                self.dpo_step(layout, batch)
+                once()
             total = time.perf_counter() - started
         finally:
             for hook in hooks:
@@ -246,9 +268,10 @@ class Layouts:
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         own = sum(e.self_cpu_time_total for e in events)
         forward = sum(seconds.values())
-        return {"step_seconds_profiled": round(total, 3),
-                "forward_parts_share_of_step": {k: round(v / total, 3) for k, v in seconds.items()},
-                "rest_of_step_share (loss + backward)": round(1 - forward / total, 3),
+        return {"seconds_profiled": round(total, 3),
+                "parts_share": {k: round(v / total, 3) for k, v in seconds.items()},
+                ("rest_share (loss + backward)" if train else "rest_share (log-probs, masks)"):
+                    round(1 - forward / total, 3),
                 "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / own, 3) for e in events[:10]}}
 
 
@@ -270,7 +293,8 @@ def measure(args, work: Path) -> dict:
     memory = {layout: {"train_step": layouts.peak_bytes(layout, True),
                        "reference_forward": layouts.peak_bytes(layout, False)}
               for layout in ("concatenated", "shared_prefix")}
-    profile = {layout: layouts.profile(layout) for layout in ("concatenated", "shared_prefix")}
+    profile = {f"{layout} {part}": layouts.profile(layout, part == "training step")
+               for layout in ("concatenated", "shared_prefix") for part in ("training step", "reference forward")}
     del layouts
     ours = {forward: run_ours(model, pairs, work, forward, args.batch, args.max_length)
             for forward in ("concatenated", "shared_prefix")}
@@ -319,6 +343,8 @@ def table(result: dict) -> str:
             "first_run_speedup_vs_concatenated", "first_run_speedup_vs_trl", "concatenated_first_run_speedup_vs_trl",
             "first_run_cpu_speedup_vs_trl", "concatenated_first_run_cpu_speedup_vs_trl")
     lines += [f"{key}: {result[key]:.2f}" for key in keys]
+    lines += [f"images encoded / reused, {forward} first run: {ours[forward]['image_features'].get('encoded', '-')} / "
+              f"{ours[forward]['image_features'].get('reused', '-')}" for forward in ("concatenated", "shared_prefix")]
     return "\n".join(lines)
 
 
@@ -343,7 +369,7 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     (out / "prefix.json").write_text(json.dumps(result, indent=2))
     print(table(result))
-    print("profile of one training step:", json.dumps(result["profile"], indent=1))
+    print("profiles:", json.dumps(result["profile"], indent=1))
     if args.json:
         print(json.dumps(result))
     return 0
