@@ -9,8 +9,9 @@ batches reuse them, in every epoch, through transformers' `mm_encoder_outputs` (
 its tower). A frozen reference model (reference=model) reuses the policy's features too: the two
 towers are the same frozen weights. Each model applies its own projector to the cached features on
 every forward, so a trainable projector trains as before and a frozen one costs what it always did
-(a two-layer MLP: ~0.3% of LLaVA-1.5-7B's forward). The concatenated layout encodes each image once
-and uses its features for both rows of the pair.
+(a two-layer MLP: ~0.3% of LLaVA-1.5-7B's forward). With the cache, the concatenated layout too encodes
+each image once and gives its features to both rows of the pair (without it, each row encodes its image,
+as the model's own forward does; the shared prefix has one row, so one encode, per pair either way).
 
 Not cached (the model encodes in its own forward, as before; `disabled_reason` says why): a
 trainable tower (its output changes every step), DeepSpeed ZeRO-3 (the engine gathers the tower's
