@@ -141,6 +141,8 @@ def test_past_the_budget_images_are_encoded_each_time(tiny):
     first = cache.lookup(torch.arange(3), pixels, torch.device("cpu"), torch.float32)
     again = cache.lookup(torch.arange(3), pixels, torch.device("cpu"), torch.float32)
     assert sorted(cache.features) == [0, 1] and cache.bytes == 2 * one_image
+    # each kept entry holds its own bytes only, not the batch tensor it was cut from
+    assert all(f.untyped_storage().nbytes() == one_image for f in cache.features.values())
     assert (cache.encoded, cache.reused) == (4, 2) and torch.equal(first, again)
 
 

@@ -130,7 +130,8 @@ class ImageFeatureCache:
                          len(self.features), self.bytes / 2**20)
                 self._full_logged = True
             return
-        self.features[number] = value.to("cpu")  # a no-op on CPU runs; one copy off a GPU
+        # a copy of its own (off a GPU, or out of the batch's tensor, which it would otherwise keep alive)
+        self.features[number] = value.to("cpu", copy=True)
         self.bytes += size
 
     def attach(self, batch: dict, pair_images, device: torch.device, dtype: torch.dtype) -> dict:
