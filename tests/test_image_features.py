@@ -146,7 +146,7 @@ def test_past_the_budget_images_are_encoded_each_time(tiny):
     assert (cache.encoded, cache.reused) == (4, 2) and torch.equal(first, again)
 
 
-@pytest.mark.slow  # four short training runs: ~15 s
+@pytest.mark.slow  # five short training runs: ~20 s
 def test_a_run_encodes_each_image_once_and_trains_as_without_the_cache(tiny, tmp_path):
     from clipdpo.train import run
     from clipdpo.train.config import TrainConfig
@@ -170,3 +170,9 @@ def test_a_run_encodes_each_image_once_and_trains_as_without_the_cache(tiny, tmp
         assert abs(losses[forward, 0][-1][1]) > 1e-3  # the policy has moved
         # fp32 through 5 optimizer steps (see above): 1e-5
         np.testing.assert_allclose(losses[forward, 64], losses[forward, 0], rtol=1e-5, atol=1e-5)
+    # a trainable tower: the run encodes on every use and says why
+    cfg = TrainConfig(model=tiny[0], global_batch_size=4, per_device_batch_size=2, max_length=50, max_steps=1,
+                      freeze_vision_tower=False, reference_cache=str(tmp_path / "ref-trainable"))
+    summary = run(cfg, pairs, str(tmp_path / "trainable"))
+    assert summary["image_features"]["cached"] is False
+    assert "the vision tower trains" in summary["image_features"]["reason"]
