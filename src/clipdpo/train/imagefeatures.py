@@ -14,8 +14,9 @@ each image once and gives its features to both rows of the pair (without it, eac
 as the model's own forward does; the shared prefix has one row, so one encode, per pair either way).
 
 Not cached (the model encodes in its own forward, as before; `disabled_reason` says why): a
-trainable tower (its output changes every step), DeepSpeed ZeRO-3 (the engine gathers the tower's
-partitioned weights inside its own forward), POVID's two stages (their noisy-image rows go through
+trainable tower (its output changes every step), DeepSpeed ZeRO-3 (every rank must run the tower
+together, as its partitioned weights are gathered collectively, while each rank's cache misses other
+images), POVID's two stages (their noisy-image rows go through
 the model's image path) and `image_feature_cache_mb=0`. Past the byte budget, new images are
 encoded every time they are used (logged once). Each rank keeps its own cache: with several ranks,
 an image is encoded at most once in the reference pass and once per rank that trains on it.
@@ -52,7 +53,8 @@ def disabled_reason(model, *, zero3: bool, two_stage: bool, budget_mb: int) -> s
     if any(p.requires_grad for p in parts[0].parameters()):
         return "the vision tower trains (freeze_vision_tower=false): its features change every step"
     if zero3:
-        return "DeepSpeed ZeRO-3 partitions the tower's weights, which only the engine's forward gathers"
+        return ("DeepSpeed ZeRO-3 gathers the tower's weights collectively: all ranks must run it together, "
+                "while each rank's cache misses other images")
     if two_stage:
         return "POVID's noisy-image rows go through the model's own image path"
     return None
