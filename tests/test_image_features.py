@@ -123,14 +123,34 @@ def test_what_is_not_cached_and_why(tiny):
     from transformers import LlavaForConditionalGeneration
 
     path, model, _, _ = tiny
-    assert imagefeatures.disabled_reason(model, zero3=False, two_stage=False, budget_mb=1) is None
+    assert imagefeatures.disabled_reason(model, two_stage=False, budget_mb=1) is None
     trainable = LlavaForConditionalGeneration.from_pretrained(path)  # freeze_vision_tower=false
-    assert "vision tower trains" in imagefeatures.disabled_reason(trainable, zero3=False, two_stage=False,
-                                                                  budget_mb=1)
-    assert "ZeRO-3" in imagefeatures.disabled_reason(model, zero3=True, two_stage=False, budget_mb=1)
-    assert "POVID" in imagefeatures.disabled_reason(model, zero3=False, two_stage=True, budget_mb=1)
-    assert imagefeatures.disabled_reason(model, zero3=False, two_stage=False, budget_mb=0) == \
-        "image_feature_cache_mb=0"
+    assert "vision tower trains" in imagefeatures.disabled_reason(trainable, two_stage=False, budget_mb=1)
+    assert "POVID" in imagefeatures.disabled_reason(model, two_stage=True, budget_mb=1)
+    assert imagefeatures.disabled_reason(model, two_stage=False, budget_mb=0) == "image_feature_cache_mb=0"
+
+
+def test_under_zero3_a_rank_runs_the_tower_whenever_another_rank_needs_it(tiny):
+    """ZeRO-3 gathers the tower's weights collectively: a rank whose batch is cached still runs the tower
+    when another rank lacks an image, and keeps the features it had."""
+    _, model, encoded, _ = tiny
+    pixels = torch.cat([e.pixel_values for e in encoded])
+    calls = []
+    other_rank_missing = True
+
+    def any_rank_missing(missing: bool) -> bool:
+        calls.append(missing)
+        return missing or other_rank_missing
+
+    cache = imagefeatures.ImageFeatureCache(model, 2**30, any_rank_missing)
+    first = cache.lookup(torch.arange(3), pixels, torch.device("cpu"), torch.float32)
+    kept = dict(cache.features)
+    again = cache.lookup(torch.arange(3), pixels, torch.device("cpu"), torch.float32)  # all cached here
+    other_rank_missing = False
+    last = cache.lookup(torch.arange(3), pixels, torch.device("cpu"), torch.float32)
+    assert calls == [True, False, False]
+    assert (cache.encoded, cache.reused) == (6, 6)  # the second lookup ran the tower for the other rank
+    assert all(cache.features[k] is kept[k] for k in kept) and torch.equal(again, first) and torch.equal(last, first)
 
 
 def test_past_the_budget_images_are_encoded_each_time(tiny):

@@ -309,6 +309,8 @@ def zero3_run(tiny_llava, pairs_dir, tmp_path_factory) -> str:
     summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
     assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
     assert summary["forward"] == "shared_prefix"  # forward=auto on a LLaVA: the packed rows, under ZeRO-3
+    # the frozen tower's features are cached under ZeRO-3 too (all ranks run the tower when one needs it)
+    assert summary["image_features"]["cached"] is True and summary["image_features"]["reused"] > 0
     return output
 
 

@@ -14,17 +14,19 @@ each image once and gives its features to both rows of the pair (without it, eac
 as the model's own forward does; the shared prefix has one row, so one encode, per pair either way).
 
 Not cached (the model encodes in its own forward, as before; `disabled_reason` says why): a
-trainable tower (its output changes every step), DeepSpeed ZeRO-3 (every rank must run the tower
-together, as its partitioned weights are gathered collectively, while each rank's cache misses other
-images), POVID's two stages (their noisy-image rows go through
+trainable tower (its output changes every step), POVID's two stages (their noisy-image rows go through
 the model's image path) and `image_feature_cache_mb=0`. Past the byte budget, new images are
 encoded every time they are used (logged once). Each rank keeps its own cache: with several ranks,
-an image is encoded at most once in the reference pass and once per rank that trains on it.
+an image is encoded at most once in the reference pass and once per rank that trains on it. Under
+DeepSpeed ZeRO-3 the tower's partitioned weights are gathered collectively, so all ranks must run it
+together: `any_rank_missing` tells each rank whether any rank lacks an image of its batch, and then
+every rank runs the tower (one whose batch is all cached encodes it anyway and keeps what it had).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 
@@ -43,7 +45,7 @@ def _llava_parts(model):
     return tower, projector, base.config
 
 
-def disabled_reason(model, *, zero3: bool, two_stage: bool, budget_mb: int) -> str | None:
+def disabled_reason(model, *, two_stage: bool, budget_mb: int) -> str | None:
     """Why this run cannot cache image features, or None when it can."""
     parts = _llava_parts(model)
     if budget_mb <= 0:
@@ -52,9 +54,6 @@ def disabled_reason(model, *, zero3: bool, two_stage: bool, budget_mb: int) -> s
         return f"{type(_base_model(model)).__name__} has no vision_tower / multi_modal_projector / vision_feature_layer"
     if any(p.requires_grad for p in parts[0].parameters()):
         return "the vision tower trains (freeze_vision_tower=false): its features change every step"
-    if zero3:
-        return ("DeepSpeed ZeRO-3 gathers the tower's weights collectively: all ranks must run it together, "
-                "while each rank's cache misses other images")
     if two_stage:
         return "POVID's noisy-image rows go through the model's own image path"
     return None
@@ -99,9 +98,10 @@ def image_inputs(model, batch: dict, device: torch.device, dtype: torch.dtype, c
 class ImageFeatureCache:
     """Selected tower features per image number (PairStore's `image_ids`), kept on the CPU up to a budget."""
 
-    def __init__(self, model, budget_bytes: int):
+    def __init__(self, model, budget_bytes: int, any_rank_missing: Callable[[bool], bool] | None = None):
         self.model = model
         self.budget_bytes = budget_bytes
+        self.any_rank_missing = any_rank_missing  # ZeRO-3: all ranks run the tower together (see above)
         self.features: dict[int, torch.Tensor] = {}
         self.bytes = 0
         self.encoded = 0  # images run through the tower
@@ -113,11 +113,13 @@ class ImageFeatureCache:
         """[n, tokens, d] features of the n images (one pixel_values row each), encoding the ones not kept."""
         ids = image_ids.tolist()
         missing = [i for i, number in enumerate(ids) if number not in self.features]
+        run_tower = bool(missing) if self.any_rank_missing is None else self.any_rank_missing(bool(missing))
         fresh = {}
-        if missing:
-            encoded = encode_images(self.model, pixel_values[missing].to(device, dtype))
-            self.encoded += len(missing)
-            fresh = {ids[i]: encoded[k] for k, i in enumerate(missing)}
+        if run_tower:
+            todo = missing or list(range(len(ids)))  # nothing missing here, but another rank needs the tower
+            encoded = encode_images(self.model, pixel_values[todo].to(device, dtype))
+            self.encoded += len(todo)
+            fresh = {ids[i]: encoded[k] for k, i in enumerate(todo) if i in missing}
             for number, value in fresh.items():
                 self._keep(number, value)
         self.reused += len(ids) - len(missing)

@@ -244,16 +244,22 @@ class TrainRun:
         return run
 
     def start_image_feature_cache(self) -> None:
-        zero3 = self.strategy == "deepspeed" and self.cfg.zero_stage == 3
         policy = self.backend.unwrapped()
-        reason = imagefeatures.disabled_reason(policy, zero3=zero3, two_stage=is_two_stage(self.cfg),
+        reason = imagefeatures.disabled_reason(policy, two_stage=is_two_stage(self.cfg),
                                                budget_mb=self.cfg.image_feature_cache_mb)
         if reason is None:
-            self.image_features = imagefeatures.ImageFeatureCache(policy, self.cfg.image_feature_cache_mb * 2**20)
+            zero3 = self.strategy == "deepspeed" and self.cfg.zero_stage == 3 and self.ctx.distributed
+            self.image_features = imagefeatures.ImageFeatureCache(
+                policy, self.cfg.image_feature_cache_mb * 2**20, self.any_rank_missing if zero3 else None)
             log.info("image features: each image encoded once per run (frozen vision tower)")
         else:
             self.image_features_off = reason
             log.info("image features: encoded on every use, as %s", reason)
+
+    def any_rank_missing(self, missing: bool) -> bool:
+        """Whether any rank lacks image features for its batch (collective: every rank calls it)."""
+        flags = torch.tensor([int(missing)], device=self.ctx.device)
+        return bool(dist.all_reduce_sum(self.ctx, flags).item())
 
     def with_image_features(self, batch: dict) -> dict:
         """`batch` with its pairs' cached image features (encoding the ones not yet seen), or as it is."""
