@@ -4,10 +4,15 @@ import io
 import json
 import unicodedata
 
+import numpy as np
+import pytest
 from PIL import Image
+from skimage import data
 
 from clipdpo.artifacts import Artifact
+from clipdpo.demo import photos
 from clipdpo.ingest.__main__ import main as ingest_main
+from clipdpo.ingest.sources import list_sources, read_source
 from clipdpo.storage import Storage
 
 
@@ -105,3 +110,14 @@ def test_unreadable_and_non_image_files_are_counted_skipped_and_listed(tmp_path)
     assert stats["images"] == 1
     assert stats["images_failed"] == 1 and stats["failed_uris"] == [str(src / "broken.jpg")]
     assert stats["not_images"] == 1 and stats["not_image_uris"] == [str(src / "notes.txt")]
+
+
+def test_builtin_demo_lists_the_demo_photos_and_reads_them_losslessly():
+    listing = list_sources(Storage(), "builtin:demo", "ignored")
+    assert [(r.image_id, r.source) for r in listing.images] == [(f"demo-{n}", "skimage") for n in photos.NAMES]
+    assert listing.not_images == [] and listing.fingerprint == list_sources(Storage(), "builtin:demo", "x").fingerprint
+    coins = next(r for r in listing.images if r.image_id == "demo-coins")
+    decoded = np.asarray(Image.open(io.BytesIO(read_source(Storage(), coins))))
+    np.testing.assert_array_equal(decoded, data.coins())  # PNG: the very pixels scikit-image ships
+    with pytest.raises(ValueError, match="not a demo photo"):
+        photos.read(photos.URI_PREFIX + "nothing")

@@ -8,9 +8,9 @@ with the tiny random models the numbers are noise, as the local run's captions a
 
 from __future__ import annotations
 
-import io
 import json
 
+from clipdpo.demo import photos
 from clipdpo.evaluate import amber
 from clipdpo.storage import Storage, join
 
@@ -28,15 +28,6 @@ RELATION = {"person": ["woman", "astronaut"], "flag": [], "dog": ["puppy"], "car
             "airplane": ["plane"], "bird": [], "horse": ["pony"], "man": [], "camera": []}
 ZERO_SHOT_CLASSES = {"astronaut": "person", "chelsea": "cat", "coffee": "cup", "rocket": "rocket", "horse": "horse",
                      "camera": "person"}
-
-
-def _photo(name: str) -> bytes:
-    from PIL import Image
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(getattr(data, name)()).convert("RGB").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def write(root: str, storage: Storage | None = None) -> dict:
@@ -67,7 +58,7 @@ def write(root: str, storage: Storage | None = None) -> dict:
     for uri, text in files.items():
         storage.write_bytes(uri, text.encode())
     for name in PHOTOS:
-        photo = _photo(name)
+        photo = photos.jpeg(name)
         storage.write_bytes(join(root, "AMBER", "image", f"AMBER_{name}.jpg"), photo)
         storage.write_bytes(join(root, "pope", f"{name}.jpg"), photo)
         storage.write_bytes(join(root, "zero-shot", ZERO_SHOT_CLASSES[name], f"{name}.jpg"), photo)

@@ -1,22 +1,20 @@
-"""Where images come from: a folder or S3 prefix of image files, or the built-in demo set."""
+"""Where images come from: a folder or S3 prefix of image files, or the built-in demo set (its photos
+live in `clipdpo.demo.photos`; this module only lists and reads them like any other source)."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 
+from clipdpo.demo import photos
 from clipdpo.errors import UserError
 from clipdpo.storage import ObjectInfo, Storage
 
-BUILTIN_DEMO = "builtin:demo"
+BUILTIN_DEMO = photos.SOURCE
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-# Real photos that ship inside scikit-image (public domain or CC0 per its data README).
-DEMO_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "page", "text", "camera", "coins", "horse")
 
 
 @dataclass(frozen=True)
@@ -26,22 +24,6 @@ class SourceRef:
     image_id: str
     source: str
     uri: str
-
-
-def _png_bytes(array) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _skimage_data():
-    try:
-        from skimage import data
-    except ImportError as err:
-        raise RuntimeError("the built-in demo set needs scikit-image (pip install 'clipdpo[dev]')") from err
-    return data
 
 
 class ImageIdClash(UserError):
@@ -94,8 +76,8 @@ def listing_fingerprint(root: str, files: list[ObjectInfo]) -> str:
 
 def list_sources(storage: Storage, root: str, source_name: str) -> Listing:
     if root == BUILTIN_DEMO:
-        refs = [SourceRef(f"demo-{name}", "skimage", f"skimage://data/{name}") for name in DEMO_IMAGES]
-        return Listing(refs, [], hashlib.sha256(" ".join(DEMO_IMAGES).encode()).hexdigest())
+        refs = [SourceRef(image_id, photos.SOURCE_NAME, uri) for image_id, uri in photos.listing()]
+        return Listing(refs, [], photos.fingerprint())
     if not root:
         raise SourceError(f"no --source given: pass a folder, an s3:// prefix, or {BUILTIN_DEMO} for the demo set")
     if not root.startswith("s3://") and not os.path.isdir(root):
@@ -111,6 +93,6 @@ def list_sources(storage: Storage, root: str, source_name: str) -> Listing:
 
 
 def read_source(storage: Storage, ref: SourceRef) -> bytes:
-    if ref.uri.startswith("skimage://data/"):
-        return _png_bytes(getattr(_skimage_data(), ref.uri.rsplit("/", 1)[1])())
+    if photos.is_photo(ref.uri):
+        return photos.read(ref.uri)
     return storage.read_bytes(ref.uri)
