@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipdpo.world.lvlm import CHAT_TEMPLATE, SPECIAL_TOKENS  # LLaVA-1.5's conversation shape, defined once
+
 TINY_CLIP_NAME = "clipdpo-tiny-clip"
 
 # Words the tiny tokenizer learns: random generations come out as these words, not bytes.
@@ -25,15 +27,6 @@ _CORPUS = (
     "is there a dog in the image ? yes no . what color is the sofa ? red green blue white black ."
 )
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} "
-    "{% else %}ASSISTANT: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{{ m['content'][0]['text'] }}{% endif %}</s>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
 
 def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -42,7 +35,7 @@ def tiny_tokenizer():
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"])
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS)
     tokenizer.train_from_iterator([_CORPUS] * 20, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
