@@ -23,6 +23,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from clipdpo.cluster import jobspec
+
 K8S_VERSION = "1.37.0"
 # kubernetes-validate re-reads its JSON schemas (MBs) from disk on every call; they never change
 # within a test session, so read each once (the validation itself is untouched).
@@ -32,6 +34,17 @@ if not hasattr(kubernetes_validate.utils.schema_contents, "cache_info"):
 RESTART_POLICIES = {"Always", "OnFailure", "Never", "ExitCode"}
 CLEAN_POD_POLICIES = {"None", "Running", "All"}
 REPLICA_TYPES = {"Master", "Worker"}
+
+
+def train_spec(**overrides) -> jobspec.TrainJobSpec:
+    """The job the builder and follower tests start from: 4 nodes x 8 H100s of one run's model, tolerating
+    the GPU taint; `overrides` replace any field."""
+    values = dict(name=jobspec.job_name("run-1/s3://b/model"), namespace="ml", image="ghcr.io/x/clipdpo-train:0.1.0",
+                  train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"], nodes=4, gpus_per_node=8,
+                  node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                  tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    values.update(overrides)
+    return jobspec.TrainJobSpec(**values)
 
 
 def validate_core(obj: dict) -> None:

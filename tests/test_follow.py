@@ -36,12 +36,8 @@ def wall_clock_limit():
     signal.signal(signal.SIGALRM, previous)
 
 
-def spec(nodes: int = 4, **overrides) -> jobspec.TrainJobSpec:
-    values = dict(name=jobspec.job_name(KEY), namespace="ml", image="ghcr.io/x/clipdpo-train:0.1.0",
-                  train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"], nodes=nodes, gpus_per_node=8,
-                  tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
-    values.update(overrides)
-    return jobspec.TrainJobSpec(**values)
+def spec(**overrides) -> jobspec.TrainJobSpec:
+    return k8s_checks.train_spec(**{"name": jobspec.job_name(KEY), "node_selector": {}, **overrides})
 
 
 def follower(cluster, clock=None) -> JobFollower:

@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from clipdpo.cluster import pytorchjob
-
 import k8s_checks
-
-
-def spec(**overrides) -> pytorchjob.TrainJobSpec:
-    values = dict(name=pytorchjob.job_name("run-1/s3://b/model"), namespace="ml", image="ghcr.io/x/clipdpo-train:0.1.0",
-                  train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"], nodes=4, gpus_per_node=8,
-                  node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                  tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
-    values.update(overrides)
-    return pytorchjob.TrainJobSpec(**values)
+from clipdpo.cluster import pytorchjob
+from k8s_checks import train_spec as spec
 
 
 def test_manifest_is_a_valid_multi_node_pytorchjob():

@@ -14,18 +14,10 @@ import sys
 import pytest
 
 import k8s_checks
-from clipdpo.cluster import jobspec, trainjob
+from clipdpo.cluster import trainjob
+from k8s_checks import train_spec as spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def spec(**overrides) -> jobspec.TrainJobSpec:
-    values = dict(name=jobspec.job_name("run-1/s3://b/model"), namespace="ml", image="ghcr.io/x/clipdpo-train:0.1.0",
-                  train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"], nodes=4, gpus_per_node=8,
-                  node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                  tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
-    values.update(overrides)
-    return jobspec.TrainJobSpec(**values)
 
 
 def test_trainjob_is_valid_and_says_what_the_runtime_needs():
