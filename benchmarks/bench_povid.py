@@ -14,14 +14,11 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import sys
-import tempfile
-import time
 from pathlib import Path
 
+from train_timing import timed_train, tiny_llava_and_pairs
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ARMS = {"dpo": dict(method="clipdpo", epochs=1),
@@ -29,19 +26,7 @@ ARMS = {"dpo": dict(method="clipdpo", epochs=1),
 
 
 def run_arm(model: str, pairs: str, output: str, batch: int, max_length: int, settings: dict) -> dict:
-    from clipdpo import train
-    from clipdpo.storage import Storage, join
-    from clipdpo.train.config import TrainConfig
-
-    cfg = TrainConfig(model=model, learning_rate=5e-6, global_batch_size=batch, per_device_batch_size=batch,
-                      max_length=max_length, warmup_ratio=0.0, save_steps=10**6, reference="model", **settings)
-    started = time.monotonic()
-    train.run(cfg, pairs, output)
-    total = time.monotonic() - started
-    rows = [json.loads(line) for line in Storage().read_bytes(join(output, "metrics.jsonl")).decode().splitlines()]
-    samples, loop_seconds = batch * len(rows), sum(r["seconds"] for r in rows)
-    return {"samples": samples, "steps": len(rows), "loop_seconds": loop_seconds, "total_seconds": total,
-            "samples_per_s_loop": samples / loop_seconds, "final_loss": rows[-1]["loss"]}
+    return timed_train(model, pairs, output, batch, max_length, learning_rate=5e-6, reference="model", **settings)
 
 
 def main() -> int:
@@ -55,17 +40,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from clipdpo.demo.models import build_tiny_llava
-    from pairs_fixture import write_pairs
-
-    work = Path(tempfile.mkdtemp(prefix="clipdpo-bench-povid-"))
-    try:
-        model = build_tiny_llava(str(work / "tiny-llava"))
-        pairs = write_pairs(str(work / "data"), n_pairs=args.pairs, n_shards=2)
+    with tiny_llava_and_pairs("povid", args.pairs, n_shards=2) as (work, model, pairs):
         arms = {name: run_arm(model, pairs, str(work / name), args.batch, args.max_length, settings)
                 for name, settings in ARMS.items()}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     ratio = arms["povid"]["samples_per_s_loop"] / arms["dpo"]["samples_per_s_loop"]
     result = {"pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "threads": args.threads,
               **arms, "povid_vs_dpo_loop": ratio}

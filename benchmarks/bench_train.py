@@ -14,14 +14,12 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+from train_timing import timed_train, tiny_llava_and_pairs
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -56,21 +54,7 @@ def trl_dataset(pairs_uri: str):
 
 
 def run_clipdpo(model: str, pairs: str, output: str, batch: int, max_length: int, lr: float) -> dict:
-    from clipdpo.storage import Storage, join
-    from clipdpo.train.config import TrainConfig
-    from clipdpo import train
-
-    cfg = TrainConfig(model=model, learning_rate=lr, global_batch_size=batch, per_device_batch_size=batch,
-                      max_length=max_length, warmup_ratio=0.0, epochs=1, save_steps=10**6)
-    started, cpu_started = time.monotonic(), time.process_time()
-    summary = train.run(cfg, pairs, output)
-    total, cpu = time.monotonic() - started, time.process_time() - cpu_started
-    rows = [json.loads(line) for line in Storage().read_bytes(join(output, "metrics.jsonl")).decode().splitlines()]
-    samples = batch * len(rows)
-    loop_seconds = sum(r["seconds"] for r in rows)
-    return {"samples": samples, "loop_seconds": loop_seconds, "total_seconds": total, "total_cpu_seconds": cpu,
-            "samples_per_s_loop": samples / loop_seconds, "samples_per_s_total": samples / total,
-            "final_loss": rows[-1]["loss"], "steps": len(rows), "data": summary["data"]}
+    return timed_train(model, pairs, output, batch, max_length, learning_rate=lr, epochs=1)
 
 
 def run_trl(model_path: str, pairs: str, output: str, batch: int, max_length: int, lr: float) -> dict:
@@ -112,13 +96,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from clipdpo.demo.models import build_tiny_llava
-    from pairs_fixture import write_pairs
-
-    work = Path(tempfile.mkdtemp(prefix="clipdpo-bench-train-"))
-    try:
-        model = build_tiny_llava(str(work / "tiny-llava"))
-        pairs = write_pairs(str(work / "data"), n_pairs=args.pairs, n_shards=4)
+    with tiny_llava_and_pairs("train", args.pairs, n_shards=4) as (work, model, pairs):
         ours = run_clipdpo(model, pairs, str(work / "ours"), args.batch, args.max_length, 5e-6)
         # A rerun with other training settings (here the LR) on the same pairs and reference model,
         # as a CI retraining does: the reference log-probs come from the cache.
@@ -126,8 +104,6 @@ def main() -> int:
         cpu_started = time.process_time()
         peer = run_trl(model, pairs, str(work / "trl"), args.batch, args.max_length, 5e-6)
         peer["cpu_seconds_incl_dataset"] = time.process_time() - cpu_started
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     result = {"pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "threads": args.threads,
               "clipdpo": ours, "clipdpo_rerun": rerun, "trl": peer,
               "ratio_loop": ours["samples_per_s_loop"] / peer["samples_per_s"],
