@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import uuid
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from PIL import Image
 
 from clipdpo.evaluate import amber
@@ -125,8 +128,51 @@ def eval_set() -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
+def reported_run(tmp_path_factory) -> SimpleNamespace:
+    """report_fixture's finished run with its report written once (rendering the figures takes seconds);
+    `root` and `written` (report.write's result). Tests only read it."""
+    import report_fixture
+    from clipdpo.report import build as report
+
+    root = report_fixture.write_run(str(tmp_path_factory.mktemp("reported") / "run"))
+    return SimpleNamespace(root=root, written=report.write(root, Storage()))
+
+
+@pytest.fixture(scope="session")
 def spacy_model() -> str:
     """The spaCy model the tests use: `make test` fetches en_core_web_md and names it here."""
     from clipdpo.evaluate.nlp import local_spacy_model
 
     return local_spacy_model()
+
+
+@pytest.fixture(scope="session")
+def spacy_nlp(spacy_model):
+    """AMBER's spaCy NLP over that model, loaded once for the session (loading takes seconds); stateless
+    apart from a cache of word docs, so tests can share it."""
+    from clipdpo.evaluate.nlp import SpacyNLP
+
+    return SpacyNLP(spacy_model)
+
+
+def compile_pipeline(path: str, **env) -> tuple[dict, dict]:
+    """`python -m pipelines.compile path` with `env` added (the settings read it at import, hence a process
+    of its own); the pipeline spec and the platform spec it wrote."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-m", "pipelines.compile", path], cwd=root, check=True,
+                   env={**os.environ, **env}, capture_output=True)
+    spec, platform = yaml.safe_load_all(open(path))
+    return spec, platform
+
+
+@pytest.fixture(scope="session")
+def compiled(tmp_path_factory) -> tuple[dict, dict, str]:
+    """The pipeline compiled once for the session with the default settings: (spec, platform, path)."""
+    path = str(tmp_path_factory.mktemp("kfp") / "clipdpo.yaml")
+    return (*compile_pipeline(path), path)
+
+
+@pytest.fixture(scope="session")
+def compile_to():
+    """compile_pipeline, for tests that compile with other settings."""
+    return compile_pipeline

@@ -39,6 +39,12 @@ def touch(path, text="\n# changed\n"):
         handle.write(text)
 
 
+@pytest.fixture(scope="module")
+def repo_tags() -> dict[str, str]:
+    """This checkout's tags, hashed once for the module (each hashing walks the import graph per stage)."""
+    return tags(ROOT)
+
+
 def changed(before: dict, after: dict) -> set[str]:
     return {stage for stage in before if before[stage] != after[stage]}
 
@@ -89,7 +95,7 @@ def test_dockerfiles_and_pins_reach_only_their_stages(repo):
     assert changed(before, tags(repo)) == set(imagetags.STAGES)
 
 
-def test_what_goes_into_each_tag():
+def test_what_goes_into_each_tag(repo_tags):
     sources = {stage: set(imagetags.stage_inputs(ROOT, stage)["sources"]) for stage in imagetags.STAGES}
     assert "clipdpo/generate/__main__.py" in sources["generate"] and "clipdpo/ingest/__main__.py" in sources["filter"]
     assert not any(path.startswith("clipdpo/ingest/") for path in sources["generate"])
@@ -98,15 +104,15 @@ def test_what_goes_into_each_tag():
     from clipdpo import __version__
 
     prefix = f"{__version__}-"
-    assert all(tag.startswith(prefix) and len(tag) == len(prefix) + 12 for tag in tags(ROOT).values())
+    assert all(tag.startswith(prefix) and len(tag) == len(prefix) + 12 for tag in repo_tags.values())
 
 
-def test_cli_prints_the_tags_and_the_pipeline_uses_them():
+def test_cli_prints_the_tags_and_the_pipeline_uses_them(repo_tags):
     env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
     out = subprocess.run([sys.executable, "-m", "clipdpo.cluster.imagetags", "--root", ROOT, "--json"],
                          capture_output=True, text=True, check=True, env=env).stdout
     printed = json.loads(out)
-    assert printed == tags(ROOT)
+    assert printed == repo_tags
     from pipelines.settings import PipelineSettings
 
     settings = PipelineSettings(registry="r.example.com/ml", stage_tags=printed)

@@ -62,6 +62,7 @@ def _snapshot(storage, uri):
     return out
 
 
+@pytest.mark.slow  # two ingest processes racing for one output: interpreter start-ups, seconds
 def test_two_processes_with_different_configs_one_output(bucket):
     storage = Storage()
     for i in range(24):

@@ -3,21 +3,7 @@ Markdown output; read from the compiled pipeline spec."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-import yaml
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> list[dict]:
-    path = str(tmp_path_factory.mktemp("kfp") / "clipdpo.yaml")
-    subprocess.run([sys.executable, "-m", "pipelines.compile", path], cwd=ROOT, check=True, capture_output=True)
-    return list(yaml.safe_load_all(open(path)))
 
 
 @pytest.fixture(scope="module")

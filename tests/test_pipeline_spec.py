@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from clipdpo.stages import NAMES
 
@@ -18,20 +17,6 @@ STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-plan-shards": "filter", "exec-train": "train", "exec-plan-evaluation": "filter",
     "exec-evaluate-task": "evaluate", "exec-evaluate-merge": "evaluate", "exec-gate": "filter", "exec-report": "evaluate",
 }
-
-
-def compile_to(path: str, **env) -> tuple[dict, dict]:
-    subprocess.run([sys.executable, "-m", "pipelines.compile", path], cwd=ROOT, check=True,
-                   env={**os.environ, **env}, capture_output=True)
-    docs = list(yaml.safe_load_all(open(path)))
-    return docs[0], docs[1]
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("kfp") / "clipdpo.yaml")
-    spec, platform = compile_to(path)
-    return spec, platform, path
 
 
 def all_tasks(spec: dict):
@@ -112,7 +97,8 @@ def test_generate_and_score_fan_out_over_shards(compiled):
         assert f"{stage}_config" in params
 
 
-def test_compile_is_deterministic_and_images_follow_settings(compiled, tmp_path):
+@pytest.mark.slow  # three more compiles, each a process of its own
+def test_compile_is_deterministic_and_images_follow_settings(compiled, compile_to, tmp_path):
     _, _, path = compiled
     again = str(tmp_path / "again.yaml")
     compile_to(again)

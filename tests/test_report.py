@@ -49,10 +49,8 @@ def test_incomplete_results_are_flagged():
     assert "INCOMPLETE RESULTS" in report.html(_metrics(complete=False))
 
 
-def test_spacy_nouns_and_vectors(spacy_model):
-    from clipdpo.evaluate.nlp import SpacyNLP
-
-    nlp = SpacyNLP(spacy_model)
+def test_spacy_nouns_and_vectors(spacy_nlp):
+    nlp = spacy_nlp
     assert nlp.nouns("Two dogs are playing on the grass near a red car.") == ["dog", "grass", "car"]
     # WordNet lemmatizes lower-case forms only; a capitalised plural stays as written, as officially
     assert nlp.nouns("Dogs are chasing two bicycles.") == ["Dogs", "bicycle"]

@@ -17,10 +17,6 @@ import subprocess
 import pytest
 from PIL import Image
 
-import report_fixture as fx
-from clipdpo.report import build as report
-from clipdpo.storage import Storage
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make tools installs Debian's)")
 
@@ -43,8 +39,9 @@ def chromium(*args: str, timeout: float = 120) -> str:
     return done.stdout
 
 
-def test_every_image_of_the_report_decodes_in_chromium(tmp_path):
-    written = report.write(fx.write_run(str(tmp_path / "run")), Storage())
+@pytest.mark.slow  # a real browser: an integration check for `make test`
+def test_every_image_of_the_report_decodes_in_chromium(tmp_path, reported_run):
+    written = reported_run.written
     page = tmp_path / "probe.html"
     page.write_text(written.html.replace("</body>", PROBE + "</body>"))
     dom = chromium("--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000", "--dump-dom",

@@ -48,8 +48,8 @@ def _images(page: str) -> list[tuple[str, str]]:
     return re.findall(r"<img [^>]*alt='([^']*)' src='([^']*)'", page)
 
 
-def test_report_is_self_contained_with_every_figure_and_example(run_root):
-    written = report.write(run_root, Storage())
+def test_report_is_self_contained_with_every_figure_and_example(reported_run):
+    run_root, written = reported_run.root, reported_run.written
     folder = f"{run_root}/report"
     assert written.files == sorted(["report.html", "report.md", "headline.json"] + [f"{n}.png" for n in FIGURES])
     page = open(f"{folder}/report.html").read()
@@ -80,8 +80,8 @@ def test_the_funnel_figure_shows_the_rules_only(run_root):
     assert len(funnel.figure.axes[0].patches) == len(fx.FUNNEL)  # not the shards' "seconds"
 
 
-def test_headline_numbers_and_markdown(run_root):
-    written = report.write(run_root, Storage())
+def test_headline_numbers_and_markdown(reported_run):
+    run_root, written = reported_run.root, reported_run.written
     numbers = json.loads(open(f"{run_root}/report/headline.json").read())
     assert numbers == written.headline
     assert numbers["train_final_loss"] == pytest.approx(0.69 - 0.05 * 4)

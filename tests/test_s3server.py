@@ -42,7 +42,10 @@ def _wait_dead(pid, timeout_s=15.0):
     return not _alive(pid)
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+# Each case starts a server of its own (seconds). SIGKILL stays in the fast lane: no handler or atexit runs,
+# only the parent-death signal can stop the server; SIGTERM and SIGINT run in `make test`.
+@pytest.mark.parametrize("how", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGKILL])
 def test_server_dies_with_the_process_that_started_it(tmp_path, how):
     starter = subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path / "s3")], stdout=subprocess.PIPE, text=True)
     weed_pid = int(starter.stdout.readline())
@@ -52,6 +55,7 @@ def test_server_dies_with_the_process_that_started_it(tmp_path, how):
     assert _wait_dead(weed_pid), f"weed {weed_pid} outlived its starter ({how!r})"
 
 
+@pytest.mark.slow  # starts two servers one after the other: ~10 s
 def test_stale_server_of_this_dir_is_cleared_and_others_are_left_alone(tmp_path):
     data_dir = str(tmp_path / "s3")
     os.makedirs(data_dir)

@@ -55,14 +55,8 @@ def test_captions_name_exactly_the_objects_and_partner_captions_add_one():
         assert kind in s.absent_partners and kind in text and kind not in s.kinds
 
 
-@pytest.fixture(scope="module")
-def nlp():
-    from clipdpo.evaluate.nlp import SpacyNLP, local_spacy_model
-
-    return SpacyNLP(local_spacy_model())
-
-
-def test_object_words_are_nouns_for_amber_and_not_confused(nlp):
+def test_object_words_are_nouns_for_amber_and_not_confused(spacy_nlp):
+    nlp = spacy_nlp
     vocab = set(language.vocabulary())
     rng = np.random.default_rng(0)
     for s in [scene.sample_scene(2, "train", i) for i in range(60)]:
@@ -88,7 +82,7 @@ def test_folder_is_ingestable_with_truth(tmp_path):
         data.write_folder(folder, items)
 
 
-def test_benchmark_in_amber_layout_scores_truth_and_partner_captions(tmp_path, nlp):
+def test_benchmark_in_amber_layout_scores_truth_and_partner_captions(tmp_path, spacy_nlp):
     """The real AMBER scorer on the world benchmark: correct captions score CHAIR 0 / Cover 100, captions naming
     an absent partner are hallucinations (and Cog hits), right Yes/No answers give F1 100."""
     import json
@@ -104,14 +98,14 @@ def test_benchmark_in_amber_layout_scores_truth_and_partner_captions(tmp_path, n
     queries = json.loads((tmp_path / "bench/AMBER/data/query/query_all.json").read_text())
     assert all((tmp_path / "bench/AMBER/image" / q["image"]).exists() for q in queries)
     right = {a["id"]: ("Yes" if a["truth"] == "yes" else "No") for a in bench.annotations if a["type"] != "generative"}
-    correct = amber.evaluate(bench, {**{i + 1: language.caption(s) for i, s in enumerate(items)}, **right}, nlp)
+    correct = amber.evaluate(bench, {**{i + 1: language.caption(s) for i, s in enumerate(items)}, **right}, spacy_nlp)
     assert correct["generative"]["chair"] == 0 and correct["generative"]["cover"] == 100.0
     assert correct["generative"]["hal"] == 0 and correct["discriminative"]["f1"] == 100.0
     assert {"state", "number", "relation", "existence"} <= set(correct)
     rng = np.random.default_rng(0)
     biased = {i + 1: (language.with_partner(s, rng) or (language.caption(s),))[0] for i, s in enumerate(items)}
     tempted = sum(bool(s.absent_partners) for s in items)
-    wrong = amber.evaluate(bench, {**biased, **right}, nlp)
+    wrong = amber.evaluate(bench, {**biased, **right}, spacy_nlp)
     assert wrong["generative"]["hal"] == round(100 * tempted / len(items), 1)
     assert wrong["generative"]["cog"] > 0 and wrong["generative"]["cover"] == 100.0
     pope = [json.loads(line) for line in (tmp_path / "bench/pope/questions.jsonl").read_text().splitlines()]
