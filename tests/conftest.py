@@ -32,7 +32,7 @@ def s3_server(tmp_path_factory):
     os.environ.update(server.env)
     os.environ["CLIPDPO_S3_MAX_ATTEMPTS"] = "2"
     yield server
-    server.stop()
+    server.stop(grace_s=0)  # its data folder is a temporary one: no need to wait for weed's shutdown
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -49,6 +49,7 @@ def pods_and_gpus(job: dict) -> tuple[int, set]:
     return trainer["numNodes"], {trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]}
 
 
+@pytest.mark.slow  # 192 objects; test_trainjob.py and test_pytorchjob.py validate representatives in the fast lane
 def test_every_launcher_output_is_valid_against_the_crds():
     started, count = time.perf_counter(), 0
     for launcher, nodes, gpus, kueue, gang in matrix():

@@ -96,14 +96,18 @@ class S3Server:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, SIGKILL if still running after `grace_s` seconds (weed takes 2-10 s to shut down;
+        0 kills at once, for a data folder that is thrown away next)."""
+        if self.process.poll() is None and grace_s > 0:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
         pid_file = Path(self.data_dir, PID_FILE)
         if _read_pid_file(pid_file).get("pid") == self.process.pid:
             pid_file.unlink(missing_ok=True)
