@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -18,9 +16,9 @@ from clipdpo.train.logps import IGNORE_INDEX
 from clipdpo.train.povid import noised_images, teacher_forced_answers
 from clipdpo.train.recipe import check_config
 
-sys.path.insert(0, os.path.dirname(__file__))
-from pairs_fixture import write_pairs  # noqa: E402
-from test_train_e2e import DEEPSPEED, assert_same_training_up_to_rounding, cli, metrics  # noqa: E402
+from pairs_fixture import write_pairs
+from train_runs import (DEEPSPEED, assert_bit_identical_training, assert_same_training_up_to_rounding, cli,
+                        metrics)
 
 
 def test_teacher_forced_answer_is_the_argmax_after_the_preferred_prefix():
@@ -120,7 +118,6 @@ def test_povid_killed_in_stage_2_resumes_to_the_uninterrupted_result(tiny_llava,
     # Killed after step 5 (stage 2 runs steps 4-6; last checkpoint: step 4): the resumed run redoes step 5,
     # regenerating its noisy answers from the restored weights and the (seed, step, pair) noise, so it is the
     # same run (noisy_every = 1: no answer is reused, so none is lost with the process).
-    from test_train_e2e import assert_bit_identical_training
 
     output = str(tmp_path / "killed")
     killed = cli(tiny_llava, pairs_dir, output, POVID_SETS + ["--kill-after-step", "5"])
