@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import time
 
+from clipdpo.stages import NAMES
 from clipdpo.storage import Storage, join
 from clipdpo.world.build import WorldPaths
 
-STAGES = ("ingest", "generate", "score", "filter", "train")
+STAGES = NAMES[: NAMES.index("train") + 1]  # evaluate runs apart: base and trained model side by side
 
 
 def run_stages(paths: WorldPaths, run_root: str, overrides: dict[str, dict] | None = None, say=print) -> dict:
