@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -108,6 +109,14 @@ def _function_nodes(tree: ast.Module, function: str) -> list[ast.AST]:
     return [n for top in nodes for n in (ast.walk(top) if top in tree.body else [top])]
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed(path: str, source: bytes) -> tuple[ast.Module, tuple[ast.AST, ...]]:
+    """A file's tree and all its nodes: a function of its bytes alone, so a file that several stages
+    reach is parsed once (an edited file has other bytes: parsed anew)."""
+    tree = ast.parse(source, filename=path)
+    return tree, tuple(ast.walk(tree))
+
+
 def import_closure(src: str, roots: set[Root]) -> set[str]:
     """Files (relative to src) of every clipdpo module reachable from `roots`."""
     files, queue, done = set(), list(roots), set()
@@ -120,8 +129,9 @@ def import_closure(src: str, roots: set[Root]) -> set[str]:
         if path is None:
             raise ValueError(f"image root {root.module!r} is not a clipdpo module under {src}")
         files.add(os.path.relpath(path, src))
-        tree = ast.parse(open(path, "rb").read(), filename=path)
-        nodes = _function_nodes(tree, root.function) if root.function else list(ast.walk(tree))
+        with open(path, "rb") as handle:
+            tree, every_node = _parsed(path, handle.read())
+        nodes = _function_nodes(tree, root.function) if root.function else every_node
         for name in imported_modules(src, root.module, nodes) | set(_parents(root.module)):
             queue.append(Root(name))
     return files
