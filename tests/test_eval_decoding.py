@@ -45,6 +45,7 @@ def test_bad_decoding_is_refused_naming_the_field():
         DecodingConfig(temperature=1.0, samples=0)
 
 
+@pytest.mark.slow  # three evaluations with a tiny LLaVA, like test_evaluate's model tests
 def test_sampled_descriptions_are_seeded_resumable_and_all_scored(models, inputs, bucket):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
