@@ -29,10 +29,35 @@ def config_class(stage: str):
 def test_cluster_config_loads(stage):
     path = os.path.join(ROOT, "configs", "cluster", f"{stage}.json")
     data = json.load(open(path))
-    if stage == "evaluate":  # the pipeline step takes `engine` and fills in the run's base and trained model
-        assert data.pop("engine") in ("vllm", "hf")
+    if stage == "evaluate":  # the pipeline step fills in the run's base and trained model (on `engine`)
         data["models"] = [{"name": "base", "path": "llava-hf/llava-1.5-7b-hf"}]
     config_lib.from_dict(config_class(stage), data, where=path)
+
+
+def test_evaluate_cli_takes_the_shipped_config_with_its_engine_key(capsys):
+    """configs/cluster/evaluate.json names `engine` (the pipeline's derived models run on it): the evaluate
+    entry point accepts the file as it is (issue 12: it refused the key)."""
+    from clipdpo.evaluate.__main__ import main
+
+    path = os.path.join(ROOT, "configs", "cluster", "evaluate.json")
+    models = '[{"name": "base", "path": "llava-hf/llava-1.5-7b-hf"}]'
+    assert main(["--config", path, "--set", f"models={models}", "--output", "/tmp/unused", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == "vllm"
+    assert main(["--config", path, "--set", "engine=tgi", "--set", f"models={models}", "--output", "/tmp/unused",
+                 "--dry-run"]) == 2  # a wrong engine is still a clear error
+    assert "engine: 'tgi'; expected one of ['hf', 'vllm']" in capsys.readouterr().err
+
+
+def test_the_pipeline_step_derives_its_models_on_the_configs_engine(tmp_path):
+    from clipdpo.evaluate.config import EvaluateConfig
+    from clipdpo.steps import evaluate_settings
+
+    model = str(tmp_path / "model")
+    config = evaluate_settings(str(tmp_path), model, json.dumps({"model": "org/base"}),
+                               json.dumps({"engine": "hf", "amber": {"root": "s3://b/amber"}}))
+    assert [(m["name"], m["path"], m["engine"]) for m in config["models"]] == [
+        ("base", "org/base", "hf"), ("clip-dpo", os.path.join(model, "model"), "hf")]
+    assert config_lib.from_dict(EvaluateConfig, config, "evaluate_config").engine == "hf"
 
 
 def test_a_typo_is_an_error_naming_the_key():

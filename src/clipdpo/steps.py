@@ -167,13 +167,12 @@ def evaluation_models(model_uri: str, train_config_json: str, engine: str) -> li
 def evaluate_settings(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> dict | None:
     """The evaluate config as a dict (None: no evaluation asked for, i.e. an empty config).
 
-    Without `models`, the pair compared is the run's base model and its trained model on `engine` (a key
-    of this step only; default vllm); `result_cache` defaults to s3://<run bucket>/eval-cache."""
+    Without `models`, the pair compared is the run's base model and its trained model on `engine` (default
+    vllm); `result_cache` defaults to s3://<run bucket>/eval-cache."""
     config = config_object(config_json, "evaluate_config")
     if not config:
         return None
-    engine = config.pop("engine", "vllm")
-    config.setdefault("models", evaluation_models(model_uri, train_config_json, engine))
+    config.setdefault("models", evaluation_models(model_uri, train_config_json, config.get("engine", "vllm")))
     if run_root.startswith("s3://"):
         config.setdefault("result_cache", join(bucket_of(run_root), "eval-cache"))
     return config

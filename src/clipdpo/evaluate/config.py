@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipdpo.engines import ModelSpec
+from clipdpo.engines import ENGINES, ModelSpec
 
 BENCHMARK_KINDS = ("pope", "mme", "gqa", "textvqa", "scienceqa", "mmbench")
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # LLaVA's eval prompts
@@ -152,10 +152,16 @@ class EvaluateConfig:
     only_task: str = ""  # amber | zeroshot-<dataset> | suite-<benchmark>
     merge_tasks: bool = False
     result_cache: str = ""  # baseline results cached here by (model content, task, config); "" = none
+    # The engine of the two models the pipeline step names itself when `models` is empty: the run's base
+    # and its trained model (clipdpo.steps). A model listed in `models` names its own engine.
+    engine: str = "vllm"  # vllm | hf
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: {self.engine!r}; expected one of {sorted(ENGINES)}")
         if not self.models:
-            raise ValueError("models: at least one model to evaluate is needed (the first is the baseline)")
+            raise ValueError("models: at least one model to evaluate is needed (the first is the baseline; the "
+                             "pipeline names the run's base and trained model itself)")
         names = [model.name for model in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be unique, got {names}")

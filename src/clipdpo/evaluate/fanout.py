@@ -25,7 +25,9 @@ from clipdpo.evaluate import zeroshot
 from clipdpo.storage import Storage, join, split_s3
 
 CACHE_VERSION = 1  # bump when scoring code changes what a cached result would hold
-NOT_IN_KEY = ("models", "only_model", "only_task", "result_cache", "model_cache", "batch_size", "chunk_size")
+# `engine` names the derived models' engine, which their specs (in the key) carry
+NOT_IN_KEY = ("models", "only_model", "only_task", "result_cache", "model_cache", "batch_size", "chunk_size",
+              "engine")
 
 
 def task_names(cfg: EvaluateConfig) -> list[str]:
