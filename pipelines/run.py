@@ -11,6 +11,10 @@ With --world SEED the local run uses the synthetic world of that seed instead (b
 under --world-cache): its images, its CLIP and LLaVA, its benchmark; the report compares `base` with
 `clipdpo`. --control shuffled (with --world) also trains and evaluates the shuffled-score control arm
 (in this process, after the pipeline; see pipelines/world_run.py) into the same report.
+`--set STAGE.KEY=VALUE` changes one stage config value: locally that stage reruns with every stage after it,
+and only those (each step's output carries the version of what it wrote: clipdpo.outputref). Locally, kfp's
+cache entries whose artifacts are gone or replaced are dropped first (pipelines/local_cache.py), and the
+terminal shows one line per step; kfp's executor output goes to <state-dir>/logs/ (--verbose: shown).
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
     for name in (*NAMES, "gate"):
         arguments[f"{name}_config"] = json.dumps(configs.get(name, {}), sort_keys=True)
     return arguments
+
+
+def with_overrides(configs: dict[str, dict], overrides: list[str]) -> dict[str, dict]:
+    """`configs` with each `stage.key=value` of --set applied (values parse as JSON)."""
+    from clipdpo.config import apply_overrides
+
+    return apply_overrides(configs, overrides) if overrides else configs
 
 
 def read_configs(config_dir: Path) -> dict[str, dict]:
@@ -74,6 +85,7 @@ def run_local(args) -> int:
 
     state = Path(args.state_dir).resolve()
     configs, world = local_configs(args, state)
+    configs = with_overrides(configs, args.overrides)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     server = None
     if not os.environ.get("AWS_ENDPOINT_URL"):
@@ -86,12 +98,21 @@ def run_local(args) -> int:
     earlier_runs = set(run_dirs(str(state / "kfp"), "clipdpo"))  # the summary tells this run's steps apart
     started = time.monotonic()
     try:
+        from clipdpo.storage import Storage
+        from pipelines.local_cache import prune
+        from pipelines.local_output import steps_only
+
+        entries, dropped = prune(str(state / "kfp"), Storage())
+        if dropped:
+            print(f"kfp cache: {len(dropped)} of {entries} cached steps' outputs are gone or replaced (e.g. "
+                  f"{dropped[0]}): those steps run again", flush=True)
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(state / "kfp"),
                    enable_caching=True)
         from pipelines.clipdpo_pipeline import clipdpo_pipeline
 
         print(f"running the kfp pipeline ({'world ' + str(args.world) if world else 'demo'}) ...", flush=True)
-        clipdpo_pipeline(**arguments)
+        with steps_only(str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"), args.verbose):
+            clipdpo_pipeline(**arguments)
         print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
         if args.control:
             from pipelines.world_run import run_control_arm
@@ -181,7 +202,7 @@ def run_cluster(args, host: str) -> int:
 
     from pipelines.compile import compile_pipeline
 
-    configs = read_configs(Path(args.config_dir)) if args.config_dir else {}
+    configs = with_overrides(read_configs(Path(args.config_dir)) if args.config_dir else {}, args.overrides)
     package = compile_pipeline(args.package)
     arguments = pipeline_arguments(args, configs, launcher=args.launcher)
     if not (args.run_root or args.bucket != "clipdpo-local"):
@@ -219,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", "torch-distributed"),
                         help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime")
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                        help="change one stage config value, e.g. --set filter.pair_min_margin=3 (repeatable); "
+                             "that stage reruns with the stages after it")
+    parser.add_argument("--verbose", action="store_true",
+                        help="local runs: show kfp's executor output (default: one line per step; the output "
+                             "goes to <state-dir>/logs/)")
     parser.add_argument("--state-dir", default=".local")
     parser.add_argument("--world", type=int, default=int(os.environ["CLIPDPO_WORLD"]) if os.environ.get("CLIPDPO_WORLD")
                         else None, help="local runs: the synthetic world of this seed instead of the demo")
@@ -233,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="cluster runs: wait up to this long for the run to end (0: submit only)")
     parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
     args = parser.parse_args(argv)
+    stages = (*NAMES, "gate")
+    for item in args.overrides:
+        if "=" not in item or item.split("=", 1)[0].split(".", 1)[0] not in stages or "." not in item.split("=", 1)[0]:
+            parser.error(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {list(stages)}")
     if args.control and args.world is None:
         parser.error("--control needs --world (the control arm is defined on the synthetic world)")
     host = os.environ.get("KFP_HOST", "")

@@ -23,7 +23,9 @@ def test_train_job_reads_the_config_the_step_wrote(bucket, monkeypatch):
     parameter = json.dumps({"beta": 0.2, "learning_rate": 1e-6})
     assert steps.train_step(root, parameter, launcher="pytorchjob", image="img:1", nodes=2) == f"{root}/model"
     args = launched["args"]
-    assert args == ["--input", f"{root}/pairs", "--output", f"{root}/model", "--config", f"{root}/configs/train.json"]
+    # --overwrite: a step kfp reruns (its pairs or config changed) replaces the run's model (issue 12, item 8)
+    assert args == ["--input", f"{root}/pairs", "--output", f"{root}/model", "--config", f"{root}/configs/train.json",
+                    "--overwrite"]
     assert launched["launcher"] == "pytorchjob" and launched["job"] == {"image": "img:1", "nodes": 2}
     # what `python -m clipdpo.train` does with those flags: the same config, no second encoding
     parsed = build_parser("python -m clipdpo.train", None, "pairs", sharded=False).parse_args(args)

@@ -4,7 +4,13 @@ Artifacts of one run live under `run_root` with fixed names (clipdpo.stages), so
 the run root, its stage config (the pipeline parameter, a JSON object) and its shard. Each step
 builds the stage's typed config from that parameter and calls the stage's `run` in this process;
 the training job is the one process boundary, and it gets the config as a file on S3. Each
-function returns the URI it produced, which the pipeline passes on to make the order explicit.
+function returns the URI it produced, versioned by what it wrote (`<uri>#<version>`, clipdpo.outputref):
+the pipeline passes it on, which makes the order explicit and puts the version into kfp's cache key of
+every later step, so a step that reran with another config reruns the steps after it (issue 12).
+
+A step owns its artifact under the run root: when kfp runs it (its inputs or config changed), it replaces
+an artifact made from other inputs or config (`overwrite`: the old one stays readable until the new one is
+complete); with the same inputs and config the stage's own checks find it complete and do nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 from typing import Any, Callable, TypeVar
 
 from clipdpo import config as config_lib
+from clipdpo import outputref
 from clipdpo.stage import ShardSpec, setup_logging
 from clipdpo.stages import stage
 from clipdpo.storage import Storage, join, split_s3
@@ -54,8 +61,10 @@ def typed_config(cls: type[T], config_json: str, where: str) -> T:
 def _sharded(name: str, run: Callable[..., Any], cfg: Any, run_root: str, shard: ShardSpec, finalize: bool) -> str:
     setup_logging()
     output = artifact_uri(run_root, name)
-    run(cfg, input_uri(run_root, name), output, shard=shard, finalize=finalize)
-    return output
+    run(cfg, input_uri(run_root, name), output, shard=shard, finalize=finalize, overwrite=True)
+    if shard.count > 1 and not finalize:  # one shard of a fan-out: no manifest yet
+        return outputref.shard_ref(Storage(), output, input_uri(run_root, name), config_lib.to_dict(cfg))
+    return outputref.ref(Storage(), output)
 
 
 def ingest_step(run_root: str, source: str, config_json: str) -> str:
@@ -64,8 +73,8 @@ def ingest_step(run_root: str, source: str, config_json: str) -> str:
 
     setup_logging()
     output = artifact_uri(run_root, "ingest")
-    ingest.run(typed_config(ingest.IngestConfig, config_json, "ingest_config"), source or None, output)
-    return output
+    ingest.run(typed_config(ingest.IngestConfig, config_json, "ingest_config"), source or None, output, overwrite=True)
+    return outputref.ref(Storage(), output)
 
 
 def generate_step(run_root: str, config_json: str, shard_index: int = 0, shard_count: int = 1,
@@ -116,15 +125,15 @@ def train_step(run_root: str, config_json: str, *, launcher: str, **job: Any) ->
     if launcher == "local":
         from clipdpo import train
 
-        train.run(cfg, input_uri(run_root, "train"), output)
-        return output
+        train.run(cfg, input_uri(run_root, "train"), output, overwrite=True)
+        return outputref.ref(Storage(), output)
     if launcher not in ("trainjob", "pytorchjob"):
         raise ValueError(f"train launcher {launcher!r}: expected 'trainjob', 'pytorchjob' or 'local'")
     train_args = ["--input", input_uri(run_root, "train"), "--output", output,
-                  "--config", write_train_config(run_root, cfg)]
+                  "--config", write_train_config(run_root, cfg), "--overwrite"]
     launch_key = output + "\n" + json.dumps(config_object(config_json, "train_config"), sort_keys=True)
     launch_train_job(train_args, launch_key, launcher, job)  # same output + config = same job
-    return output
+    return outputref.ref(Storage(), output)
 
 
 def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job: dict[str, Any]) -> None:
@@ -172,6 +181,7 @@ def evaluate_settings(run_root: str, model_uri: str, train_config_json: str, con
     config = config_object(config_json, "evaluate_config")
     if not config:
         return None
+    model_uri = outputref.plain(model_uri)  # the train step's versioned reference
     config.setdefault("models", evaluation_models(model_uri, train_config_json, config.get("engine", "vllm")))
     if run_root.startswith("s3://"):
         config.setdefault("result_cache", join(bucket_of(run_root), "eval-cache"))
@@ -201,14 +211,17 @@ def evaluate_step(run_root: str, model_uri: str, train_config_json: str, config_
 
 
 def evaluation_plan(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> list[str]:
-    """The fan-out's items, each "<model>|<task>" ([] when no evaluation is configured)."""
+    """The fan-out's items, each "<model>|<task>|<trained model's version>" ([] when no evaluation is configured):
+    kfp caches an evaluate task by its item (the loop binds no other step's output), so a retrained model
+    changes every item and its tasks rerun."""
     from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.evaluate.fanout import plan
 
     config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
     if config is None:
         return []
-    return [f"{item['model']}|{item['task']}"
+    trained = outputref.split(model_uri)[1]
+    return [f"{item['model']}|{item['task']}|{trained}"
             for item in plan(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"))]
 
 
@@ -219,12 +232,12 @@ def evaluate_task_step(run_root: str, train_config_json: str, config_json: str, 
     from clipdpo.evaluate.fanout import task_record_uri
 
     setup_logging()
-    model, _, task = item.partition("|")
+    model, task = item.split("|")[:2]
     config = evaluate_settings(run_root, artifact_uri(run_root, "train"), train_config_json, config_json) or {}
     config.update(only_model=model, only_task=task)
     output = artifact_uri(run_root, "evaluate")
     evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
-    return task_record_uri(output, model, task)
+    return outputref.ref(Storage(), task_record_uri(output, model, task))
 
 
 def evaluate_merge_step(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
@@ -242,8 +255,8 @@ def evaluate_merge_step(run_root: str, model_uri: str, train_config_json: str, c
     from clipdpo.tracking import log_evaluation
 
     # MLflow (when configured): the figures join the training's run
-    log_evaluation(output, model_uri, metrics.get("results", {}), Storage())
-    return output
+    log_evaluation(output, outputref.plain(model_uri), metrics.get("results", {}), Storage())
+    return outputref.ref(Storage(), output)
 
 
 def gate_step(run_root: str, report_uri: str, config_json: str) -> str:
@@ -255,7 +268,7 @@ def gate_step(run_root: str, report_uri: str, config_json: str) -> str:
     if not (cfg.pointer or run_root.startswith("s3://")):
         raise config_lib.ConfigError(f"gate_config.pointer: needed when the run root {run_root!r} is not on S3")
     pointer = cfg.pointer or join(bucket_of(run_root), "promoted")
-    record = gate.run(cfg, report_uri, pointer, run_root, Storage())
+    record = gate.run(cfg, outputref.plain(report_uri), pointer, run_root, Storage())
     uri = join(run_root, "gate", "decision.json")
     Storage().write_bytes(uri, json.dumps(record, indent=2, sort_keys=True).encode())
     print(json.dumps({"stage": "gate", "passed": record["passed"], "promoted": record["pointer"]["moved"],

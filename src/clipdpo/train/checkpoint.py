@@ -37,6 +37,27 @@ def complete_steps(storage: Storage, output: str) -> list[int]:
     return sorted(steps)
 
 
+def foreign_steps(storage: Storage, output: str, fingerprint: str) -> list[int]:
+    """Complete checkpoints that another training run (another fingerprint: other pairs or config) left."""
+    foreign = []
+    for step in complete_steps(storage, output):
+        try:
+            record = json.loads(storage.read_bytes(join(checkpoint_uri(output, step), MARKER)))
+        except (NotFound, ValueError):
+            record = {}
+        if record.get("fingerprint") != fingerprint:
+            foreign.append(step)
+    return foreign
+
+
+def drop(storage: Storage, output: str, steps: list[int]) -> None:
+    """Delete these checkpoints, their COMPLETE marker first (a half-deleted one is then not complete)."""
+    for step in steps:
+        storage.delete(join(checkpoint_uri(output, step), MARKER))
+        for item in storage.list(checkpoint_uri(output, step)):
+            storage.delete(item)
+
+
 @dataclass(frozen=True)
 class Checkpoints:
     """The run's checkpoints under `<output>/checkpoints/`, staged through node-local `local_root`."""

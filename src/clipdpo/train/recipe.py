@@ -120,10 +120,16 @@ def prepare_output(ctx: dist.DistContext, storage: Storage, output: str, run_fin
         if not overwrite:
             raise OutputExists(f"{output} holds a model trained from other pairs or config; "
                                "write to a new URI or pass --overwrite")
+    # another run's checkpoints would be resumed as if they were this run's (issue 12: an overwrite resumed them)
+    foreign = checkpoint.foreign_steps(storage, output, run_fingerprint)
+    if foreign and not overwrite:
+        raise OutputExists(f"{output} holds checkpoints (steps {foreign}) of a training run with other pairs or "
+                           "config; write to a new URI or pass --overwrite")
     if ctx.is_main:
         storage.ensure_bucket(output)
         if existing is not None:
             storage.delete(join(output, SUMMARY))
+        checkpoint.drop(storage, output, foreign)
     return None
 
 

@@ -1,0 +1,120 @@
+"""The local run's terminal: one line per step; kfp's local executor output in a log file (issue 12).
+
+kfp's local runner prints every task's executor input and output JSON, its streamed logs and its own
+INFO lines: about 1,200 lines for the demo run. `steps_only` sends all of that (this process's stdout
+and stderr, which the task subprocesses' output goes through) to a log file, and prints one line per
+step as it ends: its name, cached or run, rows and seconds from its Metrics output. On a failure the
+tail of the log is shown with the log's path. `--verbose` keeps kfp's output on the terminal.
+
+It reads kfp 2.17's local log lines ("Wrote executor output file to <path>.", "Task '<name>' finished
+with status <status>", "Task <name> cache hit"); a line it does not know only lands in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import time
+from typing import Callable, Iterator
+
+from clipdpo.report.local_summary import ROW_KEYS, display_name, task_metrics
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+WROTE = re.compile(r"Wrote executor output file to (\S+)\.\s*$")
+FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+CACHE_HIT = re.compile(r"Task (\S+) cache hit")
+TAIL_LINES = 40  # of the log, shown when the run fails
+
+
+def step_line(name: str, cached: bool, metrics: dict[str, float] | None, status: str = "SUCCESS") -> str:
+    """`name  cached|run  rows  seconds` (FAILED instead of run when the step failed)."""
+    metrics = metrics or {}
+    rows = next((metrics[k] for k in ROW_KEYS if k in metrics), None)
+    seconds = metrics.get("step_seconds")
+    state = "cached" if cached else ("run" if status == "SUCCESS" else status)
+    return (f"  {name:<28} {state:<7} {'–' if rows is None else format(rows, ',.0f'):>9} rows "
+            f"{'–' if seconds is None else format(seconds, '.1f'):>7} s")
+
+
+class StepLines(io.TextIOBase):
+    """A text stream that keeps everything in `log` and calls `say` with one line per finished step."""
+
+    def __init__(self, log: io.TextIOBase, say: Callable[[str], None]):
+        self.log, self.say = log, say
+        self.pending, self.output_file = "", ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.read_line(ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def read_line(self, line: str) -> None:
+        if match := WROTE.search(line):
+            self.output_file = match.group(1)
+        elif match := FINISHED.search(line):
+            task_dir = os.path.dirname(self.output_file) if self.output_file else ""
+            name = display_name(os.path.relpath(task_dir, os.path.dirname(os.path.dirname(task_dir)))
+                                if "-iteration-" in task_dir else match.group(1))
+            metrics = task_metrics(task_dir) if task_dir else None
+            self.say(step_line(name, cached=False, metrics=metrics, status=match.group(2)))
+            self.output_file = ""
+
+
+class CacheHits(logging.Handler):
+    """kfp logs a cache hit at INFO on the root logger, outside its own log context: one line each."""
+
+    def __init__(self, say: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = CACHE_HIT.search(ANSI.sub("", record.getMessage()))
+        if match:
+            self.say(step_line(match.group(1).strip("'"), cached=True, metrics=None))
+
+
+@contextlib.contextmanager
+def steps_only(log_path: str, verbose: bool = False) -> Iterator[None]:
+    """Within: kfp's output to `log_path`, one line per step on the terminal (everything with `verbose`)."""
+    if verbose:
+        yield
+        return
+    terminal = sys.stdout
+
+    def say(line: str) -> None:
+        terminal.write(line + "\n")
+        terminal.flush()
+
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    root, hits = logging.getLogger(), CacheHits(say)
+    level = root.level
+    started = time.monotonic()
+    with open(log_path, "a") as log:
+        stream = StepLines(log, say)
+        root.addHandler(hits)
+        root.setLevel(min(level or logging.WARNING, logging.INFO))
+        try:
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                yield
+        except BaseException:
+            log.flush()
+            say(f"the run failed after {time.monotonic() - started:.0f}s; the last lines of {log_path}:")
+            say("".join(open(log_path).readlines()[-TAIL_LINES:]).rstrip())
+            raise
+        finally:
+            root.removeHandler(hits)
+            root.setLevel(level)
+    say(f"kfp's local executor output: {log_path}")
