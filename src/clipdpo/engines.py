@@ -106,6 +106,11 @@ class HFEngine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
+        self.progress = None  # a clipdpo.progress.Progress the caller sets: advanced by each batch's requests
+
+    def _advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(n)
 
     def _template(self, prompt: str, with_image: bool) -> str:
         owner = self.processor if self.processor is not None else self.tokenizer
@@ -141,6 +146,7 @@ class HFEngine:
                 texts = self._generate(inputs, sampling, n)
                 for k, i in enumerate(group):
                     out[i] = texts[k * n : (k + 1) * n]
+            self._advance(len(positions))
         return out
 
     def choose(self, requests: list[ImageRequest], options: list[str]) -> list[str]:
@@ -154,6 +160,7 @@ class HFEngine:
                 logits = self.model(**inputs.to(self.device)).logits[:, -1, :].float()  # left padding: last = next
             best = self.torch.stack([logits[:, ids].max(dim=1).values for ids in token_ids], dim=1).argmax(dim=1)
             chosen.extend(options[i] for i in best.tolist())
+            self._advance(len(batch))
         return chosen
 
     def chat(self, prompts: list[str], sampling: Sampling) -> list[str]:
@@ -164,6 +171,7 @@ class HFEngine:
             inputs = self.tokenizer([self._template(p, False) for p in batch], return_tensors="pt", padding=True,
                                     add_special_tokens=False)
             replies.extend(self._generate(inputs, sampling, 1))
+            self._advance(len(batch))
         return replies
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -54,7 +55,12 @@ class ShardSpec:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    """INFO lines on stderr; warnings and errors only in quiet mode (CLIPDPO_QUIET=1 or a stage's --quiet),
+    which also silences the progress lines inside a shard (clipdpo.progress)."""
+    from clipdpo.progress import quiet
+
+    logging.basicConfig(level=logging.WARNING if quiet() else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
 def sum_stats(records: list[ShardRecord]) -> dict[str, Any]:
@@ -165,6 +171,8 @@ def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config as JSON and exit; nothing is read or written")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
+    parser.add_argument("--quiet", action="store_true",
+                        help="log warnings and errors only: no progress lines (also CLIPDPO_QUIET=1)")
     return parser
 
 
@@ -189,6 +197,8 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str
     exit code 2; `--debug` re-raises it with its traceback. Other exceptions are bugs and keep theirs.
     """
     args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ["CLIPDPO_QUIET"] = "1"  # the stage's progress lines read it too
     setup_logging()
     try:
         if (cfg := load_config(config_cls, args)) is not None:

@@ -19,6 +19,7 @@ from typing import Callable
 from clipdpo.evaluate.config import DecodingConfig
 from clipdpo.evaluate.data import Item, load_image
 from clipdpo.engines import Engine, ImageRequest, ModelSpec, Sampling
+from clipdpo.progress import Progress
 from clipdpo.storage import NotFound, Storage, join
 
 log = logging.getLogger("clipdpo.evaluate")
@@ -68,15 +69,18 @@ class Responder:
         """item id -> response, for every item of the task; every sample (a list) when its decoding samples."""
         folder = self.folder(task)
         responses: dict[str, str | list[str]] = {}
+        progress = Progress(f"evaluate {self.spec.name} / {task.name}", len(task.items), unit="items")
         for index, start in enumerate(range(0, len(task.items), self.chunk_size)):
             chunk = task.items[start : start + self.chunk_size]
             uri = join(folder, f"part-{index:05d}.jsonl")
             try:
                 rows = [json.loads(line) for line in self.storage.read_bytes(uri).decode().splitlines()]
+                progress.start_done += len(rows)  # read back, not answered: not in the rate
             except NotFound:
                 rows = self._infer(task, chunk, start)
                 self.storage.write_bytes(uri, "".join(json.dumps(row) + "\n" for row in rows).encode())
             responses.update((row["id"], row["samples"] if "samples" in row else row["response"]) for row in rows)
+            progress.advance(len(rows))
         log.info("%s / %s: %d responses (%s)", self.spec.name, task.name, len(responses), folder)
         return responses
 

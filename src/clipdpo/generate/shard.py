@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 from PIL import Image
@@ -14,8 +14,10 @@ from clipdpo.engines import Engine, ImageRequest
 from clipdpo.generate.qa_parse import parse_qa
 from clipdpo.schemas import CANDIDATES
 from clipdpo.images import decode_all
+from clipdpo.progress import Progress
 
 log = logging.getLogger("clipdpo.generate")
+T = TypeVar("T")
 
 
 def stable_seed(*parts: object) -> int:
@@ -35,6 +37,22 @@ def _row(**values: Any) -> dict[str, Any]:
     return row
 
 
+def with_progress(engine: Engine, what: str, total: int, call: Callable[[Engine], T]) -> T:
+    """`call(engine)` with a progress line every so often (the hf engine counts its batches; vLLM, which
+    takes the whole list at once, reports when it is done)."""
+    progress = Progress(what, total, unit="requests")
+    counts = hasattr(engine, "progress")  # engines that count their batches (HFEngine)
+    if counts:
+        engine.progress = progress
+    try:
+        result = call(engine)
+    finally:
+        if counts:
+            engine.progress = None
+    progress.finish()
+    return result
+
+
 def caption_rows(images: list[tuple[str, Image.Image]], cfg: GenerateConfig, captioners: dict[str, Engine],
                  stats: dict[str, Any]) -> list[dict[str, Any]]:
     """Caption rows from every model for every image; empty captions are counted and dropped."""
@@ -51,7 +69,8 @@ def caption_rows(images: list[tuple[str, Image.Image]], cfg: GenerateConfig, cap
                 seed = stable_seed(sampling.seed, image_id, spec.name, k)
                 requests.append(ImageRequest(image=image, prompt=prompt, n=n, seed=seed))
                 keys.append((image_id, k, prompt, seed))
-        outputs = captioners[spec.name].caption(requests, sampling) if requests else []
+        outputs = with_progress(captioners[spec.name], f"generate captions ({spec.name})", len(requests),
+                                lambda engine: engine.caption(requests, sampling)) if requests else []
         for (image_id, k, prompt, seed), texts in zip(keys, outputs):
             for i, text in enumerate(texts):
                 candidate_id = f"{image_id}/{spec.name}/p{k}/{i}"
@@ -77,7 +96,8 @@ def qa_rows(captions_of: dict[str, list[str]], qa: QAConfig, engine: Engine,
                                   n=qa.questions_per_image)
         for _, texts in asked
     ]
-    replies = engine.chat(prompts, qa.sampling) if prompts else []
+    replies = with_progress(engine, f"generate QA ({qa.model.name})", len(prompts),
+                            lambda chat: chat.chat(prompts, qa.sampling)) if prompts else []
     rows: list[dict[str, Any]] = []
     for (image_id, _), reply in zip(asked, replies):
         parsed = parse_qa(reply, qa.questions_per_image)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipdpo.progress import Progress
+
 log = logging.getLogger("clipdpo.score")
 
 # Four generic image categories (Sec. 4.2), ten descriptions each; prototype = mean embedding.
@@ -85,21 +87,23 @@ class ClipScorer:
     # -- embeddings --------------------------------------------------------------
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        out = []
+        out, progress = [], Progress("score: image embeddings", len(images), unit="images")
         for start in range(0, len(images), self.config.image_batch_size):
             batch = torch.stack([self.preprocess(img) for img in images[start : start + self.config.image_batch_size]])
             features = self.model.encode_image(batch.to(self.device), normalize=True)
             out.append(features.float().cpu().numpy())
+            progress.advance(len(batch))
         self.image_encodes += len(images)
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        out = []
+        out, progress = [], Progress("score: text embeddings", len(texts), unit="texts")
         for start in range(0, len(texts), self.config.text_batch_size):
             tokens = self.tokenizer(texts[start : start + self.config.text_batch_size]).to(self.device)
             features = self.model.encode_text(tokens, normalize=True)
             out.append(features.float().cpu().numpy())
+            progress.advance(len(tokens))
         self.text_encodes += len(texts)
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

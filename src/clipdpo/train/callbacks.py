@@ -56,27 +56,40 @@ def jsonl(rows: list[dict]) -> bytes:
 
 
 class MetricsCallback:
-    """Keeps every step's row on the run (checkpoints and the summary carry them); shows progress on rank 0."""
+    """Keeps every step's row on the run (checkpoints and the summary carry them); shows progress on rank 0:
+    a tqdm bar on a terminal, else a log line (steps, steps/s, ETA, loss, accuracy, tokens/s) at most every
+    CLIPDPO_PROGRESS_SECONDS (clipdpo.progress; none with CLIPDPO_QUIET=1)."""
 
     def __init__(self, log_steps: int):
         self.log_steps = log_steps
         self.progress = None
+        self.lines = None  # clipdpo.progress.Progress when logging to a file
 
     def on_step_end(self, run, step: int, row: dict) -> None:
         run.metrics.append(row)
-        if not run.ctx.is_main or step % self.log_steps:
+        if not run.ctx.is_main:
             return
-        if self.progress is None and sys.stderr.isatty():
+        if not sys.stderr.isatty():
+            self._log_line(run, step, row)
+            return
+        if step % self.log_steps:
+            return
+        if self.progress is None:
             from tqdm import tqdm
 
             self.progress = tqdm(total=run.plan.total_steps, initial=step - 1, desc="dpo", unit="step")
-        if self.progress is not None:
-            self.progress.update(1)
-            self.progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracy']:.2f}",
-                                      margin=f"{row['rewards/margin']:.3f}")
-        else:
-            log.info("step %d loss %.4f acc %.3f margin %.4f lr %.3g %.1f samples/s", row["step"], row["loss"],
-                     row["rewards/accuracy"], row["rewards/margin"], row["lr"], row["samples_per_s"])
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracy']:.2f}",
+                                  margin=f"{row['rewards/margin']:.3f}")
+
+    def _log_line(self, run, step: int, row: dict) -> None:
+        from clipdpo.progress import Progress
+
+        if self.lines is None:  # a resumed run starts at its checkpoint's step: its rate counts its own steps
+            self.lines = Progress("train", run.plan.total_steps, unit="steps", done=step - 1,
+                                  say=lambda line: log.info("%s", line))
+        self.lines.advance(1, loss=row["loss"], accuracy=row["rewards/accuracy"], margin=row["rewards/margin"],
+                           tokens_per_s=row["tokens_per_s"])
 
     def on_train_end(self, run) -> None:
         if self.progress is not None:

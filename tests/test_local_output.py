@@ -1,0 +1,66 @@
+"""The local run's terminal (pipelines/local_output.py): kfp's local executor output goes to a log file and
+one line per step shows, on a real two-step kfp pipeline through kfp's local SubprocessRunner; --verbose
+keeps kfp's output (issue 12: the demo run printed about 1,300 lines)."""
+
+# no `from __future__ import annotations`: kfp reads the component signatures' real types
+
+import re
+
+from kfp import dsl
+
+from pipelines.local_output import StepLines, step_line
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@dsl.pipeline(name="two-steps")
+def two_steps(a: int = 1):
+    first = add(a=a, b=2)
+    add(a=first.output, b=3).set_caching_options(True)
+
+
+def run_two_steps(tmp_path, verbose: bool, a: int = 1) -> str:
+    from kfp import local
+
+    from pipelines.local_output import steps_only
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               enable_caching=True)
+    with steps_only(str(tmp_path / "logs" / "run.log"), verbose):
+        two_steps(a=a)
+
+
+def test_one_line_per_step_and_kfp_output_in_the_log(tmp_path, capsys):
+    run_two_steps(tmp_path, verbose=False)
+    out = capsys.readouterr().out.splitlines()
+    assert [re.sub(r"\s+", " ", line.strip()) for line in out] == [
+        "add run – rows – s", "add-2 run – rows – s", f"kfp's local executor output: {tmp_path / 'logs' / 'run.log'}"]
+    log = (tmp_path / "logs" / "run.log").read_text()
+    assert "Executing task" in log and "executor_input" in log and "finished with status" in log
+    run_two_steps(tmp_path, verbose=False)  # the same inputs: kfp's cache serves both
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()[:2]] == [["add", "cached"],
+                                                                                        ["add-2", "cached"]]
+
+
+def test_verbose_keeps_kfp_output(tmp_path, capsys):
+    run_two_steps(tmp_path, verbose=True, a=5)
+    out = capsys.readouterr().out
+    assert "Executing task" in out and len(out.splitlines()) > 40  # kfp's own lines, as before
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_loop_iteration_is_named_by_its_index_and_rows_come_from_its_metrics(tmp_path):
+    """A finished task's line reads its executor output (kfp 2.17's log lines, as the runner sees them)."""
+    task = tmp_path / "clipdpo-2026" / "for-loop-1-iteration-3" / "generate-shard"
+    task.mkdir(parents=True)
+    (task / "executor_output.json").write_text('{"artifacts": {"metrics": {"artifacts": [{"type": {"schemaTitle": '
+                                               '"system.Metrics"}, "metadata": {"rows": 1234, "step_seconds": 41.94}}]}}}')
+    said, log = [], open(tmp_path / "log", "w")
+    stream = StepLines(log, said.append)
+    stream.write(f"    [KFP Executor] INFO]: Wrote executor output file to {task / 'executor_output.json'}.\n"
+                 "21:41:57.021 - INFO - Task \x1b[96m'generate-shard'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    assert said == [step_line("generate-shard[3]", cached=False, metrics={"rows": 1234, "step_seconds": 41.94})]
+    assert re.sub(r"\s+", " ", said[0].strip()) == "generate-shard[3] run 1,234 rows 41.9 s"

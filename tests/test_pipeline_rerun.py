@@ -1,0 +1,107 @@
+"""The local kfp run after a config change and after its S3 data was deleted (issue 12, items 7 and 8), and its
+short terminal output: `python -m pipelines.run` as a user runs it, with its own loopback S3 server under
+<state-dir>/s3, on the built-in demo (one shard, AMBER only, to keep it short)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+
+import pytest
+
+S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+EARLY = ("ingest", "generate-shard[0]", "generate-finalize", "score-shard[0]", "score-finalize")
+LATE = ("filter-pairs", "train", "plan-evaluation", "evaluate-task[0]", "evaluate-task[1]", "evaluate-merge",
+        "report")
+
+
+@contextlib.contextmanager
+def serving(state, monkeypatch):
+    """The run's S3 data served again (the runner stops its server when it ends), to read the artifacts."""
+    from clipdpo import s3server
+    from clipdpo.storage import Storage
+
+    server = s3server.start(str(state / "s3"))
+    for key, value in server.env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield Storage()
+    finally:
+        server.stop()
+
+
+def run(argv, monkeypatch, capsys) -> str:
+    """One local run as `make pipeline-run` starts it: no S3 endpoint set, so the runner serves <state>/s3."""
+    from pipelines.run import main
+
+    for key in S3_KEYS:  # set then delete: monkeypatch restores what this test's runs leave behind
+        monkeypatch.setenv(key, "-")
+        monkeypatch.delenv(key)
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def cached_column(out: str) -> dict[str, str]:
+    """step -> yes/no from the run's closing summary."""
+    header = list(re.finditer(r"^step\s+cached\s+rows\s+seconds$", out, re.M))[-1]
+    rows = out[header.end():].split("\n\n", 1)[0].strip().splitlines()
+    return {line.split()[0]: line.split()[1] for line in rows}
+
+
+def expected_pairs(pairs) -> tuple[float, int]:
+    """A margin that keeps some caption pairs of the first run and drops others, and the pairs it leaves: each
+    image's pair is its widest qualifying margin, so exactly the caption pairs above the new margin stay
+    (QA pairs do not depend on it)."""
+    table = [row for _, shard in pairs.iter_shards() for row in shard.to_pylist()]
+    margins = sorted((row["margin"] for row in table if row["kind"] == "caption"), reverse=True)
+    qa = sum(row["kind"] == "qa" for row in table)
+    # the widest gap between the 4th and the last margin (training needs 4 pairs: the demo's global batch)
+    k = max(range(3, len(margins) - 1), key=lambda i: margins[i] - margins[i + 1])
+    assert margins[k] - margins[k + 1] > 1e-3, margins  # a gap float32 margins cannot blur
+    return (margins[k] + margins[k + 1]) / 2, k + 1 + qa
+
+
+@pytest.mark.slow
+def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reruns_everything(
+        tmp_path, monkeypatch, capsys):
+    from clipdpo.artifacts import Artifact
+    from clipdpo.storage import join
+
+    state = tmp_path / "state"
+    root = "s3://clipdpo-local/runs/rerun"
+    argv = ["--run-id", "rerun", "--state-dir", str(state), "--shards", "1", "--set", "evaluate.zero_shot=null",
+            "--set", "evaluate.suite=[]"]
+    first = run(argv, monkeypatch, capsys)
+    assert set(cached_column(first).values()) == {"no"}
+    # short output: one line per step as it ends, the gate's table, where things are, the summary
+    lines = first.splitlines()
+    assert len(lines) <= 90, first
+    assert "Executing task" not in first and "executor_input" not in first and "Streamed logs" not in first
+    steps = [line for line in lines if re.match(r"^  \S+\s+(run|cached)\s+\S+ rows\s+\S+ s$", line)]
+    assert len(steps) == len(cached_column(first)), steps
+    with serving(state, monkeypatch) as storage:
+        pairs = Artifact.open(storage, join(root, "pairs"), kind="pairs")
+        margin, count = expected_pairs(pairs)
+        first_model = storage.read_bytes(join(root, "model", "train_summary.json"))
+    assert pairs.manifest.rows != count
+
+    # item 8: a new filter margin reruns filter and every step after it, and only those
+    second = run([*argv, "--set", f"filter.pair_min_margin={margin}"], monkeypatch, capsys)
+    cached = cached_column(second)
+    assert [cached[step] for step in EARLY] == ["yes"] * len(EARLY), second
+    assert [cached[step] for step in LATE] == ["no"] * len(LATE), second
+    with serving(state, monkeypatch) as storage:
+        assert Artifact.open(storage, join(root, "pairs"), kind="pairs").manifest.rows == count
+        assert storage.read_bytes(join(root, "model", "train_summary.json")) != first_model  # trained again
+
+    # item 7: the S3 data deleted, the next run runs every step again and leaves every artifact
+    shutil.rmtree(state / "s3")
+    third = run([*argv, "--set", f"filter.pair_min_margin={margin}"], monkeypatch, capsys)
+    assert "those steps run again" in third
+    assert {step: cached for step, cached in cached_column(third).items() if cached == "yes"} == \
+        {"plan-shards": "yes"}, third  # its output is a plan, not data: still good
+    with serving(state, monkeypatch) as storage:
+        assert Artifact.open(storage, join(root, "pairs"), kind="pairs").manifest.rows == count
+        assert storage.exists(join(root, "model", "train_summary.json"))
+        assert storage.exists(join(root, "evaluation", "metrics.json"))
