@@ -275,3 +275,26 @@ def test_cli_reads_its_config_from_s3_and_refuses_sharding(bucket, capsys):
     with pytest.raises(SystemExit):
         main(["--input", "p", "--output", "m", "--shard", "1/2"])
     assert "unrecognized arguments: --shard 1/2" in capsys.readouterr().err  # train's CLI has no such flag
+
+
+def test_an_overwrite_trains_afresh_instead_of_resuming_another_runs_checkpoints(tiny_llava, pairs_dir, tmp_path):
+    """issue 12: a pipeline step reruns train with --overwrite after its pairs or config changed; the output
+    still held the earlier run's checkpoints, and the new run resumed from them as if they were its own."""
+    from clipdpo.train.recipe import OutputExists
+
+    timing = ("seconds", "samples_per_s", "tokens_per_s")
+
+    def rows(output: str) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in timing} for row in metrics(Storage(), output)]
+
+    output, fresh = str(tmp_path / "model"), str(tmp_path / "fresh")
+    train.run(config(tiny_llava, epochs=1, save_steps=1), pairs_dir, output)  # leaves checkpoints of steps 1, 2
+    with pytest.raises(OutputExists, match="other pairs or config"):
+        train.run(config(tiny_llava, epochs=1, save_steps=1, beta=0.3), pairs_dir, output)
+    train.run(config(tiny_llava, epochs=1, save_steps=1, beta=0.3), pairs_dir, output, overwrite=True)
+    train.run(config(tiny_llava, epochs=1, save_steps=1, beta=0.3), pairs_dir, fresh)
+    assert rows(output) == rows(fresh) and [r["step"] for r in rows(output)] == [1, 2, 3]
+    # a run killed after its checkpoints (no summary) is another run's too: refused without --overwrite
+    Storage().delete(join(output, "train_summary.json"))
+    with pytest.raises(OutputExists, match=r"checkpoints \(steps \[1, 2\]\) of a training run with other"):
+        train.run(config(tiny_llava, epochs=1, save_steps=1, beta=0.5), pairs_dir, output)
