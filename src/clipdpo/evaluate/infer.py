@@ -2,9 +2,10 @@
 
 Responses of one (model, task) go to `<output>/responses/<model>/<task>-<key>/part-NNNNN.jsonl`, one
 file per `chunk_size` items, each written atomically. The key hashes everything that decides the
-replies (model spec, prompts, mode, decoding), so a rerun with the same settings reuses finished
-chunks and a changed setting starts afresh. Decoding is greedy, as the benchmarks' own scripts, unless a
-task says otherwise (AMBER's `decoding`): then each row also holds `samples`, every answer drawn for the
+replies (model spec, the model's content, prompts, mode, decoding), so a rerun with the same settings
+reuses finished chunks and a changed setting starts afresh; so does a model retrained at the same path
+(a pipeline rerun after a config change: issue 12). Decoding is greedy, as the benchmarks' own scripts, unless
+a task says otherwise (AMBER's `decoding`): then each row also holds `samples`, every answer drawn for the
 item ("response" is the first), and the key hashes the decoding, so a changed decoding never reuses rows.
 """
 
@@ -38,11 +39,14 @@ class Task:
     decoding: DecodingConfig = DecodingConfig()
 
 
-def task_key(spec: ModelSpec, task: Task) -> str:
+def task_key(spec: ModelSpec, task: Task, revision: str = "") -> str:
+    """`revision`: a hash of the model's content (evaluate.fanout.model_fingerprint)."""
     decided_by = {"model": asdict(spec), "options": list(task.options), "max_new_tokens": task.max_new_tokens,
                   "items": [[item.id, item.image, item.prompt] for item in task.items]}
     if not task.decoding.greedy:  # greedy keys stay as they were: responses saved before decoding existed still count
         decided_by["decoding"] = asdict(task.decoding)
+    if revision:
+        decided_by["revision"] = revision
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -55,6 +59,7 @@ class Responder:
         self._factory, self._engine = engine_factory, None
         self.chunk_size = chunk_size
         self.inferred = 0  # items answered by the model in this process (not read back from chunks)
+        self._revision: str | None = None
 
     @property
     def engine(self) -> Engine:
@@ -62,8 +67,18 @@ class Responder:
             self._engine = self._factory()
         return self._engine
 
+    @property
+    def revision(self) -> str:
+        """The model's content hash, read once (S3 ETags or file digests; a hub id by its name)."""
+        if self._revision is None:
+            from clipdpo.evaluate.fanout import model_fingerprint  # fanout imports this module
+
+            self._revision = model_fingerprint(self.storage, self.spec.path)
+        return self._revision
+
     def folder(self, task: Task) -> str:
-        return join(self.output, "responses", self.spec.name, f"{task.name}-{task_key(self.spec, task)}")
+        return join(self.output, "responses", self.spec.name,
+                    f"{task.name}-{task_key(self.spec, task, self.revision)}")
 
     def answer(self, task: Task) -> dict[str, str | list[str]]:
         """item id -> response, for every item of the task; every sample (a list) when its decoding samples."""
