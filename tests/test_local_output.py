@@ -64,3 +64,24 @@ def test_a_loop_iteration_is_named_by_its_index_and_rows_come_from_its_metrics(t
                  "21:41:57.021 - INFO - Task \x1b[96m'generate-shard'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
     assert said == [step_line("generate-shard[3]", cached=False, metrics={"rows": 1234, "step_seconds": 41.94})]
     assert re.sub(r"\s+", " ", said[0].strip()) == "generate-shard[3] run 1,234 rows 41.9 s"
+
+
+def test_set_needs_a_stage(capsys):
+    import pytest
+
+    from pipelines.run import main
+
+    for bad in ("pair_min_margin=3", "filtr.pair_min_margin=3", "filter.pair_min_margin"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--set", bad])
+        assert exit_info.value.code == 2
+        assert f"--set {bad!r}: expected STAGE.KEY=VALUE with STAGE one of ['ingest'," in capsys.readouterr().err
+
+
+def test_set_changes_one_stage_config():
+    from pipelines.run import with_overrides
+
+    configs = {"filter": {"pair_min_margin": 0.5, "caption_min_score": -100.0}, "train": {"epochs": 2}}
+    assert with_overrides(configs, ["filter.pair_min_margin=3", "train.epochs=1"]) == {
+        "filter": {"pair_min_margin": 3, "caption_min_score": -100.0}, "train": {"epochs": 1}}
+    assert configs["filter"]["pair_min_margin"] == 0.5  # a copy
