@@ -21,7 +21,8 @@ CACHE_FOLDER = ".kfp_cache"  # kfp.local's default cache root under the pipeline
 
 def stale_outputs(entry: dict, storage: Storage) -> list[str]:
     """The step outputs of one cache entry that no longer hold (its plans and numbers are not checked)."""
-    return [value for value in entry.values() if outputref.is_reference(value) and not outputref.trusted(storage, value)]
+    return [value for value in entry.values()
+            if outputref.is_reference(value) and not outputref.trusted(storage, value)]
 
 
 def prune(pipeline_root: str, storage: Storage) -> tuple[int, list[str]]:

@@ -4,6 +4,7 @@ keeps kfp's output (issue 12: the demo run printed about 1,300 lines)."""
 
 # no `from __future__ import annotations`: kfp reads the component signatures' real types
 
+import json
 import re
 
 from kfp import dsl
@@ -37,7 +38,8 @@ def test_one_line_per_step_and_kfp_output_in_the_log(tmp_path, capsys):
     run_two_steps(tmp_path, verbose=False)
     out = capsys.readouterr().out.splitlines()
     assert [re.sub(r"\s+", " ", line.strip()) for line in out] == [
-        "add run – rows – s", "add-2 run – rows – s", f"kfp's local executor output: {tmp_path / 'logs' / 'run.log'}"]
+        "add run – rows – s", "add-2 run – rows – s",
+        f"kfp's local executor output: {tmp_path / 'logs' / 'run.log'}"]
     log = (tmp_path / "logs" / "run.log").read_text()
     assert "Executing task" in log and "executor_input" in log and "finished with status" in log
     run_two_steps(tmp_path, verbose=False)  # the same inputs: kfp's cache serves both
@@ -56,12 +58,13 @@ def test_a_loop_iteration_is_named_by_its_index_and_rows_come_from_its_metrics(t
     """A finished task's line reads its executor output (kfp 2.17's log lines, as the runner sees them)."""
     task = tmp_path / "clipdpo-2026" / "for-loop-1-iteration-3" / "generate-shard"
     task.mkdir(parents=True)
-    (task / "executor_output.json").write_text('{"artifacts": {"metrics": {"artifacts": [{"type": {"schemaTitle": '
-                                               '"system.Metrics"}, "metadata": {"rows": 1234, "step_seconds": 41.94}}]}}}')
+    metrics = {"type": {"schemaTitle": "system.Metrics"}, "metadata": {"rows": 1234, "step_seconds": 41.94}}
+    (task / "executor_output.json").write_text(json.dumps({"artifacts": {"metrics": {"artifacts": [metrics]}}}))
     said, log = [], open(tmp_path / "log", "w")
     stream = StepLines(log, said.append)
-    stream.write(f"    [KFP Executor] INFO]: Wrote executor output file to {task / 'executor_output.json'}.\n"
-                 "21:41:57.021 - INFO - Task \x1b[96m'generate-shard'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    stream.write(f"    [KFP Executor] INFO]: Wrote executor output file to {task / 'executor_output.json'}.\n")
+    stream.write("21:41:57.021 - INFO - Task \x1b[96m'generate-shard'\x1b[0m finished with status "
+                 "\x1b[92mSUCCESS\x1b[0m\n")
     assert said == [step_line("generate-shard[3]", cached=False, metrics={"rows": 1234, "step_seconds": 41.94})]
     assert re.sub(r"\s+", " ", said[0].strip()) == "generate-shard[3] run 1,234 rows 41.9 s"
 

@@ -86,6 +86,7 @@ def test_prune_drops_the_cache_entries_whose_outputs_are_gone_or_replaced(bucket
         (folder / f"{name}.json").write_text(json.dumps(entry))
     write_images(storage, pairs, {"margin": 2})  # filter reran with another margin since
     entries_read, dropped = prune(str(tmp_path / "kfp"), storage)
-    assert entries_read == 4 and sorted(dropped) == sorted([old_pairs, join(bucket, "run", "model") + "#0123456789abcdef"])
+    gone = join(bucket, "run", "model") + "#0123456789abcdef"
+    assert entries_read == 4 and sorted(dropped) == sorted([old_pairs, gone])
     assert sorted(os.listdir(folder)) == ["ingest.json", "plan.json"]
     assert prune(str(tmp_path / "nowhere"), storage) == (0, [])

@@ -1,8 +1,9 @@
 """Progress inside long work (a shard's captions, a shard's embeddings, training steps, an evaluation's items).
 
 `Progress(what, total, unit)` counts work done with `advance(n)` and logs one line at most every `every_s`
-seconds, and once when the work is done (work done within one interval logs nothing): `generate llava: 120/400 requests (30%), 12.0 requests/s, ETA 23s`
-(+ any figures given, e.g. the training loss). The maths (rate, ETA) are the pure functions below.
+seconds, and once when the work is done (work done within one interval logs nothing):
+`generate captions (llava): 120/400 requests (30%), 12.0 requests/s, ETA 23s` (+ any figures given, e.g. the
+training loss). The maths (rate, ETA) are the pure functions below.
 
 Quiet mode: CLIPDPO_QUIET=1 (or a stage's --quiet) logs no progress lines at all; CLIPDPO_PROGRESS_SECONDS
 sets the interval (default 30 s).
