@@ -6,8 +6,9 @@ and stderr, which the task subprocesses' output goes through) to a log file, and
 step as it ends: its name, cached or run, rows and seconds from its Metrics output. On a failure the
 tail of the log is shown with the log's path. `--verbose` keeps kfp's output on the terminal.
 
-It reads kfp 2.17's local log lines ("Wrote executor output file to <path>.", "Task '<name>' finished
-with status <status>", "Task <name> cache hit"); a line it does not know only lands in the log.
+It reads kfp 2.17's local log lines ("Wrote executor output file to <path>." when a task succeeded,
+"Task '<name>' finished with status FAILURE", "Task <name> cache hit"); any other line only lands in the
+log.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class StepLines(io.TextIOBase):
 
     def __init__(self, log: io.TextIOBase, say: Callable[[str], None]):
         self.log, self.say = log, say
-        self.pending, self.output_file = "", ""
+        self.pending = ""
 
     def writable(self) -> bool:
         return True
@@ -62,15 +63,16 @@ class StepLines(io.TextIOBase):
         self.log.flush()
 
     def read_line(self, line: str) -> None:
+        # A task that succeeded wrote its executor output: its line comes from that file. (kfp runs the
+        # iterations of a ParallelFor at once, so their "finished" lines come in any order, or get lost in
+        # a logging error when two threads swap the log handlers.) A failed task wrote none.
         if match := WROTE.search(line):
-            self.output_file = match.group(1)
-        elif match := FINISHED.search(line):
-            task_dir = os.path.dirname(self.output_file) if self.output_file else ""
-            name = display_name(os.path.relpath(task_dir, os.path.dirname(os.path.dirname(task_dir)))
-                                if "-iteration-" in task_dir else match.group(1))
-            metrics = task_metrics(task_dir) if task_dir else None
-            self.say(step_line(name, cached=False, metrics=metrics, status=match.group(2)))
-            self.output_file = ""
+            task_dir = os.path.dirname(match.group(1))
+            task = os.path.relpath(task_dir, os.path.dirname(os.path.dirname(task_dir))) \
+                if "-iteration-" in task_dir else os.path.basename(task_dir)
+            self.say(step_line(display_name(task), cached=False, metrics=task_metrics(task_dir)))
+        elif (match := FINISHED.search(line)) and match.group(2) != "SUCCESS":
+            self.say(step_line(match.group(1), cached=False, metrics=None, status=match.group(2)))
 
 
 class CacheHits(logging.Handler):

@@ -88,3 +88,19 @@ def test_set_changes_one_stage_config():
     assert with_overrides(configs, ["filter.pair_min_margin=3", "train.epochs=1"]) == {
         "filter": {"pair_min_margin": 3, "caption_min_score": -100.0}, "train": {"epochs": 1}}
     assert configs["filter"]["pair_min_margin"] == 0.5  # a copy
+
+
+def test_parallel_iterations_each_get_their_line_and_a_failure_shows(tmp_path):
+    """kfp runs a ParallelFor's iterations at once: both executor outputs are written before either
+    "finished" line, and one of those may be lost to a logging error; each still gets its line."""
+    said = []
+    stream = StepLines(open(tmp_path / "log", "w"), said.append)
+    for i in (0, 1):
+        task = tmp_path / "clipdpo-2026" / f"for-loop-3-iteration-{i}" / "evaluate-task"
+        task.mkdir(parents=True)
+        (task / "executor_output.json").write_text("{}")
+        stream.write(f"  Wrote executor output file to {task / 'executor_output.json'}.\n")
+    stream.write("INFO - Task 'evaluate-task' finished with status SUCCESS\n")
+    stream.write("ERROR - Task 'score-shard' finished with status FAILURE\n")
+    assert [line.split()[:2] for line in said] == [["evaluate-task[0]", "run"], ["evaluate-task[1]", "run"],
+                                                   ["score-shard", "FAILURE"]]
