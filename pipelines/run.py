@@ -28,6 +28,7 @@ from pathlib import Path
 
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import NAMES, STAGES, stage
+from pipelines.local_output import steps_only
 from pipelines.world_run import CONTROLS
 
 
@@ -79,8 +80,6 @@ def local_configs(args, state: Path) -> tuple[dict[str, dict], object]:
 
 
 def run_local(args) -> int:
-    from kfp import local
-
     from clipdpo import s3server
 
     state = Path(args.state_dir).resolve()
@@ -98,16 +97,7 @@ def run_local(args) -> int:
     earlier_runs = set(run_dirs(str(state / "kfp"), "clipdpo"))  # the summary tells this run's steps apart
     started = time.monotonic()
     try:
-        from clipdpo.storage import Storage
-        from pipelines.local_cache import prune
-        from pipelines.local_output import steps_only
-
-        entries, dropped = prune(str(state / "kfp"), Storage())
-        if dropped:
-            print(f"kfp cache: {len(dropped)} of {entries} cached steps' outputs are gone or replaced (e.g. "
-                  f"{dropped[0]}): those steps run again", flush=True)
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(state / "kfp"),
-                   enable_caching=True)
+        init_kfp(state / "kfp")
         from pipelines.clipdpo_pipeline import clipdpo_pipeline
 
         print(f"running the kfp pipeline ({'world ' + str(args.world) if world else 'demo'}) ...", flush=True)
@@ -146,6 +136,21 @@ def run_local(args) -> int:
         print(f"world {args.world}, AMBER on its held-out images; descriptions {decoding}:\n" + headline(metrics))
     print("\n" + summary)
     return 0
+
+
+def init_kfp(pipeline_root: Path) -> None:
+    """kfp's local runner with its cache, once the entries whose artifacts are gone or replaced are dropped
+    (pipelines/local_cache.py): those steps run again."""
+    from kfp import local
+
+    from clipdpo.storage import Storage
+    from pipelines.local_cache import prune
+
+    entries, dropped = prune(str(pipeline_root), Storage())
+    if dropped:
+        print(f"kfp cache: {len(dropped)} of {entries} cached steps' outputs are gone or replaced (e.g. "
+              f"{dropped[0]}): those steps run again", flush=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), enable_caching=True)
 
 
 def print_decision(run_root: str) -> str:
