@@ -35,6 +35,8 @@ def run(argv, monkeypatch, capsys) -> str:
     """One local run as `make pipeline-run` starts it: no S3 endpoint set, so the runner serves <state>/s3."""
     from pipelines.run import main
 
+    for key in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "KFP_HOST"):  # the demo, locally
+        monkeypatch.delenv(key, raising=False)
     for key in S3_KEYS:  # set then delete: monkeypatch restores what this test's runs leave behind
         monkeypatch.setenv(key, "-")
         monkeypatch.delenv(key)
