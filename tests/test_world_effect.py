@@ -15,17 +15,18 @@ import pytest
 
 SAMPLES = 10  # sampled descriptions per held-out image and model: 3,000 captions each
 
-# The margin. Measured with this config (world 0, 300 held-out images x 10 samples): base CHAIR 10.13 / Hal
-# 28.17 / Cover 93.6, CLIP-DPO 5.96 / 16.40 / 92.9, control 9.92 / 27.57 / 93.2: CLIP-DPO / base 0.59 / 0.58,
-# CLIP-DPO / control 0.60 / 0.59. Weaker bases (1,200 SFT steps, worlds 0 and 1, 200 x 5) gave 0.74-0.78.
-# What it must tell apart: random pairs (the control) gave control / base CHAIR 0.94-1.14 over seven control
-# trainings; on world 0 (1,200 steps), chosen/rejected swapped in the filter gave CLIP-DPO / base CHAIR 1.79,
-# Hal 1.71; a scorer of random values 1.03 / 1.05; mirrored scores (180 - score) 1.85 / 1.80. RATIO 0.8 lies
-# between: 0.2 above CLIP-DPO's 0.59 and 0.14 below the lowest null. Noise against those gaps: one model's
-# CHAIR varies by 6-9% (sd) between sampling seeds, its mean over 10 seeds by 2-3%, a ratio of two by ~4%
-# (0.02-0.04): each gap is 3.5 sd or more. A different CPU changes the world's training in its last bits;
-# another world seed changes it wholesale and moved the ratio by 0.03 (0.75 vs 0.78).
-RATIO = 0.8
+# The margin. Measured with this config, 300 held-out images x 10 samples. World 0 (this test): base CHAIR
+# 10.13 / Hal 28.17 / Cover 93.6, CLIP-DPO 5.96 / 16.40 / 92.9, control 9.92 / 27.57 / 93.2, so CLIP-DPO / base
+# 0.59 / 0.58 and CLIP-DPO / control 0.60 / 0.59. World 1: base 13.93 / 35.87, CLIP-DPO 10.00 / 25.33, control
+# 14.22 / 37.40: 0.72 / 0.71 and 0.70 / 0.68. What it must tell apart: random pairs (the control) gave control /
+# base CHAIR 0.94-1.14 over seven control trainings; on world 0 (1,200 SFT steps), chosen/rejected swapped in
+# the filter gave CLIP-DPO / base CHAIR 1.79, Hal 1.71; a scorer of random values 1.03 / 1.05; mirrored scores
+# (180 - score) 1.85 / 1.80. RATIO 0.83 is the middle of the gap between the weakest effect (0.72, world 1)
+# and the lowest null (0.94): 0.24 above this world's 0.59, 0.11 below any null. Noise: one model's CHAIR
+# varies by 5-9% (sd) between sampling seeds, its mean over 10 seeds by 2-3%, a ratio of two by ~4% (0.02-0.04).
+# A different CPU changes the world's training in its last bits; another world seed changes it wholesale and
+# moved the ratio by 0.13, which still passes.
+RATIO = 0.83
 # A model that stops naming objects would hallucinate less too: it must still describe the image (Cover moved
 # by 0.7 points under CLIP-DPO, 2.7 with the swapped filter).
 COVER_DROP = 5.0
