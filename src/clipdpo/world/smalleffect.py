@@ -19,8 +19,8 @@ from clipdpo.world.lvlm import LvlmConfig
 
 
 def small_world(seed: int = 0) -> WorldConfig:
-    """A world built in ~3.5 CPU-minutes on one thread (210 s measured) whose LVLM still sees (the build's own checks, at
-    their default bars: CLIP pairwise accuracy >= 90%, base greedy Cover >= 90%).
+    """A world built in ~3.5 CPU-minutes on one thread (210 s measured) whose LVLM still sees (the build's own
+    checks, at their default bars: CLIP pairwise accuracy >= 90%, base greedy Cover >= 90%).
 
     Sizes chosen by design, not by the effect: the SFT mix is captions (90%) and main-object answers, no Yes/No
     questions (the claim is about captions), which makes the LVLM's jump to seeing come early (greedy Cover on 100
