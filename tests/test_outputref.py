@@ -51,6 +51,14 @@ def test_objects_and_evaluations_are_versioned_by_their_bytes(bucket):
     summary = join(bucket, "run", "model")
     storage.write_bytes(join(summary, "train_summary.json"), json.dumps({"fingerprint": "ab" * 32}).encode())
     assert outputref.ref(storage, summary) == f"{summary}#{'ab' * 8}"
+    # the run report's folder: complete once report.html (written last) is there; a cached report step
+    # returning this folder was distrusted on every rerun before report.html counted as its marker
+    report = join(bucket, "run", "report")
+    storage.write_bytes(join(report, "headline.json"), b"{}")
+    assert not outputref.trusted(storage, report)
+    storage.write_bytes(join(report, "report.html"), b"<html>")
+    assert outputref.trusted(storage, report)
+    assert outputref.split(outputref.ref(storage, report))[1] == hashlib.sha256(b"<html>").hexdigest()[:16]
 
 
 def test_a_shard_reference_follows_its_input_and_config_and_needs_a_complete_artifact(bucket):

@@ -78,7 +78,7 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     out = capsys.readouterr().out
     table = summary_table(out)
     cached = {line.split()[0]: line.split()[1] for line in table[1:] if line.strip()}
-    assert (cached["ingest"], cached["train"], cached["report"]) == ("yes", "yes", "yes")
+    assert (cached["ingest"], cached["train"], cached["report"]) == ("yes", "yes", "yes"), out
     with capsys.disabled():
         print(f"\n[pipeline] local kfp run {first:.1f}s, rerun {second:.1f}s")
     assert second < first
