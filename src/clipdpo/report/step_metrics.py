@@ -127,6 +127,15 @@ def step_metrics(stage: str, run_root: str, *, shard: tuple[int, int] | None = N
     return _finite(values)
 
 
+def pairs_numbers(uri: str, storage: Storage | None = None) -> dict[str, float]:
+    """A pairs artifact's rows and counters (the POVID source's kept/dropped); {} for "" (none made). `uri` may be
+    a step's versioned reference (`<uri>#<version>`)."""
+    if not uri:
+        return {}
+    artifact = Artifact.open(storage or Storage(), uri.partition("#")[0], kind="pairs")
+    return _finite({"rows": float(artifact.manifest.rows), **numeric(artifact.manifest.stats)})
+
+
 def log_to(metrics_output, values: dict[str, float]) -> dict[str, float]:
     """Log `values` on a kfp `Output[Metrics]` and write them (JSON) to its file too: kfp's local runner
     counts an output artifact without a file as missing and never serves the step from its cache."""
