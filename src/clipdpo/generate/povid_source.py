@@ -173,8 +173,8 @@ def pairs_shard(rewriter, image_ids: list[str], images: dict[str, bytes], image_
                             ("rejected_score", None), ("margin", None), ("image_uri", image_uri)):
             rows[name].append(value)
     stats["povid_pairs"] = len(rows["image_id"])
-    stats.update({f"dropped_{reason}": stats[f"dropped_{reason}"] for reason in DROP_REASONS})
-    return pa.Table.from_pydict(rows, schema=PAIRS), dict(stats)
+    counts = {f"dropped_{reason}": 0 for reason in DROP_REASONS} | dict(stats)  # every drop reason, 0 or not
+    return pa.Table.from_pydict(rows, schema=PAIRS), counts
 
 
 def run(cfg: PovidSourceConfig, input: str, output: str, *, shard: ShardSpec = ShardSpec(), finalize: bool = False,
