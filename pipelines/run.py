@@ -111,6 +111,9 @@ def run_extra_arms(args, configs: dict[str, dict], world, run_root: str) -> None
 
     started = time.monotonic()
     run_arms(configs, world.lvlm, run_root, arms, method=args.method)
+    from clipdpo.report.build import write
+
+    write(run_root)  # the run report again, now with every arm
     print(f"arms {', '.join(arms)} (trained and evaluated in-process) finished in {time.monotonic() - started:.1f}s",
           flush=True)
 

@@ -50,7 +50,8 @@ def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
 # paper's batch 1 is a memory limit of one A100). alpha, beta_1, beta_2: 0.1 each (the paper gives no values;
 # DPO's beta). `both` trains the union of CLIP-DPO's and POVID's pairs with the same two-stage schedule.
 POVID_TRAIN = {"reference": "model", "epochs": 1, "stage1_epochs": 3, "stage2_epochs": 1, "learning_rate": 1e-5,
-               "noise_step": 500, "noisy_every": 1, "povid_alpha": 0.1, "povid_beta_1": 0.1, "povid_beta_2": 0.1}
+               "noise_step": 500, "noisy_every": 1, "povid_alpha": 0.1, "povid_beta_1": 0.1, "povid_beta_2": 0.1,
+               "save_steps": 50}  # checkpoints: a run cut by a time limit resumes (not part of the fingerprint)
 METHODS = ("clipdpo", "povid", "both")
 
 
