@@ -165,3 +165,10 @@ def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path,
         parse(["--world", "4", "--arms", "clipdpo,dpo"], monkeypatch)
     with pytest.raises(SystemExit):  # method and arms are the world's switches
         parse(["--method", "both"], monkeypatch)
+
+
+def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
+    assert make_command("WORLD=2", "METHOD=povid") == ["--run-id", "world2", "--world", "2", "--method", "povid"]
+    assert make_command("ARMS=clipdpo,povid,both,control") == ["--run-id", "world0", "--world", "0", "--arms",
+                                                              "clipdpo,povid,both,control"]
+    assert make_command("DEMO=1", "METHOD=povid") == ["--run-id", "demo"]  # the arms are the world's
