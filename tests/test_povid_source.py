@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from clipdpo import steps
+from clipdpo import outputref, steps
 from clipdpo.artifacts import Artifact
 from clipdpo.storage import Storage, join
 from clipdpo.world import language
@@ -122,22 +122,24 @@ def test_the_method_chooses_the_pairs_and_reaches_train(tmp_path):
     root = str(tmp_path / "run")
     povid_json = json.dumps({"source": "world", "ground_truth": folder})
     assert steps.povid_step(root, povid_json, train_config(model, "clipdpo")) == ""
+    # clipdpo: the filter's pairs (none made in this test: the bare URI, no version)
     assert steps.training_pairs_step(root, train_config(model, "clipdpo")) == steps.artifact_uri(root, "filter")
 
     povid = steps.povid_step(root, povid_json, train_config(model, "povid"))
-    assert povid == join(root, steps.POVID_PAIRS)
+    single = Artifact.open(Storage(), join(root, steps.POVID_PAIRS), kind="pairs")
+    assert povid == f"{join(root, steps.POVID_PAIRS)}#{single.manifest.fingerprint[:16]}"  # versioned (outputref)
     pairs = steps.training_pairs_step(root, train_config(model, "povid"))
     assert pairs == povid
-    output = steps.train_step(root, train_config(model, "povid"), launcher="local", pairs_uri=pairs)
+    output = outputref.plain(steps.train_step(root, train_config(model, "povid"), launcher="local", pairs_uri=pairs))
     summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
-    assert summary["pairs"] == povid and summary["config"]["method"] == "povid" and "povid_rank0" in summary
+    assert summary["pairs"] == outputref.plain(povid) and summary["config"]["method"] == "povid"
+    assert "povid_rank0" in summary
 
     # both: the filter's pairs (here: a second copy of POVID's stands in for them) plus POVID's, in one artifact
-    clipdpo_pairs = combine_pairs({"copy": povid}, str(tmp_path / "clip-pairs"))
-    union = steps.training_pairs_step(root, train_config(model, "both"), clipdpo_pairs, povid)
+    clipdpo_pairs = combine_pairs({"copy": outputref.plain(povid)}, str(tmp_path / "clip-pairs"))
+    union = outputref.plain(steps.training_pairs_step(root, train_config(model, "both"), clipdpo_pairs, povid))
     assert union == join(root, steps.BOTH_PAIRS)
     combined = Artifact.open(Storage(), union, kind="pairs")
-    single = Artifact.open(Storage(), povid, kind="pairs")
     assert combined.manifest.rows == 2 * single.manifest.rows
     assert sorted(combined.shard_names) == sorted([f"clipdpo-copy-{n}" for n in single.shard_names]
                                                   + [f"povid-{n}" for n in single.shard_names])

@@ -16,7 +16,7 @@ import time
 
 import pyarrow.compute as pc
 
-from clipdpo import stages
+from clipdpo import outputref, stages
 from clipdpo.artifacts import Artifact, ShardRecord
 from clipdpo.stage import ShardSpec, sum_stats
 from clipdpo.storage import NotFound, Storage, join
@@ -132,7 +132,7 @@ def pairs_numbers(uri: str, storage: Storage | None = None) -> dict[str, float]:
     a step's versioned reference (`<uri>#<version>`)."""
     if not uri:
         return {}
-    artifact = Artifact.open(storage or Storage(), uri.partition("#")[0], kind="pairs")
+    artifact = Artifact.open(storage or Storage(), outputref.plain(uri), kind="pairs")
     return _finite({"rows": float(artifact.manifest.rows), **numeric(artifact.manifest.stats)})
 
 
