@@ -53,7 +53,8 @@ def checks(figures: dict[str, dict]) -> dict[str, bool]:
         out["clipdpo AMBER +2"] = dpo["amber_score"] >= base["amber_score"] + 2
         if "control" in figures:
             cut = base["chair"] - dpo["chair"]
-            out["control CHAIR cut < 1/3 of clipdpo's"] = cut > 0 and base["chair"] - figures["control"]["chair"] < cut / 3
+            control_cut = base["chair"] - figures["control"]["chair"]
+            out["control CHAIR cut < 1/3 of clipdpo's"] = cut > 0 and control_cut < cut / 3
     return out
 
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             values = [figures[model][key] for figures in per_seed.values()]
             cells.append(f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})")
         spread.append(cells)
-    print(f"\nmean (range) over worlds {', '.join(per_seed)}\n\n" + markdown(["model"] + [n for _, n in COLUMNS], spread))
+    header = ["model"] + [name for _, name in COLUMNS]
+    print(f"\nmean (range) over worlds {', '.join(per_seed)}\n\n" + markdown(header, spread))
     names = sorted({name for figures in per_seed.values() for name in checks(figures)})
     rows = [[name] + ["yes" if checks(f).get(name) else "no" for f in per_seed.values()] for name in names]
     print("\nbars (issues 15, 17)\n\n" + markdown(["bar"] + [f"world {s}" for s in per_seed], rows))
