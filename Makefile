@@ -83,12 +83,15 @@ faults: $(STAMP)
 # by a hash of its code and config). Seed 0 by design: the first seed, the one `make world` builds, fixed
 # before any run was measured. DEMO=1: the tiny demo instead (random tiny models on 10 built-in images: the
 # plumbing, no effect). CONTROL=shuffled (on the world) also trains and evaluates the shuffled-score control
-# arm. On a cluster (KFP_HOST set) neither applies: the stage configs come from CLIPDPO_CONFIG_DIR.
+# arm. METHOD=povid|both (on the world): the pipeline trains POVID (or CLIP-DPO + POVID) instead of CLIP-DPO.
+# ARMS=clipdpo,povid,both,control (on the world): those arms too, trained after the pipeline, all in one report
+# (issue 15). On a cluster (KFP_HOST set) none applies: the stage configs come from CLIPDPO_CONFIG_DIR.
 WORLD ?= 0
 LOCAL_INPUT = $(if $(KFP_HOST),,$(if $(DEMO),,--world $(WORLD)))
+WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(ARMS),--arms $(ARMS)))
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID) \
-		$(LOCAL_INPUT) $(if $(CONTROL),--control $(CONTROL))
+		$(LOCAL_INPUT) $(if $(CONTROL),--control $(CONTROL)) $(WORLD_ARMS)
 
 # The paper's pair rules (margin, length ratio) on and off, on a finished local world run (the same WORLD and
 # RUN_ID as its `make pipeline-run`): reuses its scored captions and model, reruns filter -> train per variant.

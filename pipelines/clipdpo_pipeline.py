@@ -87,6 +87,38 @@ def filter_pairs(run_root: str, scores_uri: str, config_json: str, metrics: Outp
         return filter_step(run_root, config_json)
 
 
+# The LLM injection runs through the generate stage's engines (vLLM): its image, and a GPU on a cluster
+@dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
+def povid_pairs(run_root: str, images_uri: str, config_json: str, train_config_json: str,
+                metrics: Output[Metrics]) -> str:
+    """POVID's pairs (ground truth preferred, injected hallucinations dispreferred) when train's method is
+    povid or both; "" for clipdpo."""
+    import time
+
+    from clipdpo.report.step_metrics import log_to, pairs_numbers
+    from clipdpo.steps import povid_step
+
+    started = time.monotonic()
+    output = povid_step(run_root, config_json, train_config_json)
+    log_to(metrics, {**pairs_numbers(output), "step_seconds": round(time.monotonic() - started, 3)})
+    return output
+
+
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def training_pairs(run_root: str, clipdpo_pairs_uri: str, povid_pairs_uri: str, train_config_json: str,
+                   metrics: Output[Metrics]) -> str:
+    """What train consumes, by its config's method: the CLIP-DPO pairs, POVID's, or their union (both)."""
+    import time
+
+    from clipdpo.report.step_metrics import log_to, pairs_numbers
+    from clipdpo.steps import training_pairs_step
+
+    started = time.monotonic()
+    output = training_pairs_step(run_root, train_config_json, clipdpo_pairs_uri, povid_pairs_uri)
+    log_to(metrics, {**pairs_numbers(output), "step_seconds": round(time.monotonic() - started, 3)})
+    return output
+
+
 @dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)
 def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image: str, nodes: int,
           gpus_per_node: int, s3_secret: str, node_selector_json: str, tolerations_json: str,
@@ -95,7 +127,7 @@ def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image:
     from clipdpo.steps import train_step
 
     with logged(metrics, "train", run_root):
-        return train_step(run_root, config_json, launcher=launcher, image=image, nodes=nodes,
+        return train_step(run_root, config_json, launcher=launcher, pairs_uri=pairs_uri, image=image, nodes=nodes,
                           gpus_per_node=gpus_per_node, s3_secret=s3_secret, node_selector_json=node_selector_json,
                           tolerations_json=tolerations_json, timeout_hours=timeout_hours, queue_name=queue_name,
                           runtime=runtime)
@@ -207,6 +239,7 @@ def clipdpo_pipeline(
     train_runtime: str = "torch-distributed",
     evaluate_config: str = "{}",
     gate_config: str = "{}",
+    povid_config: str = "{}",
 ):
     images = _s3(ingest(run_root=run_root, source=source, config_json=ingest_config))
     images.set_cpu_request("2").set_memory_request("8G").set_display_name("ingest")
@@ -231,7 +264,15 @@ def clipdpo_pipeline(
     pairs = _s3(filter_pairs(run_root=run_root, scores_uri=_uri(scores), config_json=filter_config))
     pairs.set_cpu_request("4").set_memory_request("8G").set_display_name("filter")
 
-    model = _tracking(_s3(train(run_root=run_root, pairs_uri=_uri(pairs), config_json=train_config,
+    # method (train_config's `method`): clipdpo trains on the filter's pairs; povid on POVID's pairs (ground truth
+    # vs injected hallucinations; noisy-image rejections in training); both on their union
+    povid = _gpu(_s3(povid_pairs(run_root=run_root, images_uri=_uri(images), config_json=povid_config,
+                                 train_config_json=train_config)), memory="32G").set_display_name("povid pairs")
+    chosen = _s3(training_pairs(run_root=run_root, clipdpo_pairs_uri=_uri(pairs), povid_pairs_uri=_uri(povid),
+                                train_config_json=train_config))
+    chosen.set_cpu_request("1").set_memory_request("2G").set_display_name("training pairs")
+
+    model = _tracking(_s3(train(run_root=run_root, pairs_uri=_uri(chosen), config_json=train_config,
                                 launcher=train_launcher, image=SETTINGS.image("train"), nodes=train_nodes,
                                 gpus_per_node=train_gpus_per_node, s3_secret=SETTINGS.s3_secret,
                                 node_selector_json=train_node_selector, tolerations_json=train_tolerations,

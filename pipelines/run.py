@@ -9,8 +9,11 @@ started here unless AWS_ENDPOINT_URL is set); with no --config-dir the built-in 
 models built from configs, the 10 built-in images) is used and training runs in-process.
 With --world SEED the local run uses the synthetic world of that seed instead (built once, cached
 under --world-cache): its images, its CLIP and LLaVA, its benchmark; the report compares `base` with
-`clipdpo`. --control shuffled (with --world) also trains and evaluates the shuffled-score control arm
-(in this process, after the pipeline; see pipelines/world_run.py) into the same report.
+`clipdpo`. --method povid|both trains POVID (or CLIP-DPO + POVID) in the pipeline instead, its model named
+by the method. --arms clipdpo,povid,both,control trains the listed arms other than the pipeline's own in
+this process after the pipeline and evaluates every model into the same report (base + the five arms
+with `--arms clipdpo,povid,both,control`); --control shuffled adds the shuffled-score control arm alone.
+See pipelines/world_run.py.
 `--set STAGE.KEY=VALUE` changes one stage config value: locally that stage reruns with every stage after it,
 and only those (each step's output carries the version of what it wrote: clipdpo.outputref). Locally, kfp's
 cache entries whose artifacts are gone or replaced are dropped first (pipelines/local_cache.py), and the
@@ -29,7 +32,7 @@ from pathlib import Path
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import NAMES, STAGES, stage
 from pipelines.local_output import steps_only
-from pipelines.world_run import CONTROLS
+from pipelines.world_run import CONTROLS, METHODS
 
 
 def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
@@ -43,7 +46,7 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
     }
     if launcher != "local":  # cluster runs: Kueue queue (empty: none)
         arguments.update(train_queue_name=args.queue_name, train_runtime=args.runtime)
-    for name in (*NAMES, "gate"):
+    for name in (*NAMES, "gate", "povid"):
         arguments[f"{name}_config"] = json.dumps(configs.get(name, {}), sort_keys=True)
     return arguments
 
@@ -58,7 +61,9 @@ def with_overrides(configs: dict[str, dict], overrides: list[str]) -> dict[str, 
 def read_configs(config_dir: Path) -> dict[str, dict]:
     """Stage configs from `<config_dir>/<stage>.json`; a missing file means the stage's defaults."""
     configs = {}
-    for name in (*NAMES, "gate"):  # gate.json: the promotion gate's rules (clipdpo.gate.GateConfig)
+    # gate.json: the promotion gate's rules (clipdpo.gate.GateConfig); povid.json: POVID's pairs source
+    # (clipdpo.generate.povid_source.PovidSourceConfig), used when train.json's method is povid or both
+    for name in (*NAMES, "gate", "povid"):
         path = config_dir / f"{name}.json"
         configs[name] = json.loads(path.read_text()) if path.exists() else {}
     return configs
@@ -71,12 +76,46 @@ def local_configs(args, state: Path) -> tuple[dict[str, dict], object]:
         from pipelines.world_run import world_configs
 
         return world_configs(args.world, str(Path(args.world_cache or state / "world").resolve()),
-                             args.run_root or f"s3://{args.bucket}/runs/{args.run_id}")
+                             args.run_root or f"s3://{args.bucket}/runs/{args.run_id}", method=args.method)
     if args.config_dir:
         return read_configs(Path(args.config_dir)), None
     from clipdpo.demo.configs import write_demo_configs
 
     return write_demo_configs(state / "configs", state / "models"), None
+
+
+def extra_arms(args) -> tuple[str, ...]:
+    """The arms run after the pipeline: --arms less the pipeline's own method, plus the control of --control."""
+    arms = [arm for arm in args.arms if arm != args.method]
+    if args.control and "control" not in arms:
+        arms.append("control")
+    return tuple(arms)
+
+
+def parse_arms(text: str) -> list[str]:
+    from pipelines.world_run import ARMS
+
+    arms = [arm.strip() for arm in text.split(",") if arm.strip()]
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {unknown}; arms: {', '.join(ARMS)}")
+    return list(dict.fromkeys(arms))
+
+
+def run_extra_arms(args, configs: dict[str, dict], world, run_root: str) -> None:
+    """The arms after the pipeline (pipelines/world_run.py), all evaluated into the run's report."""
+    arms = extra_arms(args)
+    if not arms:
+        return
+    from pipelines.world_run import run_arms
+
+    started = time.monotonic()
+    run_arms(configs, world.lvlm, run_root, arms, method=args.method)
+    from clipdpo.report.build import write
+
+    write(run_root)  # the run report again, now with every arm
+    print(f"arms {', '.join(arms)} (trained and evaluated in-process) finished in {time.monotonic() - started:.1f}s",
+          flush=True)
 
 
 def run_local(args) -> int:
@@ -104,10 +143,7 @@ def run_local(args) -> int:
         with steps_only(str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"), args.verbose):
             clipdpo_pipeline(**arguments)
         print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
-        if args.control:
-            from pipelines.world_run import run_control_arm
-
-            run_control_arm(configs, world.lvlm, arguments["run_root"])
+        run_extra_arms(args, configs, world, arguments["run_root"])
         reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
         summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs)
         decision = print_decision(arguments["run_root"])
@@ -259,18 +295,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", choices=CONTROLS, default=os.environ.get("CLIPDPO_CONTROL") or None,
                         help="with --world: also train and evaluate this control arm (shuffled: CLIP scores "
                              "shuffled within each image)")
+    parser.add_argument("--method", choices=METHODS, default=os.environ.get("CLIPDPO_METHOD") or "clipdpo",
+                        help="with --world: what the pipeline's train consumes: clipdpo (CLIP-ranked pairs), povid "
+                             "(ground truth vs injected hallucinations, noisy-image rejections in training) or both")
+    parser.add_argument("--arms", type=parse_arms, default=parse_arms(os.environ.get("CLIPDPO_ARMS", "")),
+                        help="with --world: arms trained in-process after the pipeline and evaluated into the same "
+                             "report, comma-separated from clipdpo,povid,both,control (control: the shuffled-score "
+                             "CLIP-DPO control); e.g. clipdpo,povid,both,control for all five models with base")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
     parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
                         help="cluster runs: wait up to this long for the run to end (0: submit only)")
     parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
     args = parser.parse_args(argv)
-    stages = (*NAMES, "gate")
+    stages = (*NAMES, "gate", "povid")
     for item in args.overrides:
         if "=" not in item or item.split("=", 1)[0].split(".", 1)[0] not in stages or "." not in item.split("=", 1)[0]:
             parser.error(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {list(stages)}")
     if args.control and args.world is None:
         parser.error("--control needs --world (the control arm is defined on the synthetic world)")
+    if (args.arms or args.method != "clipdpo") and args.world is None:
+        parser.error("--method and --arms need --world locally (a cluster run sets method in train.json and the "
+                     "POVID source in povid.json under --config-dir)")
     host = os.environ.get("KFP_HOST", "")
     return run_cluster(args, host) if host else run_local(args)
 

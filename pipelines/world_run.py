@@ -1,15 +1,19 @@
-"""The local run on the synthetic world (`python -m pipelines.run --world SEED [--control shuffled]`).
+"""The local run on the synthetic world (`python -m pipelines.run --world SEED [--method M] [--arms A,B]
+[--control shuffled]`).
 
 `world_configs` builds (or reuses from the cache) the world of that seed and returns its stage
-configs, with the evaluate stage naming the models `base` (the world LVLM) and `clipdpo` (the run's
-trained model), so the report and metrics.json key results by those names (issue 17).
+configs, with the evaluate stage naming the models `base` (the world LVLM) and the run's trained model
+by its method (`clipdpo`, `povid` or `both`), so the report and metrics.json key results by those names
+(issues 15, 17).
 
-`run_control_arm` is the shuffled-score control: it runs in this process after the kfp pipeline,
-through the same step functions the components call. The run's CLIP scores are shuffled among each
-image's captions (`clipdpo.world.control`), then filter and train run with the run's own configs
-under `<run_root>-control`; the evaluate step then reruns on the run's own evaluation folder with
-base, clipdpo and control, reusing the responses already there (they are resumable), so one
-report holds all three side by side.
+The kfp pipeline trains one method per run (its train config's `method` chooses the pairs train
+consumes). Other arms run in this process after the pipeline, through the same step functions the
+components call, each under `<run_root>-<arm>` and reusing the pipeline's images, scores and CLIP-DPO
+pairs: `povid` and `both` make POVID's pairs (the world's rule-based injector) and train with POVID's
+two stages; `control` shuffles the run's CLIP scores among each image's captions
+(`clipdpo.world.control`), then filters and trains as CLIP-DPO. The evaluate step then reruns on the
+run's own evaluation folder with every model, reusing the responses already there (they are
+resumable), so one report holds all arms side by side; a rerun reuses every finished arm.
 """
 
 from __future__ import annotations
@@ -21,31 +25,44 @@ from pathlib import Path
 from clipdpo.storage import join
 
 CONTROLS = ("shuffled",)
+METHODS = ("clipdpo", "povid", "both")  # what the kfp pipeline's train consumes (the train config's method)
+ARMS = (*METHODS, "control")  # the models a world report can compare with base
 
 
-def evaluate_models(base: str, run_root: str, control: bool = False) -> list[dict]:
-    """The models the world report compares: base, clipdpo (and control), on the hf engine in float32."""
+def arm_root(run_root: str, arm: str) -> str:
+    """Where an arm run after the pipeline writes: `<run_root>-<arm>`."""
+    return run_root.rstrip("/") + "-" + arm
+
+
+def control_root(run_root: str) -> str:
+    return arm_root(run_root, "control")
+
+
+def evaluate_models(base: str, run_root: str, control: bool = False, method: str = "clipdpo",
+                    arms: tuple[str, ...] = ()) -> list[dict]:
+    """The models the world report compares, on the hf engine in float32: base, the pipeline's trained model
+    (named by its method), then each arm run after it (and the control)."""
     from clipdpo.steps import artifact_uri
 
-    roots = {"clipdpo": run_root} | ({"control": control_root(run_root)} if control else {})
+    extra = [arm for arm in arms if arm != method] + (["control"] if control and "control" not in arms else [])
+    roots = {method: run_root} | {arm: arm_root(run_root, arm) for arm in extra}
     models = [{"name": "base", "path": base, "engine": "hf", "dtype": "float32"}]
     models += [{"name": name, "path": join(artifact_uri(root, "train"), "model"), "engine": "hf", "dtype": "float32"}
                for name, root in roots.items()]
     return models
 
 
-def control_root(run_root: str) -> str:
-    return run_root.rstrip("/") + "-control"
-
-
-def world_configs(seed: int, cache_dir: str, run_root: str, say=print) -> tuple[dict[str, dict], object]:
-    """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`."""
+def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: str = "clipdpo"
+                  ) -> tuple[dict[str, dict], object]:
+    """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`
+    training with `method` (the POVID source's config under "povid")."""
     # One torch thread: with two threads and a busy second core training ran ~10x slower (issue 17, trap 4).
     # Set before torch loads; the components (subprocesses) inherit it.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     from clipdpo.world.build import WorldConfig, build
+    from clipdpo.world.stageconfigs import method_train_config, povid_source_config
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
@@ -53,17 +70,19 @@ def world_configs(seed: int, cache_dir: str, run_root: str, say=print) -> tuple[
     paths = build(WorldConfig(seed=seed), cache_dir, spacy_model=str(Path(spacy_model).resolve()) if spacy_model
                   else None, say=lambda line: print(line, flush=True))
     configs = {stage: dict(body) for stage, body in paths.configs.items()}
-    configs["evaluate"]["models"] = evaluate_models(paths.lvlm, run_root)
+    configs["world_train"] = configs["train"]  # the CLIP-DPO arm's; every arm's train config derives from it
+    configs["train"] = method_train_config(configs["train"], method)
+    configs["povid"] = povid_source_config(paths.images, seed)
+    configs["evaluate"]["models"] = evaluate_models(paths.lvlm, run_root, method=method)
     say(f"world {seed}: {paths.root} (checks: {json.dumps(paths.checks)})")
     return configs, paths
 
 
-def run_control_arm(configs: dict[str, dict], base: str, run_root: str, seed: int = 0, say=print) -> dict:
-    """Shuffled scores -> filter -> train under `<run_root>-control`, then evaluate base, clipdpo and control
-    into the run's own evaluation folder; returns that metrics.json."""
+def train_control_arm(configs: dict[str, dict], run_root: str, seed: int = 0, say=print) -> str:
+    """Shuffled scores -> filter -> train under `<run_root>-control`; returns its model artifact."""
     from clipdpo import steps
-    from clipdpo.storage import Storage
     from clipdpo.world.control import write_shuffled
+    from clipdpo.world.stageconfigs import method_train_config
 
     control = control_root(run_root)
     say(f"control arm (CLIP scores shuffled within each image) under {control}: scores ...")
@@ -71,12 +90,52 @@ def run_control_arm(configs: dict[str, dict], base: str, run_root: str, seed: in
     say("control arm: filter ...")
     steps.filter_step(control, json.dumps(configs["filter"]))
     say("control arm: train ...")
+    return steps.train_step(control, json.dumps(method_train_config(configs["world_train"], "clipdpo")),
+                            launcher="local")
+
+
+def train_method_arm(configs: dict[str, dict], method: str, run_root: str, say=print) -> str:
+    """One method's arm under `<run_root>-<method>`, on the pipeline's images and CLIP-DPO pairs: POVID's pairs
+    (povid, both), the pairs the method consumes, train; returns its model artifact."""
+    from clipdpo import steps
+    from clipdpo.world.stageconfigs import method_train_config
+
+    root = arm_root(run_root, method)
+    train = json.dumps(method_train_config(configs["world_train"], method))
+    say(f"{method} arm under {root}: pairs ...")
+    images = steps.artifact_uri(run_root, "ingest")
+    povid = steps.povid_step(root, json.dumps(configs["povid"]), train, images_uri=images)
+    pairs = steps.training_pairs_step(root, train, steps.artifact_uri(run_root, "filter"), povid)
+    say(f"{method} arm: train on {pairs} ...")
+    return steps.train_step(root, train, launcher="local", pairs_uri=pairs)
+
+
+def run_arms(configs: dict[str, dict], base: str, run_root: str, arms: tuple[str, ...], method: str = "clipdpo",
+             seed: int = 0, say=print) -> dict:
+    """The arms (clipdpo | povid | both | control) other than the pipeline's own `method`, in this process after
+    the pipeline, through the same step functions; then the evaluate step reruns on the run's own evaluation
+    folder with base, the pipeline's model and every arm, reusing the responses already there. Returns that
+    metrics.json."""
+    from clipdpo import steps
+    from clipdpo.storage import Storage
+
+    for arm in arms:
+        if arm not in ARMS:
+            raise ValueError(f"arm {arm!r}: expected one of {ARMS}")
+        if arm == "control":
+            train_control_arm(configs, run_root, seed, say)
+        elif arm != method:
+            train_method_arm(configs, arm, run_root, say)
+    say("arms: evaluate (the responses already made are reused) ...")
+    evaluate = {**configs["evaluate"], "models": evaluate_models(base, run_root, method=method, arms=arms)}
     train = json.dumps(configs["train"])
-    steps.train_step(control, train, launcher="local")
-    say("control arm: evaluate (base and clipdpo responses reused) ...")
-    evaluate = {**configs["evaluate"], "models": evaluate_models(base, run_root, control=True)}
     steps.evaluate_step(run_root, steps.artifact_uri(run_root, "train"), train, json.dumps(evaluate))
     return json.loads(Storage().read_bytes(join(steps.artifact_uri(run_root, "evaluate"), "metrics.json")))
+
+
+def run_control_arm(configs: dict[str, dict], base: str, run_root: str, seed: int = 0, say=print) -> dict:
+    """The control arm alone (run_arms with ("control",)): base, clipdpo and control in one report."""
+    return run_arms(configs, base, run_root, ("control",), seed=seed, say=say)
 
 
 def headline(metrics: dict) -> str:

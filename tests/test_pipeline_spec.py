@@ -16,6 +16,7 @@ STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
     "exec-plan-shards": "filter", "exec-train": "train", "exec-plan-evaluation": "filter",
     "exec-evaluate-task": "evaluate", "exec-evaluate-merge": "evaluate", "exec-gate": "filter", "exec-report": "evaluate",
+    "exec-povid-pairs": "generate", "exec-training-pairs": "filter",
 }
 
 
@@ -47,12 +48,12 @@ def test_every_stage_runs_its_own_pinned_image(compiled):
 def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
     spec, platform, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-generate-shard", "exec-score-shard", "exec-evaluate-task"):
+    for name in ("exec-generate-shard", "exec-score-shard", "exec-evaluate-task", "exec-povid-pairs"):
         accelerator = executors[name]["container"]["resources"]["accelerator"]
         assert accelerator["resourceType"] == "nvidia.com/gpu" and int(accelerator["resourceCount"]) == 1
         tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]["tolerations"]
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
-    for name in ("exec-filter-pairs", "exec-train", "exec-ingest"):
+    for name in ("exec-filter-pairs", "exec-train", "exec-ingest", "exec-training-pairs"):
         assert "accelerator" not in executors[name]["container"].get("resources", {})
 
 
@@ -71,7 +72,7 @@ def test_caching_is_on_for_every_task(compiled):
     spec, _, _ = compiled
     tasks = dict(all_tasks(spec))
     leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith("for-loop")}
-    assert len(leaf_tasks) == 13
+    assert len(leaf_tasks) == 15
     # the gate reads the promoted pointer, which other runs move: it must run every time
     assert not leaf_tasks.pop("gate").get("cachingOptions", {}).get("enableCache")
     assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
@@ -121,3 +122,23 @@ def test_evaluate_fans_out_per_model_and_task_then_merges_and_gates(compiled):
     assert root["gate"]["inputs"]["parameters"]["report_uri"]["taskOutputParameter"]["producerTask"] == \
         "evaluate-merge"
     assert "gate_config" in spec["root"]["inputDefinitions"]["parameters"]
+
+
+def test_method_chooses_the_pairs_train_consumes(compiled):
+    """povid pairs come from the ingested images; train reads what training-pairs picks from the filter's
+    CLIP-DPO pairs and POVID's, by the train config's method (issue 15)."""
+    spec, _, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+
+    def producer(task: str, parameter: str) -> str:
+        return root[task]["inputs"]["parameters"][parameter]["taskOutputParameter"]["producerTask"]
+
+    assert producer("povid-pairs", "images_uri") == "ingest"
+    assert producer("training-pairs", "clipdpo_pairs_uri") == "filter-pairs"
+    assert producer("training-pairs", "povid_pairs_uri") == "povid-pairs"
+    assert producer("train", "pairs_uri") == "training-pairs"
+    for task in ("povid-pairs", "training-pairs"):  # both read the method from the train config
+        assert root[task]["inputs"]["parameters"]["train_config_json"]["componentInputParameter"] == "train_config"
+    assert root["povid-pairs"]["inputs"]["parameters"]["config_json"]["componentInputParameter"] == "povid_config"
+    executors = spec["deploymentSpec"]["executors"]
+    assert "pairs_uri=pairs_uri" in " ".join(executors["exec-train"]["container"]["command"])

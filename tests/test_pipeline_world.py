@@ -129,3 +129,46 @@ def test_built_world_2_configs_point_at_real_files(monkeypatch):
     for path in (configs["ingest"]["source"], configs["train"]["model"], configs["score"]["pretrained"]):
         assert Path(path).exists(), path
     assert world.checks["clip"]["pairwise_accuracy"] >= 0.9
+
+
+def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path, monkeypatch):
+    """--method povid: the pipeline's train config trains POVID (its two stages, a reference model) on the POVID
+    source of the world; --arms adds the others after it, each named by its arm, all in one report (#15)."""
+    import torch
+
+    from pipelines.run import extra_arms, local_configs, pipeline_arguments
+    from pipelines.world_run import evaluate_models
+
+    for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "CLIPDPO_WORLD_CACHE", "CLIPDPO_METHOD", "CLIPDPO_ARMS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    root = fake_built_world(tmp_path / "cache", seed=4)
+    args = parse(["--world", "4", "--world-cache", str(tmp_path / "cache"), "--method", "povid",
+                  "--arms", "clipdpo,povid,both,control"], monkeypatch)
+    assert extra_arms(args) == ("clipdpo", "both", "control")  # the pipeline's own method is not trained twice
+    configs, _ = local_configs(args, tmp_path / "state")
+    train = configs["train"]
+    assert (train["method"], train["reference"], train["stage1_epochs"], train["stage2_epochs"]) == ("povid", "model",
+                                                                                                     3, 1)
+    assert train["noise_step"] == 500 and train["model"] == str(root.resolve() / "lvlm")
+    assert configs["world_train"]["epochs"] == 2 and "method" not in configs["world_train"]  # the CLIP-DPO arm's
+    assert configs["povid"] == {"source": "world", "ground_truth": str(root.resolve() / "images"), "seed": 4}
+    arguments = pipeline_arguments(args, configs, "local")
+    assert json.loads(arguments["train_config"])["method"] == "povid"
+    assert json.loads(arguments["povid_config"])["source"] == "world"
+    assert [m["name"] for m in configs["evaluate"]["models"]] == ["base", "povid"]
+    models = evaluate_models("/w/lvlm", "s3://b/runs/r", method="povid", arms=extra_arms(args))
+    assert [(m["name"], m["path"]) for m in models] == [
+        ("base", "/w/lvlm"), ("povid", "s3://b/runs/r/model/model"), ("clipdpo", "s3://b/runs/r-clipdpo/model/model"),
+        ("both", "s3://b/runs/r-both/model/model"), ("control", "s3://b/runs/r-control/model/model")]
+    with pytest.raises(SystemExit):  # an arm the world does not know
+        parse(["--world", "4", "--arms", "clipdpo,dpo"], monkeypatch)
+    with pytest.raises(SystemExit):  # method and arms are the world's switches
+        parse(["--method", "both"], monkeypatch)
+
+
+def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
+    assert make_command("WORLD=2", "METHOD=povid") == ["--run-id", "world2", "--world", "2", "--method", "povid"]
+    assert make_command("ARMS=clipdpo,povid,both,control") == ["--run-id", "world0", "--world", "0", "--arms",
+                                                              "clipdpo,povid,both,control"]
+    assert make_command("DEMO=1", "METHOD=povid") == ["--run-id", "demo"]  # the arms are the world's

@@ -103,6 +103,56 @@ def filter_step(run_root: str, config_json: str) -> str:
     return _sharded("filter", filter_stage.run, cfg, run_root, ShardSpec(), False)
 
 
+# Under a run root, beside the stages' artifacts: POVID's pairs (its source step) and, for method `both`,
+# their union with the filter's CLIP-DPO pairs.
+POVID_PAIRS = "povid-pairs"
+BOTH_PAIRS = "both-pairs"
+
+
+def train_method(train_config_json: str) -> str:
+    """The train config's `method` (clipdpo | povid | both): what the training consumes."""
+    from clipdpo.train.config import TrainConfig
+
+    return typed_config(TrainConfig, train_config_json, "train_config").method
+
+
+def povid_step(run_root: str, config_json: str, train_config_json: str, images_uri: str = "") -> str:
+    """POVID's pairs from the run's images (or `images_uri`) into `<run_root>/povid-pairs` when the train
+    config's method is povid or both, returned versioned; "" (nothing made) for clipdpo."""
+    if train_method(train_config_json) == "clipdpo":
+        return ""
+    from clipdpo.generate import povid_source
+
+    setup_logging()
+    cfg = typed_config(povid_source.PovidSourceConfig, config_json, "povid_config")
+    output = join(run_root, POVID_PAIRS)
+    images = outputref.plain(images_uri) if images_uri else artifact_uri(run_root, "ingest")
+    povid_source.run(cfg, images, output, overwrite=True)
+    return outputref.ref(Storage(), output)
+
+
+def training_pairs_step(run_root: str, train_config_json: str, clipdpo_pairs: str = "", povid_pairs: str = "") -> str:
+    """The pairs artifact the train step reads (versioned), by the train config's method: the filter's
+    CLIP-DPO pairs, POVID's pairs, or (both) their union under `<run_root>/both-pairs`. Defaults: this run's
+    artifacts."""
+    clipdpo_pairs = outputref.plain(clipdpo_pairs) if clipdpo_pairs else artifact_uri(run_root, "filter")
+    povid_pairs = outputref.plain(povid_pairs) if povid_pairs else join(run_root, POVID_PAIRS)
+    match train_method(train_config_json):
+        case "clipdpo":
+            chosen = clipdpo_pairs
+        case "povid":
+            chosen = povid_pairs
+        case "both":
+            from clipdpo.filter.combine import combine_pairs
+
+            setup_logging()
+            chosen = combine_pairs({"clipdpo": clipdpo_pairs, "povid": povid_pairs}, join(run_root, BOTH_PAIRS),
+                                   overwrite=True)
+        case method:
+            raise ValueError(f"train method {method!r}: expected clipdpo, povid or both")
+    return outputref.ref(Storage(), chosen)
+
+
 def write_train_config(run_root: str, config: Any) -> str:
     """The train config as the job reads it: `<run_root>/configs/train.json`; returns its URI."""
     uri = join(run_root, "configs", "train.json")
@@ -110,9 +160,10 @@ def write_train_config(run_root: str, config: Any) -> str:
     return uri
 
 
-def train_step(run_root: str, config_json: str, *, launcher: str, **job: Any) -> str:
-    """Train on this run's pairs: in this process (`local`), or as a multi-node Kubeflow Trainer v2
-    TrainJob (`trainjob`) or Training Operator v1 PyTorchJob (`pytorchjob`).
+def train_step(run_root: str, config_json: str, *, launcher: str, pairs_uri: str = "", **job: Any) -> str:
+    """Train on this run's pairs (`pairs_uri`: another pairs artifact, e.g. training_pairs_step's): in this
+    process (`local`), or as a multi-node Kubeflow Trainer v2 TrainJob (`trainjob`) or Training Operator v1
+    PyTorchJob (`pytorchjob`).
 
     `job`: the cluster job's settings (image, nodes, gpus_per_node, timeout_hours, and optionally
     s3_secret, service_account, namespace, node_selector_json, tolerations_json, queue_name: a Kueue
@@ -122,14 +173,15 @@ def train_step(run_root: str, config_json: str, *, launcher: str, **job: Any) ->
     setup_logging()
     cfg = typed_config(TrainConfig, config_json, "train_config")  # a bad key fails here, not in the job
     output = artifact_uri(run_root, "train")
+    pairs_uri = outputref.plain(pairs_uri) if pairs_uri else input_uri(run_root, "train")
     if launcher == "local":
         from clipdpo import train
 
-        train.run(cfg, input_uri(run_root, "train"), output, overwrite=True)
+        train.run(cfg, pairs_uri, output, overwrite=True)
         return outputref.ref(Storage(), output)
     if launcher not in ("trainjob", "pytorchjob"):
         raise ValueError(f"train launcher {launcher!r}: expected 'trainjob', 'pytorchjob' or 'local'")
-    train_args = ["--input", input_uri(run_root, "train"), "--output", output,
+    train_args = ["--input", pairs_uri, "--output", output,
                   "--config", write_train_config(run_root, cfg), "--overwrite"]
     launch_key = output + "\n" + json.dumps(config_object(config_json, "train_config"), sort_keys=True)
     launch_train_job(train_args, launch_key, launcher, job)  # same output + config = same job

@@ -25,18 +25,23 @@ class GroundTruth:
     image: Image.Image | None = None
 
 
-def rewrite(engine: Engine, items: list[GroundTruth], sampling: Sampling,
-            visible: Callable[[str], Iterable] | None = None) -> tuple[list[str | None], InjectionCounts]:
-    """Each item's injected answer (None where dropped) and the counts; one engine call per modality."""
+def replies(engine: Engine, items: list[GroundTruth], sampling: Sampling) -> list[str]:
+    """The engine's raw reply to each item's injection prompt; one engine call per modality."""
     prompts = [injection_prompt(item.kind, item.question, item.answer) for item in items]
-    replies = [""] * len(items)
+    out = [""] * len(items)
     seen = [k for k, item in enumerate(items) if item.image is not None]
     if seen:
         requests = [ImageRequest(items[k].image, prompts[k], n=1, seed=sampling.seed + k) for k in seen]
         for k, outputs in zip(seen, engine.caption(requests, sampling)):
-            replies[k] = outputs[0]
+            out[k] = outputs[0]
     unseen = [k for k, item in enumerate(items) if item.image is None]
     if unseen:
         for k, reply in zip(unseen, engine.chat([prompts[k] for k in unseen], sampling)):
-            replies[k] = reply
-    return validate_all(replies, [item.answer for item in items], visible)
+            out[k] = reply
+    return out
+
+
+def rewrite(engine: Engine, items: list[GroundTruth], sampling: Sampling,
+            visible: Callable[[str], Iterable] | None = None) -> tuple[list[str | None], InjectionCounts]:
+    """Each item's injected answer (None where dropped) and the counts."""
+    return validate_all(replies(engine, items, sampling), [item.answer for item in items], visible)

@@ -16,7 +16,7 @@ import time
 
 import pyarrow.compute as pc
 
-from clipdpo import stages
+from clipdpo import outputref, stages
 from clipdpo.artifacts import Artifact, ShardRecord
 from clipdpo.stage import ShardSpec, sum_stats
 from clipdpo.storage import NotFound, Storage, join
@@ -125,6 +125,15 @@ def step_metrics(stage: str, run_root: str, *, shard: tuple[int, int] | None = N
         raise ValueError(f"step_metrics: unknown stage {stage!r}; expected one of "
                          f"{sorted(KINDS) + ['evaluate', 'evaluate-task', 'gate', 'plan-evaluation', 'report', 'train']}")
     return _finite(values)
+
+
+def pairs_numbers(uri: str, storage: Storage | None = None) -> dict[str, float]:
+    """A pairs artifact's rows and counters (the POVID source's kept/dropped); {} for "" (none made). `uri` may be
+    a step's versioned reference (`<uri>#<version>`)."""
+    if not uri:
+        return {}
+    artifact = Artifact.open(storage or Storage(), outputref.plain(uri), kind="pairs")
+    return _finite({"rows": float(artifact.manifest.rows), **numeric(artifact.manifest.stats)})
 
 
 def log_to(metrics_output, values: dict[str, float]) -> dict[str, float]:

@@ -1,0 +1,115 @@
+"""The world's stand-in for POVID's hallucination-injecting LLM: a rule-based rewriter of ground truth.
+
+POVID (Sec. 3.1) has GPT-4V rewrite a ground-truth answer with plausible hallucinations. There is no
+such LLM here, so the world injects them by rule from its exact ground truth (the pool folder's
+truth.jsonl), one of the three kinds the paper's caption prompt (Appendix A.2, Table 6) asks for:
+
+- `partner`: an absent co-occurring partner named as well (the world's co-occurrence hallucination);
+- `colour`: one object group gets its kind's other colour (a wrong attribute);
+- `position`: one group moves to a free slot, or two groups swap slots (a wrong relation).
+
+Each image gets one kind, drawn from (seed, image id). Its reply is written as the LLM's would be
+("Answer: ..."), so it passes the same parsing and validation (generate/povid_inject.py): a rewrite that
+changes nothing (a `partner` injection where no partner is absent) is dropped and counted there.
+The preferred answer is the world's correct caption; the prompt one of the world's caption prompts.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from clipdpo.world import language
+from clipdpo.world.data import read_truth
+from clipdpo.world.scene import COLOURS, KIND_COLOURS, PLURALS, SLOTS, ObjectGroup, Scene
+
+INJECTIONS = ("partner", "colour", "position")
+# what a scorer can see in a world caption: "<a|two> <colour> <kind(s)> [<position phrase>]"
+_NOUNS = "|".join(sorted({*KIND_COLOURS, *PLURALS.values()}, key=len, reverse=True))
+_GROUP = re.compile(rf"\b(a|two) ({'|'.join(COLOURS)}) ({_NOUNS})\b(?: (on the left|in the middle|on the right))?")
+
+
+def scene_from_truth(row: dict) -> Scene:
+    """A truth.jsonl row (scene.Scene.to_dict) back as a Scene (its glyphs are not needed to caption it)."""
+    groups = tuple(ObjectGroup(o["kind"], o["colour"], int(o["count"]), SLOTS.index(o["position"]))
+                   for o in row["objects"])
+    return Scene(row["image_id"], row["background"], groups, glyph_seed=0)
+
+
+def image_rng(seed: int, image_id: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(image_id.encode())])
+
+
+def wrong_colour(scene: Scene, rng: np.random.Generator) -> Scene:
+    index = int(rng.integers(len(scene.objects)))
+    group = scene.objects[index]
+    other = next(c for c in KIND_COLOURS[group.kind] if c != group.colour)
+    return replace(scene, objects=scene.objects[:index] + (replace(group, colour=other),) + scene.objects[index + 1:])
+
+
+def wrong_position(scene: Scene, rng: np.random.Generator) -> Scene:
+    """One group moved to a free slot; with every slot taken, two groups swap slots."""
+    groups = list(scene.objects)
+    free = [slot for slot in range(len(SLOTS)) if slot not in {g.slot for g in groups}]
+    if free:
+        index = int(rng.integers(len(groups)))
+        groups[index] = replace(groups[index], slot=free[int(rng.integers(len(free)))])
+    else:
+        a, b = (int(i) for i in rng.choice(len(groups), size=2, replace=False))
+        groups[a], groups[b] = replace(groups[a], slot=groups[b].slot), replace(groups[b], slot=groups[a].slot)
+    return replace(scene, objects=tuple(sorted(groups, key=lambda g: g.slot)))
+
+
+def inject(scene: Scene, kind: str, rng: np.random.Generator) -> str:
+    """The caption with one hallucination of `kind`; the correct caption when `kind` cannot apply."""
+    if kind == "partner":
+        hallucinated = language.with_partner(scene, rng)
+        return hallucinated[0] if hallucinated else language.caption(scene)
+    if kind == "colour":
+        return language.caption(wrong_colour(scene, rng))
+    if kind == "position":
+        return language.caption(wrong_position(scene, rng))
+    raise ValueError(f"injection kind {kind!r}; expected one of {INJECTIONS}")
+
+
+def visible(text: str) -> frozenset:
+    """What the world's scorer can tell apart in a caption: its (number, colour, noun, position) groups."""
+    return frozenset(_GROUP.findall(text.lower()))
+
+
+class WorldRewriter:
+    """The POVID source's rewriter on the world (clipdpo.generate.povid_source): ground truth from
+    `<folder>/truth.jsonl` (the pool folder `ingest` read), replies injected by rule."""
+
+    visible = staticmethod(visible)
+
+    def __init__(self, folder: str, seed: int = 0):
+        self.truth = read_truth(folder)
+        self.truth_file = Path(folder, "truth.jsonl")
+        self.seed = seed
+
+    def fingerprint_bytes(self) -> bytes:
+        return self.truth_file.read_bytes()
+
+    def ground_truth(self, image_id: str) -> tuple[str, str, Scene] | None:
+        """(prompt, preferred answer, scene) of an images-artifact id (the file name: `<truth id>.png`);
+        None when the truth file lacks the image."""
+        row = self.truth.get(image_id) or self.truth.get(image_id.rsplit(".", 1)[0])
+        if row is None:
+            return None
+        scene = scene_from_truth(row)
+        prompts = language.CAPTION_PROMPTS[:5]
+        return prompts[zlib.crc32(image_id.encode()) % len(prompts)], language.caption(scene), scene
+
+    def replies(self, items: list, images: dict[str, bytes]) -> list[tuple[str, str]]:
+        """(injection kind, the reply as an LLM would write it) per item (`items`: povid_source.Item)."""
+        out = []
+        for item in items:
+            rng = image_rng(self.seed, item.image_id)
+            kind = INJECTIONS[int(rng.integers(len(INJECTIONS)))]
+            out.append((kind, f"Answer: {inject(item.context, kind, rng)}"))
+        return out
