@@ -229,10 +229,15 @@ def train(model, batches: SFTBatches, cfg: LvlmConfig, progress=print, on_checkp
     return model.eval()
 
 
+DESCRIBE_MAX_NEW_TOKENS = 48  # a world caption is at most ~30 tokens
+DESCRIBE_BATCH = 64
+
+
 @torch.no_grad()
 def describe(model, processor, scenes: list[Scene], prompt: str = language.CAPTION_PROMPTS[0],
-             temperature: float = 0.0, max_new_tokens: int = 48, seed: int = 0, batch_size: int = 64) -> list[str]:
+             temperature: float = 0.0, seed: int = 0) -> list[str]:
     """Captions of `scenes` (greedy at temperature 0), for the build's checks."""
+    max_new_tokens, batch_size = DESCRIBE_MAX_NEW_TOKENS, DESCRIBE_BATCH
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     text = processor.apply_chat_template(_user(prompt), add_generation_prompt=True, tokenize=False)
