@@ -216,6 +216,10 @@ def _launch(data_dir: str, log_path: str) -> S3Server:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-s3.iam=false",
+        # Every bucket is a collection with volumes of its own, and `mini` allows one volume per GiB of free
+        # disk: with 33 GiB free the tests' 34th bucket got "no free volumes left" (InternalError on every
+        # put). Volumes are files that grow as written (not preallocated), so the slot count is no disk claim.
+        "-volume.max=2000",
         *[f"-{flag}={port}" for flag, port in ports.items()],
     ]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY)
