@@ -269,3 +269,21 @@ def test_control_shuffles_caption_scores_within_each_image_only():
         seen.add(tuple(out))
     assert len(seen) > 3  # the order really changes with the seed
     np.testing.assert_array_equal(shuffled_scores(ids, kinds, scores, 7), shuffled_scores(ids, kinds, scores, 7))
+
+
+def test_control_gives_every_copy_of_a_caption_one_shuffled_score():
+    from clipdpo.world.control import shuffled_scores
+
+    # image a: texts x, x, y, z (x twice: CLIP scored both copies 1.0); image b: one text twice
+    ids = ["a", "a", "a", "a", "b", "b"]
+    kinds = ["caption"] * 6
+    texts = ["x", "x", "y", "z", "w", "w"]
+    scores = np.array([1.0, 1.0, 2.0, 3.0, 5.0, 5.0])
+    assignments = set()
+    for seed in range(30):
+        out = shuffled_scores(ids, kinds, scores, seed, texts=texts)
+        assert out[0] == out[1]  # copies of x never split, so the filter never pairs x with x
+        assert sorted({out[0], out[2], out[3]}) == [1.0, 2.0, 3.0]  # a permutation over the distinct texts
+        assert list(out[4:]) == [5.0, 5.0]
+        assignments.add((out[0], out[2], out[3]))
+    assert len(assignments) == 6  # all 3! assignments of a's distinct texts occur in 30 seeds

@@ -14,16 +14,28 @@ from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.storage import Storage
 
 
-def shuffled_scores(image_ids: list[str], kinds: list[str], scores: np.ndarray, seed: int) -> np.ndarray:
-    """`scores` with the caption rows' values permuted within each image (QA rows untouched)."""
+def shuffled_scores(image_ids: list[str], kinds: list[str], scores: np.ndarray, seed: int,
+                    texts: list[str] | None = None) -> np.ndarray:
+    """`scores` with the caption rows' values permuted within each image (QA rows untouched).
+
+    With `texts`, the permutation runs over each image's distinct caption texts, and every copy of a text
+    keeps one score: sampled captions repeat (the world LVLM says the same short sentence several times),
+    and a row-wise shuffle would give two copies of one text different scores, so the filter would pair a
+    caption with itself and drop the pair as identical; the control would then train on fewer pairs than
+    CLIP-DPO, for a reason that is not the ranking.
+    """
     out = np.array(scores, dtype=np.float64, copy=True)
     rng = np.random.default_rng(seed)
-    groups: dict[str, list[int]] = {}
+    groups: dict[str, dict[str, list[int]]] = {}
     for row, (image_id, kind) in enumerate(zip(image_ids, kinds)):
         if kind == "caption":
-            groups.setdefault(image_id, []).append(row)
-    for rows in groups.values():
-        out[rows] = out[rng.permutation(rows)]
+            key = texts[row] if texts is not None else str(row)
+            groups.setdefault(image_id, {}).setdefault(key, []).append(row)
+    for by_text in groups.values():
+        copies = list(by_text.values())
+        values = [out[rows[0]] for rows in copies]  # copies of one text were scored alike by CLIP
+        for rows, source in zip(copies, rng.permutation(len(copies))):
+            out[rows] = values[source]
     return out
 
 
@@ -36,7 +48,8 @@ def write_shuffled(scores_uri: str, output_uri: str, seed: int = 0, storage: Sto
     for index, (name, table) in enumerate(source.iter_shards()):
         column = table.schema.get_field_index("clip_score")
         values = shuffled_scores(table.column("image_id").to_pylist(), table.column("kind").to_pylist(),
-                                 table.column("clip_score").to_numpy(zero_copy_only=False), seed + index)
+                                 table.column("clip_score").to_numpy(zero_copy_only=False), seed + index,
+                                 texts=table.column("text").to_pylist())
         table = table.set_column(column, table.schema.field(column), pa.array(values, table.schema.field(column).type))
         writer.write_shard(name, table)
         names.append(name)
