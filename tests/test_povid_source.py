@@ -12,7 +12,7 @@ from clipdpo import outputref, steps
 from clipdpo.artifacts import Artifact
 from clipdpo.storage import Storage, join
 from clipdpo.world import language
-from clipdpo.world.povid_source import INJECTIONS, WorldRewriter, inject, scene_from_truth, visible
+from clipdpo.world.povid_source import WorldRewriter, inject, rewrite, scene_from_truth, visible
 from clipdpo.world.scene import KIND_COLOURS, ObjectGroup, Scene
 
 CUP_LEFT = Scene("s-1", "plain", (ObjectGroup("cup", "white", 1, 0),), 0)  # partner book absent
@@ -33,8 +33,24 @@ def test_each_injection_changes_what_the_scorer_sees_in_the_expected_way():
     assert {g[2] for g in visible(swapped)} == {"cup", "books", "man"}
     # no absent partner: the rewrite is the original, which the validation drops
     assert inject(FULL, "partner", rng) == language.caption(FULL)
+    assert inject(CUP_LEFT, "count", rng) == "a picture of two white cups on the left."
     with pytest.raises(ValueError, match="injection kind"):
-        inject(CUP_LEFT, "count", rng)
+        inject(CUP_LEFT, "shape", rng)
+
+
+def test_a_rewrite_names_the_absent_partner_and_makes_one_more_error():
+    errors_seen = set()
+    for seed in range(30):
+        errors, text = rewrite(CUP_LEFT, np.random.default_rng(seed))
+        groups = visible(text)
+        assert errors.startswith("partner_and_") and "book" in {g[2].rstrip("s") for g in groups}
+        cup = [g for g in groups if g[2] in ("cup", "cups")]
+        assert len(cup) == 1 and cup[0] != ("a", "white", "cup", "on the left")  # the cup itself changed too
+        errors_seen.add(errors)
+        errors, text = rewrite(FULL, np.random.default_rng(seed))  # no absent partner: one error only
+        assert "_and_" not in errors and visible(text) != visible(language.caption(FULL))
+        assert {g[2] for g in visible(text)} <= {"cup", "cups", "book", "books", "man", "men"}
+    assert errors_seen == {"partner_and_count", "partner_and_position", "partner_and_colour"}
 
 
 def test_visible_reads_the_groups_of_a_world_caption():
@@ -62,16 +78,12 @@ def test_source_writes_validated_pairs_and_counts_the_drops(tmp_path):
     artifact = Artifact.open(Storage(), output, kind="pairs")
     rows = [row for _, table in artifact.iter_shards() for row in table.to_pylist()]
     truth = WorldRewriter(folder).truth
-    # expected by hand from the rules: every image gets the kind its (seed, id) draws; only `partner` on an
-    # image with no absent partner leaves the caption as it was, and that one is dropped as identical
-    expected_drops = 0
-    for image_id, row in truth.items():
-        rng = np.random.default_rng([3, __import__("zlib").crc32(f"{image_id}.png".encode())])
-        kind = INJECTIONS[int(rng.integers(len(INJECTIONS)))]
-        expected_drops += kind == "partner" and not scene_from_truth(row).absent_partners
-    assert len(rows) == len(truth) - expected_drops == stats["povid_pairs"]
-    assert stats["dropped_identical"] == expected_drops and stats["dropped_no_visible_change"] == 0
+    # every rewrite changes a present group, so nothing is dropped; the partner comes with it wherever absent
+    assert len(rows) == len(truth) == stats["povid_pairs"]
+    assert stats["dropped_identical"] == 0 and stats["dropped_no_visible_change"] == 0
     assert sum(v for k, v in stats.items() if k.startswith("kept_")) == len(rows)
+    with_partner = sum(bool(scene_from_truth(row).absent_partners) for row in truth.values())
+    assert sum(v for k, v in stats.items() if k.startswith("kept_partner_and_")) == with_partner
     for row in rows:
         scene = scene_from_truth(truth[row["image_id"].removesuffix(".png")])
         assert row["kind"] == "povid" and row["chosen"] == language.caption(scene)  # ground truth preferred

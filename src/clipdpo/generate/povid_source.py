@@ -53,7 +53,7 @@ class PovidSourceConfig:
     with_image: bool = False
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.9, max_new_tokens=512))
     batch_size: int = 8  # hf engine batch
-    seed: int = 0  # world: draws each image's injection kind
+    seed: int = 0  # world: draws each image's injected errors
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

@@ -2,15 +2,19 @@
 
 POVID (Sec. 3.1) has GPT-4V rewrite a ground-truth answer with plausible hallucinations. There is no
 such LLM here, so the world injects them by rule from its exact ground truth (the pool folder's
-truth.jsonl), one of the three kinds the paper's caption prompt (Appendix A.2, Table 6) asks for:
+truth.jsonl), the errors the paper's caption prompt (Appendix A.2, Table 6) lists:
 
-- `partner`: an absent co-occurring partner named as well (the world's co-occurrence hallucination);
-- `colour`: one object group gets its kind's other colour (a wrong attribute);
-- `position`: one group moves to a free slot, or two groups swap slots (a wrong relation).
+- `partner`: an absent co-occurring partner named as well (error 1, "co-occurring objects, which are
+  prone to appear in such scenarios but do not appear in the image");
+- `count`: one object group's number changed (error 2, "the number of entities");
+- `position`: one group moves to a free slot, or two groups swap slots (error 2, "the logical
+  relationships between entities": the world's relations are positions);
+- `colour`: one object group gets its kind's other colour (error 3, "attributes ... such as color").
 
-Each image gets one kind, drawn from (seed, image id). Its reply is written as the LLM's would be
-("Answer: ..."), so it passes the same parsing and validation (generate/povid_inject.py): a rewrite that
-changes nothing (a `partner` injection where no partner is absent) is dropped and counted there.
+A rewrite follows the prompt as the paper's Figure 3(a) shows GPT-4V doing it, several errors in one
+answer: the co-occurring partner whenever one is absent, plus one of count, position or colour, drawn from
+(seed, image id). Every image thus gets a change the scorer can see. Its reply is written as the LLM's
+would be ("Answer: ..."), so it passes the same parsing and validation (generate/povid_inject.py).
 The preferred answer is the world's correct caption; the prompt one of the world's caption prompts.
 """
 
@@ -27,7 +31,8 @@ from clipdpo.world import language
 from clipdpo.world.data import read_truth
 from clipdpo.world.scene import COLOURS, KIND_COLOURS, PLURALS, SLOTS, ObjectGroup, Scene
 
-INJECTIONS = ("partner", "colour", "position")
+INJECTIONS = ("partner", "count", "position", "colour")  # Table 6's error list
+SCENE_ERRORS = INJECTIONS[1:]  # the errors that change a present group (one per rewrite)
 # what a scorer can see in a world caption: "<a|two> <colour> <kind(s)> [<position phrase>]"
 _NOUNS = "|".join(sorted({*KIND_COLOURS, *PLURALS.values()}, key=len, reverse=True))
 _GROUP = re.compile(rf"\b(a|two) ({'|'.join(COLOURS)}) ({_NOUNS})\b(?: (on the left|in the middle|on the right))?")
@@ -51,6 +56,13 @@ def wrong_colour(scene: Scene, rng: np.random.Generator) -> Scene:
     return replace(scene, objects=scene.objects[:index] + (replace(group, colour=other),) + scene.objects[index + 1:])
 
 
+def wrong_count(scene: Scene, rng: np.random.Generator) -> Scene:
+    index = int(rng.integers(len(scene.objects)))
+    group = scene.objects[index]
+    return replace(scene, objects=scene.objects[:index] + (replace(group, count=3 - group.count),)
+                   + scene.objects[index + 1:])
+
+
 def wrong_position(scene: Scene, rng: np.random.Generator) -> Scene:
     """One group moved to a free slot; with every slot taken, two groups swap slots."""
     groups = list(scene.objects)
@@ -69,11 +81,25 @@ def inject(scene: Scene, kind: str, rng: np.random.Generator) -> str:
     if kind == "partner":
         hallucinated = language.with_partner(scene, rng)
         return hallucinated[0] if hallucinated else language.caption(scene)
-    if kind == "colour":
-        return language.caption(wrong_colour(scene, rng))
-    if kind == "position":
-        return language.caption(wrong_position(scene, rng))
-    raise ValueError(f"injection kind {kind!r}; expected one of {INJECTIONS}")
+    return language.caption(_changed(scene, kind, rng))
+
+
+def _changed(scene: Scene, kind: str, rng: np.random.Generator) -> Scene:
+    changes = {"count": wrong_count, "colour": wrong_colour, "position": wrong_position}
+    if kind not in changes:
+        raise ValueError(f"injection kind {kind!r}; expected one of {INJECTIONS}")
+    return changes[kind](scene, rng)
+
+
+def rewrite(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+    """(the errors made, joined by "_and_": a counter name trackers such as MLflow accept; the hallucinated
+    caption): one of count, position or colour, and the absent co-occurring partner whenever there is one."""
+    error = SCENE_ERRORS[int(rng.integers(len(SCENE_ERRORS)))]
+    changed = _changed(scene, error, rng)
+    with_partner = language.with_partner(changed, rng)  # the change keeps the kinds, so the same partners
+    if with_partner:
+        return f"partner_and_{error}", with_partner[0]
+    return error, language.caption(changed)
 
 
 def visible(text: str) -> frozenset:
@@ -106,10 +132,9 @@ class WorldRewriter:
         return prompts[zlib.crc32(image_id.encode()) % len(prompts)], language.caption(scene), scene
 
     def replies(self, items: list, images: dict[str, bytes]) -> list[tuple[str, str]]:
-        """(injection kind, the reply as an LLM would write it) per item (`items`: povid_source.Item)."""
+        """(errors made, the reply as an LLM would write it) per item (`items`: povid_source.Item)."""
         out = []
         for item in items:
-            rng = image_rng(self.seed, item.image_id)
-            kind = INJECTIONS[int(rng.integers(len(INJECTIONS)))]
-            out.append((kind, f"Answer: {inject(item.context, kind, rng)}"))
+            errors, caption = rewrite(item.context, image_rng(self.seed, item.image_id))
+            out.append((errors, f"Answer: {caption}"))
         return out
