@@ -38,7 +38,7 @@ help:
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PYTHON) scripts/install_venv.py $(PY) '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,0 +1,34 @@
+"""scripts/install_venv.py: pip's configured package sources reach uv as flags."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install_venv.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("install_venv", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pip_config_becomes_uv_flags_each_source_once():
+    listed = (":env:.find-links='/opt/wheels'\n"
+              ":env:.default-timeout='180'\n"
+              "global.constraint='/etc/xdg/pip/constraints.txt'\n"
+              "global.extra-index-url='file:///opt/pypi/simple file:///opt/pypi-more/simple'\n"
+              "global.find-links='/opt/wheels'\n"
+              "user.index-url='https://mirror.example/simple'\n")
+    assert load().uv_flags(listed) == [
+        "--find-links", "/opt/wheels",
+        "--constraint", "/etc/xdg/pip/constraints.txt",
+        "--extra-index-url", "file:///opt/pypi/simple", "--extra-index-url", "file:///opt/pypi-more/simple",
+        "--index-url", "https://mirror.example/simple",
+        "--index-strategy", "unsafe-best-match"]
+
+
+def test_no_pip_config_leaves_uv_its_defaults():
+    assert load().uv_flags("") == ["--index-strategy", "unsafe-best-match"]
