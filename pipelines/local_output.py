@@ -89,6 +89,24 @@ class CacheHits(logging.Handler):
 
 
 @contextlib.contextmanager
+def _terminal_handlers_to(stream: io.TextIOBase) -> Iterator[None]:
+    """Root log handlers that write to the terminal write to `stream` within. A library's first
+    `logging.warning` (open_clip's, in a world build) installs one on stderr; kfp's ParallelFor threads each
+    swap the root's handlers in and out, so a thread can log while another has put that one back, and its
+    INFO lines then reached the terminal."""
+    terminal = {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}
+    moved = [(h, h.stream) for h in logging.getLogger().handlers
+             if isinstance(h, logging.StreamHandler) and h.stream in terminal]
+    for handler, _ in moved:
+        handler.setStream(stream)
+    try:
+        yield
+    finally:
+        for handler, original in moved:
+            handler.setStream(original)
+
+
+@contextlib.contextmanager
 def steps_only(log_path: str, verbose: bool = False) -> Iterator[None]:
     """Within: kfp's output to `log_path`, one line per step on the terminal (everything with `verbose`)."""
     if verbose:
@@ -109,7 +127,8 @@ def steps_only(log_path: str, verbose: bool = False) -> Iterator[None]:
         root.addHandler(hits)
         root.setLevel(min(level or logging.WARNING, logging.INFO))
         try:
-            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            # handlers first: "the terminal" is sys.stdout/stderr before the redirect
+            with _terminal_handlers_to(stream), contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 yield
         except BaseException:
             log.flush()

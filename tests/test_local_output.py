@@ -104,3 +104,23 @@ def test_parallel_iterations_each_get_their_line_and_a_failure_shows(tmp_path):
     stream.write("ERROR - Task 'score-shard' finished with status FAILURE\n")
     assert [line.split()[:2] for line in said] == [["evaluate-task[0]", "run"], ["evaluate-task[1]", "run"],
                                                    ["score-shard", "FAILURE"]]
+
+
+def test_a_root_handler_on_the_terminal_logs_into_the_run_log_within(tmp_path, capsys):
+    import logging
+    import sys
+
+    from pipelines.local_output import steps_only
+
+    handler = logging.StreamHandler(sys.stderr)  # what a library's first logging.warning installs
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with steps_only(str(tmp_path / "logs" / "run.log")):
+            root.warning("a library warning during the run")
+        assert handler.stream is sys.stderr  # given back afterwards
+    finally:
+        root.removeHandler(handler)
+    captured = capsys.readouterr()
+    assert "a library warning" not in captured.err + captured.out
+    assert "a library warning during the run" in (tmp_path / "logs" / "run.log").read_text()
