@@ -71,6 +71,7 @@ def test_the_run_row_must_be_dpo_beta_01_with_the_worlds_settings(bucket):
     ablation.check_run({"world_train": world}, run_root)  # the paper's loss: accepted
 
 
+@pytest.mark.slow  # two tiny training runs: ~11 s on a busy 2-core machine
 def test_variants_train_on_the_runs_own_pairs_and_write_nothing_beside_them(bucket, tmp_path):
     from clipdpo.demo.models import build_tiny_llava
     from pairs_fixture import write_pairs
