@@ -87,21 +87,46 @@ def filter_pairs(run_root: str, scores_uri: str, config_json: str, metrics: Outp
         return filter_step(run_root, config_json)
 
 
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def povid_placement(config_json: str, train_config_json: str, metrics: Output[Metrics]) -> str:
+    """Where POVID's pairs are made: "gpu" (an LLM rewrites through the engines: vLLM) or "cpu" (nothing to make
+    for method clipdpo, the world's rule-based rewriter, or an injector on the CPU); clipdpo.steps.povid_placement."""
+    from clipdpo.report.step_metrics import log_to
+    from clipdpo.steps import povid_placement as placement
+
+    where = placement(config_json, train_config_json)
+    log_to(metrics, {"gpu": float(where == "gpu")})
+    return where
+
+
 # The LLM injection runs through the generate stage's engines (vLLM): its image, and a GPU on a cluster
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
 def povid_pairs(run_root: str, images_uri: str, config_json: str, train_config_json: str,
                 metrics: Output[Metrics]) -> str:
-    """POVID's pairs (ground truth preferred, injected hallucinations dispreferred) when train's method is
-    povid or both; "" for clipdpo."""
+    """POVID's pairs (ground truth preferred, injected hallucinations dispreferred) rewritten by an LLM: the
+    branch for povid_placement "gpu"."""
     import time
 
-    from clipdpo.report.step_metrics import log_to, pairs_numbers
+    from clipdpo.report.step_metrics import log_pairs
     from clipdpo.steps import povid_step
 
     started = time.monotonic()
-    output = povid_step(run_root, config_json, train_config_json)
-    log_to(metrics, {**pairs_numbers(output), "step_seconds": round(time.monotonic() - started, 3)})
-    return output
+    return log_pairs(metrics, povid_step(run_root, config_json, train_config_json), started)
+
+
+# The same step where it needs no GPU: the light filter image, CPU requests only
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def povid_pairs_cpu(run_root: str, images_uri: str, config_json: str, train_config_json: str,
+                    metrics: Output[Metrics]) -> str:
+    """POVID's pairs where no GPU is needed (povid_placement "cpu"): the world's rewriter, an injector on the
+    CPU, or "" at once for method clipdpo."""
+    import time
+
+    from clipdpo.report.step_metrics import log_pairs
+    from clipdpo.steps import povid_step
+
+    started = time.monotonic()
+    return log_pairs(metrics, povid_step(run_root, config_json, train_config_json), started)
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
@@ -110,13 +135,12 @@ def training_pairs(run_root: str, clipdpo_pairs_uri: str, povid_pairs_uri: str, 
     """What train consumes, by its config's method: the CLIP-DPO pairs, POVID's, or their union (both)."""
     import time
 
-    from clipdpo.report.step_metrics import log_to, pairs_numbers
+    from clipdpo.report.step_metrics import log_pairs
     from clipdpo.steps import training_pairs_step
 
     started = time.monotonic()
-    output = training_pairs_step(run_root, train_config_json, clipdpo_pairs_uri, povid_pairs_uri)
-    log_to(metrics, {**pairs_numbers(output), "step_seconds": round(time.monotonic() - started, 3)})
-    return output
+    return log_pairs(metrics, training_pairs_step(run_root, train_config_json, clipdpo_pairs_uri, povid_pairs_uri),
+                     started)
 
 
 @dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)
@@ -265,11 +289,20 @@ def clipdpo_pipeline(
     pairs.set_cpu_request("4").set_memory_request("8G").set_display_name("filter")
 
     # method (train_config's `method`): clipdpo trains on the filter's pairs; povid on POVID's pairs (ground truth
-    # vs injected hallucinations; noisy-image rejections in training); both on their union
-    povid = _gpu(_s3(povid_pairs(run_root=run_root, images_uri=_uri(images), config_json=povid_config,
-                                 train_config_json=train_config)), memory="32G").set_display_name("povid pairs")
-    chosen = _s3(training_pairs(run_root=run_root, clipdpo_pairs_uri=_uri(pairs), povid_pairs_uri=_uri(povid),
-                                train_config_json=train_config))
+    # vs injected hallucinations; noisy-image rejections in training); both on their union. The method and the
+    # rewriter live in JSON parameters, so a small step reads them and only an LLM rewrite holds a GPU pod.
+    placement = povid_placement(config_json=povid_config, train_config_json=train_config)
+    placement.set_caching_options(True).set_cpu_request("1").set_memory_request("1G").set_display_name(
+        "povid placement")
+    povid_inputs = dict(run_root=run_root, images_uri=_uri(images), config_json=povid_config,
+                        train_config_json=train_config)
+    with dsl.If(_uri(placement) == "gpu", name="povid-llm-on-gpu"):
+        on_gpu = _gpu(_s3(povid_pairs(**povid_inputs)), memory="32G").set_display_name("povid pairs (LLM, GPU)")
+    with dsl.Else(name="povid-on-cpu"):
+        on_cpu = _s3(povid_pairs_cpu(**povid_inputs)).set_cpu_request("2").set_memory_request("8G")
+        on_cpu.set_display_name("povid pairs")
+    chosen = _s3(training_pairs(run_root=run_root, clipdpo_pairs_uri=_uri(pairs),
+                                povid_pairs_uri=dsl.OneOf(_uri(on_gpu), _uri(on_cpu)), train_config_json=train_config))
     chosen.set_cpu_request("1").set_memory_request("2G").set_display_name("training pairs")
 
     model = _tracking(_s3(train(run_root=run_root, pairs_uri=_uri(chosen), config_json=train_config,

@@ -15,9 +15,12 @@ this process after the pipeline and evaluates every model into the same report (
 with `--arms clipdpo,povid,both,control`); --control shuffled adds the shuffled-score control arm alone.
 See pipelines/world_run.py.
 `--set STAGE.KEY=VALUE` changes one stage config value: locally that stage reruns with every stage after it,
-and only those (each step's output carries the version of what it wrote: clipdpo.outputref). Locally, kfp's
-cache entries whose artifacts are gone or replaced are dropped first (pipelines/local_cache.py), and the
-terminal shows one line per step; kfp's executor output goes to <state-dir>/logs/ (--verbose: shown).
+and only those (each step's output carries the version of what it wrote: clipdpo.outputref). The arms of
+--arms/--control honour every override: train, povid, filter (the control arm filters again) and evaluate
+values go into their own configs (train.* on top of each arm's method settings), and ingest, generate and
+score reach them through the pipeline's artifacts they reuse; train.method is --method's on the world.
+Locally, kfp's cache entries whose artifacts are gone or replaced are dropped first (pipelines/local_cache.py),
+and the terminal shows one line per step; kfp's executor output goes to <state-dir>/logs/ (--verbose: shown).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import NAMES, STAGES, stage
 from pipelines.local_output import steps_only
-from pipelines.world_run import CONTROLS, METHODS
+from pipelines.world_run import CONTROLS, METHODS, TRAIN_OVERRIDES
 
 
 def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
@@ -52,10 +55,17 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
 
 
 def with_overrides(configs: dict[str, dict], overrides: list[str]) -> dict[str, dict]:
-    """`configs` with each `stage.key=value` of --set applied (values parse as JSON)."""
+    """`configs` with each `stage.key=value` of --set applied (values parse as JSON). The world's configs (those
+    with `world_train`) also keep the `train.` items: the arms trained after the pipeline build their train
+    configs from `world_train` and apply them on top (pipelines/world_run.py arm_train_config)."""
     from clipdpo.config import apply_overrides
 
-    return apply_overrides(configs, overrides) if overrides else configs
+    if not overrides:
+        return configs
+    changed = apply_overrides(configs, overrides)
+    if "world_train" in configs:
+        changed[TRAIN_OVERRIDES] = [item for item in overrides if item.startswith("train.")]
+    return changed
 
 
 def read_configs(config_dir: Path) -> dict[str, dict]:
@@ -283,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="change one stage config value, e.g. --set filter.pair_min_margin=3 (repeatable); "
-                             "that stage reruns with the stages after it")
+                             "that stage reruns with the stages after it; with --world the arms after the pipeline "
+                             "(--arms, --control) take the same values (train.*: on top of each arm's method)")
     parser.add_argument("--verbose", action="store_true",
                         help="local runs: show kfp's executor output (default: one line per step; the output "
                              "goes to <state-dir>/logs/)")
@@ -312,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.overrides:
         if "=" not in item or item.split("=", 1)[0].split(".", 1)[0] not in stages or "." not in item.split("=", 1)[0]:
             parser.error(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {list(stages)}")
+    if args.world is not None and any(item.split("=", 1)[0] == "train.method" for item in args.overrides):
+        parser.error("--set train.method: on the world the pipeline's method is --method's, and each arm trains "
+                     "its own (--arms)")
     if args.control and args.world is None:
         parser.error("--control needs --world (the control arm is defined on the synthetic world)")
     if (args.arms or args.method != "clipdpo") and args.world is None:

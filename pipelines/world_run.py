@@ -14,6 +14,10 @@ two stages; `control` shuffles the run's CLIP scores among each image's captions
 (`clipdpo.world.control`), then filters and trains as CLIP-DPO. The evaluate step then reruns on the
 run's own evaluation folder with every model, reusing the responses already there (they are
 resumable), so one report holds all arms side by side; a rerun reuses every finished arm.
+
+The run's `--set` overrides reach the arms as they reach the pipeline: the configs given here carry the
+train, povid, filter and evaluate values, each arm's train config takes the `train.` items on top of its
+method's settings (`arm_train_config`), and ingest, generate and score come from the pipeline's artifacts.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from clipdpo.storage import join
 CONTROLS = ("shuffled",)
 METHODS = ("clipdpo", "povid", "both")  # what the kfp pipeline's train consumes (the train config's method)
 ARMS = (*METHODS, "control")  # the models a world report can compare with base
+# configs[TRAIN_OVERRIDES]: the run's `--set train.KEY=VALUE` items (pipelines/run.py), which every arm's train
+# config takes on top of its method's, as the pipeline's own train config does
+TRAIN_OVERRIDES = "train_overrides"
 
 
 def arm_root(run_root: str, arm: str) -> str:
@@ -78,11 +85,21 @@ def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: s
     return configs, paths
 
 
+def arm_train_config(configs: dict[str, dict], arm: str) -> dict:
+    """The train config of `arm` (control: CLIP-DPO's): the world's train config for its method, then the run's
+    `--set train.KEY=VALUE` overrides (configs[TRAIN_OVERRIDES]), applied after the method's settings exactly as
+    the pipeline's own train config gets them, so `--set train.learning_rate=...` reaches every arm."""
+    from clipdpo.config import apply_overrides
+    from clipdpo.world.stageconfigs import method_train_config
+
+    train = method_train_config(configs["world_train"], "clipdpo" if arm == "control" else arm)
+    return apply_overrides({"train": train}, list(configs.get(TRAIN_OVERRIDES, [])))["train"]
+
+
 def train_control_arm(configs: dict[str, dict], run_root: str, seed: int = 0, say=print) -> str:
     """Shuffled scores -> filter -> train under `<run_root>-control`; returns its model artifact."""
     from clipdpo import steps
     from clipdpo.world.control import write_shuffled
-    from clipdpo.world.stageconfigs import method_train_config
 
     control = control_root(run_root)
     say(f"control arm (CLIP scores shuffled within each image) under {control}: scores ...")
@@ -90,18 +107,16 @@ def train_control_arm(configs: dict[str, dict], run_root: str, seed: int = 0, sa
     say("control arm: filter ...")
     steps.filter_step(control, json.dumps(configs["filter"]))
     say("control arm: train ...")
-    return steps.train_step(control, json.dumps(method_train_config(configs["world_train"], "clipdpo")),
-                            launcher="local")
+    return steps.train_step(control, json.dumps(arm_train_config(configs, "control")), launcher="local")
 
 
 def train_method_arm(configs: dict[str, dict], method: str, run_root: str, say=print) -> str:
     """One method's arm under `<run_root>-<method>`, on the pipeline's images and CLIP-DPO pairs: POVID's pairs
     (povid, both), the pairs the method consumes, train; returns its model artifact."""
     from clipdpo import steps
-    from clipdpo.world.stageconfigs import method_train_config
 
     root = arm_root(run_root, method)
-    train = json.dumps(method_train_config(configs["world_train"], method))
+    train = json.dumps(arm_train_config(configs, method))
     say(f"{method} arm under {root}: pairs ...")
     images = steps.artifact_uri(run_root, "ingest")
     povid = steps.povid_step(root, json.dumps(configs["povid"]), train, images_uri=images)

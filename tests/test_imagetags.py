@@ -58,8 +58,13 @@ def test_an_ingest_only_change_leaves_the_generate_tag_alone(repo):
 @pytest.mark.slow  # hashes a copy of the repository several times
 def test_a_module_the_generate_stage_imports_changes_its_tag(repo):
     before = tags(repo)
-    touch(repo / "src" / "clipdpo" / "generate" / "qa_parse.py")
+    touch(repo / "src" / "clipdpo" / "generate" / "__main__.py")  # the generate image's entry point only
     assert changed(before, tags(repo)) == {"generate"}
+    before = tags(repo)
+    # the filter image runs POVID's pairs where no GPU is needed (pipelines' povid_pairs_cpu), and
+    # clipdpo.generate.povid_source brings the generate package with it
+    touch(repo / "src" / "clipdpo" / "generate" / "qa_parse.py")
+    assert changed(before, tags(repo)) == {"generate", "filter"}
     before = tags(repo)
     touch(repo / "src" / "clipdpo" / "storage.py")  # every stage reads and writes S3
     assert changed(before, tags(repo)) == set(imagetags.STAGES)
@@ -75,8 +80,8 @@ def test_the_graph_follows_lazy_imports_and_ignores_files_nobody_imports(repo):
     assert changed(before, tags(repo)) == set()
     touch(generate / "shard.py", "\n\ndef _later():\n    from clipdpo.generate import helper\n    return helper.Y\n")
     before = tags(repo)
-    touch(generate / "helper.py")  # imported only inside a function
-    assert changed(before, tags(repo)) == {"generate"}
+    touch(generate / "helper.py")  # imported only inside a function (of the generate package, which the
+    assert changed(before, tags(repo)) == {"generate", "filter"}  # filter image imports for POVID's CPU branch)
 
 
 @pytest.mark.slow  # hashes a copy of the repository several times

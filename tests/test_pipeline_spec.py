@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,8 @@ STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
     "exec-plan-shards": "filter", "exec-train": "train", "exec-plan-evaluation": "filter",
     "exec-evaluate-task": "evaluate", "exec-evaluate-merge": "evaluate", "exec-gate": "filter", "exec-report": "evaluate",
-    "exec-povid-pairs": "generate", "exec-training-pairs": "filter",
+    "exec-povid-pairs": "generate", "exec-training-pairs": "filter", "exec-povid-placement": "filter",
+    "exec-povid-pairs-cpu": "filter",
 }
 
 
@@ -53,14 +55,15 @@ def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
         assert accelerator["resourceType"] == "nvidia.com/gpu" and int(accelerator["resourceCount"]) == 1
         tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]["tolerations"]
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
-    for name in ("exec-filter-pairs", "exec-train", "exec-ingest", "exec-training-pairs"):
+    for name in ("exec-filter-pairs", "exec-train", "exec-ingest", "exec-training-pairs", "exec-povid-placement",
+                 "exec-povid-pairs-cpu"):
         assert "accelerator" not in executors[name]["container"].get("resources", {})
 
 
 def test_s3_secret_is_wired_into_every_step_that_touches_s3(compiled):
     _, platform, _ = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in set(STAGE_EXECUTORS) - {"exec-plan-shards"}:
+    for name in set(STAGE_EXECUTORS) - {"exec-plan-shards", "exec-povid-placement"}:  # these two read no S3
         secrets = executors[name]["secretAsEnv"]
         required = [s for s in secrets if not s["optional"]]
         assert required and required[0]["secretName"] == "clipdpo-s3"
@@ -71,8 +74,8 @@ def test_s3_secret_is_wired_into_every_step_that_touches_s3(compiled):
 def test_caching_is_on_for_every_task(compiled):
     spec, _, _ = compiled
     tasks = dict(all_tasks(spec))
-    leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith("for-loop")}
-    assert len(leaf_tasks) == 15
+    leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith(("for-loop", "condition-"))}
+    assert len(leaf_tasks) == 17
     # the gate reads the promoted pointer, which other runs move: it must run every time
     assert not leaf_tasks.pop("gate").get("cachingOptions", {}).get("enableCache")
     assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
@@ -129,16 +132,79 @@ def test_method_chooses_the_pairs_train_consumes(compiled):
     CLIP-DPO pairs and POVID's, by the train config's method (issue 15)."""
     spec, _, _ = compiled
     root = spec["root"]["dag"]["tasks"]
+    tasks = dict(all_tasks(spec))
 
     def producer(task: str, parameter: str) -> str:
         return root[task]["inputs"]["parameters"][parameter]["taskOutputParameter"]["producerTask"]
 
-    assert producer("povid-pairs", "images_uri") == "ingest"
     assert producer("training-pairs", "clipdpo_pairs_uri") == "filter-pairs"
-    assert producer("training-pairs", "povid_pairs_uri") == "povid-pairs"
     assert producer("train", "pairs_uri") == "training-pairs"
-    for task in ("povid-pairs", "training-pairs"):  # both read the method from the train config
+    for task in ("povid-pairs", "povid-pairs-cpu"):  # either branch: the ingested images, POVID's config
+        inputs = tasks[task]["inputs"]["parameters"]
+        assert inputs["images_uri"]["componentInputParameter"] == "pipelinechannel--ingest-Output"
+        assert inputs["config_json"]["componentInputParameter"] == "pipelinechannel--povid_config"
+        assert inputs["train_config_json"]["componentInputParameter"] == "pipelinechannel--train_config"
+    for task in ("povid-placement", "training-pairs"):  # both read the method from the train config
         assert root[task]["inputs"]["parameters"]["train_config_json"]["componentInputParameter"] == "train_config"
-    assert root["povid-pairs"]["inputs"]["parameters"]["config_json"]["componentInputParameter"] == "povid_config"
+    assert root["povid-placement"]["inputs"]["parameters"]["config_json"]["componentInputParameter"] == "povid_config"
     executors = spec["deploymentSpec"]["executors"]
     assert "pairs_uri=pairs_uri" in " ".join(executors["exec-train"]["container"]["command"])
+
+
+def test_povid_pairs_hold_a_gpu_only_for_an_llm_rewrite(compiled):
+    """The povid pairs step runs in one of two branches on the placement step's answer (clipdpo.steps.
+    povid_placement): "gpu" (an LLM through vLLM) -> the generate image with a GPU and its tolerations; anything
+    else (method clipdpo: nothing to make; the world's rewriter; an injector on the CPU) -> the filter image with
+    CPU and memory requests only. training-pairs takes whichever ran (dsl.OneOf)."""
+    spec, platform, _ = compiled
+    components, executors = spec["components"], spec["deploymentSpec"]["executors"]
+    placed = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    (branches_name,) = [name for name in spec["root"]["dag"]["tasks"] if name.startswith("condition-branches")]
+    branches = components[spec["root"]["dag"]["tasks"][branches_name]["componentRef"]["name"]]["dag"]
+    conditions = {}
+    for branch in branches["tasks"].values():
+        (task,) = components[branch["componentRef"]["name"]]["dag"]["tasks"].values()
+        conditions[task["componentRef"]["name"]] = branch["triggerPolicy"]["condition"]
+    gpu_when = "inputs.parameter_values['pipelinechannel--povid-placement-Output'] == 'gpu'"
+    assert conditions == {"comp-povid-pairs": gpu_when, "comp-povid-pairs-cpu": f"!({gpu_when})"}
+
+    gpu = executors["exec-povid-pairs"]["container"]
+    assert gpu["image"].startswith("ghcr.io/clipdpo/clipdpo-generate:")
+    assert gpu["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert placed["exec-povid-pairs"]["tolerations"]
+    for name in ("exec-povid-pairs-cpu", "exec-povid-placement"):
+        container = executors[name]["container"]
+        assert container["image"].startswith("ghcr.io/clipdpo/clipdpo-filter:"), name
+        assert set(container["resources"]) == {"cpuRequest", "memoryRequest", "resourceCpuRequest",
+                                               "resourceMemoryRequest"}, name
+        assert "tolerations" not in placed.get(name, {}) and "nodeSelector" not in placed.get(name, {}), name
+
+    selectors = branches["outputs"]["parameters"]
+    (oneof,) = selectors.values()
+    assert [s["producerSubtask"] for s in oneof["valueFromOneof"]["parameterSelectors"]] == list(branches["tasks"])
+    povid_input = spec["root"]["dag"]["tasks"]["training-pairs"]["inputs"]["parameters"]["povid_pairs_uri"]
+    assert povid_input["taskOutputParameter"] == {"producerTask": branches_name,
+                                                  "outputParameterKey": next(iter(selectors))}
+
+
+@pytest.mark.parametrize("method, povid, where", [
+    ("clipdpo", "{}", "cpu"),  # nothing to make: POVID's config is not even read
+    ("povid", '{"source": "world", "ground_truth": "/w/images"}', "cpu"),
+    ("both", '{"source": "llm", "ground_truth": "s3://b/llava.json"}', "gpu"),  # the default injector: vLLM
+    ("povid", '{"ground_truth": "gt.json", "injector": {"name": "m", "path": "p", "engine": "hf", "device": "cpu"}}',
+     "cpu"),
+    ("povid", '{"ground_truth": "gt.json", "injector": {"name": "m", "path": "p", "engine": "hf"}}', "gpu"),
+])
+def test_povid_placement_by_method_and_rewriter(method, povid, where):
+    from clipdpo.steps import povid_placement
+
+    train = {"method": method} | ({"reference": "model"} if method != "clipdpo" else {})
+    assert povid_placement(povid, json.dumps(train)) == where
+
+
+def test_povid_placement_refuses_a_bad_povid_config_before_any_pod_starts():
+    from clipdpo.config import ConfigError
+    from clipdpo.steps import povid_placement
+
+    with pytest.raises(ConfigError, match="povid_config"):
+        povid_placement('{"source": "llm"}', json.dumps({"method": "povid", "reference": "model"}))

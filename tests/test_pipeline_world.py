@@ -172,3 +172,40 @@ def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
     assert make_command("ARMS=clipdpo,povid,both,control") == ["--run-id", "world0", "--world", "0", "--arms",
                                                               "clipdpo,povid,both,control"]
     assert make_command("DEMO=1", "METHOD=povid") == ["--run-id", "demo"]  # the arms are the world's
+
+
+def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypatch):
+    """--set train.KEY=VALUE changes the pipeline's train config and, through arm_train_config, the train config
+    of every arm trained after it (each built from the world's train config for its method), the override
+    winning over the method's own value (#15)."""
+    import torch
+
+    from pipelines.run import local_configs, pipeline_arguments, with_overrides
+    from pipelines.world_run import arm_train_config
+
+    for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "CLIPDPO_WORLD_CACHE", "CLIPDPO_METHOD", "CLIPDPO_ARMS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    fake_built_world(tmp_path / "cache", seed=4)
+    world = ["--world", "4", "--world-cache", str(tmp_path / "cache"), "--method", "povid",
+             "--arms", "clipdpo,povid,both,control"]
+    sets = ["train.learning_rate=2e-5", "train.stage1_epochs=2", "filter.pair_min_margin=3"]
+    args = parse([*world, *(word for item in sets for word in ("--set", item))], monkeypatch)
+    plain, _ = local_configs(args, tmp_path / "state")
+    configs = with_overrides(plain, args.overrides)
+    assert arm_train_config(configs, "povid") == configs["train"]  # the pipeline's own arm: its very config
+    assert configs["train"]["learning_rate"] == 2e-5 and configs["train"]["stage1_epochs"] == 2
+    for arm in ("clipdpo", "both", "control"):
+        train = arm_train_config(configs, arm)
+        assert (train["learning_rate"], train["stage1_epochs"]) == (2e-5, 2), arm
+        # the rest is the arm's method's: both keeps POVID's schedule, clipdpo and control the world's
+        assert train.get("method", "clipdpo") == ("clipdpo" if arm == "control" else arm)
+        assert train["epochs"] == (1 if arm == "both" else 2)
+    assert configs["filter"]["pair_min_margin"] == 3  # the control arm filters with the run's filter config
+    # without --set each arm keeps its method's values (POVID 1e-5, the world's CLIP-DPO 5e-5)
+    assert [arm_train_config(plain, arm)["learning_rate"] for arm in ("povid", "both", "clipdpo", "control")] == [
+        1e-5, 1e-5, 5e-5, 5e-5]
+    # the kept items are not a pipeline parameter: the same parameters as without --set
+    assert set(pipeline_arguments(args, configs, "local")) == set(pipeline_arguments(args, plain, "local"))
+    with pytest.raises(SystemExit):  # on the world, --method and --arms say which methods train
+        parse([*world, "--set", "train.method=both"], monkeypatch)

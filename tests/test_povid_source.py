@@ -155,3 +155,23 @@ def test_the_method_chooses_the_pairs_and_reaches_train(tmp_path):
     assert combined.manifest.rows == 2 * single.manifest.rows
     assert sorted(combined.shard_names) == sorted([f"clipdpo-copy-{n}" for n in single.shard_names]
                                                   + [f"povid-{n}" for n in single.shard_names])
+
+
+def test_an_arm_after_the_pipeline_trains_with_the_runs_train_overrides(tmp_path):
+    """pipelines.world_run.train_method_arm (what `--arms povid` runs after the pipeline), with the run's
+    `--set train.*` items: the arm's POVID pairs and real training take them on top of POVID's settings."""
+    from clipdpo.demo.models import build_tiny_llava
+    from pipelines.world_run import TRAIN_OVERRIDES, arm_root, train_method_arm
+
+    folder, _ = write_world_images(tmp_path, n=8)
+    model = build_tiny_llava(str(tmp_path / "tiny-llava"))
+    root = str(tmp_path / "run")  # the pipeline's run root: its images artifact is what write_world_images made
+    configs = {"world_train": json.loads(train_config(model, "clipdpo")),
+               "povid": {"source": "world", "ground_truth": folder},
+               TRAIN_OVERRIDES: ["train.stage1_epochs=1", "train.learning_rate=0.002", "train.max_steps=2"]}
+    output = outputref.plain(train_method_arm(configs, "povid", root, say=lambda line: None))
+    assert output == steps.artifact_uri(arm_root(root, "povid"), "train")
+    trained = json.loads(Storage().read_bytes(join(output, "train_summary.json")))["config"]
+    # the overrides win over POVID's world settings (stage 1: 3 epochs, lr 1e-5); the rest is POVID's
+    assert (trained["stage1_epochs"], trained["learning_rate"], trained["max_steps"]) == (1, 0.002, 2)
+    assert (trained["method"], trained["noise_step"], trained["stage2_epochs"]) == ("povid", 500, 1)

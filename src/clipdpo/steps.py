@@ -116,6 +116,19 @@ def train_method(train_config_json: str) -> str:
     return typed_config(TrainConfig, train_config_json, "train_config").method
 
 
+def povid_placement(config_json: str, train_config_json: str) -> str:
+    """Where the povid pairs step runs: "gpu" when an LLM rewrites the answers (`source: llm`, through the
+    generate stage's engines: vLLM), else "cpu": nothing to make (method clipdpo: the POVID config is not read),
+    the world's rule-based rewriter, or an injector the config puts on the CPU (`engine: hf`, `device: cpu`)."""
+    if train_method(train_config_json) == "clipdpo":
+        return "cpu"
+    from clipdpo.generate import povid_source
+
+    cfg = typed_config(povid_source.PovidSourceConfig, config_json, "povid_config")  # a bad config fails here
+    on_cpu = cfg.injector.engine == "hf" and cfg.injector.device == "cpu"
+    return "gpu" if cfg.source == "llm" and not on_cpu else "cpu"
+
+
 def povid_step(run_root: str, config_json: str, train_config_json: str, images_uri: str = "") -> str:
     """POVID's pairs from the run's images (or `images_uri`) into `<run_root>/povid-pairs` when the train
     config's method is povid or both, returned versioned; "" (nothing made) for clipdpo."""

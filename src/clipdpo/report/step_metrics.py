@@ -136,6 +136,13 @@ def pairs_numbers(uri: str, storage: Storage | None = None) -> dict[str, float]:
     return _finite({"rows": float(artifact.manifest.rows), **numeric(artifact.manifest.stats)})
 
 
+def log_pairs(metrics_output, output: str, started: float) -> str:
+    """What a pairs step (povid pairs, training pairs) calls last: the rows and counters of the pairs artifact it
+    returned ({} when it made none) plus `step_seconds` (since `started`), on its `Output[Metrics]`; `output`."""
+    log_to(metrics_output, {**pairs_numbers(output), "step_seconds": round(time.monotonic() - started, 3)})
+    return output
+
+
 def log_to(metrics_output, values: dict[str, float]) -> dict[str, float]:
     """Log `values` on a kfp `Output[Metrics]` and write them (JSON) to its file too: kfp's local runner
     counts an output artifact without a file as missing and never serves the step from its cache."""
