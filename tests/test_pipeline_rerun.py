@@ -101,10 +101,11 @@ def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reru
     shutil.rmtree(state / "s3")
     third = run([*argv, "--set", f"filter.pair_min_margin={margin}"], monkeypatch, capsys)
     assert "those steps run again" in third
-    # only the plans, whose outputs are lists, not data, and the same as before, and povid-pairs,
-    # which makes nothing for method clipdpo (it returns "": no artifact to lose)
+    # only the plans, whose outputs are lists, not data, and the same as before, the povid placement (a word:
+    # "cpu" here) and povid-pairs on the CPU, which makes nothing for method clipdpo (it returns "": no artifact
+    # to lose)
     assert {step for step, cached in cached_column(third).items() if cached == "yes"} == \
-        {"plan-shards", "plan-evaluation", "povid-pairs"}, third
+        {"plan-shards", "plan-evaluation", "povid-placement", "povid-pairs-cpu"}, third
     with serving(state, monkeypatch) as storage:
         assert Artifact.open(storage, join(root, "pairs"), kind="pairs").manifest.rows == count
         assert storage.exists(join(root, "model", "train_summary.json"))
