@@ -42,10 +42,12 @@ def step_line(name: str, cached: bool, metrics: dict[str, float] | None, status:
 
 
 class StepLines(io.TextIOBase):
-    """A text stream that keeps everything in `log` and calls `say` with one line per finished step."""
+    """A text stream that keeps everything in `log` and calls `say` with one line per finished step; the
+    steps' names go into `seen` (a task folder's last part, as local_summary names them)."""
 
-    def __init__(self, log: io.TextIOBase, say: Callable[[str], None]):
+    def __init__(self, log: io.TextIOBase, say: Callable[[str], None], seen: set[str] | None = None):
         self.log, self.say = log, say
+        self.seen = set() if seen is None else seen
         self.pending = ""
 
     def writable(self) -> bool:
@@ -70,21 +72,24 @@ class StepLines(io.TextIOBase):
             task_dir = os.path.dirname(match.group(1))
             task = os.path.relpath(task_dir, os.path.dirname(os.path.dirname(task_dir))) \
                 if "-iteration-" in task_dir else os.path.basename(task_dir)
+            self.seen.add(os.path.basename(task_dir))
             self.say(step_line(display_name(task), cached=False, metrics=task_metrics(task_dir)))
         elif (match := FINISHED.search(line)) and match.group(2) != "SUCCESS":
+            self.seen.add(match.group(1))
             self.say(step_line(match.group(1), cached=False, metrics=None, status=match.group(2)))
 
 
 class CacheHits(logging.Handler):
     """kfp logs a cache hit at INFO on the root logger, outside its own log context: one line each."""
 
-    def __init__(self, say: Callable[[str], None]):
+    def __init__(self, say: Callable[[str], None], seen: set[str]):
         super().__init__(logging.INFO)
-        self.say = say
+        self.say, self.seen = say, seen
 
     def emit(self, record: logging.LogRecord) -> None:
         match = CACHE_HIT.search(ANSI.sub("", record.getMessage()))
         if match:
+            self.seen.add(match.group(1).strip("'"))
             self.say(step_line(match.group(1).strip("'"), cached=True, metrics=None))
 
 
@@ -107,10 +112,12 @@ def _terminal_handlers_to(stream: io.TextIOBase) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def steps_only(log_path: str, verbose: bool = False) -> Iterator[None]:
-    """Within: kfp's output to `log_path`, one line per step on the terminal (everything with `verbose`)."""
+def steps_only(log_path: str, verbose: bool = False) -> Iterator[set[str] | None]:
+    """Within: kfp's output to `log_path`, one line per step on the terminal (everything with `verbose`).
+    Yields the names of the steps this run ran or served from kfp's cache, filled as they end (None with
+    `verbose`): a step in a branch not taken (dsl.If) is not among them."""
     if verbose:
-        yield
+        yield None
         return
     terminal = sys.stdout
 
@@ -119,17 +126,18 @@ def steps_only(log_path: str, verbose: bool = False) -> Iterator[None]:
         terminal.flush()
 
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    root, hits = logging.getLogger(), CacheHits(say)
+    seen: set[str] = set()
+    root, hits = logging.getLogger(), CacheHits(say, seen)
     level = root.level
     started = time.monotonic()
     with open(log_path, "a") as log:
-        stream = StepLines(log, say)
+        stream = StepLines(log, say, seen)
         root.addHandler(hits)
         root.setLevel(min(level or logging.WARNING, logging.INFO))
         try:
             # handlers first: "the terminal" is sys.stdout/stderr before the redirect
             with _terminal_handlers_to(stream), contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-                yield
+                yield seen
         except BaseException:
             log.flush()
             say(f"the run failed after {time.monotonic() - started:.0f}s; the last lines of {log_path}:")

@@ -150,12 +150,14 @@ def run_local(args) -> int:
         from pipelines.clipdpo_pipeline import clipdpo_pipeline
 
         print(f"running the kfp pipeline ({'world ' + str(args.world) if world else 'demo'}) ...", flush=True)
-        with steps_only(str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"), args.verbose):
+        with steps_only(str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"),
+                        args.verbose) as this_run:
             clipdpo_pipeline(**arguments)
         print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
         run_extra_arms(args, configs, world, arguments["run_root"])
         reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
-        summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs)
+        summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs,
+                                this_run)
         decision = print_decision(arguments["run_root"])
     finally:
         if server is not None:
@@ -232,14 +234,17 @@ def copy_reports(run_root: str, target: Path) -> list[Path]:
     return copied
 
 
-def local_summary(state: Path, run_root: str, copied: Path, earlier_runs: set[str]) -> str:
+def local_summary(state: Path, run_root: str, copied: Path, earlier_runs: set[str],
+                  this_run: set[str] | None = None) -> str:
     """Per step: cached or run, rows, seconds; the headline metrics per model; where the report is.
-    `copied`: the folder copy_reports wrote; `earlier_runs`: kfp's local run folders before this run."""
+    `copied`: the folder copy_reports wrote; `earlier_runs`: kfp's local run folders before this run;
+    `this_run`: the steps it ran or served from cache (pipelines.local_output.steps_only; None: all)."""
     from clipdpo.report import local_summary as summary_lib
     from clipdpo.report.render import split_headline
 
     kfp_root = str(state / "kfp")
-    tasks = summary_lib.collect(kfp_root, "clipdpo", summary_lib.task_names(kfp_root, "clipdpo"), earlier_runs)
+    tasks = summary_lib.collect(kfp_root, "clipdpo", summary_lib.task_names(kfp_root, "clipdpo"), earlier_runs,
+                                this_run)
     headline = json.loads((copied / "headline.json").read_text()) if (copied / "headline.json").exists() else {}
     evaluation = copied / stage("evaluate").artifact / "metrics.json"
     models = [m["name"] for m in json.loads(evaluation.read_text())["models"]] if evaluation.exists() else []

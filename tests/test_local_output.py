@@ -23,32 +23,53 @@ def two_steps(a: int = 1):
     add(a=first.output, b=3).set_caching_options(True)
 
 
-def run_two_steps(tmp_path, verbose: bool, a: int = 1) -> str:
+@dsl.pipeline(name="branches")
+def branches(a: int = 1):
+    first = add(a=a, b=2).set_caching_options(True)
+    with dsl.If(first.output == 3):
+        add(a=first.output, b=10).set_caching_options(True)
+    with dsl.Else():
+        add(a=first.output, b=20).set_caching_options(True)
+
+
+def run_two_steps(tmp_path, verbose: bool, a: int = 1, pipeline=two_steps):
+    """The steps this run ran or served from cache, as steps_only saw them (None with `verbose`)."""
     from kfp import local
 
     from pipelines.local_output import steps_only
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
                enable_caching=True)
-    with steps_only(str(tmp_path / "logs" / "run.log"), verbose):
-        two_steps(a=a)
+    with steps_only(str(tmp_path / "logs" / "run.log"), verbose) as seen:
+        pipeline(a=a)
+    return seen
 
 
 def test_one_line_per_step_and_kfp_output_in_the_log(tmp_path, capsys):
-    run_two_steps(tmp_path, verbose=False)
+    assert run_two_steps(tmp_path, verbose=False) == {"add", "add-2"}
     out = capsys.readouterr().out.splitlines()
     assert [re.sub(r"\s+", " ", line.strip()) for line in out] == [
         "add run – rows – s", "add-2 run – rows – s",
         f"kfp's local executor output: {tmp_path / 'logs' / 'run.log'}"]
     log = (tmp_path / "logs" / "run.log").read_text()
     assert "Executing task" in log and "executor_input" in log and "finished with status" in log
-    run_two_steps(tmp_path, verbose=False)  # the same inputs: kfp's cache serves both
+    assert run_two_steps(tmp_path, verbose=False) == {"add", "add-2"}  # the same inputs: kfp's cache serves both
     assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()[:2]] == [["add", "cached"],
                                                                                         ["add-2", "cached"]]
 
 
+def test_a_branch_not_taken_is_not_among_the_runs_steps(tmp_path, capsys):
+    """dsl.If / dsl.Else (the povid pairs step's GPU and CPU branches): the summary lists this run's steps only,
+    so the branch an earlier run took and this one did not is not shown as cached."""
+    assert run_two_steps(tmp_path, verbose=False, a=1, pipeline=branches) == {"add", "add-2"}
+    assert run_two_steps(tmp_path, verbose=False, a=5, pipeline=branches) == {"add", "add-3"}
+    assert run_two_steps(tmp_path, verbose=False, a=1, pipeline=branches) == {"add", "add-2"}  # cached, both
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[-3:-1]] == [["add", "cached"], ["add-2", "cached"]]
+
+
 def test_verbose_keeps_kfp_output(tmp_path, capsys):
-    run_two_steps(tmp_path, verbose=True, a=5)
+    assert run_two_steps(tmp_path, verbose=True, a=5) is None
     out = capsys.readouterr().out
     assert "Executing task" in out and len(out.splitlines()) > 40  # kfp's own lines, as before
     assert not (tmp_path / "logs").exists()

@@ -42,6 +42,21 @@ def test_cached_steps_take_their_numbers_from_the_run_that_ran_them(tmp_path):
     assert rows[-1] == "report: /r/report.html"
 
 
+def test_a_step_this_run_did_not_reach_is_left_out(tmp_path):
+    """A dsl.If branch an earlier run took and this one did not (povid-pairs on the GPU, then on the CPU) is not
+    listed as cached: only the steps the run ran or served from cache (pipelines.local_output.steps_only)."""
+    root = str(tmp_path)
+    _task(root, "clipdpo-2026-11-29-10-00-00-000001", "povid-pairs", {"rows": 10, "step_seconds": 5.0})
+    _task(root, "clipdpo-2026-11-29-11-00-00-000001", "povid-pairs-cpu", {"step_seconds": 2.0})
+    _task(root, "clipdpo-2026-11-29-11-00-00-000001", "for-loop-1-iteration-0/score-shard", {"rows": 3})
+    tasks = task_names(root, "clipdpo")
+    before = {os.path.join(root, "clipdpo-2026-11-29-10-00-00-000001")}
+    assert [line.task for line in collect(root, "clipdpo", tasks, before)] == tasks  # no run's steps given: all
+    lines = collect(root, "clipdpo", tasks, before, this_run={"povid-pairs-cpu", "score-shard"})
+    assert [(line.task, line.cached) for line in lines] == [("for-loop-1-iteration-0/score-shard", False),
+                                                             ("povid-pairs-cpu", False)]
+
+
 def test_no_runs_yet(tmp_path):
     assert [(line.cached, line.metrics) for line in collect(str(tmp_path / "none"), "clipdpo", ["ingest"], set())] == [
         (False, {})]

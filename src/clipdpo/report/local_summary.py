@@ -76,12 +76,17 @@ def display_name(task: str) -> str:
     return f"{leaf}[{parent.rsplit('-', 1)[1]}]" if "-iteration-" in parent else task
 
 
-def collect(pipeline_root: str, pipeline_name: str, tasks: list[str], before: set[str]) -> list[StepLine]:
+def collect(pipeline_root: str, pipeline_name: str, tasks: list[str], before: set[str],
+            this_run: set[str] | None = None) -> list[StepLine]:
     """One line per task: its newest metrics, and whether kfp's cache served it this time. `before`: the
-    run folders that existed before this run started (a run served wholly from cache may add none)."""
+    run folders that existed before this run started (a run served wholly from cache may add none).
+    `this_run`: the steps this run ran or served from cache (a task folder's last part); a task of an earlier
+    run that is not among them (a dsl.If branch not taken this time) is left out. None: every task."""
     runs = run_dirs(pipeline_root, pipeline_name)
     lines = []
     for task in tasks:
+        if this_run is not None and os.path.basename(task) not in this_run:
+            continue
         found = [(run, task_metrics(os.path.join(run, task))) for run in runs]
         found = [(run, values) for run, values in found if values is not None]
         if not found:
