@@ -316,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(ground truth vs injected hallucinations, noisy-image rejections in training) or both")
     parser.add_argument("--arms", type=parse_arms, default=parse_arms(os.environ.get("CLIPDPO_ARMS", "")),
                         help="with --world: arms trained in-process after the pipeline and evaluated into the same "
-                             "report, comma-separated from clipdpo,povid,both,control (control: the shuffled-score "
-                             "CLIP-DPO control); e.g. clipdpo,povid,both,control for all five models with base")
+                             "report, comma-separated from clipdpo,povid,both,povid_text,control (control: the shuffled-score "
+                             "CLIP-DPO control; povid_text: POVID with beta_2 = 0, no noisy-image term); e.g. "
+                             "clipdpo,povid,both,control for all five models with base")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
     parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),

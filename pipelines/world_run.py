@@ -30,7 +30,11 @@ from clipdpo.storage import join
 
 CONTROLS = ("shuffled",)
 METHODS = ("clipdpo", "povid", "both")  # what the kfp pipeline's train consumes (the train config's method)
-ARMS = (*METHODS, "control")  # the models a world report can compare with base
+# Ablation arms: a method with some train settings changed. povid_text is POVID's Table 3 "text disprefer" row:
+# the same two stages and epochs with beta_2 = 0, so stage 2 has no noisy-image term (against `povid`, the
+# noisy-image rejections' share of the effect).
+ABLATIONS = {"povid_text": ("povid", {"povid_beta_2": 0.0})}
+ARMS = (*METHODS, *ABLATIONS, "control")  # the models a world report can compare with base
 # configs[TRAIN_OVERRIDES]: the run's `--set train.KEY=VALUE` items (pipelines/run.py), which every arm's train
 # config takes on top of its method's, as the pipeline's own train config does
 TRAIN_OVERRIDES = "train_overrides"
@@ -92,7 +96,8 @@ def arm_train_config(configs: dict[str, dict], arm: str) -> dict:
     from clipdpo.config import apply_overrides
     from clipdpo.world.stageconfigs import method_train_config
 
-    train = method_train_config(configs["world_train"], "clipdpo" if arm == "control" else arm)
+    method, changed = ABLATIONS.get(arm, ("clipdpo" if arm == "control" else arm, {}))
+    train = {**method_train_config(configs["world_train"], method), **changed}
     return apply_overrides({"train": train}, list(configs.get(TRAIN_OVERRIDES, [])))["train"]
 
 
@@ -127,7 +132,7 @@ def train_method_arm(configs: dict[str, dict], method: str, run_root: str, say=p
 
 def run_arms(configs: dict[str, dict], base: str, run_root: str, arms: tuple[str, ...], method: str = "clipdpo",
              seed: int = 0, say=print) -> dict:
-    """The arms (clipdpo | povid | both | control) other than the pipeline's own `method`, in this process after
+    """The arms (clipdpo | povid | both | povid_text | control) other than the pipeline's own `method`, in this process after
     the pipeline, through the same step functions; then the evaluate step reruns on the run's own evaluation
     folder with base, the pipeline's model and every arm, reusing the responses already there. Returns that
     metrics.json."""

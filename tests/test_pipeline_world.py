@@ -209,3 +209,16 @@ def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypa
     assert set(pipeline_arguments(args, configs, "local")) == set(pipeline_arguments(args, plain, "local"))
     with pytest.raises(SystemExit):  # on the world, --method and --arms say which methods train
         parse([*world, "--set", "train.method=both"], monkeypatch)
+
+
+def test_povid_text_arm_is_povid_without_the_noisy_image_term():
+    """POVID's Table 3 ablation as an arm: POVID's train config with beta_2 = 0 and nothing else changed."""
+    from clipdpo.world.stageconfigs import method_train_config
+    from pipelines.world_run import ARMS, arm_train_config, arm_root
+
+    world_train = {"model": "/w/lvlm", "learning_rate": 5e-5, "epochs": 2, "beta": 0.1}
+    configs = {"world_train": world_train}
+    povid, text_only = arm_train_config(configs, "povid"), arm_train_config(configs, "povid_text")
+    assert povid == method_train_config(world_train, "povid") and povid["povid_beta_2"] > 0
+    assert text_only == {**povid, "povid_beta_2": 0.0}
+    assert "povid_text" in ARMS and arm_root("s3://b/runs/r", "povid_text") == "s3://b/runs/r-povid_text"
