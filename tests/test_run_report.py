@@ -92,6 +92,9 @@ def test_headline_numbers_and_markdown(reported_run):
     run_wide, by_model = split_headline(numbers, ["base", "clip-dpo"])
     assert by_model["amber_chair"] == {"base": 10.0, "clip-dpo": 6.0} and "amber_chair" not in run_wide
     assert run_wide["train_final_loss"] == numbers["train_final_loss"]
+    # a model whose name extends another's (povid, povid_text) keeps its own numbers
+    _, nested = split_headline({"povid_amber_chair": 5.0, "povid_text_amber_chair": 4.0}, ["povid", "povid_text"])
+    assert nested == {"amber_chair": {"povid": 5.0, "povid_text": 4.0}}
     text = written.markdown
     assert "| train_final_loss | 0.49 |" in text and "`clip_scores.png`" in text
     assert "## Evaluation" in text and "AMBER (Table 2)" in text

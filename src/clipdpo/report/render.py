@@ -65,8 +65,9 @@ def split_headline(numbers: dict[str, float], models: list[str]) -> tuple[dict[s
     """A headline as (run-wide numbers, {metric: {model: value}}), for a models-side-by-side table."""
     run_wide: dict[str, float] = {}
     by_model: dict[str, dict[str, float]] = {}
+    longest_first = sorted(models, key=len, reverse=True)  # "povid_text_amber_chair" is povid_text's, not povid's
     for key, value in numbers.items():
-        model = next((m for m in models if key.startswith(m + "_")), None)
+        model = next((m for m in longest_first if key.startswith(m + "_")), None)
         if model is None:
             run_wide[key] = value
         else:
