@@ -1,7 +1,7 @@
 """python -m pipelines.arms_table SEED=METRICS_JSON ...: the arms of world runs side by side (README table).
 
 Reads each run's evaluation metrics.json (`.local/reports/<run>/evaluation/metrics.json`), prints per seed
-base, clipdpo, povid, both and control with CHAIR, Hal, Cover, F1, AMBER score and the relative cuts of
+base, clipdpo, povid, povid_text, both and control (those present) with CHAIR, Hal, Cover, F1, AMBER score and the relative cuts of
 CHAIR and Hal against base, then each figure's mean and range over the seeds, then the bars of issues 15
 and 17 per seed (`--checks`).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clipdpo.world.effect import summary
 
-ORDER = ("base", "clipdpo", "povid", "both", "control")
+ORDER = ("base", "clipdpo", "povid", "povid_text", "both", "control")
 COLUMNS = (("chair", "CHAIR"), ("hal", "Hal"), ("cover", "Cover"), ("f1", "F1"), ("amber_score", "AMBER"))
 
 
