@@ -5,6 +5,8 @@ Apart from the build: changing how a run uses the world does not rebuild the wor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from clipdpo.world import clip, language
 
 # AMBER's descriptions on the world are sampled, not greedy (issue 17, trap 3): the model's own distribution
@@ -12,6 +14,28 @@ from clipdpo.world import clip, language
 # images, so CHAIR/Hal are counted over 900 descriptions instead of 300 greedy ones, whose hallucination
 # count (a few dozen captions) moved a lot from world to world. Chosen by design, before any number.
 EVAL_DECODING = {"temperature": 1.0, "top_p": 1.0, "samples": 3, "seed": 0}
+
+
+# The world QA writer's decoding: the paper's sampling for its LLM (QAConfig's temperature 0.7, top-p 0.9);
+# two blocks take ~40 tokens, 96 leaves room without letting a runaway reply run long on a CPU.
+QA_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 96}
+
+
+def qa_config(paths: dict) -> dict:
+    """The generate stage's QA writer: the world's own (trained on first use as an add-on of a built world,
+    `qawriter_build.ensure`). A folder that is not a world the build made (its world.json without the world's
+    key and config, as the build-free tests' stand-ins) has no ground truth to train one from: QA off."""
+    import json
+
+    from clipdpo.world import qawriter_build
+
+    record_path = Path(paths["images"]).parent / qawriter_build.WORLD_FILE
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if not {"key", "config"} <= set(record):
+        return {"enabled": False}
+    writer = qawriter_build.ensure(str(record_path.parent), say=lambda line: print(line, flush=True))
+    return {"enabled": True, "model": {"name": "world-qa-writer", "path": writer, "engine": "hf", "dtype": "float32"},
+            "questions_per_image": 2, "sampling": dict(QA_SAMPLING)}
 
 
 def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
@@ -31,7 +55,7 @@ def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
             "captions_per_model": samples_per_image,
             "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 48},
             "batch_size": 32,
-            "qa": {"enabled": False},  # no world QA writer yet (issue 17, item 4)
+            "qa": qa_config(paths),
         },
         "score": {**clip_cfg, "categories": language.category_descriptions()},
         "filter": {},  # the paper's rules (margin 2.0, length ratio 0.75, text down-sampling 0.5)

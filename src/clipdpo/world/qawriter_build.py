@@ -1,0 +1,174 @@
+"""Train, check and cache the world QA writer (`qawriter`) as an add-on of a built world.
+
+`ensure(world_root)` returns `<world root>/qa-writer-<key>/`, training the writer there first when it is
+missing: built under `<name>.partial` and renamed, `writer.json` written last, so a crash leaves nothing that
+passes for a finished writer and a world's own files are never touched. The key hashes `qawriter.py`, this
+module, the writer's config and the world's key (which covers the world's language and scenes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipdpo.generate.qa_parse import parse_qa
+from clipdpo.world import data, lvlm, qawriter
+from clipdpo.world.clip import WorldBuildError
+from clipdpo.world.qawriter import QAWriterConfig
+from clipdpo.world.scene import Scene, SceneConfig
+
+WRITER_FILE = "writer.json"  # written last: marks a finished writer
+MODULES = ("qawriter.py", "qawriter_build.py")
+WORLD_FILE = "world.json"  # build.WORLD_FILE (not imported: build imports the stage configs, which import this)
+DEFAULT = QAWriterConfig()  # the config stage_configs' writer is made with (a slow test swaps in a tiny one)
+
+
+def writer_key(world_key: str, cfg: QAWriterConfig) -> str:
+    digest = hashlib.sha256(json.dumps({"world": world_key, "config": asdict(cfg)}, sort_keys=True).encode())
+    for name in MODULES:
+        digest.update(name.encode() + Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_model(scenes: list[Scene], cfg: QAWriterConfig):
+    """A small LlamaForCausalLM and a tokenizer of the world's language (the world LVLM's tokenizer builder)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rng = np.random.default_rng(cfg.seed)
+    corpus = [text for scene in scenes[:500] for text in qawriter.example(scene, rng, cfg)]
+    tokenizer = lvlm.build_tokenizer(corpus, cfg.vocab_size)
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
+                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def chat_text(tokenizer, prompt: str) -> str:
+    """The user turn and the generation prompt, as the hf engine's chat() renders a text-only prompt."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def batch(scenes: list[Scene], tokenizer, rng: np.random.Generator, cfg: QAWriterConfig) -> dict[str, torch.Tensor]:
+    """Fresh examples of random training scenes; loss on the reply only (right-padded)."""
+    picked = [scenes[int(i)] for i in rng.integers(len(scenes), size=cfg.batch_size)]
+    pairs = [qawriter.example(scene, rng, cfg) for scene in picked]
+    prompts = tokenizer([chat_text(tokenizer, p) for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    # lvlm.answer_ids' rule: the byte-level pre-tokenizer splits at spaces, so " reply</s>" encodes apart.
+    replies = tokenizer([" " + r + tokenizer.eos_token for _, r in pairs], add_special_tokens=False)["input_ids"]
+    width = max(len(p) + len(r) for p, r in zip(prompts, replies))
+    input_ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
+    labels = torch.full((len(pairs), width), -100)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    for row, (p, r) in enumerate(zip(prompts, replies)):
+        input_ids[row, : len(p) + len(r)] = torch.tensor(p + r)
+        labels[row, len(p) : len(p) + len(r)] = torch.tensor(r)
+        mask[row, : len(p) + len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def train(model, tokenizer, scenes: list[Scene], cfg: QAWriterConfig, say=print):
+    """AdamW with the world LVLM's schedule (warm-up, cosine to 10%: lvlm._lr)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed + 1)
+    started = time.monotonic()
+    model.train()
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lvlm._lr(step, cfg)
+        loss = model(**batch(scenes, tokenizer, rng, cfg)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
+            say(f"  world QA writer step {step + 1}/{cfg.steps} loss {loss.item():.3f} "
+                f"({time.monotonic() - started:.0f}s)")
+    return model.eval()
+
+
+@torch.no_grad()
+def write(model, tokenizer, prompts: list[str], max_new_tokens: int = 96, batch_size: int = 32) -> list[str]:
+    """Greedy replies to `prompts` (the self-check's decoding)."""
+    tokenizer.padding_side = "left"
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        inputs = tokenizer([chat_text(tokenizer, p) for p in prompts[start : start + batch_size]],
+                           return_tensors="pt", padding=True, add_special_tokens=False)
+        generated = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                   pad_token_id=tokenizer.pad_token_id)
+        out.extend(t.strip() for t in tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:],
+                                                             skip_special_tokens=True))
+    tokenizer.padding_side = "right"
+    return out
+
+
+def score_replies(scenes: list[Scene], replies: list[str], n: int) -> dict:
+    """Of the n questions asked per scene: the share parsed, and the share parsed and right by the truth."""
+    parsed = right = 0
+    for scene, text in zip(scenes, replies):
+        items = parse_qa(text, n).items
+        parsed += len(items)
+        right += sum(qawriter.is_right(scene, item) for item in items)
+    asked = n * len(scenes)
+    return {"asked": asked, "parsed": round(parsed / asked, 4), "right": round(right / asked, 4)}
+
+
+def check(model, tokenizer, scenes: list[Scene], cfg: QAWriterConfig) -> dict:
+    """The writer's replies on held-out scenes' noisy captions, scored by their ground truth."""
+    rng = np.random.default_rng(cfg.seed + 2)
+    prompts = [qawriter.example(scene, rng, cfg)[0] for scene in scenes]
+    return score_replies(scenes, write(model, tokenizer, prompts), cfg.questions)
+
+
+def _world_record(world_root: Path) -> dict:
+    path = world_root / WORLD_FILE
+    record = json.loads(path.read_text())
+    if not {"key", "config"} <= set(record):
+        raise WorldBuildError(f"{path}: a built world's record holds 'key' and 'config'; got {sorted(record)}")
+    return record
+
+
+def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str:
+    """`<world_root>/qa-writer-<key>/` (config `cfg`, else DEFAULT), trained first when missing; refuses a writer
+    whose held-out questions are right less than `cfg.min_right` of the time (WorldBuildError)."""
+    cfg = cfg or DEFAULT
+    root = Path(world_root)
+    record = _world_record(root)
+    target = root / f"qa-writer-{writer_key(record['key'], cfg)}"
+    if (target / WRITER_FILE).exists():
+        return str(target)
+    seed, scene_cfg = record["config"]["seed"], SceneConfig(**record["config"]["scene"])
+    cfg = replace(cfg, seed=cfg.seed + 1000 * seed)
+    started = time.monotonic()
+    say(f"world QA writer: training {target.name} ...")
+    train_scenes = data.scenes(seed, "train", cfg.train_scenes, scene_cfg)
+    model, tokenizer = build_model(train_scenes, cfg)
+    train(model, tokenizer, train_scenes, cfg, say)
+    measured = check(model, tokenizer, data.scenes(seed, "heldout", cfg.check_scenes, scene_cfg), cfg)
+    say(f"world QA writer ({time.monotonic() - started:.0f}s): held-out questions {measured}")
+    if measured["right"] < cfg.min_right:
+        raise WorldBuildError(f"world QA writer: {100 * measured['right']:.1f}% of held-out questions parse and "
+                              f"are right, below the {100 * cfg.min_right:.0f}% required (QAWriterConfig)")
+    partial = root / (target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / WRITER_FILE).write_text(json.dumps({"config": asdict(cfg), "world": record["key"], "check": measured,
+                                                   "seconds": round(time.monotonic() - started, 1)}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return str(target)

@@ -1,0 +1,154 @@
+"""The world QA writer (issue 17 item 4): its training targets, its cache, and QA rows through generate."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+
+from clipdpo.generate.qa_parse import QAItem, parse_qa
+from clipdpo.world import data, language, metrics, qawriter
+from clipdpo.world.qawriter import QAWriterConfig
+
+# A writer small enough to train in seconds: it checks wiring and caching, not what the writer learns
+# (the real one's held-out share is measured by its own self-check and in the README).
+TINY = QAWriterConfig(hidden=32, steps=2, batch_size=4, train_scenes=40, check_scenes=4, min_right=0.0)
+
+
+def test_training_replies_parse_and_are_right_by_the_ground_truth():
+    """Every target reply parses into n blocks with qa_parse and each block is right by the scene's truth;
+    flipping an answer, or a question of another form, is not right."""
+    cfg = QAWriterConfig()
+    rng = np.random.default_rng(0)
+    kinds = Counter()
+    for scene in data.scenes(3, "train", 300):
+        prompt, reply = qawriter.example(scene, rng, cfg)
+        items = parse_qa(reply, cfg.questions).items
+        assert len(items) == cfg.questions and all(qawriter.is_right(scene, item) for item in items), reply
+        assert not any(qawriter.is_right(scene, QAItem(i.question, i.wrong, i.correct)) for i in items)
+        kinds.update(i.question.split()[0] + ("-no" if i.correct == "No" else "") for i in items)
+        assert prompt.startswith("Here are several descriptions") and "1. " + language.OPENINGS[scene.background] in prompt
+    assert all(kinds[k] > 20 for k in ("Is", "Is-no", "What", "How", "Where")), kinds
+    scene = data.scenes(3, "train", 1)[0]
+    assert not qawriter.is_right(scene, QAItem("What is the man holding?", "a cup", "a ball"))
+
+
+def test_noisy_captions_carry_the_lvlm_errors_at_the_config_rates():
+    """About partner_probability of the captions of scenes with an absent partner name it; most captions of a
+    scene without any error are its correct caption."""
+    cfg = QAWriterConfig()
+    rng = np.random.default_rng(1)
+    tempting = [s for s in data.scenes(4, "train", 800) if s.absent_partners]
+    named = sum(bool(set(metrics.mentioned(qawriter.noisy_caption(s, rng, cfg))) & set(s.absent_partners))
+                for s in tempting)
+    # binomial sd at p=0.3 over ~300+ scenes is under 3 points; 7 points of room
+    assert abs(named / len(tempting) - cfg.partner_probability) < 0.07, (named, len(tempting))
+    clean = [s for s in data.scenes(4, "train", 2000) if not s.absent_partners]  # ~420 scenes: sd 2 points
+    exact = sum(qawriter.noisy_caption(s, rng, cfg) == language.caption(s) for s in clean) / len(clean)
+    error_rate = cfg.swap_probability + cfg.count_probability + cfg.drop_probability  # drop needs 2+ groups
+    assert 1 - error_rate - 0.08 < exact <= 1.0
+
+
+def _fake_world(tmp_path, seed=3):
+    root = tmp_path / f"world{seed}-abc"
+    root.mkdir(parents=True)
+    from clipdpo.world.build import WorldConfig
+
+    (root / "world.json").write_text(json.dumps({"key": "abc", "config": asdict(WorldConfig(seed=seed))}))
+    return root
+
+
+def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
+    from clipdpo.world import qawriter_build as qb
+    from clipdpo.world.clip import WorldBuildError
+
+    import torch
+
+    torch.set_num_threads(1)
+    root = _fake_world(tmp_path)
+    folder = qb.ensure(str(root), TINY, say=lambda _: None)
+    assert folder == str(root / f"qa-writer-{qb.writer_key('abc', TINY)}")
+    record = json.loads((root / folder / qb.WRITER_FILE).read_text())
+    assert record["world"] == "abc" and record["check"]["asked"] == 2 * TINY.check_scenes
+    assert sorted(p.name for p in root.iterdir()) == [folder.rsplit("/", 1)[1], "world.json"]  # no .partial left
+    monkeypatch.setattr(qb, "train", lambda *a, **k: pytest.fail("a cached writer must not train again"))
+    assert qb.ensure(str(root), TINY, say=lambda _: None) == folder
+    assert qb.writer_key("abc", TINY) != qb.writer_key("abd", TINY)
+    assert qb.writer_key("abc", TINY) != qb.writer_key("abc", replace(TINY, steps=3))
+    monkeypatch.undo()
+    # a writer below the self-check's bar is refused and leaves no finished folder behind
+    with pytest.raises(WorldBuildError, match="world QA writer: .* below the 100% required"):
+        qb.ensure(str(root), replace(TINY, min_right=1.0), say=lambda _: None)
+    assert not (root / f"qa-writer-{qb.writer_key('abc', replace(TINY, min_right=1.0))}").exists()
+
+    # the hf engine loads it as a chat LLM and its replies go through the generate stage's QA path
+    from clipdpo.engines import ModelSpec, Sampling, load_engine
+    from clipdpo.generate.config import QAConfig
+    from clipdpo.generate.shard import qa_rows
+
+    spec = ModelSpec(name="world-qa-writer", path=folder, engine="hf", dtype="float32")
+    engine = load_engine(spec, vision=False)
+    captions = {s.image_id: [language.caption(s)] * 3 for s in data.scenes(3, "heldout", 2)}
+    stats = Counter()
+    qa_rows(captions, QAConfig(model=spec, sampling=Sampling(max_new_tokens=8)), engine, stats)
+    assert stats["qa_replies_empty"] + stats["qa_rows"] > 0  # both replies reached the parser
+
+
+def test_stage_configs_enable_qa_only_for_a_built_world(tmp_path, monkeypatch):
+    from clipdpo import config as config_lib
+    from clipdpo.generate.config import GenerateConfig
+    from clipdpo.world import benchmark, qawriter_build
+    from clipdpo.world.stageconfigs import stage_configs
+
+    bench = benchmark.config("/w/benchmarks")
+    stand_in = stage_configs({"images": "/w/images", "clip": "/w/clip", "lvlm": "/w/lvlm"}, bench, 0, 6, None)
+    assert stand_in["generate"]["qa"] == {"enabled": False}
+    monkeypatch.setattr(qawriter_build, "DEFAULT", TINY)
+    root = _fake_world(tmp_path)
+    paths = {"images": str(root / "images"), "clip": str(root / "clip"), "lvlm": str(root / "lvlm")}
+    generate = config_lib.from_dict(GenerateConfig, stage_configs(paths, bench, 3, 6, None)["generate"])
+    assert generate.qa.enabled and generate.qa.model.engine == "hf"
+    assert generate.qa.model.path == str(root / f"qa-writer-{qawriter_build.writer_key('abc', TINY)}")
+    assert generate.qa.questions_per_image == 2 and generate.qa.prompt_template.startswith("Here are several")
+
+
+# Enough training for the writer to learn the reply's form on the world's language (loss ~0.3 by step 100
+# with the default model; this one is smaller and reads fewer captions), not enough to be right often.
+SMALL = QAWriterConfig(hidden=64, steps=120, batch_size=8, captions=(2, 3), train_scenes=300, check_scenes=8,
+                       min_right=0.0)
+
+
+@pytest.mark.slow
+def test_generate_on_a_tiny_world_writes_qa_rows(tmp_path, monkeypatch):
+    """A tiny world's stage configs turn QA on with its writer; one generate shard holds parsed QA rows."""
+    import torch
+
+    from clipdpo import steps
+    from clipdpo.artifacts import Artifact
+    from clipdpo.storage import Storage
+    from clipdpo.world import qawriter_build
+    from clipdpo.world.build import WorldConfig, build
+    from clipdpo.world.clip import ClipConfig
+    from clipdpo.world.lvlm import LvlmConfig
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(qawriter_build, "DEFAULT", SMALL)
+    cfg = WorldConfig(train_images=64, heldout_images=12, pool_images=4, samples_per_image=3,
+                      clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
+                      lvlm=LvlmConfig(steps=3, batch_size=4, min_cover=0.0))
+    paths = build(cfg, str(tmp_path / "world"), say=lambda _: None)
+    generate = paths.configs["generate"]
+    assert generate["qa"]["enabled"] and generate["qa"]["model"]["path"].startswith(paths.root + "/qa-writer-")
+    run = str(tmp_path / "run")
+    steps.ingest_step(run, paths.images, json.dumps(paths.configs["ingest"]))
+    for last in (False, True):
+        steps.generate_step(run, json.dumps(generate), 0, 1, finalize=last)
+    candidates = Artifact.open(Storage(), steps.artifact_uri(run, "generate"), kind="candidates")
+    rows = [row for name in candidates.shard_names for row in candidates.read_shard(name).to_pylist()]
+    qa = [row for row in rows if row["kind"] == "qa"]
+    assert len({row["image_id"] for row in rows}) == 4
+    assert len(qa) >= 4, [row["question"] for row in qa]  # 2 asked per image: most replies parse
+    assert all(row["question"].endswith("?") and row["answer_pos"] and row["answer_neg"] for row in qa)
