@@ -33,6 +33,7 @@ class QAWriterConfig:
     hidden: int = 128
     layers: int = 2
     heads: int = 4
+    tie_embeddings: bool = True  # copying a word from the captions is the task: one embedding in and out
     vocab_size: int = 700
     steps: int = 400
     batch_size: int = 16

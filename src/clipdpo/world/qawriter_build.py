@@ -50,7 +50,7 @@ def build_model(scenes: list[Scene], cfg: QAWriterConfig):
                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
                          max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=cfg.tie_embeddings)
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
