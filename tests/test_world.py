@@ -206,7 +206,7 @@ def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_stage_runs_on_a_small_unchecked_world(tmp_path, monkeypatch):
+def test_every_stage_runs_on_a_small_unchecked_world(tmp_path):
     """ingest -> generate -> score -> filter -> train -> evaluate on a world too small to see (self-checks
     off): the world's stage configs and models go through the real stages, base vs trained in metrics.json.
     The effect itself needs the full world (`python -m clipdpo.world measure`, minutes)."""
@@ -218,13 +218,7 @@ def test_every_stage_runs_on_a_small_unchecked_world(tmp_path, monkeypatch):
     from clipdpo.world.lvlm import LvlmConfig
     from clipdpo.evaluate.nlp import local_spacy_model
 
-    from clipdpo.world import qawriter_build
-    from clipdpo.world.qawriter import QAWriterConfig
-
     torch.set_num_threads(1)
-    # the world's QA writer, trained for 2 steps: the QA path runs, its quality is tests/test_world_qawriter.py's
-    monkeypatch.setattr(qawriter_build, "DEFAULT", QAWriterConfig(hidden=32, steps=2, batch_size=4, train_scenes=40,
-                                                                 check_scenes=4, min_right=0.0))
     cfg = _tiny_world(pool_images=8, samples_per_image=3, heldout_images=12,
                       clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
                       lvlm=LvlmConfig(steps=3, batch_size=4, min_cover=0.0))

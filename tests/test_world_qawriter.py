@@ -30,7 +30,7 @@ def test_training_replies_parse_and_are_right_by_the_ground_truth():
         assert len(items) == cfg.questions and all(qawriter.is_right(scene, item) for item in items), reply
         assert not any(qawriter.is_right(scene, QAItem(i.question, i.wrong, i.correct)) for i in items)
         kinds.update(i.question.split()[0] + ("-no" if i.correct == "No" else "") for i in items)
-        assert prompt.startswith("Here are several descriptions") and "1. " + language.OPENINGS[scene.background] in prompt
+        assert prompt.startswith("Captions:\n1. " + language.OPENINGS[scene.background])
     assert all(kinds[k] > 20 for k in ("Is", "Is-no", "What", "How", "Where")), kinds
     scene = data.scenes(3, "train", 1)[0]
     assert not qawriter.is_right(scene, QAItem("What is the man holding?", "a cup", "a ball"))
@@ -91,10 +91,14 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
 
     spec = ModelSpec(name="world-qa-writer", path=folder, engine="hf", dtype="float32")
     engine = load_engine(spec, vision=False)
-    captions = {s.image_id: [language.caption(s)] * 3 for s in data.scenes(3, "heldout", 2)}
+    sent = []
+    chat = engine.chat
+    engine.chat = lambda prompts, sampling: sent.extend(prompts) or chat(prompts, sampling)  # see what it is asked
+    captions = {s.image_id: [language.caption(s), language.caption(s) + " x"] for s in data.scenes(3, "heldout", 2)}
     stats = Counter()
-    qa_rows(captions, QAConfig(model=spec, sampling=Sampling(max_new_tokens=8)), engine, stats)
-    assert stats["qa_replies_empty"] + stats["qa_rows"] > 0  # both replies reached the parser
+    qa_rows(captions, QAConfig(model=spec, sampling=Sampling(max_new_tokens=8), prompt_template=qawriter.PROMPT_TEMPLATE),
+            engine, stats)
+    assert sent == [qawriter.qa_prompt(texts, 2) for texts in captions.values()]  # what the writer trained on
 
 
 def test_stage_configs_enable_qa_only_for_a_built_world(tmp_path, monkeypatch):
@@ -104,15 +108,19 @@ def test_stage_configs_enable_qa_only_for_a_built_world(tmp_path, monkeypatch):
     from clipdpo.world.stageconfigs import stage_configs
 
     bench = benchmark.config("/w/benchmarks")
+    root = _fake_world(tmp_path)
+    paths = {"images": str(root / "images"), "clip": str(root / "clip"), "lvlm": str(root / "lvlm")}
+    monkeypatch.delenv("CLIPDPO_WORLD_QA", raising=False)
+    assert stage_configs(paths, bench, 3, 6, None)["generate"]["qa"] == {"enabled": False}  # off by default
+    assert not list(root.glob("qa-writer-*"))
+    monkeypatch.setenv("CLIPDPO_WORLD_QA", "1")
     stand_in = stage_configs({"images": "/w/images", "clip": "/w/clip", "lvlm": "/w/lvlm"}, bench, 0, 6, None)
     assert stand_in["generate"]["qa"] == {"enabled": False}
     monkeypatch.setattr(qawriter_build, "DEFAULT", TINY)
-    root = _fake_world(tmp_path)
-    paths = {"images": str(root / "images"), "clip": str(root / "clip"), "lvlm": str(root / "lvlm")}
     generate = config_lib.from_dict(GenerateConfig, stage_configs(paths, bench, 3, 6, None)["generate"])
     assert generate.qa.enabled and generate.qa.model.engine == "hf"
     assert generate.qa.model.path == str(root / f"qa-writer-{qawriter_build.writer_key('abc', TINY)}")
-    assert generate.qa.questions_per_image == 2 and generate.qa.prompt_template.startswith("Here are several")
+    assert generate.qa.questions_per_image == 2 and generate.qa.prompt_template == qawriter.PROMPT_TEMPLATE
 
 
 # Enough training for the writer to learn the reply's form on the world's language (loss ~0.3 by step 100
@@ -135,6 +143,7 @@ def test_generate_on_a_tiny_world_writes_qa_rows(tmp_path, monkeypatch):
     from clipdpo.world.lvlm import LvlmConfig
 
     torch.set_num_threads(1)
+    monkeypatch.setenv("CLIPDPO_WORLD_QA", "1")
     monkeypatch.setattr(qawriter_build, "DEFAULT", SMALL)
     cfg = WorldConfig(train_images=64, heldout_images=12, pool_images=4, samples_per_image=3,
                       clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),

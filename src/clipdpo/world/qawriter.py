@@ -4,7 +4,7 @@ and a wrong answer, the paper's instruction LLM (OpenHermes-2.5 in Sec. 4.1) for
 It is an add-on of a built world, cached apart from it: `<world root>/qa-writer-<key>/`, where the key
 hashes this module, its config and the world's key, so adding or changing the writer never rebuilds a
 world (this module is not one of build.WORLD_MODULES). Trained on demand from the world's ground truth:
-the input is the generate stage's QA prompt (generate.qa_parse.QA_PROMPT_TEMPLATE) over a few captions of
+the input is the generate stage's QA prompt (the world's PROMPT_TEMPLATE) over a few captions of
 a training scene, each drawn with the errors the world LVLM makes (an absent partner named, a kind
 swapped, a count wrong, a group left out); the target is `n` "Question: / Correct: / Wrong:" blocks that
 are right by the scene's ground truth: existence (Yes/No, the absent partner among the "No"s), colour,
@@ -19,11 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipdpo.generate.qa_parse import QA_PROMPT_TEMPLATE, QAItem
+from clipdpo.generate.qa_parse import QAItem
 from clipdpo.world import language
 from clipdpo.world.scene import KIND_COLOURS, KINDS, PLURALS, SLOTS, ObjectGroup, Scene
 
 NUMBER_ANSWERS = {1: "one", 2: "two"}
+# The world's QA prompt (the generate stage's QAConfig.prompt_template for the world): the paper's template is
+# written for an instruction LLM that reads instructions; this writer knows one task, and the paper's 100 tokens
+# of instructions would double the sequences it trains on (its cost) and bury the captions it has to read.
+PROMPT_TEMPLATE = "Captions:\n{captions}\nWrite {n} questions with a correct and a wrong answer."
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ def noisy_caption(scene: Scene, rng: np.random.Generator, cfg: QAWriterConfig) -
     return language.caption(Scene(scene.image_id, scene.background, tuple(groups), scene.glyph_seed))
 
 
-def qa_prompt(captions: list[str], n: int, template: str = QA_PROMPT_TEMPLATE) -> str:
+def qa_prompt(captions: list[str], n: int, template: str = PROMPT_TEMPLATE) -> str:
     """The generate stage's QA prompt for one image (generate.shard.qa_rows formats it this way)."""
     return template.format(captions="\n".join(f"{i + 1}. {t}" for i, t in enumerate(captions)), n=n)
 

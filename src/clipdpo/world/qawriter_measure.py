@@ -1,6 +1,6 @@
 """How right the world QA writer is on the world LVLM's own captions, through the generate stage's code.
 
-python -m clipdpo.world.qawriter_measure --world <world root> [--images 100]
+CLIPDPO_WORLD_QA=1 python -m clipdpo.world.qawriter_measure --world <world root> [--images 100]
 
 Takes the first `--images` pool images of a built world, runs `generate_shard` with the world's generate
 config (the LVLM's sampled captions, then the QA writer on them, engine hf), and scores every QA row
@@ -41,6 +41,8 @@ def measure(world_root: str, images: int) -> dict:
         raise ValueError(f"{world_root}: built under key {record['key']}, today's code makes {world_key(world)}")
     paths = build(world, str(Path(world_root).parent), say=lambda _: None)
     cfg = config_lib.from_dict(GenerateConfig, paths.configs["generate"])
+    if not cfg.qa.enabled:
+        raise ValueError("the world's generate config has QA off: set CLIPDPO_WORLD_QA=1")
     truth = data.read_truth(paths.images)
     ids = sorted(truth)[:images]
     table = pa.table({"image_id": ids, "image": [Path(paths.images, f"{i}.png").read_bytes() for i in ids]})
