@@ -130,8 +130,12 @@ def _answers(scene: Scene, question: str) -> dict[str, set[str]] | None:
 def is_right(scene: Scene, item: QAItem) -> bool:
     """The question is one the world can answer, its correct answer is true and its wrong answer false."""
     answers = _answers(scene, item.question)
-    norm = lambda text: text.strip().rstrip(".").lower()  # noqa: E731
-    return answers is not None and norm(item.correct) in answers["right"] and norm(item.wrong) in answers["wrong"]
+    return (answers is not None and _norm(item.correct) in answers["right"]
+            and _norm(item.wrong) in answers["wrong"])
+
+
+def _norm(answer: str) -> str:
+    return answer.strip().rstrip(".").lower()
 
 
 # -- inputs: captions with the LVLM's errors ----------------------------------------------------------------
