@@ -96,8 +96,8 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
     engine.chat = lambda prompts, sampling: sent.extend(prompts) or chat(prompts, sampling)  # see what it is asked
     captions = {s.image_id: [language.caption(s), language.caption(s) + " x"] for s in data.scenes(3, "heldout", 2)}
     stats = Counter()
-    qa_rows(captions, QAConfig(model=spec, sampling=Sampling(max_new_tokens=8), prompt_template=qawriter.PROMPT_TEMPLATE),
-            engine, stats)
+    qa = QAConfig(model=spec, sampling=Sampling(max_new_tokens=8), prompt_template=qawriter.PROMPT_TEMPLATE)
+    qa_rows(captions, qa, engine, stats)
     assert sent == [qawriter.qa_prompt(texts, 2) for texts in captions.values()]  # what the writer trained on
 
 

@@ -59,7 +59,8 @@ def measure(world_root: str, images: int) -> dict:
                                          QAItem(row["question"], row["answer_pos"], row["answer_neg"]))
     total = cfg.qa.questions_per_image * len(ids)
     return {"images": len(ids), "questions_asked": total, "qa_rows": sum(asked.values()),
-            "right": sum(right.values()), "right_share_of_rows": round(sum(right.values()) / max(1, sum(asked.values())), 4),
+            "right": sum(right.values()),
+            "right_share_of_rows": round(sum(right.values()) / max(1, sum(asked.values())), 4),
             "by_type": {k: f"{right[k]}/{asked[k]}" for k in sorted(asked)},
             "stats": {k: stats[k] for k in ("captions", "qa_rows", "qa_unparseable", "qa_replies_empty")}}
 

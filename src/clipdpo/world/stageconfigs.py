@@ -45,7 +45,8 @@ def qa_config(paths: dict) -> dict:
         return {"enabled": False}
     writer = qawriter_build.ensure(str(record_path.parent), say=lambda line: print(line, flush=True))
     return {"enabled": True, "model": {"name": "world-qa-writer", "path": writer, "engine": "hf", "dtype": "float32"},
-            "questions_per_image": 2, "sampling": dict(QA_SAMPLING), "prompt_template": qawriter.PROMPT_TEMPLATE}
+            "questions_per_image": 2, "sampling": dict(QA_SAMPLING),
+            "prompt_template": qawriter.PROMPT_TEMPLATE}
 
 
 def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
