@@ -30,8 +30,9 @@ QA_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 96}
 
 def qa_config(paths: dict) -> dict:
     """The generate stage's QA writer when CLIPDPO_WORLD_QA=1: the world's own (trained on first use as an add-on
-    of a built world, `qawriter_build.ensure`); else QA off. A folder that is not a world the build made (its world.json without the world's
-    key and config, as the build-free tests' stand-ins) has no ground truth to train one from: QA off."""
+    of a built world, `qawriter_build.ensure`); else QA off. A folder that is not a world the build made (its
+    world.json without the world's key and config, as the build-free tests' stand-ins) has no ground truth to
+    train one from: QA off."""
     import json
     import os
 
