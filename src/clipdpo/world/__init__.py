@@ -17,6 +17,10 @@ There are no real CLIP or LVLM weights on a laptop or CI machine; this world sta
   (`python -m clipdpo.world build --out .local/world --seed 0`, or `make world`).
 - `stageconfigs`: the stage configs a pipeline run on the world uses; `effect`: runs the stages
   in-process (`python -m clipdpo.world measure ...`); `control`: the shuffled-score control arm.
+- `qawriter` + `qawriter_build`: the QA writer (the paper's instruction LLM), a small Llama chat model
+  trained from the world's truth and cached as an add-on of a built world (`<world>/qa-writer-<key>/`);
+  `qawriter_measure` scores its QA rows on the LVLM's captions. Opt-in (CLIPDPO_WORLD_QA=1): in its
+  training budget it does not yet learn to read the captions (see `stageconfigs`).
 
 Measured 2026-11-29 (2 shared CPU cores), worlds 0/1/2 with the default configs, real stages, 300
 held-out images; greedy = the evaluate stage's AMBER (spaCy md), sampled = T 1.0, 3 samples per
