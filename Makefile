@@ -24,7 +24,8 @@ SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally on the synthetic world 0"
 	@echo "                    (the first run builds it, several minutes; cached after). WORLD=<seed> another world,"
-	@echo "                    CONTROL=shuffled adds the shuffled-score control arm, DEMO=1 the 1-minute tiny demo"
+	@echo "                    CONTROL=shuffled adds the shuffled-score control arm, QA=1 the paper's QA pairs"
+	@echo "                    (the world's QA writer), DEMO=1 the 1-minute tiny demo"
 	@echo "make rules-ablation the paper's margin and length rules on and off, on a finished world run (WORLD, RUN_ID)"
 	@echo "make loss-ablation  the DPO loss variants of the paper's Table 5, on a finished world run (WORLD, RUN_ID)"
 	@echo "make test           unit, integration and end-to-end tests"
@@ -86,10 +87,12 @@ faults: $(STAMP)
 # plumbing, no effect). CONTROL=shuffled (on the world) also trains and evaluates the shuffled-score control
 # arm. METHOD=povid|both (on the world): the pipeline trains POVID (or CLIP-DPO + POVID) instead of CLIP-DPO.
 # ARMS=clipdpo,povid,both,control (on the world): those arms too, trained after the pipeline, all in one report
-# (issue 15). On a cluster (KFP_HOST set) none applies: the stage configs come from CLIPDPO_CONFIG_DIR.
+# (issue 15). QA=1 (on the world): generate also writes QA rows (the paper's QA path) with the world's QA writer,
+# trained once per world (~3 min). On a cluster (KFP_HOST set) none applies: the stage configs come from
+# CLIPDPO_CONFIG_DIR.
 WORLD ?= 0
 LOCAL_INPUT = $(if $(KFP_HOST),,$(if $(DEMO),,--world $(WORLD)))
-WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(ARMS),--arms $(ARMS)))
+WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(ARMS),--arms $(ARMS)) $(if $(QA),--qa))
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID) \
 		$(LOCAL_INPUT) $(if $(CONTROL),--control $(CONTROL)) $(WORLD_ARMS)

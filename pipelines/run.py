@@ -9,7 +9,8 @@ started here unless AWS_ENDPOINT_URL is set); with no --config-dir the built-in 
 models built from configs, the 10 built-in images) is used and training runs in-process.
 With --world SEED the local run uses the synthetic world of that seed instead (built once, cached
 under --world-cache): its images, its CLIP and LLaVA, its benchmark; the report compares `base` with
-`clipdpo`. --method povid|both trains POVID (or CLIP-DPO + POVID) in the pipeline instead, its model named
+`clipdpo`. --qa adds the paper's QA path (QA rows from the world's QA writer, QA pairs through score and
+filter). --method povid|both trains POVID (or CLIP-DPO + POVID) in the pipeline instead, its model named
 by the method. --arms clipdpo,povid,both,control trains the listed arms other than the pipeline's own in
 this process after the pipeline and evaluates every model into the same report (base + the five arms
 with `--arms clipdpo,povid,both,control`); --control shuffled adds the shuffled-score control arm alone.
@@ -86,7 +87,8 @@ def local_configs(args, state: Path) -> tuple[dict[str, dict], object]:
         from pipelines.world_run import world_configs
 
         return world_configs(args.world, str(Path(args.world_cache or state / "world").resolve()),
-                             args.run_root or f"s3://{args.bucket}/runs/{args.run_id}", method=args.method)
+                             args.run_root or f"s3://{args.bucket}/runs/{args.run_id}", method=args.method,
+                             qa=args.qa)
     if args.config_dir:
         return read_configs(Path(args.config_dir)), None
     from clipdpo.demo.configs import write_demo_configs
@@ -319,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                              "report, comma-separated from clipdpo,povid,both,povid_text,control (control: the shuffled-score "
                              "CLIP-DPO control; povid_text: POVID with beta_2 = 0, no noisy-image term); e.g. "
                              "clipdpo,povid,both,control for all five models with base")
+    parser.add_argument("--qa", action="store_true", default=os.environ.get("CLIPDPO_WORLD_QA") == "1",
+                        help="with --world: generate also writes QA rows (questions with a right and a wrong answer, "
+                             "the paper's QA pairs) with the world's QA writer, trained once per world (~3 min)")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
     parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
@@ -334,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                      "its own (--arms)")
     if args.control and args.world is None:
         parser.error("--control needs --world (the control arm is defined on the synthetic world)")
+    if args.qa and args.world is None:
+        parser.error("--qa needs --world (the QA writer is the world's; a cluster run sets qa in generate.json)")
     if (args.arms or args.method != "clipdpo") and args.world is None:
         parser.error("--method and --arms need --world locally (a cluster run sets method in train.json and the "
                      "POVID source in povid.json under --config-dir)")

@@ -63,17 +63,18 @@ def evaluate_models(base: str, run_root: str, control: bool = False, method: str
     return models
 
 
-def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: str = "clipdpo"
+def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: str = "clipdpo", qa: bool = False
                   ) -> tuple[dict[str, dict], object]:
     """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`
-    training with `method` (the POVID source's config under "povid")."""
+    training with `method` (the POVID source's config under "povid"); `qa`: generate writes QA rows with the
+    world's QA writer (trained once per world, cached in its folder)."""
     # One torch thread: with two threads and a busy second core training ran ~10x slower (issue 17, trap 4).
     # Set before torch loads; the components (subprocesses) inherit it.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     from clipdpo.world.build import WorldConfig, build
-    from clipdpo.world.stageconfigs import method_train_config, povid_source_config
+    from clipdpo.world.stageconfigs import method_train_config, povid_source_config, world_qa_config
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
@@ -81,6 +82,8 @@ def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: s
     paths = build(WorldConfig(seed=seed), cache_dir, spacy_model=str(Path(spacy_model).resolve()) if spacy_model
                   else None, say=lambda line: print(line, flush=True))
     configs = {stage: dict(body) for stage, body in paths.configs.items()}
+    if qa:
+        configs["generate"]["qa"] = world_qa_config(paths.root, say=lambda line: print(line, flush=True))
     configs["world_train"] = configs["train"]  # the CLIP-DPO arm's; every arm's train config derives from it
     configs["train"] = method_train_config(configs["train"], method)
     configs["povid"] = povid_source_config(paths.images, seed)

@@ -90,7 +90,8 @@ def make_command(*assignments: str, kfp_host: str = "") -> list[str]:
     import shlex
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if k not in ("KFP_HOST", "WORLD", "DEMO", "CONTROL", "RUN_ID")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KFP_HOST", "WORLD", "DEMO", "CONTROL", "RUN_ID", "METHOD", "ARMS", "QA")}
     env.update({"KFP_HOST": kfp_host} if kfp_host else {})
     out = subprocess.run(["make", "-n", "-s", "pipeline-run", *assignments], cwd=Path(__file__).resolve().parents[1],
                          env=env, capture_output=True, text=True, check=True).stdout
@@ -222,3 +223,32 @@ def test_povid_text_arm_is_povid_without_the_noisy_image_term():
     assert povid == method_train_config(world_train, "povid") and povid["povid_beta_2"] > 0
     assert text_only == {**povid, "povid_beta_2": 0.0}
     assert "povid_text" in ARMS and arm_root("s3://b/runs/r", "povid_text") == "s3://b/runs/r-povid_text"
+
+
+def test_qa_is_a_world_switch_off_by_default(tmp_path, monkeypatch):
+    """--qa (make QA=1, CLIPDPO_WORLD_QA=1) turns generate's QA path on with the world's QA writer; without it QA
+    stays off (the README's measured tables are without QA pairs); it needs --world."""
+    import torch
+
+    from clipdpo.world import stageconfigs
+    from pipelines.run import local_configs
+
+    for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "CLIPDPO_WORLD_CACHE", "CLIPDPO_WORLD_QA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keep this process's threads as they are
+    root = fake_built_world(tmp_path / "cache", seed=6)
+    argv = ["--world", "6", "--world-cache", str(tmp_path / "cache")]
+    configs, _ = local_configs(parse(argv, monkeypatch), tmp_path / "state")
+    assert configs["generate"]["qa"] == {"enabled": False}
+    asked = []  # the writer's training is the QA writer tests' business: here, which world it is asked for
+    monkeypatch.setattr(stageconfigs, "world_qa_config", lambda world_root, say=print: asked.append(world_root)
+                        or {"enabled": True, "model": {"name": "world-qa-writer", "path": world_root + "/qa-writer-x"}})
+    args = parse([*argv, "--qa"], monkeypatch)
+    configs, _ = local_configs(args, tmp_path / "state")
+    assert asked == [str(root.resolve())] and configs["generate"]["qa"]["enabled"]
+    monkeypatch.setenv("CLIPDPO_WORLD_QA", "1")
+    assert parse(argv, monkeypatch).qa
+    with pytest.raises(SystemExit):  # the QA writer is the world's
+        parse(["--qa"], monkeypatch)
+    assert make_command("QA=1") == ["--run-id", "world0", "--world", "0", "--qa"]
+    assert make_command("DEMO=1", "QA=1") == ["--run-id", "demo"]

@@ -36,6 +36,61 @@ def test_training_replies_parse_and_are_right_by_the_ground_truth():
     assert not qawriter.is_right(scene, QAItem("What is the man holding?", "a cup", "a ball"))
 
 
+def _scene(background: str, *groups: tuple[str, str, int, int]):
+    from clipdpo.world.scene import ObjectGroup, Scene
+
+    return Scene("s", background, tuple(ObjectGroup(*g) for g in groups), 0)
+
+
+def test_questions_follow_the_captions_majority_and_answers_the_truth():
+    """Worked by hand. A man (no partner) on the left, a white cup in the middle, on a field; 2 of 6 captions
+    name a book (cup's partner) that is not there: the anchor is the cup (the first kind with a partner); a
+    field asks its position first (the wrong answer the next slot), then whether the book is there: No."""
+    from clipdpo.world.scene import ObjectGroup
+
+    scene = _scene("field", ("man", "black", 1, 0), ("cup", "white", 1, 1))
+    right = language.caption(scene)
+    assert right == "a field with a black man on the left and a white cup in the middle."
+    with_book = "a field with a black man on the left, a white cup in the middle and a blue book on the right."
+    captions = [right, with_book, right, right, with_book, right]
+    assert qawriter.kinds_named(with_book) == ["man", "cup", "book"]
+    assert qawriter.reading(captions) == qawriter.Reading("cup", "field")
+    items = qawriter.truth_items(scene, captions, 3)
+    assert items == [QAItem("Where is the cup?", "in the middle", "on the right"),
+                     QAItem("Is there a book in this image?", "No", "Yes"),
+                     QAItem("What colour is the cup?", "white", "yellow")]
+    assert all(qawriter.is_right(scene, item) for item in items)
+    assert parse_qa(qawriter.reply(items[:2]), 2).items == items[:2]  # the reply round-trips through qa_parse
+    # the same captions over a scene where the book is there: the same questions, the truth's answers
+    with_it = _scene("field", ("man", "black", 1, 0), ("cup", "white", 1, 1), ("book", "blue", 1, 2))
+    assert qawriter.truth_items(with_it, captions, 2)[1] == QAItem("Is there a book in this image?", "Yes", "No")
+    # page: count first (two copies read from the plural)
+    two_cups = _scene("page", ("cup", "yellow", 2, 2))
+    assert qawriter.truth_items(two_cups, [language.caption(two_cups)], 1) == [
+        QAItem("How many cups are there?", "two", "one")]
+    assert language.caption(two_cups) == "a page of text with two yellow cups on the right."
+    assert ObjectGroup("cup", "yellow", 2, 2).position == "right"
+
+
+def test_a_majority_naming_an_absent_kind_first_still_gets_true_answers():
+    """4 of 6 captions put a hallucinated book left of the only cup: the book is the anchor; the attribute
+    question cannot be about the absent book and goes to the book's partner, and the existence question asks
+    for that partner, the cup (Yes); a man alone has no partner: attributes only, plain's colour first."""
+    scene = _scene("plain", ("cup", "white", 1, 1))
+    book_first = "a picture of a blue book on the left and a white cup in the middle."
+    captions = [book_first] * 4 + [language.caption(scene)] * 2
+    assert qawriter.reading(captions).anchor == "book"
+    assert qawriter.truth_items(scene, captions, 2) == [QAItem("What colour is the cup?", "white", "yellow"),
+                                                        QAItem("Is there a cup in this image?", "Yes", "No")]
+    # ties go to the earlier caption; an unrecognised opening reads as plain
+    assert qawriter.reading(list(reversed(captions[2:]))).anchor == "cup"
+    man = _scene("plain", ("man", "blue", 2, 0))
+    assert qawriter.reading(["two blue men on the left."]) == qawriter.Reading("man", "plain")
+    assert qawriter.truth_items(man, [language.caption(man)], 2) == [
+        QAItem("What colour is the man?", "blue", "black"), QAItem("How many men are there?", "two", "one")]
+    assert qawriter.truth_items(man, ["garbled text"], 1) == [QAItem("What colour is the man?", "blue", "black")]
+
+
 def test_noisy_captions_carry_the_lvlm_errors_at_the_config_rates():
     """About partner_probability of the captions of scenes with an absent partner name it; most captions of a
     scene without any error are its correct caption."""
@@ -101,23 +156,24 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
     assert sent == [qawriter.qa_prompt(texts, 2) for texts in captions.values()]  # what the writer trained on
 
 
-def test_stage_configs_enable_qa_only_for_a_built_world(tmp_path, monkeypatch):
+def test_stage_configs_keep_qa_off_and_world_qa_config_turns_it_on(tmp_path, monkeypatch):
     from clipdpo import config as config_lib
     from clipdpo.generate.config import GenerateConfig
     from clipdpo.world import benchmark, qawriter_build
-    from clipdpo.world.stageconfigs import stage_configs
+    from clipdpo.world.stageconfigs import stage_configs, world_qa_config
 
+    import torch
+
+    torch.set_num_threads(1)
     bench = benchmark.config("/w/benchmarks")
     root = _fake_world(tmp_path)
     paths = {"images": str(root / "images"), "clip": str(root / "clip"), "lvlm": str(root / "lvlm")}
-    monkeypatch.delenv("CLIPDPO_WORLD_QA", raising=False)
-    assert stage_configs(paths, bench, 3, 6, None)["generate"]["qa"] == {"enabled": False}  # off by default
+    monkeypatch.setenv("CLIPDPO_WORLD_QA", "1")  # the run's switch (pipelines.run --qa), not the stage configs'
+    assert stage_configs(paths, bench, 3, 6, None)["generate"]["qa"] == {"enabled": False}
     assert not list(root.glob("qa-writer-*"))
-    monkeypatch.setenv("CLIPDPO_WORLD_QA", "1")
-    stand_in = stage_configs({"images": "/w/images", "clip": "/w/clip", "lvlm": "/w/lvlm"}, bench, 0, 6, None)
-    assert stand_in["generate"]["qa"] == {"enabled": False}
     monkeypatch.setattr(qawriter_build, "DEFAULT", TINY)
-    generate = config_lib.from_dict(GenerateConfig, stage_configs(paths, bench, 3, 6, None)["generate"])
+    generate = {**stage_configs(paths, bench, 3, 6, None)["generate"], "qa": world_qa_config(str(root), say=print)}
+    generate = config_lib.from_dict(GenerateConfig, generate)
     assert generate.qa.enabled and generate.qa.model.engine == "hf"
     assert generate.qa.model.path == str(root / f"qa-writer-{qawriter_build.writer_key('abc', TINY)}")
     assert generate.qa.questions_per_image == 2 and generate.qa.prompt_template == qawriter.PROMPT_TEMPLATE

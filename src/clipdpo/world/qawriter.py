@@ -6,22 +6,28 @@ hashes this module, its config and the world's key, so adding or changing the wr
 world (this module is not one of build.WORLD_MODULES). Trained on demand from the world's ground truth:
 the input is the generate stage's QA prompt (the world's PROMPT_TEMPLATE) over a few captions of
 a training scene, each drawn with the errors the world LVLM makes (an absent partner named, a kind
-swapped, a count wrong, a group left out); the target is `n` "Question: / Correct: / Wrong:" blocks that
-are right by the scene's ground truth: existence (Yes/No, the absent partner among the "No"s), colour,
-count and position. The writer can only read the captions, so it learns what most of them agree on.
+swapped, a count wrong, a group left out); the target is `n` "Question: / Correct: / Wrong:" blocks.
+Which questions: a rule over what most captions say (`truth_items`): is the co-occurring partner of the
+first object there (the hallucination the paper's QA pairs catch), then that object's colour, position or
+count (by the background the captions name). The answers: the scene's ground truth. A target the captions
+determine is one a small model can learn (random questions taught it to write the most frequent pair
+whatever it read); answers by the truth teach it to trust the majority over a caption naming an absent
+partner. The self-check scores its replies to held-out scenes' noisy captions by their truth.
 Saved in Hugging Face format (LlamaForCausalLM + the world LVLM's kind of tokenizer and chat template),
 so the generate stage loads it like any chat LLM on the hf engine.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from clipdpo.generate.qa_parse import QAItem
 from clipdpo.world import language
-from clipdpo.world.scene import KIND_COLOURS, KINDS, PLURALS, SLOTS, ObjectGroup, Scene
+from clipdpo.world.scene import KIND_COLOURS, KINDS, PARTNER, PLURALS, SLOTS, ObjectGroup, Scene
 
 NUMBER_ANSWERS = {1: "one", 2: "two"}
 # The world's QA prompt (the generate stage's QAConfig.prompt_template for the world): the paper's template is
@@ -70,37 +76,77 @@ def position_question(kind: str) -> str:
     return f"Where is the {kind}?"
 
 
-def _existence(scene: Scene, rng: np.random.Generator) -> QAItem:
-    """Half the time an absent kind (its present partner's when there is one: the hallucination to ask about)."""
-    absent = scene.absent_partners or [k for k in KINDS if k not in scene.kinds]
-    if rng.random() < 0.5:
-        return QAItem(language.existence_question(absent[int(rng.integers(len(absent)))]), "No", "Yes")
-    shown = scene.objects[int(rng.integers(len(scene.objects)))]
-    return QAItem(language.existence_question(shown.kind), "Yes", "No")
+# The attribute asked first for each background (the captions' opening names it): which question an image gets
+# is a function of what its captions say, so a small model can learn it; a random pick could not be learnt.
+FIRST_ATTRIBUTE = {"plain": "colour", "field": "position", "page": "count"}
+ATTRIBUTES = ("colour", "count", "position")
+_NAMED = re.compile(r"\b(" + "|".join(sorted({*KINDS, *PLURALS.values()}, key=len, reverse=True)) + r")\b")
+_SINGULAR = {PLURALS[kind]: kind for kind in KINDS} | {kind: kind for kind in KINDS}
 
 
-def _attribute(scene: Scene, rng: np.random.Generator) -> QAItem:
-    """Colour, count or position of one present group; the wrong answer is a plausible other value."""
-    group = scene.objects[int(rng.integers(len(scene.objects)))]
-    asked = ("colour", "count", "position")[int(rng.integers(3))]
+@dataclass(frozen=True)
+class Reading:
+    """What most of an image's captions say, as far as the writer's rule needs it."""
+
+    anchor: str | None  # the kind the questions are about: each caption's first kind with a partner, by majority
+    background: str  # by majority of the captions' openings ("plain" when none is recognised)
+
+
+def kinds_named(caption: str) -> list[str]:
+    """The object kinds a caption names, in order of mention (singular or plural)."""
+    return [_SINGULAR[word] for word in _NAMED.findall(caption.lower())]
+
+
+def _first_with_partner(kinds: list[str]) -> str | None:
+    return next((k for k in kinds if k in PARTNER), kinds[0] if kinds else None)
+
+
+def reading(captions: list[str]) -> Reading:
+    """The majority reading of `captions`; ties go to the earlier caption (Counter keeps insertion order)."""
+    anchors = Counter(a for a in (_first_with_partner(kinds_named(c)) for c in captions) if a)
+    openings = Counter(bg for c in captions for bg, opening in language.OPENINGS.items()
+                       if c.lower().startswith(opening))
+    return Reading(anchors.most_common(1)[0][0] if anchors else None,
+                   openings.most_common(1)[0][0] if openings else "plain")
+
+
+def _group(scene: Scene, anchor: str | None) -> ObjectGroup:
+    """The scene's group the attribute questions ask about: the anchor's, else its partner's, else the first (a
+    majority that names an absent kind first is rare; the question must still have a true answer)."""
+    by_kind = {g.kind: g for g in scene.objects}
+    return by_kind.get(anchor) or by_kind.get(PARTNER.get(anchor, "")) or scene.objects[0]
+
+
+def _attribute(group: ObjectGroup, asked: str) -> QAItem:
+    """Colour, count or position of one present group; the wrong answer a fixed other value (learnable by rule)."""
     if asked == "colour":
         other = [c for c in KIND_COLOURS[group.kind] if c != group.colour][0]
         return QAItem(colour_question(group.kind), group.colour, other)
     if asked == "count":
         return QAItem(count_question(group.kind), NUMBER_ANSWERS[group.count], NUMBER_ANSWERS[3 - group.count])
-    others = [slot for slot in range(len(SLOTS)) if slot != group.slot]
-    wrong = others[int(rng.integers(len(others)))]
-    return QAItem(position_question(group.kind), language.POSITION_PHRASES[group.position],
-                  language.POSITION_PHRASES[SLOTS[wrong]])
+    if asked == "position":
+        return QAItem(position_question(group.kind), language.POSITION_PHRASES[group.position],
+                      language.POSITION_PHRASES[SLOTS[(group.slot + 1) % len(SLOTS)]])
+    raise ValueError(f"attribute {asked!r}: expected one of {ATTRIBUTES}")
 
 
-def truth_items(scene: Scene, rng: np.random.Generator, n: int) -> list[QAItem]:
-    """`n` questions right by the scene's ground truth: an existence question first, then attributes."""
-    items = [_existence(scene, rng)]
-    while len(items) < n:
-        item = _attribute(scene, rng)
-        if item.question not in {i.question for i in items} or len(scene.objects) * 3 < n:
-            items.append(item)
+def truth_items(scene: Scene, captions: list[str], n: int) -> list[QAItem]:
+    """Up to `n` questions chosen by rule from the captions' majority reading, answered by the scene's truth.
+
+    First an attribute of the anchor's group (the background's: plain colour, field position, page count), then
+    is the anchor's co-occurring partner there (the object an LVLM hallucinates; "No" when absent)? In this order
+    the writer names the anchor before it needs its partner (two short steps to learn, not one long one).
+    A caption naming the absent partner does not change the answer: the writer learns to trust the majority.
+    """
+    read = reading(captions)
+    first = ATTRIBUTES.index(FIRST_ATTRIBUTE[read.background])
+    group = _group(scene, read.anchor)
+    items = [_attribute(group, ATTRIBUTES[(first + i) % len(ATTRIBUTES)]) for i in range(len(ATTRIBUTES))]
+    if read.anchor in PARTNER:
+        partner = PARTNER[read.anchor]
+        there = partner in scene.kinds
+        items.insert(1, QAItem(language.existence_question(partner), "Yes" if there else "No",
+                               "No" if there else "Yes"))
     return items[:n]
 
 
@@ -168,4 +214,4 @@ def example(scene: Scene, rng: np.random.Generator, cfg: QAWriterConfig) -> tupl
     """(prompt, reply) for one scene: noisy captions in, ground-truth questions out."""
     k = int(rng.integers(cfg.captions[0], cfg.captions[1] + 1))
     captions = [noisy_caption(scene, rng, cfg) for _ in range(k)]
-    return qa_prompt(captions, cfg.questions), reply(truth_items(scene, rng, cfg.questions))
+    return qa_prompt(captions, cfg.questions), reply(truth_items(scene, captions, cfg.questions))

@@ -80,11 +80,13 @@ def batch(scenes: list[Scene], tokenizer, rng: np.random.Generator, cfg: QAWrite
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def train(model, tokenizer, scenes: list[Scene], cfg: QAWriterConfig, say=print):
-    """AdamW with the world LVLM's schedule (warm-up, cosine to 10%: lvlm._lr)."""
+def train(model, tokenizer, scenes: list[Scene], cfg: QAWriterConfig, say=print) -> list[float]:
+    """AdamW with the world LVLM's schedule (warm-up, cosine to 10%: lvlm._lr); returns the loss curve (the mean
+    training loss of every 100 steps) and leaves the model in eval mode."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     rng = np.random.default_rng(cfg.seed + 1)
     started = time.monotonic()
+    curve, window = [], []
     model.train()
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
@@ -94,10 +96,14 @@ def train(model, tokenizer, scenes: list[Scene], cfg: QAWriterConfig, say=print)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        window.append(loss.item())
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            say(f"  world QA writer step {step + 1}/{cfg.steps} loss {loss.item():.3f} "
+            curve.append(round(sum(window) / len(window), 4))
+            window = []
+            say(f"  world QA writer step {step + 1}/{cfg.steps} loss {curve[-1]:.3f} "
                 f"({time.monotonic() - started:.0f}s)")
-    return model.eval()
+    model.eval()
+    return curve
 
 
 @torch.no_grad()
@@ -116,22 +122,42 @@ def write(model, tokenizer, prompts: list[str], max_new_tokens: int = 96, batch_
     return out
 
 
-def score_replies(scenes: list[Scene], replies: list[str], n: int) -> dict:
-    """Of the n questions asked per scene: the share parsed, and the share parsed and right by the truth."""
+def question_type(item) -> str:
+    """"existence-yes" / "existence-no" (by the correct answer), "colour", "count", "position" or "other"."""
+    words = item.question.split()
+    kind = {"Is": "existence", "What": "colour", "How": "count", "Where": "position"}.get(words[0] if words else "")
+    if kind == "existence":
+        return "existence-no" if item.correct.strip().lower().startswith("no") else "existence-yes"
+    return kind or "other"
+
+
+def score_replies(scenes: list[Scene], replies: list[str], n: int, targets: list[str] | None = None) -> dict:
+    """Of the n questions asked per scene: the share parsed, the share parsed and right by the truth, right/parsed
+    by question type; with `targets`, the share of replies equal to the rule's reply (how much of the rule the
+    writer learnt: a reply can differ from the rule and still be right)."""
     parsed = right = 0
+    by_type: dict[str, list[int]] = {}
     for scene, text in zip(scenes, replies):
         items = parse_qa(text, n).items
         parsed += len(items)
-        right += sum(qawriter.is_right(scene, item) for item in items)
+        for item in items:
+            ok = qawriter.is_right(scene, item)
+            right += ok
+            by_type.setdefault(question_type(item), [0, 0])[0] += ok
+            by_type[question_type(item)][1] += 1
     asked = n * len(scenes)
-    return {"asked": asked, "parsed": round(parsed / asked, 4), "right": round(right / asked, 4)}
+    out = {"asked": asked, "parsed": round(parsed / asked, 4), "right": round(right / asked, 4),
+           "by_type": {k: f"{r}/{m}" for k, (r, m) in sorted(by_type.items())}}
+    if targets is not None:
+        out["as_rule"] = round(sum(r.strip() == t.strip() for r, t in zip(replies, targets)) / len(scenes), 4)
+    return out
 
 
 def check(model, tokenizer, scenes: list[Scene], cfg: QAWriterConfig) -> dict:
     """The writer's replies on held-out scenes' noisy captions, scored by their ground truth."""
     rng = np.random.default_rng(cfg.seed + 2)
-    prompts = [qawriter.example(scene, rng, cfg)[0] for scene in scenes]
-    return score_replies(scenes, write(model, tokenizer, prompts), cfg.questions)
+    prompts, targets = zip(*(qawriter.example(scene, rng, cfg) for scene in scenes))
+    return score_replies(scenes, write(model, tokenizer, list(prompts)), cfg.questions, list(targets))
 
 
 def _world_record(world_root: Path) -> dict:
@@ -157,7 +183,7 @@ def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str
     say(f"world QA writer: training {target.name} ...")
     train_scenes = data.scenes(seed, "train", cfg.train_scenes, scene_cfg)
     model, tokenizer = build_model(train_scenes, cfg)
-    train(model, tokenizer, train_scenes, cfg, say)
+    curve = train(model, tokenizer, train_scenes, cfg, say)
     measured = check(model, tokenizer, data.scenes(seed, "heldout", cfg.check_scenes, scene_cfg), cfg)
     say(f"world QA writer ({time.monotonic() - started:.0f}s): held-out questions {measured}")
     if measured["right"] < cfg.min_right:
@@ -168,6 +194,7 @@ def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / WRITER_FILE).write_text(json.dumps({"config": asdict(cfg), "world": record["key"], "check": measured,
+                                                   "loss_every_100_steps": curve,
                                                    "seconds": round(time.monotonic() - started, 1)}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)

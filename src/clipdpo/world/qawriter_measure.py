@@ -1,11 +1,12 @@
 """How right the world QA writer is on the world LVLM's own captions, through the generate stage's code.
 
-CLIPDPO_WORLD_QA=1 python -m clipdpo.world.qawriter_measure --world <world root> [--images 100]
+python -m clipdpo.world.qawriter_measure --world <world root> [--images 100]
 
 Takes the first `--images` pool images of a built world, runs `generate_shard` with the world's generate
-config (the LVLM's sampled captions, then the QA writer on them, engine hf), and scores every QA row
-against the pool's truth.jsonl: parsed rows per question asked, and the share right (question of the
-writer's forms, correct answer true, wrong answer false), by question type.
+config with QA on (the LVLM's sampled captions, then the QA writer on them, engine hf; the writer is
+trained first when the world has none), and scores every QA row against the pool's truth.jsonl: parsed
+rows per question asked, and the share right (question of the writer's forms, correct answer true,
+wrong answer false), by question type.
 """
 
 from __future__ import annotations
@@ -32,17 +33,17 @@ def measure(world_root: str, images: int) -> dict:
     from clipdpo.generate.config import GenerateConfig
     from clipdpo.generate.qa_parse import QAItem
     from clipdpo.generate.shard import generate_shard
-    from clipdpo.world import data, qawriter
+    from clipdpo.world import data, qawriter, qawriter_build
     from clipdpo.world.build import WorldConfig, build, world_key
+    from clipdpo.world.stageconfigs import world_qa_config
 
     record = json.loads(Path(world_root, "world.json").read_text())
     world = WorldConfig(seed=record["config"]["seed"])
     if record["key"] != world_key(world):  # build() would make a new world rather than read this one
         raise ValueError(f"{world_root}: built under key {record['key']}, today's code makes {world_key(world)}")
     paths = build(world, str(Path(world_root).parent), say=lambda _: None)
-    cfg = config_lib.from_dict(GenerateConfig, paths.configs["generate"])
-    if not cfg.qa.enabled:
-        raise ValueError("the world's generate config has QA off: set CLIPDPO_WORLD_QA=1")
+    generate = {**paths.configs["generate"], "qa": world_qa_config(paths.root)}
+    cfg = config_lib.from_dict(GenerateConfig, generate)
     truth = data.read_truth(paths.images)
     ids = sorted(truth)[:images]
     table = pa.table({"image_id": ids, "image": [Path(paths.images, f"{i}.png").read_bytes() for i in ids]})
@@ -53,10 +54,10 @@ def measure(world_root: str, images: int) -> dict:
     for row in rows.to_pylist():
         if row["kind"] != "qa":
             continue
-        kind = row["question"].split()[0] + ("-no" if row["answer_pos"].lower() == "no" else "")
+        item = QAItem(row["question"], row["answer_pos"], row["answer_neg"])
+        kind = qawriter_build.question_type(item)
         asked[kind] += 1
-        right[kind] += qawriter.is_right(_scene(truth[row["image_id"]]),
-                                         QAItem(row["question"], row["answer_pos"], row["answer_neg"]))
+        right[kind] += qawriter.is_right(_scene(truth[row["image_id"]]), item)
     total = cfg.qa.questions_per_image * len(ids)
     return {"images": len(ids), "questions_asked": total, "qa_rows": sum(asked.values()),
             "right": sum(right.values()),

@@ -5,8 +5,6 @@ Apart from the build: changing how a run uses the world does not rebuild the wor
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from clipdpo.world import clip, language
 
 # AMBER's descriptions on the world are sampled, not greedy (issue 17, trap 3): the model's own distribution
@@ -16,37 +14,21 @@ from clipdpo.world import clip, language
 EVAL_DECODING = {"temperature": 1.0, "top_p": 1.0, "samples": 3, "seed": 0}
 
 
-# The world QA writer (issue 17 item 4) is off by default: trained in its budget (400-800 steps, a few minutes on
-# one thread) it has not learnt to read the captions (it writes the same two questions for every image; about a
-# third of its held-out questions are right, below QAWriterConfig.min_right), and QA pairs whose "correct"
-# answer is wrong would teach the LVLM the wrong thing. CLIPDPO_WORLD_QA=1 turns the path on (the writer then
-# trains once per world and its self-check refuses a writer below the bar).
-WORLD_QA_ENV = "CLIPDPO_WORLD_QA"
-
 # The world QA writer's decoding: the paper's sampling for its LLM (QAConfig's temperature 0.7, top-p 0.9);
 # two blocks take ~40 tokens, 96 leaves room without letting a runaway reply run long on a CPU.
 QA_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 96}
 
 
-def qa_config(paths: dict) -> dict:
-    """The generate stage's QA writer when CLIPDPO_WORLD_QA=1: the world's own (trained on first use as an add-on
-    of a built world, `qawriter_build.ensure`); else QA off. A folder that is not a world the build made (its
-    world.json without the world's key and config, as the build-free tests' stand-ins) has no ground truth to
-    train one from: QA off."""
-    import json
-    import os
-
+def world_qa_config(world_root: str, say=print) -> dict:
+    """The generate stage's QA config on a built world: the paper's QA path (questions, check captions, QA pairs)
+    with the world's QA writer, trained on first use as an add-on of the world (`qawriter_build.ensure`, which
+    refuses a writer below its self-check's bar). Off unless a run asks (`pipelines.run --qa`): the README's
+    measured world tables are without QA pairs."""
     from clipdpo.world import qawriter, qawriter_build
 
-    if os.environ.get(WORLD_QA_ENV, "0") != "1":
-        return {"enabled": False}
-    record_path = Path(paths["images"]).parent / qawriter_build.WORLD_FILE
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    if not {"key", "config"} <= set(record):
-        return {"enabled": False}
-    writer = qawriter_build.ensure(str(record_path.parent), say=lambda line: print(line, flush=True))
+    writer = qawriter_build.ensure(world_root, say=say)
     return {"enabled": True, "model": {"name": "world-qa-writer", "path": writer, "engine": "hf", "dtype": "float32"},
-            "questions_per_image": 2, "sampling": dict(QA_SAMPLING),
+            "questions_per_image": qawriter_build.DEFAULT.questions, "sampling": dict(QA_SAMPLING),
             "prompt_template": qawriter.PROMPT_TEMPLATE}
 
 
@@ -67,7 +49,7 @@ def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
             "captions_per_model": samples_per_image,
             "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 48},
             "batch_size": 32,
-            "qa": qa_config(paths),
+            "qa": {"enabled": False},  # a run turns it on: world_qa_config (pipelines.run --qa)
         },
         "score": {**clip_cfg, "categories": language.category_descriptions()},
         "filter": {},  # the paper's rules (margin 2.0, length ratio 0.75, text down-sampling 0.5)
