@@ -241,8 +241,8 @@ def test_qa_is_a_world_switch_off_by_default(tmp_path, monkeypatch):
     configs, _ = local_configs(parse(argv, monkeypatch), tmp_path / "state")
     assert configs["generate"]["qa"] == {"enabled": False}
     asked = []  # the writer's training is the QA writer tests' business: here, which world it is asked for
-    monkeypatch.setattr(stageconfigs, "world_qa_config", lambda world_root, say=print: asked.append(world_root)
-                        or {"enabled": True, "model": {"name": "world-qa-writer", "path": world_root + "/qa-writer-x"}})
+    on = {"enabled": True, "model": {"name": "world-qa-writer", "path": "/w/qa-writer-x"}}
+    monkeypatch.setattr(stageconfigs, "world_qa_config", lambda world_root, say=print: asked.append(world_root) or on)
     args = parse([*argv, "--qa"], monkeypatch)
     configs, _ = local_configs(args, tmp_path / "state")
     assert asked == [str(root.resolve())] and configs["generate"]["qa"]["enabled"]

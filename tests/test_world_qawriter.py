@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import asdict, replace
 
@@ -44,7 +45,7 @@ def _scene(background: str, *groups: tuple[str, str, int, int]):
 
 def test_questions_follow_the_captions_majority_and_answers_the_truth():
     """Worked by hand. A man (no partner) on the left, a white cup in the middle, on a field; 2 of 6 captions
-    name a book (cup's partner) that is not there: the anchor is the cup (the first kind with a partner); a
+    name a book (cup's partner) that is not there: the anchor is the cup (the most named kind with a partner); a
     field asks its position first (the wrong answer the next slot), then whether the book is there: No."""
     from clipdpo.world.scene import ObjectGroup
 
@@ -72,20 +73,26 @@ def test_questions_follow_the_captions_majority_and_answers_the_truth():
     assert ObjectGroup("cup", "yellow", 2, 2).position == "right"
 
 
-def test_a_majority_naming_an_absent_kind_first_still_gets_true_answers():
-    """4 of 6 captions put a hallucinated book left of the only cup: the book is the anchor; the attribute
-    question cannot be about the absent book and goes to the book's partner, and the existence question asks
-    for that partner, the cup (Yes); a man alone has no partner: attributes only, plain's colour first."""
+def test_the_anchor_is_the_most_named_kind_with_a_partner_and_answers_stay_true():
+    """4 of 6 captions put a hallucinated book left of the only cup: the cup, named by all 6, is the anchor and
+    the book's question answers No. When the book is named by more captions than the cup (a majority naming an
+    absent kind), the attribute question cannot be about the book: it goes to the book's partner, and the
+    existence question asks for that partner (Yes). Ties go to the kind earlier in KINDS; a man alone has no
+    partner: attributes only, plain's colour first."""
     scene = _scene("plain", ("cup", "white", 1, 1))
     book_first = "a picture of a blue book on the left and a white cup in the middle."
     captions = [book_first] * 4 + [language.caption(scene)] * 2
-    assert qawriter.reading(captions).anchor == "book"
+    assert qawriter.reading(captions).anchor == "cup"
     assert qawriter.truth_items(scene, captions, 2) == [QAItem("What colour is the cup?", "white", "yellow"),
-                                                        QAItem("Is there a cup in this image?", "Yes", "No")]
-    # ties go to the earlier caption; an unrecognised opening reads as plain
-    assert qawriter.reading(list(reversed(captions[2:]))).anchor == "cup"
+                                                        QAItem("Is there a book in this image?", "No", "Yes")]
+    only_book = ["a picture of a blue book in the middle."] * 4 + [language.caption(scene)] * 2
+    assert qawriter.reading(only_book).anchor == "book"
+    assert qawriter.truth_items(scene, only_book, 2) == [QAItem("What colour is the cup?", "white", "yellow"),
+                                                         QAItem("Is there a cup in this image?", "Yes", "No")]
+    cup_and_ball = ["a picture of a white cup on the left and a red ball in the middle."]
+    assert qawriter.reading(cup_and_ball).anchor == "ball"  # ball comes before cup in KINDS
     man = _scene("plain", ("man", "blue", 2, 0))
-    assert qawriter.reading(["two blue men on the left."]) == qawriter.Reading("man", "plain")
+    assert qawriter.reading(["two blue men on the left."]) == qawriter.Reading("man", "plain")  # opening unknown
     assert qawriter.truth_items(man, [language.caption(man)], 2) == [
         QAItem("What colour is the man?", "blue", "black"), QAItem("How many men are there?", "two", "one")]
     assert qawriter.truth_items(man, ["garbled text"], 1) == [QAItem("What colour is the man?", "blue", "black")]
@@ -179,16 +186,21 @@ def test_stage_configs_keep_qa_off_and_world_qa_config_turns_it_on(tmp_path, mon
     assert generate.qa.questions_per_image == 2 and generate.qa.prompt_template == qawriter.PROMPT_TEMPLATE
 
 
-# Enough training for the writer to learn the reply's form on the world's language (loss ~0.3 by step 100
-# with the default model; this one is smaller and reads fewer captions), not enough to be right often.
-SMALL = QAWriterConfig(hidden=64, layers=3, heads=2, learning_rate=3e-3, steps=200, batch_size=8, captions=(2, 3),
-                       train_scenes=300, check_scenes=8, min_right=0.0)
+# Enough training for the writer to learn the reply's form on the world's language (the default writer's loss is
+# ~0.25 by step 500, its form, before it learns what to copy), not enough to be right often: this test checks
+# that real QA rows come out of generate; the default writer's rightness is its own self-check's (README).
+SMALL = QAWriterConfig(hidden=64, layers=2, heads=4, learning_rate=3e-3, steps=150, warmup_steps=30, batch_size=8,
+                       captions=(2, 3), train_scenes=300, check_scenes=8, min_right=0.0)
+
+
+WRITER_FORMS = re.compile(r"^(What colour is the \w+|How many \w+ are there|Where is the \w+"
+                          r"|Is there a \w+ in this image)\?$")
 
 
 @pytest.mark.slow
-def test_generate_on_a_tiny_world_asks_its_writer_for_every_image(tmp_path, monkeypatch):
-    """With CLIPDPO_WORLD_QA=1 a tiny world's stage configs turn QA on with its own writer, and one generate shard
-    runs it on every image's captions through the hf engine."""
+def test_generate_on_a_tiny_world_writes_qa_rows_with_its_writer(tmp_path, monkeypatch):
+    """A tiny world's QA config (world_qa_config, as `pipelines.run --qa`) trains its writer, and one generate
+    shard runs it on every image's captions through the hf engine: parsed QA rows of the writer's forms."""
     import torch
 
     from clipdpo import steps
@@ -198,29 +210,31 @@ def test_generate_on_a_tiny_world_asks_its_writer_for_every_image(tmp_path, monk
     from clipdpo.world.build import WorldConfig, build
     from clipdpo.world.clip import ClipConfig
     from clipdpo.world.lvlm import LvlmConfig
+    from clipdpo.world.stageconfigs import world_qa_config
 
     torch.set_num_threads(1)
-    monkeypatch.setenv("CLIPDPO_WORLD_QA", "1")
     monkeypatch.setattr(qawriter_build, "DEFAULT", SMALL)
     cfg = WorldConfig(train_images=64, heldout_images=12, pool_images=4, samples_per_image=3,
                       clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
                       lvlm=LvlmConfig(steps=3, batch_size=4, min_cover=0.0))
     paths = build(cfg, str(tmp_path / "world"), say=lambda _: None)
-    generate = paths.configs["generate"]
-    assert generate["qa"]["enabled"] and generate["qa"]["model"]["path"].startswith(paths.root + "/qa-writer-")
+    assert paths.configs["generate"]["qa"] == {"enabled": False}  # off unless the run asks
+    qa = world_qa_config(paths.root, say=lambda _: None)
+    assert qa["enabled"] and qa["model"]["path"].startswith(paths.root + "/qa-writer-")
     # greedy: this writer has learnt the reply's form, which sampling at 0.7 still breaks now and then
-    generate = {**generate, "qa": {**generate["qa"], "sampling": {**generate["qa"]["sampling"], "temperature": 0.0}}}
+    generate = {**paths.configs["generate"], "qa": {**qa, "sampling": {**qa["sampling"], "temperature": 0.0}}}
     run = str(tmp_path / "run")
     steps.ingest_step(run, paths.images, json.dumps(paths.configs["ingest"]))
     for last in (False, True):
         steps.generate_step(run, json.dumps(generate), 0, 1, finalize=last)
     candidates = Artifact.open(Storage(), steps.artifact_uri(run, "generate"), kind="candidates")
     rows = [row for name in candidates.shard_names for row in candidates.read_shard(name).to_pylist()]
-    qa = [row for row in rows if row["kind"] == "qa"]
+    qa_rows = [row for row in rows if row["kind"] == "qa"]
     stats = json.loads(Storage().read_bytes(steps.artifact_uri(run, "generate") + "/manifest.json"))["stats"]
-    assert stats["images"] == 4 and stats["captions"] == 12
-    # every image's captions went to the writer and its reply to the parser: rows, or a reply counted empty
-    # (this world's 3-step LVLM writes bytes, not world captions, and the writer rarely keeps its form on them)
-    assert stats["qa_replies_empty"] == 4 - len({row["image_id"] for row in qa}) and stats["qa_rows"] == len(qa)
-    assert all(row["question"] and row["answer_pos"] and row["answer_neg"] and row["model"] == "world-qa-writer"
-               for row in qa)
+    assert stats["images"] == 4 and stats["captions"] == 12 and stats["qa_rows"] == len(qa_rows)
+    # this world's 3-step LVLM writes bytes, not world captions: the writer keeps its form on them anyway
+    assert len({row["image_id"] for row in qa_rows}) >= 3, stats
+    for row in qa_rows:
+        item = QAItem(row["question"], row["answer_pos"], row["answer_neg"])
+        assert WRITER_FORMS.match(item.question) and row["model"] == "world-qa-writer", item
+        assert item.correct.lower() != item.wrong.lower()

@@ -45,12 +45,14 @@ class QAWriterConfig:
     heads: int = 4
     tie_embeddings: bool = True  # copying a word from the captions is the task: one embedding in and out
     vocab_size: int = 700
-    steps: int = 400
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    warmup_steps: int = 50
+    # Measured on world 0 (batch 8, lr 2e-3, 1,500 steps): loss 0.25 by step 500 (the reply's form), then the
+    # content: 0.15 at 1,000, 0.08 at 1,500 with held-out questions right 37% -> 52%; longer and faster here.
+    steps: int = 2500
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
     train_scenes: int = 3000  # the world's training split (the images the CLIP and the LVLM learn from)
-    captions: tuple[int, int] = (3, 8)  # captions per example, inclusive (the world's generate stage gives 6)
+    captions: tuple[int, int] = (3, 6)  # captions per example, inclusive (the world's generate stage gives 6)
     questions: int = 2  # blocks per reply (QAConfig.questions_per_image, the paper's 2)
     partner_probability: float = 0.3  # the LVLM's own training bias (LvlmConfig.bias_fraction)
     swap_probability: float = 0.1  # one group's kind replaced by another kind
@@ -88,7 +90,7 @@ _SINGULAR = {PLURALS[kind]: kind for kind in KINDS} | {kind: kind for kind in KI
 class Reading:
     """What most of an image's captions say, as far as the writer's rule needs it."""
 
-    anchor: str | None  # the kind the questions are about: each caption's first kind with a partner, by majority
+    anchor: str | None  # the kind the questions are about (`reading`)
     background: str  # by majority of the captions' openings ("plain" when none is recognised)
 
 
@@ -97,17 +99,19 @@ def kinds_named(caption: str) -> list[str]:
     return [_SINGULAR[word] for word in _NAMED.findall(caption.lower())]
 
 
-def _first_with_partner(kinds: list[str]) -> str | None:
-    return next((k for k in kinds if k in PARTNER), kinds[0] if kinds else None)
-
-
 def reading(captions: list[str]) -> Reading:
-    """The majority reading of `captions`; ties go to the earlier caption (Counter keeps insertion order)."""
-    anchors = Counter(a for a in (_first_with_partner(kinds_named(c)) for c in captions) if a)
+    """The majority reading of `captions`. The anchor is the kind with a partner that most captions name, ties
+    to the earlier kind in KINDS; a kind without one (a man) only when no kind with a partner is named.
+
+    By what is named and how often, not where: a rule over word positions ("the first object of most
+    captions") was not learnt in 1,000 steps (the writer asked about a wrong kind nearly every time), while
+    which words occur and how often is what attention reads directly. A partner named by a minority of
+    captions (the LVLM's hallucination) loses to the object most captions name."""
+    named = Counter(kind for c in captions for kind in set(kinds_named(c)))
+    ranked = sorted(named, key=lambda kind: (kind not in PARTNER, -named[kind], KINDS.index(kind)))
     openings = Counter(bg for c in captions for bg, opening in language.OPENINGS.items()
                        if c.lower().startswith(opening))
-    return Reading(anchors.most_common(1)[0][0] if anchors else None,
-                   openings.most_common(1)[0][0] if openings else "plain")
+    return Reading(ranked[0] if ranked else None, openings.most_common(1)[0][0] if openings else "plain")
 
 
 def _group(scene: Scene, anchor: str | None) -> ObjectGroup:
