@@ -19,8 +19,8 @@ There are no real CLIP or LVLM weights on a laptop or CI machine; this world sta
   in-process (`python -m clipdpo.world measure ...`); `control`: the shuffled-score control arm.
 - `qawriter` + `qawriter_build`: the QA writer (the paper's instruction LLM), a small Llama chat model
   trained from the world's truth and cached as an add-on of a built world (`<world>/qa-writer-<key>/`);
-  `qawriter_measure` scores its QA rows on the LVLM's captions. Opt-in (CLIPDPO_WORLD_QA=1): in its
-  training budget it does not yet learn to read the captions (see `stageconfigs`).
+  `qawriter_measure` scores its QA rows on the LVLM's captions. Opt-in: `pipelines.run --qa` (make QA=1)
+  sets generate's QA config to `stageconfigs.world_qa_config`.
 
 Measured 2026-11-29 (2 shared CPU cores), worlds 0/1/2 with the default configs, real stages, 300
 held-out images; greedy = the evaluate stage's AMBER (spaCy md), sampled = T 1.0, 3 samples per
