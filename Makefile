@@ -88,8 +88,8 @@ faults: $(STAMP)
 # arm. METHOD=povid|both (on the world): the pipeline trains POVID (or CLIP-DPO + POVID) instead of CLIP-DPO.
 # ARMS=clipdpo,povid,both,control (on the world): those arms too, trained after the pipeline, all in one report
 # (issue 15). QA=1 (on the world): generate also writes QA rows (the paper's QA path) with the world's QA writer,
-# trained once per world (~3 min). On a cluster (KFP_HOST set) none applies: the stage configs come from
-# CLIPDPO_CONFIG_DIR.
+# trained once per world (~12 min on one busy core). On a cluster (KFP_HOST set) none applies: the stage configs
+# come from CLIPDPO_CONFIG_DIR.
 WORLD ?= 0
 LOCAL_INPUT = $(if $(KFP_HOST),,$(if $(DEMO),,--world $(WORLD)))
 WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(ARMS),--arms $(ARMS)) $(if $(QA),--qa))

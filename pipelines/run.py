@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                              "clipdpo,povid,both,control for all five models with base")
     parser.add_argument("--qa", action="store_true", default=os.environ.get("CLIPDPO_WORLD_QA") == "1",
                         help="with --world: generate also writes QA rows (questions with a right and a wrong answer, "
-                             "the paper's QA pairs) with the world's QA writer, trained once per world (~3 min)")
+                             "the paper's QA pairs) with the world's QA writer, trained once per world (~12 min)")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
     parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
