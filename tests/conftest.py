@@ -22,6 +22,69 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Several workers (pytest-xdist, `make test` runs `-n 2`): each worker's torch, and every process it starts
+# (kfp components, torchrun ranks), gets its share of the cores. Two torch threads per process with the other
+# core busy trained ~10x slower than one (shared/ENVIRONMENT.md). Set before anything imports torch.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // WORKERS)))
+
+
+# The schedule on several workers. `make test` runs `-n 2 --dist loadgroup --no-loadscope-reorder`: xdist hands out
+# work units, a test or all the tests of one xdist_group, in collection order, a unit or two ahead per worker. Below,
+# the collection is reordered, longest unit first, so that no worker is left running a 5-minute test at the end
+# while the other idles (longest-processing-time-first; the short tests fill the gaps at the end).
+SLOW_S = 10.0  # a slow test whose mark names no `seconds`
+FAST_S = 0.5  # a test not marked slow
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    """The test's time on one idle core: `@pytest.mark.slow(seconds=...)` where a test says, for ordering only."""
+    mark = item.get_closest_marker("slow")
+    return FAST_S if mark is None else float(mark.kwargs.get("seconds", SLOW_S))
+
+
+def work_unit(item: pytest.Item) -> str:
+    """The unit the test is scheduled in: its xdist_group; a test that uses a module-scoped fixture (a tiny model
+    built, a training run) is put in its module's group, so the fixture is made once, not once per worker."""
+    groups = [mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+              for mark in item.iter_markers("xdist_group")]
+    if groups:
+        return "_".join(sorted(set(map(str, groups))))  # as xdist names a unit of several groups
+    # _fixtureinfo: pytest's record of the fixtures the test requests, and all they request (the last def is in use)
+    if any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() if defs):
+        module = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(module))
+        return module
+    return item.nodeid
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a plain run keeps the files' order
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(work_unit(item), []).append(item)
+    cost = {name: sum(map(expected_seconds, members)) for name, members in units.items()}
+    items[:] = [item for name in sorted(units, key=lambda name: -cost[name]) for item in units[name]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def train_scratch(tmp_path_factory):
+    """Training's node-local scratch (checkpoint.scratch_dir: a folder per output URI, default under /tmp) in
+    this session's (this worker's) temporary folder: two runs of one test at a time, in two workers or two
+    checkouts, train to the same URI (`s3://clipdpo-local/runs/rerun/model` on servers of their own) and
+    would share one folder; and /tmp keeps none of them."""
+    saved = os.environ.get("CLIPDPO_SCRATCH")
+    os.environ["CLIPDPO_SCRATCH"] = str(tmp_path_factory.mktemp("scratch"))
+    yield
+    if saved is None:
+        os.environ.pop("CLIPDPO_SCRATCH", None)
+    else:
+        os.environ["CLIPDPO_SCRATCH"] = saved
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):

@@ -44,8 +44,10 @@ def test_every_image_of_the_report_decodes_in_chromium(tmp_path, reported_run):
     written = reported_run.written
     page = tmp_path / "probe.html"
     page.write_text(written.html.replace("</body>", PROBE + "</body>"))
-    dom = chromium("--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000", "--dump-dom",
-                   page.as_uri())
+    # a profile of its own, not ~/.config/chromium: nothing shared with another chromium there (a user's browser,
+    # or this test in another session running at the same time)
+    dom = chromium(f"--user-data-dir={tmp_path / 'profile'}", "--run-all-compositor-stages-before-draw",
+                   "--virtual-time-budget=10000", "--dump-dom", page.as_uri())
     found = re.search(r"<pre id=\"image-check\">(.*?)</pre>", dom, re.S)
     assert found, "the probe did not run: " + dom[-500:]
     decoded = {alt: (complete, width, height) for alt, complete, width, height in json.loads(html.unescape(found[1]))}
