@@ -164,7 +164,7 @@ def _damage(output: str, rng: random.Random, how: str) -> bool:
     return True
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)  # each case; seconds: for the xdist order (tests/conftest.py)
 @pytest.mark.parametrize("stage, make_case, seeds, random_kills, shards", [
     ("ingest", ingest_case, 20, 20, 6), ("filter", filter_case, 20, 20, 5),
     # A model stage: each kill costs a torch start (3-15 s on a busy 2-core machine): each boundary once.

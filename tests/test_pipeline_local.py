@@ -19,7 +19,7 @@ def summary_table(out: str) -> list[str]:
     return out[headers[-1].start():].splitlines()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=200)  # three demo runs; seconds: for the xdist order (tests/conftest.py)
 def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, tmp_path, capsys):
     from clipdpo.artifacts import Artifact
     from clipdpo.storage import Storage, join

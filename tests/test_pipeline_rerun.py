@@ -64,7 +64,7 @@ def expected_pairs(pairs) -> tuple[float, int]:
     return (margins[k] + margins[k + 1]) / 2, k + 1 + qa
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=180)  # three demo runs; seconds: for the xdist order (tests/conftest.py)
 def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reruns_everything(
         tmp_path, monkeypatch, capsys):
     from clipdpo.artifacts import Artifact

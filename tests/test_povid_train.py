@@ -20,6 +20,10 @@ from pairs_fixture import write_pairs
 from train_runs import (DEEPSPEED, assert_bit_identical_training, assert_same_training_up_to_rounding, cli,
                         metrics)
 
+# This module's tests, test_train_e2e.py's and test_trainjob.py's torchrun check are one xdist group (one worker,
+# one test after another): never two 2-rank training jobs at once on 2 cores (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("two-process")
+
 
 def test_teacher_forced_answer_is_the_argmax_after_the_preferred_prefix():
     # sequence: [prompt 5, prompt 6, answer 7, answer 8, pad 0]; vocabulary of 10

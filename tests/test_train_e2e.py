@@ -26,6 +26,10 @@ from clipdpo import train
 from pairs_fixture import write_pairs
 from train_runs import DEEPSPEED, assert_bit_identical_training, assert_same_training_up_to_rounding, cli, metrics
 
+# This module's tests, test_povid_train.py's and test_trainjob.py's torchrun check are one xdist group (one worker,
+# one test after another): never two 2-rank training jobs at once on 2 cores (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("two-process")
+
 BAD = {3: "empty_chosen", 7: "missing_image", 9: "long_prompt"}
 
 

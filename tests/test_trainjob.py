@@ -101,6 +101,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow  # two torch processes start: ~5 s alone, ~15 s on a busy 2-core machine
+@pytest.mark.xdist_group("two-process")  # with the other 2-rank jobs (test_train_e2e.py), one at a time
 def test_torchrun_takes_its_rendezvous_from_the_runtimes_pet_variables(tmp_path):
     """The torch runtime injects PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and
     PET_MASTER_PORT (tests/crds/README.md); the TrainJob's bare torchrun command must start the

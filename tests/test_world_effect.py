@@ -43,7 +43,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=300)  # the longest test: xdist starts it first (tests/conftest.py)
 def test_clipdpo_cuts_hallucination_against_base_and_control_on_a_small_world(tmp_path, one_thread):
     from clipdpo.world import data
     from clipdpo.world.build import build
