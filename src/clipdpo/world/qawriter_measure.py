@@ -17,14 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 
-def _scene(truth: dict):
-    from clipdpo.world.scene import SLOTS, ObjectGroup, Scene
-
-    groups = tuple(ObjectGroup(o["kind"], o["colour"], o["count"], SLOTS.index(o["position"]))
-                   for o in truth["objects"])
-    return Scene(truth["image_id"], truth["background"], groups, 0)
-
-
 def measure(world_root: str, images: int) -> dict:
     import pyarrow as pa
 
@@ -35,6 +27,7 @@ def measure(world_root: str, images: int) -> dict:
     from clipdpo.generate.shard import generate_shard
     from clipdpo.world import data, qawriter, qawriter_build
     from clipdpo.world.build import WorldConfig, build, world_key
+    from clipdpo.world.povid_source import scene_from_truth
     from clipdpo.world.stageconfigs import world_qa_config
 
     record = json.loads(Path(world_root, "world.json").read_text())
@@ -57,7 +50,7 @@ def measure(world_root: str, images: int) -> dict:
         item = QAItem(row["question"], row["answer_pos"], row["answer_neg"])
         kind = qawriter_build.question_type(item)
         asked[kind] += 1
-        right[kind] += qawriter.is_right(_scene(truth[row["image_id"]]), item)
+        right[kind] += qawriter.is_right(scene_from_truth(truth[row["image_id"]]), item)
     total = cfg.qa.questions_per_image * len(ids)
     return {"images": len(ids), "questions_asked": total, "qa_rows": sum(asked.values()),
             "right": sum(right.values()),
