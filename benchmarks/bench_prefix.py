@@ -2,7 +2,8 @@
 
 The model is narrow but laid out like LLaVA-1.5: a CLIP tower at 336 px with 14 px patches (576
 image tokens in front of every prompt), a 2-layer 256-wide Llama (4 heads, MLP 688 = LLaMA's
-2.69x) and the tiny tokenizer (vocabulary ~400: at this width the head then costs about what
+2.69x; `--layers` for a deeper one: the shared prefix's last layer runs only where the loss reads
+its output, lastlayer.py, which saves ~1/layers of the work, so depth moves the ratios) and the tiny tokenizer (vocabulary ~400: at this width the head then costs about what
 a 32k head costs next to a 7B model's layers, ~5% of a position's work). Prompts and responses
 are random words of the tokenizer's corpus with token counts drawn from a seeded distribution:
 prompt ~ U{20..40}, chosen and rejected ~ U{40..120} independently (text tokens; the chat
@@ -282,7 +283,8 @@ def measure(args, work: Path) -> dict:
     from clipdpo.demo.models import LlavaShape, build_tiny_llava
     from pairs_fixture import write_pairs
 
-    model = build_tiny_llava(str(work / "narrow-llava"), shape=LlavaShape(**SHAPE))
+    shape = {**SHAPE, "layers": args.layers}
+    model = build_tiny_llava(str(work / "narrow-llava"), shape=LlavaShape(**shape))
     tokenizer = AutoTokenizer.from_pretrained(model)
     texts = make_texts(tokenizer, args.pairs, args.seed)
     pairs = write_pairs(str(work / "data"), n_pairs=args.pairs, n_shards=2, texts=texts)
@@ -304,7 +306,7 @@ def measure(args, work: Path) -> dict:
     concatenated, shared = ours["concatenated"], ours["shared_prefix"]
     return {
         "pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "seed": args.seed,
-        "torch_threads": 1, "model": SHAPE, "text_tokens": text_token_stats(tokenizer, texts),
+        "torch_threads": 1, "model": shape, "text_tokens": text_token_stats(tokenizer, texts),
         "clipdpo": ours, "reference_pass": reference, "peak_memory_bytes": memory, "profile": profile, "trl": peer,
         "loop_speedup_vs_concatenated": shared["samples_per_s_loop"] / concatenated["samples_per_s_loop"],
         "peak_memory_ratio_vs_concatenated": (memory["shared_prefix"]["train_step"]
@@ -354,6 +356,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=2,
+                        help="language-model layers (2: the issue's narrow model; more shows how the last layer's "
+                             "saving at prefix positions, ~1/layers of the work, thins out with depth)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

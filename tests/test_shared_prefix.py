@@ -90,8 +90,10 @@ def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
         if attention == prefix.BLOCK_ATTENTION:  # ordinary calls take plain SDPA: the very same numbers
             assert torch.equal(concatenated_logps(model, encoded, pad)[0], sums) and not rows_run
         shared_sums, shared_means, shared_counts = shared_logps(model, encoded, pad)
-    # the block path ran once per packed row and layer, and only when chosen
-    assert len(rows_run) == (len(encoded) * 2 if attention == prefix.BLOCK_ATTENTION else 0)
+    # the block path ran once per packed row and layer but the last (lastlayer.py runs that one at the
+    # read positions only), and only when chosen
+    layers = model.config.text_config.num_hidden_layers
+    assert len(rows_run) == (len(encoded) * (layers - 1) if attention == prefix.BLOCK_ATTENTION else 0)
     assert shared_counts.tolist() == counts.tolist() == [len(e.chosen_ids) for e in encoded] + [
         len(e.rejected_ids) for e in encoded]
     # fp32, summed in another order (and attention over a differently padded row): the sums reach
@@ -103,7 +105,8 @@ def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
         monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 10_000)
         with torch.no_grad():
             dense_sums = shared_logps(model, encoded, pad)[0]
-        assert len(rows_run) == len(encoded) * 2 and torch.allclose(dense_sums, sums, rtol=1e-5, atol=1e-5)
+        assert len(rows_run) == len(encoded) * (layers - 1)
+        assert torch.allclose(dense_sums, sums, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", prefix.BLOCK_ATTENTION])
@@ -146,6 +149,72 @@ def test_each_image_encoded_once_and_logits_only_at_response_positions(tiny):
     assert seen["images"] == len(encoded)
     # per pair: the prefix's last position (predicts both first tokens) + the others of each response
     assert tuple(seen["head_rows"]) == (sum(len(e.chosen_ids) + len(e.rejected_ids) - 1 for e in encoded),)
+
+
+def _fresh_model(path: str, kv_heads: int | None = None):
+    """The tiny LLaVA as saved (nothing installed on it); `kv_heads`: a grouped-query copy, random weights."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    if kv_heads is None:
+        return LlavaForConditionalGeneration.from_pretrained(path)
+    config = LlavaConfig.from_pretrained(path)
+    config.text_config.num_attention_heads, config.text_config.num_key_value_heads = 4, kv_heads
+    torch.manual_seed(3)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+# eager: the additive float mask; the block path; grouped-query heads (4 query heads on 2 key/value heads)
+@pytest.mark.parametrize("attention, kv_heads", [("eager", None), (prefix.BLOCK_ATTENTION, None),
+                                                 (prefix.BLOCK_ATTENTION, 2)])
+def test_the_last_layer_runs_only_where_logits_are_read(tiny, attention, kv_heads, monkeypatch):
+    from clipdpo.train import lastlayer
+
+    path, _, encoded, pad = tiny
+    monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the tiny rows take the block path too
+    model = _fresh_model(path, kv_heads)
+    batch = prefix.collate_shared_prefix(encoded, pad)
+    set_attention(model, "sdpa" if attention == prefix.BLOCK_ATTENTION else attention)
+    assert not lastlayer.is_installed(model.model.language_model)
+    weights = torch.linspace(-1.0, 1.0, 2 * len(encoded))
+    results = []
+    for install in (False, True):
+        if install:  # prepare() installs it; eager runs without prepare, so install by hand
+            set_attention(model, attention) if attention == prefix.BLOCK_ATTENTION else lastlayer.install(
+                model.model.language_model)
+            assert lastlayer.is_installed(model.model.language_model)
+        mlp_rows = []
+        hooks = [layer.mlp.register_forward_hook(lambda m, args, out: mlp_rows.append(args[0].shape[:-1].numel()))
+                 for layer in model.model.language_model.layers]
+        try:
+            model.zero_grad(set_to_none=True)
+            sums, means, _ = prefix.shared_prefix_logps(model, model, batch)
+            ((weights * sums).sum() + (weights * means).sum()).backward()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((sums.detach(), mlp_rows, grads))
+    (full_sums, full_rows, full_grads), (sums, rows, grads) = results
+    every_position, read = batch["input_ids"].numel(), int(batch["logits_mask"].sum())
+    assert full_rows == [every_position, every_position] and rows == [every_position, read] and read < every_position / 3
+    # the same attention over the same keys, the queries gathered first: fp32 to within summation order
+    assert torch.allclose(sums, full_sums, rtol=1e-5, atol=1e-5), (sums - full_sums).abs().max()
+    assert grads.keys() == full_grads.keys()
+    for name, expected in full_grads.items():  # relative to the tensor's largest entry, as above
+        scale = max(expected.abs().max().item(), 1e-3)
+        assert (grads[name] - expected).abs().max().item() <= 1e-5 * scale, name
+
+
+def test_a_last_layer_of_another_shape_runs_in_full():
+    from transformers import Qwen3Config, Qwen3Model
+
+    from clipdpo.train import lastlayer
+
+    qwen3 = Qwen3Model(Qwen3Config(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, head_dim=4))
+    assert "q_norm" in lastlayer.unsupported_reason(lastlayer.last_layer(qwen3))
+    assert lastlayer.install(qwen3) is False and not lastlayer.is_installed(qwen3)
+    assert "no `layers`" in lastlayer.unsupported_reason(lastlayer.last_layer(torch.nn.Linear(2, 2)))
 
 
 def test_block_mask_and_positions_by_hand():

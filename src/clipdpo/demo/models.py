@@ -49,14 +49,14 @@ def tiny_tokenizer():
     return fast
 
 
-def _llama_config(tokenizer, hidden: int = 32, intermediate: int = 0, heads: int = 2):
+def _llama_config(tokenizer, hidden: int = 32, intermediate: int = 0, heads: int = 2, layers: int = 2):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=intermediate or 2 * hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
         max_position_embeddings=1024,
@@ -78,6 +78,7 @@ class LlavaShape:
     hidden: int = 32
     intermediate: int = 0  # 0 = 2 x hidden
     heads: int = 2
+    layers: int = 2  # language-model layers
 
 
 def build_tiny_llava(path: str, seed: int = 0, shape: LlavaShape = LlavaShape()) -> str:
@@ -92,7 +93,7 @@ def build_tiny_llava(path: str, seed: int = 0, shape: LlavaShape = LlavaShape())
                               patch_size=shape.patch_size)
     config = LlavaConfig(
         vision_config=vision,
-        text_config=_llama_config(tokenizer, shape.hidden, shape.intermediate, shape.heads),
+        text_config=_llama_config(tokenizer, shape.hidden, shape.intermediate, shape.heads, shape.layers),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",

@@ -26,6 +26,7 @@ import inspect
 
 import torch
 
+from clipdpo.train import lastlayer
 from clipdpo.train.encode import Encoded
 
 PAD, PREFIX, CHOSEN, REJECTED = -1, 0, 1, 2
@@ -95,10 +96,11 @@ def prepare(model) -> None:
 
     AttentionInterface.register(BLOCK_ATTENTION, block_sparse_attention)
     AttentionMaskInterface.register(BLOCK_ATTENTION, sdpa_mask)  # ordinary calls get SDPA's masks
-    config = _base_model(model).config
-    text_config = getattr(config, "text_config", None) or config
+    base = _base_model(model)
+    text_config = getattr(base.config, "text_config", None) or base.config
     if attention_implementation(model) == "sdpa":
         text_config._attn_implementation = BLOCK_ATTENTION
+    lastlayer.install(getattr(getattr(base, "model", None), "language_model", None))
 
 
 def _pair_row_attention(query, key, value, span: tuple[int, int, int], scaling) -> torch.Tensor:
@@ -199,7 +201,9 @@ def model_inputs(batch: dict, attention: str, dtype: torch.dtype, images: dict |
     mask = block_attention_mask(batch["segments"], additive_dtype=dtype if attention == "eager" else None)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"],
               **(images if images is not None else {"pixel_values": batch["pixel_values"].to(dtype)}),
-              "logits_to_keep": batch["logits_mask"], "use_cache": False}
+              "logits_to_keep": batch["logits_mask"], "use_cache": False,
+              # the last decoder layer runs only where logits are kept, where prepare() installed that
+              lastlayer.POSITIONS: batch["logits_mask"]}
     if attention == BLOCK_ATTENTION and batch["input_ids"].shape[1] >= BLOCK_MIN_LENGTH:
         inputs["pair_spans"] = [tuple(span) for span in batch["pair_spans"].tolist()]
     return inputs
