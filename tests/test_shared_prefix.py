@@ -163,15 +163,20 @@ def _fresh_model(path: str, kv_heads: int | None = None):
     return LlavaForConditionalGeneration(config).eval()
 
 
-# eager: the additive float mask; the block path; grouped-query heads (4 query heads on 2 key/value heads)
-@pytest.mark.parametrize("attention, kv_heads", [("eager", None), (prefix.BLOCK_ATTENTION, None),
-                                                 (prefix.BLOCK_ATTENTION, 2)])
-def test_the_last_layer_runs_only_where_logits_are_read(tiny, attention, kv_heads, monkeypatch):
+# eager: the additive float mask; the block path; grouped-query heads (4 query heads on 2 key/value
+# heads); gradient checkpointing (train mode: the layer's call goes through torch.utils.checkpoint)
+@pytest.mark.parametrize("attention, kv_heads, checkpointing", [
+    ("eager", None, False), (prefix.BLOCK_ATTENTION, None, False), (prefix.BLOCK_ATTENTION, 2, False),
+    (prefix.BLOCK_ATTENTION, None, True)])
+def test_the_last_layer_runs_only_where_logits_are_read(tiny, attention, kv_heads, checkpointing, monkeypatch):
     from clipdpo.train import lastlayer
 
     path, _, encoded, pad = tiny
     monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the tiny rows take the block path too
     model = _fresh_model(path, kv_heads)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     batch = prefix.collate_shared_prefix(encoded, pad)
     set_attention(model, "sdpa" if attention == prefix.BLOCK_ATTENTION else attention)
     assert not lastlayer.is_installed(model.model.language_model)
@@ -182,21 +187,27 @@ def test_the_last_layer_runs_only_where_logits_are_read(tiny, attention, kv_head
             set_attention(model, attention) if attention == prefix.BLOCK_ATTENTION else lastlayer.install(
                 model.model.language_model)
             assert lastlayer.is_installed(model.model.language_model)
-        mlp_rows = []
-        hooks = [layer.mlp.register_forward_hook(lambda m, args, out: mlp_rows.append(args[0].shape[:-1].numel()))
-                 for layer in model.model.language_model.layers]
+        mlp_rows = []  # rows each MLP call runs; recorded in forward itself, as checkpoint recomputes skip hooks
+        mlps = [layer.mlp for layer in model.model.language_model.layers]
+        for mlp in mlps:
+            mlp.forward = lambda x, run=mlp.forward: mlp_rows.append(x.shape[:-1].numel()) or run(x)
         try:
             model.zero_grad(set_to_none=True)
             sums, means, _ = prefix.shared_prefix_logps(model, model, batch)
             ((weights * sums).sum() + (weights * means).sum()).backward()
         finally:
-            for hook in hooks:
-                hook.remove()
+            for mlp in mlps:
+                del mlp.forward
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((sums.detach(), mlp_rows, grads))
     (full_sums, full_rows, full_grads), (sums, rows, grads) = results
     every_position, read = batch["input_ids"].numel(), int(batch["logits_mask"].sum())
-    assert full_rows == [every_position, every_position] and rows == [every_position, read] and read < every_position / 3
+    assert full_rows[:2] == [every_position, every_position] and rows[:2] == [every_position, read]
+    assert read < every_position / 3
+    if checkpointing:  # backward recomputed both layers (the last one first), each in its own form
+        assert full_rows[2:] == [every_position, every_position] and rows[2:] == [read, every_position]
+    else:
+        assert len(full_rows) == len(rows) == 2
     # the same attention over the same keys, the queries gathered first: fp32 to within summation order
     assert torch.allclose(sums, full_sums, rtol=1e-5, atol=1e-5), (sums - full_sums).abs().max()
     assert grads.keys() == full_grads.keys()

@@ -18,6 +18,7 @@ keeps the full last layer, with the reason logged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
@@ -70,6 +71,9 @@ def install(language_model) -> bool:
             if (positions is None or not isinstance(mask, torch.Tensor) or mask.dim() != 4 or args
                     or (layer.training and layer.self_attn.attention_dropout)):
                 return full_forward(hidden_states, *args, **kwargs)
+            if getattr(layer, "gradient_checkpointing", False) and layer.training:  # as the layer's own forward
+                return layer._gradient_checkpointing_func(functools.partial(forward_at, layer), hidden_states, mask,
+                                                          kwargs["position_embeddings"], positions)
             return forward_at(layer, hidden_states, mask, kwargs["position_embeddings"], positions)
 
         layer.forward = forward  # an instance attribute: nn.Module.__call__ (and its hooks) still run it
