@@ -11,7 +11,8 @@ segment; rejected tokens never see chosen ones) and position ids that restart af
 so each response sees exactly what it sees in its own row of the concatenated layout: the same
 log-probs, up to float summation order. The LM head runs only on the hidden states that predict
 a response token (`logits_to_keep` as a boolean mask), never on image or prompt positions; the
-last prefix position predicts the first token of both responses and is computed once.
+last prefix position predicts the first token of both responses and is computed once. The last
+decoder layer computes only keys and values at the other positions (lastlayer.py).
 
 Attention: a dense 4-D mask makes SDPA compute every (query, key) score of the packed row,
 masked or not. With SDPA the model's attention is switched to `clipdpo_shared_prefix`, which
