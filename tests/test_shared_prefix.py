@@ -216,8 +216,41 @@ def test_the_last_layer_runs_only_where_logits_are_read(tiny, attention, kv_head
         assert (grads[name] - expected).abs().max().item() <= 1e-5 * scale, name
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_the_read_positions_forward_equals_the_layer_of_each_llama_shaped_family(family):
+    """forward_at against the decoder layer's own forward, on random states and a causal 4-D mask with
+    unequal read positions per row; Qwen2 has biased q/k/v projections, both have 2 key/value heads on 4."""
+    import transformers
+
+    from clipdpo.train import lastlayer
+
+    prefix_name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[family]
+    config = getattr(transformers, f"{prefix_name}Config")(
+        vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, sliding_window=None)
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{prefix_name}Model")(config).eval()
+    layer = lastlayer.last_layer(model)
+    assert lastlayer.unsupported_reason(layer) is None
+    n, length = 2, 9
+    hidden = torch.randn(n, length, 16)
+    position_ids = torch.arange(length).repeat(n, 1)
+    rotary = model.rotary_emb(hidden, position_ids=position_ids)
+    mask = torch.tril(torch.ones(length, length, dtype=torch.bool)).expand(n, 1, length, length)
+    positions = torch.zeros(n, length, dtype=torch.bool)
+    positions[0, [2, 5, 8]] = True
+    positions[1, [0, 7]] = True
+    with torch.no_grad():
+        full = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=rotary)
+        at = lastlayer.forward_at(layer, hidden, mask, rotary, positions)
+    # the same sums over at most 9 keys and 16 features, gathered first: fp32 within a few ulps
+    assert torch.allclose(at[positions], full[positions], atol=1e-6), (at[positions] - full[positions]).abs().max()
+    assert torch.equal(at[~positions], hidden[~positions])  # elsewhere the input, as documented
+    assert not torch.allclose(full[positions], hidden[positions], atol=1e-3)  # the layer did change them
+
+
 def test_a_last_layer_of_another_shape_runs_in_full():
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import MistralConfig, MistralModel, Qwen2Config, Qwen2Model, Qwen3Config, Qwen3Model
 
     from clipdpo.train import lastlayer
 
@@ -226,6 +259,12 @@ def test_a_last_layer_of_another_shape_runs_in_full():
     assert "q_norm" in lastlayer.unsupported_reason(lastlayer.last_layer(qwen3))
     assert lastlayer.install(qwen3) is False and not lastlayer.is_installed(qwen3)
     assert "no `layers`" in lastlayer.unsupported_reason(lastlayer.last_layer(torch.nn.Linear(2, 2)))
+    mistral = MistralModel(MistralConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, sliding_window=4))
+    assert "sliding-window" in lastlayer.unsupported_reason(lastlayer.last_layer(mistral))
+    qwen2 = Qwen2Model(Qwen2Config(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, use_sliding_window=False))
+    assert lastlayer.unsupported_reason(lastlayer.last_layer(qwen2)) is None  # its unused window does not count
 
 
 def test_block_mask_and_positions_by_hand():

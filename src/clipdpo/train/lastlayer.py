@@ -12,8 +12,8 @@ model's forward and backward (2 layers: ~30%; LLaVA-1.5's 32: ~2%).
 
 The layer's own submodules run (so LoRA adapters, DDP and ZeRO-3 hooks see ordinary calls); the
 layer must have the Llama shape (input_layernorm, self_attn with q/k/v/o projections and rotary
-positions, post_attention_layernorm, mlp), which Llama, Mistral and Qwen2 share. Anything else
-keeps the full last layer, with the reason logged.
+positions, post_attention_layernorm, mlp), which Llama, Mistral and Qwen2 share, without a sliding
+window. Anything else keeps the full last layer, with the reason logged.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ def unsupported_reason(layer) -> str | None:
     attention = layer.self_attn
     if hasattr(attention, "q_norm") or hasattr(attention, "k_norm"):
         return f"{type(attention).__name__} normalises queries and keys (q_norm / k_norm)"
-    if getattr(attention, "sliding_window", None) or getattr(getattr(attention, "config", None), "sliding_window", None):
-        return f"{type(attention).__name__} uses sliding-window attention"
+    config = getattr(attention, "config", None)
+    window = getattr(attention, "sliding_window", None) or getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True):  # Qwen2 sets a window it does not use
+        return f"{type(attention).__name__} uses sliding-window attention (window {window})"
     if not hasattr(sys.modules[type(attention).__module__], "rotate_half"):
         return f"{type(attention).__module__} has no rotate_half (rotary positions of another form)"
     return None
@@ -117,7 +119,7 @@ def forward_at(layer, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
     query = attention.q_proj(normed[rows, columns])  # [K, heads * d]
     query = query.new_zeros(n, width, query.shape[-1]).index_put((rows, slots), query)
     query = query.view(n, width, -1, heads_dim).transpose(1, 2)
-    cos, sin = position_embeddings
+    cos, sin = (part.expand(n, -1, -1) for part in position_embeddings)  # [1, L, d] when rows share positions
     batch_index = torch.arange(n, device=rows.device)[:, None]
     query = _rotate(query, cos[batch_index, gather], sin[batch_index, gather], rotate_half)
     key = _rotate(key, cos, sin, rotate_half)
