@@ -167,7 +167,7 @@ class Layouts:
         self.model.model.vision_tower.requires_grad_(False)  # clipdpo's default trainable set
         # the training run's layouts; the shared prefix switches SDPA to its block-sparse form,
         # which leaves the concatenated batches on plain SDPA
-        self.layouts = {"concatenated": layouts.Concatenated(),
+        self.layouts = {"concatenated": layouts.choose("concatenated", self.model),
                         "shared_prefix": layouts.choose("shared_prefix", self.model)}
         encoder = PairEncoder(processor, max_length)
         pad = processor.tokenizer.pad_token_id

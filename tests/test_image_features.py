@@ -106,7 +106,7 @@ def test_a_frozen_reference_model_reads_the_same_features_through_its_own_projec
     with torch.no_grad():
         for param in reference.model.multi_modal_projector.parameters():
             param.mul_(0.5)  # a projector that differs from the policy's
-    layout = layouts.Concatenated()
+    layout = layouts.choose("concatenated", model)  # logits at response positions only, as a run's
     batch = layout.collate(encoded, pad)
     batch["image_ids"] = torch.arange(len(encoded))
     cached = imagefeatures.ImageFeatureCache(model, 2**30).attach(batch, layout.pair_images, torch.device("cpu"),

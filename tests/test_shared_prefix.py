@@ -267,6 +267,37 @@ def test_a_last_layer_of_another_shape_runs_in_full():
     assert lastlayer.unsupported_reason(lastlayer.last_layer(qwen2)) is None  # its unused window does not count
 
 
+def test_the_concatenated_layout_computes_logits_only_where_a_response_token_is_read(tiny):
+    from clipdpo.train import layouts
+
+    path, _, encoded, pad = tiny
+    model = _fresh_model(path)
+    layout = layouts.choose("concatenated", model)
+    assert layout == layouts.Concatenated(keep_logits=True)  # a LLaVA takes a boolean logits_to_keep
+    batch = collate(encoded, pad)
+    head_rows = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[:-1].numel()))
+    weights = torch.linspace(-1.0, 1.0, 2 * len(encoded))
+    results = []
+    try:
+        for kept in (layouts.Concatenated(keep_logits=False), layout):
+            model.zero_grad(set_to_none=True)
+            sums, means, counts = kept.logps(model, batch, torch.device("cpu"), model.dtype)
+            ((weights * sums).sum() + (weights * means).sum()).backward()
+            results.append((sums.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters()
+                                                    if p.grad is not None}))
+    finally:
+        hook.remove()
+    (full_sums, full_counts, full_grads), (sums, counts, grads) = results
+    assert head_rows == [batch["input_ids"].numel(), int(counts.sum())]  # every position, then one per token
+    assert counts.tolist() == full_counts.tolist()
+    # the same logits rows, summed by index_add: fp32 within summation order (see above)
+    assert torch.allclose(sums, full_sums, rtol=1e-5, atol=1e-5), (sums - full_sums).abs().max()
+    for name, expected in full_grads.items():
+        scale = max(expected.abs().max().item(), 1e-3)
+        assert (grads[name] - expected).abs().max().item() <= 1e-5 * scale, name
+
+
 def test_block_mask_and_positions_by_hand():
     item = prefix.Encoded(torch.tensor([5, 6]), torch.zeros(1, 3, 2, 2), torch.tensor([7, 8]), torch.tensor([9]), False)
     short = prefix.Encoded(torch.tensor([5]), torch.zeros(1, 3, 2, 2), torch.tensor([7]), torch.tensor([9]), False)

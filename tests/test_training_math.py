@@ -10,7 +10,7 @@ import torch
 
 from clipdpo.train.config import TrainConfig, accumulation_steps
 from clipdpo.train.data import PairIndex, epoch_order, rank_micro_batches
-from clipdpo.train.logps import IGNORE_INDEX, sequence_logps
+from clipdpo.train.logps import IGNORE_INDEX, predicting_positions, response_position_logps, sequence_logps
 from clipdpo.train.loss import preference_loss
 from clipdpo.train.schedule import lr_factor, warmup_steps
 
@@ -155,6 +155,31 @@ def test_sequence_logps_ignores_padding_and_prompt_values():
     assert a[0].item() == pytest.approx(b[0].item())
     ref = torch.log_softmax(logits[1, :-1], -1).gather(-1, labels[1, 1:].unsqueeze(-1)).sum()
     assert a[1].item() == pytest.approx(ref.item(), abs=1e-5)  # float32, 5 terms of |log p| < 10: rounding < 1e-5
+
+
+def test_logps_at_predicting_positions_only_against_hand_softmax_and_the_full_logits():
+    # the hand example above: the kept rows are the logits at positions 1 and 2 (they predict 2 and 0)
+    logits = torch.tensor([[[1.0, 2.0, 0.0], [0.5, 0.5, 3.0], [2.0, 0.0, 0.0], [9.0, 9.0, 9.0]]], dtype=torch.float64)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2, 0]])
+    keep = predicting_positions(labels)
+    assert keep.tolist() == [[False, True, True, False]]
+    expected = (3.0 - math.log(math.exp(0.5) * 2 + math.exp(3.0))) + (2.0 - math.log(math.exp(2.0) + 2))
+    sums, means, counts = response_position_logps(logits[keep], labels)
+    assert sums.item() == pytest.approx(expected) and means.item() == pytest.approx(expected / 2)
+    assert counts.item() == 2
+    # random rows with prompts, padding and an unlabelled row: the same values as from every position
+    torch.manual_seed(1)
+    logits = torch.randn(3, 7, 11)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX, IGNORE_INDEX],
+                           [IGNORE_INDEX, 4, 5, 6, 7, 8, 9],
+                           [IGNORE_INDEX] * 7])
+    kept = response_position_logps(logits[predicting_positions(labels)], labels)
+    full = sequence_logps(logits, labels)
+    for a, b in zip(kept, full):  # the same float32 terms, summed by index_add instead of a masked sum
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), (a, b)
+    assert kept[2].tolist() == [3, 6, 0] and kept[0][2].item() == 0.0
+    with pytest.raises(ValueError, match=r"expected \[9, vocab\]"):
+        response_position_logps(logits[:, :2].reshape(-1, 11), labels)
 
 
 def test_cosine_schedule_with_warmup():

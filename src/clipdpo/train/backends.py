@@ -33,11 +33,14 @@ def make_scheduler(optimizer, total_steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
 
 
-def model_logits(model, batch: dict, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def model_logits(model, batch: dict, device: torch.device, dtype: torch.dtype,
+                 keep: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of a concatenated batch; inputs moved to `device`, images cast to the model's dtype. A batch
-    with cached `image_features` (one per pair, imagefeatures.py) gives them to both rows of each pair."""
+    with cached `image_features` (one per pair, imagefeatures.py) gives them to both rows of each pair.
+    `keep` ([rows, seq] bool): only those positions' logits, [K, vocab] (the model's `logits_to_keep`)."""
+    extra = {} if keep is None else {"logits_to_keep": keep.to(device)}
     return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                 **image_inputs(model, batch, device, dtype, copies=2), use_cache=False).logits
+                 **image_inputs(model, batch, device, dtype, copies=2), use_cache=False, **extra).logits
 
 
 def rng_state() -> dict:

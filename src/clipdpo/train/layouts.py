@@ -17,7 +17,7 @@ from clipdpo.train import prefix
 from clipdpo.train.backends import model_logits
 from clipdpo.train.data import collate
 from clipdpo.train.imagefeatures import image_inputs
-from clipdpo.train.logps import sequence_logps
+from clipdpo.train.logps import predicting_positions, response_position_logps, sequence_logps
 
 log = logging.getLogger("clipdpo.train")
 
@@ -25,9 +25,12 @@ FORWARDS = ("auto", "shared_prefix", "concatenated")
 Logps = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # sums, means, counts over the 2n sequences
 
 
+@dataclass(frozen=True)
 class Concatenated:
-    """Two rows per pair, [prefix | chosen] and [prefix | rejected]; logits at every position."""
+    """Two rows per pair, [prefix | chosen] and [prefix | rejected]; logits at the positions that predict a
+    response token where the model takes a boolean `logits_to_keep` (`keep_logits`), else at every one."""
 
+    keep_logits: bool = False
     name = "concatenated"
 
     def prepare(self, model) -> None:
@@ -37,8 +40,11 @@ class Concatenated:
         return collate(encoded, pad_token_id)
 
     def logps(self, call, batch: dict, device: torch.device, dtype: torch.dtype) -> Logps:
-        logits = model_logits(call, batch, device, dtype)
-        return sequence_logps(logits, batch["labels"].to(logits.device))
+        labels = batch["labels"].to(device)
+        if not self.keep_logits:
+            return sequence_logps(model_logits(call, batch, device, dtype), labels)
+        logits = model_logits(call, batch, device, dtype, keep=predicting_positions(labels))
+        return response_position_logps(logits, labels)
 
     def tokens(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())
@@ -81,11 +87,12 @@ def choose(forward: str, model) -> Layout:
     """The layout for config value `forward`, preparing `model` for it (before any DDP / DeepSpeed wrapping)."""
     if forward not in FORWARDS:
         raise ValueError(f"forward={forward!r}; expected one of {list(FORWARDS)}")
+    concatenated = Concatenated(keep_logits=prefix.takes_logits_mask(model))
     if forward == "concatenated":
-        return Concatenated()
+        return concatenated
     reason = prefix.unsupported_reason(model)
     if reason is not None and forward == "auto":
         log.info("forward=auto: concatenated, as the shared prefix cannot run here: %s", reason)
-        return Concatenated()
+        return concatenated
     prefix.prepare(model)  # forward=shared_prefix on a model that cannot: SharedPrefixUnsupported, with the reason
     return SharedPrefix(prefix.attention_implementation(model))

@@ -1,4 +1,6 @@
-"""Per-sequence log-probabilities of response tokens, from a causal LM's logits."""
+"""Per-sequence log-probabilities of response tokens, from a causal LM's logits: at every position
+(`sequence_logps`) or at the positions that predict a response token only (`response_position_logps`,
+whose logits come from the forward's `logits_to_keep=predicting_positions(labels)`)."""
 
 from __future__ import annotations
 
@@ -25,4 +27,28 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     token_logps = token_logps * mask
     counts = mask.sum(-1)
     sums = token_logps.sum(-1)
+    return sums, sums / counts.clamp(min=1), counts
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] bool: the positions whose logits predict a labelled token (position t predicts t+1)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+def response_position_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As `sequence_logps`, from `logits` [K, vocab] at `predicting_positions(labels)` only (row-major, the
+    order a boolean `logits_to_keep` returns them in): the head never runs on image or prompt positions."""
+    keep = predicting_positions(labels)
+    targets = labels[:, 1:][keep[:, :-1]]
+    if logits.dim() != 2 or logits.shape[0] != targets.numel():
+        raise ValueError(f"logits {tuple(logits.shape)}: expected [{targets.numel()}, vocab], one row per "
+                         "labelled token")
+    logits = logits.float()
+    token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    owner = keep.nonzero(as_tuple=True)[0]  # the sequence of each kept position
+    counts = keep.sum(-1)
+    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, owner, token_logps)
     return sums, sums / counts.clamp(min=1), counts

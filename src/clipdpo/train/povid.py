@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clipdpo.train.backends import model_logits
 from clipdpo.train.config import TrainConfig
-from clipdpo.train.logps import IGNORE_INDEX, sequence_logps
+from clipdpo.train.logps import IGNORE_INDEX
 from clipdpo.train.noise import add_diffusion_noise
 from clipdpo.train.objective import DPOObjective, Losses
 from clipdpo.train.povid_loss import povid_loss
@@ -86,12 +85,11 @@ class POVIDObjective:
             noisy = self._noisy_rows(forward, batch, positions, step)
             joint = {key: torch.cat([batch[key], noisy[key]]) for key in ("input_ids", "attention_mask", "labels",
                                                                           "pixel_values")}
-        labels = joint["labels"].to(batch["input_ids"].device)
-        policy, _, _ = sequence_logps(forward(joint), labels)
+        device = batch["input_ids"].device
+        policy_logps, _, _ = policy.logps(joint)  # the backend's layout: concatenated rows (see above)
         with torch.no_grad():
-            reference, _, _ = sequence_logps(model_logits(self.text.reference_model, joint, labels.device,
-                                                          self.text.model_dtype), labels)
-        ratios = policy - reference.to(policy.dtype)
+            reference, _, _ = self.text.layout.logps(self.text.reference_model, joint, device, self.text.model_dtype)
+        ratios = policy_logps - reference.to(policy_logps.dtype)
         return povid_loss(ratios[:n], ratios[n:2 * n], ratios[2 * n:] if self.beta_2 else None, alpha=self.alpha,
                           beta_1=self.beta_1, beta_2=self.beta_2)
 

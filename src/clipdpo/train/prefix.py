@@ -73,6 +73,13 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+def takes_logits_mask(model) -> bool:
+    """Whether the model's forward takes a boolean [rows, seq] `logits_to_keep` (the model types above do)."""
+    base = _base_model(model)
+    return (getattr(getattr(base, "config", None), "model_type", None) in SUPPORTED_MODEL_TYPES
+            and "logits_to_keep" in inspect.signature(base.forward).parameters)
+
+
 def attention_implementation(model) -> str:
     config = _base_model(model).config
     text_config = getattr(config, "text_config", None) or config
