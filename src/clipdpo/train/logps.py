@@ -37,6 +37,22 @@ def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def kept_logps(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor,
+               sequences: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum and mean log-prob per sequence, and token counts, [sequences] each, from kept logits.
+
+    `logits` [K, vocab]: the positions a forward kept (`logits_to_keep`); token t of all sequences'
+    responses, `targets[t]`, is read from row `rows[t]` and belongs to sequence `owner[t]`.
+    """
+    logits = logits.float()
+    if rows.numel() and int(rows.max()) >= logits.shape[0]:
+        raise ValueError(f"logits have {logits.shape[0]} rows, the batch reads row {int(rows.max())}")
+    token_logps = logits[rows, targets] - torch.logsumexp(logits, dim=-1)[rows]
+    sums = torch.zeros(sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
+    counts = torch.bincount(owner, minlength=sequences)
+    return sums, sums / counts.clamp(min=1), counts
+
+
 def response_position_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As `sequence_logps`, from `logits` [K, vocab] at `predicting_positions(labels)` only (row-major, the
     order a boolean `logits_to_keep` returns them in): the head never runs on image or prompt positions."""
@@ -45,10 +61,5 @@ def response_position_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple
     if logits.dim() != 2 or logits.shape[0] != targets.numel():
         raise ValueError(f"logits {tuple(logits.shape)}: expected [{targets.numel()}, vocab], one row per "
                          "labelled token")
-    logits = logits.float()
-    token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    owner = keep.nonzero(as_tuple=True)[0]  # the sequence of each kept position
-    counts = keep.sum(-1)
-    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
-        0, owner, token_logps)
-    return sums, sums / counts.clamp(min=1), counts
+    rows = torch.arange(targets.numel(), device=targets.device)
+    return kept_logps(logits, rows, targets, keep.nonzero(as_tuple=True)[0], labels.shape[0])

@@ -29,6 +29,7 @@ import torch
 
 from clipdpo.train import lastlayer
 from clipdpo.train.encode import Encoded
+from clipdpo.train.logps import kept_logps
 
 PAD, PREFIX, CHOSEN, REJECTED = -1, 0, 1, 2
 # Model types whose forward is known to honour a custom 4-D mask and restarted position ids
@@ -222,16 +223,8 @@ def response_logps(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, tor
 
     `logits`: [rows, vocab], the kept positions only (what `model_inputs`' logits_to_keep returns).
     """
-    logits = logits.float()
-    rows = batch["target_rows"]
-    if rows.numel() and int(rows.max()) >= logits.shape[0]:
-        raise ValueError(f"logits have {logits.shape[0]} rows, the batch reads row {int(rows.max())}")
-    token_logps = logits[rows, batch["target_labels"]] - torch.logsumexp(logits, dim=-1)[rows]
-    sequences = 2 * batch["input_ids"].shape[0]
-    owner = batch["target_owner"]
-    sums = torch.zeros(sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
-    counts = torch.bincount(owner, minlength=sequences)
-    return sums, sums / counts.clamp(min=1), counts
+    return kept_logps(logits, batch["target_rows"], batch["target_labels"], batch["target_owner"],
+                      2 * batch["input_ids"].shape[0])
 
 
 def shared_prefix_logps(call, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
