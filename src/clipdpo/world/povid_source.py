@@ -24,6 +24,7 @@ import re
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -49,18 +50,21 @@ def image_rng(seed: int, image_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(image_id.encode())])
 
 
-def wrong_colour(scene: Scene, rng: np.random.Generator) -> Scene:
+def _one_group_changed(scene: Scene, rng: np.random.Generator, change: Callable[[ObjectGroup], ObjectGroup]) -> Scene:
+    """`scene` with one of its groups, drawn by `rng`, replaced by change(group)."""
     index = int(rng.integers(len(scene.objects)))
-    group = scene.objects[index]
-    other = next(c for c in KIND_COLOURS[group.kind] if c != group.colour)
-    return replace(scene, objects=scene.objects[:index] + (replace(group, colour=other),) + scene.objects[index + 1:])
+    groups = list(scene.objects)
+    groups[index] = change(groups[index])
+    return replace(scene, objects=tuple(groups))
+
+
+def wrong_colour(scene: Scene, rng: np.random.Generator) -> Scene:
+    return _one_group_changed(scene, rng, lambda g: replace(g, colour=next(c for c in KIND_COLOURS[g.kind]
+                                                                           if c != g.colour)))
 
 
 def wrong_count(scene: Scene, rng: np.random.Generator) -> Scene:
-    index = int(rng.integers(len(scene.objects)))
-    group = scene.objects[index]
-    return replace(scene, objects=scene.objects[:index] + (replace(group, count=3 - group.count),)
-                   + scene.objects[index + 1:])
+    return _one_group_changed(scene, rng, lambda g: replace(g, count=3 - g.count))
 
 
 def wrong_position(scene: Scene, rng: np.random.Generator) -> Scene:
