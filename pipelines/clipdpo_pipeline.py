@@ -90,7 +90,7 @@ def filter_pairs(run_root: str, scores_uri: str, config_json: str, metrics: Outp
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
 def povid_placement(config_json: str, train_config_json: str, metrics: Output[Metrics]) -> str:
     """Where POVID's pairs are made: "gpu" (an LLM rewrites through the engines: vLLM) or "cpu" (nothing to make
-    for method clipdpo, the world's rule-based rewriter, or an injector on the CPU); clipdpo.steps.povid_placement."""
+    for method clipdpo, a plugin rewriter, or an injector on the CPU); clipdpo.steps.povid_placement."""
     from clipdpo.report.step_metrics import log_to
     from clipdpo.steps import povid_placement as placement
 
@@ -118,7 +118,7 @@ def povid_pairs(run_root: str, images_uri: str, config_json: str, train_config_j
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
 def povid_pairs_cpu(run_root: str, images_uri: str, config_json: str, train_config_json: str,
                     metrics: Output[Metrics]) -> str:
-    """POVID's pairs where no GPU is needed (povid_placement "cpu"): the world's rewriter, an injector on the
+    """POVID's pairs where no GPU is needed (povid_placement "cpu"): a plugin rewriter, an injector on the
     CPU, or "" at once for method clipdpo."""
     import time
 

@@ -5,23 +5,17 @@ endpoint in KFP_HOST; prints the run URL. Stage configs come from --config-dir (
 
 Local (no KFP_HOST): the same pipeline definition runs through kfp's local SubprocessRunner, each
 component as a subprocess in this environment; artifacts go to a loopback S3 server (SeaweedFS,
-started here unless AWS_ENDPOINT_URL is set); with no --config-dir the built-in default (tiny
-models built from configs, the 10 built-in images) is used and training runs in-process.
-With --world SEED the local run uses the synthetic world of that seed instead (built once, cached
-under --world-cache): its images, its CLIP and LLaVA, its benchmark; the report compares `base` with
-`clipdpo`. --qa adds the paper's QA path (QA rows from the world's QA writer, QA pairs through score and
-filter). --method povid|both trains POVID (or CLIP-DPO + POVID) in the pipeline instead, its model named
-by the method. --arms clipdpo,povid,both,control trains the listed arms other than the pipeline's own in
-this process after the pipeline and evaluates every model into the same report (base + the five arms
-with `--arms clipdpo,povid,both,control`); --control shuffled adds the shuffled-score control arm alone.
-See pipelines/world_run.py.
-`--set STAGE.KEY=VALUE` changes one stage config value: locally that stage reruns with every stage after it,
-and only those (each step's output carries the version of what it wrote: clipdpo.outputref). The arms of
---arms/--control honour every override: train, povid, filter (the control arm filters again) and evaluate
-values go into their own configs (train.* on top of each arm's method settings), and ingest, generate and
-score reach them through the pipeline's artifacts they reuse; train.method is --method's on the world.
+started here unless AWS_ENDPOINT_URL is set); with no --config-dir the built-in demo (tiny models
+built from configs, the 10 built-in images) is used and training runs in-process.
+`--set STAGE.KEY=VALUE` changes one config value: locally that stage reruns with every stage after it,
+and only those (each step's output carries the version of what it wrote: clipdpo.outputref).
+Every config is parsed into its typed class before anything is compiled, submitted or run
+(clipdpo.stages.validate): a typo in a key fails here, not after the GPU fan-outs.
 Locally, kfp's cache entries whose artifacts are gone or replaced are dropped first (pipelines/local_cache.py),
 and the terminal shows one line per step; kfp's executor output goes to <state-dir>/logs/ (--verbose: shown).
+
+`run_local` is also the entry for experiments (the clipdpo_lab package runs the synthetic world through it):
+they pass their own stage configs and what to do after the pipeline.
 """
 
 from __future__ import annotations
@@ -33,10 +27,13 @@ import sys
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Callable
+
+from clipdpo.config import ConfigError
 from clipdpo.report import REPORT_DIR
-from clipdpo.stages import NAMES, STAGES, stage
+from clipdpo.stages import CONFIG_NAMES, STAGES, stage, validate
 from pipelines.local_output import steps_only
-from pipelines.world_run import CONTROLS, METHODS, TRAIN_OVERRIDES
 
 
 def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
@@ -50,23 +47,16 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
     }
     if launcher != "local":  # cluster runs: Kueue queue (empty: none)
         arguments.update(train_queue_name=args.queue_name, train_runtime=args.runtime)
-    for name in (*NAMES, "gate", "povid"):
+    for name in CONFIG_NAMES:
         arguments[f"{name}_config"] = json.dumps(configs.get(name, {}), sort_keys=True)
     return arguments
 
 
 def with_overrides(configs: dict[str, dict], overrides: list[str]) -> dict[str, dict]:
-    """`configs` with each `stage.key=value` of --set applied (values parse as JSON). The world's configs (those
-    with `world_train`) also keep the `train.` items: the arms trained after the pipeline build their train
-    configs from `world_train` and apply them on top (pipelines/world_run.py arm_train_config)."""
+    """`configs` with each `stage.key=value` of --set applied (values parse as JSON)."""
     from clipdpo.config import apply_overrides
 
-    if not overrides:
-        return configs
-    changed = apply_overrides(configs, overrides)
-    if "world_train" in configs:
-        changed[TRAIN_OVERRIDES] = [item for item in overrides if item.startswith("train.")]
-    return changed
+    return apply_overrides(configs, overrides) if overrides else configs
 
 
 def read_configs(config_dir: Path) -> dict[str, dict]:
@@ -74,68 +64,39 @@ def read_configs(config_dir: Path) -> dict[str, dict]:
     configs = {}
     # gate.json: the promotion gate's rules (clipdpo.gate.GateConfig); povid.json: POVID's pairs source
     # (clipdpo.generate.povid_source.PovidSourceConfig), used when train.json's method is povid or both
-    for name in (*NAMES, "gate", "povid"):
+    for name in CONFIG_NAMES:
         path = config_dir / f"{name}.json"
         configs[name] = json.loads(path.read_text()) if path.exists() else {}
     return configs
 
 
-def local_configs(args, state: Path) -> tuple[dict[str, dict], object]:
-    """The stage configs of a local run: --config-dir, the world of --world, or the built-in demo; and the
-    world's paths (None without --world)."""
-    if args.world is not None:
-        from pipelines.world_run import world_configs
-
-        return world_configs(args.world, str(Path(args.world_cache or state / "world").resolve()),
-                             args.run_root or f"s3://{args.bucket}/runs/{args.run_id}", method=args.method,
-                             qa=args.qa)
+def local_configs(args, state: Path) -> dict[str, dict]:
+    """The stage configs of a local run: --config-dir, or the built-in demo."""
     if args.config_dir:
-        return read_configs(Path(args.config_dir)), None
+        return read_configs(Path(args.config_dir))
     from clipdpo.demo.configs import write_demo_configs
 
-    return write_demo_configs(state / "configs", state / "models"), None
+    return write_demo_configs(state / "configs", state / "models")[0]
 
 
-def extra_arms(args) -> tuple[str, ...]:
-    """The arms run after the pipeline: --arms less the pipeline's own method, plus the control of --control."""
-    arms = [arm for arm in args.arms if arm != args.method]
-    if args.control and "control" not in arms:
-        arms.append("control")
-    return tuple(arms)
+@dataclass
+class LocalRun:
+    """What a local run runs: its stage configs and, for experiments, what happens around the pipeline.
+    `after_pipeline(run_root)` runs once the kfp pipeline has finished (before the reports are copied);
+    `after_summary(reports_dir)` prints what the experiment adds once the summary is out."""
+
+    configs: dict[str, dict]
+    label: str = "demo"
+    after_pipeline: Callable[[str], None] | None = None
+    after_summary: Callable[[Path], None] | None = None
 
 
-def parse_arms(text: str) -> list[str]:
-    from pipelines.world_run import ARMS
-
-    arms = [arm.strip() for arm in text.split(",") if arm.strip()]
-    unknown = [arm for arm in arms if arm not in ARMS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown arm(s) {unknown}; arms: {', '.join(ARMS)}")
-    return list(dict.fromkeys(arms))
-
-
-def run_extra_arms(args, configs: dict[str, dict], world, run_root: str) -> None:
-    """The arms after the pipeline (pipelines/world_run.py), all evaluated into the run's report."""
-    arms = extra_arms(args)
-    if not arms:
-        return
-    from pipelines.world_run import run_arms
-
-    started = time.monotonic()
-    run_arms(configs, world.lvlm, run_root, arms, method=args.method)
-    from clipdpo.report.build import write
-
-    write(run_root)  # the run report again, now with every arm
-    print(f"arms {', '.join(arms)} (trained and evaluated in-process) finished in {time.monotonic() - started:.1f}s",
-          flush=True)
-
-
-def run_local(args) -> int:
+def run_local(args, run: LocalRun) -> int:
+    """The kfp pipeline on this machine with `run.configs` (already validated, --set applied)."""
     from clipdpo import s3server
 
     state = Path(args.state_dir).resolve()
-    configs, world = local_configs(args, state)
-    configs = with_overrides(configs, args.overrides)
+    configs = run.configs
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     server = None
     if not os.environ.get("AWS_ENDPOINT_URL"):
@@ -151,12 +112,13 @@ def run_local(args) -> int:
         init_kfp(state / "kfp")
         from pipelines.clipdpo_pipeline import clipdpo_pipeline
 
-        print(f"running the kfp pipeline ({'world ' + str(args.world) if world else 'demo'}) ...", flush=True)
+        print(f"running the kfp pipeline ({run.label}) ...", flush=True)
         with steps_only(str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"),
                         args.verbose) as this_run:
             clipdpo_pipeline(**arguments)
         print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
-        run_extra_arms(args, configs, world, arguments["run_root"])
+        if run.after_pipeline is not None:
+            run.after_pipeline(arguments["run_root"])
         reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
         summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs,
                                 this_run)
@@ -178,12 +140,8 @@ def run_local(args) -> int:
     print(f"  gate       {root}/gate/decision.json: {decision}")
     if server is not None:
         print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
-    if world is not None and reports:
-        from pipelines.world_run import headline
-
-        metrics = json.loads((state / "reports" / args.run_id / "evaluation" / "metrics.json").read_text())
-        decoding = (metrics["resources"].get("amber_decoding") or {}).get("description", "greedy")
-        print(f"world {args.world}, AMBER on its held-out images; descriptions {decoding}:\n" + headline(metrics))
+    if run.after_summary is not None and reports:
+        run.after_summary(state / "reports" / args.run_id)
     print("\n" + summary)
     return 0
 
@@ -260,7 +218,7 @@ def run_cluster(args, host: str) -> int:
 
     from pipelines.compile import compile_pipeline
 
-    configs = with_overrides(read_configs(Path(args.config_dir)) if args.config_dir else {}, args.overrides)
+    configs = checked_configs(read_configs(Path(args.config_dir)) if args.config_dir else {}, args.overrides)
     package = compile_pipeline(args.package)
     arguments = pipeline_arguments(args, configs, launcher=args.launcher)
     if not (args.run_root or args.bucket != "clipdpo-local"):
@@ -279,8 +237,16 @@ def run_cluster(args, host: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__,
+def checked_configs(configs: dict[str, dict], overrides: list[str]) -> dict[str, dict]:
+    """`configs` with the --set overrides applied, each parsed into its typed class (ConfigError if not)."""
+    changed = with_overrides(configs, overrides)
+    validate(changed)
+    return changed
+
+
+def build_parser(prog: str = "python -m pipelines.run", description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The run's command line (experiments add their own flags to it)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", default=os.environ.get("RUN_ID", "demo"))
     parser.add_argument("--bucket", default=os.environ.get("CLIPDPO_BUCKET", "clipdpo-local"))
@@ -299,53 +265,41 @@ def main(argv: list[str] | None = None) -> int:
                         help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime")
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                        help="change one stage config value, e.g. --set filter.pair_min_margin=3 (repeatable); "
-                             "that stage reruns with the stages after it; with --world the arms after the pipeline "
-                             "(--arms, --control) take the same values (train.*: on top of each arm's method)")
+                        help="change one config value, e.g. --set filter.pair_min_margin=3 (repeatable); "
+                             "that stage reruns with the stages after it")
     parser.add_argument("--verbose", action="store_true",
                         help="local runs: show kfp's executor output (default: one line per step; the output "
                              "goes to <state-dir>/logs/)")
     parser.add_argument("--state-dir", default=".local")
-    parser.add_argument("--world", type=int, default=int(os.environ["CLIPDPO_WORLD"]) if os.environ.get("CLIPDPO_WORLD")
-                        else None, help="local runs: the synthetic world of this seed instead of the demo")
-    parser.add_argument("--world-cache", default=os.environ.get("CLIPDPO_WORLD_CACHE", ""),
-                        help="where worlds are built and cached (default <state-dir>/world)")
-    parser.add_argument("--control", choices=CONTROLS, default=os.environ.get("CLIPDPO_CONTROL") or None,
-                        help="with --world: also train and evaluate this control arm (shuffled: CLIP scores "
-                             "shuffled within each image)")
-    parser.add_argument("--method", choices=METHODS, default=os.environ.get("CLIPDPO_METHOD") or "clipdpo",
-                        help="with --world: what the pipeline's train consumes: clipdpo (CLIP-ranked pairs), povid "
-                             "(ground truth vs injected hallucinations, noisy-image rejections in training) or both")
-    parser.add_argument("--arms", type=parse_arms, default=parse_arms(os.environ.get("CLIPDPO_ARMS", "")),
-                        help="with --world: arms trained in-process after the pipeline and evaluated into the same "
-                             "report, comma-separated from clipdpo,povid,both,povid_text,control (control: the shuffled-score "
-                             "CLIP-DPO control; povid_text: POVID with beta_2 = 0, no noisy-image term); e.g. "
-                             "clipdpo,povid,both,control for all five models with base")
-    parser.add_argument("--qa", action="store_true", default=os.environ.get("CLIPDPO_WORLD_QA") == "1",
-                        help="with --world: generate also writes QA rows (questions with a right and a wrong answer, "
-                             "the paper's QA pairs) with the world's QA writer, trained once per world (~12 min)")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
     parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
                         help="cluster runs: wait up to this long for the run to end (0: submit only)")
     parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
+    return parser
+
+
+def check_overrides(parser: argparse.ArgumentParser, overrides: list[str]) -> None:
+    """Each --set item is CONFIG.KEY=VALUE with CONFIG one of the run's configs (else a usage error, exit 2)."""
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or "." not in key or key.split(".", 1)[0] not in CONFIG_NAMES:
+            parser.error(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {list(CONFIG_NAMES)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    stages = (*NAMES, "gate", "povid")
-    for item in args.overrides:
-        if "=" not in item or item.split("=", 1)[0].split(".", 1)[0] not in stages or "." not in item.split("=", 1)[0]:
-            parser.error(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {list(stages)}")
-    if args.world is not None and any(item.split("=", 1)[0] == "train.method" for item in args.overrides):
-        parser.error("--set train.method: on the world the pipeline's method is --method's, and each arm trains "
-                     "its own (--arms)")
-    if args.control and args.world is None:
-        parser.error("--control needs --world (the control arm is defined on the synthetic world)")
-    if args.qa and args.world is None:
-        parser.error("--qa needs --world (the QA writer is the world's; a cluster run sets qa in generate.json)")
-    if (args.arms or args.method != "clipdpo") and args.world is None:
-        parser.error("--method and --arms need --world locally (a cluster run sets method in train.json and the "
-                     "POVID source in povid.json under --config-dir)")
+    check_overrides(parser, args.overrides)
     host = os.environ.get("KFP_HOST", "")
-    return run_cluster(args, host) if host else run_local(args)
+    try:
+        if host:
+            return run_cluster(args, host)
+        configs = checked_configs(local_configs(args, Path(args.state_dir).resolve()), args.overrides)
+    except ConfigError as err:  # before anything ran: one line, the usage exit code
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run_local(args, LocalRun(configs))
 
 
 if __name__ == "__main__":

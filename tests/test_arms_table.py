@@ -1,8 +1,8 @@
-"""pipelines.arms_table: the relative cuts and the issues' bars, on hand-made figures."""
+"""clipdpo_lab.arms_table: the relative cuts and the issues' bars, on hand-made figures."""
 
 from __future__ import annotations
 
-from pipelines.arms_table import checks, relative_cut, seed_rows
+from clipdpo_lab.arms_table import checks, relative_cut, seed_rows
 
 
 def figures(chair, hal, cover, f1, amber):

@@ -13,16 +13,16 @@ from clipdpo import config as config_lib
 from clipdpo.storage import Storage, join
 from clipdpo.train.config import TrainConfig
 from clipdpo.train.loss import LOSS_TYPES
-from pipelines import ablation as shared
-from pipelines import loss_ablation as ablation
+from clipdpo_lab import ablation as shared
+from clipdpo_lab import loss_ablation as ablation
 
 LOSS_KEYS = ("loss_type", "beta", "label_smoothing")
 
 
 def world_train() -> dict:
     """The world's train config as the world build writes it (paths need not exist)."""
-    from clipdpo.world import benchmark
-    from clipdpo.world.stageconfigs import stage_configs
+    from clipdpo_world import benchmark
+    from clipdpo_world.stageconfigs import stage_configs
 
     paths = {"images": "/w/images", "clip": "/w/clip", "lvlm": "/w/lvlm"}
     configs = stage_configs(paths, benchmark.config("/w/benchmarks"), seed=0, samples_per_image=6, spacy_model=None)

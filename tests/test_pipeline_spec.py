@@ -189,7 +189,7 @@ def test_povid_pairs_hold_a_gpu_only_for_an_llm_rewrite(compiled):
 
 @pytest.mark.parametrize("method, povid, where", [
     ("clipdpo", "{}", "cpu"),  # nothing to make: POVID's config is not even read
-    ("povid", '{"source": "world", "ground_truth": "/w/images"}', "cpu"),
+    ("povid", '{"source": "plugin", "rewriter": "m:f", "ground_truth": "/w/images"}', "cpu"),
     ("both", '{"source": "llm", "ground_truth": "s3://b/llava.json"}', "gpu"),  # the default injector: vLLM
     ("povid", '{"ground_truth": "gt.json", "injector": {"name": "m", "path": "p", "engine": "hf", "device": "cpu"}}',
      "cpu"),

@@ -1,7 +1,7 @@
-"""`python -m pipelines.run --world SEED [--control shuffled]`: the local run takes the world's stage configs
-and names the compared models base / clipdpo (/ control). Build-free: a world is found in the cache by its
-key and `world.json`, so a cache folder holding only that file stands in for a built world here (the
-stages never run); the real world's run is `make pipeline-run WORLD=2`, measured in the README."""
+"""`python -m clipdpo_lab run --world SEED [--control shuffled]`: the world's local run takes the world's stage
+configs and names the compared models base / clipdpo (/ control). Build-free: a world is found in the cache by
+its key and `world.json`, so a cache folder holding only that file stands in for a built world here (the
+stages never run)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 def fake_built_world(cache: Path, seed: int) -> Path:
     """A cache entry the world build accepts as finished (only world.json: no stage reads the files here)."""
-    from clipdpo.world.build import WORLD_FILE, WorldConfig, world_key
+    from clipdpo_world.build import WORLD_FILE, WorldConfig, world_key
 
     root = cache / f"world{seed}-{world_key(WorldConfig(seed=seed))}"
     root.mkdir(parents=True)
@@ -22,18 +22,24 @@ def fake_built_world(cache: Path, seed: int) -> Path:
 
 
 def parse(argv: list[str], monkeypatch):
-    import pipelines.run as run
+    from clipdpo_lab import run
 
-    seen = {}
-    monkeypatch.setattr(run, "run_local", lambda args: seen.setdefault("args", args) and 0)
     monkeypatch.delenv("KFP_HOST", raising=False)
-    assert run.main(argv) == 0
-    return seen["args"]
+    return run.parse(argv)
+
+
+def local_configs(args, state: Path) -> dict:
+    """The lab's configs of a world run (the stage configs, the arms' train base and train overrides)."""
+    from clipdpo_lab.run import local_run
+
+    args.state_dir = str(state)
+    _, lab = local_run(args)
+    return lab
 
 
 def test_world_flag_selects_the_world_configs_and_names_base_and_clipdpo(tmp_path, monkeypatch):
     from clipdpo.steps import artifact_uri
-    from pipelines.run import local_configs, pipeline_arguments
+    from pipelines.run import pipeline_arguments
 
     import torch
 
@@ -42,8 +48,7 @@ def test_world_flag_selects_the_world_configs_and_names_base_and_clipdpo(tmp_pat
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keep this process's threads as they are
     root = fake_built_world(tmp_path / "cache", seed=5)
     args = parse(["--world", "5", "--world-cache", str(tmp_path / "cache"), "--run-id", "w5"], monkeypatch)
-    configs, world = local_configs(args, tmp_path / "state")
-    assert world.root == str(root.resolve())
+    configs = local_configs(args, tmp_path / "state")
     assert configs["ingest"]["source"] == str(root.resolve() / "images")
     assert configs["generate"]["captioners"][0]["path"] == str(root.resolve() / "lvlm")
     assert configs["score"]["model_config_dir"] == str(root.resolve() / "clip")
@@ -61,12 +66,11 @@ def test_world_flag_selects_the_world_configs_and_names_base_and_clipdpo(tmp_pat
 
 
 def test_control_adds_the_control_model_and_needs_a_world(tmp_path, monkeypatch):
-    from pipelines.world_run import control_root, evaluate_models
+    from clipdpo_lab.arms import control_root, evaluate_models
 
     monkeypatch.delenv("CLIPDPO_WORLD", raising=False)
     monkeypatch.setenv("CLIPDPO_CONTROL", "shuffled")
-    with pytest.raises(SystemExit):  # argparse error: the control arm is defined on the world only
-        parse([], monkeypatch)
+    assert parse([], monkeypatch).world == 0  # the lab's run is on world 0 unless told otherwise
     monkeypatch.setenv("CLIPDPO_WORLD", "2")
     args = parse([], monkeypatch)
     assert (args.world, args.control) == (2, "shuffled")
@@ -75,17 +79,19 @@ def test_control_adds_the_control_model_and_needs_a_world(tmp_path, monkeypatch)
     assert models[2]["path"] == "s3://b/runs/r-control/model/model" == control_root("s3://b/runs/r") + "/model/model"
 
 
-def test_python_entry_point_without_world_is_the_demo(monkeypatch):
-    """`python -m pipelines.run` with no --world stays the demo (the tests and scripts name what they run);
-    the world default is `make pipeline-run`'s, below."""
-    for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL"):
-        monkeypatch.delenv(name, raising=False)
-    args = parse([], monkeypatch)
-    assert args.world is None and args.control is None
+def test_product_run_has_no_world_flags(monkeypatch):
+    """`python -m pipelines.run` is the product's: the demo or --config-dir locally, the cluster with KFP_HOST; the
+    world's flags are the lab's (`python -m clipdpo_lab run`)."""
+    import pipelines.run as run
+
+    parser = run.build_parser()
+    for flag in ("--world", "--control", "--method", "--arms", "--qa"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([flag, "1"])
 
 
 def make_command(*assignments: str, kfp_host: str = "") -> list[str]:
-    """The pipelines.run arguments `make pipeline-run` would pass (make -n: prints, runs nothing)."""
+    """The runner `make pipeline-run` would call and its arguments (make -n: prints, runs nothing)."""
     import os
     import shlex
     import subprocess
@@ -96,40 +102,19 @@ def make_command(*assignments: str, kfp_host: str = "") -> list[str]:
     out = subprocess.run(["make", "-n", "-s", "pipeline-run", *assignments], cwd=Path(__file__).resolve().parents[1],
                          env=env, capture_output=True, text=True, check=True).stdout
     words = shlex.split(out.replace("\\\n", " "))
-    return words[words.index("pipelines.run") + 1:]
+    start = max(n for n, word in enumerate(words) if word == "-m") + 1  # the run's (after any venv set-up)
+    runner = words[start:start + (2 if words[start] == "clipdpo_lab" else 1)]
+    return [" ".join(runner), *words[start + len(runner):]]
 
 
 def test_make_pipeline_run_defaults_to_world_0_and_the_demo_is_one_switch_away():
-    assert make_command() == ["--run-id", "world0", "--world", "0"]
-    assert make_command("WORLD=2", "CONTROL=shuffled") == ["--run-id", "world2", "--world", "2", "--control", "shuffled"]
-    assert make_command("DEMO=1") == ["--run-id", "demo"]
+    lab = "clipdpo_lab run"
+    assert make_command() == [lab, "--run-id", "world0", "--world", "0"]
+    assert make_command("WORLD=2", "CONTROL=shuffled") == [lab, "--run-id", "world2", "--world", "2", "--control",
+                                                           "shuffled"]
+    assert make_command("DEMO=1") == ["pipelines.run", "--run-id", "demo"]
     # a cluster run takes its configs from CLIPDPO_CONFIG_DIR: no world is built for it
-    assert make_command(kfp_host="http://kfp.example") == ["--run-id", "demo"]
-
-
-CACHE = Path(__file__).resolve().parents[1] / ".local" / "world"
-
-
-def built(seed: int) -> bool:
-    """World `seed` lies built in the repo's cache under today's key (else world_configs would build it)."""
-    from clipdpo.world.build import WORLD_FILE, WorldConfig, world_key
-
-    return (CACHE / f"world{seed}-{world_key(WorldConfig(seed=seed))}" / WORLD_FILE).exists()
-
-
-def test_built_world_2_configs_point_at_real_files(monkeypatch):
-    import torch
-
-    from pipelines.world_run import world_configs
-
-    if not built(2):
-        pytest.skip("world 2 is not built in .local/world (make world WORLD_SEED=2); "
-                    "the build-free tests cover the wiring")
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keep this process's threads as they are
-    configs, world = world_configs(2, str(CACHE), "s3://b/runs/r")
-    for path in (configs["ingest"]["source"], configs["train"]["model"], configs["score"]["pretrained"]):
-        assert Path(path).exists(), path
-    assert world.checks["clip"]["pairwise_accuracy"] >= 0.9
+    assert make_command(kfp_host="http://kfp.example") == ["pipelines.run", "--run-id", "demo"]
 
 
 def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path, monkeypatch):
@@ -137,8 +122,9 @@ def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path,
     source of the world; --arms adds the others after it, each named by its arm, all in one report (#15)."""
     import torch
 
-    from pipelines.run import extra_arms, local_configs, pipeline_arguments
-    from pipelines.world_run import evaluate_models
+    from clipdpo_lab.arms import evaluate_models
+    from clipdpo_lab.run import extra_arms
+    from pipelines.run import pipeline_arguments
 
     for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "CLIPDPO_WORLD_CACHE", "CLIPDPO_METHOD", "CLIPDPO_ARMS"):
         monkeypatch.delenv(name, raising=False)
@@ -147,16 +133,17 @@ def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path,
     args = parse(["--world", "4", "--world-cache", str(tmp_path / "cache"), "--method", "povid",
                   "--arms", "clipdpo,povid,both,control"], monkeypatch)
     assert extra_arms(args) == ("clipdpo", "both", "control")  # the pipeline's own method is not trained twice
-    configs, _ = local_configs(args, tmp_path / "state")
+    configs = local_configs(args, tmp_path / "state")
     train = configs["train"]
     assert (train["method"], train["reference"], train["stage1_epochs"], train["stage2_epochs"]) == ("povid", "model",
                                                                                                      3, 1)
     assert train["noise_step"] == 500 and train["model"] == str(root.resolve() / "lvlm")
     assert configs["world_train"]["epochs"] == 2 and "method" not in configs["world_train"]  # the CLIP-DPO arm's
-    assert configs["povid"] == {"source": "world", "ground_truth": str(root.resolve() / "images"), "seed": 4}
+    assert configs["povid"] == {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter",
+                                "ground_truth": str(root.resolve() / "images"), "seed": 4}
     arguments = pipeline_arguments(args, configs, "local")
     assert json.loads(arguments["train_config"])["method"] == "povid"
-    assert json.loads(arguments["povid_config"])["source"] == "world"
+    assert json.loads(arguments["povid_config"])["source"] == "plugin"
     assert [m["name"] for m in configs["evaluate"]["models"]] == ["base", "povid"]
     models = evaluate_models("/w/lvlm", "s3://b/runs/r", method="povid", arms=extra_arms(args))
     assert [(m["name"], m["path"]) for m in models] == [
@@ -164,15 +151,16 @@ def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path,
         ("both", "s3://b/runs/r-both/model/model"), ("control", "s3://b/runs/r-control/model/model")]
     with pytest.raises(SystemExit):  # an arm the world does not know
         parse(["--world", "4", "--arms", "clipdpo,dpo"], monkeypatch)
-    with pytest.raises(SystemExit):  # method and arms are the world's switches
-        parse(["--method", "both"], monkeypatch)
+    with pytest.raises(SystemExit):  # a method the world does not know
+        parse(["--method", "dpo"], monkeypatch)
 
 
 def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
-    assert make_command("WORLD=2", "METHOD=povid") == ["--run-id", "world2", "--world", "2", "--method", "povid"]
-    assert make_command("ARMS=clipdpo,povid,both,control") == ["--run-id", "world0", "--world", "0", "--arms",
+    lab = "clipdpo_lab run"
+    assert make_command("WORLD=2", "METHOD=povid") == [lab, "--run-id", "world2", "--world", "2", "--method", "povid"]
+    assert make_command("ARMS=clipdpo,povid,both,control") == [lab, "--run-id", "world0", "--world", "0", "--arms",
                                                               "clipdpo,povid,both,control"]
-    assert make_command("DEMO=1", "METHOD=povid") == ["--run-id", "demo"]  # the arms are the world's
+    assert make_command("DEMO=1", "METHOD=povid") == ["pipelines.run", "--run-id", "demo"]  # the arms are the world's
 
 
 def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypatch):
@@ -181,8 +169,8 @@ def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypa
     winning over the method's own value (#15)."""
     import torch
 
-    from pipelines.run import local_configs, pipeline_arguments, with_overrides
-    from pipelines.world_run import arm_train_config
+    from clipdpo_lab.arms import arm_train_config
+    from pipelines.run import pipeline_arguments
 
     for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "CLIPDPO_WORLD_CACHE", "CLIPDPO_METHOD", "CLIPDPO_ARMS"):
         monkeypatch.delenv(name, raising=False)
@@ -192,8 +180,8 @@ def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypa
              "--arms", "clipdpo,povid,both,control"]
     sets = ["train.learning_rate=2e-5", "train.stage1_epochs=2", "filter.pair_min_margin=3"]
     args = parse([*world, *(word for item in sets for word in ("--set", item))], monkeypatch)
-    plain, _ = local_configs(args, tmp_path / "state")
-    configs = with_overrides(plain, args.overrides)
+    configs = local_configs(args, tmp_path / "state")
+    plain = local_configs(parse(world, monkeypatch), tmp_path / "state")
     assert arm_train_config(configs, "povid") == configs["train"]  # the pipeline's own arm: its very config
     assert configs["train"]["learning_rate"] == 2e-5 and configs["train"]["stage1_epochs"] == 2
     for arm in ("clipdpo", "both", "control"):
@@ -206,16 +194,18 @@ def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypa
     # without --set each arm keeps its method's values (POVID 1e-5, the world's CLIP-DPO 5e-5)
     assert [arm_train_config(plain, arm)["learning_rate"] for arm in ("povid", "both", "clipdpo", "control")] == [
         1e-5, 1e-5, 5e-5, 5e-5]
-    # the kept items are not a pipeline parameter: the same parameters as without --set
+    # the lab's own keys are not pipeline parameters: the product sees only its configs
     assert set(pipeline_arguments(args, configs, "local")) == set(pipeline_arguments(args, plain, "local"))
+    assert not {"world_train", "train_overrides"} & {key.removesuffix("_config")
+                                                      for key in pipeline_arguments(args, configs, "local")}
     with pytest.raises(SystemExit):  # on the world, --method and --arms say which methods train
         parse([*world, "--set", "train.method=both"], monkeypatch)
 
 
 def test_povid_text_arm_is_povid_without_the_noisy_image_term():
     """POVID's Table 3 ablation as an arm: POVID's train config with beta_2 = 0 and nothing else changed."""
-    from clipdpo.world.stageconfigs import method_train_config
-    from pipelines.world_run import ARMS, arm_train_config, arm_root
+    from clipdpo_world.stageconfigs import method_train_config
+    from clipdpo_lab.arms import ARMS, arm_train_config, arm_root
 
     world_train = {"model": "/w/lvlm", "learning_rate": 5e-5, "epochs": 2, "beta": 0.1}
     configs = {"world_train": world_train}
@@ -230,25 +220,22 @@ def test_qa_is_a_world_switch_off_by_default(tmp_path, monkeypatch):
     stays off (the README's measured tables are without QA pairs); it needs --world."""
     import torch
 
-    from clipdpo.world import stageconfigs
-    from pipelines.run import local_configs
+    from clipdpo_world import stageconfigs
 
     for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "CLIPDPO_WORLD_CACHE", "CLIPDPO_WORLD_QA"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keep this process's threads as they are
     root = fake_built_world(tmp_path / "cache", seed=6)
     argv = ["--world", "6", "--world-cache", str(tmp_path / "cache")]
-    configs, _ = local_configs(parse(argv, monkeypatch), tmp_path / "state")
+    configs = local_configs(parse(argv, monkeypatch), tmp_path / "state")
     assert configs["generate"]["qa"] == {"enabled": False}
     asked = []  # the writer's training is the QA writer tests' business: here, which world it is asked for
     on = {"enabled": True, "model": {"name": "world-qa-writer", "path": "/w/qa-writer-x"}}
     monkeypatch.setattr(stageconfigs, "world_qa_config", lambda world_root, say=print: asked.append(world_root) or on)
     args = parse([*argv, "--qa"], monkeypatch)
-    configs, _ = local_configs(args, tmp_path / "state")
+    configs = local_configs(args, tmp_path / "state")
     assert asked == [str(root.resolve())] and configs["generate"]["qa"]["enabled"]
     monkeypatch.setenv("CLIPDPO_WORLD_QA", "1")
     assert parse(argv, monkeypatch).qa
-    with pytest.raises(SystemExit):  # the QA writer is the world's
-        parse(["--qa"], monkeypatch)
-    assert make_command("QA=1") == ["--run-id", "world0", "--world", "0", "--qa"]
-    assert make_command("DEMO=1", "QA=1") == ["--run-id", "demo"]
+    assert make_command("QA=1") == ["clipdpo_lab run", "--run-id", "world0", "--world", "0", "--qa"]
+    assert make_command("DEMO=1", "QA=1") == ["pipelines.run", "--run-id", "demo"]

@@ -11,9 +11,9 @@ import pytest
 from clipdpo import outputref, steps
 from clipdpo.artifacts import Artifact
 from clipdpo.storage import Storage, join
-from clipdpo.world import language
-from clipdpo.world.povid_source import WorldRewriter, inject, rewrite, scene_from_truth, visible
-from clipdpo.world.scene import KIND_COLOURS, ObjectGroup, Scene
+from clipdpo_world import language
+from clipdpo_world.povid_source import WorldRewriter, inject, rewrite, scene_from_truth, visible
+from clipdpo_world.scene import KIND_COLOURS, ObjectGroup, Scene
 
 CUP_LEFT = Scene("s-1", "plain", (ObjectGroup("cup", "white", 1, 0),), 0)  # partner book absent
 FULL = Scene("s-2", "field", (ObjectGroup("cup", "white", 1, 0), ObjectGroup("book", "blue", 2, 1),
@@ -60,7 +60,7 @@ def test_visible_reads_the_groups_of_a_world_caption():
 
 def write_world_images(tmp_path, n: int = 12):
     from clipdpo import ingest
-    from clipdpo.world.data import scenes, write_folder
+    from clipdpo_world.data import scenes, write_folder
 
     folder = write_folder(str(tmp_path / "pool"), scenes(7, "pool", n))
     images = str(tmp_path / "run" / "images")
@@ -73,7 +73,8 @@ def test_source_writes_validated_pairs_and_counts_the_drops(tmp_path):
 
     folder, images = write_world_images(tmp_path)
     output = str(tmp_path / "run" / "povid-pairs")
-    cfg = povid_source.PovidSourceConfig(source="world", ground_truth=folder, seed=3)
+    cfg = povid_source.PovidSourceConfig(source="plugin", rewriter="clipdpo_world.povid_source:rewriter",
+                                           ground_truth=folder, seed=3)
     stats = povid_source.run(cfg, images, output)
     artifact = Artifact.open(Storage(), output, kind="pairs")
     rows = [row for _, table in artifact.iter_shards() for row in table.to_pylist()]
@@ -92,7 +93,12 @@ def test_source_writes_validated_pairs_and_counts_the_drops(tmp_path):
     again = povid_source.run(cfg, images, output)  # idempotent: the finished artifact is kept
     assert again == stats
     with pytest.raises(ValueError, match="ground_truth"):
-        povid_source.PovidSourceConfig(source="world")
+        povid_source.PovidSourceConfig(source="plugin", rewriter="m:f")
+    with pytest.raises(ValueError, match="rewriter"):
+        povid_source.PovidSourceConfig(source="plugin", ground_truth=folder)
+    with pytest.raises(ValueError, match="cannot load"):
+        povid_source.make_rewriter(povid_source.PovidSourceConfig(source="plugin", rewriter="no_such_module:f",
+                                                                  ground_truth=folder))
     with pytest.raises(ValueError, match="source"):
         povid_source.PovidSourceConfig(source="gpt4v", ground_truth=folder)
 
@@ -132,7 +138,7 @@ def test_the_method_chooses_the_pairs_and_reaches_train(tmp_path):
     folder, images = write_world_images(tmp_path, n=8)
     model = build_tiny_llava(str(tmp_path / "tiny-llava"))
     root = str(tmp_path / "run")
-    povid_json = json.dumps({"source": "world", "ground_truth": folder})
+    povid_json = json.dumps({"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": folder})
     assert steps.povid_step(root, povid_json, train_config(model, "clipdpo")) == ""
     # clipdpo: the filter's pairs (none made in this test: the bare URI, no version)
     assert steps.training_pairs_step(root, train_config(model, "clipdpo")) == steps.artifact_uri(root, "filter")
@@ -158,16 +164,16 @@ def test_the_method_chooses_the_pairs_and_reaches_train(tmp_path):
 
 
 def test_an_arm_after_the_pipeline_trains_with_the_runs_train_overrides(tmp_path):
-    """pipelines.world_run.train_method_arm (what `--arms povid` runs after the pipeline), with the run's
+    """clipdpo_lab.arms.train_method_arm (what `--arms povid` runs after the pipeline), with the run's
     `--set train.*` items: the arm's POVID pairs and real training take them on top of POVID's settings."""
     from clipdpo.demo.models import build_tiny_llava
-    from pipelines.world_run import TRAIN_OVERRIDES, arm_root, train_method_arm
+    from clipdpo_lab.arms import TRAIN_OVERRIDES, arm_root, train_method_arm
 
     folder, _ = write_world_images(tmp_path, n=8)
     model = build_tiny_llava(str(tmp_path / "tiny-llava"))
     root = str(tmp_path / "run")  # the pipeline's run root: its images artifact is what write_world_images made
     configs = {"world_train": json.loads(train_config(model, "clipdpo")),
-               "povid": {"source": "world", "ground_truth": folder},
+               "povid": {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": folder},
                TRAIN_OVERRIDES: ["train.stage1_epochs=1", "train.learning_rate=0.002", "train.max_steps=2"]}
     output = outputref.plain(train_method_arm(configs, "povid", root, say=lambda line: None))
     assert output == steps.artifact_uri(arm_root(root, "povid"), "train")

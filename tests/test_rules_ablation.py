@@ -1,5 +1,5 @@
 """`make rules-ablation`: the pair-rule variants, the reuse of a run's scores and responses, the table
-(pipelines/ablation.py, shared with `make loss-ablation`).
+(clipdpo_lab/ablation.py, shared with `make loss-ablation`).
 The ablation itself (filter -> train -> evaluate per variant on a world) is measured in the README."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from clipdpo.config import from_dict
 from clipdpo.filter.select import FilterConfig
 from clipdpo.storage import Storage, join
-from pipelines import ablation as shared
-from pipelines import rules_ablation as ablation
+from clipdpo_lab import ablation as shared
+from clipdpo_lab import rules_ablation as ablation
 
 
 def test_variants_turn_the_paper_rules_off_and_parse_as_filter_configs():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdpo.world import data, language, scene
+from clipdpo_world import data, language, scene
 
 
 def test_same_seed_same_images_other_seed_other_images():
@@ -88,7 +88,7 @@ def test_benchmark_in_amber_layout_scores_truth_and_partner_captions(tmp_path, s
     import json
 
     from clipdpo.evaluate import amber
-    from clipdpo.world import benchmark
+    from clipdpo_world import benchmark
 
     items = data.scenes(5, "heldout", 40)
     config = benchmark.write(str(tmp_path / "bench"), items, seed=5)
@@ -116,9 +116,9 @@ def test_benchmark_in_amber_layout_scores_truth_and_partner_captions(tmp_path, s
 
 
 def _tiny_world(**overrides):
-    from clipdpo.world.build import WorldConfig
-    from clipdpo.world.clip import ClipConfig
-    from clipdpo.world.lvlm import LvlmConfig
+    from clipdpo_world.build import WorldConfig
+    from clipdpo_world.clip import ClipConfig
+    from clipdpo_world.lvlm import LvlmConfig
 
     fields = {"train_images": 64, "heldout_images": 24, "pool_images": 6, "clip": ClipConfig(steps=3, batch_size=16),
               "lvlm": LvlmConfig(steps=2, batch_size=4)}
@@ -130,7 +130,7 @@ def test_world_clip_tower_is_the_llava_vision_tower_exactly(tmp_path):
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
-    from clipdpo.world import clip, tower
+    from clipdpo_world import clip, tower
 
     import open_clip
 
@@ -153,8 +153,8 @@ def test_world_clip_tower_is_the_llava_vision_tower_exactly(tmp_path):
 
 
 def test_build_refuses_a_clip_that_cannot_rank_and_keys_on_config(tmp_path):
-    from clipdpo.world.build import build, world_key
-    from clipdpo.world.clip import WorldBuildError
+    from clipdpo_world.build import build, world_key
+    from clipdpo_world.clip import WorldBuildError
 
     cfg = _tiny_world()
     assert world_key(cfg) == world_key(_tiny_world()) and world_key(cfg) != world_key(_tiny_world(seed=1))
@@ -165,8 +165,8 @@ def test_build_refuses_a_clip_that_cannot_rank_and_keys_on_config(tmp_path):
 
 @pytest.mark.slow
 def test_build_refuses_an_lvlm_that_cannot_see(tmp_path):
-    from clipdpo.world.build import build
-    from clipdpo.world.clip import ClipConfig, WorldBuildError
+    from clipdpo_world.build import build
+    from clipdpo_world.clip import ClipConfig, WorldBuildError
 
     blind = _tiny_world(clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0))
     with pytest.raises(WorldBuildError, match="world LVLM does not see: greedy Cover .* below the 90%"):
@@ -183,8 +183,8 @@ def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
     from clipdpo.ingest import IngestConfig
     from clipdpo.score.scorer import ScorerConfig
     from clipdpo.train.config import TrainConfig
-    from clipdpo.world import benchmark
-    from clipdpo.world.stageconfigs import stage_configs
+    from clipdpo_world import benchmark
+    from clipdpo_world.stageconfigs import stage_configs
 
     paths = {"images": "/w/images", "clip": "/w/clip", "lvlm": "/w/lvlm"}
     configs = stage_configs(paths, benchmark.config("/w/benchmarks"), seed=0, samples_per_image=6,
@@ -209,13 +209,13 @@ def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
 def test_every_stage_runs_on_a_small_unchecked_world(tmp_path):
     """ingest -> generate -> score -> filter -> train -> evaluate on a world too small to see (self-checks
     off): the world's stage configs and models go through the real stages, base vs trained in metrics.json.
-    The effect itself needs the full world (`python -m clipdpo.world measure`, minutes)."""
+    The effect itself needs the full world (`python -m clipdpo_world measure`, minutes)."""
     import torch
 
-    from clipdpo.world.build import build
-    from clipdpo.world.effect import run_stages, summary
-    from clipdpo.world.clip import ClipConfig
-    from clipdpo.world.lvlm import LvlmConfig
+    from clipdpo_world.build import build
+    from clipdpo_lab.effect import run_stages, summary
+    from clipdpo_world.clip import ClipConfig
+    from clipdpo_world.lvlm import LvlmConfig
     from clipdpo.evaluate.nlp import local_spacy_model
 
     torch.set_num_threads(1)
@@ -237,7 +237,7 @@ def test_every_stage_runs_on_a_small_unchecked_world(tmp_path):
 def test_lvlm_examples_encode_as_the_processor_encodes_the_whole_conversation():
     """SFT encodes prompt and answer apart (once each); the ids must equal the processor's on the full text, and
     the training captions carry the bias: about bias_fraction of the tempting images name an absent partner."""
-    from clipdpo.world import lvlm
+    from clipdpo_world import lvlm
 
     cfg = lvlm.LvlmConfig(vision_from_clip=False)
     items = data.scenes(0, "train", 400)
@@ -257,7 +257,7 @@ def test_lvlm_examples_encode_as_the_processor_encodes_the_whole_conversation():
 
 
 def test_control_shuffles_caption_scores_within_each_image_only():
-    from clipdpo.world.control import shuffled_scores
+    from clipdpo_lab.control import shuffled_scores
 
     ids = ["a", "a", "a", "b", "b", "a"]
     kinds = ["caption", "caption", "caption", "caption", "caption", "qa"]
@@ -272,7 +272,7 @@ def test_control_shuffles_caption_scores_within_each_image_only():
 
 
 def test_control_gives_every_copy_of_a_caption_one_shuffled_score():
-    from clipdpo.world.control import shuffled_scores
+    from clipdpo_lab.control import shuffled_scores
 
     # image a: texts x, x, y, z (x twice: CLIP scored both copies 1.0); image b: one text twice
     ids = ["a", "a", "a", "a", "b", "b"]

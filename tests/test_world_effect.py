@@ -45,10 +45,10 @@ def one_thread():
 
 @pytest.mark.slow(seconds=300)  # the longest test: xdist starts it first (tests/conftest.py)
 def test_clipdpo_cuts_hallucination_against_base_and_control_on_a_small_world(tmp_path, one_thread):
-    from clipdpo.world import data
-    from clipdpo.world.build import build
-    from clipdpo.world.effect import sampled_metrics
-    from clipdpo.world.smalleffect import small_world, train_arms
+    from clipdpo_world import data
+    from clipdpo_world.build import build
+    from clipdpo_lab.effect import sampled_metrics
+    from clipdpo_lab.smalleffect import small_world, train_arms
 
     cfg = small_world(seed=0)
     paths = build(cfg, str(tmp_path / "world"), say=print)  # raises WorldBuildError on a CLIP or LVLM that fails

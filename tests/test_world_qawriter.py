@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from clipdpo.generate.qa_parse import QAItem, parse_qa
-from clipdpo.world import data, language, metrics, qawriter
-from clipdpo.world.qawriter import QAWriterConfig
+from clipdpo_world import data, language, metrics, qawriter
+from clipdpo_world.qawriter import QAWriterConfig
 
 # A writer small enough to train in seconds: it checks wiring and caching, not what the writer learns
 # (the real one's held-out share is measured by its own self-check and in the README).
@@ -39,7 +39,7 @@ def test_training_replies_parse_and_are_right_by_the_ground_truth():
 
 
 def _scene(background: str, *groups: tuple[str, str, int, int]):
-    from clipdpo.world.scene import ObjectGroup, Scene
+    from clipdpo_world.scene import ObjectGroup, Scene
 
     return Scene("s", background, tuple(ObjectGroup(*g) for g in groups), 0)
 
@@ -49,7 +49,7 @@ def test_questions_follow_the_captions_majority_and_answers_the_truth():
     name a book (cup's partner) that is not there: the anchor is the cup (the most named kind with a partner); a
     field asks its count first, then whether the book is there (No), then its position (the wrong answer the
     next slot)."""
-    from clipdpo.world.scene import ObjectGroup
+    from clipdpo_world.scene import ObjectGroup
 
     scene = _scene("field", ("man", "black", 1, 0), ("cup", "white", 1, 1))
     right = language.caption(scene)
@@ -122,15 +122,15 @@ def test_noisy_captions_carry_the_lvlm_errors_at_the_config_rates():
 def _fake_world(tmp_path, seed=3):
     root = tmp_path / f"world{seed}-abc"
     root.mkdir(parents=True)
-    from clipdpo.world.build import WorldConfig
+    from clipdpo_world.build import WorldConfig
 
     (root / "world.json").write_text(json.dumps({"key": "abc", "config": asdict(WorldConfig(seed=seed))}))
     return root
 
 
 def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
-    from clipdpo.world import qawriter_build as qb
-    from clipdpo.world.clip import WorldBuildError
+    from clipdpo_world import qawriter_build as qb
+    from clipdpo_world.clip import WorldBuildError
 
     import torch
 
@@ -171,8 +171,8 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
 def test_stage_configs_keep_qa_off_and_world_qa_config_turns_it_on(tmp_path, monkeypatch):
     from clipdpo import config as config_lib
     from clipdpo.generate.config import GenerateConfig
-    from clipdpo.world import benchmark, qawriter_build
-    from clipdpo.world.stageconfigs import stage_configs, world_qa_config
+    from clipdpo_world import benchmark, qawriter_build
+    from clipdpo_world.stageconfigs import stage_configs, world_qa_config
 
     import torch
 
@@ -212,11 +212,11 @@ def test_generate_on_a_tiny_world_writes_qa_rows_with_its_writer(tmp_path, monke
     from clipdpo import steps
     from clipdpo.artifacts import Artifact
     from clipdpo.storage import Storage
-    from clipdpo.world import qawriter_build
-    from clipdpo.world.build import WorldConfig, build
-    from clipdpo.world.clip import ClipConfig
-    from clipdpo.world.lvlm import LvlmConfig
-    from clipdpo.world.stageconfigs import world_qa_config
+    from clipdpo_world import qawriter_build
+    from clipdpo_world.build import WorldConfig, build
+    from clipdpo_world.clip import ClipConfig
+    from clipdpo_world.lvlm import LvlmConfig
+    from clipdpo_world.stageconfigs import world_qa_config
 
     torch.set_num_threads(1)
     monkeypatch.setattr(qawriter_build, "DEFAULT", SMALL)

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from clipdpo.storage import Storage, join, sha256_bytes, split_s3
+from clipdpo.storage import NotFound, PreconditionFailed, Storage, join
 
 
 @dataclass(frozen=True)
@@ -137,38 +137,22 @@ class PointerMoved(RuntimeError):
 
 
 def read_pointer(storage: Storage, uri: str) -> tuple[dict | None, str | None]:
-    """The pointer's JSON and its ETag (local files: their sha256), or (None, None) when there is none."""
-    if uri.startswith("s3://"):
-        bucket, key = split_s3(uri)
-        try:
-            got = storage.s3.get_object(Bucket=bucket, Key=key)
-        except storage.s3.exceptions.NoSuchKey:
-            return None, None
-        return json.loads(got["Body"].read()), got["ETag"]
-    if not storage.exists(uri):
-        return None, None
-    data = storage.read_bytes(uri)
-    return json.loads(data), sha256_bytes(data)
-
-
-def move_pointer(storage: Storage, uri: str, record: dict, etag: str | None) -> None:
-    """Write the pointer only if it is still what was read (`etag`; None: only if it does not exist)."""
-    data = json.dumps(record, indent=2, sort_keys=True).encode()
-    if not uri.startswith("s3://"):  # local runs only: checked, then replaced (not atomic across processes)
-        if read_pointer(storage, uri)[1] != etag:
-            raise PointerMoved(f"{uri}: changed since it was read")
-        storage.write_bytes(uri, data)
-        return
-    from botocore.exceptions import ClientError
-
-    bucket, key = split_s3(uri)
-    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    """The pointer's JSON and its version for `move_pointer` (S3 ETag; locally the sha256), or (None, None)."""
     try:
-        storage.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/json", **condition)
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            raise PointerMoved(f"{uri}: changed since it was read (conditional put refused)") from err
-        raise
+        data, version = storage.read_versioned(uri)
+    except NotFound:
+        return None, None
+    return json.loads(data), version
+
+
+def move_pointer(storage: Storage, uri: str, record: dict, version: str | None) -> None:
+    """Write the pointer only if it is still what was read (`version`; None: only if it does not exist): the
+    store's conditional write (Storage.write_if), so two runs promoting at once cannot both win."""
+    data = json.dumps(record, indent=2, sort_keys=True).encode()
+    try:
+        storage.write_if(uri, data, version)
+    except PreconditionFailed as err:
+        raise PointerMoved(f"{uri}: changed since it was read (conditional write refused)") from err
 
 
 # -- the step ----------------------------------------------------------------------------------------

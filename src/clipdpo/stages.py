@@ -15,6 +15,7 @@ class Stage:
     artifact: str  # its output under a run root
     input: str | None = None  # the stage whose artifact it reads
     image: str = ""  # the container image it runs in; default: its own (clipdpo-<name>)
+    config: str = ""  # "module:Class" of its typed config, resolved lazily (this module imports nothing)
 
     @property
     def image_name(self) -> str:
@@ -22,13 +23,18 @@ class Stage:
 
 
 STAGES = (
-    Stage("ingest", "images", image="filter"),  # CPU file reading: the light filter image, not the vLLM one
-    Stage("generate", "candidates", input="ingest"),
-    Stage("score", "scores", input="generate"),
-    Stage("filter", "pairs", input="score"),
-    Stage("train", "model", input="filter"),
-    Stage("evaluate", "evaluation", input="train"),
+    # CPU file reading: the light filter image, not the vLLM one
+    Stage("ingest", "images", image="filter", config="clipdpo.ingest:IngestConfig"),
+    Stage("generate", "candidates", input="ingest", config="clipdpo.generate.config:GenerateConfig"),
+    Stage("score", "scores", input="generate", config="clipdpo.score.scorer:ScorerConfig"),
+    Stage("filter", "pairs", input="score", config="clipdpo.filter.select:FilterConfig"),
+    Stage("train", "model", input="filter", config="clipdpo.train.config:TrainConfig"),
+    Stage("evaluate", "evaluation", input="train", config="clipdpo.evaluate.config:EvaluateConfig"),
 )
+# Configs a run takes beside the stages': the promotion gate's rules and POVID's pairs source (read only when
+# the train config's method is povid or both).
+EXTRA_CONFIGS = {"gate": "clipdpo.gate:GateConfig", "povid": "clipdpo.generate.povid_source:PovidSourceConfig"}
+CONFIG_NAMES = (*(s.name for s in STAGES), *EXTRA_CONFIGS)
 NAMES = tuple(stage.name for stage in STAGES)
 IMAGES = tuple(dict.fromkeys(stage.image_name for stage in STAGES))  # each built once, in stage order
 
@@ -38,6 +44,36 @@ def stage(name: str) -> Stage:
         if candidate.name == name:
             return candidate
     raise ValueError(f"unknown stage {name!r}; stages: {NAMES}")
+
+
+def config_class(name: str) -> type:
+    """The typed config class of stage (or extra config) `name`."""
+    import importlib
+
+    target = stage(name).config if name not in EXTRA_CONFIGS else EXTRA_CONFIGS[name]
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def validate(configs: dict[str, dict]) -> None:
+    """Parse every config of a run into its typed class, before anything is compiled, submitted or run: an unknown
+    key, a bad type or a value out of range fails here (clipdpo.config.ConfigError naming `<name>_config.<key>`).
+    POVID's source config is checked only where the train config's method reads it."""
+    from clipdpo.config import ConfigError, from_dict
+
+    unknown = sorted(set(configs) - set(CONFIG_NAMES))
+    if unknown:
+        raise ConfigError(f"configs: unknown name(s) {unknown}; expected some of {list(CONFIG_NAMES)}")
+    typed = {}
+    for name in CONFIG_NAMES:
+        if name == "povid":
+            continue
+        body = configs.get(name) or {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"{name}_config: must be a JSON object, got {type(body).__name__}")
+        typed[name] = from_dict(config_class(name), body, f"{name}_config")
+    if typed["train"].method != "clipdpo":
+        from_dict(config_class("povid"), configs.get("povid") or {}, "povid_config")
 
 
 if __name__ == "__main__":  # `python -m clipdpo.stages images`: what the Makefile builds

@@ -119,7 +119,7 @@ def train_method(train_config_json: str) -> str:
 def povid_placement(config_json: str, train_config_json: str) -> str:
     """Where the povid pairs step runs: "gpu" when an LLM rewrites the answers (`source: llm`, through the
     generate stage's engines: vLLM), else "cpu": nothing to make (method clipdpo: the POVID config is not read),
-    the world's rule-based rewriter, or an injector the config puts on the CPU (`engine: hf`, `device: cpu`)."""
+    a plugin rewriter (rule-based), or an injector the config puts on the CPU (`engine: hf`, `device: cpu`)."""
     if train_method(train_config_json) == "clipdpo":
         return "cpu"
     from clipdpo.generate import povid_source

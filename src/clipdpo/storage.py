@@ -9,6 +9,7 @@ unreachable endpoint becomes a `StorageError` that names the endpoint.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -82,8 +83,21 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def is_remote(uri: str) -> bool:
+    """Whether `uri` names an S3 object or prefix (else a local path)."""
+    return uri.startswith("s3://")
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(READ_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Storage:
@@ -229,6 +243,21 @@ class Storage:
                 out.append(ObjectInfo(str(path), stat.st_size, str(stat.st_mtime_ns)))
         return sorted(out, key=lambda info: info.uri)
 
+    def content_digest(self, path: str) -> str:
+        """A sha256 that changes when anything under `path` changes: each object's relative name with its S3 ETag
+        and size, or each local file's own sha256; a path that is neither (a model hub id) hashes its name."""
+        digest = hashlib.sha256()
+        if is_remote(path):
+            prefix = path.rstrip("/") + "/"
+            for info in self.list_info(path):
+                digest.update(f"{info.uri[len(prefix):]}\0{info.version}\0{info.size}\n".encode())
+        elif Path(path).is_dir():
+            for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+                digest.update(f"{file.relative_to(path)}\0{sha256_file(file)}\n".encode())
+        else:
+            digest.update(f"hub:{path}".encode())
+        return digest.hexdigest()
+
     # -- writes ----------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> str:
         """Write atomically; return the sha256 of what was written."""
@@ -287,8 +316,8 @@ class Storage:
         """Write only if the object is absent (`version=None`) or still at `version`; return the new version.
 
         S3: a conditional PUT (If-None-Match: * / If-Match), atomic on stores that support it (AWS,
-        SeaweedFS, MinIO). Local: absent-only is atomic (hard link of a finished temp file); the
-        version check before a replace leaves a small window, which the lease's read-back covers.
+        SeaweedFS, MinIO). Local: absent-only is atomic (hard link of a finished temp file); a replace
+        checks the version and writes under an exclusive lock on a sidecar `.<name>.tmp-lock` file.
         """
         if uri.startswith("s3://"):
             bucket, key = split_s3(uri)
@@ -307,13 +336,17 @@ class Storage:
             finally:
                 os.unlink(tmp)
             return sha256_bytes(data)
-        try:
-            current = sha256_bytes(path.read_bytes())
-        except FileNotFoundError:
-            current = None
-        if current != version:
-            raise PreconditionFailed(f"{uri}: changed by another writer")
-        return self.write_bytes(uri, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # check and replace under an exclusive lock on a sidecar file: writers through write_if never interleave
+        with open(path.parent / f".{path.name}.tmp-lock", "a") as lock:  # ".tmp-": listings skip it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = sha256_bytes(path.read_bytes())
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                raise PreconditionFailed(f"{uri}: changed by another writer")
+            return self.write_bytes(uri, data)
 
     def delete_if(self, uri: str, version: str) -> None:
         """Delete only if the object is still at `version`; a lost race is not an error."""

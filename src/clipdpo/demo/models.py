@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipdpo.world.lvlm import CHAT_TEMPLATE, SPECIAL_TOKENS  # LLaVA-1.5's conversation shape, defined once
+from clipdpo.llava_chat import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 TINY_CLIP_NAME = "clipdpo-tiny-clip"
 

@@ -22,7 +22,7 @@ from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_metrics, default_engine_factory,
                                          read_inputs, score_model, scorers, write_metrics)
 from clipdpo.evaluate import zeroshot
-from clipdpo.storage import Storage, join, split_s3
+from clipdpo.storage import Storage, join
 
 CACHE_VERSION = 1  # bump when scoring code changes what a cached result would hold
 # `engine` names the derived models' engine, which their specs (in the key) carry
@@ -61,28 +61,11 @@ def task_record_uri(output: str, model: str, task: str) -> str:
     return join(output, "tasks", model, f"{task}.json")
 
 
-def model_fingerprint(storage: Storage, path: str) -> str:
-    """A hash of the model's content: S3 ETags, local file digests, or a hub id's name."""
-    digest = hashlib.sha256()
-    if path.startswith("s3://"):
-        bucket, prefix = split_s3(path)
-        pages = storage.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
-        for page in pages:
-            for obj in page.get("Contents", []):
-                digest.update(f"{obj['Key'][len(prefix):]}\0{obj['ETag']}\0{obj['Size']}\n".encode())
-    elif Path(path).is_dir():
-        for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(path)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
-    else:
-        digest.update(f"hub:{path}".encode())
-    return digest.hexdigest()
-
-
 def cache_uri(storage: Storage, one: EvaluateConfig, task: str) -> str:
     """Where the result of `one` (a config narrowed to one model and task) is cached."""
     spec = one.models[0]
     config = {k: v for k, v in to_dict(one).items() if k not in NOT_IN_KEY}
-    decided_by = {"version": CACHE_VERSION, "model": model_fingerprint(storage, spec.path), "task": task,
+    decided_by = {"version": CACHE_VERSION, "model": storage.content_digest(spec.path), "task": task,
                   "engine": {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}, "config": config}
     key = hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:32]
     return join(one.result_cache, key, "result.json")

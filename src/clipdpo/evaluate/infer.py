@@ -40,7 +40,7 @@ class Task:
 
 
 def task_key(spec: ModelSpec, task: Task, revision: str = "") -> str:
-    """`revision`: a hash of the model's content (evaluate.fanout.model_fingerprint)."""
+    """`revision`: a hash of the model's content (Storage.content_digest)."""
     decided_by = {"model": asdict(spec), "options": list(task.options), "max_new_tokens": task.max_new_tokens,
                   "items": [[item.id, item.image, item.prompt] for item in task.items]}
     if not task.decoding.greedy:  # greedy keys stay as they were: responses saved before decoding existed still count
@@ -71,9 +71,7 @@ class Responder:
     def revision(self) -> str:
         """The model's content hash, read once (S3 ETags or file digests; a hub id by its name)."""
         if self._revision is None:
-            from clipdpo.evaluate.fanout import model_fingerprint  # fanout imports this module
-
-            self._revision = model_fingerprint(self.storage, self.spec.path)
+            self._revision = self.storage.content_digest(self.spec.path)
         return self._revision
 
     def folder(self, task: Task) -> str:

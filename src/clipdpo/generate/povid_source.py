@@ -10,13 +10,15 @@ nothing the scorer sees is dropped, its reason counted in the shard's stats), th
 - `llm`: an LLM through the generate stage's engines (vLLM on a cluster) with the paper's prompts
   (Appendix A.2); ground truth from an instruction-tuning set in LLaVA's conversation JSON, whose
   `image` paths are the ingested folder's files. The injector sees the image when `with_image`.
-- `world`: the synthetic world's rule-based stand-in for that LLM (clipdpo.world.povid_source), with
-  ground truth from the world's truth.jsonl.
+- `plugin`: a rewriter of the user's own, named by `rewriter` as `module:callable`; the callable takes
+  this config and returns an object with `ground_truth(image_id)`, `replies(items, images)`, `visible`
+  and `fingerprint_bytes()` (a rule-based injector; the synthetic world's test bed plugs in this way).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import sys
@@ -35,16 +37,16 @@ from clipdpo.stage import ShardSpec, report, run_shards
 from clipdpo.storage import Storage
 
 log = logging.getLogger("clipdpo.generate")
-SOURCES = ("llm", "world")
+SOURCES = ("llm", "plugin")
 PAIR_KIND = "povid"
 
 
 @dataclass(frozen=True)
 class PovidSourceConfig:
-    source: str = "llm"  # llm (vLLM / transformers through the engines) | world (the world's rule-based stand-in)
-    # llm: an instruction-tuning set in LLaVA's conversation JSON (path or s3://); world: the pool folder
-    # holding truth.jsonl
+    source: str = "llm"  # llm (vLLM / transformers through the engines) | plugin (`rewriter`)
+    # llm: an instruction-tuning set in LLaVA's conversation JSON (path or s3://); plugin: what the plugin reads
     ground_truth: str = ""
+    rewriter: str = ""  # plugin: "module:callable" taking this config, returning the rewriter
     kind: str = "caption"  # llm: the Table 6 prompt (caption: descriptions; reasoning: VQA and reasoning answers)
     # llm: the injector. The paper uses GPT-4V; an open instruction LLM (the QA writer's) sees the question and
     # answer only, a vision-language model with with_image=true sees the image too
@@ -53,16 +55,23 @@ class PovidSourceConfig:
     with_image: bool = False
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.9, max_new_tokens=512))
     batch_size: int = 8  # hf engine batch
-    seed: int = 0  # world: draws each image's injected errors
+    seed: int = 0  # plugin: for rewriters that draw their errors at random
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source={self.source!r}; expected one of {list(SOURCES)}")
         if not self.ground_truth:
             raise ValueError("ground_truth: where the ground-truth answers are (llm: a LLaVA conversation JSON; "
-                             "world: the pool folder holding truth.jsonl)")
+                             "plugin: what the rewriter reads)")
+        if self.source == "plugin" and not _is_callable_name(self.rewriter):
+            raise ValueError(f"rewriter={self.rewriter!r}: source 'plugin' needs rewriter as 'module:callable'")
         if self.kind not in ("caption", "reasoning"):
             raise ValueError(f"kind={self.kind!r}; expected 'caption' or 'reasoning'")
+
+
+def _is_callable_name(text: str) -> bool:
+    module, _, name = text.partition(":")
+    return bool(module) and name.isidentifier()
 
 
 @dataclass(frozen=True)
@@ -76,10 +85,13 @@ class Item:
 def make_rewriter(cfg: PovidSourceConfig):
     """The rewriter of `cfg.source`: ground_truth(image_id), replies(items, images), visible, fingerprint_bytes()."""
     match cfg.source:
-        case "world":
-            from clipdpo.world.povid_source import WorldRewriter
-
-            return WorldRewriter(cfg.ground_truth, seed=cfg.seed)
+        case "plugin":
+            module, name = cfg.rewriter.split(":", 1)
+            try:
+                factory = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError) as err:
+                raise ValueError(f"rewriter={cfg.rewriter!r}: cannot load it ({err})") from None
+            return factory(cfg)
         case "llm":
             return LLMRewriter(cfg)
         case _:

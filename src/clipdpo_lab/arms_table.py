@@ -1,4 +1,4 @@
-"""python -m pipelines.arms_table SEED=METRICS_JSON ...: the arms of world runs side by side (README table).
+"""python -m clipdpo_lab.arms_table SEED=METRICS_JSON ...: the arms of world runs side by side (README table).
 
 Reads each run's evaluation metrics.json (`.local/reports/<run>/evaluation/metrics.json`), prints per seed
 base, clipdpo, povid, povid_text, both and control (those present) with CHAIR, Hal, Cover, F1, AMBER score and the relative cuts of
@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clipdpo.world.effect import summary
+from clipdpo_lab.effect import summary
 
 ORDER = ("base", "clipdpo", "povid", "povid_text", "both", "control")
 COLUMNS = (("chair", "CHAIR"), ("hal", "Hal"), ("cover", "Cover"), ("f1", "F1"), ("amber_score", "AMBER"))
@@ -59,7 +59,7 @@ def checks(figures: dict[str, dict]) -> dict[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.arms_table", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m clipdpo_lab.arms_table", description=__doc__)
     parser.add_argument("runs", nargs="+", help="SEED=path/to/metrics.json")
     args = parser.parse_args(argv)
     per_seed = {}

@@ -1,6 +1,6 @@
 """How right the world QA writer is on the world LVLM's own captions, through the generate stage's code.
 
-python -m clipdpo.world.qawriter_measure --world <world root> [--images 100]
+python -m clipdpo_world.qawriter_measure --world <world root> [--images 100]
 
 Takes the first `--images` pool images of a built world, runs `generate_shard` with the world's generate
 config with QA on (the LVLM's sampled captions, then the QA writer on them, engine hf; the writer is
@@ -25,10 +25,10 @@ def measure(world_root: str, images: int) -> dict:
     from clipdpo.generate.config import GenerateConfig
     from clipdpo.generate.qa_parse import QAItem
     from clipdpo.generate.shard import generate_shard
-    from clipdpo.world import data, qawriter, qawriter_build
-    from clipdpo.world.build import WorldConfig, build, world_key
-    from clipdpo.world.povid_source import scene_from_truth
-    from clipdpo.world.stageconfigs import world_qa_config
+    from clipdpo_world import data, qawriter, qawriter_build
+    from clipdpo_world.build import WorldConfig, build, world_key
+    from clipdpo_world.povid_source import scene_from_truth
+    from clipdpo_world.stageconfigs import world_qa_config
 
     record = json.loads(Path(world_root, "world.json").read_text())
     world = WorldConfig(seed=record["config"]["seed"])
@@ -60,7 +60,7 @@ def measure(world_root: str, images: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.world.qawriter_measure", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m clipdpo_world.qawriter_measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", required=True, help="a built world's root (holding world.json)")
     parser.add_argument("--images", type=int, default=100)

@@ -28,9 +28,9 @@ from typing import Callable
 
 import numpy as np
 
-from clipdpo.world import language
-from clipdpo.world.data import read_truth
-from clipdpo.world.scene import COLOURS, KIND_COLOURS, PLURALS, SLOTS, ObjectGroup, Scene
+from clipdpo_world import language
+from clipdpo_world.data import read_truth
+from clipdpo_world.scene import COLOURS, KIND_COLOURS, PLURALS, SLOTS, ObjectGroup, Scene
 
 INJECTIONS = ("partner", "count", "position", "colour")  # Table 6's error list
 SCENE_ERRORS = INJECTIONS[1:]  # the errors that change a present group (one per rewrite)
@@ -142,3 +142,9 @@ class WorldRewriter:
             errors, caption = rewrite(item.context, image_rng(self.seed, item.image_id))
             out.append((errors, f"Answer: {caption}"))
         return out
+
+
+def rewriter(cfg) -> WorldRewriter:
+    """The POVID source's plugin entry (`rewriter: "clipdpo_world.povid_source:rewriter"`): ground truth from the
+    pool folder in `cfg.ground_truth`, errors drawn with `cfg.seed`."""
+    return WorldRewriter(cfg.ground_truth, seed=cfg.seed)

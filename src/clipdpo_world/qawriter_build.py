@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from clipdpo.generate.qa_parse import parse_qa
-from clipdpo.world import data, lvlm, qawriter
-from clipdpo.world.clip import WorldBuildError
-from clipdpo.world.qawriter import QAWriterConfig
-from clipdpo.world.scene import Scene, SceneConfig
+from clipdpo_world import data, lvlm, qawriter
+from clipdpo_world.clip import WorldBuildError
+from clipdpo_world.qawriter import QAWriterConfig
+from clipdpo_world.scene import Scene, SceneConfig
 
 WRITER_FILE = "writer.json"  # written last: marks a finished writer
 MODULES = ("qawriter.py", "qawriter_build.py")

@@ -1,4 +1,4 @@
-"""python -m pipelines.loss_ablation: the DPO loss variants of the paper's Table 5 on a finished world run (issue 17).
+"""python -m clipdpo_lab.loss_ablation: the DPO loss variants of the paper's Table 5 on a finished world run (issue 17).
 
 Sec. 7.1 compares the loss CLIP-DPO trains with: DPO (beta 0.1, the paper's default, and 0.3), IPO, KTO,
 SLiC and cDPO (DPO with label smoothing 0.1, beta 0.1 and 0.3); `train.loss_type` and `train.beta`,
@@ -9,7 +9,7 @@ world's (learning rate, epochs, batch, ...). The reference log-probs are compute
 under `<run_root>-loss` (not beside the run's pairs: the run is only read). Then one AMBER evaluation of
 base, clipdpo and every variant goes to `<run_root>-loss/evaluation` (base's and clipdpo's responses copied
 from the run's own evaluation), and the table to `<state-dir>/reports/<run-id>/loss.md`
-(pipelines/ablation.py: what the ablations share).
+(clipdpo_lab/ablation.py: what the ablations share).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 from clipdpo.storage import Storage, join
-from pipelines import ablation
+from clipdpo_lab import ablation
 
 # The run's own model: the paper's default loss, DPO (sigmoid) with beta 0.1 and no label smoothing.
 PAPER = {"loss_type": "sigmoid", "beta": 0.1, "label_smoothing": 0.0}
@@ -79,7 +79,7 @@ LOSS = ablation.Ablation("loss", "Loss", VARIANTS, LABELS, train_variant, check_
 
 
 def main(argv: list[str] | None = None) -> int:
-    return ablation.main(LOSS, argv, "python -m pipelines.loss_ablation", __doc__)
+    return ablation.main(LOSS, argv, "python -m clipdpo_lab.loss_ablation", __doc__)
 
 
 if __name__ == "__main__":

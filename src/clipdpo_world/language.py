@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipdpo.world.scene import (BACKGROUND_NOUNS, KIND_COLOURS, KINDS, PARTNER, PLURALS, SLOTS, ObjectGroup,
+from clipdpo_world.scene import (BACKGROUND_NOUNS, KIND_COLOURS, KINDS, PARTNER, PLURALS, SLOTS, ObjectGroup,
                                  Scene)
 
 OPENINGS = {"plain": "a picture of", "field": "a field with", "page": "a page of text with"}
@@ -115,7 +115,7 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, st
 def category_descriptions(per_category: int = 10, seed: int = 12345) -> dict[str, list[str]]:
     """Ten descriptions per image category of Sec. 4.2, in the world's language: the correct captions of
     the first scenes of each category of a fixed draw. The score stage's prototypes come from these."""
-    from clipdpo.world.scene import sample_scene
+    from clipdpo_world.scene import sample_scene
 
     out: dict[str, list[str]] = {"text": [], "people": [], "objects": [], "scenes": []}
     index = 0

@@ -1,4 +1,4 @@
-"""python -m pipelines.rules_ablation: the paper's pair rules on and off, on a finished world run (issue 17).
+"""python -m clipdpo_lab.rules_ablation: the paper's pair rules on and off, on a finished world run (issue 17).
 
 A pair is kept when its CLIP-score margin is over 2.0 and the shorter caption has at least 0.75 of the
 longer one's words (Sec. 4.2; `filter.pair_min_margin`, `filter.pair_min_length_ratio`). This reuses
@@ -8,7 +8,7 @@ paper's rules) and reruns only filter -> train per variant of VARIANTS, each und
 Then one AMBER evaluation of base, clipdpo and every variant goes to `<run_root>-rules/evaluation`; base's
 and clipdpo's responses are copied there from the run's own evaluation first (responses are keyed and
 resumable), so only the variants are inferred. Prints the table and writes it to
-`<state-dir>/reports/<run-id>/rules.md` (pipelines/ablation.py: what the ablations share).
+`<state-dir>/reports/<run-id>/rules.md` (clipdpo_lab/ablation.py: what the ablations share).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 from clipdpo.storage import Storage
-from pipelines import ablation
+from clipdpo_lab import ablation
 
 # What each variant changes in the run's filter config (the paper's rules: the run itself, `clipdpo`).
 VARIANTS: dict[str, dict] = {
@@ -60,7 +60,7 @@ RULES = ablation.Ablation("rules", "Pair rules", VARIANTS, LABELS, train_variant
 
 
 def main(argv: list[str] | None = None) -> int:
-    return ablation.main(RULES, argv, "python -m pipelines.rules_ablation", __doc__)
+    return ablation.main(RULES, argv, "python -m clipdpo_lab.rules_ablation", __doc__)
 
 
 if __name__ == "__main__":

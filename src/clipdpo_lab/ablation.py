@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipdpo.storage import Storage, join
+from clipdpo_lab.localrun import arm_root, model_uri
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,11 @@ class Ablation:
     check_run: Callable[[dict[str, dict], str], None] | None = None
 
     def variant_root(self, run_root: str, variant: str) -> str:
-        return f"{run_root.rstrip('/')}-{self.name}-{variant}"
+        return arm_root(run_root, f"{self.name}-{variant}")
 
     def root(self, run_root: str) -> str:
         """Where the ablation's evaluation goes."""
-        return f"{run_root.rstrip('/')}-{self.name}"
+        return arm_root(run_root, self.name)
 
 
 def copy_responses(source_eval: str, target_eval: str, models: list[str], storage: Storage) -> int:
@@ -57,12 +58,12 @@ def copy_responses(source_eval: str, target_eval: str, models: list[str], storag
 def evaluate_variants(ablation: Ablation, configs: dict[str, dict], base: str, run_root: str) -> dict:
     """base, clipdpo and every variant in one evaluation under the ablation's root; its metrics.json."""
     from clipdpo import steps
-    from pipelines.world_run import evaluate_models
+    from clipdpo_lab.arms import evaluate_models
 
     storage, target = Storage(), ablation.root(run_root)
     models = evaluate_models(base, run_root)  # base and clipdpo, as the run named them
     models += [{**models[1], "name": variant,
-                "path": join(steps.artifact_uri(ablation.variant_root(run_root, variant), "train"), "model")}
+                "path": model_uri(ablation.variant_root(run_root, variant))}
                for variant in ablation.variants]
     copy_responses(steps.artifact_uri(run_root, "evaluate"), steps.artifact_uri(target, "evaluate"),
                    ["base", "clipdpo"], storage)
@@ -79,7 +80,7 @@ def cut(value: float, base: float) -> str:
 
 def table(ablation: Ablation, metrics: dict, pairs: dict[str, int]) -> str:
     """The ablation as a Markdown table: pairs, and AMBER's headline figures with the cut against base."""
-    from clipdpo.world.effect import summary
+    from clipdpo_lab.effect import summary
 
     found = summary(metrics)  # metrics.json sorts its keys: the table keeps base, the run's model, then variants
     rows = {name: found[name] for name in ["base", "clipdpo", *ablation.variants] if name in found}
@@ -109,7 +110,7 @@ def finished_run_pairs(run_root: str, args) -> int:
 
 
 def run(ablation: Ablation, args) -> int:
-    from pipelines.world_run import world_configs
+    from clipdpo_lab.arms import world_configs
 
     run_root = args.run_root or f"s3://{args.bucket}/runs/{args.run_id}"
     pairs = {"clipdpo": finished_run_pairs(run_root, args)}  # the run first: a missing run should not wait for a world

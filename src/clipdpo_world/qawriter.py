@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipdpo.generate.qa_parse import QAItem
-from clipdpo.world import language
-from clipdpo.world.scene import KIND_COLOURS, KINDS, PARTNER, PLURALS, SLOTS, ObjectGroup, Scene
+from clipdpo_world import language
+from clipdpo_world.scene import KIND_COLOURS, KINDS, PARTNER, PLURALS, SLOTS, ObjectGroup, Scene
 
 NUMBER_ANSWERS = {1: "one", 2: "two"}
 # The world's QA prompt (the generate stage's QAConfig.prompt_template for the world): the paper's template is

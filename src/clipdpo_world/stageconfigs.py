@@ -5,7 +5,7 @@ Apart from the build: changing how a run uses the world does not rebuild the wor
 
 from __future__ import annotations
 
-from clipdpo.world import clip, language
+from clipdpo_world import clip, language
 
 # AMBER's descriptions on the world are sampled, not greedy (issue 17, trap 3): the model's own distribution
 # (temperature 1.0, as the generate stage samples its captions) drawn 3 times for each of the 300 held-out
@@ -24,7 +24,7 @@ def world_qa_config(world_root: str, say=print) -> dict:
     with the world's QA writer, trained on first use as an add-on of the world (`qawriter_build.ensure`, which
     refuses a writer below its self-check's bar). Off unless a run asks (`pipelines.run --qa`): the README's
     measured world tables are without QA pairs."""
-    from clipdpo.world import qawriter, qawriter_build
+    from clipdpo_world import qawriter, qawriter_build
 
     writer = qawriter_build.ensure(world_root, say=say)
     return {"enabled": True, "model": {"name": "world-qa-writer", "path": writer, "engine": "hf", "dtype": "float32"},
@@ -82,4 +82,5 @@ def method_train_config(train: dict, method: str) -> dict:
 
 def povid_source_config(images: str, seed: int) -> dict:
     """The POVID source on the world: its rule-based stand-in for the LLM, ground truth from the pool's truth.jsonl."""
-    return {"source": "world", "ground_truth": images, "seed": seed}
+    return {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": images,
+            "seed": seed}

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from clipdpo.world.scene import Scene, SceneConfig, png_bytes, render, sample_scene
+from clipdpo_world.scene import Scene, SceneConfig, png_bytes, render, sample_scene
 
 
 def scenes(seed: int, split: str, count: int, cfg: SceneConfig = SceneConfig()) -> list[Scene]:

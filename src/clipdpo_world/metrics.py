@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from clipdpo.world import language
-from clipdpo.world.scene import BACKGROUND_NOUNS, PLURALS, Scene
+from clipdpo_world import language
+from clipdpo_world.scene import BACKGROUND_NOUNS, PLURALS, Scene
 
 _WORDS = {word: word for word in language.vocabulary()} | {plural: kind for kind, plural in PLURALS.items()}
 

@@ -17,21 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clipdpo.world import language
-from clipdpo.world.scene import SIZE, Scene, render
+from clipdpo.llava_chat import CHAT_TEMPLATE, SPECIAL_TOKENS
+from clipdpo_world import language
+from clipdpo_world.scene import SIZE, Scene, render
 
-log = logging.getLogger("clipdpo.world")
+log = logging.getLogger("clipdpo_world")
 
-# LLaVA-1.5's conversation shape ("USER: <image>\n... ASSISTANT: ...</s>").
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} "
-    "{% else %}ASSISTANT: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{{ m['content'][0]['text'] }}{% endif %}</s>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +69,7 @@ def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    from clipdpo.world import tower
+    from clipdpo_world import tower
 
     if cfg.vision_from_clip and clip_tower is None:
         raise ValueError("LvlmConfig.vision_from_clip: pass the world CLIP's (model config, visual state dict)")

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipdpo.world import language
-from clipdpo.world.scene import SIZE, Scene, render
+from clipdpo_world import language
+from clipdpo_world.scene import SIZE, Scene, render
 
-log = logging.getLogger("clipdpo.world")
+log = logging.getLogger("clipdpo_world")
 
 WORLD_CLIP_NAME = "clipdpo-world-clip"
 CHECKPOINT = "open_clip_model.pt"

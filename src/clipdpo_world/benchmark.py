@@ -18,9 +18,9 @@ import numpy as np
 
 from clipdpo.evaluate import amber
 from clipdpo.storage import Storage, join
-from clipdpo.world import language
-from clipdpo.world.metrics import truth
-from clipdpo.world.scene import KINDS, Scene, SceneConfig, png_bytes, render
+from clipdpo_world import language
+from clipdpo_world.metrics import truth
+from clipdpo_world.scene import KINDS, Scene, SceneConfig, png_bytes, render
 
 AMBER_TYPES = {"existence": "discriminative-hallucination", "attribute-state": "discriminative-attribute-state",
                "attribute-number": "discriminative-attribute-number", "relation": "discriminative-relation"}

@@ -14,9 +14,9 @@ There are no real CLIP or LVLM weights on a laptop or CI machine; this world sta
   images name the absent partner; refuses greedy Cover below 90%.
 - `benchmark`: AMBER's official layout, POPE questions and a zero-shot folder on held-out images.
 - `build`: all of it once, cached by a hash of the world-making code and config
-  (`python -m clipdpo.world build --out .local/world --seed 0`, or `make world`).
+  (`python -m clipdpo_world build --out .local/world --seed 0`, or `make world`).
 - `stageconfigs`: the stage configs a pipeline run on the world uses; `effect`: runs the stages
-  in-process (`python -m clipdpo.world measure ...`); `control`: the shuffled-score control arm.
+  in-process (`python -m clipdpo_world measure ...`); `control`: the shuffled-score control arm.
 - `qawriter` + `qawriter_build`: the QA writer (the paper's instruction LLM), a small Llama chat model
   trained from the world's truth and cached as an add-on of a built world (`<world>/qa-writer-<key>/`);
   `qawriter_measure` scores its QA rows on the LVLM's captions. Opt-in: `pipelines.run --qa` (make QA=1)
@@ -30,6 +30,6 @@ image, exact world metrics. base -> CLIP-DPO (control: scores shuffled within ea
   sampled CHAIR 10.0->6.5 (10.4) | 11.9->8.3 (11.6) | 13.2->8.9 (12.7)
   sampled Hal   27.8->18.1 (28.4) | 31.9->23.0 (30.9) | 32.7->21.7 (31.3)
   Cover within +-1 point; AMBER score +1.45 / +0.15 / +0.9. World 2 is
-  `python -m clipdpo.world measure --seed 2 --out OUT --run-root RUN` (~5 min once built).
+  `python -m clipdpo_world measure --seed 2 --out OUT --run-root RUN` (~5 min once built).
 The world's LVLM answers Yes/No questions near chance on worlds 0 and 1 (AMBER F1 ~60, POPE ~50%).
 """

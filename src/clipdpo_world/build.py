@@ -16,11 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from clipdpo.world import benchmark, clip, data, lvlm, metrics
-from clipdpo.world.clip import ClipConfig, WorldBuildError
-from clipdpo.world.lvlm import LvlmConfig
-from clipdpo.world.scene import SceneConfig
-from clipdpo.world.stageconfigs import stage_configs
+from clipdpo import llava_chat
+from clipdpo_world import benchmark, clip, data, lvlm, metrics
+from clipdpo_world.clip import ClipConfig, WorldBuildError
+from clipdpo_world.lvlm import LvlmConfig
+from clipdpo_world.scene import SceneConfig
+from clipdpo_world.stageconfigs import stage_configs
 
 WORLD_FILE = "world.json"
 # The modules whose code decides what a build makes (the entry point and the stage runner do not).
@@ -60,6 +61,7 @@ def world_key(cfg: WorldConfig) -> str:
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
     for name in WORLD_MODULES:
         digest.update(name.encode() + Path(__file__).with_name(name).read_bytes())
+    digest.update(Path(llava_chat.__file__).read_bytes())  # the LVLM's chat template lives in the product
     return digest.hexdigest()[:16]
 
 

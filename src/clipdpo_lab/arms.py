@@ -1,17 +1,16 @@
-"""The local run on the synthetic world (`python -m pipelines.run --world SEED [--method M] [--arms A,B]
+"""The arms of a world run (`python -m clipdpo_lab run --world SEED [--method M] [--arms A,B]
 [--control shuffled]`).
 
 `world_configs` builds (or reuses from the cache) the world of that seed and returns its stage
 configs, with the evaluate stage naming the models `base` (the world LVLM) and the run's trained model
-by its method (`clipdpo`, `povid` or `both`), so the report and metrics.json key results by those names
-(issues 15, 17).
+by its method (`clipdpo`, `povid` or `both`), so the report and metrics.json key results by those names.
 
 The kfp pipeline trains one method per run (its train config's `method` chooses the pairs train
 consumes). Other arms run in this process after the pipeline, through the same step functions the
-components call, each under `<run_root>-<arm>` and reusing the pipeline's images, scores and CLIP-DPO
+components call (clipdpo_lab.localrun), each under `<run_root>-<arm>` and reusing the pipeline's images, scores and CLIP-DPO
 pairs: `povid` and `both` make POVID's pairs (the world's rule-based injector) and train with POVID's
 two stages; `control` shuffles the run's CLIP scores among each image's captions
-(`clipdpo.world.control`), then filters and trains as CLIP-DPO. The evaluate step then reruns on the
+(`clipdpo_lab.control`), then filters and trains as CLIP-DPO. The evaluate step then reruns on the
 run's own evaluation folder with every model, reusing the responses already there (they are
 resumable), so one report holds all arms side by side; a rerun reuses every finished arm.
 
@@ -26,7 +25,7 @@ import json
 import os
 from pathlib import Path
 
-from clipdpo.storage import join
+from clipdpo_lab.localrun import arm_root, control_arm, evaluate, hf_model, model_uri
 
 CONTROLS = ("shuffled",)
 METHODS = ("clipdpo", "povid", "both")  # what the kfp pipeline's train consumes (the train config's method)
@@ -35,14 +34,10 @@ METHODS = ("clipdpo", "povid", "both")  # what the kfp pipeline's train consumes
 # noisy-image rejections' share of the effect).
 ABLATIONS = {"povid_text": ("povid", {"povid_beta_2": 0.0})}
 ARMS = (*METHODS, *ABLATIONS, "control")  # the models a world report can compare with base
-# configs[TRAIN_OVERRIDES]: the run's `--set train.KEY=VALUE` items (pipelines/run.py), which every arm's train
-# config takes on top of its method's, as the pipeline's own train config does
+# The lab's configs dict holds, beside the stage configs, the CLIP-DPO arm's train config ("world_train", which
+# every arm's derives from) and the run's `--set train.KEY=VALUE` items (TRAIN_OVERRIDES), which every arm's train
+# config takes on top of its method's, as the pipeline's own train config does. Neither reaches the product.
 TRAIN_OVERRIDES = "train_overrides"
-
-
-def arm_root(run_root: str, arm: str) -> str:
-    """Where an arm run after the pipeline writes: `<run_root>-<arm>`."""
-    return run_root.rstrip("/") + "-" + arm
 
 
 def control_root(run_root: str) -> str:
@@ -53,14 +48,9 @@ def evaluate_models(base: str, run_root: str, control: bool = False, method: str
                     arms: tuple[str, ...] = ()) -> list[dict]:
     """The models the world report compares, on the hf engine in float32: base, the pipeline's trained model
     (named by its method), then each arm run after it (and the control)."""
-    from clipdpo.steps import artifact_uri
-
     extra = [arm for arm in arms if arm != method] + (["control"] if control and "control" not in arms else [])
     roots = {method: run_root} | {arm: arm_root(run_root, arm) for arm in extra}
-    models = [{"name": "base", "path": base, "engine": "hf", "dtype": "float32"}]
-    models += [{"name": name, "path": join(artifact_uri(root, "train"), "model"), "engine": "hf", "dtype": "float32"}
-               for name, root in roots.items()]
-    return models
+    return [hf_model("base", base)] + [hf_model(name, model_uri(root)) for name, root in roots.items()]
 
 
 def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: str = "clipdpo", qa: bool = False
@@ -68,13 +58,13 @@ def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: s
     """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`
     training with `method` (the POVID source's config under "povid"); `qa`: generate writes QA rows with the
     world's QA writer (trained once per world, cached in its folder)."""
-    # One torch thread: with two threads and a busy second core training ran ~10x slower (issue 17, trap 4).
+    # One torch thread: with two threads and a busy second core training ran ~10x slower.
     # Set before torch loads; the components (subprocesses) inherit it.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from clipdpo.world.build import WorldConfig, build
-    from clipdpo.world.stageconfigs import method_train_config, povid_source_config, world_qa_config
+    from clipdpo_world.build import WorldConfig, build
+    from clipdpo_world.stageconfigs import method_train_config, povid_source_config, world_qa_config
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
@@ -97,7 +87,7 @@ def arm_train_config(configs: dict[str, dict], arm: str) -> dict:
     `--set train.KEY=VALUE` overrides (configs[TRAIN_OVERRIDES]), applied after the method's settings exactly as
     the pipeline's own train config gets them, so `--set train.learning_rate=...` reaches every arm."""
     from clipdpo.config import apply_overrides
-    from clipdpo.world.stageconfigs import method_train_config
+    from clipdpo_world.stageconfigs import method_train_config
 
     method, changed = ABLATIONS.get(arm, ("clipdpo" if arm == "control" else arm, {}))
     train = {**method_train_config(configs["world_train"], method), **changed}
@@ -106,16 +96,7 @@ def arm_train_config(configs: dict[str, dict], arm: str) -> dict:
 
 def train_control_arm(configs: dict[str, dict], run_root: str, seed: int = 0, say=print) -> str:
     """Shuffled scores -> filter -> train under `<run_root>-control`; returns its model artifact."""
-    from clipdpo import steps
-    from clipdpo.world.control import write_shuffled
-
-    control = control_root(run_root)
-    say(f"control arm (CLIP scores shuffled within each image) under {control}: scores ...")
-    write_shuffled(steps.artifact_uri(run_root, "score"), steps.artifact_uri(control, "score"), seed=seed)
-    say("control arm: filter ...")
-    steps.filter_step(control, json.dumps(configs["filter"]))
-    say("control arm: train ...")
-    return steps.train_step(control, json.dumps(arm_train_config(configs, "control")), launcher="local")
+    return control_arm(configs, arm_train_config(configs, "control"), run_root, seed=seed, say=say)
 
 
 def train_method_arm(configs: dict[str, dict], method: str, run_root: str, say=print) -> str:
@@ -139,9 +120,6 @@ def run_arms(configs: dict[str, dict], base: str, run_root: str, arms: tuple[str
     the pipeline, through the same step functions; then the evaluate step reruns on the run's own evaluation
     folder with base, the pipeline's model and every arm, reusing the responses already there. Returns that
     metrics.json."""
-    from clipdpo import steps
-    from clipdpo.storage import Storage
-
     for arm in arms:
         if arm not in ARMS:
             raise ValueError(f"arm {arm!r}: expected one of {ARMS}")
@@ -150,10 +128,8 @@ def run_arms(configs: dict[str, dict], base: str, run_root: str, arms: tuple[str
         elif arm != method:
             train_method_arm(configs, arm, run_root, say)
     say("arms: evaluate (the responses already made are reused) ...")
-    evaluate = {**configs["evaluate"], "models": evaluate_models(base, run_root, method=method, arms=arms)}
-    train = json.dumps(configs["train"])
-    steps.evaluate_step(run_root, steps.artifact_uri(run_root, "train"), train, json.dumps(evaluate))
-    return json.loads(Storage().read_bytes(join(steps.artifact_uri(run_root, "evaluate"), "metrics.json")))
+    return evaluate(run_root, configs["evaluate"], evaluate_models(base, run_root, method=method, arms=arms),
+                    configs["train"])
 
 
 def run_control_arm(configs: dict[str, dict], base: str, run_root: str, seed: int = 0, say=print) -> dict:
@@ -163,7 +139,7 @@ def run_control_arm(configs: dict[str, dict], base: str, run_root: str, seed: in
 
 def headline(metrics: dict) -> str:
     """The report's headline numbers per model (AMBER CHAIR, Hal, Cover, discriminative F1, AMBER score)."""
-    from clipdpo.world.effect import summary
+    from clipdpo_lab.effect import summary
 
     rows = ["  model     CHAIR    Hal  Cover     F1  AMBER"]
     for name, row in summary(metrics).items():
