@@ -64,14 +64,17 @@ def validate(configs: dict[str, dict]) -> None:
     unknown = sorted(set(configs) - set(CONFIG_NAMES))
     if unknown:
         raise ConfigError(f"configs: unknown name(s) {unknown}; expected some of {list(CONFIG_NAMES)}")
-    typed = {}
-    for name in CONFIG_NAMES:
-        if name == "povid":
-            continue
-        body = configs.get(name) or {}
+    for name, body in configs.items():
         if not isinstance(body, dict):
             raise ConfigError(f"{name}_config: must be a JSON object, got {type(body).__name__}")
-        typed[name] = from_dict(config_class(name), body, f"{name}_config")
+    typed = {name: from_dict(config_class(name), configs.get(name) or {}, f"{name}_config")
+             for name in CONFIG_NAMES if name not in ("evaluate", "povid")}
+    evaluate = dict(configs.get("evaluate") or {})
+    if evaluate:  # empty: no evaluation; without models the step compares the run's base and trained model
+        engine = evaluate.get("engine", "vllm")
+        evaluate.setdefault("models", [{"name": "base", "path": typed["train"].model, "engine": engine},
+                                       {"name": "trained", "path": "<the run's model>", "engine": engine}])
+        from_dict(config_class("evaluate"), evaluate, "evaluate_config")
     if typed["train"].method != "clipdpo":
         from_dict(config_class("povid"), configs.get("povid") or {}, "povid_config")
 
