@@ -8,6 +8,7 @@ is kept; a CLIP that cannot rank or an LVLM that cannot see stops the build with
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -56,12 +57,25 @@ class WorldPaths:
     checks: dict  # the self-checks' measurements
 
 
+def code_digest(path: str | Path) -> bytes:
+    """What a module's code says, not how it is laid out: its syntax tree without docstrings, comments or
+    formatting (a reformat or a reworded comment does not rebuild every world)."""
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            body[0] = ast.Pass()
+    return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).digest()
+
+
 def world_key(cfg: WorldConfig) -> str:
-    """sha256 of the world-making code (WORLD_MODULES) and the config: what makes a build reusable."""
+    """sha256 of the world-making code (WORLD_MODULES, and the product's chat template the LVLM is built with)
+    and the config: what makes a build reusable."""
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
     for name in WORLD_MODULES:
-        digest.update(name.encode() + Path(__file__).with_name(name).read_bytes())
-    digest.update(Path(llava_chat.__file__).read_bytes())  # the LVLM's chat template lives in the product
+        digest.update(name.encode() + code_digest(Path(__file__).with_name(name)))
+    digest.update(code_digest(llava_chat.__file__))
     return digest.hexdigest()[:16]
 
 
