@@ -131,6 +131,7 @@ def test_example_ci_workflow_rebuilds_images_and_submits_a_run():
     assert "clipdpo.cluster.imagetags --stage" in steps and "imagetools inspect" in steps and "grep" not in steps
     retrain_env = next(step for step in jobs["retrain"]["steps"] if "make pipeline-run" in step.get("run", ""))["env"]
     assert retrain_env["CLIPDPO_IMAGE_TAGS"] == "${{ needs.images.outputs.tags }}"  # compiled with those tags
+    assert "locks/**" in workflow[True]["push"]["paths"]  # a lockfile change rebuilds its images
 
 
 def test_one_dockerfile_per_image_and_make_builds_the_stage_list():
