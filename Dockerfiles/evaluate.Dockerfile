@@ -40,6 +40,7 @@ WORKDIR /home/clipdpo
 # builds a Python extension here.
 RUN python -c "import vllm, open_clip, clipdpo.evaluate.evaluation, clipdpo.steps, clipdpo.report.build, mlflow, kfp; from clipdpo.evaluate.nlp import OfficialNLP; print(OfficialNLP().nouns('Two dogs on the grass.'))" \
     && printf '#include <Python.h>\nint main(void){return 0;}\n' > /tmp/cc.c \
-    && gcc -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" /tmp/cc.c -o /tmp/cc && /tmp/cc \
+    && gcc -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" /tmp/cc.c -o /tmp/cc \
+    && /tmp/cc \
     && python -m clipdpo.evaluate --help > /dev/null
 CMD ["python", "-m", "clipdpo.evaluate", "--help"]

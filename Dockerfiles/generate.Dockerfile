@@ -30,6 +30,7 @@ WORKDIR /home/clipdpo
 # Smoke check: the stage imports, and the C compiler Triton calls builds a Python extension here.
 RUN python -c "import vllm, clipdpo.engines, clipdpo.steps, kfp" \
     && printf '#include <Python.h>\nint main(void){return 0;}\n' > /tmp/cc.c \
-    && gcc -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" /tmp/cc.c -o /tmp/cc && /tmp/cc \
+    && gcc -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" /tmp/cc.c -o /tmp/cc \
+    && /tmp/cc \
     && python -m clipdpo.generate --help > /dev/null
 CMD ["python", "-m", "clipdpo.generate", "--help"]
