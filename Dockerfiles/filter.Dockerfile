@@ -1,19 +1,20 @@
-# clipdpo filter stage (and ingest): CPU only (PyArrow/NumPy). torch comes from the CPU wheel index to keep it small.
+# clipdpo filter stage (and ingest): CPU work (PyArrow/NumPy).
+# Layers from what changes least to most: the base (by digest), the packages of locks/filter.txt (every one
+# pinned with its hashes, installed with --require-hashes; scripts/lock_images.py writes it), then the clipdpo
+# sources, on PYTHONPATH rather than installed: a source-only change rebuilds only the layers after `COPY src`.
 # Build from the repository root: docker build -f Dockerfiles/filter.Dockerfile -t clipdpo-filter:TAG .
-FROM python:3.11.14-slim-bookworm AS build
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY src ./src
+COPY locks/filter.txt /tmp/requirements.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
-        torch==2.14.1 torchvision==0.29.1 \
-    && /opt/venv/bin/pip install --no-cache-dir .
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip check
 
-FROM python:3.11.14-slim-bookworm
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 RUN groupadd --gid 1000 clipdpo && useradd --uid 1000 --gid 1000 --create-home clipdpo
-COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+COPY --from=deps /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONPATH=/opt/clipdpo/src
+COPY src /opt/clipdpo/src
 USER 1000:1000
 WORKDIR /home/clipdpo
 RUN python -c "import pyarrow, clipdpo.filter.__main__, clipdpo.ingest.__main__, clipdpo.steps, kfp" && python -m clipdpo.filter --help > /dev/null

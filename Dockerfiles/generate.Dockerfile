@@ -1,22 +1,36 @@
-# clipdpo generate stage: vLLM on GPU. vLLM pins its own torch and transformers, so
-# this image installs vLLM first and clipdpo without dependencies, then clipdpo's other pins.
+# clipdpo generate stage: vLLM on GPU. locks/generate.txt resolves clipdpo's pins together with vllm==0.33.0,
+# taking torch, torchvision, transformers and pillow at vLLM's versions (locks/vllm-overrides.txt says which):
+# the HF engine runs there on those.
+# Layers from what changes least to most: the base (by digest), the packages of locks/generate.txt (every one
+# pinned with its hashes, installed with --require-hashes; scripts/lock_images.py writes it), then the clipdpo
+# sources, on PYTHONPATH rather than installed: a source-only change rebuilds only the layers after `COPY src`.
 # Build from the repository root: docker build -f Dockerfiles/generate.Dockerfile -t clipdpo-generate:TAG .
-FROM python:3.11.14-slim-bookworm AS build
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY src ./src
+COPY locks/generate.txt /tmp/requirements.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir vllm==0.33.0 boto3==1.43.107 pyarrow==25.0.1 pillow==12.3.0 \
-        kfp==2.17.0 kfp-kubernetes==2.17.0 \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps .
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip check
 
-FROM python:3.11.14-slim-bookworm
-RUN groupadd --gid 1000 clipdpo && useradd --uid 1000 --gid 1000 --create-home clipdpo
-COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HOME=/home/clipdpo/.cache/huggingface
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+# What vLLM compiles when it loads a model: Triton builds a small C helper with gcc at its first kernel launch
+# (gcc and the libc headers of the base's own libc6, Python's headers come with the base), and FlashInfer's
+# top-p/top-k sampler JIT-compiles CUDA with nvcc, which this image does not have: VLLM_USE_FLASHINFER_SAMPLER=0
+# keeps vLLM on its PyTorch sampler. The CUDA 13 wheels (torch 2.14.0) need an NVIDIA driver >= 580 on the nodes.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev="$(dpkg-query -W -f='${Version}' libc6)" \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 1000 clipdpo && useradd --uid 1000 --gid 1000 --create-home clipdpo
+COPY --from=deps /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HOME=/home/clipdpo/.cache/huggingface PYTHONPATH=/opt/clipdpo/src \
+    CC=gcc VLLM_USE_FLASHINFER_SAMPLER=0
+COPY src /opt/clipdpo/src
 USER 1000:1000
 WORKDIR /home/clipdpo
+# Smoke check: the stage imports, and the C compiler Triton calls builds a Python extension here.
 RUN python -c "import vllm, clipdpo.engines, clipdpo.steps, kfp" \
+    && printf '#include <Python.h>\nint main(void){return 0;}\n' > /tmp/cc.c \
+    && gcc -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" /tmp/cc.c -o /tmp/cc \
+    && /tmp/cc \
     && python -m clipdpo.generate --help > /dev/null
 CMD ["python", "-m", "clipdpo.generate", "--help"]

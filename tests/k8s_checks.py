@@ -222,8 +222,13 @@ def validate_trainjob(job: dict, runtime: dict | None = None) -> None:
     validate_crd_object(job)
     name = job["metadata"]["name"]
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, f"TrainJob name {name!r} (CEL rule)"
+    _validate_pod_template(trainjob_pod_template(job, runtime))
+
+
+def trainjob_pod_template(job: dict, runtime: dict | None = None) -> dict:
+    """The pod template a TrainJob's node pods get: its runtime's, with its patches and trainer applied."""
     runtime = runtime or stock_runtimes()[job["spec"]["runtimeRef"]["name"]]
-    template = _node_template(runtime, "node")
+    template = copy.deepcopy(_node_template(runtime, "node"))
     for patch in job["spec"].get("runtimePatches", []):
         for replicated in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
             assert replicated["name"] == "node", f"patch for unknown replicated job {replicated['name']!r}"
@@ -233,7 +238,7 @@ def validate_trainjob(job: dict, runtime: dict | None = None) -> None:
     node.update({k: trainer[k] for k in ("image", "command", "args") if k in trainer})
     node["env"] = _merge_named(node.get("env", []), trainer.get("env", []))
     node["resources"] = trainer.get("resourcesPerNode", {})
-    _validate_pod_template(template)
+    return template
 
 
 def validate_any(obj: dict) -> None:

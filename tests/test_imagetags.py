@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,10 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def repo(tmp_path):
-    """A copy of what the tags read: src/, Dockerfiles/, pipelines/*.py, pyproject.toml."""
+    """A copy of what the tags read: src/, Dockerfiles/, locks/, pipelines/*.py, pyproject.toml."""
     shutil.copytree(os.path.join(ROOT, "src", "clipdpo"), tmp_path / "src" / "clipdpo",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(os.path.join(ROOT, "Dockerfiles"), tmp_path / "Dockerfiles")
+    shutil.copytree(os.path.join(ROOT, "locks"), tmp_path / "locks")
     (tmp_path / "pipelines").mkdir()
     for name in os.listdir(os.path.join(ROOT, "pipelines")):
         if name.endswith(".py"):
@@ -85,19 +87,30 @@ def test_the_graph_follows_lazy_imports_and_ignores_files_nobody_imports(repo):
 
 
 @pytest.mark.slow  # hashes a copy of the repository several times
-def test_dockerfiles_and_pins_reach_only_their_stages(repo):
+def test_dockerfiles_lockfiles_and_base_digests_reach_only_their_stages(repo):
     before = tags(repo)
     touch(repo / "Dockerfiles" / "train.Dockerfile")
     assert changed(before, tags(repo)) == {"train"}
-    pyproject = repo / "pyproject.toml"
-    text = pyproject.read_text()
     before = tags(repo)
-    pyproject.write_text(text.replace('"pytest==9.1.1"', '"pytest==9.1.2"'))  # dev only: in no image
-    assert changed(before, tags(repo)) == set()
-    pyproject.write_text(text.replace('deepspeed = ["deepspeed==0.19.8"]', 'deepspeed = ["deepspeed==0.19.9"]'))
-    assert changed(before, tags(repo)) == {"train"}  # the only image installing the extra
-    pyproject.write_text(text.replace('"boto3==1.43.107",', '"boto3==1.43.108",'))
-    assert changed(before, tags(repo)) == set(imagetags.STAGES)
+    touch(repo / "locks" / "generate.txt")  # a package of the generate image moved
+    assert changed(before, tags(repo)) == {"generate"}
+    before = tags(repo)
+    touch(repo / "locks" / "evaluate-nlp.txt")  # the evaluate image's second lockfile
+    assert changed(before, tags(repo)) == {"evaluate"}
+    pyproject = repo / "pyproject.toml"
+    before = tags(repo)
+    pyproject.write_text(pyproject.read_text().replace('"pytest==9.1.1"', '"pytest==9.1.2"'))
+    assert changed(before, tags(repo)) == set()  # pins reach an image through its lockfile only
+    score = repo / "Dockerfiles" / "score.Dockerfile"
+    text = score.read_text()
+    digest = re.search(r"@sha256:([0-9a-f]{64})", text).group(1)
+    before = tags(repo)
+    score.write_text(text.replace(digest, "0" * 64))  # the same tag, another base image
+    assert changed(before, tags(repo)) == {"score"}
+    assert imagetags.stage_inputs(str(repo), "score")["bases"] == [f"python:3.11.14-slim-bookworm@sha256:{'0' * 64}"]
+    score.write_text(re.sub(r"@sha256:[0-9a-f]{64}", "", text))
+    with pytest.raises(ValueError, match="not pinned by digest"):
+        imagetags.stage_tag(str(repo), "score")
 
 
 def test_what_goes_into_each_tag(repo_tags):
@@ -106,6 +119,9 @@ def test_what_goes_into_each_tag(repo_tags):
     assert not any(path.startswith("clipdpo/ingest/") for path in sources["generate"])
     assert "clipdpo/cluster/launch.py" in sources["train"]  # steps.train_step's lazy import
     assert not any(path.startswith("clipdpo/cluster/") for path in sources["generate"] | sources["score"])
+    locks = {stage: set(imagetags.stage_inputs(ROOT, stage)["locks"]) for stage in imagetags.STAGES}
+    assert locks == {"filter": {"locks/filter.txt"}, "score": {"locks/score.txt"}, "train": {"locks/train.txt"},
+                     "generate": {"locks/generate.txt"}, "evaluate": {"locks/evaluate.txt", "locks/evaluate-nlp.txt"}}
     from clipdpo import __version__
 
     prefix = f"{__version__}-"

@@ -4,6 +4,7 @@ grants exactly what the launcher uses."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -105,21 +106,74 @@ def check_least_privilege(rules: list[dict], secret_name: str = "clipdpo-s3") ->
     assert secret_rules == [("", "secrets", "get", (secret_name,))]  # one Secret, by name, read only
 
 
-@pytest.mark.parametrize("overlay,namespace,runner", [("dev", "clipdpo-dev", ("pipeline-runner", "kubeflow")),
-                                                      ("prod", "clipdpo", ("default-editor", "clipdpo"))])
-def test_kustomize_overlays_render_valid_objects(overlay, namespace, runner):
+def launcher_can_run_in(objects: list[dict], runner: str, namespace: str, secret: str = "clipdpo-s3") -> list[str]:
+    """What stops a pipeline step running as ServiceAccount `runner` in `namespace` from launching training
+    there (the train step creates its job in its own pod's namespace): RBAC as the API server applies it
+    (a RoleBinding in that namespace naming runner@namespace, to a Role there granting the verb), and the
+    training pods' ServiceAccount in that namespace. Empty: nothing does."""
+    def allowed(group: str, resource: str, verb: str, name: str = "") -> bool:
+        for binding in (o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["namespace"] == namespace):
+            if not any(s["kind"] == "ServiceAccount" and s["name"] == runner and s.get("namespace") == namespace
+                       for s in binding["subjects"]):
+                continue
+            for role in (o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == binding["roleRef"]["name"]
+                         and o["metadata"]["namespace"] == namespace):
+                for rule in role["rules"]:
+                    if (group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+                            and (not rule.get("resourceNames") or name in rule["resourceNames"])):
+                        return True
+        return False
+
+    problems = [f"403 {verb} {resource}" for group, resource, verb in
+                [("trainer.kubeflow.org", "trainjobs", "create"), ("trainer.kubeflow.org", "trainjobs", "get"),
+                 ("kubeflow.org", "pytorchjobs", "create"), ("", "pods", "list"), ("", "pods/log", "get")]
+                if not allowed(group, resource, verb)]
+    if not allowed("", "secrets", "get", secret):
+        problems.append(f"403 get secrets/{secret}")
+    if not any(o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "clipdpo-train"
+               and o["metadata"]["namespace"] == namespace for o in objects):
+        problems.append("serviceaccount clipdpo-train not found")
+    return problems
+
+
+@pytest.mark.parametrize("overlay,namespace,runner", [("standalone", "kubeflow", "pipeline-runner"),
+                                                      ("profile", "team-a", "default-editor")])
+def test_kustomize_overlays_render_valid_objects_where_the_runs_execute(overlay, namespace, runner):
     objects = kustomize(os.path.join(ROOT, "k8s", "overlays", overlay))
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["Namespace", "Role", "RoleBinding", "ServiceAccount"]
+    assert kinds == ["Role", "RoleBinding", "ServiceAccount"]  # no Namespace: kubeflow / the Profile's own
     for obj in objects:
         k8s_checks.validate_core(obj)
-        if obj["kind"] != "Namespace":
-            assert obj["metadata"]["namespace"] == namespace
-        assert obj["metadata"]["labels"]["clipdpo.dev/environment"] == overlay
-    binding = next(o for o in objects if o["kind"] == "RoleBinding")
-    assert (binding["subjects"][0]["name"], binding["subjects"][0]["namespace"]) == runner
+        assert obj["metadata"]["namespace"] == namespace
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "clipdpo"
+    assert launcher_can_run_in(objects, runner, namespace) == []
     assert not any(o["kind"].startswith("Cluster") for o in objects)
     check_least_privilege(role_rules(objects))
+
+
+def test_kustomizations_use_no_deprecated_fields():
+    for path in glob.glob(os.path.join(ROOT, "k8s", "**", "kustomization.yaml"), recursive=True):
+        spec = yaml.safe_load(open(path))
+        assert not {"bases", "commonLabels", "patchesStrategicMerge", "patchesJson6902", "vars"} & set(spec), path
+        rendered = subprocess.run([shutil.which("kubectl"), "kustomize", os.path.dirname(path)], capture_output=True,
+                                  text=True)
+        assert "deprecated" not in rendered.stderr + rendered.stdout, (path, rendered.stderr)
+
+
+@pytest.mark.parametrize("namespace,runner", [("kubeflow", "pipeline-runner"), ("team-a", "default-editor")])
+def test_helm_puts_the_launchers_rbac_where_the_runs_execute(namespace, runner):
+    objects = render_chart({**SECRET_VALUES, "pipelineRunner": {"serviceAccount": runner}}, namespace)
+    assert launcher_can_run_in(objects, runner, namespace) == []
+    assert next(o for o in objects if o["kind"] == "Secret")["metadata"]["namespace"] == namespace
+
+
+def test_the_namespace_check_replays_a_split_install():
+    """The old defaults: objects in one namespace, the runner bound from kubeflow: the launcher in kubeflow
+    gets 403 on trainjobs, then no clipdpo-train ServiceAccount, then no Secret."""
+    objects = render_chart(SECRET_VALUES, "ml")
+    problems = launcher_can_run_in(objects, "pipeline-runner", "kubeflow")
+    assert "403 create trainjobs" in problems and "serviceaccount clipdpo-train not found" in problems
+    assert "403 get secrets/clipdpo-s3" in problems
 
 
 def test_kubernetes_validate_rejects_a_broken_object():
@@ -170,7 +224,7 @@ def test_helm_chart_lints_and_renders_valid_objects():
     check_least_privilege(role_rules(objects))
     # the chart and k8s/ grant the same
     assert permissions(role_rules(objects)) == permissions(role_rules(kustomize(os.path.join(ROOT, "k8s", "overlays",
-                                                                                            "prod"))))
+                                                                                            "profile"))))
     settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
     from pipelines.settings import PipelineSettings
 
@@ -203,7 +257,7 @@ def test_helm_notes_tell_the_next_command():
 
 def test_helm_existing_secret_and_values_schema():
     objects = render_chart({"s3": {"create": False, "secretName": "team-s3"},
-                            "pipelineRunner": {"serviceAccount": "default-editor", "namespace": ""}}, "team-a")
+                            "pipelineRunner": {"serviceAccount": "default-editor"}}, "team-a")
     assert "Secret" not in [o["kind"] for o in objects]
     binding = next(o for o in objects if o["kind"] == "RoleBinding")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "default-editor", "namespace": "team-a"}
@@ -212,7 +266,8 @@ def test_helm_existing_secret_and_values_schema():
     chart.validate_schema({})  # the defaults are valid
     for bad in ({"images": {"tag": "latest"}}, {"train": {"nodes": 0}}, {"s3": {"bucket": "Bad_Bucket"}},
                 {"unknown": 1}, {"train": {"gpusPerNode": "eight"}}, {"train": {"launcher": "mpijob"}},
-                {"trainingRuntime": {"maxRestarts": -1}}):
+                {"trainingRuntime": {"maxRestarts": -1}},
+                {"pipelineRunner": {"serviceAccount": "pipeline-runner", "namespace": "kubeflow"}}):
         with pytest.raises(Exception):
             chart.validate_schema(bad)
     with pytest.raises(Exception, match="accessKeyId"):

@@ -13,6 +13,8 @@ from typing import Protocol
 
 from PIL import Image
 
+from clipdpo.seeds import sample_seed
+
 log = logging.getLogger("clipdpo.engines")
 
 
@@ -44,7 +46,7 @@ class ImageRequest:
     image: Image.Image
     prompt: str
     n: int  # samples for this (image, prompt)
-    seed: int
+    seed: int  # the request's; sample k draws from clipdpo.seeds.sample_seed(seed, k) where an engine seeds samples
 
 
 class Engine(Protocol):
@@ -80,6 +82,19 @@ def _user_message(prompt: str, with_image: bool) -> list[dict]:
     if not with_image:  # text-only chat templates expect plain string content
         return [{"role": "user", "content": prompt}]
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids a text-only chat sends, the same for both engines: the chat template rendered, then
+    tokenized without the tokenizer's own special tokens (the template already writes any BOS it wants;
+    tokenizing the rendered text with them, as vLLM's generate does for a string, adds a second one)."""
+    text = tokenizer.apply_chat_template(_user_message(prompt, False), add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def chat_batch(tokenizer, prompts: list[str]):
+    """The HF engine's padded batch of chat prompts (the tokenizer's padding side, PyTorch tensors)."""
+    return tokenizer.pad({"input_ids": [chat_prompt_ids(tokenizer, p) for p in prompts]}, return_tensors="pt")
 
 
 class HFEngine:
@@ -168,8 +183,7 @@ class HFEngine:
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
             self.torch.manual_seed(sampling.seed + start)
-            inputs = self.tokenizer([self._template(p, False) for p in batch], return_tensors="pt", padding=True,
-                                    add_special_tokens=False)
+            inputs = chat_batch(self.tokenizer, batch)
             replies.extend(self._generate(inputs, sampling, 1))
             self._advance(len(batch))
         return replies
@@ -219,9 +233,16 @@ class VLLMEngine:
             }
             for r in requests
         ]
-        params = [self._params(sampling, r.n, r.seed) for r in requests]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [[choice.text.strip() for choice in output.outputs] for output in outputs]
+        # one vLLM request per sample, each with its own seed: a request with n > 1 would seed its samples
+        # seed, seed + 1, ... and share streams with the requests seeded next to it
+        owners = [i for i, r in enumerate(requests) for _ in range(r.n)]
+        prompts = [inputs[i] for i in owners]
+        params = [self._params(sampling, 1, sample_seed(r.seed, k)) for r in requests for k in range(r.n)]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        texts: list[list[str]] = [[] for _ in requests]
+        for i, output in zip(owners, outputs):
+            texts[i].append(output.outputs[0].text.strip())
+        return texts
 
     def choose(self, requests: list[ImageRequest], options: list[str]) -> list[str]:
         from vllm import SamplingParams
@@ -237,10 +258,10 @@ class VLLMEngine:
         return [options[owner[output.outputs[0].token_ids[0]]] for output in outputs]
 
     def chat(self, prompts: list[str], sampling: Sampling) -> list[str]:
-        texts = [self.tokenizer.apply_chat_template(_user_message(p, False), add_generation_prompt=True, tokenize=False)
-                 for p in prompts]
+        # token ids, not the rendered text: vLLM would tokenize a string with a BOS the HF engine does not send
+        inputs = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, p)} for p in prompts]
         params = [self._params(sampling, 1, sampling.seed + i) for i in range(len(prompts))]
-        outputs = self.llm.generate(texts, params, use_tqdm=False)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [output.outputs[0].text.strip() for output in outputs]
 
 

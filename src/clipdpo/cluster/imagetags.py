@@ -5,9 +5,10 @@
     python -m clipdpo.cluster.imagetags --stage train
 
 What goes into a stage's tag:
-  - its Dockerfile (base image, pinned packages, build steps);
-  - the dependency pins its build installs from pyproject.toml: the project version, the
-    `dependencies` list, and the extras its Dockerfile names (`.[deepspeed]`); dev extras never;
+  - its Dockerfile (build steps);
+  - its base images, each pinned by digest (`FROM name:tag@sha256:...`; a base without one is an error);
+  - the lockfiles it installs (`COPY locks/<file>`): every package with its hashes, written by
+    scripts/lock_images.py from pyproject.toml's pins and the image's extras; and the project version;
   - the clipdpo source files it can import, from the import graph (ast, imports at any depth of a
     module, including lazy ones inside functions), starting at its roots: the modules its
     Dockerfile runs (`python -m ...`; the `python -c "import ..."` smoke check, whose imports run only
@@ -174,14 +175,30 @@ def dockerfile_roots(dockerfile: str) -> set[Root]:
     return roots
 
 
-def dockerfile_extras(dockerfile: str) -> list[str]:
-    """The pyproject extras the build installs: `.[a,b]` arguments of pip install."""
-    extras = set()
-    for command in _run_commands(dockerfile):
-        for token in command:
-            if token.startswith(".[") and token.endswith("]"):
-                extras.update(token[2:-1].split(","))
-    return sorted(extras)
+def _instructions(dockerfile: str, keyword: str) -> list[list[str]]:
+    """The arguments of every `keyword` instruction (FROM, COPY, ...), continuation lines joined."""
+    text = open(dockerfile).read().replace("\\\n", " ")
+    return [line.split()[1:] for line in text.splitlines() if line.split()[:1] == [keyword]]
+
+
+def dockerfile_bases(dockerfile: str) -> list[str]:
+    """The images its stages start from, each pinned by digest; other stages of the file (`FROM deps`) left out."""
+    stages, bases = set(), []
+    for args in _instructions(dockerfile, "FROM"):
+        image = next(a for a in args if not a.startswith("--"))
+        if image not in stages and image not in bases:
+            if "@sha256:" not in image:
+                raise ValueError(f"{dockerfile}: base image {image!r} is not pinned by digest (name:tag@sha256:...)")
+            bases.append(image)
+        if len(args) >= 3 and args[-2].upper() == "AS":
+            stages.add(args[-1])
+    return bases
+
+
+def dockerfile_locks(dockerfile: str) -> list[str]:
+    """The lockfiles the build copies in (`COPY locks/x.txt ...`), relative to the repository root."""
+    return sorted({arg for args in _instructions(dockerfile, "COPY") for arg in args[:-1]
+                   if arg.startswith("locks/")})
 
 
 def _component_stage(node: ast.FunctionDef) -> str | None:
@@ -229,22 +246,23 @@ def stage_inputs(root: str, stage: str) -> dict:
     files = import_closure(src, _resolve_function_roots(src, roots))
     if tomllib is None:
         raise RuntimeError("image tags read pyproject.toml with tomllib: run them with Python >= 3.11")
-    project = tomllib.load(open(os.path.join(root, "pyproject.toml"), "rb"))["project"]
-    extras = dockerfile_extras(dockerfile)
-    pins = {"version": project["version"], "dependencies": project["dependencies"],
-            "extras": {name: project.get("optional-dependencies", {}).get(name) for name in extras}}
+    version = tomllib.load(open(os.path.join(root, "pyproject.toml"), "rb"))["project"]["version"]
+    locks = dockerfile_locks(dockerfile)
+    if not locks:
+        raise ValueError(f"{dockerfile}: installs from no lockfile (COPY locks/<image>.txt)")
 
     def digest(path: str) -> str:
         return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
-    return {"dockerfile": digest(dockerfile), "pins": pins,
+    return {"dockerfile": digest(dockerfile), "version": version, "bases": dockerfile_bases(dockerfile),
+            "locks": {lock: digest(os.path.join(root, lock)) for lock in locks},
             "sources": {rel: digest(os.path.join(src, rel)) for rel in sorted(files)}}
 
 
 def stage_tag(root: str, stage: str) -> str:
     inputs = stage_inputs(root, stage)
     blob = json.dumps(inputs, sort_keys=True).encode()
-    return f"{inputs['pins']['version']}-{hashlib.sha256(blob).hexdigest()[:12]}"
+    return f"{inputs['version']}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
 def main(argv: list[str] | None = None) -> int:

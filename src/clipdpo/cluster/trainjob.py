@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import copy
 
-from clipdpo.cluster.jobspec import (CONTAINER_SECURITY, VOLUME_MOUNTS, TrainJobSpec, example_manifest, job_metadata,
-                                     plain_env, pod_labels, pod_spec_extras, resources, secret_env)
+from clipdpo.cluster.jobspec import (CONTAINER_SECURITY, POD_SECURITY, VOLUME_MOUNTS, TrainJobSpec, example_manifest,
+                                     job_metadata, plain_env, pod_labels, pod_spec_extras, resources, secret_env)
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 RUNTIME_KIND = "ClusterTrainingRuntime"
@@ -86,8 +86,10 @@ def build_runtime(name: str, image: str, *, max_restarts: int = 3, ttl_seconds_a
             "replicatedJobs": [{
                 "name": NODE_JOB,
                 "template": {"metadata": {"labels": dict(ANCESTOR_LABEL)},
-                             "spec": {"template": {"spec": {"containers": [{"name": CONTAINER_NAME,
-                                                                            "image": image}]}}}},
+                             "spec": {"template": {"spec": {
+                                 "securityContext": copy.deepcopy(POD_SECURITY),
+                                 "containers": [{"name": CONTAINER_NAME, "image": image,
+                                                 "securityContext": copy.deepcopy(CONTAINER_SECURITY)}]}}}},
             }],
         }},
     }

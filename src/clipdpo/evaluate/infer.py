@@ -21,6 +21,7 @@ from clipdpo.evaluate.config import DecodingConfig
 from clipdpo.evaluate.data import Item, load_image
 from clipdpo.engines import Engine, ImageRequest, ModelSpec, Sampling
 from clipdpo.progress import Progress
+from clipdpo.seeds import stable_seed
 from clipdpo.storage import NotFound, Storage, join
 
 log = logging.getLogger("clipdpo.evaluate")
@@ -39,12 +40,21 @@ class Task:
     decoding: DecodingConfig = DecodingConfig()
 
 
+SEEDING = "item-id-hash"  # how sampled items are seeded (item_seed); in the responses' key
+
+
+def item_seed(decoding_seed: int, item_id: str) -> int:
+    """An item's request seed: a function of the decoding seed and the item's id alone."""
+    return stable_seed(decoding_seed, "item", item_id)
+
+
 def task_key(spec: ModelSpec, task: Task, revision: str = "") -> str:
     """`revision`: a hash of the model's content (Storage.content_digest)."""
     decided_by = {"model": asdict(spec), "options": list(task.options), "max_new_tokens": task.max_new_tokens,
                   "items": [[item.id, item.image, item.prompt] for item in task.items]}
     if not task.decoding.greedy:  # greedy keys stay as they were: responses saved before decoding existed still count
         decided_by["decoding"] = asdict(task.decoding)
+        decided_by["seeding"] = SEEDING  # samples drawn under the old seeding are not reused
     if revision:
         decided_by["revision"] = revision
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:12]
@@ -90,20 +100,21 @@ class Responder:
                 rows = [json.loads(line) for line in self.storage.read_bytes(uri).decode().splitlines()]
                 progress.start_done += len(rows)  # read back, not answered: not in the rate
             except NotFound:
-                rows = self._infer(task, chunk, start)
+                rows = self._infer(task, chunk)
                 self.storage.write_bytes(uri, "".join(json.dumps(row) + "\n" for row in rows).encode())
             responses.update((row["id"], row["samples"] if "samples" in row else row["response"]) for row in rows)
             progress.advance(len(rows))
         log.info("%s / %s: %d responses (%s)", self.spec.name, task.name, len(responses), folder)
         return responses
 
-    def _infer(self, task: Task, chunk: list[Item], first: int) -> list[dict]:
+    def _infer(self, task: Task, chunk: list[Item]) -> list[dict]:
         d = task.decoding
-        # each item's seed is the decoding seed plus its place in the task: a chunk redone after a restart
-        # draws what it drew the first time
+        # each item's seed is a hash of the decoding seed and the item's id (its samples' seeds hash that again,
+        # clipdpo.seeds): a chunk redone after a restart draws what it drew the first time, and no two items
+        # or samples share a random stream (seed + place would: item i's sample 1 is item i+1's sample 0)
         requests = [ImageRequest(image=load_image(self.storage, item.image, f"{task.name} item {item.id}"),
-                                 prompt=item.prompt, n=d.samples, seed=d.seed + first + k)
-                    for k, item in enumerate(chunk)]
+                                 prompt=item.prompt, n=d.samples, seed=item_seed(d.seed, item.id))
+                    for item in chunk]
         self.inferred += len(chunk)
         if task.options:
             replies = self.engine.choose(requests, list(task.options))

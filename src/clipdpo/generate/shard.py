@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any, Callable, TypeVar
 
@@ -15,15 +14,10 @@ from clipdpo.generate.qa_parse import parse_qa
 from clipdpo.schemas import CANDIDATES
 from clipdpo.images import decode_all
 from clipdpo.progress import Progress
+from clipdpo.seeds import stable_seed
 
 log = logging.getLogger("clipdpo.generate")
 T = TypeVar("T")
-
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from the parts: reruns and resumed shards sample the same way."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def samples_per_prompt(captions: int, prompts: int) -> list[int]:
