@@ -214,8 +214,7 @@ def local_summary(state: Path, run_root: str, copied: Path, earlier_runs: set[st
 
 
 def run_cluster(args, host: str) -> int:
-    import kfp
-
+    from clipdpo.cluster.kfpclient import make_client
     from pipelines.compile import compile_pipeline
 
     configs = checked_configs(read_configs(Path(args.config_dir)) if args.config_dir else {}, args.overrides)
@@ -225,7 +224,7 @@ def run_cluster(args, host: str) -> int:
         print("set --bucket or --run-root (CLIPDPO_BUCKET / CLIPDPO_RUN_ROOT) to your S3 bucket for a cluster run",
               file=sys.stderr)
         return 2
-    client = kfp.Client(host=host, namespace=args.namespace or None)
+    client = make_client(host, args.namespace or None)  # KFP_TOKEN / KFP_TOKEN_FILE: multi-user Kubeflow
     run = client.create_run_from_pipeline_package(package, arguments=arguments, run_name=f"clipdpo-{args.run_id}",
                                                   experiment_name=args.experiment, enable_caching=True)
     print(f"submitted run {run.run_id}: {host.rstrip('/')}/#/runs/details/{run.run_id}")
