@@ -76,7 +76,7 @@ def local_configs(args, state: Path) -> dict[str, dict]:
         return read_configs(Path(args.config_dir))
     from clipdpo.demo.configs import write_demo_configs
 
-    return write_demo_configs(state / "configs", state / "models")[0]
+    return write_demo_configs(state / "configs", state / "models")
 
 
 @dataclass

@@ -142,9 +142,15 @@ def test_cli_prints_the_tags_and_the_pipeline_uses_them(repo_tags):
         PipelineSettings(stage_tags={"train": "latest"}).image("train")
 
 
+# The only dynamic imports, and why no tag needs them: the stages' config classes are resolved by name for the
+# submit-time check in the submitting process (each step imports its own config statically), and POVID's plugin
+# rewriter is the user's code, not the image's.
+DYNAMIC_IMPORTS = ["src/clipdpo/generate/povid_source.py", "src/clipdpo/stages.py"]
+
+
 def test_no_dynamic_import_escapes_the_graph():
-    """An import the graph cannot see would let a change slip past the tags: there is none (each
-    pipeline step imports its stage package by name)."""
+    """An import the graph cannot see would let a change slip past the tags: there is none beyond the listed
+    ones (each pipeline step imports its stage package by name)."""
     import ast
 
     dynamic = []
@@ -157,4 +163,4 @@ def test_no_dynamic_import_escapes_the_graph():
                 callee = isinstance(node, ast.Call) and (getattr(node.func, "attr", "") or getattr(node.func, "id", ""))
                 if callee in ("import_module", "__import__"):
                     dynamic.append(os.path.relpath(path, ROOT))
-    assert dynamic == [], dynamic
+    assert sorted(dynamic) == DYNAMIC_IMPORTS, dynamic
