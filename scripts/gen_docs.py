@@ -400,10 +400,11 @@ def results_page(name: str, metrics: dict, note: str, source: str) -> str:
                 if (v := _get(results.get(model, {}), path)) is not None
                 and (b := _get(results.get(baseline, {}), path)))
             for model in models if model != baseline) + ".", ""]
-    resources = metrics.get("resources") or {}
-    if resources:
-        out += ["Resources: " + "; ".join(f"{key}: {value}" for key, value in sorted(resources.items())
-                                          if isinstance(value, (str, int, float))) + ".", ""]
+    resources = {key: value.get("description") if isinstance(value, dict) else value
+                 for key, value in sorted((metrics.get("resources") or {}).items())}
+    shown_resources = [f"{key}: {value}" for key, value in resources.items() if isinstance(value, (str, int, float))]
+    if shown_resources:
+        out += ["Resources: " + "; ".join(shown_resources) + ".", ""]
     if metrics.get("complete") is False:
         out += ["**Incomplete**: some responses were missing when these numbers were computed.", ""]
     return "\n".join(out).rstrip() + "\n"
