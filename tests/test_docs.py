@@ -79,6 +79,21 @@ def test_link_checker_sees_a_broken_link(tmp_path):
     assert anchors(tmp_path / "there.md") == {"a-heading-with-code"}
 
 
+def test_the_paper_to_code_table_names_files_that_exist():
+    text = README.read_text()
+    table = text[text.index("## From the paper to the code"):]
+    table = table[:table.index("\n## ", 4)]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) >= 8
+    missing = []
+    for row in rows:
+        for path in re.findall(r"`([\w/.]+)`", row.split("|")[2]):
+            where = ROOT / path if path.startswith("src/") else ROOT / "src" / "clipdpo" / path
+            if not where.exists():
+                missing.append(path)
+    assert not missing, f"README's paper-to-code table names paths that do not exist: {missing}"
+
+
 def make_targets_named(text: str) -> set[str]:
     """Targets of the `make ...` commands in a page's code (fenced lines and inline spans)."""
     commands = [line for block in re.findall(r"^```.*?^```", text, re.S | re.M) for line in block.splitlines()]
