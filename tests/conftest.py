@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Several workers (pytest-xdist, `make test` runs `-n 2`): each worker's torch, and every process it starts
 # (kfp components, torchrun ranks), gets its share of the cores. Two torch threads per process with the other
-# core busy trained ~10x slower than one (shared/ENVIRONMENT.md). Set before anything imports torch.
+# core busy trained ~10x slower than one (measured on these 2-core machines, 2026-11-29). Set before anything imports torch.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
