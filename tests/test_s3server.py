@@ -423,3 +423,19 @@ def test_a_restart_locks_an_old_folder_down_and_the_last_credentials_open_nothin
     finally:
         cli.kill()  # its server gets SIGTERM from the parent-death signal
         cli.wait()
+
+
+def test_weed_variables_of_the_callers_shell_cannot_undo_the_lock(tmp_path, monkeypatch):
+    """weed lets WEED_* variables override security.toml: the lock must be this start's alone, whatever the
+    caller's shell holds (with this WEED_GRPC_CA, naming a missing file, weed passed it on did not come up)."""
+    import grpc
+
+    monkeypatch.setenv("WEED_GRPC_CA", str(tmp_path / "no-such-ca.pem"))
+    own = s3server.start(str(tmp_path / "s3"))
+    try:
+        for flag in ("master.port.grpc", "filer.port.grpc"):
+            with pytest.raises(grpc.RpcError) as refused:
+                _grpc_call(f"127.0.0.1:{own.ports[flag]}", "/probe.Nothing/Here", b"", None)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, flag
+    finally:
+        own.stop(grace_s=0)

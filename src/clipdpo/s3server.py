@@ -243,8 +243,10 @@ def _launch(data_dir: str, log_path: str, credentials: s3security.Credentials) -
         *[f"-{flag}={port}" for flag, port in ports.items()],
     ]
     # weed's S3 gateway takes an admin identity from these (kept in memory, never in the filer): the
-    # credentials of an earlier start open nothing.
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=credentials.access_key, AWS_SECRET_ACCESS_KEY=credentials.secret_key)
+    # credentials of an earlier start open nothing. WEED_* variables would override security.toml (a
+    # WEED_GRPC_CA or WEED_JWT_SIGNING_KEY of the user's shell): weed gets none of them.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WEED_")}
+    env.update(AWS_ACCESS_KEY_ID=credentials.access_key, AWS_SECRET_ACCESS_KEY=credentials.secret_key)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(log_fd, 0o600)
     with open(log_fd, "ab") as log:
