@@ -439,3 +439,25 @@ def test_weed_variables_of_the_callers_shell_cannot_undo_the_lock(tmp_path, monk
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, flag
     finally:
         own.stop(grace_s=0)
+
+
+def test_security_toml_gives_every_component_this_starts_files(tmp_path):
+    """Parsed back as weed reads it: each gRPC component and HTTPS server has the certificate, the CA and
+    the JWT keys; a path with quotes, a backslash and non-ASCII survives the quoting."""
+    import tomllib
+
+    from clipdpo import s3security
+
+    odd = tmp_path / 'a "quoted" \\ földer'
+    tls = s3security.write_security(odd)
+    assert set(tls) == {"ca", "cert", "key"} and all(os.path.exists(path) for path in tls.values())
+    config = tomllib.loads((odd / s3security.SECURITY_FILE).read_text())
+    assert config["grpc"]["ca"] == tls["ca"]
+    for component in ("master", "volume", "filer", "s3", "admin", "worker", "client"):
+        assert config["grpc"][component] == {"cert": tls["cert"], "key": tls["key"]}, component
+    assert config["https"]["client"] == {"enabled": True, "cert": tls["cert"], "key": tls["key"], "ca": tls["ca"]}
+    for server in ("master", "volume", "filer", "admin"):
+        assert config["https"][server] == {"cert": tls["cert"], "key": tls["key"], "ca": tls["ca"]}, server
+    keys = [config["jwt"]["signing"]["key"], config["jwt"]["signing"]["read"]["key"],
+            config["jwt"]["filer_signing"]["key"], config["jwt"]["filer_signing"]["read"]["key"]]
+    assert len(set(keys)) == 4 and all(len(key) == 64 for key in keys)

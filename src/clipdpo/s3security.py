@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import secrets
 import stat
@@ -78,34 +79,13 @@ def _chmod_own(path: Path, mode: int) -> None:
 def write_tls_material(tls_dir: Path) -> dict[str, str]:
     """A fresh certificate authority and one certificate it issued for 127.0.0.1 (server and client use);
     returns the PEM paths. The authority's key is never written: nothing else can be issued later."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=CERT_DAYS)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"clipdpo loopback S3 CA {secrets.token_hex(4)}")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-               .sign(ca_key, hashes.SHA256()))
+    ca_cert = _certificate(ca_key, ca_key.public_key(), f"clipdpo loopback S3 CA {secrets.token_hex(4)}", None)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256()))
+    cert = _certificate(ca_key, key.public_key(), "127.0.0.1", ca_cert)
     os.makedirs(tls_dir, mode=0o700, exist_ok=True)
     paths = {"ca": tls_dir / "ca.crt", "cert": tls_dir / "weed.crt", "key": tls_dir / "weed.key"}
     write_private(paths["ca"], ca_cert.public_bytes(serialization.Encoding.PEM))
@@ -115,16 +95,44 @@ def write_tls_material(tls_dir: Path) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
+def _certificate(signing_key, public_key, common_name: str, issuer):
+    """The authority's own certificate when `issuer` is None, else one it issues for 127.0.0.1 that serves
+    and dials (host names are not checked by weed; Python's and Go's HTTPS clients check the IP)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer.subject if issuer else subject)
+               .public_key(public_key).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=CERT_DAYS)))
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).add_extension(
+            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False), critical=True)
+    else:
+        names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = (builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                   .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
+    return builder.sign(signing_key, hashes.SHA256())
+
+
 def security_toml(tls: dict[str, str], jwt_keys: dict[str, str]) -> str:
     """SeaweedFS's security.toml: JWT keys, gRPC mTLS for every component, HTTPS with client certificates."""
-    quoted = {name: '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"' for name, path in tls.items()}
-    lines = [f'[{section}]\nkey = "{jwt_keys[section]}"\n' for section in JWT_SECTIONS]
-    lines.append(f"[grpc]\nca = {quoted['ca']}\n")
-    lines += [f"[grpc.{component}]\ncert = {quoted['cert']}\nkey = {quoted['key']}\n" for component in GRPC_COMPONENTS]
-    lines.append(f"[https.client]\nenabled = true\ncert = {quoted['cert']}\nkey = {quoted['key']}\nca = {quoted['ca']}\n")
-    lines += [f"[https.{server}]\ncert = {quoted['cert']}\nkey = {quoted['key']}\nca = {quoted['ca']}\n"
-              for server in HTTPS_SERVERS]
-    return "\n".join(lines)
+    # A JSON string (non-ASCII kept as is) is a TOML basic string: quotes and backslashes in a path escaped.
+    ca, cert, key = (json.dumps(tls[name], ensure_ascii=False) for name in ("ca", "cert", "key"))
+    identity = f"cert = {cert}\nkey = {key}\n"
+    sections = [f'[{section}]\nkey = "{jwt_keys[section]}"\n' for section in JWT_SECTIONS]
+    sections.append(f"[grpc]\nca = {ca}\n")
+    sections += [f"[grpc.{component}]\n{identity}" for component in GRPC_COMPONENTS]
+    sections.append(f"[https.client]\nenabled = true\n{identity}ca = {ca}\n")
+    sections += [f"[https.{server}]\n{identity}ca = {ca}\n" for server in HTTPS_SERVERS]
+    return "\n".join(sections)
 
 
 def write_security(data_dir: Path) -> dict[str, str]:
