@@ -305,7 +305,8 @@ def exit_on_sigterm() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=".local/s3", help="data directory (kept between runs)")
-    parser.add_argument("--env-file", help="write the AWS_* variables for this server here as KEY=VALUE lines")
+    parser.add_argument("--env-file", help="write the AWS_* variables for this server here as KEY=VALUE lines "
+                        "(mode 0600: they hold this start's secret, new each start)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     server = start(os.path.abspath(args.dir))
