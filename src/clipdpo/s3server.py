@@ -3,9 +3,13 @@
 SeaweedFS checks SigV4 signatures and implements multipart uploads, so local runs exercise the
 same client code paths as a cluster's S3. Every port is picked free so parallel runs coexist.
 
-Only S3 is meant to be reached: every port listens on 127.0.0.1 alone, the Iceberg, Lance, IAM,
-WebDAV and metrics servers stay off, and the internal master/volume/filer HTTP ports demand a
-JWT signed with keys generated per start (`security.toml`), so an unsigned GET there is refused.
+Only S3 is meant to be reached, and only by the run that started it: every port listens on 127.0.0.1
+alone; the Iceberg, Lance, IAM, WebDAV and metrics servers stay off; each start draws its own S3
+credentials, JWT keys and TLS authority (`clipdpo.s3security`), kept 0600 in the 0700 data directory.
+S3 requests must be signed with the start's credentials; the master, volume, filer and admin ports
+(HTTP and gRPC) are TLS that demand a client certificate from the start's authority, so `weed shell`,
+a raw gRPC client or a status-page GET from another process is refused at the handshake. The server
+runs with umask 077: what it writes is its user's alone.
 
 The server never outlives the process that started it: it gets SIGTERM when that process dies,
 however it dies (Linux `PR_SET_PDEATHSIG`), and is stopped at interpreter exit. A server left by
@@ -22,7 +26,6 @@ import argparse
 import atexit
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -33,11 +36,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipdpo import s3security
 from clipdpo.errors import UserError
 
 PID_FILE = "weed.pid"
-LOCAL_ACCESS_KEY = "clipdpo-local"
-LOCAL_SECRET_KEY = "clipdpo-local-secret"
+LOG_FILE = "weed.log"
+# Set in the env of the run's own server: a client that cannot reach that endpoint says the server died.
+LOCAL_ENDPOINT_VAR = "CLIPDPO_LOCAL_S3_ENDPOINT"
+LOCAL_LOG_VAR = "CLIPDPO_LOCAL_S3_LOG"
 
 # Flags whose value is a port; SeaweedFS otherwise uses fixed defaults that would collide.
 _PORT_FLAGS = (
@@ -85,16 +91,27 @@ class S3Server:
     endpoint_url: str
     process: subprocess.Popen
     data_dir: str
+    credentials: s3security.Credentials
+    ports: dict[str, int]
+    log_path: str
 
     @property
     def env(self) -> dict[str, str]:
-        """Variables that point boto3 (and so every stage) at this server."""
+        """Variables that point boto3 (and so every stage) at this server, with this start's credentials."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
+            "AWS_ACCESS_KEY_ID": self.credentials.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.credentials.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
+            LOCAL_ENDPOINT_VAR: self.endpoint_url,
+            LOCAL_LOG_VAR: self.log_path,
         }
+
+    def death_note(self) -> str | None:
+        """One line saying this server died, with its exit status and log; None while it runs."""
+        if self.process.poll() is None:
+            return None
+        return died_message(self.endpoint_url, self.log_path, self.process.returncode)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, SIGKILL if still running after `grace_s` seconds (weed takes 2-10 s to shut down;
@@ -113,8 +130,18 @@ class S3Server:
             pid_file.unlink(missing_ok=True)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux); elsewhere atexit and weed.pid do it."""
+def died_message(endpoint_url: str, log_path: str, returncode: int | None = None) -> str:
+    """What a client says when the local server clipdpo started stops answering: not "set AWS_ENDPOINT_URL"
+    (nothing the user set is wrong), but that the server is gone and where its log is."""
+    status = f", exit status {returncode}" if returncode is not None else ""
+    return (f"the local S3 server at {endpoint_url} that clipdpo started is not answering: it died or was "
+            f"stopped{status}; see its log {log_path}; rerun to start a new one (finished steps are kept)")
+
+
+def _in_child() -> None:
+    """In the child before exec: files and sockets it creates are its user's alone (umask 077), and it gets
+    SIGTERM when the parent dies (Linux; elsewhere atexit and weed.pid do it)."""
+    os.umask(0o077)
     try:
         import ctypes
 
@@ -158,7 +185,7 @@ def clear_stale(data_dir: str) -> None:
     if isinstance(pid, int) and _is_weed_on(pid, data_dir):
         if isinstance(owner, int) and owner != os.getpid() and _alive(owner):
             raise UserError(f"{data_dir} is served by a running S3 server (pid {pid}, {record.get('endpoint')}) "
-                            f"started by pid {owner}: stop that run, or point AWS_ENDPOINT_URL at its server")
+                            f"started by pid {owner}: stop that run, or use its variables (its --env-file)")
         print(f"stopping a stale S3 server (pid {pid}) left on {data_dir} by an earlier run", file=sys.stderr)
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -169,24 +196,17 @@ def clear_stale(data_dir: str) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def _write_security(data_dir: str) -> None:
-    """Fresh JWT keys: the master, volume and filer HTTP ports then refuse unsigned reads and writes."""
-    sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
-    text = "".join(f'[{section}]\nkey = "{secrets.token_hex(32)}"\n' for section in sections)
-    path = Path(data_dir, "security.toml")
-    path.write_text(text)
-    path.chmod(0o600)
-
-
 def start(data_dir: str | None = None, timeout_s: float = 60.0, log_path: str | None = None) -> S3Server:
     """Start `weed mini` on loopback and wait until it answers S3 requests."""
     data_dir = os.path.abspath(data_dir or tempfile.mkdtemp(prefix="clipdpo-s3-"))
-    os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
     clear_stale(data_dir)
-    _write_security(data_dir)  # weed reads ./security.toml: it runs in data_dir
-    log_path = log_path or os.path.join(data_dir, "weed.log")
+    s3security.lock_down(Path(data_dir))  # a folder kept from an older run may hold 0644 volumes
+    s3security.write_security(Path(data_dir))  # weed reads ./security.toml: it runs in data_dir
+    credentials = s3security.new_credentials()
+    log_path = os.path.abspath(log_path or os.path.join(data_dir, LOG_FILE))
     for attempt in range(3):
-        server = _launch(data_dir, log_path)
+        server = _launch(data_dir, log_path, credentials)
         try:
             _wait_ready(server, timeout_s)
             return server
@@ -202,7 +222,7 @@ class PortTaken(RuntimeError):
     pass
 
 
-def _launch(data_dir: str, log_path: str) -> S3Server:
+def _launch(data_dir: str, log_path: str, credentials: s3security.Credentials) -> S3Server:
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
     args = [
         weed_binary(),
@@ -222,14 +242,20 @@ def _launch(data_dir: str, log_path: str) -> S3Server:
         "-volume.max=2000",
         *[f"-{flag}={port}" for flag, port in ports.items()],
     ]
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY)
-    with open(log_path, "ab") as log:
+    # weed's S3 gateway takes an admin identity from these (kept in memory, never in the filer): the
+    # credentials of an earlier start open nothing. WEED_* variables would override security.toml (a
+    # WEED_GRPC_CA or WEED_JWT_SIGNING_KEY of the user's shell): weed gets none of them.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WEED_")}
+    env.update(AWS_ACCESS_KEY_ID=credentials.access_key, AWS_SECRET_ACCESS_KEY=credentials.secret_key)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(log_fd, 0o600)
+    with open(log_fd, "ab") as log:
         # Own session: a Ctrl-C meant for the caller reaches it through the caller's clean-up, in order.
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                   cwd=data_dir, preexec_fn=_die_with_parent)
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", process, data_dir)
+                                   cwd=data_dir, preexec_fn=_in_child)
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", process, data_dir, credentials, ports, log_path)
     record = {"pid": process.pid, "owner_pid": os.getpid(), "endpoint": server.endpoint_url}
-    Path(data_dir, PID_FILE).write_text(json.dumps(record))
+    s3security.write_private(Path(data_dir, PID_FILE), json.dumps(record).encode())
     atexit.register(server.stop)
     return server
 
@@ -241,8 +267,8 @@ def _wait_ready(server: S3Server, timeout_s: float) -> None:
     client = boto3.client(
         "s3",
         endpoint_url=server.endpoint_url,
-        aws_access_key_id=LOCAL_ACCESS_KEY,
-        aws_secret_access_key=LOCAL_SECRET_KEY,
+        aws_access_key_id=server.credentials.access_key,
+        aws_secret_access_key=server.credentials.secret_key,
         region_name="us-east-1",
         config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
     )
@@ -251,11 +277,11 @@ def _wait_ready(server: S3Server, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             try:
-                log_tail = Path(server.data_dir, "weed.log").read_text(errors="replace")[-4000:]
+                log_tail = Path(server.log_path).read_text(errors="replace")[-4000:]
             except OSError:
                 log_tail = ""
             error = PortTaken if "address already in use" in log_tail else RuntimeError
-            raise error(f"SeaweedFS exited with code {server.process.returncode}; see {server.data_dir}/weed.log")
+            raise error(f"SeaweedFS exited with code {server.process.returncode}; see {server.log_path}")
         try:
             client.list_buckets()
             return
@@ -279,14 +305,18 @@ def exit_on_sigterm() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=".local/s3", help="data directory (kept between runs)")
-    parser.add_argument("--env-file", help="write the AWS_* variables for this server here as KEY=VALUE lines")
+    parser.add_argument("--env-file", help="write the AWS_* variables for this server here as KEY=VALUE lines "
+                        "(mode 0600: they hold this start's secret, new each start)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     server = start(os.path.abspath(args.dir))
     lines = "".join(f"{key}={value}\n" for key, value in server.env.items())
     if args.env_file:
-        Path(args.env_file).write_text(lines)
-    print(f"S3 server on {server.endpoint_url} (data in {args.dir}); Ctrl-C stops it", flush=True)
+        s3security.write_private(Path(args.env_file), lines.encode())  # it holds this start's secret
+        where = f"its variables (credentials new each start) in {args.env_file}"
+    else:
+        where = "its credentials are new each start: --env-file writes them"
+    print(f"S3 server on {server.endpoint_url} (data in {args.dir}); {where}; Ctrl-C stops it", flush=True)
     try:
         server.process.wait()
     except KeyboardInterrupt:

@@ -68,6 +68,30 @@ class ObjectInfo:
     version: str
 
 
+def local_server_log(endpoint_url: str | None) -> str | None:
+    """The log of the loopback S3 server clipdpo started at `endpoint_url` (clipdpo.s3server puts its
+    endpoint and log in the env it hands out), None for any other endpoint."""
+    from clipdpo.s3server import LOCAL_ENDPOINT_VAR, LOCAL_LOG_VAR
+
+    if endpoint_url and os.environ.get(LOCAL_ENDPOINT_VAR) == endpoint_url:
+        return os.environ.get(LOCAL_LOG_VAR) or None
+    return None
+
+
+def env_credentials() -> dict[str, str]:
+    """The AWS_* key pair of the environment as it is now, for one client. boto3's default session keeps the
+    first credentials it resolved for the life of the process: after a loopback server's restart (new
+    credentials each start) or a second server, it would sign with the old pair. Empty when the pair is not
+    set: botocore's own chain then finds them (config file, role, ...)."""
+    access_key, secret_key = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not (access_key and secret_key):
+        return {}
+    pair = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key}
+    if os.environ.get("AWS_SESSION_TOKEN"):
+        pair["aws_session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pair
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
@@ -119,6 +143,7 @@ class Storage:
                 "s3",
                 endpoint_url=settings.endpoint_url,
                 region_name=settings.region,
+                **env_credentials(),
                 config=Config(
                     signature_version="s3v4",
                     retries={"max_attempts": settings.max_attempts, "mode": "standard"},
@@ -153,6 +178,11 @@ class Storage:
             raise StorageError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from err
         except (EndpointConnectionError, ConnectionClosedError) as err:
             endpoint = self._s3_settings.endpoint_url or "AWS default endpoint"
+            log_path = local_server_log(endpoint)
+            if log_path:  # clipdpo's own server: the endpoint is right, the server is gone
+                from clipdpo.s3server import died_message
+
+                raise StorageError(f"{uri}: {died_message(endpoint, log_path)}") from err
             raise StorageError(
                 f"{uri}: cannot reach S3 at {endpoint} after {self._s3_settings.max_attempts} attempts "
                 f"(set AWS_ENDPOINT_URL to the right server): {err}"
