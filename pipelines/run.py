@@ -123,6 +123,11 @@ def run_local(args, run: LocalRun) -> int:
         summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs,
                                 this_run)
         decision = print_decision(arguments["run_root"])
+    except BaseException:
+        note = server.death_note() if server is not None else None
+        if note:  # the components each saw an unreachable endpoint; the cause is the run's own server
+            print(note, file=sys.stderr, flush=True)
+        raise
     finally:
         if server is not None:
             server.stop()
@@ -139,7 +144,8 @@ def run_local(args, run: LocalRun) -> int:
     print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
     print(f"  gate       {root}/gate/decision.json: {decision}")
     if server is not None:
-        print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'}` serves it again")
+        print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'} "
+              "--env-file s3.env` serves it again (its new credentials in s3.env)")
     if run.after_summary is not None and reports:
         run.after_summary(state / "reports" / args.run_id)
     print("\n" + summary)
