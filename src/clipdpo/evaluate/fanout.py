@@ -24,10 +24,10 @@ from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_met
 from clipdpo.evaluate import zeroshot
 from clipdpo.storage import Storage, join, split_s3
 
-CACHE_VERSION = 1  # bump when scoring code changes what a cached result would hold
+CACHE_VERSION = 2  # bump when scoring code changes what a cached result would hold (2: per-image counts)
 # `engine` names the derived models' engine, which their specs (in the key) carry
 NOT_IN_KEY = ("models", "only_model", "only_task", "result_cache", "model_cache", "batch_size", "chunk_size",
-              "engine")
+              "engine", "bootstrap_resamples", "bootstrap_seed")
 
 
 def task_names(cfg: EvaluateConfig) -> list[str]:
@@ -143,5 +143,4 @@ def merge(cfg: EvaluateConfig, output: str, storage: Storage | None = None) -> d
         inferred[item["model"]] += record["inferred"]
         resources.update(record["resources"])
     metrics = assemble_metrics(cfg, results, inferred, resources)
-    write_metrics(storage, output, metrics)
-    return metrics
+    return write_metrics(storage, output, metrics)
