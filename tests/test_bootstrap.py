@@ -231,7 +231,10 @@ def test_effects_reach_metrics_and_the_report():
     metrics = {"complete": True, "baseline": "base", "models": [{"name": "base"}, {"name": "trained"}],
                "results": {"base": {"zero_shot": {"toys": {"top1": 50.0}}},
                            "trained": {"zero_shot": {"toys": {"top1": 100.0}}}},
-               "effects": found, "resources": {}}
+               "effects": found, "resources": {"cpu": {"cpu_model": "Test CPU", "cpus": 2,
+                                                       "environment": {"ATEN_CPU_CAPABILITY": "avx2"},
+                                                       "torch": {"cpu_capability": "AVX2", "intra_op_threads": 1}}}}
     text = report.markdown(metrics)
     assert f"+50.0 [{lo:+.1f}, {hi:+.1f}]" in text and "100 resamples" in text
     assert f"+50.0 [{lo:+.1f}, {hi:+.1f}]" in report.html(metrics)
+    assert "Scored on: Test CPU (2 CPUs); torch AVX2 kernels, 1 thread(s); pins: ATEN_CPU_CAPABILITY=avx2" in text

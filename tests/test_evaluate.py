@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from clipdpo import determinism
 from clipdpo.demo import models as tiny
 from clipdpo.evaluate.evaluation import evaluate_models
 from clipdpo.evaluate.config import EvaluateConfig
@@ -94,6 +95,7 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
         assert [(e["id"], e["image"].rsplit("/", 1)[1]) for e in amber["examples"]] == [
             (1, "AMBER_1.jpg"), (2, "AMBER_2.jpg")]
     assert "en_core_web_md" in metrics["resources"]["amber_nlp"]
+    assert metrics["resources"]["cpu"]["cpu_model"] == determinism.cpu_model()  # the machine beside its numbers
     # every headline delta with its paired bootstrap interval; the delta is the difference of the results
     effects = metrics["effects"]["trained"]
     assert {"amber.generative.chair", "amber.generative.hal", "amber.generative.cover", "amber.discriminative.f1",

@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
+from clipdpo import determinism
 from clipdpo.evaluate import amber, bootstrap, report, zeroshot
 from clipdpo.evaluate.config import Benchmark, EvaluateConfig, ZeroShotDataset
 from clipdpo.evaluate.data import EvalInputError, Item, check_images_exist, image_uri, read_text
@@ -212,7 +213,8 @@ def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = 
     results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes)
                for spec in cfg.models}
     metrics = assemble_metrics(cfg, results, inferred, {"amber_nlp": getattr(nlp, "description", None),
-                                                        "zero_shot_text_encoder": getattr(encoder, "description", None)})
+                                                        "zero_shot_text_encoder": getattr(encoder, "description", None),
+                                                        "cpu": determinism.record()})
     return write_metrics(storage, output, metrics)
 
 
@@ -232,6 +234,8 @@ def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int
                       "amber_discriminative_mode": cfg.amber.discriminative_mode if cfg.amber else None,
                       "amber_decoding": ({**asdict(cfg.amber.decoding), "description": cfg.amber.decoding.describe()}
                                          if cfg.amber else None),
-                      "zero_shot_text_encoder": resources.get("zero_shot_text_encoder")},
+                      "zero_shot_text_encoder": resources.get("zero_shot_text_encoder"),
+                      # the machine that scored (CPU model, code-path pins): numbers can move between CPUs
+                      "cpu": resources.get("cpu")},
         "inferred_items": inferred,
     }

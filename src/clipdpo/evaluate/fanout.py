@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from clipdpo import determinism
 from clipdpo.config import to_dict
 from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_metrics, default_engine_factory,
@@ -97,7 +98,7 @@ def _answer_and_score(one: EvaluateConfig, output: str, storage: Storage, engine
     classes = {dataset.name: zeroshot.class_embeddings(names, encoder, one.zero_shot)
                for dataset, _, names in inputs.zero_shot}
     resources = {"amber_nlp": getattr(nlp, "description", None),
-                 "zero_shot_text_encoder": getattr(encoder, "description", None)}
+                 "zero_shot_text_encoder": getattr(encoder, "description", None), "cpu": determinism.record()}
     return {"result": score_model(one, inputs, responses[name], nlp, encoder, classes), "inferred": inferred[name],
             "resources": {k: v for k, v in resources.items() if v is not None}}
 

@@ -148,6 +148,13 @@ def _resources(metrics: dict) -> list[str]:
         lines.append(f"AMBER descriptions: {r['amber_decoding']['description']}")
     if r.get("zero_shot_text_encoder"):
         lines.append(f"Zero-shot text encoder: {r['zero_shot_text_encoder']}")
+    if r.get("cpu"):
+        cpu = r["cpu"]
+        torch = cpu.get("torch") or {}
+        kernels = f"; torch {torch['cpu_capability']} kernels, {torch['intra_op_threads']} thread(s)" if torch else ""
+        pinned = ", ".join(f"{k}={v}" for k, v in (cpu.get("environment") or {}).items() if v is not None)
+        lines.append(f"Scored on: {cpu.get('cpu_model')} ({cpu.get('cpus')} CPUs){kernels}; "
+                     f"pins: {pinned or 'none'}")
     return lines
 
 
