@@ -54,6 +54,9 @@ def main() -> None:
         for threads in (1, 2):
             pins = determinism.CpuPins(threads=threads, capability=capability)
             settings[f"pinned {capability}, {threads} thread(s)"] = determinism.child_env(pins, base)
+    avx2 = determinism.pinned_variables(determinism.CpuPins(capability="avx2"))
+    for name in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA"):  # which variable moves which result
+        settings[f"only {name}=avx2, 1 thread"] = {**base, "OMP_NUM_THREADS": "1", name: avx2[name]}
     print(f"CPU: {determinism.cpu_model()} ({', '.join(determinism.cpu_flags())})")
     reference = None
     for name, env in settings.items():
@@ -62,7 +65,7 @@ def main() -> None:
         diffs = {k: max(abs(p - q) for p, q in zip(found["values"][k], reference["values"][k]))
                  for k in found["values"]}
         cells = "  ".join(f"{k}={h} ({diffs[k]:.1e})" for k, h in found["hashes"].items())
-        print(f"{name:<28} torch {found['capability']:<7} {found['threads']}t  {cells}")
+        print(f"{name:<38} torch {found['capability']:<7} {found['threads']}t  {cells}")
 
 
 if __name__ == "__main__":

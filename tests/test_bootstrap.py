@@ -228,6 +228,15 @@ def test_effects_reach_metrics_and_the_report():
     lo, hi = found["trained"]["zero_shot.toys.top1"]["ci95"]
     assert 0 <= lo <= 50 <= hi <= 100
     assert set(MEASURES) == {"amber", "zero_shot", "pope"}
+    # a metric a model's results do not hold (say the dataset was not scored for it) gets no effect
+    results = {"base": {"zero_shot": {"toys": {"top1": 50.0}}}, "trained": {"zero_shot": {"toys": {}}}}
+    assert effects(per_image, "base", 100, 0, results) == {"trained": {}}
+    results["trained"]["zero_shot"]["toys"]["top1"] = 100.0
+    assert effects(per_image, "base", 100, 0, results) == found
+    # models scored on different images (partial runs) have no paired interval, and the evaluation goes on
+    fewer = {**per_image, "trained": {"zero_shot.toys": {"measure": "zero_shot",
+                                                         **zero_shot_counts([[1], [1]]).to_json()}}}
+    assert effects(fewer, "base", 100, 0) == {"trained": {}}
     metrics = {"complete": True, "baseline": "base", "models": [{"name": "base"}, {"name": "trained"}],
                "results": {"base": {"zero_shot": {"toys": {"top1": 50.0}}},
                            "trained": {"zero_shot": {"toys": {"top1": 100.0}}}},

@@ -11,6 +11,7 @@ result was scored on part of its items (AMBER's allow_partial), and the report s
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -25,6 +26,7 @@ from clipdpo.evaluate.suite.scoring import score as score_benchmark
 from clipdpo.engines import Engine, ModelSpec, load_engine
 from clipdpo.storage import Storage, join
 
+log = logging.getLogger("clipdpo.evaluate")
 SHORT_ANSWER_TOKENS = 16
 PER_IMAGE = "per_image"  # a result's per-image counts by benchmark ("amber", "zero_shot.<name>", "suite.<label>")
 # each benchmark's metrics from its summed per-image counts (names: paths under the benchmark's results)
@@ -164,9 +166,20 @@ def write_metrics(storage: Storage, output: str, metrics: dict) -> dict:
     return metrics
 
 
-def effects(per_image: dict[str, dict[str, dict]], baseline: str, resamples: int, seed: int) -> dict[str, dict]:
+def _reported(result: dict, key: str, metric: str) -> bool:
+    """Whether a model's results hold a number at benchmark `key` ("amber", "zero_shot.<name>", ...), `metric`."""
+    section, _, name = key.partition(".")
+    tree = result.get(section)
+    for part in ([name] if name else []) + metric.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return isinstance(tree, (int, float))
+
+
+def effects(per_image: dict[str, dict[str, dict]], baseline: str, resamples: int, seed: int,
+            results: dict[str, dict] | None = None) -> dict[str, dict]:
     """Each other model's deltas from the baseline with paired bootstrap 95% intervals over images:
-    model -> metric path (as in results, e.g. amber.generative.chair) -> {delta, ci95, resamples, images}."""
+    model -> metric path (as in results, e.g. amber.generative.chair) -> {delta, ci95, resamples, images}.
+    With `results`, only the metrics both models report (e.g. no F1 where AMBER ran generative items only)."""
     base = per_image.get(baseline, {})
     out: dict[str, dict] = {}
     for model, benchmarks in per_image.items():
@@ -176,10 +189,16 @@ def effects(per_image: dict[str, dict[str, dict]], baseline: str, resamples: int
         for key, counts in sorted(benchmarks.items()):
             if key not in base:
                 continue
-            found = bootstrap.paired_effects(bootstrap.PerImage.from_json(base[key]),
-                                             bootstrap.PerImage.from_json(counts), MEASURES[counts["measure"]],
-                                             resamples, seed)
-            out[model].update({f"{key}.{metric}": effect for metric, effect in found.items()})
+            try:
+                found = bootstrap.paired_effects(bootstrap.PerImage.from_json(base[key]),
+                                                 bootstrap.PerImage.from_json(counts), MEASURES[counts["measure"]],
+                                                 resamples, seed)
+            except ValueError as err:  # e.g. partial AMBER runs that scored different images: no paired interval
+                log.warning("no bootstrap interval for %s on %s: %s", model, key, err)
+                continue
+            kept = {metric: effect for metric, effect in found.items()
+                    if results is None or all(_reported(results[m], key, metric) for m in (baseline, model))}
+            out[model].update({f"{key}.{metric}": effect for metric, effect in kept.items()})
     return out
 
 
@@ -225,7 +244,7 @@ def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int
     results = {name: {k: v for k, v in r.items() if k != PER_IMAGE} for name, r in results.items()}
     return {
         "complete": all(r.get("amber", {}).get("complete", True) for r in results.values()),
-        "effects": effects(per_image, cfg.models[0].name, cfg.bootstrap_resamples, cfg.bootstrap_seed),
+        "effects": effects(per_image, cfg.models[0].name, cfg.bootstrap_resamples, cfg.bootstrap_seed, results),
         PER_IMAGE: per_image,
         "models": [asdict(spec) for spec in cfg.models],
         "baseline": cfg.models[0].name,
