@@ -82,6 +82,8 @@ def write_run(root: str, storage: Storage | None = None) -> str:
     for model_name, items in EXAMPLES.items():
         results[model_name]["amber"]["examples"] = [{**item, "image": images[item["id"]]} for item in items]
     metrics = {"complete": True, "baseline": "base", "models": [{"name": "base"}, {"name": "clip-dpo"}],
-               "results": results, "resources": {"amber_nlp": "test NLP"}}
+               "results": results, "resources": {"amber_nlp": "test NLP"},
+               "effects": {"clip-dpo": {"amber.generative.chair": {"delta": -4.0, "ci95": [-6.5, -1.5],
+                                                                   "resamples": 1000, "images": 2}}}}
     storage.write_bytes(join(root, "evaluation", "metrics.json"), json.dumps(metrics).encode())
     return root

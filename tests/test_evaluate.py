@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from clipdpo import determinism
 from clipdpo.demo import models as tiny
 from clipdpo.evaluate.evaluation import evaluate_models
 from clipdpo.evaluate.config import EvaluateConfig
@@ -94,10 +95,33 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
         assert [(e["id"], e["image"].rsplit("/", 1)[1]) for e in amber["examples"]] == [
             (1, "AMBER_1.jpg"), (2, "AMBER_2.jpg")]
     assert "en_core_web_md" in metrics["resources"]["amber_nlp"]
+    assert metrics["resources"]["cpu"]["cpu_model"] == determinism.cpu_model()  # the machine beside its numbers
+    # every headline delta with its paired bootstrap interval; the delta is the difference of the results
+    effects = metrics["effects"]["trained"]
+    assert {"amber.generative.chair", "amber.generative.hal", "amber.generative.cover", "amber.discriminative.f1",
+            "amber.amber_score", "zero_shot.colours.top1", "suite.pope.headline",
+            "suite.pope.accuracy_mean"} <= set(effects) and set(metrics["effects"]) == {"trained"}
+
+    def value(name, path):
+        tree = metrics["results"][name]
+        for key in path.split(".")[:-1] if path.startswith("zero_shot") else path.split("."):
+            tree = tree[key]
+        return tree["top1"] if path.startswith("zero_shot") else tree
+
+    for path, effect in effects.items():
+        assert effect["delta"] == pytest.approx(value("trained", path) - value("base", path), abs=1e-9), path
+        assert effect["resamples"] == 1000
+        if path.startswith("suite.pope"):  # a resample of the red image alone has no 'popular' question: no interval
+            assert effect["ci95"] is None
+        else:
+            assert effect["ci95"][0] <= effect["ci95"][1], path
+    assert effects["amber.amber_score"]["images"] == 2 and effects["zero_shot.colours.top1"]["images"] == 9
+    per_image = json.loads(storage.read_bytes(join(output, "per_image.json")))
+    assert set(per_image) == {"base", "trained"} and "per_image" not in metrics
 
     report_md = storage.read_bytes(join(output, "report.md")).decode()
     for heading in ("## AMBER (Table 2)", "## Zero-shot classification via captions", "## LLaVA benchmark suite",
-                    "| Δ trained |", "## Resources"):
+                    "| Δ trained |", "## Resources", "paired bootstrap interval"):
         assert heading in report_md
     assert "INCOMPLETE" not in report_md
     assert "<table>" in storage.read_bytes(join(output, "report.html")).decode()

@@ -98,6 +98,9 @@ def test_headline_numbers_and_markdown(reported_run):
     text = written.markdown
     assert "| train_final_loss | 0.49 |" in text and "`clip_scores.png`" in text
     assert "## Evaluation" in text and "AMBER (Table 2)" in text
+    # the evaluation's deltas with their bootstrap intervals (metrics.json's effects), in both forms
+    assert "-4.0 [-6.5, -1.5]" in text and "-4.0 [-6.5, -1.5]" in written.html
+    assert "1000 resamples" in text
     assert "Warning" not in text and "Warning" not in written.html  # chosen rewards rise in the fixture
 
 

@@ -240,9 +240,11 @@ def _count_discriminative(m: dict, item: dict, response: str) -> None:
 
 def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSimilarity | None, *,
              evaluation_type: str = "a", threshold: float = 0.8, allow_partial: bool = False,
-             examples: int = 0) -> dict:
+             examples: int = 0, per_item: bool = False) -> dict:
     """All AMBER metrics for `responses` (id -> text, or a generative item's sampled texts); refuses missing
-    ids unless `allow_partial`. Examples show a generative item's first text."""
+    ids unless `allow_partial`. Examples show a generative item's first text. `per_item`: the result also
+    holds "per_item", each scored item's own HEADLINE_COUNTERS (all its samples together), whose sums plus
+    the start counters give the headline numbers (`headline`): what a bootstrap over images resamples."""
     if evaluation_type not in EVALUATION_TYPES:
         raise AmberInputError(f"evaluation_type {evaluation_type!r}; expected one of {EVALUATION_TYPES}")
     wants_generative = evaluation_type in ("a", "g")
@@ -258,17 +260,27 @@ def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSi
     scored = sorted(set(responses) & expected)
     texts = {i: _texts(responses[i], i) for i in scored if is_generative(data, i)}
     batched = _batched_nouns(texts, nlp) if wants_generative else {}
+    items: dict[int, dict[str, float]] = {}
+    totals: dict[str, float] = {}
     for item_id in scored:
         item = data.annotations[item_id - 1]
+        own = items[item_id] = dict.fromkeys(HEADLINE_COUNTERS, 0.0)  # this item's counts alone
         if item["type"] != "generative":
-            _count_discriminative(m, item, responses[item_id])
-            continue
-        for k, response in enumerate(texts[item_id]):
-            result = score_generative(item, response, data, nlp, threshold, batched.get((item_id, k)))
-            _count_generative(m, result)
-            if k == 0 and len(qualitative) < examples:  # the first items by id: the same ones for every model
-                qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
-    return _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
+            _count_discriminative(own, item, responses[item_id])
+        else:
+            for k, response in enumerate(texts[item_id]):
+                result = score_generative(item, response, data, nlp, threshold, batched.get((item_id, k)))
+                _count_generative(own, result)
+                if k == 0 and len(qualitative) < examples:  # the first items by id: the same ones for every model
+                    qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
+        for key, value in own.items():
+            totals[key] = totals.get(key, 0.0) + value
+    for key, value in totals.items():  # counts summed first, then onto the start values, as `headline` does
+        m[key] = m.get(key, 0.0) + value
+    out = _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
+    if per_item:
+        out["per_item"] = {item_id: {k: own[k] for k in HEADLINE_COUNTERS} for item_id, own in items.items()}
+    return out
 
 
 def _texts(response: str | list[str], item_id: int) -> list[str]:
@@ -286,6 +298,27 @@ def _batched_nouns(texts: dict[int, list[str]], nlp) -> dict[tuple[int, int], li
         return {}
     keys = [(i, k) for i, samples in texts.items() for k in range(len(samples))]
     return dict(zip(keys, nlp.nouns_many([texts[i][k] for i, k in keys])))
+
+
+# The counters the headline numbers (CHAIR, Cover, Hal, Cog, F1, AMBER score) are computed from.
+HEADLINE_COUNTERS = ("chair_score", "chair_num", "safe_cover_score", "safe_cover_num", "hallu_cover_score",
+                     "hallu_cover_num", "non_hallu_score", "non_hallu_num", "qa_correct_score", "qa_correct_num",
+                     "qa_no_score", "qa_no_num", "qa_ans_no_score", "qa_ans_no_num")
+
+
+def headline(m: dict) -> dict[str, float | None]:
+    """The headline numbers from counters (start values included), exactly as the full result computes them."""
+    generative = _generative(m)
+    f1 = _prf(m, [""], 0.0001)["f1"]
+    score = None if None in (generative["chair"], f1) else round(amber_score(generative["chair"], f1), 2)
+    return {**{f"generative.{k}": v for k, v in generative.items()}, "discriminative.f1": f1, "amber_score": score}
+
+
+def _generative(m: dict) -> dict[str, float | None]:
+    return {"chair": _pct(m["chair_score"], m["chair_num"]),
+            "cover": _pct(m["safe_cover_score"], m["safe_cover_num"]),
+            "hal": round(100 - m["non_hallu_score"] / m["non_hallu_num"] * 100, 1) if m["non_hallu_num"] else None,
+            "cog": _pct(m["hallu_cover_score"], m["hallu_cover_num"])}
 
 
 def _pct(score: float, num: float) -> float | None:
@@ -308,12 +341,7 @@ def _summarise(m: dict, evaluation_type: str, *, complete: bool, missing: list[i
     out: dict = {"evaluation_type": evaluation_type, "complete": complete, "missing_ids": missing[:100],
                  "counters": m}
     if evaluation_type in ("a", "g"):
-        out["generative"] = {
-            "chair": _pct(m["chair_score"], m["chair_num"]),
-            "cover": _pct(m["safe_cover_score"], m["safe_cover_num"]),
-            "hal": round(100 - m["non_hallu_score"] / m["non_hallu_num"] * 100, 1) if m["non_hallu_num"] else None,
-            "cog": _pct(m["hallu_cover_score"], m["hallu_cover_num"]),
-        }
+        out["generative"] = _generative(m)
         out["examples"] = qualitative
     if evaluation_type in ("a", "d"):
         out["discriminative"] = _prf(m, [""], 0.0001)

@@ -155,8 +155,13 @@ class EvaluateConfig:
     # The engine of the two models the pipeline step names itself when `models` is empty: the run's base
     # and its trained model (clipdpo.steps). A model listed in `models` names its own engine.
     engine: str = "vllm"  # vllm | hf
+    # paired bootstrap intervals of every model's effect (evaluate.bootstrap): resamples of the images, and seed
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.bootstrap_resamples < 1:
+            raise ValueError(f"bootstrap_resamples: {self.bootstrap_resamples}; expected at least 1")
         if self.engine not in ENGINES:
             raise ValueError(f"engine: {self.engine!r}; expected one of {sorted(ENGINES)}")
         if not self.models:

@@ -11,19 +11,26 @@ result was scored on part of its items (AMBER's allow_partial), and the report s
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from clipdpo.evaluate import amber, report, zeroshot
+from clipdpo import determinism
+from clipdpo.evaluate import amber, bootstrap, report, zeroshot
 from clipdpo.evaluate.config import Benchmark, EvaluateConfig, ZeroShotDataset
 from clipdpo.evaluate.data import EvalInputError, Item, check_images_exist, image_uri, read_text
 from clipdpo.evaluate.infer import YES_NO, Responder, Task
 from clipdpo.evaluate.suite.questions import load_items
+from clipdpo.evaluate.suite.scoring import pope_measure, pope_per_image
 from clipdpo.evaluate.suite.scoring import score as score_benchmark
 from clipdpo.engines import Engine, ModelSpec, load_engine
 from clipdpo.storage import Storage, join
 
+log = logging.getLogger("clipdpo.evaluate")
 SHORT_ANSWER_TOKENS = 16
+PER_IMAGE = "per_image"  # a result's per-image counts by benchmark ("amber", "zero_shot.<name>", "suite.<label>")
+# each benchmark's metrics from its summed per-image counts (names: paths under the benchmark's results)
+MEASURES: dict[str, bootstrap.Measure] = {"amber": amber.headline, "zero_shot": zeroshot.measure, "pope": pope_measure}
 AMBER_TASKS = ("amber-generative", "amber-discriminative")
 
 EngineFactory = Callable[[ModelSpec], Callable[[], Engine]]
@@ -109,33 +116,90 @@ def answer_all(cfg: EvaluateConfig, tasks: list[Task], output: str, storage: Sto
 
 
 def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encoder, classes: dict) -> dict:
-    """One model's results from its replies: AMBER, zero-shot and suite, as configured."""
+    """One model's results from its replies: AMBER, zero-shot and suite, as configured; under PER_IMAGE each
+    benchmark's counts per image (for the bootstrap intervals; assemble_metrics moves them out of the results)."""
     result: dict = {}
+    per_image: dict[str, dict] = {}
     if inputs.amber is not None:
         a = cfg.amber
         answers = {int(i): r for name in AMBER_TASKS for i, r in got.get(name, {}).items()}
         result["amber"] = amber.evaluate(inputs.amber, answers, nlp, evaluation_type=a.evaluation_type,
                                          threshold=a.similarity_threshold, allow_partial=a.allow_partial,
-                                         examples=a.examples)
+                                         examples=a.examples, per_item=True)
         result["amber"].pop("counters")
-        images = {int(item.id): item.image for task in inputs.tasks if task.name == AMBER_TASKS[0]
+        images = {int(item.id): item.image for task in inputs.tasks if task.name in AMBER_TASKS
                   for item in task.items}
         for example in result["amber"].get("examples", []):  # the run report shows the image beside it
             example["image"] = images[example["id"]]
+        per_item = result["amber"].pop("per_item")
+        per_image["amber"] = {"measure": "amber", **bootstrap.by_image(
+            ((images[i], counts) for i, counts in sorted(per_item.items())), list(amber.HEADLINE_COUNTERS),
+            {k: inputs.amber.counters.get(k, 0.0) for k in amber.HEADLINE_COUNTERS}).to_json()}
     if inputs.zero_shot:
         result["zero_shot"] = {dataset.name: zeroshot.evaluate_dataset(items, names, classes[dataset.name],
                                                                        got[f"zeroshot-{dataset.name}"], encoder)
                                for dataset, items, names in inputs.zero_shot}
+        for name, scored in result["zero_shot"].items():
+            per_image[f"zero_shot.{name}"] = {"measure": "zero_shot", **scored.pop("per_image").to_json()}
     if inputs.suite:
         result["suite"] = {b.label: {"kind": b.kind, **score_benchmark(b.kind, items, got[f"suite-{b.label}"])}
                            for b, items in inputs.suite}
+        for b, items in inputs.suite:
+            if b.kind == "pope":
+                per_image[f"suite.{b.label}"] = {"measure": "pope",
+                                                 **pope_per_image(items, got[f"suite-{b.label}"]).to_json()}
+    if per_image:
+        result[PER_IMAGE] = per_image
     return result
 
 
-def write_metrics(storage: Storage, output: str, metrics: dict) -> None:
+def write_metrics(storage: Storage, output: str, metrics: dict) -> dict:
+    """metrics.json and the reports; the per-image counts (when any) go to per_image.json beside them.
+    Returns what metrics.json holds."""
+    metrics = dict(metrics)
+    per_image = metrics.pop(PER_IMAGE, None)
+    if per_image:
+        storage.write_bytes(join(output, "per_image.json"), json.dumps(per_image, sort_keys=True).encode())
     storage.write_bytes(join(output, "report.md"), report.markdown(metrics).encode())
     storage.write_bytes(join(output, "report.html"), report.html(metrics).encode())
     storage.write_bytes(join(output, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True).encode())
+    return metrics
+
+
+def _reported(result: dict, key: str, metric: str) -> bool:
+    """Whether a model's results hold a number at benchmark `key` ("amber", "zero_shot.<name>", ...), `metric`."""
+    section, _, name = key.partition(".")
+    tree = result.get(section)
+    for part in ([name] if name else []) + metric.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return isinstance(tree, (int, float))
+
+
+def effects(per_image: dict[str, dict[str, dict]], baseline: str, resamples: int, seed: int,
+            results: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Each other model's deltas from the baseline with paired bootstrap 95% intervals over images:
+    model -> metric path (as in results, e.g. amber.generative.chair) -> {delta, ci95, resamples, images}.
+    With `results`, only the metrics both models report (e.g. no F1 where AMBER ran generative items only)."""
+    base = per_image.get(baseline, {})
+    out: dict[str, dict] = {}
+    for model, benchmarks in per_image.items():
+        if model == baseline:
+            continue
+        out[model] = {}
+        for key, counts in sorted(benchmarks.items()):
+            if key not in base:
+                continue
+            try:
+                found = bootstrap.paired_effects(bootstrap.PerImage.from_json(base[key]),
+                                                 bootstrap.PerImage.from_json(counts), MEASURES[counts["measure"]],
+                                                 resamples, seed)
+            except ValueError as err:  # e.g. partial AMBER runs that scored different images: no paired interval
+                log.warning("no bootstrap interval for %s on %s: %s", model, key, err)
+                continue
+            kept = {metric: effect for metric, effect in found.items()
+                    if results is None or all(_reported(results[m], key, metric) for m in (baseline, model))}
+            out[model].update({f"{key}.{metric}": effect for metric, effect in kept.items()})
+    return out
 
 
 def scorers(cfg: EvaluateConfig, inputs: Inputs, nlp=None, encoder=None) -> tuple:
@@ -168,15 +232,20 @@ def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = 
     results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes)
                for spec in cfg.models}
     metrics = assemble_metrics(cfg, results, inferred, {"amber_nlp": getattr(nlp, "description", None),
-                                                        "zero_shot_text_encoder": getattr(encoder, "description", None)})
-    write_metrics(storage, output, metrics)
-    return metrics
+                                                        "zero_shot_text_encoder": getattr(encoder, "description", None),
+                                                        "cpu": determinism.record()})
+    return write_metrics(storage, output, metrics)
 
 
 def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int], resources: dict) -> dict:
-    """metrics.json from every model's results (the sequential run and the fan-out's merge share it)."""
+    """metrics.json from every model's results (the sequential run and the fan-out's merge share it), with each
+    model's effects (bootstrap intervals); the per-image counts move from the results to PER_IMAGE."""
+    per_image = {name: r[PER_IMAGE] for name, r in results.items() if PER_IMAGE in r}
+    results = {name: {k: v for k, v in r.items() if k != PER_IMAGE} for name, r in results.items()}
     return {
         "complete": all(r.get("amber", {}).get("complete", True) for r in results.values()),
+        "effects": effects(per_image, cfg.models[0].name, cfg.bootstrap_resamples, cfg.bootstrap_seed, results),
+        PER_IMAGE: per_image,
         "models": [asdict(spec) for spec in cfg.models],
         "baseline": cfg.models[0].name,
         "results": results,
@@ -184,6 +253,8 @@ def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int
                       "amber_discriminative_mode": cfg.amber.discriminative_mode if cfg.amber else None,
                       "amber_decoding": ({**asdict(cfg.amber.decoding), "description": cfg.amber.decoding.describe()}
                                          if cfg.amber else None),
-                      "zero_shot_text_encoder": resources.get("zero_shot_text_encoder")},
+                      "zero_shot_text_encoder": resources.get("zero_shot_text_encoder"),
+                      # the machine that scored (CPU model, code-path pins): numbers can move between CPUs
+                      "cpu": resources.get("cpu")},
         "inferred_items": inferred,
     }

@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from clipdpo import determinism
 from clipdpo.config import to_dict
 from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_metrics, default_engine_factory,
@@ -24,10 +25,10 @@ from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_met
 from clipdpo.evaluate import zeroshot
 from clipdpo.storage import Storage, join
 
-CACHE_VERSION = 1  # bump when scoring code changes what a cached result would hold
+CACHE_VERSION = 2  # bump when scoring code changes what a cached result would hold (2: per-image counts)
 # `engine` names the derived models' engine, which their specs (in the key) carry
 NOT_IN_KEY = ("models", "only_model", "only_task", "result_cache", "model_cache", "batch_size", "chunk_size",
-              "engine")
+              "engine", "bootstrap_resamples", "bootstrap_seed")
 
 
 def task_names(cfg: EvaluateConfig) -> list[str]:
@@ -80,7 +81,7 @@ def _answer_and_score(one: EvaluateConfig, output: str, storage: Storage, engine
     classes = {dataset.name: zeroshot.class_embeddings(names, encoder, one.zero_shot)
                for dataset, _, names in inputs.zero_shot}
     resources = {"amber_nlp": getattr(nlp, "description", None),
-                 "zero_shot_text_encoder": getattr(encoder, "description", None)}
+                 "zero_shot_text_encoder": getattr(encoder, "description", None), "cpu": determinism.record()}
     return {"result": score_model(one, inputs, responses[name], nlp, encoder, classes), "inferred": inferred[name],
             "resources": {k: v for k, v in resources.items() if v is not None}}
 
@@ -126,5 +127,4 @@ def merge(cfg: EvaluateConfig, output: str, storage: Storage | None = None) -> d
         inferred[item["model"]] += record["inferred"]
         resources.update(record["resources"])
     metrics = assemble_metrics(cfg, results, inferred, resources)
-    write_metrics(storage, output, metrics)
-    return metrics
+    return write_metrics(storage, output, metrics)

@@ -27,6 +27,7 @@ class Table:
     columns: list[str]
     rows: list[tuple[str, list[float | None]]] = field(default_factory=list)
     note: str = ""
+    paths: list[str | None] = field(default_factory=list)  # each column's metric path in metrics.json's effects
 
     def deltas(self) -> list[tuple[str, list[float | None]]]:
         """Each non-baseline row minus the baseline (first) row."""
@@ -35,6 +36,25 @@ class Table:
         base = self.rows[0][1]
         return [(f"Δ {name}", [None if v is None or b is None else v - b for v, b in zip(values, base)])
                 for name, values in self.rows[1:]]
+
+    def intervals(self, effects: dict) -> list[list[list[float] | None]]:
+        """Per delta row, each column's bootstrap 95% interval (None where there is none)."""
+        paths = self.paths + [None] * (len(self.columns) - len(self.paths))
+        return [[(effects.get(name, {}).get(path) or {}).get("ci95") if path else None for path in paths]
+                for name, _ in self.rows[1:]]
+
+
+def interval_text(interval: list[float] | None) -> str:
+    return "" if interval is None else f" [{interval[0]:+.1f}, {interval[1]:+.1f}]"
+
+
+def effects_note(metrics: dict) -> str:
+    """How the intervals were made (empty when there are none)."""
+    found = [e for by_metric in (metrics.get("effects") or {}).values() for e in by_metric.values()]
+    if not found:
+        return ""
+    return (f"Δ rows: [2.5%, 97.5%] paired bootstrap interval of the difference, {found[0]['resamples']} resamples "
+            "of the benchmark's images (the same images for both models; every item of an image together).")
 
 
 def better(column: str, delta: float) -> bool | None:
@@ -62,7 +82,9 @@ def build_tables(metrics: dict) -> list[Table]:
                 for n in names]
         incomplete = [n for n in names if _get(results[n], "amber", "complete") is False]
         note = f"INCOMPLETE: scored on part of the items for {', '.join(incomplete)}." if incomplete else ""
-        tables.append(Table("AMBER (Table 2): generative and discriminative hallucination", columns, rows, note))
+        paths = [f"amber.{g}.{k}" if k in ("chair", "cover", "hal", "cog", "f1") else None for _, g, k in AMBER_COLUMNS]
+        tables.append(Table("AMBER (Table 2): generative and discriminative hallucination", columns, rows, note,
+                            paths + ["amber.amber_score"]))
         rows = [(n, [_get(results[n], "amber", key, "f1") for _, key in AMBER_CATEGORIES]) for n in names]
         if any(v is not None for _, values in rows for v in values):
             tables.append(Table("AMBER discriminative F1 per category", [c for c, _ in AMBER_CATEGORIES], rows))
@@ -74,7 +96,7 @@ def build_tables(metrics: dict) -> list[Table]:
             present = [v for v in values if v is not None]
             rows.append((n, values + [sum(present) / len(present) if present else None]))
         tables.append(Table("Zero-shot classification via captions (Table 3): top-1 accuracy %", datasets + ["Avg"],
-                            rows))
+                            rows, paths=[f"zero_shot.{d}.top1" for d in datasets]))
     if any("suite" in results[n] for n in names):
         labels = list(_get(results[names[0]], "suite") or {})
         rows = []
@@ -90,7 +112,7 @@ def build_tables(metrics: dict) -> list[Table]:
                    for label in labels]
         tables.append(Table("LLaVA benchmark suite (Table 4)", columns + ["Avg"], rows,
                             "POPE: F1 averaged over splits; MME-P: perception score; MMB: circular accuracy; "
-                            "Avg: MME-P counted /20, as the paper."))
+                            "Avg: MME-P counted /20, as the paper.", [f"suite.{label}.headline" for label in labels]))
     return tables
 
 
@@ -126,6 +148,13 @@ def _resources(metrics: dict) -> list[str]:
         lines.append(f"AMBER descriptions: {r['amber_decoding']['description']}")
     if r.get("zero_shot_text_encoder"):
         lines.append(f"Zero-shot text encoder: {r['zero_shot_text_encoder']}")
+    if r.get("cpu"):
+        cpu = r["cpu"]
+        torch = cpu.get("torch") or {}
+        kernels = f"; torch {torch['cpu_capability']} kernels, {torch['intra_op_threads']} thread(s)" if torch else ""
+        pinned = ", ".join(f"{k}={v}" for k, v in (cpu.get("environment") or {}).items() if v is not None)
+        lines.append(f"Scored on: {cpu.get('cpu_model')} ({cpu.get('cpus')} CPUs){kernels}; "
+                     f"pins: {pinned or 'none'}")
     return lines
 
 
@@ -139,13 +168,15 @@ def markdown(metrics: dict) -> str:
         out += [f"## {table.title}", "", "| Model | " + " | ".join(table.columns) + " |",
                 "|---|" + "---:|" * len(table.columns)]
         out += [f"| {name} | " + " | ".join(_fmt(v) for v in values) + " |" for name, values in table.rows]
-        for name, deltas in table.deltas():
+        for (name, deltas), intervals in zip(table.deltas(), table.intervals(metrics.get("effects") or {})):
             cells = []
-            for column, d in zip(table.columns, deltas):
+            for column, d, interval in zip(table.columns, deltas, intervals):
                 mark = {True: "🟢 ", False: "🔴 ", None: ""}[better(column, d)] if d is not None else ""
-                cells.append("–" if d is None else f"{mark}{d:+.1f}")
+                cells.append("–" if d is None else f"{mark}{d:+.1f}{interval_text(interval)}")
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out += [""] + ([f"_{table.note}_", ""] if table.note else [])
+    if effects_note(metrics):
+        out += [f"_{effects_note(metrics)}_", ""]
     examples = _examples(metrics)
     if examples:
         out += ["## Qualitative examples (AMBER descriptions; hallucinated objects in bold)", ""]
@@ -192,11 +223,14 @@ def tables_html(metrics: dict) -> str:
                    + "".join(f"<th>{e(c)}</th>" for c in table.columns) + "</tr>")
         for name, values in table.rows:
             out.append(f"<tr><td>{e(name)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in values) + "</tr>")
-        for name, deltas in table.deltas():
+        for (name, deltas), intervals in zip(table.deltas(), table.intervals(metrics.get("effects") or {})):
             cells = []
-            for column, d in zip(table.columns, deltas):
+            for column, d, interval in zip(table.columns, deltas, intervals):
                 css = {True: "better", False: "worse", None: ""}[better(column, d)] if d is not None else ""
-                cells.append(f"<td class='{css}'>" + ("–" if d is None else f"{d:+.1f}") + "</td>")
+                cells.append(f"<td class='{css}'>" + ("–" if d is None else f"{d:+.1f}{interval_text(interval)}")
+                             + "</td>")
             out.append(f"<tr><td>{e(name)}</td>" + "".join(cells) + "</tr>")
         out.append("</table>" + (f"<p><i>{e(table.note)}</i></p>" if table.note else ""))
+    if effects_note(metrics):
+        out.append(f"<p><i>{e(effects_note(metrics))}</i></p>")
     return "\n".join(out)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdpo.evaluate.bootstrap import by_image
 from clipdpo.evaluate.config import TextEncoderConfig, ZeroShotConfig, ZeroShotDataset
 from clipdpo.evaluate.data import IMAGE_SUFFIXES, EvalInputError, Item, read_jsonl, require
 from clipdpo.storage import NotFound, Storage, join
@@ -110,8 +111,19 @@ def evaluate_dataset(items: list[Item], class_names: list[str], classes: np.ndar
     per_class: dict[str, list[int]] = {}
     for item, ok in zip(items, correct):
         per_class.setdefault(class_names[item.fields["class_index"]], []).append(int(ok))
-    return {"top1": 100.0 * float(correct.mean()), "images": len(items), "classes": len(class_names),
+    return {"top1": top1(float(correct.sum()), len(items)), "images": len(items), "classes": len(class_names),
             "per_class_top1": {name: 100.0 * sum(v) / len(v) for name, v in sorted(per_class.items())},
             "examples": [{"image": item.image, "caption": captions[item.id],
                           "predicted": class_names[int(p)], "truth": class_names[item.fields["class_index"]]}
-                         for item, p in list(zip(items, predictions))[:3]]}
+                         for item, p in list(zip(items, predictions))[:3]],
+            "per_image": by_image(((item.image, {"correct": float(ok), "images": 1.0})
+                                   for item, ok in zip(items, correct)), ["correct", "images"])}
+
+
+def top1(correct: float, images: float) -> float:
+    return 100.0 * correct / images
+
+
+def measure(totals: dict[str, float]) -> dict[str, float | None]:
+    """Top-1 from summed per-image counts (a bootstrap resample's)."""
+    return {"top1": top1(totals["correct"], totals["images"])}
