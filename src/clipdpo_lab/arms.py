@@ -58,8 +58,8 @@ def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: s
     """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`
     training with `method` (the POVID source's config under "povid"); `qa`: generate writes QA rows with the
     world's QA writer (trained once per world, cached in its folder)."""
-    # One torch thread: with two threads and a busy second core training ran ~10x slower.
-    # Set before torch loads; the components (subprocesses) inherit it.
+    # One torch thread: with two threads and a busy second core training ran ~10x slower. The CPU code paths
+    # are the lab run's to pin (clipdpo_lab.run.pin_cpu) before torch loads; the components inherit them.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

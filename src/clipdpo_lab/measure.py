@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--run-root", required=True, help="a folder for the run's artifacts")
     args = parser.parse_args(argv)
+    from clipdpo import determinism
+
+    determinism.apply_env(determinism.CpuPins(threads=args.threads))  # before torch loads: the components inherit
     from clipdpo_lab import localrun
     from clipdpo_lab.effect import run_control, run_stages, sampled_metrics, summary
     from clipdpo_world import data

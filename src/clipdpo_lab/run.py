@@ -103,14 +103,27 @@ def local_run(args) -> tuple[product.LocalRun, dict]:
     def after_summary(reports: Path) -> None:
         metrics = json.loads((reports / "evaluation" / "metrics.json").read_text())
         decoding = (metrics["resources"].get("amber_decoding") or {}).get("description", "greedy")
-        print(f"world {args.world}, AMBER on its held-out images; descriptions {decoding}:\n" + headline(metrics))
+        cpu = (metrics["resources"].get("cpu") or {}).get("cpu_model", "unknown CPU")
+        print(f"world {args.world}, AMBER on its held-out images; descriptions {decoding}; measured on {cpu}:\n"
+              + headline(metrics))
 
     return product.LocalRun(stages, label=f"world {args.world}", after_pipeline=after_pipeline,
                             after_summary=after_summary), lab
 
 
+def pin_cpu() -> None:
+    """The CPU code paths of this run and every component it starts (clipdpo.determinism): one thread, AVX2
+    kernels, so another x86-64 machine of the kind gives the same numbers. Before torch loads, or it is said."""
+    from clipdpo import determinism
+
+    pins = determinism.CpuPins(threads=int(os.environ.get("OMP_NUM_THREADS") or 1))
+    for problem in determinism.export_for_children(pins):
+        print(f"warning: {problem}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    pin_cpu()
     try:
         run, _ = local_run(args)
     except ConfigError as err:

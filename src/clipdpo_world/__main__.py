@@ -16,12 +16,17 @@ from pathlib import Path
 
 def build_world(seed: int, out: str, threads: int = 1):
     """The world of `seed` built (or reused) under `out`, its stage configs written to `<world>/configs/`;
-    its WorldPaths. Raises WorldBuildError when a model fails its self-check."""
-    import torch
+    its WorldPaths. Raises WorldBuildError when a model fails its self-check. The CPU code paths are pinned
+    (clipdpo.determinism) when torch is not loaded yet, so machines of the same kind build the same world."""
+    from clipdpo import determinism
 
+    pins = determinism.CpuPins(threads=threads)
+    if "torch" not in sys.modules:
+        determinism.apply_env(pins)
+    for problem in determinism.apply_torch(pins):
+        print(f"warning: {problem}", file=sys.stderr)
     from clipdpo_world.build import WorldConfig, build
 
-    torch.set_num_threads(threads)
     spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
     paths = build(WorldConfig(seed=seed), out, spacy_model=str(Path(spacy_model).resolve()) if spacy_model else None,
                   say=lambda line: print(line, flush=True))

@@ -76,7 +76,20 @@ def world_key(cfg: WorldConfig) -> str:
     for name in WORLD_MODULES:
         digest.update(name.encode() + code_digest(Path(__file__).with_name(name)))
     digest.update(code_digest(llava_chat.__file__))
+    digest.update(json.dumps(kernel_paths(), sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def kernel_paths() -> dict[str, str]:
+    """The CPU code paths this process's torch runs (its vector kernels and the MKL / oneDNN pins it loaded
+    with): a world built on other kernels has other bits, so it is another world (clipdpo.determinism)."""
+    import torch
+
+    from clipdpo.determinism import PINNED_VARIABLES
+
+    pins = {name: os.environ.get(name, "") for name in PINNED_VARIABLES if name not in ("OMP_NUM_THREADS",
+                                                                                     "MKL_NUM_THREADS")}
+    return {"aten": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads()), **pins}
 
 
 def _build_clip(cfg: WorldConfig, train, heldout, folder: str, say) -> tuple[dict, tuple[dict, dict]]:
@@ -143,7 +156,10 @@ def build(cfg: WorldConfig, out_dir: str, spacy_model: str | None = None, say=pr
     checks["clip"], clip_tower = _build_clip(cfg, train, heldout, str(work / "clip"), say)
     say("world LVLM: SFT on biased captions and questions ...")
     checks["lvlm"] = _build_lvlm(cfg, train, heldout, str(work / "lvlm"), clip_tower, say)
-    record = {"key": key, "config": asdict(cfg), "checks": checks, "seconds": round(time.monotonic() - started, 1)}
+    from clipdpo.determinism import record as cpu_record
+
+    record = {"key": key, "config": asdict(cfg), "checks": checks, "seconds": round(time.monotonic() - started, 1),
+              "cpu": cpu_record()}
     (work / WORLD_FILE).write_text(json.dumps(record, indent=2))
     shutil.rmtree(root, ignore_errors=True)
     os.replace(work, root)
