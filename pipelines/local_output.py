@@ -1,4 +1,4 @@
-"""The local run's terminal: one line per step; kfp's local executor output in a log file (issue 12).
+"""The local run's terminal: one line per step; kfp's local executor output in a log file (a demo run used to print ~1,300 lines of it).
 
 kfp's local runner prints every task's executor input and output JSON, its streamed logs and its own
 INFO lines: about 1,200 lines for the demo run. `steps_only` sends all of that (this process's stdout

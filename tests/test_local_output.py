@@ -1,6 +1,6 @@
 """The local run's terminal (pipelines/local_output.py): kfp's local executor output goes to a log file and
 one line per step shows, on a real two-step kfp pipeline through kfp's local SubprocessRunner; --verbose
-keeps kfp's output (issue 12: the demo run printed about 1,300 lines)."""
+keeps kfp's output (the demo run used to print about 1,300 lines)."""
 
 # no `from __future__ import annotations`: kfp reads the component signatures' real types
 

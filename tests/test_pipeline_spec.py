@@ -129,7 +129,7 @@ def test_evaluate_fans_out_per_model_and_task_then_merges_and_gates(compiled):
 
 def test_method_chooses_the_pairs_train_consumes(compiled):
     """povid pairs come from the ingested images; train reads what training-pairs picks from the filter's
-    CLIP-DPO pairs and POVID's, by the train config's method (issue 15)."""
+    CLIP-DPO pairs and POVID's, by the train config's method."""
     spec, _, _ = compiled
     root = spec["root"]["dag"]["tasks"]
     tasks = dict(all_tasks(spec))

@@ -119,7 +119,7 @@ def test_make_pipeline_run_defaults_to_world_0_and_the_demo_is_one_switch_away()
 
 def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path, monkeypatch):
     """--method povid: the pipeline's train config trains POVID (its two stages, a reference model) on the POVID
-    source of the world; --arms adds the others after it, each named by its arm, all in one report (#15)."""
+    source of the world; --arms adds the others after it, each named by its arm, all in one report."""
     import torch
 
     from clipdpo_lab.arms import evaluate_models
@@ -166,7 +166,7 @@ def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
 def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypatch):
     """--set train.KEY=VALUE changes the pipeline's train config and, through arm_train_config, the train config
     of every arm trained after it (each built from the world's train config for its method), the override
-    winning over the method's own value (#15)."""
+    winning over the method's own value."""
     import torch
 
     from clipdpo_lab.arms import arm_train_config

@@ -1,4 +1,4 @@
-"""POVID's LLM path end to end (#15): ground truth from LLaVA's conversation JSON on S3, the Table 6 prompt through
+"""POVID's LLM path end to end: ground truth from LLaVA's conversation JSON on S3, the Table 6 prompt through
 the generate stage's hf engine, every reply validated, a pairs artifact written on the S3 test server by the
 pipeline's own step function. The injector is a real tiny Llama whose reply its weights script
 (tests/scripted_llm.py), so every count and row is known in advance; no part of the path is mocked."""

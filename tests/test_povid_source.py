@@ -1,4 +1,4 @@
-"""POVID's pairs source (#15): the world's rule-based injector, the shared validation, the pairs artifact,
+"""POVID's pairs source: the world's rule-based injector, the shared validation, the pairs artifact,
 the union for `both`, and the method reaching train through the pipeline's step functions."""
 
 from __future__ import annotations

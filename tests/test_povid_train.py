@@ -1,4 +1,4 @@
-"""POVID in the train stage (#15): noisy-image rejections, the two-stage schedule, the beta_2 = 0 ablation."""
+"""POVID in the train stage: noisy-image rejections, the two-stage schedule, the beta_2 = 0 ablation."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Progress lines inside long work (clipdpo.progress): the rate and ETA maths against values worked out by
-hand, the rate limit on a fake clock, quiet mode, and the stages' hooks (issue 12, Progress)."""
+hand, the rate limit on a fake clock, quiet mode, and the stages' hooks."""
 
 from __future__ import annotations
 

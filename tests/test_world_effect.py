@@ -1,4 +1,4 @@
-"""Issue 17's claim, small enough for `make test`: on a world built here, CLIP-DPO cuts hallucination against
+"""The world's claim, small enough for `make test`: on a world built here, CLIP-DPO cuts hallucination against
 both the base LVLM and the shuffled-score control, through the real stages.
 
 World: `smalleffect.small_world(0)`, built in tmp_path with its self-checks at their default bars (CLIP ranks
@@ -6,7 +6,7 @@ World: `smalleffect.small_world(0)`, built in tmp_path with its self-checks at t
 captions) -> score (world CLIP) -> filter (the paper's rules) -> DPO train; the control arm: the same scores
 shuffled within each image -> filter -> train. Measurement: the world's exact CHAIR/Hal/Cover of sampled
 captions (temperature 1.0, SAMPLES per held-out image, the same sampling seeds for every model), not the
-evaluate stage's spaCy AMBER on greedy captions (slower, and noisier on few images: issue 17 trap 3).
+evaluate stage's spaCy AMBER on greedy captions (slower, and noisier on few images).
 Cost: 303 CPU-seconds on one thread (measured: build ~210 s, stages ~50 s, measurement ~30 s), so about 5
 minutes on an idle core; 26 minutes of wall time on the 2 shared cores under load 8-20 where it was measured.
 """

@@ -1,4 +1,4 @@
-"""The world QA writer (issue 17 item 4): its training targets, its cache, and QA rows through generate."""
+"""The world QA writer (the paper's instruction LLM, on the world): its training targets, its cache, and QA rows through generate."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ builds the stage's typed config from that parameter and calls the stage's `run` 
 the training job is the one process boundary, and it gets the config as a file on S3. Each
 function returns the URI it produced, versioned by what it wrote (`<uri>#<version>`, clipdpo.outputref):
 the pipeline passes it on, which makes the order explicit and puts the version into kfp's cache key of
-every later step, so a step that reran with another config reruns the steps after it (issue 12).
+every later step, so a step that reran with another config reruns the steps after it.
 
 A step owns its artifact under the run root: when kfp runs it (its inputs or config changed), it replaces
 an artifact made from other inputs or config (`overwrite`: the old one stays readable until the new one is

@@ -1,4 +1,4 @@
-"""What the world ablations share (`make rules-ablation`, `make loss-ablation`; issue 17).
+"""What the world ablations share (`make rules-ablation`, `make loss-ablation`).
 
 An ablation reuses a finished world run of `make pipeline-run`: its trained model `clipdpo` (the paper's
 choice) is one row, and each variant of the ablation is trained under `<run_root>-<name>-<variant>` in this

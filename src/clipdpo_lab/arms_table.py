@@ -40,7 +40,7 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def checks(figures: dict[str, dict]) -> dict[str, bool]:
-    """Issue 15's POVID bar and issue 17's CLIP-DPO bars on one seed."""
+    """The bars set for POVID (CHAIR cut) and CLIP-DPO (CHAIR and Hal cut, control) on one seed."""
     base, out = figures["base"], {}
     if "povid" in figures:
         out["povid CHAIR -20%"] = relative_cut(figures["povid"]["chair"], base["chair"]) <= -20

@@ -1,4 +1,4 @@
-"""The control arm of issue 17: CLIP scores shuffled among each image's captions before the filter.
+"""The shuffled-score control arm: CLIP scores shuffled among each image's captions before the filter.
 
 Every filter rule still applies (thresholds, length rule, text down-sampling), but which caption is
 "chosen" no longer follows CLIP: pairs become random. If CLIP-DPO's effect comes from CLIP's

@@ -1,4 +1,4 @@
-"""python -m clipdpo_lab.loss_ablation: the DPO loss variants of the paper's Table 5 on a finished world run (issue 17).
+"""python -m clipdpo_lab loss-ablation: the DPO loss variants of the paper's Table 5 on a finished world run.
 
 Sec. 7.1 compares the loss CLIP-DPO trains with: DPO (beta 0.1, the paper's default, and 0.3), IPO, KTO,
 SLiC and cDPO (DPO with label smoothing 0.1, beta 0.1 and 0.3); `train.loss_type` and `train.beta`,

@@ -1,4 +1,4 @@
-"""python -m clipdpo_lab.rules_ablation: the paper's pair rules on and off, on a finished world run (issue 17).
+"""python -m clipdpo_lab rules-ablation: the paper's pair rules on and off, on a finished world run.
 
 A pair is kept when its CLIP-score margin is over 2.0 and the shorter caption has at least 0.75 of the
 longer one's words (Sec. 4.2; `filter.pair_min_margin`, `filter.pair_min_length_ratio`). This reuses

@@ -37,7 +37,7 @@ class LvlmConfig:
     vision_from_clip: bool = True  # LLaVA's way: the (world) CLIP's image tower, frozen, penultimate layer
     vocab_size: int = 600
     bias_fraction: float = 0.3
-    steps: int = 2400  # the model "learns to see" in a jump somewhere past step ~1,200 (issue 17)
+    steps: int = 2400  # the model "learns to see" in a jump somewhere past step ~1,200 (measured on worlds 0 and 1)
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100

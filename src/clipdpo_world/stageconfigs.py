@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from clipdpo_world import clip, language
 
-# AMBER's descriptions on the world are sampled, not greedy (issue 17, trap 3): the model's own distribution
+# AMBER's descriptions on the world are sampled, not greedy (greedy counts moved a lot from world to world): the model's own distribution
 # (temperature 1.0, as the generate stage samples its captions) drawn 3 times for each of the 300 held-out
 # images, so CHAIR/Hal are counted over 900 descriptions instead of 300 greedy ones, whose hallucination
 # count (a few dozen captions) moved a lot from world to world. Chosen by design, before any number.
@@ -53,8 +53,8 @@ def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
         },
         "score": {**clip_cfg, "categories": language.category_descriptions()},
         "filter": {},  # the paper's rules (margin 2.0, length ratio 0.75, text down-sampling 0.5)
-        # lr: 2e-4 (issue 17's experiment) made the DPO model degenerate on world 0 (repeated phrases; greedy
-        # CHAIR 3.3 -> 9.8, Cover 97 -> 87); 5e-5 did not. Trap (2) of issue 17: DPO too strong.
+        # lr: 2e-4 made the DPO model degenerate on world 0 (repeated phrases; greedy CHAIR 3.3 -> 9.8, Cover
+        # 97 -> 87): DPO too strong for a model this small; 5e-5 did not.
         "train": {"model": paths["lvlm"], "learning_rate": 5e-5, "epochs": 2, "beta": 0.1,
                   "global_batch_size": 16, "per_device_batch_size": 16, "max_length": 128, "save_steps": 1000},
         "evaluate": evaluate,
