@@ -153,7 +153,8 @@ def generate_shard(images: pa.Table, cfg: GenerateConfig, captioners: dict[str, 
     encoded = images.column("image")
     decoding = Decoding()
     stats: dict[str, Any] = {"images": 0, "images_failed": 0, "captions": 0, "captions_empty": 0, "qa_rows": 0,
-                             "qa_unparseable": 0, "qa_replies_empty": 0, "failed_image_ids": [], "empty_caption_ids": []}
+                             "qa_unparseable": 0, "qa_replies_empty": 0, "failed_image_ids": [],
+                             "empty_caption_ids": []}
     requests_per_image = sum(1 for n in samples_per_prompt(cfg.captions_per_model, len(cfg.prompts)) if n)
     progress = {spec.name: Progress(f"generate captions ({spec.name})", len(image_ids) * requests_per_image,
                                     unit="requests") for spec in cfg.captioners}

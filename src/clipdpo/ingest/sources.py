@@ -137,8 +137,9 @@ def list_sources(storage: Storage, root: str, source_name: str) -> Listing:
                     "y" if len(not_files) == 1 else "ies", not_files[:3])
     images = [info.uri for info in files if info.uri.lower().endswith(IMAGE_SUFFIXES)]
     if not images:
+        unread = f" ({len(not_files)} entries could not be read, e.g. {not_files[:3]})" if not_files else ""
         raise SourceError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found among {len(files)} object(s)"
-                          + (f" ({len(not_files)} entries could not be read, e.g. {not_files[:3]})" if not_files else ""))
+                          + unread)
     refs = [SourceRef(image_id_for(root, uri), source_name, uri) for uri in images]
     check_unique_ids(refs)
     not_images = [info.uri for info in files if not info.uri.lower().endswith(IMAGE_SUFFIXES)]
