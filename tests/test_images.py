@@ -151,3 +151,17 @@ def test_decoding_records_failures_and_refuses_a_decompression_bomb():
     assert [key for key, _ in got] == ["ok"] and decoding.decoded == 1
     assert list(decoding.failed) == ["bomb", "junk", "none"] and decoding.failed["none"] == "gone"
     assert "decompression bomb" in decoding.failed["bomb"]
+
+
+def test_running_out_of_memory_is_not_a_skipped_image(monkeypatch):
+    """A MemoryError is the machine's, not the file's: counting it as undecodable would drop a good image for good."""
+    from clipdpo import images
+
+    def exhausted(data):
+        raise MemoryError
+
+    monkeypatch.setattr(images, "decode_image", exhausted)
+    decoding = Decoding()
+    with pytest.raises(MemoryError):
+        list(decoding.each([("big", b"bytes")]))
+    assert decoding.failed == {}

@@ -98,6 +98,8 @@ class Decoding:
                 continue
             try:
                 image = decode_image(data)
+            except MemoryError:  # the machine's, not the file's: a skip would drop a good image for good
+                raise
             except Exception as err:  # PIL raises many types for corrupt data (and DecompressionBombError)
                 self._fail(key, f"cannot decode: {err}")
                 continue
