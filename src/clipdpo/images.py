@@ -78,6 +78,21 @@ def _on_background(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+def viewable_bytes(data: bytes) -> bytes:
+    """`data` itself where other readers see what `decode_image` sees, else a PNG of `decode_image`'s pixels.
+
+    For images handed to other tools (the TRL export): `datasets` applies the EXIF orientation and a transformers
+    processor composites alpha on white as `to_rgb` does, but both turn 16-bit and float images white with
+    Pillow's plain `convert("RGB")`. Only the header is read unless the image must be re-encoded.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode not in SIXTEEN_BIT_GREY and image.mode != "F":
+            return data
+    buffer = io.BytesIO()
+    decode_image(data).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 class Decoding:
     """Decodes (key, bytes) pairs one at a time; `failed` holds key -> why it was left out, in input order.
 
