@@ -83,11 +83,15 @@ def viewable_bytes(data: bytes) -> bytes:
 
     For images handed to other tools (the TRL export): `datasets` applies the EXIF orientation and a transformers
     processor composites alpha on white as `to_rgb` does, but both turn 16-bit and float images white with
-    Pillow's plain `convert("RGB")`. Only the header is read unless the image must be re-encoded.
+    Pillow's plain `convert("RGB")`. Only the header is read unless the image must be re-encoded; bytes that
+    do not open as an image are passed on as they are (checking images is ingest's job, not the export's).
     """
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode not in SIXTEEN_BIT_GREY and image.mode != "F":
-            return data
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode not in SIXTEEN_BIT_GREY and image.mode != "F":
+                return data
+    except Exception:  # PIL raises many types for what it cannot read
+        return data
     buffer = io.BytesIO()
     decode_image(data).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -62,8 +62,9 @@ def trl_table(pairs: pa.Table, images: pa.Table) -> pa.Table:
     if where.null_count:
         missing = sorted(set(pc.filter(image_ids, pc.is_null(where)).to_pylist()))
         raise ValueError(f"TRL export: no image bytes for image_id(s) {missing[:5]} in the pairs' image shard(s)")
-    data = pa.array([viewable_bytes(image) for image in pc.take(_chunk(images.column("image")), where).to_pylist()],
-                    pa.binary())
+    stored = _chunk(images.column("image"))
+    viewable = pa.array([viewable_bytes(stored[i].as_py()) for i in range(len(stored))], pa.binary())  # once per image
+    data = pc.take(viewable, where)
     embedded = pa.StructArray.from_arrays([data, image_ids], fields=list(IMAGE))
     columns = [_one_each(embedded), _messages("user", _chunk(pairs.column("prompt"))),
                _messages("assistant", _chunk(pairs.column("chosen"))),
