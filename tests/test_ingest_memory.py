@@ -17,11 +17,14 @@ PHOTOS = 8  # 2.4 GB decoded if a shard's images were kept at once
 # (300 MB) and room for the allocator: well under the 2.4 GB of a shard kept decoded.
 CEILING_MB = 800
 
+# The child's own peak: VmHWM, the high-water mark of its memory since exec. Not getrusage's ru_maxrss, which on
+# Linux also counts the pages of the process that forked it (a pytest with torch loaded: over 1 GB).
 CHILD = """
-import json, resource, sys
+import json, re, sys
 from clipdpo.ingest.__main__ import main
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak_kb = int(re.search(r"VmHWM:\\s*(\\d+) kB", open("/proc/self/status").read()).group(1))
+print(json.dumps({"code": code, "peak_mb": peak_kb / 1024}))
 """
 
 
