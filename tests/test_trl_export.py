@@ -96,3 +96,27 @@ def test_a_pair_without_image_bytes_is_a_clear_error(exported):
         trl_table(pairs, images.slice(1))
     assert trl_table(pairs.slice(0, 0), images).num_rows == 0
     assert os.path.getsize(exported[0]) > sum(len(b) for b in images.column("image").to_pylist()) // 2
+
+
+def test_a_16_bit_image_is_exported_as_the_pixels_the_project_sees_and_others_are_kept_as_stored():
+    """`datasets` and a transformers processor turn a 16-bit image white (Pillow's plain convert("RGB")): the export
+    embeds what the project's decoder shows instead; other images keep their bytes."""
+    import pyarrow as pa
+
+    from clipdpo.images import decode_image
+
+    def encoded(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    ramp = np.array([[0, 257, 32896, 65535]], dtype="<u2")
+    wide, plain = encoded(Image.frombytes("I;16", (4, 1), ramp.tobytes())), encoded(Image.new("RGB", (4, 1), (1, 2, 3)))
+    images = pa.table({"image_id": ["wide", "plain"], "image": pa.array([wide, plain], pa.binary())})
+    pairs = pa.table({"image_id": ["wide", "plain"], "prompt": ["p", "p"], "chosen": ["a", "a"],
+                      "rejected": ["b", "b"], "kind": ["caption", "caption"]})
+    embedded = {row["image_id"]: row["images"][0]["bytes"] for row in trl_table(pairs, images).to_pylist()}
+    assert embedded["plain"] == plain
+    as_others_read = np.asarray(Image.open(io.BytesIO(embedded["wide"])).convert("RGB"))
+    assert as_others_read[0, :, 0].tolist() == [0, 1, 128, 255]  # v / 257, not white
+    assert np.array_equal(as_others_read, np.asarray(decode_image(wide)))

@@ -10,6 +10,10 @@ preference format:
 
     datasets.load_dataset("parquet", data_files="s3://.../pairs/export/trl/*.parquet")
 
+Images are embedded as stored, except those that `datasets` and a transformers processor would read otherwise
+than the project's decoder (16-bit and float images, which they turn white): those as a PNG of what
+`clipdpo.images.decode_image` shows (`viewable_bytes`).
+
 The `huggingface` schema metadata is what `datasets` reads to decode `images` into PIL images;
 written here with pyarrow alone, so the filter image needs no `datasets` (features JSON of
 datasets >= 4).
@@ -23,6 +27,8 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from clipdpo.images import viewable_bytes
 
 _STRING = {"dtype": "string", "_type": "Value"}
 _MESSAGES = {"feature": {"role": _STRING, "content": _STRING}, "_type": "List"}
@@ -56,7 +62,9 @@ def trl_table(pairs: pa.Table, images: pa.Table) -> pa.Table:
     if where.null_count:
         missing = sorted(set(pc.filter(image_ids, pc.is_null(where)).to_pylist()))
         raise ValueError(f"TRL export: no image bytes for image_id(s) {missing[:5]} in the pairs' image shard(s)")
-    data = pc.take(_chunk(images.column("image")), where)
+    stored = _chunk(images.column("image"))
+    viewable = pa.array([viewable_bytes(stored[i].as_py()) for i in range(len(stored))], pa.binary())  # once per image
+    data = pc.take(viewable, where)
     embedded = pa.StructArray.from_arrays([data, image_ids], fields=list(IMAGE))
     columns = [_one_each(embedded), _messages("user", _chunk(pairs.column("prompt"))),
                _messages("assistant", _chunk(pairs.column("chosen"))),

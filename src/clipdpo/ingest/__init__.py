@@ -1,8 +1,11 @@
 """ingest: image files (folder, S3 prefix or the built-in demo set) into an images artifact.
 
 `run(cfg, source, output, ...)` packs the files into Parquet shards of `shard_size` images.
-Undecodable files, and files without an image extension, are counted and named in the manifest
-stats and left out; the run goes on. Image ids are the path below the source, extension kept.
+Undecodable files, files without an image extension, and what the listing could not take (folders it
+cannot open, FIFOs, broken links: `sources.Listing.not_files`) are counted and named in the manifest stats
+and left out; the run goes on. A file that cannot be *read* (permission, I/O, an S3 error) is not a fact
+about the data: it fails its shard, which is not written, so the next run retries it. Image ids are the
+path below the source, extension kept.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import pyarrow as pa
 
 from clipdpo import config as config_lib
 from clipdpo.artifacts import ArtifactWriter, check_not_inside, shard_name
-from clipdpo.images import decode_all
-from clipdpo.ingest.sources import SourceRef, list_sources, read_source
+from clipdpo.images import Decoding
+from clipdpo.ingest.sources import SourceReadError, SourceRef, list_sources, read_source
 from clipdpo.schemas import IMAGES
 from clipdpo.stage import ShardSpec, report, run_shards
-from clipdpo.storage import Storage
+from clipdpo.storage import StorageError, Storage
 
 
 @dataclass(frozen=True)
@@ -34,24 +37,42 @@ class IngestConfig:
 MAX_LISTED = 100
 
 
-def _read(storage: Storage, item: SourceRef) -> bytes | None:
+def _read(storage: Storage, item: SourceRef) -> bytes:
+    """The file's bytes; a read that fails raises `SourceReadError`, never a skip: the failure is the storage's
+    (permission, I/O, S3), and a skip would be permanent, since the listing and so the fingerprint are unchanged."""
     try:
         return read_source(storage, item)
-    except Exception:  # an unreadable file is left out like an undecodable one
-        return None
+    except (StorageError, OSError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SourceReadError(f"{item.uri}: cannot be read ({why}); its shard was not written: fix the file "
+                              "(or remove it) and rerun, which retries it") from err
 
 
-def ingest_shard(storage: Storage, refs: list[SourceRef], not_images: list[str] = ()) -> tuple[pa.Table, dict]:
-    """One shard of images: every readable, decodable file with its size; the others by URI, and
-    `not_images` (files skipped by name) in the stats."""
-    data = {item.uri: _read(storage, item) for item in refs}
-    decoded = decode_all(data.items(), missing="cannot be read")
-    sizes = {uri: image.size for uri, image in decoded.images}
-    rows = [{"image_id": item.image_id, "source": item.source, "uri": item.uri, "image": data[item.uri],
-             "width": sizes[item.uri][0], "height": sizes[item.uri][1]} for item in refs if item.uri in sizes]
-    bad = [item.uri for item in refs if item.uri in decoded.failed]
+def ingest_shard(storage: Storage, refs: list[SourceRef], not_images: list[str] = (),
+                 not_files: list[str] = ()) -> tuple[pa.Table, dict]:
+    """One shard of images: every decodable file with its size; the undecodable ones by URI, and `not_images`
+    (files skipped by name) and `not_files` (listing entries that are not files) in the stats.
+
+    Each image is decoded (to check it and measure it) and dropped before the next: memory holds the shard's
+    encoded bytes and one decoded image."""
+    by_uri = {item.uri: item for item in refs}
+    data: dict[str, bytes] = {}
+
+    def read_each():
+        for item in refs:
+            data[item.uri] = _read(storage, item)
+            yield item.uri, data[item.uri]
+
+    rows, decoding = [], Decoding()
+    for uri, image in decoding.each(read_each()):
+        item = by_uri[uri]
+        rows.append({"image_id": item.image_id, "source": item.source, "uri": uri, "image": data[uri],
+                     "width": image.width, "height": image.height})
+        del image  # not alive while the next one decodes
+    bad = list(decoding.failed)
     stats = {"images": len(rows), "images_failed": len(bad), "failed_uris": bad[:MAX_LISTED],
-             "not_images": len(not_images), "not_image_uris": list(not_images)[:MAX_LISTED]}
+             "not_images": len(not_images), "not_image_uris": list(not_images)[:MAX_LISTED],
+             "not_files": len(not_files), "not_file_uris": list(not_files)[:MAX_LISTED]}
     return pa.Table.from_pylist(rows, schema=IMAGES), stats
 
 
@@ -71,8 +92,10 @@ def run(cfg: IngestConfig, source: str | None, output: str, *, shard: ShardSpec 
     first = shard_name(0)
 
     def process(name: str) -> tuple[pa.Table, dict]:
-        # Files skipped by name are reported once, with the first shard.
-        return ingest_shard(storage, by_name[name], listing.not_images if name == first else [])
+        # What the listing skipped is reported once, with the first shard.
+        if name == first:
+            return ingest_shard(storage, by_name[name], listing.not_images, listing.not_files)
+        return ingest_shard(storage, by_name[name])
 
     result = run_shards(writer, list(by_name), process, shard, finalize_only=finalize)
     return report("ingest", result, {"output": writer.uri})

@@ -2,8 +2,11 @@
 
 Packs image files into Parquet shards of `shard_size` images (`--set shard_size=N`). Files that
 do not decode as images are counted, named in the manifest stats (`failed_uris`) and left out;
-files without an image extension likewise (`not_image_uris`); the run goes on. Image ids are the
-path below the source, extension kept (see `sources.image_id_for`).
+files without an image extension likewise (`not_image_uris`), and entries that are not readable
+files: folders that cannot be opened, FIFOs, broken links (`not_file_uris`); the run goes on. A
+file that cannot be read (permission, I/O, S3 error) stops the run with its name: its shard is not
+written, and the rerun retries it. Image ids are the path below the source, extension kept (see
+`sources.image_id_for`).
 """
 
 from __future__ import annotations

@@ -160,9 +160,9 @@ class Example:
 def thumbnail(data: bytes, size: int = 224) -> bytes:
     import io
 
-    from PIL import Image
+    from clipdpo.images import decode_image
 
-    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = decode_image(data)  # upright and in RGB, as every stage sees it
     image.thumbnail((size, size))
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85)

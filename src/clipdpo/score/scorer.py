@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -86,14 +88,24 @@ class ClipScorer:
 
     # -- embeddings --------------------------------------------------------------
     @torch.no_grad()
-    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        out, progress = [], Progress("score: image embeddings", len(images), unit="images")
-        for start in range(0, len(images), self.config.image_batch_size):
-            batch = torch.stack([self.preprocess(img) for img in images[start : start + self.config.image_batch_size]])
+    def encode_images(self, images: Iterable[Image.Image], total: int | None = None) -> np.ndarray:
+        """Unit embeddings [images, dim]. `images` is taken a batch at a time: from an iterator that decodes
+        (score.shard), memory holds one batch of decoded images. `total`: how many, for progress (default len)."""
+        total = len(images) if total is None else total
+        out, progress, encoded = [], Progress("score: image embeddings", total, unit="images"), 0
+        iterator = iter(images)
+        while True:
+            decoded = list(itertools.islice(iterator, self.config.image_batch_size))
+            if not decoded:
+                break
+            batch = torch.stack([self.preprocess(img) for img in decoded])
+            del decoded  # not alive while the next batch decodes
             features = self.model.encode_image(batch.to(self.device), normalize=True)
             out.append(features.float().cpu().numpy())
+            encoded += len(batch)
             progress.advance(len(batch))
-        self.image_encodes += len(images)
+        progress.finish()
+        self.image_encodes += encoded
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Score one candidates shard: every image decoded and encoded once, every unique text once."""
+"""Score one candidates shard: every image decoded and encoded once (a batch of decoded images in memory at a
+time), every unique text once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from clipdpo.images import decode_all
+from clipdpo.images import Decoding
 from clipdpo.schemas import SCORES
 from clipdpo.score.qa_caption import question_to_caption
 from clipdpo.score.scorer import ClipScorer
@@ -52,15 +53,25 @@ class _Texts:
 def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> tuple[pa.Table, dict[str, Any]]:
     rows = candidates.to_pylist()
     needed = sorted({row["image_id"] for row in rows})
-    image_bytes = dict(zip(images.column("image_id").to_pylist(), images.column("image").to_pylist()))
+    position = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
+    encoded = images.column("image")
 
-    # Decode and encode each image exactly once, however many candidates it has.
-    decoded = decode_all(((image_id, image_bytes.get(image_id)) for image_id in needed),
-                         missing="not in the images shard")
+    # Decode and encode each image exactly once, however many candidates it has; decoded a batch at a time.
+    decoding = Decoding(missing="not in the images shard")
+    decoded_ids: list[str] = []
+
+    def each_image():
+        pairs = ((image_id, encoded[position[image_id]].as_py() if image_id in position else None)
+                 for image_id in needed)
+        for image_id, image in decoding.each(pairs):
+            decoded_ids.append(image_id)
+            yield image
+            del image
+
     encodes_before, text_encodes_before = scorer.image_encodes, scorer.text_encodes
-    image_emb = scorer.encode_images([image for _, image in decoded.images])
-    image_index = {image_id: i for i, (image_id, _) in enumerate(decoded.images)}
-    categories, category_scores = scorer.categorize(image_emb) if decoded.images else ([], np.zeros(0))
+    image_emb = scorer.encode_images(each_image(), total=len(needed))
+    image_index = {image_id: i for i, image_id in enumerate(decoded_ids)}
+    categories, category_scores = scorer.categorize(image_emb) if decoded_ids else ([], np.zeros(0))
     category_of = {image_id: (categories[i], float(category_scores[i])) for image_id, i in image_index.items()}
 
     # Collect every text to score, then encode the unique ones once.
@@ -95,10 +106,10 @@ def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> t
         "rows_in": len(rows),
         "rows_out": table.num_rows,
         "images": len(needed),
-        "images_failed": len(decoded.failed),
+        "images_failed": len(decoding.failed),
         "image_encodes": scorer.image_encodes - encodes_before,
         "text_encodes": scorer.text_encodes - text_encodes_before,
         "texts_scored": sum(1 for column in texts.columns() for t in column if t),
-        "failed_image_ids": sorted(decoded.failed)[:20],
+        "failed_image_ids": sorted(decoding.failed)[:20],
     }
     return table.select(SCORES.names), stats
