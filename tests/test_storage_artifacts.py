@@ -216,3 +216,24 @@ def test_overwrite_with_fewer_shards_leaves_no_stale_export_or_foreign_files(tmp
     assert listed == ["_done/" + fp + "/part-00000.json", "data/" + fp + "/part-00000.parquet",
                       "export/trl/part-00000.parquet", "manifest.json", "notes/mine.txt"]
     assert storage.read_bytes(f"{uri}/export/trl/part-00000.parquet") == b"new"
+
+
+def test_a_read_that_breaks_off_mid_body_is_one_storage_error():
+    """A connection lost while an object's body streams is a StorageError naming the object (one line, exit 2
+    at the command line), not a botocore traceback."""
+    from botocore.exceptions import ResponseStreamingError
+
+    from clipdpo.storage import StorageError
+
+    class Body:
+        def read(self):
+            raise ResponseStreamingError(error="connection reset")
+
+    class Client:
+        def get_object(self, **kwargs):
+            return {"Body": Body()}
+
+    storage = Storage()
+    storage._client = Client()
+    with pytest.raises(StorageError, match="s3://b/k: the read broke off"):
+        storage.read_bytes("s3://b/k")

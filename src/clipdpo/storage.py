@@ -155,7 +155,8 @@ class Storage:
         return self._client
 
     def _s3_call(self, uri: str, fn, **kwargs):
-        from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import (ClientError, ConnectionClosedError, EndpointConnectionError, NoCredentialsError,
+                                         ResponseStreamingError)
 
         try:
             return fn(**kwargs)
@@ -176,6 +177,8 @@ class Storage:
             raise StorageError(f"{uri}: S3 error {code}: {err}") from err
         except NoCredentialsError as err:
             raise StorageError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from err
+        except ResponseStreamingError as err:  # the connection broke while the body streamed: a read error
+            raise StorageError(f"{uri}: the read broke off ({err}); rerun to retry") from err
         except (EndpointConnectionError, ConnectionClosedError) as err:
             endpoint = self._s3_settings.endpoint_url or "AWS default endpoint"
             log_path = local_server_log(endpoint)
@@ -192,8 +195,7 @@ class Storage:
     def read_bytes(self, uri: str) -> bytes:
         if uri.startswith("s3://"):
             bucket, key = split_s3(uri)
-            response = self._s3_call(uri, self.s3.get_object, Bucket=bucket, Key=key)
-            return response["Body"].read()
+            return self._s3_call(uri, lambda: self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         try:
             return Path(uri).read_bytes()
         except FileNotFoundError as err:
