@@ -350,7 +350,8 @@ def test_a_missing_secret_fails_fast_naming_it(launcher):
     cluster, clock = FakeCluster(rec.cannot_start(KINDS[launcher], spec().name, 4, [rec.MISSING_SECRET])), FakeClock()
     with pytest.raises(JobFailed) as failure:
         run(cluster, launcher, clock=clock)
-    assert failure.value.reason == "CreateContainerConfigError" and 'secret "clipdpo-s3" not found' in str(failure.value)
+    assert failure.value.reason == "CreateContainerConfigError"
+    assert 'secret "clipdpo-s3" not found' in str(failure.value)
     assert clock.now <= 120 + 15 and cluster.deleted == [spec().name]
 
 
