@@ -183,6 +183,19 @@ def test_the_limits_count_from_admission(launcher):
     assert 3600 + 1200 < clock.now <= 3600 + 1200 + 30
 
 
+@pytest.mark.parametrize("launcher", sorted(KINDS))
+def test_a_job_kueue_preempts_waits_again_without_a_clock_running(launcher):
+    """Admitted and running 10 min, preempted back into the queue for 2 h, admitted again, succeeds: the 20 min
+    backstop counts each admission afresh."""
+    name = spec().name
+    admitted = rec.admitted_after_queue(KINDS[launcher], name, 4, UID, queued_polls=1)
+    running = rec.running_forever(KINDS[launcher], name, 4) * 40
+    queued = rec.queued_by_kueue(KINDS[launcher], name, 4, UID) * (2 * 3600 // 15)
+    cluster, clock = FakeCluster(admitted[:2] + running + queued + admitted[1:]), FakeClock()
+    outcome = run(cluster, launcher, clock=clock, timeout=1200, queue_name="team-gpus")
+    assert outcome.state == "Succeeded" and clock.now > 2 * 3600 + 600 and cluster.deleted == [name]
+
+
 def test_kueue_reason_is_read_from_whichever_workload_version_is_served():
     from kubernetes.client import ApiException
 
@@ -395,9 +408,10 @@ def test_rank0_log_streams_once_each_line_in_order(launcher):
     name = spec().name
     rank0 = rec.pods(KINDS[launcher], name, 4)[0]["metadata"]["name"]
     worker = rec.pods(KINDS[launcher], name, 4)[1]["metadata"]["name"]
-    # every 7 s, two lines on one timestamp, and stamps whose fractions kubelet prints unpadded (.5 vs .52)
+    # every 7 s; two lines on one timestamp, the last ones of a read (the next read sees them again); stamps whose
+    # fractions kubelet prints unpadded (.5 vs .52); polls at 0, 15, ..., 90 s, each read reaching 30 s further back
     lines = [(7.0 * i, f"step {i} loss {0.7 - i / 100:.2f}") for i in range(12)]
-    lines += [(77.0, "eval a"), (77.0, "eval b"), (80.5, "save 1"), (80.52, "save 2")]
+    lines += [(74.0, "eval a"), (74.0, "eval b"), (80.5, "save 1"), (80.52, "save 2")]
     lines.sort(key=lambda item: item[0])
     frames = rec.running_forever(KINDS[launcher], name, 4) * 6 + rec.succeeded(KINDS[launcher], name, 4)[-1:]
     clock, printed = FakeClock(), []

@@ -201,6 +201,10 @@ def blocked_containers(pods: list[dict], crash_restarts: int) -> list[Blocked]:
     return found
 
 
+def runs_container(pod: dict, container: str) -> bool:
+    return any(c.get("name") == container for c in (pod.get("spec") or {}).get("containers") or [])
+
+
 def container_started(pod: dict, container: str) -> bool:
     """The training container has run (running now, exited, or restarted at least once)."""
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -389,7 +393,7 @@ class JobFollower:
 
     def stream_rank0(self, kind: JobKind, namespace: str, pods: list[dict]) -> None:
         """Print what rank 0 logged since the last poll (the first read: the last `log_tail_lines`). Best effort."""
-        pod = rank0_pod(pods)
+        pod = rank0_pod([pod for pod in pods if runs_container(pod, kind.container)])
         if not self.stream_logs or pod is None or not container_started(pod, kind.container):
             return
         name = pod["metadata"]["name"]
@@ -544,13 +548,14 @@ class JobFollower:
                 if self._placed(kind, manifest, job, pods, running_for, schedule_timeout_seconds):
                     progress.scheduled_at = now
             if progress.scheduled_at is not None and not progress.started:
-                progress.started = (len(pods) >= kind.pod_count(manifest)
-                                    and all(container_started(pod, kind.container) for pod in pods))
+                trainers = [pod for pod in pods if runs_container(pod, kind.container)]  # not a runtime's initializer
+                progress.started = (len(trainers) >= kind.pod_count(manifest)
+                                    and all(container_started(pod, kind.container) for pod in trainers))
                 if (not progress.started and startup_timeout_seconds
                         and now - progress.scheduled_at > startup_timeout_seconds):
                     raise JobStartFailed(name, "StartupDeadlineExceeded",
                                          f"containers not started {now - progress.scheduled_at:.0f}s after every "
-                                         f"pod was placed: {not_started_reason(pods, kind.container)}",
+                                         f"pod was placed: {not_started_reason(trainers, kind.container)}",
                                          "(the containers have not run)")
             self.stream_rank0(kind, namespace, pods)
             if running_for > timeout_seconds:
