@@ -30,6 +30,12 @@ WALL_SECONDS = 20  # each test replays a handful of polls: far below this on any
 
 @pytest.fixture(autouse=True)
 def wall_clock_limit():
+    # what the pipeline's train step imports (torch among it) loads before the alarm: on a busy machine the
+    # first import alone can take longer than the replay, and an alarm inside it leaves torch half-imported
+    import clipdpo.steps  # noqa: F401
+    import clipdpo.tracking  # noqa: F401
+    import clipdpo.train.config  # noqa: F401
+
     def expired(signum, frame):
         raise TimeoutError(f"test still running after {WALL_SECONDS}s: the follower did not end")
 
