@@ -235,7 +235,7 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
 
 
 def cleanup_train_jobs_step(launcher: str, namespace: str = "") -> list[str]:
-    """The run's exit handler: delete this run's training jobs that have not finished (a cancelled run, or a
+    """For the run's exit task: delete this run's training jobs that have not finished (a cancelled run, or a
     launcher lost with no retry left); failed jobs stay for inspection. Nothing to do for `local`."""
     if launcher == "local":
         return []

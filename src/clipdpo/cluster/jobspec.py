@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 LABEL_APP = "app.kubernetes.io/name"
 LABEL_KEY = "clipdpo.dev/launch-key"
-RUN_LABEL = "clipdpo.dev/run"  # the pipeline run that launched the job: its exit handler deletes what is left
+RUN_LABEL = "clipdpo.dev/run"  # the pipeline run that launched the job: what the run leaves running is found by it
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits the whole job at once (gang admission)
 # RFC 1035 label: the TrainJob CRD's own rule (a letter first), stricter than PyTorchJob's RFC 1123.
 NAME_PATTERN = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -42,7 +42,7 @@ class TrainJobSpec:
     # PyTorchJob: a finished job (a failed one: the follower deletes succeeded jobs) stays this long for inspection
     ttl_seconds_after_finished: int = 3 * 24 * 3600
     # No ownerReference to the launching step's pod: the job must outlive an evicted launcher (the retried step
-    # re-attaches by its name); the run's exit handler deletes it by RUN_LABEL.
+    # re-attaches by its name); what the run leaves running is deleted by RUN_LABEL (launch.delete_run_jobs).
     labels: dict[str, str] = field(default_factory=dict)
     queue_name: str = ""  # Kueue LocalQueue; empty: no Kueue
     gang: bool = False  # PyTorchJob: runPolicy.schedulingPolicy.minAvailable = every replica

@@ -12,8 +12,9 @@ the same run root starts its own.
 SIGTERM (this pod being stopped) raises StepCancelled. The follower then reads this pod
 (CLIPDPO_POD_NAME): a DisruptionTarget condition means an eviction, preemption or node shutdown,
 and the job is left running for the retry; otherwise the run was cancelled and the job is deleted.
-Whatever is left unfinished when the run ends, the run's exit handler deletes (`delete_run_jobs`,
-by the job's clipdpo.dev/run label); failed jobs stay for inspection until their TTL.
+What a run leaves unfinished (its launcher lost and not retried, then the run cancelled or failed)
+`delete_run_jobs` deletes by the job's clipdpo.dev/run label: `clipdpo.steps.cleanup_train_jobs_step`,
+meant as the run's exit task. Failed jobs stay for inspection until their TTL.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from clipdpo.cluster.follow import JobFollower, StepCancelled
 log = logging.getLogger("clipdpo.cluster")
 BUILDERS = {"pytorchjob": pytorchjob.build, "trainjob": trainjob.build}
 POD_NAME_ENV, RUN_ENV = "CLIPDPO_POD_NAME", "CLIPDPO_RUN"
-ARGO_WORKFLOW_LABEL = "workflows.argoproj.io/workflow"  # on every pod of a run: the pipeline passes it as RUN_ENV
 
 
 def run_from_env(environ=os.environ) -> str:
