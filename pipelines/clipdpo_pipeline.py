@@ -146,7 +146,8 @@ def training_pairs(run_root: str, clipdpo_pairs_uri: str, povid_pairs_uri: str, 
 @dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)
 def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image: str, nodes: int,
           gpus_per_node: int, s3_secret: str, node_selector_json: str, tolerations_json: str,
-          timeout_hours: float, queue_name: str, runtime: str, metrics: Output[Metrics]) -> str:
+          timeout_hours: float, queue_name: str, runtime: str, schedule_timeout_minutes: float,
+          startup_timeout_minutes: float, admission_timeout_minutes: float, metrics: Output[Metrics]) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import train_step
 
@@ -154,7 +155,9 @@ def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image:
         return train_step(run_root, config_json, launcher=launcher, pairs_uri=pairs_uri, image=image, nodes=nodes,
                           gpus_per_node=gpus_per_node, s3_secret=s3_secret, node_selector_json=node_selector_json,
                           tolerations_json=tolerations_json, timeout_hours=timeout_hours, queue_name=queue_name,
-                          runtime=runtime)
+                          runtime=runtime, schedule_timeout_minutes=schedule_timeout_minutes,
+                          startup_timeout_minutes=startup_timeout_minutes,
+                          admission_timeout_minutes=admission_timeout_minutes)
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
@@ -212,6 +215,12 @@ def report(run_root: str, evaluation_uri: str, metrics: Output[Metrics], report_
         return written.uri
 
 
+RUN_FIELD = "metadata.labels['workflows.argoproj.io/workflow']"  # Argo labels every pod of a run with it
+# A step that follows a days-long job: cluster-autoscaler and Karpenter do not evict it to consolidate nodes
+LAUNCHER_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                        "karpenter.sh/do-not-disrupt": "true"}
+
+
 def _uri(task):
     """The URI a step returned (`.output` is ambiguous: every step also has its Metrics output)."""
     return task.outputs["Output"]
@@ -261,6 +270,9 @@ def clipdpo_pipeline(
     train_timeout_hours: float = 72.0,
     train_queue_name: str = "",
     train_runtime: str = "torch-distributed",
+    train_schedule_timeout_minutes: float = 60.0,
+    train_startup_timeout_minutes: float = 30.0,
+    train_admission_timeout_minutes: float = 0.0,
     evaluate_config: str = "{}",
     gate_config: str = "{}",
     povid_config: str = "{}",
@@ -305,16 +317,25 @@ def clipdpo_pipeline(
                                 povid_pairs_uri=dsl.OneOf(_uri(on_gpu), _uri(on_cpu)), train_config_json=train_config))
     chosen.set_cpu_request("1").set_memory_request("2G").set_display_name("training pairs")
 
+    # The training job outlives this step's pod (no owner): a retry after an eviction re-attaches to it by its
+    # launch key (which includes the run: CLIPDPO_RUN, the Argo workflow's name on every pod of the run). The
+    # follower's limits count from admission: time in a Kueue queue is not a failure
+    # (train_admission_timeout_minutes: 0, none).
     model = _tracking(_s3(train(run_root=run_root, pairs_uri=_uri(chosen), config_json=train_config,
                                 launcher=train_launcher, image=SETTINGS.image("train"), nodes=train_nodes,
                                 gpus_per_node=train_gpus_per_node, s3_secret=SETTINGS.s3_secret,
                                 node_selector_json=train_node_selector, tolerations_json=train_tolerations,
                                 timeout_hours=train_timeout_hours, queue_name=train_queue_name,
-                                runtime=train_runtime)))
-    # No step timeout: the launcher's own deadline (train_timeout_hours) governs and deletes the job.
-    # The job names this step's pod as its owner: deleting the pod deletes the job.
+                                runtime=train_runtime, schedule_timeout_minutes=train_schedule_timeout_minutes,
+                                startup_timeout_minutes=train_startup_timeout_minutes,
+                                admission_timeout_minutes=train_admission_timeout_minutes)))
+    # No step timeout: the launcher's own deadline (train_timeout_hours) governs. Retries: a launcher pod lost to
+    # a drain or preemption comes back and follows the same job.
+    model.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
+    kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_RUN", field_path=RUN_FIELD)
     kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_POD_NAME", field_path="metadata.name")
-    kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_POD_UID", field_path="metadata.uid")
+    for key, value in LAUNCHER_ANNOTATIONS.items():  # autoscalers: do not move this pod off its node
+        kubernetes.add_pod_annotation(model, annotation_key=key, annotation_value=value)
     model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (cluster job)")
 
     # base vs trained: one GPU pod per (model, task) (the base's results come from the eval cache once known),

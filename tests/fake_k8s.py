@@ -9,6 +9,7 @@ The last frame repeats, so "pending forever" is one frame.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 
 from kubernetes.client import ApiClient, ApiException
@@ -28,11 +29,25 @@ def pod_list(pods: list[dict]):
                                               "items": pods}), "V1PodList")
 
 
+T0 = datetime.datetime(2026, 11, 29, 10, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+def log_timestamp(seconds: float) -> str:
+    """Kubelet's RFC3339Nano stamp for T0 + seconds: the fraction's trailing zeros dropped (…:01.5Z, …:02Z)."""
+    stamp = (T0 + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".")
+    return stamp + "Z"
+
+
 class FakeCluster:
-    """`frames`: [{"status": job status, "pods": [...], "workloads": [...]} | DELETED, ...]."""
+    """`frames`: [{"status": job status, "pods": [...], "workloads": [...]} | DELETED, ...].
+
+    `log_lines`: {pod: [(seconds, line), ...]}: a log that grows with `clock` (what kubelet serves with
+    timestamps, sinceSeconds and tailLines); without it, `logs` is each pod's whole log.
+    `step_pods`: the pipeline step's own pods by name (read_namespaced_pod, delete_pod)."""
 
     def __init__(self, frames: list | None = None, logs: dict[str, str] | str = "step 1 loss 0.69\n",
-                 on_poll=None):
+                 on_poll=None, log_lines: dict[str, list[tuple[float, str]]] | None = None, clock=None,
+                 step_pods: dict[str, dict] | None = None):
         self.jobs: dict[tuple[str, str], dict] = {}
         self.created: list[dict] = []
         self.deleted: list[str] = []
@@ -43,6 +58,10 @@ class FakeCluster:
         self.polls = 0
         self.checked: set[int] = set()
         self.on_poll = on_poll  # called with the poll number (e.g. to deliver a signal)
+        self.log_lines = log_lines
+        self.clock = clock
+        self.step_pods = dict(step_pods or {})
+        self.garbage_collected: list[str] = []
 
     def _advance(self, key) -> None:
         if self.frames:
@@ -90,20 +109,47 @@ class FakeCluster:
         self.deleted.append(name)
 
     def list_namespaced_custom_object(self, group, version, namespace, plural, label_selector=""):
-        assert (group, plural) == ("kueue.x-k8s.io", "workloads")
         key, _, value = label_selector.partition("=")
-        items = [w for w in self.frame.get("workloads", []) if w["metadata"]["labels"].get(key) == value]
-        return {"apiVersion": f"{group}/{version}", "kind": "WorkloadList", "items": copy.deepcopy(items)}
+        if (group, plural) == ("kueue.x-k8s.io", "workloads"):
+            items = [w for w in self.frame.get("workloads", []) if w["metadata"]["labels"].get(key) == value]
+            return {"apiVersion": f"{group}/{version}", "kind": "WorkloadList", "items": copy.deepcopy(items)}
+        items = [job for (ns, _), job in self.jobs.items() if ns == namespace
+                 and job["apiVersion"] == f"{group}/{version}" and plural == job["kind"].lower() + "s"
+                 and job["metadata"].get("labels", {}).get(key) == value]
+        return {"apiVersion": f"{group}/{version}", "kind": "List", "items": copy.deepcopy(items)}
 
     # CoreV1Api
     def list_namespaced_pod(self, namespace, label_selector=""):
         key, _, value = label_selector.partition("=")
         return pod_list([p for p in self.frame.get("pods", []) if p["metadata"]["labels"].get(key) == value])
 
-    def read_namespaced_pod_log(self, name, namespace, container=None, tail_lines=None, previous=False):
+    def read_namespaced_pod_log(self, name, namespace, container=None, tail_lines=None, previous=False,
+                                timestamps=False, since_seconds=None):
         self.log_requests.append({"pod": name, "container": container, "tail_lines": tail_lines,
-                                  "previous": previous})
-        return self.logs if isinstance(self.logs, str) else self.logs.get(name, "")
+                                  "previous": previous, "timestamps": timestamps, "since_seconds": since_seconds})
+        if self.log_lines is None:
+            text = self.logs if isinstance(self.logs, str) else self.logs.get(name, "")
+            return "".join(f"{log_timestamp(0)} {line}\n" for line in text.splitlines()) if timestamps else text
+        now = self.clock()
+        lines = [(t, line) for t, line in self.log_lines.get(name, []) if t <= now
+                 and (since_seconds is None or t >= now - since_seconds)]
+        if tail_lines is not None:
+            lines = lines[-tail_lines:]
+        return "".join((f"{log_timestamp(t)} " if timestamps else "") + line + "\n" for t, line in lines)
+
+    def read_namespaced_pod(self, name, namespace):
+        if name not in self.step_pods:
+            raise ApiException(status=404, reason="Not Found")
+        return ApiClient().deserialize(_Response(self.step_pods[name]), "V1Pod")
+
+    def delete_pod(self, name):
+        """The step's pod is gone (evicted, drained): Kubernetes' garbage collector deletes what it owned."""
+        self.step_pods.pop(name, None)
+        for key, job in list(self.jobs.items()):
+            if any(ref.get("kind") == "Pod" and ref.get("name") == name
+                   for ref in job["metadata"].get("ownerReferences", [])):
+                del self.jobs[key]
+                self.garbage_collected.append(key[1])
 
 
 class FakeClock:

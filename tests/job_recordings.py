@@ -44,14 +44,43 @@ def _container(kind: str) -> str:
     return "pytorch" if kind == "PyTorchJob" else "node"
 
 
+IMAGE = "ghcr.io/x/clipdpo-train:0.1.0"
+# kubelet's waiting reasons and messages (pkg/kubelet/images, kuberuntime) for pods that cannot start
+IMAGE_NOT_FOUND = (f'failed to pull and unpack image "{IMAGE}": failed to resolve reference "{IMAGE}": '
+                   f'{IMAGE}: not found')
+ERR_IMAGE_PULL = ("ErrImagePull", f'rpc error: code = NotFound desc = {IMAGE_NOT_FOUND}')
+IMAGE_PULL_BACKOFF = ("ImagePullBackOff", f'Back-off pulling image "{IMAGE}": ErrImagePull: {IMAGE_NOT_FOUND}')
+MISSING_SECRET = ("CreateContainerConfigError", 'secret "clipdpo-s3" not found')
+CONTAINER_CREATING = ("ContainerCreating", "")
+
+
+def crash_loop(pod: str) -> tuple[str, str]:
+    return "CrashLoopBackOff", f"back-off 5m0s restarting failed container=node pod={pod}_ml(0d5c1f2e)"
+
+
 def pods(kind: str, job: str, nodes: int, *, state: str = "running", failed: int | None = None,
-         restarted: bool = False) -> list[dict]:
-    """state: running | pending (unschedulable) | succeeded; `failed`: index of a pod whose container
+         restarted: bool = False, waiting: tuple[str, str] | None = None, restarts: int = 0) -> list[dict]:
+    """state: running | pending (unschedulable) | succeeded | waiting (placed, the training container waits for
+    `waiting`: (reason, message), after `restarts` crashes); `failed`: index of a pod whose container
     exited 137 (OOMKilled), now or, with `restarted`, before its last restart."""
     out = []
     for index, (name, labels) in enumerate(_pod_names(kind, job, nodes)):
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ml", "labels": labels},
-               "spec": {"containers": [{"name": _container(kind), "image": "ghcr.io/x/clipdpo-train:0.1.0"}]}}
+               "spec": {"containers": [{"name": _container(kind), "image": IMAGE}]}}
+        if state == "waiting":
+            reason, message = waiting
+            if reason == "CrashLoopBackOff":
+                message = crash_loop(name)[1]
+            status = {"name": _container(kind), "ready": False, "restartCount": restarts, "image": IMAGE,
+                      "imageID": "", "state": {"waiting": {"reason": reason, "message": message}}}
+            if restarts:
+                status["lastState"] = {"terminated": {"exitCode": 1, "reason": "Error", "startedAt": T0,
+                                                      "finishedAt": T0}}
+            pod["status"] = {"phase": "Pending" if not restarts else "Running",
+                             "conditions": [{"type": "PodScheduled", "status": "True"}],
+                             "containerStatuses": [status]}
+            out.append(pod)
+            continue
         if state == "pending":
             pod["status"] = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
                                                                  "reason": "Unschedulable",
@@ -161,3 +190,30 @@ def queued_by_kueue(kind: str, job: str, nodes: int, uid: str) -> list:
 
 def running_forever(kind: str, job: str, nodes: int) -> list:
     return [_frame(kind, job, nodes, _running(kind))]
+
+
+def _resumed(kind: str) -> list[dict]:
+    """Kueue admitted the job: it is unsuspended (its Suspended condition turns False) and runs."""
+    if kind == "PyTorchJob":
+        resumed = _condition(kind, "Suspended", "PyTorchJobResumed", "PyTorchJob j is resumed.", status="False")
+    else:
+        resumed = _condition(kind, "Suspended", "Resumed", "TrainJob is resumed", status="False")
+    return [resumed]
+
+
+def admitted_after_queue(kind: str, job: str, nodes: int, uid: str, queued_polls: int) -> list:
+    """`queued_polls` polls suspended in a Kueue queue (no quota), then admitted; it runs and succeeds."""
+    queued = queued_by_kueue(kind, job, nodes, uid) * queued_polls
+    after = []
+    for frame in succeeded(kind, job, nodes):
+        conditions = frame["status"]["conditions"]
+        after.append({**frame, "status": {**frame["status"], "conditions": conditions[:1] + _resumed(kind)
+                                          + conditions[1:]}})
+    return queued + after
+
+
+def cannot_start(kind: str, job: str, nodes: int, waits: list[tuple[str, str]], restarts: int = 0) -> list:
+    """Every pod placed, its training container waiting: one frame per (reason, message) in `waits`, the last
+    one forever (ErrImagePull and ImagePullBackOff alternate while kubelet retries the pull)."""
+    return [{"status": status(kind, _created(kind), nodes, active=nodes),
+             "pods": pods(kind, job, nodes, state="waiting", waiting=wait, restarts=restarts)} for wait in waits]

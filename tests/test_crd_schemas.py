@@ -34,10 +34,8 @@ def build(launcher, nodes, gpus, kueue, gang) -> dict:
         image="ghcr.io/x/clipdpo-train:0.1.0", train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"],
         nodes=nodes, gpus_per_node=gpus, queue_name="team-gpus" if kueue else "", gang=gang,
         node_selector={"nvidia.com/gpu.present": "true"},
-        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        owner={"apiVersion": "v1", "kind": "Pod", "name": "step", "uid": "u-1", "controller": False,
-               "blockOwnerDeletion": False})
-    return build_manifest(spec, launcher, "key")
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    return build_manifest(spec, launcher, "key", run="clipdpo-7x2kq")
 
 
 def pods_and_gpus(job: dict) -> tuple[int, set]:

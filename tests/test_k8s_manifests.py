@@ -77,14 +77,14 @@ def used_permissions() -> set[tuple]:
     example = pytorchjob.example_spec()
     for launcher, kind in (("pytorchjob", "PyTorchJob"), ("trainjob", "TrainJob")):
         manifest = build_manifest(example, launcher, "key")
-        for frames, schedule_timeout in ((rec.succeeded(kind, example.name, example.nodes), 0),
-                                         (rec.queued_by_kueue(kind, example.name, example.nodes,
-                                                              "6f1c2e8a-0b7d-4a51-9c1e-2d4f8b7a9e10"), 60)):
+        for frames, admission_timeout in ((rec.succeeded(kind, example.name, example.nodes), 0),
+                                          (rec.queued_by_kueue(kind, example.name, example.nodes,
+                                                               "6f1c2e8a-0b7d-4a51-9c1e-2d4f8b7a9e10"), 60)):
             cluster, clock = Recording(frames), FakeClock()
             manifest["metadata"]["namespace"] = "clipdpo"
             try:
                 JobFollower(cluster, cluster, poll_seconds=30, clock=clock, sleep=clock.sleep).run(
-                    manifest, timeout_seconds=3600, schedule_timeout_seconds=schedule_timeout)
+                    manifest, timeout_seconds=3600, admission_timeout_seconds=admission_timeout)
             except JobUnschedulable:
                 pass
     assert ("kueue.x-k8s.io", "workloads", "list") in calls and ("trainer.kubeflow.org", "trainjobs", "create") in calls

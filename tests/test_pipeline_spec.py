@@ -208,3 +208,21 @@ def test_povid_placement_refuses_a_bad_povid_config_before_any_pod_starts():
 
     with pytest.raises(ConfigError, match="povid_config"):
         povid_placement('{"source": "llm"}', json.dumps({"method": "povid", "reference": "model"}))
+
+
+def test_the_train_step_retries_and_reattaches_to_its_job(compiled):
+    """The launcher pod may be lost (drain, preemption): the step retries and finds its job by the run (the Argo
+    workflow label every pod of the run carries), asks autoscalers not to evict it, and owns nothing (no pod uid
+    passed: the job must not be garbage-collected with the pod)."""
+    spec, platform, _ = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    train_env = {e["name"]: e["fieldPath"] for e in executors["exec-train"]["fieldPathAsEnv"]}
+    assert train_env == {"CLIPDPO_RUN": "metadata.labels['workflows.argoproj.io/workflow']",
+                         "CLIPDPO_POD_NAME": "metadata.name"}
+    assert executors["exec-train"]["podMetadata"]["annotations"] == {
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
+    assert spec["root"]["dag"]["tasks"]["train"]["retryPolicy"]["maxRetryCount"] >= 2
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["train_admission_timeout_minutes"]["defaultValue"] == 0.0  # a queue is waiting, not stuck
+    assert parameters["train_startup_timeout_minutes"]["defaultValue"] == 30.0
+    assert parameters["train_schedule_timeout_minutes"]["defaultValue"] == 60.0

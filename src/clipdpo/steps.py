@@ -205,13 +205,19 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
     """Run `python -m clipdpo.train <train_args>` as a cluster job and follow it to the end.
 
     `job`: image, nodes, gpus_per_node, timeout_hours, s3_secret, service_account, namespace,
-    node_selector_json, tolerations_json, queue_name, runtime (all but image have defaults)."""
+    node_selector_json, tolerations_json, queue_name, runtime (all but image have defaults), and the
+    follower's limits, each counted from admission (0: none): schedule_timeout_minutes (default 60: every
+    pod placed), startup_timeout_minutes (default 30 after placement: every container started),
+    admission_timeout_minutes (default 0: time in a Kueue queue is waiting, not stuck; when set, the
+    step fails but the job keeps its place in the queue)."""
     from clipdpo.cluster import jobspec
-    from clipdpo.cluster.launch import current_namespace, launch, owner_from_env
+    from clipdpo.cluster.launch import current_namespace, launch, run_from_env, run_launch_key
     from clipdpo.tracking import job_env
 
     namespace = job.get("namespace") or current_namespace()
     timeout_hours = float(job.get("timeout_hours", 72.0))
+    run = run_from_env()  # retries of this step re-attach to the job; another run starts its own
+    launch_key = run_launch_key(launch_key, run)
     spec = jobspec.TrainJobSpec(
         name=jobspec.job_name(launch_key), namespace=namespace, image=job["image"], train_args=train_args,
         nodes=int(job.get("nodes", 1)), gpus_per_node=int(job.get("gpus_per_node", 8)),
@@ -220,11 +226,23 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
         tolerations=json.loads(job.get("tolerations_json", "[]")),
         active_deadline_seconds=int(timeout_hours * 3600), queue_name=job.get("queue_name", ""),
         runtime=job.get("runtime", "torch-distributed"),
-        owner=owner_from_env() if namespace == current_namespace() else None,
         env=job_env())  # MLflow/TensorBoard settings (clipdpo.tracking), when the step has them
     # the follower's backstop lies past the job's own deadline, so the operator's reason is what we see
-    launch(spec, launch_key, launcher=launcher, timeout_seconds=timeout_hours * 3600 + 600,
-           schedule_timeout_seconds=3600)  # pods not all placed within an hour: fail naming why
+    launch(spec, launch_key, launcher=launcher, timeout_seconds=timeout_hours * 3600 + 600, run=run,
+           schedule_timeout_seconds=float(job.get("schedule_timeout_minutes", 60.0)) * 60,
+           startup_timeout_seconds=float(job.get("startup_timeout_minutes", 30.0)) * 60,
+           admission_timeout_seconds=float(job.get("admission_timeout_minutes", 0.0)) * 60)
+
+
+def cleanup_train_jobs_step(launcher: str, namespace: str = "") -> list[str]:
+    """For the run's exit task: delete this run's training jobs that have not finished (a cancelled run, or a
+    launcher lost with no retry left); failed jobs stay for inspection. Nothing to do for `local`."""
+    if launcher == "local":
+        return []
+    from clipdpo.cluster.launch import current_namespace, delete_run_jobs, run_from_env
+
+    setup_logging()
+    return delete_run_jobs(namespace or current_namespace(), run_from_env())
 
 
 def evaluation_models(model_uri: str, train_config_json: str, engine: str) -> list[dict]:

@@ -1,33 +1,50 @@
-"""Create a training job (PyTorchJob or TrainJob) or re-attach to it, follow it to its end, clean up.
+"""Create a training job (PyTorchJob or TrainJob) or re-attach to it, follow it to its end.
 
-Restart-safe: the job name is derived from the launch key, so a pipeline step whose pod was
-restarted finds the job it already created (same launch key label) and follows it instead of
-starting a second one. The step ends when the job ends, whichever way:
-  succeeded          -> JobOutcome (with rank 0's log tail)
-  failed             -> JobFailed: the operator's reason (BackoffLimitExceeded, DeadlineExceeded
-                        when the job's activeDeadlineSeconds ran out, ...) and the log tail of the
-                        pod that failed, not just rank 0's
+Restart-safe: the job name is derived from the launch key (the pipeline run + the step's output and
+config), so a retried step whose launcher pod was lost finds the job it already created and follows
+it instead of starting a second one. The job has no owner: it outlives its launcher pod.
+
+The clocks start at admission, not at submission: a job that Kueue keeps suspended in its queue is
+only waiting (`admission_timeout_seconds`, 0 = none, ends the step but leaves the job queued).
+The step ends when the job ends, whichever way:
+  succeeded          -> JobOutcome; the job is deleted (cleanup=True): its log was streamed
+  failed             -> JobFailed: the operator's reason (BackoffLimitExceeded, DeadlineExceeded, ...) and
+                        the log tail of the pod that failed; the job is kept for inspection (its TTL clears it)
   deleted under us   -> JobDeleted
-  never scheduled    -> JobUnschedulable after `schedule_timeout_seconds`, naming why the pods
-                        wait (the scheduler's PodScheduled message, or Kueue's workload message)
-  still running      -> JobTimeout after `timeout_seconds` (a backstop behind the job's own deadline)
-  step cancelled     -> StepCancelled (SIGTERM from a cancelled run, see launch.py)
-and then deletes the job (always when cancelled; otherwise unless cleanup=False).
+  cannot start       -> JobStartFailed at once on ErrImagePull / ImagePullBackOff / CreateContainerConfigError
+                        / ... (persisting `stuck_grace_seconds`) or CrashLoopBackOff after `crash_restarts`
+                        restarts, or when the containers have not started `startup_timeout_seconds` after
+                        every pod was placed; the job is deleted (it holds GPUs it cannot use)
+  never scheduled    -> JobUnschedulable `schedule_timeout_seconds` after admission, naming why the pods
+                        wait (the scheduler's PodScheduled message); the job is deleted
+  still running      -> JobTimeout after `timeout_seconds` from admission (a backstop behind the job's own
+                        deadline); the job is deleted
+  step stopped       -> StepCancelled (SIGTERM, see launch.py): a cancelled run deletes the job; a launcher pod
+                        that is being evicted (DisruptionTarget) leaves it running for the retry to re-attach
+While the job runs, rank 0's log is printed to the step's log as it grows.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from clipdpo.cluster import pytorchjob, trainjob
-from clipdpo.cluster.jobspec import LABEL_KEY
+from clipdpo.cluster.jobspec import LABEL_KEY, RUN_LABEL
 
 log = logging.getLogger("clipdpo.cluster")
 KUEUE_GROUP, KUEUE_VERSIONS, KUEUE_PLURAL = "kueue.x-k8s.io", ("v1beta2", "v1beta1"), "workloads"  # newest first
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+# Container waiting reasons that do not clear by waiting: a wrong image or tag, a missing Secret or ConfigMap key.
+# Kubelet retries the pull, so a registry hiccup shows ErrImagePull too: they must persist `stuck_grace_seconds`.
+NEVER_STARTS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                "CreateContainerError")
+CRASH_LOOP = "CrashLoopBackOff"  # a crash the restart policy may cure: fatal after `crash_restarts` restarts
+DISRUPTION_CONDITION = "DisruptionTarget"  # set on a pod before an eviction, preemption or node shutdown stops it
 
 
 @dataclass(frozen=True)
@@ -40,15 +57,18 @@ class JobKind:
     success: str  # the condition type that means done
     pod_job_label: str  # label whose value is the job name on every pod of the job
     pod_count: Callable[[dict], int]
+    suspended: Callable[[dict], bool]  # the spec's suspend flag (Kueue sets it until it admits the job)
 
 
 KINDS = {
     pytorchjob.KIND: JobKind(pytorchjob.KIND, pytorchjob.GROUP, pytorchjob.VERSION, pytorchjob.PLURAL,
                              pytorchjob.CONTAINER_NAME, "Succeeded", "training.kubeflow.org/job-name",
-                             lambda job: sum(r["replicas"] for r in job["spec"]["pytorchReplicaSpecs"].values())),
+                             lambda job: sum(r["replicas"] for r in job["spec"]["pytorchReplicaSpecs"].values()),
+                             lambda job: bool((job["spec"].get("runPolicy") or {}).get("suspend"))),
     trainjob.KIND: JobKind(trainjob.KIND, trainjob.GROUP, trainjob.VERSION, trainjob.PLURAL,
                            trainjob.CONTAINER_NAME, "Complete", "jobset.sigs.k8s.io/jobset-name",
-                           lambda job: job["spec"]["trainer"]["numNodes"]),
+                           lambda job: job["spec"]["trainer"]["numNodes"],
+                           lambda job: bool(job["spec"].get("suspend"))),
 }
 
 
@@ -71,6 +91,10 @@ class JobDeleted(JobFailed):
     pass
 
 
+class JobStartFailed(JobFailed):
+    """A pod of the job cannot start (image, Secret, crash loop) or did not start by the start-up deadline."""
+
+
 class JobTimeout(RuntimeError):
     pass
 
@@ -79,6 +103,10 @@ class JobUnschedulable(JobTimeout):
     def __init__(self, message: str, pending_reason: str):
         super().__init__(message)
         self.pending_reason = pending_reason
+
+
+class JobQueued(JobUnschedulable):
+    """Still waiting for admission after `admission_timeout_seconds`: the job stays in its queue."""
 
 
 class JobConflict(RuntimeError):
@@ -125,6 +153,11 @@ def job_state(job: dict, success: str = "Succeeded") -> tuple[str, str, str]:
     return "Pending", "", ""
 
 
+def is_queued(kind: JobKind, job: dict) -> bool:
+    """Held back before admission: suspended (by Kueue, until it admits the job), with no clock running."""
+    return kind.suspended(job) or _condition(job, "Suspended").get("status") == "True"
+
+
 def _condition(obj: dict, kind: str) -> dict:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {})
 
@@ -137,6 +170,65 @@ def unscheduled_reason(pods: list[dict]) -> str:
             return (f"pod {pod['metadata']['name']}: {scheduled.get('reason', 'Pending')}: "
                     f"{scheduled.get('message', '')}").rstrip(": ")
     return ""
+
+
+def _container_statuses(pod: dict) -> list[dict]:
+    status = pod.get("status") or {}
+    return (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A container that cannot start: its waiting reason and the kubelet's message."""
+    pod: str
+    container: str
+    reason: str
+    message: str
+    restarts: int
+
+
+def blocked_containers(pods: list[dict], crash_restarts: int) -> list[Blocked]:
+    """Containers waiting for a reason that waiting will not cure (NEVER_STARTS), or crash-looping after
+    `crash_restarts` restarts; init containers included (a pod whose init container cannot pull never starts)."""
+    found = []
+    for pod in pods:
+        for status in _container_statuses(pod):
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            reason, restarts = waiting.get("reason", ""), int(status.get("restartCount") or 0)
+            if reason in NEVER_STARTS or (reason == CRASH_LOOP and restarts >= crash_restarts):
+                found.append(Blocked(pod["metadata"]["name"], status.get("name", ""), reason,
+                                     waiting.get("message", ""), restarts))
+    return found
+
+
+def runs_container(pod: dict, container: str) -> bool:
+    return any(c.get("name") == container for c in (pod.get("spec") or {}).get("containers") or [])
+
+
+def container_started(pod: dict, container: str) -> bool:
+    """The training container has run (running now, exited, or restarted at least once)."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            state = status.get("state") or {}
+            return bool(state.get("running") or state.get("terminated") or status.get("restartCount"))
+    return False
+
+
+def not_started_reason(pods: list[dict], container: str) -> str:
+    """Why the training containers have not started: each waiting container's reason and message."""
+    waits = []
+    for pod in pods:
+        if container_started(pod, container):
+            continue
+        for status in _container_statuses(pod):
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting:
+                waits.append(f"pod {pod['metadata']['name']} container {status.get('name')}: "
+                             f"{waiting.get('reason', 'Waiting')}: {waiting.get('message', '')}".rstrip(": "))
+                break
+        else:
+            waits.append(f"pod {pod['metadata']['name']}: {(pod.get('status') or {}).get('phase', 'Pending')}")
+    return "; ".join(waits) or "no pods"
 
 
 def failed_container(pod: dict, container: str) -> tuple[bool, bool]:
@@ -153,27 +245,103 @@ def failed_container(pod: dict, container: str) -> tuple[bool, bool]:
     return False, False
 
 
+def rank0_pod(pods: list[dict]) -> dict | None:
+    """The pod of node rank 0: the PyTorchJob's Master, the TrainJob's completion index 0 (else first by name)."""
+    def order(pod: dict):
+        labels = pod["metadata"].get("labels") or {}
+        role = labels.get("training.kubeflow.org/replica-type", "").lower()
+        index = (labels.get("training.kubeflow.org/replica-index")
+                 or labels.get("batch.kubernetes.io/job-completion-index") or "0")
+        return role not in ("", "master"), int(index) if index.isdigit() else 0, pod["metadata"]["name"]
+
+    return min(pods, key=order) if pods else None
+
+
 def log_pod(pods: list[dict], container: str) -> tuple[str, bool]:
-    """(pod name, previous) whose log explains the end: a failed pod first, else rank 0 (first by name)."""
-    ordered = sorted(pods, key=lambda pod: pod["metadata"]["name"])
-    for pod in ordered:
+    """(pod name, previous) whose log explains the end: a failed pod first, else rank 0."""
+    for pod in sorted(pods, key=lambda pod: pod["metadata"]["name"]):
         failed, previous = failed_container(pod, container)
         if failed:
             return pod["metadata"]["name"], previous
-    return (ordered[0]["metadata"]["name"], False) if ordered else ("", False)
+    rank0 = rank0_pod(pods)
+    return (rank0["metadata"]["name"], False) if rank0 else ("", False)
+
+
+def _timestamp_key(stamp: str) -> tuple[str, str]:
+    """An RFC 3339 timestamp as a sortable key: kubelet drops the fraction's trailing zeros (RFC3339Nano)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return whole, fraction.ljust(9, "0")
+
+
+@dataclass
+class LogStream:
+    """What of one pod's log has been printed: the last timestamp and how many lines carried it."""
+    pod: str = ""
+    last: tuple[str, str] | None = None
+    at_last: int = 0
+    read_at: float | None = None
+
+    def new_lines(self, text: str) -> list[str]:
+        """The lines of a timestamped log read not printed yet (reads overlap: each asks a little further back)."""
+        fresh, seen_at_last = [], 0
+        for line in text.splitlines():
+            stamp, _, message = line.partition(" ")
+            key = _timestamp_key(stamp)
+            if self.last is not None and key < self.last:
+                continue
+            if self.last is not None and key == self.last:
+                seen_at_last += 1
+                if seen_at_last <= self.at_last:
+                    continue
+            if key == self.last:
+                self.at_last += 1
+            else:
+                self.last, self.at_last, seen_at_last = key, 1, 1
+            fresh.append(message)
+        return fresh
+
+
+def print_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+@dataclass
+class _Progress:
+    """Where a followed job stands, by the follower's clock."""
+    queued_since: float | None = None
+    admitted_at: float | None = None
+    scheduled_at: float | None = None
+    started: bool = False
+    blocked_since: dict = field(default_factory=dict)  # (pod, container) -> first seen blocked
+
+    def requeued(self) -> None:  # Kueue preempted the job: its pods are gone, every clock starts again
+        self.admitted_at = self.scheduled_at = None
+        self.started = False
+        self.blocked_since.clear()
 
 
 class JobFollower:
-    """Talks to the cluster only through two client objects: CustomObjectsApi and CoreV1Api."""
+    """Talks to the cluster only through two client objects: CustomObjectsApi and CoreV1Api.
+
+    `launcher_pod`: (namespace, name) of the pod this runs in, to tell an eviction from a cancelled run."""
 
     def __init__(self, custom_api, core_api, *, poll_seconds: float = 15.0, log_tail_lines: int = 200,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 stuck_grace_seconds: float = 120.0, crash_restarts: int = 3, stream_logs: bool = True,
+                 log_sink: Callable[[str], None] = print_line, launcher_pod: tuple[str, str] | None = None):
         self.custom = custom_api
         self.core = core_api
         self.poll_seconds = poll_seconds
         self.log_tail_lines = log_tail_lines
         self.clock = clock
         self.sleep = sleep
+        self.stuck_grace_seconds = stuck_grace_seconds
+        self.crash_restarts = crash_restarts
+        self.stream_logs = stream_logs
+        self.log_sink = log_sink
+        self.launcher_pod = launcher_pod
+        self.stream = LogStream()
 
     def _get(self, kind: JobKind, namespace: str, name: str) -> dict | None:
         try:
@@ -209,6 +377,9 @@ class JobFollower:
         found = self.core.list_namespaced_pod(namespace, label_selector=f"{kind.pod_job_label}={name}")
         return [as_dict(pod) for pod in as_dict(found).get("items") or []]
 
+    def _log(self, pod: str, namespace: str, container: str, **extra) -> str:
+        return self.core.read_namespaced_pod_log(pod, namespace, container=container, **extra)
+
     def pod_logs(self, kind: JobKind, namespace: str, name: str) -> tuple[str, str]:
         """(pod, its log tail): the failed pod's if one failed, else rank 0's. Best effort."""
         try:
@@ -216,10 +387,31 @@ class JobFollower:
             if not pod:
                 return "", "(no pod found)"
             extra = {"previous": True} if previous else {}
-            return pod, self.core.read_namespaced_pod_log(pod, namespace, container=kind.container,
-                                                          tail_lines=self.log_tail_lines, **extra)
+            return pod, self._log(pod, namespace, kind.container, tail_lines=self.log_tail_lines, **extra)
         except Exception as err:  # logs are best effort: the failure reason is what matters
             return "", f"(logs unavailable: {err})"
+
+    def stream_rank0(self, kind: JobKind, namespace: str, pods: list[dict]) -> None:
+        """Print what rank 0 logged since the last poll (the first read: the last `log_tail_lines`). Best effort."""
+        pod = rank0_pod([pod for pod in pods if runs_container(pod, kind.container)])
+        if not self.stream_logs or pod is None or not container_started(pod, kind.container):
+            return
+        name = pod["metadata"]["name"]
+        if name != self.stream.pod:  # a new rank 0 pod (first read, or the runtime recreated it)
+            self.stream = LogStream(pod=name)
+        now = self.clock()
+        if self.stream.read_at is None:
+            window = {"tail_lines": self.log_tail_lines}
+        else:  # whole seconds, and a margin: the overlap is dropped by timestamp
+            window = {"since_seconds": math.ceil(now - self.stream.read_at) + 30}
+        try:
+            text = self._log(name, namespace, kind.container, timestamps=True, **window)
+        except Exception as err:
+            log.debug("log of %s not readable yet: %s", name, err)
+            return
+        self.stream.read_at = now
+        for line in self.stream.new_lines(text or ""):
+            self.log_sink(f"[{name}] {line}")
 
     def kueue_reason(self, job: dict) -> str:
         """Kueue's reason for holding the job back (its Workload's QuotaReserved/Admitted message)."""
@@ -256,23 +448,73 @@ class JobFollower:
             if not _is_not_found(err):
                 raise
 
-    def _scheduled(self, kind: JobKind, manifest: dict, job: dict, waited: float, limit: float) -> bool:
+    def delete_unfinished(self, namespace: str, run: str) -> list[str]:
+        """Delete every job of pipeline run `run` (label RUN_LABEL) that has not finished; finished ones stay
+        (a failed job is evidence; its TTL clears it). What a run's exit handler calls. Returns the names."""
+        deleted = []
+        for kind in KINDS.values():
+            try:
+                found = self.custom.list_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural,
+                                                                  label_selector=f"{RUN_LABEL}={run}")
+            except Exception as err:
+                if _is_not_found(err):  # that operator is not installed: no jobs of its kind
+                    continue
+                raise
+            for job in found.get("items") or []:
+                if job_state(job, kind.success)[0] in ("Succeeded", "Failed"):
+                    continue
+                self.delete(kind, namespace, job["metadata"]["name"])
+                deleted.append(job["metadata"]["name"])
+        return deleted
+
+    def launcher_disrupted(self) -> bool:
+        """This process's pod is being evicted, preempted or shut down with its node (its DisruptionTarget
+        condition), not stopped by a cancelled run. Unknown (no pod named, or not readable): see run()."""
+        namespace, name = self.launcher_pod
+        pod = as_dict(self.core.read_namespaced_pod(name, namespace))
+        return _condition(pod, DISRUPTION_CONDITION).get("status") == "True"
+
+    def _check_start(self, kind: JobKind, job: dict, pods: list[dict], progress: _Progress, now: float) -> None:
+        """Raise JobStartFailed for a container that cannot start (see blocked_containers) once it has been
+        blocked `stuck_grace_seconds` (a crash loop at once: its restarts were the patience)."""
+        # keyed by container, not reason: kubelet alternates ErrImagePull and ImagePullBackOff while it retries
+        blocked = {(b.pod, b.container): b for b in blocked_containers(pods, self.crash_restarts)}
+        for key in list(progress.blocked_since):
+            if key not in blocked:
+                del progress.blocked_since[key]
+        for key, found in blocked.items():
+            first = progress.blocked_since.setdefault(key, now)
+            if found.reason == CRASH_LOOP or now - first >= self.stuck_grace_seconds:
+                namespace = job["metadata"]["namespace"]
+                logs = ""
+                if found.reason == CRASH_LOOP:
+                    try:
+                        logs = self._log(found.pod, namespace, found.container, tail_lines=self.log_tail_lines,
+                                         previous=True)
+                    except Exception as err:
+                        logs = f"(logs unavailable: {err})"
+                detail = f"{found.restarts} restarts: " if found.reason == CRASH_LOOP else ""
+                raise JobStartFailed(job["metadata"]["name"], found.reason,
+                                     f"pod {found.pod} container {found.container}: {detail}{found.message}",
+                                     logs or "(the container has not run)", found.pod)
+
+    def _placed(self, kind: JobKind, manifest: dict, job: dict, pods: list[dict], waited: float,
+                limit: float) -> bool:
         """True once every pod of the job is placed; raises JobUnschedulable past `limit` seconds."""
-        pods = self.pods(kind, job["metadata"]["namespace"], job["metadata"]["name"])
         placed = [pod for pod in pods if _condition(pod, "PodScheduled").get("status") == "True"]
         if len(placed) >= kind.pod_count(manifest):
             return True
         if limit and waited > limit:
             reason = self.pending_reason(kind, job, pods)
             raise JobUnschedulable(f"{kind.kind} {job['metadata']['namespace']}/{job['metadata']['name']}: "
-                                   f"{len(placed)} of {kind.pod_count(manifest)} pods scheduled after "
-                                   f"{waited:.0f}s; pending because {reason}", reason)
+                                   f"{len(placed)} of {kind.pod_count(manifest)} pods scheduled "
+                                   f"{waited:.0f}s after admission; pending because {reason}", reason)
         return False
 
-    def _follow(self, kind: JobKind, manifest: dict, started: float, timeout_seconds: float,
-                schedule_timeout_seconds: float) -> tuple[str, str, str, float]:
+    def _follow(self, kind: JobKind, manifest: dict, timeout_seconds: float, schedule_timeout_seconds: float,
+                admission_timeout_seconds: float, startup_timeout_seconds: float) -> tuple[str, str, str, float]:
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        last_state, scheduled = None, False
+        last_state, progress, begun = None, _Progress(), self.clock()
         while True:
             job = self._get(kind, namespace, name)
             if job is None:
@@ -281,36 +523,91 @@ class JobFollower:
             if state != last_state:
                 log.info("%s %s: %s %s", kind.kind, name, state, f"({reason}: {message})" if reason else "")
                 last_state = state
+            now = self.clock()
             if state in ("Succeeded", "Failed"):
-                return state, reason, message, self.clock() - started
-            waited = self.clock() - started
-            if not scheduled:
-                scheduled = self._scheduled(kind, manifest, job, waited, schedule_timeout_seconds)
-            if waited > timeout_seconds:
-                raise JobTimeout(f"{kind.kind} {namespace}/{name} not finished after {timeout_seconds:.0f}s "
+                return state, reason, message, now - begun
+            if is_queued(kind, job):
+                if progress.admitted_at is not None:
+                    log.info("%s %s is back in its queue (preempted): waiting for admission again", kind.kind, name)
+                    progress.requeued()
+                if progress.queued_since is None:
+                    progress.queued_since = now
+                queued = now - progress.queued_since
+                if admission_timeout_seconds and queued > admission_timeout_seconds:
+                    why = self.pending_reason(kind, job, [])
+                    raise JobQueued(f"{kind.kind} {namespace}/{name} still queued after {queued:.0f}s "
+                                    f"(admission_timeout); left in its queue: {why}", why)
+                self.sleep(self.poll_seconds)
+                continue
+            if progress.admitted_at is None:
+                progress.admitted_at, progress.queued_since = now, None
+            running_for = now - progress.admitted_at
+            pods = self.pods(kind, namespace, name)
+            self._check_start(kind, job, pods, progress, now)
+            if progress.scheduled_at is None:
+                if self._placed(kind, manifest, job, pods, running_for, schedule_timeout_seconds):
+                    progress.scheduled_at = now
+            if progress.scheduled_at is not None and not progress.started:
+                trainers = [pod for pod in pods if runs_container(pod, kind.container)]  # not a runtime's initializer
+                progress.started = (len(trainers) >= kind.pod_count(manifest)
+                                    and all(container_started(pod, kind.container) for pod in trainers))
+                if (not progress.started and startup_timeout_seconds
+                        and now - progress.scheduled_at > startup_timeout_seconds):
+                    raise JobStartFailed(name, "StartupDeadlineExceeded",
+                                         f"containers not started {now - progress.scheduled_at:.0f}s after every "
+                                         f"pod was placed: {not_started_reason(trainers, kind.container)}",
+                                         "(the containers have not run)")
+            self.stream_rank0(kind, namespace, pods)
+            if running_for > timeout_seconds:
+                raise JobTimeout(f"{kind.kind} {namespace}/{name} not finished {timeout_seconds:.0f}s after admission "
                                  f"(last state {state})")
             self.sleep(self.poll_seconds)
 
     def run(self, manifest: dict, *, timeout_seconds: float, schedule_timeout_seconds: float = 0,
+            admission_timeout_seconds: float = 0, startup_timeout_seconds: float = 0,
             cleanup: bool = True) -> JobOutcome:
-        """Submit/re-attach, follow to the end (see the module docstring), then clean up.
-
-        `schedule_timeout_seconds` (0: no limit) bounds the wait for every pod to be placed."""
+        """Submit/re-attach and follow to the end (see the module docstring). Every limit counts from admission
+        (0: none); `cleanup`: delete the job once it succeeded."""
         kind = kind_of(manifest)
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        started = self.clock()
         _, reattached = self.submit(manifest)
+        self.stream = LogStream()
         try:
-            state, reason, message, seconds = self._follow(kind, manifest, started, timeout_seconds,
-                                                           schedule_timeout_seconds)
-            pod, logs = self.pod_logs(kind, namespace, name)
-            if state == "Failed":
-                raise JobFailed(name, reason or "Failed", message, logs, pod)
-            return JobOutcome(name, state, reattached, seconds, logs)
+            state, reason, message, seconds = self._follow(kind, manifest, timeout_seconds, schedule_timeout_seconds,
+                                                           admission_timeout_seconds, startup_timeout_seconds)
         except StepCancelled:
-            log.warning("step cancelled: deleting %s %s/%s", kind.kind, namespace, name)
+            self._stopped(kind, namespace, name)
+            raise
+        except JobQueued:  # waiting is not stuck: the job keeps its place in the queue
+            raise
+        except (JobStartFailed, JobTimeout):  # it holds (or would hold) GPUs it cannot use
+            log.warning("deleting %s %s/%s: it cannot make progress", kind.kind, namespace, name)
             self.delete(kind, namespace, name)
             raise
-        finally:
-            if cleanup:
-                self.delete(kind, namespace, name)
+        try:  # what rank 0 logged since the last poll
+            self.stream_rank0(kind, namespace, self.pods(kind, namespace, name))
+        except Exception as err:
+            log.debug("last log lines of %s not streamed: %s", name, err)
+        pod, logs = self.pod_logs(kind, namespace, name)
+        if state == "Failed":
+            log.warning("%s %s/%s failed: kept for inspection until its TTL (kubectl describe %s %s -n %s)",
+                        kind.kind, namespace, name, kind.kind.lower(), name, namespace)
+            raise JobFailed(name, reason or "Failed", message, logs, pod)
+        if cleanup:
+            self.delete(kind, namespace, name)
+        return JobOutcome(name, state, reattached, seconds, logs)
+
+    def _stopped(self, kind: JobKind, namespace: str, name: str) -> None:
+        """SIGTERM: a cancelled run deletes its job; an evicted launcher leaves it to the step's retry."""
+        if self.launcher_pod is not None:
+            try:
+                disrupted = self.launcher_disrupted()
+            except Exception as err:  # unknown: keep the job (the run's exit handler deletes it if cancelled)
+                log.warning("cannot read this launcher's pod (%s): leaving %s %s running", err, kind.kind, name)
+                return
+            if disrupted:
+                log.warning("launcher pod disrupted (%s): leaving %s %s/%s running; the step's retry re-attaches",
+                            DISRUPTION_CONDITION, kind.kind, namespace, name)
+                return
+        log.warning("step cancelled: deleting %s %s/%s", kind.kind, namespace, name)
+        self.delete(kind, namespace, name)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 LABEL_APP = "app.kubernetes.io/name"
 LABEL_KEY = "clipdpo.dev/launch-key"
+RUN_LABEL = "clipdpo.dev/run"  # the pipeline run that launched the job: what the run leaves running is found by it
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits the whole job at once (gang admission)
 # RFC 1035 label: the TrainJob CRD's own rule (a letter first), stricter than PyTorchJob's RFC 1123.
 NAME_PATTERN = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -38,9 +39,11 @@ class TrainJobSpec:
     env: dict[str, str] = field(default_factory=dict)
     active_deadline_seconds: int = 7 * 24 * 3600
     backoff_limit: int = 3  # PyTorchJob: runPolicy.backoffLimit; TrainJob: its runtime's failurePolicy
-    ttl_seconds_after_finished: int = 3600
+    # PyTorchJob: a finished job (a failed one: the follower deletes succeeded jobs) stays this long for inspection
+    ttl_seconds_after_finished: int = 3 * 24 * 3600
+    # No ownerReference to the launching step's pod: the job must outlive an evicted launcher (the retried step
+    # re-attaches by its name); what the run leaves running is deleted by RUN_LABEL (launch.delete_run_jobs).
     labels: dict[str, str] = field(default_factory=dict)
-    owner: dict | None = None  # ownerReference (the pipeline step's pod): the job dies with it
     queue_name: str = ""  # Kueue LocalQueue; empty: no Kueue
     gang: bool = False  # PyTorchJob: runPolicy.schedulingPolicy.minAvailable = every replica
     runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime it runs on
@@ -73,6 +76,13 @@ def job_name(launch_key: str, prefix: str = "clipdpo-train") -> str:
     return f"{prefix}-{hashlib.sha256(launch_key.encode()).hexdigest()[:12]}"
 
 
+def run_label(run: str) -> str:
+    """RUN_LABEL's value for pipeline run `run`: the run's name when it is a valid label value, else its hash."""
+    if re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", run):
+        return run
+    return "h-" + hashlib.sha256(run.encode()).hexdigest()[:40]
+
+
 def launch_label(launch_key: str) -> str:
     """The value of LABEL_KEY on a job: tells our own job (re-attach) from a name clash."""
     return hashlib.sha256(launch_key.encode()).hexdigest()[:40]
@@ -82,10 +92,7 @@ def job_metadata(spec: TrainJobSpec) -> dict:
     labels = {LABEL_APP: "clipdpo", "app.kubernetes.io/component": "train", **spec.labels}
     if spec.queue_name:
         labels[QUEUE_LABEL] = spec.queue_name
-    metadata = {"name": spec.name, "namespace": spec.namespace, "labels": labels}
-    if spec.owner:
-        metadata["ownerReferences"] = [dict(spec.owner)]
-    return metadata
+    return {"name": spec.name, "namespace": spec.namespace, "labels": labels}
 
 
 def resources(spec: TrainJobSpec) -> dict:

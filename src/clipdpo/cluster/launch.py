@@ -3,10 +3,18 @@
     python -m clipdpo.cluster.launch --launcher trainjob --launch-key RUN/OUTPUT --image IMAGE \
         --nodes 2 --gpus-per-node 8 [--queue-name team-gpus] -- --input s3://.../pairs --output s3://.../model
 
-Cancelling the pipeline run deletes the job two ways: kfp stops the step's pod with SIGTERM, which
-this process turns into StepCancelled (the follower deletes the job before exiting); and the job
-names the step's pod as its owner (CLIPDPO_POD_NAME / CLIPDPO_POD_UID from the downward API), so
-Kubernetes' garbage collector deletes it with the pod even if the step is killed outright.
+The job outlives this process's pod: it has no ownerReference, and its name comes from the launch
+key, which includes the pipeline run (CLIPDPO_RUN: the Argo workflow's name, from the step pod's
+`workflows.argoproj.io/workflow` label through the downward API). A retried step (its pod evicted,
+its node drained) re-attaches to the running job instead of starting a second one; a new run over
+the same run root starts its own.
+
+SIGTERM (this pod being stopped) raises StepCancelled. The follower then reads this pod
+(CLIPDPO_POD_NAME): a DisruptionTarget condition means an eviction, preemption or node shutdown,
+and the job is left running for the retry; otherwise the run was cancelled and the job is deleted.
+What a run leaves unfinished (its launcher lost and not retried, then the run cancelled or failed)
+`delete_run_jobs` deletes by the job's clipdpo.dev/run label: `clipdpo.steps.cleanup_train_jobs_step`,
+meant as the run's exit task. Failed jobs stay for inspection until their TTL.
 """
 
 from __future__ import annotations
@@ -25,16 +33,29 @@ from clipdpo.cluster.follow import JobFollower, StepCancelled
 
 log = logging.getLogger("clipdpo.cluster")
 BUILDERS = {"pytorchjob": pytorchjob.build, "trainjob": trainjob.build}
-POD_NAME_ENV, POD_UID_ENV = "CLIPDPO_POD_NAME", "CLIPDPO_POD_UID"
+POD_NAME_ENV, RUN_ENV = "CLIPDPO_POD_NAME", "CLIPDPO_RUN"
 
 
-def build_manifest(spec: jobspec.TrainJobSpec, launcher: str, launch_key: str) -> dict:
+def run_from_env(environ=os.environ) -> str:
+    """The pipeline run this step belongs to ('' outside a pipeline)."""
+    return environ.get(RUN_ENV, "")
+
+
+def run_launch_key(key: str, run: str) -> str:
+    """The launch key of `key` (output + config) within pipeline run `run`: retries of a step share it,
+    another run does not."""
+    return f"{key}\nrun={run}" if run else key
+
+
+def build_manifest(spec: jobspec.TrainJobSpec, launcher: str, launch_key: str, run: str = "") -> dict:
     try:
         builder = BUILDERS[launcher]
     except KeyError:
         raise ValueError(f"launcher {launcher!r}: expected one of {sorted(BUILDERS)} (or 'local' in the pipeline)")
     manifest = builder(spec)
     manifest["metadata"]["labels"][jobspec.LABEL_KEY] = jobspec.launch_label(launch_key)
+    if run:
+        manifest["metadata"]["labels"][jobspec.RUN_LABEL] = jobspec.run_label(run)
     return manifest
 
 
@@ -53,14 +74,10 @@ def current_namespace(default: str = "default") -> str:
     return open(path).read().strip() if os.path.exists(path) else default
 
 
-def owner_from_env(environ=os.environ) -> dict | None:
-    """An ownerReference to this step's pod, when the pipeline passed its name and uid in."""
-    name, uid = environ.get(POD_NAME_ENV, ""), environ.get(POD_UID_ENV, "")
-    if not (name and uid):
-        return None
-    # blockOwnerDeletion needs update rights on the pod's finalizers; the GC deletes the job either way
-    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "controller": False,
-            "blockOwnerDeletion": False}
+def launcher_pod_from_env(environ=os.environ) -> tuple[str, str] | None:
+    """(namespace, name) of this step's pod, when the pipeline passed its name in."""
+    name = environ.get(POD_NAME_ENV, "")
+    return (current_namespace(), name) if name else None
 
 
 @contextlib.contextmanager
@@ -81,23 +98,41 @@ def cancel_on_sigterm():
 
 
 def launch(spec: jobspec.TrainJobSpec, launch_key: str, *, timeout_seconds: float, launcher: str = "pytorchjob",
-           schedule_timeout_seconds: float = 0, follower: JobFollower | None = None, cleanup: bool = True):
-    manifest = build_manifest(spec, launcher, launch_key)
+           schedule_timeout_seconds: float = 0, admission_timeout_seconds: float = 0,
+           startup_timeout_seconds: float = 0, follower: JobFollower | None = None, cleanup: bool = True,
+           run: str = ""):
+    """Create (or re-attach to) the job of `launch_key` within pipeline run `run` and follow it (JobFollower.run:
+    every limit counts from admission, 0 = none)."""
+    manifest = build_manifest(spec, launcher, launch_key, run)
     if follower is None:
-        follower = JobFollower(*kubernetes_clients())
+        follower = JobFollower(*kubernetes_clients(), launcher_pod=launcher_pod_from_env())
     with cancel_on_sigterm():
         outcome = follower.run(manifest, timeout_seconds=timeout_seconds, cleanup=cleanup,
-                               schedule_timeout_seconds=schedule_timeout_seconds)
+                               schedule_timeout_seconds=schedule_timeout_seconds,
+                               admission_timeout_seconds=admission_timeout_seconds,
+                               startup_timeout_seconds=startup_timeout_seconds)
     log.info("%s %s succeeded in %.0fs%s", manifest["kind"], outcome.name, outcome.seconds,
              " (re-attached)" if outcome.reattached else "")
     return outcome
+
+
+def delete_run_jobs(namespace: str, run: str, follower: JobFollower | None = None) -> list[str]:
+    """Delete the unfinished training jobs of pipeline run `run` in `namespace` (the run's exit handler)."""
+    if not run:
+        log.warning("no pipeline run given (%s unset): no training job to clean up", RUN_ENV)
+        return []
+    follower = follower or JobFollower(*kubernetes_clients())
+    deleted = follower.delete_unfinished(namespace, jobspec.run_label(run))
+    log.info("run %s: deleted unfinished training jobs %s", run, deleted or "(none)")
+    return deleted
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clipdpo.cluster.launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--launcher", choices=sorted(BUILDERS), default="pytorchjob")
-    parser.add_argument("--launch-key", required=True, help="stable per pipeline run + output (re-attach key)")
+    parser.add_argument("--launch-key", required=True, help="stable per output + config (re-attach key)")
+    parser.add_argument("--run", default=None, help=f"pipeline run (default: ${RUN_ENV}); part of the launch key")
     parser.add_argument("--image", required=True)
     parser.add_argument("--namespace", default=None)
     parser.add_argument("--nodes", type=int, default=1)
@@ -115,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backoff-limit", type=int, default=3, help="PyTorchJob: pod restarts before failing")
     parser.add_argument("--timeout-hours", type=float, default=72.0)
     parser.add_argument("--schedule-timeout-minutes", type=float, default=60.0,
-                        help="fail when the pods are not all scheduled by then (0: wait)")
-    parser.add_argument("--keep-job", action="store_true", help="do not delete the job at the end")
+                        help="fail when the pods are not all scheduled this long after admission (0: wait)")
+    parser.add_argument("--admission-timeout-minutes", type=float, default=0.0,
+                        help="fail (leaving the job queued) when Kueue has not admitted it by then (0: wait)")
+    parser.add_argument("--startup-timeout-minutes", type=float, default=30.0,
+                        help="fail when the containers have not started this long after every pod was placed")
+    parser.add_argument("--keep-job", action="store_true", help="do not delete the job when it succeeded")
     return parser
 
 
@@ -126,16 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     namespace = args.namespace or current_namespace()
+    run = run_from_env() if args.run is None else args.run
+    key = run_launch_key(args.launch_key, run)
     spec = jobspec.TrainJobSpec(
-        name=jobspec.job_name(args.launch_key), namespace=namespace,
+        name=jobspec.job_name(key), namespace=namespace,
         image=args.image, train_args=train_args, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpu=args.cpu,
         memory=args.memory, shm_size=args.shm_size, s3_secret=args.s3_secret, service_account=args.service_account,
         node_selector=json.loads(args.node_selector), tolerations=json.loads(args.tolerations),
         active_deadline_seconds=int(args.timeout_hours * 3600), backoff_limit=args.backoff_limit,
-        queue_name=args.queue_name, gang=args.gang, runtime=args.runtime,
-        owner=owner_from_env() if namespace == current_namespace() else None)  # owners: same namespace only
-    launch(spec, args.launch_key, launcher=args.launcher, timeout_seconds=args.timeout_hours * 3600 + 600,
-           schedule_timeout_seconds=args.schedule_timeout_minutes * 60, cleanup=not args.keep_job)
+        queue_name=args.queue_name, gang=args.gang, runtime=args.runtime)
+    launch(spec, key, launcher=args.launcher, timeout_seconds=args.timeout_hours * 3600 + 600,
+           schedule_timeout_seconds=args.schedule_timeout_minutes * 60,
+           admission_timeout_seconds=args.admission_timeout_minutes * 60,
+           startup_timeout_seconds=args.startup_timeout_minutes * 60, cleanup=not args.keep_job, run=run)
     return 0
 
 
