@@ -262,7 +262,7 @@ def clipdpo_pipeline(
     score_config: str = "{}",
     filter_config: str = "{}",
     train_config: str = "{}",
-    train_launcher: str = "pytorchjob",
+    train_launcher: str = "trainjob",
     train_nodes: int = 1,
     train_gpus_per_node: int = 8,
     train_node_selector: str = "{}",

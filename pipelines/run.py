@@ -45,8 +45,9 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
         "train_nodes": args.train_nodes,
         "train_gpus_per_node": args.gpus_per_node,
     }
-    if launcher != "local":  # cluster runs: Kueue queue (empty: none)
-        arguments.update(train_queue_name=args.queue_name, train_runtime=args.runtime)
+    if launcher != "local":  # cluster runs: Kueue queue (empty: none), how long the job may wait in it
+        arguments.update(train_queue_name=args.queue_name, train_runtime=args.runtime,
+                         train_admission_timeout_minutes=args.admission_timeout_minutes)
     for name in CONFIG_NAMES:
         arguments[f"{name}_config"] = json.dumps(configs.get(name, {}), sort_keys=True)
     return arguments
@@ -262,10 +263,14 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
     parser.add_argument("--train-nodes", type=int, default=int(os.environ.get("CLIPDPO_TRAIN_NODES", "1")))
     parser.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("CLIPDPO_GPUS_PER_NODE", "8")))
     parser.add_argument("--launcher", choices=("trainjob", "pytorchjob"),
-                        default=os.environ.get("CLIPDPO_TRAIN_LAUNCHER", "pytorchjob"),
+                        default=os.environ.get("CLIPDPO_TRAIN_LAUNCHER", "trainjob"),
                         help="cluster runs: Kubeflow Trainer v2 TrainJob or Training Operator v1 PyTorchJob")
     parser.add_argument("--queue-name", default=os.environ.get("CLIPDPO_QUEUE_NAME", ""),
                         help="cluster runs: Kueue LocalQueue for the training job")
+    parser.add_argument("--admission-timeout-minutes", type=float,
+                        default=float(os.environ.get("CLIPDPO_ADMISSION_TIMEOUT_MINUTES", "0")),
+                        help="cluster runs: end the train step if Kueue has not admitted its job by then, leaving the "
+                             "job queued (0: wait as long as the queue takes)")
     parser.add_argument("--runtime", default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", "torch-distributed"),
                         help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime")
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
