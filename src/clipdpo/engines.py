@@ -13,7 +13,12 @@ from typing import Protocol
 
 from PIL import Image
 
+from clipdpo.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY_MASS, SEED, check_ranges
+
 log = logging.getLogger("clipdpo.engines")
+
+
+ENGINE_NAMES = ("hf", "vllm")  # the keys of ENGINES (defined below, after the engine classes)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,14 @@ class ModelSpec:
     tensor_parallel_size: int = 1
     trust_remote_code: bool = False
 
+    RANGES = {"gpu_memory_utilization": PROBABILITY_MASS, "max_model_len": AT_LEAST_1,
+              "tensor_parallel_size": AT_LEAST_1}
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINE_NAMES:
+            raise ValueError(f"model {self.name!r}: engine {self.engine!r}; expected one of {list(ENGINE_NAMES)}")
+        check_ranges(self)
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -37,6 +50,11 @@ class Sampling:
     top_p: float = 0.9
     max_new_tokens: int = 128
     seed: int = 0
+
+    RANGES = {"temperature": NON_NEGATIVE, "top_p": PROBABILITY_MASS, "max_new_tokens": AT_LEAST_1, "seed": SEED}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)

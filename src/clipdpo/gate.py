@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clipdpo.config import NON_NEGATIVE, check_ranges
 from clipdpo.storage import Storage, join, sha256_bytes, split_s3
 
 
@@ -26,13 +27,14 @@ class Rule:
     require: str = "improve"  # improve: strictly better; hold: not worse by more than `tolerance`
     tolerance: float = 0.0  # points a `hold` rule may lose
 
+    RANGES = {"tolerance": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.better not in ("higher", "lower"):
             raise ValueError(f"gate rule {self.metric!r}: better {self.better!r}; expected 'higher' or 'lower'")
         if self.require not in ("improve", "hold"):
             raise ValueError(f"gate rule {self.metric!r}: require {self.require!r}; expected 'improve' or 'hold'")
-        if self.tolerance < 0:
-            raise ValueError(f"gate rule {self.metric!r}: tolerance must be >= 0, got {self.tolerance}")
 
 
 def default_rules() -> list[Rule]:

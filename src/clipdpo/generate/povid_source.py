@@ -55,7 +55,10 @@ class PovidSourceConfig:
     batch_size: int = 8  # hf engine batch
     seed: int = 0  # world: draws each image's injected errors
 
+    RANGES = {"batch_size": config_lib.AT_LEAST_1, "seed": config_lib.SEED}
+
     def __post_init__(self) -> None:
+        config_lib.check_ranges(self)
         if self.source not in SOURCES:
             raise ValueError(f"source={self.source!r}; expected one of {list(SOURCES)}")
         if not self.ground_truth:
