@@ -41,7 +41,7 @@ class RangeError(ValueError):
 
 
 def _number_text(value: float | None) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
+    return "" if value is None else str(value) if isinstance(value, int) else f"{value:g}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,11 +14,16 @@ from typing import Protocol
 from PIL import Image
 
 from clipdpo.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY_MASS, SEED, check_ranges
+from clipdpo.errors import UserError
 
 log = logging.getLogger("clipdpo.engines")
 
 
 ENGINE_NAMES = ("hf", "vllm")  # the keys of ENGINES (defined below, after the engine classes)
+
+
+class EngineUnavailable(RuntimeError, UserError):
+    """The engine a model spec names cannot run here (its package is not installed)."""
 
 
 @dataclass(frozen=True)
@@ -200,9 +205,10 @@ class VLLMEngine:
         try:
             from vllm import LLM
         except ImportError as err:
-            raise RuntimeError(
-                f"model {spec.name!r} asks for engine 'vllm', which is not installed here; use the generate "
-                "image (Dockerfiles/generate.Dockerfile) or set engine to 'hf'"
+            raise EngineUnavailable(
+                f"model {spec.name!r} runs on engine 'vllm' (the default when a model spec names no engine), "
+                "which is not installed here: set \"engine\": \"hf\" in its spec to run it on transformers, or run "
+                "in the generate image (Dockerfiles/generate.Dockerfile), which has vLLM"
             ) from err
         self.llm = LLM(
             model=spec.path,

@@ -7,6 +7,7 @@ source errors derive from it, so the message each raises is what the user reads.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from typing import Callable
@@ -14,6 +15,15 @@ from typing import Callable
 
 class UserError(Exception):
     """Bad input, config, credentials or location; the message says what is wrong and what to do."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors (a missing flag, a bad --shard) are one line and exit code 2,
+    like every other user error; `--help` still shows the usage."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def print_user_error(err: BaseException) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 import pyarrow as pa
 
 from clipdpo.artifacts import Artifact, ArtifactWriter, Manifest, ShardRecord
-from clipdpo.errors import UserError, print_user_error
+from clipdpo.errors import ArgumentParser, UserError, print_user_error
 from clipdpo.storage import Storage, check_location
 
 log = logging.getLogger("clipdpo")
@@ -153,7 +153,7 @@ def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded:
                  overwrite: bool = True) -> argparse.ArgumentParser:
     """The flags every stage shares: `--input` (when the stage has one), `--output`, `--config`, `--set`,
     `--dry-run`, and, where they apply, `--shard`/`--finalize` (a fan-out) and `--overwrite`."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if input_help:
         parser.add_argument("--input", required=True, help=input_help)
     parser.add_argument("--output", required=True, help="artifact URI to write (s3://bucket/prefix or a path)")
