@@ -12,7 +12,7 @@ import typing
 import pytest
 
 from clipdpo import config as config_lib
-from clipdpo.config import ConfigError, Range
+from clipdpo.config import ConfigError
 
 
 def root_configs():
@@ -92,7 +92,7 @@ def test_every_numeric_field_declares_its_range(root, data, owner, path, name, k
     assert name in getattr(owner, "RANGES", {}), f"{owner.__name__}.{name} has no entry in {owner.__name__}.RANGES"
 
 
-def bad_values(allowed: Range, kind: type) -> list:
+def bad_values(allowed, kind: type) -> list:
     """Values the range must refuse: just outside each bound, and (floats) NaN and the infinities."""
     step = 1 if kind is int else 1e-9
     out = []

@@ -176,7 +176,9 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str, path: str) -> T:
     except ConfigError:
         raise
     except RangeError as err:
-        raise _error(where, path, str(err), field=f"{path}.{err.field}" if path else err.field) from err
+        full = f"{path}.{err.field}" if path else err.field
+        reason = full + str(err)[len(err.field):]  # "a.b must be ...", not "a: b must be ..."
+        raise ConfigError(f"{where}: {reason}", field=full, local=reason) from err
     except (TypeError, ValueError) as err:
         raise _error(where, path, str(err)) from err
 
@@ -249,8 +251,10 @@ def check_override_key(cls: type, item: str) -> None:
         elif annotation is Any or typing.get_origin(annotation) is dict:
             return  # free-form below here: the values are checked when the config is built
         else:
-            name = getattr(annotation, "__name__", None) or str(annotation)
-            raise ConfigError(f"--set {item}: {walked} is a {name} value, not an object with keys; "
+            origin = typing.get_origin(annotation) or annotation
+            kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+                    tuple: "a list"}.get(origin, getattr(origin, "__name__", str(origin)))
+            raise ConfigError(f"--set {item}: {walked} is {kind}, not an object with keys; "
                               f"set it whole: --set {walked}=...")
 
 

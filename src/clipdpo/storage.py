@@ -79,7 +79,10 @@ def check_location(uri: str, what: str) -> None:
     if not uri.strip():
         raise StorageError(f"{what} is empty; expected a folder or an s3://bucket/prefix")
     if uri.startswith("s3://"):
-        split_s3(uri)
+        try:
+            split_s3(uri)
+        except StorageError as err:
+            raise StorageError(f"{what} {err}") from None
     elif problem := local_folder_problem(uri):
         raise StorageError(f"{what} {uri}: {problem}; expected a folder or an s3://bucket/prefix")
 
@@ -131,7 +134,7 @@ class ObjectInfo:
 def split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise StorageError(f"not an s3:// URI: {uri!r}")
+        raise StorageError(f"{uri!r} is not an s3://bucket/key URI")
     if not _BUCKET_NAME.match(parsed.netloc):
         raise StorageError(f"{uri}: {parsed.netloc!r} is not a valid S3 bucket name (letters, digits, '.', '-' "
                            "and '_' only; new buckets: 3-63 lower-case letters, digits, '.' and '-')")
