@@ -270,3 +270,23 @@ def test_python_dash_m(argv, expected, tmp_path):
                           env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(expected), done.stderr
+
+
+# -- a pipeline's configs, checked before anything runs (what pipelines.run can call before submitting) ------------
+
+def test_a_pipeline_config_check_blames_the_stage_set_item():
+    import math
+
+    from clipdpo.config import ConfigError, apply_overrides
+    from clipdpo.steps import checked_config
+
+    items = ["ingest.shard_sze=3"]
+    with pytest.raises(ConfigError, match=r"^--set ingest.shard_sze=3: unknown key\(s\) \['shard_sze'\]"):
+        checked_config("ingest", apply_overrides({"ingest": {}}, items)["ingest"], items)
+    items = ["train.epochs=2", "filter.pair_min_margin=NaN"]
+    configs = apply_overrides({"filter": {"pair_min_margin": 1.0}}, items)
+    with pytest.raises(ConfigError, match=r"^--set filter.pair_min_margin=NaN: pair_min_margin: expected a finite"):
+        checked_config("filter", configs["filter"], items)
+    with pytest.raises(ConfigError, match=r"^filter_config.pair_min_margin: expected a finite number, got nan"):
+        checked_config("filter", {"pair_min_margin": math.nan})
+    assert checked_config("train", configs["train"], items).epochs == 2

@@ -72,7 +72,8 @@ def every_numeric_field():
     out = []
     for cls, data in root_configs():
         for owner, path, name, kind in numeric_fields(cls, data):
-            out.append(pytest.param(cls, data, owner, path, name, kind, id=f"{cls.__name__}:{'.'.join(map(str, path))}"))
+            label = f"{cls.__name__}:{'.'.join(map(str, path))}"
+            out.append(pytest.param(cls, data, owner, path, name, kind, id=label))
     return out
 
 

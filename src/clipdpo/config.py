@@ -233,10 +233,11 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def check_override_key(cls: type, item: str) -> None:
+def check_override_key(cls: type, item: str, prefix: str = "") -> None:
     """Refuse an override whose key names no field of `cls`, or reaches into a field that has no keys
-    (a number, a string, a list): the error names the --set item, not the config file."""
-    parts, _ = _key_parts(item)
+    (a number, a string, a list): the error names the --set item, not the config file. `prefix`: what the
+    item's key starts with before the config's own keys (a pipeline's `filter.`)."""
+    parts, _ = _key_parts(item[len(prefix):] if prefix and item.startswith(prefix) else item)
     annotation: Any = cls
     for depth, part in enumerate(parts):
         annotation = _unwrap_optional(annotation)
@@ -258,10 +259,11 @@ def check_override_key(cls: type, item: str) -> None:
                               f"set it whole: --set {walked}=...")
 
 
-def _blamed_override(field: str | None, overrides: list[str]) -> str | None:
+def _blamed_override(field: str | None, overrides: list[str], prefix: str = "") -> str | None:
     """The last --set item that set `field` (or a value inside it, or the object holding it)."""
     if not field:
         return None
+    field = prefix + field
     for item in reversed(overrides):
         key = item.split("=", 1)[0]
         if key == field or field.startswith(key + ".") or key.startswith(field + "."):
@@ -306,11 +308,16 @@ def load(cls: type[T], path: str | None, overrides: list[str], read_text=None) -
         data = parse_text(read_text(path) if read_text else _read_local(path), path)
     for item in overrides:
         check_override_key(cls, item)
-    data = apply_overrides(data, overrides)
+    return build(cls, apply_overrides(data, overrides), path or "config", overrides)
+
+
+def build(cls: type[T], data: dict[str, Any], where: str, overrides: list[str] = (), prefix: str = "") -> T:
+    """`from_dict` of data that `overrides` (`--set <prefix>key=value` items) were applied to: an error about
+    a value one of them set names that item; any other names `where`."""
     try:
-        return from_dict(cls, data, where=path or "config")
+        return from_dict(cls, data, where=where)
     except ConfigError as err:
-        item = _blamed_override(err.field, overrides)
+        item = _blamed_override(err.field, list(overrides), prefix)
         if item is None:
             raise
         raise ConfigError(f"--set {item}: {err.local}", field=err.field, local=err.local) from err
