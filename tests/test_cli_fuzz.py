@@ -47,7 +47,7 @@ def cases():
     """(case id, stage, the arguments to put in place of the stage's good ones)."""
     out = []
     for stage, (_, has_input, int_field, float_field, list_field) in STAGES.items():
-        flags = ["--output", "--input"] if has_input else ["--output"]
+        flags = ["--output", "--input"] if has_input else ["--output", "--source"] if stage == "ingest" else ["--output"]
         for flag in flags:
             for location in BAD_LOCATIONS:
                 out.append((f"{stage} {flag}={location!r}", stage, {flag: location}))
