@@ -41,8 +41,12 @@ def test_decoding_is_part_of_the_response_key_and_greedy_keeps_its_key():
 def test_bad_decoding_is_refused_naming_the_field():
     with pytest.raises(ValueError, match="samples with temperature 0"):
         DecodingConfig(samples=3)
-    with pytest.raises(ValueError, match="amber.decoding.samples"):
+    with pytest.raises(ValueError, match="samples must be >= 1, got 0"):
         DecodingConfig(temperature=1.0, samples=0)
+    parsed = {"models": [{"name": "b", "path": "m", "engine": "hf"}],
+              "amber": {"root": "r", "decoding": {"temperature": 1.0, "samples": 0}}}
+    with pytest.raises(ValueError, match=r"amber\.decoding\.samples must be >= 1, got 0"):
+        from_dict(EvaluateConfig, parsed)
 
 
 @pytest.mark.slow  # three evaluations with a tiny LLaVA, like test_evaluate's model tests

@@ -36,7 +36,7 @@ from clipdpo import __version__
 from clipdpo.errors import UserError
 from clipdpo.lease import Lease, LeaseHeld
 from clipdpo.schemas import SCHEMA_VERSION, validate_table
-from clipdpo.storage import NotFound, Storage, join
+from clipdpo.storage import NotFound, Storage, check_location, join, local_folder_problem
 
 MANIFEST = "manifest.json"
 ARTIFACT_FOLDERS = ("data/", "_done/", "export/")
@@ -109,7 +109,8 @@ class Manifest:
     def to_json(self) -> str:
         body = asdict(self)
         body["counts"] = {"rows": self.rows, "shards": len(self.shards)}
-        return json.dumps(body, indent=2, sort_keys=True, default=str)
+        # allow_nan=False: a bare NaN is not JSON; other readers (and jq) would refuse the manifest
+        return json.dumps(body, indent=2, sort_keys=True, default=str, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "Manifest":
@@ -177,6 +178,7 @@ class ArtifactWriter:
         overwrite: bool = False,
         input_fingerprints: list[str] = (),
     ):
+        check_location(uri, "--output")
         self.storage = storage
         self.uri = uri.rstrip("/")
         self.kind = kind
@@ -283,7 +285,7 @@ class ArtifactWriter:
         record = ShardRecord(name, table.num_rows, digest, size, stats or {}, self.fingerprint)
         # The done-record goes second: a crash between the two leaves the shard to be redone.
         where = join(self.uri, self.done_dir, f"{name}.json")
-        self.storage.write_bytes(where, json.dumps(asdict(record), sort_keys=True).encode())
+        self.storage.write_bytes(where, json.dumps(asdict(record), sort_keys=True, allow_nan=False).encode())
         return record
 
     def _finished_records(self, shard_names: list[str]) -> list[ShardRecord]:
@@ -358,6 +360,11 @@ class Artifact:
 
     @classmethod
     def open(cls, storage: Storage, uri: str, kind: str | None = None) -> "Artifact":
+        if not uri.strip():
+            raise ArtifactError(f"the artifact location is empty; expected a folder holding {MANIFEST} or an "
+                                "s3://bucket/prefix")
+        if not uri.startswith("s3://") and (problem := local_folder_problem(uri)):
+            raise ArtifactError(f"{uri}: not an artifact: {problem} (an artifact is a folder holding {MANIFEST})")
         where = join(uri, MANIFEST)
         try:
             text = storage.read_bytes(where).decode()

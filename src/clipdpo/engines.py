@@ -13,9 +13,18 @@ from typing import Protocol
 
 from PIL import Image
 
+from clipdpo.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY_MASS, SEED, check_ranges
+from clipdpo.errors import UserError
 from clipdpo.seeds import sample_seed
 
 log = logging.getLogger("clipdpo.engines")
+
+
+ENGINE_NAMES = ("hf", "vllm")  # the keys of ENGINES (defined below, after the engine classes)
+
+
+class EngineUnavailable(RuntimeError, UserError):
+    """The engine a model spec names cannot run here (its package is not installed)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,14 @@ class ModelSpec:
     tensor_parallel_size: int = 1
     trust_remote_code: bool = False
 
+    RANGES = {"gpu_memory_utilization": PROBABILITY_MASS, "max_model_len": AT_LEAST_1,
+              "tensor_parallel_size": AT_LEAST_1}
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINE_NAMES:
+            raise ValueError(f"model {self.name!r}: engine {self.engine!r}; expected one of {list(ENGINE_NAMES)}")
+        check_ranges(self)
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -39,6 +56,11 @@ class Sampling:
     top_p: float = 0.9
     max_new_tokens: int = 128
     seed: int = 0
+
+    RANGES = {"temperature": NON_NEGATIVE, "top_p": PROBABILITY_MASS, "max_new_tokens": AT_LEAST_1, "seed": SEED}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -196,9 +218,10 @@ class VLLMEngine:
         try:
             from vllm import LLM
         except ImportError as err:
-            raise RuntimeError(
-                f"model {spec.name!r} asks for engine 'vllm', which is not installed here; use the generate "
-                "image (Dockerfiles/generate.Dockerfile) or set engine to 'hf'"
+            raise EngineUnavailable(
+                f"model {spec.name!r} runs on engine 'vllm' (the default when a model spec names no engine), "
+                "which is not installed here: set \"engine\": \"hf\" in its spec to run it on transformers, or run "
+                "in the generate image (Dockerfiles/generate.Dockerfile), which has vLLM"
             ) from err
         self.llm = LLM(
             model=spec.path,

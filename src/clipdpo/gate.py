@@ -16,6 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clipdpo.config import NON_NEGATIVE, check_ranges
+from clipdpo.errors import ArgumentParser, UserError, exit_2_on_user_error
 from clipdpo.storage import NotFound, PreconditionFailed, Storage, join
 
 
@@ -26,13 +28,14 @@ class Rule:
     require: str = "improve"  # improve: strictly better; hold: not worse by more than `tolerance`
     tolerance: float = 0.0  # points a `hold` rule may lose
 
+    RANGES = {"tolerance": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.better not in ("higher", "lower"):
             raise ValueError(f"gate rule {self.metric!r}: better {self.better!r}; expected 'higher' or 'lower'")
         if self.require not in ("improve", "hold"):
             raise ValueError(f"gate rule {self.metric!r}: require {self.require!r}; expected 'improve' or 'hold'")
-        if self.tolerance < 0:
-            raise ValueError(f"gate rule {self.metric!r}: tolerance must be >= 0, got {self.tolerance}")
 
 
 def default_rules() -> list[Rule]:
@@ -196,17 +199,30 @@ def run(cfg: GateConfig, report_uri: str, pointer: str, run_root: str, storage: 
     return record
 
 
+def read_decision(storage: Storage, uri: str) -> dict:
+    """The gate's decision record at `uri`, or a `UserError` saying why it is not one."""
+    try:
+        record = json.loads(storage.read_bytes(uri))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{uri}: not valid JSON ({err}); expected the gate's decision.json") from None
+    fields = {"passed": bool, "checks": list, "candidate": dict, "reference": dict, "pointer": dict}
+    if not isinstance(record, dict) or any(not isinstance(record.get(k), t) for k, t in fields.items()):
+        raise UserError(f"{uri}: not a gate decision (expected an object with {sorted(fields)}); "
+                        "--decision names <run root>/gate/decision.json")
+    return record
+
+
+@exit_2_on_user_error
 def main(argv: list[str] | None = None) -> int:
     """python -m clipdpo.gate --decision URI [--summary FILE]: print the decision (and the evaluation
     report beside it) as Markdown, append it to FILE (CI: $GITHUB_STEP_SUMMARY); exit 1 unless promoted."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.gate", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m clipdpo.gate", description=main.__doc__)
     parser.add_argument("--decision", required=True, help="the gate's decision.json (<run root>/gate/decision.json)")
     parser.add_argument("--summary", default="", help="append the Markdown here (e.g. $GITHUB_STEP_SUMMARY)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = parser.parse_args(argv)
     storage = Storage()
-    record = json.loads(storage.read_bytes(args.decision))
+    record = read_decision(storage, args.decision)
     text = markdown(record)
     from clipdpo.stages import stage
 
@@ -215,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n" + storage.read_bytes(report).decode()
     print(text)
     if args.summary:
-        with open(args.summary, "a", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(args.summary, "a", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as err:
+            raise UserError(f"--summary {args.summary}: cannot be written ({err.strerror})") from err
     promoted = record["passed"] and record["pointer"]["moved"]
     if not promoted:
         print(f"gate: the model was NOT promoted ({args.decision}): see the failed checks above", flush=True)

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipdpo import s3security
-from clipdpo.errors import UserError
+from clipdpo.errors import ArgumentParser, UserError, exit_2_on_user_error
+from clipdpo.storage import local_folder_problem
 
 PID_FILE = "weed.pid"
 LOG_FILE = "weed.log"
@@ -302,12 +303,18 @@ def exit_on_sigterm() -> None:
             signal.signal(signum, _exit)
 
 
+@exit_2_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m clipdpo.s3server", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=".local/s3", help="data directory (kept between runs)")
     parser.add_argument("--env-file", help="write the AWS_* variables for this server here as KEY=VALUE lines "
                         "(mode 0600: they hold this start's secret, new each start)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = parser.parse_args(argv)
+    for flag, path in (("--dir", args.dir), ("--env-file", args.env_file and os.path.dirname(args.env_file))):
+        if path and (problem := local_folder_problem(path)):
+            raise UserError(f"{flag} {path}: {problem}")
     exit_on_sigterm()
     server = start(os.path.abspath(args.dir))
     lines = "".join(f"{key}={value}\n" for key, value in server.env.items())

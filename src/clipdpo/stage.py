@@ -21,8 +21,8 @@ from typing import Any, Callable, TypeVar
 import pyarrow as pa
 
 from clipdpo.artifacts import Artifact, ArtifactWriter, Manifest, ShardRecord
-from clipdpo.errors import UserError
-from clipdpo.storage import Storage
+from clipdpo.errors import ArgumentParser, UserError, print_user_error
+from clipdpo.storage import Storage, check_location
 
 log = logging.getLogger("clipdpo")
 
@@ -153,7 +153,7 @@ def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded:
                  overwrite: bool = True) -> argparse.ArgumentParser:
     """The flags every stage shares: `--input` (when the stage has one), `--output`, `--config`, `--set`,
     `--dry-run`, and, where they apply, `--shard`/`--finalize` (a fan-out) and `--overwrite`."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if input_help:
         parser.add_argument("--input", required=True, help=input_help)
     parser.add_argument("--output", required=True, help="artifact URI to write (s3://bucket/prefix or a path)")
@@ -182,7 +182,7 @@ def load_config(config_cls: type[T], args: argparse.Namespace, storage: Storage 
     from clipdpo import config as config_lib
 
     storage = storage or Storage()
-    cfg = config_lib.load(config_cls, args.config, list(args.overrides), lambda uri: storage.read_bytes(uri).decode())
+    cfg = config_lib.load(config_cls, args.config, list(args.overrides), storage.read_bytes)
     if args.dry_run:
         print(json.dumps(config_lib.to_dict(cfg), indent=2))
         return None
@@ -201,12 +201,15 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str
         os.environ["CLIPDPO_QUIET"] = "1"  # the stage's progress lines read it too
     setup_logging()
     try:
+        for flag in ("input", "output"):
+            if getattr(args, flag, None) is not None:
+                check_location(getattr(args, flag), f"--{flag}")
         if (cfg := load_config(config_cls, args)) is not None:
             call(cfg, args)
     except UserError as err:
         if args.debug:
             raise
-        print("error: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
+        print_user_error(err)
         return 2
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -38,6 +39,69 @@ class NotFound(StorageError):
 
 class PreconditionFailed(StorageError):
     """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
+
+
+class NotAFile(StorageError, IsADirectoryError):
+    """A local path read as an object is a folder (still an IsADirectoryError for callers that probe folders)."""
+
+
+class BlockedPath(NotFound, NotADirectoryError):
+    """A local path cannot exist: a file lies where one of its folders would be (read: so it is not there)."""
+
+
+class NoAccess(StorageError, PermissionError):
+    """The local file system refused access to a path."""
+
+
+# S3's bucket naming rules (as botocore checks them before sending anything): letters, digits, '.', '-', '_'.
+_BUCKET_NAME = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
+
+
+def local_folder_problem(path: str) -> str | None:
+    """Why local `path` cannot be (or hold) a folder: it is a file, or lies under one; None when it can."""
+    if not path:
+        return "the path is empty"
+    here = os.path.abspath(path)
+    if os.path.exists(here) and not os.path.isdir(here):
+        return f"{path} is a file, not a folder"
+    parent = os.path.dirname(here)
+    while parent and not os.path.exists(parent):
+        if os.path.dirname(parent) == parent:
+            break
+        parent = os.path.dirname(parent)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        return f"{path} lies under {parent}, which is a file, not a folder"
+    return None
+
+
+def check_location(uri: str, what: str) -> None:
+    """Refuse, in one line naming `what` (a flag), a location no artifact can be at: empty, an s3:// URI with
+    an invalid bucket, a local path that is a file or lies under one."""
+    if not uri.strip():
+        raise StorageError(f"{what} is empty; expected a folder or an s3://bucket/prefix")
+    if uri.startswith("s3://"):
+        try:
+            split_s3(uri)
+        except StorageError as err:
+            raise StorageError(f"{what} {err}") from None
+    elif problem := local_folder_problem(uri):
+        raise StorageError(f"{what} {uri}: {problem}; expected a folder or an s3://bucket/prefix")
+
+
+def _local_error(uri: str, err: OSError, *, writing: bool = False) -> StorageError:
+    """The `StorageError` that says, in one line, why a local read or write of `uri` failed."""
+    if isinstance(err, FileNotFoundError) and not writing:
+        return NotFound(f"{uri}: no such file")
+    if isinstance(err, IsADirectoryError):
+        return NotAFile(f"{uri}: is a folder, not a file")
+    if isinstance(err, (NotADirectoryError, FileExistsError)):
+        problem = local_folder_problem(os.path.dirname(uri) if writing else uri) or err.strerror
+        if writing:
+            return BlockedPath(f"{uri}: cannot be written: {problem}")
+        return BlockedPath(f"{uri}: no such file ({problem})")
+    if isinstance(err, PermissionError):
+        return NoAccess(f"{uri}: permission denied ({'writing' if writing else 'reading'})")
+    return StorageError(f"{uri}: cannot be {'written' if writing else 'read'} ({err.strerror or err})")
 
 
 @dataclass(frozen=True)
@@ -95,7 +159,10 @@ def env_credentials() -> dict[str, str]:
 def split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise StorageError(f"not an s3:// URI: {uri!r}")
+        raise StorageError(f"{uri!r} is not an s3://bucket/key URI")
+    if not _BUCKET_NAME.match(parsed.netloc):
+        raise StorageError(f"{uri}: {parsed.netloc!r} is not a valid S3 bucket name (letters, digits, '.', '-' "
+                           "and '_' only; new buckets: 3-63 lower-case letters, digits, '.' and '-')")
     return parsed.netloc, parsed.path.lstrip("/")
 
 
@@ -155,11 +222,13 @@ class Storage:
         return self._client
 
     def _s3_call(self, uri: str, fn, **kwargs):
-        from botocore.exceptions import (ClientError, ConnectionClosedError, EndpointConnectionError, NoCredentialsError,
-                                         ResponseStreamingError)
+        from botocore.exceptions import (ClientError, ConnectionClosedError, EndpointConnectionError,
+                                         NoCredentialsError, ParamValidationError, ResponseStreamingError)
 
         try:
             return fn(**kwargs)
+        except ParamValidationError as err:  # refused before sending: a bucket name or key S3 cannot take
+            raise StorageError(f"{uri}: not a valid S3 location ({' '.join(str(err).split())})") from err
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
@@ -198,8 +267,8 @@ class Storage:
             return self._s3_call(uri, lambda: self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         try:
             return Path(uri).read_bytes()
-        except FileNotFoundError as err:
-            raise NotFound(f"{uri}: no such file") from err
+        except OSError as err:
+            raise _local_error(uri, err) from err
 
     def iter_chunks(self, uri: str, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
         """Stream an object without holding it whole in memory."""
@@ -212,8 +281,8 @@ class Storage:
             with open(uri, "rb") as handle:
                 while chunk := handle.read(chunk_bytes):
                     yield chunk
-        except FileNotFoundError as err:
-            raise NotFound(f"{uri}: no such file") from err
+        except OSError as err:
+            raise _local_error(uri, err) from err
 
     def download_file(self, uri: str, local_path: str) -> None:
         """Stream an object to a local file, renamed into place only when complete."""
@@ -246,8 +315,8 @@ class Storage:
             return int(self._s3_call(uri, self.s3.head_object, Bucket=bucket, Key=key)["ContentLength"])
         try:
             return os.path.getsize(uri)
-        except FileNotFoundError as err:
-            raise NotFound(f"{uri}: no such file") from err
+        except OSError as err:
+            raise _local_error(uri, err) from err
 
     def list(self, prefix: str) -> list[str]:
         """Full URIs of the objects under `prefix` (a folder), sorted."""
@@ -299,8 +368,11 @@ class Storage:
             self._s3_call(uri, self.s3.put_object, Bucket=bucket, Key=key, Body=data)
             return digest
         path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        except OSError as err:
+            raise _local_error(uri, err, writing=True) from err
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -328,7 +400,10 @@ class Storage:
             self._s3_call(uri, self.s3.upload_file, Filename=local_path, Bucket=bucket, Key=key, Config=config)
         else:
             path = Path(uri)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise _local_error(uri, err, writing=True) from err
             tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
             shutil.copyfile(local_path, tmp)
             os.replace(tmp, path)
@@ -357,8 +432,11 @@ class Storage:
             return self._s3_call(uri, self.s3.put_object, Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
         path = Path(uri)
         if version is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+            except OSError as err:
+                raise _local_error(uri, err, writing=True) from err
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             try:
@@ -373,8 +451,8 @@ class Storage:
         with open(path.parent / f".{path.name}.tmp-lock", "a") as lock:  # ".tmp-": listings skip it
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                current = sha256_bytes(path.read_bytes())
-            except FileNotFoundError:
+                current = sha256_bytes(self.read_bytes(uri))
+            except NotFound:
                 current = None
             if current != version:
                 raise PreconditionFailed(f"{uri}: changed by another writer")

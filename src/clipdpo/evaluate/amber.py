@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join
 
 TYPES = {
@@ -37,7 +38,7 @@ RELATION_PREFIX = "asso"  # every other discriminative type
 EVALUATION_TYPES = ("a", "g", "d", "de", "da", "dr")
 
 
-class AmberInputError(ValueError):
+class AmberInputError(ValueError, UserError):
     """A benchmark file or a response file is not in the expected layout."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipdpo.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, PROBABILITY_MASS, SEED, check_ranges
 from clipdpo.engines import ENGINES, ModelSpec
 
 BENCHMARK_KINDS = ("pope", "mme", "gqa", "textvqa", "scienceqa", "mmbench")
@@ -40,12 +41,10 @@ class DecodingConfig:
     samples: int = 1
     seed: int = 0
 
+    RANGES = {"temperature": NON_NEGATIVE, "top_p": PROBABILITY_MASS, "samples": AT_LEAST_1, "seed": SEED}
+
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"amber.decoding: temperature {self.temperature} (expected >= 0) or top_p "
-                             f"{self.top_p} (expected in (0, 1]) out of range")
-        if self.samples < 1:
-            raise ValueError(f"amber.decoding.samples: {self.samples}; expected at least 1")
+        check_ranges(self)
         if self.samples > 1 and self.temperature == 0:
             raise ValueError(f"amber.decoding: {self.samples} samples with temperature 0 would repeat one greedy "
                              "answer; set temperature > 0 or samples 1")
@@ -76,7 +75,10 @@ class AmberConfig:
     examples: int = 3  # qualitative examples: the first N generative items (by id), each model's description
     decoding: DecodingConfig = field(default_factory=DecodingConfig)  # of the descriptions; examples use sample 0
 
+    RANGES = {"similarity_threshold": FRACTION, "examples": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.discriminative_mode not in ("logits", "generate"):
             raise ValueError(f"amber.discriminative_mode: {self.discriminative_mode!r}; expected logits or generate")
 
@@ -91,7 +93,10 @@ class ZeroShotDataset:
     layout: str = "folder"
     limit: int = 0  # first N images (after sorting), 0 = all
 
+    RANGES = {"limit": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.layout not in ("folder", "manifest"):
             raise ValueError(f"zero_shot dataset {self.name!r}: layout {self.layout!r}; expected folder or manifest")
 
@@ -106,6 +111,11 @@ class TextEncoderConfig:
     device: str = "auto"
     init_seed: int = 0
 
+    RANGES = {"init_seed": SEED}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 @dataclass(frozen=True)
 class ZeroShotConfig:
@@ -114,6 +124,11 @@ class ZeroShotConfig:
     class_template: str = "a photo of a {}."
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     max_new_tokens: int = 32
+
+    RANGES = {"max_new_tokens": AT_LEAST_1}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -125,9 +140,12 @@ class Benchmark:
     root: str
     name: str = ""  # default: kind
     images: str = ""
-    limit: int = 0
+    limit: int = 0  # first N questions, 0 = all
+
+    RANGES = {"limit": NON_NEGATIVE}
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.kind not in BENCHMARK_KINDS:
             raise ValueError(f"suite benchmark kind {self.kind!r}; expected one of {BENCHMARK_KINDS}")
 
@@ -159,9 +177,11 @@ class EvaluateConfig:
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
 
+    RANGES = {"batch_size": AT_LEAST_1, "chunk_size": AT_LEAST_1, "max_new_tokens": AT_LEAST_1,
+              "bootstrap_resamples": AT_LEAST_1, "bootstrap_seed": SEED}
+
     def __post_init__(self) -> None:
-        if self.bootstrap_resamples < 1:
-            raise ValueError(f"bootstrap_resamples: {self.bootstrap_resamples}; expected at least 1")
+        check_ranges(self)
         if self.engine not in ENGINES:
             raise ValueError(f"engine: {self.engine!r}; expected one of {sorted(ENGINES)}")
         if not self.models:

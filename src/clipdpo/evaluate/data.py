@@ -9,12 +9,13 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from clipdpo.images import decode_image
+from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(ValueError, UserError):
     """An evaluation input is missing or not in the expected layout."""
 
 

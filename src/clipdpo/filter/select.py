@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clipdpo import config as config_lib
 from clipdpo.filter import rules
 from clipdpo.schemas import PAIRS
 
@@ -32,13 +33,14 @@ class FilterConfig:
     # Caption pairs are trained under the chosen caption's prompt unless a fixed one is set.
     caption_pair_prompt: str | None = None
 
+    # Score thresholds may be any finite number (CLIP scores are 100 x a cosine); a margin below 0 would act as 0.
+    RANGES = {"text_keep_fraction": config_lib.FRACTION, "downsample_seed": config_lib.SEED,
+              "caption_min_score": config_lib.FINITE, "question_min_score": config_lib.FINITE,
+              "qa_caption_min_score": config_lib.FINITE, "pair_min_margin": config_lib.NON_NEGATIVE,
+              "pair_min_length_ratio": config_lib.FRACTION, "pairs_per_image": config_lib.AT_LEAST_1}
+
     def __post_init__(self) -> None:
-        if not 0.0 <= self.text_keep_fraction <= 1.0:
-            raise ValueError(f"text_keep_fraction must be in [0, 1], got {self.text_keep_fraction}")
-        if not 0.0 <= self.pair_min_length_ratio <= 1.0:
-            raise ValueError(f"pair_min_length_ratio must be in [0, 1], got {self.pair_min_length_ratio}")
-        if self.pairs_per_image < 1:
-            raise ValueError(f"pairs_per_image must be >= 1, got {self.pairs_per_image}")
+        config_lib.check_ranges(self)
 
 
 # Columns the rules read (the filter never loads the others for rows it drops).

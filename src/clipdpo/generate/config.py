@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipdpo.config import AT_LEAST_1, check_ranges
 from clipdpo.engines import ModelSpec, Sampling
 from clipdpo.generate.qa_parse import QA_PROMPT_TEMPLATE
 
@@ -33,6 +34,11 @@ class QAConfig:
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.9, max_new_tokens=512))
     prompt_template: str = QA_PROMPT_TEMPLATE
 
+    RANGES = {"questions_per_image": AT_LEAST_1}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 @dataclass(frozen=True)
 class GenerateConfig:
@@ -43,13 +49,14 @@ class GenerateConfig:
     batch_size: int = 8  # hf engine batch; vLLM schedules its own
     qa: QAConfig = field(default_factory=QAConfig)
 
+    RANGES = {"captions_per_model": AT_LEAST_1, "batch_size": AT_LEAST_1}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not self.captioners:
             raise ValueError("captioners: at least one caption model is needed")
         if not self.prompts:
             raise ValueError("prompts: at least one prompt is needed")
-        if self.captions_per_model < 1:
-            raise ValueError(f"captions_per_model must be >= 1, got {self.captions_per_model}")
         names = [spec.name for spec in self.captioners]
         if len(set(names)) != len(names):
             raise ValueError(f"captioners: model names must be unique, got {names}")

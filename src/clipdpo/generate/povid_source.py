@@ -57,7 +57,10 @@ class PovidSourceConfig:
     batch_size: int = 8  # hf engine batch
     seed: int = 0  # plugin: for rewriters that draw their errors at random
 
+    RANGES = {"batch_size": config_lib.AT_LEAST_1, "seed": config_lib.SEED}
+
     def __post_init__(self) -> None:
+        config_lib.check_ranges(self)
         if self.source not in SOURCES:
             raise ValueError(f"source={self.source!r}; expected one of {list(SOURCES)}")
         if not self.ground_truth:

@@ -29,9 +29,10 @@ class IngestConfig:
     source_name: str = "local"
     shard_size: int = 1000
 
+    RANGES = {"shard_size": config_lib.AT_LEAST_1}
+
     def __post_init__(self):
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        config_lib.check_ranges(self)
 
 # Lists in shard stats are examples for the manifest (sum_stats keeps 100 in all); counts are exact.
 MAX_LISTED = 100

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipdpo import config as config_lib
 from clipdpo.progress import Progress
 
 log = logging.getLogger("clipdpo.score")
@@ -54,6 +55,12 @@ class ScorerConfig:
     text_batch_size: int = 256
     init_seed: int = 0  # seeds the weights when pretrained is None (architecture-only runs)
     categories: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
+
+    RANGES = {"image_batch_size": config_lib.AT_LEAST_1, "text_batch_size": config_lib.AT_LEAST_1,
+              "init_seed": config_lib.SEED}
+
+    def __post_init__(self) -> None:
+        config_lib.check_ranges(self)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipdpo.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, check_ranges
 from clipdpo.train.loss import check_loss_type
 
 LLAVA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -78,7 +79,24 @@ class TrainConfig:
     # (imagefeatures.py; LLaVA-1.5: 576 x 1024 values = 1.2 MB per image in bf16); 0 = encode on every use
     image_feature_cache_mb: int = 4096
 
+    RANGES = {
+        "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "lora_dropout": Range(0, 1, high_open=True),
+        "beta": POSITIVE, "label_smoothing": Range(0, 0.5, high_open=True),  # cDPO: flip probability < 1/2
+        "stage1_epochs": NON_NEGATIVE, "stage2_epochs": AT_LEAST_1, "povid_alpha": NON_NEGATIVE,
+        "povid_beta_1": NON_NEGATIVE, "povid_beta_2": NON_NEGATIVE, "noise_step": Range(0, 999),
+        "noisy_every": AT_LEAST_1,
+        "learning_rate": POSITIVE, "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE,
+        "adam_beta1": Range(0, 1, high_open=True), "adam_beta2": Range(0, 1, high_open=True), "adam_epsilon": POSITIVE,
+        "max_grad_norm": POSITIVE, "epochs": AT_LEAST_1, "global_batch_size": AT_LEAST_1,
+        "per_device_batch_size": AT_LEAST_1, "gradient_accumulation_steps": NON_NEGATIVE,  # 0: derived
+        "max_steps": NON_NEGATIVE, "seed": SEED,  # max_steps 0: no early stop
+        "max_length": AT_LEAST_1, "zero_stage": Range(0, 3), "save_steps": AT_LEAST_1,
+        "keep_checkpoints": NON_NEGATIVE, "log_steps": AT_LEAST_1,  # keep_checkpoints 0: keep every one
+        "image_feature_cache_mb": NON_NEGATIVE,  # 0: encode on every use
+    }
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         check_loss_type(self.loss_type)
         choices = {
             "finetune": ("full", "lora"),
@@ -92,21 +110,9 @@ class TrainConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(valid)}")
-        for name in ("global_batch_size", "per_device_batch_size", "epochs", "max_length", "save_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_feature_cache_mb < 0:
-            raise ValueError(f"image_feature_cache_mb must be >= 0 (0 = off), got {self.image_feature_cache_mb}")
-        for name in ("stage1_epochs", "stage2_epochs", "noisy_every"):
-            if getattr(self, name) < (0 if name == "stage1_epochs" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'stage1_epochs' else 1}, got {getattr(self, name)}")
         if self.method != "clipdpo" and self.epochs != 1:
             raise ValueError(f"method={self.method} trains stage1_epochs + stage2_epochs; epochs={self.epochs} would be "
                              "ignored: leave it at 1")
-        if not 0 <= self.noise_step < 1000:
-            raise ValueError(f"noise_step must be in [0, 999] (Eq. 4's schedule has 1000 steps), got {self.noise_step}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
 
 
 def is_two_stage(cfg: TrainConfig) -> bool:

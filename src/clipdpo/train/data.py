@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from clipdpo.artifacts import Artifact
+from clipdpo.errors import UserError
 from clipdpo.images import decode_image
 from clipdpo.train.encode import Encoded, PairEncoder
 from clipdpo.train.logps import IGNORE_INDEX
@@ -36,7 +37,7 @@ T = TypeVar("T")
 PAIR_COLUMNS = ["image_id", "prompt", "chosen", "rejected", "image_uri"]
 
 
-class BadPairsError(ValueError):
+class BadPairsError(ValueError, UserError):
     """Bad pairs were found and the config says to refuse them."""
 
 

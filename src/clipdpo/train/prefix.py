@@ -27,6 +27,7 @@ import inspect
 
 import torch
 
+from clipdpo.errors import UserError
 from clipdpo.train import lastlayer
 from clipdpo.train.encode import Encoded
 from clipdpo.train.logps import kept_logps
@@ -42,7 +43,7 @@ BLOCK_ATTENTION = "clipdpo_shared_prefix"  # SDPA, plus the block-sparse path fo
 BLOCK_MIN_LENGTH = 256
 
 
-class SharedPrefixUnsupported(ValueError):
+class SharedPrefixUnsupported(ValueError, UserError):
     """The model cannot run the shared-prefix forward; `forward: concatenated` works for it."""
 
 
