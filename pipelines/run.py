@@ -30,7 +30,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
-from clipdpo.config import ConfigError
+from clipdpo.errors import ArgumentParser, exit_2_on_user_error
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import CONFIG_NAMES, STAGES, stage, validate
 from pipelines.local_output import steps_only
@@ -246,14 +246,13 @@ def run_cluster(args, host: str) -> int:
 def checked_configs(configs: dict[str, dict], overrides: list[str]) -> dict[str, dict]:
     """`configs` with the --set overrides applied, each parsed into its typed class (ConfigError if not)."""
     changed = with_overrides(configs, overrides)
-    validate(changed)
+    validate(changed, overrides)
     return changed
 
 
 def build_parser(prog: str = "python -m pipelines.run", description: str | None = __doc__) -> argparse.ArgumentParser:
     """The run's command line (experiments add their own flags to it)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", default=os.environ.get("RUN_ID", "demo"))
     parser.add_argument("--bucket", default=os.environ.get("CLIPDPO_BUCKET", "clipdpo-local"))
     parser.add_argument("--run-root", default=os.environ.get("CLIPDPO_RUN_ROOT", ""),
@@ -286,6 +285,7 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
     parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
                         help="cluster runs: wait up to this long for the run to end (0: submit only)")
     parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     return parser
 
 
@@ -297,18 +297,15 @@ def check_overrides(parser: argparse.ArgumentParser, overrides: list[str]) -> No
             parser.error(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {list(CONFIG_NAMES)}")
 
 
+@exit_2_on_user_error  # a config error, a busy state dir, an unreachable store: one line, exit 2 (--debug: traceback)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_overrides(parser, args.overrides)
     host = os.environ.get("KFP_HOST", "")
-    try:
-        if host:
-            return run_cluster(args, host)
-        configs = checked_configs(local_configs(args, Path(args.state_dir).resolve()), args.overrides)
-    except ConfigError as err:  # before anything ran: one line, the usage exit code
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if host:
+        return run_cluster(args, host)
+    configs = checked_configs(local_configs(args, Path(args.state_dir).resolve()), args.overrides)
     return run_local(args, LocalRun(configs))
 
 

@@ -278,7 +278,7 @@ def test_a_pipeline_config_check_blames_the_stage_set_item():
     import math
 
     from clipdpo.config import ConfigError, apply_overrides
-    from clipdpo.steps import checked_config
+    from clipdpo.stages import checked as checked_config
 
     items = ["ingest.shard_sze=3"]
     with pytest.raises(ConfigError, match=r"^--set ingest.shard_sze=3: unknown key\(s\) \['shard_sze'\]"):

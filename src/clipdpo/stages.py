@@ -55,11 +55,25 @@ def config_class(name: str) -> type:
     return getattr(importlib.import_module(module), attribute)
 
 
-def validate(configs: dict[str, dict]) -> None:
+def checked(name: str, config: dict, overrides: list[str] | tuple[str, ...] = ()):
+    """Config `name` parsed into its class as its step will parse it. `overrides`: the run's `--set` items, already
+    applied to `config` (those of other configs are ignored); an unknown key or a bad value one of them set is
+    blamed on that item, any other on `<name>_config`."""
+    from clipdpo import config as config_lib
+
+    cls = config_class(name)
+    mine = [item for item in overrides if item.startswith(f"{name}.")]
+    for item in mine:
+        config_lib.check_override_key(cls, item, prefix=f"{name}.")
+    return config_lib.build(cls, config, f"{name}_config", mine, prefix=f"{name}.")
+
+
+def validate(configs: dict[str, dict], overrides: list[str] | tuple[str, ...] = ()) -> None:
     """Parse every config of a run into its typed class, before anything is compiled, submitted or run: an unknown
-    key, a bad type or a value out of range fails here (clipdpo.config.ConfigError naming `<name>_config.<key>`).
-    POVID's source config is checked only where the train config's method reads it."""
-    from clipdpo.config import ConfigError, from_dict
+    key, a bad type or a value out of range fails here (clipdpo.config.ConfigError naming `<name>_config.<key>`,
+    or the `--set` item that set it). POVID's source config is checked only where the train config's method
+    reads it; the evaluate config as its step completes it (without `models`: the run's base and trained model)."""
+    from clipdpo.config import ConfigError
 
     unknown = sorted(set(configs) - set(CONFIG_NAMES))
     if unknown:
@@ -67,16 +81,16 @@ def validate(configs: dict[str, dict]) -> None:
     for name, body in configs.items():
         if not isinstance(body, dict):
             raise ConfigError(f"{name}_config: must be a JSON object, got {type(body).__name__}")
-    typed = {name: from_dict(config_class(name), configs.get(name) or {}, f"{name}_config")
-             for name in CONFIG_NAMES if name not in ("evaluate", "povid")}
+    typed = {name: checked(name, configs.get(name) or {}, overrides) for name in CONFIG_NAMES
+             if name not in ("evaluate", "povid")}
     evaluate = dict(configs.get("evaluate") or {})
-    if evaluate:  # empty: no evaluation; without models the step compares the run's base and trained model
+    if evaluate:  # empty: no evaluation
         engine = evaluate.get("engine", "vllm")
         evaluate.setdefault("models", [{"name": "base", "path": typed["train"].model, "engine": engine},
                                        {"name": "trained", "path": "<the run's model>", "engine": engine}])
-        from_dict(config_class("evaluate"), evaluate, "evaluate_config")
+        checked("evaluate", evaluate, overrides)
     if typed["train"].method != "clipdpo":
-        from_dict(config_class("povid"), configs.get("povid") or {}, "povid_config")
+        checked("povid", configs.get("povid") or {}, overrides)
 
 
 if __name__ == "__main__":  # `python -m clipdpo.stages images`: what the Makefile builds

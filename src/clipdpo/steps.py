@@ -54,27 +54,6 @@ def config_object(config_json: str, where: str) -> dict[str, Any]:
 
 
 # The config class each pipeline config parameter (`<name>_config`) is parsed into by its step.
-STEP_CONFIGS = {"ingest": ("clipdpo.ingest", "IngestConfig"), "generate": ("clipdpo.generate", "GenerateConfig"),
-                "score": ("clipdpo.score.scorer", "ScorerConfig"), "filter": ("clipdpo.filter", "FilterConfig"),
-                "train": ("clipdpo.train.config", "TrainConfig"),
-                "evaluate": ("clipdpo.evaluate.config", "EvaluateConfig"),
-                "gate": ("clipdpo.gate", "GateConfig"), "povid": ("clipdpo.generate.povid_source", "PovidSourceConfig")}
-
-
-def checked_config(name: str, config: dict[str, Any], overrides: list[str] = ()) -> Any:
-    """Config `name` (a key of STEP_CONFIGS) parsed as its step will parse it, to check a run's configs before
-    anything runs. `overrides`: the run's `--set name.key=value` items (others are ignored), already applied
-    to `config`; an unknown key or a bad value they set is blamed on the item, any other on `<name>_config`."""
-    import importlib
-
-    module, class_name = STEP_CONFIGS[name]
-    cls = getattr(importlib.import_module(module), class_name)
-    mine = [item for item in overrides if item.startswith(f"{name}.")]
-    for item in mine:
-        config_lib.check_override_key(cls, item, prefix=f"{name}.")
-    return config_lib.build(cls, config, f"{name}_config", mine, prefix=f"{name}.")
-
-
 def typed_config(cls: type[T], config_json: str, where: str) -> T:
     """The stage's config dataclass from its pipeline parameter (unknown keys and bad types are errors)."""
     return config_lib.from_dict(cls, config_object(config_json, where), where)

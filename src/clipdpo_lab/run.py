@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from clipdpo.config import ConfigError
+from clipdpo.errors import exit_2_on_user_error
 from clipdpo_lab.arms import ARMS, CONTROLS, METHODS, TRAIN_OVERRIDES, headline, run_arms, world_configs
 from pipelines import run as product
 
@@ -121,14 +121,11 @@ def pin_cpu() -> None:
         print(f"warning: {problem}", file=sys.stderr)
 
 
+@exit_2_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     pin_cpu()
-    try:
-        run, _ = local_run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run, _ = local_run(args)
     return product.run_local(args, run)
 
 
