@@ -159,7 +159,13 @@ def _positions_from_zero(collate_shared_prefix):
 
 
 def _inject(monkeypatch, bug: str) -> None:
-    if bug == "positions one past the prefix":
+    from clipdpo.train import lastlayer
+
+    if bug == "last layer's queries rotated backwards":  # forward_at rotates the queries, then the keys
+        rotate, calls = lastlayer._rotate, []
+        monkeypatch.setattr(lastlayer, "_rotate", lambda states, cos, sin, rotate_half: calls.append(1) or rotate(
+            states, cos, -sin if len(calls) % 2 else sin, rotate_half))
+    elif bug == "positions one past the prefix":
         monkeypatch.setattr(prefix, "collate_shared_prefix", _positions_one_past_the_prefix(prefix.collate_shared_prefix))
     elif bug == "positions from zero":
         monkeypatch.setattr(prefix, "collate_shared_prefix", _positions_from_zero(prefix.collate_shared_prefix))
@@ -175,10 +181,14 @@ def _inject(monkeypatch, bug: str) -> None:
 # smallest margin is the one-past position bug's, ~1,300 tolerances (0.3 nats on a sum); at the default
 # 0.02 init the same bug moved the sums by 1.8e-4, 0.3 of the tolerance: it passed.
 @pytest.mark.parametrize("attention", ["sdpa", "eager", prefix.BLOCK_ATTENTION])
-@pytest.mark.parametrize("bug", ["positions one past the prefix", "positions from zero", "rejected sees chosen"])
+@pytest.mark.parametrize("bug", ["positions one past the prefix", "positions from zero", "rejected sees chosen",
+                                 "last layer's queries rotated backwards"])
 def test_the_equality_fails_with_a_position_or_mask_bug(tiny, attention, bug, monkeypatch):
+    from clipdpo.train import lastlayer
+
     _, model, encoded, pad = tiny
     monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the block path for the per-row kernel
+    assert lastlayer.install(model.model.language_model)  # prepare() installs it; sdpa and eager run it too
     rows_run = []
     _inject(monkeypatch, bug)
     row_attention = prefix._pair_row_attention
@@ -317,7 +327,8 @@ def test_the_read_positions_forward_equals_the_layer_of_each_llama_shaped_family
         vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=2, sliding_window=None)
     torch.manual_seed(0)
-    model = getattr(transformers, f"{prefix_name}Model")(config).eval()
+    # O(1) weights: at the default init the attention scores are ~1e-3 and a query's rotary position hardly counts
+    model = reinit_at_unit_scale(getattr(transformers, f"{prefix_name}Model")(config)).eval()
     layer = lastlayer.last_layer(model)
     assert lastlayer.unsupported_reason(layer) is None
     n, length = 2, 9
@@ -353,6 +364,21 @@ def test_a_last_layer_of_another_shape_runs_in_full():
     qwen2 = Qwen2Model(Qwen2Config(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=2, use_sliding_window=False))
     assert lastlayer.unsupported_reason(lastlayer.last_layer(qwen2)) is None  # its unused window does not count
+
+
+def test_the_kept_logits_equality_fails_when_each_token_is_read_one_position_late(tiny, monkeypatch):
+    """The check below, with the logits kept at the response tokens' own positions instead of the ones before."""
+    from clipdpo.train import layouts
+
+    path, _, encoded, pad = tiny
+    model = _fresh_model(path)
+    batch = collate(encoded, pad)
+    predicting = layouts.predicting_positions
+    monkeypatch.setattr(layouts, "predicting_positions", lambda labels: predicting(labels).roll(1, 1))
+    with torch.no_grad():
+        full, kept = (layout.logps(model, batch, torch.device("cpu"), model.dtype)[0]
+                      for layout in (layouts.Concatenated(keep_logits=False), layouts.Concatenated(keep_logits=True)))
+    assert tolerance_excess(kept, full) > 100, (kept - full).abs().max()  # measured: 4 nats, ~12,000 tolerances
 
 
 def test_the_concatenated_layout_computes_logits_only_where_a_response_token_is_read(tiny):
