@@ -17,6 +17,7 @@ from clipdpo.train.povid import noised_images, teacher_forced_answers
 from clipdpo.train.recipe import check_config
 
 from pairs_fixture import write_pairs
+from unit_scale import build_unit_scale_llava, reinit_at_unit_scale
 from train_runs import (DEEPSPEED, assert_bit_identical_training, assert_same_training_up_to_rounding, cli,
                         metrics)
 
@@ -76,6 +77,103 @@ def povid_config(model: str, **overrides) -> TrainConfig:
                   stage2_epochs=1, povid_alpha=0.1, povid_beta_1=0.1, povid_beta_2=0.1, noise_step=500)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+POVID_EXAMPLES = [((200, 10, 10), "describe the image", "a dog on a red sofa", "a cat"),
+                  ((10, 200, 10), "what is in this picture ?", "two people walking in the park", "a rocket"),
+                  ((10, 10, 200), "hi", "a man", "a woman holding a cup of coffee in the kitchen")]
+
+
+class RecordingPolicy:
+    """The backend's two calls on one model, recording the batches whose log-probs were asked for."""
+
+    def __init__(self, model, layout):
+        self.model, self.layout, self.batches = model, layout, []
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        from clipdpo.train.backends import model_logits
+
+        return model_logits(self.model, batch, torch.device("cpu"), torch.float32)
+
+    def logps(self, batch: dict):
+        self.batches.append(batch)
+        return self.layout.logps(self.model, batch, torch.device("cpu"), torch.float32)
+
+
+def stage2_losses_and_by_hand(path: str):
+    """POVID's stage-2 losses on one micro-batch, and the same losses from each row run on its own: the pairs'
+    rows as a DPO batch, and (noised image, the policy's argmax answer after each chosen token) built here."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from clipdpo.train.data import collate
+    from clipdpo.train.encode import PairEncoder
+    from clipdpo.train.layouts import Concatenated
+    from clipdpo.train.logps import sequence_logps
+    from clipdpo.train.objective import DPOObjective
+    from clipdpo.train.povid import POVIDObjective
+    from clipdpo.train.povid_loss import povid_loss
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    processor = AutoProcessor.from_pretrained(path)
+    policy_model = LlavaForConditionalGeneration.from_pretrained(path).eval()
+    # another reference than the policy, so that the log-ratios are not all zero
+    reference = reinit_at_unit_scale(LlavaForConditionalGeneration.from_pretrained(path), seed=3).eval()
+    encoded = PairEncoder(processor, max_length=64).encode_batch(
+        [(Image.new("RGB", (40, 40), rgb), *texts) for rgb, *texts in POVID_EXAMPLES], True)
+    batch, layout, n = collate(encoded, processor.tokenizer.pad_token_id), Concatenated(), len(encoded)
+    positions, step, seed, k = np.array([4, 0, 9]), 3, 7, 500
+    objective = POVIDObjective(DPOObjective("sigmoid", 0.1, 0.0, reference_model=reference, layout=layout),
+                               stage2_start=0, alpha=0.3, beta_1=0.1, beta_2=0.2, noise_step=k, noisy_every=1, seed=seed)
+    policy = RecordingPolicy(policy_model, layout)
+    with torch.no_grad():
+        losses = objective.losses(policy, batch, positions, step)[0]
+        # by hand: the noised images, the argmax answers on them after each chosen token, then each row alone
+        chosen = {key: batch[key][:n] for key in ("input_ids", "attention_mask", "labels")}
+        noised = noised_images(batch["pixel_values"][:n], positions, step, k, seed)
+        logits = policy_model(input_ids=chosen["input_ids"], attention_mask=chosen["attention_mask"],
+                              pixel_values=noised).logits
+        answer = chosen["labels"][:, 1:] != IGNORE_INDEX
+        noisy_ids = chosen["input_ids"].clone()
+        noisy_ids[:, 1:][answer] = logits[:, :-1].argmax(-1)[answer]
+        noisy_labels = torch.where(chosen["labels"] != IGNORE_INDEX, noisy_ids, IGNORE_INDEX)
+        ratios = []
+        for model in (policy_model, reference):
+            pairs = layout.logps(model, batch, torch.device("cpu"), torch.float32)[0]
+            noisy = sequence_logps(model(input_ids=noisy_ids, attention_mask=chosen["attention_mask"],
+                                         pixel_values=noised).logits, noisy_labels)[0]
+            ratios.append(torch.cat([pairs, noisy]))
+        ratio = ratios[0] - ratios[1]
+        by_hand = povid_loss(ratio[:n], ratio[n:2 * n], ratio[2 * n:], alpha=0.3, beta_1=0.1, beta_2=0.2)[0]
+    assert len(policy.batches) == 1 and policy.batches[0]["input_ids"].shape[0] == 3 * n  # one joint forward
+    assert (noisy_ids != chosen["input_ids"])[:, 1:][answer].any()  # the answers are the model's own, not y_w
+    # (random weights may argmax the image placeholder, which LLaVA's forward refuses as an extra image slot:
+    # the seed of `unit_llava` is one whose answers here hold none)
+    assert not (noisy_ids == policy_model.config.image_token_index)[:, 1:][answer].any()
+    return losses, by_hand, ratio
+
+
+@pytest.fixture(scope="module")
+def unit_llava(tmp_path_factory) -> str:
+    return build_unit_scale_llava(str(tmp_path_factory.mktemp("models") / "unit-llava"), seed=2)
+
+
+def test_the_joint_rows_give_each_rows_own_log_probs(unit_llava):
+    """The pairs' rows and the noisy rows in one forward (Eq. 5) score as each row does alone, on weights at
+    O(1) scale (unit_scale.py): there a row scored on the wrong image or answer moves a log-prob by nats."""
+    losses, by_hand, ratio = stage2_losses_and_by_hand(unit_llava)
+    assert ratio.abs().min() > 0.1  # log-ratios that mean something (policy and reference differ)
+    # fp32 log-prob sums of |x| < 100 in another batch shape: a few ulps, inside 1e-5 relative
+    assert torch.allclose(losses, by_hand, rtol=1e-5, atol=1e-6), (losses - by_hand).abs().max()
+
+
+def test_the_joint_rows_check_fails_when_the_noisy_rows_see_the_clean_image(unit_llava, monkeypatch):
+    from clipdpo.train import povid
+
+    monkeypatch.setattr(povid, "noised_images", lambda pixel_values, *args: pixel_values)
+    losses, by_hand, _ = stage2_losses_and_by_hand(unit_llava)
+    tolerance = 1e-6 + 1e-5 * by_hand.abs()
+    assert ((losses - by_hand).abs() / tolerance).max() > 100, (losses - by_hand).abs().max()
 
 
 @pytest.mark.slow  # three training runs on the tiny LLaVA: ~40 s
