@@ -91,7 +91,7 @@ class RecordingPolicy:
         self.model, self.layout, self.batches = model, layout, []
 
     def forward(self, batch: dict) -> torch.Tensor:
-        from clipdpo.train.backends import model_logits
+        from clipdpo.train.layouts import model_logits
 
         return model_logits(self.model, batch, torch.device("cpu"), torch.float32)
 
@@ -124,7 +124,8 @@ def stage2_losses_and_by_hand(path: str):
     batch, layout, n = collate(encoded, processor.tokenizer.pad_token_id), Concatenated(), len(encoded)
     positions, step, seed, k = np.array([4, 0, 9]), 3, 7, 500
     objective = POVIDObjective(DPOObjective("sigmoid", 0.1, 0.0, reference_model=reference, layout=layout),
-                               stage2_start=0, alpha=0.3, beta_1=0.1, beta_2=0.2, noise_step=k, noisy_every=1, seed=seed)
+                               stage2_start=0, alpha=0.3, beta_1=0.1, beta_2=0.2, noise_step=k, noisy_every=1,
+                               seed=seed)
     policy = RecordingPolicy(policy_model, layout)
     with torch.no_grad():
         losses = objective.losses(policy, batch, positions, step)[0]

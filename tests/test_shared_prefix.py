@@ -166,7 +166,8 @@ def _inject(monkeypatch, bug: str) -> None:
         monkeypatch.setattr(lastlayer, "_rotate", lambda states, cos, sin, rotate_half: calls.append(1) or rotate(
             states, cos, -sin if len(calls) % 2 else sin, rotate_half))
     elif bug == "positions one past the prefix":
-        monkeypatch.setattr(prefix, "collate_shared_prefix", _positions_one_past_the_prefix(prefix.collate_shared_prefix))
+        monkeypatch.setattr(prefix, "collate_shared_prefix",
+                            _positions_one_past_the_prefix(prefix.collate_shared_prefix))
     elif bug == "positions from zero":
         monkeypatch.setattr(prefix, "collate_shared_prefix", _positions_from_zero(prefix.collate_shared_prefix))
     else:  # the rejected response attends to the chosen one: one response segment, in the dense mask and per row

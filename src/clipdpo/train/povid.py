@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from clipdpo.train.backends import Backend
 from clipdpo.train.config import TrainConfig
+from clipdpo.train.layouts import Batch
 from clipdpo.train.logps import IGNORE_INDEX
 from clipdpo.train.noise import add_diffusion_noise
 from clipdpo.train.objective import DPOObjective, Losses
@@ -74,7 +76,7 @@ class POVIDObjective:
         return {"noisy_answers_made": answers, "noisy_answer_tokens": tokens,
                 "noisy_tokens_changed_fraction": round(changed / tokens, 4) if tokens else None}
 
-    def losses(self, policy, batch: dict, positions: np.ndarray, step: int = 0) -> Losses:
+    def losses(self, policy: Backend, batch: Batch, positions: np.ndarray, step: int = 0) -> Losses:
         """`policy`: the backend; its `forward` gives a concatenated batch's logits (recipe.forward_setting
         keeps two-stage runs on the concatenated layout: the noisy rows are built from its rows)."""
         forward = policy.forward
@@ -86,6 +88,7 @@ class POVIDObjective:
             joint = {key: torch.cat([batch[key], noisy[key]]) for key in ("input_ids", "attention_mask", "labels",
                                                                           "pixel_values")}
         device = batch["input_ids"].device
+        assert self.text.layout is not None  # a reference model's objective has its layout (from_config)
         policy_logps, _, _ = policy.logps(joint)  # the backend's layout: concatenated rows (see above)
         with torch.no_grad():
             reference, _, _ = self.text.layout.logps(self.text.reference_model, joint, device, self.text.model_dtype)

@@ -27,8 +27,9 @@ from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tree
 from clipdpo.tracking import training_callbacks
 from clipdpo.train import checkpoint, dist, imagefeatures, layouts, refcache
-from clipdpo.train.backends import DDPBackend, DeepSpeedBackend, frozen_reference
-from clipdpo.train.callbacks import METRICS, CheckpointCallback, MetricsCallback, StepStats, jsonl, metrics_row
+from clipdpo.train.backends import Backend, DDPBackend, DeepSpeedBackend, frozen_reference
+from clipdpo.train.callbacks import (METRICS, Callback, CheckpointCallback, MetricsCallback, StepStats, jsonl,
+                                    metrics_row)
 from clipdpo.train.config import TrainConfig, accumulation_steps, is_two_stage, run_epochs
 from clipdpo.train.data import PairIndex, PairStore, build_index, epoch_order, prefetch, rank_micro_batches
 from clipdpo.train.encode import PairEncoder
@@ -165,7 +166,7 @@ def forward_setting(cfg: TrainConfig) -> str:
 
 
 def make_backend(ctx: dist.DistContext, cfg: TrainConfig, model_dir: str, plan: StepPlan,
-                 strategy: str) -> tuple[Any, dict | None, Any]:
+                 strategy: str) -> tuple[Backend, dict | None, Any]:
     """(backend, DeepSpeed config or None, what must stay alive while ZeRO-3 models load)."""
     if strategy != "deepspeed":
         policy = prepare_policy(load_model(model_dir, cfg), cfg)
@@ -200,7 +201,7 @@ class TrainRun:
     processor: Any
     index: PairIndex
     store: PairStore
-    backend: Any
+    backend: Backend
     checkpoints: checkpoint.Checkpoints
     started: float
     objective: DPOObjective | POVIDObjective | None = None
@@ -302,7 +303,7 @@ class TrainRun:
             for m, positions in enumerate(parts):
                 yield step, m, positions
 
-    def train(self, callbacks: list) -> None:
+    def train(self, callbacks: list[Callback]) -> None:
         """Micro-batches, their losses and gradients, optimizer steps; callbacks after each step."""
         last = self.plan.accumulation - 1
         self.backend.train(True)
