@@ -11,7 +11,7 @@ import torch
 from clipdpo import train
 from clipdpo.storage import Storage, join
 from clipdpo.demo.models import build_tiny_llava
-from clipdpo.train.config import TrainConfig
+from clipdpo.train.config import PovidTrainConfig, TrainConfig
 from clipdpo.train.logps import IGNORE_INDEX
 from clipdpo.train.povid import noised_images, teacher_forced_answers
 from clipdpo.train.recipe import check_config
@@ -57,8 +57,43 @@ def test_povid_needs_a_reference_model_and_the_sigmoid_loss():
         TrainConfig(method="rlhf")
     with pytest.raises(ValueError, match="stage1_epochs"):
         TrainConfig(method="povid", epochs=3)
-    with pytest.raises(ValueError, match="noise_step"):
-        TrainConfig(noise_step=1000)
+    with pytest.raises(ValueError, match="povid.noise_step"):
+        PovidTrainConfig(noise_step=1000)
+    with pytest.raises(ValueError, match="povid.noisy_every"):
+        PovidTrainConfig(noisy_every=0)
+
+
+def test_povid_settings_are_one_nested_config():
+    """`train.povid.*`: read from JSON as a nested object, a misspelt key refused with its path, set by `--set`."""
+    from clipdpo import config as config_lib
+
+    cfg = config_lib.from_dict(TrainConfig, config_lib.apply_overrides(
+        {"method": "povid", "povid": {"stage1_epochs": 2}}, ["povid.beta_2=0.3"]))
+    assert cfg.povid == PovidTrainConfig(stage1_epochs=2, beta_2=0.3)  # the others keep their defaults
+    with pytest.raises(config_lib.ConfigError, match=r"config\.povid: unknown key\(s\) \['alpah'\]"):
+        config_lib.from_dict(TrainConfig, {"povid": {"alpah": 0.2}})
+    with pytest.raises(config_lib.ConfigError, match=r"unknown key\(s\) \['povid_beta_2'\]"):  # the flat name is gone
+        config_lib.from_dict(TrainConfig, {"povid_beta_2": 0.0})
+    with pytest.raises(ValueError, match="PovidTrainConfig"):  # in Python, the class, not a dict
+        TrainConfig(povid={"beta_2": 0.0})
+
+
+def test_the_output_fingerprint_sees_povid_settings_under_their_flat_names():
+    """Grouping POVID's settings changed no run's fingerprint: they enter it under the flat names they had.
+    The two values were computed by the flat TrainConfig (commit d9655dd); a new TrainConfig field changes them,
+    as it changes every run's fingerprint."""
+    from types import SimpleNamespace
+
+    from clipdpo.train.recipe import output_fingerprint, semantic_config
+
+    pairs = SimpleNamespace(manifest=SimpleNamespace(fingerprint="pairs-fingerprint"))
+    povid = TrainConfig(method="povid", reference="model",
+                        povid=PovidTrainConfig(stage1_epochs=1, beta_2=0.0, noise_step=400))
+    flat_default = "f6955806fbf4573280e2f95c797138558858561c975b72902457a7e48fc6ad59"
+    flat_povid = "528e205f56a382500b46c1d86c0e9cdf5a7baf06fbf80f065109dadf092cc90f"
+    assert (output_fingerprint(TrainConfig(), pairs), output_fingerprint(povid, pairs)) == (flat_default, flat_povid)
+    semantic = semantic_config(povid)
+    assert "povid" not in semantic and (semantic["povid_beta_2"], semantic["noise_step"]) == (0.0, 400)
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +106,12 @@ def pairs_dir(tmp_path_factory) -> str:
     return write_pairs(str(tmp_path_factory.mktemp("data")), n_pairs=24, n_shards=2)
 
 
-def povid_config(model: str, **overrides) -> TrainConfig:
+def povid_config(model: str, povid: dict | None = None, **overrides) -> TrainConfig:
     values = dict(model=model, learning_rate=5e-3, global_batch_size=8, per_device_batch_size=4, max_length=64,
-                  warmup_ratio=0.0, save_steps=2, seed=7, reference="model", method="povid", stage1_epochs=1,
-                  stage2_epochs=1, povid_alpha=0.1, povid_beta_1=0.1, povid_beta_2=0.1, noise_step=500)
+                  warmup_ratio=0.0, save_steps=2, seed=7, reference="model", method="povid")
     values.update(overrides)
-    return TrainConfig(**values)
+    stages = dict(stage1_epochs=1, stage2_epochs=1, alpha=0.1, beta_1=0.1, beta_2=0.1, noise_step=500)
+    return TrainConfig(**values, povid=PovidTrainConfig(**{**stages, **(povid or {})}))
 
 
 POVID_EXAMPLES = [((200, 10, 10), "describe the image", "a dog on a red sofa", "a cat"),
@@ -182,7 +217,7 @@ def test_two_stages_and_the_beta2_zero_ablation(tiny_llava, pairs_dir, tmp_path)
     storage = Storage()
     runs = {name: str(tmp_path / name) for name in ("povid", "text_only", "clipdpo")}
     train.run(povid_config(tiny_llava), pairs_dir, runs["povid"])
-    train.run(povid_config(tiny_llava, povid_beta_2=0.0), pairs_dir, runs["text_only"])
+    train.run(povid_config(tiny_llava, povid={"beta_2": 0.0}), pairs_dir, runs["text_only"])
     train.run(povid_config(tiny_llava, method="clipdpo", epochs=2), pairs_dir, runs["clipdpo"])
     povid, text_only = metrics(storage, runs["povid"]), metrics(storage, runs["text_only"])
     assert [r["step"] for r in povid] == list(range(1, 7))  # 24 pairs // 8 = 3 steps x (1 + 1) stage epochs
@@ -203,8 +238,9 @@ def test_two_stages_and_the_beta2_zero_ablation(tiny_llava, pairs_dir, tmp_path)
         "noisy_answers_made"] == 0  # beta_2 = 0: nothing generated
 
 
-POVID_SETS = ["--set", "epochs=1", "--set", "method=povid", "--set", "reference=model", "--set", "stage1_epochs=1",
-              "--set", "stage2_epochs=1"]  # with cli()'s settings: 3 steps per epoch, micro-batches of 2 pairs
+# with cli()'s settings: 3 steps per epoch, micro-batches of 2 pairs
+POVID_SETS = ["--set", "epochs=1", "--set", "method=povid", "--set", "reference=model", "--set",
+              "povid.stage1_epochs=1", "--set", "povid.stage2_epochs=1"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,38 @@ LLAVA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 
 @dataclass
+class PovidTrainConfig:
+    """POVID's two stages (`train.povid.*`; used by method povid | both): stage 1 DPO on the pairs for
+    stage1_epochs, stage 2 Eq. 5 with noisy-image rejections for stage2_epochs."""
+
+    stage1_epochs: int = 3  # the paper's Sec. 4.1: 3 epochs, then 1
+    stage2_epochs: int = 1
+    alpha: float = 0.1  # Eq. 5's weights (the paper does not state them; DPO's beta as default)
+    beta_1: float = 0.1  # text dispreference
+    beta_2: float = 0.1  # noisy-image dispreference; 0 = stage 2 is text-only DPO
+    noise_step: int = 500  # Eq. 4's k (Table 5), 0..999
+    noisy_every: int = 1  # regenerate a pair's noisy-image rejection when older than this many steps
+
+    def __post_init__(self) -> None:
+        for name in ("stage1_epochs", "stage2_epochs", "noisy_every"):
+            least = 0 if name == "stage1_epochs" else 1
+            if getattr(self, name) < least:
+                raise ValueError(f"povid.{name} must be >= {least}, got {getattr(self, name)}")
+        if not 0 <= self.noise_step < 1000:
+            raise ValueError(f"povid.noise_step must be in [0, 999] (Eq. 4's schedule has 1000 steps), got "
+                             f"{self.noise_step}")
+
+    # The names these fields had in the flat TrainConfig: the output fingerprint keeps them (flat_fields),
+    # so that a run trained before they were grouped here is still recognised as the same run.
+    FLAT_NAMES = {"stage1_epochs": "stage1_epochs", "stage2_epochs": "stage2_epochs", "alpha": "povid_alpha",
+                  "beta_1": "povid_beta_1", "beta_2": "povid_beta_2", "noise_step": "noise_step",
+                  "noisy_every": "noisy_every"}
+
+    def flat_fields(self) -> dict[str, int | float]:
+        return {flat: getattr(self, name) for name, flat in self.FLAT_NAMES.items()}
+
+
+@dataclass
 class TrainConfig:
     # model
     model: str = "llava-hf/llava-1.5-7b-hf"  # Hugging Face id or a folder / s3:// prefix in HF format
@@ -35,16 +67,10 @@ class TrainConfig:
     forward: str = "auto"
 
     # method: clipdpo = DPO on the pairs for `epochs`; povid | both = POVID's two stages as one run (the
-    # pairs hold POVID's text dispreferences, or CLIP-DPO pairs plus them for both): stage 1 DPO on the
-    # pairs for stage1_epochs, stage 2 Eq. 5 with noisy-image rejections for stage2_epochs (`epochs` unused)
+    # pairs hold POVID's text dispreferences, or CLIP-DPO pairs plus them for both), set in `povid`
+    # (`epochs` unused)
     method: str = "clipdpo"
-    stage1_epochs: int = 3  # the paper's Sec. 4.1: 3 epochs, then 1
-    stage2_epochs: int = 1
-    povid_alpha: float = 0.1  # Eq. 5's weights (the paper does not state them; DPO's beta as default)
-    povid_beta_1: float = 0.1  # text dispreference
-    povid_beta_2: float = 0.1  # noisy-image dispreference; 0 = stage 2 is text-only DPO
-    noise_step: int = 500  # Eq. 4's k (Table 5), 0..999
-    noisy_every: int = 1  # regenerate a pair's noisy-image rejection when older than this many steps
+    povid: PovidTrainConfig = field(default_factory=PovidTrainConfig)
 
     # optimisation
     learning_rate: float = 5e-7
@@ -97,14 +123,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_feature_cache_mb < 0:
             raise ValueError(f"image_feature_cache_mb must be >= 0 (0 = off), got {self.image_feature_cache_mb}")
-        for name in ("stage1_epochs", "stage2_epochs", "noisy_every"):
-            if getattr(self, name) < (0 if name == "stage1_epochs" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'stage1_epochs' else 1}, got {getattr(self, name)}")
+        if not isinstance(self.povid, PovidTrainConfig):
+            raise ValueError(f"povid must be a PovidTrainConfig, got {type(self.povid).__name__}")
         if self.method != "clipdpo" and self.epochs != 1:
-            raise ValueError(f"method={self.method} trains stage1_epochs + stage2_epochs; epochs={self.epochs} would be "
-                             "ignored: leave it at 1")
-        if not 0 <= self.noise_step < 1000:
-            raise ValueError(f"noise_step must be in [0, 999] (Eq. 4's schedule has 1000 steps), got {self.noise_step}")
+            raise ValueError(f"method={self.method} trains povid.stage1_epochs + povid.stage2_epochs; "
+                             f"epochs={self.epochs} would be ignored: leave it at 1")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
 
@@ -115,7 +138,7 @@ def is_two_stage(cfg: TrainConfig) -> bool:
 
 def run_epochs(cfg: TrainConfig) -> int:
     """Epochs of the whole run: both POVID stages, or `epochs`."""
-    return cfg.stage1_epochs + cfg.stage2_epochs if is_two_stage(cfg) else cfg.epochs
+    return cfg.povid.stage1_epochs + cfg.povid.stage2_epochs if is_two_stage(cfg) else cfg.epochs
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:

@@ -12,8 +12,8 @@ synced_gpus). The policy, not the unsharded reference, generates: Eq. 5's y_n is
 policy's hallucination, which the paper regenerates during training because it moves as the policy
 trains; the reference's would be fixed, i.e. precomputable data.
 
-Stage 1 (the first stage1_epochs) is plain DPO on the pairs; stage 2 is Eq. 5. A pair's y_n is reused
-until it is `noisy_every` steps old (1 = on-policy every step). The noise of pair p at step s is seeded
+Stage 1 (the first povid.stage1_epochs) is plain DPO on the pairs; stage 2 is Eq. 5. A pair's y_n is reused
+until it is `povid.noisy_every` steps old (1 = on-policy every step). The noise of pair p at step s is seeded
 by (seed, s, p), so every rank and a resumed run draw the same noised image.
 """
 
@@ -68,8 +68,9 @@ class POVIDObjective:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, text: DPOObjective, steps_per_epoch: int) -> "POVIDObjective":
-        return cls(text, steps_per_epoch * cfg.stage1_epochs, cfg.povid_alpha, cfg.povid_beta_1, cfg.povid_beta_2,
-                   cfg.noise_step, cfg.noisy_every, cfg.seed)
+        povid = cfg.povid
+        return cls(text, steps_per_epoch * povid.stage1_epochs, povid.alpha, povid.beta_1, povid.beta_2,
+                   povid.noise_step, povid.noisy_every, cfg.seed)
 
     def summary(self) -> dict:
         answers, tokens, changed = self.made

@@ -102,9 +102,15 @@ def open_pairs(storage: Storage, uri: str) -> Artifact:
     return pairs
 
 
+def semantic_config(cfg: TrainConfig) -> dict:
+    """The settings that decide what is trained, as the fingerprint has always seen them: flat, POVID's under
+    their flat names (so a run trained before they were grouped in `povid` is still the same run)."""
+    semantic = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in _NON_SEMANTIC and k != "povid"}
+    return {**semantic, **cfg.povid.flat_fields()}
+
+
 def output_fingerprint(cfg: TrainConfig, pairs: Artifact) -> str:
-    semantic = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in _NON_SEMANTIC}
-    return fingerprint("model", semantic, [pairs.manifest.fingerprint])
+    return fingerprint("model", semantic_config(cfg), [pairs.manifest.fingerprint])
 
 
 def prepare_output(ctx: dist.DistContext, storage: Storage, output: str, run_fingerprint: str,
