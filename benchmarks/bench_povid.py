@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ARMS = {"dpo": dict(method="clipdpo", epochs=1),
-        "povid": dict(method="povid", stage1_epochs=0, stage2_epochs=1, noisy_every=1)}
+        "povid": dict(method="povid", povid={"stage1_epochs": 0, "stage2_epochs": 1, "noisy_every": 1})}
 
 
 def run_arm(model: str, pairs: str, output: str, batch: int, max_length: int, settings: dict) -> dict:

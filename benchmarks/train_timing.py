@@ -32,12 +32,14 @@ def timed_train(model: str, pairs: str, output: str, batch: int, max_length: int
     """One `train.run` with one micro-batch per step, no warm-up and no checkpoints; `settings`: the
     other TrainConfig fields. Loop seconds are the steps' own; total (wall and CPU) seconds include index,
     reference pass and save."""
+    from clipdpo import config as config_lib
     from clipdpo import train
     from clipdpo.storage import Storage, join
     from clipdpo.train.config import TrainConfig
 
-    cfg = TrainConfig(model=model, global_batch_size=batch, per_device_batch_size=batch, max_length=max_length,
-                      warmup_ratio=0.0, save_steps=10**6, **settings)
+    # from_dict, as a config file is read: nested settings (`povid`) as dicts, unknown keys refused
+    cfg = config_lib.from_dict(TrainConfig, dict(model=model, global_batch_size=batch, per_device_batch_size=batch,
+                                                 max_length=max_length, warmup_ratio=0.0, save_steps=10**6, **settings))
     started, cpu_started = time.monotonic(), time.process_time()
     summary = train.run(cfg, pairs, output)
     total, cpu = time.monotonic() - started, time.process_time() - cpu_started

@@ -84,7 +84,7 @@ def test_the_walk_reaches_every_config_class():
     owners = {param.values[2].__name__ for param in FIELDS}
     assert {"IngestConfig", "GenerateConfig", "QAConfig", "ModelSpec", "Sampling", "ScorerConfig", "FilterConfig",
             "TrainConfig", "EvaluateConfig", "AmberConfig", "DecodingConfig", "ZeroShotConfig", "ZeroShotDataset",
-            "TextEncoderConfig", "Benchmark", "Rule", "PovidSourceConfig"} <= owners
+            "TextEncoderConfig", "Benchmark", "Rule", "PovidSourceConfig", "PovidTrainConfig"} <= owners
     assert len(FIELDS) > 80
 
 
@@ -139,9 +139,9 @@ def test_values_inside_the_ranges_still_parse():
 
     cfg = config_lib.load(FilterConfig, None, ["pair_min_margin=0", "text_keep_fraction=1", "caption_min_score=-5"])
     assert (cfg.pair_min_margin, cfg.text_keep_fraction, cfg.caption_min_score) == (0.0, 1.0, -5.0)
-    cfg = config_lib.load(TrainConfig, None, ["noise_step=999", "zero_stage=0", "keep_checkpoints=0",
+    cfg = config_lib.load(TrainConfig, None, ["povid.noise_step=999", "zero_stage=0", "keep_checkpoints=0",
                                               "label_smoothing=0.1", "seed=0"])
-    assert (cfg.noise_step, cfg.zero_stage, cfg.keep_checkpoints, cfg.label_smoothing) == (999, 0, 0, 0.1)
+    assert (cfg.povid.noise_step, cfg.zero_stage, cfg.keep_checkpoints, cfg.label_smoothing) == (999, 0, 0, 0.1)
 
 
 @pytest.mark.parametrize("item,expected", [

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from clipdpo.demo.models import build_tiny_llava
 from clipdpo.storage import Storage
 from clipdpo.train import imagefeatures, layouts, prefix
 from clipdpo.train.encode import PairEncoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pairs_fixture import write_pairs  # noqa: E402
+from unit_scale import build_unit_scale_llava  # noqa: E402
 
 EXAMPLES = [  # unequal prompts and responses (padded rows in both layouts), three distinct images
     ((200, 10, 10), "describe the image", "a dog on a red sofa", "a cat"),
@@ -31,7 +31,8 @@ def tiny(tmp_path_factory):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     torch.set_num_threads(1)
-    path = build_tiny_llava(str(tmp_path_factory.mktemp("models") / "tiny-llava"))
+    # weights at O(1) scale (unit_scale.py): features given to the wrong pair move a log-prob by nats, not 1e-4
+    path = build_unit_scale_llava(str(tmp_path_factory.mktemp("models") / "tiny-llava"))
     processor = AutoProcessor.from_pretrained(path)
     encoded = PairEncoder(processor, max_length=70).encode_batch(
         [(Image.new("RGB", (40, 40), rgb), *texts) for rgb, *texts in EXAMPLES], True)

@@ -135,9 +135,9 @@ def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path,
     assert extra_arms(args) == ("clipdpo", "both", "control")  # the pipeline's own method is not trained twice
     configs = local_configs(args, tmp_path / "state")
     train = configs["train"]
-    assert (train["method"], train["reference"], train["stage1_epochs"], train["stage2_epochs"]) == ("povid", "model",
-                                                                                                     3, 1)
-    assert train["noise_step"] == 500 and train["model"] == str(root.resolve() / "lvlm")
+    assert (train["method"], train["reference"], train["povid"]["stage1_epochs"], train["povid"]["stage2_epochs"]) == (
+        "povid", "model", 3, 1)
+    assert train["povid"]["noise_step"] == 500 and train["model"] == str(root.resolve() / "lvlm")
     assert configs["world_train"]["epochs"] == 2 and "method" not in configs["world_train"]  # the CLIP-DPO arm's
     assert configs["povid"] == {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter",
                                 "ground_truth": str(root.resolve() / "images"), "seed": 4}
@@ -178,15 +178,15 @@ def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypa
     fake_built_world(tmp_path / "cache", seed=4)
     world = ["--world", "4", "--world-cache", str(tmp_path / "cache"), "--method", "povid",
              "--arms", "clipdpo,povid,both,control"]
-    sets = ["train.learning_rate=2e-5", "train.stage1_epochs=2", "filter.pair_min_margin=3"]
+    sets = ["train.learning_rate=2e-5", "train.povid.stage1_epochs=2", "filter.pair_min_margin=3"]
     args = parse([*world, *(word for item in sets for word in ("--set", item))], monkeypatch)
     configs = local_configs(args, tmp_path / "state")
     plain = local_configs(parse(world, monkeypatch), tmp_path / "state")
     assert arm_train_config(configs, "povid") == configs["train"]  # the pipeline's own arm: its very config
-    assert configs["train"]["learning_rate"] == 2e-5 and configs["train"]["stage1_epochs"] == 2
+    assert configs["train"]["learning_rate"] == 2e-5 and configs["train"]["povid"]["stage1_epochs"] == 2
     for arm in ("clipdpo", "both", "control"):
         train = arm_train_config(configs, arm)
-        assert (train["learning_rate"], train["stage1_epochs"]) == (2e-5, 2), arm
+        assert (train["learning_rate"], train["povid"]["stage1_epochs"]) == (2e-5, 2), arm
         # the rest is the arm's method's: both keeps POVID's schedule, clipdpo and control the world's
         assert train.get("method", "clipdpo") == ("clipdpo" if arm == "control" else arm)
         assert train["epochs"] == (1 if arm == "both" else 2)
@@ -210,8 +210,10 @@ def test_povid_text_arm_is_povid_without_the_noisy_image_term():
     world_train = {"model": "/w/lvlm", "learning_rate": 5e-5, "epochs": 2, "beta": 0.1}
     configs = {"world_train": world_train}
     povid, text_only = arm_train_config(configs, "povid"), arm_train_config(configs, "povid_text")
-    assert povid == method_train_config(world_train, "povid") and povid["povid_beta_2"] > 0
-    assert text_only == {**povid, "povid_beta_2": 0.0}
+    assert povid == method_train_config(world_train, "povid") and povid["povid"]["beta_2"] > 0
+    # one setting of the nested povid config changed, its others (alpha, beta_1, the schedule) kept
+    assert text_only == {**povid, "povid": {**povid["povid"], "beta_2": 0.0}}
+    assert method_train_config(world_train, "povid")["povid"]["beta_2"] > 0  # the world's constant left alone
     assert "povid_text" in ARMS and arm_root("s3://b/runs/r", "povid_text") == "s3://b/runs/r-povid_text"
 
 

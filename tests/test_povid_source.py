@@ -125,7 +125,7 @@ def train_config(model: str, method: str) -> str:
     values = dict(model=model, method=method, learning_rate=1e-3, global_batch_size=4, per_device_batch_size=4,
                   max_length=96, warmup_ratio=0.0, save_steps=100, seed=1, max_steps=2)
     if method != "clipdpo":
-        values.update(reference="model", stage1_epochs=1, stage2_epochs=1)
+        values.update(reference="model", povid={"stage1_epochs": 1, "stage2_epochs": 1})
     return json.dumps(values)
 
 
@@ -174,10 +174,10 @@ def test_an_arm_after_the_pipeline_trains_with_the_runs_train_overrides(tmp_path
     root = str(tmp_path / "run")  # the pipeline's run root: its images artifact is what write_world_images made
     configs = {"world_train": json.loads(train_config(model, "clipdpo")),
                "povid": {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": folder},
-               TRAIN_OVERRIDES: ["train.stage1_epochs=1", "train.learning_rate=0.002", "train.max_steps=2"]}
+               TRAIN_OVERRIDES: ["train.povid.stage1_epochs=1", "train.learning_rate=0.002", "train.max_steps=2"]}
     output = outputref.plain(train_method_arm(configs, "povid", root, say=lambda line: None))
     assert output == steps.artifact_uri(arm_root(root, "povid"), "train")
     trained = json.loads(Storage().read_bytes(join(output, "train_summary.json")))["config"]
     # the overrides win over POVID's world settings (stage 1: 3 epochs, lr 1e-5); the rest is POVID's
-    assert (trained["stage1_epochs"], trained["learning_rate"], trained["max_steps"]) == (1, 0.002, 2)
-    assert (trained["method"], trained["noise_step"], trained["stage2_epochs"]) == ("povid", 500, 1)
+    assert (trained["povid"]["stage1_epochs"], trained["learning_rate"], trained["max_steps"]) == (1, 0.002, 2)
+    assert (trained["method"], trained["povid"]["noise_step"], trained["povid"]["stage2_epochs"]) == ("povid", 500, 1)

@@ -1,4 +1,7 @@
-"""The shared-prefix forward gives the concatenated forward's log-probs and gradients on the tiny LLaVA."""
+"""The shared-prefix forward gives the concatenated forward's log-probs and gradients on the tiny LLaVA.
+
+The tiny LLaVA's weights are at O(1) scale (unit_scale.py): at the default 0.02 init every token's log-prob
+is ~ -log(vocab), and a position-id bug moves a summed log-prob by ~2e-4, inside the fp32 tolerance."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from PIL import Image
 
 from clipdpo.artifacts import Artifact
 from clipdpo.storage import Storage
-from clipdpo.demo.models import build_tiny_llava
 from clipdpo.train import prefix
 from clipdpo.train.data import collate
 from clipdpo.train.encode import PairEncoder
@@ -21,6 +23,7 @@ from clipdpo.train.logps import sequence_logps
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pairs_fixture import write_pairs  # noqa: E402
+from unit_scale import build_unit_scale_llava, reinit_at_unit_scale, token_logps_spread  # noqa: E402
 
 # Unequal prompt lengths (so the packed rows pad differently from the concatenated ones), unequal
 # response lengths on both sides, and with max_length 70 the second pair's chosen response is cut.
@@ -38,7 +41,7 @@ def tiny(tmp_path_factory):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     torch.set_num_threads(1)
-    path = build_tiny_llava(str(tmp_path_factory.mktemp("models") / "tiny-llava"))
+    path = build_unit_scale_llava(str(tmp_path_factory.mktemp("models") / "tiny-llava"))
     processor = AutoProcessor.from_pretrained(path)
     encoder = PairEncoder(processor, max_length=MAX_LENGTH)
     encoded = encoder.encode_batch([(Image.new("RGB", (40, 40), rgb), *texts) for rgb, *texts in EXAMPLES], True)
@@ -74,6 +77,23 @@ def test_the_batch_has_what_the_equality_claims_cover(tiny):
     assert len(encoded[2].rejected_ids) > len(encoded[2].chosen_ids)  # rejected longer than chosen too
 
 
+def tolerance_excess(got: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5) -> float:
+    """The largest |got - expected| in units of the tolerance atol + rtol |expected| (allclose's): <= 1 passes.
+
+    fp32 sums in another order (and attention over a differently padded row): the sums reach |100|, where
+    one fp32 ulp is 7.6e-6, so 1e-5 is relative; the means (|x| < 12) hold 1e-5 absolutely (rtol=0)."""
+    return ((got - expected).abs() / (atol + rtol * expected.abs())).max().item()
+
+
+def reference_and_shared_logps(model, encoded, pad, attention: str):
+    """The concatenated forward's (sums, means, counts) under SDPA, and the shared prefix's under `attention`."""
+    set_attention(model, "sdpa")
+    with torch.no_grad():
+        expected = concatenated_logps(model, encoded, pad)
+        set_attention(model, attention)
+        return expected, shared_logps(model, encoded, pad)
+
+
 # sdpa and eager: one dense 4-D mask; clipdpo_shared_prefix: per row, the prefix causally and the
 # responses on the prefix and themselves (the training default where the model runs SDPA)
 @pytest.mark.parametrize("attention", ["sdpa", "eager", prefix.BLOCK_ATTENTION])
@@ -83,30 +103,117 @@ def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
     row_attention = prefix._pair_row_attention
     monkeypatch.setattr(prefix, "_pair_row_attention", lambda *a: rows_run.append(1) or row_attention(*a))
     monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the tiny rows take the block path too
-    set_attention(model, "sdpa")
-    with torch.no_grad():
-        sums, means, counts = concatenated_logps(model, encoded, pad)
-        set_attention(model, attention)
-        if attention == prefix.BLOCK_ATTENTION:  # ordinary calls take plain SDPA: the very same numbers
-            assert torch.equal(concatenated_logps(model, encoded, pad)[0], sums) and not rows_run
-        shared_sums, shared_means, shared_counts = shared_logps(model, encoded, pad)
+    (sums, means, counts), (shared_sums, shared_means, shared_counts) = reference_and_shared_logps(
+        model, encoded, pad, attention)
+    if attention == prefix.BLOCK_ATTENTION:  # ordinary calls take plain SDPA: the very same numbers
+        with torch.no_grad():
+            assert torch.equal(concatenated_logps(model, encoded, pad)[0], sums)
     # the block path ran once per packed row and layer but the last (lastlayer.py runs that one at the
     # read positions only), and only when chosen
     layers = model.config.text_config.num_hidden_layers
     assert len(rows_run) == (len(encoded) * (layers - 1) if attention == prefix.BLOCK_ATTENTION else 0)
     assert shared_counts.tolist() == counts.tolist() == [len(e.chosen_ids) for e in encoded] + [
         len(e.rejected_ids) for e in encoded]
-    # fp32, summed in another order (and attention over a differently padded row): the sums reach
-    # |70|, where one fp32 ulp is 7.6e-6, so 1e-5 is relative; the means (|x| < 8) hold it absolutely.
-    assert torch.allclose(shared_sums, sums, rtol=1e-5, atol=1e-5), (shared_sums - sums).abs().max()
-    assert torch.allclose(shared_means, means, rtol=0, atol=1e-5), (shared_means - means).abs().max()
+    assert tolerance_excess(shared_sums, sums) <= 1, (shared_sums - sums).abs().max()
+    assert tolerance_excess(shared_means, means, rtol=0) <= 1, (shared_means - means).abs().max()
     assert (sums < 0).all() and len(set(sums.tolist())) == 6  # real, distinct values, not a degenerate match
     if attention == prefix.BLOCK_ATTENTION:  # rows shorter than BLOCK_MIN_LENGTH: one dense masked call
         monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 10_000)
         with torch.no_grad():
             dense_sums = shared_logps(model, encoded, pad)[0]
         assert len(rows_run) == len(encoded) * (layers - 1)
-        assert torch.allclose(dense_sums, sums, rtol=1e-5, atol=1e-5)
+        assert tolerance_excess(dense_sums, sums) <= 1
+
+
+def test_the_weights_give_log_probs_that_tell_tokens_apart(tiny):
+    """What makes the equality above mean something: O(1) logits, per-token log-probs over several nats."""
+    _, model, encoded, pad = tiny
+    set_attention(model, "sdpa")
+    batch = collate(encoded, pad)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"], use_cache=False).logits
+    lowest, highest = token_logps_spread(logits, batch["labels"])
+    assert 0.5 < logits.std().item() < 10  # neither the default init's ~0.1 nor saturated
+    assert highest - lowest > 4 and highest < -0.5, (lowest, highest)  # spread, and no token near certain
+
+
+def _positions_one_past_the_prefix(collate_shared_prefix):
+    """A position-id bug: the responses' positions start one after where they continue the prefix."""
+    def collate_with_bug(encoded, pad_token_id):
+        batch = collate_shared_prefix(encoded, pad_token_id)
+        responses = (batch["segments"] == prefix.CHOSEN) | (batch["segments"] == prefix.REJECTED)
+        return {**batch, "position_ids": batch["position_ids"] + responses.long()}
+    return collate_with_bug
+
+
+def _positions_from_zero(collate_shared_prefix):
+    """A position-id bug: the responses' positions restart at 0, as if they had no prefix."""
+    def collate_with_bug(encoded, pad_token_id):
+        batch = collate_shared_prefix(encoded, pad_token_id)
+        prefix_length = (batch["segments"] == prefix.PREFIX).sum(1, keepdim=True)
+        responses = (batch["segments"] == prefix.CHOSEN) | (batch["segments"] == prefix.REJECTED)
+        return {**batch, "position_ids": torch.where(responses, batch["position_ids"] - prefix_length,
+                                                     batch["position_ids"])}
+    return collate_with_bug
+
+
+def _inject(monkeypatch, bug: str) -> None:
+    from clipdpo.train import lastlayer
+
+    if bug == "last layer's queries rotated backwards":  # forward_at rotates the queries, then the keys
+        rotate, calls = lastlayer._rotate, []
+        monkeypatch.setattr(lastlayer, "_rotate", lambda states, cos, sin, rotate_half: calls.append(1) or rotate(
+            states, cos, -sin if len(calls) % 2 else sin, rotate_half))
+    elif bug == "positions one past the prefix":
+        monkeypatch.setattr(prefix, "collate_shared_prefix",
+                            _positions_one_past_the_prefix(prefix.collate_shared_prefix))
+    elif bug == "positions from zero":
+        monkeypatch.setattr(prefix, "collate_shared_prefix", _positions_from_zero(prefix.collate_shared_prefix))
+    else:  # the rejected response attends to the chosen one: one response segment, in the dense mask and per row
+        mask, row = prefix.block_attention_mask, prefix._pair_row_attention
+        monkeypatch.setattr(prefix, "block_attention_mask", lambda segments, additive_dtype=None: mask(
+            torch.where(segments == prefix.REJECTED, prefix.CHOSEN, segments), additive_dtype))
+        monkeypatch.setattr(prefix, "_pair_row_attention", lambda query, key, value, span, scaling: row(
+            query, key, value, (span[0], span[1] + span[2], 0), scaling))
+
+
+# The equality check's own power: with each bug it must fail, by far. Measured on these weights, the
+# smallest margin is the one-past position bug's, ~1,300 tolerances (0.3 nats on a sum); at the default
+# 0.02 init the same bug moved the sums by 1.8e-4, 0.3 of the tolerance: it passed.
+@pytest.mark.parametrize("attention", ["sdpa", "eager", prefix.BLOCK_ATTENTION])
+@pytest.mark.parametrize("bug", ["positions one past the prefix", "positions from zero", "rejected sees chosen",
+                                 "last layer's queries rotated backwards"])
+def test_the_equality_fails_with_a_position_or_mask_bug(tiny, attention, bug, monkeypatch):
+    from clipdpo.train import lastlayer
+
+    _, model, encoded, pad = tiny
+    monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the block path for the per-row kernel
+    assert lastlayer.install(model.model.language_model)  # prepare() installs it; sdpa and eager run it too
+    rows_run = []
+    _inject(monkeypatch, bug)
+    row_attention = prefix._pair_row_attention
+    monkeypatch.setattr(prefix, "_pair_row_attention", lambda *a: rows_run.append(1) or row_attention(*a))
+    (sums, means, _), (shared_sums, shared_means, _) = reference_and_shared_logps(model, encoded, pad, attention)
+    assert tolerance_excess(shared_sums, sums) > 100, (shared_sums - sums).abs().max()
+    assert tolerance_excess(shared_means, means, rtol=0) > 100, (shared_means - means).abs().max()
+    assert bool(rows_run) == (attention == prefix.BLOCK_ATTENTION)  # the bug went through the kernel tested
+
+
+def assert_gradients_match(got: dict, expected: dict) -> None:
+    """fp32 sums over tokens and heads in another order: each tensor within 1e-5 of its largest entry, as a few
+    ulps of a gradient entry of size g are ~1e-7 g. The key projections' biases have no gradient in exact
+    arithmetic (a shift shared by every key leaves the softmax alone): theirs is rounding on both sides, held
+    to 1e-6 of the model's largest gradient."""
+    assert got.keys() == expected.keys()
+    largest = max(g.abs().max().item() for g in expected.values())
+    for name, want in expected.items():
+        if name.endswith("k_proj.bias"):
+            assert max(want.abs().max().item(), got[name].abs().max().item()) <= 1e-6 * largest, name
+            continue
+        scale = max(want.abs().max().item(), 1e-3)
+        difference = (got[name] - want).abs().max().item()
+        assert difference <= 1e-5 * scale, (name, difference, scale)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", prefix.BLOCK_ATTENTION])
@@ -122,12 +229,7 @@ def test_gradients_equal_the_concatenated_forward(tiny, attention, monkeypatch):
         ((weights * sums).sum() + (weights * means).sum()).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and any("vision_tower" in n for n in grads[0])
-    for name, expected in grads[0].items():
-        # fp32 sums over tokens and heads in another order: relative to the tensor's largest entry,
-        # as a few ulps of a gradient entry of size g are ~1e-7 g.
-        scale = max(expected.abs().max().item(), 1e-3)
-        difference = (grads[1][name] - expected).abs().max().item()
-        assert difference <= 1e-5 * scale, (name, difference, scale)
+    assert_gradients_match(grads[1], grads[0])
     assert max(g.abs().max().item() for g in grads[0].values()) > 1e-3  # gradients that mean something
 
 
@@ -159,8 +261,7 @@ def _fresh_model(path: str, kv_heads: int | None = None):
         return LlavaForConditionalGeneration.from_pretrained(path)
     config = LlavaConfig.from_pretrained(path)
     config.text_config.num_attention_heads, config.text_config.num_key_value_heads = 4, kv_heads
-    torch.manual_seed(3)
-    return LlavaForConditionalGeneration(config).eval()
+    return reinit_at_unit_scale(LlavaForConditionalGeneration(config), seed=3).eval()
 
 
 # eager: the additive float mask; the block path; grouped-query heads (4 query heads on 2 key/value
@@ -211,9 +312,7 @@ def test_the_last_layer_runs_only_where_logits_are_read(tiny, attention, kv_head
     # the same attention over the same keys, the queries gathered first: fp32 to within summation order
     assert torch.allclose(sums, full_sums, rtol=1e-5, atol=1e-5), (sums - full_sums).abs().max()
     assert grads.keys() == full_grads.keys()
-    for name, expected in full_grads.items():  # relative to the tensor's largest entry, as above
-        scale = max(expected.abs().max().item(), 1e-3)
-        assert (grads[name] - expected).abs().max().item() <= 1e-5 * scale, name
+    assert_gradients_match(grads, full_grads)
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
@@ -229,7 +328,8 @@ def test_the_read_positions_forward_equals_the_layer_of_each_llama_shaped_family
         vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=2, sliding_window=None)
     torch.manual_seed(0)
-    model = getattr(transformers, f"{prefix_name}Model")(config).eval()
+    # O(1) weights: at the default init the attention scores are ~1e-3 and a query's rotary position hardly counts
+    model = reinit_at_unit_scale(getattr(transformers, f"{prefix_name}Model")(config)).eval()
     layer = lastlayer.last_layer(model)
     assert lastlayer.unsupported_reason(layer) is None
     n, length = 2, 9
@@ -267,6 +367,21 @@ def test_a_last_layer_of_another_shape_runs_in_full():
     assert lastlayer.unsupported_reason(lastlayer.last_layer(qwen2)) is None  # its unused window does not count
 
 
+def test_the_kept_logits_equality_fails_when_each_token_is_read_one_position_late(tiny, monkeypatch):
+    """The check below, with the logits kept at the response tokens' own positions instead of the ones before."""
+    from clipdpo.train import layouts
+
+    path, _, encoded, pad = tiny
+    model = _fresh_model(path)
+    batch = collate(encoded, pad)
+    predicting = layouts.predicting_positions
+    monkeypatch.setattr(layouts, "predicting_positions", lambda labels: predicting(labels).roll(1, 1))
+    with torch.no_grad():
+        full, kept = (layout.logps(model, batch, torch.device("cpu"), model.dtype)[0]
+                      for layout in (layouts.Concatenated(keep_logits=False), layouts.Concatenated(keep_logits=True)))
+    assert tolerance_excess(kept, full) > 100, (kept - full).abs().max()  # measured: 4 nats, ~12,000 tolerances
+
+
 def test_the_concatenated_layout_computes_logits_only_where_a_response_token_is_read(tiny):
     from clipdpo.train import layouts
 
@@ -293,9 +408,7 @@ def test_the_concatenated_layout_computes_logits_only_where_a_response_token_is_
     assert counts.tolist() == full_counts.tolist()
     # the same logits rows, summed by index_add: fp32 within summation order (see above)
     assert torch.allclose(sums, full_sums, rtol=1e-5, atol=1e-5), (sums - full_sums).abs().max()
-    for name, expected in full_grads.items():
-        scale = max(expected.abs().max().item(), 1e-3)
-        assert (grads[name] - expected).abs().max().item() <= 1e-5 * scale, name
+    assert_gradients_match(grads, full_grads)
 
 
 def test_block_mask_and_positions_by_hand():

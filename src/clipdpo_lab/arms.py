@@ -32,7 +32,7 @@ METHODS = ("clipdpo", "povid", "both")  # what the kfp pipeline's train consumes
 # Ablation arms: a method with some train settings changed. povid_text is POVID's Table 3 "text disprefer" row:
 # the same two stages and epochs with beta_2 = 0, so stage 2 has no noisy-image term (against `povid`, the
 # noisy-image rejections' share of the effect).
-ABLATIONS = {"povid_text": ("povid", {"povid_beta_2": 0.0})}
+ABLATIONS = {"povid_text": ("povid", ["povid.beta_2=0.0"])}  # `--set`-style items on the method's train config
 ARMS = (*METHODS, *ABLATIONS, "control")  # the models a world report can compare with base
 # The lab's configs dict holds, beside the stage configs, the CLIP-DPO arm's train config ("world_train", which
 # every arm's derives from) and the run's `--set train.KEY=VALUE` items (TRAIN_OVERRIDES), which every arm's train
@@ -89,8 +89,9 @@ def arm_train_config(configs: dict[str, dict], arm: str) -> dict:
     from clipdpo.config import apply_overrides
     from clipdpo_world.stageconfigs import method_train_config
 
-    method, changed = ABLATIONS.get(arm, ("clipdpo" if arm == "control" else arm, {}))
-    train = {**method_train_config(configs["world_train"], method), **changed}
+    method, changed = ABLATIONS.get(arm, ("clipdpo" if arm == "control" else arm, []))
+    # as overrides, not a dict merge: `povid.beta_2` changes one setting of the nested `povid`, not all of it
+    train = apply_overrides(method_train_config(configs["world_train"], method), changed)
     return apply_overrides({"train": train}, list(configs.get(TRAIN_OVERRIDES, [])))["train"]
 
 

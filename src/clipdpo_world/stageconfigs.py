@@ -5,6 +5,8 @@ Apart from the build: changing how a run uses the world does not rebuild the wor
 
 from __future__ import annotations
 
+import copy
+
 from clipdpo_world import clip, language
 
 # AMBER's descriptions on the world are sampled, not greedy (greedy counts moved a lot from world to world): the model's own distribution
@@ -67,8 +69,9 @@ def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
 # into the world's 5e-5 (x100, full fine-tuning of the 2x64 Llama): 1e-5. Batch 16 as the CLIP-DPO arm (the
 # paper's batch 1 is a memory limit of one A100). alpha, beta_1, beta_2: 0.1 each (the paper gives no values;
 # DPO's beta). `both` trains the union of CLIP-DPO's and POVID's pairs with the same two-stage schedule.
-POVID_TRAIN = {"reference": "model", "epochs": 1, "stage1_epochs": 3, "stage2_epochs": 1, "learning_rate": 1e-5,
-               "noise_step": 500, "noisy_every": 1, "povid_alpha": 0.1, "povid_beta_1": 0.1, "povid_beta_2": 0.1,
+POVID_TRAIN = {"reference": "model", "epochs": 1, "learning_rate": 1e-5,
+               "povid": {"stage1_epochs": 3, "stage2_epochs": 1, "noise_step": 500, "noisy_every": 1, "alpha": 0.1,
+                         "beta_1": 0.1, "beta_2": 0.1},
                "save_steps": 50}  # checkpoints: a run cut by a time limit resumes (not part of the fingerprint)
 METHODS = ("clipdpo", "povid", "both")
 
@@ -77,7 +80,7 @@ def method_train_config(train: dict, method: str) -> dict:
     """The world's train config (the CLIP-DPO arm's) for `method`."""
     if method not in METHODS:
         raise ValueError(f"method {method!r}: expected one of {METHODS}")
-    return dict(train) if method == "clipdpo" else {**train, **POVID_TRAIN, "method": method}
+    return dict(train) if method == "clipdpo" else {**train, **copy.deepcopy(POVID_TRAIN), "method": method}
 
 
 def povid_source_config(images: str, seed: int) -> dict:

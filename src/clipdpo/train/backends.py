@@ -12,14 +12,66 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import Any, ContextManager, Protocol
 
 import numpy as np
 import torch
 
 from clipdpo.train import dist
 from clipdpo.train.config import TrainConfig
-from clipdpo.train.imagefeatures import image_inputs
+from clipdpo.train.layouts import Batch, Layout, Logps, model_logits
 from clipdpo.train.schedule import StepPlan, lr_factor
+
+
+class Backend(Protocol):
+    """What the recipe, the objectives and the checkpoints ask of a training backend (DDP or DeepSpeed)."""
+
+    @property
+    def name(self) -> str:
+        ...
+
+    layout: Layout  # how batches go through the model (layouts.choose)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits of a concatenated batch, through the wrapper (POVID's teacher-forced answers)."""
+        ...
+
+    def logps(self, batch: Batch) -> Logps:
+        """(sums, means, counts) of the batch's 2n responses in the layout, through the wrapper (with gradients)."""
+        ...
+
+    def micro_step(self, last: bool) -> ContextManager[object]:
+        """Context for one micro-batch of an optimizer step; `last`: the step's last one."""
+        ...
+
+    def backward(self, loss: torch.Tensor) -> None:
+        ...
+
+    def step(self) -> float:
+        """The optimizer step after the last micro-batch; returns the gradient norm."""
+        ...
+
+    def lr(self) -> float:
+        ...
+
+    def train(self, mode: bool = True) -> None:
+        ...
+
+    def save(self, local_dir: str) -> None:
+        """Weights, optimizer, scheduler and RNG state into `local_dir` (collective)."""
+        ...
+
+    def load(self, local_dir: str) -> None:
+        ...
+
+    def unwrapped(self) -> Any:
+        """The model under the DDP / DeepSpeed wrapper: a transformers model, or a PEFT model over one (Any: PEFT
+        hands the model's attributes, `dtype` among them, on through __getattr__)."""
+        ...
+
+    def full_state_dict(self) -> dict | None:
+        """The whole state dict where ranks hold parts of it (collective), else None."""
+        ...
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -31,16 +83,6 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer, total_steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
-
-
-def model_logits(model, batch: dict, device: torch.device, dtype: torch.dtype,
-                 keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits of a concatenated batch; inputs moved to `device`, images cast to the model's dtype. A batch
-    with cached `image_features` (one per pair, imagefeatures.py) gives them to both rows of each pair.
-    `keep` ([rows, seq] bool): only those positions' logits, [K, vocab] (the model's `logits_to_keep`)."""
-    extra = {} if keep is None else {"logits_to_keep": keep.to(device)}
-    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                 **image_inputs(model, batch, device, dtype, copies=2), use_cache=False, **extra).logits
 
 
 def rng_state() -> dict:
@@ -70,7 +112,7 @@ def load_rng(local_dir: str, rank: int) -> None:
 class DDPBackend:
     name = "ddp"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, layout):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, layout: Layout):
         self.ctx = ctx
         self.cfg = cfg
         self.layout = layout  # layouts.choose(cfg.forward, model): how batches go through the model
@@ -85,15 +127,15 @@ class DDPBackend:
         self.optimizer = make_optimizer(self.module, cfg)
         self.scheduler = make_scheduler(self.optimizer, plan.total_steps, plan.warmup)
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         """Logits of a concatenated batch (POVID's rows; forward=concatenated)."""
         return model_logits(self.model, batch, self.ctx.device, self.module.dtype)
 
-    def logps(self, batch: dict):
+    def logps(self, batch: Batch) -> Logps:
         """(sums, means, counts) of the batch's 2n responses, through the DDP wrapper (gradient hooks)."""
         return self.layout.logps(self.model, batch, self.ctx.device, self.module.dtype)
 
-    def micro_step(self, last: bool):
+    def micro_step(self, last: bool) -> ContextManager[object]:
         """Context for one micro-batch: gradients are all-reduced only on the last one."""
         if self.ctx.distributed and not last:
             return self.model.no_sync()
@@ -133,7 +175,7 @@ class DDPBackend:
         self.scheduler.load_state_dict(state["scheduler"])
         load_rng(local_dir, self.ctx.rank)
 
-    def unwrapped(self):
+    def unwrapped(self) -> Any:
         return self.module
 
     def full_state_dict(self) -> dict | None:
@@ -146,7 +188,8 @@ class DeepSpeedBackend:
 
     name = "deepspeed"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, ds_config: dict, layout):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, ds_config: dict,
+                 layout: Layout):
         import deepspeed
 
         self.ctx = ctx
@@ -158,15 +201,15 @@ class DeepSpeedBackend:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.module = self.engine.module
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         """Logits of a concatenated batch (POVID's rows; forward=concatenated)."""
         return model_logits(self.engine, batch, self.ctx.device, self.module.dtype)
 
-    def logps(self, batch: dict):
+    def logps(self, batch: Batch) -> Logps:
         """(sums, means, counts) of the batch's 2n responses, through the engine (ZeRO-3 gathers parameters)."""
         return self.layout.logps(self.engine, batch, self.ctx.device, self.module.dtype)
 
-    def micro_step(self, last: bool):
+    def micro_step(self, last: bool) -> ContextManager[object]:
         return contextlib.nullcontext()  # DeepSpeed knows its accumulation boundary
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -194,7 +237,7 @@ class DeepSpeedBackend:
             raise ValueError(f"checkpoint {local_dir}: DeepSpeed found no state to load")
         load_rng(local_dir, self.ctx.rank)
 
-    def unwrapped(self):
+    def unwrapped(self) -> Any:
         return self.module
 
     def full_state_dict(self) -> dict | None:

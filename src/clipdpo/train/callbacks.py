@@ -1,7 +1,8 @@
 """What happens around each optimizer step, kept out of the loop: metrics and checkpoints.
 
-A callback gets `on_step_end(run, step, row)` after optimizer step `step` (1-based) with that step's
-metrics row, and `on_train_end(run)` after the last step. `run` is the TrainRun (see recipe.py).
+A callback (`Callback`) gets `on_step_end(run, step, row)` after optimizer step `step` (1-based) with that
+step's metrics row, and `on_train_end(run)` after the last step. `run` is the TrainRun (recipe.py), seen
+through `Run`: what a callback may read of it.
 """
 
 from __future__ import annotations
@@ -10,14 +11,44 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from clipdpo.storage import join
+from clipdpo.storage import Storage, join
+from clipdpo.train.backends import Backend
+from clipdpo.train.checkpoint import Checkpoints
+from clipdpo.train.config import TrainConfig
+from clipdpo.train.dist import DistContext
+from clipdpo.train.schedule import StepPlan
 
 log = logging.getLogger("clipdpo.train")
 
 METRICS = "metrics.jsonl"
+
+
+class Run(Protocol):
+    """What a callback reads of the training run (recipe.TrainRun has it all)."""
+
+    ctx: DistContext
+    cfg: TrainConfig
+    storage: Storage
+    output: str  # the run's output URI
+    fingerprint: str
+    plan: StepPlan
+    backend: Backend
+    checkpoints: Checkpoints
+    metrics: list[dict]  # every step's row so far; the metrics callback appends to it
+
+
+class Callback(Protocol):
+    def on_step_end(self, run: Run, step: int, row: dict) -> None:
+        """After optimizer step `step` (1-based), with its metrics row (metrics_row)."""
+        ...
+
+    def on_train_end(self, run: Run) -> None:
+        """After the last step, before the model is saved."""
+        ...
 
 
 @dataclass
@@ -65,7 +96,7 @@ class MetricsCallback:
         self.progress = None
         self.lines = None  # clipdpo.progress.Progress when logging to a file
 
-    def on_step_end(self, run, step: int, row: dict) -> None:
+    def on_step_end(self, run: Run, step: int, row: dict) -> None:
         run.metrics.append(row)
         if not run.ctx.is_main:
             return
@@ -82,7 +113,7 @@ class MetricsCallback:
         self.progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracy']:.2f}",
                                   margin=f"{row['rewards/margin']:.3f}")
 
-    def _log_line(self, run, step: int, row: dict) -> None:
+    def _log_line(self, run: Run, step: int, row: dict) -> None:
         from clipdpo.progress import Progress
 
         if self.lines is None:  # a resumed run starts at its checkpoint's step: its rate counts its own steps
@@ -91,7 +122,7 @@ class MetricsCallback:
         self.lines.advance(1, loss=row["loss"], accuracy=row["rewards/accuracy"], margin=row["rewards/margin"],
                            tokens_per_s=row["tokens_per_s"])
 
-    def on_train_end(self, run) -> None:
+    def on_train_end(self, run: Run) -> None:
         if self.progress is not None:
             self.progress.close()
 
@@ -103,12 +134,12 @@ class CheckpointCallback:
     def __init__(self, save_steps: int):
         self.save_steps = save_steps
 
-    def on_step_end(self, run, step: int, row: dict) -> None:
+    def on_step_end(self, run: Run, step: int, row: dict) -> None:
         if step % self.save_steps or step >= run.plan.total_steps:
             return
         run.checkpoints.save(run.backend, step, {"metrics": run.metrics, "fingerprint": run.fingerprint})
         if run.ctx.is_main:
             run.storage.write_bytes(join(run.output, METRICS), jsonl(run.metrics))
 
-    def on_train_end(self, run) -> None:
+    def on_train_end(self, run: Run) -> None:
         pass

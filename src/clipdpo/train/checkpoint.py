@@ -14,9 +14,13 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clipdpo.storage import NotFound, Storage, join, upload_tree
 from clipdpo.train import dist
+
+if TYPE_CHECKING:  # the backend's modules load torch and the model code, which reading checkpoints never needs
+    from clipdpo.train.backends import Backend
 
 log = logging.getLogger("clipdpo.train")
 
@@ -68,7 +72,7 @@ class Checkpoints:
     local_root: str
     keep: int
 
-    def save(self, backend, step: int, state: dict) -> None:
+    def save(self, backend: "Backend", step: int, state: dict) -> None:
         """Collective: every rank writes its part, each node's local rank 0 uploads, rank 0 marks it complete."""
         ctx, storage = self.ctx, self.storage
         local_dir = os.path.join(self.local_root, f"ckpt-{step:08d}")
@@ -91,7 +95,7 @@ class Checkpoints:
             log.info("checkpoint step %d -> %s", step, uri)
         dist.barrier(ctx)
 
-    def restore(self, backend) -> dict | None:
+    def restore(self, backend: "Backend") -> dict | None:
         """Load the newest complete checkpoint into `backend`; its COMPLETE record, or None."""
         ctx, storage = self.ctx, self.storage
         steps = complete_steps(storage, self.output) if ctx.is_main else None

@@ -11,6 +11,36 @@ LLAVA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 
 @dataclass
+class PovidTrainConfig:
+    """POVID's two stages (`train.povid.*`; used by method povid | both): stage 1 DPO on the pairs for
+    stage1_epochs, stage 2 Eq. 5 with noisy-image rejections for stage2_epochs."""
+
+    stage1_epochs: int = 3  # the paper's Sec. 4.1: 3 epochs, then 1
+    stage2_epochs: int = 1
+    alpha: float = 0.1  # Eq. 5's weights (the paper does not state them; DPO's beta as default)
+    beta_1: float = 0.1  # text dispreference
+    beta_2: float = 0.1  # noisy-image dispreference; 0 = stage 2 is text-only DPO
+    noise_step: int = 500  # Eq. 4's k (Table 5), 0..999
+    noisy_every: int = 1  # regenerate a pair's noisy-image rejection when older than this many steps
+
+    # noise_step: Eq. 4's schedule has 1000 steps
+    RANGES = {"stage1_epochs": NON_NEGATIVE, "stage2_epochs": AT_LEAST_1, "alpha": NON_NEGATIVE,
+              "beta_1": NON_NEGATIVE, "beta_2": NON_NEGATIVE, "noise_step": Range(0, 999), "noisy_every": AT_LEAST_1}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    # The names these fields had in the flat TrainConfig: the output fingerprint keeps them (flat_fields),
+    # so that a run trained before they were grouped here is still recognised as the same run.
+    FLAT_NAMES = {"stage1_epochs": "stage1_epochs", "stage2_epochs": "stage2_epochs", "alpha": "povid_alpha",
+                  "beta_1": "povid_beta_1", "beta_2": "povid_beta_2", "noise_step": "noise_step",
+                  "noisy_every": "noisy_every"}
+
+    def flat_fields(self) -> dict[str, int | float]:
+        return {flat: getattr(self, name) for name, flat in self.FLAT_NAMES.items()}
+
+
+@dataclass
 class TrainConfig:
     # model
     model: str = "llava-hf/llava-1.5-7b-hf"  # Hugging Face id or a folder / s3:// prefix in HF format
@@ -36,16 +66,10 @@ class TrainConfig:
     forward: str = "auto"
 
     # method: clipdpo = DPO on the pairs for `epochs`; povid | both = POVID's two stages as one run (the
-    # pairs hold POVID's text dispreferences, or CLIP-DPO pairs plus them for both): stage 1 DPO on the
-    # pairs for stage1_epochs, stage 2 Eq. 5 with noisy-image rejections for stage2_epochs (`epochs` unused)
+    # pairs hold POVID's text dispreferences, or CLIP-DPO pairs plus them for both), set in `povid`
+    # (`epochs` unused)
     method: str = "clipdpo"
-    stage1_epochs: int = 3  # the paper's Sec. 4.1: 3 epochs, then 1
-    stage2_epochs: int = 1
-    povid_alpha: float = 0.1  # Eq. 5's weights (the paper does not state them; DPO's beta as default)
-    povid_beta_1: float = 0.1  # text dispreference
-    povid_beta_2: float = 0.1  # noisy-image dispreference; 0 = stage 2 is text-only DPO
-    noise_step: int = 500  # Eq. 4's k (Table 5), 0..999
-    noisy_every: int = 1  # regenerate a pair's noisy-image rejection when older than this many steps
+    povid: PovidTrainConfig = field(default_factory=PovidTrainConfig)
 
     # optimisation
     learning_rate: float = 5e-7
@@ -82,9 +106,6 @@ class TrainConfig:
     RANGES = {
         "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "lora_dropout": Range(0, 1, high_open=True),
         "beta": POSITIVE, "label_smoothing": Range(0, 0.5, high_open=True),  # cDPO: flip probability < 1/2
-        "stage1_epochs": NON_NEGATIVE, "stage2_epochs": AT_LEAST_1, "povid_alpha": NON_NEGATIVE,
-        "povid_beta_1": NON_NEGATIVE, "povid_beta_2": NON_NEGATIVE, "noise_step": Range(0, 999),
-        "noisy_every": AT_LEAST_1,
         "learning_rate": POSITIVE, "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE,
         "adam_beta1": Range(0, 1, high_open=True), "adam_beta2": Range(0, 1, high_open=True), "adam_epsilon": POSITIVE,
         "max_grad_norm": POSITIVE, "epochs": AT_LEAST_1, "global_batch_size": AT_LEAST_1,
@@ -110,9 +131,11 @@ class TrainConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(valid)}")
+        if not isinstance(self.povid, PovidTrainConfig):
+            raise ValueError(f"povid must be a PovidTrainConfig, got {type(self.povid).__name__}")
         if self.method != "clipdpo" and self.epochs != 1:
-            raise ValueError(f"method={self.method} trains stage1_epochs + stage2_epochs; epochs={self.epochs} would be "
-                             "ignored: leave it at 1")
+            raise ValueError(f"method={self.method} trains povid.stage1_epochs + povid.stage2_epochs; "
+                             f"epochs={self.epochs} would be ignored: leave it at 1")
 
 
 def is_two_stage(cfg: TrainConfig) -> bool:
@@ -121,7 +144,7 @@ def is_two_stage(cfg: TrainConfig) -> bool:
 
 def run_epochs(cfg: TrainConfig) -> int:
     """Epochs of the whole run: both POVID stages, or `epochs`."""
-    return cfg.stage1_epochs + cfg.stage2_epochs if is_two_stage(cfg) else cfg.epochs
+    return cfg.povid.stage1_epochs + cfg.povid.stage2_epochs if is_two_stage(cfg) else cfg.epochs
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:

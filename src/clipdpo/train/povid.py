@@ -12,8 +12,8 @@ synced_gpus). The policy, not the unsharded reference, generates: Eq. 5's y_n is
 policy's hallucination, which the paper regenerates during training because it moves as the policy
 trains; the reference's would be fixed, i.e. precomputable data.
 
-Stage 1 (the first stage1_epochs) is plain DPO on the pairs; stage 2 is Eq. 5. A pair's y_n is reused
-until it is `noisy_every` steps old (1 = on-policy every step). The noise of pair p at step s is seeded
+Stage 1 (the first povid.stage1_epochs) is plain DPO on the pairs; stage 2 is Eq. 5. A pair's y_n is reused
+until it is `povid.noisy_every` steps old (1 = on-policy every step). The noise of pair p at step s is seeded
 by (seed, s, p), so every rank and a resumed run draw the same noised image.
 """
 
@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from clipdpo.train.backends import Backend
 from clipdpo.train.config import TrainConfig
+from clipdpo.train.layouts import Batch
 from clipdpo.train.logps import IGNORE_INDEX
 from clipdpo.train.noise import add_diffusion_noise
 from clipdpo.train.objective import DPOObjective, Losses
@@ -66,15 +68,16 @@ class POVIDObjective:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, text: DPOObjective, steps_per_epoch: int) -> "POVIDObjective":
-        return cls(text, steps_per_epoch * cfg.stage1_epochs, cfg.povid_alpha, cfg.povid_beta_1, cfg.povid_beta_2,
-                   cfg.noise_step, cfg.noisy_every, cfg.seed)
+        povid = cfg.povid
+        return cls(text, steps_per_epoch * povid.stage1_epochs, povid.alpha, povid.beta_1, povid.beta_2,
+                   povid.noise_step, povid.noisy_every, cfg.seed)
 
     def summary(self) -> dict:
         answers, tokens, changed = self.made
         return {"noisy_answers_made": answers, "noisy_answer_tokens": tokens,
                 "noisy_tokens_changed_fraction": round(changed / tokens, 4) if tokens else None}
 
-    def losses(self, policy, batch: dict, positions: np.ndarray, step: int = 0) -> Losses:
+    def losses(self, policy: Backend, batch: Batch, positions: np.ndarray, step: int = 0) -> Losses:
         """`policy`: the backend; its `forward` gives a concatenated batch's logits (recipe.forward_setting
         keeps two-stage runs on the concatenated layout: the noisy rows are built from its rows)."""
         forward = policy.forward
@@ -86,6 +89,7 @@ class POVIDObjective:
             joint = {key: torch.cat([batch[key], noisy[key]]) for key in ("input_ids", "attention_mask", "labels",
                                                                           "pixel_values")}
         device = batch["input_ids"].device
+        assert self.text.layout is not None  # a reference model's objective has its layout (from_config)
         policy_logps, _, _ = policy.logps(joint)  # the backend's layout: concatenated rows (see above)
         with torch.no_grad():
             reference, _, _ = self.text.layout.logps(self.text.reference_model, joint, device, self.text.model_dtype)

@@ -27,8 +27,9 @@ from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tree
 from clipdpo.tracking import training_callbacks
 from clipdpo.train import checkpoint, dist, imagefeatures, layouts, refcache
-from clipdpo.train.backends import DDPBackend, DeepSpeedBackend, frozen_reference
-from clipdpo.train.callbacks import METRICS, CheckpointCallback, MetricsCallback, StepStats, jsonl, metrics_row
+from clipdpo.train.backends import Backend, DDPBackend, DeepSpeedBackend, frozen_reference
+from clipdpo.train.callbacks import (METRICS, Callback, CheckpointCallback, MetricsCallback, StepStats, jsonl,
+                                    metrics_row)
 from clipdpo.train.config import TrainConfig, accumulation_steps, is_two_stage, run_epochs
 from clipdpo.train.data import PairIndex, PairStore, build_index, epoch_order, prefetch, rank_micro_batches
 from clipdpo.train.encode import PairEncoder
@@ -101,9 +102,15 @@ def open_pairs(storage: Storage, uri: str) -> Artifact:
     return pairs
 
 
+def semantic_config(cfg: TrainConfig) -> dict:
+    """The settings that decide what is trained, as the fingerprint has always seen them: flat, POVID's under
+    their flat names (so a run trained before they were grouped in `povid` is still the same run)."""
+    semantic = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in _NON_SEMANTIC and k != "povid"}
+    return {**semantic, **cfg.povid.flat_fields()}
+
+
 def output_fingerprint(cfg: TrainConfig, pairs: Artifact) -> str:
-    semantic = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in _NON_SEMANTIC}
-    return fingerprint("model", semantic, [pairs.manifest.fingerprint])
+    return fingerprint("model", semantic_config(cfg), [pairs.manifest.fingerprint])
 
 
 def prepare_output(ctx: dist.DistContext, storage: Storage, output: str, run_fingerprint: str,
@@ -165,7 +172,7 @@ def forward_setting(cfg: TrainConfig) -> str:
 
 
 def make_backend(ctx: dist.DistContext, cfg: TrainConfig, model_dir: str, plan: StepPlan,
-                 strategy: str) -> tuple[Any, dict | None, Any]:
+                 strategy: str) -> tuple[Backend, dict | None, Any]:
     """(backend, DeepSpeed config or None, what must stay alive while ZeRO-3 models load)."""
     if strategy != "deepspeed":
         policy = prepare_policy(load_model(model_dir, cfg), cfg)
@@ -200,7 +207,7 @@ class TrainRun:
     processor: Any
     index: PairIndex
     store: PairStore
-    backend: Any
+    backend: Backend
     checkpoints: checkpoint.Checkpoints
     started: float
     objective: DPOObjective | POVIDObjective | None = None
@@ -302,7 +309,7 @@ class TrainRun:
             for m, positions in enumerate(parts):
                 yield step, m, positions
 
-    def train(self, callbacks: list) -> None:
+    def train(self, callbacks: list[Callback]) -> None:
         """Micro-batches, their losses and gradients, optimizer steps; callbacks after each step."""
         last = self.plan.accumulation - 1
         self.backend.train(True)
