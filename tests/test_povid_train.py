@@ -57,9 +57,9 @@ def test_povid_needs_a_reference_model_and_the_sigmoid_loss():
         TrainConfig(method="rlhf")
     with pytest.raises(ValueError, match="stage1_epochs"):
         TrainConfig(method="povid", epochs=3)
-    with pytest.raises(ValueError, match="povid.noise_step"):
+    with pytest.raises(ValueError, match="noise_step"):
         PovidTrainConfig(noise_step=1000)
-    with pytest.raises(ValueError, match="povid.noisy_every"):
+    with pytest.raises(ValueError, match="noisy_every"):
         PovidTrainConfig(noisy_every=0)
 
 
