@@ -65,7 +65,7 @@ $(SPACY_MD)/meta.json: | $(STAMP)
 nlp-data: $(SPACY_MD)/meta.json
 
 # kubectl renders the kustomize overlays in the tests; Debian's kubernetes-client provides it.
-# chromium: the run report is checked in a real headless browser (tests/test_report_browser.py).
+# chromium: the run report is checked in a real headless browser (tests/clipdpo/test_report_browser.py).
 tools:
 	@command -v kubectl >/dev/null 2>&1 || { \
 	  echo "kubectl not found: installing Debian's kubernetes-client" >&2; \
@@ -95,7 +95,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy src
 
 faults: $(STAMP)
-	$(PY) -m pytest -q -s tests/test_faults.py
+	$(PY) -m pytest -q -s tests/clipdpo/test_faults.py
 
 # Locally (no KFP_HOST) the run is on the synthetic world of seed WORLD (built once, cached in .local/world
 # by a hash of its code and config). Seed 0 by design: the first seed, the one `make world` builds, fixed

@@ -8,7 +8,7 @@ nested dataclasses included, with its type, default and the comment written besi
 are read from their source files (ast + tokenize), not imported: the train and score configs' modules import
 torch, and reading the source is what gives the comments anyway. `results` writes one page per evaluation
 `metrics.json`: the headline per model with its change against the run's baseline; a `<run>.note.md` beside
-the input (what was run, when, on what) is copied under the page's title. tests/test_docs.py regenerates both
+the input (what was run, when, on what) is copied under the page's title. tests/project/test_docs.py regenerates both
 and compares them with what is committed.
 """
 
@@ -315,7 +315,7 @@ def render_class(config: ConfigClass, path: str, out: list[str], done: set[str],
 def config_reference() -> str:
     out = ["# Config reference", "",
            "Generated from the config dataclasses by `python scripts/gen_docs.py config`; do not edit by hand "
-           "(tests/test_docs.py fails when this page and the code differ).", "",
+           "(tests/project/test_docs.py fails when this page and the code differ).", "",
            "Each run takes one JSON object per config below: locally `<config-dir>/<name>.json`, on a cluster the "
            "pipeline parameter `<name>_config`, for a stage run by hand `--config FILE`. `--set KEY=VALUE` "
            "(`--set NAME.KEY=VALUE` on `python -m pipelines.run`) changes one key; a dotted key reaches into a "

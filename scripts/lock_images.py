@@ -6,7 +6,7 @@ image's content tag hashes its lockfile (clipdpo.cluster.imagetags).
 
     python scripts/lock_images.py [image ...]     needs uv (pip install uv==0.13.9) on PATH, or UV=/path/to/uv
 
-Run it after changing a pin in pyproject.toml; tests/test_dockerfiles.py checks every lock still agrees.
+Run it after changing a pin in pyproject.toml; tests/project/test_dockerfiles.py checks every lock still agrees.
 Standard library only.
 """
 

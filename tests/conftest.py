@@ -114,7 +114,7 @@ def bucket(s3_server) -> str:
 
 
 # AMBER: official data/ layout (annotations, relation words, safe words, counters) + query file + image/.
-# Every expected value of tests/test_amber.py is worked out by hand from these.
+# Every expected value of tests/clipdpo/test_amber.py is worked out by hand from these.
 AMBER_RELATION = {"dog": ["puppy"], "cat": ["kitten"], "car": ["vehicle"], "tree": [], "frisbee": [],
                   "grass": ["lawn"], "man": ["person"], "sky": []}  # sky: in the vocabulary and a global safe word
 AMBER_ANNOTATIONS = [

@@ -38,13 +38,10 @@ from pathlib import Path
 
 from clipdpo import s3security
 from clipdpo.errors import ArgumentParser, UserError, exit_2_on_user_error
-from clipdpo.storage import local_folder_problem
+from clipdpo.storage import LOCAL_ENDPOINT_VAR, LOCAL_LOG_VAR, died_message, local_folder_problem
 
 PID_FILE = "weed.pid"
 LOG_FILE = "weed.log"
-# Set in the env of the run's own server: a client that cannot reach that endpoint says the server died.
-LOCAL_ENDPOINT_VAR = "CLIPDPO_LOCAL_S3_ENDPOINT"
-LOCAL_LOG_VAR = "CLIPDPO_LOCAL_S3_LOG"
 
 # Flags whose value is a port; SeaweedFS otherwise uses fixed defaults that would collide.
 _PORT_FLAGS = (
@@ -129,14 +126,6 @@ class S3Server:
         pid_file = Path(self.data_dir, PID_FILE)
         if _read_pid_file(pid_file).get("pid") == self.process.pid:
             pid_file.unlink(missing_ok=True)
-
-
-def died_message(endpoint_url: str, log_path: str, returncode: int | None = None) -> str:
-    """What a client says when the local server clipdpo started stops answering: not "set AWS_ENDPOINT_URL"
-    (nothing the user set is wrong), but that the server is gone and where its log is."""
-    status = f", exit status {returncode}" if returncode is not None else ""
-    return (f"the local S3 server at {endpoint_url} that clipdpo started is not answering: it died or was "
-            f"stopped{status}; see its log {log_path}; rerun to start a new one (finished steps are kept)")
 
 
 def _in_child() -> None:

@@ -132,11 +132,23 @@ class ObjectInfo:
     version: str
 
 
+# Set in the env of the run's own server (clipdpo.s3server): a client that cannot reach that endpoint says the
+# server died instead of blaming the endpoint setting.
+LOCAL_ENDPOINT_VAR = "CLIPDPO_LOCAL_S3_ENDPOINT"
+LOCAL_LOG_VAR = "CLIPDPO_LOCAL_S3_LOG"
+
+
+def died_message(endpoint_url: str, log_path: str, returncode: int | None = None) -> str:
+    """What a client says when the local server clipdpo started stops answering: not "set AWS_ENDPOINT_URL"
+    (nothing the user set is wrong), but that the server is gone and where its log is."""
+    status = f", exit status {returncode}" if returncode is not None else ""
+    return (f"the local S3 server at {endpoint_url} that clipdpo started is not answering: it died or was "
+            f"stopped{status}; see its log {log_path}; rerun to start a new one (finished steps are kept)")
+
+
 def local_server_log(endpoint_url: str | None) -> str | None:
     """The log of the loopback S3 server clipdpo started at `endpoint_url` (clipdpo.s3server puts its
     endpoint and log in the env it hands out), None for any other endpoint."""
-    from clipdpo.s3server import LOCAL_ENDPOINT_VAR, LOCAL_LOG_VAR
-
     if endpoint_url and os.environ.get(LOCAL_ENDPOINT_VAR) == endpoint_url:
         return os.environ.get(LOCAL_LOG_VAR) or None
     return None
@@ -252,8 +264,6 @@ class Storage:
             endpoint = self._s3_settings.endpoint_url or "AWS default endpoint"
             log_path = local_server_log(endpoint)
             if log_path:  # clipdpo's own server: the endpoint is right, the server is gone
-                from clipdpo.s3server import died_message
-
                 raise StorageError(f"{uri}: {died_message(endpoint, log_path)}") from err
             raise StorageError(
                 f"{uri}: cannot reach S3 at {endpoint} after {self._s3_settings.max_attempts} attempts "

@@ -42,8 +42,8 @@ log = logging.getLogger("clipdpo.train")
 
 SUMMARY = "train_summary.json"
 # Config keys that do not change what is trained (excluded from the output fingerprint).
-# `forward` changes only the summation order of the same log-probs (tests/test_shared_prefix.py).
-# `image_feature_cache_mb` only decides whether a frozen tower's features are recomputed (tests/test_image_features.py).
+# `forward` changes only the summation order of the same log-probs (tests/clipdpo/test_shared_prefix.py).
+# `image_feature_cache_mb` only decides whether a frozen tower's features are recomputed (tests/clipdpo/test_image_features.py).
 _NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache", "forward", "image_feature_cache_mb")
 
 

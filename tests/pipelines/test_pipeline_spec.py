@@ -11,7 +11,7 @@ import pytest
 
 from clipdpo.stages import NAMES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-ingest": "filter", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
     "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",

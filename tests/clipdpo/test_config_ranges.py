@@ -186,7 +186,7 @@ def test_a_manifest_never_holds_a_bare_nan():
 
 def test_filter_with_a_nan_margin_writes_nothing(tmp_path, capsys):
     from clipdpo.filter.__main__ import main
-    from tests.test_filter_stage import write_scores
+    from tests.clipdpo.test_filter_stage import write_scores
 
     scores = write_scores(tmp_path)
     out = tmp_path / "pairs"

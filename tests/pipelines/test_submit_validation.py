@@ -82,4 +82,4 @@ def test_the_production_configs_validate():
 
     from clipdpo.stages import validate
 
-    validate(run.read_configs(Path(__file__).resolve().parents[1] / "configs" / "cluster"))
+    validate(run.read_configs(Path(__file__).resolve().parents[2] / "configs" / "cluster"))

@@ -15,7 +15,7 @@ from clipdpo.storage import Storage
 from clipdpo.train import imagefeatures, layouts, prefix
 from clipdpo.train.encode import PairEncoder
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs_fixture import write_pairs  # noqa: E402
 from unit_scale import build_unit_scale_llava  # noqa: E402
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from clipdpo.images import Decoding, decode_image, to_rgb
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _encoded(image: Image.Image, fmt: str, **params) -> bytes:

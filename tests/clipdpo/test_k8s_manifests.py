@@ -19,7 +19,7 @@ from clipdpo.cluster.follow import JobFollower, JobUnschedulable
 from clipdpo.cluster.launch import build_manifest
 from fake_k8s import FakeCluster, FakeClock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "helm", "clipdpo")
 SECRET_VALUES = {"s3": {"create": True, "accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "example-secret",
                         "endpointUrl": "https://s3.example.com"}}

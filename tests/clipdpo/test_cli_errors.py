@@ -16,9 +16,9 @@ from PIL import Image
 from clipdpo.evaluate.__main__ import main as evaluate_main
 from clipdpo.filter.__main__ import main as filter_main
 from clipdpo.ingest.__main__ import main as ingest_main
-from tests.test_filter_stage import write_scores
+from tests.clipdpo.test_filter_stage import write_scores
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def one_error_line(capsys, code, expected: str) -> str:

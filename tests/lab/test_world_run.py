@@ -99,7 +99,7 @@ def make_command(*assignments: str, kfp_host: str = "") -> list[str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("KFP_HOST", "WORLD", "DEMO", "CONTROL", "RUN_ID", "METHOD", "ARMS", "QA")}
     env.update({"KFP_HOST": kfp_host} if kfp_host else {})
-    out = subprocess.run(["make", "-n", "-s", "pipeline-run", *assignments], cwd=Path(__file__).resolve().parents[1],
+    out = subprocess.run(["make", "-n", "-s", "pipeline-run", *assignments], cwd=Path(__file__).resolve().parents[2],
                          env=env, capture_output=True, text=True, check=True).stdout
     words = shlex.split(out.replace("\\\n", " "))
     start = max(n for n, word in enumerate(words) if word == "-m") + 1  # the run's (after any venv set-up)

@@ -12,7 +12,7 @@ import pytest
 
 from clipdpo.stages import IMAGES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = {image: f"clipdpo.{image}" for image in IMAGES}  # one image per stage, named after it
 
 

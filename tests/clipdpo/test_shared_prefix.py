@@ -21,7 +21,7 @@ from clipdpo.train.data import collate
 from clipdpo.train.encode import PairEncoder
 from clipdpo.train.logps import sequence_logps
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs_fixture import write_pairs  # noqa: E402
 from unit_scale import build_unit_scale_llava, reinit_at_unit_scale, token_logps_spread  # noqa: E402
 

@@ -20,7 +20,7 @@ flags\t\t: fpu sse sse2 avx avx2 avx512f avx512bw amx_tile fma
 processor\t: 1
 model name\t: Intel(R) Xeon(R) Platinum 8480+
 """
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
 
 def test_the_default_pins_are_one_thread_and_avx2_everywhere():

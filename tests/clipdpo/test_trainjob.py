@@ -17,7 +17,7 @@ import k8s_checks
 from clipdpo.cluster import trainjob
 from k8s_checks import train_spec as spec
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_trainjob_is_valid_and_says_what_the_runtime_needs():

@@ -7,7 +7,7 @@ from PIL import Image
 
 from clipdpo.filter.__main__ import main as filter_main
 from clipdpo.ingest.__main__ import main as ingest_main
-from tests.test_filter_stage import write_scores
+from tests.clipdpo.test_filter_stage import write_scores
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import yaml
 
 from clipdpo.cluster.kfpclient import RunView
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKFLOWS = os.path.join(ROOT, ".github", "workflows")
 
 

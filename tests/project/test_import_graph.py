@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"clipdpo": ROOT / "src" / "clipdpo", "clipdpo_world": ROOT / "src" / "clipdpo_world",
             "clipdpo_lab": ROOT / "src" / "clipdpo_lab", "pipelines": ROOT / "pipelines"}
 PRODUCT = ("clipdpo", "pipelines")

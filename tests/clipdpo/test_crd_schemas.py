@@ -17,7 +17,7 @@ import k8s_checks
 from clipdpo.cluster import jobspec
 from clipdpo.cluster.launch import BUILDERS, build_manifest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def matrix():

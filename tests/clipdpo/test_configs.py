@@ -10,7 +10,7 @@ import pytest
 from clipdpo import config as config_lib
 from clipdpo.stages import NAMES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def config_class(stage: str):

@@ -14,7 +14,7 @@ import k8s_checks
 from clipdpo.cluster import pytorchjob, trainjob
 from pod_security import restricted_violations
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = "ghcr.io/x/clipdpo-train:0.1.0"
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIDE = 10_000  # 100 M pixels: under Pillow's decompression-bomb limit (2 x 89.5 M), 300 MB decoded as RGB
 PHOTOS = 8  # 2.4 GB decoded if a shard's images were kept at once
 # The stated ceiling: the interpreter with pyarrow and PIL (~150 MB), the shard's encoded bytes, one decoded photo

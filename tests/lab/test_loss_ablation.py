@@ -1,7 +1,7 @@
 """`make loss-ablation`: the variants are Table 5's losses with every other setting the world's, the run's model
 must be the paper's DPO beta 0.1, a variant trains on the run's own pairs without writing beside them, the table.
 The ablation itself (train -> evaluate per variant on a world) is measured in the README. The losses' values
-are checked by hand in tests/test_training_math.py (cDPO: test_cdpo_label_smoothing_mixes_both_directions)."""
+are checked by hand in tests/clipdpo/test_training_math.py (cDPO: test_cdpo_label_smoothing_mixes_both_directions)."""
 
 from __future__ import annotations
 

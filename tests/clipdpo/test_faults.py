@@ -27,9 +27,9 @@ from PIL import Image
 from clipdpo.artifacts import Artifact, ArtifactWriter, shard_name
 from clipdpo.schemas import IMAGES, SCORES
 from clipdpo.storage import Storage
-from tests.test_filter_rules import _scores_table, cap, qa
+from tests.clipdpo.test_filter_rules import _scores_table, cap, qa
 
-RUNNER = str(Path(__file__).with_name("fault_runner.py"))
+RUNNER = str(Path(__file__).resolve().parents[1] / "fault_runner.py")
 BOUNDARIES = ("mid_shard", "before_done", "torn_manifest", "during_cleanup")
 VOLATILE = ("created_unix", "seconds")
 

@@ -6,7 +6,7 @@ from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.filter.__main__ import main as filter_main
 from clipdpo.schemas import IMAGES, SCORES
 from clipdpo.storage import Storage
-from tests.test_filter_rules import _scores_table, cap, qa
+from tests.clipdpo.test_filter_rules import _scores_table, cap, qa
 
 
 def write_scores(root) -> str:
