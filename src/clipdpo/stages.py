@@ -7,6 +7,7 @@ Kept free of third-party imports: the Makefile reads it with a bare `python3`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ def validate(configs: dict[str, dict]) -> None:
     for name, body in configs.items():
         if not isinstance(body, dict):
             raise ConfigError(f"{name}_config: must be a JSON object, got {type(body).__name__}")
-    typed = {name: from_dict(config_class(name), configs.get(name) or {}, f"{name}_config")
-             for name in CONFIG_NAMES if name not in ("evaluate", "povid")}
+    # name -> its own config class's instance (config_class(name)): the value type differs by name
+    typed: dict[str, Any] = {name: from_dict(config_class(name), configs.get(name) or {}, f"{name}_config")
+                             for name in CONFIG_NAMES if name not in ("evaluate", "povid")}
     evaluate = dict(configs.get("evaluate") or {})
     if evaluate:  # empty: no evaluation; without models the step compares the run's base and trained model
         engine = evaluate.get("engine", "vllm")
