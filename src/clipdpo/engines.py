@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
 from clipdpo.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY_MASS, SEED, check_ranges
 from clipdpo.errors import UserError
 from clipdpo.seeds import sample_seed
+
+if TYPE_CHECKING:
+    from clipdpo.progress import Progress
 
 log = logging.getLogger("clipdpo.engines")
 
@@ -131,7 +134,7 @@ class HFEngine:
         dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
         loader = AutoModelForImageTextToText if vision else AutoModelForCausalLM
         self.model = loader.from_pretrained(spec.path, dtype=dtype, trust_remote_code=spec.trust_remote_code)
-        self.model.to(device).eval()
+        self.model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as a decorated function
         self.device = device
         if vision:
             self.processor = AutoProcessor.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
@@ -143,7 +146,7 @@ class HFEngine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
-        self.progress = None  # a clipdpo.progress.Progress the caller sets: advanced by each batch's requests
+        self.progress: Progress | None = None  # the caller sets it: advanced by each batch's requests
 
     def _advance(self, n: int) -> None:
         if self.progress is not None:
@@ -154,7 +157,8 @@ class HFEngine:
         return owner.apply_chat_template(_user_message(prompt, with_image), add_generation_prompt=True, tokenize=False)
 
     def _generate(self, inputs, sampling: Sampling, n: int) -> list[str]:
-        generated = self.model.generate(
+        # transformers' auto classes return a generic base whose `generate` mypy cannot bind
+        generated = self.model.generate(  # type: ignore[misc]
             **inputs.to(self.device),
             do_sample=sampling.temperature > 0,
             temperature=sampling.temperature if sampling.temperature > 0 else None,

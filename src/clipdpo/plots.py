@@ -12,7 +12,7 @@ safe to call from any process. What each shows and why:
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -81,7 +81,7 @@ def training_curves(rows: Sequence[dict], beta: float | None = None) -> Figure:
     return figure
 
 
-def _bins(*samples: Sequence[float], count: int = 20) -> np.ndarray:
+def _bins(*samples: Sequence[float] | np.ndarray, count: int = 20) -> np.ndarray:
     values = np.concatenate([np.asarray(s, dtype=np.float64) for s in samples if len(s)] or [np.zeros(1)])
     low, high = float(values.min()), float(values.max())
     if high - low < 1e-9:  # one value: a bin of width 1 around it
@@ -94,8 +94,8 @@ def _no_data(ax, title: str) -> None:
     ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
 
 
-def clip_scores(chosen: Sequence[float], rejected: Sequence[float], margins: dict[str, Sequence[float]],
-                threshold: float | None, by_category: dict[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+def clip_scores(chosen: Sequence[float], rejected: Sequence[float], margins: Mapping[str, Sequence[float]],
+                threshold: float | None, by_category: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
     """Three panels: chosen vs rejected score histograms; margin histograms (one per entry of `margins`)
     with the filter's margin threshold drawn; mean chosen and rejected score per image category
     (`by_category`: category -> (chosen scores, rejected scores))."""

@@ -7,6 +7,7 @@ Kept free of third-party imports: the Makefile reads it with a bare `python3`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ def validate(configs: dict[str, dict], overrides: list[str] | tuple[str, ...] = 
     for name, body in configs.items():
         if not isinstance(body, dict):
             raise ConfigError(f"{name}_config: must be a JSON object, got {type(body).__name__}")
-    typed = {name: checked(name, configs.get(name) or {}, overrides) for name in CONFIG_NAMES
-             if name not in ("evaluate", "povid")}
+    # name -> its own config class's instance (config_class(name)): the value type differs by name
+    typed: dict[str, Any] = {name: checked(name, configs.get(name) or {}, overrides) for name in CONFIG_NAMES
+                             if name not in ("evaluate", "povid")}
     evaluate = dict(configs.get("evaluate") or {})
     if evaluate:  # empty: no evaluation
         engine = evaluate.get("engine", "vllm")

@@ -192,10 +192,10 @@ def open_tracker(output: str, *, storage: Storage, local_dir: str, run_name: str
         info.update(mlflow_tracking_uri=tracking_uri, mlflow_run_id=mlflow.run_id)
         log.info("MLflow: run %s at %s", mlflow.run_id, tracking_uri)
     if tensorboard and env.get("CLIPDPO_TENSORBOARD", "") not in ("", "0"):
-        tensorboard = TensorBoardTracker(local_dir, output, storage)
-        trackers.append(tensorboard)
-        info["tensorboard"] = tensorboard.target
-        log.info("TensorBoard: event files -> %s", tensorboard.target)
+        board = TensorBoardTracker(local_dir, output, storage)
+        trackers.append(board)
+        info["tensorboard"] = board.target
+        log.info("TensorBoard: event files -> %s", board.target)
     if not trackers:
         return Tracker()
     storage.write_bytes(join(output, TRACKING_FILE), json.dumps(info, indent=2, sort_keys=True).encode())

@@ -24,8 +24,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from clipdpo_lab.localrun import arm_root, control_arm, evaluate, hf_model, model_uri
+
+if TYPE_CHECKING:  # the world build imports torch: loaded where a world is built
+    from clipdpo_world.build import WorldPaths
 
 CONTROLS = ("shuffled",)
 METHODS = ("clipdpo", "povid", "both")  # what the kfp pipeline's train consumes (the train config's method)
@@ -54,7 +58,7 @@ def evaluate_models(base: str, run_root: str, control: bool = False, method: str
 
 
 def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: str = "clipdpo", qa: bool = False
-                  ) -> tuple[dict[str, dict], object]:
+                  ) -> tuple[dict[str, Any], WorldPaths]:
     """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`
     training with `method` (the POVID source's config under "povid"); `qa`: generate writes QA rows with the
     world's QA writer (trained once per world, cached in its folder)."""

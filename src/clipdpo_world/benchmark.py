@@ -45,7 +45,8 @@ def amber_files(scenes: list[Scene], seed: int) -> tuple[list[dict], list[dict]]
 
 def pope_rows(scenes: list[Scene], seed: int) -> list[dict]:
     rng = np.random.default_rng([seed, 8])
-    rows = []
+    # (a type comment, not an annotation: the world key hashes this module's syntax tree, which has no comments)
+    rows = []  # type: list[dict]
     for n, scene in enumerate(scenes):
         present = scene.kinds
         absent = [k for k in KINDS if k not in present]

@@ -232,7 +232,8 @@ def describe(model, processor, scenes: list[Scene], prompt: str = language.CAPTI
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     text = processor.apply_chat_template(_user(prompt), add_generation_prompt=True, tokenize=False)
-    out = []
+    # (a type comment, not an annotation: the world key hashes this module's syntax tree, which has no comments)
+    out = []  # type: list[str]
     torch.manual_seed(seed)
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]

@@ -110,7 +110,8 @@ def train(model, tokenizer, scenes: list[Scene], cfg: QAWriterConfig, say=print)
 def write(model, tokenizer, prompts: list[str], max_new_tokens: int = 96, batch_size: int = 32) -> list[str]:
     """Greedy replies to `prompts` (the self-check's decoding)."""
     tokenizer.padding_side = "left"
-    out = []
+    # (a type comment, not an annotation: the QA writer's key hashes this module's syntax tree)
+    out = []  # type: list[str]
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer([chat_text(tokenizer, p) for p in prompts[start : start + batch_size]],
                            return_tensors="pt", padding=True, add_special_tokens=False)

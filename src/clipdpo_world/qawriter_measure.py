@@ -43,7 +43,8 @@ def measure(world_root: str, images: int) -> dict:
     captioners = {spec.name: load_engine(spec, vision=True, batch_size=cfg.batch_size) for spec in cfg.captioners}
     qa_engine = load_engine(cfg.qa.model, vision=False, batch_size=cfg.batch_size)
     rows, stats = generate_shard(table, cfg, captioners, qa_engine)
-    asked, right = Counter(), Counter()
+    asked: Counter[str] = Counter()  # question type -> rows of it
+    right: Counter[str] = Counter()  # question type -> rows whose answers are right
     for row in rows.to_pylist():
         if row["kind"] != "qa":
             continue

@@ -35,11 +35,6 @@ from dataclasses import dataclass
 
 from clipdpo.stages import IMAGES as STAGES  # the stage images (standard library only, like this module)
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = None
-
 PACKAGE = "clipdpo"
 
 
@@ -75,7 +70,7 @@ def _absolute(module: str, node: ast.ImportFrom) -> str:
 
 def imported_modules(src: str, module: str, nodes) -> set[str]:
     """clipdpo modules that the import statements among `nodes` load (`from a import b`: a.b if a module)."""
-    found = set()
+    found: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -96,7 +91,7 @@ def _function_nodes(tree: ast.Module, function: str) -> list[ast.AST]:
     functions = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     if function != TOP_LEVEL and function not in functions:
         raise ValueError(f"no function {function!r} at module level")
-    nodes = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    nodes: list[ast.AST] = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     todo, seen = [function] if function != TOP_LEVEL else [], set()
     while todo:
         name = todo.pop()
@@ -143,13 +138,13 @@ def import_closure(src: str, roots: set[Root]) -> set[str]:
 def _run_commands(dockerfile: str) -> list[list[str]]:
     text = open(dockerfile).read().replace("\\\n", " ")
     lines = [line.strip()[4:] for line in text.splitlines() if line.strip().upper().startswith(("RUN ", "CMD "))]
-    commands = []
+    commands: list[list[str]] = []
     for line in lines:
         if line.startswith("["):  # exec form
             commands.append(json.loads(line))
             continue
         tokens = shlex.split(line)
-        current = []
+        current: list[str] = []
         for token in tokens:
             if token in ("&&", "||", ";"):
                 commands.append(current)
@@ -209,7 +204,7 @@ def _component_stage(node: ast.FunctionDef) -> str | None:
         for keyword in decorator.keywords:
             value = keyword.value
             if (keyword.arg == "base_image" and isinstance(value, ast.Call) and value.args
-                    and isinstance(value.args[0], ast.Constant)):
+                    and isinstance(value.args[0], ast.Constant) and isinstance(value.args[0].value, str)):
                 return value.args[0].value
     return None
 
@@ -223,7 +218,7 @@ def component_roots(pipeline_files: list[str]) -> dict[str, set[Root]]:
             if not stage:
                 continue
             for inner in ast.walk(node):
-                if isinstance(inner, ast.ImportFrom) and (inner.module or "").split(".")[0] == PACKAGE:
+                if isinstance(inner, ast.ImportFrom) and inner.module and inner.module.split(".")[0] == PACKAGE:
                     roots.setdefault(stage, set()).update(Root(inner.module, a.name) for a in inner.names)
     return roots
 
@@ -244,8 +239,10 @@ def stage_inputs(root: str, stage: str) -> dict:
                        if f.endswith(".py"))
     roots = dockerfile_roots(dockerfile) | component_roots(pipelines).get(stage, set())
     files = import_closure(src, _resolve_function_roots(src, roots))
-    if tomllib is None:
-        raise RuntimeError("image tags read pyproject.toml with tomllib: run them with Python >= 3.11")
+    try:  # imported here: the rest of this module also runs on Python 3.10, which has no tomllib
+        import tomllib
+    except ModuleNotFoundError:
+        raise RuntimeError("image tags read pyproject.toml with tomllib: run them with Python >= 3.11") from None
     version = tomllib.load(open(os.path.join(root, "pyproject.toml"), "rb"))["project"]["version"]
     locks = dockerfile_locks(dockerfile)
     if not locks:

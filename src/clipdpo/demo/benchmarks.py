@@ -33,7 +33,9 @@ ZERO_SHOT_CLASSES = {"astronaut": "person", "chelsea": "cat", "coffee": "cup", "
 def write(root: str, storage: Storage | None = None) -> dict:
     """Write the demo benchmarks under `root`; return the evaluate config's benchmark part."""
     storage = storage or Storage()
-    annotations, queries, pope = [], [], []
+    annotations: list[dict] = []
+    queries: list[dict] = []
+    pope: list[dict] = []
     for name, (truth, hallu) in PHOTOS.items():
         annotations.append({"id": len(annotations) + 1, "type": "generative", "truth": truth, "hallu": hallu})
         queries.append({"id": len(queries) + 1, "image": f"AMBER_{name}.jpg", "query": "Describe this image."})

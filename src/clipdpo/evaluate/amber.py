@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Mapping, Protocol
 
 from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join
@@ -140,7 +140,7 @@ class GenerativeResult:
 def _expanded(words: list[str], association: dict[str, list[str]], item_id: int) -> list[tuple[str, int]]:
     """(word, index of the annotated word it stands for): associations first, then the words themselves,
     in the official order (first match wins)."""
-    pairs = []
+    pairs: list[tuple[str, int]] = []
     for index, word in enumerate(words):
         if word not in association:
             raise AmberInputError(f"annotation {item_id}: word {word!r} is not in relation.json")
@@ -192,8 +192,8 @@ def _type_prefix(item_type: str) -> str:
     return TYPES.get(item_type, RELATION_PREFIX)
 
 
-def _check_responses(data: AmberData, responses: dict[int, str], expected: set[int], evaluation_type: str,
-                     allow_partial: bool) -> list[int]:
+def _check_responses(data: AmberData, responses: Mapping[int, str | list[str]], expected: set[int],
+                     evaluation_type: str, allow_partial: bool) -> list[int]:
     """The expected ids with no response; unknown ids, and missing ones unless allowed, are errors."""
     unknown = sorted(set(responses) - {item["id"] for item in data.annotations})
     if unknown:
@@ -257,7 +257,7 @@ def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSi
     for key in ("chair_score", "chair_num", "safe_cover_score", "safe_cover_num", "hallu_cover_score",
                 "hallu_cover_num", "non_hallu_score", "non_hallu_num"):
         m.setdefault(key, 0.0)
-    qualitative = []
+    qualitative: list[dict] = []
     scored = sorted(set(responses) & expected)
     texts = {i: _texts(responses[i], i) for i in scored if is_generative(data, i)}
     batched = _batched_nouns(texts, nlp) if wants_generative else {}
@@ -267,8 +267,10 @@ def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSi
         item = data.annotations[item_id - 1]
         own = items[item_id] = dict.fromkeys(HEADLINE_COUNTERS, 0.0)  # this item's counts alone
         if item["type"] != "generative":
-            _count_discriminative(own, item, responses[item_id])
+            _count_discriminative(own, item, _single_text(responses[item_id], item_id))
         else:
+            if nlp is None:  # only generative items need it; evaluation type "d" scores none
+                raise AmberInputError("generative AMBER needs the NLP resources (tokeniser, tagger, WordNet, vectors)")
             for k, response in enumerate(texts[item_id]):
                 result = score_generative(item, response, data, nlp, threshold, batched.get((item_id, k)))
                 _count_generative(own, result)
@@ -282,6 +284,14 @@ def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSi
     if per_item:
         out["per_item"] = {item_id: {k: own[k] for k in HEADLINE_COUNTERS} for item_id, own in items.items()}
     return out
+
+
+def _single_text(response: str | list[str], item_id: int) -> str:
+    """A discriminative item's one answer (its task never samples: a list of samples is no yes/no answer)."""
+    if not isinstance(response, str):
+        raise AmberInputError(f"responses: discriminative item {item_id}: expected one text, "
+                              f"got {type(response).__name__}")
+    return response
 
 
 def _texts(response: str | list[str], item_id: int) -> list[str]:
@@ -311,7 +321,8 @@ def headline(m: dict) -> dict[str, float | None]:
     """The headline numbers from counters (start values included), exactly as the full result computes them."""
     generative = _generative(m)
     f1 = _prf(m, [""], 0.0001)["f1"]
-    score = None if None in (generative["chair"], f1) else round(amber_score(generative["chair"], f1), 2)
+    chair = generative["chair"]
+    score = None if chair is None or f1 is None else round(amber_score(chair, f1), 2)
     return {**{f"generative.{k}": v for k, v in generative.items()}, "discriminative.f1": f1, "amber_score": score}
 
 

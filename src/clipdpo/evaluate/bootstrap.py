@@ -17,7 +17,7 @@ function gives on the duplicated items).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -64,7 +64,7 @@ class PerImage:
         return cls(list(data["images"]), list(data["columns"]), rows, dict(data.get("start", {})))
 
 
-def by_image(items: Iterable[tuple[str, dict[str, float]]], columns: list[str],
+def by_image(items: Iterable[tuple[str, Mapping[str, float]]], columns: list[str],
              start: dict[str, float] | None = None) -> PerImage:
     """(image, counts of one item) pairs summed per image; images in first-seen order."""
     sums: dict[str, np.ndarray] = {}
@@ -96,20 +96,25 @@ def paired_effects(base: PerImage, model: PerImage, measure: Measure, resamples:
     point_base, point_model = measure(base.totals(full)[0]), measure(model.totals(full)[0])
     sampled_base = [measure(t) for t in base.totals(weights)]
     sampled_model = [measure(t) for t in model.totals(weights)]
-    out = {}
-    for name in point_base:
-        if point_base[name] is None or point_model.get(name) is None:
+    out: dict[str, dict] = {}
+    for name, base_value in point_base.items():
+        model_value = point_model.get(name)
+        if base_value is None or model_value is None:
             continue
-        deltas = [None if m.get(name) is None or b[name] is None else m[name] - b[name]
-                  for b, m in zip(sampled_base, sampled_model)]
+        deltas = [_difference(m.get(name), b[name]) for b, m in zip(sampled_base, sampled_model)]
         interval = None
         if None not in deltas:
             low, high = np.percentile(np.array(deltas), [2.5, 97.5])
             interval = [float(low), float(high)]
-        out[name] = {"delta": _tidy(point_model[name] - point_base[name]),
+        out[name] = {"delta": _tidy(model_value - base_value),
                      "ci95": None if interval is None else [_tidy(v) for v in interval], "resamples": resamples,
                      "images": len(base.images)}
     return out
+
+
+def _difference(model: float | None, base: float | None) -> float | None:
+    """model - base; None when either is None (a metric undefined on that resample)."""
+    return None if model is None or base is None else model - base
 
 
 def _tidy(value: float) -> float:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from clipdpo import determinism
 from clipdpo.evaluate import amber, bootstrap, report, zeroshot
-from clipdpo.evaluate.config import Benchmark, EvaluateConfig, ZeroShotDataset
+from clipdpo.evaluate.config import AmberConfig, Benchmark, EvaluateConfig, ZeroShotConfig, ZeroShotDataset
 from clipdpo.evaluate.data import EvalInputError, Item, check_images_exist, image_uri, read_text
 from clipdpo.evaluate.infer import YES_NO, Responder, Task
 from clipdpo.evaluate.suite.questions import load_items
@@ -47,14 +47,37 @@ class Inputs:
     suite: list[tuple[Benchmark, list[Item]]] = field(default_factory=list)
 
 
+def _amber_config(cfg: EvaluateConfig) -> AmberConfig:
+    """The AMBER settings, where the inputs hold AMBER items (read_inputs reads them only when configured)."""
+    if cfg.amber is None:
+        raise ValueError("evaluate: AMBER items without an `amber` section in the config")
+    return cfg.amber
+
+
+def _zero_shot_config(cfg: EvaluateConfig) -> ZeroShotConfig:
+    """The zero-shot settings, where the inputs hold zero-shot datasets (read only when configured)."""
+    if cfg.zero_shot is None:
+        raise ValueError("evaluate: zero-shot datasets without a `zero_shot` section in the config")
+    return cfg.zero_shot
+
+
+def _one_reply_each(replies: dict[str, str | list[str]], task: str) -> dict[str, str]:
+    """A greedy task's replies: one text per item (only a sampling decoding, AMBER's alone, gives lists)."""
+    texts = {item_id: reply for item_id, reply in replies.items() if isinstance(reply, str)}
+    if len(texts) != len(replies):
+        raise ValueError(f"evaluate: task {task}: sampled replies where one text per item was expected")
+    return texts
+
+
 def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData, list[Task]]:
-    a = cfg.amber
+    a = _amber_config(cfg)
     data = amber.load(a.root, storage)
     query_uri = join(a.root, a.query_file)
     queries = amber.load_queries(read_text(storage, query_uri, "AMBER query file"), query_uri, data)
     images = a.images or join(a.root.rstrip("/").rsplit("/", 1)[0], "image")
     wanted = amber.wanted_ids(data, a.evaluation_type)
-    generative, discriminative = [], []
+    generative: list[Item] = []
+    discriminative: list[Item] = []
     for query in queries:
         if query["id"] not in wanted:
             continue
@@ -65,7 +88,7 @@ def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData,
         missing = sorted(wanted - asked)
         raise EvalInputError(f"{query_uri}: no query for {len(missing)} id(s) of evaluation type "
                              f"{a.evaluation_type!r} (e.g. {missing[:5]}); use query_all.json or allow_partial")
-    tasks = []
+    tasks: list[Task] = []
     if generative:
         tasks.append(Task(AMBER_TASKS[0], generative, max_new_tokens=cfg.max_new_tokens, decoding=a.decoding))
     if discriminative:
@@ -121,7 +144,7 @@ def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encode
     result: dict = {}
     per_image: dict[str, dict] = {}
     if inputs.amber is not None:
-        a = cfg.amber
+        a = _amber_config(cfg)
         answers = {int(i): r for name in AMBER_TASKS for i, r in got.get(name, {}).items()}
         result["amber"] = amber.evaluate(inputs.amber, answers, nlp, evaluation_type=a.evaluation_type,
                                          threshold=a.similarity_threshold, allow_partial=a.allow_partial,
@@ -136,18 +159,22 @@ def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encode
             ((images[i], counts) for i, counts in sorted(per_item.items())), list(amber.HEADLINE_COUNTERS),
             {k: inputs.amber.counters.get(k, 0.0) for k in amber.HEADLINE_COUNTERS}).to_json()}
     if inputs.zero_shot:
-        result["zero_shot"] = {dataset.name: zeroshot.evaluate_dataset(items, names, classes[dataset.name],
-                                                                       got[f"zeroshot-{dataset.name}"], encoder)
-                               for dataset, items, names in inputs.zero_shot}
+        result["zero_shot"] = {}
+        for dataset, items, names in inputs.zero_shot:
+            task = f"zeroshot-{dataset.name}"
+            result["zero_shot"][dataset.name] = zeroshot.evaluate_dataset(
+                items, names, classes[dataset.name], _one_reply_each(got[task], task), encoder)
         for name, scored in result["zero_shot"].items():
             per_image[f"zero_shot.{name}"] = {"measure": "zero_shot", **scored.pop("per_image").to_json()}
     if inputs.suite:
-        result["suite"] = {b.label: {"kind": b.kind, **score_benchmark(b.kind, items, got[f"suite-{b.label}"])}
+        suite_replies = {b.label: _one_reply_each(got[f"suite-{b.label}"], f"suite-{b.label}")
+                         for b, _ in inputs.suite}
+        result["suite"] = {b.label: {"kind": b.kind, **score_benchmark(b.kind, items, suite_replies[b.label])}
                            for b, items in inputs.suite}
         for b, items in inputs.suite:
             if b.kind == "pope":
                 per_image[f"suite.{b.label}"] = {"measure": "pope",
-                                                 **pope_per_image(items, got[f"suite-{b.label}"]).to_json()}
+                                                 **pope_per_image(items, suite_replies[b.label]).to_json()}
     if per_image:
         result[PER_IMAGE] = per_image
     return result
@@ -204,12 +231,13 @@ def effects(per_image: dict[str, dict[str, dict]], baseline: str, resamples: int
 
 def scorers(cfg: EvaluateConfig, inputs: Inputs, nlp=None, encoder=None) -> tuple:
     """AMBER's NLP and the zero-shot text encoder, loaded when the inputs need them and none was given."""
-    if inputs.amber is not None and cfg.amber.evaluation_type in ("a", "g") and nlp is None:
+    if inputs.amber is not None and _amber_config(cfg).evaluation_type in ("a", "g") and nlp is None:
         from clipdpo.evaluate.nlp import load_nlp
 
-        nlp = load_nlp(cfg.amber.nlp.backend, cfg.amber.nlp.spacy_model, cfg.amber.nlp.nltk_data)
+        settings = _amber_config(cfg).nlp
+        nlp = load_nlp(settings.backend, settings.spacy_model, settings.nltk_data)
     if inputs.zero_shot and encoder is None:
-        encoder = zeroshot.TextEncoder(cfg.zero_shot.text_encoder)
+        encoder = zeroshot.TextEncoder(_zero_shot_config(cfg).text_encoder)
     return nlp, encoder
 
 
@@ -227,7 +255,7 @@ def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = 
     responses, inferred = answer_all(cfg, inputs.tasks, output, storage, engine_factory)
 
     # 3. scores (class embeddings are the same for every model: computed once per dataset)
-    classes = {dataset.name: zeroshot.class_embeddings(names, encoder, cfg.zero_shot)
+    classes = {dataset.name: zeroshot.class_embeddings(names, encoder, _zero_shot_config(cfg))
                for dataset, _, names in inputs.zero_shot}
     results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes)
                for spec in cfg.models}

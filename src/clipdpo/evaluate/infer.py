@@ -66,7 +66,8 @@ class Responder:
     def __init__(self, spec: ModelSpec, output: str, storage: Storage, engine_factory: Callable[[], Engine],
                  chunk_size: int = 256):
         self.spec, self.output, self.storage = spec, output, storage
-        self._factory, self._engine = engine_factory, None
+        self._factory = engine_factory
+        self._engine: Engine | None = None
         self.chunk_size = chunk_size
         self.inferred = 0  # items answered by the model in this process (not read back from chunks)
         self._revision: str | None = None

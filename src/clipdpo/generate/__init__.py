@@ -5,18 +5,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.generate.config import GenerateConfig
 from clipdpo.stage import ShardSpec, report, run_shards
 from clipdpo.storage import Storage
 
+if TYPE_CHECKING:
+    from clipdpo.engines import Engine
+
 
 class _Engines:
     """The caption engines and the QA engine, loaded on first use: a finished or resumed run loads none."""
 
     def __init__(self, cfg: GenerateConfig):
-        self.cfg, self.captioners, self.qa = cfg, {}, None
+        self.cfg = cfg
+        self.captioners: dict[str, Engine] = {}
+        self.qa: Engine | None = None
 
     def load(self) -> "_Engines":
         from clipdpo.engines import load_engine

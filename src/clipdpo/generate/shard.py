@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
 from PIL import Image
@@ -20,6 +20,13 @@ from clipdpo.seeds import stable_seed
 
 log = logging.getLogger("clipdpo.generate")
 T = TypeVar("T")
+
+
+@runtime_checkable
+class CountsBatches(Protocol):
+    """An engine that advances a progress line by each batch it runs (HFEngine); vLLM's takes all at once."""
+
+    progress: Progress | None
 
 # Images decoded and sent to the caption engines at a time: memory holds this many decoded images, not a shard's
 # (1,000 photos of 12 MP would be 36 GB); a vLLM call still gets hundreds of requests to schedule.
@@ -44,17 +51,17 @@ def with_progress(engine: Engine, what: str, total: int, call: Callable[[Engine]
     adds its `total`), finished by its owner; by default one for this call alone."""
     own = progress is None
     progress = progress or Progress(what, total, unit="requests")
-    counts = hasattr(engine, "progress")  # engines that count their batches (HFEngine)
-    if counts:
-        engine.progress = progress
+    counter = engine if isinstance(engine, CountsBatches) else None  # engines that count their batches
+    if counter is not None:
+        counter.progress = progress
     try:
         result = call(engine)
     finally:
-        if counts:
-            engine.progress = None
+        if counter is not None:
+            counter.progress = None
     if own:
         progress.finish()
-    elif not counts:
+    elif counter is None:
         progress.advance(total)
     return result
 

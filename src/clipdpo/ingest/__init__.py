@@ -11,6 +11,7 @@ path below the source, extension kept.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import pyarrow as pa
 
@@ -49,8 +50,8 @@ def _read(storage: Storage, item: SourceRef) -> bytes:
                               "(or remove it) and rerun, which retries it") from err
 
 
-def ingest_shard(storage: Storage, refs: list[SourceRef], not_images: list[str] = (),
-                 not_files: list[str] = ()) -> tuple[pa.Table, dict]:
+def ingest_shard(storage: Storage, refs: list[SourceRef], not_images: Sequence[str] = (),
+                 not_files: Sequence[str] = ()) -> tuple[pa.Table, dict]:
     """One shard of images: every decodable file with its size; the undecodable ones by URI, and `not_images`
     (files skipped by name) and `not_files` (listing entries that are not files) in the stats.
 

@@ -87,8 +87,8 @@ def collect(pipeline_root: str, pipeline_name: str, tasks: list[str], before: se
     for task in tasks:
         if this_run is not None and os.path.basename(task) not in this_run:
             continue
-        found = [(run, task_metrics(os.path.join(run, task))) for run in runs]
-        found = [(run, values) for run, values in found if values is not None]
+        measured = [(run, task_metrics(os.path.join(run, task))) for run in runs]
+        found = [(run, values) for run, values in measured if values is not None]
         if not found:
             lines.append(StepLine(task, cached=False))
             continue

@@ -29,8 +29,9 @@ def headline(run: RunData) -> dict[str, float]:
                       ("rewards/margin", "train_reward_margin"), ("samples_per_s", "train_samples_per_s")):
         if final.get(key) is not None:
             out[name] = float(final[key])
-    for model in (run.evaluation or {}).get("models", []):
-        result = run.evaluation["results"].get(model["name"], {})
+    evaluation = run.evaluation or {}
+    for model in evaluation.get("models", []):
+        result = evaluation["results"].get(model["name"], {})
         amber = result.get("amber") or {}
         values = {f"amber_{k}": (amber.get("generative") or {}).get(k) for k in ("chair", "cover", "hal", "cog")}
         values["amber_f1"] = (amber.get("discriminative") or {}).get("f1")

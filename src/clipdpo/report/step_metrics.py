@@ -50,7 +50,10 @@ def shard_metrics(storage: Storage, stage: str, run_root: str, shard_index: int,
     """The counters of the shards this step (shard_index of shard_count) wrote: their done-records under
     `_done/<fingerprint>/`. Several fingerprint folders exist only while an --overwrite run is under way;
     then the folder holding most of this step's shards is the one read."""
-    upstream = Artifact.open(storage, artifact_uri(run_root, stages.stage(stage).input))
+    source = stages.stage(stage).input
+    if source is None:
+        raise ValueError(f"stage {stage!r} reads no upstream artifact: it has no shards to count")
+    upstream = Artifact.open(storage, artifact_uri(run_root, source))
     wanted = set(ShardSpec(int(shard_index), int(shard_count)).select(upstream.shard_names))
     folders: dict[str, list[str]] = {}
     for uri in storage.list(join(artifact_uri(run_root, stage), "_done")):

@@ -45,7 +45,7 @@ class PairEncoder:
     def response_text(self, prompt: str, response: str) -> str:
         """The text the template appends after the generation prompt for this assistant turn."""
         _, before, after = self._template(prompt)
-        if before is None:  # a template that rewrites earlier turns: render this one in full
+        if before is None or after is None:  # (None together) a template that rewrites earlier turns: in full
             messages = _user_turn(prompt) + [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
             full = self.processor.apply_chat_template(messages, tokenize=False)
             prefix = self.prompt_text(prompt)

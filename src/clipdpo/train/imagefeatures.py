@@ -83,7 +83,8 @@ def project(model, features: torch.Tensor, copies: int = 1) -> dict:
 
     _, projector, _ = _llava_parts(model)
     projected = projector(features)
-    return {"image": BaseModelOutputWithPooling(pooler_output=list(projected) * copies)}
+    # the model's forward reads one tensor per image here; transformers annotates pooler_output as one tensor
+    return {"image": BaseModelOutputWithPooling(pooler_output=list(projected) * copies)}  # type: ignore[arg-type]
 
 
 def image_inputs(model, batch: dict, device: torch.device, dtype: torch.dtype, copies: int) -> dict:

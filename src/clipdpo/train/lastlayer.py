@@ -61,7 +61,7 @@ def install(language_model) -> bool:
     """Make the last decoder layer honour `last_layer_positions`; True when it does (idempotent)."""
     layer = last_layer(language_model)
     reason = unsupported_reason(layer)
-    if reason is not None:
+    if layer is None or reason is not None:  # no layer has a reason too (unsupported_reason)
         log.info("shared prefix: the last decoder layer runs at every position, as %s", reason)
         return False
     if not getattr(layer, _INSTALLED, False):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,7 +32,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def model_signature(path: str, cfg: TrainConfig) -> dict:
     """What identifies the reference model's outputs (cache key part): id, revision, config, weight files."""
-    signature = {"model": cfg.model, "revision": cfg.revision, "dtype": cfg.dtype}
+    signature: dict[str, Any] = {"model": cfg.model, "revision": cfg.revision, "dtype": cfg.dtype}
     config_file = Path(path, "config.json")
     if config_file.exists():
         signature["config_sha256"] = hashlib.sha256(config_file.read_bytes()).hexdigest()

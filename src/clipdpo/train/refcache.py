@@ -98,7 +98,7 @@ def _chunk_rows(ctx: dist.DistContext, logps, store: PairStore, positions: np.nd
     for s in range(steps):
         part = mine[s * micro_batch:(s + 1) * micro_batch]
         parts.append((part if len(part) else positions[:1], len(part)))
-    rows = []
+    rows: list[tuple[int, list[float]]] = []
     for (part, real), cpu_batch in prefetch(parts, lambda item: store.batch(item[0])):
         values = batch_logps(logps, cpu_batch)
         rows.extend(zip(part[:real].tolist(), values[:real].tolist()))

@@ -36,12 +36,11 @@ def mme_scores(items: list[MMEItem]) -> dict:
     by_subtask: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for item in items:
         by_subtask[item.subtask][item.image].append(mme_answer(item.answer) == item.truth.lower())
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for subtask, images in by_subtask.items():
         results = [r for answers in images.values() for r in answers]
         accuracy = 100 * sum(results) / len(results)
         accuracy_plus = 100 * sum(all(answers) for answers in images.values()) / len(images)
         out[subtask] = {"acc": accuracy, "acc_plus": accuracy_plus, "score": accuracy + accuracy_plus}
-    out["perception"] = sum(out[s]["score"] for s in MME_PERCEPTION if s in out)
-    out["perception_complete"] = all(s in by_subtask for s in MME_PERCEPTION)
-    return out
+    perception = sum(out[s]["score"] for s in MME_PERCEPTION if s in out)
+    return {**out, "perception": perception, "perception_complete": all(s in by_subtask for s in MME_PERCEPTION)}

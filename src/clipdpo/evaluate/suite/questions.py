@@ -7,7 +7,7 @@ from clipdpo.evaluate.data import EvalInputError, Item, image_uri, read_jsonl, r
 from clipdpo.evaluate.suite.scienceqa import SCIENCEQA_OPTIONS
 from clipdpo.storage import Storage, join
 
-REQUIRED = {
+REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {  # kind -> field -> its type(s)
     "pope": {"answer": str, "category": str},
     "mme": {"answer": str, "category": str},
     "gqa": {"answer": str},

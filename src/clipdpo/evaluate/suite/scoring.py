@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Sequence
 
 from clipdpo.evaluate.bootstrap import PerImage, by_image
 from clipdpo.evaluate.data import EvalInputError, Item
@@ -55,7 +56,8 @@ def _mme(rows: list[dict], replies: list[str]) -> dict:
     return {"headline": scores["perception"], **scores}
 
 
-def _accuracy(correct: list[bool]) -> dict:
+def _accuracy(correct: Sequence[float]) -> dict:
+    """`correct`: each question's score, 0-1 (right or wrong, or VQA's partial credit)."""
     accuracy = 100 * sum(correct) / len(correct)
     return {"headline": accuracy, "accuracy": accuracy, "questions": len(correct)}
 
