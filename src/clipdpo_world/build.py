@@ -58,14 +58,21 @@ class WorldPaths:
 
 
 def code_digest(path: str | Path) -> bytes:
-    """What a module's code says, not how it is laid out: its syntax tree without docstrings, comments or
-    formatting (a reformat or a reworded comment does not rebuild every world)."""
+    """What a module's code does, not how it is written down: its syntax tree without docstrings, comments,
+    formatting or type annotations (a reformat, a reworded comment or a typing fix does not rebuild every world;
+    a dataclass field keeps its name and default, which is what builds with it)."""
     tree = ast.parse(Path(path).read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
             body[0] = ast.Pass()
+        if isinstance(node, ast.AnnAssign):
+            node.annotation = ast.Constant(None)
+        elif isinstance(node, ast.arg):
+            node.annotation = None
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
     return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).digest()
 
 

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -90,7 +91,7 @@ def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None
                          vision_feature_layer=-2 if cfg.vision_from_clip else -1,
                          vision_feature_select_strategy="default")
     model = LlavaForConditionalGeneration(config)
-    if cfg.vision_from_clip:
+    if clip_tower is not None and cfg.vision_from_clip:  # (vision_from_clip without one was refused above)
         state = tower.hf_vision_state(clip_tower[1], vision.num_hidden_layers)
         model.model.vision_tower.load_state_dict(state, strict=True)
         model.model.vision_tower.requires_grad_(False)
@@ -188,7 +189,18 @@ def encode_example(processor, prompt: str, answer: str) -> list[int]:
     return processor(images=[blank], text=[text], return_tensors="pt")["input_ids"][0].tolist()
 
 
-def _lr(step: int, cfg: LvlmConfig) -> float:
+class Schedule(Protocol):
+    """What the learning-rate schedule reads (LvlmConfig, and the QA writer's config)."""
+
+    @property
+    def steps(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def warmup_steps(self) -> int: ...
+
+
+def _lr(step: int, cfg: Schedule) -> float:
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)

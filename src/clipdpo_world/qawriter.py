@@ -121,6 +121,8 @@ def reading(captions: list[str]) -> Reading:
 def _group(scene: Scene, anchor: str | None) -> ObjectGroup:
     """The scene's group the attribute questions ask about: the anchor's, else its partner's, else the first (a
     majority that names an absent kind first is rare; the question must still have a true answer)."""
+    if anchor is None:  # no kind named (no kind is "", so neither lookup below could find one)
+        return scene.objects[0]
     by_kind = {g.kind: g for g in scene.objects}
     return by_kind.get(anchor) or by_kind.get(PARTNER.get(anchor, "")) or scene.objects[0]
 
