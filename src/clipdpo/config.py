@@ -15,7 +15,8 @@ import json
 import math
 import types
 import typing
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar, cast
 
 from clipdpo.errors import UserError
 
@@ -109,7 +110,7 @@ def _error(where: str, path: str, reason: str, field: str | None = None) -> Conf
 def _coerce(value: Any, annotation: Any, where: str, path: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise _error(where, path, f"expected an object, got {value!r}")
         return _from_dict(annotation, value, where, path)
@@ -164,7 +165,7 @@ def _coerce(value: Any, annotation: Any, where: str, path: str) -> Any:
 
 def _from_dict(cls: type[T], data: dict[str, Any], where: str, path: str) -> T:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cast(Any, cls))}  # cls is a dataclass: _coerce and from_dict's callers
     unknown = sorted(set(data) - known)
     if unknown:
         first = f"{path}.{unknown[0]}" if path else unknown[0]
@@ -311,7 +312,7 @@ def load(cls: type[T], path: str | None, overrides: list[str], read_text=None) -
     return build(cls, apply_overrides(data, overrides), path or "config", overrides)
 
 
-def build(cls: type[T], data: dict[str, Any], where: str, overrides: list[str] = (), prefix: str = "") -> T:
+def build(cls: type[T], data: dict[str, Any], where: str, overrides: Sequence[str] = (), prefix: str = "") -> T:
     """`from_dict` of data that `overrides` (`--set <prefix>key=value` items) were applied to: an error about
     a value one of them set names that item; any other names `where`."""
     try:

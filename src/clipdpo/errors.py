@@ -31,7 +31,7 @@ def print_user_error(err: BaseException) -> None:
     print("error: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
 
 
-def exit_2_on_user_error(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+def exit_2_on_user_error(main: Callable[..., int]) -> Callable[..., int]:
     """Wrap a command line's `main(argv)`: a `UserError` is one line on stderr and exit code 2, its traceback
     only with `--debug` among the arguments; any other exception is a bug and keeps its traceback."""
 

@@ -34,7 +34,10 @@ def artifact_uri(run_root: str, name: str) -> str:
 
 def input_uri(run_root: str, name: str) -> str:
     """The artifact stage `name` reads: its input stage's output."""
-    return artifact_uri(run_root, stage(name).input)
+    source = stage(name).input
+    if source is None:
+        raise ValueError(f"stage {name!r} reads no other stage's artifact")
+    return artifact_uri(run_root, source)
 
 
 def bucket_of(run_root: str) -> str:

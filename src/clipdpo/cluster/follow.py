@@ -73,7 +73,7 @@ KINDS = {
 
 
 def kind_of(manifest: dict) -> JobKind:
-    kind = KINDS.get(manifest.get("kind"))
+    kind = KINDS.get(str(manifest.get("kind")))
     if kind is None or manifest.get("apiVersion") != f"{kind.group}/{kind.version}":
         raise ValueError(f"cannot follow {manifest.get('apiVersion')} {manifest.get('kind')}: expected one of "
                          + ", ".join(f"{k.group}/{k.version} {k.kind}" for k in KINDS.values()))
@@ -367,8 +367,9 @@ class JobFollower:
             created = self.custom.create_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural,
                                                                   manifest)
         except Exception as err:
-            if getattr(err, "status", None) == 409:  # created concurrently by a twin attempt: follow it
-                return self._get(kind, namespace, name), True
+            twin = self._get(kind, namespace, name) if getattr(err, "status", None) == 409 else None
+            if twin is not None:  # created concurrently by a twin attempt: follow it
+                return twin, True
             raise
         log.info("created %s %s/%s", kind.kind, namespace, name)
         return created, False
@@ -470,6 +471,8 @@ class JobFollower:
     def launcher_disrupted(self) -> bool:
         """This process's pod is being evicted, preempted or shut down with its node (its DisruptionTarget
         condition), not stopped by a cancelled run. Unknown (no pod named, or not readable): see run()."""
+        if self.launcher_pod is None:
+            return False
         namespace, name = self.launcher_pod
         pod = as_dict(self.core.read_namespaced_pod(name, namespace))
         return _condition(pod, DISRUPTION_CONDITION).get("status") == "True"

@@ -96,7 +96,8 @@ def job_metadata(spec: TrainJobSpec) -> dict:
 
 
 def resources(spec: TrainJobSpec) -> dict:
-    out = {"requests": {"cpu": spec.cpu, "memory": spec.memory}, "limits": {"memory": spec.memory}}
+    out: dict[str, dict[str, str | int]] = {"requests": {"cpu": spec.cpu, "memory": spec.memory},
+                                            "limits": {"memory": spec.memory}}
     if spec.gpus_per_node:
         out["requests"]["nvidia.com/gpu"] = spec.gpus_per_node
         out["limits"]["nvidia.com/gpu"] = spec.gpus_per_node
@@ -111,7 +112,7 @@ def plain_env(spec: TrainJobSpec) -> list[dict]:
 def secret_env(spec: TrainJobSpec) -> list[dict]:
     """S3 credentials one key at a time, for objects that cannot say envFrom (a TrainJob's trainer)."""
     def ref(key: str, optional: bool) -> dict:
-        selector = {"name": spec.s3_secret, "key": key}
+        selector: dict[str, str | bool] = {"name": spec.s3_secret, "key": key}
         if optional:
             selector["optional"] = True
         return {"name": key, "valueFrom": {"secretKeyRef": selector}}

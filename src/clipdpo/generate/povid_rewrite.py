@@ -31,7 +31,8 @@ def replies(engine: Engine, items: list[GroundTruth], sampling: Sampling) -> lis
     out = [""] * len(items)
     seen = [k for k, item in enumerate(items) if item.image is not None]
     if seen:
-        requests = [ImageRequest(items[k].image, prompts[k], n=1, seed=sampling.seed + k) for k in seen]
+        requests = [ImageRequest(image, prompts[k], n=1, seed=sampling.seed + k) for k in seen
+                    if (image := items[k].image) is not None]
         for k, outputs in zip(seen, engine.caption(requests, sampling)):
             out[k] = outputs[0]
     unseen = [k for k, item in enumerate(items) if item.image is None]

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, ArtifactWriter
-from clipdpo.engines import ModelSpec, Sampling
+from clipdpo.engines import Engine, ModelSpec, Sampling
 from clipdpo.generate.povid_inject import DROP_REASONS, normalised, validate
 from clipdpo.schemas import PAIRS
 from clipdpo.stage import ShardSpec, report, run_shards
@@ -147,7 +147,7 @@ class LLMRewriter:
         self.cfg = cfg
         self.raw = (storage or Storage()).read_bytes(cfg.ground_truth)
         self.truth = read_llava_json(self.raw.decode(), cfg.ground_truth)
-        self.engine = None  # loaded on first use: a finished or resumed run loads none
+        self.engine: Engine | None = None  # loaded on first use: a finished or resumed run loads none
 
     def fingerprint_bytes(self) -> bytes:
         return self.raw
@@ -161,16 +161,18 @@ class LLMRewriter:
         from clipdpo.generate.povid_rewrite import GroundTruth, replies
         from clipdpo.images import decode_image
 
-        if self.engine is None:
-            self.engine = load_engine(self.cfg.injector, vision=self.cfg.with_image, batch_size=self.cfg.batch_size)
+        engine = self.engine or load_engine(self.cfg.injector, vision=self.cfg.with_image,
+                                            batch_size=self.cfg.batch_size)
+        self.engine = engine
         truths = [GroundTruth(item.prompt, item.answer, self.cfg.kind,
                               decode_image(images[item.image_id]) if self.cfg.with_image else None) for item in items]
-        return [(self.cfg.kind, reply) for reply in replies(self.engine, truths, self.cfg.sampling)]
+        return [(self.cfg.kind, reply) for reply in replies(engine, truths, self.cfg.sampling)]
 
 
 def pairs_shard(rewriter, image_ids: list[str], images: dict[str, bytes], image_uri: str) -> tuple[pa.Table, dict]:
     """One images shard's POVID pairs and its counters (kept, dropped by reason, per injection kind)."""
-    items, stats = [], Counter()
+    items: list[Item] = []
+    stats: Counter[str] = Counter()
     for image_id in image_ids:
         truth = rewriter.ground_truth(image_id)
         if truth is None:

@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -95,10 +95,14 @@ class ClipScorer:
 
     # -- embeddings --------------------------------------------------------------
     @torch.no_grad()
-    def encode_images(self, images: Iterable[Image.Image], total: int | None = None) -> np.ndarray:
+    def encode_images(self, images: Sequence[Image.Image] | Iterable[Image.Image], total: int | None = None
+                      ) -> np.ndarray:
         """Unit embeddings [images, dim]. `images` is taken a batch at a time: from an iterator that decodes
         (score.shard), memory holds one batch of decoded images. `total`: how many, for progress (default len)."""
-        total = len(images) if total is None else total
+        if total is None:
+            if not isinstance(images, Sequence):
+                raise TypeError("encode_images: pass `total` with an iterator of images")
+            total = len(images)
         out, progress, encoded = [], Progress("score: image embeddings", total, unit="images"), 0
         iterator = iter(images)
         while True:

@@ -254,6 +254,8 @@ def frozen_reference(model, ctx: dist.DistContext, strategy: str, ds_config: dic
     if strategy == "deepspeed":
         import deepspeed
 
+        if ds_config is None:
+            raise ValueError("frozen_reference: the deepspeed strategy needs its config")
         config = {key: ds_config[key] for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "bf16", "fp16")}
         config["zero_optimization"] = {"stage": 3 if ds_config["zero_optimization"]["stage"] == 3 else 0}
         engine, *_ = deepspeed.initialize(model=model, config=config)

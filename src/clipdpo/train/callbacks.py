@@ -11,10 +11,11 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
+from clipdpo.progress import Progress
 from clipdpo.storage import Storage, join
 from clipdpo.train.backends import Backend
 from clipdpo.train.checkpoint import Checkpoints
@@ -93,8 +94,8 @@ class MetricsCallback:
 
     def __init__(self, log_steps: int):
         self.log_steps = log_steps
-        self.progress = None
-        self.lines = None  # clipdpo.progress.Progress when logging to a file
+        self.progress: Any = None  # a tqdm bar when the output is a terminal
+        self.lines: Progress | None = None  # when logging to a file
 
     def on_step_end(self, run: Run, step: int, row: dict) -> None:
         run.metrics.append(row)
@@ -114,8 +115,6 @@ class MetricsCallback:
                                   margin=f"{row['rewards/margin']:.3f}")
 
     def _log_line(self, run: Run, step: int, row: dict) -> None:
-        from clipdpo.progress import Progress
-
         if self.lines is None:  # a resumed run starts at its checkpoint's step: its rate counts its own steps
             self.lines = Progress("train", run.plan.total_steps, unit="steps", done=step - 1,
                                   say=lambda line: log.info("%s", line))

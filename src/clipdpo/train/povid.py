@@ -111,10 +111,11 @@ class POVIDObjective:
         n, chosen_ids = len(positions), batch["input_ids"][:len(positions)]
         response = noisy["labels"] != IGNORE_INDEX
         cached = [self.answers.get(int(p)) for p in positions]
-        if all(c is not None and step - c[0] < self.noisy_every for c in cached):
+        fresh = [c for c in cached if c is not None and step - c[0] < self.noisy_every]
+        if len(fresh) == n:
             out = chosen_ids.clone()
             for i in range(n):
-                out[i][response[i]] = cached[i][1].to(out.device)
+                out[i][response[i]] = fresh[i][1].to(out.device)
             return out
         with torch.no_grad():
             logits = forward({"input_ids": chosen_ids, "attention_mask": noisy["attention_mask"],
