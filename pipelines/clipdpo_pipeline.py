@@ -45,17 +45,17 @@ def generate_shard(run_root: str, images_uri: str, config_json: str, shard_index
     from clipdpo.steps import generate_step
 
     with logged(metrics, "generate", run_root, shard=(shard_index, shard_count)):
-        return generate_step(run_root, config_json, shard_index, shard_count)
+        return generate_step(run_root, config_json, shard_index, shard_count, images_uri=images_uri)
 
 
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
-def generate_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int,
+def generate_finalize(run_root: str, images_uri: str, shard_outputs: List[str], config_json: str, shard_count: int,
                       metrics: Output[Metrics]) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import generate_step
 
     with logged(metrics, "generate", run_root):
-        return generate_step(run_root, config_json, shard_count=shard_count, finalize=True)
+        return generate_step(run_root, config_json, shard_count=shard_count, finalize=True, images_uri=images_uri)
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
@@ -65,17 +65,17 @@ def score_shard(run_root: str, candidates_uri: str, config_json: str, shard_inde
     from clipdpo.steps import score_step
 
     with logged(metrics, "score", run_root, shard=(shard_index, shard_count)):
-        return score_step(run_root, config_json, shard_index, shard_count)
+        return score_step(run_root, config_json, shard_index, shard_count, candidates_uri=candidates_uri)
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
-def score_finalize(run_root: str, shard_outputs: List[str], config_json: str, shard_count: int,
+def score_finalize(run_root: str, candidates_uri: str, shard_outputs: List[str], config_json: str, shard_count: int,
                    metrics: Output[Metrics]) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import score_step
 
     with logged(metrics, "score", run_root):
-        return score_step(run_root, config_json, shard_count=shard_count, finalize=True)
+        return score_step(run_root, config_json, shard_count=shard_count, finalize=True, candidates_uri=candidates_uri)
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
@@ -84,7 +84,7 @@ def filter_pairs(run_root: str, scores_uri: str, config_json: str, metrics: Outp
     from clipdpo.steps import filter_step
 
     with logged(metrics, "filter", run_root):
-        return filter_step(run_root, config_json)
+        return filter_step(run_root, config_json, scores_uri=scores_uri)
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
@@ -285,7 +285,8 @@ def clipdpo_pipeline(
         generated = _gpu(_s3(generate_shard(run_root=run_root, images_uri=_uri(images), config_json=generate_config,
                                             shard_index=shard, shard_count=shard_count)))
         generated.set_display_name("generate shard")
-    candidates = _s3(generate_finalize(run_root=run_root, shard_outputs=dsl.Collected(_uri(generated)),
+    candidates = _s3(generate_finalize(run_root=run_root, images_uri=_uri(images),
+                                       shard_outputs=dsl.Collected(_uri(generated)),
                                        config_json=generate_config, shard_count=shard_count))
     candidates.set_cpu_request("1").set_memory_request("2G").set_display_name("generate finalize")
 
@@ -293,7 +294,8 @@ def clipdpo_pipeline(
         scored = _gpu(_s3(score_shard(run_root=run_root, candidates_uri=_uri(candidates), config_json=score_config,
                                       shard_index=shard, shard_count=shard_count)), memory="32G")
         scored.set_display_name("score shard")
-    scores = _s3(score_finalize(run_root=run_root, shard_outputs=dsl.Collected(_uri(scored)),
+    scores = _s3(score_finalize(run_root=run_root, candidates_uri=_uri(candidates),
+                                shard_outputs=dsl.Collected(_uri(scored)),
                                 config_json=score_config, shard_count=shard_count))
     scores.set_cpu_request("1").set_memory_request("2G").set_display_name("score finalize")
 

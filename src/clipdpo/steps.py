@@ -62,12 +62,16 @@ def typed_config(cls: type[T], config_json: str, where: str) -> T:
     return config_lib.from_dict(cls, config_object(config_json, where), where)
 
 
-def _sharded(name: str, run: Callable[..., Any], cfg: Any, run_root: str, shard: ShardSpec, finalize: bool) -> str:
+def _sharded(name: str, run: Callable[..., Any], cfg: Any, run_root: str, shard: ShardSpec, finalize: bool,
+             input_ref: str = "") -> str:
+    """Stage `name` on its input (`input_ref`: the step's input as the pipeline passed it; "" for this run's
+    own), writing under `run_root`; its output, versioned."""
     setup_logging()
     output = artifact_uri(run_root, name)
-    run(cfg, input_uri(run_root, name), output, shard=shard, finalize=finalize, overwrite=True)
+    source = outputref.plain(input_ref) if input_ref else input_uri(run_root, name)
+    run(cfg, source, output, shard=shard, finalize=finalize, overwrite=True)
     if shard.count > 1 and not finalize:  # one shard of a fan-out: no manifest yet
-        return outputref.shard_ref(Storage(), output, input_uri(run_root, name), config_lib.to_dict(cfg))
+        return outputref.shard_ref(Storage(), output, source, config_lib.to_dict(cfg))
     return outputref.ref(Storage(), output)
 
 
@@ -82,29 +86,31 @@ def ingest_step(run_root: str, source: str, config_json: str) -> str:
 
 
 def generate_step(run_root: str, config_json: str, shard_index: int = 0, shard_count: int = 1,
-                  finalize: bool = False) -> str:
+                  finalize: bool = False, images_uri: str = "") -> str:
     """One shard of the generate fan-out (`finalize`: the manifest once every shard is done)."""
     from clipdpo import generate
 
     cfg = typed_config(generate.GenerateConfig, config_json, "generate_config")
-    return _sharded("generate", generate.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize)
+    return _sharded("generate", generate.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize,
+                    images_uri)
 
 
 def score_step(run_root: str, config_json: str, shard_index: int = 0, shard_count: int = 1,
-               finalize: bool = False) -> str:
+               finalize: bool = False, candidates_uri: str = "") -> str:
     """One shard of the score fan-out (`finalize`: the manifest once every shard is done)."""
     from clipdpo import score
     from clipdpo.score.scorer import ScorerConfig
 
     cfg = typed_config(ScorerConfig, config_json, "score_config")
-    return _sharded("score", score.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize)
+    return _sharded("score", score.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize,
+                    candidates_uri)
 
 
-def filter_step(run_root: str, config_json: str) -> str:
+def filter_step(run_root: str, config_json: str, scores_uri: str = "") -> str:
     from clipdpo import filter as filter_stage
 
     cfg = typed_config(filter_stage.FilterConfig, config_json, "filter_config")
-    return _sharded("filter", filter_stage.run, cfg, run_root, ShardSpec(), False)
+    return _sharded("filter", filter_stage.run, cfg, run_root, ShardSpec(), False, scores_uri)
 
 
 # Under a run root, beside the stages' artifacts: POVID's pairs (its source step) and, for method `both`,
