@@ -60,11 +60,13 @@ class S3Settings:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One listed object; `version` (S3 ETag, local mtime in ns) changes when its bytes are replaced."""
+    """One listed object; `version` (S3 ETag, local mtime in ns) changes when its bytes are replaced;
+    `modified_unix`: when it was last written (S3 LastModified, whole seconds; local mtime)."""
 
     uri: str
     size: int
     version: str
+    modified_unix: float = 0.0
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -80,6 +82,11 @@ def join(base: str, *parts: str) -> str:
     for part in parts:
         out = f"{out}/{part.strip('/')}"
     return out
+
+
+def _unix(when) -> float:
+    """An S3 LastModified (a datetime) as seconds since the epoch; 0.0 when absent."""
+    return when.timestamp() if when is not None else 0.0
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -216,7 +223,8 @@ class Storage:
             out: list[ObjectInfo] = []
             pages = self._s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
             for page in pages:
-                out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", "").strip('"'))
+                out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", "").strip('"'),
+                                      _unix(obj.get("LastModified")))
                            for obj in page.get("Contents", []))
             return sorted(out, key=lambda info: info.uri)
         root = Path(prefix)
@@ -226,8 +234,21 @@ class Storage:
         for path in root.rglob("*"):
             if path.is_file() and ".tmp-" not in path.name:
                 stat = path.stat()
-                out.append(ObjectInfo(str(path), stat.st_size, str(stat.st_mtime_ns)))
+                out.append(ObjectInfo(str(path), stat.st_size, str(stat.st_mtime_ns), stat.st_mtime_ns / 1e9))
         return sorted(out, key=lambda info: info.uri)
+
+    def info(self, uri: str) -> ObjectInfo:
+        """Size, version and time of one object (as `list_info` gives them); `NotFound` when it is missing."""
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            head = self._s3_call(uri, self.s3.head_object, Bucket=bucket, Key=key)
+            return ObjectInfo(uri, int(head["ContentLength"]), head.get("ETag", "").strip('"'),
+                              _unix(head.get("LastModified")))
+        try:
+            stat = os.stat(uri)
+        except FileNotFoundError as err:
+            raise NotFound(f"{uri}: no such file") from err
+        return ObjectInfo(uri, stat.st_size, str(stat.st_mtime_ns), stat.st_mtime_ns / 1e9)
 
     # -- writes ----------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> str:
