@@ -5,16 +5,22 @@ A task is one evaluation unit: `amber` (its generative and discriminative halves
 with the config narrowed to it, writing `<output>/tasks/<model>/<task>.json`; `merge` builds
 metrics.json and the reports from every record, exactly as the sequential `evaluate_models`.
 
-The baseline's records are cached under `result_cache` (e.g. s3://<bucket>/eval-cache), keyed by a
-hash of the model's content (S3 ETags or file digests; a hub id by its name), the task and every
-config field that decides the result, so a retraining run evaluates its unchanged base once, ever.
+The baseline's records are cached under `result_cache` (e.g. s3://<bucket>/eval-cache), keyed by what
+decides the result, each by content: the model (S3 ETags or file digests; a hub id by its name), the
+task's benchmark files (its folders' sizes and ETags or sha256), the NLP resources AMBER scores with
+(the spaCy model's files or installed version, the nltk data), the zero-shot text encoder's config
+folder, the code that answers and scores (digest of its source), and every config field that decides
+the result; so a retraining run evaluates its unchanged base once, ever, and a changed benchmark,
+NLP model or scorer is evaluated again, never served from an old entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, replace
+from functools import lru_cache
 from pathlib import Path
 
 from clipdpo.config import to_dict
@@ -24,7 +30,7 @@ from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_met
 from clipdpo.evaluate import zeroshot
 from clipdpo.storage import Storage, join, split_s3
 
-CACHE_VERSION = 1  # bump when scoring code changes what a cached result would hold
+CACHE_VERSION = 2  # the key's layout; the scoring code itself is in the key by its source digest
 # `engine` names the derived models' engine, which their specs (in the key) carry
 NOT_IN_KEY = ("models", "only_model", "only_task", "result_cache", "model_cache", "batch_size", "chunk_size",
               "engine")
@@ -61,8 +67,38 @@ def task_record_uri(output: str, model: str, task: str) -> str:
     return join(output, "tasks", model, f"{task}.json")
 
 
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_digest(storage: Storage, uri: str) -> str:
+    """A hash of what a folder (or one file) holds: each object's relative path, size and S3 ETag, or each
+    local file's sha256; "absent" when nothing is there."""
+    digest = hashlib.sha256()
+    if uri.startswith("s3://"):
+        prefix = uri.rstrip("/")
+        listed = [(info.uri[len(prefix) + 1:], info.size, info.version) for info in storage.list_info(prefix)]
+        if not listed and storage.exists(prefix):  # one object, not a folder
+            info = storage.info(prefix)
+            listed = [("", info.size, info.version)]
+        for relative, size, etag in listed:
+            digest.update(f"{relative}\0{size}\0{etag}\n".encode())
+        return digest.hexdigest() if listed else "absent"
+    root = Path(uri)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root] if root.is_file() else []
+    for file in files:
+        relative = file.relative_to(root) if root.is_dir() else ""
+        digest.update(f"{relative}\0{file.stat().st_size}\0{_file_sha256(str(file))}\n".encode())
+    return digest.hexdigest() if files else "absent"
+
+
 def model_fingerprint(storage: Storage, path: str) -> str:
-    """A hash of the model's content: S3 ETags, local file digests, or a hub id's name."""
+    """A hash of the model's content: S3 ETags, local file digests, or a hub id's name (also the responses'
+    revision, evaluate.infer: kept as it was, so that saved responses stay valid)."""
     digest = hashlib.sha256()
     if path.startswith("s3://"):
         bucket, prefix = split_s3(path)
@@ -72,10 +108,71 @@ def model_fingerprint(storage: Storage, path: str) -> str:
                 digest.update(f"{obj['Key'][len(prefix):]}\0{obj['ETag']}\0{obj['Size']}\n".encode())
     elif Path(path).is_dir():
         for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(path)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
+            digest.update(f"{file.relative_to(path)}\0{_file_sha256(str(file))}\n".encode())
     else:
         digest.update(f"hub:{path}".encode())
     return digest.hexdigest()
+
+
+# The code that answers and scores: this package, the engines and the image decoding.
+_SCORING_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "engines.py",
+                 Path(__file__).parent.parent / "images.py")
+
+
+@lru_cache(maxsize=1)
+def scoring_code_digest() -> str:
+    """A hash of the source of the code that answers and scores: another scorer is another cache entry."""
+    digest = hashlib.sha256()
+    for root in _SCORING_CODE:
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for file in files:
+            digest.update(f"{file.relative_to(root.parent)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n"
+                          .encode())
+    return digest.hexdigest()
+
+
+def task_data(one: EvaluateConfig, task: str) -> list[str]:
+    """The folders a task reads its items and images from (as evaluation.read_inputs does)."""
+    if task == "amber":
+        amber = one.amber
+        return [amber.root, amber.images or join(amber.root.rstrip("/").rsplit("/", 1)[0], "image")]
+    if task.startswith("zeroshot-"):
+        return [dataset.root for dataset in one.zero_shot.datasets]
+    return [folder for benchmark in one.suite for folder in dict.fromkeys([benchmark.root,
+                                                                          benchmark.images or benchmark.root])]
+
+
+def spacy_model_identity(storage: Storage, model: str) -> str:
+    """A spaCy model by content: a folder's files, else the installed package's name and version."""
+    if Path(model).is_dir() or model.startswith("s3://"):
+        return "files:" + content_digest(storage, model)
+    from importlib import metadata
+
+    try:
+        return f"package:{model}=={metadata.version(model)}"
+    except metadata.PackageNotFoundError:
+        return f"package:{model} (not installed)"
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def scoring_resources(storage: Storage, one: EvaluateConfig, task: str) -> dict:
+    """What a task scores with besides the code: AMBER's NLP, the zero-shot text encoder's config folder."""
+    if task == "amber":
+        nlp = one.amber.nlp
+        return {"spacy": _version("spacy"), "spacy_model": spacy_model_identity(storage, nlp.spacy_model),
+                **({"nltk": _version("nltk"), "nltk_data": content_digest(storage, nlp.nltk_data)
+                    if nlp.nltk_data else os.environ.get("NLTK_DATA", "")} if nlp.backend == "official" else {})}
+    if task.startswith("zeroshot-") and one.zero_shot.text_encoder.model_config_dir:
+        return {"text_encoder_config": content_digest(storage, one.zero_shot.text_encoder.model_config_dir)}
+    return {}
 
 
 def cache_uri(storage: Storage, one: EvaluateConfig, task: str) -> str:
@@ -83,7 +180,9 @@ def cache_uri(storage: Storage, one: EvaluateConfig, task: str) -> str:
     spec = one.models[0]
     config = {k: v for k, v in to_dict(one).items() if k not in NOT_IN_KEY}
     decided_by = {"version": CACHE_VERSION, "model": model_fingerprint(storage, spec.path), "task": task,
-                  "engine": {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}, "config": config}
+                  "engine": {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}, "config": config,
+                  "data": {folder: content_digest(storage, folder) for folder in task_data(one, task)},
+                  "scoring": scoring_resources(storage, one, task), "code": scoring_code_digest()}
     key = hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:32]
     return join(one.result_cache, key, "result.json")
 
