@@ -317,3 +317,101 @@ def test_damaged_finished_artifact_is_repaired_exactly(stage, make_case, seeds, 
         print(f"\ndamaged finished artifact, {stage}: {sum(repaired.values())} repaired exactly, byte-identical to "
               f"a clean run: {repaired}")
     assert repaired == {how: seeds for how in DAMAGES}
+
+
+# The train stage's output: the model's files are its shards and train_summary.json its manifest. Timing fields
+# and the image-feature counters describe the process that ran, not the model: scrubbed before comparing.
+TRAIN_VOLATILE = ("seconds", "samples_per_s", "tokens_per_s", "image_features", "code_version")
+
+
+def _train_snapshot(root: str) -> dict[str, object]:
+    def scrub(value):
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items() if k not in TRAIN_VOLATILE}
+        return [scrub(v) for v in value] if isinstance(value, list) else value
+
+    out: dict[str, object] = {}
+    for path in sorted(Path(root).rglob("*")):
+        relative = str(path.relative_to(root))
+        if not path.is_file() or relative.startswith("checkpoints/"):
+            continue
+        if relative == "train_summary.json":  # names its own output: compared with the folder's name taken out
+            out[relative] = scrub(json.loads(path.read_text().replace(root, "<output>")))
+        elif relative == "metrics.jsonl":
+            out[relative] = [scrub(json.loads(line)) for line in path.read_text().splitlines()]
+        else:
+            out[relative] = path.read_bytes()
+    return out
+
+
+def _damage_model(output: str, how: str, rng: random.Random) -> set[str]:
+    """Damage one model file (or delete the summary); the files a repair must rewrite: that file, then the
+    run's log and summary, which the resumed run writes again."""
+    if how == "delete_manifest":
+        Path(output, "train_summary.json").unlink()
+        return {"train_summary.json", "metrics.jsonl"}
+    summary = json.loads(Path(output, "train_summary.json").read_text())
+    relative = rng.choice(sorted(summary["files"]))
+    path = Path(output, relative)
+    data, stat = path.read_bytes(), path.stat()
+    if how == "delete_shard":
+        path.unlink()
+    elif how == "truncate_shard":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        flipped = bytearray(data)
+        flipped[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(flipped))
+        if how == "flip_byte_time_kept":
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return {relative, "train_summary.json", "metrics.jsonl"}
+
+
+@pytest.mark.slow(seconds=120)
+def test_damaged_finished_model_is_repaired_exactly(tmp_path, capsys):
+    """A training run's finished model with a file deleted, truncated, a byte flipped, or its summary lost:
+    the rerun resumes from the newest checkpoint (training is the only way to make the model again) and
+    rewrites only the damaged file, ending byte-identical to the clean run. Before: the summary's fingerprint
+    alone said "nothing to do"."""
+    import shutil
+
+    import torch
+
+    from clipdpo.demo.models import build_tiny_llava
+    from pairs_fixture import write_pairs
+
+    model = build_tiny_llava(str(tmp_path / "tiny-llava"))
+    pairs = write_pairs(str(tmp_path / "data"), n_pairs=24, n_shards=2)
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"model": model, "learning_rate": 5e-3, "global_batch_size": 8,
+                                  "per_device_batch_size": 4, "max_length": 64, "warmup_ratio": 0.0, "epochs": 1,
+                                  "save_steps": 1, "seed": 7}))
+    argv = ["--input", pairs, "--config", str(config), "--quiet"]
+    main = _main("train")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        clean = str(tmp_path / "clean")
+        assert main(argv + ["--output", clean]) == 0
+        expected = _train_snapshot(clean)
+        assert any(name.startswith("model/") for name in expected)
+        repaired = {how: 0 for how in DAMAGES}
+        rng = random.Random(0)
+        for how in DAMAGES:
+            output = str(tmp_path / how)
+            shutil.copytree(clean, output)
+            must_rewrite = _damage_model(output, how, rng)
+            before = _stamps(output)
+            extra = ["--verify", "full"] if how == "flip_byte_time_kept" else []
+            assert main(argv + ["--output", output] + extra) == 0
+            after = _stamps(output)
+            rewritten = {name for name, stamp in after.items() if before.get(name) != stamp}
+            assert rewritten == must_rewrite, f"train {how}: rewrote {sorted(rewritten)}"
+            assert _train_snapshot(output) == expected, f"train {how}: not the clean run's model"
+            repaired[how] += 1
+    finally:
+        torch.set_num_threads(threads_before)
+    with capsys.disabled():
+        print(f"\ndamaged finished model, train: {sum(repaired.values())} repaired exactly, byte-identical to a clean "
+              f"run: {repaired}")
+    assert repaired == {how: 1 for how in DAMAGES}
