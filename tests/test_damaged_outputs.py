@@ -143,3 +143,20 @@ def test_prune_checks_a_training_runs_model_files(bucket, tmp_path):
     assert prune(str(tmp_path / "kfp"), storage) == (1, [])
     storage.write_bytes(weights, b"v" * 64)  # same size, other bytes: another ETag
     assert prune(str(tmp_path / "kfp"), storage) == (1, [reference])
+
+
+def test_a_multipart_shard_verifies_by_its_listed_etag(bucket, monkeypatch):
+    """A shard uploaded in parts has a multipart ETag; the listing gives the same one as the upload's HEAD."""
+    import clipdpo.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "MULTIPART_THRESHOLD_BYTES", 5 * 1024 * 1024)
+    storage = Storage()
+    uri = f"{bucket}/big"
+    big = pa.Table.from_pylist([dict(image_id="i", source="t", uri="u", image=os.urandom(11 * 1024 * 1024),
+                                     width=1, height=1)], schema=IMAGES)
+    writer = ArtifactWriter(storage, uri, "images", {}, [])
+    record = writer.write_shard(NAMES[0], big)
+    assert "-" in record.etag  # a multipart ETag: not an MD5 of the bytes, still the store's own checksum
+    manifest = writer.finalize([NAMES[0]])
+    assert damaged_shards(storage, uri, manifest) == {}
+    assert ArtifactWriter(storage, uri, "images", {}, []).is_complete()

@@ -3,9 +3,10 @@
 A stage maps each input shard to one output shard of the same name. `--shard i/n` gives
 this process every n-th input shard starting at i (one pod of a fan-out); finished shards
 (done-record with the same fingerprint) are skipped, so a killed run resumes where it
-stopped and a rerun of a finished stage does nothing, unless some shards of the finished output no
-longer verify (missing, other size or checksum: clipdpo.integrity): then it redoes exactly those. The manifest is written by a single
-process: the only one (`n == 1`) or a separate `--finalize` call after the fan-out.
+stopped and a rerun of a finished stage does nothing, unless some shards of the finished output
+no longer verify (missing, other size or checksum: clipdpo.integrity): then it redoes exactly
+those. The manifest is written by a single process: the only one (`n == 1`) or a separate
+`--finalize` call after the fan-out.
 """
 
 from __future__ import annotations
