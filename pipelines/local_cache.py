@@ -6,6 +6,10 @@ every step "cached" and the run "succeeded" with no artifacts. Before a run, `pr
 and drops those whose step output no longer holds (clipdpo.outputref.trusted: the artifact is gone,
 incomplete, or holds another version), so kfp runs that step again; the versions the steps return then
 rerun the steps after it where their input changed.
+
+A complete output whose files no longer verify (a shard deleted, truncated or rewritten: clipdpo.integrity,
+sizes and the store's checksums; every sha256 with CLIPDPO_VERIFY=full) is dropped too: its step reruns and
+redoes exactly the damaged files, and its version (the fingerprint) stays, so the steps after it stay cached.
 """
 
 from __future__ import annotations
@@ -13,16 +17,39 @@ from __future__ import annotations
 import json
 import os
 
-from clipdpo import outputref
-from clipdpo.storage import Storage
+from clipdpo import integrity, outputref
+from clipdpo.artifacts import MANIFEST, ArtifactError, Manifest, damaged_shards
+from clipdpo.storage import NotFound, Storage, join
 
 CACHE_FOLDER = ".kfp_cache"  # kfp.local's default cache root under the pipeline root (kfp 2.17)
+
+
+def damaged_files(storage: Storage, uri: str) -> dict[str, str]:
+    """{file: why} for the files a complete output names that do not verify: an artifact's shards (its
+    manifest), a training run's model files (its summary's `files`)."""
+    try:
+        manifest = Manifest.from_json(storage.read_bytes(join(uri, MANIFEST)).decode(), join(uri, MANIFEST))
+        return damaged_shards(storage, uri, manifest)
+    except (NotFound, IsADirectoryError):
+        pass
+    except (ArtifactError, UnicodeDecodeError) as err:
+        return {MANIFEST: str(err)}
+    summary_uri = join(uri, integrity.TRAIN_SUMMARY)
+    try:
+        summary = json.loads(storage.read_bytes(summary_uri))
+    except (NotFound, IsADirectoryError):
+        return {}
+    except ValueError as err:
+        return {integrity.TRAIN_SUMMARY: f"not JSON ({err})"}
+    return integrity.damaged(storage, uri.rstrip("/"), integrity.expected_files(summary),
+                             recorded_unix=integrity.written_at(storage, summary_uri))
 
 
 def stale_outputs(entry: dict, storage: Storage) -> list[str]:
     """The step outputs of one cache entry that no longer hold (its plans and numbers are not checked)."""
     return [value for value in entry.values()
-            if outputref.is_reference(value) and not outputref.trusted(storage, value)]
+            if outputref.is_reference(value)
+            and (not outputref.trusted(storage, value) or damaged_files(storage, outputref.plain(value)))]
 
 
 def prune(pipeline_root: str, storage: Storage) -> tuple[int, list[str]]:

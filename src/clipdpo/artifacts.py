@@ -8,8 +8,11 @@ Layout under an artifact URI (`<fp>`: the first 16 hex digits of the run's finge
 
 A stage is idempotent and resumable through this: a shard whose done-record carries the
 current fingerprint and whose data file still has the recorded sha256 is skipped; a manifest
-with the current fingerprint skips the stage. A reader refuses a prefix with no manifest,
-checks each shard's sha256 and schema, and so never reads a half-written output as complete.
+with the current fingerprint whose shards all verify (clipdpo.integrity: sizes always, the store's
+checksum where it gives one, sha256 where a shard was rewritten or `--verify full` asks) skips the
+stage, and one with damaged shards makes the stage redo exactly those. A reader refuses a prefix
+with no manifest, checks each shard's sha256 and schema, and so never reads a half-written output
+as complete.
 
 `--overwrite` never deletes first: the new run writes under its own `<fp>` folders while the old
 manifest (and so the old artifact) stays readable; writing the new manifest is the swap; only
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipdpo import __version__
+from clipdpo import __version__, integrity
 from clipdpo.errors import UserError
 from clipdpo.lease import Lease, LeaseHeld
 from clipdpo.schemas import SCHEMA_VERSION, validate_table
@@ -87,6 +90,7 @@ class ShardRecord:
     bytes: int
     stats: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    etag: str = ""  # the store's ETag of the data file (S3): a listing then verifies its bytes cheaply
 
 
 @dataclass
@@ -121,6 +125,34 @@ class Manifest:
             return cls(**body)
         except (ValueError, KeyError, TypeError) as err:
             raise ArtifactError(f"{where}: not a valid clipdpo manifest ({err})") from err
+
+
+def damaged_shards(storage: Storage, uri: str, manifest: Manifest, *, full: bool | None = None) -> dict[str, str]:
+    """{shard name: why} for each shard of a finished artifact that is missing or not the recorded bytes
+    (clipdpo.integrity: sizes always; ETags on S3; sha256 of shards written after the manifest, or of all
+    with `full` / CLIPDPO_VERIFY=full)."""
+    expected = [integrity.Expected(f"{manifest.data_dir}/{shard.name}.parquet", shard.bytes, shard.sha256, shard.etag)
+                for shard in manifest.shards]
+    problems = integrity.damaged(storage, uri.rstrip("/"), expected,
+                                 recorded_unix=integrity.written_at(storage, join(uri, MANIFEST)), full=full)
+    return {relative.rsplit("/", 1)[-1].removesuffix(".parquet"): why for relative, why in problems.items()}
+
+
+@dataclass
+class Completion:
+    """An output's state for this run: its manifest when it has this fingerprint, and what does not verify."""
+
+    manifest: Manifest | None = None
+    damaged: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None and not self.damaged
+
+    def verified(self, name: str) -> bool:
+        """The manifest names this shard and its bytes verified: reuse it without reading it again."""
+        return (self.manifest is not None and name not in self.damaged
+                and any(shard.name == name for shard in self.manifest.shards))
 
 
 def _prefix_key(uri: str) -> str:
@@ -224,18 +256,34 @@ class ArtifactWriter:
         self.lease.check()
         self._refuse_other_complete_artifact()  # a run that finished meanwhile is not overwritten silently
 
-    def is_complete(self) -> bool:
-        """True when the output holds this fingerprint's manifest; then it finishes an interrupted cleanup."""
+    def completion(self) -> Completion:
+        """This fingerprint's manifest (if the output holds it) and its shards that do not verify; when all
+        verify, it finishes an interrupted cleanup."""
         manifest = self._existing_manifest(tolerate_corrupt=True)
         if manifest is None or manifest.fingerprint != self.fingerprint:
-            return False
+            return Completion()
+        damaged = damaged_shards(self.storage, self.uri, manifest)
+        if damaged:
+            log.warning("%s: complete, but %d shard(s) do not verify and are redone: %s", self.uri, len(damaged),
+                        integrity.describe(damaged))
+            return Completion(manifest, damaged)
         try:
             self.lease.check()  # never delete under a run that holds the output now
         except LeaseHeld:
-            return True
+            return Completion(manifest)
         self.remove_stale([shard.name for shard in manifest.shards])
         self.lease.release()
-        return True
+        return Completion(manifest)
+
+    def is_complete(self) -> bool:
+        """True when the output holds this fingerprint's manifest and every shard it names verifies."""
+        return self.completion().complete
+
+    def keep_verified(self, record: ShardRecord) -> None:
+        """A verified shard of the manifest being repaired: restore its done-record if that was lost."""
+        if self._record(record.name) is None:
+            where = join(self.uri, self.done_dir, f"{record.name}.json")
+            self.storage.write_bytes(where, json.dumps(asdict(record), sort_keys=True).encode())
 
     def shard_uri(self, name: str) -> str:
         return join(self.uri, self.data_dir, f"{name}.parquet")
@@ -282,7 +330,8 @@ class ArtifactWriter:
             pq.write_table(table, tmp.name, compression="zstd")
             size = os.path.getsize(tmp.name)
             digest = self.storage.upload_file(tmp.name, self.shard_uri(name))
-        record = ShardRecord(name, table.num_rows, digest, size, stats or {}, self.fingerprint)
+        record = ShardRecord(name, table.num_rows, digest, size, stats or {}, self.fingerprint,
+                             integrity.store_etag(self.storage, self.shard_uri(name)))
         # The done-record goes second: a crash between the two leaves the shard to be redone.
         where = join(self.uri, self.done_dir, f"{name}.json")
         self.storage.write_bytes(where, json.dumps(asdict(record), sort_keys=True, allow_nan=False).encode())
@@ -397,7 +446,8 @@ class Artifact:
         data = self.storage.read_bytes(where)
         digest = hashlib.sha256(data).hexdigest()
         if digest != record.sha256:
-            raise ArtifactError(f"{where}: sha256 {digest[:12]} does not match the manifest ({record.sha256[:12]})")
+            raise ArtifactError(f"{where}: sha256 {digest[:12]} does not match the manifest ({record.sha256[:12]}); "
+                                "rerun the stage that wrote it with --verify full to redo the damaged shards")
         try:
             # Only the requested columns are decoded: the filter never decodes what it ignores.
             table = pq.read_table(pa.BufferReader(data), columns=columns)

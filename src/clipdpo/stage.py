@@ -3,8 +3,10 @@
 A stage maps each input shard to one output shard of the same name. `--shard i/n` gives
 this process every n-th input shard starting at i (one pod of a fan-out); finished shards
 (done-record with the same fingerprint) are skipped, so a killed run resumes where it
-stopped and a rerun of a finished stage does nothing. The manifest is written by a single
-process: the only one (`n == 1`) or a separate `--finalize` call after the fan-out.
+stopped and a rerun of a finished stage does nothing, unless some shards of the finished output
+no longer verify (missing, other size or checksum: clipdpo.integrity): then it redoes exactly
+those. The manifest is written by a single process: the only one (`n == 1`) or a separate
+`--finalize` call after the fan-out.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow as pa
 
 from clipdpo.artifacts import Artifact, ArtifactWriter, Manifest, ShardRecord
 from clipdpo.errors import ArgumentParser, UserError, print_user_error
+from clipdpo.integrity import VERIFY_ENV, VERIFY_MODES
 from clipdpo.storage import Storage, check_location
 
 log = logging.getLogger("clipdpo")
@@ -95,12 +98,18 @@ def run_shards(
 ) -> StageResult:
     """Process this worker's shards that are not done yet; finalize when this worker may."""
     started = time.monotonic()
-    if writer.is_complete():
+    completion = writer.completion()
+    if completion.complete:
         log.info("%s is already complete for this input and config: nothing to do", writer.uri)
-        return StageResult(Artifact.open(writer.storage, writer.uri).manifest, [], unit_names, 0.0)
+        return StageResult(completion.manifest, [], unit_names, 0.0)
+    kept = {shard.name: shard for shard in completion.manifest.shards} if completion.manifest else {}
     processed, skipped = [], []
     if not finalize_only:
         for name in shard.select(unit_names):
+            if completion.verified(name):
+                writer.keep_verified(kept[name])  # verified against the manifest: not read again
+                skipped.append(name)
+                continue
             if writer.done_record(name) is not None:
                 skipped.append(name)
                 continue
@@ -168,6 +177,11 @@ def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded:
     if overwrite:
         parser.add_argument("--overwrite", action="store_true",
                             help="replace an existing complete artifact made with other inputs or config")
+    if sharded or input_help:  # the stages whose finished outputs are verified before they are reused
+        parser.add_argument("--verify", choices=VERIFY_MODES, default=None,
+                            help="how a finished output's files are checked before they are reused: cheap (sizes, "
+                                 "and the store's checksums where it gives them; the default) or full (read every "
+                                 f"file's sha256); also {VERIFY_ENV}")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config as JSON and exit; nothing is read or written")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
@@ -199,6 +213,9 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str
     args = parser.parse_args(argv)
     if args.quiet:
         os.environ["CLIPDPO_QUIET"] = "1"  # the stage's progress lines read it too
+    verify_before = os.environ.get(VERIFY_ENV)
+    if getattr(args, "verify", None):
+        os.environ[VERIFY_ENV] = args.verify  # read where outputs are verified (clipdpo.integrity)
     setup_logging()
     try:
         for flag in ("input", "output"):
@@ -211,6 +228,11 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str
             raise
         print_user_error(err)
         return 2
+    finally:
+        if verify_before is None:
+            os.environ.pop(VERIFY_ENV, None)  # a stage called in-process leaves its caller's setting as it was
+        else:
+            os.environ[VERIFY_ENV] = verify_before
     return 0
 
 

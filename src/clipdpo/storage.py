@@ -125,11 +125,13 @@ class S3Settings:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One listed object; `version` (S3 ETag, local mtime in ns) changes when its bytes are replaced."""
+    """One listed object; `version` (S3 ETag, local mtime in ns) changes when its bytes are replaced;
+    `modified_unix`: when it was last written (S3 LastModified, whole seconds; local mtime)."""
 
     uri: str
     size: int
     version: str
+    modified_unix: float = 0.0
 
 
 # Set in the env of the run's own server (clipdpo.s3server): a client that cannot reach that endpoint says the
@@ -189,6 +191,11 @@ def join(base: str, *parts: str) -> str:
 def is_remote(uri: str) -> bool:
     """Whether `uri` names an S3 object or prefix (else a local path)."""
     return uri.startswith("s3://")
+
+
+def _unix(when) -> float:
+    """An S3 LastModified (a datetime) as seconds since the epoch; 0.0 when absent."""
+    return when.timestamp() if when is not None else 0.0
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -341,7 +348,8 @@ class Storage:
             out: list[ObjectInfo] = []
             pages = self._s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
             for page in pages:
-                out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", "").strip('"'))
+                out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", "").strip('"'),
+                                      _unix(obj.get("LastModified")))
                            for obj in page.get("Contents", []))
             return sorted(out, key=lambda info: info.uri)
         root = Path(prefix)
@@ -351,23 +359,43 @@ class Storage:
         for path in root.rglob("*"):
             if path.is_file() and ".tmp-" not in path.name:
                 stat = path.stat()
-                out.append(ObjectInfo(str(path), stat.st_size, str(stat.st_mtime_ns)))
+                out.append(ObjectInfo(str(path), stat.st_size, str(stat.st_mtime_ns), stat.st_mtime_ns / 1e9))
         return sorted(out, key=lambda info: info.uri)
 
     def content_digest(self, path: str) -> str:
-        """A sha256 that changes when anything under `path` changes: each object's relative name with its S3 ETag
-        and size, or each local file's own sha256; a path that is neither (a model hub id) hashes its name."""
+        """A sha256 that changes when anything under `path` (a folder or one object) changes: each object's relative
+        name with its S3 ETag and size, or each local file's own sha256; a path that is neither (a model hub id,
+        or nothing there) hashes its name."""
         digest = hashlib.sha256()
         if is_remote(path):
             prefix = path.rstrip("/") + "/"
-            for info in self.list_info(path):
-                digest.update(f"{info.uri[len(prefix):]}\0{info.version}\0{info.size}\n".encode())
+            listed = [(info.uri[len(prefix):], info.version, info.size) for info in self.list_info(path)]
+            if not listed and self.exists(path):  # one object, not a folder
+                info = self.info(path)
+                listed = [("", info.version, info.size)]
+            for relative, version, size in listed:
+                digest.update(f"{relative}\0{version}\0{size}\n".encode())
         elif Path(path).is_dir():
             for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
                 digest.update(f"{file.relative_to(path)}\0{sha256_file(file)}\n".encode())
+        elif Path(path).is_file():
+            digest.update(f"\0{sha256_file(path)}\n".encode())
         else:
             digest.update(f"hub:{path}".encode())
         return digest.hexdigest()
+
+    def info(self, uri: str) -> ObjectInfo:
+        """Size, version and time of one object (as `list_info` gives them); `NotFound` when it is missing."""
+        if uri.startswith("s3://"):
+            bucket, key = split_s3(uri)
+            head = self._s3_call(uri, self.s3.head_object, Bucket=bucket, Key=key)
+            return ObjectInfo(uri, int(head["ContentLength"]), head.get("ETag", "").strip('"'),
+                              _unix(head.get("LastModified")))
+        try:
+            stat = os.stat(uri)
+        except FileNotFoundError as err:
+            raise NotFound(f"{uri}: no such file") from err
+        return ObjectInfo(uri, stat.st_size, str(stat.st_mtime_ns), stat.st_mtime_ns / 1e9)
 
     # -- writes ----------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> str:

@@ -230,3 +230,188 @@ def _kill_resume_equals_clean_run(stage, make_case, seeds, random_kills, shards,
     assert all(survived[phase] == seeds // len(BOUNDARIES) for phase in BOUNDARIES)
     if seeds >= 20:
         assert survived["corrupt"] >= 2 and survived["delete"] >= 2
+
+
+# -- A damaged finished artifact ---------------------------------------------------------------------------------
+# A complete output, then one of its files damaged the way disks, people and scripts do; the rerun must redo
+# exactly what is damaged (a damaged shard: its data file, done-record and export; a lost manifest: only the
+# manifest, every intact shard reused after its sha256 is checked) and end byte-identical to the clean run.
+DAMAGES = ("delete_shard", "truncate_shard", "flip_byte", "flip_byte_time_kept", "delete_manifest")
+
+
+def _stamps(root: str) -> dict[str, tuple[int, int]]:
+    """Each file's identity (inode, mtime): an atomic rewrite changes both."""
+    out = {}
+    for path in Path(root).rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            out[str(path.relative_to(root))] = (stat.st_ino, stat.st_mtime_ns)
+    return out
+
+
+def _damage_finished(output: str, how: str, rng: random.Random) -> set[str]:
+    """Damage one shard (or the manifest) of a complete artifact; the files a repair must rewrite."""
+    manifest = json.loads(Path(output, "manifest.json").read_text())
+    if how == "delete_manifest":
+        Path(output, "manifest.json").unlink()
+        return {"manifest.json"}
+    shard = rng.choice(manifest["shards"])["name"]
+    data_file = Path(output, manifest["data_dir"], f"{shard}.parquet")
+    data = data_file.read_bytes()
+    if how == "delete_shard":
+        data_file.unlink()
+    elif how == "truncate_shard":
+        data_file.write_bytes(data[: len(data) // 2])
+    else:
+        stat = data_file.stat()
+        flipped = bytearray(data)
+        flipped[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        data_file.write_bytes(bytes(flipped))
+        if how == "flip_byte_time_kept":  # as `cp -p` or a restore would leave it: only a full check sees it
+            os.utime(data_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    done_dir = "_done/" + manifest["data_dir"].split("/", 1)[1] if "/" in manifest["data_dir"] else "_done"
+    exports = {str(p.relative_to(output)) for p in Path(output).glob("export/**/*") if p.name.split(".")[0] == shard}
+    return {"manifest.json", str(data_file.relative_to(output)), f"{done_dir}/{shard}.json", *exports}
+
+
+def _repair_counts(stage: str, make_case, tmp_path, seeds: int) -> dict[str, int]:
+    import shutil
+
+    argv, _ = make_case(tmp_path)
+    main = _main(stage)
+    clean = str(tmp_path / "clean")
+    assert main(argv + ["--output", clean]) == 0
+    expected = snapshot(clean)
+    repaired = {how: 0 for how in DAMAGES}
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        for how in DAMAGES:
+            output = str(tmp_path / f"{how}{seed}")
+            shutil.copytree(clean, output)  # times kept: the copy is as finished as the original
+            must_rewrite = _damage_finished(output, how, rng)
+            before = _stamps(output)
+            extra = ["--verify", "full"] if how == "flip_byte_time_kept" else []
+            assert main(argv + ["--output", output] + extra) == 0
+            after = _stamps(output)
+            rewritten = {name for name, stamp in after.items() if before.get(name) != stamp}
+            assert rewritten == must_rewrite, f"{stage} seed {seed} {how}: rewrote {sorted(rewritten)}"
+            assert snapshot(output) == expected, f"{stage} seed {seed} {how}: not the clean run's artifact"
+            repaired[how] += 1
+    return repaired
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.parametrize("stage, make_case, seeds", [
+    ("ingest", ingest_case, 3), ("filter", filter_case, 3), ("score", score_case, 1)])
+def test_damaged_finished_artifact_is_repaired_exactly(stage, make_case, seeds, tmp_path, capsys):
+    """Before: the stage read only the manifest and said "already complete"; the damage stayed."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        repaired = _repair_counts(stage, make_case, tmp_path, seeds)
+    finally:
+        torch.set_num_threads(threads_before)
+    with capsys.disabled():
+        print(f"\ndamaged finished artifact, {stage}: {sum(repaired.values())} repaired exactly, byte-identical to "
+              f"a clean run: {repaired}")
+    assert repaired == {how: seeds for how in DAMAGES}
+
+
+# The train stage's output: the model's files are its shards and train_summary.json its manifest. Timing fields
+# and the image-feature counters describe the process that ran, not the model: scrubbed before comparing.
+TRAIN_VOLATILE = ("seconds", "samples_per_s", "tokens_per_s", "image_features", "code_version")
+
+
+def _train_snapshot(root: str) -> dict[str, object]:
+    def scrub(value):
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items() if k not in TRAIN_VOLATILE}
+        return [scrub(v) for v in value] if isinstance(value, list) else value
+
+    out: dict[str, object] = {}
+    for path in sorted(Path(root).rglob("*")):
+        relative = str(path.relative_to(root))
+        if not path.is_file() or relative.startswith("checkpoints/"):
+            continue
+        if relative == "train_summary.json":  # names its own output: compared with the folder's name taken out
+            out[relative] = scrub(json.loads(path.read_text().replace(root, "<output>")))
+        elif relative == "metrics.jsonl":
+            out[relative] = [scrub(json.loads(line)) for line in path.read_text().splitlines()]
+        else:
+            out[relative] = path.read_bytes()
+    return out
+
+
+def _damage_model(output: str, how: str, rng: random.Random) -> set[str]:
+    """Damage one model file (or delete the summary); the files a repair must rewrite: that file, then the
+    run's log and summary, which the resumed run writes again."""
+    if how == "delete_manifest":
+        Path(output, "train_summary.json").unlink()
+        return {"train_summary.json", "metrics.jsonl"}
+    summary = json.loads(Path(output, "train_summary.json").read_text())
+    relative = rng.choice(sorted(summary["files"]))
+    path = Path(output, relative)
+    data, stat = path.read_bytes(), path.stat()
+    if how == "delete_shard":
+        path.unlink()
+    elif how == "truncate_shard":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        flipped = bytearray(data)
+        flipped[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(flipped))
+        if how == "flip_byte_time_kept":
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return {relative, "train_summary.json", "metrics.jsonl"}
+
+
+@pytest.mark.slow(seconds=120)
+def test_damaged_finished_model_is_repaired_exactly(tmp_path, capsys):
+    """A training run's finished model with a file deleted, truncated, a byte flipped, or its summary lost:
+    the rerun resumes from the newest checkpoint (training is the only way to make the model again) and
+    rewrites only the damaged file, ending byte-identical to the clean run. Before: the summary's fingerprint
+    alone said "nothing to do"."""
+    import shutil
+
+    import torch
+
+    from clipdpo.demo.models import build_tiny_llava
+    from pairs_fixture import write_pairs
+
+    model = build_tiny_llava(str(tmp_path / "tiny-llava"))
+    pairs = write_pairs(str(tmp_path / "data"), n_pairs=24, n_shards=2)
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"model": model, "learning_rate": 5e-3, "global_batch_size": 8,
+                                  "per_device_batch_size": 4, "max_length": 64, "warmup_ratio": 0.0, "epochs": 1,
+                                  "save_steps": 1, "seed": 7}))
+    argv = ["--input", pairs, "--config", str(config), "--quiet"]
+    main = _main("train")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        clean = str(tmp_path / "clean")
+        assert main(argv + ["--output", clean]) == 0
+        expected = _train_snapshot(clean)
+        assert any(name.startswith("model/") for name in expected)
+        repaired = {how: 0 for how in DAMAGES}
+        rng = random.Random(0)
+        for how in DAMAGES:
+            output = str(tmp_path / how)
+            shutil.copytree(clean, output)
+            must_rewrite = _damage_model(output, how, rng)
+            before = _stamps(output)
+            extra = ["--verify", "full"] if how == "flip_byte_time_kept" else []
+            assert main(argv + ["--output", output] + extra) == 0
+            after = _stamps(output)
+            rewritten = {name for name, stamp in after.items() if before.get(name) != stamp}
+            assert rewritten == must_rewrite, f"train {how}: rewrote {sorted(rewritten)}"
+            assert _train_snapshot(output) == expected, f"train {how}: not the clean run's model"
+            repaired[how] += 1
+    finally:
+        torch.set_num_threads(threads_before)
+    with capsys.disabled():
+        print(f"\ndamaged finished model, train: {sum(repaired.values())} repaired exactly, byte-identical to a clean "
+              f"run: {repaired}")
+    assert repaired == {how: 1 for how in DAMAGES}

@@ -64,7 +64,7 @@ def expected_pairs(pairs) -> tuple[float, int]:
     return (margins[k] + margins[k + 1]) / 2, k + 1 + qa
 
 
-@pytest.mark.slow(seconds=180)  # three demo runs; seconds: for the xdist order (tests/conftest.py)
+@pytest.mark.slow(seconds=240)  # four demo runs; seconds: for the xdist order (tests/conftest.py)
 def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reruns_everything(
         tmp_path, monkeypatch, capsys):
     from clipdpo.artifacts import Artifact
@@ -96,6 +96,27 @@ def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reru
     with serving(state, monkeypatch) as storage:
         assert Artifact.open(storage, join(root, "pairs"), kind="pairs").manifest.rows == count
         assert storage.read_bytes(join(root, "model", "train_summary.json")) != first_model  # trained again
+
+    # a finished artifact damaged: a scores shard deleted, a byte of a pairs shard flipped (another ETag); the
+    # cache check finds both, score and filter redo exactly those shards, and every other step stays cached
+    # (the repaired artifacts keep their versions) but training-pairs, whose output names the pairs, and the
+    # gate, never cached. Before: every step cached, the damage left in place.
+    with serving(state, monkeypatch) as storage:
+        scores = Artifact.open(storage, join(root, "scores"), kind="scores")
+        storage.delete(scores.shard_uri(scores.shard_names[0]))
+        pairs = Artifact.open(storage, join(root, "pairs"), kind="pairs")
+        flipped = bytearray(storage.read_bytes(pairs.shard_uri(pairs.shard_names[0])))
+        flipped[len(flipped) // 2] ^= 0x01
+        storage.write_bytes(pairs.shard_uri(pairs.shard_names[0]), bytes(flipped))
+    repaired = run([*argv, "--set", f"filter.pair_min_margin={margin}"], monkeypatch, capsys)
+    cached = cached_column(repaired)
+    assert {step for step, hit in cached.items() if hit == "no"} == \
+        {"score-shard[0]", "score-finalize", "filter-pairs", "training-pairs", "gate"}, repaired
+    assert "outputs are gone or replaced" in repaired
+    with serving(state, monkeypatch) as storage:
+        for kind in ("scores", "pairs"):
+            artifact = Artifact.open(storage, join(root, kind), kind=kind)
+            assert sum(table.num_rows for _, table in artifact.iter_shards()) == artifact.manifest.rows  # sha256s
 
     # item 7: the S3 data deleted, the next run runs every step again and leaves every artifact
     shutil.rmtree(state / "s3")

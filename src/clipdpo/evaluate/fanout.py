@@ -5,16 +5,22 @@ A task is one evaluation unit: `amber` (its generative and discriminative halves
 with the config narrowed to it, writing `<output>/tasks/<model>/<task>.json`; `merge` builds
 metrics.json and the reports from every record, exactly as the sequential `evaluate_models`.
 
-The baseline's records are cached under `result_cache` (e.g. s3://<bucket>/eval-cache), keyed by a
-hash of the model's content (S3 ETags or file digests; a hub id by its name), the task and every
-config field that decides the result, so a retraining run evaluates its unchanged base once, ever.
+The baseline's records are cached under `result_cache` (e.g. s3://<bucket>/eval-cache), keyed by what
+decides the result, each by content: the model (S3 ETags or file digests; a hub id by its name), the
+task's benchmark files (its folders' sizes and ETags or sha256), the NLP resources AMBER scores with
+(the spaCy model's files or installed version, the nltk data), the zero-shot text encoder's config
+folder, the code that answers and scores (digest of its source), and every config field that decides
+the result; so a retraining run evaluates its unchanged base once, ever, and a changed benchmark,
+NLP model or scorer is evaluated again, never served from an old entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, replace
+from functools import lru_cache
 from pathlib import Path
 
 from clipdpo import determinism
@@ -25,7 +31,7 @@ from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_met
 from clipdpo.evaluate import zeroshot
 from clipdpo.storage import Storage, join
 
-CACHE_VERSION = 2  # bump when scoring code changes what a cached result would hold (2: per-image counts)
+CACHE_VERSION = 2  # the key's layout; the scoring code itself is in the key by its source digest
 # `engine` names the derived models' engine, which their specs (in the key) carry
 NOT_IN_KEY = ("models", "only_model", "only_task", "result_cache", "model_cache", "batch_size", "chunk_size",
               "engine", "bootstrap_resamples", "bootstrap_seed")
@@ -62,12 +68,75 @@ def task_record_uri(output: str, model: str, task: str) -> str:
     return join(output, "tasks", model, f"{task}.json")
 
 
+# The code that answers and scores: this package, the engines and the image decoding.
+_SCORING_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "engines.py",
+                 Path(__file__).parent.parent / "images.py")
+
+
+@lru_cache(maxsize=1)
+def scoring_code_digest() -> str:
+    """A hash of the source of the code that answers and scores: another scorer is another cache entry."""
+    digest = hashlib.sha256()
+    for root in _SCORING_CODE:
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for file in files:
+            digest.update(f"{file.relative_to(root.parent)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n"
+                          .encode())
+    return digest.hexdigest()
+
+
+def task_data(one: EvaluateConfig, task: str) -> list[str]:
+    """The folders a task reads its items and images from (as evaluation.read_inputs does)."""
+    if task == "amber":
+        amber = one.amber
+        return [amber.root, amber.images or join(amber.root.rstrip("/").rsplit("/", 1)[0], "image")]
+    if task.startswith("zeroshot-"):
+        return [dataset.root for dataset in one.zero_shot.datasets]
+    return [folder for benchmark in one.suite for folder in dict.fromkeys([benchmark.root,
+                                                                          benchmark.images or benchmark.root])]
+
+
+def spacy_model_identity(storage: Storage, model: str) -> str:
+    """A spaCy model by content: a folder's files, else the installed package's name and version."""
+    if Path(model).is_dir() or model.startswith("s3://"):
+        return "files:" + storage.content_digest(model)
+    from importlib import metadata
+
+    try:
+        return f"package:{model}=={metadata.version(model)}"
+    except metadata.PackageNotFoundError:
+        return f"package:{model} (not installed)"
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def scoring_resources(storage: Storage, one: EvaluateConfig, task: str) -> dict:
+    """What a task scores with besides the code: AMBER's NLP, the zero-shot text encoder's config folder."""
+    if task == "amber":
+        nlp = one.amber.nlp
+        return {"spacy": _version("spacy"), "spacy_model": spacy_model_identity(storage, nlp.spacy_model),
+                **({"nltk": _version("nltk"), "nltk_data": storage.content_digest(nlp.nltk_data)
+                    if nlp.nltk_data else os.environ.get("NLTK_DATA", "")} if nlp.backend == "official" else {})}
+    if task.startswith("zeroshot-") and one.zero_shot.text_encoder.model_config_dir:
+        return {"text_encoder_config": storage.content_digest(one.zero_shot.text_encoder.model_config_dir)}
+    return {}
+
+
 def cache_uri(storage: Storage, one: EvaluateConfig, task: str) -> str:
     """Where the result of `one` (a config narrowed to one model and task) is cached."""
     spec = one.models[0]
     config = {k: v for k, v in to_dict(one).items() if k not in NOT_IN_KEY}
     decided_by = {"version": CACHE_VERSION, "model": storage.content_digest(spec.path), "task": task,
-                  "engine": {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}, "config": config}
+                  "engine": {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}, "config": config,
+                  "data": {folder: storage.content_digest(folder) for folder in task_data(one, task)},
+                  "scoring": scoring_resources(storage, one, task), "code": scoring_code_digest()}
     key = hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:32]
     return join(one.result_cache, key, "result.json")
 

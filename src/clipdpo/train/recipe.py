@@ -4,7 +4,10 @@ Step k (0-based, counted over all epochs) always trains on the same global batch
 k mod steps_per_epoch of epoch k // steps_per_epoch's order. A resumed run restores weights,
 optimizer, scheduler and RNG from the newest checkpoint and continues at the next step, so it ends
 where an uninterrupted run ends. Outputs under `<output>/`: `model/` (Hugging Face format),
-`metrics.jsonl` (one line per step), `checkpoints/`, and `train_summary.json`, written last.
+`metrics.jsonl` (one line per step), `checkpoints/`, and `train_summary.json`, written last: it lists the
+model's files with their sizes and sha256 (and S3 ETags). A rerun verifies them (clipdpo.integrity); when
+one is damaged the run resumes from its newest checkpoint to make the model again (no final state is kept
+besides the model itself) and writes only the files whose bytes differ from the intact ones.
 The loss of a micro-batch is the objective's (objective.py); metrics and checkpoints are callbacks
 (callbacks.py); the loop only runs micro-batches and optimizer steps.
 """
@@ -16,15 +19,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from clipdpo import config as config_lib
+from clipdpo import config as config_lib, integrity
 from clipdpo.artifacts import Artifact, code_version, fingerprint
 from clipdpo.errors import UserError
-from clipdpo.storage import NotFound, Storage, join, local_model_dir, upload_tree
+from clipdpo.storage import NotFound, Storage, join, local_model_dir
 from clipdpo.tracking import training_callbacks
 from clipdpo.train import checkpoint, dist, imagefeatures, layouts, refcache
 from clipdpo.train.backends import Backend, DDPBackend, DeepSpeedBackend, frozen_reference
@@ -40,7 +44,7 @@ from clipdpo.train.schedule import StepPlan, warmup_steps
 
 log = logging.getLogger("clipdpo.train")
 
-SUMMARY = "train_summary.json"
+SUMMARY = integrity.TRAIN_SUMMARY
 # Config keys that do not change what is trained (excluded from the output fingerprint).
 # `forward` changes only the summation order of the same log-probs (tests/clipdpo/test_shared_prefix.py).
 # `image_feature_cache_mb` only decides whether a frozen tower's features are recomputed (tests/clipdpo/test_image_features.py).
@@ -120,10 +124,17 @@ def prepare_output(ctx: dist.DistContext, storage: Storage, output: str, run_fin
         existing = json.loads(storage.read_bytes(join(output, SUMMARY)))
     except NotFound:
         existing = None
-    if existing is not None:
-        if existing.get("fingerprint") == run_fingerprint:
+    if existing is not None and existing.get("fingerprint") == run_fingerprint:
+        damaged = integrity.damaged(storage, output, integrity.expected_files(existing),
+                                    recorded_unix=integrity.written_at(storage, join(output, SUMMARY)))
+        if not damaged:
             log.info("%s already holds this training run's model: nothing to do", output)
             return existing
+        log.warning("%s: %d file(s) of the finished model do not verify: %s; the run resumes from its newest "
+                    "checkpoint to make the model again and writes only the files that differ", output, len(damaged),
+                    integrity.describe(damaged))
+        return None
+    if existing is not None:
         if not overwrite:
             raise OutputExists(f"{output} holds a model trained from other pairs or config; "
                                "write to a new URI or pass --overwrite")
@@ -342,7 +353,7 @@ class TrainRun:
         dist.barrier(self.ctx)
         summary = self.summary()
         if self.ctx.is_main:
-            upload_tree(self.storage, local_dir, join(self.output, "model"))
+            summary["files"] = upload_model(self.storage, local_dir, self.output)
             self.storage.write_bytes(join(self.output, METRICS), jsonl(self.metrics))
             self.storage.write_bytes(join(self.output, SUMMARY), json.dumps(summary, indent=2).encode())
             log.info("model -> %s", join(self.output, "model"))
@@ -350,6 +361,7 @@ class TrainRun:
         return summary
 
     def summary(self) -> dict:
+        """What the run did; `cleanup` adds `files`, the model's files as written."""
         return {
             "fingerprint": self.fingerprint, "pairs": self.store.pairs.uri, "model": join(self.output, "model"),
             "finetune": self.cfg.finetune, "steps": self.plan.total_steps, "strategy": self.strategy,
@@ -361,3 +373,37 @@ class TrainRun:
             "seconds": round(time.monotonic() - self.started, 2), "final": self.metrics[-1] if self.metrics else {},
             **({"povid_rank0": self.objective.summary()} if isinstance(self.objective, POVIDObjective) else {}),
         }
+
+
+def _stored_intact(storage: Storage, output: str) -> dict[str, integrity.Expected]:
+    """The model files a summary of this output records that still verify (none when there is no summary)."""
+    try:
+        summary = json.loads(storage.read_bytes(join(output, SUMMARY)))
+    except (NotFound, ValueError):
+        return {}
+    recorded = integrity.expected_files(summary)
+    damaged = integrity.damaged(storage, output, recorded, recorded_unix=integrity.written_at(storage,
+                                                                                            join(output, SUMMARY)))
+    return {item.relative: item for item in recorded if item.relative not in damaged}
+
+
+def upload_model(storage: Storage, local_dir: str, output: str) -> dict[str, dict]:
+    """Upload the saved model under `<output>/model/`, skipping each file the output already holds intact with
+    the same bytes (a repair rewrites only what was damaged); {relative path: bytes, sha256, etag}."""
+    intact = _stored_intact(storage, output)
+    stored = {info.uri: info for info in storage.list_info(join(output, "model"))}
+    files: dict[str, dict] = {}
+    for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+        relative = f"model/{path.relative_to(local_dir).as_posix()}"
+        target = join(output, relative)
+        size, digest = path.stat().st_size, integrity.sha256_of(storage, str(path))
+        known = intact.get(relative)
+        if known is not None and known.sha256 == digest:
+            etag = known.etag  # verified against the summary: not read again
+        elif target in stored and stored[target].size == size and integrity.sha256_of(storage, target) == digest:
+            etag = integrity.store_etag(storage, target)  # no record (a lost summary): verified by reading it
+        else:
+            storage.upload_file(str(path), target)
+            etag = integrity.store_etag(storage, target)
+        files[relative] = {"bytes": size, "sha256": digest, "etag": etag}
+    return files
