@@ -99,6 +99,10 @@ def run_local(args, run: LocalRun) -> int:
     state = Path(args.state_dir).resolve()
     configs = run.configs
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.verify:  # read by the cache check below and by every step (the components inherit it)
+        from clipdpo.integrity import VERIFY_ENV
+
+        os.environ[VERIFY_ENV] = args.verify
     server = None
     if not os.environ.get("AWS_ENDPOINT_URL"):
         server = s3server.start(str(state / "s3"))
@@ -163,7 +167,7 @@ def init_kfp(pipeline_root: Path) -> None:
 
     entries, dropped = prune(str(pipeline_root), Storage())
     if dropped:
-        print(f"kfp cache: {len(dropped)} of {entries} cached steps' outputs are gone or replaced (e.g. "
+        print(f"kfp cache: {len(dropped)} of {entries} cached steps' outputs are gone, replaced or damaged (e.g. "
               f"{dropped[0]}): those steps run again", flush=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), enable_caching=True)
 
@@ -276,6 +280,9 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="change one config value, e.g. --set filter.pair_min_margin=3 (repeatable); "
                              "that stage reruns with the stages after it")
+    parser.add_argument("--verify", choices=("cheap", "full"), default=None,
+                        help="local runs: how finished outputs are checked before reuse: cheap (sizes, S3 ETags; the "
+                             "default) or full (every shard's sha256)")
     parser.add_argument("--verbose", action="store_true",
                         help="local runs: show kfp's executor output (default: one line per step; the output "
                              "goes to <state-dir>/logs/)")

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -208,7 +208,7 @@ class ArtifactWriter:
         inputs: list["Artifact"],
         *,
         overwrite: bool = False,
-        input_fingerprints: list[str] = (),
+        input_fingerprints: Sequence[str] = (),
     ):
         check_location(uri, "--output")
         self.storage = storage
@@ -339,14 +339,18 @@ class ArtifactWriter:
 
     def _finished_records(self, shard_names: list[str]) -> list[ShardRecord]:
         """Every shard's record; sizes checked (cheap), sha256 is checked by readers and on resume."""
-        records, missing = [], []
+        records: list[ShardRecord] = []
+        missing: list[str] = []
         for name in shard_names:
             record = self._record(name)
             try:
                 intact = record is not None and self.storage.size(self.shard_uri(name)) == record.bytes
             except NotFound:
                 intact = False
-            (records if intact else missing).append(record if intact else name)
+            if record is not None and intact:
+                records.append(record)
+            else:
+                missing.append(name)
         if missing:
             raise ArtifactError(
                 f"{self.uri}: cannot finalize, {len(missing)} shard(s) not finished: {missing[:10]}"

@@ -9,6 +9,7 @@ unreachable endpoint becomes a `StorageError` that names the endpoint.
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import hashlib
 import os
@@ -339,13 +340,13 @@ class Storage:
         """Full URIs of the objects under `prefix` (a folder), sorted."""
         return [info.uri for info in self.list_info(prefix)]
 
-    def list_info(self, prefix: str) -> list[ObjectInfo]:
+    def list_info(self, prefix: str) -> builtins.list[ObjectInfo]:  # `list` here is the method above
         """The objects under `prefix` (a folder) with size and version, sorted by URI."""
         if prefix.startswith("s3://"):
             bucket, key = split_s3(prefix)
             key = key.rstrip("/") + "/" if key else ""
             paginator = self.s3.get_paginator("list_objects_v2")
-            out: list[ObjectInfo] = []
+            out: builtins.list[ObjectInfo] = []
             pages = self._s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
             for page in pages:
                 out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", "").strip('"'),

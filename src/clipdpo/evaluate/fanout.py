@@ -25,7 +25,7 @@ from pathlib import Path
 
 from clipdpo import determinism
 from clipdpo.config import to_dict
-from clipdpo.evaluate.config import EvaluateConfig
+from clipdpo.evaluate.config import AmberConfig, EvaluateConfig, ZeroShotConfig
 from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_metrics, default_engine_factory,
                                          read_inputs, score_model, scorers, write_metrics)
 from clipdpo.evaluate import zeroshot
@@ -59,8 +59,9 @@ def restrict(cfg: EvaluateConfig, model: str, task: str) -> EvaluateConfig:
     if task == "amber":
         return replace(narrowed, zero_shot=None, suite=[])
     if task.startswith("zeroshot-"):
-        datasets = [d for d in cfg.zero_shot.datasets if f"zeroshot-{d.name}" == task]
-        return replace(narrowed, amber=None, zero_shot=replace(cfg.zero_shot, datasets=datasets), suite=[])
+        zero_shot = _zero_shot(cfg)
+        datasets = [d for d in zero_shot.datasets if f"zeroshot-{d.name}" == task]
+        return replace(narrowed, amber=None, zero_shot=replace(zero_shot, datasets=datasets), suite=[])
     return replace(narrowed, amber=None, zero_shot=None, suite=[b for b in cfg.suite if f"suite-{b.label}" == task])
 
 
@@ -85,13 +86,27 @@ def scoring_code_digest() -> str:
     return digest.hexdigest()
 
 
+def _amber(cfg: EvaluateConfig) -> AmberConfig:
+    """The AMBER section of a config whose tasks include amber (task_names lists it only then)."""
+    if cfg.amber is None:
+        raise ValueError("evaluate config: the amber task needs an `amber` section")
+    return cfg.amber
+
+
+def _zero_shot(cfg: EvaluateConfig) -> ZeroShotConfig:
+    """The zero-shot section of a config whose tasks include a zeroshot-* task."""
+    if cfg.zero_shot is None:
+        raise ValueError("evaluate config: a zeroshot task needs a `zero_shot` section")
+    return cfg.zero_shot
+
+
 def task_data(one: EvaluateConfig, task: str) -> list[str]:
     """The folders a task reads its items and images from (as evaluation.read_inputs does)."""
     if task == "amber":
-        amber = one.amber
+        amber = _amber(one)
         return [amber.root, amber.images or join(amber.root.rstrip("/").rsplit("/", 1)[0], "image")]
     if task.startswith("zeroshot-"):
-        return [dataset.root for dataset in one.zero_shot.datasets]
+        return [dataset.root for dataset in _zero_shot(one).datasets]
     return [folder for benchmark in one.suite for folder in dict.fromkeys([benchmark.root,
                                                                           benchmark.images or benchmark.root])]
 
@@ -120,12 +135,12 @@ def _version(package: str) -> str:
 def scoring_resources(storage: Storage, one: EvaluateConfig, task: str) -> dict:
     """What a task scores with besides the code: AMBER's NLP, the zero-shot text encoder's config folder."""
     if task == "amber":
-        nlp = one.amber.nlp
+        nlp = _amber(one).nlp
         return {"spacy": _version("spacy"), "spacy_model": spacy_model_identity(storage, nlp.spacy_model),
                 **({"nltk": _version("nltk"), "nltk_data": storage.content_digest(nlp.nltk_data)
                     if nlp.nltk_data else os.environ.get("NLTK_DATA", "")} if nlp.backend == "official" else {})}
-    if task.startswith("zeroshot-") and one.zero_shot.text_encoder.model_config_dir:
-        return {"text_encoder_config": storage.content_digest(one.zero_shot.text_encoder.model_config_dir)}
+    if task.startswith("zeroshot-") and (config_dir := _zero_shot(one).text_encoder.model_config_dir):
+        return {"text_encoder_config": storage.content_digest(config_dir)}
     return {}
 
 
@@ -147,7 +162,7 @@ def _answer_and_score(one: EvaluateConfig, output: str, storage: Storage, engine
     nlp, encoder = scorers(one, inputs, nlp, encoder)
     name = one.models[0].name
     responses, inferred = answer_all(one, inputs.tasks, output, storage, engine_factory)
-    classes = {dataset.name: zeroshot.class_embeddings(names, encoder, one.zero_shot)
+    classes = {dataset.name: zeroshot.class_embeddings(names, encoder, _zero_shot(one))
                for dataset, _, names in inputs.zero_shot}
     resources = {"amber_nlp": getattr(nlp, "description", None),
                  "zero_shot_text_encoder": getattr(encoder, "description", None), "cpu": determinism.record()}

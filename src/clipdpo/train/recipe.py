@@ -315,6 +315,7 @@ class TrainRun:
             epoch, batch_in_epoch = self.plan.position(step)
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(self.index, self.cfg.seed, epoch)
+            assert order is not None  # set at the first step: an epoch change from -1
             global_batch = order[batch_in_epoch * size:(batch_in_epoch + 1) * size]
             parts = rank_micro_batches(global_batch, self.ctx.rank, self.ctx.world_size, self.plan.accumulation)
             for m, positions in enumerate(parts):
@@ -323,13 +324,15 @@ class TrainRun:
     def train(self, callbacks: list[Callback]) -> None:
         """Micro-batches, their losses and gradients, optimizer steps; callbacks after each step."""
         last = self.plan.accumulation - 1
+        objective = self.objective
+        if objective is None:
+            raise RuntimeError("the training run's objective is set up before train()")
         self.backend.train(True)
         stats, step_started = StepStats.zero(), time.monotonic()
         for (step, m, positions), cpu_batch in prefetch(self.schedule(), lambda item: self.store.batch(item[2])):
             batch = self.with_image_features({k: v.to(self.ctx.device) for k, v in cpu_batch.items()})
             with self.backend.micro_step(last=m == last):
-                losses, chosen_rewards, rejected_rewards = self.objective.losses(self.backend, batch, positions,
-                                                                                 step)
+                losses, chosen_rewards, rejected_rewards = objective.losses(self.backend, batch, positions, step)
                 self.backend.backward(losses.mean())
             stats.add(losses, chosen_rewards, rejected_rewards, self.backend.layout.tokens(batch))
             if m < last:
