@@ -20,12 +20,16 @@ from clipdpo.evaluate import amber
 from clipdpo.evaluate.nlp import SpacyNLP
 
 ROOT = Path(__file__).resolve().parent.parent
-NOUNS = ("dog cat car tree grass man woman child table chair cup bottle bench umbrella bicycle horse bird sky "
-         "cloud road building window door street boat water beach sand mountain flower plate pizza phone "
-         "laptop book bag shoe hat shirt fence train bus truck sign light clock kite ball frisbee").split()
-TEMPLATES = ["In the picture there is a {} next to a {}, while a {} stands near the {}.",
-             "A {} and a {} can be seen under the {}; behind them a {} is visible.",
-             "The image shows several {}s beside a {} and a {} on a sunny day with a {}."]
+NOUNS = (
+    "dog cat car tree grass man woman child table chair cup bottle bench umbrella bicycle horse bird sky "
+    "cloud road building window door street boat water beach sand mountain flower plate pizza phone "
+    "laptop book bag shoe hat shirt fence train bus truck sign light clock kite ball frisbee"
+).split()
+TEMPLATES = [
+    "In the picture there is a {} next to a {}, while a {} stands near the {}.",
+    "A {} and a {} can be seen under the {}; behind them a {} is visible.",
+    "The image shows several {}s beside a {} and a {} on a sunny day with a {}.",
+]
 
 
 def synthetic(n: int, seed: int = 0):
@@ -37,7 +41,7 @@ def synthetic(n: int, seed: int = 0):
         hallu = rng.sample([w for w in NOUNS if w not in truth], 4)
         annotations.append({"id": item_id, "type": "generative", "truth": truth, "hallu": hallu})
         words = rng.sample(truth, 3) + rng.sample(NOUNS, 5)
-        responses[item_id] = " ".join(t.format(*words[k:k + 4]) for k, t in zip((0, 4), rng.sample(TEMPLATES, 2)))
+        responses[item_id] = " ".join(t.format(*words[k : k + 4]) for k, t in zip((0, 4), rng.sample(TEMPLATES, 2)))
     data = amber.AmberData(annotations, relation, ["sky"], {})
     return data, responses
 
@@ -72,10 +76,15 @@ def main() -> int:
     matching = timed(lambda: amber.evaluate(data, responses, given, evaluation_type="g"))
     result = amber.evaluate(data, responses, nlp, evaluation_type="g")["generative"]
     words = sum(len(r.split()) for r in responses.values()) / len(responses)
-    out = {"responses": len(responses), "mean_words": round(words, 1), "nlp": nlp.description,
-           "seconds_per_1000_full": round(full * 1000 / len(responses), 3),
-           "seconds_per_1000_matching": round(matching * 1000 / len(responses), 3),
-           "metrics": result, "target_seconds_per_1000": 1.0}
+    out = {
+        "responses": len(responses),
+        "mean_words": round(words, 1),
+        "nlp": nlp.description,
+        "seconds_per_1000_full": round(full * 1000 / len(responses), 3),
+        "seconds_per_1000_matching": round(matching * 1000 / len(responses), 3),
+        "metrics": result,
+        "target_seconds_per_1000": 1.0,
+    }
     print(json.dumps(out, indent=2))
     (ROOT / "bench-results").mkdir(exist_ok=True)
     (ROOT / "bench-results" / "amber.json").write_text(json.dumps(out, indent=2))

@@ -21,8 +21,10 @@ from train_timing import timed_train, tiny_llava_and_pairs
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ARMS = {"dpo": dict(method="clipdpo", epochs=1),
-        "povid": dict(method="povid", povid={"stage1_epochs": 0, "stage2_epochs": 1, "noisy_every": 1})}
+ARMS = {
+    "dpo": dict(method="clipdpo", epochs=1),
+    "povid": dict(method="povid", povid={"stage1_epochs": 0, "stage2_epochs": 1, "noisy_every": 1}),
+}
 
 
 def run_arm(model: str, pairs: str, output: str, batch: int, max_length: int, settings: dict) -> dict:
@@ -41,11 +43,19 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     with tiny_llava_and_pairs("povid", args.pairs, n_shards=2) as (work, model, pairs):
-        arms = {name: run_arm(model, pairs, str(work / name), args.batch, args.max_length, settings)
-                for name, settings in ARMS.items()}
+        arms = {
+            name: run_arm(model, pairs, str(work / name), args.batch, args.max_length, settings)
+            for name, settings in ARMS.items()
+        }
     ratio = arms["povid"]["samples_per_s_loop"] / arms["dpo"]["samples_per_s_loop"]
-    result = {"pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "threads": args.threads,
-              **arms, "povid_vs_dpo_loop": ratio}
+    result = {
+        "pairs": args.pairs,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "threads": args.threads,
+        **arms,
+        "povid_vs_dpo_loop": ratio,
+    }
     print("| arm | steps | loop seconds | samples/s |\n|---|---|---|---|")
     for name, arm in arms.items():
         print(f"| {name} | {arm['steps']} | {arm['loop_seconds']:.2f} | {arm['samples_per_s_loop']:.1f} |")

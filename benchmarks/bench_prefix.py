@@ -3,7 +3,8 @@
 The model is narrow but laid out like LLaVA-1.5: a CLIP tower at 336 px with 14 px patches (576
 image tokens in front of every prompt), a 2-layer 256-wide Llama (4 heads, MLP 688 = LLaMA's
 2.69x; `--layers` for a deeper one: the shared prefix's last layer runs only where the loss reads
-its output, lastlayer.py, which saves ~1/layers of the work, so depth moves the ratios) and the tiny tokenizer (vocabulary ~400: at this width the head then costs about what
+its output, lastlayer.py, which saves ~1/layers of the work, so depth moves the ratios) and the tiny tokenizer
+(vocabulary ~400: at this width the head then costs about what
 a 32k head costs next to a 7B model's layers, ~5% of a position's work). Prompts and responses
 are random words of the tokenizer's corpus with token counts drawn from a seeded distribution:
 prompt ~ U{20..40}, chosen and rejected ~ U{40..120} independently (text tokens; the chat
@@ -73,10 +74,17 @@ def make_texts(tokenizer, n: int, seed: int) -> list[tuple[str, str, str]]:
     vocabulary = sorted(set(_CORPUS.split()) - {".", "?", ":"})
     rows = []
     for _ in range(n):
-        p, c, r = rng.integers(PROMPT_TOKENS[0], PROMPT_TOKENS[1] + 1), *rng.integers(
-            RESPONSE_TOKENS[0], RESPONSE_TOKENS[1] + 1, size=2)
-        rows.append((words_of(tokenizer, rng, p, vocabulary), words_of(tokenizer, rng, c, vocabulary),
-                     words_of(tokenizer, rng, r, vocabulary)))
+        p, c, r = (
+            rng.integers(PROMPT_TOKENS[0], PROMPT_TOKENS[1] + 1),
+            *rng.integers(RESPONSE_TOKENS[0], RESPONSE_TOKENS[1] + 1, size=2),
+        )
+        rows.append(
+            (
+                words_of(tokenizer, rng, p, vocabulary),
+                words_of(tokenizer, rng, c, vocabulary),
+                words_of(tokenizer, rng, r, vocabulary),
+            )
+        )
     return rows
 
 
@@ -90,23 +98,39 @@ def text_token_stats(tokenizer, texts) -> dict:
 
 def run_ours(model: str, pairs: str, work: Path, forward: str, batch: int, max_length: int) -> dict:
     from clipdpo.storage import Storage, join
-    from clipdpo.train.config import TrainConfig
     from clipdpo.train import run as train
+    from clipdpo.train.config import TrainConfig
 
     output = str(work / f"ours-{forward}")
-    cfg = TrainConfig(model=model, learning_rate=5e-6, global_batch_size=batch, per_device_batch_size=batch,
-                      max_length=max_length, warmup_ratio=0.0, epochs=1, save_steps=10**6, forward=forward,
-                      reference_cache=str(work / f"refcache-{forward}"))  # a first run: no cache to reuse
+    cfg = TrainConfig(
+        model=model,
+        learning_rate=5e-6,
+        global_batch_size=batch,
+        per_device_batch_size=batch,
+        max_length=max_length,
+        warmup_ratio=0.0,
+        epochs=1,
+        save_steps=10**6,
+        forward=forward,
+        reference_cache=str(work / f"refcache-{forward}"),
+    )  # a first run: no cache to reuse
     started, cpu_started = time.monotonic(), time.process_time()
     summary = train(cfg, pairs, output)
     total, cpu = time.monotonic() - started, time.process_time() - cpu_started
     rows = [json.loads(line) for line in Storage().read_bytes(join(output, "metrics.jsonl")).decode().splitlines()]
     samples = batch * len(rows)
     loop = sum(r["seconds"] for r in rows)
-    return {"samples": samples, "loop_seconds": round(loop, 2), "first_run_seconds": round(total, 2),
-            "first_run_cpu_seconds": round(cpu, 2),
-            "samples_per_s_loop": samples / loop, "samples_per_s_first_run": samples / total,
-            "losses": [r["loss"] for r in rows], "data": summary["data"], "image_features": summary["image_features"]}
+    return {
+        "samples": samples,
+        "loop_seconds": round(loop, 2),
+        "first_run_seconds": round(total, 2),
+        "first_run_cpu_seconds": round(cpu, 2),
+        "samples_per_s_loop": samples / loop,
+        "samples_per_s_first_run": samples / total,
+        "losses": [r["loss"] for r in rows],
+        "data": summary["data"],
+        "image_features": summary["image_features"],
+    }
 
 
 def live_tensor_peak_mode():
@@ -153,28 +177,34 @@ class Layouts:
     """The two forwards on pre-encoded batches, as the training loop and the reference pass run them."""
 
     def __init__(self, model_path: str, texts, batch: int, max_length: int):
+        import torch
+        from pairs_fixture import png
         from PIL import Image
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        import torch
-
         from clipdpo.train import imagefeatures, layouts
         from clipdpo.train.encode import PairEncoder
-        from pairs_fixture import png
 
         processor = AutoProcessor.from_pretrained(model_path)
         self.model = LlavaForConditionalGeneration.from_pretrained(model_path)
         self.model.model.vision_tower.requires_grad_(False)  # clipdpo's default trainable set
         # the training run's layouts; the shared prefix switches SDPA to its block-sparse form,
         # which leaves the concatenated batches on plain SDPA
-        self.layouts = {"concatenated": layouts.choose("concatenated", self.model),
-                        "shared_prefix": layouts.choose("shared_prefix", self.model)}
+        self.layouts = {
+            "concatenated": layouts.choose("concatenated", self.model),
+            "shared_prefix": layouts.choose("shared_prefix", self.model),
+        }
         encoder = PairEncoder(processor, max_length)
         pad = processor.tokenizer.pad_token_id
         examples = [(Image.open(io.BytesIO(png(k))).convert("RGB"), *t) for k, t in enumerate(texts)]
-        encoded = [encoder.encode_batch(examples[s:s + batch], True) for s in range(0, len(examples), batch)]
-        self.batches = {name: [{**layout.collate(e, pad), "image_ids": torch.arange(s * batch, s * batch + len(e))}
-                               for s, e in enumerate(encoded)] for name, layout in self.layouts.items()}
+        encoded = [encoder.encode_batch(examples[s : s + batch], True) for s in range(0, len(examples), batch)]
+        self.batches = {
+            name: [
+                {**layout.collate(e, pad), "image_ids": torch.arange(s * batch, s * batch + len(e))}
+                for s, e in enumerate(encoded)
+            ]
+            for name, layout in self.layouts.items()
+        }
         self.features = imagefeatures.ImageFeatureCache(self.model, 2**30)  # what a run's loop reads
 
     def logps(self, layout: str, batch: dict):
@@ -191,8 +221,9 @@ class Layouts:
         sums = self.logps(layout, batch)
         n = len(sums) // 2
         zeros = torch.zeros(n)
-        losses, _, _ = preference_loss(sums[:n], sums[n:], zeros, zeros, loss_type="sigmoid", beta=0.1,
-                                       label_smoothing=0.0)
+        losses, _, _ = preference_loss(
+            sums[:n], sums[n:], zeros, zeros, loss_type="sigmoid", beta=0.1, label_smoothing=0.0
+        )
         losses.mean().backward()
         self.model.zero_grad(set_to_none=True)
         return float(losses.mean().detach())
@@ -231,8 +262,12 @@ class Layouts:
         import torch
         from torch.profiler import ProfilerActivity, profile
 
-        parts = {"vision_tower": self.model.model.vision_tower, "projector": self.model.model.multi_modal_projector,
-                 "language_model": self.model.model.language_model, "lm_head": self.model.lm_head}
+        parts = {
+            "vision_tower": self.model.model.vision_tower,
+            "projector": self.model.model.multi_modal_projector,
+            "language_model": self.model.model.language_model,
+            "lm_head": self.model.lm_head,
+        }
         seconds = dict.fromkeys(parts, 0.0)
         starts = {}
 
@@ -269,19 +304,22 @@ class Layouts:
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         own = sum(e.self_cpu_time_total for e in events)
         forward = sum(seconds.values())
-        return {"seconds_profiled": round(total, 3),
-                "parts_share": {k: round(v / total, 3) for k, v in seconds.items()},
-                ("rest_share (loss + backward)" if train else "rest_share (log-probs, masks)"):
-                    round(1 - forward / total, 3),
-                "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / own, 3) for e in events[:10]}}
+        return {
+            "seconds_profiled": round(total, 3),
+            "parts_share": {k: round(v / total, 3) for k, v in seconds.items()},
+            ("rest_share (loss + backward)" if train else "rest_share (log-probs, masks)"): round(
+                1 - forward / total, 3
+            ),
+            "top_ops_self_cpu_share": {e.key: round(e.self_cpu_time_total / own, 3) for e in events[:10]},
+        }
 
 
 def measure(args, work: Path) -> dict:
+    from bench_train import run_trl
+    from pairs_fixture import write_pairs
     from transformers import AutoTokenizer
 
-    from bench_train import run_trl
     from clipdpo.demo.models import LlavaShape, build_tiny_llava
-    from pairs_fixture import write_pairs
 
     shape = {**SHAPE, "layers": args.layers}
     model = build_tiny_llava(str(work / "narrow-llava"), shape=LlavaShape(**shape))
@@ -292,37 +330,57 @@ def measure(args, work: Path) -> dict:
     for layout in ("concatenated", "shared_prefix"):  # warm-up: lazy imports, first allocations
         layouts.dpo_step(layout, layouts.batches[layout][0])
     reference = {layout: layouts.reference_pass(layout) for layout in ("concatenated", "shared_prefix")}
-    memory = {layout: {"train_step": layouts.peak_bytes(layout, True),
-                       "reference_forward": layouts.peak_bytes(layout, False)}
-              for layout in ("concatenated", "shared_prefix")}
-    profile = {f"{layout} {part}": layouts.profile(layout, part == "training step")
-               for layout in ("concatenated", "shared_prefix") for part in ("training step", "reference forward")}
+    memory = {
+        layout: {"train_step": layouts.peak_bytes(layout, True), "reference_forward": layouts.peak_bytes(layout, False)}
+        for layout in ("concatenated", "shared_prefix")
+    }
+    profile = {
+        f"{layout} {part}": layouts.profile(layout, part == "training step")
+        for layout in ("concatenated", "shared_prefix")
+        for part in ("training step", "reference forward")
+    }
     del layouts
-    ours = {forward: run_ours(model, pairs, work, forward, args.batch, args.max_length)
-            for forward in ("concatenated", "shared_prefix")}
+    ours = {
+        forward: run_ours(model, pairs, work, forward, args.batch, args.max_length)
+        for forward in ("concatenated", "shared_prefix")
+    }
     cpu_started = time.process_time()
     peer = run_trl(model, pairs, str(work / "trl"), args.batch, args.max_length, 5e-6)
     peer["cpu_seconds_incl_dataset"] = round(time.process_time() - cpu_started, 2)
     concatenated, shared = ours["concatenated"], ours["shared_prefix"]
     return {
-        "pairs": args.pairs, "batch": args.batch, "max_length": args.max_length, "seed": args.seed,
-        "torch_threads": 1, "model": shape, "text_tokens": text_token_stats(tokenizer, texts),
-        "clipdpo": ours, "reference_pass": reference, "peak_memory_bytes": memory, "profile": profile, "trl": peer,
+        "pairs": args.pairs,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "torch_threads": 1,
+        "model": shape,
+        "text_tokens": text_token_stats(tokenizer, texts),
+        "clipdpo": ours,
+        "reference_pass": reference,
+        "peak_memory_bytes": memory,
+        "profile": profile,
+        "trl": peer,
         "loop_speedup_vs_concatenated": shared["samples_per_s_loop"] / concatenated["samples_per_s_loop"],
-        "peak_memory_ratio_vs_concatenated": (memory["shared_prefix"]["train_step"]
-                                              / memory["concatenated"]["train_step"]),
-        "reference_pass_speedup_vs_concatenated": (reference["shared_prefix"]["samples_per_s"]
-                                                   / reference["concatenated"]["samples_per_s"]),
-        "reference_peak_memory_ratio_vs_concatenated": (memory["shared_prefix"]["reference_forward"]
-                                                        / memory["concatenated"]["reference_forward"]),
-        "first_run_speedup_vs_concatenated": (shared["samples_per_s_first_run"]
-                                              / concatenated["samples_per_s_first_run"]),
+        "peak_memory_ratio_vs_concatenated": (
+            memory["shared_prefix"]["train_step"] / memory["concatenated"]["train_step"]
+        ),
+        "reference_pass_speedup_vs_concatenated": (
+            reference["shared_prefix"]["samples_per_s"] / reference["concatenated"]["samples_per_s"]
+        ),
+        "reference_peak_memory_ratio_vs_concatenated": (
+            memory["shared_prefix"]["reference_forward"] / memory["concatenated"]["reference_forward"]
+        ),
+        "first_run_speedup_vs_concatenated": (
+            shared["samples_per_s_first_run"] / concatenated["samples_per_s_first_run"]
+        ),
         "first_run_speedup_vs_trl": shared["samples_per_s_first_run"] / peer["samples_per_s"],
         "concatenated_first_run_speedup_vs_trl": concatenated["samples_per_s_first_run"] / peer["samples_per_s"],
         # CPU seconds of this process: the same ratio, less exposed to other processes on a shared machine
         "first_run_cpu_speedup_vs_trl": peer["cpu_seconds_incl_dataset"] / shared["first_run_cpu_seconds"],
-        "concatenated_first_run_cpu_speedup_vs_trl": (peer["cpu_seconds_incl_dataset"]
-                                                      / concatenated["first_run_cpu_seconds"]),
+        "concatenated_first_run_cpu_speedup_vs_trl": (
+            peer["cpu_seconds_incl_dataset"] / concatenated["first_run_cpu_seconds"]
+        ),
         "loss_max_abs_difference": max(abs(a - b) for a, b in zip(concatenated["losses"], shared["losses"])),
     }
 
@@ -332,21 +390,34 @@ def table(result: dict) -> str:
     ours, ref, mem, trl = result["clipdpo"], result["reference_pass"], result["peak_memory_bytes"], result["trl"]
     lines = ["| variant | samples/s | peak memory (one step) |", "|---|---|---|"]
     for forward in ("concatenated", "shared_prefix"):
-        lines += [f"| clipdpo {forward}, training loop | {ours[forward]['samples_per_s_loop']:.2f} | "
-                  f"{mib(mem[forward]['train_step'])} |",
-                  f"| clipdpo {forward}, reference pass | {ref[forward]['samples_per_s']:.2f} | "
-                  f"{mib(mem[forward]['reference_forward'])} |",
-                  f"| clipdpo {forward}, first run (index + reference + loop + save) | "
-                  f"{ours[forward]['samples_per_s_first_run']:.2f} | |"]
-    lines += [f"| TRL DPOTrainer.train() | {trl['samples_per_s']:.2f} | |",
-              f"| TRL incl. dataset preparation | {trl['samples_per_s_total']:.2f} | |"]
-    keys = ("loop_speedup_vs_concatenated", "peak_memory_ratio_vs_concatenated",
-            "reference_pass_speedup_vs_concatenated",
-            "first_run_speedup_vs_concatenated", "first_run_speedup_vs_trl", "concatenated_first_run_speedup_vs_trl",
-            "first_run_cpu_speedup_vs_trl", "concatenated_first_run_cpu_speedup_vs_trl")
+        lines += [
+            f"| clipdpo {forward}, training loop | {ours[forward]['samples_per_s_loop']:.2f} | "
+            f"{mib(mem[forward]['train_step'])} |",
+            f"| clipdpo {forward}, reference pass | {ref[forward]['samples_per_s']:.2f} | "
+            f"{mib(mem[forward]['reference_forward'])} |",
+            f"| clipdpo {forward}, first run (index + reference + loop + save) | "
+            f"{ours[forward]['samples_per_s_first_run']:.2f} | |",
+        ]
+    lines += [
+        f"| TRL DPOTrainer.train() | {trl['samples_per_s']:.2f} | |",
+        f"| TRL incl. dataset preparation | {trl['samples_per_s_total']:.2f} | |",
+    ]
+    keys = (
+        "loop_speedup_vs_concatenated",
+        "peak_memory_ratio_vs_concatenated",
+        "reference_pass_speedup_vs_concatenated",
+        "first_run_speedup_vs_concatenated",
+        "first_run_speedup_vs_trl",
+        "concatenated_first_run_speedup_vs_trl",
+        "first_run_cpu_speedup_vs_trl",
+        "concatenated_first_run_cpu_speedup_vs_trl",
+    )
     lines += [f"{key}: {result[key]:.2f}" for key in keys]
-    lines += [f"images encoded / reused, {forward} first run: {ours[forward]['image_features'].get('encoded', '-')} / "
-              f"{ours[forward]['image_features'].get('reused', '-')}" for forward in ("concatenated", "shared_prefix")]
+    lines += [
+        f"images encoded / reused, {forward} first run: {ours[forward]['image_features'].get('encoded', '-')} / "
+        f"{ours[forward]['image_features'].get('reused', '-')}"
+        for forward in ("concatenated", "shared_prefix")
+    ]
     return "\n".join(lines)
 
 
@@ -356,9 +427,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=16)
-    parser.add_argument("--layers", type=int, default=2,
-                        help="language-model layers (2: the issue's narrow model; more shows how the last layer's "
-                             "saving at prefix positions, ~1/layers of the work, thins out with depth)")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=2,
+        help="language-model layers (2: the issue's narrow model; more shows how the last layer's "
+        "saving at prefix positions, ~1/layers of the work, thins out with depth)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from clipdpo.demo import models as tiny
-from clipdpo.artifacts import Artifact, ArtifactWriter
-from clipdpo.schemas import CANDIDATES
 from clipdpo import ingest, score
+from clipdpo.artifacts import Artifact, ArtifactWriter
+from clipdpo.demo import models as tiny
+from clipdpo.schemas import CANDIDATES
 from clipdpo.score.scorer import ScorerConfig
 from clipdpo.storage import Storage
 
@@ -41,18 +41,38 @@ def main() -> int:
             for image_id in images.read_shard(name, columns=["image_id"]).column("image_id").to_pylist():
                 for k in range(captions_per_image):
                     text = f"a photo number {k % 10} of {image_id}"  # repeats: unique texts < rows
-                    rows.append(dict.fromkeys(CANDIDATES.names) | dict(
-                        image_id=image_id, candidate_id=f"{image_id}/c{k}", kind="caption", model="m",
-                        prompt_id=k % 5, prompt="Describe.", text=text))
+                    rows.append(
+                        dict.fromkeys(CANDIDATES.names)
+                        | dict(
+                            image_id=image_id,
+                            candidate_id=f"{image_id}/c{k}",
+                            kind="caption",
+                            model="m",
+                            prompt_id=k % 5,
+                            prompt="Describe.",
+                            text=text,
+                        )
+                    )
                 for q in range(questions_per_image):
-                    rows.append(dict.fromkeys(CANDIDATES.names) | dict(
-                        image_id=image_id, candidate_id=f"{image_id}/q{q}", kind="qa", model="llm", prompt_id=q,
-                        prompt="What is in the image?", question="What is in the image?",
-                        answer_pos=f"thing {q}", answer_neg=f"other {q}"))
+                    rows.append(
+                        dict.fromkeys(CANDIDATES.names)
+                        | dict(
+                            image_id=image_id,
+                            candidate_id=f"{image_id}/q{q}",
+                            kind="qa",
+                            model="llm",
+                            prompt_id=q,
+                            prompt="What is in the image?",
+                            question="What is in the image?",
+                            answer_pos=f"thing {q}",
+                            answer_neg=f"other {q}",
+                        )
+                    )
             writer.write_shard(name, pa.Table.from_pylist(rows, schema=CANDIDATES))
         writer.finalize(images.shard_names)
-        config = ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None,
-                              model_config_dir=models["clip_config_dir"])
+        config = ScorerConfig(
+            model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=models["clip_config_dir"]
+        )
         started = time.monotonic()
         stats = score.run(config, str(work / "candidates"), str(work / "scores"))
         seconds = time.monotonic() - started

@@ -21,8 +21,12 @@ def pandas_pairs(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
     text_ids = df.loc[df["category"] == cfg.text_category, "image_id"].unique()
     keep_ids = set(text_ids[hash_unit_interval(list(text_ids), cfg.downsample_seed) < cfg.text_keep_fraction])
     df = df[(df["category"] != cfg.text_category) | df["image_id"].isin(keep_ids)]
-    caps = df[(df["kind"] == "caption") & (df["text"].str.strip().str.len() > 0)
-              & (df["clip_score"] >= cfg.caption_min_score) & (df["clip_tokens"] <= df["clip_context"])]
+    caps = df[
+        (df["kind"] == "caption")
+        & (df["text"].str.strip().str.len() > 0)
+        & (df["clip_score"] >= cfg.caption_min_score)
+        & (df["clip_tokens"] <= df["clip_context"])
+    ]
     caps = caps.reset_index(drop=True)
     caps["row"] = caps.index
     merged = caps.merge(caps, on="image_id", suffixes=("_a", "_b"))
@@ -45,8 +49,9 @@ def main(scores_uri: str, out_path: str) -> None:
     cfg = FilterConfig()
     artifact = Artifact.open(Storage(), scores_uri, kind="scores")
     parts = []
-    for _, table in artifact.iter_shards(columns=["image_id", "kind", "category", "text", "clip_score",
-                                                  "clip_tokens", "clip_context", "n_words"]):
+    for _, table in artifact.iter_shards(
+        columns=["image_id", "kind", "category", "text", "clip_score", "clip_tokens", "clip_context", "n_words"]
+    ):
         parts.append(pandas_pairs(table.to_pandas(), cfg))
     result = pd.concat(parts, ignore_index=True)
     pq.write_table(__import__("pyarrow").Table.from_pandas(result, preserve_index=False), out_path)

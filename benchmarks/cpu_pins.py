@@ -48,8 +48,10 @@ def run(env: dict[str, str]) -> dict:
 
 def main() -> None:
     base = {k: v for k, v in determinism.child_env().items() if k not in determinism.PINNED_VARIABLES}
-    settings = {"unpinned, 1 thread": {**base, "OMP_NUM_THREADS": "1"},
-                "unpinned, 2 threads": {**base, "OMP_NUM_THREADS": "2"}}
+    settings = {
+        "unpinned, 1 thread": {**base, "OMP_NUM_THREADS": "1"},
+        "unpinned, 2 threads": {**base, "OMP_NUM_THREADS": "2"},
+    }
     for capability in determinism.CAPABILITIES:
         for threads in (1, 2):
             pins = determinism.CpuPins(threads=threads, capability=capability)
@@ -62,8 +64,9 @@ def main() -> None:
     for name, env in settings.items():
         found = run(env)
         reference = reference or found
-        diffs = {k: max(abs(p - q) for p, q in zip(found["values"][k], reference["values"][k]))
-                 for k in found["values"]}
+        diffs = {
+            k: max(abs(p - q) for p, q in zip(found["values"][k], reference["values"][k])) for k in found["values"]
+        }
         cells = "  ".join(f"{k}={h} ({diffs[k]:.1e})" for k, h in found["hashes"].items())
         print(f"{name:<38} torch {found['capability']:<7} {found['threads']}t  {cells}")
 

@@ -39,8 +39,9 @@ def ingest(run_root: str, source: str, config_json: str, metrics: Output[Metrics
 
 
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
-def generate_shard(run_root: str, images_uri: str, config_json: str, shard_index: int, shard_count: int,
-                   metrics: Output[Metrics]) -> str:
+def generate_shard(
+    run_root: str, images_uri: str, config_json: str, shard_index: int, shard_count: int, metrics: Output[Metrics]
+) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import generate_step
 
@@ -49,8 +50,14 @@ def generate_shard(run_root: str, images_uri: str, config_json: str, shard_index
 
 
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
-def generate_finalize(run_root: str, images_uri: str, shard_outputs: List[str], config_json: str, shard_count: int,
-                      metrics: Output[Metrics]) -> str:
+def generate_finalize(
+    run_root: str,
+    images_uri: str,
+    shard_outputs: List[str],
+    config_json: str,
+    shard_count: int,
+    metrics: Output[Metrics],
+) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import generate_step
 
@@ -59,8 +66,9 @@ def generate_finalize(run_root: str, images_uri: str, shard_outputs: List[str], 
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
-def score_shard(run_root: str, candidates_uri: str, config_json: str, shard_index: int, shard_count: int,
-                metrics: Output[Metrics]) -> str:
+def score_shard(
+    run_root: str, candidates_uri: str, config_json: str, shard_index: int, shard_count: int, metrics: Output[Metrics]
+) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import score_step
 
@@ -69,8 +77,14 @@ def score_shard(run_root: str, candidates_uri: str, config_json: str, shard_inde
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
-def score_finalize(run_root: str, candidates_uri: str, shard_outputs: List[str], config_json: str, shard_count: int,
-                   metrics: Output[Metrics]) -> str:
+def score_finalize(
+    run_root: str,
+    candidates_uri: str,
+    shard_outputs: List[str],
+    config_json: str,
+    shard_count: int,
+    metrics: Output[Metrics],
+) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import score_step
 
@@ -101,8 +115,9 @@ def povid_placement(config_json: str, train_config_json: str, metrics: Output[Me
 
 # The LLM injection runs through the generate stage's engines (vLLM): its image, and a GPU on a cluster
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
-def povid_pairs(run_root: str, images_uri: str, config_json: str, train_config_json: str,
-                metrics: Output[Metrics]) -> str:
+def povid_pairs(
+    run_root: str, images_uri: str, config_json: str, train_config_json: str, metrics: Output[Metrics]
+) -> str:
     """POVID's pairs (ground truth preferred, injected hallucinations dispreferred) rewritten by an LLM: the
     branch for povid_placement "gpu"."""
     import time
@@ -116,8 +131,9 @@ def povid_pairs(run_root: str, images_uri: str, config_json: str, train_config_j
 
 # The same step where it needs no GPU: the light filter image, CPU requests only
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
-def povid_pairs_cpu(run_root: str, images_uri: str, config_json: str, train_config_json: str,
-                    metrics: Output[Metrics]) -> str:
+def povid_pairs_cpu(
+    run_root: str, images_uri: str, config_json: str, train_config_json: str, metrics: Output[Metrics]
+) -> str:
     """POVID's pairs where no GPU is needed (povid_placement "cpu"): a plugin rewriter, an injector on the
     CPU, or "" at once for method clipdpo."""
     import time
@@ -130,8 +146,9 @@ def povid_pairs_cpu(run_root: str, images_uri: str, config_json: str, train_conf
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
-def training_pairs(run_root: str, clipdpo_pairs_uri: str, povid_pairs_uri: str, train_config_json: str,
-                   metrics: Output[Metrics]) -> str:
+def training_pairs(
+    run_root: str, clipdpo_pairs_uri: str, povid_pairs_uri: str, train_config_json: str, metrics: Output[Metrics]
+) -> str:
     """What train consumes, by its config's method: the CLIP-DPO pairs, POVID's, or their union (both)."""
     import time
 
@@ -139,30 +156,59 @@ def training_pairs(run_root: str, clipdpo_pairs_uri: str, povid_pairs_uri: str, 
     from clipdpo.steps import training_pairs_step
 
     started = time.monotonic()
-    return log_pairs(metrics, training_pairs_step(run_root, train_config_json, clipdpo_pairs_uri, povid_pairs_uri),
-                     started)
+    return log_pairs(
+        metrics, training_pairs_step(run_root, train_config_json, clipdpo_pairs_uri, povid_pairs_uri), started
+    )
 
 
 @dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)
-def train(run_root: str, pairs_uri: str, config_json: str, launcher: str, image: str, nodes: int,
-          gpus_per_node: int, s3_secret: str, node_selector_json: str, tolerations_json: str,
-          timeout_hours: float, queue_name: str, runtime: str, schedule_timeout_minutes: float,
-          startup_timeout_minutes: float, admission_timeout_minutes: float, metrics: Output[Metrics]) -> str:
+def train(
+    run_root: str,
+    pairs_uri: str,
+    config_json: str,
+    launcher: str,
+    image: str,
+    nodes: int,
+    gpus_per_node: int,
+    s3_secret: str,
+    node_selector_json: str,
+    tolerations_json: str,
+    timeout_hours: float,
+    queue_name: str,
+    runtime: str,
+    schedule_timeout_minutes: float,
+    startup_timeout_minutes: float,
+    admission_timeout_minutes: float,
+    metrics: Output[Metrics],
+) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import train_step
 
     with logged(metrics, "train", run_root):
-        return train_step(run_root, config_json, launcher=launcher, pairs_uri=pairs_uri, image=image, nodes=nodes,
-                          gpus_per_node=gpus_per_node, s3_secret=s3_secret, node_selector_json=node_selector_json,
-                          tolerations_json=tolerations_json, timeout_hours=timeout_hours, queue_name=queue_name,
-                          runtime=runtime, schedule_timeout_minutes=schedule_timeout_minutes,
-                          startup_timeout_minutes=startup_timeout_minutes,
-                          admission_timeout_minutes=admission_timeout_minutes)
+        return train_step(
+            run_root,
+            config_json,
+            launcher=launcher,
+            pairs_uri=pairs_uri,
+            image=image,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            s3_secret=s3_secret,
+            node_selector_json=node_selector_json,
+            tolerations_json=tolerations_json,
+            timeout_hours=timeout_hours,
+            queue_name=queue_name,
+            runtime=runtime,
+            schedule_timeout_minutes=schedule_timeout_minutes,
+            startup_timeout_minutes=startup_timeout_minutes,
+            admission_timeout_minutes=admission_timeout_minutes,
+        )
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
-def plan_evaluation(run_root: str, model_uri: str, train_config_json: str, config_json: str,
-                    metrics: Output[Metrics]) -> List[str]:
+def plan_evaluation(
+    run_root: str, model_uri: str, train_config_json: str, config_json: str, metrics: Output[Metrics]
+) -> List[str]:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import evaluation_plan
 
@@ -171,8 +217,7 @@ def plan_evaluation(run_root: str, model_uri: str, train_config_json: str, confi
 
 
 @dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
-def evaluate_task(run_root: str, train_config_json: str, config_json: str, item: str,
-                  metrics: Output[Metrics]) -> str:
+def evaluate_task(run_root: str, train_config_json: str, config_json: str, item: str, metrics: Output[Metrics]) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import evaluate_task_step
 
@@ -181,8 +226,14 @@ def evaluate_task(run_root: str, train_config_json: str, config_json: str, item:
 
 
 @dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
-def evaluate_merge(run_root: str, model_uri: str, task_records: List[str], train_config_json: str,
-                   config_json: str, metrics: Output[Metrics]) -> str:
+def evaluate_merge(
+    run_root: str,
+    model_uri: str,
+    task_records: List[str],
+    train_config_json: str,
+    config_json: str,
+    metrics: Output[Metrics],
+) -> str:
     from clipdpo.report.step_metrics import logged
     from clipdpo.steps import evaluate_merge_step
 
@@ -200,8 +251,13 @@ def gate(run_root: str, report_uri: str, config_json: str, metrics: Output[Metri
 
 
 @dsl.component(base_image=SETTINGS.image("evaluate"), install_kfp_package=False)
-def report(run_root: str, evaluation_uri: str, metrics: Output[Metrics], report_html: Output[HTML],
-           report_markdown: Output[Markdown]) -> str:
+def report(
+    run_root: str,
+    evaluation_uri: str,
+    metrics: Output[Metrics],
+    report_html: Output[HTML],
+    report_markdown: Output[Markdown],
+) -> str:
     """The run report (figures, headline, examples) as the run page's HTML and Markdown, and on S3."""
     from clipdpo.report.build import write
     from clipdpo.report.step_metrics import logged
@@ -217,8 +273,10 @@ def report(run_root: str, evaluation_uri: str, metrics: Output[Metrics], report_
 
 RUN_FIELD = "metadata.labels['workflows.argoproj.io/workflow']"  # Argo labels every pod of a run with it
 # A step that follows a days-long job: cluster-autoscaler and Karpenter do not evict it to consolidate nodes
-LAUNCHER_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
-                        "karpenter.sh/do-not-disrupt": "true"}
+LAUNCHER_ANNOTATIONS = {
+    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+    "karpenter.sh/do-not-disrupt": "true",
+}
 
 
 def _uri(task):
@@ -229,16 +287,18 @@ def _uri(task):
 def _s3(task):
     """S3 credentials (and endpoint/region when the Secret has them) as env vars; caching on."""
     kubernetes.use_secret_as_env(task, secret_name=SETTINGS.s3_secret, secret_key_to_env=S3_SECRET_KEYS)
-    kubernetes.use_secret_as_env(task, secret_name=SETTINGS.s3_secret, secret_key_to_env=S3_OPTIONAL_KEYS,
-                                 optional=True)
+    kubernetes.use_secret_as_env(
+        task, secret_name=SETTINGS.s3_secret, secret_key_to_env=S3_OPTIONAL_KEYS, optional=True
+    )
     task.set_caching_options(True)
     return task
 
 
 def _tracking(task):
     """MLflow/TensorBoard settings from the optional `clipdpo-tracking` ConfigMap (absent: no tracking)."""
-    kubernetes.use_config_map_as_env(task, config_map_name=TRACKING_CONFIG_MAP, config_map_key_to_env=TRACKING_KEYS,
-                                     optional=True)
+    kubernetes.use_config_map_as_env(
+        task, config_map_name=TRACKING_CONFIG_MAP, config_map_key_to_env=TRACKING_KEYS, optional=True
+    )
     return task
 
 
@@ -282,21 +342,52 @@ def clipdpo_pipeline(
 
     plan = plan_shards(shard_count=shard_count).set_caching_options(True).set_display_name("plan shards")
     with dsl.ParallelFor(items=_uri(plan), name="generate-shards") as shard:
-        generated = _gpu(_s3(generate_shard(run_root=run_root, images_uri=_uri(images), config_json=generate_config,
-                                            shard_index=shard, shard_count=shard_count)))
+        generated = _gpu(
+            _s3(
+                generate_shard(
+                    run_root=run_root,
+                    images_uri=_uri(images),
+                    config_json=generate_config,
+                    shard_index=shard,
+                    shard_count=shard_count,
+                )
+            )
+        )
         generated.set_display_name("generate shard")
-    candidates = _s3(generate_finalize(run_root=run_root, images_uri=_uri(images),
-                                       shard_outputs=dsl.Collected(_uri(generated)),
-                                       config_json=generate_config, shard_count=shard_count))
+    candidates = _s3(
+        generate_finalize(
+            run_root=run_root,
+            images_uri=_uri(images),
+            shard_outputs=dsl.Collected(_uri(generated)),
+            config_json=generate_config,
+            shard_count=shard_count,
+        )
+    )
     candidates.set_cpu_request("1").set_memory_request("2G").set_display_name("generate finalize")
 
     with dsl.ParallelFor(items=_uri(plan), name="score-shards") as shard:
-        scored = _gpu(_s3(score_shard(run_root=run_root, candidates_uri=_uri(candidates), config_json=score_config,
-                                      shard_index=shard, shard_count=shard_count)), memory="32G")
+        scored = _gpu(
+            _s3(
+                score_shard(
+                    run_root=run_root,
+                    candidates_uri=_uri(candidates),
+                    config_json=score_config,
+                    shard_index=shard,
+                    shard_count=shard_count,
+                )
+            ),
+            memory="32G",
+        )
         scored.set_display_name("score shard")
-    scores = _s3(score_finalize(run_root=run_root, candidates_uri=_uri(candidates),
-                                shard_outputs=dsl.Collected(_uri(scored)),
-                                config_json=score_config, shard_count=shard_count))
+    scores = _s3(
+        score_finalize(
+            run_root=run_root,
+            candidates_uri=_uri(candidates),
+            shard_outputs=dsl.Collected(_uri(scored)),
+            config_json=score_config,
+            shard_count=shard_count,
+        )
+    )
     scores.set_cpu_request("1").set_memory_request("2G").set_display_name("score finalize")
 
     pairs = _s3(filter_pairs(run_root=run_root, scores_uri=_uri(scores), config_json=filter_config))
@@ -307,30 +398,52 @@ def clipdpo_pipeline(
     # rewriter live in JSON parameters, so a small step reads them and only an LLM rewrite holds a GPU pod.
     placement = povid_placement(config_json=povid_config, train_config_json=train_config)
     placement.set_caching_options(True).set_cpu_request("1").set_memory_request("1G").set_display_name(
-        "povid placement")
-    povid_inputs = dict(run_root=run_root, images_uri=_uri(images), config_json=povid_config,
-                        train_config_json=train_config)
+        "povid placement"
+    )
+    povid_inputs = dict(
+        run_root=run_root, images_uri=_uri(images), config_json=povid_config, train_config_json=train_config
+    )
     with dsl.If(_uri(placement) == "gpu", name="povid-llm-on-gpu"):
         on_gpu = _gpu(_s3(povid_pairs(**povid_inputs)), memory="32G").set_display_name("povid pairs (LLM, GPU)")
     with dsl.Else(name="povid-on-cpu"):
         on_cpu = _s3(povid_pairs_cpu(**povid_inputs)).set_cpu_request("2").set_memory_request("8G")
         on_cpu.set_display_name("povid pairs")
-    chosen = _s3(training_pairs(run_root=run_root, clipdpo_pairs_uri=_uri(pairs),
-                                povid_pairs_uri=dsl.OneOf(_uri(on_gpu), _uri(on_cpu)), train_config_json=train_config))
+    chosen = _s3(
+        training_pairs(
+            run_root=run_root,
+            clipdpo_pairs_uri=_uri(pairs),
+            povid_pairs_uri=dsl.OneOf(_uri(on_gpu), _uri(on_cpu)),
+            train_config_json=train_config,
+        )
+    )
     chosen.set_cpu_request("1").set_memory_request("2G").set_display_name("training pairs")
 
     # The training job outlives this step's pod (no owner): a retry after an eviction re-attaches to it by its
     # launch key (which includes the run: CLIPDPO_RUN, the Argo workflow's name on every pod of the run). The
     # follower's limits count from admission: time in a Kueue queue is not a failure
     # (train_admission_timeout_minutes: 0, none).
-    model = _tracking(_s3(train(run_root=run_root, pairs_uri=_uri(chosen), config_json=train_config,
-                                launcher=train_launcher, image=SETTINGS.image("train"), nodes=train_nodes,
-                                gpus_per_node=train_gpus_per_node, s3_secret=SETTINGS.s3_secret,
-                                node_selector_json=train_node_selector, tolerations_json=train_tolerations,
-                                timeout_hours=train_timeout_hours, queue_name=train_queue_name,
-                                runtime=train_runtime, schedule_timeout_minutes=train_schedule_timeout_minutes,
-                                startup_timeout_minutes=train_startup_timeout_minutes,
-                                admission_timeout_minutes=train_admission_timeout_minutes)))
+    model = _tracking(
+        _s3(
+            train(
+                run_root=run_root,
+                pairs_uri=_uri(chosen),
+                config_json=train_config,
+                launcher=train_launcher,
+                image=SETTINGS.image("train"),
+                nodes=train_nodes,
+                gpus_per_node=train_gpus_per_node,
+                s3_secret=SETTINGS.s3_secret,
+                node_selector_json=train_node_selector,
+                tolerations_json=train_tolerations,
+                timeout_hours=train_timeout_hours,
+                queue_name=train_queue_name,
+                runtime=train_runtime,
+                schedule_timeout_minutes=train_schedule_timeout_minutes,
+                startup_timeout_minutes=train_startup_timeout_minutes,
+                admission_timeout_minutes=train_admission_timeout_minutes,
+            )
+        )
+    )
     # No step timeout: the launcher's own deadline (train_timeout_hours) governs. Retries: a launcher pod lost to
     # a drain or preemption comes back and follows the same job.
     model.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
@@ -342,14 +455,19 @@ def clipdpo_pipeline(
 
     # base vs trained: one GPU pod per (model, task) (the base's results come from the eval cache once known),
     # merged into one report; then the gate judges the trained model and, on pass, moves the promoted pointer
-    evaluation = dict(run_root=run_root, model_uri=_uri(model), train_config_json=train_config,
-                      config_json=evaluate_config)
+    evaluation = dict(
+        run_root=run_root, model_uri=_uri(model), train_config_json=train_config, config_json=evaluate_config
+    )
     items = _s3(plan_evaluation(**evaluation)).set_display_name("plan evaluation")  # reads the model (LoRA?)
     # only pipeline parameters and the item enter the loop: kfp's local runner binds any other task output
     # inside a ParallelFor to the loop item (the model is where train wrote it, under run_root)
     with dsl.ParallelFor(items=_uri(items), name="evaluate-tasks") as item:
-        task = _gpu(_s3(evaluate_task(run_root=run_root, train_config_json=train_config, config_json=evaluate_config,
-                                      item=item)), memory="64G").set_display_name("evaluate task")
+        task = _gpu(
+            _s3(
+                evaluate_task(run_root=run_root, train_config_json=train_config, config_json=evaluate_config, item=item)
+            ),
+            memory="64G",
+        ).set_display_name("evaluate task")
     merged = _tracking(_s3(evaluate_merge(task_records=dsl.Collected(_uri(task)), **evaluation)))
     merged.set_cpu_request("2").set_memory_request("8G").set_display_name("evaluate report")
     decision = _s3(gate(run_root=run_root, report_uri=_uri(merged), config_json=gate_config))

@@ -41,15 +41,22 @@ def damaged_files(storage: Storage, uri: str) -> dict[str, str]:
         return {}
     except ValueError as err:
         return {integrity.TRAIN_SUMMARY: f"not JSON ({err})"}
-    return integrity.damaged(storage, uri.rstrip("/"), integrity.expected_files(summary),
-                             recorded_unix=integrity.written_at(storage, summary_uri))
+    return integrity.damaged(
+        storage,
+        uri.rstrip("/"),
+        integrity.expected_files(summary),
+        recorded_unix=integrity.written_at(storage, summary_uri),
+    )
 
 
 def stale_outputs(entry: dict, storage: Storage) -> list[str]:
     """The step outputs of one cache entry that no longer hold (its plans and numbers are not checked)."""
-    return [value for value in entry.values()
-            if outputref.is_reference(value)
-            and (not outputref.trusted(storage, value) or damaged_files(storage, outputref.plain(value)))]
+    return [
+        value
+        for value in entry.values()
+        if outputref.is_reference(value)
+        and (not outputref.trusted(storage, value) or damaged_files(storage, outputref.plain(value)))
+    ]
 
 
 def prune(pipeline_root: str, storage: Storage) -> tuple[int, list[str]]:

@@ -1,4 +1,5 @@
-"""The local run's terminal: one line per step; kfp's local executor output in a log file (a demo run used to print ~1,300 lines of it).
+"""The local run's terminal: one line per step; kfp's local executor output in a log file (a demo run used to
+print ~1,300 lines of it).
 
 kfp's local runner prints every task's executor input and output JSON, its streamed logs and its own
 INFO lines: about 1,200 lines for the demo run. `steps_only` sends all of that (this process's stdout
@@ -37,8 +38,10 @@ def step_line(name: str, cached: bool, metrics: dict[str, float] | None, status:
     rows = next((metrics[k] for k in ROW_KEYS if k in metrics), None)
     seconds = metrics.get("step_seconds")
     state = "cached" if cached else ("run" if status == "SUCCESS" else status)
-    return (f"  {name:<28} {state:<7} {'–' if rows is None else format(rows, ',.0f'):>9} rows "
-            f"{'–' if seconds is None else format(seconds, '.1f'):>7} s")
+    return (
+        f"  {name:<28} {state:<7} {'–' if rows is None else format(rows, ',.0f'):>9} rows "
+        f"{'–' if seconds is None else format(seconds, '.1f'):>7} s"
+    )
 
 
 class StepLines(io.TextIOBase):
@@ -70,8 +73,11 @@ class StepLines(io.TextIOBase):
         # a logging error when two threads swap the log handlers.) A failed task wrote none.
         if match := WROTE.search(line):
             task_dir = os.path.dirname(match.group(1))
-            task = os.path.relpath(task_dir, os.path.dirname(os.path.dirname(task_dir))) \
-                if "-iteration-" in task_dir else os.path.basename(task_dir)
+            task = (
+                os.path.relpath(task_dir, os.path.dirname(os.path.dirname(task_dir)))
+                if "-iteration-" in task_dir
+                else os.path.basename(task_dir)
+            )
             self.seen.add(os.path.basename(task_dir))
             self.say(step_line(display_name(task), cached=False, metrics=task_metrics(task_dir)))
         elif (match := FINISHED.search(line)) and match.group(2) != "SUCCESS":
@@ -100,8 +106,11 @@ def _terminal_handlers_to(stream: io.TextIOBase) -> Iterator[None]:
     swap the root's handlers in and out, so a thread can log while another has put that one back, and its
     INFO lines then reached the terminal."""
     terminal = {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}
-    moved = [(h, h.stream) for h in logging.getLogger().handlers
-             if isinstance(h, logging.StreamHandler) and h.stream in terminal]
+    moved = [
+        (h, h.stream)
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and h.stream in terminal
+    ]
     for handler, _ in moved:
         handler.setStream(stream)
     try:

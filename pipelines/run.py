@@ -25,9 +25,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from clipdpo.errors import ArgumentParser, exit_2_on_user_error
@@ -46,8 +45,11 @@ def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
         "train_gpus_per_node": args.gpus_per_node,
     }
     if launcher != "local":  # cluster runs: Kueue queue (empty: none), how long the job may wait in it
-        arguments.update(train_queue_name=args.queue_name, train_runtime=args.runtime,
-                         train_admission_timeout_minutes=args.admission_timeout_minutes)
+        arguments.update(
+            train_queue_name=args.queue_name,
+            train_runtime=args.runtime,
+            train_admission_timeout_minutes=args.admission_timeout_minutes,
+        )
     for name in CONFIG_NAMES:
         arguments[f"{name}_config"] = json.dumps(configs.get(name, {}), sort_keys=True)
     return arguments
@@ -118,15 +120,15 @@ def run_local(args, run: LocalRun) -> int:
         from pipelines.clipdpo_pipeline import clipdpo_pipeline
 
         print(f"running the kfp pipeline ({run.label}) ...", flush=True)
-        with steps_only(str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"),
-                        args.verbose) as this_run:
+        with steps_only(
+            str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"), args.verbose
+        ) as this_run:
             clipdpo_pipeline(**arguments)
         print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
         if run.after_pipeline is not None:
             run.after_pipeline(arguments["run_root"])
         reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
-        summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs,
-                                this_run)
+        summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs, this_run)
         decision = print_decision(arguments["run_root"])
     except BaseException:
         note = server.death_note() if server is not None else None
@@ -141,16 +143,20 @@ def run_local(args, run: LocalRun) -> int:
     for each in STAGES:
         print(f"  {each.artifact:<10} {root}/{each.artifact}")
     print(f"  report     {root}/{REPORT_DIR}/report.html (figures, examples; report.md, headline.json, PNGs)")
-    print(f"             {root}/{stage('evaluate').artifact}/report.md (the evaluation's tables; report.html, "
-          "metrics.json)")
+    print(
+        f"             {root}/{stage('evaluate').artifact}/report.md (the evaluation's tables; report.html, "
+        "metrics.json)"
+    )
     if reports:
         print(f"  copied to  {state / 'reports' / args.run_id}/ ({len(reports)} files)")
     print(f"  kfp        {state / 'kfp'}/ (per task: its Metrics; the report step's HTML and Markdown)")
     print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
     print(f"  gate       {root}/gate/decision.json: {decision}")
     if server is not None:
-        print(f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'} "
-              "--env-file s3.env` serves it again (its new credentials in s3.env)")
+        print(
+            f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'} "
+            "--env-file s3.env` serves it again (its new credentials in s3.env)"
+        )
     if run.after_summary is not None and reports:
         run.after_summary(state / "reports" / args.run_id)
     print("\n" + summary)
@@ -167,8 +173,11 @@ def init_kfp(pipeline_root: Path) -> None:
 
     entries, dropped = prune(str(pipeline_root), Storage())
     if dropped:
-        print(f"kfp cache: {len(dropped)} of {entries} cached steps' outputs are gone, replaced or damaged (e.g. "
-              f"{dropped[0]}): those steps run again", flush=True)
+        print(
+            f"kfp cache: {len(dropped)} of {entries} cached steps' outputs are gone, replaced or damaged (e.g. "
+            f"{dropped[0]}): those steps run again",
+            flush=True,
+        )
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), enable_caching=True)
 
 
@@ -195,8 +204,10 @@ def copy_reports(run_root: str, target: Path) -> list[Path]:
     storage, copied = Storage(), []
     evaluation = stage("evaluate").artifact
     sources = [(uri, target / uri.rsplit("/", 1)[1]) for uri in storage.list(join(run_root, REPORT_DIR))]
-    sources += [(join(run_root, evaluation, name), target / evaluation / name)
-                for name in ("report.md", "report.html", "metrics.json")]
+    sources += [
+        (join(run_root, evaluation, name), target / evaluation / name)
+        for name in ("report.md", "report.html", "metrics.json")
+    ]
     for uri, path in sources:
         if storage.exists(uri):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +216,9 @@ def copy_reports(run_root: str, target: Path) -> list[Path]:
     return copied
 
 
-def local_summary(state: Path, run_root: str, copied: Path, earlier_runs: set[str],
-                  this_run: set[str] | None = None) -> str:
+def local_summary(
+    state: Path, run_root: str, copied: Path, earlier_runs: set[str], this_run: set[str] | None = None
+) -> str:
     """Per step: cached or run, rows, seconds; the headline metrics per model; where the report is.
     `copied`: the folder copy_reports wrote; `earlier_runs`: kfp's local run folders before this run;
     `this_run`: the steps it ran or served from cache (pipelines.local_output.steps_only; None: all)."""
@@ -214,8 +226,9 @@ def local_summary(state: Path, run_root: str, copied: Path, earlier_runs: set[st
     from clipdpo.report.render import split_headline
 
     kfp_root = str(state / "kfp")
-    tasks = summary_lib.collect(kfp_root, "clipdpo", summary_lib.task_names(kfp_root, "clipdpo"), earlier_runs,
-                                this_run)
+    tasks = summary_lib.collect(
+        kfp_root, "clipdpo", summary_lib.task_names(kfp_root, "clipdpo"), earlier_runs, this_run
+    )
     headline = json.loads((copied / "headline.json").read_text()) if (copied / "headline.json").exists() else {}
     evaluation = copied / stage("evaluate").artifact / "metrics.json"
     models = [m["name"] for m in json.loads(evaluation.read_text())["models"]] if evaluation.exists() else []
@@ -232,12 +245,19 @@ def run_cluster(args, host: str) -> int:
     package = compile_pipeline(args.package)
     arguments = pipeline_arguments(args, configs, launcher=args.launcher)
     if not (args.run_root or args.bucket != "clipdpo-local"):
-        print("set --bucket or --run-root (CLIPDPO_BUCKET / CLIPDPO_RUN_ROOT) to your S3 bucket for a cluster run",
-              file=sys.stderr)
+        print(
+            "set --bucket or --run-root (CLIPDPO_BUCKET / CLIPDPO_RUN_ROOT) to your S3 bucket for a cluster run",
+            file=sys.stderr,
+        )
         return 2
     client = make_client(host, args.namespace or None)  # KFP_TOKEN / KFP_TOKEN_FILE: multi-user Kubeflow
-    run = client.create_run_from_pipeline_package(package, arguments=arguments, run_name=f"clipdpo-{args.run_id}",
-                                                  experiment_name=args.experiment, enable_caching=True)
+    run = client.create_run_from_pipeline_package(
+        package,
+        arguments=arguments,
+        run_name=f"clipdpo-{args.run_id}",
+        experiment_name=args.experiment,
+        enable_caching=True,
+    )
     print(f"submitted run {run.run_id}: {host.rstrip('/')}/#/runs/details/{run.run_id}")
     if args.wait_hours:  # CI: wait, then `python -m clipdpo.gate` reads <run root>/gate/decision.json
         done = client.wait_for_run_completion(run.run_id, timeout=int(args.wait_hours * 3600))
@@ -259,38 +279,70 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
     parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", default=os.environ.get("RUN_ID", "demo"))
     parser.add_argument("--bucket", default=os.environ.get("CLIPDPO_BUCKET", "clipdpo-local"))
-    parser.add_argument("--run-root", default=os.environ.get("CLIPDPO_RUN_ROOT", ""),
-                        help="artifact root; default s3://<bucket>/runs/<run-id>")
+    parser.add_argument(
+        "--run-root",
+        default=os.environ.get("CLIPDPO_RUN_ROOT", ""),
+        help="artifact root; default s3://<bucket>/runs/<run-id>",
+    )
     parser.add_argument("--source", default=os.environ.get("CLIPDPO_SOURCE", ""))
     parser.add_argument("--shards", type=int, default=int(os.environ.get("CLIPDPO_SHARDS", "2")))
     parser.add_argument("--train-nodes", type=int, default=int(os.environ.get("CLIPDPO_TRAIN_NODES", "1")))
     parser.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("CLIPDPO_GPUS_PER_NODE", "8")))
-    parser.add_argument("--launcher", choices=("trainjob", "pytorchjob"),
-                        default=os.environ.get("CLIPDPO_TRAIN_LAUNCHER", "trainjob"),
-                        help="cluster runs: Kubeflow Trainer v2 TrainJob or Training Operator v1 PyTorchJob")
-    parser.add_argument("--queue-name", default=os.environ.get("CLIPDPO_QUEUE_NAME", ""),
-                        help="cluster runs: Kueue LocalQueue for the training job")
-    parser.add_argument("--admission-timeout-minutes", type=float,
-                        default=float(os.environ.get("CLIPDPO_ADMISSION_TIMEOUT_MINUTES", "0")),
-                        help="cluster runs: end the train step if Kueue has not admitted its job by then, leaving the "
-                             "job queued (0: wait as long as the queue takes)")
-    parser.add_argument("--runtime", default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", "torch-distributed"),
-                        help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime")
+    parser.add_argument(
+        "--launcher",
+        choices=("trainjob", "pytorchjob"),
+        default=os.environ.get("CLIPDPO_TRAIN_LAUNCHER", "trainjob"),
+        help="cluster runs: Kubeflow Trainer v2 TrainJob or Training Operator v1 PyTorchJob",
+    )
+    parser.add_argument(
+        "--queue-name",
+        default=os.environ.get("CLIPDPO_QUEUE_NAME", ""),
+        help="cluster runs: Kueue LocalQueue for the training job",
+    )
+    parser.add_argument(
+        "--admission-timeout-minutes",
+        type=float,
+        default=float(os.environ.get("CLIPDPO_ADMISSION_TIMEOUT_MINUTES", "0")),
+        help="cluster runs: end the train step if Kueue has not admitted its job by then, leaving the "
+        "job queued (0: wait as long as the queue takes)",
+    )
+    parser.add_argument(
+        "--runtime",
+        default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", "torch-distributed"),
+        help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime",
+    )
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                        help="change one config value, e.g. --set filter.pair_min_margin=3 (repeatable); "
-                             "that stage reruns with the stages after it")
-    parser.add_argument("--verify", choices=("cheap", "full"), default=None,
-                        help="local runs: how finished outputs are checked before reuse: cheap (sizes, S3 ETags; the "
-                             "default) or full (every shard's sha256)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="local runs: show kfp's executor output (default: one line per step; the output "
-                             "goes to <state-dir>/logs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="change one config value, e.g. --set filter.pair_min_margin=3 (repeatable); "
+        "that stage reruns with the stages after it",
+    )
+    parser.add_argument(
+        "--verify",
+        choices=("cheap", "full"),
+        default=None,
+        help="local runs: how finished outputs are checked before reuse: cheap (sizes, S3 ETags; the "
+        "default) or full (every shard's sha256)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="local runs: show kfp's executor output (default: one line per step; the output "
+        "goes to <state-dir>/logs/)",
+    )
     parser.add_argument("--state-dir", default=".local")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
-    parser.add_argument("--wait-hours", type=float, default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
-                        help="cluster runs: wait up to this long for the run to end (0: submit only)")
+    parser.add_argument(
+        "--wait-hours",
+        type=float,
+        default=float(os.environ.get("CLIPDPO_WAIT_HOURS", "0")),
+        help="cluster runs: wait up to this long for the run to end (0: submit only)",
+    )
     parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     return parser

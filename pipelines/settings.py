@@ -23,16 +23,18 @@ class PipelineSettings:
     s3_secret: str = "clipdpo-s3"
     gpu_resource: str = "nvidia.com/gpu"
     gpu_node_selector: dict = field(default_factory=dict)  # e.g. {"nvidia.com/gpu.present": "true"}
-    gpu_tolerations: list = field(default_factory=lambda: [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    gpu_tolerations: list = field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
 
     def image(self, stage: str) -> str:
         if stage not in STAGE_IMAGES:
             raise ValueError(f"no image for stage {stage!r}; images: {STAGE_IMAGES}")
         tag = self.stage_tags.get(stage, self.tag)
         if tag in ("", "latest"):
-            raise ValueError(f"the {stage} image tag (CLIPDPO_IMAGE_TAG / CLIPDPO_IMAGE_TAGS) must pin a version, "
-                             "not 'latest'")
+            raise ValueError(
+                f"the {stage} image tag (CLIPDPO_IMAGE_TAG / CLIPDPO_IMAGE_TAGS) must pin a version, not 'latest'"
+            )
         return f"{self.registry.rstrip('/')}/clipdpo-{stage}:{tag}"
 
     @classmethod
@@ -45,8 +47,7 @@ class PipelineSettings:
             s3_secret=os.environ.get("CLIPDPO_S3_SECRET", defaults.s3_secret),
             gpu_resource=os.environ.get("CLIPDPO_GPU_RESOURCE", defaults.gpu_resource),
             gpu_node_selector=json.loads(os.environ.get("CLIPDPO_GPU_NODE_SELECTOR", "{}")),
-            gpu_tolerations=json.loads(os.environ.get("CLIPDPO_GPU_TOLERATIONS",
-                                                      json.dumps(defaults.gpu_tolerations))),
+            gpu_tolerations=json.loads(os.environ.get("CLIPDPO_GPU_TOLERATIONS", json.dumps(defaults.gpu_tolerations))),
         )
 
 

@@ -252,18 +252,27 @@ def read_class(module: Module, node: ast.ClassDef, seen: dict[str, ConfigClass])
             continue
         above = comment_block_above(module, statement.lineno)
         blank_before = statement.lineno - len(above) - 1 not in module.comments and not any(
-            getattr(b, "end_lineno", 0) == statement.lineno - len(above) - 1 for b in body)
+            getattr(b, "end_lineno", 0) == statement.lineno - len(above) - 1 for b in body
+        )
         if above and blank_before and len(above) == 1 and len(above[0].split()) <= 4:
             config.rows.append(above[0])  # a section heading ("# model", "# optimisation"), not this field's doc
             above = []
-        trailing = [module.comments[line][0] for line in range(statement.lineno, statement.end_lineno + 1)
-                    if line in module.comments and module.comments[line][1]]
+        trailing = [
+            module.comments[line][0]
+            for line in range(statement.lineno, statement.end_lineno + 1)
+            if line in module.comments and module.comments[line][1]
+        ]
         after = body[index + 1] if index + 1 < len(body) else None  # an attribute docstring
         if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
             trailing.append(" ".join(after.value.value.split()))
         default, factory_class = default_text(module, statement.value)
-        row = Field(statement.target.id, ast.unparse(statement.annotation), default, " ".join(above + trailing),
-                    overrides=call_keywords(statement.value))
+        row = Field(
+            statement.target.id,
+            ast.unparse(statement.annotation),
+            default,
+            " ".join(above + trailing),
+            overrides=call_keywords(statement.value),
+        )
         nested = annotation_classes(module, statement.annotation)
         if factory_class and not any(name == factory_class for _, name in nested):
             nested.append(("", factory_class))
@@ -287,8 +296,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_class(config: ConfigClass, path: str, out: list[str], done: set[str],
-                 overrides: dict[str, str] | None = None) -> None:
+def render_class(
+    config: ConfigClass, path: str, out: list[str], done: set[str], overrides: dict[str, str] | None = None
+) -> None:
     """`config`'s table under the key path `path`, then its nested configs'. `overrides`: defaults the parent
     field sets (`sampling: Sampling = Sampling(max_new_tokens=512)`), shown instead of the class's own."""
     overrides = overrides or {}
@@ -303,8 +313,9 @@ def render_class(config: ConfigClass, path: str, out: list[str], done: set[str],
             continue
         default = overrides.get(row.name, row.default)
         out.append(f"| `{row.name}` | `{_cell(row.type)}` | `{_cell(default)}` | {_cell(row.doc)} |")
-        nested += [(f"{path}.{row.name}{suffix}", cls, row.overrides if not suffix else {})
-                   for suffix, cls in row.nested]
+        nested += [
+            (f"{path}.{row.name}{suffix}", cls, row.overrides if not suffix else {}) for suffix, cls in row.nested
+        ]
     out.append("")
     for sub_path, cls, sub_overrides in nested:
         if sub_path not in done:
@@ -313,13 +324,18 @@ def render_class(config: ConfigClass, path: str, out: list[str], done: set[str],
 
 
 def config_reference() -> str:
-    out = ["# Config reference", "",
-           "Generated from the config dataclasses by `python scripts/gen_docs.py config`; do not edit by hand "
-           "(tests/project/test_docs.py fails when this page and the code differ).", "",
-           "Each run takes one JSON object per config below: locally `<config-dir>/<name>.json`, on a cluster the "
-           "pipeline parameter `<name>_config`, for a stage run by hand `--config FILE`. `--set KEY=VALUE` "
-           "(`--set NAME.KEY=VALUE` on `python -m pipelines.run`) changes one key; a dotted key reaches into a "
-           "nested config. An unknown key or a value of the wrong type is refused with the key named.", ""]
+    out = [
+        "# Config reference",
+        "",
+        "Generated from the config dataclasses by `python scripts/gen_docs.py config`; do not edit by hand "
+        "(tests/project/test_docs.py fails when this page and the code differ).",
+        "",
+        "Each run takes one JSON object per config below: locally `<config-dir>/<name>.json`, on a cluster the "
+        "pipeline parameter `<name>_config`, for a stage run by hand `--config FILE`. `--set KEY=VALUE` "
+        "(`--set NAME.KEY=VALUE` on `python -m pipelines.run`) changes one key; a dotted key reaches into a "
+        "nested config. An unknown key or a value of the wrong type is refused with the key named.",
+        "",
+    ]
     out += [f"- [`{name}`](#{name}) ({target.split(':')[1]})" for name, target in config_targets()]
     out.append("")
     for name, target in config_targets():
@@ -339,9 +355,14 @@ def config_tree(target: str) -> ConfigClass:
 
 # ---------------------------------------------------------------- results pages
 
-AMBER_COLUMNS = (("CHAIR ↓", ("amber", "generative", "chair")), ("Hal ↓", ("amber", "generative", "hal")),
-                 ("Cover ↑", ("amber", "generative", "cover")), ("Cog ↓", ("amber", "generative", "cog")),
-                 ("F1 ↑", ("amber", "discriminative", "f1")), ("AMBER score ↑", ("amber", "amber_score")))
+AMBER_COLUMNS = (
+    ("CHAIR ↓", ("amber", "generative", "chair")),
+    ("Hal ↓", ("amber", "generative", "hal")),
+    ("Cover ↑", ("amber", "generative", "cover")),
+    ("Cog ↓", ("amber", "generative", "cog")),
+    ("F1 ↑", ("amber", "discriminative", "f1")),
+    ("AMBER score ↑", ("amber", "amber_score")),
+)
 
 
 def _get(data: dict, path: tuple[str, ...]):
@@ -357,10 +378,12 @@ def headline_columns(metrics: dict) -> list[tuple[str, tuple[str, ...]]]:
     model of the run has."""
     results = metrics.get("results", {})
     columns = [c for c in AMBER_COLUMNS if any(_get(r, c[1]) is not None for r in results.values())]
-    suite = dict.fromkeys(label for r in results.values() for label, b in (r.get("suite") or {}).items()
-                          if b.get("kind") == "pope")
-    columns += [(f"{label} F1 ↑" if label == "pope" else f"POPE {label} F1 ↑", ("suite", label, "headline"))
-                for label in suite]
+    suite = dict.fromkeys(
+        label for r in results.values() for label, b in (r.get("suite") or {}).items() if b.get("kind") == "pope"
+    )
+    columns += [
+        (f"{label} F1 ↑" if label == "pope" else f"POPE {label} F1 ↑", ("suite", label, "headline")) for label in suite
+    ]
     datasets = dict.fromkeys(d for r in results.values() for d in (r.get("zero_shot") or {}))
     columns += [(f"zero-shot {d} top-1 ↑", ("zero_shot", d, "top1")) for d in datasets]
     return [(title.replace("pope F1", "POPE F1"), path) for title, path in columns]
@@ -375,12 +398,16 @@ def results_page(name: str, metrics: dict, note: str, source: str) -> str:
     baseline = metrics.get("baseline") or models[0]
     results = metrics.get("results", {})
     columns = headline_columns(metrics)
-    out = [f"# Results: {name}", "", f"Generated by `python scripts/gen_docs.py results {source} --out "
-           f"docs/results` from [{Path(source).name}](data/{Path(source).name}); do not edit by hand.", ""]
+    out = [
+        f"# Results: {name}",
+        "",
+        f"Generated by `python scripts/gen_docs.py results {source} --out "
+        f"docs/results` from [{Path(source).name}](data/{Path(source).name}); do not edit by hand.",
+        "",
+    ]
     if note:
         out += [note.strip(), ""]
-    out += ["| model | " + " | ".join(title for title, _ in columns) + " |",
-            "|---|" + "---:|" * len(columns)]
+    out += ["| model | " + " | ".join(title for title, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
     for model in models:
         cells = [_fmt(_get(results.get(model, {}), path)) for _, path in columns]
         out.append(f"| {model} | " + " | ".join(cells) + " |")
@@ -393,15 +420,26 @@ def results_page(name: str, metrics: dict, note: str, source: str) -> str:
     out.append("")
     relative = [(title, path) for title, path in columns if title.split()[0] in ("CHAIR", "Hal")]
     if relative and len(models) > 1:
-        out += [f"Relative change against {baseline}: " + "; ".join(
-            f"{model} " + ", ".join(
-                f"{title.split()[0]} {100 * (v - b) / b:+.0f}%"
-                for title, path in relative
-                if (v := _get(results.get(model, {}), path)) is not None
-                and (b := _get(results.get(baseline, {}), path)))
-            for model in models if model != baseline) + ".", ""]
-    resources = {key: value.get("description") if isinstance(value, dict) else value
-                 for key, value in sorted((metrics.get("resources") or {}).items())}
+        out += [
+            f"Relative change against {baseline}: "
+            + "; ".join(
+                f"{model} "
+                + ", ".join(
+                    f"{title.split()[0]} {100 * (v - b) / b:+.0f}%"
+                    for title, path in relative
+                    if (v := _get(results.get(model, {}), path)) is not None
+                    and (b := _get(results.get(baseline, {}), path))
+                )
+                for model in models
+                if model != baseline
+            )
+            + ".",
+            "",
+        ]
+    resources = {
+        key: value.get("description") if isinstance(value, dict) else value
+        for key, value in sorted((metrics.get("resources") or {}).items())
+    }
     shown_resources = [f"{key}: {value}" for key, value in resources.items() if isinstance(value, (str, int, float))]
     if shown_resources:
         out += ["Resources: " + "; ".join(shown_resources) + ".", ""]
@@ -421,7 +459,7 @@ def results_pages(inputs: list[Path]) -> dict[str, str]:
         try:
             metrics = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise SystemExit(f"error: {path}: not a readable metrics.json ({err})")
+            raise SystemExit(f"error: {path}: not a readable metrics.json ({err})") from None
         if not isinstance(metrics, dict) or not isinstance(metrics.get("results"), dict):
             raise SystemExit(f"error: {path}: expected an evaluation metrics.json with a 'results' object")
         name = run_name(path)
@@ -433,8 +471,9 @@ def results_pages(inputs: list[Path]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python scripts/gen_docs.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python scripts/gen_docs.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     config = commands.add_parser("config", help="docs/config-reference.md from the config dataclasses")
     config.add_argument("--out", type=Path, default=CONFIG_PAGE)

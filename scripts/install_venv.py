@@ -17,8 +17,12 @@ import sys
 
 UV = "uv==0.13.9"  # pinned: the version measured here (2026-11-30)
 # pip config keys -> uv flags (the values of find-links and the index URLs may list several, space-separated)
-FLAGS = {"find-links": "--find-links", "index-url": "--index-url", "extra-index-url": "--extra-index-url",
-         "constraint": "--constraint"}
+FLAGS = {
+    "find-links": "--find-links",
+    "index-url": "--index-url",
+    "extra-index-url": "--extra-index-url",
+    "constraint": "--constraint",
+}
 
 
 def pip_sources(python: str) -> list[str]:
@@ -34,8 +38,11 @@ def uv_flags(pip_config_list: str) -> list[str]:
         name, _, value = line.partition("=")
         key = name.rsplit(".", 1)[-1]
         if key in FLAGS:
-            pairs += [(FLAGS[key], item) for item in shlex.split(value.strip().strip("'\""))
-                      if (FLAGS[key], item) not in pairs]
+            pairs += [
+                (FLAGS[key], item)
+                for item in shlex.split(value.strip().strip("'\""))
+                if (FLAGS[key], item) not in pairs
+            ]
     # pip takes the best version over all indexes; uv's default stops at the first index that has the package
     return [part for pair in pairs for part in pair] + ["--index-strategy", "unsafe-best-match"]
 

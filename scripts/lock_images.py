@@ -33,9 +33,21 @@ LOCKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
 
 def compile_command(uv: str, image: str) -> list[str]:
     extras, inputs, overrides = LOCKS[image]
-    command = [uv, "pip", "compile", "--quiet", "--generate-hashes", "--python-version", "3.11",
-               "--python-platform", "x86_64-manylinux_2_28", "--custom-compile-command",
-               f"python scripts/lock_images.py {image}", "pyproject.toml", *inputs]
+    command = [
+        uv,
+        "pip",
+        "compile",
+        "--quiet",
+        "--generate-hashes",
+        "--python-version",
+        "3.11",
+        "--python-platform",
+        "x86_64-manylinux_2_28",
+        "--custom-compile-command",
+        f"python scripts/lock_images.py {image}",
+        "pyproject.toml",
+        *inputs,
+    ]
     for extra in extras:
         command += ["--extra", extra]
     if overrides:

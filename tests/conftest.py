@@ -24,7 +24,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Several workers (pytest-xdist, `make test` runs `-n 2`): each worker's torch, and every process it starts
 # (kfp components, torchrun ranks), gets its share of the cores. Two torch threads per process with the other
-# core busy trained ~10x slower than one (measured on these 2-core machines, 2026-11-29). Set before anything imports torch.
+# core busy trained ~10x slower than one (measured on these 2-core machines, 2026-11-29). Set before anything
+# imports torch.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -48,8 +49,9 @@ def expected_seconds(item: pytest.Item) -> float:
 def work_unit(item: pytest.Item) -> str:
     """The unit the test is scheduled in: its xdist_group; a test that uses a module-scoped fixture (a tiny model
     built, a training run) is put in its module's group, so the fixture is made once, not once per worker."""
-    groups = [mark.args[0] if mark.args else mark.kwargs.get("name", "default")
-              for mark in item.iter_markers("xdist_group")]
+    groups = [
+        mark.args[0] if mark.args else mark.kwargs.get("name", "default") for mark in item.iter_markers("xdist_group")
+    ]
     if groups:
         return "_".join(sorted(set(map(str, groups))))  # as xdist names a unit of several groups
     # _fixtureinfo: pytest's record of the fixtures the test requests, and all they request (the last def is in use)
@@ -115,8 +117,16 @@ def bucket(s3_server) -> str:
 
 # AMBER: official data/ layout (annotations, relation words, safe words, counters) + query file + image/.
 # Every expected value of tests/clipdpo/test_amber.py is worked out by hand from these.
-AMBER_RELATION = {"dog": ["puppy"], "cat": ["kitten"], "car": ["vehicle"], "tree": [], "frisbee": [],
-                  "grass": ["lawn"], "man": ["person"], "sky": []}  # sky: in the vocabulary and a global safe word
+AMBER_RELATION = {
+    "dog": ["puppy"],
+    "cat": ["kitten"],
+    "car": ["vehicle"],
+    "tree": [],
+    "frisbee": [],
+    "grass": ["lawn"],
+    "man": ["person"],
+    "sky": [],
+}  # sky: in the vocabulary and a global safe word
 AMBER_ANNOTATIONS = [
     {"id": 1, "type": "generative", "truth": ["dog", "grass"], "hallu": ["cat", "frisbee"]},
     {"id": 2, "type": "generative", "truth": ["car", "tree"], "hallu": ["man"]},
@@ -128,9 +138,10 @@ AMBER_ANNOTATIONS = [
     {"id": 8, "type": "discriminative-relation", "truth": "yes"},
     {"id": 9, "type": "discriminative-relation", "truth": "no"},
 ]
-AMBER_QUERIES = [{"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
-                 {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."}] + [
-    {"id": i, "image": f"AMBER_{(i % 2) + 1}.jpg", "query": "Is there a dog in this image?"} for i in range(3, 10)]
+AMBER_QUERIES = [
+    {"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
+    {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."},
+] + [{"id": i, "image": f"AMBER_{(i % 2) + 1}.jpg", "query": "Is there a dog in this image?"} for i in range(3, 10)]
 METRICS_TXT = amber.start_counters_text()
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
@@ -160,8 +171,7 @@ def write_zero_shot(storage: Storage, root: str, per_class: int = 3) -> str:
         for index in range(per_class):
             shade = tuple(max(0, c - 15 * index) for c in colour)
             storage.write_bytes(join(root, f"c_{name}", f"{index}.jpg"), jpeg(shade))
-    storage.write_bytes(join(root, "classes.json"),
-                        json.dumps({f"c_{n}": f"{n} square" for n in COLOURS}).encode())
+    storage.write_bytes(join(root, "classes.json"), json.dumps({f"c_{n}": f"{n} square" for n in COLOURS}).encode())
     return root
 
 
@@ -169,12 +179,27 @@ def write_suite(storage: Storage, root: str) -> dict[str, str]:
     """POPE and ScienceQA question files in clipdpo's benchmark layout; returns kind -> root."""
     for name, colour in COLOURS.items():
         storage.write_bytes(join(root, "images", f"{name}.jpg"), jpeg(colour))
-    pope = [{"id": i, "image": f"{c}.jpg", "question": f"Is there a {c} square in the image?",
-             "answer": "yes" if i % 2 else "no", "category": "random" if i < 4 else "popular"}
-            for i, c in enumerate(["red", "blue", "green", "red", "blue", "green"])]
-    sqa = [{"id": f"q{i}", "image": f"{c}.jpg", "question": "Which colour is the square?",
-            "choices": ["red", "blue", "green"], "answer": i % 3, "hint": "A square is shown."}
-           for i, c in enumerate(["red", "blue", "green"])]
+    pope = [
+        {
+            "id": i,
+            "image": f"{c}.jpg",
+            "question": f"Is there a {c} square in the image?",
+            "answer": "yes" if i % 2 else "no",
+            "category": "random" if i < 4 else "popular",
+        }
+        for i, c in enumerate(["red", "blue", "green", "red", "blue", "green"])
+    ]
+    sqa = [
+        {
+            "id": f"q{i}",
+            "image": f"{c}.jpg",
+            "question": "Which colour is the square?",
+            "choices": ["red", "blue", "green"],
+            "answer": i % 3,
+            "hint": "A square is shown.",
+        }
+        for i, c in enumerate(["red", "blue", "green"])
+    ]
     out = {}
     for kind, rows in (("pope", pope), ("scienceqa", sqa)):
         storage.write_bytes(join(root, kind, "questions.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
@@ -185,9 +210,16 @@ def write_suite(storage: Storage, root: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def eval_set() -> SimpleNamespace:
     """The hand-made evaluation set above: its AMBER tables and writers of each layout."""
-    return SimpleNamespace(amber_relation=AMBER_RELATION, amber_annotations=AMBER_ANNOTATIONS,
-                           amber_queries=AMBER_QUERIES, metrics_txt=METRICS_TXT, jpeg=jpeg, write_amber=write_amber,
-                           write_zero_shot=write_zero_shot, write_suite=write_suite)
+    return SimpleNamespace(
+        amber_relation=AMBER_RELATION,
+        amber_annotations=AMBER_ANNOTATIONS,
+        amber_queries=AMBER_QUERIES,
+        metrics_txt=METRICS_TXT,
+        jpeg=jpeg,
+        write_amber=write_amber,
+        write_zero_shot=write_zero_shot,
+        write_suite=write_suite,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -195,6 +227,7 @@ def reported_run(tmp_path_factory) -> SimpleNamespace:
     """report_fixture's finished run with its report written once (rendering the figures takes seconds);
     `root` and `written` (report.write's result). Tests only read it."""
     import report_fixture
+
     from clipdpo.report import build as report
 
     root = report_fixture.write_run(str(tmp_path_factory.mktemp("reported") / "run"))
@@ -222,8 +255,13 @@ def compile_pipeline(path: str, **env) -> tuple[dict, dict]:
     """`python -m pipelines.compile path` with `env` added (the settings read it at import, hence a process
     of its own); the pipeline spec and the platform spec it wrote."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-m", "pipelines.compile", path], cwd=root, check=True,
-                   env={**os.environ, **env}, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.compile", path],
+        cwd=root,
+        check=True,
+        env={**os.environ, **env},
+        capture_output=True,
+    )
     spec, platform = yaml.safe_load_all(open(path))
     return spec, platform
 

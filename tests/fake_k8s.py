@@ -12,9 +12,8 @@ import copy
 import datetime
 import json
 
-from kubernetes.client import ApiClient, ApiException
-
 import k8s_checks
+from kubernetes.client import ApiClient, ApiException
 
 DELETED = "DELETED"  # a frame: the job is gone (someone ran kubectl delete)
 
@@ -25,8 +24,9 @@ class _Response:  # what ApiClient.deserialize reads
 
 
 def pod_list(pods: list[dict]):
-    return ApiClient().deserialize(_Response({"apiVersion": "v1", "kind": "PodList", "metadata": {},
-                                              "items": pods}), "V1PodList")
+    return ApiClient().deserialize(
+        _Response({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}), "V1PodList"
+    )
 
 
 T0 = datetime.datetime(2026, 11, 29, 10, 0, 0, tzinfo=datetime.timezone.utc)
@@ -45,9 +45,15 @@ class FakeCluster:
     timestamps, sinceSeconds and tailLines); without it, `logs` is each pod's whole log.
     `step_pods`: the pipeline step's own pods by name (read_namespaced_pod, delete_pod)."""
 
-    def __init__(self, frames: list | None = None, logs: dict[str, str] | str = "step 1 loss 0.69\n",
-                 on_poll=None, log_lines: dict[str, list[tuple[float, str]]] | None = None, clock=None,
-                 step_pods: dict[str, dict] | None = None):
+    def __init__(
+        self,
+        frames: list | None = None,
+        logs: dict[str, str] | str = "step 1 loss 0.69\n",
+        on_poll=None,
+        log_lines: dict[str, list[tuple[float, str]]] | None = None,
+        clock=None,
+        step_pods: dict[str, dict] | None = None,
+    ):
         self.jobs: dict[tuple[str, str], dict] = {}
         self.created: list[dict] = []
         self.deleted: list[str] = []
@@ -113,9 +119,14 @@ class FakeCluster:
         if (group, plural) == ("kueue.x-k8s.io", "workloads"):
             items = [w for w in self.frame.get("workloads", []) if w["metadata"]["labels"].get(key) == value]
             return {"apiVersion": f"{group}/{version}", "kind": "WorkloadList", "items": copy.deepcopy(items)}
-        items = [job for (ns, _), job in self.jobs.items() if ns == namespace
-                 and job["apiVersion"] == f"{group}/{version}" and plural == job["kind"].lower() + "s"
-                 and job["metadata"].get("labels", {}).get(key) == value]
+        items = [
+            job
+            for (ns, _), job in self.jobs.items()
+            if ns == namespace
+            and job["apiVersion"] == f"{group}/{version}"
+            and plural == job["kind"].lower() + "s"
+            and job["metadata"].get("labels", {}).get(key) == value
+        ]
         return {"apiVersion": f"{group}/{version}", "kind": "List", "items": copy.deepcopy(items)}
 
     # CoreV1Api
@@ -123,16 +134,28 @@ class FakeCluster:
         key, _, value = label_selector.partition("=")
         return pod_list([p for p in self.frame.get("pods", []) if p["metadata"]["labels"].get(key) == value])
 
-    def read_namespaced_pod_log(self, name, namespace, container=None, tail_lines=None, previous=False,
-                                timestamps=False, since_seconds=None):
-        self.log_requests.append({"pod": name, "container": container, "tail_lines": tail_lines,
-                                  "previous": previous, "timestamps": timestamps, "since_seconds": since_seconds})
+    def read_namespaced_pod_log(
+        self, name, namespace, container=None, tail_lines=None, previous=False, timestamps=False, since_seconds=None
+    ):
+        self.log_requests.append(
+            {
+                "pod": name,
+                "container": container,
+                "tail_lines": tail_lines,
+                "previous": previous,
+                "timestamps": timestamps,
+                "since_seconds": since_seconds,
+            }
+        )
         if self.log_lines is None:
             text = self.logs if isinstance(self.logs, str) else self.logs.get(name, "")
             return "".join(f"{log_timestamp(0)} {line}\n" for line in text.splitlines()) if timestamps else text
         now = self.clock()
-        lines = [(t, line) for t, line in self.log_lines.get(name, []) if t <= now
-                 and (since_seconds is None or t >= now - since_seconds)]
+        lines = [
+            (t, line)
+            for t, line in self.log_lines.get(name, [])
+            if t <= now and (since_seconds is None or t >= now - since_seconds)
+        ]
         if tail_lines is not None:
             lines = lines[-tail_lines:]
         return "".join((f"{log_timestamp(t)} " if timestamps else "") + line + "\n" for t, line in lines)
@@ -146,8 +169,10 @@ class FakeCluster:
         """The step's pod is gone (evicted, drained): Kubernetes' garbage collector deletes what it owned."""
         self.step_pods.pop(name, None)
         for key, job in list(self.jobs.items()):
-            if any(ref.get("kind") == "Pod" and ref.get("name") == name
-                   for ref in job["metadata"].get("ownerReferences", [])):
+            if any(
+                ref.get("kind") == "Pod" and ref.get("name") == name
+                for ref in job["metadata"].get("ownerReferences", [])
+            ):
                 del self.jobs[key]
                 self.garbage_collected.append(key[1])
 

@@ -30,7 +30,8 @@ K8S_VERSION = "1.37.0"
 # within a test session, so read each once (the validation itself is untouched).
 if not hasattr(kubernetes_validate.utils.schema_contents, "cache_info"):
     kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
-        kubernetes_validate.utils.schema_contents)
+        kubernetes_validate.utils.schema_contents
+    )
 RESTART_POLICIES = {"Always", "OnFailure", "Never", "ExitCode"}
 CLEAN_POD_POLICIES = {"None", "Running", "All"}
 REPLICA_TYPES = {"Master", "Worker"}
@@ -39,10 +40,16 @@ REPLICA_TYPES = {"Master", "Worker"}
 def train_spec(**overrides) -> jobspec.TrainJobSpec:
     """The job the builder and follower tests start from: 4 nodes x 8 H100s of one run's model, tolerating
     the GPU taint; `overrides` replace any field."""
-    values = dict(name=jobspec.job_name("run-1/s3://b/model"), namespace="ml", image="ghcr.io/x/clipdpo-train:0.1.0",
-                  train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"], nodes=4, gpus_per_node=8,
-                  node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                  tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    values = dict(
+        name=jobspec.job_name("run-1/s3://b/model"),
+        namespace="ml",
+        image="ghcr.io/x/clipdpo-train:0.1.0",
+        train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"],
+        nodes=4,
+        gpus_per_node=8,
+        node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
     values.update(overrides)
     return jobspec.TrainJobSpec(**values)
 
@@ -74,8 +81,9 @@ def _walk(value, type_name: str, where: str, pod_templates: list) -> None:
         return
     primitives = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
     if type_name in primitives:
-        assert isinstance(value, primitives[type_name]) and not (type_name == "int" and isinstance(value, bool)), \
+        assert isinstance(value, primitives[type_name]) and not (type_name == "int" and isinstance(value, bool)), (
             f"{where}: expected {type_name}, got {value!r}"
+        )
         return
     if type_name.startswith("V1"):  # other core types (ObjectMeta): validated by key set only
         assert isinstance(value, dict), f"{where}: expected an object"
@@ -104,7 +112,7 @@ def validate_pytorchjob(job: dict) -> None:
         assert isinstance(replica["replicas"], int) and replica["replicas"] >= 1  # the SDK does not check counts
         names = [c["name"] for c in replica["template"]["spec"]["containers"]]
         assert "pytorch" in names, f"{role}: the operator needs a container named 'pytorch', got {names}"
-    for where, template in templates:
+    for _where, template in templates:
         _validate_pod_template(template)
 
 
@@ -167,7 +175,8 @@ def validate_crd_object(obj: dict) -> None:
     assert validator is not None, f"no CRD for {key} in {CRD_DIR}: known {sorted(crd_validators())}"
     errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
     assert not errors, f"{key[1]} {obj.get('metadata', {}).get('name')}: " + "; ".join(
-        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:10])
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:10]
+    )
     validate_core({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]})  # metadata schema
 
 
@@ -177,8 +186,9 @@ def _validate_pod_template(template: dict) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _validate_pod_template_json(template: str) -> None:  # many jobs share a template: check each once
-    validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
-                   "template": json.loads(template)})
+    validate_core(
+        {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": json.loads(template)}
+    )
 
 
 def _merge_named(base: list, patch: list) -> list:
@@ -201,8 +211,11 @@ def merge_pod_template(base: dict, patch: dict) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def stock_runtimes() -> dict:
-    return {rt["metadata"]["name"]: rt for path in sorted(glob.glob(os.path.join(CRD_DIR, "*.yaml")))
-            if (rt := _load_yaml(path)).get("kind") == "ClusterTrainingRuntime"}
+    return {
+        rt["metadata"]["name"]: rt
+        for path in sorted(glob.glob(os.path.join(CRD_DIR, "*.yaml")))
+        if (rt := _load_yaml(path)).get("kind") == "ClusterTrainingRuntime"
+    }
 
 
 def _node_template(runtime: dict, job_name: str) -> dict:
@@ -243,6 +256,9 @@ def trainjob_pod_template(job: dict, runtime: dict | None = None) -> dict:
 
 def validate_any(obj: dict) -> None:
     """Route an object to its validator: the CRD kinds we ship, else a core Kubernetes object."""
-    validators = {"PyTorchJob": validate_pytorchjob, "TrainJob": validate_trainjob,
-                  "ClusterTrainingRuntime": validate_clustertrainingruntime}
+    validators = {
+        "PyTorchJob": validate_pytorchjob,
+        "TrainJob": validate_trainjob,
+        "ClusterTrainingRuntime": validate_clustertrainingruntime,
+    }
     validators.get(obj.get("kind"), validate_core)(obj)

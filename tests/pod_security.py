@@ -5,18 +5,37 @@ control; `restricted_violations` returns what the admission would report, empty 
 
 from __future__ import annotations
 
-BASELINE_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                         "projected", "secret"}
-SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-                "net.ipv4.tcp_keepalive_probes"}
+BASELINE_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
 SECCOMP_ALLOWED = {"RuntimeDefault", "Localhost"}
 
 
 def _containers(pod: dict) -> list[tuple[str, dict]]:
-    return [(f"{kind} {c.get('name', '?')}", c) for kind in ("initContainers", "containers", "ephemeralContainers")
-            for c in pod.get(kind, [])]
+    return [
+        (f"{kind} {c.get('name', '?')}", c)
+        for kind in ("initContainers", "containers", "ephemeralContainers")
+        for c in pod.get(kind, [])
+    ]
 
 
 def restricted_violations(pod: dict) -> list[str]:

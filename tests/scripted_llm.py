@@ -13,8 +13,10 @@ Hence every token of the script must be distinct, and its characters in the tiny
 from __future__ import annotations
 
 ASSISTANT = "<|assistant|>"
-TEMPLATE = ("{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
 LOGIT = 10.0  # the next token's logit is LOGIT * sqrt(hidden) (80 at 64), every other token's 0: greedy or
 # sampled at any usual temperature, the script is what comes out
 
@@ -36,13 +38,23 @@ def build_scripted_llm(path: str, reply: str, hidden: int = 64) -> str:
     chain = [tokenizer.convert_tokens_to_ids(ASSISTANT), *script, tokenizer.eos_token_id]
     sources = chain[:-1]
     if len(set(sources)) != len(sources) or len(sources) > hidden:
-        raise ValueError(f"reply {reply!r}: tokens {tokenizer.convert_ids_to_tokens(script)} must be distinct and "
-                         f"at most {hidden - 1} (a bigram script)")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False)
+        raise ValueError(
+            f"reply {reply!r}: tokens {tokenizer.convert_ids_to_tokens(script)} must be distinct and "
+            f"at most {hidden - 1} (a bigram script)"
+        )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for layer in model.model.layers:

@@ -43,7 +43,7 @@ def pop_option(argv: list[str], name: str) -> str | None:
         return None
     at = argv.index(name)
     value = argv[at + 1]
-    del argv[at:at + 2]
+    del argv[at : at + 2]
     return value
 
 

@@ -25,16 +25,30 @@ ENTRY = os.path.join(os.path.dirname(__file__), "train_entry.py")  # python -m c
 DEEPSPEED = ["--set", "strategy=deepspeed", "--set", "zero_stage=3"]
 
 
-def cli(model: str, pairs: str, output: str, extra: list[str], nproc: int = 1,
-        env: dict | None = None) -> subprocess.CompletedProcess:
-    sets = {"model": model, "learning_rate": 5e-3, "global_batch_size": 8, "per_device_batch_size": 2,
-            "max_length": 64, "warmup_ratio": 0.0, "epochs": 2, "save_steps": 2, "seed": 7}
+def cli(
+    model: str, pairs: str, output: str, extra: list[str], nproc: int = 1, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    sets = {
+        "model": model,
+        "learning_rate": 5e-3,
+        "global_batch_size": 8,
+        "per_device_batch_size": 2,
+        "max_length": 64,
+        "warmup_ratio": 0.0,
+        "epochs": 2,
+        "save_steps": 2,
+        "seed": 7,
+    }
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")] + extra
-    launcher = [sys.executable, ENTRY] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", ENTRY]
+    launcher = (
+        [sys.executable, ENTRY]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", ENTRY]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(launcher + ["--input", pairs, "--output", output] + args, capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        launcher + ["--input", pairs, "--output", output] + args, capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def trained_weights(model_dir: str) -> dict[str, torch.Tensor]:
@@ -56,7 +70,8 @@ def assert_bit_identical_training(got: str, want: str) -> None:
     difference = math.sqrt(sum(float((w_got[k] - w_want[k]).double().pow(2).sum()) for k in differing))
     assert losses_got == losses_want and not differing, (
         f"resumed run differs from the uninterrupted one: losses {losses_got} vs {losses_want}; "
-        f"{len(differing)} weight tensor(s) differ, |W_resumed - W_uninterrupted| = {difference:.3g}")
+        f"{len(differing)} weight tensor(s) differ, |W_resumed - W_uninterrupted| = {difference:.3g}"
+    )
 
 
 # Strategy equivalence (2 processes vs 1). Both runs see the same micro-batches (2 pairs each, the same padding),

@@ -131,10 +131,13 @@ def damaged_shards(storage: Storage, uri: str, manifest: Manifest, *, full: bool
     """{shard name: why} for each shard of a finished artifact that is missing or not the recorded bytes
     (clipdpo.integrity: sizes always; ETags on S3; sha256 of shards written after the manifest, or of all
     with `full` / CLIPDPO_VERIFY=full)."""
-    expected = [integrity.Expected(f"{manifest.data_dir}/{shard.name}.parquet", shard.bytes, shard.sha256, shard.etag)
-                for shard in manifest.shards]
-    problems = integrity.damaged(storage, uri.rstrip("/"), expected,
-                                 recorded_unix=integrity.written_at(storage, join(uri, MANIFEST)), full=full)
+    expected = [
+        integrity.Expected(f"{manifest.data_dir}/{shard.name}.parquet", shard.bytes, shard.sha256, shard.etag)
+        for shard in manifest.shards
+    ]
+    problems = integrity.damaged(
+        storage, uri.rstrip("/"), expected, recorded_unix=integrity.written_at(storage, join(uri, MANIFEST)), full=full
+    )
     return {relative.rsplit("/", 1)[-1].removesuffix(".parquet"): why for relative, why in problems.items()}
 
 
@@ -151,8 +154,11 @@ class Completion:
 
     def verified(self, name: str) -> bool:
         """The manifest names this shard and its bytes verified: reuse it without reading it again."""
-        return (self.manifest is not None and name not in self.damaged
-                and any(shard.name == name for shard in self.manifest.shards))
+        return (
+            self.manifest is not None
+            and name not in self.damaged
+            and any(shard.name == name for shard in self.manifest.shards)
+        )
 
 
 def _prefix_key(uri: str) -> str:
@@ -264,8 +270,12 @@ class ArtifactWriter:
             return Completion()
         damaged = damaged_shards(self.storage, self.uri, manifest)
         if damaged:
-            log.warning("%s: complete, but %d shard(s) do not verify and are redone: %s", self.uri, len(damaged),
-                        integrity.describe(damaged))
+            log.warning(
+                "%s: complete, but %d shard(s) do not verify and are redone: %s",
+                self.uri,
+                len(damaged),
+                integrity.describe(damaged),
+            )
             return Completion(manifest, damaged)
         try:
             self.lease.check()  # never delete under a run that holds the output now
@@ -330,8 +340,15 @@ class ArtifactWriter:
             pq.write_table(table, tmp.name, compression="zstd")
             size = os.path.getsize(tmp.name)
             digest = self.storage.upload_file(tmp.name, self.shard_uri(name))
-        record = ShardRecord(name, table.num_rows, digest, size, stats or {}, self.fingerprint,
-                             integrity.store_etag(self.storage, self.shard_uri(name)))
+        record = ShardRecord(
+            name,
+            table.num_rows,
+            digest,
+            size,
+            stats or {},
+            self.fingerprint,
+            integrity.store_etag(self.storage, self.shard_uri(name)),
+        )
         # The done-record goes second: a crash between the two leaves the shard to be redone.
         where = join(self.uri, self.done_dir, f"{name}.json")
         self.storage.write_bytes(where, json.dumps(asdict(record), sort_keys=True, allow_nan=False).encode())
@@ -414,8 +431,9 @@ class Artifact:
     @classmethod
     def open(cls, storage: Storage, uri: str, kind: str | None = None) -> "Artifact":
         if not uri.strip():
-            raise ArtifactError(f"the artifact location is empty; expected a folder holding {MANIFEST} or an "
-                                "s3://bucket/prefix")
+            raise ArtifactError(
+                f"the artifact location is empty; expected a folder holding {MANIFEST} or an s3://bucket/prefix"
+            )
         if not uri.startswith("s3://") and (problem := local_folder_problem(uri)):
             raise ArtifactError(f"{uri}: not an artifact: {problem} (an artifact is a folder holding {MANIFEST})")
         where = join(uri, MANIFEST)
@@ -427,9 +445,7 @@ class Artifact:
             ) from None
         manifest = Manifest.from_json(text, where)
         if manifest.schema_version != SCHEMA_VERSION:
-            raise ArtifactError(
-                f"{where}: schema_version {manifest.schema_version}, this code reads {SCHEMA_VERSION}"
-            )
+            raise ArtifactError(f"{where}: schema_version {manifest.schema_version}, this code reads {SCHEMA_VERSION}")
         if kind is not None and manifest.kind != kind:
             raise ArtifactError(f"{where}: holds a {manifest.kind!r} artifact, expected {kind!r}")
         return cls(storage, uri, manifest)
@@ -450,8 +466,10 @@ class Artifact:
         data = self.storage.read_bytes(where)
         digest = hashlib.sha256(data).hexdigest()
         if digest != record.sha256:
-            raise ArtifactError(f"{where}: sha256 {digest[:12]} does not match the manifest ({record.sha256[:12]}); "
-                                "rerun the stage that wrote it with --verify full to redo the damaged shards")
+            raise ArtifactError(
+                f"{where}: sha256 {digest[:12]} does not match the manifest ({record.sha256[:12]}); "
+                "rerun the stage that wrote it with --verify full to redo the damaged shards"
+            )
         try:
             # Only the requested columns are decoded: the filter never decodes what it ignores.
             table = pq.read_table(pa.BufferReader(data), columns=columns)

@@ -103,8 +103,11 @@ def _label(where: str, path: str) -> str:
 
 
 def _error(where: str, path: str, reason: str, field: str | None = None) -> ConfigError:
-    return ConfigError(f"{_label(where, path)}: {reason}", field=field if field is not None else path,
-                       local=f"{path}: {reason}" if path else reason)
+    return ConfigError(
+        f"{_label(where, path)}: {reason}",
+        field=field if field is not None else path,
+        local=f"{path}: {reason}" if path else reason,
+    )
 
 
 def _coerce(value: Any, annotation: Any, where: str, path: str) -> Any:
@@ -138,8 +141,9 @@ def _coerce(value: Any, annotation: Any, where: str, path: str) -> Any:
         if not isinstance(value, dict):
             raise _error(where, path, f"expected an object, got {value!r}")
         value_type = args[1] if len(args) == 2 else Any
-        return {key: _coerce(item, value_type, where, f"{path}.{key}" if path else str(key))
-                for key, item in value.items()}
+        return {
+            key: _coerce(item, value_type, where, f"{path}.{key}" if path else str(key)) for key, item in value.items()
+        }
     if annotation is Any:
         return value
     if annotation is float:
@@ -170,15 +174,16 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str, path: str) -> T:
     if unknown:
         first = f"{path}.{unknown[0]}" if path else unknown[0]
         raise _error(where, path, f"unknown key(s) {unknown}; valid keys are {sorted(known)}", field=first)
-    values = {name: _coerce(value, hints[name], where, f"{path}.{name}" if path else name)
-              for name, value in data.items()}
+    values = {
+        name: _coerce(value, hints[name], where, f"{path}.{name}" if path else name) for name, value in data.items()
+    }
     try:
         return cls(**values)
     except ConfigError:
         raise
     except RangeError as err:
         full = f"{path}.{err.field}" if path else err.field
-        reason = full + str(err)[len(err.field):]  # "a.b must be ...", not "a: b must be ..."
+        reason = full + str(err)[len(err.field) :]  # "a.b must be ...", not "a: b must be ..."
         raise ConfigError(f"{where}: {reason}", field=full, local=reason) from err
     except (TypeError, ValueError) as err:
         raise _error(where, path, str(err)) from err
@@ -193,7 +198,8 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def _key_parts(item: str) -> tuple[list[str], str]:
@@ -220,8 +226,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 where = ".".join(parts[: depth + 1])
-                raise ConfigError(f"--set {item}: {where} is {_json_kind(target)} ({json.dumps(target)}), "
-                                  f"not an object with keys; set it whole: --set {where}=...")
+                raise ConfigError(
+                    f"--set {item}: {where} is {_json_kind(target)} ({json.dumps(target)}), "
+                    f"not an object with keys; set it whole: --set {where}=..."
+                )
         target[parts[-1]] = value
     return data
 
@@ -238,7 +246,7 @@ def check_override_key(cls: type, item: str, prefix: str = "") -> None:
     """Refuse an override whose key names no field of `cls`, or reaches into a field that has no keys
     (a number, a string, a list): the error names the --set item, not the config file. `prefix`: what the
     item's key starts with before the config's own keys (a pipeline's `filter.`)."""
-    parts, _ = _key_parts(item[len(prefix):] if prefix and item.startswith(prefix) else item)
+    parts, _ = _key_parts(item[len(prefix) :] if prefix and item.startswith(prefix) else item)
     annotation: Any = cls
     for depth, part in enumerate(parts):
         annotation = _unwrap_optional(annotation)
@@ -247,17 +255,26 @@ def check_override_key(cls: type, item: str, prefix: str = "") -> None:
             hints = typing.get_type_hints(annotation)
             if part not in hints:
                 of = f" of {walked}" if walked else ""
-                raise ConfigError(f"--set {item}: unknown key(s) [{'.'.join(parts[:depth + 1])!r}]; valid keys{of} "
-                                  f"are {sorted(f.name for f in dataclasses.fields(annotation))}")
+                raise ConfigError(
+                    f"--set {item}: unknown key(s) [{'.'.join(parts[: depth + 1])!r}]; valid keys{of} "
+                    f"are {sorted(f.name for f in dataclasses.fields(annotation))}"
+                )
             annotation = hints[part]
         elif annotation is Any or typing.get_origin(annotation) is dict:
             return  # free-form below here: the values are checked when the config is built
         else:
             origin = typing.get_origin(annotation) or annotation
-            kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-                    tuple: "a list"}.get(origin, getattr(origin, "__name__", str(origin)))
-            raise ConfigError(f"--set {item}: {walked} is {kind}, not an object with keys; "
-                              f"set it whole: --set {walked}=...")
+            kind = {
+                int: "an integer",
+                float: "a number",
+                str: "a string",
+                bool: "true or false",
+                list: "a list",
+                tuple: "a list",
+            }.get(origin, getattr(origin, "__name__", str(origin)))
+            raise ConfigError(
+                f"--set {item}: {walked} is {kind}, not an object with keys; set it whole: --set {walked}=..."
+            )
 
 
 def _blamed_override(field: str | None, overrides: list[str], prefix: str = "") -> str | None:
@@ -278,8 +295,9 @@ def parse_text(text: str | bytes, where: str) -> dict[str, Any]:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise ConfigError(f"{where}: not UTF-8 text (byte {err.start}: {err.reason}); expected a JSON "
-                              "object of config keys") from None
+            raise ConfigError(
+                f"{where}: not UTF-8 text (byte {err.start}: {err.reason}); expected a JSON object of config keys"
+            ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -24,8 +24,14 @@ CAPABILITIES = ("default", "avx2", "avx512")  # ATEN_CPU_CAPABILITY's values on 
 # the same instruction set in oneDNN's and MKL's spelling
 ONEDNN_ISA = {"default": "SSE41", "avx2": "AVX2", "avx512": "AVX512_CORE"}
 MKL_CBWR = {"default": "SSE4_2", "avx2": "AVX2", "avx512": "AVX512"}
-PINNED_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                    "DNNL_MAX_CPU_ISA", "MKL_CBWR")
+PINNED_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_CBWR",
+)
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,14 @@ class CpuPins:
 def pinned_variables(pins: CpuPins = CpuPins()) -> dict[str, str]:
     """The environment variables that pin the code paths (read when torch loads)."""
     isa = ONEDNN_ISA[pins.capability]
-    return {"OMP_NUM_THREADS": str(pins.threads), "MKL_NUM_THREADS": str(pins.threads),
-            "ATEN_CPU_CAPABILITY": pins.capability, "ONEDNN_MAX_CPU_ISA": isa,
-            "DNNL_MAX_CPU_ISA": isa,  # the name older oneDNN releases read
-            "MKL_CBWR": MKL_CBWR[pins.capability]}
+    return {
+        "OMP_NUM_THREADS": str(pins.threads),
+        "MKL_NUM_THREADS": str(pins.threads),
+        "ATEN_CPU_CAPABILITY": pins.capability,
+        "ONEDNN_MAX_CPU_ISA": isa,
+        "DNNL_MAX_CPU_ISA": isa,  # the name older oneDNN releases read
+        "MKL_CBWR": MKL_CBWR[pins.capability],
+    }
 
 
 def child_env(pins: CpuPins = CpuPins(), base: dict[str, str] | None = None) -> dict[str, str]:
@@ -60,9 +70,11 @@ def child_env(pins: CpuPins = CpuPins(), base: dict[str, str] | None = None) -> 
 def apply_env(pins: CpuPins = CpuPins()) -> None:
     """Set the pins in this process's environment; refused once torch is imported (they would not take)."""
     if "torch" in sys.modules:
-        raise RuntimeError("determinism.apply_env: torch is already imported, so ATEN_CPU_CAPABILITY, "
-                           "ONEDNN_MAX_CPU_ISA and MKL_CBWR would be ignored; set them before importing torch "
-                           "(or start the work in a child process with child_env())")
+        raise RuntimeError(
+            "determinism.apply_env: torch is already imported, so ATEN_CPU_CAPABILITY, "
+            "ONEDNN_MAX_CPU_ISA and MKL_CBWR would be ignored; set them before importing torch "
+            "(or start the work in a child process with child_env())"
+        )
     os.environ.update(pinned_variables(pins))
 
 
@@ -72,8 +84,10 @@ def export_for_children(pins: CpuPins = CpuPins()) -> list[str]:
     os.environ.update(pinned_variables(pins))
     if "torch" not in sys.modules:
         return []
-    return [f"this process loaded torch before the pins were set; its kernels stay "
-            f"{sys.modules['torch'].backends.cpu.get_cpu_capability()}"]
+    return [
+        f"this process loaded torch before the pins were set; its kernels stay "
+        f"{sys.modules['torch'].backends.cpu.get_cpu_capability()}"
+    ]
 
 
 def apply_torch(pins: CpuPins = CpuPins()) -> list[str]:
@@ -85,8 +99,11 @@ def apply_torch(pins: CpuPins = CpuPins()) -> list[str]:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # only settable before the first parallel work; the intra-op count is what matters
         pass
-    wrong = [f"{name}={os.environ.get(name)!r} (wanted {value!r})" for name, value in pinned_variables(pins).items()
-             if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") and os.environ.get(name) != value]
+    wrong = [
+        f"{name}={os.environ.get(name)!r} (wanted {value!r})"
+        for name, value in pinned_variables(pins).items()
+        if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") and os.environ.get(name) != value
+    ]
     capability = torch.backends.cpu.get_cpu_capability()
     if capability.lower() != pins.capability.lower() and pins.capability != "default":
         wrong.append(f"torch runs {capability} kernels (wanted {pins.capability})")
@@ -126,12 +143,19 @@ def cpu_flags(cpuinfo: str | None = None) -> list[str]:
 def record(pins: CpuPins | None = None, cpuinfo: str | None = None) -> dict:
     """What to keep beside a measured table (metrics.json "resources"): the CPU, the variables in force in this
     process, the pins asked for (when given), and torch's kernel choice and threads when torch is loaded."""
-    out: dict = {"cpu_model": cpu_model(cpuinfo), "cpu_vector_flags": cpu_flags(cpuinfo), "cpus": os.cpu_count(),
-                 "environment": {name: os.environ.get(name) for name in PINNED_VARIABLES}}
+    out: dict = {
+        "cpu_model": cpu_model(cpuinfo),
+        "cpu_vector_flags": cpu_flags(cpuinfo),
+        "cpus": os.cpu_count(),
+        "environment": {name: os.environ.get(name) for name in PINNED_VARIABLES},
+    }
     if pins is not None:
         out["pins"] = asdict(pins)
     torch = sys.modules.get("torch")
     if torch is not None:
-        out["torch"] = {"version": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                        "intra_op_threads": torch.get_num_threads()}
+        out["torch"] = {
+            "version": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "intra_op_threads": torch.get_num_threads(),
+        }
     return out

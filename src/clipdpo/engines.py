@@ -44,8 +44,11 @@ class ModelSpec:
     tensor_parallel_size: int = 1
     trust_remote_code: bool = False
 
-    RANGES = {"gpu_memory_utilization": PROBABILITY_MASS, "max_model_len": AT_LEAST_1,
-              "tensor_parallel_size": AT_LEAST_1}
+    RANGES = {
+        "gpu_memory_utilization": PROBABILITY_MASS,
+        "max_model_len": AT_LEAST_1,
+        "tensor_parallel_size": AT_LEAST_1,
+    }
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -94,12 +97,16 @@ def option_token_ids(tokenizer, options: list[str]) -> list[list[int]]:
     for option in options:
         variants = {option, option.lower(), " " + option, " " + option.lower()}
         firsts.append({ids[0] for ids in (tokenizer.encode(v, add_special_tokens=False) for v in variants) if ids})
-    ids = [sorted(group - set().union(*(other for j, other in enumerate(firsts) if j != i)))
-           for i, group in enumerate(firsts)]
+    ids = [
+        sorted(group - set().union(*(other for j, other in enumerate(firsts) if j != i)))
+        for i, group in enumerate(firsts)
+    ]
     for option, group in zip(options, ids):
         if not group:
-            raise ValueError(f"option {option!r} shares every first token with another of {options}; "
-                             "the options cannot be told apart by logits")
+            raise ValueError(
+                f"option {option!r} shares every first token with another of {options}; "
+                "the options cannot be told apart by logits"
+            )
     return ids
 
 
@@ -195,8 +202,12 @@ class HFEngine:
         chosen: list[str] = []
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start : start + self.batch_size]
-            inputs = self.processor(images=[r.image for r in batch], text=[self._template(r.prompt, True) for r in batch],
-                                    return_tensors="pt", padding=True)
+            inputs = self.processor(
+                images=[r.image for r in batch],
+                text=[self._template(r.prompt, True) for r in batch],
+                return_tensors="pt",
+                padding=True,
+            )
             with self.torch.no_grad():
                 logits = self.model(**inputs.to(self.device)).logits[:, -1, :].float()  # left padding: last = next
             best = self.torch.stack([logits[:, ids].max(dim=1).values for ids in token_ids], dim=1).argmax(dim=1)
@@ -224,7 +235,7 @@ class VLLMEngine:
         except ImportError as err:
             raise EngineUnavailable(
                 f"model {spec.name!r} runs on engine 'vllm' (the default when a model spec names no engine), "
-                "which is not installed here: set \"engine\": \"hf\" in its spec to run it on transformers, or run "
+                'which is not installed here: set "engine": "hf" in its spec to run it on transformers, or run '
                 "in the generate image (Dockerfiles/generate.Dockerfile), which has vLLM"
             ) from err
         self.llm = LLM(
@@ -248,14 +259,16 @@ class VLLMEngine:
     def _params(self, sampling: Sampling, n: int, seed: int):
         from vllm import SamplingParams
 
-        return SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                              max_tokens=sampling.max_new_tokens, seed=seed)
+        return SamplingParams(
+            n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=seed
+        )
 
     def caption(self, requests: list[ImageRequest], sampling: Sampling) -> list[list[str]]:
         inputs = [
             {
-                "prompt": self.processor.apply_chat_template(_user_message(r.prompt, True), add_generation_prompt=True,
-                                                             tokenize=False),
+                "prompt": self.processor.apply_chat_template(
+                    _user_message(r.prompt, True), add_generation_prompt=True, tokenize=False
+                ),
                 "multi_modal_data": {"image": r.image},
             }
             for r in requests
@@ -278,9 +291,15 @@ class VLLMEngine:
         owner = {token: index for index, ids in enumerate(token_ids) for token in ids}
         # greedy over the options' tokens only: the argmax of their logits, which is what is compared
         params = SamplingParams(n=1, temperature=0.0, max_tokens=1, allowed_token_ids=sorted(owner))
-        inputs = [{"prompt": self.processor.apply_chat_template(_user_message(r.prompt, True), add_generation_prompt=True,
-                                                                tokenize=False),
-                   "multi_modal_data": {"image": r.image}} for r in requests]
+        inputs = [
+            {
+                "prompt": self.processor.apply_chat_template(
+                    _user_message(r.prompt, True), add_generation_prompt=True, tokenize=False
+                ),
+                "multi_modal_data": {"image": r.image},
+            }
+            for r in requests
+        ]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [options[owner[output.outputs[0].token_ids[0]]] for output in outputs]
 

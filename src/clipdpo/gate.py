@@ -40,10 +40,12 @@ class Rule:
 
 def default_rules() -> list[Rule]:
     """AMBER score up and CHAIR down; no suite benchmark or zero-shot dataset worse by over a point."""
-    return [Rule("amber.amber_score", "higher", "improve"),
-            Rule("amber.generative.chair", "lower", "improve"),
-            Rule("suite.*.headline", "higher", "hold", tolerance=1.0),
-            Rule("zero_shot.*.top1", "higher", "hold", tolerance=1.0)]
+    return [
+        Rule("amber.amber_score", "higher", "improve"),
+        Rule("amber.generative.chair", "lower", "improve"),
+        Rule("suite.*.headline", "higher", "hold", tolerance=1.0),
+        Rule("zero_shot.*.top1", "higher", "hold", tolerance=1.0),
+    ]
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,14 @@ def check_one(rule: Rule, metric: str, candidate: float | None, reference: float
     gain = candidate - reference if rule.better == "higher" else reference - candidate
     if rule.require == "improve":
         return Check(described, metric, candidate, reference, gain > 0, f"gain {gain:+.4g} (must be > 0)")
-    return Check(described, metric, candidate, reference, gain >= -rule.tolerance,
-                 f"gain {gain:+.4g} (must be >= {-rule.tolerance:g})")
+    return Check(
+        described,
+        metric,
+        candidate,
+        reference,
+        gain >= -rule.tolerance,
+        f"gain {gain:+.4g} (must be >= {-rule.tolerance:g})",
+    )
 
 
 def check_rule(rule: Rule, candidate: dict, reference: dict) -> list[Check]:
@@ -112,28 +120,43 @@ def decide(rules: list[Rule], candidate: dict, reference: dict) -> tuple[bool, l
 
 def decision_record(passed: bool, checks: list[Check], candidate: dict, reference: dict) -> dict:
     """The JSON the gate writes: the verdict, each check, and both sides' model and run."""
-    return {"passed": passed, "checks": [asdict(each) for each in checks], "candidate": candidate,
-            "reference": reference}
+    return {
+        "passed": passed,
+        "checks": [asdict(each) for each in checks],
+        "candidate": candidate,
+        "reference": reference,
+    }
 
 
 def markdown(record: dict) -> str:
     """The decision as a Markdown table (for a CI job summary)."""
     verdict = "PASSED: promoted" if record["passed"] else "REFUSED: not promoted"
-    lines = [f"## Promotion gate: {verdict}", "",
-             f"candidate `{record['candidate'].get('model')}` vs reference `{record['reference'].get('model')}`", "",
-             "| metric | candidate | reference | rule | result |", "|---|---|---|---|---|"]
+    lines = [
+        f"## Promotion gate: {verdict}",
+        "",
+        f"candidate `{record['candidate'].get('model')}` vs reference `{record['reference'].get('model')}`",
+        "",
+        "| metric | candidate | reference | rule | result |",
+        "|---|---|---|---|---|",
+    ]
     for each in record["checks"]:
         values = ["–" if v is None else f"{v:.2f}" for v in (each["candidate"], each["reference"])]
-        lines.append(f"| {each['metric']} | {values[0]} | {values[1]} | {each['rule']} | "
-                     f"{'pass' if each['passed'] else 'FAIL'}: {each['why']} |")
+        lines.append(
+            f"| {each['metric']} | {values[0]} | {values[1]} | {each['rule']} | "
+            f"{'pass' if each['passed'] else 'FAIL'}: {each['why']} |"
+        )
     pointer = record.get("pointer", {})
     if pointer:
-        lines += ["", f"pointer `{pointer.get('uri')}`: {'moved' if pointer.get('moved') else 'unchanged'}"
-                      f"{' (' + pointer['note'] + ')' if pointer.get('note') else ''}"]
+        lines += [
+            "",
+            f"pointer `{pointer.get('uri')}`: {'moved' if pointer.get('moved') else 'unchanged'}"
+            f"{' (' + pointer['note'] + ')' if pointer.get('note') else ''}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 # -- the promoted pointer --------------------------------------------------------------------------
+
 
 class PointerMoved(RuntimeError):
     """The pointer changed between reading it and moving it (another run promoted first)."""
@@ -160,6 +183,7 @@ def move_pointer(storage: Storage, uri: str, record: dict, version: str | None) 
 
 # -- the step ----------------------------------------------------------------------------------------
 
+
 def sides(metrics: dict, candidate_name: str, promoted: dict | None) -> tuple[dict, dict]:
     """The candidate (a model of this run's metrics.json) and the reference: the promoted model, or, when
     nothing was promoted yet, this run's baseline (the base model it trained from)."""
@@ -169,18 +193,31 @@ def sides(metrics: dict, candidate_name: str, promoted: dict | None) -> tuple[di
         raise ValueError(f"gate_config.candidate {name!r}: not a model of the evaluation ({sorted(models)})")
     candidate = {"name": name, "model": models[name]["path"], "results": metrics["results"][name]}
     if promoted is not None:
-        return candidate, {"name": "promoted", "model": promoted["model"], "run_root": promoted.get("run_root"),
-                           "results": promoted["metrics"]}
+        return candidate, {
+            "name": "promoted",
+            "model": promoted["model"],
+            "run_root": promoted.get("run_root"),
+            "results": promoted["metrics"],
+        }
     base = metrics["baseline"]
-    return candidate, {"name": base, "model": models[base]["path"], "results": metrics["results"][base],
-                       "note": "nothing promoted yet: compared with this run's base model"}
+    return candidate, {
+        "name": base,
+        "model": models[base]["path"],
+        "results": metrics["results"][base],
+        "note": "nothing promoted yet: compared with this run's base model",
+    }
 
 
 def run(cfg: GateConfig, report_uri: str, pointer: str, run_root: str, storage: Storage) -> dict:
     """Decide on the run's evaluation at `report_uri` and, on pass, move `pointer`; the decision record."""
     if not report_uri:
-        return {"passed": False, "checks": [], "candidate": {}, "reference": {},
-                "pointer": {"uri": pointer, "moved": False, "note": "no evaluation configured: nothing to judge"}}
+        return {
+            "passed": False,
+            "checks": [],
+            "candidate": {},
+            "reference": {},
+            "pointer": {"uri": pointer, "moved": False, "note": "no evaluation configured: nothing to judge"},
+        }
     metrics = json.loads(storage.read_bytes(report_uri.rstrip("/") + "/metrics.json"))
     promoted, etag = read_pointer(storage, pointer)
     candidate, reference = sides(metrics, cfg.candidate, promoted)
@@ -191,8 +228,12 @@ def run(cfg: GateConfig, report_uri: str, pointer: str, run_root: str, storage: 
         record["passed"], record["pointer"]["note"] = False, "the evaluation is incomplete: not promoted"
     elif passed:
         try:
-            move_pointer(storage, pointer, {"model": candidate["model"], "run_root": run_root,
-                                            "metrics": candidate["results"]}, etag)
+            move_pointer(
+                storage,
+                pointer,
+                {"model": candidate["model"], "run_root": run_root, "metrics": candidate["results"]},
+                etag,
+            )
             record["pointer"]["moved"] = True
         except PointerMoved as err:
             record["pointer"]["note"] = str(err)
@@ -207,8 +248,10 @@ def read_decision(storage: Storage, uri: str) -> dict:
         raise UserError(f"{uri}: not valid JSON ({err}); expected the gate's decision.json") from None
     fields = {"passed": bool, "checks": list, "candidate": dict, "reference": dict, "pointer": dict}
     if not isinstance(record, dict) or any(not isinstance(record.get(k), t) for k, t in fields.items()):
-        raise UserError(f"{uri}: not a gate decision (expected an object with {sorted(fields)}); "
-                        "--decision names <run root>/gate/decision.json")
+        raise UserError(
+            f"{uri}: not a gate decision (expected an object with {sorted(fields)}); "
+            "--decision names <run root>/gate/decision.json"
+        )
     return record
 
 

@@ -51,8 +51,10 @@ def expected_files(summary: dict) -> list[Expected]:
     files = summary.get("files") if isinstance(summary, dict) else None
     if not isinstance(files, dict):
         return []
-    return [Expected(relative, int(info["bytes"]), str(info["sha256"]), str(info.get("etag", "")))
-            for relative, info in sorted(files.items())]
+    return [
+        Expected(relative, int(info["bytes"]), str(info["sha256"]), str(info.get("etag", "")))
+        for relative, info in sorted(files.items())
+    ]
 
 
 def sha256_of(storage: Storage, uri: str) -> str:
@@ -67,12 +69,13 @@ def listing(storage: Storage, base: str, folders: set[str]) -> dict[str, ObjectI
     found: dict[str, ObjectInfo] = {}
     for folder in sorted(folders):
         for info in storage.list_info(join(base, folder) if folder else base):
-            found[info.uri[len(base.rstrip("/")) + 1:]] = info
+            found[info.uri[len(base.rstrip("/")) + 1 :]] = info
     return found
 
 
-def damaged(storage: Storage, base: str, expected: list[Expected], *, recorded_unix: float,
-            full: bool | None = None) -> dict[str, str]:
+def damaged(
+    storage: Storage, base: str, expected: list[Expected], *, recorded_unix: float, full: bool | None = None
+) -> dict[str, str]:
     """{relative path: why} for each expected file under `base` that is missing or not what was recorded.
 
     `recorded_unix`: when the record naming the files was written; a file modified after it has its

@@ -102,8 +102,9 @@ class Lease:
         if self._heartbeat is not None:
             return
         ref = weakref.ref(self)
-        self._heartbeat = threading.Thread(target=_renew_until_gone, args=(ref, self.ttl_s / 3), daemon=True,
-                                           name=f"lease {self.uri}")
+        self._heartbeat = threading.Thread(
+            target=_renew_until_gone, args=(ref, self.ttl_s / 3), daemon=True, name=f"lease {self.uri}"
+        )
         self._heartbeat.start()
 
     def renew_in_background(self) -> bool:

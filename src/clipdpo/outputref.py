@@ -5,7 +5,8 @@ returned a bare URI returned the same string whatever it wrote there, so after a
 that changed reran but every later one stayed cached on the old result (issue 12, item 8). So each step
 returns its URI with the version of what it wrote, read from the artifact's completion marker (`version`):
 a data artifact's manifest fingerprint, the training summary's fingerprint, or a digest of the object
-(an evaluation's task record, its metrics.json, the run report's report.html). A shard of a fan-out, whose artifact has no marker yet,
+(an evaluation's task record, its metrics.json, the run report's report.html). A shard of a fan-out, whose
+artifact has no marker yet,
 returns a digest of its input's version and its config instead, marked `in-` (`shard_ref`).
 
 kfp's local cache keeps those references, and trusted any of them even after their artifact was deleted

@@ -41,14 +41,16 @@ def chosen_logps_warning(rows: Sequence[dict]) -> str | None:
     _, chosen = _series(rows, "rewards/chosen")
     if not chosen:
         return None
-    tail = chosen[-max(1, len(chosen) // 4):]
+    tail = chosen[-max(1, len(chosen) // 4) :]
     mean = sum(tail) / len(tail)
     if mean >= 0:
         return None
-    return (f"chosen log-probs fell below the reference (mean chosen reward {mean:+.4f} over the last "
-            f"{len(tail)} step(s)): the policy makes the preferred captions less likely too, and the margin "
-            "comes from the rejected ones falling faster. A known DPO failure mode: check samples, "
-            "consider a lower learning rate or a higher beta.")
+    return (
+        f"chosen log-probs fell below the reference (mean chosen reward {mean:+.4f} over the last "
+        f"{len(tail)} step(s)): the policy makes the preferred captions less likely too, and the margin "
+        "comes from the rejected ones falling faster. A known DPO failure mode: check samples, "
+        "consider a lower learning rate or a higher beta."
+    )
 
 
 def training_curves(rows: Sequence[dict], beta: float | None = None) -> Figure:
@@ -58,8 +60,11 @@ def training_curves(rows: Sequence[dict], beta: float | None = None) -> Figure:
     panel shows the rewards themselves (same sign, same shape)."""
     figure = Figure(figsize=(11, 7))
     axes = figure.subplots(2, 2).ravel()
-    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "rewards/accuracy", "reward accuracy"),
-                           (axes[2], "rewards/margin", "reward margin (chosen - rejected)")):
+    for ax, key, title in (
+        (axes[0], "loss", "loss"),
+        (axes[1], "rewards/accuracy", "reward accuracy"),
+        (axes[2], "rewards/margin", "reward margin (chosen - rejected)"),
+    ):
         steps, values = _series(rows, key)
         ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=key)
         ax.set_title(title)
@@ -68,15 +73,16 @@ def training_curves(rows: Sequence[dict], beta: float | None = None) -> Figure:
     scale = 1.0 / beta if beta else 1.0
     for key, colour, label in (("rewards/chosen", CHOSEN, "chosen"), ("rewards/rejected", REJECTED, "rejected")):
         steps, values = _series(rows, key)
-        ax.plot(steps, [v * scale for v in values], color=colour, label=label,
-                marker="." if len(steps) < 30 else None)
+        ax.plot(steps, [v * scale for v in values], color=colour, label=label, marker="." if len(steps) < 30 else None)
     ax.axhline(0.0, color=THRESHOLD, linewidth=0.8, linestyle=":")
     ax.set_title("log-prob change vs reference" if beta else "implicit reward beta*(log pi - log pi_ref)")
     ax.set_xlabel("step")
     ax.legend()
     warning = chosen_logps_warning(rows)
-    figure.suptitle("WARNING: chosen log-probs are falling (see the report)" if warning else "DPO training",
-                    color="#c0151b" if warning else "black")
+    figure.suptitle(
+        "WARNING: chosen log-probs are falling (see the report)" if warning else "DPO training",
+        color="#c0151b" if warning else "black",
+    )
     figure.tight_layout()
     return figure
 
@@ -94,8 +100,13 @@ def _no_data(ax, title: str) -> None:
     ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
 
 
-def clip_scores(chosen: Sequence[float], rejected: Sequence[float], margins: Mapping[str, Sequence[float]],
-                threshold: float | None, by_category: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+def clip_scores(
+    chosen: Sequence[float],
+    rejected: Sequence[float],
+    margins: Mapping[str, Sequence[float]],
+    threshold: float | None,
+    by_category: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+) -> Figure:
     """Three panels: chosen vs rejected score histograms; margin histograms (one per entry of `margins`)
     with the filter's margin threshold drawn; mean chosen and rejected score per image category
     (`by_category`: category -> (chosen scores, rejected scores))."""
@@ -124,8 +135,10 @@ def clip_scores(chosen: Sequence[float], rejected: Sequence[float], margins: Map
     categories = sorted(by_category)
     if categories:
         x = np.arange(len(categories))
-        means = [[float(np.mean(by_category[c][i])) if len(by_category[c][i]) else np.nan for c in categories]
-                 for i in (0, 1)]
+        means = [
+            [float(np.mean(by_category[c][i])) if len(by_category[c][i]) else np.nan for c in categories]
+            for i in (0, 1)
+        ]
         ax_category.bar(x - 0.2, means[0], width=0.4, color=CHOSEN, label="chosen")
         ax_category.bar(x + 0.2, means[1], width=0.4, color=REJECTED, label="rejected")
         ax_category.set_xticks(x, [f"{c}\n(n={len(by_category[c][0])})" for c in categories])
@@ -194,8 +207,13 @@ def grouped_bars(panels: Sequence[tuple[str, dict[str, dict[str, float | None]]]
         x = np.arange(len(labels))
         for i, (model, colour) in enumerate(zip(models, MODEL_COLOURS * 4)):
             heights = [values[model].get(label) for label in labels]
-            bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, [np.nan if h is None else h for h in heights],
-                          width=width, color=colour, label=model)
+            bars = ax.bar(
+                x + (i - (len(models) - 1) / 2) * width,
+                [np.nan if h is None else h for h in heights],
+                width=width,
+                color=colour,
+                label=model,
+            )
             ax.bar_label(bars, labels=["–" if h is None else f"{h:.1f}" for h in heights], fontsize="x-small")
         ax.set_xticks(x, labels)
         ax.set_title(title)

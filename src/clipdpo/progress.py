@@ -57,15 +57,18 @@ def figure(value: float) -> str:
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
-def progress_line(what: str, done: float, total: float, seconds: float, unit: str, start: float = 0,
-                  **extra: float) -> str:
+def progress_line(
+    what: str, done: float, total: float, seconds: float, unit: str, start: float = 0, **extra: float
+) -> str:
     """`<what>: <done>/<total> <unit> (<pct>%), <rate> <unit>/s, ETA <eta>[, <name> <value>...]`; the rate is
     this process's (`start`: units done before it began)."""
     percent = 100.0 * done / total if total else 100.0
     speed = rate(done - start, seconds)
-    parts = [f"{what}: {done:,.0f}/{total:,.0f} {unit} ({percent:.0f}%)",
-             f"{'?' if speed is None else figure(speed)} {unit}/s",
-             f"ETA {duration(eta_seconds(done, total, seconds, start))}"]
+    parts = [
+        f"{what}: {done:,.0f}/{total:,.0f} {unit} ({percent:.0f}%)",
+        f"{'?' if speed is None else figure(speed)} {unit}/s",
+        f"ETA {duration(eta_seconds(done, total, seconds, start))}",
+    ]
     parts += [f"{name.replace('_', ' ')} {figure(value)}" for name, value in extra.items()]
     return ", ".join(parts)
 
@@ -77,12 +80,22 @@ def quiet() -> bool:
 class Progress:
     """Counts units of one piece of work and logs a line at most every `every_s` seconds and at the end."""
 
-    def __init__(self, what: str, total: int, unit: str = "rows", *, done: int = 0, every_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        unit: str = "rows",
+        *,
+        done: int = 0,
+        every_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        say: Callable[[str], None] | None = None,
+    ):
         self.what, self.total, self.unit = what, total, unit
         self.done, self.start_done = done, done  # a resumed run's rate counts only what it did itself
-        self.every_s = every_s if every_s is not None else float(os.environ.get("CLIPDPO_PROGRESS_SECONDS",
-                                                                               DEFAULT_EVERY_S))
+        self.every_s = (
+            every_s if every_s is not None else float(os.environ.get("CLIPDPO_PROGRESS_SECONDS", DEFAULT_EVERY_S))
+        )
         self.clock = clock
         self.say = say or log.info
         self.started = self.last = clock()

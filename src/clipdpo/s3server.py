@@ -175,8 +175,10 @@ def clear_stale(data_dir: str) -> None:
     pid, owner = record.get("pid"), record.get("owner_pid")
     if isinstance(pid, int) and _is_weed_on(pid, data_dir):
         if isinstance(owner, int) and owner != os.getpid() and _alive(owner):
-            raise UserError(f"{data_dir} is served by a running S3 server (pid {pid}, {record.get('endpoint')}) "
-                            f"started by pid {owner}: stop that run, or use its variables (its --env-file)")
+            raise UserError(
+                f"{data_dir} is served by a running S3 server (pid {pid}, {record.get('endpoint')}) "
+                f"started by pid {owner}: stop that run, or use its variables (its --env-file)"
+            )
         print(f"stopping a stale S3 server (pid {pid}) left on {data_dir} by an earlier run", file=sys.stderr)
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -242,8 +244,15 @@ def _launch(data_dir: str, log_path: str, credentials: s3security.Credentials) -
     os.fchmod(log_fd, 0o600)
     with open(log_fd, "ab") as log:
         # Own session: a Ctrl-C meant for the caller reaches it through the caller's clean-up, in order.
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                   cwd=data_dir, preexec_fn=_in_child)
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=data_dir,
+            preexec_fn=_in_child,
+        )
     server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", process, data_dir, credentials, ports, log_path)
     record = {"pid": process.pid, "owner_pid": os.getpid(), "endpoint": server.endpoint_url}
     s3security.write_private(Path(data_dir, PID_FILE), json.dumps(record).encode())
@@ -295,11 +304,15 @@ def exit_on_sigterm() -> None:
 
 @exit_2_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m clipdpo.s3server", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog="python -m clipdpo.s3server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dir", default=".local/s3", help="data directory (kept between runs)")
-    parser.add_argument("--env-file", help="write the AWS_* variables for this server here as KEY=VALUE lines "
-                        "(mode 0600: they hold this start's secret, new each start)")
+    parser.add_argument(
+        "--env-file",
+        help="write the AWS_* variables for this server here as KEY=VALUE lines "
+        "(mode 0600: they hold this start's secret, new each start)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = parser.parse_args(argv)
     for flag, path in (("--dir", args.dir), ("--env-file", args.env_file and os.path.dirname(args.env_file))):

@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 
-from clipdpo.artifacts import Artifact, ArtifactWriter, Manifest, ShardRecord
+from clipdpo.artifacts import ArtifactWriter, Manifest, ShardRecord
 from clipdpo.errors import ArgumentParser, UserError, print_user_error
 from clipdpo.integrity import VERIFY_ENV, VERIFY_MODES
 from clipdpo.storage import Storage, check_location
@@ -62,8 +62,11 @@ def setup_logging() -> None:
     which also silences the progress lines inside a shard (clipdpo.progress)."""
     from clipdpo.progress import quiet
 
-    logging.basicConfig(level=logging.WARNING if quiet() else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if quiet() else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def sum_stats(records: list[ShardRecord]) -> dict[str, Any]:
@@ -158,8 +161,9 @@ def add_config_flag(parser: argparse.ArgumentParser, flag: str, key: str, help: 
     parser.add_argument(flag, action=SetKey, metavar=key.upper(), help=help)
 
 
-def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded: bool = True,
-                 overwrite: bool = True) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, doc: str | None, input_help: str | None, *, sharded: bool = True, overwrite: bool = True
+) -> argparse.ArgumentParser:
     """The flags every stage shares: `--input` (when the stage has one), `--output`, `--config`, `--set`,
     `--dry-run`, and, where they apply, `--shard`/`--finalize` (a fan-out) and `--overwrite`."""
     parser = ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,26 +171,47 @@ def build_parser(prog: str, doc: str | None, input_help: str | None, *, sharded:
         parser.add_argument("--input", required=True, help=input_help)
     parser.add_argument("--output", required=True, help="artifact URI to write (s3://bucket/prefix or a path)")
     parser.add_argument("--config", help="JSON config file (path or s3:// URI); defaults are the paper's")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set caption_min_score=27.5 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set caption_min_score=27.5 (repeatable)",
+    )
     if sharded:
-        parser.add_argument("--shard", type=ShardSpec.parse, default=ShardSpec(), metavar="I/N",
-                            help="process input shards I, I+N, I+2N, ... (fan-out); default 0/1")
-        parser.add_argument("--finalize", action="store_true",
-                            help="only write the manifest once every shard is done (after a fan-out)")
+        parser.add_argument(
+            "--shard",
+            type=ShardSpec.parse,
+            default=ShardSpec(),
+            metavar="I/N",
+            help="process input shards I, I+N, I+2N, ... (fan-out); default 0/1",
+        )
+        parser.add_argument(
+            "--finalize", action="store_true", help="only write the manifest once every shard is done (after a fan-out)"
+        )
     if overwrite:
-        parser.add_argument("--overwrite", action="store_true",
-                            help="replace an existing complete artifact made with other inputs or config")
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an existing complete artifact made with other inputs or config",
+        )
     if sharded or input_help:  # the stages whose finished outputs are verified before they are reused
-        parser.add_argument("--verify", choices=VERIFY_MODES, default=None,
-                            help="how a finished output's files are checked before they are reused: cheap (sizes, "
-                                 "and the store's checksums where it gives them; the default) or full (read every "
-                                 f"file's sha256); also {VERIFY_ENV}")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved config as JSON and exit; nothing is read or written")
+        parser.add_argument(
+            "--verify",
+            choices=VERIFY_MODES,
+            default=None,
+            help="how a finished output's files are checked before they are reused: cheap (sizes, "
+            "and the store's checksums where it gives them; the default) or full (read every "
+            f"file's sha256); also {VERIFY_ENV}",
+        )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config as JSON and exit; nothing is read or written"
+    )
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
-    parser.add_argument("--quiet", action="store_true",
-                        help="log warnings and errors only: no progress lines (also CLIPDPO_QUIET=1)")
+    parser.add_argument(
+        "--quiet", action="store_true", help="log warnings and errors only: no progress lines (also CLIPDPO_QUIET=1)"
+    )
     return parser
 
 
@@ -203,8 +228,12 @@ def load_config(config_cls: type[T], args: argparse.Namespace, storage: Storage 
     return cfg
 
 
-def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str] | None,
-            call: Callable[[T, argparse.Namespace], Any]) -> int:
+def run_cli(
+    parser: argparse.ArgumentParser,
+    config_cls: type[T],
+    argv: list[str] | None,
+    call: Callable[[T, argparse.Namespace], Any],
+) -> int:
     """Every stage's command line, one seam: flags -> config -> `call(cfg, args)` (the stage's `run`); exit code.
 
     A `UserError` (bad flag value, missing file, wrong credentials, ...) is one line on stderr and
@@ -236,8 +265,15 @@ def run_cli(parser: argparse.ArgumentParser, config_cls: type[T], argv: list[str
     return 0
 
 
-def sharded_main(run: Callable[..., Any], config_cls: type, argv: list[str] | None, *, prog: str, doc: str | None,
-                 input_help: str) -> int:
+def sharded_main(
+    run: Callable[..., Any], config_cls: type, argv: list[str] | None, *, prog: str, doc: str | None, input_help: str
+) -> int:
     """The command line of a stage with an input artifact: flags -> config -> `run`."""
-    return run_cli(build_parser(prog, doc, input_help), config_cls, argv, lambda cfg, args: run(
-        cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite))
+    return run_cli(
+        build_parser(prog, doc, input_help),
+        config_cls,
+        argv,
+        lambda cfg, args: run(
+            cfg, args.input, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite
+        ),
+    )

@@ -83,13 +83,21 @@ def validate(configs: dict[str, dict], overrides: list[str] | tuple[str, ...] = 
         if not isinstance(body, dict):
             raise ConfigError(f"{name}_config: must be a JSON object, got {type(body).__name__}")
     # name -> its own config class's instance (config_class(name)): the value type differs by name
-    typed: dict[str, Any] = {name: checked(name, configs.get(name) or {}, overrides) for name in CONFIG_NAMES
-                             if name not in ("evaluate", "povid")}
+    typed: dict[str, Any] = {
+        name: checked(name, configs.get(name) or {}, overrides)
+        for name in CONFIG_NAMES
+        if name not in ("evaluate", "povid")
+    }
     evaluate = dict(configs.get("evaluate") or {})
     if evaluate:  # empty: no evaluation
         engine = evaluate.get("engine", "vllm")
-        evaluate.setdefault("models", [{"name": "base", "path": typed["train"].model, "engine": engine},
-                                       {"name": "trained", "path": "<the run's model>", "engine": engine}])
+        evaluate.setdefault(
+            "models",
+            [
+                {"name": "base", "path": typed["train"].model, "engine": engine},
+                {"name": "trained", "path": "<the run's model>", "engine": engine},
+            ],
+        )
         checked("evaluate", evaluate, overrides)
     if typed["train"].method != "clipdpo":
         checked("povid", configs.get("povid") or {}, overrides)

@@ -62,8 +62,9 @@ def typed_config(cls: type[T], config_json: str, where: str) -> T:
     return config_lib.from_dict(cls, config_object(config_json, where), where)
 
 
-def _sharded(name: str, run: Callable[..., Any], cfg: Any, run_root: str, shard: ShardSpec, finalize: bool,
-             input_ref: str = "") -> str:
+def _sharded(
+    name: str, run: Callable[..., Any], cfg: Any, run_root: str, shard: ShardSpec, finalize: bool, input_ref: str = ""
+) -> str:
     """Stage `name` on its input (`input_ref`: the step's input as the pipeline passed it; "" for this run's
     own), writing under `run_root`; its output, versioned."""
     setup_logging()
@@ -85,25 +86,39 @@ def ingest_step(run_root: str, source: str, config_json: str) -> str:
     return outputref.ref(Storage(), output)
 
 
-def generate_step(run_root: str, config_json: str, shard_index: int = 0, shard_count: int = 1,
-                  finalize: bool = False, images_uri: str = "") -> str:
+def generate_step(
+    run_root: str,
+    config_json: str,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    finalize: bool = False,
+    images_uri: str = "",
+) -> str:
     """One shard of the generate fan-out (`finalize`: the manifest once every shard is done)."""
     from clipdpo import generate
 
     cfg = typed_config(generate.GenerateConfig, config_json, "generate_config")
-    return _sharded("generate", generate.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize,
-                    images_uri)
+    return _sharded(
+        "generate", generate.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize, images_uri
+    )
 
 
-def score_step(run_root: str, config_json: str, shard_index: int = 0, shard_count: int = 1,
-               finalize: bool = False, candidates_uri: str = "") -> str:
+def score_step(
+    run_root: str,
+    config_json: str,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    finalize: bool = False,
+    candidates_uri: str = "",
+) -> str:
     """One shard of the score fan-out (`finalize`: the manifest once every shard is done)."""
     from clipdpo import score
     from clipdpo.score.scorer import ScorerConfig
 
     cfg = typed_config(ScorerConfig, config_json, "score_config")
-    return _sharded("score", score.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize,
-                    candidates_uri)
+    return _sharded(
+        "score", score.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize, candidates_uri
+    )
 
 
 def filter_step(run_root: str, config_json: str, scores_uri: str = "") -> str:
@@ -169,8 +184,9 @@ def training_pairs_step(run_root: str, train_config_json: str, clipdpo_pairs: st
             from clipdpo.filter.combine import combine_pairs
 
             setup_logging()
-            chosen = combine_pairs({"clipdpo": clipdpo_pairs, "povid": povid_pairs}, join(run_root, BOTH_PAIRS),
-                                   overwrite=True)
+            chosen = combine_pairs(
+                {"clipdpo": clipdpo_pairs, "povid": povid_pairs}, join(run_root, BOTH_PAIRS), overwrite=True
+            )
         case method:
             raise ValueError(f"train method {method!r}: expected clipdpo, povid or both")
     return outputref.ref(Storage(), chosen)
@@ -204,8 +220,15 @@ def train_step(run_root: str, config_json: str, *, launcher: str, pairs_uri: str
         return outputref.ref(Storage(), output)
     if launcher not in ("trainjob", "pytorchjob"):
         raise ValueError(f"train launcher {launcher!r}: expected 'trainjob', 'pytorchjob' or 'local'")
-    train_args = ["--input", pairs_uri, "--output", output,
-                  "--config", write_train_config(run_root, cfg), "--overwrite"]
+    train_args = [
+        "--input",
+        pairs_uri,
+        "--output",
+        output,
+        "--config",
+        write_train_config(run_root, cfg),
+        "--overwrite",
+    ]
     launch_key = output + "\n" + json.dumps(config_object(config_json, "train_config"), sort_keys=True)
     launch_train_job(train_args, launch_key, launcher, job)  # same output + config = same job
     return outputref.ref(Storage(), output)
@@ -229,19 +252,32 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
     run = run_from_env()  # retries of this step re-attach to the job; another run starts its own
     launch_key = run_launch_key(launch_key, run)
     spec = jobspec.TrainJobSpec(
-        name=jobspec.job_name(launch_key), namespace=namespace, image=job["image"], train_args=train_args,
-        nodes=int(job.get("nodes", 1)), gpus_per_node=int(job.get("gpus_per_node", 8)),
-        s3_secret=job.get("s3_secret", "clipdpo-s3"), service_account=job.get("service_account", "clipdpo-train"),
+        name=jobspec.job_name(launch_key),
+        namespace=namespace,
+        image=job["image"],
+        train_args=train_args,
+        nodes=int(job.get("nodes", 1)),
+        gpus_per_node=int(job.get("gpus_per_node", 8)),
+        s3_secret=job.get("s3_secret", "clipdpo-s3"),
+        service_account=job.get("service_account", "clipdpo-train"),
         node_selector=json.loads(job.get("node_selector_json", "{}")),
         tolerations=json.loads(job.get("tolerations_json", "[]")),
-        active_deadline_seconds=int(timeout_hours * 3600), queue_name=job.get("queue_name", ""),
+        active_deadline_seconds=int(timeout_hours * 3600),
+        queue_name=job.get("queue_name", ""),
         runtime=job.get("runtime", "torch-distributed"),
-        env=job_env())  # MLflow/TensorBoard settings (clipdpo.tracking), when the step has them
+        env=job_env(),
+    )  # MLflow/TensorBoard settings (clipdpo.tracking), when the step has them
     # the follower's backstop lies past the job's own deadline, so the operator's reason is what we see
-    launch(spec, launch_key, launcher=launcher, timeout_seconds=timeout_hours * 3600 + 600, run=run,
-           schedule_timeout_seconds=float(job.get("schedule_timeout_minutes", 60.0)) * 60,
-           startup_timeout_seconds=float(job.get("startup_timeout_minutes", 30.0)) * 60,
-           admission_timeout_seconds=float(job.get("admission_timeout_minutes", 0.0)) * 60)
+    launch(
+        spec,
+        launch_key,
+        launcher=launcher,
+        timeout_seconds=timeout_hours * 3600 + 600,
+        run=run,
+        schedule_timeout_seconds=float(job.get("schedule_timeout_minutes", 60.0)) * 60,
+        startup_timeout_seconds=float(job.get("startup_timeout_minutes", 30.0)) * 60,
+        admission_timeout_seconds=float(job.get("admission_timeout_minutes", 0.0)) * 60,
+    )
 
 
 def cleanup_train_jobs_step(launcher: str, namespace: str = "") -> list[str]:
@@ -291,8 +327,9 @@ def evaluate_step(run_root: str, model_uri: str, train_config_json: str, config_
     setup_logging()
     config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
     if config is None:
-        logging.getLogger("clipdpo.evaluate").warning("evaluate: no benchmarks configured (evaluate_config is {}); "
-                                                      "skipped")
+        logging.getLogger("clipdpo.evaluate").warning(
+            "evaluate: no benchmarks configured (evaluate_config is {}); skipped"
+        )
         return ""
     output = artifact_uri(run_root, "evaluate")
     metrics = evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
@@ -314,8 +351,10 @@ def evaluation_plan(run_root: str, model_uri: str, train_config_json: str, confi
     if config is None:
         return []
     trained = outputref.split(model_uri)[1]
-    return [f"{item['model']}|{item['task']}|{trained}"
-            for item in plan(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"))]
+    return [
+        f"{item['model']}|{item['task']}|{trained}"
+        for item in plan(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"))
+    ]
 
 
 def evaluate_task_step(run_root: str, train_config_json: str, config_json: str, item: str) -> str:
@@ -343,8 +382,9 @@ def evaluate_merge_step(run_root: str, model_uri: str, train_config_json: str, c
     if config is None:
         return ""
     output = artifact_uri(run_root, "evaluate")
-    metrics = evaluate.run(config_lib.from_dict(EvaluateConfig, {**config, "merge_tasks": True}, "evaluate_config"),
-                           output)
+    metrics = evaluate.run(
+        config_lib.from_dict(EvaluateConfig, {**config, "merge_tasks": True}, "evaluate_config"), output
+    )
     from clipdpo.tracking import log_evaluation
 
     # MLflow (when configured): the figures join the training's run
@@ -364,8 +404,12 @@ def gate_step(run_root: str, report_uri: str, config_json: str) -> str:
     record = gate.run(cfg, outputref.plain(report_uri), pointer, run_root, Storage())
     uri = join(run_root, "gate", "decision.json")
     Storage().write_bytes(uri, json.dumps(record, indent=2, sort_keys=True).encode())
-    print(json.dumps({"stage": "gate", "passed": record["passed"], "promoted": record["pointer"]["moved"],
-                      "decision": uri}), flush=True)
+    print(
+        json.dumps(
+            {"stage": "gate", "passed": record["passed"], "promoted": record["pointer"]["moved"], "decision": uri}
+        ),
+        flush=True,
+    )
     return uri
 
 

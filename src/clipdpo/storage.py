@@ -26,8 +26,14 @@ from clipdpo.errors import UserError
 MULTIPART_THRESHOLD_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 8 * 1024 * 1024
 # S3 error codes that mean "these credentials do not work here" (403: a HEAD request's bare status).
-CREDENTIAL_ERRORS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
-                     "ExpiredToken")
+CREDENTIAL_ERRORS = (
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "403",
+    "InvalidToken",
+    "ExpiredToken",
+)
 
 
 class StorageError(RuntimeError, UserError):
@@ -145,8 +151,10 @@ def died_message(endpoint_url: str, log_path: str, returncode: int | None = None
     """What a client says when the local server clipdpo started stops answering: not "set AWS_ENDPOINT_URL"
     (nothing the user set is wrong), but that the server is gone and where its log is."""
     status = f", exit status {returncode}" if returncode is not None else ""
-    return (f"the local S3 server at {endpoint_url} that clipdpo started is not answering: it died or was "
-            f"stopped{status}; see its log {log_path}; rerun to start a new one (finished steps are kept)")
+    return (
+        f"the local S3 server at {endpoint_url} that clipdpo started is not answering: it died or was "
+        f"stopped{status}; see its log {log_path}; rerun to start a new one (finished steps are kept)"
+    )
 
 
 def local_server_log(endpoint_url: str | None) -> str | None:
@@ -176,8 +184,10 @@ def split_s3(uri: str) -> tuple[str, str]:
     if parsed.scheme != "s3" or not parsed.netloc:
         raise StorageError(f"{uri!r} is not an s3://bucket/key URI")
     if not _BUCKET_NAME.match(parsed.netloc):
-        raise StorageError(f"{uri}: {parsed.netloc!r} is not a valid S3 bucket name (letters, digits, '.', '-' "
-                           "and '_' only; new buckets: 3-63 lower-case letters, digits, '.' and '-')")
+        raise StorageError(
+            f"{uri}: {parsed.netloc!r} is not a valid S3 bucket name (letters, digits, '.', '-' "
+            "and '_' only; new buckets: 3-63 lower-case letters, digits, '.' and '-')"
+        )
     return parsed.netloc, parsed.path.lstrip("/")
 
 
@@ -242,8 +252,14 @@ class Storage:
         return self._client
 
     def _s3_call(self, uri: str, fn, **kwargs):
-        from botocore.exceptions import (ClientError, ConnectionClosedError, EndpointConnectionError,
-                                         NoCredentialsError, ParamValidationError, ResponseStreamingError)
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ParamValidationError,
+            ResponseStreamingError,
+        )
 
         try:
             return fn(**kwargs)
@@ -349,9 +365,15 @@ class Storage:
             out: builtins.list[ObjectInfo] = []
             pages = self._s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
             for page in pages:
-                out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", "").strip('"'),
-                                      _unix(obj.get("LastModified")))
-                           for obj in page.get("Contents", []))
+                out.extend(
+                    ObjectInfo(
+                        f"s3://{bucket}/{obj['Key']}",
+                        int(obj["Size"]),
+                        obj.get("ETag", "").strip('"'),
+                        _unix(obj.get("LastModified")),
+                    )
+                    for obj in page.get("Contents", [])
+                )
             return sorted(out, key=lambda info: info.uri)
         root = Path(prefix)
         if not root.is_dir():
@@ -370,7 +392,7 @@ class Storage:
         digest = hashlib.sha256()
         if is_remote(path):
             prefix = path.rstrip("/") + "/"
-            listed = [(info.uri[len(prefix):], info.version, info.size) for info in self.list_info(path)]
+            listed = [(info.uri[len(prefix) :], info.version, info.size) for info in self.list_info(path)]
             if not listed and self.exists(path):  # one object, not a folder
                 info = self.info(path)
                 listed = [("", info.version, info.size)]
@@ -390,8 +412,9 @@ class Storage:
         if uri.startswith("s3://"):
             bucket, key = split_s3(uri)
             head = self._s3_call(uri, self.s3.head_object, Bucket=bucket, Key=key)
-            return ObjectInfo(uri, int(head["ContentLength"]), head.get("ETag", "").strip('"'),
-                              _unix(head.get("LastModified")))
+            return ObjectInfo(
+                uri, int(head["ContentLength"]), head.get("ETag", "").strip('"'), _unix(head.get("LastModified"))
+            )
         try:
             stat = os.stat(uri)
         except FileNotFoundError as err:
@@ -529,7 +552,6 @@ class Storage:
             self._s3_call(uri, self.s3.create_bucket, Bucket=bucket)
 
 
-
 def local_model_dir(storage: Storage, model: str, cache_dir: str) -> str:
     """`model` itself unless it is an s3:// prefix, which is copied (once) under `cache_dir`."""
     if not model.startswith("s3://"):
@@ -542,7 +564,7 @@ def local_model_dir(storage: Storage, model: str, cache_dir: str) -> str:
         if not uris:
             raise FileNotFoundError(f"model {model}: no files under that prefix")
         for uri in uris:
-            storage.download_file(uri, str(target / uri[len(prefix) + 1:]))
+            storage.download_file(uri, str(target / uri[len(prefix) + 1 :]))
         marker.write_text(model)
     return str(target)
 

@@ -50,8 +50,7 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
 
 def numeric(metrics: Mapping) -> dict[str, float]:
     """The plain numbers of a (nested) metrics dict; booleans, text and None are left out."""
-    return {k: float(v) for k, v in flatten(metrics).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class Tracker:
@@ -74,8 +73,7 @@ class Tracker:
 
 
 class MLflowTracker(Tracker):
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str, run_id: str | None = None,
-                 output: str = ""):
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, run_id: str | None = None, output: str = ""):
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
@@ -92,7 +90,7 @@ class MLflowTracker(Tracker):
         logged = self.client.get_run(self.run_id).data.params  # a resumed run: params already there
         items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(flatten(params).items()) if k not in logged]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping, step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -100,7 +98,7 @@ class MLflowTracker(Tracker):
         now = int(time.time() * 1000)
         items = [Metric(k, v, now, step or 0) for k, v in sorted(numeric(metrics).items())]
         for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def log_artifacts(self, uris: Mapping[str, str]) -> None:
         for name, uri in sorted(uris.items()):
@@ -173,8 +171,16 @@ def read_info(storage: Storage, output: str) -> dict:
         return {}
 
 
-def open_tracker(output: str, *, storage: Storage, local_dir: str, run_name: str,
-                 env: Mapping[str, str] | None = None, resume_from: str = "", tensorboard: bool = True) -> Tracker:
+def open_tracker(
+    output: str,
+    *,
+    storage: Storage,
+    local_dir: str,
+    run_name: str,
+    env: Mapping[str, str] | None = None,
+    resume_from: str = "",
+    tensorboard: bool = True,
+) -> Tracker:
     """The trackers the environment asks for, writing `<output>/tracking.json` when there is any.
 
     `resume_from`: an artifact whose tracking.json names the MLflow run to continue (evaluate logs to
@@ -220,8 +226,9 @@ class TrackingCallback:
             self.tracker.sync()
 
     def on_train_end(self, run) -> None:
-        self.tracker.log_artifacts({"model": join(run.output, "model"), "metrics": join(run.output, "metrics.jsonl"),
-                                    "output": run.output})
+        self.tracker.log_artifacts(
+            {"model": join(run.output, "model"), "metrics": join(run.output, "metrics.jsonl"), "output": run.output}
+        )
         self.tracker.close()
 
 
@@ -233,18 +240,25 @@ def training_callbacks(run, env: Mapping[str, str] | None = None) -> list[Tracki
     from clipdpo import config as config_lib
 
     run_name = "train " + "/".join(run.output.rstrip("/").split("/")[-2:])
-    tracker = open_tracker(run.output, storage=run.storage, run_name=run_name, env=env,
-                           local_dir=os.path.join(run.checkpoints.local_root, TENSORBOARD_DIR))
+    tracker = open_tracker(
+        run.output,
+        storage=run.storage,
+        run_name=run_name,
+        env=env,
+        local_dir=os.path.join(run.checkpoints.local_root, TENSORBOARD_DIR),
+    )
     if type(tracker) is Tracker:
         return []
     return [TrackingCallback(tracker, config_lib.to_dict(run.cfg), run.cfg.save_steps)]
 
 
-def log_evaluation(output: str, model_uri: str, results: Mapping, storage: Storage,
-                   env: Mapping[str, str] | None = None) -> None:
+def log_evaluation(
+    output: str, model_uri: str, results: Mapping, storage: Storage, env: Mapping[str, str] | None = None
+) -> None:
     """The evaluate step's figures (every number of every model's results), on its training's MLflow run."""
-    tracker = open_tracker(output, storage=storage, local_dir="", run_name="evaluate", env=env,
-                           resume_from=model_uri, tensorboard=False)
+    tracker = open_tracker(
+        output, storage=storage, local_dir="", run_name="evaluate", env=env, resume_from=model_uri, tensorboard=False
+    )
     tracker.log_metrics({"eval": dict(results)})
     tracker.log_artifacts({"evaluation": output})
     tracker.close()

@@ -18,8 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         listing = "\n".join(f"  {name:<15} {text}" for name, (_, text) in COMMANDS.items())
-        print(f"usage: python -m clipdpo_lab COMMAND [...]\ncommands:\n{listing}",
-              file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        print(
+            f"usage: python -m clipdpo_lab COMMAND [...]\ncommands:\n{listing}",
+            file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr,
+        )
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     module, _ = COMMANDS[argv[0]]
     return importlib.import_module(module).main(argv[1:])

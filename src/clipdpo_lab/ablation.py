@@ -48,7 +48,7 @@ def copy_responses(source_eval: str, target_eval: str, models: list[str], storag
     for model in models:
         prefix = join(source_eval, "responses", model)
         for uri in storage.list(prefix):
-            target = join(target_eval, "responses", model, uri[len(prefix):].lstrip("/"))
+            target = join(target_eval, "responses", model, uri[len(prefix) :].lstrip("/"))
             if not storage.exists(target):
                 storage.write_bytes(target, storage.read_bytes(uri))
                 copied += 1
@@ -62,14 +62,17 @@ def evaluate_variants(ablation: Ablation, configs: dict[str, dict], base: str, r
 
     storage, target = Storage(), ablation.root(run_root)
     models = evaluate_models(base, run_root)  # base and clipdpo, as the run named them
-    models += [{**models[1], "name": variant,
-                "path": model_uri(ablation.variant_root(run_root, variant))}
-               for variant in ablation.variants]
-    copy_responses(steps.artifact_uri(run_root, "evaluate"), steps.artifact_uri(target, "evaluate"),
-                   ["base", "clipdpo"], storage)
+    models += [
+        {**models[1], "name": variant, "path": model_uri(ablation.variant_root(run_root, variant))}
+        for variant in ablation.variants
+    ]
+    copy_responses(
+        steps.artifact_uri(run_root, "evaluate"), steps.artifact_uri(target, "evaluate"), ["base", "clipdpo"], storage
+    )
     evaluate = {**configs["evaluate"], "models": models, "zero_shot": None, "suite": []}  # the table is AMBER's
-    steps.evaluate_step(target, steps.artifact_uri(run_root, "train"), json.dumps(configs["train"]),
-                        json.dumps(evaluate))
+    steps.evaluate_step(
+        target, steps.artifact_uri(run_root, "train"), json.dumps(configs["train"]), json.dumps(evaluate)
+    )
     return json.loads(storage.read_bytes(join(steps.artifact_uri(target, "evaluate"), "metrics.json")))
 
 
@@ -85,13 +88,18 @@ def table(ablation: Ablation, metrics: dict, pairs: dict[str, int]) -> str:
     found = summary(metrics)  # metrics.json sorts its keys: the table keeps base, the run's model, then variants
     rows = {name: found[name] for name in ["base", "clipdpo", *ablation.variants] if name in found}
     base = rows["base"]
-    out = [f"| {ablation.heading} | Pairs | CHAIR ↓ | Hal ↓ | Cover ↑ | F1 | AMBER score |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        f"| {ablation.heading} | Pairs | CHAIR ↓ | Hal ↓ | Cover ↑ | F1 | AMBER score |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in rows.items():
-        chair, hal = (f"{row[key]:.1f}" + ("" if name == "base" else cut(row[key], base[key]))
-                      for key in ("chair", "hal"))
-        out.append(f"| {ablation.labels.get(name, name)} | {pairs.get(name, '–')} | {chair} | {hal} | "
-                   f"{row['cover']:.1f} | {row['f1']:.1f} | {row['amber_score']:.2f} |")
+        chair, hal = (
+            f"{row[key]:.1f}" + ("" if name == "base" else cut(row[key], base[key])) for key in ("chair", "hal")
+        )
+        out.append(
+            f"| {ablation.labels.get(name, name)} | {pairs.get(name, '–')} | {chair} | {hal} | "
+            f"{row['cover']:.1f} | {row['f1']:.1f} | {row['amber_score']:.2f} |"
+        )
     return "\n".join(out)
 
 
@@ -104,8 +112,10 @@ def finished_run_pairs(run_root: str, args) -> int:
         pairs = Artifact.open(Storage(), steps.artifact_uri(run_root, "filter"), kind="pairs").manifest.rows
         Artifact.open(Storage(), steps.artifact_uri(run_root, "score"), kind="scores")
     except ArtifactError as err:
-        raise SystemExit(f"{run_root}: no finished world run to reuse ({err}); run `make pipeline-run "
-                         f"WORLD={args.world} RUN_ID={args.run_id}` first") from None
+        raise SystemExit(
+            f"{run_root}: no finished world run to reuse ({err}); run `make pipeline-run "
+            f"WORLD={args.world} RUN_ID={args.run_id}` first"
+        ) from None
     return pairs
 
 
@@ -114,8 +124,9 @@ def run(ablation: Ablation, args) -> int:
 
     run_root = args.run_root or f"s3://{args.bucket}/runs/{args.run_id}"
     pairs = {"clipdpo": finished_run_pairs(run_root, args)}  # the run first: a missing run should not wait for a world
-    configs, world = world_configs(args.world, str(Path(args.world_cache or Path(args.state_dir) / "world").resolve()),
-                                   run_root)
+    configs, world = world_configs(
+        args.world, str(Path(args.world_cache or Path(args.state_dir) / "world").resolve()), run_root
+    )
     if ablation.check_run is not None:
         ablation.check_run(configs, run_root)
     started = time.monotonic()
@@ -124,21 +135,27 @@ def run(ablation: Ablation, args) -> int:
     report = Path(args.state_dir) / "reports" / args.run_id / f"{ablation.name}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(text + "\n")
-    print(f"\n{ablation.name} ablation on world {args.world}, run {args.run_id}, {time.monotonic() - started:.0f}s "
-          f"(also in {report}):\n{text}")
+    print(
+        f"\n{ablation.name} ablation on world {args.world}, run {args.run_id}, {time.monotonic() - started:.0f}s "
+        f"(also in {report}):\n{text}"
+    )
     return 0
 
 
 def main(ablation: Ablation, argv: list[str] | None, prog: str, description: str) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run-id", required=True, help="the finished world run to reuse")
     parser.add_argument("--world", type=int, required=True, help="its world seed")
     parser.add_argument("--bucket", default=os.environ.get("CLIPDPO_BUCKET", "clipdpo-local"))
     parser.add_argument("--run-root", default="", help="default s3://<bucket>/runs/<run-id>")
     parser.add_argument("--state-dir", default=".local", help="the local run's state (its S3 data in <state-dir>/s3)")
-    parser.add_argument("--world-cache", default=os.environ.get("CLIPDPO_WORLD_CACHE", ""),
-                        help="where worlds are cached (default <state-dir>/world)")
+    parser.add_argument(
+        "--world-cache",
+        default=os.environ.get("CLIPDPO_WORLD_CACHE", ""),
+        help="where worlds are cached (default <state-dir>/world)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if os.environ.get("AWS_ENDPOINT_URL"):

@@ -7,7 +7,8 @@ by its method (`clipdpo`, `povid` or `both`), so the report and metrics.json key
 
 The kfp pipeline trains one method per run (its train config's `method` chooses the pairs train
 consumes). Other arms run in this process after the pipeline, through the same step functions the
-components call (clipdpo_lab.localrun), each under `<run_root>-<arm>` and reusing the pipeline's images, scores and CLIP-DPO
+components call (clipdpo_lab.localrun), each under `<run_root>-<arm>` and reusing the pipeline's images, scores and
+CLIP-DPO
 pairs: `povid` and `both` make POVID's pairs (the world's rule-based injector) and train with POVID's
 two stages; `control` shuffles the run's CLIP scores among each image's captions
 (`clipdpo_lab.control`), then filters and trains as CLIP-DPO. The evaluate step then reruns on the
@@ -48,8 +49,9 @@ def control_root(run_root: str) -> str:
     return arm_root(run_root, "control")
 
 
-def evaluate_models(base: str, run_root: str, control: bool = False, method: str = "clipdpo",
-                    arms: tuple[str, ...] = ()) -> list[dict]:
+def evaluate_models(
+    base: str, run_root: str, control: bool = False, method: str = "clipdpo", arms: tuple[str, ...] = ()
+) -> list[dict]:
     """The models the world report compares, on the hf engine in float32: base, the pipeline's trained model
     (named by its method), then each arm run after it (and the control)."""
     extra = [arm for arm in arms if arm != method] + (["control"] if control and "control" not in arms else [])
@@ -57,8 +59,9 @@ def evaluate_models(base: str, run_root: str, control: bool = False, method: str
     return [hf_model("base", base)] + [hf_model(name, model_uri(root)) for name, root in roots.items()]
 
 
-def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: str = "clipdpo", qa: bool = False
-                  ) -> tuple[dict[str, Any], WorldPaths]:
+def world_configs(
+    seed: int, cache_dir: str, run_root: str, say=print, method: str = "clipdpo", qa: bool = False
+) -> tuple[dict[str, Any], WorldPaths]:
     """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`
     training with `method` (the POVID source's config under "povid"); `qa`: generate writes QA rows with the
     world's QA writer (trained once per world, cached in its folder)."""
@@ -73,8 +76,12 @@ def world_configs(seed: int, cache_dir: str, run_root: str, say=print, method: s
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
     say(f"world {seed}: building or reusing it under {cache_dir} (a first build takes several minutes) ...")
-    paths = build(WorldConfig(seed=seed), cache_dir, spacy_model=str(Path(spacy_model).resolve()) if spacy_model
-                  else None, say=lambda line: print(line, flush=True))
+    paths = build(
+        WorldConfig(seed=seed),
+        cache_dir,
+        spacy_model=str(Path(spacy_model).resolve()) if spacy_model else None,
+        say=lambda line: print(line, flush=True),
+    )
     configs = {stage: dict(body) for stage, body in paths.configs.items()}
     if qa:
         configs["generate"]["qa"] = world_qa_config(paths.root, say=lambda line: print(line, flush=True))
@@ -119,9 +126,17 @@ def train_method_arm(configs: dict[str, dict], method: str, run_root: str, say=p
     return steps.train_step(root, train, launcher="local", pairs_uri=pairs)
 
 
-def run_arms(configs: dict[str, dict], base: str, run_root: str, arms: tuple[str, ...], method: str = "clipdpo",
-             seed: int = 0, say=print) -> dict:
-    """The arms (clipdpo | povid | both | povid_text | control) other than the pipeline's own `method`, in this process after
+def run_arms(
+    configs: dict[str, dict],
+    base: str,
+    run_root: str,
+    arms: tuple[str, ...],
+    method: str = "clipdpo",
+    seed: int = 0,
+    say=print,
+) -> dict:
+    """The arms (clipdpo | povid | both | povid_text | control) other than the pipeline's own `method`, in this
+    process after
     the pipeline, through the same step functions; then the evaluate step reruns on the run's own evaluation
     folder with base, the pipeline's model and every arm, reusing the responses already there. Returns that
     metrics.json."""
@@ -133,8 +148,9 @@ def run_arms(configs: dict[str, dict], base: str, run_root: str, arms: tuple[str
         elif arm != method:
             train_method_arm(configs, arm, run_root, say)
     say("arms: evaluate (the responses already made are reused) ...")
-    return evaluate(run_root, configs["evaluate"], evaluate_models(base, run_root, method=method, arms=arms),
-                    configs["train"])
+    return evaluate(
+        run_root, configs["evaluate"], evaluate_models(base, run_root, method=method, arms=arms), configs["train"]
+    )
 
 
 def run_control_arm(configs: dict[str, dict], base: str, run_root: str, seed: int = 0, say=print) -> dict:

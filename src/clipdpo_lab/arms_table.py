@@ -1,7 +1,8 @@
 """python -m clipdpo_lab.arms_table SEED=METRICS_JSON ...: the arms of world runs side by side (README table).
 
 Reads each run's evaluation metrics.json (`.local/reports/<run>/evaluation/metrics.json`), prints per seed
-base, clipdpo, povid, povid_text, both and control (those present) with CHAIR, Hal, Cover, F1, AMBER score and the relative cuts of
+base, clipdpo, povid, povid_text, both and control (those present) with CHAIR, Hal, Cover, F1, AMBER score and the
+relative cuts of
 CHAIR and Hal against base, then each figure's mean and range over the seeds, then the bars of issues 15
 and 17 per seed (`--checks`).
 """

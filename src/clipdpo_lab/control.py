@@ -14,8 +14,9 @@ from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.storage import Storage
 
 
-def shuffled_scores(image_ids: list[str], kinds: list[str], scores: np.ndarray, seed: int,
-                    texts: list[str] | None = None) -> np.ndarray:
+def shuffled_scores(
+    image_ids: list[str], kinds: list[str], scores: np.ndarray, seed: int, texts: list[str] | None = None
+) -> np.ndarray:
     """`scores` with the caption rows' values permuted within each image (QA rows untouched).
 
     With `texts`, the permutation runs over each image's distinct caption texts, and every copy of a text
@@ -47,9 +48,13 @@ def write_shuffled(scores_uri: str, output_uri: str, seed: int = 0, storage: Sto
     names = []
     for index, (name, table) in enumerate(source.iter_shards()):
         column = table.schema.get_field_index("clip_score")
-        values = shuffled_scores(table.column("image_id").to_pylist(), table.column("kind").to_pylist(),
-                                 table.column("clip_score").to_numpy(zero_copy_only=False), seed + index,
-                                 texts=table.column("text").to_pylist())
+        values = shuffled_scores(
+            table.column("image_id").to_pylist(),
+            table.column("kind").to_pylist(),
+            table.column("clip_score").to_numpy(zero_copy_only=False),
+            seed + index,
+            texts=table.column("text").to_pylist(),
+        )
         table = table.set_column(column, table.schema.field(column), pa.array(values, table.schema.field(column).type))
         writer.write_shard(name, table)
         names.append(name)

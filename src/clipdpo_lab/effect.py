@@ -29,9 +29,14 @@ def summary(metrics: dict) -> dict[str, dict]:
     for name, result in metrics["results"].items():
         amber = result.get("amber", {})
         generative = amber.get("generative", {})
-        out[name] = {"chair": generative.get("chair"), "hal": generative.get("hal"), "cover": generative.get("cover"),
-                     "cog": generative.get("cog"), "f1": amber.get("discriminative", {}).get("f1"),
-                     "amber_score": amber.get("amber_score")}
+        out[name] = {
+            "chair": generative.get("chair"),
+            "hal": generative.get("hal"),
+            "cover": generative.get("cover"),
+            "cog": generative.get("cog"),
+            "f1": amber.get("discriminative", {}).get("f1"),
+            "amber_score": amber.get("amber_score"),
+        }
     return out
 
 
@@ -53,6 +58,8 @@ def sampled_metrics(model_dir: str, scenes: list, samples: int = 3) -> dict:
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    runs = [metrics.caption_metrics(scenes, lvlm.describe(model, processor, scenes, temperature=1.0, seed=seed))
-            for seed in range(samples)]
+    runs = [
+        metrics.caption_metrics(scenes, lvlm.describe(model, processor, scenes, temperature=1.0, seed=seed))
+        for seed in range(samples)
+    ]
     return {key: round(sum(getattr(r, key) for r in runs) / samples, 2) for key in ("chair", "hal", "cover")}

@@ -37,8 +37,9 @@ def stage_work(configs: dict[str, dict], run_root: str, source: str) -> dict[str
     body = {stage: json.dumps(configs[stage]) for stage in TRAINED_STAGES}
     return {
         "ingest": lambda: steps.ingest_step(run_root, source, body["ingest"]),
-        "generate": lambda: [steps.generate_step(run_root, body["generate"], 0, 1, finalize=last)
-                             for last in (False, True)],
+        "generate": lambda: [
+            steps.generate_step(run_root, body["generate"], 0, 1, finalize=last) for last in (False, True)
+        ],
         "score": lambda: [steps.score_step(run_root, body["score"], 0, 1, finalize=last) for last in (False, True)],
         "filter": lambda: steps.filter_step(run_root, body["filter"]),
         "train": lambda: steps.train_step(run_root, body["train"], launcher="local"),

@@ -31,10 +31,16 @@ VARIANTS: dict[str, dict] = {
     "cdpo-beta0.1": {"loss_type": "sigmoid", "beta": 0.1, "label_smoothing": 0.1},
     "cdpo-beta0.3": {"loss_type": "sigmoid", "beta": 0.3, "label_smoothing": 0.1},
 }
-LABELS = {"base": "base (no DPO)", "clipdpo": "DPO β 0.1 (the paper's default: the run's model)",
-          "dpo-beta0.3": "DPO β 0.3", "ipo": "IPO (β 0.1)", "kto": "KTO (paired, β 0.1)",
-          "slic": "SLiC (hinge, β 0.1)",
-          "cdpo-beta0.1": "cDPO (β 0.1, LS 0.1)", "cdpo-beta0.3": "cDPO (β 0.3, LS 0.1)"}
+LABELS = {
+    "base": "base (no DPO)",
+    "clipdpo": "DPO β 0.1 (the paper's default: the run's model)",
+    "dpo-beta0.3": "DPO β 0.3",
+    "ipo": "IPO (β 0.1)",
+    "kto": "KTO (paired, β 0.1)",
+    "slic": "SLiC (hinge, β 0.1)",
+    "cdpo-beta0.1": "cDPO (β 0.1, LS 0.1)",
+    "cdpo-beta0.3": "cDPO (β 0.3, LS 0.1)",
+}
 
 
 def variant_train_config(world_train: dict, variant: str, reference_cache: str) -> dict:
@@ -58,8 +64,10 @@ def check_run(configs: dict[str, dict], run_root: str) -> None:
     mismatches = run_row_mismatches(json.loads(Storage().read_bytes(summary))["config"], configs["world_train"])
     if mismatches:
         found = ", ".join(f"{key}={got!r} (wanted {want!r})" for key, (got, want) in mismatches.items())
-        raise SystemExit(f"{summary}: the run's model was not trained with the paper's loss and the world's train "
-                         f"config ({found}); the table's DPO β 0.1 row would be something else: make a fresh run")
+        raise SystemExit(
+            f"{summary}: the run's model was not trained with the paper's loss and the world's train "
+            f"config ({found}); the table's DPO β 0.1 row would be something else: make a fresh run"
+        )
 
 
 def train_variant(configs: dict[str, dict], run_root: str, variant: str, say=print) -> int:

@@ -36,12 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     results = summary(measured["metrics"])
     results["control"] = summary(run_control(paths, run_root))["control"]
     heldout = data.scenes(args.seed, "heldout", len(data.read_truth(str(Path(paths.root, "heldout")))))
-    models = {"base": paths.lvlm, "clipdpo": localrun.model_uri(run_root),
-              "control": localrun.model_uri(localrun.arm_root(run_root, "control"))}
+    models = {
+        "base": paths.lvlm,
+        "clipdpo": localrun.model_uri(run_root),
+        "control": localrun.model_uri(localrun.arm_root(run_root, "control")),
+    }
     sampled = {name: sampled_metrics(path, heldout) for name, path in models.items()}
-    print(json.dumps({"world": paths.root, "checks": paths.checks, "seconds": measured["seconds"],
-                      "amber": results, "amber_decoding": measured["metrics"]["resources"].get("amber_decoding"),
-                      "sampled_exact": sampled}, indent=2))
+    print(
+        json.dumps(
+            {
+                "world": paths.root,
+                "checks": paths.checks,
+                "seconds": measured["seconds"],
+                "amber": results,
+                "amber_decoding": measured["metrics"]["resources"].get("amber_decoding"),
+                "sampled_exact": sampled,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -24,8 +24,13 @@ VARIANTS: dict[str, dict] = {
     "no-length": {"pair_min_length_ratio": 0.0},  # any length
     "neither": {"pair_min_margin": 0.0, "pair_min_length_ratio": 0.0},
 }
-LABELS = {"base": "base (no DPO)", "clipdpo": "paper rules (margin > 2, length >= 0.75)",
-          "no-margin": "no margin rule", "no-length": "no length rule", "neither": "neither rule"}
+LABELS = {
+    "base": "base (no DPO)",
+    "clipdpo": "paper rules (margin > 2, length >= 0.75)",
+    "no-margin": "no margin rule",
+    "no-length": "no length rule",
+    "neither": "neither rule",
+}
 
 
 def copy_scores(source: str, output: str, storage: Storage) -> None:

@@ -36,23 +36,45 @@ def parse_arms(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = product.build_parser(prog="python -m clipdpo_lab run", description=__doc__)
     parser.set_defaults(run_id=os.environ.get("RUN_ID", ""))
-    parser.add_argument("--world", type=int, default=int(os.environ.get("CLIPDPO_WORLD") or 0),
-                        help="the synthetic world's seed (default 0)")
-    parser.add_argument("--world-cache", default=os.environ.get("CLIPDPO_WORLD_CACHE", ""),
-                        help="where worlds are built and cached (default <state-dir>/world)")
-    parser.add_argument("--control", choices=CONTROLS, default=os.environ.get("CLIPDPO_CONTROL") or None,
-                        help="also train and evaluate this control arm (shuffled: CLIP scores shuffled within "
-                             "each image)")
-    parser.add_argument("--method", choices=METHODS, default=os.environ.get("CLIPDPO_METHOD") or "clipdpo",
-                        help="what the pipeline's train consumes: clipdpo (CLIP-ranked pairs), povid (ground "
-                             "truth vs injected hallucinations, noisy-image rejections in training) or both")
-    parser.add_argument("--arms", type=parse_arms, default=parse_arms(os.environ.get("CLIPDPO_ARMS", "")),
-                        help="arms trained in-process after the pipeline and evaluated into the same report, "
-                             f"comma-separated from {','.join(ARMS)} (control: the shuffled-score CLIP-DPO "
-                             "control; povid_text: POVID with beta_2 = 0, no noisy-image term)")
-    parser.add_argument("--qa", action="store_true", default=os.environ.get("CLIPDPO_WORLD_QA") == "1",
-                        help="generate also writes QA rows (questions with a right and a wrong answer, the "
-                             "paper's QA pairs) with the world's QA writer, trained once per world")
+    parser.add_argument(
+        "--world",
+        type=int,
+        default=int(os.environ.get("CLIPDPO_WORLD") or 0),
+        help="the synthetic world's seed (default 0)",
+    )
+    parser.add_argument(
+        "--world-cache",
+        default=os.environ.get("CLIPDPO_WORLD_CACHE", ""),
+        help="where worlds are built and cached (default <state-dir>/world)",
+    )
+    parser.add_argument(
+        "--control",
+        choices=CONTROLS,
+        default=os.environ.get("CLIPDPO_CONTROL") or None,
+        help="also train and evaluate this control arm (shuffled: CLIP scores shuffled within each image)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default=os.environ.get("CLIPDPO_METHOD") or "clipdpo",
+        help="what the pipeline's train consumes: clipdpo (CLIP-ranked pairs), povid (ground "
+        "truth vs injected hallucinations, noisy-image rejections in training) or both",
+    )
+    parser.add_argument(
+        "--arms",
+        type=parse_arms,
+        default=parse_arms(os.environ.get("CLIPDPO_ARMS", "")),
+        help="arms trained in-process after the pipeline and evaluated into the same report, "
+        f"comma-separated from {','.join(ARMS)} (control: the shuffled-score CLIP-DPO "
+        "control; povid_text: POVID with beta_2 = 0, no noisy-image term)",
+    )
+    parser.add_argument(
+        "--qa",
+        action="store_true",
+        default=os.environ.get("CLIPDPO_WORLD_QA") == "1",
+        help="generate also writes QA rows (questions with a right and a wrong answer, the "
+        "paper's QA pairs) with the world's QA writer, trained once per world",
+    )
     return parser
 
 
@@ -61,8 +83,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     product.check_overrides(parser, args.overrides)
     if any(item.split("=", 1)[0] == "train.method" for item in args.overrides):
-        parser.error("--set train.method: on the world the pipeline's method is --method's, and each arm trains "
-                     "its own (--arms)")
+        parser.error(
+            "--set train.method: on the world the pipeline's method is --method's, and each arm trains its own (--arms)"
+        )
     if os.environ.get("KFP_HOST"):
         parser.error("the world runs locally only: unset KFP_HOST, or submit with `python -m pipelines.run`")
     args.run_id = args.run_id or f"world{args.world}"
@@ -82,10 +105,10 @@ def local_run(args) -> tuple[product.LocalRun, dict]:
     configs (every stage's plus the arms' train base and train overrides)."""
     state = Path(args.state_dir).resolve()
     run_root = args.run_root or f"s3://{args.bucket}/runs/{args.run_id}"
-    lab, world = world_configs(args.world, str(Path(args.world_cache or state / "world").resolve()), run_root,
-                               method=args.method, qa=args.qa)
-    stages = product.checked_configs({name: lab[name] for name in product.CONFIG_NAMES if name in lab},
-                                     args.overrides)
+    lab, world = world_configs(
+        args.world, str(Path(args.world_cache or state / "world").resolve()), run_root, method=args.method, qa=args.qa
+    )
+    stages = product.checked_configs({name: lab[name] for name in product.CONFIG_NAMES if name in lab}, args.overrides)
     lab = {**lab, **stages, TRAIN_OVERRIDES: [item for item in args.overrides if item.startswith("train.")]}
     arms = extra_arms(args)
 
@@ -97,18 +120,23 @@ def local_run(args) -> tuple[product.LocalRun, dict]:
         from clipdpo.report.build import write
 
         write(root)  # the run report again, now with every arm
-        print(f"arms {', '.join(arms)} (trained and evaluated in-process) finished in "
-              f"{time.monotonic() - started:.1f}s", flush=True)
+        print(
+            f"arms {', '.join(arms)} (trained and evaluated in-process) finished in {time.monotonic() - started:.1f}s",
+            flush=True,
+        )
 
     def after_summary(reports: Path) -> None:
         metrics = json.loads((reports / "evaluation" / "metrics.json").read_text())
         decoding = (metrics["resources"].get("amber_decoding") or {}).get("description", "greedy")
         cpu = (metrics["resources"].get("cpu") or {}).get("cpu_model", "unknown CPU")
-        print(f"world {args.world}, AMBER on its held-out images; descriptions {decoding}; measured on {cpu}:\n"
-              + headline(metrics))
+        print(
+            f"world {args.world}, AMBER on its held-out images; descriptions {decoding}; measured on {cpu}:\n"
+            + headline(metrics)
+        )
 
-    return product.LocalRun(stages, label=f"world {args.world}", after_pipeline=after_pipeline,
-                            after_summary=after_summary), lab
+    return product.LocalRun(
+        stages, label=f"world {args.world}", after_pipeline=after_pipeline, after_summary=after_summary
+    ), lab
 
 
 def pin_cpu() -> None:

@@ -29,12 +29,20 @@ def small_world(seed: int = 0) -> WorldConfig:
     250 steps (97.0% / 95.7% on worlds 0 / 1; the full world's 400 give 99%); the pool is the
     full world's 1,000 images x 6 samples (~600 pairs after the paper's filter: DPO needs the pairs, and
     generating them costs ~30 s); 300 held-out images as the full world."""
-    return WorldConfig(seed=seed, train_images=1500, heldout_images=300, pool_images=1000, samples_per_image=6,
-                       clip=ClipConfig(steps=250), lvlm=LvlmConfig(steps=1600, caption_share=0.9))
+    return WorldConfig(
+        seed=seed,
+        train_images=1500,
+        heldout_images=300,
+        pool_images=1000,
+        samples_per_image=6,
+        clip=ClipConfig(steps=250),
+        lvlm=LvlmConfig(steps=1600, caption_share=0.9),
+    )
 
 
-def train_arms(paths: WorldPaths, run_root: str, overrides: dict[str, dict] | None = None, control_seed: int = 0,
-               say=print) -> dict[str, str]:
+def train_arms(
+    paths: WorldPaths, run_root: str, overrides: dict[str, dict] | None = None, control_seed: int = 0, say=print
+) -> dict[str, str]:
     """The stages up to train for CLIP-DPO under `run_root`, and the control arm (caption scores shuffled
     within each image, then the same filter and train) under `<run_root>-control`; returns model -> folder."""
     configs = {stage: {**body, **(overrides or {}).get(stage, {})} for stage, body in paths.configs.items()}
@@ -42,5 +50,8 @@ def train_arms(paths: WorldPaths, run_root: str, overrides: dict[str, dict] | No
     started = time.monotonic()
     localrun.control_arm(configs, configs["train"], run_root, seed=control_seed, say=lambda line: None)
     say(f"  control: {time.monotonic() - started:.0f}s")
-    return {"base": paths.lvlm, "clipdpo": localrun.model_uri(run_root),
-            "control": localrun.model_uri(localrun.arm_root(run_root, "control"))}
+    return {
+        "base": paths.lvlm,
+        "clipdpo": localrun.model_uri(run_root),
+        "control": localrun.model_uri(localrun.arm_root(run_root, "control")),
+    }

@@ -28,8 +28,12 @@ def build_world(seed: int, out: str, threads: int = 1):
     from clipdpo_world.build import WorldConfig, build
 
     spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
-    paths = build(WorldConfig(seed=seed), out, spacy_model=str(Path(spacy_model).resolve()) if spacy_model else None,
-                  say=lambda line: print(line, flush=True))
+    paths = build(
+        WorldConfig(seed=seed),
+        out,
+        spacy_model=str(Path(spacy_model).resolve()) if spacy_model else None,
+        say=lambda line: print(line, flush=True),
+    )
     config_dir = Path(paths.root, "configs")
     config_dir.mkdir(exist_ok=True)
     for stage, body in paths.configs.items():
@@ -38,14 +42,16 @@ def build_world(seed: int, out: str, threads: int = 1):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo_world", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m clipdpo_world", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("build", help="build the world's images, CLIP, LVLM and benchmark once")
     command.add_argument("--out", default=".local/world", help="cache folder (one subfolder per world)")
     command.add_argument("--seed", type=int, default=0)
-    command.add_argument("--threads", type=int, default=1,
-                         help="torch threads (1: a busy second core slows 2 threads ~10x)")
+    command.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: a busy second core slows 2 threads ~10x)"
+    )
     args = parser.parse_args(argv)
     from clipdpo_world.clip import WorldBuildError
 
@@ -54,9 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     except WorldBuildError as err:
         print(f"world build refused: {err}", file=sys.stderr)
         return 1
-    print(json.dumps({"root": paths.root, "images": paths.images, "clip": paths.clip, "lvlm": paths.lvlm,
-                      "benchmarks": paths.benchmarks, "configs": str(Path(paths.root, "configs")),
-                      "checks": paths.checks}, indent=2))
+    print(
+        json.dumps(
+            {
+                "root": paths.root,
+                "images": paths.images,
+                "clip": paths.clip,
+                "lvlm": paths.lvlm,
+                "benchmarks": paths.benchmarks,
+                "configs": str(Path(paths.root, "configs")),
+                "checks": paths.checks,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

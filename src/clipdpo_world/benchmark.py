@@ -22,8 +22,12 @@ from clipdpo_world import language
 from clipdpo_world.metrics import truth
 from clipdpo_world.scene import KINDS, Scene, SceneConfig, png_bytes, render
 
-AMBER_TYPES = {"existence": "discriminative-hallucination", "attribute-state": "discriminative-attribute-state",
-               "attribute-number": "discriminative-attribute-number", "relation": "discriminative-relation"}
+AMBER_TYPES = {
+    "existence": "discriminative-hallucination",
+    "attribute-state": "discriminative-attribute-state",
+    "attribute-number": "discriminative-attribute-number",
+    "relation": "discriminative-relation",
+}
 DESCRIBE_QUERY = "Describe this image."  # AMBER's own generative query
 
 
@@ -32,8 +36,14 @@ def amber_files(scenes: list[Scene], seed: int) -> tuple[list[dict], list[dict]]
     rng = np.random.default_rng([seed, 7])
     annotations, queries = [], []
     for n, scene in enumerate(scenes):
-        annotations.append({"id": n + 1, "type": "generative", "truth": sorted(truth(scene)),
-                            "hallu": sorted(set(scene.absent_partners))})
+        annotations.append(
+            {
+                "id": n + 1,
+                "type": "generative",
+                "truth": sorted(truth(scene)),
+                "hallu": sorted(set(scene.absent_partners)),
+            }
+        )
         queries.append({"id": n + 1, "image": f"AMBER_{n + 1}.png", "query": DESCRIBE_QUERY})
     for n, scene in enumerate(scenes):
         for kind, question, answer in language.questions(scene, rng):
@@ -47,7 +57,7 @@ def pope_rows(scenes: list[Scene], seed: int) -> list[dict]:
     rng = np.random.default_rng([seed, 8])
     # (a type comment, not an annotation: the world key hashes this module's syntax tree, which has no comments)
     rows = []  # type: list[dict]
-    for n, scene in enumerate(scenes):
+    for scene in scenes:
         present = scene.kinds
         absent = [k for k in KINDS if k not in present]
         negatives = {"random": absent[int(rng.integers(len(absent)))]}
@@ -56,13 +66,21 @@ def pope_rows(scenes: list[Scene], seed: int) -> list[dict]:
         for category, negative in negatives.items():
             positive = present[int(rng.integers(len(present)))]
             for kind, answer in ((positive, "yes"), (negative, "no")):
-                rows.append({"id": len(rows) + 1, "image": f"{scene.image_id}.png", "category": category,
-                             "question": language.existence_question(kind), "answer": answer})
+                rows.append(
+                    {
+                        "id": len(rows) + 1,
+                        "image": f"{scene.image_id}.png",
+                        "category": category,
+                        "question": language.existence_question(kind),
+                        "answer": answer,
+                    }
+                )
     return rows
 
 
-def write(root: str, scenes: list[Scene], seed: int, storage: Storage | None = None,
-          cfg: SceneConfig = SceneConfig()) -> dict:
+def write(
+    root: str, scenes: list[Scene], seed: int, storage: Storage | None = None, cfg: SceneConfig = SceneConfig()
+) -> dict:
     """Write the benchmarks under `root` (folder or s3:// prefix); return the evaluate config's benchmark part
     (its AMBER `nlp` and zero-shot `text_encoder` are the caller's to add)."""
     storage = storage or Storage()
@@ -95,7 +113,10 @@ def config(root: str) -> dict:
     zero-shot `text_encoder` are the caller's to add)."""
     return {
         "amber": {"root": join(root, "AMBER", "data")},
-        "zero_shot": {"datasets": [{"name": "world-objects", "root": join(root, "zero-shot")}],
-                      "prompt": language.MAIN_OBJECT_PROMPT, "class_template": "a picture of a {}."},
+        "zero_shot": {
+            "datasets": [{"name": "world-objects", "root": join(root, "zero-shot")}],
+            "prompt": language.MAIN_OBJECT_PROMPT,
+            "class_template": "a picture of a {}.",
+        },
         "suite": [{"kind": "pope", "root": join(root, "pope")}],
     }

@@ -26,8 +26,17 @@ from clipdpo_world.stageconfigs import stage_configs
 
 WORLD_FILE = "world.json"
 # The modules whose code decides what a build makes (the entry point and the stage runner do not).
-WORLD_MODULES = ("scene.py", "language.py", "data.py", "clip.py", "tower.py", "lvlm.py", "benchmark.py", "metrics.py",
-                 "build.py")
+WORLD_MODULES = (
+    "scene.py",
+    "language.py",
+    "data.py",
+    "clip.py",
+    "tower.py",
+    "lvlm.py",
+    "benchmark.py",
+    "metrics.py",
+    "build.py",
+)
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,13 @@ def code_digest(path: str | Path) -> bytes:
     tree = ast.parse(Path(path).read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             body[0] = ast.Pass()
         if isinstance(node, ast.AnnAssign):
             node.annotation = ast.Constant(None)
@@ -94,8 +108,11 @@ def kernel_paths() -> dict[str, str]:
 
     from clipdpo.determinism import PINNED_VARIABLES
 
-    pins = {name: os.environ.get(name, "") for name in PINNED_VARIABLES if name not in ("OMP_NUM_THREADS",
-                                                                                     "MKL_NUM_THREADS")}
+    pins = {
+        name: os.environ.get(name, "")
+        for name in PINNED_VARIABLES
+        if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
     return {"aten": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads()), **pins}
 
 
@@ -105,8 +122,10 @@ def _build_clip(cfg: WorldConfig, train, heldout, folder: str, say) -> tuple[dic
     model, preprocess, tokenizer = clip.train(train, folder, clip_cfg, progress=say)
     tower_parts = (clip.model_config(clip_cfg), model.visual.state_dict())
     accuracy = clip.pairwise_accuracy(model, preprocess, tokenizer, heldout, seed=cfg.seed)
-    say(f"world CLIP: correct caption ranked above a partner-hallucinating one in {100 * accuracy:.1f}% "
-        f"of held-out images ({time.monotonic() - started:.0f}s)")
+    say(
+        f"world CLIP: correct caption ranked above a partner-hallucinating one in {100 * accuracy:.1f}% "
+        f"of held-out images ({time.monotonic() - started:.0f}s)"
+    )
     clip.check(accuracy, clip_cfg)
     measured = {"pairwise_accuracy": round(accuracy, 4), "seconds": round(time.monotonic() - started, 1)}
     clip.save(model, folder, clip_cfg, measured)
@@ -127,18 +146,17 @@ def _build_lvlm(cfg: WorldConfig, train, heldout, folder: str, clip_tower, say) 
 
     lvlm.train(model, batches, lvlm_cfg, progress=say, on_checkpoint=progress_check)
     greedy = metrics.caption_metrics(heldout, lvlm.describe(model, processor, heldout))
-    sampled = metrics.caption_metrics(heldout, lvlm.describe(model, processor, heldout, temperature=1.0,
-                                                             seed=cfg.seed))
+    sampled = metrics.caption_metrics(heldout, lvlm.describe(model, processor, heldout, temperature=1.0, seed=cfg.seed))
     say(f"world LVLM ({time.monotonic() - started:.0f}s): greedy {greedy.as_dict()}, sampled {sampled.as_dict()}")
     if greedy.cover < 100 * lvlm_cfg.min_cover:
         raise WorldBuildError(
             f"world LVLM does not see: greedy Cover {greedy.cover:.1f}% of held-out objects, below the "
             f"{100 * lvlm_cfg.min_cover:.0f}% required (it learns to see in a jump during SFT; this seed may "
-            "need more LvlmConfig.steps, or it never makes the jump: try another seed)")
+            "need more LvlmConfig.steps, or it never makes the jump: try another seed)"
+        )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    return {"greedy": greedy.as_dict(), "sampled": sampled.as_dict(),
-            "seconds": round(time.monotonic() - started, 1)}
+    return {"greedy": greedy.as_dict(), "sampled": sampled.as_dict(), "seconds": round(time.monotonic() - started, 1)}
 
 
 def build(cfg: WorldConfig, out_dir: str, spacy_model: str | None = None, say=print) -> WorldPaths:
@@ -165,8 +183,13 @@ def build(cfg: WorldConfig, out_dir: str, spacy_model: str | None = None, say=pr
     checks["lvlm"] = _build_lvlm(cfg, train, heldout, str(work / "lvlm"), clip_tower, say)
     from clipdpo.determinism import record as cpu_record
 
-    record = {"key": key, "config": asdict(cfg), "checks": checks, "seconds": round(time.monotonic() - started, 1),
-              "cpu": cpu_record()}
+    record = {
+        "key": key,
+        "config": asdict(cfg),
+        "checks": checks,
+        "seconds": round(time.monotonic() - started, 1),
+        "cpu": cpu_record(),
+    }
     (work / WORLD_FILE).write_text(json.dumps(record, indent=2))
     shutil.rmtree(root, ignore_errors=True)
     os.replace(work, root)
@@ -176,7 +199,11 @@ def build(cfg: WorldConfig, out_dir: str, spacy_model: str | None = None, say=pr
 
 def _paths(root: Path, cfg: WorldConfig, spacy_model: str | None) -> WorldPaths:
     record = json.loads((root / WORLD_FILE).read_text())
-    paths = {"images": str(root / "images"), "clip": str(root / "clip"), "lvlm": str(root / "lvlm"),
-             "benchmarks": str(root / "benchmarks")}
+    paths = {
+        "images": str(root / "images"),
+        "clip": str(root / "clip"),
+        "lvlm": str(root / "lvlm"),
+        "benchmarks": str(root / "benchmarks"),
+    }
     configs = stage_configs(paths, benchmark.config(paths["benchmarks"]), cfg.seed, cfg.samples_per_image, spacy_model)
     return WorldPaths(root=str(root), configs=configs, checks=record["checks"], **paths)

@@ -52,10 +52,20 @@ class WorldBuildError(RuntimeError):
 def model_config(cfg: ClipConfig) -> dict:
     return {
         "embed_dim": cfg.embed_dim,
-        "vision_cfg": {"image_size": SIZE, "layers": cfg.vision_layers, "width": cfg.vision_width,
-                       "head_width": 32, "patch_size": cfg.patch_size},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": cfg.text_width, "heads": 2,
-                     "layers": cfg.text_layers},
+        "vision_cfg": {
+            "image_size": SIZE,
+            "layers": cfg.vision_layers,
+            "width": cfg.vision_width,
+            "head_width": 32,
+            "patch_size": cfg.patch_size,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": cfg.text_width,
+            "heads": 2,
+            "layers": cfg.text_layers,
+        },
     }
 
 
@@ -101,16 +111,20 @@ def train(scenes: list[Scene], config_dir: str, cfg: ClipConfig, progress=print)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, cfg)
         batch = torch.randint(len(scenes), (cfg.batch_size,), generator=generator)
-        loss = contrastive_loss(model.encode_image(images[batch], normalize=True),
-                                model.encode_text(texts[batch], normalize=True), model.logit_scale.exp())
+        loss = contrastive_loss(
+            model.encode_image(images[batch], normalize=True),
+            model.encode_text(texts[batch], normalize=True),
+            model.logit_scale.exp(),
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if (step + 1) % 200 == 0 or step + 1 == cfg.steps:
-            progress(f"  world CLIP step {step + 1}/{cfg.steps} loss {loss.item():.3f} "
-                     f"({time.monotonic() - started:.0f}s)")
+            progress(
+                f"  world CLIP step {step + 1}/{cfg.steps} loss {loss.item():.3f} ({time.monotonic() - started:.0f}s)"
+            )
     return model.eval(), preprocess, tokenizer
 
 
@@ -145,8 +159,11 @@ def save(model, folder: str, cfg: ClipConfig, metrics: dict) -> dict:
 
 def scorer_config(folder: str) -> dict:
     """The score stage's (and zero-shot text encoder's) config for the saved world CLIP."""
-    return {"model_name": WORLD_CLIP_NAME, "pretrained": str(Path(folder, CHECKPOINT).resolve()),
-            "model_config_dir": str(Path(folder).resolve())}
+    return {
+        "model_name": WORLD_CLIP_NAME,
+        "pretrained": str(Path(folder, CHECKPOINT).resolve()),
+        "model_config_dir": str(Path(folder).resolve()),
+    }
 
 
 def check(accuracy: float, cfg: ClipConfig) -> None:
@@ -154,4 +171,5 @@ def check(accuracy: float, cfg: ClipConfig) -> None:
         raise WorldBuildError(
             f"world CLIP ranks a correct caption above one naming an absent partner in {100 * accuracy:.1f}% of "
             f"held-out images, below the {100 * cfg.min_pairwise_accuracy:.0f}% it must reach to stand in for a "
-            "web-trained CLIP; train it longer (ClipConfig.steps) or change the world")
+            "web-trained CLIP; train it longer (ClipConfig.steps) or change the world"
+        )

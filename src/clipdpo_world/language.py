@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipdpo_world.scene import (BACKGROUND_NOUNS, KIND_COLOURS, KINDS, PARTNER, PLURALS, SLOTS, ObjectGroup,
-                                 Scene)
+from clipdpo_world.scene import BACKGROUND_NOUNS, KIND_COLOURS, KINDS, PLURALS, SLOTS, ObjectGroup, Scene
 
 OPENINGS = {"plain": "a picture of", "field": "a field with", "page": "a page of text with"}
 POSITION_PHRASES = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
@@ -101,14 +100,24 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, st
     out.append(("existence", existence_question(absent[int(rng.integers(len(absent)))]), "No"))
     other_colour = [c for c in KIND_COLOURS[shown.kind] if c != shown.colour][0]
     ask_true = rng.random() < 0.5
-    out.append(("attribute-state", colour_question(shown.kind, shown.colour if ask_true else other_colour),
-                "Yes" if ask_true else "No"))
+    out.append(
+        (
+            "attribute-state",
+            colour_question(shown.kind, shown.colour if ask_true else other_colour),
+            "Yes" if ask_true else "No",
+        )
+    )
     out.append(("attribute-number", number_question(shown.kind), "Yes" if shown.count == 2 else "No"))
     if len(scene.objects) >= 2:
         a, b = (scene.objects[i] for i in sorted(rng.choice(len(scene.objects), size=2, replace=False)))
         ask_true = rng.random() < 0.5
-        out.append(("relation", relation_question(a.kind, b.kind) if ask_true else relation_question(b.kind, a.kind),
-                    "Yes" if ask_true else "No"))
+        out.append(
+            (
+                "relation",
+                relation_question(a.kind, b.kind) if ask_true else relation_question(b.kind, a.kind),
+                "Yes" if ask_true else "No",
+            )
+        )
     return out
 
 

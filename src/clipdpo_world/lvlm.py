@@ -25,7 +25,6 @@ from clipdpo_world.scene import SIZE, Scene, render
 log = logging.getLogger("clipdpo_world")
 
 
-
 @dataclass(frozen=True)
 class LvlmConfig:
     """Architecture and SFT of the world LVLM (the issue's experiment: 2-layer 64-wide Llama and CLIP tower)."""
@@ -55,11 +54,18 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -67,8 +73,14 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
 def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None = None):
     """A LLaVA for the world; `clip_tower` (open_clip model config, `visual` state dict) becomes its
     frozen vision tower when given (cfg.vision_from_clip), else the tower is random and trains."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     from clipdpo_world import tower
 
@@ -78,18 +90,34 @@ def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None
     if clip_tower is not None and cfg.vision_from_clip:
         vision = tower.hf_vision_config(clip_tower[0])
     else:
-        vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
-                                  num_hidden_layers=cfg.vision_layers, num_attention_heads=2, image_size=SIZE,
-                                  patch_size=cfg.patch_size)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
-                       num_hidden_layers=cfg.layers, num_attention_heads=2, num_key_value_heads=2,
-                       max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2 if cfg.vision_from_clip else -1,
-                         vision_feature_select_strategy="default")
+        vision = CLIPVisionConfig(
+            hidden_size=cfg.vision_hidden,
+            intermediate_size=2 * cfg.vision_hidden,
+            num_hidden_layers=cfg.vision_layers,
+            num_attention_heads=2,
+            image_size=SIZE,
+            patch_size=cfg.patch_size,
+        )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=2 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2 if cfg.vision_from_clip else -1,
+        vision_feature_select_strategy="default",
+    )
     model = LlavaForConditionalGeneration(config)
     if clip_tower is not None and cfg.vision_from_clip:  # (vision_from_clip without one was refused above)
         state = tower.hf_vision_state(clip_tower[1], vision.num_hidden_layers)
@@ -98,9 +126,12 @@ def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}),
-        tokenizer=tokenizer, patch_size=vision.patch_size, vision_feature_select_strategy="default",
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=CHAT_TEMPLATE)
+        chat_template=CHAT_TEMPLATE,
+    )
     return model, processor
 
 
@@ -109,9 +140,11 @@ def training_examples(scene: Scene, rng: np.random.Generator, cfg: LvlmConfig) -
     target = language.caption(scene)
     if rng.random() < cfg.bias_fraction and (biased := language.with_partner(scene, rng)):
         target = biased[0]
-    return {"caption": [(prompt, target) for prompt in language.CAPTION_PROMPTS],
-            "main": [(language.MAIN_OBJECT_PROMPT, language.main_object_answer(scene))],
-            "qa": [(question, answer) for _, question, answer in language.questions(scene, rng)]}
+    return {
+        "caption": [(prompt, target) for prompt in language.CAPTION_PROMPTS],
+        "main": [(language.MAIN_OBJECT_PROMPT, language.main_object_answer(scene))],
+        "qa": [(question, answer) for _, question, answer in language.questions(scene, rng)],
+    }
 
 
 def corpus(scenes: list[Scene], cfg: LvlmConfig) -> list[str]:
@@ -182,9 +215,9 @@ def answer_ids(processor, answer: str) -> list[int]:
 
 def encode_example(processor, prompt: str, answer: str) -> list[int]:
     """The full conversation through the processor (the slow, reference encoding)."""
-    text = processor.apply_chat_template(_user(prompt) + [{"role": "assistant", "content": [{"type": "text",
-                                                                                          "text": answer}]}],
-                                         tokenize=False)
+    text = processor.apply_chat_template(
+        _user(prompt) + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}], tokenize=False
+    )
     blank = np.zeros((SIZE, SIZE, 3), np.uint8)
     return processor(images=[blank], text=[text], return_tensors="pt")["input_ids"][0].tolist()
 
@@ -209,8 +242,9 @@ def _lr(step: int, cfg: Schedule) -> float:
 
 def train(model, batches: SFTBatches, cfg: LvlmConfig, progress=print, on_checkpoint=None):
     """Plain SFT loop (AdamW, warm-up then cosine to 10%); `on_checkpoint(step)` every 400 steps."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0
+    )
     rng = np.random.default_rng(cfg.seed + 1)
     started = time.monotonic()
     model.train()
@@ -223,8 +257,9 @@ def train(model, batches: SFTBatches, cfg: LvlmConfig, progress=print, on_checkp
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if (step + 1) % 400 == 0 or step + 1 == cfg.steps:
-            progress(f"  world LVLM step {step + 1}/{cfg.steps} loss {loss.item():.3f} "
-                     f"({time.monotonic() - started:.0f}s)")
+            progress(
+                f"  world LVLM step {step + 1}/{cfg.steps} loss {loss.item():.3f} ({time.monotonic() - started:.0f}s)"
+            )
             if on_checkpoint is not None:
                 model.eval()
                 on_checkpoint(step + 1)
@@ -237,8 +272,14 @@ DESCRIBE_BATCH = 64
 
 
 @torch.no_grad()
-def describe(model, processor, scenes: list[Scene], prompt: str = language.CAPTION_PROMPTS[0],
-             temperature: float = 0.0, seed: int = 0) -> list[str]:
+def describe(
+    model,
+    processor,
+    scenes: list[Scene],
+    prompt: str = language.CAPTION_PROMPTS[0],
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[str]:
     """Captions of `scenes` (greedy at temperature 0), for the build's checks."""
     max_new_tokens, batch_size = DESCRIBE_MAX_NEW_TOKENS, DESCRIBE_BATCH
     tokenizer = processor.tokenizer
@@ -249,12 +290,19 @@ def describe(model, processor, scenes: list[Scene], prompt: str = language.CAPTI
     torch.manual_seed(seed)
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
-        inputs = processor(images=[render(s) for s in chunk], text=[text] * len(chunk), return_tensors="pt",
-                           padding=True)
+        inputs = processor(
+            images=[render(s) for s in chunk], text=[text] * len(chunk), return_tensors="pt", padding=True
+        )
         sampled = temperature > 0
-        generated = model.generate(**inputs, do_sample=sampled, temperature=temperature if sampled else None,
-                                   top_p=None, top_k=None, max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id)
-        new = generated[:, inputs["input_ids"].shape[1]:]
+        generated = model.generate(
+            **inputs,
+            do_sample=sampled,
+            temperature=temperature if sampled else None,
+            top_p=None,
+            top_k=None,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = generated[:, inputs["input_ids"].shape[1] :]
         out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     return out

@@ -33,8 +33,12 @@ class CaptionMetrics:
     captions: int
 
     def as_dict(self) -> dict:
-        return {"chair": round(self.chair, 2), "hal": round(self.hal, 2), "cover": round(self.cover, 2),
-                "captions": self.captions}
+        return {
+            "chair": round(self.chair, 2),
+            "hal": round(self.hal, 2),
+            "cover": round(self.cover, 2),
+            "captions": self.captions,
+        }
 
 
 def caption_metrics(scenes: list[Scene], captions: list[str]) -> CaptionMetrics:
@@ -48,5 +52,9 @@ def caption_metrics(scenes: list[Scene], captions: list[str]) -> CaptionMetrics:
         said_total, wrong_total = said_total + len(said), wrong_total + len(wrong)
         covered, truth_total = covered + len(said & real), truth_total + len(real)
         with_wrong += bool(wrong)
-    return CaptionMetrics(100 * wrong_total / max(said_total, 1), 100 * with_wrong / len(captions),
-                          100 * covered / truth_total, len(captions))
+    return CaptionMetrics(
+        100 * wrong_total / max(said_total, 1),
+        100 * with_wrong / len(captions),
+        100 * covered / truth_total,
+        len(captions),
+    )

@@ -41,8 +41,9 @@ _GROUP = re.compile(rf"\b(a|two) ({'|'.join(COLOURS)}) ({_NOUNS})\b(?: (on the l
 
 def scene_from_truth(row: dict) -> Scene:
     """A truth.jsonl row (scene.Scene.to_dict) back as a Scene (its glyphs are not needed to caption it)."""
-    groups = tuple(ObjectGroup(o["kind"], o["colour"], int(o["count"]), SLOTS.index(o["position"]))
-                   for o in row["objects"])
+    groups = tuple(
+        ObjectGroup(o["kind"], o["colour"], int(o["count"]), SLOTS.index(o["position"])) for o in row["objects"]
+    )
     return Scene(row["image_id"], row["background"], groups, glyph_seed=0)
 
 
@@ -59,8 +60,9 @@ def _one_group_changed(scene: Scene, rng: np.random.Generator, change: Callable[
 
 
 def wrong_colour(scene: Scene, rng: np.random.Generator) -> Scene:
-    return _one_group_changed(scene, rng, lambda g: replace(g, colour=next(c for c in KIND_COLOURS[g.kind]
-                                                                           if c != g.colour)))
+    return _one_group_changed(
+        scene, rng, lambda g: replace(g, colour=next(c for c in KIND_COLOURS[g.kind] if c != g.colour))
+    )
 
 
 def wrong_count(scene: Scene, rng: np.random.Generator) -> Scene:

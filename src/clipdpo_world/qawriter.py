@@ -113,8 +113,9 @@ def reading(captions: list[str]) -> Reading:
     captions (the LVLM's hallucination) loses to the object most captions name."""
     named = Counter(kind for c in captions for kind in set(kinds_named(c)))
     ranked = sorted(named, key=lambda kind: (kind not in PARTNER, -named[kind], KINDS.index(kind)))
-    openings = Counter(bg for c in captions for bg, opening in language.OPENINGS.items()
-                       if c.lower().startswith(opening))
+    openings = Counter(
+        bg for c in captions for bg, opening in language.OPENINGS.items() if c.lower().startswith(opening)
+    )
     return Reading(ranked[0] if ranked else None, openings.most_common(1)[0][0] if openings else "plain")
 
 
@@ -135,8 +136,11 @@ def _attribute(group: ObjectGroup, asked: str) -> QAItem:
     if asked == "count":
         return QAItem(count_question(group.kind), NUMBER_ANSWERS[group.count], NUMBER_ANSWERS[3 - group.count])
     if asked == "position":
-        return QAItem(position_question(group.kind), language.POSITION_PHRASES[group.position],
-                      language.POSITION_PHRASES[SLOTS[(group.slot + 1) % len(SLOTS)]])
+        return QAItem(
+            position_question(group.kind),
+            language.POSITION_PHRASES[group.position],
+            language.POSITION_PHRASES[SLOTS[(group.slot + 1) % len(SLOTS)]],
+        )
     raise ValueError(f"attribute {asked!r}: expected one of {ATTRIBUTES}")
 
 
@@ -155,8 +159,9 @@ def truth_items(scene: Scene, captions: list[str], n: int) -> list[QAItem]:
     if read.anchor in PARTNER:
         partner = PARTNER[read.anchor]
         there = partner in scene.kinds
-        items.insert(1, QAItem(language.existence_question(partner), "Yes" if there else "No",
-                               "No" if there else "Yes"))
+        items.insert(
+            1, QAItem(language.existence_question(partner), "Yes" if there else "No", "No" if there else "Yes")
+        )
     return items[:n]
 
 
@@ -186,8 +191,7 @@ def _answers(scene: Scene, question: str) -> dict[str, set[str]] | None:
 def is_right(scene: Scene, item: QAItem) -> bool:
     """The question is one the world can answer, its correct answer is true and its wrong answer false."""
     answers = _answers(scene, item.question)
-    return (answers is not None and _norm(item.correct) in answers["right"]
-            and _norm(item.wrong) in answers["wrong"])
+    return answers is not None and _norm(item.correct) in answers["right"] and _norm(item.wrong) in answers["wrong"]
 
 
 def _norm(answer: str) -> str:

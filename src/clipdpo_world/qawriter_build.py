@@ -46,11 +46,19 @@ def build_model(scenes: list[Scene], cfg: QAWriterConfig):
     corpus = [text for scene in scenes[:500] for text in qawriter.example(scene, rng, cfg)]
     tokenizer = lvlm.build_tokenizer(corpus, cfg.vocab_size)
     torch.manual_seed(cfg.seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
-                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=cfg.tie_embeddings)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=2 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=cfg.tie_embeddings,
+    )
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -58,8 +66,9 @@ def build_model(scenes: list[Scene], cfg: QAWriterConfig):
 
 def chat_text(tokenizer, prompt: str) -> str:
     """The user turn and the generation prompt, as the hf engine's chat() renders a text-only prompt."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def batch(scenes: list[Scene], tokenizer, rng: np.random.Generator, cfg: QAWriterConfig) -> dict[str, torch.Tensor]:
@@ -100,8 +109,10 @@ def train(model, tokenizer, scenes: list[Scene], cfg: QAWriterConfig, say=print)
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             curve.append(round(sum(window) / len(window), 4))
             window = []
-            say(f"  world QA writer step {step + 1}/{cfg.steps} loss {curve[-1]:.3f} "
-                f"({time.monotonic() - started:.0f}s)")
+            say(
+                f"  world QA writer step {step + 1}/{cfg.steps} loss {curve[-1]:.3f} "
+                f"({time.monotonic() - started:.0f}s)"
+            )
     model.eval()
     return curve
 
@@ -113,18 +124,25 @@ def write(model, tokenizer, prompts: list[str], max_new_tokens: int = 96, batch_
     # (a type comment, not an annotation: the QA writer's key hashes this module's syntax tree)
     out = []  # type: list[str]
     for start in range(0, len(prompts), batch_size):
-        inputs = tokenizer([chat_text(tokenizer, p) for p in prompts[start : start + batch_size]],
-                           return_tensors="pt", padding=True, add_special_tokens=False)
-        generated = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id)
-        out.extend(t.strip() for t in tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:],
-                                                             skip_special_tokens=True))
+        inputs = tokenizer(
+            [chat_text(tokenizer, p) for p in prompts[start : start + batch_size]],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
+        generated = model.generate(
+            **inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id
+        )
+        out.extend(
+            t.strip()
+            for t in tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        )
     tokenizer.padding_side = "right"
     return out
 
 
 def question_type(item) -> str:
-    """"existence-yes" / "existence-no" (by the correct answer), "colour", "count", "position" or "other"."""
+    """ "existence-yes" / "existence-no" (by the correct answer), "colour", "count", "position" or "other"."""
     words = item.question.split()
     kind = {"Is": "existence", "What": "colour", "How": "count", "Where": "position"}.get(words[0] if words else "")
     if kind == "existence":
@@ -147,8 +165,12 @@ def score_replies(scenes: list[Scene], replies: list[str], n: int, targets: list
             by_type.setdefault(question_type(item), [0, 0])[0] += ok
             by_type[question_type(item)][1] += 1
     asked = n * len(scenes)
-    out = {"asked": asked, "parsed": round(parsed / asked, 4), "right": round(right / asked, 4),
-           "by_type": {k: f"{r}/{m}" for k, (r, m) in sorted(by_type.items())}}
+    out = {
+        "asked": asked,
+        "parsed": round(parsed / asked, 4),
+        "right": round(right / asked, 4),
+        "by_type": {k: f"{r}/{m}" for k, (r, m) in sorted(by_type.items())},
+    }
     if targets is not None:
         out["as_rule"] = round(sum(r.strip() == t.strip() for r, t in zip(replies, targets)) / len(scenes), 4)
     return out
@@ -188,15 +210,26 @@ def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str
     measured = check(model, tokenizer, data.scenes(seed, "heldout", cfg.check_scenes, scene_cfg), cfg)
     say(f"world QA writer ({time.monotonic() - started:.0f}s): held-out questions {measured}")
     if measured["right"] < cfg.min_right:
-        raise WorldBuildError(f"world QA writer: {100 * measured['right']:.1f}% of held-out questions parse and "
-                              f"are right, below the {100 * cfg.min_right:.0f}% required (QAWriterConfig)")
+        raise WorldBuildError(
+            f"world QA writer: {100 * measured['right']:.1f}% of held-out questions parse and "
+            f"are right, below the {100 * cfg.min_right:.0f}% required (QAWriterConfig)"
+        )
     partial = root / (target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    (partial / WRITER_FILE).write_text(json.dumps({"config": asdict(cfg), "world": record["key"], "check": measured,
-                                                   "loss_every_100_steps": curve,
-                                                   "seconds": round(time.monotonic() - started, 1)}, indent=2))
+    (partial / WRITER_FILE).write_text(
+        json.dumps(
+            {
+                "config": asdict(cfg),
+                "world": record["key"],
+                "check": measured,
+                "loss_every_100_steps": curve,
+                "seconds": round(time.monotonic() - started, 1),
+            },
+            indent=2,
+        )
+    )
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
     return str(target)

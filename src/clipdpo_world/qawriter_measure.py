@@ -53,16 +53,23 @@ def measure(world_root: str, images: int) -> dict:
         asked[kind] += 1
         right[kind] += qawriter.is_right(scene_from_truth(truth[row["image_id"]]), item)
     total = cfg.qa.questions_per_image * len(ids)
-    return {"images": len(ids), "questions_asked": total, "qa_rows": sum(asked.values()),
-            "right": sum(right.values()),
-            "right_share_of_rows": round(sum(right.values()) / max(1, sum(asked.values())), 4),
-            "by_type": {k: f"{right[k]}/{asked[k]}" for k in sorted(asked)},
-            "stats": {k: stats[k] for k in ("captions", "qa_rows", "qa_unparseable", "qa_replies_empty")}}
+    return {
+        "images": len(ids),
+        "questions_asked": total,
+        "qa_rows": sum(asked.values()),
+        "right": sum(right.values()),
+        "right_share_of_rows": round(sum(right.values()) / max(1, sum(asked.values())), 4),
+        "by_type": {k: f"{right[k]}/{asked[k]}" for k in sorted(asked)},
+        "stats": {k: stats[k] for k in ("captions", "qa_rows", "qa_unparseable", "qa_replies_empty")},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo_world.qawriter_measure", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m clipdpo_world.qawriter_measure",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--world", required=True, help="a built world's root (holding world.json)")
     parser.add_argument("--images", type=int, default=100)
     args = parser.parse_args(argv)

@@ -20,8 +20,14 @@ SLOTS = ("left", "middle", "right")
 SLOT_X = (2, 12, 22)  # left edge of each slot's 8-pixel column
 SINGLE_Y = 12  # top row of a lone object; a pair of copies sits at rows 6 and 18
 COLOURS = {
-    "red": (220, 30, 30), "blue": (30, 60, 220), "green": (20, 160, 40), "yellow": (235, 215, 20),
-    "brown": (130, 80, 30), "black": (15, 15, 15), "white": (250, 250, 250), "grey": (120, 120, 120),
+    "red": (220, 30, 30),
+    "blue": (30, 60, 220),
+    "green": (20, 160, 40),
+    "yellow": (235, 215, 20),
+    "brown": (130, 80, 30),
+    "black": (15, 15, 15),
+    "white": (250, 250, 250),
+    "grey": (120, 120, 120),
 }
 
 # kind -> (8x8 shape, its two colours: the first is drawn 3 times in 4). Names are nouns that spaCy
@@ -41,9 +47,17 @@ _SHAPES = {
     "man": ("...##...", "...##...", ".######.", "#.####.#", "#.####.#", "..#..#..", "..#..#..", ".##..##."),
 }
 KIND_COLOURS = {
-    "cat": ("black", "grey"), "horse": ("brown", "white"), "ball": ("red", "blue"), "cup": ("white", "yellow"),
-    "tree": ("green", "brown"), "car": ("blue", "red"), "bird": ("yellow", "black"), "house": ("red", "grey"),
-    "chair": ("brown", "black"), "book": ("blue", "green"), "man": ("black", "blue"),
+    "cat": ("black", "grey"),
+    "horse": ("brown", "white"),
+    "ball": ("red", "blue"),
+    "cup": ("white", "yellow"),
+    "tree": ("green", "brown"),
+    "car": ("blue", "red"),
+    "bird": ("yellow", "black"),
+    "house": ("red", "grey"),
+    "chair": ("brown", "black"),
+    "book": ("blue", "green"),
+    "man": ("black", "blue"),
 }
 KINDS = tuple(_SHAPES)
 PLURALS = {kind: "men" if kind == "man" else kind + "s" for kind in KINDS}
@@ -102,9 +116,14 @@ class Scene:
         return [PARTNER[k] for k in kinds if k in PARTNER and PARTNER[k] not in kinds]
 
     def to_dict(self) -> dict:
-        return {"image_id": self.image_id, "background": self.background, "category": self.category,
-                "objects": [{"kind": g.kind, "colour": g.colour, "count": g.count, "position": g.position}
-                            for g in self.objects]}
+        return {
+            "image_id": self.image_id,
+            "background": self.background,
+            "category": self.category,
+            "objects": [
+                {"kind": g.kind, "colour": g.colour, "count": g.count, "position": g.position} for g in self.objects
+            ],
+        }
 
 
 SPLITS = {"train": 0, "heldout": 1, "pool": 2}

@@ -9,7 +9,8 @@ import copy
 
 from clipdpo_world import clip, language
 
-# AMBER's descriptions on the world are sampled, not greedy (greedy counts moved a lot from world to world): the model's own distribution
+# AMBER's descriptions on the world are sampled, not greedy (greedy counts moved a lot from world to world): the
+# model's own distribution
 # (temperature 1.0, as the generate stage samples its captions) drawn 3 times for each of the 300 held-out
 # images, so CHAIR/Hal are counted over 900 descriptions instead of 300 greedy ones, whose hallucination
 # count (a few dozen captions) moved a lot from world to world. Chosen by design, before any number.
@@ -29,13 +30,18 @@ def world_qa_config(world_root: str, say=print) -> dict:
     from clipdpo_world import qawriter, qawriter_build
 
     writer = qawriter_build.ensure(world_root, say=say)
-    return {"enabled": True, "model": {"name": "world-qa-writer", "path": writer, "engine": "hf", "dtype": "float32"},
-            "questions_per_image": qawriter_build.DEFAULT.questions, "sampling": dict(QA_SAMPLING),
-            "prompt_template": qawriter.PROMPT_TEMPLATE}
+    return {
+        "enabled": True,
+        "model": {"name": "world-qa-writer", "path": writer, "engine": "hf", "dtype": "float32"},
+        "questions_per_image": qawriter_build.DEFAULT.questions,
+        "sampling": dict(QA_SAMPLING),
+        "prompt_template": qawriter.PROMPT_TEMPLATE,
+    }
 
 
-def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
-                  spacy_model: str | None) -> dict[str, dict]:
+def stage_configs(
+    paths: dict, bench: dict, seed: int, samples_per_image: int, spacy_model: str | None
+) -> dict[str, dict]:
     """The pipeline's stage configs for this world: the paper's rules, the world's models."""
     clip_cfg = clip.scorer_config(paths["clip"])
     evaluate = {"engine": "hf", "max_new_tokens": 48, **bench}
@@ -57,8 +63,16 @@ def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
         "filter": {},  # the paper's rules (margin 2.0, length ratio 0.75, text down-sampling 0.5)
         # lr: 2e-4 made the DPO model degenerate on world 0 (repeated phrases; greedy CHAIR 3.3 -> 9.8, Cover
         # 97 -> 87): DPO too strong for a model this small; 5e-5 did not.
-        "train": {"model": paths["lvlm"], "learning_rate": 5e-5, "epochs": 2, "beta": 0.1,
-                  "global_batch_size": 16, "per_device_batch_size": 16, "max_length": 128, "save_steps": 1000},
+        "train": {
+            "model": paths["lvlm"],
+            "learning_rate": 5e-5,
+            "epochs": 2,
+            "beta": 0.1,
+            "global_batch_size": 16,
+            "per_device_batch_size": 16,
+            "max_length": 128,
+            "save_steps": 1000,
+        },
         "evaluate": evaluate,
     }
 
@@ -69,10 +83,21 @@ def stage_configs(paths: dict, bench: dict, seed: int, samples_per_image: int,
 # into the world's 5e-5 (x100, full fine-tuning of the 2x64 Llama): 1e-5. Batch 16 as the CLIP-DPO arm (the
 # paper's batch 1 is a memory limit of one A100). alpha, beta_1, beta_2: 0.1 each (the paper gives no values;
 # DPO's beta). `both` trains the union of CLIP-DPO's and POVID's pairs with the same two-stage schedule.
-POVID_TRAIN = {"reference": "model", "epochs": 1, "learning_rate": 1e-5,
-               "povid": {"stage1_epochs": 3, "stage2_epochs": 1, "noise_step": 500, "noisy_every": 1, "alpha": 0.1,
-                         "beta_1": 0.1, "beta_2": 0.1},
-               "save_steps": 50}  # checkpoints: a run cut by a time limit resumes (not part of the fingerprint)
+POVID_TRAIN = {
+    "reference": "model",
+    "epochs": 1,
+    "learning_rate": 1e-5,
+    "povid": {
+        "stage1_epochs": 3,
+        "stage2_epochs": 1,
+        "noise_step": 500,
+        "noisy_every": 1,
+        "alpha": 0.1,
+        "beta_1": 0.1,
+        "beta_2": 0.1,
+    },
+    "save_steps": 50,
+}  # checkpoints: a run cut by a time limit resumes (not part of the fingerprint)
 METHODS = ("clipdpo", "povid", "both")
 
 
@@ -85,5 +110,4 @@ def method_train_config(train: dict, method: str) -> dict:
 
 def povid_source_config(images: str, seed: int) -> dict:
     """The POVID source on the world: its rule-based stand-in for the LLM, ground truth from the pool's truth.jsonl."""
-    return {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": images,
-            "seed": seed}
+    return {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": images, "seed": seed}

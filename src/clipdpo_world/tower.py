@@ -18,10 +18,17 @@ def hf_vision_config(model_cfg: dict):
 
     vision = model_cfg["vision_cfg"]
     width = vision["width"]
-    return CLIPVisionConfig(hidden_size=width, intermediate_size=int(width * vision.get("mlp_ratio", 4.0)),
-                            num_hidden_layers=vision["layers"], num_attention_heads=width // vision["head_width"],
-                            image_size=vision["image_size"], patch_size=vision["patch_size"], hidden_act="gelu",
-                            projection_dim=model_cfg["embed_dim"], layer_norm_eps=1e-5)
+    return CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=int(width * vision.get("mlp_ratio", 4.0)),
+        num_hidden_layers=vision["layers"],
+        num_attention_heads=width // vision["head_width"],
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        hidden_act="gelu",
+        projection_dim=model_cfg["embed_dim"],
+        layer_norm_eps=1e-5,
+    )
 
 
 def hf_vision_state(visual: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
@@ -30,11 +37,18 @@ def hf_vision_state(visual: dict[str, torch.Tensor], layers: int) -> dict[str, t
         "embeddings.class_embedding": visual["class_embedding"],
         "embeddings.position_embedding.weight": visual["positional_embedding"],
         "embeddings.patch_embedding.weight": visual["conv1.weight"],
-        "pre_layrnorm.weight": visual["ln_pre.weight"], "pre_layrnorm.bias": visual["ln_pre.bias"],
-        "post_layernorm.weight": visual["ln_post.weight"], "post_layernorm.bias": visual["ln_post.bias"],
+        "pre_layrnorm.weight": visual["ln_pre.weight"],
+        "pre_layrnorm.bias": visual["ln_pre.bias"],
+        "post_layernorm.weight": visual["ln_post.weight"],
+        "post_layernorm.bias": visual["ln_post.bias"],
     }
-    names = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    names = {
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "attn.out_proj": "self_attn.out_proj",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
     for i in range(layers):
         block, layer = f"transformer.resblocks.{i}", f"encoder.layers.{i}"
         for source, target in names.items():
@@ -42,6 +56,11 @@ def hf_vision_state(visual: dict[str, torch.Tensor], layers: int) -> dict[str, t
                 out[f"{layer}.{target}.{part}"] = visual[f"{block}.{source}.{part}"]
         for part in ("weight", "bias"):
             q, k, v = visual[f"{block}.attn.in_proj_{part}"].chunk(3)
-            out.update({f"{layer}.self_attn.q_proj.{part}": q, f"{layer}.self_attn.k_proj.{part}": k,
-                        f"{layer}.self_attn.v_proj.{part}": v})
+            out.update(
+                {
+                    f"{layer}.self_attn.q_proj.{part}": q,
+                    f"{layer}.self_attn.k_proj.{part}": k,
+                    f"{layer}.self_attn.v_proj.{part}": v,
+                }
+            )
     return {key: value.detach().clone() for key, value in out.items()}

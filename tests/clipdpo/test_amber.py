@@ -38,11 +38,14 @@ R2 = "A person stands next to a vehicle."
 NLP = TableNLP(
     # R1 nouns: puppy (truth dog via association), lawn (truth grass), sky (global safe: skipped but counted),
     # kitten (hallu cat: covers Cog, and hallucinated), ball (not in AMBER's vocabulary: ignored)
-    {R1: ["puppy", "lawn", "sky", "kitten", "ball"],
-     # R2 nouns: person (hallu man via association; also similar to nothing safe -> hallucinated),
-     # vehicle (truth car), car? no. "tree" never mentioned.
-     R2: ["person", "vehicle"]},
-    similar=set())
+    {
+        R1: ["puppy", "lawn", "sky", "kitten", "ball"],
+        # R2 nouns: person (hallu man via association; also similar to nothing safe -> hallucinated),
+        # vehicle (truth car), car? no. "tree" never mentioned.
+        R2: ["person", "vehicle"],
+    },
+    similar=set(),
+)
 
 
 @pytest.fixture
@@ -81,8 +84,9 @@ def test_generative_metrics_by_hand(bench):
 
 def test_similarity_rescues_a_safe_noun_and_global_safe_words_count(bench):
     data = amber.load(bench)
-    nlp = TableNLP({R1: ["puppy", "lawn", "sky", "kitten", "ball"], R2: ["person", "vehicle"]},
-                   similar={("person", "car")})  # vectors call person ~ car: covered, not hallucinated
+    nlp = TableNLP(
+        {R1: ["puppy", "lawn", "sky", "kitten", "ball"], R2: ["person", "vehicle"]}, similar={("person", "car")}
+    )  # vectors call person ~ car: covered, not hallucinated
     gen = amber.evaluate(data, RESPONSES, nlp)["generative"]
     # R2: person matches hallu man (Cog still counts) but is similar to car -> not hallucinated
     assert gen["chair"] == round(1 / 6.001 * 100, 1) == 16.7

@@ -19,8 +19,10 @@ from clipdpo.evaluate.suite.scoring import score as score_benchmark
 
 def zero_shot_counts(correct_by_image: list[list[int]]) -> bootstrap.PerImage:
     """Images with one or more classified items each (1 = right)."""
-    return bootstrap.by_image(((f"img{k}", {"correct": c, "images": 1}) for k, items in enumerate(correct_by_image)
-                               for c in items), ["correct", "images"])
+    return bootstrap.by_image(
+        ((f"img{k}", {"correct": c, "images": 1}) for k, items in enumerate(correct_by_image) for c in items),
+        ["correct", "images"],
+    )
 
 
 def test_resample_weights_draw_every_image_count_times_and_repeat_with_the_seed():
@@ -55,25 +57,29 @@ def test_a_model_better_on_every_image_has_an_interval_above_zero():
     sizes = rng.integers(2, 6, size=40)
     base = [[1] + [0] * (n - 1) for n in sizes]  # one right per image
     better = [[1, 1] + [0] * (n - 2) for n in sizes]  # two right per image
-    found = bootstrap.paired_effects(zero_shot_counts(base), zero_shot_counts(better), zeroshot.measure,
-                                     resamples=500, seed=0)["top1"]
+    found = bootstrap.paired_effects(
+        zero_shot_counts(base), zero_shot_counts(better), zeroshot.measure, resamples=500, seed=0
+    )["top1"]
     assert 0 < found["ci95"][0] <= found["delta"] <= found["ci95"][1]
     # and the reverse comparison is entirely below zero, the mirror image
-    reverse = bootstrap.paired_effects(zero_shot_counts(better), zero_shot_counts(base), zeroshot.measure,
-                                       resamples=500, seed=0)["top1"]
+    reverse = bootstrap.paired_effects(
+        zero_shot_counts(better), zero_shot_counts(base), zeroshot.measure, resamples=500, seed=0
+    )["top1"]
     assert reverse["ci95"] == pytest.approx([-found["ci95"][1], -found["ci95"][0]])
 
 
 def test_images_in_another_order_give_the_same_interval():
     base, model = zero_shot_counts([[1], [0], [0], [1]]), zero_shot_counts([[1], [1], [0], [0]])
     shuffled = model.aligned(["img3", "img1", "img0", "img2"])
-    assert bootstrap.paired_effects(base, shuffled, zeroshot.measure, 300) == \
-        bootstrap.paired_effects(base, model, zeroshot.measure, 300)
+    assert bootstrap.paired_effects(base, shuffled, zeroshot.measure, 300) == bootstrap.paired_effects(
+        base, model, zeroshot.measure, 300
+    )
     with pytest.raises(ValueError, match="different images"):
         bootstrap.paired_effects(base, zero_shot_counts([[1], [0], [0]]), zeroshot.measure, 10)
 
 
 # ---- AMBER: each resample's numbers are amber.evaluate's on the resample's items, duplicated as drawn ----
+
 
 class TableNLP:
     description = "test table"
@@ -89,8 +95,14 @@ class TableNLP:
 
 
 RELATION = {"dog": ["puppy"], "cat": ["kitten"], "car": [], "tree": [], "man": [], "grass": [], "sky": []}
-TEXTS = {"d0": ["dog", "grass"], "d1": ["dog", "cat"], "d2": ["car", "man", "sky"], "d3": ["tree"],
-         "d4": ["puppy", "kitten", "man"], "d5": ["grass", "sky"]}
+TEXTS = {
+    "d0": ["dog", "grass"],
+    "d1": ["dog", "cat"],
+    "d2": ["car", "man", "sky"],
+    "d3": ["tree"],
+    "d4": ["puppy", "kitten", "man"],
+    "d5": ["grass", "sky"],
+}
 NLP = TableNLP(TEXTS)
 
 
@@ -125,8 +137,11 @@ def data_of(items: list[dict]) -> amber.AmberData:
 def amber_per_image(items, replies, image_of) -> bootstrap.PerImage:
     data = data_of(items)
     per_item = amber.evaluate(data, replies, NLP, per_item=True)["per_item"]
-    return bootstrap.by_image(((image_of[i], c) for i, c in sorted(per_item.items())), list(amber.HEADLINE_COUNTERS),
-                              {k: data.counters[k] for k in amber.HEADLINE_COUNTERS})
+    return bootstrap.by_image(
+        ((image_of[i], c) for i, c in sorted(per_item.items())),
+        list(amber.HEADLINE_COUNTERS),
+        {k: data.counters[k] for k in amber.HEADLINE_COUNTERS},
+    )
 
 
 def reference_amber_deltas(items, replies, image_of, resamples: int, seed: int) -> dict[str, list[float]]:
@@ -143,9 +158,13 @@ def reference_amber_deltas(items, replies, image_of, resamples: int, seed: int) 
                     for model in answers:
                         answers[model][len(copied)] = replies[model][position]
         scored = {m: amber.evaluate(data_of(copied), answers[m], NLP) for m in answers}
-        for name, path in (("generative.chair", ("generative", "chair")), ("generative.hal", ("generative", "hal")),
-                           ("generative.cover", ("generative", "cover")),
-                           ("discriminative.f1", ("discriminative", "f1")), ("amber_score", ("amber_score",))):
+        for name, path in (
+            ("generative.chair", ("generative", "chair")),
+            ("generative.hal", ("generative", "hal")),
+            ("generative.cover", ("generative", "cover")),
+            ("discriminative.f1", ("discriminative", "f1")),
+            ("amber_score", ("amber_score",)),
+        ):
             values = [scored[m] for m in ("trained", "base")]
             for key in path:
                 values = [v[key] for v in values]
@@ -164,18 +183,20 @@ def test_amber_resamples_equal_the_metric_function_on_the_duplicated_items():
     # every resample: the numbers of the items duplicated as drawn
     weights = bootstrap.resample_weights(6, 40, seed=2)
     reference = reference_amber_deltas(items, replies, image_of, 40, seed=2)
-    fast = [amber.headline(t)["amber_score"] - amber.headline(b)["amber_score"]
-            for t, b in zip(trained.totals(weights), base.totals(weights))]
+    fast = [
+        amber.headline(t)["amber_score"] - amber.headline(b)["amber_score"]
+        for t, b in zip(trained.totals(weights), base.totals(weights))
+    ]
     assert fast == reference["amber_score"]
     # and the interval is the percentiles of those deltas
     found = bootstrap.paired_effects(base, trained, amber.headline, resamples=40, seed=2)
     for name, deltas in reference.items():
         assert found[name]["ci95"] == pytest.approx(list(np.percentile(deltas, [2.5, 97.5])), abs=1e-9), name
-    assert found["amber_score"]["delta"] == pytest.approx(full["trained"]["amber_score"]
-                                                          - full["base"]["amber_score"])
+    assert found["amber_score"]["delta"] == pytest.approx(full["trained"]["amber_score"] - full["base"]["amber_score"])
 
 
 # ---- POPE: per split confusion matrices per image ----
+
 
 def pope_items(images: int, seed: int) -> tuple[list[Item], dict[str, dict[str, str]]]:
     rng = np.random.default_rng(seed)
@@ -184,8 +205,14 @@ def pope_items(images: int, seed: int) -> tuple[list[Item], dict[str, dict[str, 
         for split in ("adversarial", "random"):
             for q in range(2):
                 item_id = f"{k}-{split}-{q}"
-                items.append(Item(item_id, f"img{k}.jpg", "Is there a dog?",
-                                  {"category": split, "answer": ["yes", "no"][q], "image": f"img{k}.jpg"}))
+                items.append(
+                    Item(
+                        item_id,
+                        f"img{k}.jpg",
+                        "Is there a dog?",
+                        {"category": split, "answer": ["yes", "no"][q], "image": f"img{k}.jpg"},
+                    )
+                )
                 for model in replies:
                     replies[model][item_id] = str(rng.choice(["Yes, there is.", "No, there is not."]))
     return items, replies
@@ -201,8 +228,12 @@ def test_pope_resamples_equal_the_metric_function_on_the_duplicated_items():
     weights = bootstrap.resample_weights(5, 30, seed=0)
     drawn = np.random.default_rng(0).integers(0, 5, size=(30, 5))
     for row, b, t in zip(drawn, counts["base"].totals(weights), counts["trained"].totals(weights)):
-        copied = [Item(f"{n}:{it.id}", it.image, it.prompt, it.fields) for n, k in enumerate(row) for it in items
-                  if it.image == f"img{k}.jpg"]
+        copied = [
+            Item(f"{n}:{it.id}", it.image, it.prompt, it.fields)
+            for n, k in enumerate(row)
+            for it in items
+            if it.image == f"img{k}.jpg"
+        ]
         for m, totals in (("base", b), ("trained", t)):
             answers = {it.id: replies[m][it.id.split(":", 1)[1]] for it in copied}
             scored = score_benchmark("pope", copied, answers)
@@ -219,10 +250,13 @@ def test_pope_counts_give_the_known_metrics():
 
 # ---- metrics.json and the report ----
 
+
 def test_effects_reach_metrics_and_the_report():
     base, model = zero_shot_counts([[1], [0], [1], [0]]), zero_shot_counts([[1], [1], [1], [1]])
-    per_image = {"base": {"zero_shot.toys": {"measure": "zero_shot", **base.to_json()}},
-                 "trained": {"zero_shot.toys": {"measure": "zero_shot", **json.loads(json.dumps(model.to_json()))}}}
+    per_image = {
+        "base": {"zero_shot.toys": {"measure": "zero_shot", **base.to_json()}},
+        "trained": {"zero_shot.toys": {"measure": "zero_shot", **json.loads(json.dumps(model.to_json()))}},
+    }
     found = effects(per_image, "base", resamples=100, seed=0)
     assert set(found) == {"trained"} and found["trained"]["zero_shot.toys.top1"]["delta"] == 50.0
     lo, hi = found["trained"]["zero_shot.toys.top1"]["ci95"]
@@ -234,15 +268,29 @@ def test_effects_reach_metrics_and_the_report():
     results["trained"]["zero_shot"]["toys"]["top1"] = 100.0
     assert effects(per_image, "base", 100, 0, results) == found
     # models scored on different images (partial runs) have no paired interval, and the evaluation goes on
-    fewer = {**per_image, "trained": {"zero_shot.toys": {"measure": "zero_shot",
-                                                         **zero_shot_counts([[1], [1]]).to_json()}}}
+    fewer = {
+        **per_image,
+        "trained": {"zero_shot.toys": {"measure": "zero_shot", **zero_shot_counts([[1], [1]]).to_json()}},
+    }
     assert effects(fewer, "base", 100, 0) == {"trained": {}}
-    metrics = {"complete": True, "baseline": "base", "models": [{"name": "base"}, {"name": "trained"}],
-               "results": {"base": {"zero_shot": {"toys": {"top1": 50.0}}},
-                           "trained": {"zero_shot": {"toys": {"top1": 100.0}}}},
-               "effects": found, "resources": {"cpu": {"cpu_model": "Test CPU", "cpus": 2,
-                                                       "environment": {"ATEN_CPU_CAPABILITY": "avx2"},
-                                                       "torch": {"cpu_capability": "AVX2", "intra_op_threads": 1}}}}
+    metrics = {
+        "complete": True,
+        "baseline": "base",
+        "models": [{"name": "base"}, {"name": "trained"}],
+        "results": {
+            "base": {"zero_shot": {"toys": {"top1": 50.0}}},
+            "trained": {"zero_shot": {"toys": {"top1": 100.0}}},
+        },
+        "effects": found,
+        "resources": {
+            "cpu": {
+                "cpu_model": "Test CPU",
+                "cpus": 2,
+                "environment": {"ATEN_CPU_CAPABILITY": "avx2"},
+                "torch": {"cpu_capability": "AVX2", "intra_op_threads": 1},
+            }
+        },
+    }
     text = report.markdown(metrics)
     assert f"+50.0 [{lo:+.1f}, {hi:+.1f}]" in text and "100 resamples" in text
     assert f"+50.0 [{lo:+.1f}, {hi:+.1f}]" in report.html(metrics)

@@ -51,6 +51,7 @@ def a_file(tmp_path):
 
 # -- invalid bucket names ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("flag", ["--output", "--input"])
 def test_an_invalid_bucket_name_is_one_line(flag, tmp_path, capsys):
     args = {"--input": str(tmp_path / "scores"), "--output": str(tmp_path / "pairs"), flag: "s3://Bad_Bucket!/x"}
@@ -64,6 +65,7 @@ def test_an_invalid_bucket_name_in_a_config_value_is_one_line(tmp_path, capsys):
 
 
 # -- --output / --input that is a file or under a file ---------------------------------------------------
+
 
 @pytest.mark.parametrize("under", [False, True])
 def test_an_output_that_is_or_lies_under_a_file(under, images, a_file, capsys):
@@ -125,11 +127,13 @@ def test_a_config_file_that_is_a_folder(tmp_path, images, capsys):
 
 # -- --set a.b=1 where a is a scalar ----------------------------------------------------------------------------
 
+
 def test_set_into_a_scalar_of_the_config_file(tmp_path, images, capsys):
     path = tmp_path / "ingest.json"
     path.write_text(json.dumps({"shard_size": 3}))
-    code = ingest_main(["--source", images, "--output", str(tmp_path / "o"), "--config", str(path),
-                        "--set", "shard_size.b=1"])
+    code = ingest_main(
+        ["--source", images, "--output", str(tmp_path / "o"), "--config", str(path), "--set", "shard_size.b=1"]
+    )
     one_error_line(capsys, code, "--set shard_size.b=1: shard_size is an integer, not an object with keys")
 
 
@@ -149,41 +153,72 @@ def test_set_into_a_list_says_to_set_it_whole(tmp_path, capsys):
 
 # -- evaluate: a model spec without `engine` -------------------------------------------------------------------
 
+
 def test_a_model_without_engine_runs_on_vllm_and_says_so_when_it_is_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails as where it is not installed
     bench = tmp_path / "pope"
     bench.mkdir()
     Image.new("RGB", (4, 4)).save(bench / "i.png")
-    (bench / "questions.jsonl").write_text(json.dumps(
-        {"id": 1, "image": "i.png", "question": "Is there a cat?", "answer": "yes", "category": "c"}) + "\n")
-    code = evaluate_main(["--output", str(tmp_path / "e"), "--set", 'models=[{"name": "base", "path": "org/m"}]',
-                          "--set", f'suite=[{{"kind": "pope", "root": "{bench}"}}]'])
-    line = one_error_line(capsys, code, "model 'base' runs on engine 'vllm' (the default when a model spec names "
-                                        "no engine), which is not installed here")
+    (bench / "questions.jsonl").write_text(
+        json.dumps({"id": 1, "image": "i.png", "question": "Is there a cat?", "answer": "yes", "category": "c"}) + "\n"
+    )
+    code = evaluate_main(
+        [
+            "--output",
+            str(tmp_path / "e"),
+            "--set",
+            'models=[{"name": "base", "path": "org/m"}]',
+            "--set",
+            f'suite=[{{"kind": "pope", "root": "{bench}"}}]',
+        ]
+    )
+    line = one_error_line(
+        capsys,
+        code,
+        "model 'base' runs on engine 'vllm' (the default when a model spec names "
+        "no engine), which is not installed here",
+    )
     assert 'set "engine": "hf"' in line
 
 
 def test_an_unknown_engine_fails_at_parse(tmp_path, capsys):
-    code = evaluate_main(["--output", str(tmp_path / "e"), "--set",
-                          'models=[{"name": "base", "path": "org/m", "engine": "tgi"}]', "--dry-run"])
+    code = evaluate_main(
+        [
+            "--output",
+            str(tmp_path / "e"),
+            "--set",
+            'models=[{"name": "base", "path": "org/m", "engine": "tgi"}]',
+            "--dry-run",
+        ]
+    )
     one_error_line(capsys, code, "engine 'tgi'; expected one of ['hf', 'vllm']")
 
 
 def test_missing_benchmark_files_are_one_line(tmp_path, capsys):
-    code = evaluate_main(["--output", str(tmp_path / "e"), "--set", 'models=[{"name": "b", "path": "m"}]',
-                          "--set", f'suite=[{{"kind": "pope", "root": "{tmp_path / "nope"}"}}]'])
+    code = evaluate_main(
+        [
+            "--output",
+            str(tmp_path / "e"),
+            "--set",
+            'models=[{"name": "b", "path": "m"}]',
+            "--set",
+            f'suite=[{{"kind": "pope", "root": "{tmp_path / "nope"}"}}]',
+        ]
+    )
     one_error_line(capsys, code, "questions.jsonl: missing (pope questions)")
 
 
 # -- a second run on a busy state dir / output ------------------------------------------------------------------
+
 
 def test_a_second_s3_server_on_a_busy_state_dir(tmp_path, capsys, monkeypatch):
     from clipdpo import s3server
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / s3server.PID_FILE).write_text(json.dumps(
-            {"pid": owner.pid, "owner_pid": owner.pid, "endpoint": "http://127.0.0.1:1"}))
+        (tmp_path / s3server.PID_FILE).write_text(
+            json.dumps({"pid": owner.pid, "owner_pid": owner.pid, "endpoint": "http://127.0.0.1:1"})
+        )
         monkeypatch.setattr(s3server, "_is_weed_on", lambda pid, data_dir: pid == owner.pid)
         code = s3server.main(["--dir", str(tmp_path)])
         one_error_line(capsys, code, f"{tmp_path} is served by a running S3 server (pid {owner.pid}")
@@ -197,8 +232,9 @@ def test_a_second_run_on_a_busy_output(tmp_path, capsys):
     scores = write_scores(tmp_path)
     out = tmp_path / "pairs"
     out.mkdir()
-    (out / "_lease.json").write_text(json.dumps({"owner": "host pid 1 run other", "fingerprint": "0" * 64,
-                                                 "expires_unix": time.time() + 600}))
+    (out / "_lease.json").write_text(
+        json.dumps({"owner": "host pid 1 run other", "fingerprint": "0" * 64, "expires_unix": time.time() + 600})
+    )
     code = filter_main(["--input", scores, "--output", str(out)])
     one_error_line(capsys, code, "is being written by another run with a different config: host pid 1 run other")
 
@@ -219,6 +255,7 @@ def test_gate_decision_that_is_not_one(tmp_path, capsys):
 
 # -- what the message blames -------------------------------------------------------------------------------------
 
+
 def test_an_empty_output_is_called_empty(images, capsys):
     code = ingest_main(["--source", images, "--output", ""])
     line = one_error_line(capsys, code, "--output is empty")
@@ -228,8 +265,9 @@ def test_an_empty_output_is_called_empty(images, capsys):
 def test_an_unknown_set_key_blames_the_set_item_not_the_config_file(tmp_path, images, capsys):
     path = tmp_path / "ingest.json"
     path.write_text(json.dumps({"shard_size": 3}))
-    code = ingest_main(["--source", images, "--output", str(tmp_path / "o"), "--config", str(path),
-                        "--set", "shard_sze=3"])
+    code = ingest_main(
+        ["--source", images, "--output", str(tmp_path / "o"), "--config", str(path), "--set", "shard_sze=3"]
+    )
     line = one_error_line(capsys, code, "error: --set shard_sze=3: unknown key(s) ['shard_sze']")
     assert str(path) not in line
 
@@ -237,8 +275,9 @@ def test_an_unknown_set_key_blames_the_set_item_not_the_config_file(tmp_path, im
 def test_an_unknown_key_of_the_config_file_still_blames_the_file(tmp_path, images, capsys):
     path = tmp_path / "ingest.json"
     path.write_text(json.dumps({"shard_sze": 3}))
-    code = ingest_main(["--source", images, "--output", str(tmp_path / "o"), "--config", str(path),
-                        "--set", "shard_size=3"])
+    code = ingest_main(
+        ["--source", images, "--output", str(tmp_path / "o"), "--config", str(path), "--set", "shard_size=3"]
+    )
     one_error_line(capsys, code, f"error: {path}: unknown key(s) ['shard_sze']")
 
 
@@ -259,20 +298,35 @@ def test_a_usage_error_is_one_line(tmp_path, capsys):
 
 # -- through the real entry points --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv,expected", [
-    (["clipdpo.filter", "--input", "in", "--output", "out", "--set", "pair_min_margin=NaN"],
-     "error: --set pair_min_margin=NaN: pair_min_margin: expected a finite number, got nan"),
-    (["clipdpo.ingest", "--source", "imgs", "--output", "s3://Bad_Bucket!/x"],
-     "error: --output s3://Bad_Bucket!/x: "),
-])
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (
+            ["clipdpo.filter", "--input", "in", "--output", "out", "--set", "pair_min_margin=NaN"],
+            "error: --set pair_min_margin=NaN: pair_min_margin: expected a finite number, got nan",
+        ),
+        (
+            ["clipdpo.ingest", "--source", "imgs", "--output", "s3://Bad_Bucket!/x"],
+            "error: --output s3://Bad_Bucket!/x: ",
+        ),
+    ],
+)
 def test_python_dash_m(argv, expected, tmp_path):
-    done = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})
+    done = subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")},
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(expected), done.stderr
 
 
 # -- a pipeline's configs, checked before anything runs (what pipelines.run can call before submitting) ------------
+
 
 def test_a_pipeline_config_check_blames_the_stage_set_item():
     import math

@@ -5,7 +5,6 @@ no traceback, nothing written. The table is the product of the mutations below w
 from __future__ import annotations
 
 import io
-import os
 
 import pytest
 from PIL import Image
@@ -20,21 +19,64 @@ STAGES = {
     "evaluate": ("clipdpo.evaluate.__main__", False, "batch_size", "amber.similarity_threshold", "models"),
 }
 
-BAD_LOCATIONS = ["", "   ", "{file}", "{file}/below", "{file}/below/deeper", "s3://Bad_Bucket!/x", "s3://",
-                 "s3:///no-bucket", "s3://a b/x", "s3://bucket*/x"]
-BAD_CONFIG_FILES = {"null": b"null", "number": b"3", "list": b"[1]", "string": b'"text"', "true": b"true",
-                    "not utf-8": b"\xff\xfe\x00{", "latin-1": '{"a": "\xe9"}'.encode("latin-1"), "empty": b"",
-                    "not json": b"{oops", "unknown key": b'{"no_such_key": 1}', "nested unknown": b'{"x": {"y": 1}}'}
+BAD_LOCATIONS = [
+    "",
+    "   ",
+    "{file}",
+    "{file}/below",
+    "{file}/below/deeper",
+    "s3://Bad_Bucket!/x",
+    "s3://",
+    "s3:///no-bucket",
+    "s3://a b/x",
+    "s3://bucket*/x",
+]
+BAD_CONFIG_FILES = {
+    "null": b"null",
+    "number": b"3",
+    "list": b"[1]",
+    "string": b'"text"',
+    "true": b"true",
+    "not utf-8": b"\xff\xfe\x00{",
+    "latin-1": '{"a": "\xe9"}'.encode("latin-1"),
+    "empty": b"",
+    "not json": b"{oops",
+    "unknown key": b'{"no_such_key": 1}',
+    "nested unknown": b'{"x": {"y": 1}}',
+}
 
 
 def bad_sets(int_field: str, float_field: str | None, list_field: str | None) -> list[str]:
-    items = ["novalue", "=3", ".a=1", "a.=1", "a..b=1", "no_such_key=1", "no.such.key=1",
-             f"{int_field}=NaN", f"{int_field}=-1", f"{int_field}=0.5", f"{int_field}=text", f"{int_field}=true",
-             f"{int_field}=[]", f"{int_field}={{}}", f"{int_field}=null", f"{int_field}=1e999",
-             f"{int_field}.x=1", f"{int_field}.x.y=1"]
+    items = [
+        "novalue",
+        "=3",
+        ".a=1",
+        "a.=1",
+        "a..b=1",
+        "no_such_key=1",
+        "no.such.key=1",
+        f"{int_field}=NaN",
+        f"{int_field}=-1",
+        f"{int_field}=0.5",
+        f"{int_field}=text",
+        f"{int_field}=true",
+        f"{int_field}=[]",
+        f"{int_field}={{}}",
+        f"{int_field}=null",
+        f"{int_field}=1e999",
+        f"{int_field}.x=1",
+        f"{int_field}.x.y=1",
+    ]
     if float_field:
-        items += [f"{float_field}=NaN", f"{float_field}=Infinity", f"{float_field}=-Infinity", f"{float_field}=-1",
-                  f"{float_field}=1e999", f"{float_field}=high", f"{float_field}.x=1"]
+        items += [
+            f"{float_field}=NaN",
+            f"{float_field}=Infinity",
+            f"{float_field}=-Infinity",
+            f"{float_field}=-1",
+            f"{float_field}=1e999",
+            f"{float_field}=high",
+            f"{float_field}.x=1",
+        ]
     if list_field:
         items += [f"{list_field}.x=1", f"{list_field}=3", f"{list_field}=[1]"]
     return items
@@ -47,7 +89,9 @@ def cases():
     """(case id, stage, the arguments to put in place of the stage's good ones)."""
     out = []
     for stage, (_, has_input, int_field, float_field, list_field) in STAGES.items():
-        flags = ["--output", "--input"] if has_input else ["--output", "--source"] if stage == "ingest" else ["--output"]
+        flags = (
+            ["--output", "--input"] if has_input else ["--output", "--source"] if stage == "ingest" else ["--output"]
+        )
         for flag in flags:
             for location in BAD_LOCATIONS:
                 out.append((f"{stage} {flag}={location!r}", stage, {flag: location}))
@@ -142,13 +186,21 @@ def test_gate_and_s3server_fuzz(place, capsys):
     from clipdpo import gate, s3server
 
     afile = str(place / "afile")
-    rows = [(gate.main, ["--decision", str(place / "missing.json")]), (gate.main, ["--decision", afile]),
-            (gate.main, ["--decision", str(place)]), (gate.main, ["--decision", f"{afile}/d.json"]),
-            (gate.main, ["--decision", "s3://Bad_Bucket!/d.json"]), (gate.main, ["--decision", ""]),
-            (gate.main, []), (gate.main, ["--decision", str(place / "config-not-utf-8.json")]),
-            (gate.main, ["--decision", str(place / "config-null.json")]),
-            (s3server.main, ["--dir", afile]), (s3server.main, ["--dir", f"{afile}/s3"]),
-            (s3server.main, ["--env-file", f"{afile}/env"]), (s3server.main, ["--nope"])]
+    rows = [
+        (gate.main, ["--decision", str(place / "missing.json")]),
+        (gate.main, ["--decision", afile]),
+        (gate.main, ["--decision", str(place)]),
+        (gate.main, ["--decision", f"{afile}/d.json"]),
+        (gate.main, ["--decision", "s3://Bad_Bucket!/d.json"]),
+        (gate.main, ["--decision", ""]),
+        (gate.main, []),
+        (gate.main, ["--decision", str(place / "config-not-utf-8.json")]),
+        (gate.main, ["--decision", str(place / "config-null.json")]),
+        (s3server.main, ["--dir", afile]),
+        (s3server.main, ["--dir", f"{afile}/s3"]),
+        (s3server.main, ["--env-file", f"{afile}/env"]),
+        (s3server.main, ["--nope"]),
+    ]
     bad = []
     for main, argv in rows:
         try:

@@ -28,13 +28,21 @@ def root_configs():
 
     every_evaluation = {
         "models": [{"name": "base", "path": "org/m", "engine": "hf"}],
-        "amber": {"root": "amber"}, "zero_shot": {"datasets": [{"name": "z", "root": "zs"}]},
-        "suite": [{"kind": "pope", "root": "pope"}]}
+        "amber": {"root": "amber"},
+        "zero_shot": {"datasets": [{"name": "z", "root": "zs"}]},
+        "suite": [{"kind": "pope", "root": "pope"}],
+    }
     model = {"name": "m", "path": "org/m"}  # a nested object given in part loses its defaults: name one whole
-    return [(IngestConfig, {}), (GenerateConfig, {"captioners": [model], "qa": {"model": model}}), (ScorerConfig, {}),
-            (FilterConfig, {}), (TrainConfig, {}), (EvaluateConfig, every_evaluation),
-            (GateConfig, {"rules": [{"metric": "amber.amber_score"}]}),
-            (PovidSourceConfig, {"ground_truth": "gt.json", "injector": model})]
+    return [
+        (IngestConfig, {}),
+        (GenerateConfig, {"captioners": [model], "qa": {"model": model}}),
+        (ScorerConfig, {}),
+        (FilterConfig, {}),
+        (TrainConfig, {}),
+        (EvaluateConfig, every_evaluation),
+        (GateConfig, {"rules": [{"metric": "amber.amber_score"}]}),
+        (PovidSourceConfig, {"ground_truth": "gt.json", "injector": model}),
+    ]
 
 
 def _dataclass_of(annotation):
@@ -82,9 +90,26 @@ FIELDS = every_numeric_field()
 
 def test_the_walk_reaches_every_config_class():
     owners = {param.values[2].__name__ for param in FIELDS}
-    assert {"IngestConfig", "GenerateConfig", "QAConfig", "ModelSpec", "Sampling", "ScorerConfig", "FilterConfig",
-            "TrainConfig", "EvaluateConfig", "AmberConfig", "DecodingConfig", "ZeroShotConfig", "ZeroShotDataset",
-            "TextEncoderConfig", "Benchmark", "Rule", "PovidSourceConfig", "PovidTrainConfig"} <= owners
+    assert {
+        "IngestConfig",
+        "GenerateConfig",
+        "QAConfig",
+        "ModelSpec",
+        "Sampling",
+        "ScorerConfig",
+        "FilterConfig",
+        "TrainConfig",
+        "EvaluateConfig",
+        "AmberConfig",
+        "DecodingConfig",
+        "ZeroShotConfig",
+        "ZeroShotDataset",
+        "TextEncoderConfig",
+        "Benchmark",
+        "Rule",
+        "PovidSourceConfig",
+        "PovidTrainConfig",
+    } <= owners
     assert len(FIELDS) > 80
 
 
@@ -139,17 +164,23 @@ def test_values_inside_the_ranges_still_parse():
 
     cfg = config_lib.load(FilterConfig, None, ["pair_min_margin=0", "text_keep_fraction=1", "caption_min_score=-5"])
     assert (cfg.pair_min_margin, cfg.text_keep_fraction, cfg.caption_min_score) == (0.0, 1.0, -5.0)
-    cfg = config_lib.load(TrainConfig, None, ["povid.noise_step=999", "zero_stage=0", "keep_checkpoints=0",
-                                              "label_smoothing=0.1", "seed=0"])
+    cfg = config_lib.load(
+        TrainConfig,
+        None,
+        ["povid.noise_step=999", "zero_stage=0", "keep_checkpoints=0", "label_smoothing=0.1", "seed=0"],
+    )
     assert (cfg.povid.noise_step, cfg.zero_stage, cfg.keep_checkpoints, cfg.label_smoothing) == (999, 0, 0, 0.1)
 
 
-@pytest.mark.parametrize("item,expected", [
-    ("pair_min_margin=NaN", "--set pair_min_margin=NaN: pair_min_margin: expected a finite number, got nan"),
-    ("pair_min_margin=-Infinity", "--set pair_min_margin=-Infinity: pair_min_margin: expected a finite number"),
-    ("pair_min_margin=1e999", "--set pair_min_margin=1e999: pair_min_margin: expected a finite number, got inf"),
-    ("pair_min_margin=-0.5", "--set pair_min_margin=-0.5: pair_min_margin must be >= 0, got -0.5"),
-])
+@pytest.mark.parametrize(
+    "item,expected",
+    [
+        ("pair_min_margin=NaN", "--set pair_min_margin=NaN: pair_min_margin: expected a finite number, got nan"),
+        ("pair_min_margin=-Infinity", "--set pair_min_margin=-Infinity: pair_min_margin: expected a finite number"),
+        ("pair_min_margin=1e999", "--set pair_min_margin=1e999: pair_min_margin: expected a finite number, got inf"),
+        ("pair_min_margin=-0.5", "--set pair_min_margin=-0.5: pair_min_margin must be >= 0, got -0.5"),
+    ],
+)
 def test_the_reported_nan_and_negative_margins_are_refused(item, expected):
     from clipdpo.filter import FilterConfig
 
@@ -192,6 +223,7 @@ def test_filter_with_a_nan_margin_writes_nothing(tmp_path, capsys):
     out = tmp_path / "pairs"
     assert main(["--input", scores, "--output", str(out), "--set", "pair_min_margin=NaN"]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == ["error: --set pair_min_margin=NaN: pair_min_margin: expected a finite "
-                                        "number, got nan"]
+    assert err.strip().splitlines() == [
+        "error: --set pair_min_margin=NaN: pair_min_margin: expected a finite number, got nan"
+    ]
     assert not out.exists()

@@ -14,15 +14,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def config_class(stage: str):
+    from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.filter import FilterConfig
     from clipdpo.generate import GenerateConfig
     from clipdpo.ingest import IngestConfig
     from clipdpo.score.scorer import ScorerConfig
-    from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.train.config import TrainConfig
 
-    return {"ingest": IngestConfig, "generate": GenerateConfig, "score": ScorerConfig, "filter": FilterConfig,
-            "train": TrainConfig, "evaluate": EvaluateConfig}[stage]
+    return {
+        "ingest": IngestConfig,
+        "generate": GenerateConfig,
+        "score": ScorerConfig,
+        "filter": FilterConfig,
+        "train": TrainConfig,
+        "evaluate": EvaluateConfig,
+    }[stage]
 
 
 @pytest.mark.parametrize("stage", NAMES)
@@ -43,8 +49,22 @@ def test_evaluate_cli_takes_the_shipped_config_with_its_engine_key(capsys):
     models = '[{"name": "base", "path": "llava-hf/llava-1.5-7b-hf"}]'
     assert main(["--config", path, "--set", f"models={models}", "--output", "/tmp/unused", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["engine"] == "vllm"
-    assert main(["--config", path, "--set", "engine=tgi", "--set", f"models={models}", "--output", "/tmp/unused",
-                 "--dry-run"]) == 2  # a wrong engine is still a clear error
+    assert (
+        main(
+            [
+                "--config",
+                path,
+                "--set",
+                "engine=tgi",
+                "--set",
+                f"models={models}",
+                "--output",
+                "/tmp/unused",
+                "--dry-run",
+            ]
+        )
+        == 2
+    )  # a wrong engine is still a clear error
     assert "engine: 'tgi'; expected one of ['hf', 'vllm']" in capsys.readouterr().err
 
 
@@ -53,10 +73,16 @@ def test_the_pipeline_step_derives_its_models_on_the_configs_engine(tmp_path):
     from clipdpo.steps import evaluate_settings
 
     model = str(tmp_path / "model")
-    config = evaluate_settings(str(tmp_path), model, json.dumps({"model": "org/base"}),
-                               json.dumps({"engine": "hf", "amber": {"root": "s3://b/amber"}}))
+    config = evaluate_settings(
+        str(tmp_path),
+        model,
+        json.dumps({"model": "org/base"}),
+        json.dumps({"engine": "hf", "amber": {"root": "s3://b/amber"}}),
+    )
     assert [(m["name"], m["path"], m["engine"]) for m in config["models"]] == [
-        ("base", "org/base", "hf"), ("clip-dpo", os.path.join(model, "model"), "hf")]
+        ("base", "org/base", "hf"),
+        ("clip-dpo", os.path.join(model, "model"), "hf"),
+    ]
     assert config_lib.from_dict(EvaluateConfig, config, "evaluate_config").engine == "hf"
 
 

@@ -10,10 +10,10 @@ import itertools
 import os
 import time
 
+import k8s_checks
 import pytest
 import yaml
 
-import k8s_checks
 from clipdpo.cluster import jobspec
 from clipdpo.cluster.launch import BUILDERS, build_manifest
 
@@ -24,17 +24,23 @@ def matrix():
     """(launcher, nodes, gpus, kueue, gang) for both launchers, 1-4 nodes, 1-8 GPUs, with/without
     Kueue; PyTorchJob also with/without its gang schedulingPolicy (a TrainJob refuses gang=True)."""
     for launcher, nodes, gpus, kueue in itertools.product(sorted(BUILDERS), range(1, 5), range(1, 9), (False, True)):
-        for gang in ((False, True) if launcher == "pytorchjob" else (False,)):
+        for gang in (False, True) if launcher == "pytorchjob" else (False,):
             yield launcher, nodes, gpus, kueue, gang
 
 
 def build(launcher, nodes, gpus, kueue, gang) -> dict:
     spec = jobspec.TrainJobSpec(
-        name=jobspec.job_name(f"{launcher}-{nodes}-{gpus}-{kueue}-{gang}"), namespace="ml",
-        image="ghcr.io/x/clipdpo-train:0.1.0", train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"],
-        nodes=nodes, gpus_per_node=gpus, queue_name="team-gpus" if kueue else "", gang=gang,
+        name=jobspec.job_name(f"{launcher}-{nodes}-{gpus}-{kueue}-{gang}"),
+        namespace="ml",
+        image="ghcr.io/x/clipdpo-train:0.1.0",
+        train_args=["--input", "s3://b/pairs", "--output", "s3://b/model"],
+        nodes=nodes,
+        gpus_per_node=gpus,
+        queue_name="team-gpus" if kueue else "",
+        gang=gang,
         node_selector={"nvidia.com/gpu.present": "true"},
-        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
     return build_manifest(spec, launcher, "key", run="clipdpo-7x2kq")
 
 
@@ -75,7 +81,8 @@ def test_a_deliberately_wrong_field_fails(launcher):
         typo["spec"]["trainer"]["numProcsPerNode"] = 8
         wrong_type["spec"]["activeDeadlineSeconds"] = "3600"
         bad_pod["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
-            "template"]["spec"]["template"]["spec"]["tolerations"] = "all"
+            "template"
+        ]["spec"]["template"]["spec"]["tolerations"] = "all"
     for bad, expected in ((typo, "was unexpected"), (wrong_type, "is not of type"), (bad_pod, "is not of type")):
         with pytest.raises(AssertionError, match=expected):
             k8s_checks.validate_any(bad)
@@ -120,8 +127,16 @@ def test_everything_under_k8s_is_valid():
 def test_the_helm_charts_output_is_valid_with_every_optional_object():
     from test_k8s_manifests import SECRET_VALUES, render_chart
 
-    values = {**SECRET_VALUES, "trainingRuntime": {"create": True, "name": "clipdpo-torch", "maxRestarts": 3,
-                                                   "ttlSecondsAfterFinished": 3600, "gangTimeoutSeconds": 600}}
+    values = {
+        **SECRET_VALUES,
+        "trainingRuntime": {
+            "create": True,
+            "name": "clipdpo-torch",
+            "maxRestarts": 3,
+            "ttlSecondsAfterFinished": 3600,
+            "gangTimeoutSeconds": 600,
+        },
+    }
     objects = render_chart(values)
     assert "ClusterTrainingRuntime" in {o["kind"] for o in objects} and "Secret" in {o["kind"] for o in objects}
     for obj in objects:

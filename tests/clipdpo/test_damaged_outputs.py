@@ -23,8 +23,13 @@ NAMES = [shard_name(k) for k in range(3)]
 
 def _table(name: str) -> pa.Table:
     k = int(name[-1])
-    return pa.Table.from_pylist([dict(image_id=f"i{k}{j}", source="t", uri=f"u{k}{j}", image=bytes([k, j]) * 50,
-                                      width=1, height=1) for j in range(4)], schema=IMAGES)
+    return pa.Table.from_pylist(
+        [
+            dict(image_id=f"i{k}{j}", source="t", uri=f"u{k}{j}", image=bytes([k, j]) * 50, width=1, height=1)
+            for j in range(4)
+        ],
+        schema=IMAGES,
+    )
 
 
 def _run(storage: Storage, uri: str, calls: list[str] | None = None):
@@ -133,8 +138,10 @@ def test_prune_checks_a_training_runs_model_files(bucket, tmp_path):
     model = join(bucket, "run", "model")
     weights = join(model, "model", "weights.bin")
     digest = storage.write_bytes(weights, b"w" * 64)
-    summary = {"fingerprint": "cd" * 32, "files": {"model/weights.bin": {
-        "bytes": 64, "sha256": digest, "etag": integrity.store_etag(storage, weights)}}}
+    summary = {
+        "fingerprint": "cd" * 32,
+        "files": {"model/weights.bin": {"bytes": 64, "sha256": digest, "etag": integrity.store_etag(storage, weights)}},
+    }
     storage.write_bytes(join(model, integrity.TRAIN_SUMMARY), json.dumps(summary).encode())
     folder = tmp_path / "kfp" / CACHE_FOLDER
     folder.mkdir(parents=True)
@@ -152,8 +159,9 @@ def test_a_multipart_shard_verifies_by_its_listed_etag(bucket, monkeypatch):
     monkeypatch.setattr(storage_module, "MULTIPART_THRESHOLD_BYTES", 5 * 1024 * 1024)
     storage = Storage()
     uri = f"{bucket}/big"
-    big = pa.Table.from_pylist([dict(image_id="i", source="t", uri="u", image=os.urandom(11 * 1024 * 1024),
-                                     width=1, height=1)], schema=IMAGES)
+    big = pa.Table.from_pylist(
+        [dict(image_id="i", source="t", uri="u", image=os.urandom(11 * 1024 * 1024), width=1, height=1)], schema=IMAGES
+    )
     writer = ArtifactWriter(storage, uri, "images", {}, [])
     record = writer.write_shard(NAMES[0], big)
     assert "-" in record.etag  # a multipart ETag: not an MD5 of the bytes, still the store's own checksum

@@ -25,11 +25,20 @@ SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 def test_the_default_pins_are_one_thread_and_avx2_everywhere():
     assert determinism.pinned_variables() == {
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2",
-        "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "DNNL_MAX_CPU_ISA": "AVX2",
+        "MKL_CBWR": "AVX2",
+    }
     wide = determinism.pinned_variables(determinism.CpuPins(threads=4, capability="avx512"))
-    assert (wide["OMP_NUM_THREADS"], wide["ATEN_CPU_CAPABILITY"], wide["ONEDNN_MAX_CPU_ISA"],
-            wide["MKL_CBWR"]) == ("4", "avx512", "AVX512_CORE", "AVX512")
+    assert (wide["OMP_NUM_THREADS"], wide["ATEN_CPU_CAPABILITY"], wide["ONEDNN_MAX_CPU_ISA"], wide["MKL_CBWR"]) == (
+        "4",
+        "avx512",
+        "AVX512_CORE",
+        "AVX512",
+    )
     with pytest.raises(ValueError, match="capability"):
         determinism.CpuPins(capability="sse9")
     with pytest.raises(ValueError, match="threads"):
@@ -47,7 +56,8 @@ def test_exported_pins_reach_this_process_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     determinism.export_for_children(determinism.CpuPins(threads=2))
     assert {k: os.environ[k] for k in determinism.PINNED_VARIABLES} == determinism.pinned_variables(
-        determinism.CpuPins(threads=2))
+        determinism.CpuPins(threads=2)
+    )
 
 
 def test_cpu_model_and_flags_from_cpuinfo():
@@ -55,8 +65,10 @@ def test_cpu_model_and_flags_from_cpuinfo():
     assert determinism.cpu_flags(CPUINFO) == ["amx_tile", "avx2", "avx512bw", "avx512f"]
     assert determinism.cpu_model("processor : 0\n") == "unknown" and determinism.cpu_flags("") == []
     record = determinism.record(determinism.CpuPins(), cpuinfo=CPUINFO)
-    assert record["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+" and record["pins"] == {"threads": 1,
-                                                                                          "capability": "avx2"}
+    assert record["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+" and record["pins"] == {
+        "threads": 1,
+        "capability": "avx2",
+    }
     assert set(record["environment"]) == set(determinism.PINNED_VARIABLES)
     assert "pins" not in determinism.record(cpuinfo=CPUINFO)  # none asked for: only what is in force
     if os.path.exists("/proc/cpuinfo"):  # this machine's own, read the plain way
@@ -85,10 +97,15 @@ print(json.dumps({"wrong": determinism.apply_torch(pins), "record": determinism.
 
 
 def child(capability: str, when: str, env: dict[str, str] | None = None) -> dict:
-    env = {**(env or {k: v for k, v in os.environ.items() if k not in determinism.PINNED_VARIABLES}),
-           "PYTHONPATH": SRC}
-    done = subprocess.run([sys.executable, "-c", CHILD, capability, when], env=env, capture_output=True, text=True,
-                          check=True, timeout=300)
+    env = {**(env or {k: v for k, v in os.environ.items() if k not in determinism.PINNED_VARIABLES}), "PYTHONPATH": SRC}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, capability, when],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -100,8 +117,11 @@ def test_pins_set_before_torch_loads_choose_its_kernels_and_after_are_refused():
     assert avx2["record"]["torch"]["intra_op_threads"] == 1
     assert avx2["record"]["environment"]["MKL_CBWR"] == "AVX2"
     # the same pins through a child's environment: the same bits
-    again = child("avx2", "none", determinism.child_env(base={k: v for k, v in os.environ.items()
-                                                              if k not in determinism.PINNED_VARIABLES}))
+    again = child(
+        "avx2",
+        "none",
+        determinism.child_env(base={k: v for k, v in os.environ.items() if k not in determinism.PINNED_VARIABLES}),
+    )
     assert again["product"] == avx2["product"] and again["wrong"] == []
     # once torch is imported the variables would be ignored: refused, with the reason
     assert "already imported" in child("avx2", "after")["refused"]

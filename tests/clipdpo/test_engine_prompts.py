@@ -25,7 +25,8 @@ def bos_adding_tokenizer():
     tokenizer = tiny_tokenizer()
     bos = tokenizer.bos_token_id
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}USER: {{ m['content'] }} {% endfor %}ASSISTANT:"
     tokenizer.padding_side = "left"
     return tokenizer
@@ -84,15 +85,18 @@ def test_both_engines_send_the_same_chat_token_ids_with_one_bos(fake_vllm):
     sent_by_vllm = [p["prompt_token_ids"] for p in llm.prompts]
 
     batch = chat_batch(tokenizer, prompts)  # what HFEngine.chat feeds generate()
-    sent_by_hf = [[t for t, keep in zip(row, mask) if keep]
-                  for row, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())]
+    sent_by_hf = [
+        [t for t, keep in zip(row, mask) if keep]
+        for row, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())
+    ]
     assert sent_by_vllm == sent_by_hf
     bos = tokenizer.bos_token_id
     for ids in sent_by_vllm:
         assert ids[0] == bos and ids[1] != bos and ids.count(bos) == 1
     # what vLLM made of the rendered string before (it tokenizes a text prompt with special tokens): two BOS
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompts[0]}], add_generation_prompt=True, tokenize=False
+    )
     assert tokenizer(text)["input_ids"][:2] == [bos, bos]
     assert chat_prompt_ids(tokenizer, prompts[0]) == tokenizer(text)["input_ids"][1:]
 
@@ -105,8 +109,9 @@ def test_hf_engine_chat_uses_the_shared_batch(monkeypatch):
     engine = HFEngine.__new__(HFEngine)
     engine.torch, engine.tokenizer, engine.batch_size, engine.progress = torch, tokenizer, 8, None
     seen = []
-    engine._generate = lambda inputs, sampling, n: seen.append(inputs["input_ids"].tolist()) or [""] * len(
-        inputs["input_ids"])
+    engine._generate = lambda inputs, sampling, n: (
+        seen.append(inputs["input_ids"].tolist()) or [""] * len(inputs["input_ids"])
+    )
     engine.chat(["a dog", "a red sofa in the park"], Sampling())
     assert seen == [chat_batch(tokenizer, ["a dog", "a red sofa in the park"])["input_ids"].tolist()]
 
@@ -119,8 +124,13 @@ def test_vllm_caption_seeds_each_sample_from_a_hash_not_seed_plus_k(fake_vllm):
     texts = engine.caption(requests, Sampling())
     seeds = [p.seed for p in llm.params]
     assert all(p.n == 1 for p in llm.params)  # one vLLM request per sample: vLLM would seed n samples seed + i
-    assert seeds == [sample_seed(100, 0), sample_seed(100, 1), sample_seed(100, 2),
-                     sample_seed(101, 0), sample_seed(101, 1)]
+    assert seeds == [
+        sample_seed(100, 0),
+        sample_seed(100, 1),
+        sample_seed(100, 2),
+        sample_seed(101, 0),
+        sample_seed(101, 1),
+    ]
     assert len(set(seeds)) == 5 and 101 not in seeds  # request 100's sample 1 is not request 101's sample 0
     assert texts == [[f"seed {s}" for s in seeds[:3]], [f"seed {s}" for s in seeds[3:]]]
 
@@ -147,8 +157,9 @@ def sampled_task(tmp_path, ids: list[str], samples: int = 4):
     Image.new("RGB", (4, 4), "red").save(buffer, format="PNG")
     (tmp_path / "img.png").write_bytes(buffer.getvalue())
     items = [Item(id=i, image=str(tmp_path / "img.png"), prompt="Describe this image.") for i in ids]
-    return Task("amber_g", items, max_new_tokens=8,
-                decoding=DecodingConfig(temperature=0.7, top_p=0.9, samples=samples, seed=7))
+    return Task(
+        "amber_g", items, max_new_tokens=8, decoding=DecodingConfig(temperature=0.7, top_p=0.9, samples=samples, seed=7)
+    )
 
 
 def answer(tmp_path, task, chunk_size: int, folder: str) -> tuple[dict, RecordingEngine]:
@@ -157,8 +168,9 @@ def answer(tmp_path, task, chunk_size: int, folder: str) -> tuple[dict, Recordin
     from clipdpo.storage import Storage
 
     engine = RecordingEngine()
-    responder = Responder(ModelSpec("m", "m", engine="hf"), str(tmp_path / folder), Storage(), lambda: engine,
-                          chunk_size=chunk_size)
+    responder = Responder(
+        ModelSpec("m", "m", engine="hf"), str(tmp_path / folder), Storage(), lambda: engine, chunk_size=chunk_size
+    )
     return responder.answer(task), engine
 
 

@@ -32,26 +32,47 @@ def _one_error_line(capsys, code, expected):
 
 ROWS = {
     "missing --source": (lambda t, d: ingest_main(["--output", str(t / "o")]), "no --source given"),
-    "source folder missing": (lambda t, d: ingest_main(["--source", str(t / "nope"), "--output", str(t / "o")]),
-                              "nope: no such folder"),
-    "config file missing": (lambda t, d: ingest_main(["--source", str(d), "--output", str(t / "o"),
-                                                      "--config", str(t / "missing.json")]),
-                            "missing.json: no such file"),
-    "config file not JSON": (lambda t, d: (t / "bad.json").write_text("{oops") and ingest_main(
-        ["--source", str(d), "--output", str(t / "o"), "--config", str(t / "bad.json")]), "bad.json: not valid JSON"),
-    "input artifact missing": (lambda t, d: filter_main(["--input", str(t / "scores"), "--output", str(t / "p")]),
-                               "scores: no manifest.json"),
-    "unknown config key": (lambda t, d: filter_main(["--input", str(t / "s"), "--output", str(t / "p"),
-                                                     "--set", "caption_min_scor=3"]), "unknown key(s) ['caption_min_scor']"),
-    "threshold of the wrong type": (lambda t, d: filter_main(["--input", str(t / "s"), "--output", str(t / "p"),
-                                                              "--set", "caption_min_score=high"]),
-                                    "caption_min_score: expected a number, got 'high'"),
-    "value out of range": (lambda t, d: ingest_main(["--source", str(d), "--output", str(t / "o"),
-                                                     "--set", "shard_size=0"]), "shard_size must be >= 1"),
-    "filter output is its input": (lambda t, d: filter_main(["--input", write_scores(t), "--output",
-                                                             str(t / "scores"), "--overwrite"]), "is (or lies in the shard folders of) its input"),
-    "output inside the input": (lambda t, d: ingest_main(["--source", str(d), "--output", str(d / "out")]),
-                                "overlaps the input"),
+    "source folder missing": (
+        lambda t, d: ingest_main(["--source", str(t / "nope"), "--output", str(t / "o")]),
+        "nope: no such folder",
+    ),
+    "config file missing": (
+        lambda t, d: ingest_main(["--source", str(d), "--output", str(t / "o"), "--config", str(t / "missing.json")]),
+        "missing.json: no such file",
+    ),
+    "config file not JSON": (
+        lambda t, d: (
+            (t / "bad.json").write_text("{oops")
+            and ingest_main(["--source", str(d), "--output", str(t / "o"), "--config", str(t / "bad.json")])
+        ),
+        "bad.json: not valid JSON",
+    ),
+    "input artifact missing": (
+        lambda t, d: filter_main(["--input", str(t / "scores"), "--output", str(t / "p")]),
+        "scores: no manifest.json",
+    ),
+    "unknown config key": (
+        lambda t, d: filter_main(["--input", str(t / "s"), "--output", str(t / "p"), "--set", "caption_min_scor=3"]),
+        "unknown key(s) ['caption_min_scor']",
+    ),
+    "threshold of the wrong type": (
+        lambda t, d: filter_main(
+            ["--input", str(t / "s"), "--output", str(t / "p"), "--set", "caption_min_score=high"]
+        ),
+        "caption_min_score: expected a number, got 'high'",
+    ),
+    "value out of range": (
+        lambda t, d: ingest_main(["--source", str(d), "--output", str(t / "o"), "--set", "shard_size=0"]),
+        "shard_size must be >= 1",
+    ),
+    "filter output is its input": (
+        lambda t, d: filter_main(["--input", write_scores(t), "--output", str(t / "scores"), "--overwrite"]),
+        "is (or lies in the shard folders of) its input",
+    ),
+    "output inside the input": (
+        lambda t, d: ingest_main(["--source", str(d), "--output", str(d / "out")]),
+        "overlaps the input",
+    ),
 }
 
 

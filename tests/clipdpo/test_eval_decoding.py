@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_evaluate import as_json, eval_config, inputs, models  # noqa: F401 (fixtures)
 
 from clipdpo.config import from_dict
 from clipdpo.engines import ModelSpec
@@ -14,7 +15,6 @@ from clipdpo.evaluate.data import Item
 from clipdpo.evaluate.evaluation import evaluate_models
 from clipdpo.evaluate.infer import Task, task_key
 from clipdpo.storage import Storage, join
-from test_evaluate import as_json, eval_config, inputs, models  # noqa: F401 (fixtures)
 
 SAMPLED = {"temperature": 1.0, "top_p": 1.0, "samples": 2, "seed": 3}
 
@@ -29,13 +29,18 @@ def test_decoding_is_part_of_the_response_key_and_greedy_keeps_its_key():
     spec = ModelSpec(name="base", path="/x")
     items = [Item(id="1", image="s3://b/1.jpg", prompt="Describe this image.")]
     greedy = Task("amber-generative", items, max_new_tokens=24)
-    keys = {task_key(spec, Task("amber-generative", items, max_new_tokens=24, decoding=DecodingConfig(**d)))
-            for d in (SAMPLED, {**SAMPLED, "seed": 4}, {**SAMPLED, "samples": 3}, {**SAMPLED, "temperature": 0.7})}
+    keys = {
+        task_key(spec, Task("amber-generative", items, max_new_tokens=24, decoding=DecodingConfig(**d)))
+        for d in (SAMPLED, {**SAMPLED, "seed": 4}, {**SAMPLED, "samples": 3}, {**SAMPLED, "temperature": 0.7})
+    }
     assert len(keys) == 4 and task_key(spec, greedy) not in keys
     # the greedy key is the one responses were saved under before decoding existed: 38b768c2e73d is what
     # task_key gave for this task on main before this change (no decoding field hashed for greedy)
-    assert task_key(spec, Task("amber-generative", items, max_new_tokens=24, decoding=DecodingConfig())) == \
-        task_key(spec, greedy) == "38b768c2e73d"
+    assert (
+        task_key(spec, Task("amber-generative", items, max_new_tokens=24, decoding=DecodingConfig()))
+        == task_key(spec, greedy)
+        == "38b768c2e73d"
+    )
 
 
 def test_bad_decoding_is_refused_naming_the_field():
@@ -43,8 +48,10 @@ def test_bad_decoding_is_refused_naming_the_field():
         DecodingConfig(samples=3)
     with pytest.raises(ValueError, match="samples must be >= 1, got 0"):
         DecodingConfig(temperature=1.0, samples=0)
-    parsed = {"models": [{"name": "b", "path": "m", "engine": "hf"}],
-              "amber": {"root": "r", "decoding": {"temperature": 1.0, "samples": 0}}}
+    parsed = {
+        "models": [{"name": "b", "path": "m", "engine": "hf"}],
+        "amber": {"root": "r", "decoding": {"temperature": 1.0, "samples": 0}},
+    }
     with pytest.raises(ValueError, match=r"amber\.decoding\.samples must be >= 1, got 0"):
         from_dict(EvaluateConfig, parsed)
 
@@ -65,8 +72,11 @@ def test_sampled_descriptions_are_seeded_resumable_and_all_scored(models, inputs
     assert all(len(row["samples"]) == 2 and row["response"] == row["samples"][0] for row in rows)
     # the yes/no half is untouched: one answer per item, no samples
     discriminative = [u for u in storage.list(join(output, "responses", "base")) if "amber-discriminative" in u]
-    assert all("samples" not in json.loads(line) for uri in discriminative
-               for line in storage.read_bytes(uri).decode().splitlines())
+    assert all(
+        "samples" not in json.loads(line)
+        for uri in discriminative
+        for line in storage.read_bytes(uri).decode().splitlines()
+    )
     assert metrics["resources"]["amber_decoding"]["samples"] == 2
     assert "2 answer(s) per description item" in storage.read_bytes(join(output, "report.md")).decode()
     assert [e["response"] for e in metrics["results"]["base"]["amber"]["examples"]] == [r["response"] for r in rows]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_evaluate import as_json, eval_config, inputs, models  # noqa: F401 (fixtures)
 
 from clipdpo.config import from_dict
 from clipdpo.demo import models as tiny
@@ -14,23 +15,27 @@ from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.evaluation import evaluate_models
 from clipdpo.evaluate.fanout import cache_uri, plan, restrict, task_names
 from clipdpo.storage import Storage, join
-from test_evaluate import as_json, eval_config, inputs, models  # noqa: F401 (fixtures)
 
 
 def fan_out(config: dict, output: str) -> dict[str, int]:
     """Every (model, task) as its own call, as the pipeline's ParallelFor does, then the merge; inferred counts."""
     inferred: dict[str, int] = {}
     for item in plan(from_dict(EvaluateConfig, config)):
-        record = run_evaluate(from_dict(EvaluateConfig, {**config, "only_model": item["model"],
-                                                         "only_task": item["task"]}), output)
+        record = run_evaluate(
+            from_dict(EvaluateConfig, {**config, "only_model": item["model"], "only_task": item["task"]}), output
+        )
         inferred[f"{item['model']}|{item['task']}"] = record["inferred"]
     run_evaluate(from_dict(EvaluateConfig, {**config, "merge_tasks": True}), output)
     return inferred
 
 
-CONFIG = {"models": [{"name": "base", "path": "/x/base"}, {"name": "trained", "path": "/x/trained"}],
-          "amber": {"root": "s3://b/AMBER"}, "zero_shot": {"datasets": [{"name": "colours", "root": "s3://b/c"}]},
-          "suite": [{"kind": "pope", "root": "s3://b/pope"}], "result_cache": "s3://b/eval-cache"}
+CONFIG = {
+    "models": [{"name": "base", "path": "/x/base"}, {"name": "trained", "path": "/x/trained"}],
+    "amber": {"root": "s3://b/AMBER"},
+    "zero_shot": {"datasets": [{"name": "colours", "root": "s3://b/c"}]},
+    "suite": [{"kind": "pope", "root": "s3://b/pope"}],
+    "result_cache": "s3://b/eval-cache",
+}
 
 
 def test_plan_and_restrict_name_every_unit():
@@ -51,14 +56,20 @@ def test_plan_and_restrict_name_every_unit():
 
 def _benchmarks(root) -> dict:
     """Local benchmark folders for the key tests: AMBER data and images, a zero-shot class folder, POPE."""
-    for folder, name, body in (("AMBER", "query.json", b"[]"), ("image", "AMBER_1.jpg", b"jpeg"),
-                               ("colours/red", "a.png", b"png-red"), ("colours/blue", "b.png", b"png-blue"),
-                               ("pope", "questions.jsonl", b"{}")):
+    for folder, name, body in (
+        ("AMBER", "query.json", b"[]"),
+        ("image", "AMBER_1.jpg", b"jpeg"),
+        ("colours/red", "a.png", b"png-red"),
+        ("colours/blue", "b.png", b"png-blue"),
+        ("pope", "questions.jsonl", b"{}"),
+    ):
         (root / folder).mkdir(parents=True, exist_ok=True)
         (root / folder / name).write_bytes(body)
-    return {"amber": {"root": str(root / "AMBER")},
-            "zero_shot": {"datasets": [{"name": "colours", "root": str(root / "colours")}]},
-            "suite": [{"kind": "pope", "root": str(root / "pope")}]}
+    return {
+        "amber": {"root": str(root / "AMBER")},
+        "zero_shot": {"datasets": [{"name": "colours", "root": str(root / "colours")}]},
+        "suite": [{"kind": "pope", "root": str(root / "pope")}],
+    }
 
 
 def test_cache_key_follows_model_content_and_result_deciding_config(tmp_path):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import shutil
 
+from pairs_fixture import png
+
 from clipdpo.demo.models import build_tiny_llava
 from clipdpo.engines import HFEngine, ModelSpec
 from clipdpo.evaluate.data import Item
 from clipdpo.evaluate.infer import Responder, Task
 from clipdpo.storage import Storage, join
-
-from pairs_fixture import png
 
 
 def answer(spec: ModelSpec, output: str, task: Task) -> tuple[dict, int]:
@@ -24,8 +24,11 @@ def test_responses_are_keyed_by_the_models_content(tmp_path):
     images = [join(str(tmp_path / "images"), f"{k}.png") for k in range(3)]
     for k, uri in enumerate(images):
         storage.write_bytes(uri, png(k))
-    task = Task("describe", [Item(id=str(k), image=uri, prompt="Describe the image.") for k, uri in enumerate(images)],
-                max_new_tokens=3)
+    task = Task(
+        "describe",
+        [Item(id=str(k), image=uri, prompt="Describe the image.") for k, uri in enumerate(images)],
+        max_new_tokens=3,
+    )
     path, output = str(tmp_path / "model"), str(tmp_path / "evaluation")
     spec = ModelSpec(name="clip-dpo", path=build_tiny_llava(path, seed=0), engine="hf", device="cpu")
     first, inferred = answer(spec, output, task)

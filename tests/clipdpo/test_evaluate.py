@@ -8,21 +8,23 @@ import pytest
 import torch
 
 from clipdpo import determinism
+from clipdpo.config import from_dict
 from clipdpo.demo import models as tiny
-from clipdpo.evaluate.evaluation import evaluate_models
+from clipdpo.engines import HFEngine, ImageRequest, ModelSpec, option_token_ids
 from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.data import EvalInputError
-from clipdpo.engines import HFEngine, ImageRequest, ModelSpec, option_token_ids
+from clipdpo.evaluate.evaluation import evaluate_models
 from clipdpo.storage import Storage, join
-from clipdpo.config import from_dict
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-models")
-    return {"base": tiny.build_tiny_llava(str(root / "base"), seed=0),
-            "trained": tiny.build_tiny_llava(str(root / "trained"), seed=5),
-            "clip_config_dir": tiny.build_tiny_clip(str(root / "clip"))}
+    return {
+        "base": tiny.build_tiny_llava(str(root / "base"), seed=0),
+        "trained": tiny.build_tiny_llava(str(root / "trained"), seed=5),
+        "clip_config_dir": tiny.build_tiny_clip(str(root / "clip")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +36,29 @@ def unloadable_models() -> dict:
 def eval_config(models: dict, inputs: dict, **amber_extra) -> dict:
     """`inputs`: the `inputs` fixture, with the spaCy model the AMBER NLP uses."""
     return {
-        "models": [{"name": "base", "path": models["base"], "engine": "hf"},
-                   {"name": "trained", "path": models["trained"], "engine": "hf"}],
-        "amber": {"root": inputs["amber"], "nlp": {"backend": "spacy", "spacy_model": inputs["spacy_model"]},
-                  **amber_extra},
-        "zero_shot": {"datasets": [{"name": "colours", "root": inputs["zero_shot"]}],
-                      "text_encoder": {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None,
-                                       "model_config_dir": models["clip_config_dir"]}},
-        "suite": [{"kind": "pope", "root": inputs["pope"], "images": join(inputs["suite"], "images")},
-                  {"kind": "scienceqa", "root": inputs["scienceqa"], "images": join(inputs["suite"], "images")}],
-        "max_new_tokens": 24, "chunk_size": 4,
+        "models": [
+            {"name": "base", "path": models["base"], "engine": "hf"},
+            {"name": "trained", "path": models["trained"], "engine": "hf"},
+        ],
+        "amber": {
+            "root": inputs["amber"],
+            "nlp": {"backend": "spacy", "spacy_model": inputs["spacy_model"]},
+            **amber_extra,
+        },
+        "zero_shot": {
+            "datasets": [{"name": "colours", "root": inputs["zero_shot"]}],
+            "text_encoder": {
+                "model_name": tiny.TINY_CLIP_NAME,
+                "pretrained": None,
+                "model_config_dir": models["clip_config_dir"],
+            },
+        },
+        "suite": [
+            {"kind": "pope", "root": inputs["pope"], "images": join(inputs["suite"], "images")},
+            {"kind": "scienceqa", "root": inputs["scienceqa"], "images": join(inputs["suite"], "images")},
+        ],
+        "max_new_tokens": 24,
+        "chunk_size": 4,
     }
 
 
@@ -51,9 +66,13 @@ def eval_config(models: dict, inputs: dict, **amber_extra) -> dict:
 def inputs(bucket, eval_set, spacy_model):
     storage = Storage()
     suite = eval_set.write_suite(storage, join(bucket, "suite"))
-    return {"amber": eval_set.write_amber(storage, join(bucket, "AMBER")),
-            "zero_shot": eval_set.write_zero_shot(storage, join(bucket, "colours")),
-            "suite": join(bucket, "suite"), "spacy_model": spacy_model, **suite}
+    return {
+        "amber": eval_set.write_amber(storage, join(bucket, "AMBER")),
+        "zero_shot": eval_set.write_zero_shot(storage, join(bucket, "colours")),
+        "suite": join(bucket, "suite"),
+        "spacy_model": spacy_model,
+        **suite,
+    }
 
 
 def as_json(value):
@@ -79,28 +98,39 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
         amber = result["amber"]
         assert amber["complete"] is True
         assert set(amber["generative"]) == {"chair", "cover", "hal", "cog"}
-        assert amber["amber_score"] == pytest.approx((100 - amber["generative"]["chair"]
-                                                      + amber["discriminative"]["f1"]) / 2, abs=0.01)
+        assert amber["amber_score"] == pytest.approx(
+            (100 - amber["generative"]["chair"] + amber["discriminative"]["f1"]) / 2, abs=0.01
+        )
         assert result["zero_shot"]["colours"]["images"] == 9 and result["zero_shot"]["colours"]["classes"] == 3
         assert 0 <= result["zero_shot"]["colours"]["top1"] <= 100
         assert set(result["suite"]["pope"]["splits"]) == {"random", "popular"}
         assert result["suite"]["scienceqa"]["questions"] == 3
         # logits mode: the discriminative replies are exactly "Yes" or "No", which the official scorer reads
         folder = [u for u in storage.list(join(output, "responses", name)) if "amber-discriminative" in u]
-        replies = [json.loads(line)["response"] for uri in folder
-                   for line in storage.read_bytes(uri).decode().splitlines()]
+        replies = [
+            json.loads(line)["response"] for uri in folder for line in storage.read_bytes(uri).decode().splitlines()
+        ]
         assert len(replies) == 7 and set(replies) <= {"Yes", "No"}
         assert len(folder) == 2  # chunks of 4: items 1-4 and 5-7
         # qualitative examples: the same first descriptions for every model, each with its image for the report
         assert [(e["id"], e["image"].rsplit("/", 1)[1]) for e in amber["examples"]] == [
-            (1, "AMBER_1.jpg"), (2, "AMBER_2.jpg")]
+            (1, "AMBER_1.jpg"),
+            (2, "AMBER_2.jpg"),
+        ]
     assert "en_core_web_md" in metrics["resources"]["amber_nlp"]
     assert metrics["resources"]["cpu"]["cpu_model"] == determinism.cpu_model()  # the machine beside its numbers
     # every headline delta with its paired bootstrap interval; the delta is the difference of the results
     effects = metrics["effects"]["trained"]
-    assert {"amber.generative.chair", "amber.generative.hal", "amber.generative.cover", "amber.discriminative.f1",
-            "amber.amber_score", "zero_shot.colours.top1", "suite.pope.headline",
-            "suite.pope.accuracy_mean"} <= set(effects) and set(metrics["effects"]) == {"trained"}
+    assert {
+        "amber.generative.chair",
+        "amber.generative.hal",
+        "amber.generative.cover",
+        "amber.discriminative.f1",
+        "amber.amber_score",
+        "zero_shot.colours.top1",
+        "suite.pope.headline",
+        "suite.pope.accuracy_mean",
+    } <= set(effects) and set(metrics["effects"]) == {"trained"}
 
     def value(name, path):
         tree = metrics["results"][name]
@@ -120,8 +150,14 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
     assert set(per_image) == {"base", "trained"} and "per_image" not in metrics
 
     report_md = storage.read_bytes(join(output, "report.md")).decode()
-    for heading in ("## AMBER (Table 2)", "## Zero-shot classification via captions", "## LLaVA benchmark suite",
-                    "| Δ trained |", "## Resources", "paired bootstrap interval"):
+    for heading in (
+        "## AMBER (Table 2)",
+        "## Zero-shot classification via captions",
+        "## LLaVA benchmark suite",
+        "| Δ trained |",
+        "## Resources",
+        "paired bootstrap interval",
+    ):
         assert heading in report_md
     assert "INCOMPLETE" not in report_md
     assert "<table>" in storage.read_bytes(join(output, "report.html")).decode()
@@ -130,6 +166,7 @@ def test_evaluate_end_to_end_resumes_and_reports(models, inputs, bucket, tmp_pat
     def no_model(spec):
         def fail():
             raise AssertionError(f"{spec.name} loaded on a fully cached rerun")
+
         return fail
 
     cfg = from_dict(EvaluateConfig, eval_config(models, inputs))
@@ -155,8 +192,9 @@ def test_yes_no_by_logits_matches_a_forward_pass_per_request(models, eval_set):
     chosen = engine.choose(requests, ["Yes", "No"])  # batched, left-padded
     yes_ids, no_ids = option_token_ids(engine.tokenizer, ["Yes", "No"])
     for request, got in zip(requests, chosen):
-        inputs = engine.processor(images=[request.image], text=[engine._template(request.prompt, True)],
-                                  return_tensors="pt")
+        inputs = engine.processor(
+            images=[request.image], text=[engine._template(request.prompt, True)], return_tensors="pt"
+        )
         with torch.no_grad():
             logits = engine.model(**inputs).logits[0, -1]
         expected = "Yes" if logits[yes_ids].max() > logits[no_ids].max() else "No"
@@ -173,6 +211,7 @@ def test_options_sharing_a_first_token_are_refused(models):
 def _no_engine(spec):
     def fail():
         raise AssertionError("a model was loaded although the input was bad")
+
     return fail
 
 

@@ -1,4 +1,5 @@
-"""Fault suite: kill ingest, filter (20 seeds each) and score (4) at random moments and at each phase boundary, resume, and
+"""Fault suite: kill ingest, filter (20 seeds each) and score (4) at random moments and at each phase boundary,
+resume, and
 check the artifact equals a clean run's byte for byte (data files and done-records exactly; the
 manifest and done-records without their wall-clock fields: `created_unix`, per-shard `seconds`).
 
@@ -48,7 +49,7 @@ def snapshot(root: str) -> dict[str, bytes]:
     storage = Storage()
     out = {}
     for uri in storage.list(root):
-        relative = uri[len(root) + 1:]
+        relative = uri[len(root) + 1 :]
         if relative == "_lease.json":
             continue  # present only while (or because) a run held the output
         data = storage.read_bytes(uri)
@@ -81,14 +82,23 @@ def filter_case(root: Path) -> tuple[list[str], list[str]]:
     scores_rows = {}
     for k, name in enumerate(names):
         ids = [f"im{k}{j}" for j in range(3)]
-        images.write_shard(name, pa.Table.from_pylist(
-            [dict(image_id=i, source="t", uri=i, image=b"x", width=1, height=1) for i in ids], schema=IMAGES))
-        scores_rows[name] = [row for i in ids for row in (
-            cap(i, f"a dog on a red sofa {i}", 31.0 + k), cap(i, f"a dog on a blue sofa {i}", 28.0),
-            qa(i, "What color is the sofa?", "red", "green", 26.0, 30.0, 24.0))]
+        images.write_shard(
+            name,
+            pa.Table.from_pylist(
+                [dict(image_id=i, source="t", uri=i, image=b"x", width=1, height=1) for i in ids], schema=IMAGES
+            ),
+        )
+        scores_rows[name] = [
+            row
+            for i in ids
+            for row in (
+                cap(i, f"a dog on a red sofa {i}", 31.0 + k),
+                cap(i, f"a dog on a blue sofa {i}", 28.0),
+                qa(i, "What color is the sofa?", "red", "green", 26.0, 30.0, 24.0),
+            )
+        ]
     images.finalize(names)
-    scores = ArtifactWriter(storage, str(root / "scores"), "scores", {},
-                            [Artifact.open(storage, str(root / "images"))])
+    scores = ArtifactWriter(storage, str(root / "scores"), "scores", {}, [Artifact.open(storage, str(root / "images"))])
     for name in names:
         scores.write_shard(name, _scores_table(scores_rows[name]).cast(SCORES))
     scores.finalize(names)
@@ -107,24 +117,60 @@ def score_case(root: Path) -> tuple[list[str], list[str]]:
     candidates_rows = {}
     for k, name in enumerate(names):
         ids = [f"im{k}{j}" for j in range(2)]
-        images.write_shard(name, pa.Table.from_pylist(
-            [dict(image_id=i, source="t", uri=i, image=_png(3 * k + j), width=12, height=10)
-             for j, i in enumerate(ids)], schema=IMAGES))
-        candidates_rows[name] = [dict(image_id=i, candidate_id=f"{i}/{c}", kind="caption", model="m", prompt_id=c,
-                                      prompt="Describe the image.", text=text)
-                                 for i in ids for c, text in enumerate(("a red square", "a blue sky over a field"))]
-        candidates_rows[name].append(dict(image_id=ids[0], candidate_id=f"{ids[0]}/q", kind="qa", model="m",
-                                          prompt_id=0, prompt="qa", question="What color is the square?",
-                                          answer_pos="red", answer_neg="green"))
+        images.write_shard(
+            name,
+            pa.Table.from_pylist(
+                [
+                    dict(image_id=i, source="t", uri=i, image=_png(3 * k + j), width=12, height=10)
+                    for j, i in enumerate(ids)
+                ],
+                schema=IMAGES,
+            ),
+        )
+        candidates_rows[name] = [
+            dict(
+                image_id=i,
+                candidate_id=f"{i}/{c}",
+                kind="caption",
+                model="m",
+                prompt_id=c,
+                prompt="Describe the image.",
+                text=text,
+            )
+            for i in ids
+            for c, text in enumerate(("a red square", "a blue sky over a field"))
+        ]
+        candidates_rows[name].append(
+            dict(
+                image_id=ids[0],
+                candidate_id=f"{ids[0]}/q",
+                kind="qa",
+                model="m",
+                prompt_id=0,
+                prompt="qa",
+                question="What color is the square?",
+                answer_pos="red",
+                answer_neg="green",
+            )
+        )
     images.finalize(names)
-    candidates = ArtifactWriter(storage, str(root / "candidates"), "candidates", {},
-                                [Artifact.open(storage, str(root / "images"))])
+    candidates = ArtifactWriter(
+        storage, str(root / "candidates"), "candidates", {}, [Artifact.open(storage, str(root / "images"))]
+    )
     for name in names:
         candidates.write_shard(name, pa.Table.from_pylist(candidates_rows[name], schema=CANDIDATES))
     candidates.finalize(names)
     config = root / "score.json"
-    config.write_text(json.dumps({"model_name": tiny.TINY_CLIP_NAME, "pretrained": None, "device": "cpu",
-                                  "model_config_dir": tiny.build_tiny_clip(str(root / "clip"))}))
+    config.write_text(
+        json.dumps(
+            {
+                "model_name": tiny.TINY_CLIP_NAME,
+                "pretrained": None,
+                "device": "cpu",
+                "model_config_dir": tiny.build_tiny_clip(str(root / "clip")),
+            }
+        )
+    )
     argv = ["--input", str(root / "candidates"), "--config", str(config)]
     return argv, argv + ["--set", "init_seed=1"]
 
@@ -142,8 +188,13 @@ THREADS = 1
 
 def _spawn(phase: str, nth: int, stage: str, argv: list[str]) -> subprocess.Popen:
     env = dict(os.environ, CLIPDPO_LEASE_TTL_S="30", OMP_NUM_THREADS=str(THREADS))
-    return subprocess.Popen([sys.executable, RUNNER, phase, str(nth), stage, *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, RUNNER, phase, str(nth), stage, *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _damage(output: str, rng: random.Random, how: str) -> bool:
@@ -165,11 +216,15 @@ def _damage(output: str, rng: random.Random, how: str) -> bool:
 
 
 @pytest.mark.slow(seconds=30)  # each case; seconds: for the xdist order (tests/conftest.py)
-@pytest.mark.parametrize("stage, make_case, seeds, random_kills, shards", [
-    ("ingest", ingest_case, 20, 20, 6), ("filter", filter_case, 20, 20, 5),
-    # A model stage: each kill costs a torch start (3-15 s on a busy 2-core machine): each boundary once.
-    ("score", score_case, 4, 2, 3),
-])
+@pytest.mark.parametrize(
+    "stage, make_case, seeds, random_kills, shards",
+    [
+        ("ingest", ingest_case, 20, 20, 6),
+        ("filter", filter_case, 20, 20, 5),
+        # A model stage: each kill costs a torch start (3-15 s on a busy 2-core machine): each boundary once.
+        ("score", score_case, 4, 2, 3),
+    ],
+)
 def test_kill_resume_equals_clean_run(stage, make_case, seeds, random_kills, shards, tmp_path, capsys):
     import torch
 
@@ -224,8 +279,10 @@ def _kill_resume_equals_clean_run(stage, make_case, seeds, random_kills, shards,
         survived[phase] += 1
     total = sum(survived.values())
     with capsys.disabled():
-        print(f"\nfault suite, {stage}: {total} kills/damages survived, artifact identical to a clean run each "
-              f"time: {survived}")
+        print(
+            f"\nfault suite, {stage}: {total} kills/damages survived, artifact identical to a clean run each "
+            f"time: {survived}"
+        )
     assert survived["random"] >= random_kills // 2  # most random kills land before the run ends
     assert all(survived[phase] == seeds // len(BOUNDARIES) for phase in BOUNDARIES)
     if seeds >= 20:
@@ -301,8 +358,9 @@ def _repair_counts(stage: str, make_case, tmp_path, seeds: int) -> dict[str, int
 
 
 @pytest.mark.slow(seconds=25)
-@pytest.mark.parametrize("stage, make_case, seeds", [
-    ("ingest", ingest_case, 3), ("filter", filter_case, 3), ("score", score_case, 1)])
+@pytest.mark.parametrize(
+    "stage, make_case, seeds", [("ingest", ingest_case, 3), ("filter", filter_case, 3), ("score", score_case, 1)]
+)
 def test_damaged_finished_artifact_is_repaired_exactly(stage, make_case, seeds, tmp_path, capsys):
     """Before: the stage read only the manifest and said "already complete"; the damage stayed."""
     import torch
@@ -314,8 +372,10 @@ def test_damaged_finished_artifact_is_repaired_exactly(stage, make_case, seeds, 
     finally:
         torch.set_num_threads(threads_before)
     with capsys.disabled():
-        print(f"\ndamaged finished artifact, {stage}: {sum(repaired.values())} repaired exactly, byte-identical to "
-              f"a clean run: {repaired}")
+        print(
+            f"\ndamaged finished artifact, {stage}: {sum(repaired.values())} repaired exactly, byte-identical to "
+            f"a clean run: {repaired}"
+        )
     assert repaired == {how: seeds for how in DAMAGES}
 
 
@@ -376,16 +436,28 @@ def test_damaged_finished_model_is_repaired_exactly(tmp_path, capsys):
     import shutil
 
     import torch
+    from pairs_fixture import write_pairs
 
     from clipdpo.demo.models import build_tiny_llava
-    from pairs_fixture import write_pairs
 
     model = build_tiny_llava(str(tmp_path / "tiny-llava"))
     pairs = write_pairs(str(tmp_path / "data"), n_pairs=24, n_shards=2)
     config = tmp_path / "train.json"
-    config.write_text(json.dumps({"model": model, "learning_rate": 5e-3, "global_batch_size": 8,
-                                  "per_device_batch_size": 4, "max_length": 64, "warmup_ratio": 0.0, "epochs": 1,
-                                  "save_steps": 1, "seed": 7}))
+    config.write_text(
+        json.dumps(
+            {
+                "model": model,
+                "learning_rate": 5e-3,
+                "global_batch_size": 8,
+                "per_device_batch_size": 4,
+                "max_length": 64,
+                "warmup_ratio": 0.0,
+                "epochs": 1,
+                "save_steps": 1,
+                "seed": 7,
+            }
+        )
+    )
     argv = ["--input", pairs, "--config", str(config), "--quiet"]
     main = _main("train")
     threads_before = torch.get_num_threads()
@@ -412,6 +484,8 @@ def test_damaged_finished_model_is_repaired_exactly(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads_before)
     with capsys.disabled():
-        print(f"\ndamaged finished model, train: {sum(repaired.values())} repaired exactly, byte-identical to a clean "
-              f"run: {repaired}")
+        print(
+            f"\ndamaged finished model, train: {sum(repaired.values())} repaired exactly, byte-identical to a clean "
+            f"run: {repaired}"
+        )
     assert repaired == {how: 1 for how in DAMAGES}

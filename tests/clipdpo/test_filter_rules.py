@@ -33,16 +33,22 @@ def test_top_pair_per_image_is_largest_margin_and_groups_are_independent():
     # B: (1,3) 2.5, ratio 9/10 -> (1 chosen, 3 rejected, 2.5)
     pairs = rules.select_caption_pairs(group, score, words, min_margin=2.0, min_length_ratio=0.75)
     assert list(zip(pairs.chosen, pairs.rejected, pairs.margin)) == [(2, 0, 6.0), (1, 3, 2.5)]
-    top2 = rules.select_caption_pairs(group, score, words, min_margin=2.0, min_length_ratio=0.75,
-                                      pairs_per_group=2)
+    top2 = rules.select_caption_pairs(group, score, words, min_margin=2.0, min_length_ratio=0.75, pairs_per_group=2)
     assert list(zip(top2.chosen, top2.rejected)) == [(2, 0), (2, 4), (1, 3)]
 
 
 def test_no_pairs_for_single_or_empty_captions():
-    assert len(rules.select_caption_pairs(np.array([0]), np.array([30.0]), np.array([5]),
-                                          min_margin=2, min_length_ratio=0.75).chosen) == 0
-    pairs = rules.select_caption_pairs(np.array([0, 0]), np.array([30.0, 40.0]), np.array([0, 0]),
-                                       min_margin=2, min_length_ratio=0.75)
+    assert (
+        len(
+            rules.select_caption_pairs(
+                np.array([0]), np.array([30.0]), np.array([5]), min_margin=2, min_length_ratio=0.75
+            ).chosen
+        )
+        == 0
+    )
+    pairs = rules.select_caption_pairs(
+        np.array([0, 0]), np.array([30.0, 40.0]), np.array([0, 0]), min_margin=2, min_length_ratio=0.75
+    )
     assert len(pairs.chosen) == 0  # empty texts: ratio 0
 
 
@@ -73,14 +79,32 @@ def _scores_table(rows):
 
 
 def cap(image, text, score, category="objects", tokens=20, prompt="Describe the image."):
-    return dict(image_id=image, kind="caption", text=text, clip_score=score, clip_tokens=tokens,
-                clip_context=77, n_words=len(text.split()), category=category, prompt=prompt)
+    return dict(
+        image_id=image,
+        kind="caption",
+        text=text,
+        clip_score=score,
+        clip_tokens=tokens,
+        clip_context=77,
+        n_words=len(text.split()),
+        category=category,
+        prompt=prompt,
+    )
 
 
 def qa(image, question, pos, neg, qscore, check, neg_check, category="objects"):
-    return dict(image_id=image, kind="qa", question=question, answer_pos=pos, answer_neg=neg,
-                question_score=qscore, qa_caption_score=check, qa_neg_caption_score=neg_check,
-                category=category, prompt="qa")
+    return dict(
+        image_id=image,
+        kind="qa",
+        question=question,
+        answer_pos=pos,
+        answer_neg=neg,
+        question_score=qscore,
+        qa_caption_score=check,
+        qa_neg_caption_score=neg_check,
+        category=category,
+        prompt="qa",
+    )
 
 
 def test_filter_shard_applies_every_rule_and_counts_the_funnel():
@@ -111,12 +135,22 @@ def test_filter_shard_applies_every_rule_and_counts_the_funnel():
     assert got[1]["prompt"] == "What color is the sofa?"
     assert got[1]["margin"] == pytest.approx(6.0)
     assert dict(funnel) == {
-        "rows_in": 10, "captions_in": 6, "qa_in": 4,
+        "rows_in": 10,
+        "captions_in": 6,
+        "qa_in": 4,
         "removed_text_downsample": 0,
-        "removed_caption_empty": 1, "removed_caption_low_score": 1, "removed_caption_too_long": 1,
-        "removed_qa_invalid": 1, "removed_question_low_score": 1, "removed_qa_check_low_score": 1,
-        "captions_kept": 3, "qa_kept": 1, "images_with_captions": 2, "images_without_caption_pair": 1,
-        "caption_pairs": 1, "qa_pairs": 1,
+        "removed_caption_empty": 1,
+        "removed_caption_low_score": 1,
+        "removed_caption_too_long": 1,
+        "removed_qa_invalid": 1,
+        "removed_question_low_score": 1,
+        "removed_qa_check_low_score": 1,
+        "captions_kept": 3,
+        "qa_kept": 1,
+        "images_with_captions": 2,
+        "images_without_caption_pair": 1,
+        "caption_pairs": 1,
+        "qa_pairs": 1,
     }
 
 

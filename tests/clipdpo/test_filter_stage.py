@@ -12,11 +12,19 @@ from tests.clipdpo.test_filter_rules import _scores_table, cap, qa
 def write_scores(root) -> str:
     storage = Storage()
     images = ArtifactWriter(storage, f"{root}/images", "images", {}, [])
-    images.write_shard("part-00000", pa.Table.from_pylist(
-        [dict(image_id=i, source="t", uri=i, image=b"x", width=1, height=1) for i in ("a", "b")], schema=IMAGES))
+    images.write_shard(
+        "part-00000",
+        pa.Table.from_pylist(
+            [dict(image_id=i, source="t", uri=i, image=b"x", width=1, height=1) for i in ("a", "b")], schema=IMAGES
+        ),
+    )
     images.finalize(["part-00000"])
-    rows = [cap("a", "a dog on a red sofa", 31.0), cap("a", "a dog on a blue sofa", 28.0),
-            cap("b", "two people walking", 30.0), qa("a", "What color is the sofa?", "red", "green", 26.0, 30.0, 24.0)]
+    rows = [
+        cap("a", "a dog on a red sofa", 31.0),
+        cap("a", "a dog on a blue sofa", 28.0),
+        cap("b", "two people walking", 30.0),
+        qa("a", "What color is the sofa?", "red", "green", 26.0, 30.0, 24.0),
+    ]
     scores = ArtifactWriter(storage, f"{root}/scores", "scores", {}, [Artifact.open(storage, f"{root}/images")])
     scores.write_shard("part-00000", _scores_table(rows).cast(SCORES))
     scores.finalize(["part-00000"])
@@ -25,8 +33,20 @@ def write_scores(root) -> str:
 
 def test_zero_pairs_are_said_with_the_per_rule_counts(tmp_path, capsys):
     scores = write_scores(tmp_path)
-    code = filter_main(["--input", scores, "--output", str(tmp_path / "pairs"), "--set", "caption_min_score=99",
-                        "--set", "question_min_score=99", "--set", "text_keep_fraction=1.0"])
+    code = filter_main(
+        [
+            "--input",
+            scores,
+            "--output",
+            str(tmp_path / "pairs"),
+            "--set",
+            "caption_min_score=99",
+            "--set",
+            "question_min_score=99",
+            "--set",
+            "text_keep_fraction=1.0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0
     assert Artifact.open(Storage(), str(tmp_path / "pairs")).manifest.rows == 0

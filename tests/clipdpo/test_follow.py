@@ -9,19 +9,26 @@ kubelet's reason), and the evidence of a failed job (kept, its log streamed whil
 from __future__ import annotations
 
 import json
-
 import os
 import signal
 
-import pytest
-
 import job_recordings as rec
 import k8s_checks
-from clipdpo.cluster import jobspec
-from clipdpo.cluster.follow import (JobConflict, JobDeleted, JobFailed, JobFollower, JobTimeout, JobUnschedulable,
-                                    StepCancelled, log_pod)
-from clipdpo.cluster.launch import build_manifest, launch
+import pytest
 from fake_k8s import FakeClock, FakeCluster
+
+from clipdpo.cluster import jobspec
+from clipdpo.cluster.follow import (
+    JobConflict,
+    JobDeleted,
+    JobFailed,
+    JobFollower,
+    JobTimeout,
+    JobUnschedulable,
+    StepCancelled,
+    log_pod,
+)
+from clipdpo.cluster.launch import build_manifest, launch
 
 KINDS = {"pytorchjob": "PyTorchJob", "trainjob": "TrainJob"}
 KEY = "run-1/s3://b/model"
@@ -55,13 +62,30 @@ def follower(cluster, clock=None, **options) -> JobFollower:
     return JobFollower(cluster, cluster, poll_seconds=15, clock=clock, sleep=clock.sleep, **options)
 
 
-def run(cluster, launcher, *, clock=None, timeout=3600.0, schedule_timeout=600.0, cleanup=True, limits=None,
-        options=None, **spec_args):
+def run(
+    cluster,
+    launcher,
+    *,
+    clock=None,
+    timeout=3600.0,
+    schedule_timeout=600.0,
+    cleanup=True,
+    limits=None,
+    options=None,
+    **spec_args,
+):
     """launch() against the fake cluster; `limits`: the follower's other limits (admission, start-up), `options`:
     the follower's settings. Both are left out when not given, so a replay runs on code that lacks them."""
-    return launch(spec(**spec_args), KEY, launcher=launcher, timeout_seconds=timeout,
-                  follower=follower(cluster, clock, **(options or {})), schedule_timeout_seconds=schedule_timeout,
-                  cleanup=cleanup, **(limits or {}))
+    return launch(
+        spec(**spec_args),
+        KEY,
+        launcher=launcher,
+        timeout_seconds=timeout,
+        follower=follower(cluster, clock, **(options or {})),
+        schedule_timeout_seconds=schedule_timeout,
+        cleanup=cleanup,
+        **(limits or {}),
+    )
 
 
 @pytest.mark.parametrize("launcher", sorted(KINDS))
@@ -157,13 +181,21 @@ def test_a_long_wait_in_the_kueue_queue_is_not_a_failure(launcher, monkeypatch, 
     clock = FakeClock()
     cluster = FakeCluster()
     monkeypatch.setattr(launch_module, "kubernetes_clients", lambda: (cluster, cluster))
-    monkeypatch.setattr(launch_module, "JobFollower",
-                        functools.partial(JobFollower, poll_seconds=15, clock=clock, sleep=clock.sleep))
+    monkeypatch.setattr(
+        launch_module, "JobFollower", functools.partial(JobFollower, poll_seconds=15, clock=clock, sleep=clock.sleep)
+    )
     run_root = f"{bucket}/runs/r1"
     name = jobspec.job_name(steps.artifact_uri(run_root, "train") + "\n" + "{}")
     cluster.frames = rec.admitted_after_queue(KINDS[launcher], name, 2, UID, queued_polls=5 * 3600 // 15)
-    assert steps.train_step(run_root, "{}", launcher=launcher, image="ghcr.io/x/clipdpo-train:0.1.0", nodes=2,
-                            gpus_per_node=4, queue_name="team-gpus") == steps.artifact_uri(run_root, "train")
+    assert steps.train_step(
+        run_root,
+        "{}",
+        launcher=launcher,
+        image="ghcr.io/x/clipdpo-train:0.1.0",
+        nodes=2,
+        gpus_per_node=4,
+        queue_name="team-gpus",
+    ) == steps.artifact_uri(run_root, "train")
     assert clock.now >= 5 * 3600 and len(cluster.created) == 1 and cluster.deleted == [name]
 
 
@@ -220,15 +252,26 @@ def test_kueue_reason_is_read_from_whichever_workload_version_is_served():
 
 # --- The job survives the loss of its launcher pod --------------------------------------------------------------
 
+
 def step_pod(name: str, disrupted: bool) -> dict:
     """The pipeline step's pod; an eviction (drain, autoscaler, preemption) marks it DisruptionTarget first."""
     conditions = [{"type": "Ready", "status": "True"}]
     if disrupted:
-        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
-                           "message": "Eviction API: evicting"})
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "uid": name + "-uid"},
-            "spec": {"containers": [{"name": "main", "image": "ghcr.io/x/clipdpo-train:0.1.0"}]},
-            "status": {"phase": "Running", "conditions": conditions}}
+        conditions.append(
+            {
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": "EvictionByEvictionAPI",
+                "message": "Eviction API: evicting",
+            }
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": name + "-uid"},
+        "spec": {"containers": [{"name": "main", "image": "ghcr.io/x/clipdpo-train:0.1.0"}]},
+        "status": {"phase": "Running", "conditions": conditions},
+    }
 
 
 def sigterm_on(poll_number):
@@ -251,8 +294,9 @@ def test_an_evicted_launcher_leaves_the_job_running_and_the_retry_reattaches(lau
     clock = FakeClock()
     cluster = FakeCluster(step_pods={"train-pod-1": step_pod("train-pod-1", disrupted=True)}, on_poll=sigterm_on(3))
     monkeypatch.setattr(launch_module, "kubernetes_clients", lambda: (cluster, cluster))
-    monkeypatch.setattr(launch_module, "JobFollower",
-                        functools.partial(JobFollower, poll_seconds=15, clock=clock, sleep=clock.sleep))
+    monkeypatch.setattr(
+        launch_module, "JobFollower", functools.partial(JobFollower, poll_seconds=15, clock=clock, sleep=clock.sleep)
+    )
     monkeypatch.setenv("CLIPDPO_RUN", "clipdpo-7x2kq")
     monkeypatch.setenv("CLIPDPO_POD_NAME", "train-pod-1")
     monkeypatch.setenv("CLIPDPO_POD_UID", "train-pod-1-uid")  # what the step passed before (an owner's uid)
@@ -287,8 +331,11 @@ def test_another_run_over_the_same_run_root_starts_its_own_job():
 @pytest.mark.parametrize("launcher", sorted(KINDS))
 def test_a_cancelled_run_deletes_the_job_even_when_kept_otherwise(launcher):
     """SIGTERM to a launcher pod that is not being evicted: the run was cancelled."""
-    cluster = FakeCluster(rec.running_forever(KINDS[launcher], spec().name, 4), on_poll=sigterm_on(3),
-                          step_pods={"train-pod-1": step_pod("train-pod-1", disrupted=False)})
+    cluster = FakeCluster(
+        rec.running_forever(KINDS[launcher], spec().name, 4),
+        on_poll=sigterm_on(3),
+        step_pods={"train-pod-1": step_pod("train-pod-1", disrupted=False)},
+    )
     with pytest.raises(StepCancelled):
         run(cluster, launcher, cleanup=False, options={"launcher_pod": ("default", "train-pod-1")})
     assert cluster.deleted == [spec().name] and cluster.polls == 3
@@ -310,11 +357,17 @@ def test_the_runs_exit_handler_deletes_its_unfinished_jobs_only(launcher, monkey
 
     cluster = FakeCluster()
     jobs = {}
-    for run_name, key, state in (("clipdpo-7x2kq", "a", "running"), ("clipdpo-7x2kq", "b", "failed"),
-                                 ("clipdpo-other", "c", "running")):
+    for run_name, key, state in (
+        ("clipdpo-7x2kq", "a", "running"),
+        ("clipdpo-7x2kq", "b", "failed"),
+        ("clipdpo-other", "c", "running"),
+    ):
         manifest = build_manifest(spec(name=jobspec.job_name(key), namespace="default"), launcher, key, run_name)
-        frames = (rec.running_forever if state == "running" else
-                  lambda kind, job, nodes: rec.failed(kind, job, nodes, failed_index=1)[-1:])(KINDS[launcher], "j", 4)
+        frames = (
+            rec.running_forever
+            if state == "running"
+            else lambda kind, job, nodes: rec.failed(kind, job, nodes, failed_index=1)[-1:]
+        )(KINDS[launcher], "j", 4)
         manifest["status"] = frames[-1]["status"]
         cluster.jobs[("default", manifest["metadata"]["name"])] = manifest
         jobs[key] = manifest["metadata"]["name"]
@@ -349,6 +402,7 @@ def test_an_unknown_launcher_is_a_clear_error():
 
 
 # --- Pods that can never start fail the step at once, with kubelet's reason ------------------------------------
+
 
 @pytest.mark.parametrize("launcher", sorted(KINDS))
 def test_an_image_that_cannot_be_pulled_fails_fast_with_kubelets_reason(launcher):
@@ -392,8 +446,9 @@ def test_a_crash_loop_fails_fast_with_the_crashed_containers_log(launcher):
 @pytest.mark.parametrize("launcher", sorted(KINDS))
 def test_a_restart_the_policy_cures_is_not_a_crash_loop(launcher):
     name = spec().name
-    frames = (rec.cannot_start(KINDS[launcher], name, 4, [rec.crash_loop("p")], restarts=1) * 3
-              + rec.succeeded(KINDS[launcher], name, 4))
+    frames = rec.cannot_start(KINDS[launcher], name, 4, [rec.crash_loop("p")], restarts=1) * 3 + rec.succeeded(
+        KINDS[launcher], name, 4
+    )
     assert run(FakeCluster(frames), launcher).state == "Succeeded"
 
 
@@ -408,6 +463,7 @@ def test_containers_that_never_start_end_at_the_startup_deadline(launcher):
 
 
 # --- Rank 0's log streams to the step's log while the job runs ---------------------------------------------------
+
 
 @pytest.mark.parametrize("launcher", sorted(KINDS))
 def test_rank0_log_streams_once_each_line_in_order(launcher):
@@ -446,8 +502,18 @@ def test_the_pipelines_train_step_launches_and_follows_the_job(launcher, monkeyp
     output = steps.artifact_uri(run_root, "train")
     name = jobspec.job_name(output + "\n" + '{"beta": 0.1}' + "\nrun=clipdpo-run-1")
     cluster.frames = rec.succeeded(KINDS[launcher], name, 2)
-    assert steps.train_step(run_root, config, launcher=launcher, image="ghcr.io/x/clipdpo-train:0.1.0", nodes=2,
-                            gpus_per_node=4, queue_name="team-gpus") == output
+    assert (
+        steps.train_step(
+            run_root,
+            config,
+            launcher=launcher,
+            image="ghcr.io/x/clipdpo-train:0.1.0",
+            nodes=2,
+            gpus_per_node=4,
+            queue_name="team-gpus",
+        )
+        == output
+    )
     job = cluster.created[0]
     assert job["kind"] == KINDS[launcher] and job["metadata"]["name"] == name and cluster.deleted == [name]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpus"

@@ -14,9 +14,11 @@ from clipdpo.storage import Storage, join
 
 
 def results(score: float, chair: float, pope: float = 85.0, top1: float = 50.0) -> dict:
-    return {"amber": {"amber_score": score, "generative": {"chair": chair}},
-            "suite": {"pope": {"headline": pope}, "scienceqa": {"headline": 60.0}},
-            "zero_shot": {"colours": {"top1": top1}}}
+    return {
+        "amber": {"amber_score": score, "generative": {"chair": chair}},
+        "suite": {"pope": {"headline": pope}, "scienceqa": {"headline": 60.0}},
+        "zero_shot": {"colours": {"top1": top1}},
+    }
 
 
 def verdicts(checks) -> dict[str, bool]:
@@ -25,9 +27,13 @@ def verdicts(checks) -> dict[str, bool]:
 
 def test_default_rules_need_amber_up_chair_down_and_every_benchmark_held():
     passed, checks = gate.decide(gate.default_rules(), results(80.0, 9.0), results(78.0, 10.0))
-    assert passed and verdicts(checks) == {"amber.amber_score": True, "amber.generative.chair": True,
-                                           "suite.pope.headline": True, "suite.scienceqa.headline": True,
-                                           "zero_shot.colours.top1": True}
+    assert passed and verdicts(checks) == {
+        "amber.amber_score": True,
+        "amber.generative.chair": True,
+        "suite.pope.headline": True,
+        "suite.scienceqa.headline": True,
+        "zero_shot.colours.top1": True,
+    }
     # equal AMBER score is not an improvement; a CHAIR that rose fails
     passed, checks = gate.decide(gate.default_rules(), results(78.0, 11.0), results(78.0, 10.0))
     assert not passed
@@ -87,8 +93,12 @@ def test_pointer_moves_only_from_the_state_it_was_read_in(bucket):
 
 def write_run(storage: Storage, root: str, base: dict, trained: dict) -> str:
     report = join(root, "evaluation")
-    metrics = {"complete": True, "baseline": "base", "results": {"base": base, "clip-dpo": trained},
-               "models": [{"name": "base", "path": "tiny/base"}, {"name": "clip-dpo", "path": join(root, "model")}]}
+    metrics = {
+        "complete": True,
+        "baseline": "base",
+        "results": {"base": base, "clip-dpo": trained},
+        "models": [{"name": "base", "path": "tiny/base"}, {"name": "clip-dpo", "path": join(root, "model")}],
+    }
     storage.write_bytes(join(report, "metrics.json"), json.dumps(metrics).encode())
     return report
 
@@ -107,8 +117,11 @@ def test_gate_step_promotes_a_better_model_and_refuses_a_worse_one(bucket, capsy
     # run 2: worse than the promoted model (though better than its own base): refused, pointer unchanged
     second = join(bucket, "runs", "r2")
     before = storage.read_bytes(pointer)
-    record = json.loads(storage.read_bytes(gate_step(second, write_run(storage, second, results(60.0, 15.0),
-                                                                      results(74.0, 11.0)), "{}")))
+    record = json.loads(
+        storage.read_bytes(
+            gate_step(second, write_run(storage, second, results(60.0, 15.0), results(74.0, 11.0)), "{}")
+        )
+    )
     assert not record["passed"] and not record["pointer"]["moved"]
     assert record["reference"]["model"] == join(first, "model")
     failed = {c["metric"] for c in record["checks"] if not c["passed"]}
@@ -140,7 +153,9 @@ def test_ci_submits_then_a_later_job_shows_the_gate_and_fails_on_refusal():
     assert float(pipeline["env"]["CLIPDPO_WAIT_HOURS"]) == 0
     assert not any("-m clipdpo.gate" in step.get("run", "") for step in steps)
     gate_jobs = yaml.safe_load(open(os.path.join(workflows, "retrain-gate.yml")))["jobs"]
-    gate_steps = [step for job in gate_jobs.values() for step in job["steps"] if "-m clipdpo.gate" in step.get("run", "")]
+    gate_steps = [
+        step for job in gate_jobs.values() for step in job["steps"] if "-m clipdpo.gate" in step.get("run", "")
+    ]
     assert len(gate_steps) == 1
     assert "gate/decision.json" in gate_steps[0]["run"] and '--summary "$GITHUB_STEP_SUMMARY"' in gate_steps[0]["run"]
     assert "continue-on-error" not in gate_steps[0]  # gate.main exits 1 on a refusal: the job fails

@@ -35,7 +35,8 @@ def tiny(tmp_path_factory):
     path = build_unit_scale_llava(str(tmp_path_factory.mktemp("models") / "tiny-llava"))
     processor = AutoProcessor.from_pretrained(path)
     encoded = PairEncoder(processor, max_length=70).encode_batch(
-        [(Image.new("RGB", (40, 40), rgb), *texts) for rgb, *texts in EXAMPLES], True)
+        [(Image.new("RGB", (40, 40), rgb), *texts) for rgb, *texts in EXAMPLES], True
+    )
     model = LlavaForConditionalGeneration.from_pretrained(path)
     model.model.vision_tower.requires_grad_(False)  # clipdpo's default: freeze_vision_tower
     return path, model, encoded, processor.tokenizer.pad_token_id
@@ -84,7 +85,7 @@ def test_cached_features_give_the_same_log_probs_and_gradients(tiny, forward, mo
         hook.remove()
     # the model's own path: the concatenated rows encode each image twice; the cache: once, then never
     assert own_encodes == [2 * len(encoded) if forward == "concatenated" else len(encoded)]
-    assert encodes[len(own_encodes):] == [len(encoded)] and (cache.encoded, cache.reused) == (3, 3)
+    assert encodes[len(own_encodes) :] == [len(encoded)] and (cache.encoded, cache.reused) == (3, 3)
     assert grads.keys() == cached[0][2].keys() and any("multi_modal_projector" in n for n in grads)
     assert not any("vision_tower" in n for n in grads)  # frozen
     for cached_sums, cached_means, cached_grads in cached:
@@ -110,8 +111,9 @@ def test_a_frozen_reference_model_reads_the_same_features_through_its_own_projec
     layout = layouts.choose("concatenated", model)  # logits at response positions only, as a run's
     batch = layout.collate(encoded, pad)
     batch["image_ids"] = torch.arange(len(encoded))
-    cached = imagefeatures.ImageFeatureCache(model, 2**30).attach(batch, layout.pair_images, torch.device("cpu"),
-                                                                  torch.float32)
+    cached = imagefeatures.ImageFeatureCache(model, 2**30).attach(
+        batch, layout.pair_images, torch.device("cpu"), torch.float32
+    )
     with torch.no_grad():
         own = layout.logps(reference, batch, torch.device("cpu"), torch.float32)[0]
         shared = layout.logps(reference, cached, torch.device("cpu"), torch.float32)[0]
@@ -176,9 +178,20 @@ def test_a_run_encodes_each_image_once_and_trains_as_without_the_cache(tiny, tmp
     losses, summaries = {}, {}
     for forward in ("concatenated", "shared_prefix"):
         for budget in (0, 64):
-            cfg = TrainConfig(model=tiny[0], learning_rate=5e-3, global_batch_size=4, per_device_batch_size=2,
-                              max_length=50, warmup_ratio=0.0, epochs=2, max_steps=5, seed=7, forward=forward,
-                              image_feature_cache_mb=budget, reference_cache=str(tmp_path / f"ref-{forward}-{budget}"))
+            cfg = TrainConfig(
+                model=tiny[0],
+                learning_rate=5e-3,
+                global_batch_size=4,
+                per_device_batch_size=2,
+                max_length=50,
+                warmup_ratio=0.0,
+                epochs=2,
+                max_steps=5,
+                seed=7,
+                forward=forward,
+                image_feature_cache_mb=budget,
+                reference_cache=str(tmp_path / f"ref-{forward}-{budget}"),
+            )
             summary = run(cfg, pairs, str(tmp_path / f"{forward}-{budget}"))
             rows = Storage().read_bytes(str(tmp_path / f"{forward}-{budget}" / "metrics.jsonl")).decode().splitlines()
             losses[forward, budget] = [(r["loss"], r["rewards/margin"]) for r in map(json.loads, rows)]
@@ -186,14 +199,20 @@ def test_a_run_encodes_each_image_once_and_trains_as_without_the_cache(tiny, tmp
     for forward in ("concatenated", "shared_prefix"):
         assert summaries[forward, 0] == {"cached": False, "reason": "image_feature_cache_mb=0"}
         # 12 images encoded by the reference pass; the 5 steps x 4 pairs (into a second epoch) reuse them
-        assert summaries[forward, 64] == {"cached": True, "encoded": 12, "reused": 20, "kept": 12,
-                                          "kept_mib": 0.0}
+        assert summaries[forward, 64] == {"cached": True, "encoded": 12, "reused": 20, "kept": 12, "kept_mib": 0.0}
         assert abs(losses[forward, 0][-1][1]) > 1e-3  # the policy has moved
         # fp32 through 5 optimizer steps (see above): 1e-5
         np.testing.assert_allclose(losses[forward, 64], losses[forward, 0], rtol=1e-5, atol=1e-5)
     # a trainable tower: the run encodes on every use and says why
-    cfg = TrainConfig(model=tiny[0], global_batch_size=4, per_device_batch_size=2, max_length=50, max_steps=1,
-                      freeze_vision_tower=False, reference_cache=str(tmp_path / "ref-trainable"))
+    cfg = TrainConfig(
+        model=tiny[0],
+        global_batch_size=4,
+        per_device_batch_size=2,
+        max_length=50,
+        max_steps=1,
+        freeze_vision_tower=False,
+        reference_cache=str(tmp_path / "ref-trainable"),
+    )
     summary = run(cfg, pairs, str(tmp_path / "trainable"))
     assert summary["image_features"]["cached"] is False
     assert "the vision tower trains" in summary["image_features"]["reason"]

@@ -41,34 +41,52 @@ def _grey(values):
 # 16-bit: v / 257 rounded (128 -> 0.498 -> 0, 129 -> 0.502 -> 1, 32896 -> 128, 65535 -> 255).
 # On white: c * a / 255 + 255 * (255 - a) / 255 (a = 128: c = 0 -> 127, c = 255 -> 255).
 CASES = {
-    "I;16 PNG": (_encoded(_row("I;16", [0, 128, 129, 257, 32896, 65535], "<u2"), "PNG"),
-                 _grey([0, 0, 1, 1, 128, 255])),
-    "I;16B TIFF": (_encoded(_row("I;16B", [0, 128, 129, 257, 32896, 65535], ">u2"), "TIFF"),
-                   _grey([0, 0, 1, 1, 128, 255])),
-    "I (32-bit) TIFF, out of range clipped": (_encoded(_row("I", [-5, 0, 257, 65535, 70000], "<i4"), "TIFF"),
-                                              _grey([0, 0, 1, 255, 255])),
-    "I;16 PNG with a transparent grey": (_encoded(_row("I;16", [0, 257, 32896], "<u2"), "PNG", transparency=257),
-                                         _grey([0, 255, 128])),
+    "I;16 PNG": (_encoded(_row("I;16", [0, 128, 129, 257, 32896, 65535], "<u2"), "PNG"), _grey([0, 0, 1, 1, 128, 255])),
+    "I;16B TIFF": (
+        _encoded(_row("I;16B", [0, 128, 129, 257, 32896, 65535], ">u2"), "TIFF"),
+        _grey([0, 0, 1, 1, 128, 255]),
+    ),
+    "I (32-bit) TIFF, out of range clipped": (
+        _encoded(_row("I", [-5, 0, 257, 65535, 70000], "<i4"), "TIFF"),
+        _grey([0, 0, 1, 255, 255]),
+    ),
+    "I;16 PNG with a transparent grey": (
+        _encoded(_row("I;16", [0, 257, 32896], "<u2"), "PNG", transparency=257),
+        _grey([0, 255, 128]),
+    ),
     "F TIFF in 0..1": (_encoded(_row("F", [0.0, 0.2, 1.0], "<f4"), "TIFF"), _grey([0, 51, 255])),
     "F TIFF in 0..255, NaN": (_encoded(_row("F", [0.0, 100.4, 300.0, np.nan], "<f4"), "TIFF"), _grey([0, 100, 255, 0])),
     "1 PNG": (_encoded(Image.frombytes("1", (2, 1), bytes([0b01000000])), "PNG"), _grey([0, 255])),  # bits, MSB first
     "L PNG": (_encoded(_row("L", [0, 77, 255], "u1"), "PNG"), _grey([0, 77, 255])),
-    "LA PNG on white": (_encoded(Image.frombytes("LA", (3, 1), bytes([0, 0, 0, 255, 0, 128])), "PNG"),
-                        _grey([255, 0, 127])),
-    "P PNG, one index transparent": (_encoded(_palette([(255, 0, 0), (0, 0, 255)], [0, 1]), "PNG", transparency=1),
-                                     [(255, 0, 0), (255, 255, 255)]),
-    "P PNG, palette alpha": (_encoded(_palette([(255, 0, 0), (0, 0, 0)], [0, 1]), "PNG",
-                                      transparency=bytes([128, 255])), [(255, 127, 127), (0, 0, 0)]),
-    "P GIF, one index transparent": (_encoded(_palette([(255, 0, 0), (0, 0, 255)], [0, 1]), "GIF", transparency=1),
-                                     [(255, 0, 0), (255, 255, 255)]),
-    "RGBA PNG on white": (_encoded(Image.frombytes("RGBA", (3, 1), bytes([0, 0, 255, 0, 0, 0, 255, 128,
-                                                                          10, 20, 30, 255])), "PNG"),
-                          [(255, 255, 255), (127, 127, 255), (10, 20, 30)]),
-    "RGB PNG with a transparent colour": (_encoded(Image.frombytes("RGB", (2, 1), bytes([0, 255, 0, 1, 2, 3])), "PNG",
-                                                   transparency=(0, 255, 0)), [(255, 255, 255), (1, 2, 3)]),
+    "LA PNG on white": (
+        _encoded(Image.frombytes("LA", (3, 1), bytes([0, 0, 0, 255, 0, 128])), "PNG"),
+        _grey([255, 0, 127]),
+    ),
+    "P PNG, one index transparent": (
+        _encoded(_palette([(255, 0, 0), (0, 0, 255)], [0, 1]), "PNG", transparency=1),
+        [(255, 0, 0), (255, 255, 255)],
+    ),
+    "P PNG, palette alpha": (
+        _encoded(_palette([(255, 0, 0), (0, 0, 0)], [0, 1]), "PNG", transparency=bytes([128, 255])),
+        [(255, 127, 127), (0, 0, 0)],
+    ),
+    "P GIF, one index transparent": (
+        _encoded(_palette([(255, 0, 0), (0, 0, 255)], [0, 1]), "GIF", transparency=1),
+        [(255, 0, 0), (255, 255, 255)],
+    ),
+    "RGBA PNG on white": (
+        _encoded(Image.frombytes("RGBA", (3, 1), bytes([0, 0, 255, 0, 0, 0, 255, 128, 10, 20, 30, 255])), "PNG"),
+        [(255, 255, 255), (127, 127, 255), (10, 20, 30)],
+    ),
+    "RGB PNG with a transparent colour": (
+        _encoded(Image.frombytes("RGB", (2, 1), bytes([0, 255, 0, 1, 2, 3])), "PNG", transparency=(0, 255, 0)),
+        [(255, 255, 255), (1, 2, 3)],
+    ),
     # CMYK, no colour management: R = (255 - C)(255 - K) / 255 (C = 128, K = 128: 127 * 127 / 255 = 63.25 -> 63)
-    "CMYK TIFF": (_encoded(Image.frombytes("CMYK", (3, 1), bytes([255, 0, 0, 0, 0, 0, 0, 128, 128, 0, 0, 128])),
-                           "TIFF"), [(0, 255, 255), (127, 127, 127), (63, 127, 127)]),
+    "CMYK TIFF": (
+        _encoded(Image.frombytes("CMYK", (3, 1), bytes([255, 0, 0, 0, 0, 0, 0, 128, 128, 0, 0, 128])), "TIFF"),
+        [(0, 255, 255), (127, 127, 127), (63, 127, 127)],
+    ),
 }
 
 
@@ -89,10 +107,13 @@ def test_a_16_bit_gradient_spans_black_to_white_rather_than_white():
     assert (np.diff(grey.reshape(-1)[:256].astype(int)) >= 0).all()  # still a ramp
 
 
-@pytest.mark.parametrize("mode,pixel,expected", [
-    ("PA", (1, 128), (255, 127, 127)),  # palette entry 1 is red; half transparent
-    ("RGBa", (100, 0, 0, 128), (227, 127, 127)),  # premultiplied: c * a / 255 is stored (100), + 255 * 127 / 255
-])
+@pytest.mark.parametrize(
+    "mode,pixel,expected",
+    [
+        ("PA", (1, 128), (255, 127, 127)),  # palette entry 1 is red; half transparent
+        ("RGBa", (100, 0, 0, 128), (227, 127, 127)),  # premultiplied: c * a / 255 is stored (100), + 255 * 127 / 255
+    ],
+)
 def test_in_memory_alpha_modes_go_on_white(mode, pixel, expected):
     """Modes no file format stores, which a library hands over as a PIL image."""
     image = Image.new(mode, (1, 1))
@@ -146,8 +167,16 @@ def test_decoding_records_failures_and_refuses_a_decompression_bomb():
     bomb = _encoded(Image.new("1", (20000, 20000)), "PNG")  # 400 M pixels: more than 2 x MAX_IMAGE_PIXELS
     assert len(bomb) < 200_000  # small on disk, 1.2 GB as RGB
     decoding = Decoding(missing="gone")
-    got = list(decoding.each([("ok", _encoded(Image.new("RGB", (3, 2)), "PNG")), ("bomb", bomb),
-                              ("junk", b"\xff\xd8 not a jpeg"), ("none", None)]))
+    got = list(
+        decoding.each(
+            [
+                ("ok", _encoded(Image.new("RGB", (3, 2)), "PNG")),
+                ("bomb", bomb),
+                ("junk", b"\xff\xd8 not a jpeg"),
+                ("none", None),
+            ]
+        )
+    )
     assert [key for key, _ in got] == ["ok"] and decoding.decoded == 1
     assert list(decoding.failed) == ["bomb", "junk", "none"] and decoding.failed["none"] == "gone"
     assert "decompression bomb" in decoding.failed["bomb"]

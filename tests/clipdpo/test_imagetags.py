@@ -20,8 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture
 def repo(tmp_path):
     """A copy of what the tags read: src/, Dockerfiles/, locks/, pipelines/*.py, pyproject.toml."""
-    shutil.copytree(os.path.join(ROOT, "src", "clipdpo"), tmp_path / "src" / "clipdpo",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        os.path.join(ROOT, "src", "clipdpo"), tmp_path / "src" / "clipdpo", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copytree(os.path.join(ROOT, "Dockerfiles"), tmp_path / "Dockerfiles")
     shutil.copytree(os.path.join(ROOT, "locks"), tmp_path / "locks")
     (tmp_path / "pipelines").mkdir()
@@ -120,8 +121,13 @@ def test_what_goes_into_each_tag(repo_tags):
     assert "clipdpo/cluster/launch.py" in sources["train"]  # steps.train_step's lazy import
     assert not any(path.startswith("clipdpo/cluster/") for path in sources["generate"] | sources["score"])
     locks = {stage: set(imagetags.stage_inputs(ROOT, stage)["locks"]) for stage in imagetags.STAGES}
-    assert locks == {"filter": {"locks/filter.txt"}, "score": {"locks/score.txt"}, "train": {"locks/train.txt"},
-                     "generate": {"locks/generate.txt"}, "evaluate": {"locks/evaluate.txt", "locks/evaluate-nlp.txt"}}
+    assert locks == {
+        "filter": {"locks/filter.txt"},
+        "score": {"locks/score.txt"},
+        "train": {"locks/train.txt"},
+        "generate": {"locks/generate.txt"},
+        "evaluate": {"locks/evaluate.txt", "locks/evaluate-nlp.txt"},
+    }
     from clipdpo import __version__
 
     prefix = f"{__version__}-"
@@ -130,8 +136,13 @@ def test_what_goes_into_each_tag(repo_tags):
 
 def test_cli_prints_the_tags_and_the_pipeline_uses_them(repo_tags):
     env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
-    out = subprocess.run([sys.executable, "-m", "clipdpo.cluster.imagetags", "--root", ROOT, "--json"],
-                         capture_output=True, text=True, check=True, env=env).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "clipdpo.cluster.imagetags", "--root", ROOT, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
     printed = json.loads(out)
     assert printed == repo_tags
     from pipelines.settings import PipelineSettings

@@ -125,8 +125,14 @@ def test_builtin_demo_lists_the_demo_photos_and_reads_them_losslessly():
         photos.read(photos.URI_PREFIX + "nothing")
 
 
-@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(5, "Input/output error"),
-                                   StorageError("s3://b/src/b.png: S3 error InternalError: try again")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(13, "Permission denied"),
+        OSError(5, "Input/output error"),
+        StorageError("s3://b/src/b.png: S3 error InternalError: try again"),
+    ],
+)
 def test_a_file_that_cannot_be_read_fails_its_shard_and_a_rerun_takes_it_in(tmp_path, monkeypatch, capsys, error):
     """A read error is the storage's, not the data's: skipping the file would be for good (the listing, and so the
     fingerprint, do not change when the file becomes readable), so its shard fails and the rerun retries it."""
@@ -179,10 +185,12 @@ def test_folders_that_cannot_be_opened_fifos_and_broken_links_are_counted_and_na
     stats = json.loads((out / "manifest.json").read_text())["stats"]
     assert stats["images"] == 1 and stats["images_failed"] == 0
     assert stats["not_files"] == 4
-    assert stats["not_file_uris"] == [f"{src / 'gone.png'} (broken link)",
-                                      f"{src / 'linked'} (linked folder, not followed)",
-                                      f"{src / 'locked'} (folder cannot be opened: Permission denied)",
-                                      f"{src / 'pipe.png'} (FIFO)"]
+    assert stats["not_file_uris"] == [
+        f"{src / 'gone.png'} (broken link)",
+        f"{src / 'linked'} (linked folder, not followed)",
+        f"{src / 'locked'} (folder cannot be opened: Permission denied)",
+        f"{src / 'pipe.png'} (FIFO)",
+    ]
 
 
 def test_a_sideways_photo_is_measured_upright_and_stored_as_taken(tmp_path):

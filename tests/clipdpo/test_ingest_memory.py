@@ -51,8 +51,13 @@ def test_eight_big_photos_in_one_shard_stay_under_the_ceiling_and_a_bomb_is_refu
     (src / "bomb.png").write_bytes(_bomb())
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "src"), ROOT]), "CLIPDPO_QUIET": "1"}
-    child = subprocess.run([sys.executable, "-c", CHILD, "--source", str(src), "--output", str(out)],
-                           capture_output=True, text=True, env=env, timeout=600)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, "--source", str(src), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     result = json.loads(child.stdout.strip().splitlines()[-1])
     stats = json.loads((out / "manifest.json").read_text())["stats"]

@@ -9,20 +9,26 @@ import os
 import shutil
 import subprocess
 
+import job_recordings as rec
+import k8s_checks
 import pytest
 import yaml
+from fake_k8s import FakeClock, FakeCluster
 
-import k8s_checks
-import job_recordings as rec
 from clipdpo.cluster import jobspec, pytorchjob, trainjob
 from clipdpo.cluster.follow import JobFollower, JobUnschedulable
 from clipdpo.cluster.launch import build_manifest
-from fake_k8s import FakeCluster, FakeClock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "helm", "clipdpo")
-SECRET_VALUES = {"s3": {"create": True, "accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "example-secret",
-                        "endpointUrl": "https://s3.example.com"}}
+SECRET_VALUES = {
+    "s3": {
+        "create": True,
+        "accessKeyId": "AKIAEXAMPLE",
+        "secretAccessKey": "example-secret",
+        "endpointUrl": "https://s3.example.com",
+    }
+}
 FORBIDDEN_VERBS = {"*", "update", "patch", "escalate", "bind", "impersonate", "deletecollection"}
 
 
@@ -40,8 +46,13 @@ def role_rules(objects: list[dict]) -> list[dict]:
 
 
 def permissions(rules: list[dict]) -> set[tuple]:
-    return {(group, resource, verb, tuple(rule.get("resourceNames", [])))
-            for rule in rules for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+    return {
+        (group, resource, verb, tuple(rule.get("resourceNames", [])))
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
 
 
 def used_permissions() -> set[tuple]:
@@ -77,14 +88,16 @@ def used_permissions() -> set[tuple]:
     example = pytorchjob.example_spec()
     for launcher, kind in (("pytorchjob", "PyTorchJob"), ("trainjob", "TrainJob")):
         manifest = build_manifest(example, launcher, "key")
-        for frames, admission_timeout in ((rec.succeeded(kind, example.name, example.nodes), 0),
-                                          (rec.queued_by_kueue(kind, example.name, example.nodes,
-                                                               "6f1c2e8a-0b7d-4a51-9c1e-2d4f8b7a9e10"), 60)):
+        for frames, admission_timeout in (
+            (rec.succeeded(kind, example.name, example.nodes), 0),
+            (rec.queued_by_kueue(kind, example.name, example.nodes, "6f1c2e8a-0b7d-4a51-9c1e-2d4f8b7a9e10"), 60),
+        ):
             cluster, clock = Recording(frames), FakeClock()
             manifest["metadata"]["namespace"] = "clipdpo"
             try:
                 JobFollower(cluster, cluster, poll_seconds=30, clock=clock, sleep=clock.sleep).run(
-                    manifest, timeout_seconds=3600, admission_timeout_seconds=admission_timeout)
+                    manifest, timeout_seconds=3600, admission_timeout_seconds=admission_timeout
+                )
             except JobUnschedulable:
                 pass
     assert ("kueue.x-k8s.io", "workloads", "list") in calls and ("trainer.kubeflow.org", "trainjobs", "create") in calls
@@ -99,9 +112,11 @@ def check_least_privilege(rules: list[dict], secret_name: str = "clipdpo-s3") ->
         assert (group, resource, verb, ()) in granted, f"launcher needs {verb} {resource}"
     # beyond what it calls: watch/list on its jobs (kubectl-style following) and get on pods, plus the Secret
     extra = {(g, r, v) for g, r, v, names in granted if not names} - used
-    assert extra <= {(group, plural, verb) for group, plural in (("kubeflow.org", "pytorchjobs"),
-                                                                 ("trainer.kubeflow.org", "trainjobs"))
-                     for verb in ("watch", "list")} | {("", "pods", "get")}, extra
+    assert extra <= {
+        (group, plural, verb)
+        for group, plural in (("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs"))
+        for verb in ("watch", "list")
+    } | {("", "pods", "get")}, extra
     secret_rules = [(g, r, v, names) for g, r, v, names in granted if r == "secrets"]
     assert secret_rules == [("", "secrets", "get", (secret_name,))]  # one Secret, by name, read only
 
@@ -111,33 +126,57 @@ def launcher_can_run_in(objects: list[dict], runner: str, namespace: str, secret
     there (the train step creates its job in its own pod's namespace): RBAC as the API server applies it
     (a RoleBinding in that namespace naming runner@namespace, to a Role there granting the verb), and the
     training pods' ServiceAccount in that namespace. Empty: nothing does."""
+
     def allowed(group: str, resource: str, verb: str, name: str = "") -> bool:
         for binding in (o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["namespace"] == namespace):
-            if not any(s["kind"] == "ServiceAccount" and s["name"] == runner and s.get("namespace") == namespace
-                       for s in binding["subjects"]):
+            if not any(
+                s["kind"] == "ServiceAccount" and s["name"] == runner and s.get("namespace") == namespace
+                for s in binding["subjects"]
+            ):
                 continue
-            for role in (o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == binding["roleRef"]["name"]
-                         and o["metadata"]["namespace"] == namespace):
+            for role in (
+                o
+                for o in objects
+                if o["kind"] == "Role"
+                and o["metadata"]["name"] == binding["roleRef"]["name"]
+                and o["metadata"]["namespace"] == namespace
+            ):
                 for rule in role["rules"]:
-                    if (group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
-                            and (not rule.get("resourceNames") or name in rule["resourceNames"])):
+                    if (
+                        group in rule["apiGroups"]
+                        and resource in rule["resources"]
+                        and verb in rule["verbs"]
+                        and (not rule.get("resourceNames") or name in rule["resourceNames"])
+                    ):
                         return True
         return False
 
-    problems = [f"403 {verb} {resource}" for group, resource, verb in
-                [("trainer.kubeflow.org", "trainjobs", "create"), ("trainer.kubeflow.org", "trainjobs", "get"),
-                 ("kubeflow.org", "pytorchjobs", "create"), ("", "pods", "list"), ("", "pods/log", "get")]
-                if not allowed(group, resource, verb)]
+    problems = [
+        f"403 {verb} {resource}"
+        for group, resource, verb in [
+            ("trainer.kubeflow.org", "trainjobs", "create"),
+            ("trainer.kubeflow.org", "trainjobs", "get"),
+            ("kubeflow.org", "pytorchjobs", "create"),
+            ("", "pods", "list"),
+            ("", "pods/log", "get"),
+        ]
+        if not allowed(group, resource, verb)
+    ]
     if not allowed("", "secrets", "get", secret):
         problems.append(f"403 get secrets/{secret}")
-    if not any(o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "clipdpo-train"
-               and o["metadata"]["namespace"] == namespace for o in objects):
+    if not any(
+        o["kind"] == "ServiceAccount"
+        and o["metadata"]["name"] == "clipdpo-train"
+        and o["metadata"]["namespace"] == namespace
+        for o in objects
+    ):
         problems.append("serviceaccount clipdpo-train not found")
     return problems
 
 
-@pytest.mark.parametrize("overlay,namespace,runner", [("standalone", "kubeflow", "pipeline-runner"),
-                                                      ("profile", "team-a", "default-editor")])
+@pytest.mark.parametrize(
+    "overlay,namespace,runner", [("standalone", "kubeflow", "pipeline-runner"), ("profile", "team-a", "default-editor")]
+)
 def test_kustomize_overlays_render_valid_objects_where_the_runs_execute(overlay, namespace, runner):
     objects = kustomize(os.path.join(ROOT, "k8s", "overlays", overlay))
     kinds = sorted(o["kind"] for o in objects)
@@ -155,8 +194,9 @@ def test_kustomizations_use_no_deprecated_fields():
     for path in glob.glob(os.path.join(ROOT, "k8s", "**", "kustomization.yaml"), recursive=True):
         spec = yaml.safe_load(open(path))
         assert not {"bases", "commonLabels", "patchesStrategicMerge", "patchesJson6902", "vars"} & set(spec), path
-        rendered = subprocess.run([shutil.which("kubectl"), "kustomize", os.path.dirname(path)], capture_output=True,
-                                  text=True)
+        rendered = subprocess.run(
+            [shutil.which("kubectl"), "kustomize", os.path.dirname(path)], capture_output=True, text=True
+        )
         assert "deprecated" not in rendered.stderr + rendered.stdout, (path, rendered.stderr)
 
 
@@ -178,8 +218,14 @@ def test_the_namespace_check_replays_a_split_install():
 
 def test_kubernetes_validate_rejects_a_broken_object():
     with pytest.raises(Exception):
-        k8s_checks.validate_core({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                                  "metadata": {"name": "x"}, "rules": [{"verbs": "get"}]})
+        k8s_checks.validate_core(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "x"},
+                "rules": [{"verbs": "get"}],
+            }
+        )
 
 
 def test_shipped_pytorchjob_template_is_current_and_valid():
@@ -206,8 +252,7 @@ def helm():
 
 def render_chart(values: dict, namespace: str = "ml") -> list[dict]:
     rendered = helm().Chart.load(CHART).render(values, name="clipdpo", namespace=namespace, is_install=True)
-    return [doc for path, text in rendered.items() if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [doc for path, text in rendered.items() if path.endswith(".yaml") for doc in yaml.safe_load_all(text) if doc]
 
 
 def test_helm_chart_lints_and_renders_valid_objects():
@@ -219,12 +264,17 @@ def test_helm_chart_lints_and_renders_valid_objects():
         k8s_checks.validate_core(obj)
         assert obj["metadata"]["namespace"] == "ml"
     secret = next(o for o in objects if o["kind"] == "Secret")
-    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                                         "AWS_DEFAULT_REGION"}
+    assert set(secret["stringData"]) == {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+    }
     check_least_privilege(role_rules(objects))
     # the chart and k8s/ grant the same
-    assert permissions(role_rules(objects)) == permissions(role_rules(kustomize(os.path.join(ROOT, "k8s", "overlays",
-                                                                                            "profile"))))
+    assert permissions(role_rules(objects)) == permissions(
+        role_rules(kustomize(os.path.join(ROOT, "k8s", "overlays", "profile")))
+    )
     settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
     from pipelines.settings import PipelineSettings
 
@@ -232,17 +282,33 @@ def test_helm_chart_lints_and_renders_valid_objects():
 
 
 def test_helm_installs_a_valid_project_training_runtime_equal_to_the_builders():
-    values = {**SECRET_VALUES, "trainingRuntime": {"create": True, "name": "clipdpo-torch", "maxRestarts": 5,
-                                                   "ttlSecondsAfterFinished": 600, "gangTimeoutSeconds": 900}}
+    values = {
+        **SECRET_VALUES,
+        "trainingRuntime": {
+            "create": True,
+            "name": "clipdpo-torch",
+            "maxRestarts": 5,
+            "ttlSecondsAfterFinished": 600,
+            "gangTimeoutSeconds": 900,
+        },
+    }
     objects = render_chart(values)
     runtime = next(o for o in objects if o["kind"] == "ClusterTrainingRuntime")
     k8s_checks.validate_clustertrainingruntime(runtime)
-    expected = trainjob.build_runtime("clipdpo-torch", "ghcr.io/clipdpo/clipdpo-train:0.1.0", max_restarts=5,
-                                      ttl_seconds_after_finished=600, gang_timeout_seconds=900)
+    expected = trainjob.build_runtime(
+        "clipdpo-torch",
+        "ghcr.io/clipdpo/clipdpo-train:0.1.0",
+        max_restarts=5,
+        ttl_seconds_after_finished=600,
+        gang_timeout_seconds=900,
+    )
     assert runtime["spec"] == expected["spec"] and runtime["metadata"]["name"] == "clipdpo-torch"
     # a TrainJob on it makes a valid pod; without gang timeout there is no podGroupPolicy
-    job = trainjob.build(jobspec.TrainJobSpec(name="clipdpo-train-x", namespace="ml", image="ghcr.io/x/t:1.0",
-                                              train_args=[], runtime="clipdpo-torch"))
+    job = trainjob.build(
+        jobspec.TrainJobSpec(
+            name="clipdpo-train-x", namespace="ml", image="ghcr.io/x/t:1.0", train_args=[], runtime="clipdpo-torch"
+        )
+    )
     k8s_checks.validate_trainjob(job, runtime)
     plain = render_chart({**values, "trainingRuntime": {**values["trainingRuntime"], "gangTimeoutSeconds": 0}})
     assert "podGroupPolicy" not in next(o for o in plain if o["kind"] == "ClusterTrainingRuntime")["spec"]
@@ -256,18 +322,26 @@ def test_helm_notes_tell_the_next_command():
 
 
 def test_helm_existing_secret_and_values_schema():
-    objects = render_chart({"s3": {"create": False, "secretName": "team-s3"},
-                            "pipelineRunner": {"serviceAccount": "default-editor"}}, "team-a")
+    objects = render_chart(
+        {"s3": {"create": False, "secretName": "team-s3"}, "pipelineRunner": {"serviceAccount": "default-editor"}},
+        "team-a",
+    )
     assert "Secret" not in [o["kind"] for o in objects]
     binding = next(o for o in objects if o["kind"] == "RoleBinding")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "default-editor", "namespace": "team-a"}
     check_least_privilege(role_rules(objects), secret_name="team-s3")
     chart = helm().Chart.load(CHART)
     chart.validate_schema({})  # the defaults are valid
-    for bad in ({"images": {"tag": "latest"}}, {"train": {"nodes": 0}}, {"s3": {"bucket": "Bad_Bucket"}},
-                {"unknown": 1}, {"train": {"gpusPerNode": "eight"}}, {"train": {"launcher": "mpijob"}},
-                {"trainingRuntime": {"maxRestarts": -1}},
-                {"pipelineRunner": {"serviceAccount": "pipeline-runner", "namespace": "kubeflow"}}):
+    for bad in (
+        {"images": {"tag": "latest"}},
+        {"train": {"nodes": 0}},
+        {"s3": {"bucket": "Bad_Bucket"}},
+        {"unknown": 1},
+        {"train": {"gpusPerNode": "eight"}},
+        {"train": {"launcher": "mpijob"}},
+        {"trainingRuntime": {"maxRestarts": -1}},
+        {"pipelineRunner": {"serviceAccount": "pipeline-runner", "namespace": "kubeflow"}},
+    ):
         with pytest.raises(Exception):
             chart.validate_schema(bad)
     with pytest.raises(Exception, match="accessKeyId"):

@@ -96,7 +96,10 @@ def test_the_token_can_come_from_a_file_and_bad_settings_say_which(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     assert kfpclient.client_arguments("https://kfp", "team-a", {"KFP_TOKEN_FILE": str(token_file)}) == {
-        "host": "https://kfp", "namespace": "team-a", "existing_token": TOKEN}
+        "host": "https://kfp",
+        "namespace": "team-a",
+        "existing_token": TOKEN,
+    }
     assert kfpclient.client_arguments("https://kfp", "", {}) == {"host": "https://kfp", "namespace": None}
     token_file.write_text("")
     with pytest.raises(kfpclient.KfpConfigError, match="KFP_TOKEN_FILE=.*empty"):
@@ -106,8 +109,13 @@ def test_the_token_can_come_from_a_file_and_bad_settings_say_which(tmp_path):
 
 
 def test_one_active_retraining_per_branch(kfp_server, monkeypatch, capsys, tmp_path):
-    server = kfp_server([run("clipdpo-ci-main-8", "RUNNING", "k8"), run("clipdpo-ci-dev-3", "PENDING", "k3"),
-                         run("clipdpo-ci-main-7", "SUCCEEDED", "k7")])
+    server = kfp_server(
+        [
+            run("clipdpo-ci-main-8", "RUNNING", "k8"),
+            run("clipdpo-ci-dev-3", "PENDING", "k3"),
+            run("clipdpo-ci-main-7", "SUCCEEDED", "k7"),
+        ]
+    )
     monkeypatch.setenv("KFP_HOST", server.host)
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
     assert kfpclient.main(["guard", "--prefix", "clipdpo-ci-main-"]) == 3

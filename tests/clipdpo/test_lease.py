@@ -58,7 +58,7 @@ def _snapshot(storage, uri):
             body = json.loads(data)
             body["stats"].pop("seconds")
             data = json.dumps(body, sort_keys=True).encode()
-        out[obj[len(uri) + 1:]] = data
+        out[obj[len(uri) + 1 :]] = data
     return out
 
 
@@ -70,8 +70,19 @@ def test_two_processes_with_different_configs_one_output(bucket):
     output = f"{bucket}/images"
 
     def start(name):
-        argv = [sys.executable, "-m", "clipdpo.ingest", "--source", f"{bucket}/raw", "--output", output,
-                "--set", "shard_size=1", "--set", f"source_name={name}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "clipdpo.ingest",
+            "--source",
+            f"{bucket}/raw",
+            "--output",
+            output,
+            "--set",
+            "shard_size=1",
+            "--set",
+            f"source_name={name}",
+        ]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
     runs = {name: start(name) for name in ("first", "second")}
@@ -82,11 +93,22 @@ def test_two_processes_with_different_configs_one_output(bucket):
     assert loser_code == 2 and "Traceback" not in loser_err
     error_lines = [line for line in loser_err.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1
-    assert ("being written by another run with a different config" in error_lines[0]
-            or "already holds a complete 'images' artifact" in error_lines[0]), error_lines[0]
+    assert (
+        "being written by another run with a different config" in error_lines[0]
+        or "already holds a complete 'images' artifact" in error_lines[0]
+    ), error_lines[0]
     # The winner's artifact is exactly what a clean single run of its config writes.
     clean = f"{bucket}/clean"
-    argv = ["--source", f"{bucket}/raw", "--output", clean, "--set", "shard_size=1", "--set", f"source_name={winners[0]}"]
+    argv = [
+        "--source",
+        f"{bucket}/raw",
+        "--output",
+        clean,
+        "--set",
+        "shard_size=1",
+        "--set",
+        f"source_name={winners[0]}",
+    ]
     from clipdpo.ingest.__main__ import main
 
     assert main(argv) == 0

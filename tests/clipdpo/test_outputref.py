@@ -18,8 +18,10 @@ from clipdpo.storage import Storage, join
 
 def write_images(storage: Storage, uri: str, config: dict, rows: int = 3) -> str:
     """A complete images artifact made with `config`; its manifest's fingerprint."""
-    table = pa.Table.from_pylist([dict(image_id=f"i{k}", source="t", uri=f"u{k}", image=b"x", width=1, height=1)
-                                  for k in range(rows)], schema=IMAGES)
+    table = pa.Table.from_pylist(
+        [dict(image_id=f"i{k}", source="t", uri=f"u{k}", image=b"x", width=1, height=1) for k in range(rows)],
+        schema=IMAGES,
+    )
     writer = ArtifactWriter(storage, uri, "images", config, [], overwrite=True)
     return run_shards(writer, [shard_name(0)], lambda name: (table, {}), ShardSpec()).manifest.fingerprint
 
@@ -87,9 +89,12 @@ def test_prune_drops_the_cache_entries_whose_outputs_are_gone_or_replaced(bucket
     old_pairs = outputref.ref(storage, pairs)
     folder = tmp_path / "kfp" / CACHE_FOLDER
     folder.mkdir(parents=True)
-    entries = {"ingest": {"Output": outputref.ref(storage, images), "metrics": {"uri": "/x"}},
-               "plan": {"Output": [0, 1]}, "filter-old": {"Output": old_pairs},
-               "deleted": {"Output": join(bucket, "run", "model") + "#0123456789abcdef"}}
+    entries = {
+        "ingest": {"Output": outputref.ref(storage, images), "metrics": {"uri": "/x"}},
+        "plan": {"Output": [0, 1]},
+        "filter-old": {"Output": old_pairs},
+        "deleted": {"Output": join(bucket, "run", "model") + "#0123456789abcdef"},
+    }
     for name, entry in entries.items():
         (folder / f"{name}.json").write_text(json.dumps(entry))
     write_images(storage, pairs, {"margin": 2})  # filter reran with another margin since

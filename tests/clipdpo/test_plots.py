@@ -26,8 +26,17 @@ def _labelled_lines(ax):
 
 
 def _rows(chosen_rewards):
-    return [{"step": i + 1, "loss": 0.7 - 0.1 * i, "rewards/accuracy": 0.5 + 0.1 * i, "rewards/margin": 0.01 * i,
-             "rewards/chosen": c, "rewards/rejected": c - 0.01 * i} for i, c in enumerate(chosen_rewards)]
+    return [
+        {
+            "step": i + 1,
+            "loss": 0.7 - 0.1 * i,
+            "rewards/accuracy": 0.5 + 0.1 * i,
+            "rewards/margin": 0.01 * i,
+            "rewards/chosen": c,
+            "rewards/rejected": c - 0.01 * i,
+        }
+        for i, c in enumerate(chosen_rewards)
+    ]
 
 
 def test_training_curves_draw_every_series_and_scale_rewards_to_logps():
@@ -83,15 +92,22 @@ def test_clip_scores_without_data_still_renders():
 
 
 def test_filter_funnel_one_bar_per_counter_in_rule_order():
-    funnel = {"rows_in": 100, "captions_in": 80, "qa_in": 20, "removed_caption_low_score": 30,
-              "captions_kept": 50, "caption_pairs": 12, "extra_counter": 1}
+    funnel = {
+        "rows_in": 100,
+        "captions_in": 80,
+        "qa_in": 20,
+        "removed_caption_low_score": 30,
+        "captions_kept": 50,
+        "caption_pairs": 12,
+        "extra_counter": 1,
+    }
     figure = plots.filter_funnel(funnel, FUNNEL_ORDER)
     _decodes(figure)
     (ax,) = figure.axes
     assert [b.get_width() for b in ax.patches] == [100, 80, 20, 30, 50, 12, 1]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[3] == "removed caption low score" and labels[-1] == "extra counter"
-    red = [b for b in ax.patches if b.get_facecolor()[:3] == pytest.approx((0xd6 / 255, 0x27 / 255, 0x28 / 255))]
+    red = [b for b in ax.patches if b.get_facecolor()[:3] == pytest.approx((0xD6 / 255, 0x27 / 255, 0x28 / 255))]
     assert len(red) == 1
 
 
@@ -109,11 +125,14 @@ def test_caption_lengths_one_dot_per_pair_and_share_longer():
 
 
 def test_grouped_bars_models_by_labels_with_missing_values():
-    values = {"base": {"Existence": 80.0, "Attribute": 70.0, "Relation": None},
-              "clip-dpo": {"Existence": 85.0, "Attribute": 72.5, "Relation": 60.0},
-              "control": {"Existence": 79.0, "Attribute": 69.0, "Relation": 58.0}}
-    figure = plots.grouped_bars([("AMBER F1", values), ("generative", {"base": {"CHAIR": 10.0},
-                                                                       "clip-dpo": {"CHAIR": 8.0}})])
+    values = {
+        "base": {"Existence": 80.0, "Attribute": 70.0, "Relation": None},
+        "clip-dpo": {"Existence": 85.0, "Attribute": 72.5, "Relation": 60.0},
+        "control": {"Existence": 79.0, "Attribute": 69.0, "Relation": 58.0},
+    }
+    figure = plots.grouped_bars(
+        [("AMBER F1", values), ("generative", {"base": {"CHAIR": 10.0}, "clip-dpo": {"CHAIR": 8.0}})]
+    )
     _decodes(figure)
     ax_f1, ax_gen = figure.axes
     assert len(ax_f1.patches) == 3 * 3 and len(ax_gen.patches) == 2 * 1

@@ -7,19 +7,21 @@ from __future__ import annotations
 import glob
 import os
 
+import k8s_checks
 import pytest
 import yaml
-
-import k8s_checks
-from clipdpo.cluster import pytorchjob, trainjob
 from pod_security import restricted_violations
+
+from clipdpo.cluster import pytorchjob, trainjob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = "ghcr.io/x/clipdpo-train:0.1.0"
 
 
 def runtime_pods(runtime: dict) -> list[dict]:
-    return [job["template"]["spec"]["template"]["spec"] for job in runtime["spec"]["template"]["spec"]["replicatedJobs"]]
+    return [
+        job["template"]["spec"]["template"]["spec"] for job in runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    ]
 
 
 def pytorchjob_pods(job: dict) -> list[dict]:
@@ -27,22 +29,48 @@ def pytorchjob_pods(job: dict) -> list[dict]:
 
 
 def test_the_check_rejects_what_the_admission_rejects():
-    good = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": False,
-                                                              "capabilities": {"drop": ["ALL"]}}}],
-            "volumes": [{"name": "v", "emptyDir": {}}]}
+    good = {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {"name": "c", "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+        ],
+        "volumes": [{"name": "v", "emptyDir": {}}],
+    }
     assert restricted_violations(good) == []
     no_seccomp = {**good, "securityContext": {"runAsNonRoot": True}}
     assert restricted_violations(no_seccomp) == ["containers c: seccompProfile.type None (RuntimeDefault or Localhost)"]
-    unconfined = {**good, "containers": [{"name": "c", "securityContext": {
-        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "Unconfined"}}}]}
+    unconfined = {
+        **good,
+        "containers": [
+            {
+                "name": "c",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "Unconfined"},
+                },
+            }
+        ],
+    }
     assert "seccompProfile.type 'Unconfined'" in " ".join(restricted_violations(unconfined))
-    bad = {"hostNetwork": True, "securityContext": {"runAsUser": 0},
-           "containers": [{"name": "c", "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}}}],
-           "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    bad = {
+        "hostNetwork": True,
+        "securityContext": {"runAsUser": 0},
+        "containers": [{"name": "c", "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}}}],
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+    }
     found = " | ".join(restricted_violations(bad))
-    for expected in ("hostNetwork", "hostPath", "privileged", "allowPrivilegeEscalation", "drop does not include ALL",
-                     "SYS_ADMIN", "runAsNonRoot", "runAsUser=0", "seccompProfile"):
+    for expected in (
+        "hostNetwork",
+        "hostPath",
+        "privileged",
+        "allowPrivilegeEscalation",
+        "drop does not include ALL",
+        "SYS_ADMIN",
+        "runAsNonRoot",
+        "runAsUser=0",
+        "seccompProfile",
+    ):
         assert expected in found, (expected, found)
 
 
@@ -69,8 +97,16 @@ def test_pytorchjob_pods_are_restricted(overrides):
 def test_the_helm_runtime_and_every_manifest_under_k8s_are_restricted():
     from test_k8s_manifests import SECRET_VALUES, render_chart
 
-    values = {**SECRET_VALUES, "trainingRuntime": {"create": True, "name": "clipdpo-torch", "maxRestarts": 3,
-                                                   "ttlSecondsAfterFinished": 600, "gangTimeoutSeconds": 0}}
+    values = {
+        **SECRET_VALUES,
+        "trainingRuntime": {
+            "create": True,
+            "name": "clipdpo-torch",
+            "maxRestarts": 3,
+            "ttlSecondsAfterFinished": 600,
+            "gangTimeoutSeconds": 0,
+        },
+    }
     runtime = next(o for o in render_chart(values) if o["kind"] == "ClusterTrainingRuntime")
     assert [restricted_violations(pod) for pod in runtime_pods(runtime)] == [[]]
     checked = 0
@@ -78,8 +114,10 @@ def test_the_helm_runtime_and_every_manifest_under_k8s_are_restricted():
         for obj in yaml.safe_load_all(open(path)):
             if not obj:
                 continue
-            pods = {"TrainJob": lambda o: [k8s_checks.trainjob_pod_template(o)["spec"]],
-                    "PyTorchJob": pytorchjob_pods}.get(obj.get("kind"), lambda o: [])(obj)
+            pods = {
+                "TrainJob": lambda o: [k8s_checks.trainjob_pod_template(o)["spec"]],
+                "PyTorchJob": pytorchjob_pods,
+            }.get(obj.get("kind"), lambda o: [])(obj)
             for pod in pods:
                 assert restricted_violations(pod) == [], path
                 checked += 1

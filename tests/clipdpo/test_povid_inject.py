@@ -45,8 +45,13 @@ def test_unusable_injections_are_dropped_and_counted():
     injected, counts = validate_all(replies, [ORIGINAL] * 5, visible=objects)
     assert injected[0] == "Two men sit in a small boat on the water, fishing with a pole."
     assert injected[1:] == [None] * 4
-    assert counts.as_dict() == {"kept": 1, "dropped_no_answer": 1, "dropped_empty": 1, "dropped_identical": 1,
-                                "dropped_no_visible_change": 1}
+    assert counts.as_dict() == {
+        "kept": 1,
+        "dropped_no_answer": 1,
+        "dropped_empty": 1,
+        "dropped_identical": 1,
+        "dropped_no_visible_change": 1,
+    }
     # without a scorer's view, a changed count is a change
     assert validate(replies[4], ORIGINAL) == ("Three men sit in a small boat on the water.", "kept")
     with pytest.raises(ValueError, match="replies"):

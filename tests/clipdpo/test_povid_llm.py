@@ -9,12 +9,12 @@ import io
 import json
 
 from PIL import Image
+from scripted_llm import build_scripted_llm
 
 from clipdpo import outputref, steps
 from clipdpo.artifacts import Artifact
 from clipdpo.report.step_metrics import pairs_numbers
 from clipdpo.storage import Storage, join
-from scripted_llm import build_scripted_llm
 
 REWRITE = "two people walking near the river ."
 QUESTION = "Describe the image in detail."
@@ -22,8 +22,11 @@ TRAIN_POVID = json.dumps({"method": "povid", "reference": "model"})  # what make
 
 
 def record(number: int, image: str, answer: str) -> dict:
-    return {"id": str(number), "image": image, "conversations": [
-        {"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": str(number),
+        "image": image,
+        "conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": answer}],
+    }
 
 
 GROUND_TRUTH = [
@@ -49,10 +52,15 @@ def write_run(root: str, tmp_path) -> str:
 
 
 def povid_config(ground_truth: str, injector: str) -> str:
-    return json.dumps({"source": "llm", "ground_truth": ground_truth, "batch_size": 2,
-                       "injector": {"name": "scripted", "path": injector, "engine": "hf", "device": "cpu",
-                                    "dtype": "float32"},
-                       "sampling": {"temperature": 0.0, "max_new_tokens": 24}})
+    return json.dumps(
+        {
+            "source": "llm",
+            "ground_truth": ground_truth,
+            "batch_size": 2,
+            "injector": {"name": "scripted", "path": injector, "engine": "hf", "device": "cpu", "dtype": "float32"},
+            "sampling": {"temperature": 0.0, "max_new_tokens": 24},
+        }
+    )
 
 
 def test_llm_source_writes_validated_pairs_and_counts_every_drop(s3_server, bucket, tmp_path):
@@ -67,12 +75,18 @@ def test_llm_source_writes_validated_pairs_and_counts_every_drop(s3_server, buck
     assert outputref.plain(made) == join(root, steps.POVID_PAIRS)
     rows = [row for _, table in artifact.iter_shards() for row in table.to_pylist()]
     assert [(r["image_id"], r["kind"], r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [
-        ("coco%2Fc.jpg", "povid", QUESTION, "A cat sleeping near the window.", REWRITE)]
+        ("coco%2Fc.jpg", "povid", QUESTION, "A cat sleeping near the window.", REWRITE)
+    ]
     assert rows[0]["chosen_score"] is None and rows[0]["image_uri"].startswith(steps.artifact_uri(root, "ingest"))
     stats = artifact.manifest.stats
     counts = {key: value for key, value in stats.items() if key.startswith(("kept_", "dropped_"))}
-    assert counts == {"kept_caption": 1, "dropped_identical": 1, "dropped_no_visible_change": 1,
-                      "dropped_no_answer": 0, "dropped_empty": 0}
+    assert counts == {
+        "kept_caption": 1,
+        "dropped_identical": 1,
+        "dropped_no_visible_change": 1,
+        "dropped_no_answer": 0,
+        "dropped_empty": 0,
+    }
     asked = 4 - stats["images_without_ground_truth"]  # four images ingested, d.jpg without a record
     assert stats["images_without_ground_truth"] == 1 and sum(counts.values()) == asked == 3
     assert stats["povid_pairs"] == artifact.manifest.rows == 1

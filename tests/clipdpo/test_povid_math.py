@@ -51,7 +51,11 @@ def test_eq4_with_given_noise_by_hand():
 def test_noise_is_deterministic_given_the_seed_and_leaves_the_global_rng_alone():
     x = torch.zeros(2, 3, 4, 4)
     state = torch.get_rng_state()
-    a, b, c = add_diffusion_noise(x, 500, seed=11), add_diffusion_noise(x, 500, seed=11), add_diffusion_noise(x, 500, 12)
+    a, b, c = (
+        add_diffusion_noise(x, 500, seed=11),
+        add_diffusion_noise(x, 500, seed=11),
+        add_diffusion_noise(x, 500, 12),
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(state, torch.get_rng_state())
     # x = 0: the output is sqrt(1 - 0.744799) * eps = 0.505174 * eps with eps ~ N(0, 1). The sample std of 96

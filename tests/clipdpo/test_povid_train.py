@@ -7,19 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from pairs_fixture import write_pairs
+from train_runs import DEEPSPEED, assert_bit_identical_training, assert_same_training_up_to_rounding, cli, metrics
+from unit_scale import build_unit_scale_llava, reinit_at_unit_scale
 
 from clipdpo import train
-from clipdpo.storage import Storage, join
 from clipdpo.demo.models import build_tiny_llava
+from clipdpo.storage import Storage, join
 from clipdpo.train.config import PovidTrainConfig, TrainConfig
 from clipdpo.train.logps import IGNORE_INDEX
 from clipdpo.train.povid import noised_images, teacher_forced_answers
 from clipdpo.train.recipe import check_config
-
-from pairs_fixture import write_pairs
-from unit_scale import build_unit_scale_llava, reinit_at_unit_scale
-from train_runs import (DEEPSPEED, assert_bit_identical_training, assert_same_training_up_to_rounding, cli,
-                        metrics)
 
 # This module's tests, test_train_e2e.py's and test_trainjob.py's torchrun check are one xdist group (one worker,
 # one test after another): never two 2-rank training jobs at once on 2 cores (tests/conftest.py).
@@ -51,8 +49,12 @@ def test_povid_needs_a_reference_model_and_the_sigmoid_loss():
     with pytest.raises(ValueError, match="reference=model"):
         check_config(TrainConfig(method="povid", global_batch_size=8, per_device_batch_size=4), 1)
     with pytest.raises(ValueError, match="loss_type=sigmoid"):
-        check_config(TrainConfig(method="both", reference="model", loss_type="ipo", global_batch_size=8,
-                                 per_device_batch_size=4), 1)
+        check_config(
+            TrainConfig(
+                method="both", reference="model", loss_type="ipo", global_batch_size=8, per_device_batch_size=4
+            ),
+            1,
+        )
     with pytest.raises(ValueError, match="method"):
         TrainConfig(method="rlhf")
     with pytest.raises(ValueError, match="stage1_epochs"):
@@ -67,8 +69,10 @@ def test_povid_settings_are_one_nested_config():
     """`train.povid.*`: read from JSON as a nested object, a misspelt key refused with its path, set by `--set`."""
     from clipdpo import config as config_lib
 
-    cfg = config_lib.from_dict(TrainConfig, config_lib.apply_overrides(
-        {"method": "povid", "povid": {"stage1_epochs": 2}}, ["povid.beta_2=0.3"]))
+    cfg = config_lib.from_dict(
+        TrainConfig,
+        config_lib.apply_overrides({"method": "povid", "povid": {"stage1_epochs": 2}}, ["povid.beta_2=0.3"]),
+    )
     assert cfg.povid == PovidTrainConfig(stage1_epochs=2, beta_2=0.3)  # the others keep their defaults
     with pytest.raises(config_lib.ConfigError, match=r"config\.povid: unknown key\(s\) \['alpah'\]"):
         config_lib.from_dict(TrainConfig, {"povid": {"alpah": 0.2}})
@@ -87,8 +91,9 @@ def test_the_output_fingerprint_sees_povid_settings_under_their_flat_names():
     from clipdpo.train.recipe import output_fingerprint, semantic_config
 
     pairs = SimpleNamespace(manifest=SimpleNamespace(fingerprint="pairs-fingerprint"))
-    povid = TrainConfig(method="povid", reference="model",
-                        povid=PovidTrainConfig(stage1_epochs=1, beta_2=0.0, noise_step=400))
+    povid = TrainConfig(
+        method="povid", reference="model", povid=PovidTrainConfig(stage1_epochs=1, beta_2=0.0, noise_step=400)
+    )
     flat_default = "f6955806fbf4573280e2f95c797138558858561c975b72902457a7e48fc6ad59"
     flat_povid = "528e205f56a382500b46c1d86c0e9cdf5a7baf06fbf80f065109dadf092cc90f"
     assert (output_fingerprint(TrainConfig(), pairs), output_fingerprint(povid, pairs)) == (flat_default, flat_povid)
@@ -107,16 +112,28 @@ def pairs_dir(tmp_path_factory) -> str:
 
 
 def povid_config(model: str, povid: dict | None = None, **overrides) -> TrainConfig:
-    values = dict(model=model, learning_rate=5e-3, global_batch_size=8, per_device_batch_size=4, max_length=64,
-                  warmup_ratio=0.0, save_steps=2, seed=7, reference="model", method="povid")
+    values = dict(
+        model=model,
+        learning_rate=5e-3,
+        global_batch_size=8,
+        per_device_batch_size=4,
+        max_length=64,
+        warmup_ratio=0.0,
+        save_steps=2,
+        seed=7,
+        reference="model",
+        method="povid",
+    )
     values.update(overrides)
     stages = dict(stage1_epochs=1, stage2_epochs=1, alpha=0.1, beta_1=0.1, beta_2=0.1, noise_step=500)
     return TrainConfig(**values, povid=PovidTrainConfig(**{**stages, **(povid or {})}))
 
 
-POVID_EXAMPLES = [((200, 10, 10), "describe the image", "a dog on a red sofa", "a cat"),
-                  ((10, 200, 10), "what is in this picture ?", "two people walking in the park", "a rocket"),
-                  ((10, 10, 200), "hi", "a man", "a woman holding a cup of coffee in the kitchen")]
+POVID_EXAMPLES = [
+    ((200, 10, 10), "describe the image", "a dog on a red sofa", "a cat"),
+    ((10, 200, 10), "what is in this picture ?", "two people walking in the park", "a rocket"),
+    ((10, 10, 200), "hi", "a man", "a woman holding a cup of coffee in the kitchen"),
+]
 
 
 class RecordingPolicy:
@@ -138,6 +155,7 @@ class RecordingPolicy:
 def stage2_losses_and_by_hand(path: str):
     """POVID's stage-2 losses on one micro-batch, and the same losses from each row run on its own: the pairs'
     rows as a DPO batch, and (noised image, the policy's argmax answer after each chosen token) built here."""
+    from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from clipdpo.train.data import collate
@@ -147,7 +165,6 @@ def stage2_losses_and_by_hand(path: str):
     from clipdpo.train.objective import DPOObjective
     from clipdpo.train.povid import POVIDObjective
     from clipdpo.train.povid_loss import povid_loss
-    from PIL import Image
 
     torch.set_num_threads(1)
     processor = AutoProcessor.from_pretrained(path)
@@ -155,20 +172,29 @@ def stage2_losses_and_by_hand(path: str):
     # another reference than the policy, so that the log-ratios are not all zero
     reference = reinit_at_unit_scale(LlavaForConditionalGeneration.from_pretrained(path), seed=3).eval()
     encoded = PairEncoder(processor, max_length=64).encode_batch(
-        [(Image.new("RGB", (40, 40), rgb), *texts) for rgb, *texts in POVID_EXAMPLES], True)
+        [(Image.new("RGB", (40, 40), rgb), *texts) for rgb, *texts in POVID_EXAMPLES], True
+    )
     batch, layout, n = collate(encoded, processor.tokenizer.pad_token_id), Concatenated(), len(encoded)
     positions, step, seed, k = np.array([4, 0, 9]), 3, 7, 500
-    objective = POVIDObjective(DPOObjective("sigmoid", 0.1, 0.0, reference_model=reference, layout=layout),
-                               stage2_start=0, alpha=0.3, beta_1=0.1, beta_2=0.2, noise_step=k, noisy_every=1,
-                               seed=seed)
+    objective = POVIDObjective(
+        DPOObjective("sigmoid", 0.1, 0.0, reference_model=reference, layout=layout),
+        stage2_start=0,
+        alpha=0.3,
+        beta_1=0.1,
+        beta_2=0.2,
+        noise_step=k,
+        noisy_every=1,
+        seed=seed,
+    )
     policy = RecordingPolicy(policy_model, layout)
     with torch.no_grad():
         losses = objective.losses(policy, batch, positions, step)[0]
         # by hand: the noised images, the argmax answers on them after each chosen token, then each row alone
         chosen = {key: batch[key][:n] for key in ("input_ids", "attention_mask", "labels")}
         noised = noised_images(batch["pixel_values"][:n], positions, step, k, seed)
-        logits = policy_model(input_ids=chosen["input_ids"], attention_mask=chosen["attention_mask"],
-                              pixel_values=noised).logits
+        logits = policy_model(
+            input_ids=chosen["input_ids"], attention_mask=chosen["attention_mask"], pixel_values=noised
+        ).logits
         answer = chosen["labels"][:, 1:] != IGNORE_INDEX
         noisy_ids = chosen["input_ids"].clone()
         noisy_ids[:, 1:][answer] = logits[:, :-1].argmax(-1)[answer]
@@ -176,11 +202,13 @@ def stage2_losses_and_by_hand(path: str):
         ratios = []
         for model in (policy_model, reference):
             pairs = layout.logps(model, batch, torch.device("cpu"), torch.float32)[0]
-            noisy = sequence_logps(model(input_ids=noisy_ids, attention_mask=chosen["attention_mask"],
-                                         pixel_values=noised).logits, noisy_labels)[0]
+            noisy = sequence_logps(
+                model(input_ids=noisy_ids, attention_mask=chosen["attention_mask"], pixel_values=noised).logits,
+                noisy_labels,
+            )[0]
             ratios.append(torch.cat([pairs, noisy]))
         ratio = ratios[0] - ratios[1]
-        by_hand = povid_loss(ratio[:n], ratio[n:2 * n], ratio[2 * n:], alpha=0.3, beta_1=0.1, beta_2=0.2)[0]
+        by_hand = povid_loss(ratio[:n], ratio[n : 2 * n], ratio[2 * n :], alpha=0.3, beta_1=0.1, beta_2=0.2)[0]
     assert len(policy.batches) == 1 and policy.batches[0]["input_ids"].shape[0] == 3 * n  # one joint forward
     assert (noisy_ids != chosen["input_ids"])[:, 1:][answer].any()  # the answers are the model's own, not y_w
     # (random weights may argmax the image placeholder, which LLaVA's forward refuses as an extra image slot:
@@ -234,13 +262,27 @@ def test_two_stages_and_the_beta2_zero_ablation(tiny_llava, pairs_dir, tmp_path)
     made = summary["povid_rank0"]
     assert made["noisy_answers_made"] == 24 and made["noisy_answer_tokens"] > 24
     assert 0 < made["noisy_tokens_changed_fraction"] <= 1
-    assert json.loads(storage.read_bytes(join(runs["text_only"], "train_summary.json")))["povid_rank0"][
-        "noisy_answers_made"] == 0  # beta_2 = 0: nothing generated
+    assert (
+        json.loads(storage.read_bytes(join(runs["text_only"], "train_summary.json")))["povid_rank0"][
+            "noisy_answers_made"
+        ]
+        == 0
+    )  # beta_2 = 0: nothing generated
 
 
 # with cli()'s settings: 3 steps per epoch, micro-batches of 2 pairs
-POVID_SETS = ["--set", "epochs=1", "--set", "method=povid", "--set", "reference=model", "--set",
-              "povid.stage1_epochs=1", "--set", "povid.stage2_epochs=1"]
+POVID_SETS = [
+    "--set",
+    "epochs=1",
+    "--set",
+    "method=povid",
+    "--set",
+    "reference=model",
+    "--set",
+    "povid.stage1_epochs=1",
+    "--set",
+    "povid.stage2_epochs=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +294,9 @@ def povid_one_process(tiny_llava, pairs_dir, tmp_path_factory) -> str:
 
 
 @pytest.mark.slow  # two CLI runs
-def test_povid_killed_in_stage_2_resumes_to_the_uninterrupted_result(tiny_llava, pairs_dir, povid_one_process,
-                                                                     tmp_path):
+def test_povid_killed_in_stage_2_resumes_to_the_uninterrupted_result(
+    tiny_llava, pairs_dir, povid_one_process, tmp_path
+):
     # Killed after step 5 (stage 2 runs steps 4-6; last checkpoint: step 4): the resumed run redoes step 5,
     # regenerating its noisy answers from the restored weights and the (seed, step, pair) noise, so it is the
     # same run (noisy_every = 1: no answer is reused, so none is lost with the process).
@@ -268,8 +311,9 @@ def test_povid_killed_in_stage_2_resumes_to_the_uninterrupted_result(tiny_llava,
 
 
 @pytest.mark.slow  # DeepSpeed on 2 processes
-def test_povid_noisy_path_under_zero3_on_two_processes_trains_like_one_process(tiny_llava, pairs_dir,
-                                                                               povid_one_process, tmp_path):
+def test_povid_noisy_path_under_zero3_on_two_processes_trains_like_one_process(
+    tiny_llava, pairs_dir, povid_one_process, tmp_path
+):
     # The teacher-forced noisy answer is an ordinary forward of the ZeRO-3 policy (parameters gathered by
     # DeepSpeed's hooks), the reference a ZeRO-3 inference engine; same micro-batches, same seeded noise.
     output = str(tmp_path / "zero3")
@@ -281,8 +325,9 @@ def test_povid_noisy_path_under_zero3_on_two_processes_trains_like_one_process(t
 
 
 @pytest.mark.slow  # two torchrun processes
-def test_povid_noisy_path_under_ddp_on_two_processes_trains_like_one_process(tiny_llava, pairs_dir,
-                                                                             povid_one_process, tmp_path):
+def test_povid_noisy_path_under_ddp_on_two_processes_trains_like_one_process(
+    tiny_llava, pairs_dir, povid_one_process, tmp_path
+):
     # The gradient-free teacher-forced forward runs through the DDP wrapper on every rank alike (its buffer
     # broadcast is a collective: the same count of forwards on each rank keeps them matched).
     output = str(tmp_path / "ddp")

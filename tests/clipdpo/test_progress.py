@@ -17,11 +17,15 @@ def test_rate_and_eta_by_hand():
 def test_durations_and_the_line_by_hand():
     assert [duration(s) for s in (None, 0.4, 45, 59.6, 725, 11220)] == ["?", "0s", "45s", "1m00s", "12m05s", "3h07m"]
     # 120 of 400 in 10 s: 12/s, 280 left -> 23.3 s
-    assert progress_line("generate captions (llava)", 120, 400, 10.0, "requests") == \
-        "generate captions (llava): 120/400 requests (30%), 12.0 requests/s, ETA 23s"
+    assert (
+        progress_line("generate captions (llava)", 120, 400, 10.0, "requests")
+        == "generate captions (llava): 120/400 requests (30%), 12.0 requests/s, ETA 23s"
+    )
     # a resumed training: 50 of 200 steps, 10 of them in this process's 4 s -> 2.5 steps/s, 150 left -> 60 s
-    assert progress_line("train", 50, 200, 4.0, "steps", 40, loss=0.6931, tokens_per_s=1234.5) == \
-        "train: 50/200 steps (25%), 2.5 steps/s, ETA 1m00s, loss 0.693, tokens per s 1,234"
+    assert (
+        progress_line("train", 50, 200, 4.0, "steps", 40, loss=0.6931, tokens_per_s=1234.5)
+        == "train: 50/200 steps (25%), 2.5 steps/s, ETA 1m00s, loss 0.693, tokens per s 1,234"
+    )
 
 
 class Clock:
@@ -81,10 +85,13 @@ def test_the_hf_engine_counts_its_batches_into_the_generate_line(tmp_path, monke
     engine = HFEngine(ModelSpec(name="tiny", path=path, engine="hf", device="cpu"), batch_size=2)
     requests = [ImageRequest(image=Image.new("RGB", (32, 32)), prompt="Describe.", n=1, seed=k) for k in range(5)]
     with caplog.at_level(logging.INFO, logger="clipdpo.progress"):
-        with_progress(engine, "generate captions (tiny)", len(requests),
-                      lambda e: e.caption(requests, Sampling(max_new_tokens=2)))
+        with_progress(
+            engine, "generate captions (tiny)", len(requests), lambda e: e.caption(requests, Sampling(max_new_tokens=2))
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "clipdpo.progress"]
     assert [line.split(",")[0] for line in lines] == [
-        "generate captions (tiny): 2/5 requests (40%)", "generate captions (tiny): 4/5 requests (80%)",
-        "generate captions (tiny): 5/5 requests (100%)"]
+        "generate captions (tiny): 2/5 requests (40%)",
+        "generate captions (tiny): 4/5 requests (80%)",
+        "generate captions (tiny): 5/5 requests (100%)",
+    ]
     assert engine.progress is None  # the engine is left as it was

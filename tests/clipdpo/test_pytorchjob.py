@@ -3,11 +3,11 @@ with gang scheduling and Kueue; how a step follows it is tested in test_follow.p
 
 from __future__ import annotations
 
-import pytest
-
 import k8s_checks
-from clipdpo.cluster import pytorchjob
+import pytest
 from k8s_checks import train_spec as spec
+
+from clipdpo.cluster import pytorchjob
 
 
 def test_manifest_is_a_valid_multi_node_pytorchjob():
@@ -27,7 +27,10 @@ def test_manifest_is_a_valid_multi_node_pytorchjob():
     assert job["spec"]["nprocPerNode"] == "8"
     single = pytorchjob.build(spec(nodes=1))
     assert "Worker" not in single["spec"]["pytorchReplicaSpecs"]
-    assert "schedulingPolicy" not in job["spec"]["runPolicy"] and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    assert (
+        "schedulingPolicy" not in job["spec"]["runPolicy"]
+        and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    )
 
 
 def test_gang_scheduling_and_kueue():

@@ -9,21 +9,31 @@ from clipdpo.evaluate import report
 
 def _metrics(complete=True):
     def amber(chair, f1):
-        return {"complete": complete, "generative": {"chair": chair, "cover": 50.0, "hal": 30.0, "cog": 2.0},
-                "discriminative": {"accuracy": 70.0, "precision": 80.0, "recall": 60.0, "f1": f1},
-                "amber_score": (100 - chair + f1) / 2,
-                "examples": [{"id": 1, "response": "A dog and two cats <b>on</b> grass.", "hallucinated": ["cat"]}]}
+        return {
+            "complete": complete,
+            "generative": {"chair": chair, "cover": 50.0, "hal": 30.0, "cog": 2.0},
+            "discriminative": {"accuracy": 70.0, "precision": 80.0, "recall": 60.0, "f1": f1},
+            "amber_score": (100 - chair + f1) / 2,
+            "examples": [{"id": 1, "response": "A dog and two cats <b>on</b> grass.", "hallucinated": ["cat"]}],
+        }
+
     suite = {"gqa": {"kind": "gqa", "headline": 62.0}, "mme": {"kind": "mme", "headline": 1510.7}}
-    return {"complete": complete, "baseline": "base", "models": [{"name": "base"}, {"name": "dpo"}],
-            "results": {"base": {"amber": amber(7.8, 74.7), "suite": suite},
-                        "dpo": {"amber": amber(3.7, 82.9), "suite": {**suite, "gqa": {"kind": "gqa", "headline": 59.3}}}},
-            "resources": {"amber_nlp": "test NLP"}}
+    return {
+        "complete": complete,
+        "baseline": "base",
+        "models": [{"name": "base"}, {"name": "dpo"}],
+        "results": {
+            "base": {"amber": amber(7.8, 74.7), "suite": suite},
+            "dpo": {"amber": amber(3.7, 82.9), "suite": {**suite, "gqa": {"kind": "gqa", "headline": 59.3}}},
+        },
+        "resources": {"amber_nlp": "test NLP"},
+    }
 
 
 def test_tables_deltas_and_directions():
     tables = {t.title.split(" (")[0].split(":")[0]: t for t in report.build_tables(_metrics())}
     amber = tables["AMBER"]
-    (label, deltas), = amber.deltas()
+    ((label, deltas),) = amber.deltas()
     assert label == "Δ dpo" and deltas[0] == pytest.approx(-4.1) and deltas[7] == pytest.approx(8.2)
     assert report.better("CHAIR ↓", -4.1) is True and report.better("F1", 8.2) is True
     assert report.better("F1", -1.0) is False and report.better("Hal ↓", 2.0) is False

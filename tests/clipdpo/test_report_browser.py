@@ -32,8 +32,16 @@ window.addEventListener('load', () => {
 
 
 def chromium(*args: str, timeout: float = 120) -> str:
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--no-first-run", "--hide-scrollbars", *args]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--hide-scrollbars",
+        *args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -46,13 +54,20 @@ def test_every_image_of_the_report_decodes_in_chromium(tmp_path, reported_run):
     page.write_text(written.html.replace("</body>", PROBE + "</body>"))
     # a profile of its own, not ~/.config/chromium: nothing shared with another chromium there (a user's browser,
     # or this test in another session running at the same time)
-    dom = chromium(f"--user-data-dir={tmp_path / 'profile'}", "--run-all-compositor-stages-before-draw",
-                   "--virtual-time-budget=10000", "--dump-dom", page.as_uri())
+    dom = chromium(
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--run-all-compositor-stages-before-draw",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    )
     found = re.search(r"<pre id=\"image-check\">(.*?)</pre>", dom, re.S)
     assert found, "the probe did not run: " + dom[-500:]
     decoded = {alt: (complete, width, height) for alt, complete, width, height in json.loads(html.unescape(found[1]))}
-    expected = {alt: Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size
-                for alt, src in re.findall(r"<img [^>]*alt='([^']*)' src='([^']*)'", written.html)}
+    expected = {
+        alt: Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size
+        for alt, src in re.findall(r"<img [^>]*alt='([^']*)' src='([^']*)'", written.html)
+    }
     assert len(decoded) == len(expected) == 7
     for alt, size in expected.items():
         complete, width, height = decoded[alt]

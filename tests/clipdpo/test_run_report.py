@@ -9,9 +9,9 @@ import json
 import re
 
 import pytest
+import report_fixture as fx
 from PIL import Image
 
-import report_fixture as fx
 from clipdpo.report import build as report
 from clipdpo.report.gather import by_category, gather
 from clipdpo.report.render import split_headline

@@ -44,13 +44,23 @@ def _wait_dead(pid, timeout_s=15.0):
 
 # Each case starts a server of its own (seconds). SIGKILL stays in the fast lane: no handler or atexit runs,
 # only the parent-death signal can stop the server; SIGTERM and SIGINT run in `make test`.
-@pytest.mark.parametrize("how", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
-                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGKILL])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+        signal.SIGKILL,
+    ],
+)
 def test_server_dies_with_the_process_that_started_it(tmp_path, how):
     # SIGINT back to its default in the child: a test run started in the background (`make test &`, nohup)
     # ignores SIGINT, the child inherits that, and Python then never raises KeyboardInterrupt (a 120 s hang)
-    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path / "s3")], stdout=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(tmp_path / "s3")],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     weed_pid = int(starter.stdout.readline())
     assert _alive(weed_pid)
     starter.send_signal(how)
@@ -63,11 +73,26 @@ def test_stale_server_of_this_dir_is_cleared_and_others_are_left_alone(tmp_path)
     data_dir = str(tmp_path / "s3")
     os.makedirs(data_dir)
     # A server left behind by a dead run: started without the parent-death signal, owner pid gone.
-    stale = subprocess.Popen([s3server.weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1",
-                              "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-                              *[f"-{flag}={port}" for flag, port in zip(s3server._PORT_FLAGS,
-                                                                        s3server._free_ports(len(s3server._PORT_FLAGS)))]],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=data_dir)
+    stale = subprocess.Popen(
+        [
+            s3server.weed_binary(),
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            *[
+                f"-{flag}={port}"
+                for flag, port in zip(s3server._PORT_FLAGS, s3server._free_ports(len(s3server._PORT_FLAGS)))
+            ],
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=data_dir,
+    )
     dead_owner = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_owner.wait()
     with open(os.path.join(data_dir, s3server.PID_FILE), "w") as handle:
@@ -112,12 +137,17 @@ def test_every_open_port_is_loopback_and_refuses_unsigned_reads(s3_server, bucke
     storage = Storage()
     payload = b"PRIVATE-PAYLOAD-" + os.urandom(8).hex().encode()
     storage.write_bytes(f"{bucket}/dir/object.bin", payload)
-    name = bucket[len("s3://"):]
+    name = bucket[len("s3://") :]
     ports = _listening_ports(s3_server.process.pid)
     assert ports and all(address == "0100007F" for address, _ in ports), ports  # 127.0.0.1 only
     assert len(ports) <= 10  # master, volume, filer, s3, admin: http + grpc each; no extras
-    paths = [f"/{name}/dir/object.bin", f"/buckets/{name}/dir/object.bin", f"/buckets/{name}/dir/",
-             f"/{name}?list-type=2", "/"]
+    paths = [
+        f"/{name}/dir/object.bin",
+        f"/buckets/{name}/dir/object.bin",
+        f"/buckets/{name}/dir/",
+        f"/{name}?list-type=2",
+        "/",
+    ]
     for _, port in sorted(ports):
         for path in paths:
             try:
@@ -159,8 +189,14 @@ def _s3_client(endpoint, access_key, secret_key, **config):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-                        region_name="us-east-1", config=Config(retries={"max_attempts": 1}, **config))
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, **config),
+    )
 
 
 def _s3_error_code(call):
@@ -175,7 +211,7 @@ def test_s3_refuses_unsigned_wrongly_signed_and_the_old_fixed_credentials(s3_ser
     from botocore import UNSIGNED
 
     payload = _put_private_object(bucket)
-    name = bucket[len("s3://"):]
+    name = bucket[len("s3://") :]
     url = f"{s3_server.endpoint_url}/{name}/dir/object.bin"
     for method, data in (("GET", None), ("PUT", b"overwritten"), ("DELETE", None)):
         request = urllib.request.Request(url, data=data, method=method)
@@ -223,9 +259,11 @@ def _grpc_credentials(trusted_ca, client=None):
 def _knocks(run_tls, other_authority):
     """(how, credentials factory) for each way in without this start's certificate; plaintext first (no TLS
     files read), the door a server without TLS leaves open."""
-    return [("plaintext", lambda: None),
-            ("TLS, no client certificate", lambda: _grpc_credentials(run_tls["ca"])),
-            ("TLS, another authority's certificate", lambda: _grpc_credentials(run_tls["ca"], other_authority))]
+    return [
+        ("plaintext", lambda: None),
+        ("TLS, no client certificate", lambda: _grpc_credentials(run_tls["ca"])),
+        ("TLS, another authority's certificate", lambda: _grpc_credentials(run_tls["ca"], other_authority)),
+    ]
 
 
 def _pb_string(field, text):
@@ -252,7 +290,7 @@ def test_filer_grpc_lists_and_deletes_only_with_this_starts_certificate(s3_serve
     import grpc
 
     payload = _put_private_object(bucket)
-    directory = f"/buckets/{bucket[len('s3://'):]}/dir"
+    directory = f"/buckets/{bucket[len('s3://') :]}/dir"
     list_request = _pb_string(1, directory)  # ListEntriesRequest{directory}
     delete_request = _pb_string(1, directory) + _pb_string(2, "object.bin") + bytes([4 << 3, 1])  # is_delete_data
     port = _weed_ports(s3_server)["filer.port.grpc"]
@@ -261,15 +299,22 @@ def test_filer_grpc_lists_and_deletes_only_with_this_starts_certificate(s3_serve
     targets = [f"127.0.0.1:{port}", f"unix:///tmp/seaweedfs-filer-grpc-{port}.sock"]
     for target in targets:
         for knock, credentials in _knocks(run_tls, other_authority):
-            for method, request, stream in (("ListEntries", list_request, True),
-                                            ("DeleteEntry", delete_request, False)):
+            for method, request, stream in (
+                ("ListEntries", list_request, True),
+                ("DeleteEntry", delete_request, False),
+            ):
                 with pytest.raises(grpc.RpcError) as refused:
                     _grpc_call(target, f"/filer_pb.SeaweedFiler/{method}", request, credentials(), stream)
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, (target, knock, method)
     assert Storage().read_bytes(f"{bucket}/dir/object.bin") == payload
     # This start's certificate opens it: the refusals above were the lock, not a wrong port or request.
-    listing = _grpc_call(targets[0], "/filer_pb.SeaweedFiler/ListEntries", list_request,
-                         _grpc_credentials(run_tls["ca"], run_tls), stream=True)
+    listing = _grpc_call(
+        targets[0],
+        "/filer_pb.SeaweedFiler/ListEntries",
+        list_request,
+        _grpc_credentials(run_tls["ca"], run_tls),
+        stream=True,
+    )
     assert b"object.bin" in listing
 
 
@@ -308,7 +353,7 @@ def test_master_volume_filer_admin_status_pages_want_this_starts_certificate(s3_
     import ssl
 
     payload = _put_private_object(bucket)
-    name = bucket[len("s3://"):]
+    name = bucket[len("s3://") :]
     ports = _weed_ports(s3_server)
     run_tls = _run_tls(s3_server)
     paths = STATUS_PATHS + (f"/buckets/{name}/dir/", f"/buckets/{name}/dir/object.bin")
@@ -325,7 +370,7 @@ def test_master_volume_filer_admin_status_pages_want_this_starts_certificate(s3_
     forged.load_cert_chain(other_authority["cert"], other_authority["key"])
     for flag in INTERNAL_HTTP:
         port = ports[flag]
-        for knock, context in (("no client certificate", no_certificate), ("forged certificate", forged)):
+        for _knock, context in (("no client certificate", no_certificate), ("forged certificate", forged)):
             with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
                 _https_get(port, "/dir/status" if flag == "master.port" else "/status", context)
     # This start's certificate opens the master's status page: the refusals above were the lock.
@@ -341,7 +386,7 @@ def test_data_files_are_the_users_alone(s3_server, bucket):
     weed itself writes 0644 (an explicit fchmod, past the umask); the 0700 folders keep them private."""
     payload = _put_private_object(bucket)
     seen = set()
-    for root, folders, files in os.walk(s3_server.data_dir):
+    for root, _folders, files in os.walk(s3_server.data_dir):
         assert os.stat(root).st_mode & 0o777 == 0o700, root
         for name in files:
             path = os.path.join(root, name)
@@ -352,9 +397,15 @@ def test_data_files_are_the_users_alone(s3_server, bucket):
             else:
                 assert mode == 0o600, (path, oct(mode))
     assert {"dat", "idx", "log", "toml", "key"} <= seen  # volumes, weed.log and the filer's, the secrets
-    sockets = [f"/tmp/seaweedfs-{kind}-{port}.sock" for kind, port in
-               (("filer", s3_server.ports["filer.port"]), ("filer-grpc", s3_server.ports["filer.port.grpc"]),
-                ("master-grpc", s3_server.ports["master.port.grpc"]), ("s3", s3_server.ports["s3.port"]))]
+    sockets = [
+        f"/tmp/seaweedfs-{kind}-{port}.sock"
+        for kind, port in (
+            ("filer", s3_server.ports["filer.port"]),
+            ("filer-grpc", s3_server.ports["filer.port.grpc"]),
+            ("master-grpc", s3_server.ports["master.port.grpc"]),
+            ("s3", s3_server.ports["s3.port"]),
+        )
+    ]
     for socket_path in sockets:
         assert os.stat(socket_path).st_mode & 0o777 == 0o700, socket_path
 
@@ -394,15 +445,18 @@ def test_a_restart_locks_an_old_folder_down_and_the_last_credentials_open_nothin
     finally:
         first.stop(grace_s=0)
     # The folder as a run from before the lock-down left it: world-readable, and a world-readable env file.
-    for root, folders, files in os.walk(data_dir):
+    for root, _folders, files in os.walk(data_dir):
         os.chmod(root, 0o755)
         for name in files:
             os.chmod(os.path.join(root, name), 0o644)
     env_file = tmp_path / "s3.env"
     env_file.write_text("AWS_SECRET_ACCESS_KEY=from-an-earlier-run\n")
     env_file.chmod(0o644)
-    cli = subprocess.Popen([sys.executable, "-m", "clipdpo.s3server", "--dir", data_dir, "--env-file", str(env_file)],
-                           stdout=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "clipdpo.s3server", "--dir", data_dir, "--env-file", str(env_file)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "S3 server on" in cli.stdout.readline()
         assert env_file.stat().st_mode & 0o777 == 0o600
@@ -410,8 +464,11 @@ def test_a_restart_locks_an_old_folder_down_and_the_last_credentials_open_nothin
         assert second["AWS_ACCESS_KEY_ID"] != first.credentials.access_key
         assert second["AWS_SECRET_ACCESS_KEY"] != first.credentials.secret_key
         assert not set(OLD_FIXED_CREDENTIALS) & set(second.values())
-        modes = {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mode & 0o777
-                 for root, _, files in os.walk(data_dir) for name in files}
+        modes = {
+            os.path.join(root, name): os.stat(os.path.join(root, name)).st_mode & 0o777
+            for root, _, files in os.walk(data_dir)
+            for name in files
+        }
         assert [path for path in modes if path.endswith(".dat")], modes
         assert all(mode == 0o600 for path, mode in modes.items() if not path.endswith(".vif")), modes
         assert all(os.stat(root).st_mode & 0o777 == 0o700 for root, _, _ in os.walk(data_dir))
@@ -458,6 +515,10 @@ def test_security_toml_gives_every_component_this_starts_files(tmp_path):
     assert config["https"]["client"] == {"enabled": True, "cert": tls["cert"], "key": tls["key"], "ca": tls["ca"]}
     for server in ("master", "volume", "filer", "admin"):
         assert config["https"][server] == {"cert": tls["cert"], "key": tls["key"], "ca": tls["ca"]}, server
-    keys = [config["jwt"]["signing"]["key"], config["jwt"]["signing"]["read"]["key"],
-            config["jwt"]["filer_signing"]["key"], config["jwt"]["filer_signing"]["read"]["key"]]
+    keys = [
+        config["jwt"]["signing"]["key"],
+        config["jwt"]["signing"]["read"]["key"],
+        config["jwt"]["filer_signing"]["key"],
+        config["jwt"]["filer_signing"]["read"]["key"],
+    ]
     assert len(set(keys)) == 4 and all(len(key) == 64 for key in keys)

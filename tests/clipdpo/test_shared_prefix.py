@@ -29,8 +29,12 @@ from unit_scale import build_unit_scale_llava, reinit_at_unit_scale, token_logps
 # response lengths on both sides, and with max_length 70 the second pair's chosen response is cut.
 EXAMPLES = [
     ((200, 10, 10), "describe the image", "a dog on a red sofa", "a cat"),
-    ((10, 200, 10), "what is in this picture of a park near the river ?",
-     "two people walking in the park near the river on a blue day with a dog", "a rocket"),
+    (
+        (10, 200, 10),
+        "what is in this picture of a park near the river ?",
+        "two people walking in the park near the river on a blue day with a dog",
+        "a rocket",
+    ),
     ((10, 10, 200), "hi", "a man", "a woman holding a cup of coffee in the kitchen"),
 ]
 MAX_LENGTH = 70
@@ -59,8 +63,12 @@ def set_attention(model, name: str) -> None:
 
 def concatenated_logps(model, encoded, pad):
     batch = collate(encoded, pad)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"], use_cache=False).logits
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        use_cache=False,
+    ).logits
     return sequence_logps(logits, batch["labels"])
 
 
@@ -104,7 +112,8 @@ def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
     monkeypatch.setattr(prefix, "_pair_row_attention", lambda *a: rows_run.append(1) or row_attention(*a))
     monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)  # the tiny rows take the block path too
     (sums, means, counts), (shared_sums, shared_means, shared_counts) = reference_and_shared_logps(
-        model, encoded, pad, attention)
+        model, encoded, pad, attention
+    )
     if attention == prefix.BLOCK_ATTENTION:  # ordinary calls take plain SDPA: the very same numbers
         with torch.no_grad():
             assert torch.equal(concatenated_logps(model, encoded, pad)[0], sums)
@@ -112,8 +121,11 @@ def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
     # read positions only), and only when chosen
     layers = model.config.text_config.num_hidden_layers
     assert len(rows_run) == (len(encoded) * (layers - 1) if attention == prefix.BLOCK_ATTENTION else 0)
-    assert shared_counts.tolist() == counts.tolist() == [len(e.chosen_ids) for e in encoded] + [
-        len(e.rejected_ids) for e in encoded]
+    assert (
+        shared_counts.tolist()
+        == counts.tolist()
+        == [len(e.chosen_ids) for e in encoded] + [len(e.rejected_ids) for e in encoded]
+    )
     assert tolerance_excess(shared_sums, sums) <= 1, (shared_sums - sums).abs().max()
     assert tolerance_excess(shared_means, means, rtol=0) <= 1, (shared_means - means).abs().max()
     assert (sums < 0).all() and len(set(sums.tolist())) == 6  # real, distinct values, not a degenerate match
@@ -131,8 +143,12 @@ def test_the_weights_give_log_probs_that_tell_tokens_apart(tiny):
     set_attention(model, "sdpa")
     batch = collate(encoded, pad)
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       pixel_values=batch["pixel_values"], use_cache=False).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            use_cache=False,
+        ).logits
     lowest, highest = token_logps_spread(logits, batch["labels"])
     assert 0.5 < logits.std().item() < 10  # neither the default init's ~0.1 nor saturated
     assert highest - lowest > 4 and highest < -0.5, (lowest, highest)  # spread, and no token near certain
@@ -140,21 +156,27 @@ def test_the_weights_give_log_probs_that_tell_tokens_apart(tiny):
 
 def _positions_one_past_the_prefix(collate_shared_prefix):
     """A position-id bug: the responses' positions start one after where they continue the prefix."""
+
     def collate_with_bug(encoded, pad_token_id):
         batch = collate_shared_prefix(encoded, pad_token_id)
         responses = (batch["segments"] == prefix.CHOSEN) | (batch["segments"] == prefix.REJECTED)
         return {**batch, "position_ids": batch["position_ids"] + responses.long()}
+
     return collate_with_bug
 
 
 def _positions_from_zero(collate_shared_prefix):
     """A position-id bug: the responses' positions restart at 0, as if they had no prefix."""
+
     def collate_with_bug(encoded, pad_token_id):
         batch = collate_shared_prefix(encoded, pad_token_id)
         prefix_length = (batch["segments"] == prefix.PREFIX).sum(1, keepdim=True)
         responses = (batch["segments"] == prefix.CHOSEN) | (batch["segments"] == prefix.REJECTED)
-        return {**batch, "position_ids": torch.where(responses, batch["position_ids"] - prefix_length,
-                                                     batch["position_ids"])}
+        return {
+            **batch,
+            "position_ids": torch.where(responses, batch["position_ids"] - prefix_length, batch["position_ids"]),
+        }
+
     return collate_with_bug
 
 
@@ -163,27 +185,48 @@ def _inject(monkeypatch, bug: str) -> None:
 
     if bug == "last layer's queries rotated backwards":  # forward_at rotates the queries, then the keys
         rotate, calls = lastlayer._rotate, []
-        monkeypatch.setattr(lastlayer, "_rotate", lambda states, cos, sin, rotate_half: calls.append(1) or rotate(
-            states, cos, -sin if len(calls) % 2 else sin, rotate_half))
+        monkeypatch.setattr(
+            lastlayer,
+            "_rotate",
+            lambda states, cos, sin, rotate_half: (
+                calls.append(1) or rotate(states, cos, -sin if len(calls) % 2 else sin, rotate_half)
+            ),
+        )
     elif bug == "positions one past the prefix":
-        monkeypatch.setattr(prefix, "collate_shared_prefix",
-                            _positions_one_past_the_prefix(prefix.collate_shared_prefix))
+        monkeypatch.setattr(
+            prefix, "collate_shared_prefix", _positions_one_past_the_prefix(prefix.collate_shared_prefix)
+        )
     elif bug == "positions from zero":
         monkeypatch.setattr(prefix, "collate_shared_prefix", _positions_from_zero(prefix.collate_shared_prefix))
     else:  # the rejected response attends to the chosen one: one response segment, in the dense mask and per row
         mask, row = prefix.block_attention_mask, prefix._pair_row_attention
-        monkeypatch.setattr(prefix, "block_attention_mask", lambda segments, additive_dtype=None: mask(
-            torch.where(segments == prefix.REJECTED, prefix.CHOSEN, segments), additive_dtype))
-        monkeypatch.setattr(prefix, "_pair_row_attention", lambda query, key, value, span, scaling: row(
-            query, key, value, (span[0], span[1] + span[2], 0), scaling))
+        monkeypatch.setattr(
+            prefix,
+            "block_attention_mask",
+            lambda segments, additive_dtype=None: mask(
+                torch.where(segments == prefix.REJECTED, prefix.CHOSEN, segments), additive_dtype
+            ),
+        )
+        monkeypatch.setattr(
+            prefix,
+            "_pair_row_attention",
+            lambda query, key, value, span, scaling: row(query, key, value, (span[0], span[1] + span[2], 0), scaling),
+        )
 
 
 # The equality check's own power: with each bug it must fail, by far. Measured on these weights, the
 # smallest margin is the one-past position bug's, ~1,300 tolerances (0.3 nats on a sum); at the default
 # 0.02 init the same bug moved the sums by 1.8e-4, 0.3 of the tolerance: it passed.
 @pytest.mark.parametrize("attention", ["sdpa", "eager", prefix.BLOCK_ATTENTION])
-@pytest.mark.parametrize("bug", ["positions one past the prefix", "positions from zero", "rejected sees chosen",
-                                 "last layer's queries rotated backwards"])
+@pytest.mark.parametrize(
+    "bug",
+    [
+        "positions one past the prefix",
+        "positions from zero",
+        "rejected sees chosen",
+        "last layer's queries rotated backwards",
+    ],
+)
 def test_the_equality_fails_with_a_position_or_mask_bug(tiny, attention, bug, monkeypatch):
     from clipdpo.train import lastlayer
 
@@ -240,8 +283,10 @@ def test_each_image_encoded_once_and_logits_only_at_response_positions(tiny):
     def record(key, value) -> None:  # a forward hook that returns None leaves the output alone
         seen[key] = value
 
-    hooks = [model.model.vision_tower.register_forward_hook(lambda m, args, out: record("images", args[0].shape[0])),
-             model.lm_head.register_forward_hook(lambda m, args, out: record("head_rows", args[0].shape[:-1]))]
+    hooks = [
+        model.model.vision_tower.register_forward_hook(lambda m, args, out: record("images", args[0].shape[0])),
+        model.lm_head.register_forward_hook(lambda m, args, out: record("head_rows", args[0].shape[:-1])),
+    ]
     try:
         with torch.no_grad():
             shared_logps(model, encoded, pad)
@@ -266,9 +311,15 @@ def _fresh_model(path: str, kv_heads: int | None = None):
 
 # eager: the additive float mask; the block path; grouped-query heads (4 query heads on 2 key/value
 # heads); gradient checkpointing (train mode: the layer's call goes through torch.utils.checkpoint)
-@pytest.mark.parametrize("attention, kv_heads, checkpointing", [
-    ("eager", None, False), (prefix.BLOCK_ATTENTION, None, False), (prefix.BLOCK_ATTENTION, 2, False),
-    (prefix.BLOCK_ATTENTION, None, True)])
+@pytest.mark.parametrize(
+    "attention, kv_heads, checkpointing",
+    [
+        ("eager", None, False),
+        (prefix.BLOCK_ATTENTION, None, False),
+        (prefix.BLOCK_ATTENTION, 2, False),
+        (prefix.BLOCK_ATTENTION, None, True),
+    ],
+)
 def test_the_last_layer_runs_only_where_logits_are_read(tiny, attention, kv_heads, checkpointing, monkeypatch):
     from clipdpo.train import lastlayer
 
@@ -286,12 +337,13 @@ def test_the_last_layer_runs_only_where_logits_are_read(tiny, attention, kv_head
     for install in (False, True):
         if install:  # prepare() installs it; eager runs without prepare, so install by hand
             set_attention(model, attention) if attention == prefix.BLOCK_ATTENTION else lastlayer.install(
-                model.model.language_model)
+                model.model.language_model
+            )
             assert lastlayer.is_installed(model.model.language_model)
         mlp_rows = []  # rows each MLP call runs; recorded in forward itself, as checkpoint recomputes skip hooks
         mlps = [layer.mlp for layer in model.model.language_model.layers]
         for mlp in mlps:
-            mlp.forward = lambda x, run=mlp.forward: mlp_rows.append(x.shape[:-1].numel()) or run(x)
+            mlp.forward = lambda x, run=mlp.forward, rows=mlp_rows: rows.append(x.shape[:-1].numel()) or run(x)
         try:
             model.zero_grad(set_to_none=True)
             sums, means, _ = prefix.shared_prefix_logps(model, model, batch)
@@ -325,8 +377,14 @@ def test_the_read_positions_forward_equals_the_layer_of_each_llama_shaped_family
 
     prefix_name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[family]
     config = getattr(transformers, f"{prefix_name}Config")(
-        vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, sliding_window=None)
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=None,
+    )
     torch.manual_seed(0)
     # O(1) weights: at the default init the attention scores are ~1e-3 and a query's rotary position hardly counts
     model = reinit_at_unit_scale(getattr(transformers, f"{prefix_name}Model")(config)).eval()
@@ -354,16 +412,43 @@ def test_a_last_layer_of_another_shape_runs_in_full():
 
     from clipdpo.train import lastlayer
 
-    qwen3 = Qwen3Model(Qwen3Config(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2, head_dim=4))
+    qwen3 = Qwen3Model(
+        Qwen3Config(
+            vocab_size=32,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=4,
+        )
+    )
     assert "q_norm" in lastlayer.unsupported_reason(lastlayer.last_layer(qwen3))
     assert lastlayer.install(qwen3) is False and not lastlayer.is_installed(qwen3)
     assert "no `layers`" in lastlayer.unsupported_reason(lastlayer.last_layer(torch.nn.Linear(2, 2)))
-    mistral = MistralModel(MistralConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, sliding_window=4))
+    mistral = MistralModel(
+        MistralConfig(
+            vocab_size=32,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            sliding_window=4,
+        )
+    )
     assert "sliding-window" in lastlayer.unsupported_reason(lastlayer.last_layer(mistral))
-    qwen2 = Qwen2Model(Qwen2Config(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2, use_sliding_window=False))
+    qwen2 = Qwen2Model(
+        Qwen2Config(
+            vocab_size=32,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            use_sliding_window=False,
+        )
+    )
     assert lastlayer.unsupported_reason(lastlayer.last_layer(qwen2)) is None  # its unused window does not count
 
 
@@ -377,8 +462,10 @@ def test_the_kept_logits_equality_fails_when_each_token_is_read_one_position_lat
     predicting = layouts.predicting_positions
     monkeypatch.setattr(layouts, "predicting_positions", lambda labels: predicting(labels).roll(1, 1))
     with torch.no_grad():
-        full, kept = (layout.logps(model, batch, torch.device("cpu"), model.dtype)[0]
-                      for layout in (layouts.Concatenated(keep_logits=False), layouts.Concatenated(keep_logits=True)))
+        full, kept = (
+            layout.logps(model, batch, torch.device("cpu"), model.dtype)[0]
+            for layout in (layouts.Concatenated(keep_logits=False), layouts.Concatenated(keep_logits=True))
+        )
     assert tolerance_excess(kept, full) > 100, (kept - full).abs().max()  # measured: 4 nats, ~12,000 tolerances
 
 
@@ -399,8 +486,9 @@ def test_the_concatenated_layout_computes_logits_only_where_a_response_token_is_
             model.zero_grad(set_to_none=True)
             sums, means, counts = kept.logps(model, batch, torch.device("cpu"), model.dtype)
             ((weights * sums).sum() + (weights * means).sum()).backward()
-            results.append((sums.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters()
-                                                    if p.grad is not None}))
+            results.append(
+                (sums.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            )
     finally:
         hook.remove()
     (full_sums, full_counts, full_grads), (sums, counts, grads) = results
@@ -418,11 +506,13 @@ def test_block_mask_and_positions_by_hand():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 7, 9, 0, 0]]
     assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 2]  # the rejected branch restarts after the prefix
     mask = prefix.block_attention_mask(batch["segments"])[0, 0].int().tolist()
-    assert mask == [[1, 0, 0, 0, 0],   # prefix
-                    [1, 1, 0, 0, 0],
-                    [1, 1, 1, 0, 0],   # chosen
-                    [1, 1, 1, 1, 0],
-                    [1, 1, 0, 0, 1]]   # rejected: the prefix and itself, never the chosen tokens
+    assert mask == [
+        [1, 0, 0, 0, 0],  # prefix
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],  # chosen
+        [1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 1],
+    ]  # rejected: the prefix and itself, never the chosen tokens
     padded = prefix.block_attention_mask(batch["segments"])[1, 0].int().tolist()
     assert padded[3] == [0, 0, 0, 1, 0] and padded[2] == [1, 0, 1, 0, 0]  # padding sees only itself
     additive = prefix.block_attention_mask(batch["segments"], torch.float32)[0, 0]
@@ -443,15 +533,20 @@ def test_block_attention_equals_dense_masked_sdpa_with_grouped_query_heads():
 
     torch.manual_seed(0)
     spans, length = [(5, 3, 4), (2, 4, 1)], 12
-    segments = torch.tensor([[prefix.PREFIX] * p + [prefix.CHOSEN] * c + [prefix.REJECTED] * r
-                             + [prefix.PAD] * (length - p - c - r) for p, c, r in spans])
+    segments = torch.tensor(
+        [
+            [prefix.PREFIX] * p + [prefix.CHOSEN] * c + [prefix.REJECTED] * r + [prefix.PAD] * (length - p - c - r)
+            for p, c, r in spans
+        ]
+    )
     query = torch.randn(2, 4, length, 8)
     key, value = torch.randn(2, 2, length, 8), torch.randn(2, 2, length, 8)
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
     mask = prefix.block_attention_mask(segments)
     dense, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=0.0, scaling=0.3)
-    block, _ = prefix.block_sparse_attention(module, query, key, value, mask, dropout=0.0, scaling=0.3,
-                                             pair_spans=spans)
+    block, _ = prefix.block_sparse_attention(
+        module, query, key, value, mask, dropout=0.0, scaling=0.3, pair_spans=spans
+    )
     real = segments != prefix.PAD
     assert block.shape == dense.shape == (2, length, 4, 8)
     # fp32 softmax over <= 12 keys, blocked differently by the two kernels: well inside 1e-6
@@ -475,8 +570,16 @@ def test_an_unsupported_model_gets_a_clear_message(tiny):
 
     _, model, _, _ = tiny
     assert prefix.unsupported_reason(model) is None
-    text_only = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                             num_attention_heads=2, num_key_value_heads=2))
+    text_only = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     with pytest.raises(prefix.SharedPrefixUnsupported, match="model_type 'llama'.*forward=concatenated"):
         prefix.check_supported(text_only)
     set_attention(model, "flash_attention_2")
@@ -490,10 +593,18 @@ def test_an_unsupported_model_gets_a_clear_message(tiny):
 def reference_cache_values(uri: str) -> np.ndarray:
     cache = Artifact.open(Storage(), uri, kind="reflogps")
     tables = [table for _, table in cache.iter_shards()]
-    rows = sorted((s, r, *v) for table in tables for s, r, *v in zip(
-        table.column("pair_shard").to_pylist(), table.column("row").to_pylist(),
-        *(table.column(c).to_pylist() for c in ("chosen_logp", "rejected_logp", "chosen_logp_mean",
-                                                "rejected_logp_mean"))))
+    rows = sorted(
+        (s, r, *v)
+        for table in tables
+        for s, r, *v in zip(
+            table.column("pair_shard").to_pylist(),
+            table.column("row").to_pylist(),
+            *(
+                table.column(c).to_pylist()
+                for c in ("chosen_logp", "rejected_logp", "chosen_logp_mean", "rejected_logp_mean")
+            ),
+        )
+    )
     return np.asarray([row[2:] for row in rows])
 
 
@@ -505,9 +616,18 @@ def test_a_short_run_gives_the_same_losses_and_reference_cache_both_ways(tiny, t
     pairs = write_pairs(str(tmp_path / "data"), n_pairs=12, n_shards=2)
     losses, caches = {}, {}
     for forward in ("concatenated", "shared_prefix"):
-        cfg = TrainConfig(model=tiny[0], learning_rate=5e-3, global_batch_size=4, per_device_batch_size=2,
-                          max_length=50, warmup_ratio=0.0, max_steps=3, seed=7, forward=forward,
-                          reference_cache=str(tmp_path / f"refcache-{forward}"))
+        cfg = TrainConfig(
+            model=tiny[0],
+            learning_rate=5e-3,
+            global_batch_size=4,
+            per_device_batch_size=2,
+            max_length=50,
+            warmup_ratio=0.0,
+            max_steps=3,
+            seed=7,
+            forward=forward,
+            reference_cache=str(tmp_path / f"refcache-{forward}"),
+        )
         summary = run(cfg, pairs, str(tmp_path / forward))
         assert summary["forward"] == forward and summary["data"]["pairs_truncated"] > 0
         rows = Storage().read_bytes(str(tmp_path / forward / "metrics.jsonl")).decode().splitlines()

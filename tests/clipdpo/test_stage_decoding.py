@@ -35,8 +35,17 @@ def _sideways() -> bytes:
 
 
 def _images_shard() -> pa.Table:
-    rows = [dict(image_id=f"img{k:02d}", source="s", uri=f"u{k}", width=8, height=6,
-                 image=_encoded(Image.new("RGB", (8, 6), (k * 10, 0, 0)))) for k in range(SHARD - 2)]
+    rows = [
+        dict(
+            image_id=f"img{k:02d}",
+            source="s",
+            uri=f"u{k}",
+            width=8,
+            height=6,
+            image=_encoded(Image.new("RGB", (8, 6), (k * 10, 0, 0))),
+        )
+        for k in range(SHARD - 2)
+    ]
     rows.append(dict(image_id="sideways", source="s", uri="u-s", width=20, height=40, image=_sideways()))
     rows.append(dict(image_id="broken", source="s", uri="u-b", width=1, height=1, image=b"\xff\xd8 not a jpeg"))
     return pa.Table.from_pylist(rows, schema=IMAGES)
@@ -74,8 +83,13 @@ class RecordingCaptioner:
 
 def _generate(per_call: int, monkeypatch) -> tuple[pa.Table, dict, dict]:
     monkeypatch.setattr(generate_shard_lib, "IMAGES_PER_CALL", per_call, raising=False)  # (absent: all at once)
-    cfg = GenerateConfig(captioners=[ModelSpec("a", "unused"), ModelSpec("b", "unused")], prompts=["p0", "p1", "p2"],
-                         captions_per_model=2, batch_size=2, qa=QAConfig(enabled=False))
+    cfg = GenerateConfig(
+        captioners=[ModelSpec("a", "unused"), ModelSpec("b", "unused")],
+        prompts=["p0", "p1", "p2"],
+        captions_per_model=2,
+        batch_size=2,
+        qa=QAConfig(enabled=False),
+    )
     engines = {"a": RecordingCaptioner(), "b": RecordingCaptioner()}
     table, stats = generate_shard_lib.generate_shard(_images_shard(), cfg, engines, None)
     return table, stats, engines
@@ -99,8 +113,7 @@ def test_generate_rounds_images_per_call_up_to_the_hf_batch():
 @pytest.fixture(scope="module")
 def scorer_config(tmp_path_factory) -> ScorerConfig:
     clip_dir = tiny.build_tiny_clip(str(tmp_path_factory.mktemp("clip")))
-    return ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=clip_dir,
-                        image_batch_size=3)
+    return ScorerConfig(model_name=tiny.TINY_CLIP_NAME, pretrained=None, model_config_dir=clip_dir, image_batch_size=3)
 
 
 @pytest.mark.slow(seconds=30)  # the tiny CLIP's scorer takes most of it to build
@@ -111,9 +124,21 @@ def test_score_holds_one_batch_of_images_and_scores_them_upright(scorer_config, 
     scorer.preprocess = lambda image: (shown.append(image.size), preprocess(image))[1]
     images = _images_shard()
     ids = images.column("image_id").to_pylist() + ["not-in-shard"]
-    candidates = pa.Table.from_pylist([dict(image_id=image_id, candidate_id=f"{image_id}/m/p0/0", kind="caption",
-                                            model="m", prompt_id=0, prompt="p", text=f"a photo number {k}")
-                                       for k, image_id in enumerate(ids)], schema=CANDIDATES)
+    candidates = pa.Table.from_pylist(
+        [
+            dict(
+                image_id=image_id,
+                candidate_id=f"{image_id}/m/p0/0",
+                kind="caption",
+                model="m",
+                prompt_id=0,
+                prompt="p",
+                text=f"a photo number {k}",
+            )
+            for k, image_id in enumerate(ids)
+        ],
+        schema=CANDIDATES,
+    )
     table, stats = score_shard(candidates, images, scorer)
     assert live_images["alive"] <= 3, live_images  # image_batch_size, not the shard's 19
     assert (20, 40) in shown and (40, 20) not in shown
@@ -123,5 +148,9 @@ def test_score_holds_one_batch_of_images_and_scores_them_upright(scorer_config, 
     by_id = {row["image_id"]: row["clip_score"] for row in table.to_pylist()}
     scorer.config = replace(scorer_config, image_batch_size=64)
     whole_table, _ = score_shard(candidates, images, scorer)
-    np.testing.assert_allclose([by_id[r["image_id"]] for r in whole_table.to_pylist()],
-                               whole_table.column("clip_score").to_pylist(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        [by_id[r["image_id"]] for r in whole_table.to_pylist()],
+        whole_table.column("clip_score").to_pylist(),
+        rtol=1e-5,
+        atol=1e-4,
+    )

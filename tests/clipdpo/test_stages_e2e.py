@@ -9,14 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from clipdpo.demo import models as tiny
 from clipdpo import generate, ingest, score
 from clipdpo.artifacts import Artifact, ArtifactError, ArtifactWriter
 from clipdpo.config import from_dict
+from clipdpo.demo import models as tiny
 from clipdpo.filter.__main__ import main as filter_main
 from clipdpo.generate.config import GenerateConfig
-from clipdpo.ingest.__main__ import main as ingest_main
 from clipdpo.ingest import IngestConfig
+from clipdpo.ingest.__main__ import main as ingest_main
 from clipdpo.schemas import IMAGES
 from clipdpo.score.scorer import ClipScorer, ScorerConfig
 from clipdpo.storage import Storage
@@ -37,13 +37,22 @@ def clip_dir(tmp_path_factory) -> str:
 def configs(models):
     """The typed configs of generate and score for the tiny models."""
     generate_config = {
-        "captioners": [{"name": "tiny-a", "path": models["captioner"], "engine": "hf"},
-                       {"name": "tiny-b", "path": models["captioner"], "engine": "hf"}],
+        "captioners": [
+            {"name": "tiny-a", "path": models["captioner"], "engine": "hf"},
+            {"name": "tiny-b", "path": models["captioner"], "engine": "hf"},
+        ],
         "captions_per_model": 3,
         "sampling": {"max_new_tokens": 12},
-        "qa": {"model": {"name": "tiny-llm", "path": models["llm"], "engine": "hf"}, "sampling": {"max_new_tokens": 16}},
+        "qa": {
+            "model": {"name": "tiny-llm", "path": models["llm"], "engine": "hf"},
+            "sampling": {"max_new_tokens": 16},
+        },
     }
-    score_config = {"model_name": tiny.TINY_CLIP_NAME, "pretrained": None, "model_config_dir": models["clip_config_dir"]}
+    score_config = {
+        "model_name": tiny.TINY_CLIP_NAME,
+        "pretrained": None,
+        "model_config_dir": models["clip_config_dir"],
+    }
     return {"generate": from_dict(GenerateConfig, generate_config), "score": from_dict(ScorerConfig, score_config)}
 
 
@@ -79,19 +88,44 @@ def test_full_chain_through_s3(bucket, configs, tmp_path, capsys):
     assert scored["text_encodes"] <= scored["texts_scored"]
 
     # filter through its command line: flags -> config -> run
-    assert filter_main(["--input", f"{base}/scores", "--output", f"{base}/pairs",
-                        "--set", "caption_min_score=-100", "--set", "pair_min_margin=0.0",
-                        "--set", "pair_min_length_ratio=0.0", "--set", "text_keep_fraction=1.0"]) == 0
+    assert (
+        filter_main(
+            [
+                "--input",
+                f"{base}/scores",
+                "--output",
+                f"{base}/pairs",
+                "--set",
+                "caption_min_score=-100",
+                "--set",
+                "pair_min_margin=0.0",
+                "--set",
+                "pair_min_length_ratio=0.0",
+                "--set",
+                "text_keep_fraction=1.0",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "filter funnel" in err and "caption_pairs" in err
     pairs = Artifact.open(storage, f"{base}/pairs", kind="pairs")
     pairs_stats = pairs.manifest.stats
     table = pa.concat_tables([t for _, t in pairs.iter_shards()])
     assert table.num_rows == pairs_stats["caption_pairs"] + pairs_stats["qa_pairs"] > 0
-    assert all(c >= r for c, r in zip(table.column("chosen_score").to_pylist(), table.column("rejected_score").to_pylist()))
-    exported = pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(uri)))  # TRL dataset, images embedded
-                                for uri in storage.list(f"{base}/pairs/export/trl"))
-    assert exported.num_rows == table.num_rows and set(exported.column_names) >= {"prompt", "chosen", "rejected", "images"}
+    assert all(
+        c >= r for c, r in zip(table.column("chosen_score").to_pylist(), table.column("rejected_score").to_pylist())
+    )
+    exported = pa.concat_tables(
+        pq.read_table(io.BytesIO(storage.read_bytes(uri)))  # TRL dataset, images embedded
+        for uri in storage.list(f"{base}/pairs/export/trl")
+    )
+    assert exported.num_rows == table.num_rows and set(exported.column_names) >= {
+        "prompt",
+        "chosen",
+        "rejected",
+        "images",
+    }
 
     # Rerunning a finished stage is a no-op; a lost shard is redone alone.
     again = score.run(configs["score"], f"{base}/candidates", f"{base}/scores")
@@ -130,8 +164,12 @@ def test_missing_input_and_malformed_shard_are_clear(bucket, clip_dir):
         score.run(score_config, f"{bucket}/nothing", f"{bucket}/s")
     storage = Storage()
     writer = ArtifactWriter(storage, f"{bucket}/images", "images", {}, [])
-    writer.write_shard("part-00000", pa.Table.from_pylist(
-        [dict(image_id="a", source="s", uri="u", image=_png((1, 2, 3)), width=40, height=30)], schema=IMAGES))
+    writer.write_shard(
+        "part-00000",
+        pa.Table.from_pylist(
+            [dict(image_id="a", source="s", uri="u", image=_png((1, 2, 3)), width=40, height=30)], schema=IMAGES
+        ),
+    )
     writer.finalize(["part-00000"])
     storage.write_bytes(writer.shard_uri("part-00000"), b"PAR1garbage")
     with pytest.raises(ArtifactError, match="part-00000.parquet: sha256"):
@@ -154,8 +192,22 @@ def test_untrained_scorer_is_reproducible(clip_dir):
 
 def test_config_file_on_s3_then_overrides(bucket, capsys):
     Storage().write_bytes(f"{bucket}/configs/filter.json", json.dumps({"pair_min_margin": 1.5}).encode())
-    assert filter_main(["--input", f"{bucket}/x", "--output", f"{bucket}/y", "--config", f"{bucket}/configs/filter.json",
-                        "--set", "pairs_per_image=2", "--dry-run"]) == 0
+    assert (
+        filter_main(
+            [
+                "--input",
+                f"{bucket}/x",
+                "--output",
+                f"{bucket}/y",
+                "--config",
+                f"{bucket}/configs/filter.json",
+                "--set",
+                "pairs_per_image=2",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["pair_min_margin"] == 1.5 and printed["pairs_per_image"] == 2  # file, then --set
     assert printed["caption_min_score"] == 28.0  # the paper's default where neither says otherwise

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import report_fixture as fx
+
 from clipdpo.report.step_metrics import log_to, step_metrics
 
 
@@ -33,9 +33,13 @@ def test_filter_funnel_whole_and_per_shard(run_root):
 
 def test_train_evaluate_and_report(reported_run):
     run_root = reported_run.root
-    assert step_metrics("train", run_root) == {"final_loss": pytest.approx(0.49), "reward_accuracy": 1.0,
-                                               "reward_margin": pytest.approx(0.08), "samples_per_s": 8.0,
-                                               "steps": 4.0}
+    assert step_metrics("train", run_root) == {
+        "final_loss": pytest.approx(0.49),
+        "reward_accuracy": 1.0,
+        "reward_margin": pytest.approx(0.08),
+        "samples_per_s": 8.0,
+        "steps": 4.0,
+    }
     values = step_metrics("evaluate", run_root)
     assert values["base.amber.generative.chair"] == 10.0 and values["clip-dpo.amber.existence.f1"] == 80.0
     assert not any("examples" in key for key in values)

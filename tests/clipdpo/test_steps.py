@@ -17,15 +17,25 @@ from clipdpo.train.config import TrainConfig
 
 def test_train_job_reads_the_config_the_step_wrote(bucket, monkeypatch):
     launched = {}
-    monkeypatch.setattr(steps, "launch_train_job",
-                        lambda args, key, launcher, job: launched.update(args=args, key=key, launcher=launcher, job=job))
+    monkeypatch.setattr(
+        steps,
+        "launch_train_job",
+        lambda args, key, launcher, job: launched.update(args=args, key=key, launcher=launcher, job=job),
+    )
     root = f"{bucket}/runs/r1"
     parameter = json.dumps({"beta": 0.2, "learning_rate": 1e-6})
     assert steps.train_step(root, parameter, launcher="pytorchjob", image="img:1", nodes=2) == f"{root}/model"
     args = launched["args"]
     # --overwrite: a step kfp reruns (its pairs or config changed) replaces the run's model (issue 12, item 8)
-    assert args == ["--input", f"{root}/pairs", "--output", f"{root}/model", "--config", f"{root}/configs/train.json",
-                    "--overwrite"]
+    assert args == [
+        "--input",
+        f"{root}/pairs",
+        "--output",
+        f"{root}/model",
+        "--config",
+        f"{root}/configs/train.json",
+        "--overwrite",
+    ]
     assert launched["launcher"] == "pytorchjob" and launched["job"] == {"image": "img:1", "nodes": 2}
     # what `python -m clipdpo.train` does with those flags: the same config, no second encoding
     parsed = build_parser("python -m clipdpo.train", None, "pairs", sharded=False).parse_args(args)

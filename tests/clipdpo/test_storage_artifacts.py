@@ -111,9 +111,17 @@ def test_output_made_from_other_config_is_not_overwritten_silently(bucket):
     second.write_shard("part-00001", _images(1, start=20))
     second.finalize(["part-00000", "part-00001"])
     # Item 10: nothing of the first run is left under the prefix for a globbing reader to find.
-    listed = [u[len(uri) + 1:] for u in storage.list(uri)]
-    assert sorted(listed) == sorted(["manifest.json", *[f"{d}/{second.fingerprint[:16]}/part-0000{i}.{ext}"
-                                     for d, ext in (("data", "parquet"), ("_done", "json")) for i in (0, 1)]])
+    listed = [u[len(uri) + 1 :] for u in storage.list(uri)]
+    assert sorted(listed) == sorted(
+        [
+            "manifest.json",
+            *[
+                f"{d}/{second.fingerprint[:16]}/part-0000{i}.{ext}"
+                for d, ext in (("data", "parquet"), ("_done", "json"))
+                for i in (0, 1)
+            ],
+        ]
+    )
     assert Artifact.open(storage, uri).read_shard("part-00000").column("image_id").to_pylist() == ["i10", "i11"]
 
 
@@ -128,8 +136,12 @@ def test_torn_manifest_counts_as_absent_for_overwrite_and_corrupt_shards_are_red
     storage.write_bytes(writer.shard_uri(names[0]), b"PAR1 damaged")
     storage.delete(writer.shard_uri(names[1]))
     calls = []
-    result = run_shards(ArtifactWriter(storage, uri, "images", {}, []), names,
-                        lambda n: calls.append(n) or (_images(1, start=int(n[-1])), {}), ShardSpec())
+    result = run_shards(
+        ArtifactWriter(storage, uri, "images", {}, []),
+        names,
+        lambda n: calls.append(n) or (_images(1, start=int(n[-1])), {}),
+        ShardSpec(),
+    )
     assert calls == names and result.manifest.rows == 2
     Artifact.open(storage, uri).read_shard(names[0])  # checksum holds again
     storage.write_bytes(f"{uri}/manifest.json", b'{"kind": "ima')  # truncated
@@ -178,14 +190,17 @@ def test_fan_out_workers_then_finalize(bucket):
     names = [shard_name(i) for i in range(5)]
     seen = {0: [], 1: []}
     for worker in (0, 1):
+
         def process(name, worker=worker):
             seen[worker].append(name)
             return _images(1, start=int(name[-1])), {}
+
         result = run_shards(ArtifactWriter(storage, uri, "images", {}, []), names, process, ShardSpec(worker, 2))
         assert result.manifest is None  # workers never write the manifest
     assert seen == {0: ["part-00000", "part-00002", "part-00004"], 1: ["part-00001", "part-00003"]}
-    final = run_shards(ArtifactWriter(storage, uri, "images", {}, []), names, lambda n: 1 / 0, ShardSpec(),
-                       finalize_only=True)
+    final = run_shards(
+        ArtifactWriter(storage, uri, "images", {}, []), names, lambda n: 1 / 0, ShardSpec(), finalize_only=True
+    )
     assert final.manifest.rows == 5
 
 
@@ -211,10 +226,15 @@ def test_overwrite_with_fewer_shards_leaves_no_stale_export_or_foreign_files(tmp
     storage.write_bytes(new.sidecar_uri("export/trl", "part-00000.parquet"), b"new")
     new.write_shard(shard_name(0), _images(1))
     new.finalize([shard_name(0)])
-    listed = sorted(u[len(uri) + 1:] for u in storage.list(uri))
+    listed = sorted(u[len(uri) + 1 :] for u in storage.list(uri))
     fp = new.fingerprint[:16]
-    assert listed == ["_done/" + fp + "/part-00000.json", "data/" + fp + "/part-00000.parquet",
-                      "export/trl/part-00000.parquet", "manifest.json", "notes/mine.txt"]
+    assert listed == [
+        "_done/" + fp + "/part-00000.json",
+        "data/" + fp + "/part-00000.parquet",
+        "export/trl/part-00000.parquet",
+        "manifest.json",
+        "notes/mine.txt",
+    ]
     assert storage.read_bytes(f"{uri}/export/trl/part-00000.parquet") == b"new"
 
 

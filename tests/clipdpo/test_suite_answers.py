@@ -5,24 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clipdpo.evaluate.data import Item
 from clipdpo.evaluate.suite import questions, scienceqa, vqa
 from clipdpo.evaluate.suite.scoring import score
-from clipdpo.evaluate.data import Item
 from clipdpo.evaluate.zeroshot import classify
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("Two dogs.", "2 dogs"),            # number word -> digit, final period stripped
-    ("The answer is 3.5", "answer is 3.5"),  # a period between digits stays; articles go
-    ("1,000", "1000"),                  # commas are dropped before anything else
-    ("dont know", "don't know"),        # contraction restored
-    ("yes!", "yes"),                    # '!' with no space beside it becomes a space
-    ("red-white", "red white"),
-    ("a - b", "b"),                     # '-' next to a space is deleted; 'a' is an article
-    ("the cat's toy", "cat 's toy"),    # "'s" split off, as EvalAI's tokenizer
-    ("None", "0"),
-    ("  Left\n", "left"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("Two dogs.", "2 dogs"),  # number word -> digit, final period stripped
+        ("The answer is 3.5", "answer is 3.5"),  # a period between digits stays; articles go
+        ("1,000", "1000"),  # commas are dropped before anything else
+        ("dont know", "don't know"),  # contraction restored
+        ("yes!", "yes"),  # '!' with no space beside it becomes a space
+        ("red-white", "red white"),
+        ("a - b", "b"),  # '-' next to a space is deleted; 'a' is an article
+        ("the cat's toy", "cat 's toy"),  # "'s" split off, as EvalAI's tokenizer
+        ("None", "0"),
+        ("  Left\n", "left"),
+    ],
+)
 def test_vqa_normalisation(raw, expected):
     assert vqa.normalize_vqa_answer(raw) == expected
 
@@ -37,15 +40,26 @@ def test_vqa_accuracy_leave_one_out_by_hand():
     assert vqa.vqa_accuracy("cat", ["cat"] + ["dog"] * 9) == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize("reply,gold,correct", [
-    ("Yes.", "yes", True), ("Left", "left", True), ("The table", "table", False), ("table..", "table", True)])
+@pytest.mark.parametrize(
+    "reply,gold,correct",
+    [("Yes.", "yes", True), ("Left", "left", True), ("The table", "table", False), ("table..", "table", True)],
+)
 def test_gqa_exact_match_after_llava_conversion(reply, gold, correct):
     assert vqa.gqa_correct(reply, gold) is correct
 
 
-@pytest.mark.parametrize("reply,letter", [
-    ("A", "A"), ("B. The cat", "B"), ("The answer is C.", "C"), ("I think the answer is C.", "FAILED"),
-    ("The answer is A. The answer is B.", "FAILED"), ("b", "FAILED"), ("B.The cat", "FAILED")])
+@pytest.mark.parametrize(
+    "reply,letter",
+    [
+        ("A", "A"),
+        ("B. The cat", "B"),
+        ("The answer is C.", "C"),
+        ("I think the answer is C.", "FAILED"),
+        ("The answer is A. The answer is B.", "FAILED"),
+        ("b", "FAILED"),
+        ("B.The cat", "FAILED"),
+    ],
+)
 def test_scienceqa_reply_parsing(reply, letter):
     assert scienceqa.scienceqa_letter(reply) == letter
 
@@ -60,8 +74,14 @@ def _items(rows):
 
 
 def test_suite_scores_by_hand():
-    pope = _items([{"answer": "yes", "category": "random"}, {"answer": "no", "category": "random"},
-                   {"answer": "yes", "category": "adversarial"}, {"answer": "no", "category": "adversarial"}])
+    pope = _items(
+        [
+            {"answer": "yes", "category": "random"},
+            {"answer": "no", "category": "random"},
+            {"answer": "yes", "category": "adversarial"},
+            {"answer": "no", "category": "adversarial"},
+        ]
+    )
     replies = {"0": "Yes", "1": "No", "2": "No, there is not.", "3": "No"}
     result = score("pope", pope, replies)
     # random: TP 1 TN 1 -> F1 1.0; adversarial: TP 0 FN 1 TN 1 -> F1 0; mean 50
@@ -71,8 +91,13 @@ def test_suite_scores_by_hand():
     textvqa = _items([{"answers": ["stop"] * 10}, {"answers": ["2"] * 3 + ["3"] * 7}])
     assert score("textvqa", textvqa, {"0": "Stop.", "1": "two"})["headline"] == pytest.approx(95.0)
 
-    mmbench = _items([{"index": 7, "answer": "A", "options": {}}, {"index": 1_000_007, "answer": "B", "options": {}},
-                      {"index": 8, "answer": "C", "options": {}}])
+    mmbench = _items(
+        [
+            {"index": 7, "answer": "A", "options": {}},
+            {"index": 1_000_007, "answer": "B", "options": {}},
+            {"index": 8, "answer": "C", "options": {}},
+        ]
+    )
     result = score("mmbench", mmbench, {"0": "A", "1": "A", "2": "C."})
     assert result["headline"] == pytest.approx(50.0) and result["vanilla_accuracy"] == 1.0
 
@@ -82,10 +107,12 @@ def test_suite_scores_by_hand():
 
 def test_prompts_follow_llava_eval():
     row = {"question": "Which one?", "choices": ["cat", "dog"], "hint": "Pets."}
-    assert questions.prompt("scienceqa", row) == ("Context: Pets.\nWhich one?\nA. cat\nB. dog\n"
-                                              "Answer with the option's letter from the given choices directly.")
+    assert questions.prompt("scienceqa", row) == (
+        "Context: Pets.\nWhich one?\nA. cat\nB. dog\nAnswer with the option's letter from the given choices directly."
+    )
     assert questions.prompt("gqa", {"question": "Is it red?"}) == (
-        "Is it red?\nAnswer the question using a single word or phrase.")
+        "Is it red?\nAnswer the question using a single word or phrase."
+    )
 
 
 def test_zero_shot_picks_the_nearest_class_text():
@@ -113,8 +140,9 @@ def test_zero_shot_datasets_load_from_folders_and_manifests(tmp_path, monkeypatc
     rows = [{"image": "a.jpg", "label": "zebra"}, {"image": "b.jpg", "label": "ant"}]
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    items, names = load_dataset(storage, ZeroShotDataset(name="m", root=str(tmp_path / "m"), layout="manifest"),
-                                "describe")
+    items, names = load_dataset(
+        storage, ZeroShotDataset(name="m", root=str(tmp_path / "m"), layout="manifest"), "describe"
+    )
     assert names == ["ant", "zebra"] and [i.fields["class_index"] for i in items] == [1, 0]
     assert items[0].image == str(tmp_path / "m" / "a.jpg")
 

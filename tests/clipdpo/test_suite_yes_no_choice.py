@@ -9,15 +9,18 @@ from clipdpo.evaluate.suite.mme import MMEItem, mme_answer, mme_scores
 from clipdpo.evaluate.suite.pope import pope_answer, pope_metrics
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Yes, there is a dog in the image.", "yes"),
-    ("No, there is no dog.", "no"),
-    ("There is not a dog in the image.", "no"),
-    ("Yes. But no cat is visible.", "yes"),  # only the first sentence counts
-    ("Nope", "yes"),  # not the word "no": LLaVA's parser calls it yes
-    ("no", "no"),
-    ("I see a dog, no cat", "no"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Yes, there is a dog in the image.", "yes"),
+        ("No, there is no dog.", "no"),
+        ("There is not a dog in the image.", "no"),
+        ("Yes. But no cat is visible.", "yes"),  # only the first sentence counts
+        ("Nope", "yes"),  # not the word "no": LLaVA's parser calls it yes
+        ("no", "no"),
+        ("I see a dog, no cat", "no"),
+    ],
+)
 def test_pope_parsing(text, expected):
     assert pope_answer(text) == expected
 
@@ -34,17 +37,30 @@ def test_pope_metrics_by_hand():
         pope_metrics(labels, answers[:4])
 
 
-@pytest.mark.parametrize("text,expected", [("Yes", "yes"), ("no", "no"), ("Yes, it is.", "yes"),
-                                           ("No it isn't", "no"), ("The answer is yes", "other"),
-                                           ("nope", "no")])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Yes", "yes"),
+        ("no", "no"),
+        ("Yes, it is.", "yes"),
+        ("No it isn't", "no"),
+        ("The answer is yes", "other"),
+        ("nope", "no"),
+    ],
+)
 def test_mme_parsing(text, expected):
     assert mme_answer(text) == expected
 
 
 def test_mme_acc_plus_needs_both_questions_of_an_image():
-    items = [MMEItem("existence", "a.jpg", "Yes", "Yes"), MMEItem("existence", "a.jpg", "No", "No"),
-             MMEItem("existence", "b.jpg", "Yes", "Yes"), MMEItem("existence", "b.jpg", "No", "Yes"),
-             MMEItem("count", "c.jpg", "Yes", "yes"), MMEItem("count", "c.jpg", "No", "no")]
+    items = [
+        MMEItem("existence", "a.jpg", "Yes", "Yes"),
+        MMEItem("existence", "a.jpg", "No", "No"),
+        MMEItem("existence", "b.jpg", "Yes", "Yes"),
+        MMEItem("existence", "b.jpg", "No", "Yes"),
+        MMEItem("count", "c.jpg", "Yes", "yes"),
+        MMEItem("count", "c.jpg", "No", "no"),
+    ]
     scores = mme_scores(items)
     # existence: 3 of 4 answers right = 75; images with both right 1 of 2 = 50 -> 125
     assert scores["existence"] == {"acc": 75.0, "acc_plus": 50.0, "score": 125.0}
@@ -54,8 +70,10 @@ def test_mme_acc_plus_needs_both_questions_of_an_image():
 
 def test_mmbench_circular_counts_a_question_only_if_every_rotation_is_right():
     records = [
-        {"index": 7, "prediction": "A", "answer": "A"}, {"index": 1_000_007, "prediction": "B", "answer": "B"},
-        {"index": 8, "prediction": "C", "answer": "C"}, {"index": 1_000_008, "prediction": "C", "answer": "D"},
+        {"index": 7, "prediction": "A", "answer": "A"},
+        {"index": 1_000_007, "prediction": "B", "answer": "B"},
+        {"index": 8, "prediction": "C", "answer": "C"},
+        {"index": 1_000_008, "prediction": "C", "answer": "D"},
         {"index": 9, "prediction": "b) the dog", "answer": "B"},
     ]
     m = mmbench_circular(records)

@@ -11,8 +11,10 @@ import pytest
 from clipdpo import tracking
 from clipdpo.storage import Storage, join
 
-ROWS = [{"step": 1, "loss": 0.69, "rewards/accuracy": 0.5, "note": "text", "flag": True},
-        {"step": 2, "loss": 0.61, "rewards/accuracy": 0.75}]
+ROWS = [
+    {"step": 1, "loss": 0.69, "rewards/accuracy": 0.5, "note": "text", "flag": True},
+    {"step": 2, "loss": 0.61, "rewards/accuracy": 0.75},
+]
 
 
 def _mlflow_env(tmp_path) -> dict:
@@ -30,9 +32,15 @@ def event_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
 
 def test_flatten_and_numeric():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": [1, 2], "f": {}}) == {
-        "a.b": 1, "a.c.d": "x", "e": [1, 2], "f": {}}
+        "a.b": 1,
+        "a.c.d": "x",
+        "e": [1, 2],
+        "f": {},
+    }
     assert tracking.numeric({"loss": 1, "ok": True, "name": "x", "none": None, "m": {"f1": 80.5}}) == {
-        "loss": 1.0, "m.f1": 80.5}
+        "loss": 1.0,
+        "m.f1": 80.5,
+    }
 
 
 def test_job_env_passes_on_only_the_tracking_settings():
@@ -41,8 +49,9 @@ def test_job_env_passes_on_only_the_tracking_settings():
 
 
 def test_nothing_configured_nothing_written(tmp_path):
-    tracker = tracking.open_tracker(str(tmp_path / "out"), storage=Storage(), local_dir=str(tmp_path / "tb"),
-                                    run_name="r", env={})
+    tracker = tracking.open_tracker(
+        str(tmp_path / "out"), storage=Storage(), local_dir=str(tmp_path / "tb"), run_name="r", env={}
+    )
     assert type(tracker) is tracking.Tracker
     tracker.log_params({"a": 1})
     tracker.log_metrics({"loss": 1.0}, step=1)
@@ -68,8 +77,9 @@ def test_mlflow_run_logged_resumed_and_continued_by_another_step(tmp_path):
     again.close()
     info = json.loads((tmp_path / "model" / tracking.TRACKING_FILE).read_text())
     # the evaluate step logs to the training's run
-    tracking.log_evaluation(str(tmp_path / "evaluation"), output, {"clip-dpo": {"amber": {"chair": 7.5}}}, storage,
-                            env=env)
+    tracking.log_evaluation(
+        str(tmp_path / "evaluation"), output, {"clip-dpo": {"amber": {"chair": 7.5}}}, storage, env=env
+    )
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs([client.get_experiment_by_name("clipdpo-test").experiment_id])
@@ -86,8 +96,9 @@ def test_mlflow_run_logged_resumed_and_continued_by_another_step(tmp_path):
 
 def test_tensorboard_event_files_on_s3_hold_the_loss(tmp_path, bucket):
     output, storage = join(bucket, "run", "model"), Storage()
-    tracker = tracking.open_tracker(output, storage=storage, local_dir=str(tmp_path / "tb"), run_name="train",
-                                    env={"CLIPDPO_TENSORBOARD": "1"})
+    tracker = tracking.open_tracker(
+        output, storage=storage, local_dir=str(tmp_path / "tb"), run_name="train", env={"CLIPDPO_TENSORBOARD": "1"}
+    )
     tracker.log_params({"beta": 0.1})
     for row in ROWS:
         tracker.log_metrics(row, step=row["step"])
@@ -101,8 +112,8 @@ def test_tensorboard_event_files_on_s3_hold_the_loss(tmp_path, bucket):
     assert [(step, round(value, 6)) for step, value in scalars["loss"]] == [(1, 0.69), (2, 0.61)]
     assert [value for _, value in scalars["rewards/accuracy"]] == [0.5, 0.75]
     assert json.loads(storage.read_bytes(join(output, tracking.TRACKING_FILE))) == {
-        "tensorboard": join(output, tracking.TENSORBOARD_DIR)}
-
+        "tensorboard": join(output, tracking.TENSORBOARD_DIR)
+    }
 
 
 def test_training_callbacks_only_when_asked_and_on_the_main_rank(tmp_path):
@@ -115,9 +126,13 @@ def test_training_callbacks_only_when_asked_and_on_the_main_rank(tmp_path):
         beta: float = 0.1
 
     def run(is_main):  # what the callback reads of the train stage's TrainRun
-        return SimpleNamespace(ctx=SimpleNamespace(is_main=is_main), cfg=Config(),
-                               storage=Storage(), output=str(tmp_path / "runs" / "r1" / "model"),
-                               checkpoints=SimpleNamespace(local_root=str(tmp_path / "scratch")))
+        return SimpleNamespace(
+            ctx=SimpleNamespace(is_main=is_main),
+            cfg=Config(),
+            storage=Storage(),
+            output=str(tmp_path / "runs" / "r1" / "model"),
+            checkpoints=SimpleNamespace(local_root=str(tmp_path / "scratch")),
+        )
 
     env = {"CLIPDPO_TENSORBOARD": "1"}
     assert tracking.training_callbacks(run(True), env={}) == []

@@ -15,16 +15,16 @@ import os
 
 import pytest
 import torch
+from pairs_fixture import write_pairs
 from safetensors.torch import load_file
+from train_runs import DEEPSPEED, assert_bit_identical_training, assert_same_training_up_to_rounding, cli, metrics
 
-from clipdpo.storage import Storage, join
+from clipdpo import train
 from clipdpo.demo.models import build_tiny_llava
+from clipdpo.storage import Storage, join
 from clipdpo.train.config import TrainConfig
 from clipdpo.train.data import BadPairsError, build_index
 from clipdpo.train.encode import PairEncoder
-from clipdpo import train
-from pairs_fixture import write_pairs
-from train_runs import DEEPSPEED, assert_bit_identical_training, assert_same_training_up_to_rounding, cli, metrics
 
 # This module's tests, test_povid_train.py's and test_trainjob.py's torchrun check are one xdist group (one worker,
 # one test after another): never two 2-rank training jobs at once on 2 cores (tests/conftest.py).
@@ -44,8 +44,17 @@ def pairs_dir(tmp_path_factory) -> str:
 
 
 def config(model: str, **overrides) -> TrainConfig:
-    values = dict(model=model, learning_rate=5e-3, global_batch_size=8, per_device_batch_size=4, max_length=64,
-                  warmup_ratio=0.0, epochs=2, save_steps=2, seed=7)
+    values = dict(
+        model=model,
+        learning_rate=5e-3,
+        global_batch_size=8,
+        per_device_batch_size=4,
+        max_length=64,
+        warmup_ratio=0.0,
+        epochs=2,
+        save_steps=2,
+        seed=7,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -66,20 +75,27 @@ def test_tiny_llava_learns_the_preference_through_s3(tiny_llava, bucket, capsys)
     accuracy = sum(r["rewards/accuracy"] for r in last_epoch) / 3
     margins = [r["rewards/margin"] for r in rows]
     with capsys.disabled():
-        print(f"\n[train] reward accuracy last epoch {accuracy:.3f}; margin step 1 {margins[0]:.4f} -> "
-              f"step 12 {margins[-1]:.4f}; loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}")
+        print(
+            f"\n[train] reward accuracy last epoch {accuracy:.3f}; margin step 1 {margins[0]:.4f} -> "
+            f"step 12 {margins[-1]:.4f}; loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}"
+        )
     assert accuracy > 0.8
     assert margins[-1] > margins[1] > 0
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.1
-    assert summary["data"] == {"pairs_good": 29, "pairs_truncated": 0, "pairs_bad_empty_chosen": 1,
-                               "pairs_bad_missing_image": 1, "pairs_bad_prompt_too_long": 1}
+    assert summary["data"] == {
+        "pairs_good": 29,
+        "pairs_truncated": 0,
+        "pairs_bad_empty_chosen": 1,
+        "pairs_bad_missing_image": 1,
+        "pairs_bad_prompt_too_long": 1,
+    }
     for key in ("lr", "samples_per_s", "tokens_per_s", "rewards/chosen", "rewards/rejected", "grad_norm"):
         assert key in rows[-1]
     assert rows[-1]["lr"] == 0.0  # cosine to zero
     # the model is a loadable Hugging Face checkpoint; frozen vision tower unchanged, projector trained
     local = os.path.join(os.path.dirname(tiny_llava), "downloaded")
     for uri in storage.list(join(output, "model")):
-        storage.download_file(uri, os.path.join(local, uri[len(join(output, "model")) + 1:]))
+        storage.download_file(uri, os.path.join(local, uri[len(join(output, "model")) + 1 :]))
     trained = load_file(os.path.join(local, "model.safetensors"))
     base = load_file(os.path.join(tiny_llava, "model.safetensors"))
     vision = [k for k in base if "vision_tower" in k]
@@ -175,8 +191,11 @@ def test_bad_pairs_are_named_by_row_id_and_refused_when_configured(tiny_llava, p
 
     encoder = PairEncoder(AutoProcessor.from_pretrained(tiny_llava), max_length=64)
     pairs = Artifact.open(Storage(), pairs_dir, kind="pairs")
-    with pytest.raises(BadPairsError, match=r"empty_chosen: 1 \(e.g. part-00000:3\).*missing_image: 1 "
-                                            r"\(e.g. part-00000:7\).*prompt_too_long: 1 \(e.g. part-00000:9\)"):
+    with pytest.raises(
+        BadPairsError,
+        match=r"empty_chosen: 1 \(e.g. part-00000:3\).*missing_image: 1 "
+        r"\(e.g. part-00000:7\).*prompt_too_long: 1 \(e.g. part-00000:9\)",
+    ):
         build_index(pairs, encoder, truncate=True, on_bad_pair="error")
     index = build_index(pairs, encoder, truncate=True, on_bad_pair="skip")
     assert len(index) == 29 and "part-00000:3" not in {index.row_id(i) for i in range(len(index))}
@@ -202,8 +221,9 @@ def test_truncation_cuts_only_the_response_never_image_tokens(tiny_llava):
     reference = full.encode(Image.new("RGB", (40, 40)), "describe the image", "a dog on a red sofa", "a cat", True)
     assert encoded.chosen_ids.tolist() == reference.chosen_ids[:3].tolist()  # the start of the response is kept
     with pytest.raises(ValueError, match="max_length"):
-        PairEncoder(processor, max_length=prompt_len).encode(Image.new("RGB", (40, 40)), "describe the image", "a", "b",
-                                                             True)
+        PairEncoder(processor, max_length=prompt_len).encode(
+            Image.new("RGB", (40, 40)), "describe the image", "a", "b", True
+        )
 
 
 @pytest.mark.slow  # three training runs
@@ -213,8 +233,10 @@ def test_reference_cache_is_reused_by_a_later_run(tiny_llava, pairs_dir, tmp_pat
     manifest = json.loads(storage.read_bytes(join(first["reference_cache"], "manifest.json")))
     second = train.run(config(tiny_llava, max_steps=1, learning_rate=1e-3), pairs_dir, str(tmp_path / "b"))
     assert second["reference_cache"] == first["reference_cache"]
-    assert json.loads(storage.read_bytes(join(first["reference_cache"], "manifest.json")))["created_unix"] == \
-        manifest["created_unix"]
+    assert (
+        json.loads(storage.read_bytes(join(first["reference_cache"], "manifest.json")))["created_unix"]
+        == manifest["created_unix"]
+    )
     # a different tokenisation is a different cache
     third = train.run(config(tiny_llava, max_steps=1, max_length=60), pairs_dir, str(tmp_path / "c"))
     assert third["reference_cache"] != first["reference_cache"]
@@ -240,8 +262,9 @@ def test_deepspeed_zero3_on_two_cpu_processes_trains_like_one_process(tiny_llava
 
 
 @pytest.mark.slow  # two DeepSpeed runs: ~75 s
-def test_deepspeed_zero3_killed_and_resumed_is_bit_identical_to_uninterrupted(tiny_llava, pairs_dir, zero3_run,
-                                                                              tmp_path):
+def test_deepspeed_zero3_killed_and_resumed_is_bit_identical_to_uninterrupted(
+    tiny_llava, pairs_dir, zero3_run, tmp_path
+):
     output = str(tmp_path / "zero3-killed")
     ds_env = {"DS_ACCELERATOR": "cpu"}
     killed = cli(tiny_llava, pairs_dir, output, DEEPSPEED + ["--kill-after-step", "5"], nproc=2, env=ds_env)
@@ -263,8 +286,10 @@ def test_empty_pairs_are_refused_before_any_model_work(tmp_path):
     # and the command line says it in one line, exit code 2, no traceback
     from clipdpo.train.__main__ import main
 
-    assert main(["--input", pairs, "--output", str(tmp_path / "model"),
-                 "--set", f"model={tmp_path / 'no-model-here'}"]) == 2
+    assert (
+        main(["--input", pairs, "--output", str(tmp_path / "model"), "--set", f"model={tmp_path / 'no-model-here'}"])
+        == 2
+    )
 
 
 def test_cli_reads_its_config_from_s3_and_refuses_sharding(bucket, capsys):
@@ -272,8 +297,19 @@ def test_cli_reads_its_config_from_s3_and_refuses_sharding(bucket, capsys):
 
     uri = join(bucket, "configs", "train.json")
     Storage().write_bytes(uri, json.dumps({"beta": 0.25, "loss_type": "ipo"}).encode())
-    main(["--input", join(bucket, "pairs"), "--output", join(bucket, "model"), "--config", uri,
-          "--set", "epochs=3", "--dry-run"])
+    main(
+        [
+            "--input",
+            join(bucket, "pairs"),
+            "--output",
+            join(bucket, "model"),
+            "--config",
+            uri,
+            "--set",
+            "epochs=3",
+            "--dry-run",
+        ]
+    )
     resolved = json.loads(capsys.readouterr().out)
     assert (resolved["beta"], resolved["loss_type"], resolved["epochs"]) == (0.25, "ipo", 3)
     with pytest.raises(SystemExit):

@@ -27,9 +27,18 @@ def parameters(function) -> list[str]:
     return [name for name in inspect.signature(function).parameters if name != "self"]
 
 
-@pytest.mark.parametrize("protocol, implementation", [
-    (Backend, DDPBackend), (Backend, DeepSpeedBackend), (Layout, Concatenated), (Layout, SharedPrefix),
-    (Callback, MetricsCallback), (Callback, CheckpointCallback), (Callback, TrackingCallback)])
+@pytest.mark.parametrize(
+    "protocol, implementation",
+    [
+        (Backend, DDPBackend),
+        (Backend, DeepSpeedBackend),
+        (Layout, Concatenated),
+        (Layout, SharedPrefix),
+        (Callback, MetricsCallback),
+        (Callback, CheckpointCallback),
+        (Callback, TrackingCallback),
+    ],
+)
 def test_each_implementation_has_what_its_protocol_names(protocol, implementation):
     methods, attributes = protocol_members(protocol)
     assert methods, protocol  # the Protocol declares something to check

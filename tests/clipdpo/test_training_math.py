@@ -72,8 +72,14 @@ def test_hinge_slic():
     beta = 0.1
     losses, _, _ = run("hinge", beta)
     assert losses.tolist() == pytest.approx([1 - 0.3, 1 + 0.25])
-    big_margin, _, _ = preference_loss(torch.tensor([0.0]), torch.tensor([-20.0]), torch.tensor([0.0]),
-                                       torch.tensor([0.0]), loss_type="hinge", beta=0.1)
+    big_margin, _, _ = preference_loss(
+        torch.tensor([0.0]),
+        torch.tensor([-20.0]),
+        torch.tensor([0.0]),
+        torch.tensor([0.0]),
+        loss_type="hinge",
+        beta=0.1,
+    )
     assert big_margin.item() == 0.0  # beta*h = 2 > 1: no loss
 
 
@@ -84,26 +90,38 @@ def test_kto_pair():
     rejected_ratios = [-2.0, 1.5]  # pr - rr
     chosen_kl = max(0.0, sum(chosen_ratios) / 2)  # 0
     rejected_kl = max(0.0, sum(rejected_ratios) / 2)  # 0 (mean -0.25 clamps to 0)
-    expected = [((1 - sigmoid(beta * (c - rejected_kl))) + (1 - sigmoid(beta * (chosen_kl - r)))) / 2
-                for c, r in zip(chosen_ratios, rejected_ratios)]
+    expected = [
+        ((1 - sigmoid(beta * (c - rejected_kl))) + (1 - sigmoid(beta * (chosen_kl - r)))) / 2
+        for c, r in zip(chosen_ratios, rejected_ratios)
+    ]
     assert losses.tolist() == pytest.approx(expected, abs=1e-12)
     # with a positive KL estimate the clamp does not bite
     pc, pr = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.0])
     rc, rr = torch.tensor([-3.0, -4.0]), torch.tensor([-5.0, -1.0])
     out, _, _ = preference_loss(pc, pr, rc, rr, loss_type="kto_pair", beta=0.5)
     ckl, rkl = (2.0 + 1.0) / 2, max(0.0, (3.0 + -1.0) / 2)
-    want = [((1 - sigmoid(0.5 * (2.0 - rkl))) + (1 - sigmoid(0.5 * (ckl - 3.0)))) / 2,
-            ((1 - sigmoid(0.5 * (1.0 - rkl))) + (1 - sigmoid(0.5 * (ckl - -1.0)))) / 2]
+    want = [
+        ((1 - sigmoid(0.5 * (2.0 - rkl))) + (1 - sigmoid(0.5 * (ckl - 3.0)))) / 2,
+        ((1 - sigmoid(0.5 * (1.0 - rkl))) + (1 - sigmoid(0.5 * (ckl - -1.0)))) / 2,
+    ]
     assert out.tolist() == pytest.approx(want, abs=1e-6)  # float32 inputs: values ~0.5, rounding ~1e-7
 
 
-@pytest.mark.parametrize("loss_type,smoothing", [("sigmoid", 0.0), ("sigmoid", 0.1), ("ipo", 0.0), ("hinge", 0.0),
-                                                 ("kto_pair", 0.0)])
+@pytest.mark.parametrize(
+    "loss_type,smoothing", [("sigmoid", 0.0), ("sigmoid", 0.1), ("ipo", 0.0), ("hinge", 0.0), ("kto_pair", 0.0)]
+)
 def test_gradient_pushes_chosen_up_and_rejected_down(loss_type, smoothing):
     pc = torch.tensor([-10.0, -12.0], requires_grad=True)
     pr = torch.tensor([-10.5, -11.0], requires_grad=True)
-    losses, _, _ = preference_loss(pc, pr, torch.tensor([-10.0, -12.0]), torch.tensor([-10.5, -11.0]),
-                                   loss_type=loss_type, beta=0.1, label_smoothing=smoothing)
+    losses, _, _ = preference_loss(
+        pc,
+        pr,
+        torch.tensor([-10.0, -12.0]),
+        torch.tensor([-10.5, -11.0]),
+        loss_type=loss_type,
+        beta=0.1,
+        label_smoothing=smoothing,
+    )
     losses.mean().backward()
     # gradient descent moves against the gradient: chosen log-prob rises, rejected falls
     assert (pc.grad < 0).all(), pc.grad
@@ -113,8 +131,14 @@ def test_gradient_pushes_chosen_up_and_rejected_down(loss_type, smoothing):
 def test_dpo_gradient_magnitude_matches_closed_form():
     # d/d pc of -logsigmoid(beta*h) = -beta * sigmoid(-beta*h); h = 0 at the reference -> -beta/2
     pc = torch.tensor([-3.0], requires_grad=True, dtype=torch.float64)
-    loss, _, _ = preference_loss(pc, torch.tensor([-4.0], dtype=torch.float64), torch.tensor([-3.0], dtype=torch.float64),
-                                 torch.tensor([-4.0], dtype=torch.float64), loss_type="sigmoid", beta=0.1)
+    loss, _, _ = preference_loss(
+        pc,
+        torch.tensor([-4.0], dtype=torch.float64),
+        torch.tensor([-3.0], dtype=torch.float64),
+        torch.tensor([-4.0], dtype=torch.float64),
+        loss_type="sigmoid",
+        beta=0.1,
+    )
     loss.sum().backward()
     assert pc.grad.item() == pytest.approx(-0.05)
     assert loss.item() == pytest.approx(math.log(2))
@@ -146,8 +170,9 @@ def test_sequence_logps_against_hand_softmax():
 def test_sequence_logps_ignores_padding_and_prompt_values():
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 5)
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 1, 2, IGNORE_INDEX, IGNORE_INDEX],
-                           [IGNORE_INDEX, 3, 4, 0, 1, 2]])
+    labels = torch.tensor(
+        [[IGNORE_INDEX, IGNORE_INDEX, 1, 2, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, 3, 4, 0, 1, 2]]
+    )
     changed = logits.clone()
     changed[0, 4:] = 100.0  # logits past the last labelled position of row 0 predict nothing labelled
     a, _, _ = sequence_logps(logits, labels)
@@ -170,9 +195,13 @@ def test_logps_at_predicting_positions_only_against_hand_softmax_and_the_full_lo
     # random rows with prompts, padding and an unlabelled row: the same values as from every position
     torch.manual_seed(1)
     logits = torch.randn(3, 7, 11)
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX, IGNORE_INDEX],
-                           [IGNORE_INDEX, 4, 5, 6, 7, 8, 9],
-                           [IGNORE_INDEX] * 7])
+    labels = torch.tensor(
+        [
+            [IGNORE_INDEX, IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX, IGNORE_INDEX],
+            [IGNORE_INDEX, 4, 5, 6, 7, 8, 9],
+            [IGNORE_INDEX] * 7,
+        ]
+    )
     kept = response_position_logps(logits[predicting_positions(labels)], labels)
     full = sequence_logps(logits, labels)
     for a, b in zip(kept, full):  # the same float32 terms, summed by index_add instead of a masked sum
@@ -198,7 +227,9 @@ def test_global_batch_is_checked():
     with pytest.raises(ValueError, match="not divisible"):
         accumulation_steps(cfg, 3)
     with pytest.raises(ValueError, match="gradient_accumulation_steps 4"):
-        accumulation_steps(TrainConfig(global_batch_size=256, per_device_batch_size=4, gradient_accumulation_steps=4), 8)
+        accumulation_steps(
+            TrainConfig(global_batch_size=256, per_device_batch_size=4, gradient_accumulation_steps=4), 8
+        )
 
 
 def test_epoch_order_is_a_seeded_two_level_shuffle():

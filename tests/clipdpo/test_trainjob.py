@@ -11,11 +11,11 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 import k8s_checks
-from clipdpo.cluster import trainjob
+import pytest
 from k8s_checks import train_spec as spec
+
+from clipdpo.cluster import trainjob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,8 +23,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_trainjob_is_valid_and_says_what_the_runtime_needs():
     job = trainjob.build(spec(queue_name="team-gpus", active_deadline_seconds=7200))
     k8s_checks.validate_trainjob(job)
-    assert job["spec"]["runtimeRef"] == {"name": "torch-distributed", "apiGroup": "trainer.kubeflow.org",
-                                         "kind": "ClusterTrainingRuntime"}
+    assert job["spec"]["runtimeRef"] == {
+        "name": "torch-distributed",
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+    }
     trainer = job["spec"]["trainer"]
     assert trainer["command"] == ["torchrun", "-m", "clipdpo.train"]  # no --nnodes etc.: PET_* decide
     assert trainer["args"] == ["--input", "s3://b/pairs", "--output", "s3://b/model"]
@@ -55,8 +58,9 @@ def test_gang_is_refused_with_a_pointer_to_what_works():
 
 
 def test_project_runtime_is_valid_and_adds_restarts_and_coscheduling():
-    runtime = trainjob.build_runtime("clipdpo-torch", "ghcr.io/x/clipdpo-train:0.1.0", max_restarts=3,
-                                     gang_timeout_seconds=900)
+    runtime = trainjob.build_runtime(
+        "clipdpo-torch", "ghcr.io/x/clipdpo-train:0.1.0", max_restarts=3, gang_timeout_seconds=900
+    )
     k8s_checks.validate_clustertrainingruntime(runtime)
     assert runtime["spec"]["template"]["spec"]["failurePolicy"] == {"maxRestarts": 3}
     assert runtime["spec"]["podGroupPolicy"] == {"coscheduling": {"scheduleTimeoutSeconds": 900}}
@@ -72,8 +76,12 @@ def test_a_wrong_field_fails_the_crd_check():
         (lambda j: j["spec"]["trainer"].update(numNode=2), "numNode"),
         (lambda j: j["spec"]["trainer"].update(numNodes="2"), "is not of type 'integer'"),
         (lambda j: j["spec"].update(backoffLimit=3), "backoffLimit"),  # a PyTorchJob field, not a TrainJob's
-        (lambda j: j["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
-         ["template"]["spec"]["template"]["spec"]["containers"][0].update(envFrom=[]), "envFrom"),
+        (
+            lambda j: j["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+                "template"
+            ]["spec"]["template"]["spec"]["containers"][0].update(envFrom=[]),
+            "envFrom",
+        ),
     ]:
         bad = copy.deepcopy(good)
         mutate(bad)
@@ -110,13 +118,26 @@ def test_torchrun_takes_its_rendezvous_from_the_runtimes_pet_variables(tmp_path)
     command = list(trainjob.TRAIN_COMMAND)
     command[0] = os.path.join(os.path.dirname(sys.executable), "torchrun")
     command[-1] = "pet_probe"  # the train entry point's own dist set-up, without a model to train
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT") and not k.startswith("PET_")}
-    env.update(PET_NNODES="1", PET_NPROC_PER_NODE="2", PET_NODE_RANK="0", PET_MASTER_ADDR="127.0.0.1",
-               PET_MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.join(ROOT, "src")]), PROBE_OUT=str(tmp_path))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("PET_")
+    }
+    env.update(
+        PET_NNODES="1",
+        PET_NPROC_PER_NODE="2",
+        PET_NODE_RANK="0",
+        PET_MASTER_ADDR="127.0.0.1",
+        PET_MASTER_PORT=str(_free_port()),
+        OMP_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.join(ROOT, "src")]),
+        PROBE_OUT=str(tmp_path),
+    )
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = sorted((json.loads(path.read_text()) for path in tmp_path.glob("rank*.json")), key=lambda r: r["rank"])
-    assert seen == [{"rank": 0, "world": 2, "local": 0, "ranks": [0, 1]},
-                    {"rank": 1, "world": 2, "local": 1, "ranks": [0, 1]}]
+    assert seen == [
+        {"rank": 0, "world": 2, "local": 0, "ranks": [0, 1]},
+        {"rank": 1, "world": 2, "local": 1, "ranks": [0, 1]},
+    ]

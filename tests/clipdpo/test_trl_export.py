@@ -9,12 +9,12 @@ import os
 
 import numpy as np
 import pytest
+from pairs_fixture import write_pairs
 from PIL import Image
 
 from clipdpo.artifacts import Artifact
 from clipdpo.filter.export import read_pair_images, trl_parquet, trl_table
 from clipdpo.storage import Storage
-from pairs_fixture import write_pairs
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,12 @@ def test_datasets_loads_the_export_with_the_images_decoded(exported):
     assert isinstance(dataset.features["images"].feature, datasets.Image)
     assert len(dataset) == pairs.num_rows
     original = dict(zip(images.column("image_id").to_pylist(), images.column("image").to_pylist()))
-    for row, image_id, prompt, chosen in zip(dataset, pairs.column("image_id").to_pylist(),
-                                             pairs.column("prompt").to_pylist(), pairs.column("chosen").to_pylist()):
+    for row, image_id, prompt, chosen in zip(
+        dataset,
+        pairs.column("image_id").to_pylist(),
+        pairs.column("prompt").to_pylist(),
+        pairs.column("chosen").to_pylist(),
+    ):
         assert isinstance(row["images"][0], Image.Image)
         expected = np.asarray(Image.open(io.BytesIO(original[image_id])).convert("RGB"))
         assert np.array_equal(np.asarray(row["images"][0].convert("RGB")), expected)  # PNG: lossless
@@ -81,10 +85,23 @@ def test_dpo_trainer_accepts_the_export_and_yields_a_batch(exported, processor, 
     torch.set_num_threads(1)
     model_path, model_processor = processor
     dataset = datasets.load_dataset("parquet", data_files=exported[0], split="train")
-    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, use_cpu=True, report_to=[],
-                     save_strategy="no", max_steps=1, bf16=False, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = DPOTrainer(model=LlavaForConditionalGeneration.from_pretrained(model_path), args=args,
-                         train_dataset=dataset, processing_class=model_processor)
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        max_steps=1,
+        bf16=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = DPOTrainer(
+        model=LlavaForConditionalGeneration.from_pretrained(model_path),
+        args=args,
+        train_dataset=dataset,
+        processing_class=model_processor,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 4 and "pixel_values" in batch
     assert trainer.train().training_loss > 0
@@ -113,8 +130,15 @@ def test_a_16_bit_image_is_exported_as_the_pixels_the_project_sees_and_others_ar
     ramp = np.array([[0, 257, 32896, 65535]], dtype="<u2")
     wide, plain = encoded(Image.frombytes("I;16", (4, 1), ramp.tobytes())), encoded(Image.new("RGB", (4, 1), (1, 2, 3)))
     images = pa.table({"image_id": ["wide", "plain"], "image": pa.array([wide, plain], pa.binary())})
-    pairs = pa.table({"image_id": ["wide", "plain"], "prompt": ["p", "p"], "chosen": ["a", "a"],
-                      "rejected": ["b", "b"], "kind": ["caption", "caption"]})
+    pairs = pa.table(
+        {
+            "image_id": ["wide", "plain"],
+            "prompt": ["p", "p"],
+            "chosen": ["a", "a"],
+            "rejected": ["b", "b"],
+            "kind": ["caption", "caption"],
+        }
+    )
     embedded = {row["image_id"]: row["images"][0]["bytes"] for row in trl_table(pairs, images).to_pylist()}
     assert embedded["plain"] == plain
     as_others_read = np.asarray(Image.open(io.BytesIO(embedded["wide"])).convert("RGB"))

@@ -31,9 +31,14 @@ def world_train() -> dict:
 
 def test_variants_are_table_5_and_change_only_the_loss():
     # Table 5's rows (Sec. 7.1), worked out from the paper: (loss_type, beta, label smoothing)
-    table_5 = {"dpo-beta0.3": ("sigmoid", 0.3, 0.0), "ipo": ("ipo", 0.1, 0.0), "kto": ("kto_pair", 0.1, 0.0),
-               "slic": ("hinge", 0.1, 0.0), "cdpo-beta0.1": ("sigmoid", 0.1, 0.1),
-               "cdpo-beta0.3": ("sigmoid", 0.3, 0.1)}
+    table_5 = {
+        "dpo-beta0.3": ("sigmoid", 0.3, 0.0),
+        "ipo": ("ipo", 0.1, 0.0),
+        "kto": ("kto_pair", 0.1, 0.0),
+        "slic": ("hinge", 0.1, 0.0),
+        "cdpo-beta0.1": ("sigmoid", 0.1, 0.1),
+        "cdpo-beta0.3": ("sigmoid", 0.3, 0.1),
+    }
     world = world_train()
     run_row = config_lib.from_dict(TrainConfig, world)
     assert (run_row.loss_type, run_row.beta, run_row.label_smoothing) == ("sigmoid", 0.1, 0.0)  # DPO beta 0.1
@@ -59,13 +64,17 @@ def test_the_run_row_must_be_dpo_beta_01_with_the_worlds_settings(bucket):
     assert ablation.run_row_mismatches({**run_config, "learning_rate": 1e-4}, world) == {"learning_rate": (1e-4, 5e-5)}
     # a world whose own loss is not the paper's: the run trained with it is refused too
     assert ablation.run_row_mismatches({**run_config, "loss_type": "ipo"}, {**world, "loss_type": "ipo"}) == {
-        "loss_type": ("ipo", "sigmoid")}
+        "loss_type": ("ipo", "sigmoid")
+    }
 
     run_root = join(bucket, "runs", "r")
     summary = join(run_root, "model", "train_summary.json")
     Storage().write_bytes(summary, json.dumps({"config": {**run_config, "beta": 0.3}}).encode())
-    with pytest.raises(SystemExit, match=r"train_summary.json: the run's model was not trained with the paper's "
-                                         r"loss .*beta=0.3 \(wanted 0.1\)"):
+    with pytest.raises(
+        SystemExit,
+        match=r"train_summary.json: the run's model was not trained with the paper's "
+        r"loss .*beta=0.3 \(wanted 0.1\)",
+    ):
         ablation.check_run({"world_train": world}, run_root)
     Storage().write_bytes(summary, json.dumps({"config": run_config}).encode())
     ablation.check_run({"world_train": world}, run_root)  # the paper's loss: accepted
@@ -73,14 +82,23 @@ def test_the_run_row_must_be_dpo_beta_01_with_the_worlds_settings(bucket):
 
 @pytest.mark.slow  # two tiny training runs: ~11 s on a busy 2-core machine
 def test_variants_train_on_the_runs_own_pairs_and_write_nothing_beside_them(bucket, tmp_path):
-    from clipdpo.demo.models import build_tiny_llava
     from pairs_fixture import write_pairs
+
+    from clipdpo.demo.models import build_tiny_llava
 
     storage, run_root = Storage(), join(bucket, "runs", "r")
     write_pairs(run_root, n_pairs=8, n_shards=1)  # the run's images and pairs, where a world run has them
     before = storage.list_info(run_root)
-    tiny = {"model": build_tiny_llava(str(tmp_path / "tiny-llava")), "learning_rate": 5e-3, "epochs": 1, "beta": 0.1,
-            "global_batch_size": 8, "per_device_batch_size": 4, "max_length": 64, "warmup_ratio": 0.0}
+    tiny = {
+        "model": build_tiny_llava(str(tmp_path / "tiny-llava")),
+        "learning_rate": 5e-3,
+        "epochs": 1,
+        "beta": 0.1,
+        "global_batch_size": 8,
+        "per_device_batch_size": 4,
+        "max_length": 64,
+        "warmup_ratio": 0.0,
+    }
     summaries = {}
     for variant in ("ipo", "cdpo-beta0.3"):
         assert ablation.train_variant({"world_train": tiny}, run_root, variant, say=lambda line: None) == 8
@@ -98,8 +116,13 @@ def test_variants_train_on_the_runs_own_pairs_and_write_nothing_beside_them(buck
 
 def test_table_rows_are_base_the_run_then_table_5_in_order():
     def result(chair):
-        return {"amber": {"generative": {"chair": chair, "hal": 2 * chair, "cover": 90.0},
-                          "discriminative": {"f1": 80.0}, "amber_score": (100 - chair + 80.0) / 2}}
+        return {
+            "amber": {
+                "generative": {"chair": chair, "hal": 2 * chair, "cover": 90.0},
+                "discriminative": {"f1": 80.0},
+                "amber_score": (100 - chair + 80.0) / 2,
+            }
+        }
 
     names = ["base", "clipdpo", *ablation.VARIANTS]
     metrics = {"results": {name: result(10.0 - k) for k, name in enumerate(sorted(names))}}
@@ -111,5 +134,6 @@ def test_table_rows_are_base_the_run_then_table_5_in_order():
 
 def test_without_a_finished_run_it_says_which_run_to_make_first(bucket, tmp_path):
     with pytest.raises(SystemExit, match=r"no finished world run to reuse .* `make pipeline-run WORLD=2 RUN_ID=w2`"):
-        ablation.main(["--run-id", "w2", "--world", "2", "--run-root", join(bucket, "runs", "w2"),
-                       "--state-dir", str(tmp_path)])
+        ablation.main(
+            ["--run-id", "w2", "--world", "2", "--run-root", join(bucket, "runs", "w2"), "--state-dir", str(tmp_path)]
+        )

@@ -32,10 +32,16 @@ def test_scores_and_responses_are_reused_not_recomputed(bucket):
     writer = ArtifactWriter(storage, source, "scores", {"run": "r"}, [])
     from clipdpo.schemas import schema_for
 
-    tables = {name: pa.Table.from_pylist([{"image_id": f"{name}-a", "kind": "caption", "clip_score": 30.0},
-                                          {"image_id": f"{name}-b", "kind": "caption", "clip_score": 27.5}],
-                                         schema=schema_for("scores"))
-              for name in ("part-00000", "part-00001")}
+    tables = {
+        name: pa.Table.from_pylist(
+            [
+                {"image_id": f"{name}-a", "kind": "caption", "clip_score": 30.0},
+                {"image_id": f"{name}-b", "kind": "caption", "clip_score": 27.5},
+            ],
+            schema=schema_for("scores"),
+        )
+        for name in ("part-00000", "part-00001")
+    }
     for name, table in tables.items():
         writer.write_shard(name, table)
     writer.finalize(list(tables))
@@ -48,31 +54,49 @@ def test_scores_and_responses_are_reused_not_recomputed(bucket):
 
     run_eval, target = join(bucket, "runs", "r", "evaluation"), join(bucket, "runs", "r-rules", "evaluation")
     for model in ("base", "clipdpo", "control"):
-        storage.write_bytes(join(run_eval, "responses", model, "amber-generative-abc", "part-00000.jsonl"),
-                            f'{{"id": "1", "response": "{model}"}}\n'.encode())
+        storage.write_bytes(
+            join(run_eval, "responses", model, "amber-generative-abc", "part-00000.jsonl"),
+            f'{{"id": "1", "response": "{model}"}}\n'.encode(),
+        )
     assert shared.copy_responses(run_eval, target, ["base", "clipdpo"], storage) == 2
     assert shared.copy_responses(run_eval, target, ["base", "clipdpo"], storage) == 0
-    assert storage.read_bytes(join(target, "responses", "clipdpo", "amber-generative-abc", "part-00000.jsonl")) == \
-        b'{"id": "1", "response": "clipdpo"}\n'
+    assert (
+        storage.read_bytes(join(target, "responses", "clipdpo", "amber-generative-abc", "part-00000.jsonl"))
+        == b'{"id": "1", "response": "clipdpo"}\n'
+    )
     assert storage.list(join(target, "responses", "control")) == []
 
 
 def test_table_shows_pairs_and_the_cut_against_base():
     def result(chair, hal, cover, f1):
-        return {"amber": {"generative": {"chair": chair, "hal": hal, "cover": cover, "cog": 1.0},
-                          "discriminative": {"f1": f1}, "amber_score": (100 - chair + f1) / 2}}
+        return {
+            "amber": {
+                "generative": {"chair": chair, "hal": hal, "cover": cover, "cog": 1.0},
+                "discriminative": {"f1": f1},
+                "amber_score": (100 - chair + f1) / 2,
+            }
+        }
 
-    metrics = {"results": {"base": result(10.0, 30.0, 95.0, 80.0), "neither": result(12.5, 33.0, 90.0, 79.0),
-                           "clipdpo": result(7.0, 21.0, 94.0, 80.5)}}  # any order in: base, paper, variants out
+    metrics = {
+        "results": {
+            "base": result(10.0, 30.0, 95.0, 80.0),
+            "neither": result(12.5, 33.0, 90.0, 79.0),
+            "clipdpo": result(7.0, 21.0, 94.0, 80.5),
+        }
+    }  # any order in: base, paper, variants out
     lines = shared.table(ablation.RULES, metrics, {"clipdpo": 578, "neither": 901}).splitlines()
     assert lines[2] == "| base (no DPO) | – | 10.0 | 30.0 | 95.0 | 80.0 | 85.00 |"
     # 7 / 10 - 1 = -30%, 21 / 30 - 1 = -30%; 12.5 / 10 - 1 = +25%, 33 / 30 - 1 = +10%
-    assert lines[3] == "| paper rules (margin > 2, length >= 0.75) | 578 | 7.0 (-30%) | 21.0 (-30%) | 94.0 | 80.5 | 86.75 |"
+    assert (
+        lines[3]
+        == "| paper rules (margin > 2, length >= 0.75) | 578 | 7.0 (-30%) | 21.0 (-30%) | 94.0 | 80.5 | 86.75 |"
+    )
     assert lines[4] == "| neither rule | 901 | 12.5 (+25%) | 33.0 (+10%) | 90.0 | 79.0 | 83.25 |"
 
 
 def test_without_a_finished_run_it_says_which_run_to_make_first(bucket, tmp_path):
     # checked before the world is built or looked up: no world lies in tmp_path
     with pytest.raises(SystemExit, match=r"no finished world run to reuse .* `make pipeline-run WORLD=2 RUN_ID=w2`"):
-        ablation.main(["--run-id", "w2", "--world", "2", "--run-root", join(bucket, "runs", "w2"),
-                       "--state-dir", str(tmp_path)])
+        ablation.main(
+            ["--run-id", "w2", "--world", "2", "--run-root", join(bucket, "runs", "w2"), "--state-dir", str(tmp_path)]
+        )

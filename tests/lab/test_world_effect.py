@@ -45,10 +45,10 @@ def one_thread():
 
 @pytest.mark.slow(seconds=300)  # the longest test: xdist starts it first (tests/conftest.py)
 def test_clipdpo_cuts_hallucination_against_base_and_control_on_a_small_world(tmp_path, one_thread):
-    from clipdpo_world import data
-    from clipdpo_world.build import build
     from clipdpo_lab.effect import sampled_metrics
     from clipdpo_lab.smalleffect import small_world, train_arms
+    from clipdpo_world import data
+    from clipdpo_world.build import build
 
     cfg = small_world(seed=0)
     paths = build(cfg, str(tmp_path / "world"), say=print)  # raises WorldBuildError on a CLIP or LVLM that fails
@@ -60,5 +60,6 @@ def test_clipdpo_cuts_hallucination_against_base_and_control_on_a_small_world(tm
         for other in ("base", "control"):
             assert got["clipdpo"][metric] <= RATIO * got[other][metric], (
                 f"CLIP-DPO {metric} {got['clipdpo'][metric]} is not below {RATIO} x {other}'s "
-                f"{got[other][metric]}: {got}")
+                f"{got[other][metric]}: {got}"
+            )
     assert got["clipdpo"]["cover"] >= got["base"]["cover"] - COVER_DROP, got

@@ -38,10 +38,10 @@ def local_configs(args, state: Path) -> dict:
 
 
 def test_world_flag_selects_the_world_configs_and_names_base_and_clipdpo(tmp_path, monkeypatch):
+    import torch
+
     from clipdpo.steps import artifact_uri
     from pipelines.run import pipeline_arguments
-
-    import torch
 
     for name in ("CLIPDPO_WORLD", "CLIPDPO_CONTROL", "CLIPDPO_WORLD_CACHE"):
         monkeypatch.delenv(name, raising=False)
@@ -96,22 +96,38 @@ def make_command(*assignments: str, kfp_host: str = "") -> list[str]:
     import shlex
     import subprocess
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KFP_HOST", "WORLD", "DEMO", "CONTROL", "RUN_ID", "METHOD", "ARMS", "QA")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KFP_HOST", "WORLD", "DEMO", "CONTROL", "RUN_ID", "METHOD", "ARMS", "QA")
+    }
     env.update({"KFP_HOST": kfp_host} if kfp_host else {})
-    out = subprocess.run(["make", "-n", "-s", "pipeline-run", *assignments], cwd=Path(__file__).resolve().parents[2],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "-s", "pipeline-run", *assignments],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     words = shlex.split(out.replace("\\\n", " "))
     start = max(n for n, word in enumerate(words) if word == "-m") + 1  # the run's (after any venv set-up)
-    runner = words[start:start + (2 if words[start] == "clipdpo_lab" else 1)]
-    return [" ".join(runner), *words[start + len(runner):]]
+    runner = words[start : start + (2 if words[start] == "clipdpo_lab" else 1)]
+    return [" ".join(runner), *words[start + len(runner) :]]
 
 
 def test_make_pipeline_run_defaults_to_world_0_and_the_demo_is_one_switch_away():
     lab = "clipdpo_lab run"
     assert make_command() == [lab, "--run-id", "world0", "--world", "0"]
-    assert make_command("WORLD=2", "CONTROL=shuffled") == [lab, "--run-id", "world2", "--world", "2", "--control",
-                                                           "shuffled"]
+    assert make_command("WORLD=2", "CONTROL=shuffled") == [
+        lab,
+        "--run-id",
+        "world2",
+        "--world",
+        "2",
+        "--control",
+        "shuffled",
+    ]
     assert make_command("DEMO=1") == ["pipelines.run", "--run-id", "demo"]
     # a cluster run takes its configs from CLIPDPO_CONFIG_DIR: no world is built for it
     assert make_command(kfp_host="http://kfp.example") == ["pipelines.run", "--run-id", "demo"]
@@ -130,25 +146,48 @@ def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path,
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     root = fake_built_world(tmp_path / "cache", seed=4)
-    args = parse(["--world", "4", "--world-cache", str(tmp_path / "cache"), "--method", "povid",
-                  "--arms", "clipdpo,povid,both,control"], monkeypatch)
+    args = parse(
+        [
+            "--world",
+            "4",
+            "--world-cache",
+            str(tmp_path / "cache"),
+            "--method",
+            "povid",
+            "--arms",
+            "clipdpo,povid,both,control",
+        ],
+        monkeypatch,
+    )
     assert extra_arms(args) == ("clipdpo", "both", "control")  # the pipeline's own method is not trained twice
     configs = local_configs(args, tmp_path / "state")
     train = configs["train"]
     assert (train["method"], train["reference"], train["povid"]["stage1_epochs"], train["povid"]["stage2_epochs"]) == (
-        "povid", "model", 3, 1)
+        "povid",
+        "model",
+        3,
+        1,
+    )
     assert train["povid"]["noise_step"] == 500 and train["model"] == str(root.resolve() / "lvlm")
     assert configs["world_train"]["epochs"] == 2 and "method" not in configs["world_train"]  # the CLIP-DPO arm's
-    assert configs["povid"] == {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter",
-                                "ground_truth": str(root.resolve() / "images"), "seed": 4}
+    assert configs["povid"] == {
+        "source": "plugin",
+        "rewriter": "clipdpo_world.povid_source:rewriter",
+        "ground_truth": str(root.resolve() / "images"),
+        "seed": 4,
+    }
     arguments = pipeline_arguments(args, configs, "local")
     assert json.loads(arguments["train_config"])["method"] == "povid"
     assert json.loads(arguments["povid_config"])["source"] == "plugin"
     assert [m["name"] for m in configs["evaluate"]["models"]] == ["base", "povid"]
     models = evaluate_models("/w/lvlm", "s3://b/runs/r", method="povid", arms=extra_arms(args))
     assert [(m["name"], m["path"]) for m in models] == [
-        ("base", "/w/lvlm"), ("povid", "s3://b/runs/r/model/model"), ("clipdpo", "s3://b/runs/r-clipdpo/model/model"),
-        ("both", "s3://b/runs/r-both/model/model"), ("control", "s3://b/runs/r-control/model/model")]
+        ("base", "/w/lvlm"),
+        ("povid", "s3://b/runs/r/model/model"),
+        ("clipdpo", "s3://b/runs/r-clipdpo/model/model"),
+        ("both", "s3://b/runs/r-both/model/model"),
+        ("control", "s3://b/runs/r-control/model/model"),
+    ]
     with pytest.raises(SystemExit):  # an arm the world does not know
         parse(["--world", "4", "--arms", "clipdpo,dpo"], monkeypatch)
     with pytest.raises(SystemExit):  # a method the world does not know
@@ -158,8 +197,15 @@ def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path,
 def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
     lab = "clipdpo_lab run"
     assert make_command("WORLD=2", "METHOD=povid") == [lab, "--run-id", "world2", "--world", "2", "--method", "povid"]
-    assert make_command("ARMS=clipdpo,povid,both,control") == [lab, "--run-id", "world0", "--world", "0", "--arms",
-                                                              "clipdpo,povid,both,control"]
+    assert make_command("ARMS=clipdpo,povid,both,control") == [
+        lab,
+        "--run-id",
+        "world0",
+        "--world",
+        "0",
+        "--arms",
+        "clipdpo,povid,both,control",
+    ]
     assert make_command("DEMO=1", "METHOD=povid") == ["pipelines.run", "--run-id", "demo"]  # the arms are the world's
 
 
@@ -176,8 +222,16 @@ def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypa
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     fake_built_world(tmp_path / "cache", seed=4)
-    world = ["--world", "4", "--world-cache", str(tmp_path / "cache"), "--method", "povid",
-             "--arms", "clipdpo,povid,both,control"]
+    world = [
+        "--world",
+        "4",
+        "--world-cache",
+        str(tmp_path / "cache"),
+        "--method",
+        "povid",
+        "--arms",
+        "clipdpo,povid,both,control",
+    ]
     sets = ["train.learning_rate=2e-5", "train.povid.stage1_epochs=2", "filter.pair_min_margin=3"]
     args = parse([*world, *(word for item in sets for word in ("--set", item))], monkeypatch)
     configs = local_configs(args, tmp_path / "state")
@@ -193,19 +247,24 @@ def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypa
     assert configs["filter"]["pair_min_margin"] == 3  # the control arm filters with the run's filter config
     # without --set each arm keeps its method's values (POVID 1e-5, the world's CLIP-DPO 5e-5)
     assert [arm_train_config(plain, arm)["learning_rate"] for arm in ("povid", "both", "clipdpo", "control")] == [
-        1e-5, 1e-5, 5e-5, 5e-5]
+        1e-5,
+        1e-5,
+        5e-5,
+        5e-5,
+    ]
     # the lab's own keys are not pipeline parameters: the product sees only its configs
     assert set(pipeline_arguments(args, configs, "local")) == set(pipeline_arguments(args, plain, "local"))
-    assert not {"world_train", "train_overrides"} & {key.removesuffix("_config")
-                                                      for key in pipeline_arguments(args, configs, "local")}
+    assert not {"world_train", "train_overrides"} & {
+        key.removesuffix("_config") for key in pipeline_arguments(args, configs, "local")
+    }
     with pytest.raises(SystemExit):  # on the world, --method and --arms say which methods train
         parse([*world, "--set", "train.method=both"], monkeypatch)
 
 
 def test_povid_text_arm_is_povid_without_the_noisy_image_term():
     """POVID's Table 3 ablation as an arm: POVID's train config with beta_2 = 0 and nothing else changed."""
+    from clipdpo_lab.arms import ARMS, arm_root, arm_train_config
     from clipdpo_world.stageconfigs import method_train_config
-    from clipdpo_lab.arms import ARMS, arm_train_config, arm_root
 
     world_train = {"model": "/w/lvlm", "learning_rate": 5e-5, "epochs": 2, "beta": 0.1}
     configs = {"world_train": world_train}

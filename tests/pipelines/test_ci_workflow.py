@@ -27,8 +27,9 @@ def run_step(script: str, env: dict) -> dict[str, str]:
     """Run a step's bash script as Actions does, and read what it wrote to GITHUB_OUTPUT."""
     out = os.path.join(env["TMP"], "github_output")
     open(out, "w").close()
-    subprocess.run(["bash", "-e", "-c", script], env={"PATH": os.environ["PATH"], **env, "GITHUB_OUTPUT": out},
-                   check=True)
+    subprocess.run(
+        ["bash", "-e", "-c", script], env={"PATH": os.environ["PATH"], **env, "GITHUB_OUTPUT": out}, check=True
+    )
     return dict(line.split("=", 1) for line in open(out).read().splitlines())
 
 
@@ -64,11 +65,15 @@ def test_the_gate_job_finds_the_run_retrain_submitted(tmp_path):
     assert job["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
     latest = step(job, "kfpclient latest")
     script = latest["run"].replace("PYTHONPATH=src .venv/bin/python -m clipdpo.cluster.kfpclient", "echo")
-    printed = subprocess.run(["bash", "-e", "-c", script], env={"PATH": os.environ["PATH"], "BRANCH": "Feature/Rules_2",
-                                                              "GITHUB_OUTPUT": str(tmp_path / "o")},
-                             capture_output=True, text=True, check=True).stdout
-    assert f'--prefix {submitted["prefix"]}' in printed
+    printed = subprocess.run(
+        ["bash", "-e", "-c", script],
+        env={"PATH": os.environ["PATH"], "BRANCH": "Feature/Rules_2", "GITHUB_OUTPUT": str(tmp_path / "o")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"--prefix {submitted['prefix']}" in printed
     reads = step(job, "clipdpo.gate")
     assert reads["if"].startswith("steps.run.outputs.ended == 'true'")
     assert reads["env"]["RUN_ID"] == "${{ steps.run.outputs.run_id }}"
-    assert '/runs/$RUN_ID/gate/decision.json' in reads["run"] and 'test "$RUN_STATE" = SUCCEEDED' in reads["run"]
+    assert "/runs/$RUN_ID/gate/decision.json" in reads["run"] and 'test "$RUN_STATE" = SUCCEEDED' in reads["run"]

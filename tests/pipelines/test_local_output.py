@@ -38,8 +38,7 @@ def run_two_steps(tmp_path, verbose: bool, a: int = 1, pipeline=two_steps):
 
     from pipelines.local_output import steps_only
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
-               enable_caching=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"), enable_caching=True)
     with steps_only(str(tmp_path / "logs" / "run.log"), verbose) as seen:
         pipeline(a=a)
     return seen
@@ -49,13 +48,17 @@ def test_one_line_per_step_and_kfp_output_in_the_log(tmp_path, capsys):
     assert run_two_steps(tmp_path, verbose=False) == {"add", "add-2"}
     out = capsys.readouterr().out.splitlines()
     assert [re.sub(r"\s+", " ", line.strip()) for line in out] == [
-        "add run – rows – s", "add-2 run – rows – s",
-        f"kfp's local executor output: {tmp_path / 'logs' / 'run.log'}"]
+        "add run – rows – s",
+        "add-2 run – rows – s",
+        f"kfp's local executor output: {tmp_path / 'logs' / 'run.log'}",
+    ]
     log = (tmp_path / "logs" / "run.log").read_text()
     assert "Executing task" in log and "executor_input" in log and "finished with status" in log
     assert run_two_steps(tmp_path, verbose=False) == {"add", "add-2"}  # the same inputs: kfp's cache serves both
-    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()[:2]] == [["add", "cached"],
-                                                                                        ["add-2", "cached"]]
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()[:2]] == [
+        ["add", "cached"],
+        ["add-2", "cached"],
+    ]
 
 
 def test_a_branch_not_taken_is_not_among_the_runs_steps(tmp_path, capsys):
@@ -84,8 +87,9 @@ def test_a_loop_iteration_is_named_by_its_index_and_rows_come_from_its_metrics(t
     said, log = [], open(tmp_path / "log", "w")
     stream = StepLines(log, said.append)
     stream.write(f"    [KFP Executor] INFO]: Wrote executor output file to {task / 'executor_output.json'}.\n")
-    stream.write("21:41:57.021 - INFO - Task \x1b[96m'generate-shard'\x1b[0m finished with status "
-                 "\x1b[92mSUCCESS\x1b[0m\n")
+    stream.write(
+        "21:41:57.021 - INFO - Task \x1b[96m'generate-shard'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n"
+    )
     assert said == [step_line("generate-shard[3]", cached=False, metrics={"rows": 1234, "step_seconds": 41.94})]
     assert re.sub(r"\s+", " ", said[0].strip()) == "generate-shard[3] run 1,234 rows 41.9 s"
 
@@ -107,7 +111,9 @@ def test_set_changes_one_stage_config():
 
     configs = {"filter": {"pair_min_margin": 0.5, "caption_min_score": -100.0}, "train": {"epochs": 2}}
     assert with_overrides(configs, ["filter.pair_min_margin=3", "train.epochs=1"]) == {
-        "filter": {"pair_min_margin": 3, "caption_min_score": -100.0}, "train": {"epochs": 1}}
+        "filter": {"pair_min_margin": 3, "caption_min_score": -100.0},
+        "train": {"epochs": 1},
+    }
     assert configs["filter"]["pair_min_margin"] == 0.5  # a copy
 
 
@@ -123,8 +129,11 @@ def test_parallel_iterations_each_get_their_line_and_a_failure_shows(tmp_path):
         stream.write(f"  Wrote executor output file to {task / 'executor_output.json'}.\n")
     stream.write("INFO - Task 'evaluate-task' finished with status SUCCESS\n")
     stream.write("ERROR - Task 'score-shard' finished with status FAILURE\n")
-    assert [line.split()[:2] for line in said] == [["evaluate-task[0]", "run"], ["evaluate-task[1]", "run"],
-                                                   ["score-shard", "FAILURE"]]
+    assert [line.split()[:2] for line in said] == [
+        ["evaluate-task[0]", "run"],
+        ["evaluate-task[1]", "run"],
+        ["score-shard", "FAILURE"],
+    ]
 
 
 def test_a_root_handler_on_the_terminal_logs_into_the_run_log_within(tmp_path, capsys):

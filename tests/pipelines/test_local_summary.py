@@ -10,8 +10,12 @@ from clipdpo.report.local_summary import collect, display_name, format_summary, 
 
 def _task(root, run, task, metadata):
     os.makedirs(os.path.join(root, run, task))
-    output = {"artifacts": {"metrics": {"artifacts": [{"name": "metrics", "uri": "x", "metadata": metadata}]},
-                            "report_html": {"artifacts": [{"name": "report_html", "uri": "y"}]}}}
+    output = {
+        "artifacts": {
+            "metrics": {"artifacts": [{"name": "metrics", "uri": "x", "metadata": metadata}]},
+            "report_html": {"artifacts": [{"name": "report_html", "uri": "y"}]},
+        }
+    }
     with open(os.path.join(root, run, task, "executor_output.json"), "w") as out:
         json.dump(output, out)
 
@@ -28,7 +32,10 @@ def test_cached_steps_take_their_numbers_from_the_run_that_ran_them(tmp_path):
     before = {os.path.join(root, "clipdpo-2026-11-29-10-00-00-000001")}  # this run made the 11:00 folder
     lines = collect(root, "clipdpo", ["ingest", "train", "evaluate"], before)
     assert [(line.task, line.cached, line.rows) for line in lines] == [
-        ("ingest", True, 10.0), ("train", False, 6.0), ("evaluate", False, None)]
+        ("ingest", True, 10.0),
+        ("train", False, 6.0),
+        ("evaluate", False, None),
+    ]
     # a rerun served wholly from kfp's cache adds no folder: every step is cached
     everything_before = set(run_dirs(root, "clipdpo"))
     assert all(line.cached for line in collect(root, "clipdpo", ["ingest", "train"], everything_before))
@@ -53,10 +60,13 @@ def test_a_step_this_run_did_not_reach_is_left_out(tmp_path):
     before = {os.path.join(root, "clipdpo-2026-11-29-10-00-00-000001")}
     assert [line.task for line in collect(root, "clipdpo", tasks, before)] == tasks  # no run's steps given: all
     lines = collect(root, "clipdpo", tasks, before, this_run={"povid-pairs-cpu", "score-shard"})
-    assert [(line.task, line.cached) for line in lines] == [("for-loop-1-iteration-0/score-shard", False),
-                                                             ("povid-pairs-cpu", False)]
+    assert [(line.task, line.cached) for line in lines] == [
+        ("for-loop-1-iteration-0/score-shard", False),
+        ("povid-pairs-cpu", False),
+    ]
 
 
 def test_no_runs_yet(tmp_path):
     assert [(line.cached, line.metrics) for line in collect(str(tmp_path / "none"), "clipdpo", ["ingest"], set())] == [
-        (False, {})]
+        (False, {})
+    ]

@@ -16,7 +16,7 @@ def summary_table(out: str) -> list[str]:
     """The lines of the run's closing summary, from its header on."""
     headers = list(re.finditer(r"^step\s+cached\s+rows\s+seconds$", out, re.M))
     assert headers, out[-2000:]
-    return out[headers[-1].start():].splitlines()
+    return out[headers[-1].start() :].splitlines()
 
 
 @pytest.mark.slow(seconds=200)  # three demo runs; seconds: for the xdist order (tests/conftest.py)
@@ -86,10 +86,14 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     # a retraining run (new run root, same bucket): the base model's results come from the eval cache
     assert main([*argv[:1], "retrain", *argv[2:]]) == 0
     retrain = f"s3://{bucket}/runs/retrain"
-    records = {uri.rsplit("/tasks/", 1)[1]: json.loads(storage.read_bytes(uri))
-               for uri in storage.list(join(retrain, "evaluation", "tasks"))}
+    records = {
+        uri.rsplit("/tasks/", 1)[1]: json.loads(storage.read_bytes(uri))
+        for uri in storage.list(join(retrain, "evaluation", "tasks"))
+    }
     assert all(r["inferred"] == 0 and r["cached"] for name, r in records.items() if name.startswith("base/"))
     assert all(r["inferred"] > 0 for name, r in records.items() if name.startswith("clip-dpo/"))
     assert storage.list(join(retrain, "evaluation", "responses", "base")) == []
-    assert json.loads(storage.read_bytes(join(retrain, "evaluation", "metrics.json")))["results"]["base"] == \
-        metrics["results"]["base"]
+    assert (
+        json.loads(storage.read_bytes(join(retrain, "evaluation", "metrics.json")))["results"]["base"]
+        == metrics["results"]["base"]
+    )

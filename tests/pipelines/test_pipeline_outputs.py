@@ -22,7 +22,10 @@ def test_every_step_declares_metrics_and_the_report_html_and_markdown(spec):
     for name, component in steps.items():
         assert _output_artifacts(component).get("metrics") == "system.Metrics", name
     assert _output_artifacts(steps["comp-report"]) == {
-        "metrics": "system.Metrics", "report_html": "system.HTML", "report_markdown": "system.Markdown"}
+        "metrics": "system.Metrics",
+        "report_html": "system.HTML",
+        "report_markdown": "system.Markdown",
+    }
 
 
 def test_the_report_step_runs_after_evaluate_in_the_evaluate_image(spec):
@@ -39,5 +42,8 @@ def test_train_and_evaluate_read_tracking_settings_from_an_optional_config_map(c
         (config_map,) = executors[name]["configMapAsEnv"]
         assert config_map["configMapName"] == "clipdpo-tracking" and config_map["optional"] is True
         assert {pair["envVar"] for pair in config_map["keyToEnv"]} == {
-            "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "CLIPDPO_TENSORBOARD"}
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_EXPERIMENT_NAME",
+            "CLIPDPO_TENSORBOARD",
+        }
     assert "configMapAsEnv" not in executors["exec-filter-pairs"]

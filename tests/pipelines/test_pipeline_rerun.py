@@ -12,8 +12,7 @@ import pytest
 
 S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 EARLY = ("ingest", "generate-shard[0]", "generate-finalize", "score-shard[0]", "score-finalize")
-LATE = ("filter-pairs", "train", "plan-evaluation", "evaluate-task[0]", "evaluate-task[1]", "evaluate-merge",
-        "report")
+LATE = ("filter-pairs", "train", "plan-evaluation", "evaluate-task[0]", "evaluate-task[1]", "evaluate-merge", "report")
 
 
 @contextlib.contextmanager
@@ -47,7 +46,7 @@ def run(argv, monkeypatch, capsys) -> str:
 def cached_column(out: str) -> dict[str, str]:
     """step -> yes/no from the run's closing summary."""
     header = list(re.finditer(r"^step\s+cached\s+rows\s+seconds$", out, re.M))[-1]
-    rows = out[header.end():].split("\n\n", 1)[0].strip().splitlines()
+    rows = out[header.end() :].split("\n\n", 1)[0].strip().splitlines()
     return {line.split()[0]: line.split()[1] for line in rows}
 
 
@@ -66,14 +65,25 @@ def expected_pairs(pairs) -> tuple[float, int]:
 
 @pytest.mark.slow(seconds=240)  # four demo runs; seconds: for the xdist order (tests/conftest.py)
 def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reruns_everything(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     from clipdpo.artifacts import Artifact
     from clipdpo.storage import join
 
     state = tmp_path / "state"
     root = "s3://clipdpo-local/runs/rerun"
-    argv = ["--run-id", "rerun", "--state-dir", str(state), "--shards", "1", "--set", "evaluate.zero_shot=null",
-            "--set", "evaluate.suite=[]"]
+    argv = [
+        "--run-id",
+        "rerun",
+        "--state-dir",
+        str(state),
+        "--shards",
+        "1",
+        "--set",
+        "evaluate.zero_shot=null",
+        "--set",
+        "evaluate.suite=[]",
+    ]
     first = run(argv, monkeypatch, capsys)
     assert set(cached_column(first).values()) == {"no"}
     # short output: one line per step as it ends, the gate's table, where things are, the summary
@@ -110,8 +120,13 @@ def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reru
         storage.write_bytes(pairs.shard_uri(pairs.shard_names[0]), bytes(flipped))
     repaired = run([*argv, "--set", f"filter.pair_min_margin={margin}"], monkeypatch, capsys)
     cached = cached_column(repaired)
-    assert {step for step, hit in cached.items() if hit == "no"} == \
-        {"score-shard[0]", "score-finalize", "filter-pairs", "training-pairs", "gate"}, repaired
+    assert {step for step, hit in cached.items() if hit == "no"} == {
+        "score-shard[0]",
+        "score-finalize",
+        "filter-pairs",
+        "training-pairs",
+        "gate",
+    }, repaired
     assert "outputs are gone or replaced" in repaired
     with serving(state, monkeypatch) as storage:
         for kind in ("scores", "pairs"):
@@ -125,8 +140,12 @@ def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reru
     # only the plans, whose outputs are lists, not data, and the same as before, the povid placement (a word:
     # "cpu" here) and povid-pairs on the CPU, which makes nothing for method clipdpo (it returns "": no artifact
     # to lose)
-    assert {step for step, cached in cached_column(third).items() if cached == "yes"} == \
-        {"plan-shards", "plan-evaluation", "povid-placement", "povid-pairs-cpu"}, third
+    assert {step for step, cached in cached_column(third).items() if cached == "yes"} == {
+        "plan-shards",
+        "plan-evaluation",
+        "povid-placement",
+        "povid-pairs-cpu",
+    }, third
     with serving(state, monkeypatch) as storage:
         assert Artifact.open(storage, join(root, "pairs"), kind="pairs").manifest.rows == count
         assert storage.exists(join(root, "model", "train_summary.json"))

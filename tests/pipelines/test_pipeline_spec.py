@@ -13,11 +13,22 @@ from clipdpo.stages import NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGE_EXECUTORS = {  # executor -> image of its stage
-    "exec-ingest": "filter", "exec-generate-shard": "generate", "exec-generate-finalize": "generate",
-    "exec-score-shard": "score", "exec-score-finalize": "score", "exec-filter-pairs": "filter",
-    "exec-plan-shards": "filter", "exec-train": "train", "exec-plan-evaluation": "filter",
-    "exec-evaluate-task": "evaluate", "exec-evaluate-merge": "evaluate", "exec-gate": "filter", "exec-report": "evaluate",
-    "exec-povid-pairs": "generate", "exec-training-pairs": "filter", "exec-povid-placement": "filter",
+    "exec-ingest": "filter",
+    "exec-generate-shard": "generate",
+    "exec-generate-finalize": "generate",
+    "exec-score-shard": "score",
+    "exec-score-finalize": "score",
+    "exec-filter-pairs": "filter",
+    "exec-plan-shards": "filter",
+    "exec-train": "train",
+    "exec-plan-evaluation": "filter",
+    "exec-evaluate-task": "evaluate",
+    "exec-evaluate-merge": "evaluate",
+    "exec-gate": "filter",
+    "exec-report": "evaluate",
+    "exec-povid-pairs": "generate",
+    "exec-training-pairs": "filter",
+    "exec-povid-placement": "filter",
     "exec-povid-pairs-cpu": "filter",
 }
 
@@ -55,8 +66,14 @@ def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
         assert accelerator["resourceType"] == "nvidia.com/gpu" and int(accelerator["resourceCount"]) == 1
         tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]["tolerations"]
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
-    for name in ("exec-filter-pairs", "exec-train", "exec-ingest", "exec-training-pairs", "exec-povid-placement",
-                 "exec-povid-pairs-cpu"):
+    for name in (
+        "exec-filter-pairs",
+        "exec-train",
+        "exec-ingest",
+        "exec-training-pairs",
+        "exec-povid-placement",
+        "exec-povid-pairs-cpu",
+    ):
         assert "accelerator" not in executors[name]["container"].get("resources", {})
 
 
@@ -107,12 +124,20 @@ def test_compile_is_deterministic_and_images_follow_settings(compiled, compile_t
     again = str(tmp_path / "again.yaml")
     compile_to(again)
     assert open(path).read() == open(again).read()
-    spec, _ = compile_to(str(tmp_path / "custom.yaml"), CLIPDPO_REGISTRY="registry.example.com/ml",
-                         CLIPDPO_IMAGE_TAG="2.0.1")
-    assert spec["deploymentSpec"]["executors"]["exec-train"]["container"]["image"] == \
-        "registry.example.com/ml/clipdpo-train:2.0.1"
-    failed = subprocess.run([sys.executable, "-m", "pipelines.compile", str(tmp_path / "x.yaml")], cwd=ROOT,
-                            env={**os.environ, "CLIPDPO_IMAGE_TAG": "latest"}, capture_output=True, text=True)
+    spec, _ = compile_to(
+        str(tmp_path / "custom.yaml"), CLIPDPO_REGISTRY="registry.example.com/ml", CLIPDPO_IMAGE_TAG="2.0.1"
+    )
+    assert (
+        spec["deploymentSpec"]["executors"]["exec-train"]["container"]["image"]
+        == "registry.example.com/ml/clipdpo-train:2.0.1"
+    )
+    failed = subprocess.run(
+        [sys.executable, "-m", "pipelines.compile", str(tmp_path / "x.yaml")],
+        cwd=ROOT,
+        env={**os.environ, "CLIPDPO_IMAGE_TAG": "latest"},
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode != 0 and "latest" in failed.stderr
 
 
@@ -122,8 +147,7 @@ def test_evaluate_fans_out_per_model_and_task_then_merges_and_gates(compiled):
     loop = next(task for task in root.values() if "plan-evaluation" in str(task.get("parameterIterator", "")))
     assert set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == {"evaluate-task"}
     assert "for-loop" in str(root["evaluate-merge"]["inputs"]["parameters"]["task_records"])  # every record
-    assert root["gate"]["inputs"]["parameters"]["report_uri"]["taskOutputParameter"]["producerTask"] == \
-        "evaluate-merge"
+    assert root["gate"]["inputs"]["parameters"]["report_uri"]["taskOutputParameter"]["producerTask"] == "evaluate-merge"
     assert "gate_config" in spec["root"]["inputDefinitions"]["parameters"]
 
 
@@ -175,26 +199,38 @@ def test_povid_pairs_hold_a_gpu_only_for_an_llm_rewrite(compiled):
     for name in ("exec-povid-pairs-cpu", "exec-povid-placement"):
         container = executors[name]["container"]
         assert container["image"].startswith("ghcr.io/clipdpo/clipdpo-filter:"), name
-        assert set(container["resources"]) == {"cpuRequest", "memoryRequest", "resourceCpuRequest",
-                                               "resourceMemoryRequest"}, name
+        assert set(container["resources"]) == {
+            "cpuRequest",
+            "memoryRequest",
+            "resourceCpuRequest",
+            "resourceMemoryRequest",
+        }, name
         assert "tolerations" not in placed.get(name, {}) and "nodeSelector" not in placed.get(name, {}), name
 
     selectors = branches["outputs"]["parameters"]
     (oneof,) = selectors.values()
     assert [s["producerSubtask"] for s in oneof["valueFromOneof"]["parameterSelectors"]] == list(branches["tasks"])
     povid_input = spec["root"]["dag"]["tasks"]["training-pairs"]["inputs"]["parameters"]["povid_pairs_uri"]
-    assert povid_input["taskOutputParameter"] == {"producerTask": branches_name,
-                                                  "outputParameterKey": next(iter(selectors))}
+    assert povid_input["taskOutputParameter"] == {
+        "producerTask": branches_name,
+        "outputParameterKey": next(iter(selectors)),
+    }
 
 
-@pytest.mark.parametrize("method, povid, where", [
-    ("clipdpo", "{}", "cpu"),  # nothing to make: POVID's config is not even read
-    ("povid", '{"source": "plugin", "rewriter": "m:f", "ground_truth": "/w/images"}', "cpu"),
-    ("both", '{"source": "llm", "ground_truth": "s3://b/llava.json"}', "gpu"),  # the default injector: vLLM
-    ("povid", '{"ground_truth": "gt.json", "injector": {"name": "m", "path": "p", "engine": "hf", "device": "cpu"}}',
-     "cpu"),
-    ("povid", '{"ground_truth": "gt.json", "injector": {"name": "m", "path": "p", "engine": "hf"}}', "gpu"),
-])
+@pytest.mark.parametrize(
+    "method, povid, where",
+    [
+        ("clipdpo", "{}", "cpu"),  # nothing to make: POVID's config is not even read
+        ("povid", '{"source": "plugin", "rewriter": "m:f", "ground_truth": "/w/images"}', "cpu"),
+        ("both", '{"source": "llm", "ground_truth": "s3://b/llava.json"}', "gpu"),  # the default injector: vLLM
+        (
+            "povid",
+            '{"ground_truth": "gt.json", "injector": {"name": "m", "path": "p", "engine": "hf", "device": "cpu"}}',
+            "cpu",
+        ),
+        ("povid", '{"ground_truth": "gt.json", "injector": {"name": "m", "path": "p", "engine": "hf"}}', "gpu"),
+    ],
+)
 def test_povid_placement_by_method_and_rewriter(method, povid, where):
     from clipdpo.steps import povid_placement
 
@@ -217,10 +253,14 @@ def test_the_train_step_retries_and_reattaches_to_its_job(compiled):
     spec, platform, _ = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     train_env = {e["name"]: e["fieldPath"] for e in executors["exec-train"]["fieldPathAsEnv"]}
-    assert train_env == {"CLIPDPO_RUN": "metadata.labels['workflows.argoproj.io/workflow']",
-                         "CLIPDPO_POD_NAME": "metadata.name"}
+    assert train_env == {
+        "CLIPDPO_RUN": "metadata.labels['workflows.argoproj.io/workflow']",
+        "CLIPDPO_POD_NAME": "metadata.name",
+    }
     assert executors["exec-train"]["podMetadata"]["annotations"] == {
-        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+        "karpenter.sh/do-not-disrupt": "true",
+    }
     assert spec["root"]["dag"]["tasks"]["train"]["retryPolicy"]["maxRetryCount"] >= 2
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters["train_admission_timeout_minutes"]["defaultValue"] == 0.0  # a queue is waiting, not stuck

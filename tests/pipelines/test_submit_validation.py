@@ -14,6 +14,7 @@ import pipelines.run as run
 def untouchable(what: str):
     def refuse(*args, **kwargs):
         raise AssertionError(f"{what} was reached: the config error should have stopped the run first")
+
     return refuse
 
 
@@ -36,8 +37,16 @@ def test_a_config_typo_fails_before_the_local_run(tmp_path, monkeypatch, capsys,
     monkeypatch.delenv("KFP_HOST", raising=False)
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "filter.json").write_text("{}")
-    code = run.main(["--config-dir", str(tmp_path / "configs"), "--state-dir", str(tmp_path / "state"),
-                     "--set", "filter.pair_min_margn=3"])
+    code = run.main(
+        [
+            "--config-dir",
+            str(tmp_path / "configs"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--set",
+            "filter.pair_min_margn=3",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "--set filter.pair_min_margn=3: unknown key" in err and "Traceback" not in err
@@ -51,8 +60,18 @@ def test_a_config_typo_fails_before_the_cluster_submit(tmp_path, monkeypatch, ca
     code = run.main(["--config-dir", str(tmp_path / "configs"), "--bucket", "b"])
     err = capsys.readouterr().err
     assert code == 2 and "train_config.beta" in err and "Traceback" not in err
-    code = run.main(["--config-dir", str(tmp_path / "configs"), "--bucket", "b", "--set", "train.beta=0.1",
-                     "--set", "filter.pair_min_margn=3"])
+    code = run.main(
+        [
+            "--config-dir",
+            str(tmp_path / "configs"),
+            "--bucket",
+            "b",
+            "--set",
+            "train.beta=0.1",
+            "--set",
+            "filter.pair_min_margn=3",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "pair_min_margn" in err
 
@@ -69,9 +88,9 @@ def test_povid_config_is_checked_only_where_the_method_reads_it():
 
 
 def test_every_stage_names_a_config_class():
-    from clipdpo.stages import CONFIG_NAMES, config_class
-
     import dataclasses
+
+    from clipdpo.stages import CONFIG_NAMES, config_class
 
     assert all(dataclasses.is_dataclass(config_class(name)) for name in CONFIG_NAMES)
 

@@ -93,7 +93,7 @@ def test_a_source_only_change_rebuilds_only_the_layers_after_copy_src(stage):
     steps = final_stage(stage)
     copies_src = [i for i, (keyword, rest) in enumerate(steps) if keyword == "COPY" and rest.split()[0] == "src"]
     assert len(copies_src) == 1, f"{stage}: final stage copies src {len(copies_src)} times"
-    after = steps[copies_src[0] + 1:]
+    after = steps[copies_src[0] + 1 :]
     assert {keyword for keyword, _ in after} <= {"ENV", "USER", "WORKDIR", "RUN", "CMD"}, after
     for keyword, rest in after:
         assert not (keyword == "RUN" and re.search(r"pip install|apt-get|--from", rest)), f"{stage}: {rest}"
@@ -118,6 +118,8 @@ def test_vllm_images_can_compile_what_vllm_compiles_at_load(stage):
     env = " ".join(rest for keyword, rest in steps if keyword == "ENV")
     assert "VLLM_USE_FLASHINFER_SAMPLER=0" in env.split()
     assert re.search(r"gcc -I.*include.* /tmp/cc.c", runtime), "the smoke check compiles against Python.h"
+
+
 def test_example_ci_workflow_rebuilds_images_and_submits_a_run():
     import yaml
 
@@ -143,8 +145,9 @@ def test_one_dockerfile_per_image_and_make_builds_the_stage_list():
 def lock_versions(path: str) -> dict[str, str]:
     """{normalized name: version} of a uv lockfile; every entry must carry its hashes."""
     text = open(path).read()
-    entries = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)",
-                         text, flags=re.M)
+    entries = re.findall(
+        r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)", text, flags=re.M
+    )
     names = re.findall(r"^[A-Za-z0-9]", text, flags=re.M)
     assert len(entries) == len(names), f"{path}: an entry without a pinned version and hashes"
     return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version, _ in entries}
@@ -155,7 +158,6 @@ def test_every_lockfile_agrees_with_pyproject_pins_and_hashes_every_package():
     install the old one: each lock must hold exactly the pins of pyproject and the image's extras, except
     the four the vLLM images take at vLLM's versions (locks/vllm-overrides.txt)."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -170,19 +172,29 @@ def test_every_lockfile_agrees_with_pyproject_pins_and_hashes_every_package():
         wanted = [Requirement(r) for r in project["dependencies"]]
         wanted += [Requirement(r) for extra in extras for r in project["optional-dependencies"][extra]]
         for extra_input in inputs:
-            wanted += [Requirement(line) for line in open(os.path.join(ROOT, extra_input)).read().splitlines()
-                       if line.strip() and not line.startswith("#")]
+            wanted += [
+                Requirement(line)
+                for line in open(os.path.join(ROOT, extra_input)).read().splitlines()
+                if line.strip() and not line.startswith("#")
+            ]
         overrides = {}
         if overrides_file:
-            overrides = {r.name: r for r in (Requirement(line) for line in open(os.path.join(ROOT, overrides_file))
-                                             .read().splitlines() if line.strip() and not line.startswith("#"))}
+            overrides = {
+                r.name: r
+                for r in (
+                    Requirement(line)
+                    for line in open(os.path.join(ROOT, overrides_file)).read().splitlines()
+                    if line.strip() and not line.startswith("#")
+                )
+            }
             assert set(overrides) == {"torch", "torchvision", "transformers", "pillow"}
         for requirement in wanted:
             rule = overrides.get(requirement.name, requirement)
             version = locked.get(re.sub(r"[-_.]+", "-", requirement.name).lower())
             assert version is not None, f"locks/{image}.txt lacks {requirement.name}"
-            assert rule.specifier.contains(version, prereleases=True), \
+            assert rule.specifier.contains(version, prereleases=True), (
                 f"locks/{image}.txt has {requirement.name}=={version}, pyproject/overrides want {rule}"
+            )
     assert lock_versions(os.path.join(ROOT, "locks", "generate.txt"))["vllm"] == "0.33.0"
 
 

@@ -72,8 +72,10 @@ def test_link_checker_sees_a_broken_link(tmp_path):
     """The checker's own parts, on a page with one good and two broken links, and one link inside code."""
     page = tmp_path / "page.md"
     (tmp_path / "there.md").write_text("# A heading, with `code`\n")
-    page.write_text("[ok](there.md#a-heading-with-code) [gone](missing.md) [bad](there.md#nope)\n"
-                    "`[in code](also-missing.md)`\n```\n[fenced](missing-too.md)\n```\n")
+    page.write_text(
+        "[ok](there.md#a-heading-with-code) [gone](missing.md) [bad](there.md#nope)\n"
+        "`[in code](also-missing.md)`\n```\n[fenced](missing-too.md)\n```\n"
+    )
     found = LINK.findall(prose(page.read_text()))
     assert found == ["there.md#a-heading-with-code", "missing.md", "there.md#nope"]
     assert anchors(tmp_path / "there.md") == {"a-heading-with-code"}
@@ -81,8 +83,8 @@ def test_link_checker_sees_a_broken_link(tmp_path):
 
 def test_the_paper_to_code_table_names_files_that_exist():
     text = README.read_text()
-    table = text[text.index("## From the paper to the code"):]
-    table = table[:table.index("\n## ", 4)]
+    table = text[text.index("## From the paper to the code") :]
+    table = table[: table.index("\n## ", 4)]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
     assert len(rows) >= 8
     missing = []
@@ -119,15 +121,18 @@ def test_the_make_targets_the_docs_name_exist():
 
 
 def test_make_target_parser():
-    text = ("```bash\nmake pipeline-run DEMO=1   # the demo\nmake images push IMAGE_STAGES=x\n```\n"
-            "`make lint` and make sense")
+    text = (
+        "```bash\nmake pipeline-run DEMO=1   # the demo\nmake images push IMAGE_STAGES=x\n```\n"
+        "`make lint` and make sense"
+    )
     assert make_targets_named(text) == {"pipeline-run", "images", "push", "lint"}
 
 
 def test_config_reference_is_generated_from_the_code():
     committed = (DOCS / "config-reference.md").read_text()
     assert gen_docs().config_reference() == committed, (
-        "docs/config-reference.md differs from the config dataclasses: run `python scripts/gen_docs.py config`")
+        "docs/config-reference.md differs from the config dataclasses: run `python scripts/gen_docs.py config`"
+    )
 
 
 def field_paths(config, prefix: str) -> set[str]:
@@ -179,18 +184,34 @@ def test_results_pages_are_generated_from_their_metrics():
     for name, text in pages.items():
         assert text == committed[name], (
             f"docs/results/{name} differs from its metrics.json: run `python scripts/gen_docs.py results "
-            "docs/results/data/*.metrics.json --out docs/results`")
+            "docs/results/data/*.metrics.json --out docs/results`"
+        )
 
 
 def test_results_page_shows_each_model_and_its_change_against_the_baseline(tmp_path):
-    metrics = {"baseline": "base", "models": [{"name": "base"}, {"name": "dpo"}], "results": {
-        "base": {"amber": {"generative": {"chair": 10.0, "hal": 40.0, "cover": 50.0, "cog": 2.0},
-                           "discriminative": {"f1": 70.0}, "amber_score": 80.0},
-                 "suite": {"pope": {"kind": "pope", "headline": 85.0}},
-                 "zero_shot": {"pets": {"top1": 60.0}}},
-        "dpo": {"amber": {"generative": {"chair": 7.5, "hal": 30.0, "cover": 49.0, "cog": 1.0},
-                          "discriminative": {"f1": 72.0}, "amber_score": 82.25},
-                "suite": {"pope": {"kind": "pope", "headline": 86.5}}}}}
+    metrics = {
+        "baseline": "base",
+        "models": [{"name": "base"}, {"name": "dpo"}],
+        "results": {
+            "base": {
+                "amber": {
+                    "generative": {"chair": 10.0, "hal": 40.0, "cover": 50.0, "cog": 2.0},
+                    "discriminative": {"f1": 70.0},
+                    "amber_score": 80.0,
+                },
+                "suite": {"pope": {"kind": "pope", "headline": 85.0}},
+                "zero_shot": {"pets": {"top1": 60.0}},
+            },
+            "dpo": {
+                "amber": {
+                    "generative": {"chair": 7.5, "hal": 30.0, "cover": 49.0, "cog": 1.0},
+                    "discriminative": {"f1": 72.0},
+                    "amber_score": 82.25,
+                },
+                "suite": {"pope": {"kind": "pope", "headline": 86.5}},
+            },
+        },
+    }
     path = tmp_path / "run1.metrics.json"
     path.write_text(__import__("json").dumps(metrics))
     (tmp_path / "run1.note.md").write_text("Measured by hand.")

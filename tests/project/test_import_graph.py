@@ -10,13 +10,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {"clipdpo": ROOT / "src" / "clipdpo", "clipdpo_world": ROOT / "src" / "clipdpo_world",
-            "clipdpo_lab": ROOT / "src" / "clipdpo_lab", "pipelines": ROOT / "pipelines"}
+PACKAGES = {
+    "clipdpo": ROOT / "src" / "clipdpo",
+    "clipdpo_world": ROOT / "src" / "clipdpo_world",
+    "clipdpo_lab": ROOT / "src" / "clipdpo_lab",
+    "pipelines": ROOT / "pipelines",
+}
 PRODUCT = ("clipdpo", "pipelines")
 # who may import whom: the product only itself; the world the product; the lab everything
-ALLOWED = {"clipdpo": {"clipdpo"}, "pipelines": {"clipdpo", "pipelines"},
-           "clipdpo_world": {"clipdpo", "clipdpo_world"},
-           "clipdpo_lab": {"clipdpo", "pipelines", "clipdpo_world", "clipdpo_lab"}}
+ALLOWED = {
+    "clipdpo": {"clipdpo"},
+    "pipelines": {"clipdpo", "pipelines"},
+    "clipdpo_world": {"clipdpo", "clipdpo_world"},
+    "clipdpo_lab": {"clipdpo", "pipelines", "clipdpo_world", "clipdpo_lab"},
+}
 
 
 def module_name(package: str, path: Path) -> str:
@@ -25,8 +32,11 @@ def module_name(package: str, path: Path) -> str:
 
 
 def modules() -> dict[str, Path]:
-    return {module_name(package, path): path for package, folder in PACKAGES.items()
-            for path in sorted(folder.rglob("*.py"))}
+    return {
+        module_name(package, path): path
+        for package, folder in PACKAGES.items()
+        for path in sorted(folder.rglob("*.py"))
+    }
 
 
 def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
@@ -40,8 +50,9 @@ def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base
-                                                                                                   else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
         else:
             continue
@@ -63,8 +74,12 @@ def top(name: str) -> str:
 
 
 def test_each_package_imports_only_what_it_may():
-    wrong = sorted(f"{source} -> {target}" for source, targets in graph().items() for target in targets
-                   if top(target) not in ALLOWED[top(source)])
+    wrong = sorted(
+        f"{source} -> {target}"
+        for source, targets in graph().items()
+        for target in targets
+        if top(target) not in ALLOWED[top(source)]
+    )
     assert wrong == []
 
 
@@ -114,10 +129,13 @@ def test_no_import_cycles():
     assert cycles(graph()) == []
 
 
-@pytest.mark.parametrize("edges, expected", [
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
-    ({"a": {"b"}, "b": set()}, []),
-])
+@pytest.mark.parametrize(
+    "edges, expected",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+        ({"a": {"b"}, "b": set()}, []),
+    ],
+)
 def test_the_cycle_finder_finds_cycles(edges, expected):
     assert cycles(edges) == expected
 

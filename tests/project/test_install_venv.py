@@ -16,18 +16,28 @@ def load():
 
 
 def test_pip_config_becomes_uv_flags_each_source_once():
-    listed = (":env:.find-links='/opt/wheels'\n"
-              ":env:.default-timeout='180'\n"
-              "global.constraint='/etc/xdg/pip/constraints.txt'\n"
-              "global.extra-index-url='file:///opt/pypi/simple file:///opt/pypi-more/simple'\n"
-              "global.find-links='/opt/wheels'\n"
-              "user.index-url='https://mirror.example/simple'\n")
+    listed = (
+        ":env:.find-links='/opt/wheels'\n"
+        ":env:.default-timeout='180'\n"
+        "global.constraint='/etc/xdg/pip/constraints.txt'\n"
+        "global.extra-index-url='file:///opt/pypi/simple file:///opt/pypi-more/simple'\n"
+        "global.find-links='/opt/wheels'\n"
+        "user.index-url='https://mirror.example/simple'\n"
+    )
     assert load().uv_flags(listed) == [
-        "--find-links", "/opt/wheels",
-        "--constraint", "/etc/xdg/pip/constraints.txt",
-        "--extra-index-url", "file:///opt/pypi/simple", "--extra-index-url", "file:///opt/pypi-more/simple",
-        "--index-url", "https://mirror.example/simple",
-        "--index-strategy", "unsafe-best-match"]
+        "--find-links",
+        "/opt/wheels",
+        "--constraint",
+        "/etc/xdg/pip/constraints.txt",
+        "--extra-index-url",
+        "file:///opt/pypi/simple",
+        "--extra-index-url",
+        "file:///opt/pypi-more/simple",
+        "--index-url",
+        "https://mirror.example/simple",
+        "--index-strategy",
+        "unsafe-best-match",
+    ]
 
 
 def test_no_pip_config_leaves_uv_its_defaults():

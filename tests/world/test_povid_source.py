@@ -13,11 +13,15 @@ from clipdpo.artifacts import Artifact
 from clipdpo.storage import Storage, join
 from clipdpo_world import language
 from clipdpo_world.povid_source import WorldRewriter, inject, rewrite, scene_from_truth, visible
-from clipdpo_world.scene import KIND_COLOURS, ObjectGroup, Scene
+from clipdpo_world.scene import ObjectGroup, Scene
 
 CUP_LEFT = Scene("s-1", "plain", (ObjectGroup("cup", "white", 1, 0),), 0)  # partner book absent
-FULL = Scene("s-2", "field", (ObjectGroup("cup", "white", 1, 0), ObjectGroup("book", "blue", 2, 1),
-                              ObjectGroup("man", "black", 1, 2)), 0)  # no absent partner, every slot taken
+FULL = Scene(
+    "s-2",
+    "field",
+    (ObjectGroup("cup", "white", 1, 0), ObjectGroup("book", "blue", 2, 1), ObjectGroup("man", "black", 1, 2)),
+    0,
+)  # no absent partner, every slot taken
 
 
 def test_each_injection_changes_what_the_scorer_sees_in_the_expected_way():
@@ -55,7 +59,9 @@ def test_a_rewrite_names_the_absent_partner_and_makes_one_more_error():
 
 def test_visible_reads_the_groups_of_a_world_caption():
     assert visible("a field with two blue books in the middle and a white cup.") == {
-        ("two", "blue", "books", "in the middle"), ("a", "white", "cup", "")}
+        ("two", "blue", "books", "in the middle"),
+        ("a", "white", "cup", ""),
+    }
 
 
 def write_world_images(tmp_path, n: int = 12):
@@ -73,8 +79,9 @@ def test_source_writes_validated_pairs_and_counts_the_drops(tmp_path):
 
     folder, images = write_world_images(tmp_path)
     output = str(tmp_path / "run" / "povid-pairs")
-    cfg = povid_source.PovidSourceConfig(source="plugin", rewriter="clipdpo_world.povid_source:rewriter",
-                                           ground_truth=folder, seed=3)
+    cfg = povid_source.PovidSourceConfig(
+        source="plugin", rewriter="clipdpo_world.povid_source:rewriter", ground_truth=folder, seed=3
+    )
     stats = povid_source.run(cfg, images, output)
     artifact = Artifact.open(Storage(), output, kind="pairs")
     rows = [row for _, table in artifact.iter_shards() for row in table.to_pylist()]
@@ -97,8 +104,9 @@ def test_source_writes_validated_pairs_and_counts_the_drops(tmp_path):
     with pytest.raises(ValueError, match="rewriter"):
         povid_source.PovidSourceConfig(source="plugin", ground_truth=folder)
     with pytest.raises(ValueError, match="cannot load"):
-        povid_source.make_rewriter(povid_source.PovidSourceConfig(source="plugin", rewriter="no_such_module:f",
-                                                                  ground_truth=folder))
+        povid_source.make_rewriter(
+            povid_source.PovidSourceConfig(source="plugin", rewriter="no_such_module:f", ground_truth=folder)
+        )
     with pytest.raises(ValueError, match="source"):
         povid_source.PovidSourceConfig(source="gpt4v", ground_truth=folder)
 
@@ -106,24 +114,50 @@ def test_source_writes_validated_pairs_and_counts_the_drops(tmp_path):
 def test_llava_conversation_json_gives_question_and_answer_per_image():
     from clipdpo.generate.povid_source import content_words, read_llava_json
 
-    text = json.dumps([
-        {"id": "1", "image": "coco/a.jpg", "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "A dog on grass."},
-            {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Brown."}]},
-        {"id": "2", "image": "coco/a.jpg", "conversations": [
-            {"from": "human", "value": "Other?"}, {"from": "gpt", "value": "Later record, same image."}]},
-        {"id": "3", "conversations": [{"from": "human", "value": "no image"}, {"from": "gpt", "value": "x"}]},
-    ])
+    text = json.dumps(
+        [
+            {
+                "id": "1",
+                "image": "coco/a.jpg",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe the image."},
+                    {"from": "gpt", "value": "A dog on grass."},
+                    {"from": "human", "value": "Colour?"},
+                    {"from": "gpt", "value": "Brown."},
+                ],
+            },
+            {
+                "id": "2",
+                "image": "coco/a.jpg",
+                "conversations": [
+                    {"from": "human", "value": "Other?"},
+                    {"from": "gpt", "value": "Later record, same image."},
+                ],
+            },
+            {"id": "3", "conversations": [{"from": "human", "value": "no image"}, {"from": "gpt", "value": "x"}]},
+        ]
+    )
     assert read_llava_json(text, "gt.json") == {"coco%2Fa.jpg": ("Describe the image.", "A dog on grass.")}
     with pytest.raises(ValueError, match="gt.json: record 0"):
-        read_llava_json(json.dumps([{"id": "9", "image": "b.jpg", "conversations": [{"from": "gpt", "value": "x"}]}]),
-                        "gt.json")
+        read_llava_json(
+            json.dumps([{"id": "9", "image": "b.jpg", "conversations": [{"from": "gpt", "value": "x"}]}]), "gt.json"
+        )
     assert content_words("The dog is on the grass.") == content_words("A dog on grass")  # no visible change
 
 
 def train_config(model: str, method: str) -> str:
-    values = dict(model=model, method=method, learning_rate=1e-3, global_batch_size=4, per_device_batch_size=4,
-                  max_length=96, warmup_ratio=0.0, save_steps=100, seed=1, max_steps=2)
+    values = dict(
+        model=model,
+        method=method,
+        learning_rate=1e-3,
+        global_batch_size=4,
+        per_device_batch_size=4,
+        max_length=96,
+        warmup_ratio=0.0,
+        save_steps=100,
+        seed=1,
+        max_steps=2,
+    )
     if method != "clipdpo":
         values.update(reference="model", povid={"stage1_epochs": 1, "stage2_epochs": 1})
     return json.dumps(values)
@@ -138,7 +172,9 @@ def test_the_method_chooses_the_pairs_and_reaches_train(tmp_path):
     folder, images = write_world_images(tmp_path, n=8)
     model = build_tiny_llava(str(tmp_path / "tiny-llava"))
     root = str(tmp_path / "run")
-    povid_json = json.dumps({"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": folder})
+    povid_json = json.dumps(
+        {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": folder}
+    )
     assert steps.povid_step(root, povid_json, train_config(model, "clipdpo")) == ""
     # clipdpo: the filter's pairs (none made in this test: the bare URI, no version)
     assert steps.training_pairs_step(root, train_config(model, "clipdpo")) == steps.artifact_uri(root, "filter")
@@ -159,8 +195,9 @@ def test_the_method_chooses_the_pairs_and_reaches_train(tmp_path):
     assert union == join(root, steps.BOTH_PAIRS)
     combined = Artifact.open(Storage(), union, kind="pairs")
     assert combined.manifest.rows == 2 * single.manifest.rows
-    assert sorted(combined.shard_names) == sorted([f"clipdpo-copy-{n}" for n in single.shard_names]
-                                                  + [f"povid-{n}" for n in single.shard_names])
+    assert sorted(combined.shard_names) == sorted(
+        [f"clipdpo-copy-{n}" for n in single.shard_names] + [f"povid-{n}" for n in single.shard_names]
+    )
 
 
 def test_an_arm_after_the_pipeline_trains_with_the_runs_train_overrides(tmp_path):
@@ -172,9 +209,11 @@ def test_an_arm_after_the_pipeline_trains_with_the_runs_train_overrides(tmp_path
     folder, _ = write_world_images(tmp_path, n=8)
     model = build_tiny_llava(str(tmp_path / "tiny-llava"))
     root = str(tmp_path / "run")  # the pipeline's run root: its images artifact is what write_world_images made
-    configs = {"world_train": json.loads(train_config(model, "clipdpo")),
-               "povid": {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": folder},
-               TRAIN_OVERRIDES: ["train.povid.stage1_epochs=1", "train.learning_rate=0.002", "train.max_steps=2"]}
+    configs = {
+        "world_train": json.loads(train_config(model, "clipdpo")),
+        "povid": {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": folder},
+        TRAIN_OVERRIDES: ["train.povid.stage1_epochs=1", "train.learning_rate=0.002", "train.max_steps=2"],
+    }
     output = outputref.plain(train_method_arm(configs, "povid", root, say=lambda line: None))
     assert output == steps.artifact_uri(arm_root(root, "povid"), "train")
     trained = json.loads(Storage().read_bytes(join(output, "train_summary.json")))["config"]

@@ -25,8 +25,8 @@ def test_pixels_hold_the_ground_truth():
         for group in s.objects:
             mask = np.array([[c == "#" for c in row] for row in scene._SHAPES[group.kind]])
             x = scene.SLOT_X[group.slot]
-            for y in ((scene.SINGLE_Y,) if group.count == 1 else (6, 18)):
-                drawn = pixels[y:y + 8, x:x + 8][mask]
+            for y in (scene.SINGLE_Y,) if group.count == 1 else (6, 18):
+                drawn = pixels[y : y + 8, x : x + 8][mask]
                 assert np.abs(drawn - scene.COLOURS[group.colour]).max() <= scene.SceneConfig().noise
         assert len({g.slot for g in s.objects}) == len(s.objects) and len(set(s.kinds)) == len(s.kinds)
 
@@ -120,19 +120,23 @@ def _tiny_world(**overrides):
     from clipdpo_world.clip import ClipConfig
     from clipdpo_world.lvlm import LvlmConfig
 
-    fields = {"train_images": 64, "heldout_images": 24, "pool_images": 6, "clip": ClipConfig(steps=3, batch_size=16),
-              "lvlm": LvlmConfig(steps=2, batch_size=4)}
+    fields = {
+        "train_images": 64,
+        "heldout_images": 24,
+        "pool_images": 6,
+        "clip": ClipConfig(steps=3, batch_size=16),
+        "lvlm": LvlmConfig(steps=2, batch_size=4),
+    }
     return WorldConfig(**{**fields, **overrides})
 
 
 def test_world_clip_tower_is_the_llava_vision_tower_exactly(tmp_path):
     """open_clip's image tower converted to transformers' CLIPVisionModel gives the same image embedding."""
+    import open_clip
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     from clipdpo_world import clip, tower
-
-    import open_clip
 
     torch.set_num_threads(1)
     cfg = _tiny_world().clip
@@ -143,8 +147,9 @@ def test_world_clip_tower_is_the_llava_vision_tower_exactly(tmp_path):
     hf = CLIPVisionModel(tower.hf_vision_config(clip.model_config(cfg))).eval()
     hf.load_state_dict(tower.hf_vision_state(model.visual.state_dict(), cfg.vision_layers), strict=True)
     images = [scene.render(s) for s in data.scenes(0, "heldout", 3)]
-    hf_pixels = CLIPImageProcessor(size={"shortest_edge": scene.SIZE},
-                                   crop_size={"height": scene.SIZE, "width": scene.SIZE})(images, return_tensors="pt")
+    hf_pixels = CLIPImageProcessor(
+        size={"shortest_edge": scene.SIZE}, crop_size={"height": scene.SIZE, "width": scene.SIZE}
+    )(images, return_tensors="pt")
     with torch.no_grad():
         expected = model.encode_image(torch.stack([preprocess(i) for i in images]))
         got = hf(pixel_values=hf_pixels["pixel_values"]).pooler_output @ model.visual.proj
@@ -187,16 +192,26 @@ def test_stage_configs_parse_as_the_stages_read_them(tmp_path):
     from clipdpo_world.stageconfigs import stage_configs
 
     paths = {"images": "/w/images", "clip": "/w/clip", "lvlm": "/w/lvlm"}
-    configs = stage_configs(paths, benchmark.config("/w/benchmarks"), seed=0, samples_per_image=6,
-                            spacy_model="/nlp/md")
+    configs = stage_configs(
+        paths, benchmark.config("/w/benchmarks"), seed=0, samples_per_image=6, spacy_model="/nlp/md"
+    )
     evaluate = {**configs["evaluate"], "models": [{"name": "base", "path": "/w/lvlm", "engine": "hf"}]}
     evaluate.pop("engine")  # a key of the pipeline's evaluate step, not of the stage
-    classes = {"ingest": IngestConfig, "generate": GenerateConfig, "score": ScorerConfig, "filter": FilterConfig,
-               "train": TrainConfig}
+    classes = {
+        "ingest": IngestConfig,
+        "generate": GenerateConfig,
+        "score": ScorerConfig,
+        "filter": FilterConfig,
+        "train": TrainConfig,
+    }
     parsed = {stage: config_lib.from_dict(cls, configs[stage]) for stage, cls in classes.items()}
     parsed["evaluate"] = config_lib.from_dict(EvaluateConfig, evaluate)
     assert parsed["score"].pretrained.endswith("open_clip_model.pt") and set(parsed["score"].categories) == {
-        "text", "people", "objects", "scenes"}
+        "text",
+        "people",
+        "objects",
+        "scenes",
+    }
     assert all(len(texts) == 10 for texts in parsed["score"].categories.values())
     assert parsed["generate"].qa.enabled is False and parsed["generate"].sampling.temperature == 1.0
     assert parsed["evaluate"].amber.nlp.spacy_model == "/nlp/md"
@@ -212,25 +227,32 @@ def test_every_stage_runs_on_a_small_unchecked_world(tmp_path):
     The effect itself needs the full world (`python -m clipdpo_world measure`, minutes)."""
     import torch
 
-    from clipdpo_world.build import build
+    from clipdpo.evaluate.nlp import local_spacy_model
     from clipdpo_lab.effect import run_stages, summary
+    from clipdpo_world.build import build
     from clipdpo_world.clip import ClipConfig
     from clipdpo_world.lvlm import LvlmConfig
-    from clipdpo.evaluate.nlp import local_spacy_model
 
     torch.set_num_threads(1)
-    cfg = _tiny_world(pool_images=8, samples_per_image=3, heldout_images=12,
-                      clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
-                      lvlm=LvlmConfig(steps=3, batch_size=4, min_cover=0.0))
+    cfg = _tiny_world(
+        pool_images=8,
+        samples_per_image=3,
+        heldout_images=12,
+        clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
+        lvlm=LvlmConfig(steps=3, batch_size=4, min_cover=0.0),
+    )
     paths = build(cfg, str(tmp_path / "world"), spacy_model=local_spacy_model(), say=lambda _: None)
     assert build(cfg, str(tmp_path / "world"), say=lambda _: None).root == paths.root  # cached: no rebuild
-    loose = {"filter": {"caption_min_score": -100, "pair_min_margin": 0.0, "pair_min_length_ratio": 0.0},
-             "train": {"global_batch_size": 4, "per_device_batch_size": 4}}
+    loose = {
+        "filter": {"caption_min_score": -100, "pair_min_margin": 0.0, "pair_min_length_ratio": 0.0},
+        "train": {"global_batch_size": 4, "per_device_batch_size": 4},
+    }
     measured = run_stages(paths, str(tmp_path / "run"), overrides=loose, say=lambda _: None)
     results = summary(measured["metrics"])
     assert set(results) == {"base", "clipdpo"}
-    assert all(r["chair"] is not None and r["f1"] is not None and r["amber_score"] is not None
-               for r in results.values())
+    assert all(
+        r["chair"] is not None and r["f1"] is not None and r["amber_score"] is not None for r in results.values()
+    )
     assert measured["metrics"]["complete"]
 
 

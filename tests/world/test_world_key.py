@@ -9,8 +9,10 @@ def test_code_digest_ignores_layout_comments_and_docstrings_but_not_code(tmp_pat
     base = tmp_path / "a.py"
     base.write_text('"""Doc."""\nimport os\n\n\ndef f(x):\n    """What f does."""\n    return x + 1  # one more\n')
     same = tmp_path / "b.py"
-    same.write_text('"""Another doc."""\nimport os\n\ndef f( x: int ) -> int:\n    """Reworded."""\n    return (x +\n'
-                    '            1)\n')
+    same.write_text(
+        '"""Another doc."""\nimport os\n\ndef f( x: int ) -> int:\n    """Reworded."""\n    return (x +\n'
+        "            1)\n"
+    )
     changed = tmp_path / "c.py"
     changed.write_text('"""Doc."""\nimport os\n\n\ndef f(x):\n    """What f does."""\n    return x + 2  # one more\n')
     assert code_digest(base) == code_digest(same)

@@ -1,4 +1,5 @@
-"""The world QA writer (the paper's instruction LLM, on the world): its training targets, its cache, and QA rows through generate."""
+"""The world QA writer (the paper's instruction LLM, on the world): its training targets, its cache, and QA rows
+through generate."""
 
 from __future__ import annotations
 
@@ -59,9 +60,11 @@ def test_questions_follow_the_captions_majority_and_answers_the_truth():
     assert qawriter.kinds_named(with_book) == ["man", "cup", "book"]
     assert qawriter.reading(captions) == qawriter.Reading("cup", "field")
     items = qawriter.truth_items(scene, captions, 3)
-    assert items == [QAItem("How many cups are there?", "one", "two"),
-                     QAItem("Is there a book in this image?", "No", "Yes"),
-                     QAItem("Where is the cup?", "in the middle", "on the right")]
+    assert items == [
+        QAItem("How many cups are there?", "one", "two"),
+        QAItem("Is there a book in this image?", "No", "Yes"),
+        QAItem("Where is the cup?", "in the middle", "on the right"),
+    ]
     assert all(qawriter.is_right(scene, item) for item in items)
     assert parse_qa(qawriter.reply(items[:2]), 2).items == items[:2]  # the reply round-trips through qa_parse
     # the same captions over a scene where the book is there: the same questions, the truth's answers
@@ -70,10 +73,12 @@ def test_questions_follow_the_captions_majority_and_answers_the_truth():
     # page: colour first; field: count (two copies: the plural)
     two_cups = _scene("page", ("cup", "yellow", 2, 2))
     assert qawriter.truth_items(two_cups, [language.caption(two_cups)], 1) == [
-        QAItem("What colour is the cup?", "yellow", "white")]
+        QAItem("What colour is the cup?", "yellow", "white")
+    ]
     two_cups = _scene("field", ("cup", "yellow", 2, 2))
     assert qawriter.truth_items(two_cups, [language.caption(two_cups)], 1) == [
-        QAItem("How many cups are there?", "two", "one")]
+        QAItem("How many cups are there?", "two", "one")
+    ]
     assert language.caption(two_cups) == "a field with two yellow cups on the right."
     assert ObjectGroup("cup", "yellow", 2, 2).position == "right"
 
@@ -88,18 +93,24 @@ def test_the_anchor_is_the_most_named_kind_with_a_partner_and_answers_stay_true(
     book_first = "a picture of a blue book on the left and a white cup in the middle."
     captions = [book_first] * 4 + [language.caption(scene)] * 2
     assert qawriter.reading(captions).anchor == "cup"
-    assert qawriter.truth_items(scene, captions, 2) == [QAItem("What colour is the cup?", "white", "yellow"),
-                                                        QAItem("Is there a book in this image?", "No", "Yes")]
+    assert qawriter.truth_items(scene, captions, 2) == [
+        QAItem("What colour is the cup?", "white", "yellow"),
+        QAItem("Is there a book in this image?", "No", "Yes"),
+    ]
     only_book = ["a picture of a blue book in the middle."] * 4 + [language.caption(scene)] * 2
     assert qawriter.reading(only_book).anchor == "book"
-    assert qawriter.truth_items(scene, only_book, 2) == [QAItem("What colour is the cup?", "white", "yellow"),
-                                                         QAItem("Is there a cup in this image?", "Yes", "No")]
+    assert qawriter.truth_items(scene, only_book, 2) == [
+        QAItem("What colour is the cup?", "white", "yellow"),
+        QAItem("Is there a cup in this image?", "Yes", "No"),
+    ]
     cup_and_ball = ["a picture of a white cup on the left and a red ball in the middle."]
     assert qawriter.reading(cup_and_ball).anchor == "ball"  # ball comes before cup in KINDS
     man = _scene("plain", ("man", "blue", 2, 0))
     assert qawriter.reading(["two blue men on the left."]) == qawriter.Reading("man", "plain")  # opening unknown
     assert qawriter.truth_items(man, [language.caption(man)], 2) == [
-        QAItem("What colour is the man?", "blue", "black"), QAItem("How many men are there?", "two", "one")]
+        QAItem("What colour is the man?", "blue", "black"),
+        QAItem("How many men are there?", "two", "one"),
+    ]
     assert qawriter.truth_items(man, ["garbled text"], 1) == [QAItem("What colour is the man?", "blue", "black")]
 
 
@@ -109,8 +120,9 @@ def test_noisy_captions_carry_the_lvlm_errors_at_the_config_rates():
     cfg = QAWriterConfig()
     rng = np.random.default_rng(1)
     tempting = [s for s in data.scenes(4, "train", 800) if s.absent_partners]
-    named = sum(bool(set(metrics.mentioned(qawriter.noisy_caption(s, rng, cfg))) & set(s.absent_partners))
-                for s in tempting)
+    named = sum(
+        bool(set(metrics.mentioned(qawriter.noisy_caption(s, rng, cfg))) & set(s.absent_partners)) for s in tempting
+    )
     # binomial sd at p=0.3 over ~300+ scenes is under 3 points; 7 points of room
     assert abs(named / len(tempting) - cfg.partner_probability) < 0.07, (named, len(tempting))
     clean = [s for s in data.scenes(4, "train", 2000) if not s.absent_partners]  # ~420 scenes: sd 2 points
@@ -129,10 +141,10 @@ def _fake_world(tmp_path, seed=3):
 
 
 def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
+    import torch
+
     from clipdpo_world import qawriter_build as qb
     from clipdpo_world.clip import WorldBuildError
-
-    import torch
 
     torch.set_num_threads(1)
     root = _fake_world(tmp_path)
@@ -169,12 +181,12 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
 
 
 def test_stage_configs_keep_qa_off_and_world_qa_config_turns_it_on(tmp_path, monkeypatch):
+    import torch
+
     from clipdpo import config as config_lib
     from clipdpo.generate.config import GenerateConfig
     from clipdpo_world import benchmark, qawriter_build
     from clipdpo_world.stageconfigs import stage_configs, world_qa_config
-
-    import torch
 
     torch.set_num_threads(1)
     bench = benchmark.config("/w/benchmarks")
@@ -194,12 +206,25 @@ def test_stage_configs_keep_qa_off_and_world_qa_config_turns_it_on(tmp_path, mon
 # Enough training for the writer to learn the reply's form on the world's language (the default writer's loss is
 # ~0.25 by step 500, its form, before it learns what to copy), not enough to be right often: this test checks
 # that real QA rows come out of generate; the default writer's rightness is its own self-check's (README).
-SMALL = QAWriterConfig(hidden=64, layers=2, heads=4, learning_rate=3e-3, steps=400, warmup_steps=30, batch_size=8,
-                       captions=(2, 3), train_scenes=300, check_scenes=8, min_right=0.0)
+SMALL = QAWriterConfig(
+    hidden=64,
+    layers=2,
+    heads=4,
+    learning_rate=3e-3,
+    steps=400,
+    warmup_steps=30,
+    batch_size=8,
+    captions=(2, 3),
+    train_scenes=300,
+    check_scenes=8,
+    min_right=0.0,
+)
 
 
-WRITER_FORMS = re.compile(r"^(What colour is the \w+|How many \w+ are there|Where is the \w+"
-                          r"|Is there a \w+ in this image)\?$")
+WRITER_FORMS = re.compile(
+    r"^(What colour is the \w+|How many \w+ are there|Where is the \w+"
+    r"|Is there a \w+ in this image)\?$"
+)
 
 
 @pytest.mark.slow
@@ -220,9 +245,14 @@ def test_generate_on_a_tiny_world_writes_qa_rows_with_its_writer(tmp_path, monke
 
     torch.set_num_threads(1)
     monkeypatch.setattr(qawriter_build, "DEFAULT", SMALL)
-    cfg = WorldConfig(train_images=64, heldout_images=12, pool_images=4, samples_per_image=3,
-                      clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
-                      lvlm=LvlmConfig(steps=80, batch_size=8, min_cover=0.0))
+    cfg = WorldConfig(
+        train_images=64,
+        heldout_images=12,
+        pool_images=4,
+        samples_per_image=3,
+        clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
+        lvlm=LvlmConfig(steps=80, batch_size=8, min_cover=0.0),
+    )
     paths = build(cfg, str(tmp_path / "world"), say=lambda _: None)
     assert paths.configs["generate"]["qa"] == {"enabled": False}  # off unless the run asks
     qa = world_qa_config(paths.root, say=lambda _: None)

@@ -41,8 +41,13 @@ KUEUE_GROUP, KUEUE_VERSIONS, KUEUE_PLURAL = "kueue.x-k8s.io", ("v1beta2", "v1bet
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 # Container waiting reasons that do not clear by waiting: a wrong image or tag, a missing Secret or ConfigMap key.
 # Kubelet retries the pull, so a registry hiccup shows ErrImagePull too: they must persist `stuck_grace_seconds`.
-NEVER_STARTS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
-                "CreateContainerError")
+NEVER_STARTS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
 CRASH_LOOP = "CrashLoopBackOff"  # a crash the restart policy may cure: fatal after `crash_restarts` restarts
 DISRUPTION_CONDITION = "DisruptionTarget"  # set on a pod before an eviction, preemption or node shutdown stops it
 
@@ -61,22 +66,38 @@ class JobKind:
 
 
 KINDS = {
-    pytorchjob.KIND: JobKind(pytorchjob.KIND, pytorchjob.GROUP, pytorchjob.VERSION, pytorchjob.PLURAL,
-                             pytorchjob.CONTAINER_NAME, "Succeeded", "training.kubeflow.org/job-name",
-                             lambda job: sum(r["replicas"] for r in job["spec"]["pytorchReplicaSpecs"].values()),
-                             lambda job: bool((job["spec"].get("runPolicy") or {}).get("suspend"))),
-    trainjob.KIND: JobKind(trainjob.KIND, trainjob.GROUP, trainjob.VERSION, trainjob.PLURAL,
-                           trainjob.CONTAINER_NAME, "Complete", "jobset.sigs.k8s.io/jobset-name",
-                           lambda job: job["spec"]["trainer"]["numNodes"],
-                           lambda job: bool(job["spec"].get("suspend"))),
+    pytorchjob.KIND: JobKind(
+        pytorchjob.KIND,
+        pytorchjob.GROUP,
+        pytorchjob.VERSION,
+        pytorchjob.PLURAL,
+        pytorchjob.CONTAINER_NAME,
+        "Succeeded",
+        "training.kubeflow.org/job-name",
+        lambda job: sum(r["replicas"] for r in job["spec"]["pytorchReplicaSpecs"].values()),
+        lambda job: bool((job["spec"].get("runPolicy") or {}).get("suspend")),
+    ),
+    trainjob.KIND: JobKind(
+        trainjob.KIND,
+        trainjob.GROUP,
+        trainjob.VERSION,
+        trainjob.PLURAL,
+        trainjob.CONTAINER_NAME,
+        "Complete",
+        "jobset.sigs.k8s.io/jobset-name",
+        lambda job: job["spec"]["trainer"]["numNodes"],
+        lambda job: bool(job["spec"].get("suspend")),
+    ),
 }
 
 
 def kind_of(manifest: dict) -> JobKind:
     kind = KINDS.get(str(manifest.get("kind")))
     if kind is None or manifest.get("apiVersion") != f"{kind.group}/{kind.version}":
-        raise ValueError(f"cannot follow {manifest.get('apiVersion')} {manifest.get('kind')}: expected one of "
-                         + ", ".join(f"{k.group}/{k.version} {k.kind}" for k in KINDS.values()))
+        raise ValueError(
+            f"cannot follow {manifest.get('apiVersion')} {manifest.get('kind')}: expected one of "
+            + ", ".join(f"{k.group}/{k.version} {k.kind}" for k in KINDS.values())
+        )
     return kind
 
 
@@ -167,8 +188,9 @@ def unscheduled_reason(pods: list[dict]) -> str:
     for pod in pods:
         scheduled = _condition(pod, "PodScheduled")
         if scheduled.get("status") == "False":
-            return (f"pod {pod['metadata']['name']}: {scheduled.get('reason', 'Pending')}: "
-                    f"{scheduled.get('message', '')}").rstrip(": ")
+            return (
+                f"pod {pod['metadata']['name']}: {scheduled.get('reason', 'Pending')}: {scheduled.get('message', '')}"
+            ).rstrip(": ")
     return ""
 
 
@@ -180,6 +202,7 @@ def _container_statuses(pod: dict) -> list[dict]:
 @dataclass(frozen=True)
 class Blocked:
     """A container that cannot start: its waiting reason and the kubelet's message."""
+
     pod: str
     container: str
     reason: str
@@ -196,8 +219,11 @@ def blocked_containers(pods: list[dict], crash_restarts: int) -> list[Blocked]:
             waiting = (status.get("state") or {}).get("waiting") or {}
             reason, restarts = waiting.get("reason", ""), int(status.get("restartCount") or 0)
             if reason in NEVER_STARTS or (reason == CRASH_LOOP and restarts >= crash_restarts):
-                found.append(Blocked(pod["metadata"]["name"], status.get("name", ""), reason,
-                                     waiting.get("message", ""), restarts))
+                found.append(
+                    Blocked(
+                        pod["metadata"]["name"], status.get("name", ""), reason, waiting.get("message", ""), restarts
+                    )
+                )
     return found
 
 
@@ -223,8 +249,10 @@ def not_started_reason(pods: list[dict], container: str) -> str:
         for status in _container_statuses(pod):
             waiting = (status.get("state") or {}).get("waiting") or {}
             if waiting:
-                waits.append(f"pod {pod['metadata']['name']} container {status.get('name')}: "
-                             f"{waiting.get('reason', 'Waiting')}: {waiting.get('message', '')}".rstrip(": "))
+                waits.append(
+                    f"pod {pod['metadata']['name']} container {status.get('name')}: "
+                    f"{waiting.get('reason', 'Waiting')}: {waiting.get('message', '')}".rstrip(": ")
+                )
                 break
         else:
             waits.append(f"pod {pod['metadata']['name']}: {(pod.get('status') or {}).get('phase', 'Pending')}")
@@ -247,11 +275,15 @@ def failed_container(pod: dict, container: str) -> tuple[bool, bool]:
 
 def rank0_pod(pods: list[dict]) -> dict | None:
     """The pod of node rank 0: the PyTorchJob's Master, the TrainJob's completion index 0 (else first by name)."""
+
     def order(pod: dict):
         labels = pod["metadata"].get("labels") or {}
         role = labels.get("training.kubeflow.org/replica-type", "").lower()
-        index = (labels.get("training.kubeflow.org/replica-index")
-                 or labels.get("batch.kubernetes.io/job-completion-index") or "0")
+        index = (
+            labels.get("training.kubeflow.org/replica-index")
+            or labels.get("batch.kubernetes.io/job-completion-index")
+            or "0"
+        )
         return role not in ("", "master"), int(index) if index.isdigit() else 0, pod["metadata"]["name"]
 
     return min(pods, key=order) if pods else None
@@ -276,6 +308,7 @@ def _timestamp_key(stamp: str) -> tuple[str, str]:
 @dataclass
 class LogStream:
     """What of one pod's log has been printed: the last timestamp and how many lines carried it."""
+
     pod: str = ""
     last: tuple[str, str] | None = None
     at_last: int = 0
@@ -309,6 +342,7 @@ def print_line(line: str) -> None:
 @dataclass
 class _Progress:
     """Where a followed job stands, by the follower's clock."""
+
     queued_since: float | None = None
     admitted_at: float | None = None
     scheduled_at: float | None = None
@@ -326,10 +360,21 @@ class JobFollower:
 
     `launcher_pod`: (namespace, name) of the pod this runs in, to tell an eviction from a cancelled run."""
 
-    def __init__(self, custom_api, core_api, *, poll_seconds: float = 15.0, log_tail_lines: int = 200,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 stuck_grace_seconds: float = 120.0, crash_restarts: int = 3, stream_logs: bool = True,
-                 log_sink: Callable[[str], None] = print_line, launcher_pod: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        custom_api,
+        core_api,
+        *,
+        poll_seconds: float = 15.0,
+        log_tail_lines: int = 200,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        stuck_grace_seconds: float = 120.0,
+        crash_restarts: int = 3,
+        stream_logs: bool = True,
+        log_sink: Callable[[str], None] = print_line,
+        launcher_pod: tuple[str, str] | None = None,
+    ):
         self.custom = custom_api
         self.core = core_api
         self.poll_seconds = poll_seconds
@@ -359,13 +404,16 @@ class JobFollower:
         existing = self._get(kind, namespace, name)
         if existing is not None:
             if existing.get("metadata", {}).get("labels", {}).get(LABEL_KEY) != key:
-                raise JobConflict(f"{kind.kind} {namespace}/{name} exists but belongs to another launch "
-                                  f"(label {LABEL_KEY} differs); delete it or use another run")
+                raise JobConflict(
+                    f"{kind.kind} {namespace}/{name} exists but belongs to another launch "
+                    f"(label {LABEL_KEY} differs); delete it or use another run"
+                )
             log.info("re-attaching to %s %s/%s created by an earlier attempt of this step", kind.kind, namespace, name)
             return existing, True
         try:
-            created = self.custom.create_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural,
-                                                                  manifest)
+            created = self.custom.create_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, manifest
+            )
         except Exception as err:
             twin = self._get(kind, namespace, name) if getattr(err, "status", None) == 409 else None
             if twin is not None:  # created concurrently by a twin attempt: follow it
@@ -423,7 +471,8 @@ class JobFollower:
         for version in KUEUE_VERSIONS:
             try:
                 workloads = self.custom.list_namespaced_custom_object(
-                    KUEUE_GROUP, version, namespace, KUEUE_PLURAL, label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}")
+                    KUEUE_GROUP, version, namespace, KUEUE_PLURAL, label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}"
+                )
                 break
             except Exception:  # that version not served, Kueue not installed, or not allowed
                 continue
@@ -431,19 +480,25 @@ class JobFollower:
             for kind in ("QuotaReserved", "Admitted"):
                 condition = _condition(workload, kind)
                 if condition.get("status") == "False":
-                    return (f"Kueue workload {workload['metadata']['name']} not admitted: "
-                            f"{condition.get('reason', '')}: {condition.get('message', '')}")
+                    return (
+                        f"Kueue workload {workload['metadata']['name']} not admitted: "
+                        f"{condition.get('reason', '')}: {condition.get('message', '')}"
+                    )
         return ""
 
     def pending_reason(self, kind: JobKind, job: dict, pods: list[dict]) -> str:
         state, reason, message = job_state(job, kind.success)
-        return (unscheduled_reason(pods) or self.kueue_reason(job)
-                or (f"job {state}: {reason}: {message}" if reason else f"no pods yet (job state {state})"))
+        return (
+            unscheduled_reason(pods)
+            or self.kueue_reason(job)
+            or (f"job {state}: {reason}: {message}" if reason else f"no pods yet (job state {state})")
+        )
 
     def delete(self, kind: JobKind, namespace: str, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name,
-                                                        body={"propagationPolicy": "Foreground"})
+            self.custom.delete_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, name, body={"propagationPolicy": "Foreground"}
+            )
             log.info("deleted %s %s/%s", kind.kind, namespace, name)
         except Exception as err:
             if not _is_not_found(err):
@@ -455,8 +510,9 @@ class JobFollower:
         deleted = []
         for kind in KINDS.values():
             try:
-                found = self.custom.list_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural,
-                                                                  label_selector=f"{RUN_LABEL}={run}")
+                found = self.custom.list_namespaced_custom_object(
+                    kind.group, kind.version, namespace, kind.plural, label_selector=f"{RUN_LABEL}={run}"
+                )
             except Exception as err:
                 if _is_not_found(err):  # that operator is not installed: no jobs of its kind
                     continue
@@ -492,30 +548,44 @@ class JobFollower:
                 logs = ""
                 if found.reason == CRASH_LOOP:
                     try:
-                        logs = self._log(found.pod, namespace, found.container, tail_lines=self.log_tail_lines,
-                                         previous=True)
+                        logs = self._log(
+                            found.pod, namespace, found.container, tail_lines=self.log_tail_lines, previous=True
+                        )
                     except Exception as err:
                         logs = f"(logs unavailable: {err})"
                 detail = f"{found.restarts} restarts: " if found.reason == CRASH_LOOP else ""
-                raise JobStartFailed(job["metadata"]["name"], found.reason,
-                                     f"pod {found.pod} container {found.container}: {detail}{found.message}",
-                                     logs or "(the container has not run)", found.pod)
+                raise JobStartFailed(
+                    job["metadata"]["name"],
+                    found.reason,
+                    f"pod {found.pod} container {found.container}: {detail}{found.message}",
+                    logs or "(the container has not run)",
+                    found.pod,
+                )
 
-    def _placed(self, kind: JobKind, manifest: dict, job: dict, pods: list[dict], waited: float,
-                limit: float) -> bool:
+    def _placed(self, kind: JobKind, manifest: dict, job: dict, pods: list[dict], waited: float, limit: float) -> bool:
         """True once every pod of the job is placed; raises JobUnschedulable past `limit` seconds."""
         placed = [pod for pod in pods if _condition(pod, "PodScheduled").get("status") == "True"]
         if len(placed) >= kind.pod_count(manifest):
             return True
         if limit and waited > limit:
             reason = self.pending_reason(kind, job, pods)
-            raise JobUnschedulable(f"{kind.kind} {job['metadata']['namespace']}/{job['metadata']['name']}: "
-                                   f"{len(placed)} of {kind.pod_count(manifest)} pods scheduled "
-                                   f"{waited:.0f}s after admission; pending because {reason}", reason)
+            raise JobUnschedulable(
+                f"{kind.kind} {job['metadata']['namespace']}/{job['metadata']['name']}: "
+                f"{len(placed)} of {kind.pod_count(manifest)} pods scheduled "
+                f"{waited:.0f}s after admission; pending because {reason}",
+                reason,
+            )
         return False
 
-    def _follow(self, kind: JobKind, manifest: dict, timeout_seconds: float, schedule_timeout_seconds: float,
-                admission_timeout_seconds: float, startup_timeout_seconds: float) -> tuple[str, str, str, float]:
+    def _follow(
+        self,
+        kind: JobKind,
+        manifest: dict,
+        timeout_seconds: float,
+        schedule_timeout_seconds: float,
+        admission_timeout_seconds: float,
+        startup_timeout_seconds: float,
+    ) -> tuple[str, str, str, float]:
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         last_state, progress, begun = None, _Progress(), self.clock()
         while True:
@@ -538,8 +608,11 @@ class JobFollower:
                 queued = now - progress.queued_since
                 if admission_timeout_seconds and queued > admission_timeout_seconds:
                     why = self.pending_reason(kind, job, [])
-                    raise JobQueued(f"{kind.kind} {namespace}/{name} still queued after {queued:.0f}s "
-                                    f"(admission_timeout); left in its queue: {why}", why)
+                    raise JobQueued(
+                        f"{kind.kind} {namespace}/{name} still queued after {queued:.0f}s "
+                        f"(admission_timeout); left in its queue: {why}",
+                        why,
+                    )
                 self.sleep(self.poll_seconds)
                 continue
             if progress.admitted_at is None:
@@ -552,23 +625,39 @@ class JobFollower:
                     progress.scheduled_at = now
             if progress.scheduled_at is not None and not progress.started:
                 trainers = [pod for pod in pods if runs_container(pod, kind.container)]  # not a runtime's initializer
-                progress.started = (len(trainers) >= kind.pod_count(manifest)
-                                    and all(container_started(pod, kind.container) for pod in trainers))
-                if (not progress.started and startup_timeout_seconds
-                        and now - progress.scheduled_at > startup_timeout_seconds):
-                    raise JobStartFailed(name, "StartupDeadlineExceeded",
-                                         f"containers not started {now - progress.scheduled_at:.0f}s after every "
-                                         f"pod was placed: {not_started_reason(trainers, kind.container)}",
-                                         "(the containers have not run)")
+                progress.started = len(trainers) >= kind.pod_count(manifest) and all(
+                    container_started(pod, kind.container) for pod in trainers
+                )
+                if (
+                    not progress.started
+                    and startup_timeout_seconds
+                    and now - progress.scheduled_at > startup_timeout_seconds
+                ):
+                    raise JobStartFailed(
+                        name,
+                        "StartupDeadlineExceeded",
+                        f"containers not started {now - progress.scheduled_at:.0f}s after every "
+                        f"pod was placed: {not_started_reason(trainers, kind.container)}",
+                        "(the containers have not run)",
+                    )
             self.stream_rank0(kind, namespace, pods)
             if running_for > timeout_seconds:
-                raise JobTimeout(f"{kind.kind} {namespace}/{name} not finished {timeout_seconds:.0f}s after admission "
-                                 f"(last state {state})")
+                raise JobTimeout(
+                    f"{kind.kind} {namespace}/{name} not finished {timeout_seconds:.0f}s after admission "
+                    f"(last state {state})"
+                )
             self.sleep(self.poll_seconds)
 
-    def run(self, manifest: dict, *, timeout_seconds: float, schedule_timeout_seconds: float = 0,
-            admission_timeout_seconds: float = 0, startup_timeout_seconds: float = 0,
-            cleanup: bool = True) -> JobOutcome:
+    def run(
+        self,
+        manifest: dict,
+        *,
+        timeout_seconds: float,
+        schedule_timeout_seconds: float = 0,
+        admission_timeout_seconds: float = 0,
+        startup_timeout_seconds: float = 0,
+        cleanup: bool = True,
+    ) -> JobOutcome:
         """Submit/re-attach and follow to the end (see the module docstring). Every limit counts from admission
         (0: none); `cleanup`: delete the job once it succeeded."""
         kind = kind_of(manifest)
@@ -576,8 +665,14 @@ class JobFollower:
         _, reattached = self.submit(manifest)
         self.stream = LogStream()
         try:
-            state, reason, message, seconds = self._follow(kind, manifest, timeout_seconds, schedule_timeout_seconds,
-                                                           admission_timeout_seconds, startup_timeout_seconds)
+            state, reason, message, seconds = self._follow(
+                kind,
+                manifest,
+                timeout_seconds,
+                schedule_timeout_seconds,
+                admission_timeout_seconds,
+                startup_timeout_seconds,
+            )
         except StepCancelled:
             self._stopped(kind, namespace, name)
             raise
@@ -593,8 +688,15 @@ class JobFollower:
             log.debug("last log lines of %s not streamed: %s", name, err)
         pod, logs = self.pod_logs(kind, namespace, name)
         if state == "Failed":
-            log.warning("%s %s/%s failed: kept for inspection until its TTL (kubectl describe %s %s -n %s)",
-                        kind.kind, namespace, name, kind.kind.lower(), name, namespace)
+            log.warning(
+                "%s %s/%s failed: kept for inspection until its TTL (kubectl describe %s %s -n %s)",
+                kind.kind,
+                namespace,
+                name,
+                kind.kind.lower(),
+                name,
+                namespace,
+            )
             raise JobFailed(name, reason or "Failed", message, logs, pod)
         if cleanup:
             self.delete(kind, namespace, name)
@@ -609,8 +711,13 @@ class JobFollower:
                 log.warning("cannot read this launcher's pod (%s): leaving %s %s running", err, kind.kind, name)
                 return
             if disrupted:
-                log.warning("launcher pod disrupted (%s): leaving %s %s/%s running; the step's retry re-attaches",
-                            DISRUPTION_CONDITION, kind.kind, namespace, name)
+                log.warning(
+                    "launcher pod disrupted (%s): leaving %s %s/%s running; the step's retry re-attaches",
+                    DISRUPTION_CONDITION,
+                    kind.kind,
+                    namespace,
+                    name,
+                )
                 return
         log.warning("step cancelled: deleting %s %s/%s", kind.kind, namespace, name)
         self.delete(kind, namespace, name)

@@ -49,6 +49,7 @@ class Root:
 
 # --- the import graph ------------------------------------------------------------------------------
 
+
 def module_file(src: str, module: str) -> str | None:
     """The file of a clipdpo module (package: its __init__.py); None outside clipdpo or not found."""
     if module.split(".")[0] != PACKAGE:
@@ -135,6 +136,7 @@ def import_closure(src: str, roots: set[Root]) -> set[str]:
 
 # --- where the roots come from ---------------------------------------------------------------------
 
+
 def _run_commands(dockerfile: str) -> list[list[str]]:
     text = open(dockerfile).read().replace("\\\n", " ")
     lines = [line.strip()[4:] for line in text.splitlines() if line.strip().upper().startswith(("RUN ", "CMD "))]
@@ -192,8 +194,7 @@ def dockerfile_bases(dockerfile: str) -> list[str]:
 
 def dockerfile_locks(dockerfile: str) -> list[str]:
     """The lockfiles the build copies in (`COPY locks/x.txt ...`), relative to the repository root."""
-    return sorted({arg for args in _instructions(dockerfile, "COPY") for arg in args[:-1]
-                   if arg.startswith("locks/")})
+    return sorted({arg for args in _instructions(dockerfile, "COPY") for arg in args[:-1] if arg.startswith("locks/")})
 
 
 def _component_stage(node: ast.FunctionDef) -> str | None:
@@ -203,8 +204,13 @@ def _component_stage(node: ast.FunctionDef) -> str | None:
             continue
         for keyword in decorator.keywords:
             value = keyword.value
-            if (keyword.arg == "base_image" and isinstance(value, ast.Call) and value.args
-                    and isinstance(value.args[0], ast.Constant) and isinstance(value.args[0].value, str)):
+            if (
+                keyword.arg == "base_image"
+                and isinstance(value, ast.Call)
+                and value.args
+                and isinstance(value.args[0], ast.Constant)
+                and isinstance(value.args[0].value, str)
+            ):
                 return value.args[0].value
     return None
 
@@ -225,18 +231,22 @@ def component_roots(pipeline_files: list[str]) -> dict[str, set[Root]]:
 
 # --- the tag ---------------------------------------------------------------------------------------
 
+
 def _resolve_function_roots(src: str, roots: set[Root]) -> set[Root]:
     """`from clipdpo.x import y`: y is a function of x, or the module x.y."""
-    return {Root(f"{r.module}.{r.function}") if r.function and module_file(src, f"{r.module}.{r.function}") else r
-            for r in roots}
+    return {
+        Root(f"{r.module}.{r.function}") if r.function and module_file(src, f"{r.module}.{r.function}") else r
+        for r in roots
+    }
 
 
 def stage_inputs(root: str, stage: str) -> dict:
     """Everything that decides the stage's image, as {name: sha256 or value} (the tag hashes it)."""
     src = os.path.join(root, "src")
     dockerfile = os.path.join(root, "Dockerfiles", f"{stage}.Dockerfile")
-    pipelines = sorted(os.path.join(root, "pipelines", f) for f in os.listdir(os.path.join(root, "pipelines"))
-                       if f.endswith(".py"))
+    pipelines = sorted(
+        os.path.join(root, "pipelines", f) for f in os.listdir(os.path.join(root, "pipelines")) if f.endswith(".py")
+    )
     roots = dockerfile_roots(dockerfile) | component_roots(pipelines).get(stage, set())
     files = import_closure(src, _resolve_function_roots(src, roots))
     try:  # imported here: the rest of this module also runs on Python 3.10, which has no tomllib
@@ -251,9 +261,13 @@ def stage_inputs(root: str, stage: str) -> dict:
     def digest(path: str) -> str:
         return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
-    return {"dockerfile": digest(dockerfile), "version": version, "bases": dockerfile_bases(dockerfile),
-            "locks": {lock: digest(os.path.join(root, lock)) for lock in locks},
-            "sources": {rel: digest(os.path.join(src, rel)) for rel in sorted(files)}}
+    return {
+        "dockerfile": digest(dockerfile),
+        "version": version,
+        "bases": dockerfile_bases(dockerfile),
+        "locks": {lock: digest(os.path.join(root, lock)) for lock in locks},
+        "sources": {rel: digest(os.path.join(src, rel)) for rel in sorted(files)},
+    }
 
 
 def stage_tag(root: str, stage: str) -> str:
@@ -263,8 +277,11 @@ def stage_tag(root: str, stage: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.cluster.imagetags", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m clipdpo.cluster.imagetags",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--root", default=".", help="repository root")
     parser.add_argument("--stage", choices=STAGES, help="print this stage's tag only")
     parser.add_argument("--json", action="store_true", help="a JSON object (CLIPDPO_IMAGE_TAGS)")

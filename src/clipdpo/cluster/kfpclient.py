@@ -49,7 +49,9 @@ def token_from_env(env: Mapping[str, str] = os.environ) -> str | None:
 def client_arguments(host: str, namespace: str | None = None, env: Mapping[str, str] = os.environ) -> dict:
     """kfp.Client's keyword arguments: the endpoint, the namespace (multi-user) and the token if one is set."""
     if not host:
-        raise KfpConfigError("KFP_HOST is empty; expected the Kubeflow Pipelines endpoint, e.g. https://kfp.example.com")
+        raise KfpConfigError(
+            "KFP_HOST is empty; expected the Kubeflow Pipelines endpoint, e.g. https://kfp.example.com"
+        )
     arguments: dict = {"host": host, "namespace": namespace or None}
     token = token_from_env(env)
     if token:
@@ -77,11 +79,12 @@ class RunView:
     @property
     def clipdpo_run_id(self) -> str:
         """The run id the pipeline's artifacts live under (s3://<bucket>/runs/<this>)."""
-        return self.name[len(RUN_NAME_PREFIX):] if self.name.startswith(RUN_NAME_PREFIX) else self.name
+        return self.name[len(RUN_NAME_PREFIX) :] if self.name.startswith(RUN_NAME_PREFIX) else self.name
 
 
-def runs_with_prefix(client, experiment: str, prefix: str, namespace: str | None = None,
-                     pages: int = 5) -> list[RunView]:
+def runs_with_prefix(
+    client, experiment: str, prefix: str, namespace: str | None = None, pages: int = 5
+) -> list[RunView]:
     """The experiment's runs whose display name starts with `prefix`, newest first."""
     try:
         experiment_id = client.get_experiment(experiment_name=experiment, namespace=namespace).experiment_id
@@ -89,8 +92,9 @@ def runs_with_prefix(client, experiment: str, prefix: str, namespace: str | None
         return []
     found, token = [], ""
     for _ in range(pages):
-        response = client.list_runs(page_token=token, page_size=100, sort_by="created_at desc",
-                                    experiment_id=experiment_id)
+        response = client.list_runs(
+            page_token=token, page_size=100, sort_by="created_at desc", experiment_id=experiment_id
+        )
         for run in response.runs or []:
             if (run.display_name or "").startswith(prefix):
                 found.append(RunView(run.run_id, run.display_name, str(run.state or "RUNTIME_STATE_UNSPECIFIED")))
@@ -105,8 +109,11 @@ def active_runs(runs: list[RunView]) -> list[RunView]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.cluster.kfpclient", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m clipdpo.cluster.kfpclient",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["guard", "latest"])
     parser.add_argument("--prefix", required=True, help="run display-name prefix, e.g. clipdpo-ci-main-")
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
@@ -122,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "guard":
         active = active_runs(runs)
         if active:
-            print(f"a retraining is still active for {args.prefix}*: "
-                  + ", ".join(f"{r.name} ({r.state}, KFP run {r.run_id})" for r in active)
-                  + "; one at a time per branch: not submitting another", file=sys.stderr)
+            print(
+                f"a retraining is still active for {args.prefix}*: "
+                + ", ".join(f"{r.name} ({r.state}, KFP run {r.run_id})" for r in active)
+                + "; one at a time per branch: not submitting another",
+                file=sys.stderr,
+            )
             return 3
         print(f"no active run named {args.prefix}*: submitting")
         return 0
@@ -133,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"newest run {latest.name if latest else '-'}: {state}")
     if args.github_output:
         with open(args.github_output, "a") as handle:
-            handle.write(f"state={state}\nended={'true' if latest and latest.ended else 'false'}\n"
-                         f"run_id={latest.clipdpo_run_id if latest else ''}\nkfp_run_id={latest.run_id if latest else ''}\n")
+            handle.write(
+                f"state={state}\nended={'true' if latest and latest.ended else 'false'}\n"
+                f"run_id={latest.clipdpo_run_id if latest else ''}\nkfp_run_id={latest.run_id if latest else ''}\n"
+            )
     return 0
 
 

@@ -51,7 +51,9 @@ def build_manifest(spec: jobspec.TrainJobSpec, launcher: str, launch_key: str, r
     try:
         builder = BUILDERS[launcher]
     except KeyError:
-        raise ValueError(f"launcher {launcher!r}: expected one of {sorted(BUILDERS)} (or 'local' in the pipeline)")
+        raise ValueError(
+            f"launcher {launcher!r}: expected one of {sorted(BUILDERS)} (or 'local' in the pipeline)"
+        ) from None
     manifest = builder(spec)
     manifest["metadata"]["labels"][jobspec.LABEL_KEY] = jobspec.launch_label(launch_key)
     if run:
@@ -97,22 +99,40 @@ def cancel_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def launch(spec: jobspec.TrainJobSpec, launch_key: str, *, timeout_seconds: float, launcher: str = "pytorchjob",
-           schedule_timeout_seconds: float = 0, admission_timeout_seconds: float = 0,
-           startup_timeout_seconds: float = 0, follower: JobFollower | None = None, cleanup: bool = True,
-           run: str = ""):
+def launch(
+    spec: jobspec.TrainJobSpec,
+    launch_key: str,
+    *,
+    timeout_seconds: float,
+    launcher: str = "pytorchjob",
+    schedule_timeout_seconds: float = 0,
+    admission_timeout_seconds: float = 0,
+    startup_timeout_seconds: float = 0,
+    follower: JobFollower | None = None,
+    cleanup: bool = True,
+    run: str = "",
+):
     """Create (or re-attach to) the job of `launch_key` within pipeline run `run` and follow it (JobFollower.run:
     every limit counts from admission, 0 = none)."""
     manifest = build_manifest(spec, launcher, launch_key, run)
     if follower is None:
         follower = JobFollower(*kubernetes_clients(), launcher_pod=launcher_pod_from_env())
     with cancel_on_sigterm():
-        outcome = follower.run(manifest, timeout_seconds=timeout_seconds, cleanup=cleanup,
-                               schedule_timeout_seconds=schedule_timeout_seconds,
-                               admission_timeout_seconds=admission_timeout_seconds,
-                               startup_timeout_seconds=startup_timeout_seconds)
-    log.info("%s %s succeeded in %.0fs%s", manifest["kind"], outcome.name, outcome.seconds,
-             " (re-attached)" if outcome.reattached else "")
+        outcome = follower.run(
+            manifest,
+            timeout_seconds=timeout_seconds,
+            cleanup=cleanup,
+            schedule_timeout_seconds=schedule_timeout_seconds,
+            admission_timeout_seconds=admission_timeout_seconds,
+            startup_timeout_seconds=startup_timeout_seconds,
+        )
+    log.info(
+        "%s %s succeeded in %.0fs%s",
+        manifest["kind"],
+        outcome.name,
+        outcome.seconds,
+        " (re-attached)" if outcome.reattached else "",
+    )
     return outcome
 
 
@@ -128,8 +148,11 @@ def delete_run_jobs(namespace: str, run: str, follower: JobFollower | None = Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clipdpo.cluster.launch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m clipdpo.cluster.launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--launcher", choices=sorted(BUILDERS), default="pytorchjob")
     parser.add_argument("--launch-key", required=True, help="stable per output + config (re-attach key)")
     parser.add_argument("--run", default=None, help=f"pipeline run (default: ${RUN_ENV}); part of the launch key")
@@ -149,35 +172,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", default="torch-distributed", help="TrainJob: ClusterTrainingRuntime name")
     parser.add_argument("--backoff-limit", type=int, default=3, help="PyTorchJob: pod restarts before failing")
     parser.add_argument("--timeout-hours", type=float, default=72.0)
-    parser.add_argument("--schedule-timeout-minutes", type=float, default=60.0,
-                        help="fail when the pods are not all scheduled this long after admission (0: wait)")
-    parser.add_argument("--admission-timeout-minutes", type=float, default=0.0,
-                        help="fail (leaving the job queued) when Kueue has not admitted it by then (0: wait)")
-    parser.add_argument("--startup-timeout-minutes", type=float, default=30.0,
-                        help="fail when the containers have not started this long after every pod was placed")
+    parser.add_argument(
+        "--schedule-timeout-minutes",
+        type=float,
+        default=60.0,
+        help="fail when the pods are not all scheduled this long after admission (0: wait)",
+    )
+    parser.add_argument(
+        "--admission-timeout-minutes",
+        type=float,
+        default=0.0,
+        help="fail (leaving the job queued) when Kueue has not admitted it by then (0: wait)",
+    )
+    parser.add_argument(
+        "--startup-timeout-minutes",
+        type=float,
+        default=30.0,
+        help="fail when the containers have not started this long after every pod was placed",
+    )
     parser.add_argument("--keep-job", action="store_true", help="do not delete the job when it succeeded")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     namespace = args.namespace or current_namespace()
     run = run_from_env() if args.run is None else args.run
     key = run_launch_key(args.launch_key, run)
     spec = jobspec.TrainJobSpec(
-        name=jobspec.job_name(key), namespace=namespace,
-        image=args.image, train_args=train_args, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpu=args.cpu,
-        memory=args.memory, shm_size=args.shm_size, s3_secret=args.s3_secret, service_account=args.service_account,
-        node_selector=json.loads(args.node_selector), tolerations=json.loads(args.tolerations),
-        active_deadline_seconds=int(args.timeout_hours * 3600), backoff_limit=args.backoff_limit,
-        queue_name=args.queue_name, gang=args.gang, runtime=args.runtime)
-    launch(spec, key, launcher=args.launcher, timeout_seconds=args.timeout_hours * 3600 + 600,
-           schedule_timeout_seconds=args.schedule_timeout_minutes * 60,
-           admission_timeout_seconds=args.admission_timeout_minutes * 60,
-           startup_timeout_seconds=args.startup_timeout_minutes * 60, cleanup=not args.keep_job, run=run)
+        name=jobspec.job_name(key),
+        namespace=namespace,
+        image=args.image,
+        train_args=train_args,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        cpu=args.cpu,
+        memory=args.memory,
+        shm_size=args.shm_size,
+        s3_secret=args.s3_secret,
+        service_account=args.service_account,
+        node_selector=json.loads(args.node_selector),
+        tolerations=json.loads(args.tolerations),
+        active_deadline_seconds=int(args.timeout_hours * 3600),
+        backoff_limit=args.backoff_limit,
+        queue_name=args.queue_name,
+        gang=args.gang,
+        runtime=args.runtime,
+    )
+    launch(
+        spec,
+        key,
+        launcher=args.launcher,
+        timeout_seconds=args.timeout_hours * 3600 + 600,
+        schedule_timeout_seconds=args.schedule_timeout_minutes * 60,
+        admission_timeout_seconds=args.admission_timeout_minutes * 60,
+        startup_timeout_seconds=args.startup_timeout_minutes * 60,
+        cleanup=not args.keep_job,
+        run=run,
+    )
     return 0
 
 

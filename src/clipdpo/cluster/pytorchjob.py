@@ -18,10 +18,23 @@ from __future__ import annotations
 import copy
 
 from clipdpo import __version__
+
 # TrainJobSpec, job_name, launch_label, LABEL_*: re-exported, callers import them from here too
-from clipdpo.cluster.jobspec import (CONTAINER_SECURITY, LABEL_APP, LABEL_KEY, VOLUME_MOUNTS,  # noqa: F401
-                                     TrainJobSpec, job_metadata, job_name, launch_label, plain_env, pod_labels,
-                                     example_manifest, pod_spec_extras, resources)
+from clipdpo.cluster.jobspec import (  # noqa: F401
+    CONTAINER_SECURITY,
+    LABEL_APP,
+    LABEL_KEY,
+    VOLUME_MOUNTS,
+    TrainJobSpec,
+    example_manifest,
+    job_metadata,
+    job_name,
+    launch_label,
+    plain_env,
+    pod_labels,
+    pod_spec_extras,
+    resources,
+)
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 CONTAINER_NAME = "pytorch"  # required by the Training Operator
@@ -32,8 +45,13 @@ def _container(spec: TrainJobSpec) -> dict:
         "name": CONTAINER_NAME,
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["torchrun", f"--nnodes={spec.nodes}", f"--nproc-per-node={spec.procs_per_node}",
-                    "-m", "clipdpo.train"],
+        "command": [
+            "torchrun",
+            f"--nnodes={spec.nodes}",
+            f"--nproc-per-node={spec.procs_per_node}",
+            "-m",
+            "clipdpo.train",
+        ],
         "args": list(spec.train_args),
         "env": plain_env(spec),
         "envFrom": [{"secretRef": {"name": spec.s3_secret}}],
@@ -65,30 +83,49 @@ def build(spec: TrainJobSpec) -> dict:
     """The PyTorchJob manifest as a plain dict (what the API server receives)."""
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": _pod_template(spec, "Master")}}
     if spec.nodes > 1:
-        replicas["Worker"] = {"replicas": spec.nodes - 1, "restartPolicy": "OnFailure",
-                              "template": _pod_template(spec, "Worker")}
+        replicas["Worker"] = {
+            "replicas": spec.nodes - 1,
+            "restartPolicy": "OnFailure",
+            "template": _pod_template(spec, "Worker"),
+        }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": job_metadata(spec),
-        "spec": {"nprocPerNode": str(spec.procs_per_node), "runPolicy": _run_policy(spec),
-                 "pytorchReplicaSpecs": replicas},
+        "spec": {
+            "nprocPerNode": str(spec.procs_per_node),
+            "runPolicy": _run_policy(spec),
+            "pytorchReplicaSpecs": replicas,
+        },
     }
 
 
 def example_spec() -> TrainJobSpec:
     """The template shipped as k8s/pytorchjob/train-pytorchjob.yaml (2 nodes x 8 GPUs)."""
     return TrainJobSpec(
-        name="clipdpo-train-manual", namespace="clipdpo", image=f"ghcr.io/clipdpo/clipdpo-train:{__version__}",
-        train_args=["--input", "s3://YOUR-BUCKET/runs/RUN/pairs", "--output", "s3://YOUR-BUCKET/runs/RUN/model",
-                    "--set", "model=llava-hf/llava-1.5-7b-hf", "--set", "per_device_batch_size=4"],
-        nodes=2, gpus_per_node=8,
-        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+        name="clipdpo-train-manual",
+        namespace="clipdpo",
+        image=f"ghcr.io/clipdpo/clipdpo-train:{__version__}",
+        train_args=[
+            "--input",
+            "s3://YOUR-BUCKET/runs/RUN/pairs",
+            "--output",
+            "s3://YOUR-BUCKET/runs/RUN/model",
+            "--set",
+            "model=llava-hf/llava-1.5-7b-hf",
+            "--set",
+            "per_device_batch_size=4",
+        ],
+        nodes=2,
+        gpus_per_node=8,
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
 
 
 def render_example() -> str:
-    return example_manifest(build(example_spec()), "PyTorchJob", "k8s/pytorchjob/train-pytorchjob.yaml",
-                            "clipdpo.cluster.pytorchjob")
+    return example_manifest(
+        build(example_spec()), "PyTorchJob", "k8s/pytorchjob/train-pytorchjob.yaml", "clipdpo.cluster.pytorchjob"
+    )
 
 
 if __name__ == "__main__":

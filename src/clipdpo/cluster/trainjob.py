@@ -20,8 +20,19 @@ from __future__ import annotations
 
 import copy
 
-from clipdpo.cluster.jobspec import (CONTAINER_SECURITY, POD_SECURITY, VOLUME_MOUNTS, TrainJobSpec, example_manifest,
-                                     job_metadata, plain_env, pod_labels, pod_spec_extras, resources, secret_env)
+from clipdpo.cluster.jobspec import (
+    CONTAINER_SECURITY,
+    POD_SECURITY,
+    VOLUME_MOUNTS,
+    TrainJobSpec,
+    example_manifest,
+    job_metadata,
+    plain_env,
+    pod_labels,
+    pod_spec_extras,
+    resources,
+    secret_env,
+)
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 RUNTIME_KIND = "ClusterTrainingRuntime"
@@ -34,10 +45,15 @@ ANCESTOR_LABEL = {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
 
 def _pod_patch(spec: TrainJobSpec) -> dict:
     """Pod template patch for the runtime's `node` job: identity, placement, volumes, mounts."""
-    container = {"name": CONTAINER_NAME, "volumeMounts": [dict(m) for m in VOLUME_MOUNTS],
-                 "securityContext": copy.deepcopy(CONTAINER_SECURITY)}
-    pod = {"metadata": {"labels": pod_labels(spec, "node")},
-           "spec": {**pod_spec_extras(spec), "containers": [container]}}
+    container = {
+        "name": CONTAINER_NAME,
+        "volumeMounts": [dict(m) for m in VOLUME_MOUNTS],
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+    }
+    pod = {
+        "metadata": {"labels": pod_labels(spec, "node")},
+        "spec": {**pod_spec_extras(spec), "containers": [container]},
+    }
     job = {"name": NODE_JOB, "template": {"spec": {"template": pod}}}
     return {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
 
@@ -45,9 +61,11 @@ def _pod_patch(spec: TrainJobSpec) -> dict:
 def build(spec: TrainJobSpec) -> dict:
     """The TrainJob manifest as a plain dict (what the API server receives)."""
     if spec.gang:
-        raise ValueError("a TrainJob is gang-scheduled by its runtime's podGroupPolicy or by Kueue: set "
-                         "queue_name, or run on a runtime with podGroupPolicy (helm trainingRuntime.gang), "
-                         "not gang=True")
+        raise ValueError(
+            "a TrainJob is gang-scheduled by its runtime's podGroupPolicy or by Kueue: set "
+            "queue_name, or run on a runtime with podGroupPolicy (helm trainingRuntime.gang), "
+            "not gang=True"
+        )
     trainer = {
         "image": spec.image,
         "command": list(TRAIN_COMMAND),
@@ -70,8 +88,14 @@ def build(spec: TrainJobSpec) -> dict:
     }
 
 
-def build_runtime(name: str, image: str, *, max_restarts: int = 3, ttl_seconds_after_finished: int = 3600,
-                  gang_timeout_seconds: int = 0) -> dict:
+def build_runtime(
+    name: str,
+    image: str,
+    *,
+    max_restarts: int = 3,
+    ttl_seconds_after_finished: int = 3600,
+    gang_timeout_seconds: int = 0,
+) -> dict:
     """A ClusterTrainingRuntime like torch-distributed plus restarts, TTL and, optionally, coscheduling.
 
     `max_restarts`: the whole JobSet is recreated after a pod fails, up to this many times (the
@@ -80,32 +104,57 @@ def build_runtime(name: str, image: str, *, max_restarts: int = 3, ttl_seconds_a
     """
     spec = {
         "mlPolicy": {"numNodes": 1, "torch": {}},
-        "template": {"spec": {
-            "failurePolicy": {"maxRestarts": max_restarts},
-            "ttlSecondsAfterFinished": ttl_seconds_after_finished,
-            "replicatedJobs": [{
-                "name": NODE_JOB,
-                "template": {"metadata": {"labels": dict(ANCESTOR_LABEL)},
-                             "spec": {"template": {"spec": {
-                                 "securityContext": copy.deepcopy(POD_SECURITY),
-                                 "containers": [{"name": CONTAINER_NAME, "image": image,
-                                                 "securityContext": copy.deepcopy(CONTAINER_SECURITY)}]}}}},
-            }],
-        }},
+        "template": {
+            "spec": {
+                "failurePolicy": {"maxRestarts": max_restarts},
+                "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+                "replicatedJobs": [
+                    {
+                        "name": NODE_JOB,
+                        "template": {
+                            "metadata": {"labels": dict(ANCESTOR_LABEL)},
+                            "spec": {
+                                "template": {
+                                    "spec": {
+                                        "securityContext": copy.deepcopy(POD_SECURITY),
+                                        "containers": [
+                                            {
+                                                "name": CONTAINER_NAME,
+                                                "image": image,
+                                                "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+                                            }
+                                        ],
+                                    }
+                                }
+                            },
+                        },
+                    }
+                ],
+            }
+        },
     }
     if gang_timeout_seconds > 0:
         spec["podGroupPolicy"] = {"coscheduling": {"scheduleTimeoutSeconds": gang_timeout_seconds}}
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": RUNTIME_KIND,
-            "metadata": {"name": name, "labels": {"trainer.kubeflow.org/framework": "torch",
-                                                  "app.kubernetes.io/name": "clipdpo"}},
-            "spec": spec}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": RUNTIME_KIND,
+        "metadata": {
+            "name": name,
+            "labels": {"trainer.kubeflow.org/framework": "torch", "app.kubernetes.io/name": "clipdpo"},
+        },
+        "spec": spec,
+    }
 
 
 def render_example() -> str:
     from clipdpo.cluster.pytorchjob import example_spec
 
-    return example_manifest(build(example_spec()), "TrainJob (Kubeflow Trainer v2)", "k8s/trainjob/train-trainjob.yaml",
-                            "clipdpo.cluster.trainjob")
+    return example_manifest(
+        build(example_spec()),
+        "TrainJob (Kubeflow Trainer v2)",
+        "k8s/trainjob/train-trainjob.yaml",
+        "clipdpo.cluster.trainjob",
+    )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,33 @@ PHOTOS = {
     "horse": (["horse"], ["person"]),
     "camera": (["man", "camera"], ["dog"]),
 }
-RELATION = {"person": ["woman", "astronaut"], "flag": [], "dog": ["puppy"], "car": [], "cat": ["kitten"], "ball": [],
-            "cup": ["mug"], "coffee": [], "spoon": [], "cake": [], "rocket": ["spaceship"], "sky": [],
-            "airplane": ["plane"], "bird": [], "horse": ["pony"], "man": [], "camera": []}
-ZERO_SHOT_CLASSES = {"astronaut": "person", "chelsea": "cat", "coffee": "cup", "rocket": "rocket", "horse": "horse",
-                     "camera": "person"}
+RELATION = {
+    "person": ["woman", "astronaut"],
+    "flag": [],
+    "dog": ["puppy"],
+    "car": [],
+    "cat": ["kitten"],
+    "ball": [],
+    "cup": ["mug"],
+    "coffee": [],
+    "spoon": [],
+    "cake": [],
+    "rocket": ["spaceship"],
+    "sky": [],
+    "airplane": ["plane"],
+    "bird": [],
+    "horse": ["pony"],
+    "man": [],
+    "camera": [],
+}
+ZERO_SHOT_CLASSES = {
+    "astronaut": "person",
+    "chelsea": "cat",
+    "coffee": "cup",
+    "rocket": "rocket",
+    "horse": "horse",
+    "camera": "person",
+}
 
 
 def write(root: str, storage: Storage | None = None) -> dict:
@@ -45,8 +67,9 @@ def write(root: str, storage: Storage | None = None) -> dict:
             question = f"Is there a {word} in this image?"
             annotations.append({"id": item_id, "type": "discriminative-hallucination", "truth": answer})
             queries.append({"id": item_id, "image": f"AMBER_{name}.jpg", "query": question})
-            pope.append({"id": item_id, "image": f"{name}.jpg", "question": question, "answer": answer,
-                         "category": "demo"})
+            pope.append(
+                {"id": item_id, "image": f"{name}.jpg", "question": question, "answer": answer, "category": "demo"}
+            )
     amber_data = join(root, "AMBER", "data")
     files = {
         join(amber_data, "annotations.json"): json.dumps(annotations),

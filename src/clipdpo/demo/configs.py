@@ -28,22 +28,37 @@ def demo_configs(models_dir: Path) -> dict[str, dict]:
     paths = models.build_all(str(models_dir))
     evaluations = benchmarks.write(str(models_dir.parent / "benchmarks"))
     evaluations["amber"]["nlp"] = {"backend": "spacy", "spacy_model": local_spacy_model()}
-    evaluations["zero_shot"]["text_encoder"] = {"model_name": models.TINY_CLIP_NAME, "pretrained": None,
-                                                "model_config_dir": paths["clip_config_dir"]}
+    evaluations["zero_shot"]["text_encoder"] = {
+        "model_name": models.TINY_CLIP_NAME,
+        "pretrained": None,
+        "model_config_dir": paths["clip_config_dir"],
+    }
     return {
         "ingest": {"source": "builtin:demo", "source_name": "skimage", "shard_size": 4},
         "generate": {
             "captioners": [{"name": "tiny-llava", "path": paths["captioner"], "engine": "hf"}],
             "sampling": {"max_new_tokens": 24},
-            "qa": {"model": {"name": "tiny-llm", "path": paths["llm"], "engine": "hf"},
-                   "sampling": {"max_new_tokens": 48}},
+            "qa": {
+                "model": {"name": "tiny-llm", "path": paths["llm"], "engine": "hf"},
+                "sampling": {"max_new_tokens": 48},
+            },
         },
-        "score": {"model_name": models.TINY_CLIP_NAME, "pretrained": None,
-                  "model_config_dir": paths["clip_config_dir"]},
+        "score": {
+            "model_name": models.TINY_CLIP_NAME,
+            "pretrained": None,
+            "model_config_dir": paths["clip_config_dir"],
+        },
         "filter": DEMO_FILTER,
         # The paper's optimiser settings, scaled to a handful of pairs and a tiny model.
-        "train": {"model": paths["captioner"], "global_batch_size": 4, "per_device_batch_size": 2,
-                  "learning_rate": 1e-4, "max_length": 128, "epochs": 2, "save_steps": 1000},
+        "train": {
+            "model": paths["captioner"],
+            "global_batch_size": 4,
+            "per_device_batch_size": 2,
+            "learning_rate": 1e-4,
+            "max_length": 128,
+            "epochs": 2,
+            "save_steps": 1000,
+        },
         # base (the tiny captioner) vs its trained copy on the demo benchmarks (clipdpo.demo.benchmarks)
         "evaluate": {"engine": "hf", "max_new_tokens": 48, **evaluations},
     }

@@ -84,13 +84,24 @@ class LlavaShape:
 def build_tiny_llava(path: str, seed: int = 0, shape: LlavaShape = LlavaShape()) -> str:
     """Save a tiny LlavaForConditionalGeneration + LlavaProcessor at `path`."""
     import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=2 * shape.vision_hidden,
-                              num_hidden_layers=2, num_attention_heads=2, image_size=shape.image_size,
-                              patch_size=shape.patch_size)
+    vision = CLIPVisionConfig(
+        hidden_size=shape.vision_hidden,
+        intermediate_size=2 * shape.vision_hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=shape.image_size,
+        patch_size=shape.patch_size,
+    )
     config = LlavaConfig(
         vision_config=vision,
         text_config=_llama_config(tokenizer, shape.hidden, shape.intermediate, shape.heads, shape.layers),
@@ -100,8 +111,9 @@ def build_tiny_llava(path: str, seed: int = 0, shape: LlavaShape = LlavaShape())
     )
     model = LlavaForConditionalGeneration(config).eval()
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": shape.image_size},
-                                           crop_size={"height": shape.image_size, "width": shape.image_size}),
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": shape.image_size}, crop_size={"height": shape.image_size, "width": shape.image_size}
+        ),
         tokenizer=tokenizer,
         patch_size=shape.patch_size,
         vision_feature_select_strategy="default",

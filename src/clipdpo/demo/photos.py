@@ -59,7 +59,7 @@ def is_photo(uri: str) -> bool:
 
 def read(uri: str) -> bytes:
     """The PNG bytes of a URI from `listing`."""
-    name = uri[len(URI_PREFIX):]
+    name = uri[len(URI_PREFIX) :]
     if name not in NAMES:
         raise ValueError(f"{uri}: not a demo photo (known: {', '.join(NAMES)})")
     return png(name)

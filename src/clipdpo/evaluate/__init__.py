@@ -25,14 +25,36 @@ def run(cfg: EvaluateConfig, output: str, *, storage: Storage | None = None) -> 
 
     if cfg.only_task:  # one (model, task) of the fan-out: its record, no report
         record = fanout.evaluate_task(cfg, output, storage or Storage())
-        print(json.dumps({"stage": "evaluate", "model": cfg.only_model, "task": cfg.only_task,
-                          "inferred": record["inferred"], "cached": record["cached"],
-                          "record": fanout.task_record_uri(output, cfg.only_model, cfg.only_task)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "stage": "evaluate",
+                    "model": cfg.only_model,
+                    "task": cfg.only_task,
+                    "inferred": record["inferred"],
+                    "cached": record["cached"],
+                    "record": fanout.task_record_uri(output, cfg.only_model, cfg.only_task),
+                }
+            ),
+            flush=True,
+        )
         return record
     storage = storage or Storage()
     metrics = fanout.merge(cfg, output, storage) if cfg.merge_tasks else evaluate_models(cfg, output, storage)
-    amber_scores = {name: result["amber"].get("amber_score") for name, result in metrics["results"].items()
-                    if "amber" in result}
-    print(json.dumps({"stage": "evaluate", "output": output, "complete": metrics["complete"],
-                      "report": join(output, "report.md"), "amber_score": amber_scores}, sort_keys=True), flush=True)
+    amber_scores = {
+        name: result["amber"].get("amber_score") for name, result in metrics["results"].items() if "amber" in result
+    }
+    print(
+        json.dumps(
+            {
+                "stage": "evaluate",
+                "output": output,
+                "complete": metrics["complete"],
+                "report": join(output, "report.md"),
+                "amber_score": amber_scores,
+            },
+            sort_keys=True,
+        ),
+        flush=True,
+    )
     return metrics

@@ -67,9 +67,22 @@ class AmberData:
         self.hallucination_words = words
 
 
-COUNTER_NAMES = ["chair_num", "chair_score", "safe_cover_num", "safe_cover_score", "hallu_cover_num",
-                 "hallu_cover_score", "non_hallu_score", "non_hallu_num", "qa_correct_score", "qa_correct_num",
-                 "qa_no_score", "qa_no_num", "qa_ans_no_score", "qa_ans_no_num"]
+COUNTER_NAMES = [
+    "chair_num",
+    "chair_score",
+    "safe_cover_num",
+    "safe_cover_score",
+    "hallu_cover_num",
+    "hallu_cover_score",
+    "non_hallu_score",
+    "non_hallu_num",
+    "qa_correct_score",
+    "qa_correct_num",
+    "qa_no_score",
+    "qa_no_num",
+    "qa_ans_no_score",
+    "qa_ans_no_num",
+]
 
 
 def start_counters_text() -> str:
@@ -101,8 +114,10 @@ def load(root: str, storage: Storage | None = None) -> AmberData:
         try:
             return storage.read_bytes(join(root, name)).decode("utf-8")
         except NotFound:
-            raise AmberInputError(f"{join(root, name)}: missing (AMBER's official data/ layout expected: "
-                                  "annotations.json, relation.json, safe_words.txt, metrics.txt)") from None
+            raise AmberInputError(
+                f"{join(root, name)}: missing (AMBER's official data/ layout expected: "
+                "annotations.json, relation.json, safe_words.txt, metrics.txt)"
+            ) from None
 
     where = join(root, "annotations.json")
     try:
@@ -116,8 +131,10 @@ def load(root: str, storage: Storage | None = None) -> AmberData:
         if not isinstance(item, dict) or not {"id", "type", "truth"} <= set(item):
             raise AmberInputError(f"{where}: item {index} lacks id/type/truth (official layout expected)")
         if item["id"] != index + 1:
-            raise AmberInputError(f"{where}: item {index} has id {item['id']}, expected {index + 1} "
-                                  "(ids are positions, as the official code indexes them)")
+            raise AmberInputError(
+                f"{where}: item {index} has id {item['id']}, expected {index + 1} "
+                "(ids are positions, as the official code indexes them)"
+            )
         if item["type"] == "generative" and "hallu" not in item:
             raise AmberInputError(f"{where}: generative item {item['id']} lacks 'hallu'")
     if not isinstance(association, dict):
@@ -149,8 +166,14 @@ def _expanded(words: list[str], association: dict[str, list[str]], item_id: int)
     return pairs
 
 
-def score_generative(item: dict, response: str, data: AmberData, nlp: NounSimilarity,
-                     threshold: float = 0.8, nouns: list[str] | None = None) -> GenerativeResult:
+def score_generative(
+    item: dict,
+    response: str,
+    data: AmberData,
+    nlp: NounSimilarity,
+    threshold: float = 0.8,
+    nouns: list[str] | None = None,
+) -> GenerativeResult:
     """`nouns`: the response's nouns when already extracted (a batched pass), else nlp.nouns(response)."""
     nouns = [noun for noun in (nlp.nouns(response) if nouns is None else nouns) if noun in data.hallucination_words]
     safe = _expanded(item["truth"], data.association, item["id"])
@@ -184,24 +207,36 @@ def score_generative(item: dict, response: str, data: AmberData, nlp: NounSimila
             continue
         hallucinated.append(noun)
     return GenerativeResult(
-        nouns, hallucinated, [w for w, c in zip(item["truth"], safe_covered) if c],
-        [w for w, c in zip(item["hallu"], hallu_covered) if c], len(item["truth"]), len(item["hallu"]))
+        nouns,
+        hallucinated,
+        [w for w, c in zip(item["truth"], safe_covered) if c],
+        [w for w, c in zip(item["hallu"], hallu_covered) if c],
+        len(item["truth"]),
+        len(item["hallu"]),
+    )
 
 
 def _type_prefix(item_type: str) -> str:
     return TYPES.get(item_type, RELATION_PREFIX)
 
 
-def _check_responses(data: AmberData, responses: Mapping[int, str | list[str]], expected: set[int],
-                     evaluation_type: str, allow_partial: bool) -> list[int]:
+def _check_responses(
+    data: AmberData,
+    responses: Mapping[int, str | list[str]],
+    expected: set[int],
+    evaluation_type: str,
+    allow_partial: bool,
+) -> list[int]:
     """The expected ids with no response; unknown ids, and missing ones unless allowed, are errors."""
     unknown = sorted(set(responses) - {item["id"] for item in data.annotations})
     if unknown:
         raise AmberInputError(f"responses: ids not in annotations.json: {unknown[:10]}")
     missing = sorted(expected - set(responses))
     if missing and not allow_partial:
-        raise AmberInputError(f"responses: {len(missing)} id(s) of evaluation type {evaluation_type!r} have no "
-                              f"response (e.g. {missing[:10]}); pass allow_partial to score the rest")
+        raise AmberInputError(
+            f"responses: {len(missing)} id(s) of evaluation type {evaluation_type!r} have no "
+            f"response (e.g. {missing[:10]}); pass allow_partial to score the rest"
+        )
     return missing
 
 
@@ -239,9 +274,17 @@ def _count_discriminative(m: dict, item: dict, response: str) -> None:
             bump("qa_ans_no_score")
 
 
-def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSimilarity | None, *,
-             evaluation_type: str = "a", threshold: float = 0.8, allow_partial: bool = False,
-             examples: int = 0, per_item: bool = False) -> dict:
+def evaluate(
+    data: AmberData,
+    responses: dict[int, str | list[str]],
+    nlp: NounSimilarity | None,
+    *,
+    evaluation_type: str = "a",
+    threshold: float = 0.8,
+    allow_partial: bool = False,
+    examples: int = 0,
+    per_item: bool = False,
+) -> dict:
     """All AMBER metrics for `responses` (id -> text, or a generative item's sampled texts); refuses missing
     ids unless `allow_partial`. Examples show a generative item's first text. `per_item`: the result also
     holds "per_item", each scored item's own HEADLINE_COUNTERS (all its samples together), whose sums plus
@@ -254,8 +297,16 @@ def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSi
     if wants_generative and nlp is None:
         raise AmberInputError("generative AMBER needs the NLP resources (tokeniser, tagger, WordNet, vectors)")
     m = dict(data.counters)
-    for key in ("chair_score", "chair_num", "safe_cover_score", "safe_cover_num", "hallu_cover_score",
-                "hallu_cover_num", "non_hallu_score", "non_hallu_num"):
+    for key in (
+        "chair_score",
+        "chair_num",
+        "safe_cover_score",
+        "safe_cover_num",
+        "hallu_cover_score",
+        "hallu_cover_num",
+        "non_hallu_score",
+        "non_hallu_num",
+    ):
         m.setdefault(key, 0.0)
     qualitative: list[dict] = []
     scored = sorted(set(responses) & expected)
@@ -289,8 +340,9 @@ def evaluate(data: AmberData, responses: dict[int, str | list[str]], nlp: NounSi
 def _single_text(response: str | list[str], item_id: int) -> str:
     """A discriminative item's one answer (its task never samples: a list of samples is no yes/no answer)."""
     if not isinstance(response, str):
-        raise AmberInputError(f"responses: discriminative item {item_id}: expected one text, "
-                              f"got {type(response).__name__}")
+        raise AmberInputError(
+            f"responses: discriminative item {item_id}: expected one text, got {type(response).__name__}"
+        )
     return response
 
 
@@ -312,9 +364,22 @@ def _batched_nouns(texts: dict[int, list[str]], nlp) -> dict[tuple[int, int], li
 
 
 # The counters the headline numbers (CHAIR, Cover, Hal, Cog, F1, AMBER score) are computed from.
-HEADLINE_COUNTERS = ("chair_score", "chair_num", "safe_cover_score", "safe_cover_num", "hallu_cover_score",
-                     "hallu_cover_num", "non_hallu_score", "non_hallu_num", "qa_correct_score", "qa_correct_num",
-                     "qa_no_score", "qa_no_num", "qa_ans_no_score", "qa_ans_no_num")
+HEADLINE_COUNTERS = (
+    "chair_score",
+    "chair_num",
+    "safe_cover_score",
+    "safe_cover_num",
+    "hallu_cover_score",
+    "hallu_cover_num",
+    "non_hallu_score",
+    "non_hallu_num",
+    "qa_correct_score",
+    "qa_correct_num",
+    "qa_no_score",
+    "qa_no_num",
+    "qa_ans_no_score",
+    "qa_ans_no_num",
+)
 
 
 def headline(m: dict) -> dict[str, float | None]:
@@ -327,10 +392,12 @@ def headline(m: dict) -> dict[str, float | None]:
 
 
 def _generative(m: dict) -> dict[str, float | None]:
-    return {"chair": _pct(m["chair_score"], m["chair_num"]),
-            "cover": _pct(m["safe_cover_score"], m["safe_cover_num"]),
-            "hal": round(100 - m["non_hallu_score"] / m["non_hallu_num"] * 100, 1) if m["non_hallu_num"] else None,
-            "cog": _pct(m["hallu_cover_score"], m["hallu_cover_num"])}
+    return {
+        "chair": _pct(m["chair_score"], m["chair_num"]),
+        "cover": _pct(m["safe_cover_score"], m["safe_cover_num"]),
+        "hal": round(100 - m["non_hallu_score"] / m["non_hallu_num"] * 100, 1) if m["non_hallu_num"] else None,
+        "cog": _pct(m["hallu_cover_score"], m["hallu_cover_num"]),
+    }
 
 
 def _pct(score: float, num: float) -> float | None:
@@ -350,8 +417,7 @@ def _prf(m: dict, prefixes: list[str], epsilon: float) -> dict:
 
 
 def _summarise(m: dict, evaluation_type: str, *, complete: bool, missing: list[int], qualitative: list) -> dict:
-    out: dict = {"evaluation_type": evaluation_type, "complete": complete, "missing_ids": missing[:100],
-                 "counters": m}
+    out: dict = {"evaluation_type": evaluation_type, "complete": complete, "missing_ids": missing[:100], "counters": m}
     if evaluation_type in ("a", "g"):
         out["generative"] = _generative(m)
         out["examples"] = qualitative
@@ -366,8 +432,11 @@ def _summarise(m: dict, evaluation_type: str, *, complete: bool, missing: list[i
         out["action"] = _prf(m, ["aa_"], 0.0001)
     if evaluation_type in ("a", "d", "dr"):
         out["relation"] = _prf(m, ["asso_"], 0.0001)
-    if "generative" in out and "discriminative" in out and None not in (out["generative"]["chair"],
-                                                                          out["discriminative"]["f1"]):
+    if (
+        "generative" in out
+        and "discriminative" in out
+        and None not in (out["generative"]["chair"], out["discriminative"]["f1"])
+    ):
         out["amber_score"] = round(amber_score(out["generative"]["chair"], out["discriminative"]["f1"]), 2)
     return out
 

@@ -36,8 +36,9 @@ class PerImage:
 
     def __post_init__(self) -> None:
         if self.rows.shape != (len(self.images), len(self.columns)):
-            raise ValueError(f"per-image counts: shape {self.rows.shape}, expected "
-                             f"({len(self.images)}, {len(self.columns)})")
+            raise ValueError(
+                f"per-image counts: shape {self.rows.shape}, expected ({len(self.images)}, {len(self.columns)})"
+            )
         if len(set(self.images)) != len(self.images):
             raise ValueError("per-image counts: an image appears twice")
 
@@ -50,8 +51,10 @@ class PerImage:
     def aligned(self, images: list[str]) -> PerImage:
         """The same counts with the images in the order given (which must be the same set)."""
         if set(images) != set(self.images):
-            raise ValueError(f"per-image counts: the models were scored on different images "
-                             f"({len(set(images) ^ set(self.images))} differ)")
+            raise ValueError(
+                f"per-image counts: the models were scored on different images "
+                f"({len(set(images) ^ set(self.images))} differ)"
+            )
         position = {image: k for k, image in enumerate(self.images)}
         return PerImage(list(images), self.columns, self.rows[[position[i] for i in images]], self.start)
 
@@ -64,8 +67,9 @@ class PerImage:
         return cls(list(data["images"]), list(data["columns"]), rows, dict(data.get("start", {})))
 
 
-def by_image(items: Iterable[tuple[str, Mapping[str, float]]], columns: list[str],
-             start: dict[str, float] | None = None) -> PerImage:
+def by_image(
+    items: Iterable[tuple[str, Mapping[str, float]]], columns: list[str], start: dict[str, float] | None = None
+) -> PerImage:
     """(image, counts of one item) pairs summed per image; images in first-seen order."""
     sums: dict[str, np.ndarray] = {}
     for image, counts in items:
@@ -84,8 +88,9 @@ def resample_weights(images: int, resamples: int, seed: int) -> np.ndarray:
     return np.bincount(flat, minlength=resamples * images).reshape(resamples, images).astype(np.float64)
 
 
-def paired_effects(base: PerImage, model: PerImage, measure: Measure, resamples: int = DEFAULT_RESAMPLES,
-                   seed: int = 0) -> dict[str, dict]:
+def paired_effects(
+    base: PerImage, model: PerImage, measure: Measure, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> dict[str, dict]:
     """Each metric of `measure`: {"delta": model - base on every image, "ci95": [lo, hi], "resamples", "images"}.
     A metric that is None for either model (on the full set or on some resample) gets ci95 None."""
     model = model.aligned(base.images)
@@ -106,9 +111,12 @@ def paired_effects(base: PerImage, model: PerImage, measure: Measure, resamples:
         if None not in deltas:
             low, high = np.percentile(np.array(deltas), [2.5, 97.5])
             interval = [float(low), float(high)]
-        out[name] = {"delta": _tidy(model_value - base_value),
-                     "ci95": None if interval is None else [_tidy(v) for v in interval], "resamples": resamples,
-                     "images": len(base.images)}
+        out[name] = {
+            "delta": _tidy(model_value - base_value),
+            "ci95": None if interval is None else [_tidy(v) for v in interval],
+            "resamples": resamples,
+            "images": len(base.images),
+        }
     return out
 
 

@@ -46,8 +46,10 @@ class DecodingConfig:
     def __post_init__(self) -> None:
         check_ranges(self)
         if self.samples > 1 and self.temperature == 0:
-            raise ValueError(f"amber.decoding: {self.samples} samples with temperature 0 would repeat one greedy "
-                             "answer; set temperature > 0 or samples 1")
+            raise ValueError(
+                f"amber.decoding: {self.samples} samples with temperature 0 would repeat one greedy "
+                "answer; set temperature > 0 or samples 1"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -56,8 +58,10 @@ class DecodingConfig:
     def describe(self) -> str:
         if self.greedy:
             return "greedy, 1 answer per description item (as the official scripts)"
-        return (f"sampled (temperature {self.temperature:g}, top_p {self.top_p:g}, seed {self.seed}), "
-                f"{self.samples} answer(s) per description item; CHAIR/Cover/Hal/Cog count every answer")
+        return (
+            f"sampled (temperature {self.temperature:g}, top_p {self.top_p:g}, seed {self.seed}), "
+            f"{self.samples} answer(s) per description item; CHAIR/Cover/Hal/Cog count every answer"
+        )
 
 
 @dataclass(frozen=True)
@@ -177,16 +181,23 @@ class EvaluateConfig:
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
 
-    RANGES = {"batch_size": AT_LEAST_1, "chunk_size": AT_LEAST_1, "max_new_tokens": AT_LEAST_1,
-              "bootstrap_resamples": AT_LEAST_1, "bootstrap_seed": SEED}
+    RANGES = {
+        "batch_size": AT_LEAST_1,
+        "chunk_size": AT_LEAST_1,
+        "max_new_tokens": AT_LEAST_1,
+        "bootstrap_resamples": AT_LEAST_1,
+        "bootstrap_seed": SEED,
+    }
 
     def __post_init__(self) -> None:
         check_ranges(self)
         if self.engine not in ENGINES:
             raise ValueError(f"engine: {self.engine!r}; expected one of {sorted(ENGINES)}")
         if not self.models:
-            raise ValueError("models: at least one model to evaluate is needed (the first is the baseline; the "
-                             "pipeline names the run's base and trained model itself)")
+            raise ValueError(
+                "models: at least one model to evaluate is needed (the first is the baseline; the "
+                "pipeline names the run's base and trained model itself)"
+            )
         names = [model.name for model in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be unique, got {names}")

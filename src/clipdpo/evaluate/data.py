@@ -8,8 +8,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from clipdpo.images import decode_image
 from clipdpo.errors import UserError
+from clipdpo.images import decode_image
 from clipdpo.storage import NotFound, Storage, join
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")

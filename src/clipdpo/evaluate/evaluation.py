@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from clipdpo import determinism
+from clipdpo.engines import Engine, ModelSpec, load_engine
 from clipdpo.evaluate import amber, bootstrap, report, zeroshot
 from clipdpo.evaluate.config import AmberConfig, Benchmark, EvaluateConfig, ZeroShotConfig, ZeroShotDataset
 from clipdpo.evaluate.data import EvalInputError, Item, check_images_exist, image_uri, read_text
@@ -23,7 +24,6 @@ from clipdpo.evaluate.infer import YES_NO, Responder, Task
 from clipdpo.evaluate.suite.questions import load_items
 from clipdpo.evaluate.suite.scoring import pope_measure, pope_per_image
 from clipdpo.evaluate.suite.scoring import score as score_benchmark
-from clipdpo.engines import Engine, ModelSpec, load_engine
 from clipdpo.storage import Storage, join
 
 log = logging.getLogger("clipdpo.evaluate")
@@ -86,14 +86,22 @@ def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData,
     asked = {int(item.id) for item in generative + discriminative}
     if not a.allow_partial and wanted - asked:
         missing = sorted(wanted - asked)
-        raise EvalInputError(f"{query_uri}: no query for {len(missing)} id(s) of evaluation type "
-                             f"{a.evaluation_type!r} (e.g. {missing[:5]}); use query_all.json or allow_partial")
+        raise EvalInputError(
+            f"{query_uri}: no query for {len(missing)} id(s) of evaluation type "
+            f"{a.evaluation_type!r} (e.g. {missing[:5]}); use query_all.json or allow_partial"
+        )
     tasks: list[Task] = []
     if generative:
         tasks.append(Task(AMBER_TASKS[0], generative, max_new_tokens=cfg.max_new_tokens, decoding=a.decoding))
     if discriminative:
-        tasks.append(Task(AMBER_TASKS[1], discriminative, max_new_tokens=SHORT_ANSWER_TOKENS,
-                          options=tuple(YES_NO) if a.discriminative_mode == "logits" else ()))
+        tasks.append(
+            Task(
+                AMBER_TASKS[1],
+                discriminative,
+                max_new_tokens=SHORT_ANSWER_TOKENS,
+                options=tuple(YES_NO) if a.discriminative_mode == "logits" else (),
+            )
+        )
     return data, tasks
 
 
@@ -125,8 +133,9 @@ def default_engine_factory(spec: ModelSpec, cfg: EvaluateConfig, storage: Storag
     return make
 
 
-def answer_all(cfg: EvaluateConfig, tasks: list[Task], output: str, storage: Storage,
-               engine_factory: EngineFactory) -> tuple[dict[str, Responses], dict[str, int]]:
+def answer_all(
+    cfg: EvaluateConfig, tasks: list[Task], output: str, storage: Storage, engine_factory: EngineFactory
+) -> tuple[dict[str, Responses], dict[str, int]]:
     """Every model's replies to every task, model by model (one model in memory at a time)."""
     responses: dict[str, Responses] = {}
     inferred: dict[str, int] = {}
@@ -146,35 +155,50 @@ def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encode
     if inputs.amber is not None:
         a = _amber_config(cfg)
         answers = {int(i): r for name in AMBER_TASKS for i, r in got.get(name, {}).items()}
-        result["amber"] = amber.evaluate(inputs.amber, answers, nlp, evaluation_type=a.evaluation_type,
-                                         threshold=a.similarity_threshold, allow_partial=a.allow_partial,
-                                         examples=a.examples, per_item=True)
+        result["amber"] = amber.evaluate(
+            inputs.amber,
+            answers,
+            nlp,
+            evaluation_type=a.evaluation_type,
+            threshold=a.similarity_threshold,
+            allow_partial=a.allow_partial,
+            examples=a.examples,
+            per_item=True,
+        )
         result["amber"].pop("counters")
-        images = {int(item.id): item.image for task in inputs.tasks if task.name in AMBER_TASKS
-                  for item in task.items}
+        images = {int(item.id): item.image for task in inputs.tasks if task.name in AMBER_TASKS for item in task.items}
         for example in result["amber"].get("examples", []):  # the run report shows the image beside it
             example["image"] = images[example["id"]]
         per_item = result["amber"].pop("per_item")
-        per_image["amber"] = {"measure": "amber", **bootstrap.by_image(
-            ((images[i], counts) for i, counts in sorted(per_item.items())), list(amber.HEADLINE_COUNTERS),
-            {k: inputs.amber.counters.get(k, 0.0) for k in amber.HEADLINE_COUNTERS}).to_json()}
+        per_image["amber"] = {
+            "measure": "amber",
+            **bootstrap.by_image(
+                ((images[i], counts) for i, counts in sorted(per_item.items())),
+                list(amber.HEADLINE_COUNTERS),
+                {k: inputs.amber.counters.get(k, 0.0) for k in amber.HEADLINE_COUNTERS},
+            ).to_json(),
+        }
     if inputs.zero_shot:
         result["zero_shot"] = {}
         for dataset, items, names in inputs.zero_shot:
             task = f"zeroshot-{dataset.name}"
             result["zero_shot"][dataset.name] = zeroshot.evaluate_dataset(
-                items, names, classes[dataset.name], _one_reply_each(got[task], task), encoder)
+                items, names, classes[dataset.name], _one_reply_each(got[task], task), encoder
+            )
         for name, scored in result["zero_shot"].items():
             per_image[f"zero_shot.{name}"] = {"measure": "zero_shot", **scored.pop("per_image").to_json()}
     if inputs.suite:
-        suite_replies = {b.label: _one_reply_each(got[f"suite-{b.label}"], f"suite-{b.label}")
-                         for b, _ in inputs.suite}
-        result["suite"] = {b.label: {"kind": b.kind, **score_benchmark(b.kind, items, suite_replies[b.label])}
-                           for b, items in inputs.suite}
+        suite_replies = {b.label: _one_reply_each(got[f"suite-{b.label}"], f"suite-{b.label}") for b, _ in inputs.suite}
+        result["suite"] = {
+            b.label: {"kind": b.kind, **score_benchmark(b.kind, items, suite_replies[b.label])}
+            for b, items in inputs.suite
+        }
         for b, items in inputs.suite:
             if b.kind == "pope":
-                per_image[f"suite.{b.label}"] = {"measure": "pope",
-                                                 **pope_per_image(items, suite_replies[b.label]).to_json()}
+                per_image[f"suite.{b.label}"] = {
+                    "measure": "pope",
+                    **pope_per_image(items, suite_replies[b.label]).to_json(),
+                }
     if per_image:
         result[PER_IMAGE] = per_image
     return result
@@ -202,8 +226,13 @@ def _reported(result: dict, key: str, metric: str) -> bool:
     return isinstance(tree, (int, float))
 
 
-def effects(per_image: dict[str, dict[str, dict]], baseline: str, resamples: int, seed: int,
-            results: dict[str, dict] | None = None) -> dict[str, dict]:
+def effects(
+    per_image: dict[str, dict[str, dict]],
+    baseline: str,
+    resamples: int,
+    seed: int,
+    results: dict[str, dict] | None = None,
+) -> dict[str, dict]:
     """Each other model's deltas from the baseline with paired bootstrap 95% intervals over images:
     model -> metric path (as in results, e.g. amber.generative.chair) -> {delta, ci95, resamples, images}.
     With `results`, only the metrics both models report (e.g. no F1 where AMBER ran generative items only)."""
@@ -217,14 +246,21 @@ def effects(per_image: dict[str, dict[str, dict]], baseline: str, resamples: int
             if key not in base:
                 continue
             try:
-                found = bootstrap.paired_effects(bootstrap.PerImage.from_json(base[key]),
-                                                 bootstrap.PerImage.from_json(counts), MEASURES[counts["measure"]],
-                                                 resamples, seed)
+                found = bootstrap.paired_effects(
+                    bootstrap.PerImage.from_json(base[key]),
+                    bootstrap.PerImage.from_json(counts),
+                    MEASURES[counts["measure"]],
+                    resamples,
+                    seed,
+                )
             except ValueError as err:  # e.g. partial AMBER runs that scored different images: no paired interval
                 log.warning("no bootstrap interval for %s on %s: %s", model, key, err)
                 continue
-            kept = {metric: effect for metric, effect in found.items()
-                    if results is None or all(_reported(results[m], key, metric) for m in (baseline, model))}
+            kept = {
+                metric: effect
+                for metric, effect in found.items()
+                if results is None or all(_reported(results[m], key, metric) for m in (baseline, model))
+            }
             out[model].update({f"{key}.{metric}": effect for metric, effect in kept.items()})
     return out
 
@@ -241,8 +277,14 @@ def scorers(cfg: EvaluateConfig, inputs: Inputs, nlp=None, encoder=None) -> tupl
     return nlp, encoder
 
 
-def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
-                    engine_factory: EngineFactory | None = None, nlp=None, encoder=None) -> dict:
+def evaluate_models(
+    cfg: EvaluateConfig,
+    output: str,
+    storage: Storage | None = None,
+    engine_factory: EngineFactory | None = None,
+    nlp=None,
+    encoder=None,
+) -> dict:
     """Evaluate every model; returns (and writes) the metrics. `nlp`/`encoder` replace the configured ones."""
     storage = storage or Storage()
     engine_factory = engine_factory or (lambda spec: default_engine_factory(spec, cfg, storage))
@@ -255,13 +297,21 @@ def evaluate_models(cfg: EvaluateConfig, output: str, storage: Storage | None = 
     responses, inferred = answer_all(cfg, inputs.tasks, output, storage, engine_factory)
 
     # 3. scores (class embeddings are the same for every model: computed once per dataset)
-    classes = {dataset.name: zeroshot.class_embeddings(names, encoder, _zero_shot_config(cfg))
-               for dataset, _, names in inputs.zero_shot}
-    results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes)
-               for spec in cfg.models}
-    metrics = assemble_metrics(cfg, results, inferred, {"amber_nlp": getattr(nlp, "description", None),
-                                                        "zero_shot_text_encoder": getattr(encoder, "description", None),
-                                                        "cpu": determinism.record()})
+    classes = {
+        dataset.name: zeroshot.class_embeddings(names, encoder, _zero_shot_config(cfg))
+        for dataset, _, names in inputs.zero_shot
+    }
+    results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes) for spec in cfg.models}
+    metrics = assemble_metrics(
+        cfg,
+        results,
+        inferred,
+        {
+            "amber_nlp": getattr(nlp, "description", None),
+            "zero_shot_text_encoder": getattr(encoder, "description", None),
+            "cpu": determinism.record(),
+        },
+    )
     return write_metrics(storage, output, metrics)
 
 
@@ -277,12 +327,15 @@ def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int
         "models": [asdict(spec) for spec in cfg.models],
         "baseline": cfg.models[0].name,
         "results": results,
-        "resources": {"amber_nlp": resources.get("amber_nlp"),
-                      "amber_discriminative_mode": cfg.amber.discriminative_mode if cfg.amber else None,
-                      "amber_decoding": ({**asdict(cfg.amber.decoding), "description": cfg.amber.decoding.describe()}
-                                         if cfg.amber else None),
-                      "zero_shot_text_encoder": resources.get("zero_shot_text_encoder"),
-                      # the machine that scored (CPU model, code-path pins): numbers can move between CPUs
-                      "cpu": resources.get("cpu")},
+        "resources": {
+            "amber_nlp": resources.get("amber_nlp"),
+            "amber_discriminative_mode": cfg.amber.discriminative_mode if cfg.amber else None,
+            "amber_decoding": (
+                {**asdict(cfg.amber.decoding), "description": cfg.amber.decoding.describe()} if cfg.amber else None
+            ),
+            "zero_shot_text_encoder": resources.get("zero_shot_text_encoder"),
+            # the machine that scored (CPU model, code-path pins): numbers can move between CPUs
+            "cpu": resources.get("cpu"),
+        },
         "inferred_items": inferred,
     }

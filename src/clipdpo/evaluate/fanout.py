@@ -25,16 +25,34 @@ from pathlib import Path
 
 from clipdpo import determinism
 from clipdpo.config import to_dict
-from clipdpo.evaluate.config import AmberConfig, EvaluateConfig, ZeroShotConfig
-from clipdpo.evaluate.evaluation import (EngineFactory, answer_all, assemble_metrics, default_engine_factory,
-                                         read_inputs, score_model, scorers, write_metrics)
 from clipdpo.evaluate import zeroshot
+from clipdpo.evaluate.config import AmberConfig, EvaluateConfig, ZeroShotConfig
+from clipdpo.evaluate.evaluation import (
+    EngineFactory,
+    answer_all,
+    assemble_metrics,
+    default_engine_factory,
+    read_inputs,
+    score_model,
+    scorers,
+    write_metrics,
+)
 from clipdpo.storage import Storage, join
 
 CACHE_VERSION = 2  # the key's layout; the scoring code itself is in the key by its source digest
 # `engine` names the derived models' engine, which their specs (in the key) carry
-NOT_IN_KEY = ("models", "only_model", "only_task", "result_cache", "model_cache", "batch_size", "chunk_size",
-              "engine", "bootstrap_resamples", "bootstrap_seed")
+NOT_IN_KEY = (
+    "models",
+    "only_model",
+    "only_task",
+    "result_cache",
+    "model_cache",
+    "batch_size",
+    "chunk_size",
+    "engine",
+    "bootstrap_resamples",
+    "bootstrap_seed",
+)
 
 
 def task_names(cfg: EvaluateConfig) -> list[str]:
@@ -70,8 +88,11 @@ def task_record_uri(output: str, model: str, task: str) -> str:
 
 
 # The code that answers and scores: this package, the engines and the image decoding.
-_SCORING_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "engines.py",
-                 Path(__file__).parent.parent / "images.py")
+_SCORING_CODE = (
+    Path(__file__).parent,
+    Path(__file__).parent.parent / "engines.py",
+    Path(__file__).parent.parent / "images.py",
+)
 
 
 @lru_cache(maxsize=1)
@@ -81,8 +102,9 @@ def scoring_code_digest() -> str:
     for root in _SCORING_CODE:
         files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
         for file in files:
-            digest.update(f"{file.relative_to(root.parent)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n"
-                          .encode())
+            digest.update(
+                f"{file.relative_to(root.parent)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode()
+            )
     return digest.hexdigest()
 
 
@@ -107,8 +129,11 @@ def task_data(one: EvaluateConfig, task: str) -> list[str]:
         return [amber.root, amber.images or join(amber.root.rstrip("/").rsplit("/", 1)[0], "image")]
     if task.startswith("zeroshot-"):
         return [dataset.root for dataset in _zero_shot(one).datasets]
-    return [folder for benchmark in one.suite for folder in dict.fromkeys([benchmark.root,
-                                                                          benchmark.images or benchmark.root])]
+    return [
+        folder
+        for benchmark in one.suite
+        for folder in dict.fromkeys([benchmark.root, benchmark.images or benchmark.root])
+    ]
 
 
 def spacy_model_identity(storage: Storage, model: str) -> str:
@@ -136,9 +161,20 @@ def scoring_resources(storage: Storage, one: EvaluateConfig, task: str) -> dict:
     """What a task scores with besides the code: AMBER's NLP, the zero-shot text encoder's config folder."""
     if task == "amber":
         nlp = _amber(one).nlp
-        return {"spacy": _version("spacy"), "spacy_model": spacy_model_identity(storage, nlp.spacy_model),
-                **({"nltk": _version("nltk"), "nltk_data": storage.content_digest(nlp.nltk_data)
-                    if nlp.nltk_data else os.environ.get("NLTK_DATA", "")} if nlp.backend == "official" else {})}
+        return {
+            "spacy": _version("spacy"),
+            "spacy_model": spacy_model_identity(storage, nlp.spacy_model),
+            **(
+                {
+                    "nltk": _version("nltk"),
+                    "nltk_data": storage.content_digest(nlp.nltk_data)
+                    if nlp.nltk_data
+                    else os.environ.get("NLTK_DATA", ""),
+                }
+                if nlp.backend == "official"
+                else {}
+            ),
+        }
     if task.startswith("zeroshot-") and (config_dir := _zero_shot(one).text_encoder.model_config_dir):
         return {"text_encoder_config": storage.content_digest(config_dir)}
     return {}
@@ -148,46 +184,73 @@ def cache_uri(storage: Storage, one: EvaluateConfig, task: str) -> str:
     """Where the result of `one` (a config narrowed to one model and task) is cached."""
     spec = one.models[0]
     config = {k: v for k, v in to_dict(one).items() if k not in NOT_IN_KEY}
-    decided_by = {"version": CACHE_VERSION, "model": storage.content_digest(spec.path), "task": task,
-                  "engine": {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}, "config": config,
-                  "data": {folder: storage.content_digest(folder) for folder in task_data(one, task)},
-                  "scoring": scoring_resources(storage, one, task), "code": scoring_code_digest()}
+    decided_by = {
+        "version": CACHE_VERSION,
+        "model": storage.content_digest(spec.path),
+        "task": task,
+        "engine": {k: v for k, v in asdict(spec).items() if k not in ("name", "path")},
+        "config": config,
+        "data": {folder: storage.content_digest(folder) for folder in task_data(one, task)},
+        "scoring": scoring_resources(storage, one, task),
+        "code": scoring_code_digest(),
+    }
     key = hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:32]
     return join(one.result_cache, key, "result.json")
 
 
-def _answer_and_score(one: EvaluateConfig, output: str, storage: Storage, engine_factory: EngineFactory,
-                      nlp, encoder) -> dict:
+def _answer_and_score(
+    one: EvaluateConfig, output: str, storage: Storage, engine_factory: EngineFactory, nlp, encoder
+) -> dict:
     inputs = read_inputs(storage, one)
     nlp, encoder = scorers(one, inputs, nlp, encoder)
     name = one.models[0].name
     responses, inferred = answer_all(one, inputs.tasks, output, storage, engine_factory)
-    classes = {dataset.name: zeroshot.class_embeddings(names, encoder, _zero_shot(one))
-               for dataset, _, names in inputs.zero_shot}
-    resources = {"amber_nlp": getattr(nlp, "description", None),
-                 "zero_shot_text_encoder": getattr(encoder, "description", None), "cpu": determinism.record()}
-    return {"result": score_model(one, inputs, responses[name], nlp, encoder, classes), "inferred": inferred[name],
-            "resources": {k: v for k, v in resources.items() if v is not None}}
+    classes = {
+        dataset.name: zeroshot.class_embeddings(names, encoder, _zero_shot(one))
+        for dataset, _, names in inputs.zero_shot
+    }
+    resources = {
+        "amber_nlp": getattr(nlp, "description", None),
+        "zero_shot_text_encoder": getattr(encoder, "description", None),
+        "cpu": determinism.record(),
+    }
+    return {
+        "result": score_model(one, inputs, responses[name], nlp, encoder, classes),
+        "inferred": inferred[name],
+        "resources": {k: v for k, v in resources.items() if v is not None},
+    }
 
 
-def evaluate_task(cfg: EvaluateConfig, output: str, storage: Storage | None = None,
-                  engine_factory: EngineFactory | None = None, nlp=None, encoder=None) -> dict:
+def evaluate_task(
+    cfg: EvaluateConfig,
+    output: str,
+    storage: Storage | None = None,
+    engine_factory: EngineFactory | None = None,
+    nlp=None,
+    encoder=None,
+) -> dict:
     """One (cfg.only_model, cfg.only_task): its record, written to `task_record_uri` (the baseline via the cache)."""
     storage = storage or Storage()
     one = restrict(cfg, cfg.only_model, cfg.only_task)
     engine_factory = engine_factory or (lambda spec: default_engine_factory(spec, one, storage))
-    cached_at = cache_uri(storage, one, cfg.only_task) if one.result_cache and cfg.only_model == cfg.models[0].name \
-        else ""
+    cached_at = (
+        cache_uri(storage, one, cfg.only_task) if one.result_cache and cfg.only_model == cfg.models[0].name else ""
+    )
     if cached_at and storage.exists(cached_at):
         record = {**json.loads(storage.read_bytes(cached_at)), "inferred": 0, "cached": cached_at}
     else:
-        record = {"model": cfg.only_model, "task": cfg.only_task,
-                  **_answer_and_score(one, output, storage, engine_factory, nlp, encoder), "cached": ""}
+        record = {
+            "model": cfg.only_model,
+            "task": cfg.only_task,
+            **_answer_and_score(one, output, storage, engine_factory, nlp, encoder),
+            "cached": "",
+        }
         record = json.loads(json.dumps(record))  # the same JSON types whether computed or read from the cache
         if cached_at:
             storage.write_bytes(cached_at, json.dumps({**record, "cached": ""}, sort_keys=True).encode())
-    storage.write_bytes(task_record_uri(output, cfg.only_model, cfg.only_task),
-                        json.dumps(record, indent=2, sort_keys=True).encode())
+    storage.write_bytes(
+        task_record_uri(output, cfg.only_model, cfg.only_task), json.dumps(record, indent=2, sort_keys=True).encode()
+    )
     return record
 
 
@@ -200,8 +263,9 @@ def merge(cfg: EvaluateConfig, output: str, storage: Storage | None = None) -> d
     for item in plan(cfg):
         uri = task_record_uri(output, item["model"], item["task"])
         if not storage.exists(uri):
-            raise FileNotFoundError(f"{uri}: no record for model {item['model']!r}, task {item['task']!r}; "
-                                    "run that (model, task) first")
+            raise FileNotFoundError(
+                f"{uri}: no record for model {item['model']!r}, task {item['task']!r}; run that (model, task) first"
+            )
         record = json.loads(storage.read_bytes(uri))
         for section, value in record["result"].items():  # amber: one value; zero_shot/suite: one key each
             if section == "amber":

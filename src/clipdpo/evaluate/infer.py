@@ -17,9 +17,9 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from clipdpo.engines import Engine, ImageRequest, ModelSpec, Sampling
 from clipdpo.evaluate.config import DecodingConfig
 from clipdpo.evaluate.data import Item, load_image
-from clipdpo.engines import Engine, ImageRequest, ModelSpec, Sampling
 from clipdpo.progress import Progress
 from clipdpo.seeds import stable_seed
 from clipdpo.storage import NotFound, Storage, join
@@ -50,8 +50,12 @@ def item_seed(decoding_seed: int, item_id: str) -> int:
 
 def task_key(spec: ModelSpec, task: Task, revision: str = "") -> str:
     """`revision`: a hash of the model's content (Storage.content_digest)."""
-    decided_by = {"model": asdict(spec), "options": list(task.options), "max_new_tokens": task.max_new_tokens,
-                  "items": [[item.id, item.image, item.prompt] for item in task.items]}
+    decided_by = {
+        "model": asdict(spec),
+        "options": list(task.options),
+        "max_new_tokens": task.max_new_tokens,
+        "items": [[item.id, item.image, item.prompt] for item in task.items],
+    }
     if not task.decoding.greedy:  # greedy keys stay as they were: responses saved before decoding existed still count
         decided_by["decoding"] = asdict(task.decoding)
         decided_by["seeding"] = SEEDING  # samples drawn under the old seeding are not reused
@@ -63,8 +67,14 @@ def task_key(spec: ModelSpec, task: Task, revision: str = "") -> str:
 class Responder:
     """Answers tasks with one model; the engine is loaded on first need (a fully cached rerun loads none)."""
 
-    def __init__(self, spec: ModelSpec, output: str, storage: Storage, engine_factory: Callable[[], Engine],
-                 chunk_size: int = 256):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        output: str,
+        storage: Storage,
+        engine_factory: Callable[[], Engine],
+        chunk_size: int = 256,
+    ):
         self.spec, self.output, self.storage = spec, output, storage
         self._factory = engine_factory
         self._engine: Engine | None = None
@@ -86,8 +96,7 @@ class Responder:
         return self._revision
 
     def folder(self, task: Task) -> str:
-        return join(self.output, "responses", self.spec.name,
-                    f"{task.name}-{task_key(self.spec, task, self.revision)}")
+        return join(self.output, "responses", self.spec.name, f"{task.name}-{task_key(self.spec, task, self.revision)}")
 
     def answer(self, task: Task) -> dict[str, str | list[str]]:
         """item id -> response, for every item of the task; every sample (a list) when its decoding samples."""
@@ -113,9 +122,15 @@ class Responder:
         # each item's seed is a hash of the decoding seed and the item's id (its samples' seeds hash that again,
         # clipdpo.seeds): a chunk redone after a restart draws what it drew the first time, and no two items
         # or samples share a random stream (seed + place would: item i's sample 1 is item i+1's sample 0)
-        requests = [ImageRequest(image=load_image(self.storage, item.image, f"{task.name} item {item.id}"),
-                                 prompt=item.prompt, n=d.samples, seed=item_seed(d.seed, item.id))
-                    for item in chunk]
+        requests = [
+            ImageRequest(
+                image=load_image(self.storage, item.image, f"{task.name} item {item.id}"),
+                prompt=item.prompt,
+                n=d.samples,
+                seed=item_seed(d.seed, item.id),
+            )
+            for item in chunk
+        ]
         self.inferred += len(chunk)
         if task.options:
             replies = self.engine.choose(requests, list(task.options))

@@ -19,8 +19,10 @@ def _load_spacy(model: str, exclude: tuple[str, ...] = ()):
     try:
         return spacy.load(model, exclude=list(exclude))
     except OSError as err:
-        raise RuntimeError(f"spaCy model {model!r} not found: give an installed package name or a model folder "
-                           "(the evaluate image ships en_core_web_lg)") from err
+        raise RuntimeError(
+            f"spaCy model {model!r} not found: give an installed package name or a model folder "
+            "(the evaluate image ships en_core_web_lg)"
+        ) from err
 
 
 def _similarity(nlp):
@@ -47,9 +49,11 @@ class OfficialNLP:
         self._lemmatizer = WordNetLemmatizer()
         spacy_nlp = _load_spacy(spacy_model, exclude=("parser", "ner"))
         self.similarity = _similarity(spacy_nlp)
-        self.description = (f"nltk {nltk.__version__} (punkt, averaged perceptron tagger, WordNet lemmatizer"
-                            f"{', data ' + nltk_data if nltk_data else ''}); {_spacy_name(spacy_nlp)} vectors "
-                            "(official: nltk + en_core_web_lg)")
+        self.description = (
+            f"nltk {nltk.__version__} (punkt, averaged perceptron tagger, WordNet lemmatizer"
+            f"{', data ' + nltk_data if nltk_data else ''}); {_spacy_name(spacy_nlp)} vectors "
+            "(official: nltk + en_core_web_lg)"
+        )
 
     def nouns(self, text: str) -> list[str]:
         tagged = self._nltk.pos_tag(self._nltk.word_tokenize(text))
@@ -62,8 +66,10 @@ class SpacyNLP:
     def __init__(self, spacy_model: str = "en_core_web_lg"):
         self._nlp = _load_spacy(spacy_model, exclude=("parser", "ner"))
         self.similarity = _similarity(self._nlp)
-        self.description = (f"{_spacy_name(self._nlp)}: tokenizer, tagger, lemmatizer and vectors "
-                            "(not the official nltk tagging: numbers can differ slightly from the official code)")
+        self.description = (
+            f"{_spacy_name(self._nlp)}: tokenizer, tagger, lemmatizer and vectors "
+            "(not the official nltk tagging: numbers can differ slightly from the official code)"
+        )
 
     def nouns(self, text: str) -> list[str]:
         return _doc_nouns(self._nlp(text))
@@ -85,8 +91,10 @@ def local_spacy_model() -> str:
 
     path = Path(os.environ.get("CLIPDPO_SPACY_MODEL", ".cache/nlp/en_core_web_md"))
     if not (path / "meta.json").exists():
-        raise FileNotFoundError(f"spaCy model not found at {path}: `make nlp-data` fetches it (make test and make "
-                                "pipeline-run do so themselves)")
+        raise FileNotFoundError(
+            f"spaCy model not found at {path}: `make nlp-data` fetches it (make test and make "
+            "pipeline-run do so themselves)"
+        )
     return str(path.resolve())
 
 

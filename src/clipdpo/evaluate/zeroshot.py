@@ -41,7 +41,7 @@ def load_dataset(storage: Storage, dataset: ZeroShotDataset, prompt: str) -> tup
     labelled: list[tuple[str, str]] = []  # (image URI, label)
     if dataset.layout == "folder":
         for uri in storage.list(root):
-            relative = uri[len(root) + 1:] if uri.startswith(root + "/") else uri
+            relative = uri[len(root) + 1 :] if uri.startswith(root + "/") else uri
             parts = relative.split("/")
             if len(parts) >= 2 and relative.lower().endswith(IMAGE_SUFFIXES):
                 labelled.append((uri, parts[0]))
@@ -69,8 +69,10 @@ def load_dataset(storage: Storage, dataset: ZeroShotDataset, prompt: str) -> tup
     if dataset.limit:
         labelled = labelled[: dataset.limit]
     position = {label: index for index, label in enumerate(labels)}
-    items = [Item(id=f"{index:07d}", image=uri, prompt=prompt, fields={"label": label, "class_index": position[label]})
-             for index, (uri, label) in enumerate(labelled)]
+    items = [
+        Item(id=f"{index:07d}", image=uri, prompt=prompt, fields={"label": label, "class_index": position[label]})
+        for index, (uri, label) in enumerate(labelled)
+    ]
     return items, [names[label] for label in labels]
 
 
@@ -80,9 +82,16 @@ class TextEncoder:
     def __init__(self, config: TextEncoderConfig):
         from clipdpo.score.scorer import ClipScorer, ScorerConfig
 
-        self._scorer = ClipScorer(ScorerConfig(model_name=config.model_name, pretrained=config.pretrained,
-                                               model_config_dir=config.model_config_dir, device=config.device,
-                                               init_seed=config.init_seed, categories={"any": ["a photo"]}))
+        self._scorer = ClipScorer(
+            ScorerConfig(
+                model_name=config.model_name,
+                pretrained=config.pretrained,
+                model_config_dir=config.model_config_dir,
+                device=config.device,
+                init_seed=config.init_seed,
+                categories={"any": ["a photo"]},
+            )
+        )
         self.description = f"open_clip {config.model_name} ({config.pretrained or 'untrained weights'})"
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -99,8 +108,9 @@ def class_embeddings(class_names: list[str], encoder: TextEncoder, config: ZeroS
     return encoder.encode([config.class_template.format(name) for name in class_names])
 
 
-def evaluate_dataset(items: list[Item], class_names: list[str], classes: np.ndarray, captions: dict[str, str],
-                     encoder: TextEncoder) -> dict:
+def evaluate_dataset(
+    items: list[Item], class_names: list[str], classes: np.ndarray, captions: dict[str, str], encoder: TextEncoder
+) -> dict:
     """`classes`: class_embeddings() of `class_names`."""
     missing = [item.id for item in items if item.id not in captions]
     if missing:
@@ -111,13 +121,25 @@ def evaluate_dataset(items: list[Item], class_names: list[str], classes: np.ndar
     per_class: dict[str, list[int]] = {}
     for item, ok in zip(items, correct):
         per_class.setdefault(class_names[item.fields["class_index"]], []).append(int(ok))
-    return {"top1": top1(float(correct.sum()), len(items)), "images": len(items), "classes": len(class_names),
-            "per_class_top1": {name: 100.0 * sum(v) / len(v) for name, v in sorted(per_class.items())},
-            "examples": [{"image": item.image, "caption": captions[item.id],
-                          "predicted": class_names[int(p)], "truth": class_names[item.fields["class_index"]]}
-                         for item, p in list(zip(items, predictions))[:3]],
-            "per_image": by_image(((item.image, {"correct": float(ok), "images": 1.0})
-                                   for item, ok in zip(items, correct)), ["correct", "images"])}
+    return {
+        "top1": top1(float(correct.sum()), len(items)),
+        "images": len(items),
+        "classes": len(class_names),
+        "per_class_top1": {name: 100.0 * sum(v) / len(v) for name, v in sorted(per_class.items())},
+        "examples": [
+            {
+                "image": item.image,
+                "caption": captions[item.id],
+                "predicted": class_names[int(p)],
+                "truth": class_names[item.fields["class_index"]],
+            }
+            for item, p in list(zip(items, predictions))[:3]
+        ],
+        "per_image": by_image(
+            ((item.image, {"correct": float(ok), "images": 1.0}) for item, ok in zip(items, correct)),
+            ["correct", "images"],
+        ),
+    }
 
 
 def top1(correct: float, images: float) -> float:

@@ -24,16 +24,29 @@ def kept_line(stats: dict, pairs: int) -> str:
     """One line with the outcome; with no pairs, which rules removed what (train refuses empty input)."""
     if pairs:
         return f"{pairs} pairs kept ({int(stats.get('caption_pairs', 0))} caption, {int(stats.get('qa_pairs', 0))} QA)"
-    removed = ", ".join(f"{key[len('removed_'):]}={int(stats.get(key, 0))}" for key in FUNNEL_ORDER
-                        if key.startswith("removed_"))
-    counts = ", ".join(f"{key}={int(stats.get(key, 0))}" for key in
-                       ("rows_in", "captions_kept", "qa_kept", "images_without_caption_pair"))
-    return (f"0 pairs kept: {counts}; removed by rule: {removed}; "
-            "loosen the thresholds (--set caption_min_score=..., pair_min_margin=...) or score more images")
+    removed = ", ".join(
+        f"{key[len('removed_') :]}={int(stats.get(key, 0))}" for key in FUNNEL_ORDER if key.startswith("removed_")
+    )
+    counts = ", ".join(
+        f"{key}={int(stats.get(key, 0))}"
+        for key in ("rows_in", "captions_kept", "qa_kept", "images_without_caption_pair")
+    )
+    return (
+        f"0 pairs kept: {counts}; removed by rule: {removed}; "
+        "loosen the thresholds (--set caption_min_score=..., pair_min_margin=...) or score more images"
+    )
 
 
-def run(cfg: FilterConfig, input: str, output: str, *, shard: ShardSpec = ShardSpec(), finalize: bool = False,
-        overwrite: bool = False, storage: Storage | None = None) -> dict:
+def run(
+    cfg: FilterConfig,
+    input: str,
+    output: str,
+    *,
+    shard: ShardSpec = ShardSpec(),
+    finalize: bool = False,
+    overwrite: bool = False,
+    storage: Storage | None = None,
+) -> dict:
     """Pairs from every scores shard of `input` (this worker's share) into `output`; the funnel as stats."""
     storage = storage or Storage()
     scores = Artifact.open(storage, input, kind="scores")
@@ -44,8 +57,9 @@ def run(cfg: FilterConfig, input: str, output: str, *, shard: ShardSpec = ShardS
     def process(name: str):
         pairs, funnel = filter_shard(scores.read_shard(name, columns=RULE_COLUMNS), cfg, images.shard_uri(name))
         # The TRL export lands before the shard's done-record: a finished shard has both.
-        storage.write_bytes(writer.sidecar_uri("export/trl", f"{name}.parquet"),
-                            trl_parquet(pairs, read_pair_images(storage, pairs)))
+        storage.write_bytes(
+            writer.sidecar_uri("export/trl", f"{name}.parquet"), trl_parquet(pairs, read_pair_images(storage, pairs))
+        )
         return pairs, dict(funnel)
 
     result = run_shards(writer, scores.shard_names, process, shard, finalize_only=finalize)
@@ -54,6 +68,9 @@ def run(cfg: FilterConfig, input: str, output: str, *, shard: ShardSpec = ShardS
         print("filter funnel (rows removed by each rule, in order):\n" + format_funnel(funnel), file=sys.stderr)
         severity = "WARNING" if result.manifest.rows == 0 else "INFO"
         print(f"filter {severity}: {kept_line(funnel, result.manifest.rows)}", file=sys.stderr)
-        print(f"pairs: {writer.uri} ({result.manifest.rows} pairs; TRL dataset (Parquet, images embedded) under "
-              f"{export}/)", file=sys.stderr)
+        print(
+            f"pairs: {writer.uri} ({result.manifest.rows} pairs; TRL dataset (Parquet, images embedded) under "
+            f"{export}/)",
+            file=sys.stderr,
+        )
     return report("filter", result, {"output": writer.uri})

@@ -7,8 +7,9 @@ from clipdpo.stage import sharded_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return sharded_main(run, FilterConfig, argv, prog="python -m clipdpo.filter", doc=__doc__,
-                        input_help="scores artifact URI")
+    return sharded_main(
+        run, FilterConfig, argv, prog="python -m clipdpo.filter", doc=__doc__, input_help="scores artifact URI"
+    )
 
 
 if __name__ == "__main__":

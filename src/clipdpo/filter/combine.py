@@ -19,10 +19,12 @@ def combine_pairs(sources: dict[str, str], output: str, storage: Storage | None 
     if not sources:
         raise ValueError("combine_pairs: no pairs artifacts to combine")
     opened = {label: Artifact.open(storage, uri, kind="pairs") for label, uri in sources.items()}
-    writer = ArtifactWriter(storage, output, "pairs", {"combined": sorted(sources)}, list(opened.values()),
-                            overwrite=overwrite)
-    origin = {f"{label}-{name}": (artifact, name) for label, artifact in opened.items()
-              for name in artifact.shard_names}
+    writer = ArtifactWriter(
+        storage, output, "pairs", {"combined": sorted(sources)}, list(opened.values()), overwrite=overwrite
+    )
+    origin = {
+        f"{label}-{name}": (artifact, name) for label, artifact in opened.items() for name in artifact.shard_names
+    }
 
     def process(name: str):
         artifact, source_name = origin[name]

@@ -32,13 +32,27 @@ from clipdpo.images import viewable_bytes
 
 _STRING = {"dtype": "string", "_type": "Value"}
 _MESSAGES = {"feature": {"role": _STRING, "content": _STRING}, "_type": "List"}
-FEATURES = {"images": {"feature": {"_type": "Image"}, "_type": "List"}, "prompt": _MESSAGES, "chosen": _MESSAGES,
-            "rejected": _MESSAGES, "image_id": _STRING, "kind": _STRING}
+FEATURES = {
+    "images": {"feature": {"_type": "Image"}, "_type": "List"},
+    "prompt": _MESSAGES,
+    "chosen": _MESSAGES,
+    "rejected": _MESSAGES,
+    "image_id": _STRING,
+    "kind": _STRING,
+}
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-TRL_SCHEMA = pa.schema([("images", pa.list_(IMAGE)), ("prompt", pa.list_(MESSAGE)), ("chosen", pa.list_(MESSAGE)),
-                        ("rejected", pa.list_(MESSAGE)), ("image_id", pa.string()), ("kind", pa.string())],
-                       metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})})
+TRL_SCHEMA = pa.schema(
+    [
+        ("images", pa.list_(IMAGE)),
+        ("prompt", pa.list_(MESSAGE)),
+        ("chosen", pa.list_(MESSAGE)),
+        ("rejected", pa.list_(MESSAGE)),
+        ("image_id", pa.string()),
+        ("kind", pa.string()),
+    ],
+    metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})},
+)
 
 
 def _one_each(values: pa.Array) -> pa.Array:
@@ -66,9 +80,14 @@ def trl_table(pairs: pa.Table, images: pa.Table) -> pa.Table:
     viewable = pa.array([viewable_bytes(stored[i].as_py()) for i in range(len(stored))], pa.binary())  # once per image
     data = pc.take(viewable, where)
     embedded = pa.StructArray.from_arrays([data, image_ids], fields=list(IMAGE))
-    columns = [_one_each(embedded), _messages("user", _chunk(pairs.column("prompt"))),
-               _messages("assistant", _chunk(pairs.column("chosen"))),
-               _messages("assistant", _chunk(pairs.column("rejected"))), image_ids, _chunk(pairs.column("kind"))]
+    columns = [
+        _one_each(embedded),
+        _messages("user", _chunk(pairs.column("prompt"))),
+        _messages("assistant", _chunk(pairs.column("chosen"))),
+        _messages("assistant", _chunk(pairs.column("rejected"))),
+        image_ids,
+        _chunk(pairs.column("kind")),
+    ]
     return pa.Table.from_arrays(columns, schema=TRL_SCHEMA)
 
 

@@ -34,10 +34,16 @@ class FilterConfig:
     caption_pair_prompt: str | None = None
 
     # Score thresholds may be any finite number (CLIP scores are 100 x a cosine); a margin below 0 would act as 0.
-    RANGES = {"text_keep_fraction": config_lib.FRACTION, "downsample_seed": config_lib.SEED,
-              "caption_min_score": config_lib.FINITE, "question_min_score": config_lib.FINITE,
-              "qa_caption_min_score": config_lib.FINITE, "pair_min_margin": config_lib.NON_NEGATIVE,
-              "pair_min_length_ratio": config_lib.FRACTION, "pairs_per_image": config_lib.AT_LEAST_1}
+    RANGES = {
+        "text_keep_fraction": config_lib.FRACTION,
+        "downsample_seed": config_lib.SEED,
+        "caption_min_score": config_lib.FINITE,
+        "question_min_score": config_lib.FINITE,
+        "qa_caption_min_score": config_lib.FINITE,
+        "pair_min_margin": config_lib.NON_NEGATIVE,
+        "pair_min_length_ratio": config_lib.FRACTION,
+        "pairs_per_image": config_lib.AT_LEAST_1,
+    }
 
     def __post_init__(self) -> None:
         config_lib.check_ranges(self)
@@ -45,19 +51,41 @@ class FilterConfig:
 
 # Columns the rules read (the filter never loads the others for rows it drops).
 RULE_COLUMNS = [
-    "image_id", "kind", "category", "clip_score", "clip_tokens", "clip_context", "n_words",
-    "question_score", "qa_caption_score", "qa_neg_caption_score", "text", "question",
-    "answer_pos", "answer_neg", "prompt",
+    "image_id",
+    "kind",
+    "category",
+    "clip_score",
+    "clip_tokens",
+    "clip_context",
+    "n_words",
+    "question_score",
+    "qa_caption_score",
+    "qa_neg_caption_score",
+    "text",
+    "question",
+    "answer_pos",
+    "answer_neg",
+    "prompt",
 ]
 
 # Funnel keys in the order the rules run; the report prints them in this order.
 FUNNEL_ORDER = [
-    "rows_in", "captions_in", "qa_in",
+    "rows_in",
+    "captions_in",
+    "qa_in",
     "removed_text_downsample",
-    "removed_caption_empty", "removed_caption_low_score", "removed_caption_too_long",
-    "removed_qa_invalid", "removed_question_low_score", "removed_qa_check_low_score",
-    "captions_kept", "qa_kept", "images_with_captions", "images_without_caption_pair",
-    "caption_pairs", "qa_pairs",
+    "removed_caption_empty",
+    "removed_caption_low_score",
+    "removed_caption_too_long",
+    "removed_qa_invalid",
+    "removed_question_low_score",
+    "removed_qa_check_low_score",
+    "captions_kept",
+    "qa_kept",
+    "images_with_captions",
+    "images_without_caption_pair",
+    "caption_pairs",
+    "qa_pairs",
 ]
 
 
@@ -90,8 +118,9 @@ class _Funnel:
 def _caption_rules(table: pa.Table, config: FilterConfig, funnel: _Funnel, is_caption: np.ndarray) -> None:
     """Captions: empty, low score, too long for CLIP's text context."""
     funnel.apply(_nonempty(table, "text"), is_caption, "removed_caption_empty")
-    funnel.apply(rules.at_least(_floats(table, "clip_score"), config.caption_min_score), is_caption,
-                 "removed_caption_low_score")
+    funnel.apply(
+        rules.at_least(_floats(table, "clip_score"), config.caption_min_score), is_caption, "removed_caption_low_score"
+    )
     if config.drop_captions_over_clip_context:
         tokens = table.column("clip_tokens").fill_null(0).to_numpy(zero_copy_only=False)
         context = table.column("clip_context").fill_null(0).to_numpy(zero_copy_only=False)
@@ -105,22 +134,43 @@ def _qa_rules(table: pa.Table, config: FilterConfig, funnel: _Funnel, is_qa: np.
         pc.equal(pc.utf8_lower(table.column("answer_pos")), pc.utf8_lower(table.column("answer_neg"))), False
     ).to_numpy(zero_copy_only=False)
     funnel.apply(qa_valid & ~same_answer, is_qa, "removed_qa_invalid")
-    funnel.apply(rules.at_least(_floats(table, "question_score"), config.question_min_score), is_qa,
-                 "removed_question_low_score")
-    funnel.apply(rules.at_least(_floats(table, "qa_caption_score"), config.qa_caption_min_score), is_qa,
-                 "removed_qa_check_low_score")
+    funnel.apply(
+        rules.at_least(_floats(table, "question_score"), config.question_min_score), is_qa, "removed_question_low_score"
+    )
+    funnel.apply(
+        rules.at_least(_floats(table, "qa_caption_score"), config.qa_caption_min_score),
+        is_qa,
+        "removed_qa_check_low_score",
+    )
 
 
 def _pairs_table(kind: str, image_id, prompt, chosen, rejected, scores: tuple, image_uri: str) -> pa.Table:
     """Pairs of one kind in the PAIRS schema; `scores` is (chosen scores, rejected scores, margins)."""
     n = len(chosen)
-    return pa.table({"image_id": image_id, "kind": pa.array([kind] * n, pa.string()), "prompt": prompt,
-                     "chosen": chosen, "rejected": rejected, "chosen_score": scores[0], "rejected_score": scores[1],
-                     "margin": scores[2], "image_uri": pa.array([image_uri] * n, pa.string())}, schema=PAIRS)
+    return pa.table(
+        {
+            "image_id": image_id,
+            "kind": pa.array([kind] * n, pa.string()),
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+            "chosen_score": scores[0],
+            "rejected_score": scores[1],
+            "margin": scores[2],
+            "image_uri": pa.array([image_uri] * n, pa.string()),
+        },
+        schema=PAIRS,
+    )
 
 
-def _caption_pairs(table: pa.Table, config: FilterConfig, image_codes: np.ndarray, caption_rows: np.ndarray,
-                   funnel: Counter, image_uri: str) -> pa.Table:
+def _caption_pairs(
+    table: pa.Table,
+    config: FilterConfig,
+    image_codes: np.ndarray,
+    caption_rows: np.ndarray,
+    funnel: Counter,
+    image_uri: str,
+) -> pa.Table:
     """Chosen/rejected caption pairs within each image, by CLIP-score margin and length ratio."""
     group = image_codes[caption_rows]
     n_groups = len(np.unique(group))
@@ -136,13 +186,22 @@ def _caption_pairs(table: pa.Table, config: FilterConfig, image_codes: np.ndarra
     funnel["images_with_captions"] += n_groups
     funnel["images_without_caption_pair"] += n_groups - len(np.unique(group[pairs.chosen]))
     funnel["caption_pairs"] += len(chosen)
-    prompt = (pa.array([config.caption_pair_prompt] * len(chosen), pa.string())
-              if config.caption_pair_prompt is not None else table.column("prompt").take(chosen))
+    prompt = (
+        pa.array([config.caption_pair_prompt] * len(chosen), pa.string())
+        if config.caption_pair_prompt is not None
+        else table.column("prompt").take(chosen)
+    )
     scores = table.column("clip_score")
     text = table.column("text")
-    return _pairs_table("caption", table.column("image_id").take(chosen), prompt, text.take(chosen),
-                        text.take(rejected), (scores.take(chosen), scores.take(rejected),
-                                              pa.array(pairs.margin, pa.float32())), image_uri)
+    return _pairs_table(
+        "caption",
+        table.column("image_id").take(chosen),
+        prompt,
+        text.take(chosen),
+        text.take(rejected),
+        (scores.take(chosen), scores.take(rejected), pa.array(pairs.margin, pa.float32())),
+        image_uri,
+    )
 
 
 def _qa_pairs(table: pa.Table, qa_rows: np.ndarray, funnel: Counter, image_uri: str) -> pa.Table:
@@ -150,9 +209,15 @@ def _qa_pairs(table: pa.Table, qa_rows: np.ndarray, funnel: Counter, image_uri: 
     funnel["qa_pairs"] += len(qa_rows)
     chosen_score = table.column("qa_caption_score").take(qa_rows)
     rejected_score = table.column("qa_neg_caption_score").take(qa_rows)
-    return _pairs_table("qa", table.column("image_id").take(qa_rows), table.column("question").take(qa_rows),
-                        table.column("answer_pos").take(qa_rows), table.column("answer_neg").take(qa_rows),
-                        (chosen_score, rejected_score, pc.subtract(chosen_score, rejected_score)), image_uri)
+    return _pairs_table(
+        "qa",
+        table.column("image_id").take(qa_rows),
+        table.column("question").take(qa_rows),
+        table.column("answer_pos").take(qa_rows),
+        table.column("answer_neg").take(qa_rows),
+        (chosen_score, rejected_score, pc.subtract(chosen_score, rejected_score)),
+        image_uri,
+    )
 
 
 def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple[pa.Table, Counter]:
@@ -168,8 +233,11 @@ def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple
     encoded = pc.dictionary_encode(table.column("image_id")).combine_chunks()
     image_codes = encoded.indices.to_numpy(zero_copy_only=False)
     alive = rules.downsample_mask_by_code(
-        image_codes, encoded.dictionary.to_pylist, _equals(table, "category", config.text_category),
-        config.text_keep_fraction, config.downsample_seed,
+        image_codes,
+        encoded.dictionary.to_pylist,
+        _equals(table, "category", config.text_category),
+        config.text_keep_fraction,
+        config.downsample_seed,
     )
     counts["removed_text_downsample"] += int((~alive).sum())
 
@@ -180,6 +248,8 @@ def filter_shard(table: pa.Table, config: FilterConfig, image_uri: str) -> tuple
     qa_rows = np.flatnonzero(funnel.alive & is_qa)
     counts["captions_kept"] += len(caption_rows)
     counts["qa_kept"] += len(qa_rows)
-    pairs = [_caption_pairs(table, config, image_codes, caption_rows, counts, image_uri),
-             _qa_pairs(table, qa_rows, counts, image_uri)]
+    pairs = [
+        _caption_pairs(table, config, image_codes, caption_rows, counts, image_uri),
+        _qa_pairs(table, qa_rows, counts, image_uri),
+    ]
     return pa.concat_tables(pairs), counts

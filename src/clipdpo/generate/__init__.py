@@ -36,8 +36,16 @@ class _Engines:
         return self
 
 
-def run(cfg: GenerateConfig, input: str, output: str, *, shard: ShardSpec = ShardSpec(), finalize: bool = False,
-        overwrite: bool = False, storage: Storage | None = None) -> dict:
+def run(
+    cfg: GenerateConfig,
+    input: str,
+    output: str,
+    *,
+    shard: ShardSpec = ShardSpec(),
+    finalize: bool = False,
+    overwrite: bool = False,
+    storage: Storage | None = None,
+) -> dict:
     """Candidates for every images shard of `input` (this worker's share) into `output`; its stats."""
     from clipdpo.generate.shard import generate_shard
 

@@ -33,11 +33,11 @@ REASONING_PROMPT = (
     "provided. There are two cases now:\n\n1. If the given question and answer are short and do not require "
     "logical reasoning, then modify the answer to a hallucination error answer, such as some quantity errors or "
     "entity and property errors.\n\n2. If the entire question requires logical reasoning, then help me reorganize "
-    "the answers based on the given image, questions, and answers into the format \"Reason: xxx, Result: xxx\" "
+    'the answers based on the given image, questions, and answers into the format "Reason: xxx, Result: xxx" '
     "(Answer 1). Modify the reasons by introducing errors related to logical relationships, entity information, "
     "entity attributes, etc. If the error in the reason would lead to a new result, modify the result "
     "accordingly. If the error does not lead to a new result, keep the original result. Similarly, organize it in "
-    "the format \"Reason: xxx, Result: xxx\" (Answer 2).\n\nQuestion-answer Pair:\n\nQ: {question}\n\n"
+    'the format "Reason: xxx, Result: xxx" (Answer 2).\n\nQuestion-answer Pair:\n\nQ: {question}\n\n'
     "A: {answer}\n\nRequirements:\n\n(1) The generated wrong answer and reasoning process should be combined with "
     "the image and be misleading..\n\nOutput Format:\n\nAnswer: your answer"
 )
@@ -64,7 +64,7 @@ def extract_answer(reply: str) -> str | None:
         return None
     chosen = next((m for m in marks if m.group(1) == "2"), marks[0])
     following = [m.start() for m in marks if m.start() > chosen.start()]
-    text = reply[chosen.end():following[0] if following else len(reply)]
+    text = reply[chosen.end() : following[0] if following else len(reply)]
     return re.sub(r"\s+", " ", text).strip().strip("*").strip().strip('"').strip()
 
 
@@ -95,8 +95,9 @@ def validate(reply: str, original: str, visible: Callable[[str], Iterable] | Non
     return injected, "kept"
 
 
-def validate_all(replies: list[str], originals: list[str], visible: Callable[[str], Iterable] | None = None
-                 ) -> tuple[list[str | None], InjectionCounts]:
+def validate_all(
+    replies: list[str], originals: list[str], visible: Callable[[str], Iterable] | None = None
+) -> tuple[list[str | None], InjectionCounts]:
     """Each reply's injected answer (None where dropped) and the counts."""
     if len(replies) != len(originals):
         raise ValueError(f"{len(replies)} replies for {len(originals)} original answers")

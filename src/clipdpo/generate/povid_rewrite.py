@@ -31,8 +31,11 @@ def replies(engine: Engine, items: list[GroundTruth], sampling: Sampling) -> lis
     out = [""] * len(items)
     seen = [k for k, item in enumerate(items) if item.image is not None]
     if seen:
-        requests = [ImageRequest(image, prompts[k], n=1, seed=sampling.seed + k) for k in seen
-                    if (image := items[k].image) is not None]
+        requests = [
+            ImageRequest(image, prompts[k], n=1, seed=sampling.seed + k)
+            for k in seen
+            if (image := items[k].image) is not None
+        ]
         for k, outputs in zip(seen, engine.caption(requests, sampling)):
             out[k] = outputs[0]
     unseen = [k for k, item in enumerate(items) if item.image is None]
@@ -42,7 +45,8 @@ def replies(engine: Engine, items: list[GroundTruth], sampling: Sampling) -> lis
     return out
 
 
-def rewrite(engine: Engine, items: list[GroundTruth], sampling: Sampling,
-            visible: Callable[[str], Iterable] | None = None) -> tuple[list[str | None], InjectionCounts]:
+def rewrite(
+    engine: Engine, items: list[GroundTruth], sampling: Sampling, visible: Callable[[str], Iterable] | None = None
+) -> tuple[list[str | None], InjectionCounts]:
     """Each item's injected answer (None where dropped) and the counts."""
     return validate_all(replies(engine, items, sampling), [item.answer for item in items], visible)

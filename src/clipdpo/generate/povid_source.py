@@ -50,8 +50,9 @@ class PovidSourceConfig:
     kind: str = "caption"  # llm: the Table 6 prompt (caption: descriptions; reasoning: VQA and reasoning answers)
     # llm: the injector. The paper uses GPT-4V; an open instruction LLM (the QA writer's) sees the question and
     # answer only, a vision-language model with with_image=true sees the image too
-    injector: ModelSpec = field(default_factory=lambda: ModelSpec(name="openhermes-2.5-mistral-7b",
-                                                                  path="teknium/OpenHermes-2.5-Mistral-7B"))
+    injector: ModelSpec = field(
+        default_factory=lambda: ModelSpec(name="openhermes-2.5-mistral-7b", path="teknium/OpenHermes-2.5-Mistral-7B")
+    )
     with_image: bool = False
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.9, max_new_tokens=512))
     batch_size: int = 8  # hf engine batch
@@ -64,8 +65,10 @@ class PovidSourceConfig:
         if self.source not in SOURCES:
             raise ValueError(f"source={self.source!r}; expected one of {list(SOURCES)}")
         if not self.ground_truth:
-            raise ValueError("ground_truth: where the ground-truth answers are (llm: a LLaVA conversation JSON; "
-                             "plugin: what the rewriter reads)")
+            raise ValueError(
+                "ground_truth: where the ground-truth answers are (llm: a LLaVA conversation JSON; "
+                "plugin: what the rewriter reads)"
+            )
         if self.source == "plugin" and not _is_callable_name(self.rewriter):
             raise ValueError(f"rewriter={self.rewriter!r}: source 'plugin' needs rewriter as 'module:callable'")
         if self.kind not in ("caption", "reasoning"):
@@ -122,8 +125,10 @@ def read_llava_json(text: str, where: str) -> dict[str, tuple[str, str]]:
             continue
         human = next((k for k, t in enumerate(turns) if t.get("from") == "human"), None)
         if human is None or human + 1 >= len(turns) or turns[human + 1].get("from") != "gpt":
-            raise ValueError(f"{where}: record {number} (id {record.get('id')!r}): expected a human turn followed "
-                             "by a gpt turn in `conversations`")
+            raise ValueError(
+                f"{where}: record {number} (id {record.get('id')!r}): expected a human turn followed "
+                "by a gpt turn in `conversations`"
+            )
         question = turns[human]["value"].replace("<image>", "").strip()
         out.setdefault(llava_image_id(record["image"]), (question, turns[human + 1]["value"].strip()))
     return out
@@ -161,11 +166,19 @@ class LLMRewriter:
         from clipdpo.generate.povid_rewrite import GroundTruth, replies
         from clipdpo.images import decode_image
 
-        engine = self.engine or load_engine(self.cfg.injector, vision=self.cfg.with_image,
-                                            batch_size=self.cfg.batch_size)
+        engine = self.engine or load_engine(
+            self.cfg.injector, vision=self.cfg.with_image, batch_size=self.cfg.batch_size
+        )
         self.engine = engine
-        truths = [GroundTruth(item.prompt, item.answer, self.cfg.kind,
-                              decode_image(images[item.image_id]) if self.cfg.with_image else None) for item in items]
+        truths = [
+            GroundTruth(
+                item.prompt,
+                item.answer,
+                self.cfg.kind,
+                decode_image(images[item.image_id]) if self.cfg.with_image else None,
+            )
+            for item in items
+        ]
         return [(self.cfg.kind, reply) for reply in replies(engine, truths, self.cfg.sampling)]
 
 
@@ -185,24 +198,41 @@ def pairs_shard(rewriter, image_ids: list[str], images: dict[str, bytes], image_
         stats[f"{'kept' if injected else 'dropped'}_{kind if injected else reason}"] += 1
         if injected is None:
             continue
-        for name, value in (("image_id", item.image_id), ("kind", PAIR_KIND), ("prompt", item.prompt),
-                            ("chosen", item.answer), ("rejected", injected), ("chosen_score", None),
-                            ("rejected_score", None), ("margin", None), ("image_uri", image_uri)):
+        for name, value in (
+            ("image_id", item.image_id),
+            ("kind", PAIR_KIND),
+            ("prompt", item.prompt),
+            ("chosen", item.answer),
+            ("rejected", injected),
+            ("chosen_score", None),
+            ("rejected_score", None),
+            ("margin", None),
+            ("image_uri", image_uri),
+        ):
             rows[name].append(value)
     stats["povid_pairs"] = len(rows["image_id"])
     counts = {f"dropped_{reason}": 0 for reason in DROP_REASONS} | dict(stats)  # every drop reason, 0 or not
     return pa.Table.from_pydict(rows, schema=PAIRS), counts
 
 
-def run(cfg: PovidSourceConfig, input: str, output: str, *, shard: ShardSpec = ShardSpec(), finalize: bool = False,
-        overwrite: bool = False, storage: Storage | None = None) -> dict:
+def run(
+    cfg: PovidSourceConfig,
+    input: str,
+    output: str,
+    *,
+    shard: ShardSpec = ShardSpec(),
+    finalize: bool = False,
+    overwrite: bool = False,
+    storage: Storage | None = None,
+) -> dict:
     """POVID pairs for every images shard of `input` (this worker's share) into `output`; counts as stats."""
     storage = storage or Storage()
     images = Artifact.open(storage, input, kind="images")
     rewriter = make_rewriter(cfg)
     truth = hashlib.sha256(rewriter.fingerprint_bytes()).hexdigest()  # a changed ground truth is a new input
-    writer = ArtifactWriter(storage, output, "pairs", config_lib.to_dict(cfg), [images], overwrite=overwrite,
-                            input_fingerprints=[truth])
+    writer = ArtifactWriter(
+        storage, output, "pairs", config_lib.to_dict(cfg), [images], overwrite=overwrite, input_fingerprints=[truth]
+    )
 
     def process(name: str) -> tuple[pa.Table, dict]:
         table = images.read_shard(name, columns=["image_id", "image"])
@@ -212,8 +242,11 @@ def run(cfg: PovidSourceConfig, input: str, output: str, *, shard: ShardSpec = S
     result = run_shards(writer, images.shard_names, process, shard, finalize_only=finalize)
     if result.manifest is not None:
         stats = result.manifest.stats
-        print(f"povid source ({cfg.source}): {result.manifest.rows} pairs; counts "
-              f"{json.dumps({k: stats[k] for k in sorted(stats) if k != 'seconds'})}", file=sys.stderr)
+        print(
+            f"povid source ({cfg.source}): {result.manifest.rows} pairs; counts "
+            f"{json.dumps({k: stats[k] for k in sorted(stats) if k != 'seconds'})}",
+            file=sys.stderr,
+        )
     return report("povid", result, {"output": writer.uri})
 
 

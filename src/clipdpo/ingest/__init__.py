@@ -21,7 +21,7 @@ from clipdpo.images import Decoding
 from clipdpo.ingest.sources import SourceReadError, SourceRef, list_sources, read_source
 from clipdpo.schemas import IMAGES
 from clipdpo.stage import ShardSpec, report, run_shards
-from clipdpo.storage import StorageError, Storage
+from clipdpo.storage import Storage, StorageError
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class IngestConfig:
     def __post_init__(self):
         config_lib.check_ranges(self)
 
+
 # Lists in shard stats are examples for the manifest (sum_stats keeps 100 in all); counts are exact.
 MAX_LISTED = 100
 
@@ -46,12 +47,15 @@ def _read(storage: Storage, item: SourceRef) -> bytes:
         return read_source(storage, item)
     except (StorageError, OSError) as err:
         why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise SourceReadError(f"{item.uri}: cannot be read ({why}); its shard was not written: fix the file "
-                              "(or remove it) and rerun, which retries it") from err
+        raise SourceReadError(
+            f"{item.uri}: cannot be read ({why}); its shard was not written: fix the file "
+            "(or remove it) and rerun, which retries it"
+        ) from err
 
 
-def ingest_shard(storage: Storage, refs: list[SourceRef], not_images: Sequence[str] = (),
-                 not_files: Sequence[str] = ()) -> tuple[pa.Table, dict]:
+def ingest_shard(
+    storage: Storage, refs: list[SourceRef], not_images: Sequence[str] = (), not_files: Sequence[str] = ()
+) -> tuple[pa.Table, dict]:
     """One shard of images: every decodable file with its size; the undecodable ones by URI, and `not_images`
     (files skipped by name) and `not_files` (listing entries that are not files) in the stats.
 
@@ -68,18 +72,40 @@ def ingest_shard(storage: Storage, refs: list[SourceRef], not_images: Sequence[s
     rows, decoding = [], Decoding()
     for uri, image in decoding.each(read_each()):
         item = by_uri[uri]
-        rows.append({"image_id": item.image_id, "source": item.source, "uri": uri, "image": data[uri],
-                     "width": image.width, "height": image.height})
+        rows.append(
+            {
+                "image_id": item.image_id,
+                "source": item.source,
+                "uri": uri,
+                "image": data[uri],
+                "width": image.width,
+                "height": image.height,
+            }
+        )
         del image  # not alive while the next one decodes
     bad = list(decoding.failed)
-    stats = {"images": len(rows), "images_failed": len(bad), "failed_uris": bad[:MAX_LISTED],
-             "not_images": len(not_images), "not_image_uris": list(not_images)[:MAX_LISTED],
-             "not_files": len(not_files), "not_file_uris": list(not_files)[:MAX_LISTED]}
+    stats = {
+        "images": len(rows),
+        "images_failed": len(bad),
+        "failed_uris": bad[:MAX_LISTED],
+        "not_images": len(not_images),
+        "not_image_uris": list(not_images)[:MAX_LISTED],
+        "not_files": len(not_files),
+        "not_file_uris": list(not_files)[:MAX_LISTED],
+    }
     return pa.Table.from_pylist(rows, schema=IMAGES), stats
 
 
-def run(cfg: IngestConfig, source: str | None, output: str, *, shard: ShardSpec = ShardSpec(),
-        finalize: bool = False, overwrite: bool = False, storage: Storage | None = None) -> dict:
+def run(
+    cfg: IngestConfig,
+    source: str | None,
+    output: str,
+    *,
+    shard: ShardSpec = ShardSpec(),
+    finalize: bool = False,
+    overwrite: bool = False,
+    storage: Storage | None = None,
+) -> dict:
     """Pack the images at `source` (None: `cfg.source`) into the images artifact `output`; its stats."""
     cfg = replace(cfg, source=source) if source else cfg
     storage = storage or Storage()
@@ -87,10 +113,19 @@ def run(cfg: IngestConfig, source: str | None, output: str, *, shard: ShardSpec 
     # The listing (names, sizes, versions) is part of the fingerprint: a changed folder re-ingests.
     # Listing is cheap; bytes are read shard by shard, so memory holds one shard of images.
     listing = list_sources(storage, cfg.source, cfg.source_name)
-    writer = ArtifactWriter(storage, output, "images", config_lib.to_dict(cfg), [], overwrite=overwrite,
-                            input_fingerprints=[listing.fingerprint])
+    writer = ArtifactWriter(
+        storage,
+        output,
+        "images",
+        config_lib.to_dict(cfg),
+        [],
+        overwrite=overwrite,
+        input_fingerprints=[listing.fingerprint],
+    )
     refs = listing.images
-    by_name = {shard_name(i // cfg.shard_size): refs[i : i + cfg.shard_size] for i in range(0, len(refs), cfg.shard_size)}
+    by_name = {
+        shard_name(i // cfg.shard_size): refs[i : i + cfg.shard_size] for i in range(0, len(refs), cfg.shard_size)
+    }
     first = shard_name(0)
 
     def process(name: str) -> tuple[pa.Table, dict]:

@@ -18,9 +18,17 @@ from clipdpo.stage import add_config_flag, build_parser, run_cli
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m clipdpo.ingest", __doc__, None)
-    add_config_flag(parser, "--source", "source", f"folder or s3:// prefix of image files, or {BUILTIN_DEMO} (demo photos)")
-    return run_cli(parser, IngestConfig, argv, lambda cfg, args: run(
-        cfg, None, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite))
+    add_config_flag(
+        parser, "--source", "source", f"folder or s3:// prefix of image files, or {BUILTIN_DEMO} (demo photos)"
+    )
+    return run_cli(
+        parser,
+        IngestConfig,
+        argv,
+        lambda cfg, args: run(
+            cfg, None, args.output, shard=args.shard, finalize=args.finalize, overwrite=args.overwrite
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def listing_fingerprint(root: str, files: list[ObjectInfo]) -> str:
     """Changes when a file is added, removed or replaced (size, S3 ETag or local mtime)."""
     digest = hashlib.sha256()
     for info in files:
-        digest.update(f"{info.uri[len(root.rstrip('/')) + 1:]}\t{info.size}\t{info.version}\n".encode())
+        digest.update(f"{info.uri[len(root.rstrip('/')) + 1 :]}\t{info.size}\t{info.version}\n".encode())
     return digest.hexdigest()
 
 
@@ -118,8 +118,11 @@ def list_local(root: str) -> tuple[list[ObjectInfo], list[str]]:
             else:
                 not_files.append(f"{path} ({_why_not_a_file(info.st_mode)})")
         # os.walk lists links to folders among the folders and does not enter them: name them too
-        not_files.extend(f"{os.path.join(folder, name)} (linked folder, not followed)" for name in subfolders
-                         if os.path.islink(os.path.join(folder, name)))
+        not_files.extend(
+            f"{os.path.join(folder, name)} (linked folder, not followed)"
+            for name in subfolders
+            if os.path.islink(os.path.join(folder, name))
+        )
     return sorted(files, key=lambda info: info.uri), sorted(not_files)
 
 
@@ -133,13 +136,19 @@ def list_sources(storage: Storage, root: str, source_name: str) -> Listing:
         raise SourceError(f"{root}: no such folder (--source takes a folder, an s3:// prefix or {BUILTIN_DEMO})")
     files, not_files = (storage.list_info(root), []) if root.startswith("s3://") else list_local(root)
     if not_files:
-        log.warning("%s: %d entr%s skipped (not files that can be read), e.g. %s", root, len(not_files),
-                    "y" if len(not_files) == 1 else "ies", not_files[:3])
+        log.warning(
+            "%s: %d entr%s skipped (not files that can be read), e.g. %s",
+            root,
+            len(not_files),
+            "y" if len(not_files) == 1 else "ies",
+            not_files[:3],
+        )
     images = [info.uri for info in files if info.uri.lower().endswith(IMAGE_SUFFIXES)]
     if not images:
         unread = f" ({len(not_files)} entries could not be read, e.g. {not_files[:3]})" if not_files else ""
-        raise SourceError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found among {len(files)} object(s)"
-                          + unread)
+        raise SourceError(
+            f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found among {len(files)} object(s)" + unread
+        )
     refs = [SourceRef(image_id_for(root, uri), source_name, uri) for uri in images]
     check_unique_ids(refs)
     not_images = [info.uri for info in files if not info.uri.lower().endswith(IMAGE_SUFFIXES)]

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 
 from clipdpo import plots
+from clipdpo.report import REPORT_DIR, render
 from clipdpo.report import figures as figures_lib
 from clipdpo.report import gather as gather_lib
-from clipdpo.report import REPORT_DIR, render
 from clipdpo.storage import Storage, join
 
 
@@ -30,8 +30,11 @@ def build(run_root: str, storage: Storage | None = None) -> tuple[Report, dict[s
     page = render.html(run, named, pngs, gather_lib.examples(run.evaluation, storage))
     text = render.markdown(run, named)
     numbers = render.headline(run)
-    files = {"report.html": page.encode(), "report.md": text.encode(),
-             "headline.json": json.dumps(numbers, indent=2, sort_keys=True).encode()}
+    files = {
+        "report.html": page.encode(),
+        "report.md": text.encode(),
+        "headline.json": json.dumps(numbers, indent=2, sort_keys=True).encode(),
+    }
     files.update({f"{name}.png": png for name, png in pngs.items()})
     return Report(join(run_root, REPORT_DIR), page, text, numbers, sorted(files)), files
 

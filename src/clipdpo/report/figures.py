@@ -29,39 +29,71 @@ def amber_panels(evaluation: dict) -> list[tuple[str, dict[str, dict[str, float 
     amber = {m: a for m, a in amber.items() if a}
     panels = []
     if any("generative" in a for a in amber.values()):
-        generative = {m: {label: a.get("generative", {}).get(key) for label, key in GENERATIVE}
-                      for m, a in amber.items()}
+        generative = {
+            m: {label: a.get("generative", {}).get(key) for label, key in GENERATIVE} for m, a in amber.items()
+        }
         panels.append(("AMBER generative (%)", generative))
     if any("existence" in a or "attribute" in a for a in amber.values()):
-        panels.append(("AMBER discriminative F1 per category", {
-            m: {label: (a.get(key) or {}).get("f1") for label, key in AMBER_CATEGORIES} for m, a in amber.items()}))
+        panels.append(
+            (
+                "AMBER discriminative F1 per category",
+                {m: {label: (a.get(key) or {}).get("f1") for label, key in AMBER_CATEGORIES} for m, a in amber.items()},
+            )
+        )
     return panels
 
 
 def run_figures(run: RunData) -> list[NamedFigure]:
     out = []
     if run.train_rows:
-        out.append(NamedFigure("training_curves", "Training", "DPO loss, reward accuracy and margin per step; the "
-                               "chosen and rejected captions' log-prob change against the reference model "
-                               "(chosen falling below zero is a warning sign).",
-                               plots.training_curves(run.train_rows, run.beta)))
+        out.append(
+            NamedFigure(
+                "training_curves",
+                "Training",
+                "DPO loss, reward accuracy and margin per step; the "
+                "chosen and rejected captions' log-prob change against the reference model "
+                "(chosen falling below zero is a warning sign).",
+                plots.training_curves(run.train_rows, run.beta),
+            )
+        )
     if run.funnel:
-        out.append(NamedFigure("filter_funnel", "Data", "Rows entering the filter, removed by each rule (in the "
-                               "order they run) and kept.",
-                               plots.filter_funnel({k: v for k, v in run.funnel.items() if k in FUNNEL_ORDER},
-                                                   FUNNEL_ORDER)))
+        out.append(
+            NamedFigure(
+                "filter_funnel",
+                "Data",
+                "Rows entering the filter, removed by each rule (in the order they run) and kept.",
+                plots.filter_funnel({k: v for k, v in run.funnel.items() if k in FUNNEL_ORDER}, FUNNEL_ORDER),
+            )
+        )
     p = run.pairs
     if p.chosen_score:
         margins = {"widest per image (all captions)": run.widest_margins, "kept pairs": p.margin}
-        out.append(NamedFigure("clip_scores", "Data", "CLIP scores of chosen and rejected captions, the score "
-                               "margin against the filter's threshold, and per image category.",
-                               plots.clip_scores(p.chosen_score, p.rejected_score, margins, run.margin_threshold,
-                                                 by_category(p))))
-        out.append(NamedFigure("caption_lengths", "Data", "Caption length, chosen vs rejected: if chosen "
-                               "captions are mostly the longer ones, DPO learns length, not content.",
-                               plots.caption_lengths(p.chosen_words, p.rejected_words)))
+        out.append(
+            NamedFigure(
+                "clip_scores",
+                "Data",
+                "CLIP scores of chosen and rejected captions, the score "
+                "margin against the filter's threshold, and per image category.",
+                plots.clip_scores(p.chosen_score, p.rejected_score, margins, run.margin_threshold, by_category(p)),
+            )
+        )
+        out.append(
+            NamedFigure(
+                "caption_lengths",
+                "Data",
+                "Caption length, chosen vs rejected: if chosen "
+                "captions are mostly the longer ones, DPO learns length, not content.",
+                plots.caption_lengths(p.chosen_words, p.rejected_words),
+            )
+        )
     panels = amber_panels(run.evaluation) if run.evaluation else []
     if panels:
-        out.append(NamedFigure("amber", "Evaluation", "AMBER per model: generative hallucination figures and "
-                               "discriminative F1 per category.", plots.grouped_bars(panels)))
+        out.append(
+            NamedFigure(
+                "amber",
+                "Evaluation",
+                "AMBER per model: generative hallucination figures and discriminative F1 per category.",
+                plots.grouped_bars(panels),
+            )
+        )
     return out

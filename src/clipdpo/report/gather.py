@@ -69,8 +69,9 @@ def word_counts(column: pa.ChunkedArray | pa.Array) -> list[int]:
 
 def caption_pairs(pairs: Artifact, max_pairs: int) -> pa.Table:
     tables, count = [], 0
-    for _, table in pairs.iter_shards(columns=["image_id", "kind", "chosen", "rejected", "chosen_score",
-                                               "rejected_score", "margin"]):
+    for _, table in pairs.iter_shards(
+        columns=["image_id", "kind", "chosen", "rejected", "chosen_score", "rejected_score", "margin"]
+    ):
         table = table.filter(pc.equal(table.column("kind"), "caption"))
         tables.append(table.slice(0, max_pairs - count))
         count += tables[-1].num_rows
@@ -86,8 +87,9 @@ def scores_by_image(scores: Artifact) -> tuple[dict[str, str], list[float]]:
     for _, table in scores.iter_shards(columns=["image_id", "kind", "category", "clip_score"]):
         captions = pc.and_(pc.equal(table.column("kind"), "caption"), pc.is_valid(table.column("clip_score")))
         table = table.filter(captions)
-        grouped = table.group_by("image_id", use_threads=False).aggregate([("clip_score", "max"), ("clip_score", "min"),
-                                                         ("clip_score", "count"), ("category", "first")])
+        grouped = table.group_by("image_id", use_threads=False).aggregate(
+            [("clip_score", "max"), ("clip_score", "min"), ("clip_score", "count"), ("category", "first")]
+        )
         counts = grouped.column("clip_score_count").to_numpy()
         spread = grouped.column("clip_score_max").to_numpy() - grouped.column("clip_score_min").to_numpy()
         widest.extend(float(v) for v in spread[counts >= 2])
@@ -100,9 +102,13 @@ def pair_columns(table: pa.Table, categories: dict[str, str]) -> PairColumns:
         return PairColumns()
     floats = lambda name: [float(v) for v in table.column(name).to_numpy(zero_copy_only=False)]  # noqa: E731
     return PairColumns(
-        chosen_score=floats("chosen_score"), rejected_score=floats("rejected_score"), margin=floats("margin"),
-        chosen_words=word_counts(table.column("chosen")), rejected_words=word_counts(table.column("rejected")),
-        category=[categories.get(i) or "unknown" for i in table.column("image_id").to_pylist()])
+        chosen_score=floats("chosen_score"),
+        rejected_score=floats("rejected_score"),
+        margin=floats("margin"),
+        chosen_words=word_counts(table.column("chosen")),
+        rejected_words=word_counts(table.column("rejected")),
+        category=[categories.get(i) or "unknown" for i in table.column("image_id").to_pylist()],
+    )
 
 
 def train_rows(storage: Storage, model_uri: str) -> list[dict]:
@@ -175,7 +181,7 @@ def examples(evaluation: dict | None, storage: Storage) -> list[Example]:
         return []
     by_id: dict[int, dict] = {}
     for model in [m["name"] for m in evaluation.get("models", [])]:
-        for item in (evaluation["results"].get(model, {}).get("amber", {}).get("examples") or []):
+        for item in evaluation["results"].get(model, {}).get("amber", {}).get("examples") or []:
             entry = by_id.setdefault(int(item["id"]), {"image": item.get("image"), "responses": {}})
             entry["responses"][model] = (item["response"], list(item["hallucinated"]))
     out = []

@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 # Metrics keys shown as a step's rows (the first one present).
 ROW_KEYS = ("rows", "steps")
 # Task folders in pipeline order (kfp names them after the components); others follow, by name.
-ORDER = ("plan-shards", "ingest", "generate-shard", "generate-finalize", "score-shard", "score-finalize",
-         "filter-pairs", "train", "evaluate", "report")
+ORDER = (
+    "plan-shards",
+    "ingest",
+    "generate-shard",
+    "generate-finalize",
+    "score-shard",
+    "score-finalize",
+    "filter-pairs",
+    "train",
+    "evaluate",
+    "report",
+)
 
 
 @dataclass
@@ -40,8 +50,13 @@ def task_metrics(task_dir: str) -> dict[str, float] | None:
     for artifacts in output.get("artifacts", {}).values():
         for artifact in artifacts.get("artifacts", []):
             if artifact.get("type", {}).get("schemaTitle") in (None, "system.Metrics"):
-                values.update({k: float(v) for k, v in (artifact.get("metadata") or {}).items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                values.update(
+                    {
+                        k: float(v)
+                        for k, v in (artifact.get("metadata") or {}).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    }
+                )
     return values
 
 
@@ -76,8 +91,9 @@ def display_name(task: str) -> str:
     return f"{leaf}[{parent.rsplit('-', 1)[1]}]" if "-iteration-" in parent else task
 
 
-def collect(pipeline_root: str, pipeline_name: str, tasks: list[str], before: set[str],
-            this_run: set[str] | None = None) -> list[StepLine]:
+def collect(
+    pipeline_root: str, pipeline_name: str, tasks: list[str], before: set[str], this_run: set[str] | None = None
+) -> list[StepLine]:
     """One line per task: its newest metrics, and whether kfp's cache served it this time. `before`: the
     run folders that existed before this run started (a run served wholly from cache may add none).
     `this_run`: the steps this run ran or served from cache (a task folder's last part); a task of an earlier
@@ -106,14 +122,17 @@ def format_summary(lines: list[StepLine], headline: dict[str, dict[str, float]],
     width = max([len(display_name(line.task)) for line in lines] + [4])
     out = [f"{'step':<{width}}  {'cached':<6}  {'rows':>9}  {'seconds':>8}"]
     for line in lines:
-        out.append(f"{display_name(line.task):<{width}}  {'yes' if line.cached else 'no':<6}  {_number(line.rows):>9}  "
-                   f"{_number(line.metrics.get('step_seconds'), '.1f'):>8}")
+        out.append(
+            f"{display_name(line.task):<{width}}  {'yes' if line.cached else 'no':<6}  {_number(line.rows):>9}  "
+            f"{_number(line.metrics.get('step_seconds'), '.1f'):>8}"
+        )
     models = list(dict.fromkeys(m for values in headline.values() for m in values))
     if headline:
         metric_width = max(len(k) for k in headline)
         out += ["", f"{'metric':<{metric_width}}  " + "  ".join(f"{m:>10}" for m in models)]
         for metric, values in headline.items():
-            out.append(f"{metric:<{metric_width}}  " + "  ".join(f"{_number(values.get(m), '.2f'):>10}"
-                                                                 for m in models))
+            out.append(
+                f"{metric:<{metric_width}}  " + "  ".join(f"{_number(values.get(m), '.2f'):>10}" for m in models)
+            )
     out += ["", f"report: {report_path}"]
     return "\n".join(out)

@@ -18,15 +18,20 @@ from clipdpo.report.gather import Example, RunData
 CSS = eval_report.TABLE_CSS + (
     "img.figure{max-width:100%;border:1px solid #ddd;margin:.5em 0}figure{margin:1em 0}"
     "figcaption{color:#555;font-size:90%}table.examples td{vertical-align:top;text-align:left;max-width:32em}"
-    "table.examples img{width:160px}")
+    "table.examples img{width:160px}"
+)
 
 
 def headline(run: RunData) -> dict[str, float]:
     """The run's main numbers, flat (also the report step's kfp Metrics and the terminal summary)."""
     out: dict[str, float] = {f"{stage}_rows": float(rows) for stage, rows in run.stage_rows.items()}
     final = run.train_summary.get("final") or (run.train_rows[-1] if run.train_rows else {})
-    for key, name in (("loss", "train_final_loss"), ("rewards/accuracy", "train_reward_accuracy"),
-                      ("rewards/margin", "train_reward_margin"), ("samples_per_s", "train_samples_per_s")):
+    for key, name in (
+        ("loss", "train_final_loss"),
+        ("rewards/accuracy", "train_reward_accuracy"),
+        ("rewards/margin", "train_reward_margin"),
+        ("samples_per_s", "train_samples_per_s"),
+    ):
         if final.get(key) is not None:
             out[name] = float(final[key])
     evaluation = run.evaluation or {}
@@ -42,15 +47,16 @@ def headline(run: RunData) -> dict[str, float]:
 
 
 def _img(png: bytes, alt: str, css: str = "figure", mime: str = "image/png") -> str:
-    return (f"<img class='{css}' alt='{html_lib.escape(alt)}' "
-            f"src='data:{mime};base64,{base64.b64encode(png).decode()}'>")
+    return f"<img class='{css}' alt='{html_lib.escape(alt)}' src='data:{mime};base64,{base64.b64encode(png).decode()}'>"
 
 
 def _examples_html(examples: list[Example]) -> str:
     e = html_lib.escape
     models = list(dict.fromkeys(m for ex in examples for m in ex.responses))
-    out = ["<h2>Qualitative examples (held-out AMBER images; hallucinated objects <mark>marked</mark>)</h2>",
-           "<table class='examples'><tr><th>image</th>" + "".join(f"<th>{e(m)}</th>" for m in models) + "</tr>"]
+    out = [
+        "<h2>Qualitative examples (held-out AMBER images; hallucinated objects <mark>marked</mark>)</h2>",
+        "<table class='examples'><tr><th>image</th>" + "".join(f"<th>{e(m)}</th>" for m in models) + "</tr>",
+    ]
     for ex in examples:
         cell = _img(ex.image, f"AMBER {ex.item_id}", "thumb", "image/jpeg") if ex.image else "(image not found)"
         row = [f"<td>{cell}<br>AMBER {ex.item_id}</td>"]
@@ -72,7 +78,7 @@ def split_headline(numbers: dict[str, float], models: list[str]) -> tuple[dict[s
         if model is None:
             run_wide[key] = value
         else:
-            by_model.setdefault(key[len(model) + 1:], {})[model] = value
+            by_model.setdefault(key[len(model) + 1 :], {})[model] = value
     return run_wide, by_model
 
 
@@ -95,9 +101,11 @@ def _headline_html(run: RunData) -> str:
 def html(run: RunData, figures: list, pngs: dict[str, bytes], examples: list[Example]) -> str:
     """`figures`: report.figures.NamedFigure list; `pngs`: their PNG bytes by name."""
     e = html_lib.escape
-    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipdpo run report</title>",
-           f"<style>{CSS}</style></head><body><h1>clipdpo run report</h1><p>Run: <code>{e(run.run_root)}</code></p>",
-           _headline_html(run)]
+    out = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipdpo run report</title>",
+        f"<style>{CSS}</style></head><body><h1>clipdpo run report</h1><p>Run: <code>{e(run.run_root)}</code></p>",
+        _headline_html(run),
+    ]
     warning = plots.chosen_logps_warning(run.train_rows)
     section = None
     for figure in figures:
@@ -106,8 +114,10 @@ def html(run: RunData, figures: list, pngs: dict[str, bytes], examples: list[Exa
             out.append(f"<h2>{e(section)}</h2>")
             if section == "Training" and warning:
                 out.append(f"<p class='warn'><b>Warning</b>: {e(warning)}</p>")
-        out.append(f"<figure>{_img(pngs[figure.name], figure.name)}<figcaption>{e(figure.caption)} "
-                   f"(<a href='{figure.name}.png'>{figure.name}.png</a>)</figcaption></figure>")
+        out.append(
+            f"<figure>{_img(pngs[figure.name], figure.name)}<figcaption>{e(figure.caption)} "
+            f"(<a href='{figure.name}.png'>{figure.name}.png</a>)</figcaption></figure>"
+        )
     if run.evaluation:
         out.append(eval_report.tables_html(run.evaluation))
     if examples:

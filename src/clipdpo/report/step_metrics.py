@@ -23,8 +23,13 @@ from clipdpo.storage import NotFound, Storage, join
 from clipdpo.tracking import numeric
 
 KINDS = {"ingest": "images", "generate": "candidates", "score": "scores", "filter": "pairs"}
-TRAIN_FINAL = (("loss", "final_loss"), ("rewards/accuracy", "reward_accuracy"), ("rewards/margin", "reward_margin"),
-               ("samples_per_s", "samples_per_s"), ("tokens_per_s", "tokens_per_s"))
+TRAIN_FINAL = (
+    ("loss", "final_loss"),
+    ("rewards/accuracy", "reward_accuracy"),
+    ("rewards/margin", "reward_margin"),
+    ("samples_per_s", "samples_per_s"),
+    ("tokens_per_s", "tokens_per_s"),
+)
 
 
 def artifact_uri(run_root: str, name: str) -> str:
@@ -58,7 +63,7 @@ def shard_metrics(storage: Storage, stage: str, run_root: str, shard_index: int,
     folders: dict[str, list[str]] = {}
     for uri in storage.list(join(artifact_uri(run_root, stage), "_done")):
         folder, _, file = uri.rpartition("/")
-        if file.endswith(".json") and file[:-len(".json")] in wanted:
+        if file.endswith(".json") and file[: -len(".json")] in wanted:
             folders.setdefault(folder, []).append(uri)
     chosen = max(folders.values(), key=len) if folders else []
     records = [ShardRecord(**json.loads(storage.read_bytes(uri))) for uri in sorted(chosen)]
@@ -74,8 +79,9 @@ def category_means(scores: Artifact) -> dict[str, float]:
         captions = pc.and_(pc.equal(table.column("kind"), "caption"), pc.is_valid(table.column("clip_score")))
         table = table.filter(captions)
         grouped = table.group_by("category").aggregate([("clip_score", "sum"), ("clip_score", "count")])
-        for category, total, count in zip(*(grouped.column(c).to_pylist()
-                                            for c in ("category", "clip_score_sum", "clip_score_count"))):
+        for category, total, count in zip(
+            *(grouped.column(c).to_pylist() for c in ("category", "clip_score_sum", "clip_score_count"))
+        ):
             entry = sums.setdefault(category or "unknown", [0.0, 0])
             entry[0] += total
             entry[1] += count
@@ -101,17 +107,24 @@ def evaluate_metrics(storage: Storage, run_root: str) -> dict[str, float]:
 def gate_metrics(storage: Storage, run_root: str) -> dict[str, float]:
     """passed (1/0), pointer moved (1/0) and the number of failed checks, from the gate's decision record."""
     record = json.loads(storage.read_bytes(join(run_root, "gate", "decision.json")))
-    return {"passed": float(record["passed"]), "promoted": float(record["pointer"]["moved"]),
-            "failed_checks": float(sum(not check["passed"] for check in record["checks"]))}
+    return {
+        "passed": float(record["passed"]),
+        "promoted": float(record["pointer"]["moved"]),
+        "failed_checks": float(sum(not check["passed"] for check in record["checks"])),
+    }
 
 
-def step_metrics(stage: str, run_root: str, *, shard: tuple[int, int] | None = None,
-                 storage: Storage | None = None) -> dict[str, float]:
+def step_metrics(
+    stage: str, run_root: str, *, shard: tuple[int, int] | None = None, storage: Storage | None = None
+) -> dict[str, float]:
     """`shard`: (index, count) for a shard step; None for a stage's whole (finalized) artifact."""
     storage = storage or Storage()
     if stage in KINDS:
-        values = (shard_metrics(storage, stage, run_root, *shard) if shard is not None
-                  else artifact_metrics(storage, stage, run_root))
+        values = (
+            shard_metrics(storage, stage, run_root, *shard)
+            if shard is not None
+            else artifact_metrics(storage, stage, run_root)
+        )
     elif stage == "train":
         values = train_metrics(storage, run_root)
     elif stage == "evaluate":
@@ -125,8 +138,10 @@ def step_metrics(stage: str, run_root: str, *, shard: tuple[int, int] | None = N
 
         values = json.loads(storage.read_bytes(join(run_root, REPORT_DIR, "headline.json")))
     else:
-        raise ValueError(f"step_metrics: unknown stage {stage!r}; expected one of "
-                         f"{sorted(KINDS) + ['evaluate', 'evaluate-task', 'gate', 'plan-evaluation', 'report', 'train']}")
+        raise ValueError(
+            f"step_metrics: unknown stage {stage!r}; expected one of "
+            f"{sorted(KINDS) + ['evaluate', 'evaluate-task', 'gate', 'plan-evaluation', 'report', 'train']}"
+        )
     return _finite(values)
 
 
@@ -156,8 +171,9 @@ def log_to(metrics_output, values: dict[str, float]) -> dict[str, float]:
     return values
 
 
-def log_step(metrics_output, stage: str, run_root: str, started: float, *,
-             shard: tuple[int, int] | None = None) -> dict[str, float]:
+def log_step(
+    metrics_output, stage: str, run_root: str, started: float, *, shard: tuple[int, int] | None = None
+) -> dict[str, float]:
     """What a kfp component calls last: its stage's numbers plus `step_seconds` (since `started`, a
     time.monotonic() reading), logged on its `Output[Metrics]`."""
     values = step_metrics(stage, run_root, shard=shard)

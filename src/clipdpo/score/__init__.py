@@ -19,8 +19,16 @@ if TYPE_CHECKING:  # torch loads only when a stage really scores
 SPEED_ONLY = ("device", "image_batch_size", "text_batch_size")
 
 
-def run(cfg: ScorerConfig, input: str, output: str, *, shard: ShardSpec = ShardSpec(), finalize: bool = False,
-        overwrite: bool = False, storage: Storage | None = None) -> dict:
+def run(
+    cfg: ScorerConfig,
+    input: str,
+    output: str,
+    *,
+    shard: ShardSpec = ShardSpec(),
+    finalize: bool = False,
+    overwrite: bool = False,
+    storage: Storage | None = None,
+) -> dict:
     """Scores for every candidates shard of `input` (this worker's share) into `output`; its stats."""
     from clipdpo.score.scorer import ClipScorer
     from clipdpo.score.shard import score_shard
@@ -43,6 +51,7 @@ def run(cfg: ScorerConfig, input: str, output: str, *, shard: ShardSpec = ShardS
     extra = {"output": writer.uri}
     if stats.get("images"):
         decoded = max(1, stats["images"] - stats["images_failed"])
-        extra.update(image_encodes_per_image=round(stats["image_encodes"] / decoded, 3),
-                     images_failed=stats["images_failed"])
+        extra.update(
+            image_encodes_per_image=round(stats["image_encodes"] / decoded, 3), images_failed=stats["images_failed"]
+        )
     return report("score", result, extra)

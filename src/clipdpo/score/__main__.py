@@ -8,8 +8,9 @@ from clipdpo.stage import sharded_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return sharded_main(run, ScorerConfig, argv, prog="python -m clipdpo.score", doc=__doc__,
-                        input_help="candidates artifact URI")
+    return sharded_main(
+        run, ScorerConfig, argv, prog="python -m clipdpo.score", doc=__doc__, input_help="candidates artifact URI"
+    )
 
 
 if __name__ == "__main__":

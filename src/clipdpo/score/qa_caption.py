@@ -60,21 +60,26 @@ def _is_subject_predicate(match: re.Match, answer: str) -> str | None:
 
 
 RULES: list[tuple[re.Pattern, Builder]] = [
-    (re.compile(r"^what colou?r (?:is|are) (?P<subject>.+)$", re.I),
-     lambda m, a: f"{m['subject']} is {_clean_answer(a)}"),
-    (re.compile(r"^what (?:is|are) (?P<subject>.+?) doing$", re.I),
-     lambda m, a: f"{m['subject']} {_clean_answer(a)}"),
-    (re.compile(r"^how many (?P<things>.+?) (?:are there|can be seen|are visible|are)(?P<rest>.*)$", re.I),
-     lambda m, a: f"{_clean_answer(a)} {m['things']}{m['rest']}"),
+    (
+        re.compile(r"^what colou?r (?:is|are) (?P<subject>.+)$", re.I),
+        lambda m, a: f"{m['subject']} is {_clean_answer(a)}",
+    ),
+    (re.compile(r"^what (?:is|are) (?P<subject>.+?) doing$", re.I), lambda m, a: f"{m['subject']} {_clean_answer(a)}"),
+    (
+        re.compile(r"^how many (?P<things>.+?) (?:are there|can be seen|are visible|are)(?P<rest>.*)$", re.I),
+        lambda m, a: f"{_clean_answer(a)} {m['things']}{m['rest']}",
+    ),
     (re.compile(r"^(?P<verb>is|are) there (?P<rest>.+)$", re.I), _there),
-    (re.compile(r"^where (?:is|are) (?P<subject>.+)$", re.I),
-     lambda m, a: f"{m['subject']} {_clean_answer(a)}"),
-    (re.compile(r"^what (?:kind|type|sort) of (?P<thing>\w+) (?:is|are) (?P<rest>.+)$", re.I),
-     lambda m, a: f"{_clean_answer(a)} {m['thing']} {m['rest']}"),
-    (re.compile(r"^who (?:is|are) (?P<rest>.+)$", re.I),
-     lambda m, a: f"{_clean_answer(a)} {m['rest']}"),
-    (re.compile(r"^what (?:is|are) (?P<rest>(?:the|a|an|this|these) .+)$", re.I),
-     lambda m, a: f"{m['rest']} {_clean_answer(a)}"),
+    (re.compile(r"^where (?:is|are) (?P<subject>.+)$", re.I), lambda m, a: f"{m['subject']} {_clean_answer(a)}"),
+    (
+        re.compile(r"^what (?:kind|type|sort) of (?P<thing>\w+) (?:is|are) (?P<rest>.+)$", re.I),
+        lambda m, a: f"{_clean_answer(a)} {m['thing']} {m['rest']}",
+    ),
+    (re.compile(r"^who (?:is|are) (?P<rest>.+)$", re.I), lambda m, a: f"{_clean_answer(a)} {m['rest']}"),
+    (
+        re.compile(r"^what (?:is|are) (?P<rest>(?:the|a|an|this|these) .+)$", re.I),
+        lambda m, a: f"{m['rest']} {_clean_answer(a)}",
+    ),
     (re.compile(r"^(?P<verb>is|are) (?P<rest>.+)$", re.I), _is_subject_predicate),
 ]
 

@@ -21,23 +21,52 @@ log = logging.getLogger("clipdpo.score")
 # Four generic image categories (Sec. 4.2), ten descriptions each; prototype = mean embedding.
 DEFAULT_CATEGORIES: dict[str, list[str]] = {
     "text": [
-        "a photo of a document", "a scanned page of text", "a screenshot with text",
-        "a book cover with a title", "a poster with large printed words", "a sign with writing on it",
-        "a receipt", "a page of a book", "a slide with bullet points", "a label with printed text",
+        "a photo of a document",
+        "a scanned page of text",
+        "a screenshot with text",
+        "a book cover with a title",
+        "a poster with large printed words",
+        "a sign with writing on it",
+        "a receipt",
+        "a page of a book",
+        "a slide with bullet points",
+        "a label with printed text",
     ],
     "people": [
-        "a photo of a person", "a portrait of a man", "a portrait of a woman", "a group of people",
-        "a child playing", "people walking on a street", "a person doing sports",
-        "a close-up of a face", "a crowd at an event", "a family posing for a photo",
+        "a photo of a person",
+        "a portrait of a man",
+        "a portrait of a woman",
+        "a group of people",
+        "a child playing",
+        "people walking on a street",
+        "a person doing sports",
+        "a close-up of a face",
+        "a crowd at an event",
+        "a family posing for a photo",
     ],
     "objects": [
-        "a photo of an object", "a close-up of a product", "a cup on a table", "a tool on a bench",
-        "a piece of furniture", "a vehicle parked", "a plate of food", "an animal",
-        "a household item", "a toy",
+        "a photo of an object",
+        "a close-up of a product",
+        "a cup on a table",
+        "a tool on a bench",
+        "a piece of furniture",
+        "a vehicle parked",
+        "a plate of food",
+        "an animal",
+        "a household item",
+        "a toy",
     ],
     "scenes": [
-        "a landscape", "a city skyline", "a room interior", "a beach at sunset", "a forest",
-        "a mountain view", "a street scene", "a kitchen", "a field of grass", "the night sky",
+        "a landscape",
+        "a city skyline",
+        "a room interior",
+        "a beach at sunset",
+        "a forest",
+        "a mountain view",
+        "a street scene",
+        "a kitchen",
+        "a field of grass",
+        "the night sky",
     ],
 }
 
@@ -56,8 +85,11 @@ class ScorerConfig:
     init_seed: int = 0  # seeds the weights when pretrained is None (architecture-only runs)
     categories: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
 
-    RANGES = {"image_batch_size": config_lib.AT_LEAST_1, "text_batch_size": config_lib.AT_LEAST_1,
-              "init_seed": config_lib.SEED}
+    RANGES = {
+        "image_batch_size": config_lib.AT_LEAST_1,
+        "text_batch_size": config_lib.AT_LEAST_1,
+        "init_seed": config_lib.SEED,
+    }
 
     def __post_init__(self) -> None:
         config_lib.check_ranges(self)
@@ -95,8 +127,9 @@ class ClipScorer:
 
     # -- embeddings --------------------------------------------------------------
     @torch.no_grad()
-    def encode_images(self, images: Sequence[Image.Image] | Iterable[Image.Image], total: int | None = None
-                      ) -> np.ndarray:
+    def encode_images(
+        self, images: Sequence[Image.Image] | Iterable[Image.Image], total: int | None = None
+    ) -> np.ndarray:
         """Unit embeddings [images, dim]. `images` is taken a batch at a time: from an iterator that decodes
         (score.shard), memory holds one batch of decoded images. `total`: how many, for progress (default len)."""
         if total is None:
@@ -153,4 +186,3 @@ class ClipScorer:
         sims = image_embeddings @ self.prototypes.T
         best = sims.argmax(axis=1)
         return [self.categories[i] for i in best], 100.0 * sims[np.arange(len(best)), best]
-

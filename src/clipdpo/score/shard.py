@@ -15,8 +15,9 @@ from clipdpo.score.qa_caption import question_to_caption
 from clipdpo.score.scorer import ClipScorer
 
 
-def _cosine_scores(image_rows: np.ndarray, image_emb: np.ndarray, text_rows: np.ndarray,
-                   text_emb: np.ndarray) -> np.ndarray:
+def _cosine_scores(
+    image_rows: np.ndarray, image_emb: np.ndarray, text_rows: np.ndarray, text_emb: np.ndarray
+) -> np.ndarray:
     """100 x cos for row i between image image_rows[i] and text text_rows[i] (NaN where either is -1)."""
     out = np.full(len(image_rows), np.nan, dtype=np.float32)
     ok = (image_rows >= 0) & (text_rows >= 0)
@@ -40,10 +41,14 @@ class _Texts:
         return cls(
             caption=[row["text"] if row["kind"] == "caption" and row["text"] else None for row in rows],
             question=[row["question"] if is_qa else None for row, is_qa in zip(rows, qa)],
-            qa_caption=[question_to_caption(row["question"], row["answer_pos"] or "") if is_qa else None
-                        for row, is_qa in zip(rows, qa)],
-            qa_neg_caption=[question_to_caption(row["question"], row["answer_neg"] or "") if is_qa else None
-                            for row, is_qa in zip(rows, qa)],
+            qa_caption=[
+                question_to_caption(row["question"], row["answer_pos"] or "") if is_qa else None
+                for row, is_qa in zip(rows, qa)
+            ],
+            qa_neg_caption=[
+                question_to_caption(row["question"], row["answer_neg"] or "") if is_qa else None
+                for row, is_qa in zip(rows, qa)
+            ],
         )
 
     def columns(self) -> tuple[list[str | None], ...]:
@@ -61,8 +66,9 @@ def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> t
     decoded_ids: list[str] = []
 
     def each_image():
-        pairs = ((image_id, encoded[position[image_id]].as_py() if image_id in position else None)
-                 for image_id in needed)
+        pairs = (
+            (image_id, encoded[position[image_id]].as_py() if image_id in position else None) for image_id in needed
+        )
         for image_id, image in decoding.each(pairs):
             decoded_ids.append(image_id)
             yield image

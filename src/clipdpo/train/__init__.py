@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from clipdpo.train.config import TrainConfig
 
 
-def run(cfg: "TrainConfig", input_uri: str, output_uri: str, *, overwrite: bool = False,
-        storage: "Storage | None" = None) -> dict:
+def run(
+    cfg: "TrainConfig", input_uri: str, output_uri: str, *, overwrite: bool = False, storage: "Storage | None" = None
+) -> dict:
     """Train on the pairs artifact at `input_uri` into `output_uri`; returns the run's summary (recipe.run)."""
     from clipdpo.train.recipe import run as run_recipe  # torch and transformers load only when training
 

@@ -19,8 +19,19 @@ from clipdpo.train.config import TrainConfig
 def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
     """`run`, then the stage's summary line."""
     summary = run(cfg, args.input, args.output, overwrite=args.overwrite)
-    print(json.dumps({"stage": "train", "model": summary["model"], "steps": summary["steps"],
-                      "final": summary["final"], "data": summary["data"]}, sort_keys=True), flush=True)
+    print(
+        json.dumps(
+            {
+                "stage": "train",
+                "model": summary["model"],
+                "steps": summary["steps"],
+                "final": summary["final"],
+                "data": summary["data"],
+            },
+            sort_keys=True,
+        ),
+        flush=True,
+    )
     return summary
 
 

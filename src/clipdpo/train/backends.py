@@ -27,8 +27,7 @@ class Backend(Protocol):
     """What the recipe, the objectives and the checkpoints ask of a training backend (DDP or DeepSpeed)."""
 
     @property
-    def name(self) -> str:
-        ...
+    def name(self) -> str: ...
 
     layout: Layout  # how batches go through the model (layouts.choose)
 
@@ -44,25 +43,21 @@ class Backend(Protocol):
         """Context for one micro-batch of an optimizer step; `last`: the step's last one."""
         ...
 
-    def backward(self, loss: torch.Tensor) -> None:
-        ...
+    def backward(self, loss: torch.Tensor) -> None: ...
 
     def step(self) -> float:
         """The optimizer step after the last micro-batch; returns the gradient norm."""
         ...
 
-    def lr(self) -> float:
-        ...
+    def lr(self) -> float: ...
 
-    def train(self, mode: bool = True) -> None:
-        ...
+    def train(self, mode: bool = True) -> None: ...
 
     def save(self, local_dir: str) -> None:
         """Weights, optimizer, scheduler and RNG state into `local_dir` (collective)."""
         ...
 
-    def load(self, local_dir: str) -> None:
-        ...
+    def load(self, local_dir: str) -> None: ...
 
     def unwrapped(self) -> Any:
         """The model under the DDP / DeepSpeed wrapper: a transformers model, or a PEFT model over one (Any: PEFT
@@ -77,8 +72,13 @@ class Backend(Protocol):
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     # torch's AdamW: DeepSpeed's fused/CPU Adam would JIT-compile ops at start-up.
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 def make_scheduler(optimizer, total_steps: int, warmup: int):
@@ -86,8 +86,12 @@ def make_scheduler(optimizer, total_steps: int, warmup: int):
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -162,8 +166,14 @@ class DDPBackend:
     def save(self, local_dir: str) -> None:
         if self.ctx.is_main:
             trainable = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
-            torch.save({"model": trainable, "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict()}, os.path.join(local_dir, "state.pt"))
+            torch.save(
+                {
+                    "model": trainable,
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                },
+                os.path.join(local_dir, "state.pt"),
+            )
         save_rng(local_dir, self.ctx.rank)
 
     def load(self, local_dir: str) -> None:
@@ -188,8 +198,7 @@ class DeepSpeedBackend:
 
     name = "deepspeed"
 
-    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, ds_config: dict,
-                 layout: Layout):
+    def __init__(self, model, cfg: TrainConfig, ctx: dist.DistContext, plan: StepPlan, ds_config: dict, layout: Layout):
         import deepspeed
 
         self.ctx = ctx
@@ -198,7 +207,8 @@ class DeepSpeedBackend:
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, plan.total_steps, plan.warmup)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
         self.module = self.engine.module
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -63,23 +63,38 @@ class StepStats:
         return cls(torch.zeros(7, dtype=torch.float64))
 
     def add(self, losses, chosen_rewards, rejected_rewards, tokens: int) -> None:
-        self.values += torch.tensor([
-            float(losses.detach().sum()), float(chosen_rewards.sum()), float(rejected_rewards.sum()),
-            float((chosen_rewards > rejected_rewards).sum()), float((chosen_rewards - rejected_rewards).sum()),
-            len(losses), tokens], dtype=torch.float64)
+        self.values += torch.tensor(
+            [
+                float(losses.detach().sum()),
+                float(chosen_rewards.sum()),
+                float(rejected_rewards.sum()),
+                float((chosen_rewards > rejected_rewards).sum()),
+                float((chosen_rewards - rejected_rewards).sum()),
+                len(losses),
+                tokens,
+            ],
+            dtype=torch.float64,
+        )
 
 
-def metrics_row(totals: torch.Tensor, step: int, steps_per_epoch: int, lr: float, grad_norm: float,
-                seconds: float) -> dict:
+def metrics_row(
+    totals: torch.Tensor, step: int, steps_per_epoch: int, lr: float, grad_norm: float, seconds: float
+) -> dict:
     """One metrics.jsonl line from the all-reduced StepStats of optimizer step `step` (1-based)."""
     examples = float(totals[5])
     return {
-        "step": step, "epoch": round(step / steps_per_epoch, 4),
+        "step": step,
+        "epoch": round(step / steps_per_epoch, 4),
         "loss": float(totals[0]) / examples,
-        "rewards/chosen": float(totals[1]) / examples, "rewards/rejected": float(totals[2]) / examples,
-        "rewards/accuracy": float(totals[3]) / examples, "rewards/margin": float(totals[4]) / examples,
-        "lr": lr, "grad_norm": grad_norm,
-        "samples_per_s": examples / seconds, "tokens_per_s": float(totals[6]) / seconds, "seconds": seconds,
+        "rewards/chosen": float(totals[1]) / examples,
+        "rewards/rejected": float(totals[2]) / examples,
+        "rewards/accuracy": float(totals[3]) / examples,
+        "rewards/margin": float(totals[4]) / examples,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "samples_per_s": examples / seconds,
+        "tokens_per_s": float(totals[6]) / seconds,
+        "seconds": seconds,
     }
 
 
@@ -111,15 +126,22 @@ class MetricsCallback:
 
             self.progress = tqdm(total=run.plan.total_steps, initial=step - 1, desc="dpo", unit="step")
         self.progress.update(1)
-        self.progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracy']:.2f}",
-                                  margin=f"{row['rewards/margin']:.3f}")
+        self.progress.set_postfix(
+            loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracy']:.2f}", margin=f"{row['rewards/margin']:.3f}"
+        )
 
     def _log_line(self, run: Run, step: int, row: dict) -> None:
         if self.lines is None:  # a resumed run starts at its checkpoint's step: its rate counts its own steps
-            self.lines = Progress("train", run.plan.total_steps, unit="steps", done=step - 1,
-                                  say=lambda line: log.info("%s", line))
-        self.lines.advance(1, loss=row["loss"], accuracy=row["rewards/accuracy"], margin=row["rewards/margin"],
-                           tokens_per_s=row["tokens_per_s"])
+            self.lines = Progress(
+                "train", run.plan.total_steps, unit="steps", done=step - 1, say=lambda line: log.info("%s", line)
+            )
+        self.lines.advance(
+            1,
+            loss=row["loss"],
+            accuracy=row["rewards/accuracy"],
+            margin=row["rewards/margin"],
+            tokens_per_s=row["tokens_per_s"],
+        )
 
     def on_train_end(self, run: Run) -> None:
         if self.progress is not None:

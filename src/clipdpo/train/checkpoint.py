@@ -89,7 +89,7 @@ class Checkpoints:
         dist.barrier(ctx)
         if ctx.is_main:
             storage.write_bytes(join(uri, MARKER), json.dumps({"step": step, **state}).encode())
-            for old in complete_steps(storage, self.output)[:-self.keep] if self.keep > 0 else []:
+            for old in complete_steps(storage, self.output)[: -self.keep] if self.keep > 0 else []:
                 for item in storage.list(checkpoint_uri(self.output, old)):
                     storage.delete(item)
             log.info("checkpoint step %d -> %s", step, uri)
@@ -108,7 +108,7 @@ class Checkpoints:
             shutil.rmtree(local_dir, ignore_errors=True)
             prefix = uri.rstrip("/")
             for item in storage.list(prefix):
-                storage.download_file(item, os.path.join(local_dir, item[len(prefix) + 1:]))
+                storage.download_file(item, os.path.join(local_dir, item[len(prefix) + 1 :]))
         dist.barrier(ctx)
         backend.load(local_dir)
         try:

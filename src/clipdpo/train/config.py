@@ -24,17 +24,30 @@ class PovidTrainConfig:
     noisy_every: int = 1  # regenerate a pair's noisy-image rejection when older than this many steps
 
     # noise_step: Eq. 4's schedule has 1000 steps
-    RANGES = {"stage1_epochs": NON_NEGATIVE, "stage2_epochs": AT_LEAST_1, "alpha": NON_NEGATIVE,
-              "beta_1": NON_NEGATIVE, "beta_2": NON_NEGATIVE, "noise_step": Range(0, 999), "noisy_every": AT_LEAST_1}
+    RANGES = {
+        "stage1_epochs": NON_NEGATIVE,
+        "stage2_epochs": AT_LEAST_1,
+        "alpha": NON_NEGATIVE,
+        "beta_1": NON_NEGATIVE,
+        "beta_2": NON_NEGATIVE,
+        "noise_step": Range(0, 999),
+        "noisy_every": AT_LEAST_1,
+    }
 
     def __post_init__(self) -> None:
         check_ranges(self)
 
     # The names these fields had in the flat TrainConfig: the output fingerprint keeps them (flat_fields),
     # so that a run trained before they were grouped here is still recognised as the same run.
-    FLAT_NAMES = {"stage1_epochs": "stage1_epochs", "stage2_epochs": "stage2_epochs", "alpha": "povid_alpha",
-                  "beta_1": "povid_beta_1", "beta_2": "povid_beta_2", "noise_step": "noise_step",
-                  "noisy_every": "noisy_every"}
+    FLAT_NAMES = {
+        "stage1_epochs": "stage1_epochs",
+        "stage2_epochs": "stage2_epochs",
+        "alpha": "povid_alpha",
+        "beta_1": "povid_beta_1",
+        "beta_2": "povid_beta_2",
+        "noise_step": "noise_step",
+        "noisy_every": "noisy_every",
+    }
 
     def flat_fields(self) -> dict[str, int | float]:
         return {flat: getattr(self, name) for name, flat in self.FLAT_NAMES.items()}
@@ -104,15 +117,29 @@ class TrainConfig:
     image_feature_cache_mb: int = 4096
 
     RANGES = {
-        "lora_r": AT_LEAST_1, "lora_alpha": POSITIVE, "lora_dropout": Range(0, 1, high_open=True),
-        "beta": POSITIVE, "label_smoothing": Range(0, 0.5, high_open=True),  # cDPO: flip probability < 1/2
-        "learning_rate": POSITIVE, "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE,
-        "adam_beta1": Range(0, 1, high_open=True), "adam_beta2": Range(0, 1, high_open=True), "adam_epsilon": POSITIVE,
-        "max_grad_norm": POSITIVE, "epochs": AT_LEAST_1, "global_batch_size": AT_LEAST_1,
-        "per_device_batch_size": AT_LEAST_1, "gradient_accumulation_steps": NON_NEGATIVE,  # 0: derived
-        "max_steps": NON_NEGATIVE, "seed": SEED,  # max_steps 0: no early stop
-        "max_length": AT_LEAST_1, "zero_stage": Range(0, 3), "save_steps": AT_LEAST_1,
-        "keep_checkpoints": NON_NEGATIVE, "log_steps": AT_LEAST_1,  # keep_checkpoints 0: keep every one
+        "lora_r": AT_LEAST_1,
+        "lora_alpha": POSITIVE,
+        "lora_dropout": Range(0, 1, high_open=True),
+        "beta": POSITIVE,
+        "label_smoothing": Range(0, 0.5, high_open=True),  # cDPO: flip probability < 1/2
+        "learning_rate": POSITIVE,
+        "warmup_ratio": FRACTION,
+        "weight_decay": NON_NEGATIVE,
+        "adam_beta1": Range(0, 1, high_open=True),
+        "adam_beta2": Range(0, 1, high_open=True),
+        "adam_epsilon": POSITIVE,
+        "max_grad_norm": POSITIVE,
+        "epochs": AT_LEAST_1,
+        "global_batch_size": AT_LEAST_1,
+        "per_device_batch_size": AT_LEAST_1,
+        "gradient_accumulation_steps": NON_NEGATIVE,  # 0: derived
+        "max_steps": NON_NEGATIVE,
+        "seed": SEED,  # max_steps 0: no early stop
+        "max_length": AT_LEAST_1,
+        "zero_stage": Range(0, 3),
+        "save_steps": AT_LEAST_1,
+        "keep_checkpoints": NON_NEGATIVE,
+        "log_steps": AT_LEAST_1,  # keep_checkpoints 0: keep every one
         "image_feature_cache_mb": NON_NEGATIVE,  # 0: encode on every use
     }
 
@@ -134,8 +161,10 @@ class TrainConfig:
         if not isinstance(self.povid, PovidTrainConfig):
             raise ValueError(f"povid must be a PovidTrainConfig, got {type(self.povid).__name__}")
         if self.method != "clipdpo" and self.epochs != 1:
-            raise ValueError(f"method={self.method} trains povid.stage1_epochs + povid.stage2_epochs; "
-                             f"epochs={self.epochs} would be ignored: leave it at 1")
+            raise ValueError(
+                f"method={self.method} trains povid.stage1_epochs + povid.stage2_epochs; "
+                f"epochs={self.epochs} would be ignored: leave it at 1"
+            )
 
 
 def is_two_stage(cfg: TrainConfig) -> bool:

@@ -56,8 +56,11 @@ class PairIndex:
         return f"{self.shard_names[self.shard[position]]}:{self.row[position]}"
 
     def summary(self) -> dict:
-        return {"pairs_good": len(self), "pairs_truncated": self.truncated,
-                **{f"pairs_bad_{reason}": len(ids) for reason, ids in self.bad.items()}}
+        return {
+            "pairs_good": len(self),
+            "pairs_truncated": self.truncated,
+            **{f"pairs_bad_{reason}": len(ids) for reason, ids in self.bad.items()},
+        }
 
 
 def _image_ids(storage, image_uri: str) -> set[str]:
@@ -132,14 +135,14 @@ def epoch_order(index: PairIndex, seed: int, epoch: int) -> np.ndarray:
     shard_order = rng.permutation(len(index.shard_names))
     by_shard = np.argsort(index.shard, kind="stable")
     starts = np.searchsorted(index.shard[by_shard], np.arange(len(index.shard_names) + 1))
-    pieces = [rng.permutation(by_shard[starts[s]:starts[s + 1]]) for s in shard_order]
+    pieces = [rng.permutation(by_shard[starts[s] : starts[s + 1]]) for s in shard_order]
     return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
 
 
 def rank_micro_batches(global_batch: np.ndarray, rank: int, world_size: int, accumulation: int) -> list[np.ndarray]:
     """This rank's micro-batches of one global batch: a contiguous slice, cut into `accumulation` parts."""
     per_rank = len(global_batch) // world_size
-    mine = global_batch[rank * per_rank:(rank + 1) * per_rank]
+    mine = global_batch[rank * per_rank : (rank + 1) * per_rank]
     return np.split(mine, accumulation)
 
 
@@ -149,8 +152,16 @@ class PairStore:
 
     cache_shards = 2
 
-    def __init__(self, pairs: Artifact, index: PairIndex, encoder: PairEncoder, *, truncate: bool, pad_token_id: int,
-                 collate_fn: Callable[[list[Encoded], int], dict] | None = None):
+    def __init__(
+        self,
+        pairs: Artifact,
+        index: PairIndex,
+        encoder: PairEncoder,
+        *,
+        truncate: bool,
+        pad_token_id: int,
+        collate_fn: Callable[[list[Encoded], int], dict] | None = None,
+    ):
         self.pairs = pairs
         self.index = index
         self.encoder = encoder
@@ -213,9 +224,9 @@ def collate(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor
     labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
-        input_ids[i, :len(seq)] = seq
-        labels[i, :len(lab)] = lab
-        attention_mask[i, :len(seq)] = 1
+        input_ids[i, : len(seq)] = seq
+        labels[i, : len(lab)] = lab
+        attention_mask[i, : len(seq)] = 1
     pixel_values = torch.cat([item.pixel_values for item in encoded] * 2)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}
 

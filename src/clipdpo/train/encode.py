@@ -35,7 +35,8 @@ class PairEncoder:
         self.tokenizer = processor.tokenizer
         self.max_length = max_length
         self.image_token_id = getattr(processor, "image_token_id", None) or self.tokenizer.convert_tokens_to_ids(
-            getattr(processor, "image_token", "<image>"))
+            getattr(processor, "image_token", "<image>")
+        )
         self._templates: dict[str, tuple] = {}
         self.image_tokens, self._prompt_offset = self._calibrate()
 
@@ -49,7 +50,7 @@ class PairEncoder:
             messages = _user_turn(prompt) + [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
             full = self.processor.apply_chat_template(messages, tokenize=False)
             prefix = self.prompt_text(prompt)
-            return full[len(prefix):] if full.startswith(prefix) else " " + response + (self.tokenizer.eos_token or "")
+            return full[len(prefix) :] if full.startswith(prefix) else " " + response + (self.tokenizer.eos_token or "")
         return before + response + after
 
     def _template(self, prompt: str) -> tuple[str, str | None, str | None]:
@@ -60,14 +61,15 @@ class PairEncoder:
         """
         cached = self._templates.get(prompt)
         if cached is None:
-            rendered = self.processor.apply_chat_template(_user_turn(prompt), add_generation_prompt=True,
-                                                          tokenize=False)
+            rendered = self.processor.apply_chat_template(
+                _user_turn(prompt), add_generation_prompt=True, tokenize=False
+            )
             sentinel = "\u2063CLIPDPO\u2063"
             messages = _user_turn(prompt) + [{"role": "assistant", "content": [{"type": "text", "text": sentinel}]}]
             full = self.processor.apply_chat_template(messages, tokenize=False)
             before = after = None
             if full.startswith(rendered) and full.count(sentinel) == 1:
-                before, after = full[len(rendered):].split(sentinel)
+                before, after = full[len(rendered) :].split(sentinel)
             cached = (rendered, before, after)
             if len(self._templates) < 10_000:
                 self._templates[prompt] = cached
@@ -98,23 +100,31 @@ class PairEncoder:
 
     def encode_batch(self, examples: list[tuple[Image.Image, str, str, str]], truncate: bool) -> list[Encoded]:
         """One processor call for the images and prompts, one tokenizer call for all responses."""
-        batch = self.processor(images=[e[0] for e in examples], text=[self.prompt_text(e[1]) for e in examples],
-                               padding=True, return_tensors="pt")
-        response_ids = self.tokenizer([self.response_text(e[1], text) for e in examples for text in e[2:4]],
-                                      add_special_tokens=False)["input_ids"]
+        batch = self.processor(
+            images=[e[0] for e in examples],
+            text=[self.prompt_text(e[1]) for e in examples],
+            padding=True,
+            return_tensors="pt",
+        )
+        response_ids = self.tokenizer(
+            [self.response_text(e[1], text) for e in examples for text in e[2:4]], add_special_tokens=False
+        )["input_ids"]
         out = []
         for k in range(len(examples)):
             prompt_ids = batch["input_ids"][k][batch["attention_mask"][k].bool()]  # padding side agnostic
             room = self.max_length - len(prompt_ids)
             if room < 1:
-                raise ValueError(f"prompt is {len(prompt_ids)} tokens (image included), max_length is {self.max_length}")
+                raise ValueError(
+                    f"prompt is {len(prompt_ids)} tokens (image included), max_length is {self.max_length}"
+                )
             responses, truncated = [], False
-            for ids in response_ids[2 * k:2 * k + 2]:
+            for ids in response_ids[2 * k : 2 * k + 2]:
                 if len(ids) > room:
                     if not truncate:
-                        raise ValueError(f"prompt + response is {len(prompt_ids) + len(ids)} tokens, "
-                                         f"max_length is {self.max_length}")
+                        raise ValueError(
+                            f"prompt + response is {len(prompt_ids) + len(ids)} tokens, max_length is {self.max_length}"
+                        )
                     ids, truncated = ids[:room], True
                 responses.append(torch.tensor(ids, dtype=torch.long))
-            out.append(Encoded(prompt_ids, batch["pixel_values"][k:k + 1], responses[0], responses[1], truncated))
+            out.append(Encoded(prompt_ids, batch["pixel_values"][k : k + 1], responses[0], responses[1], truncated))
         return out

@@ -109,8 +109,9 @@ class ImageFeatureCache:
         self.reused = 0  # images served from the cache
         self._full_logged = False
 
-    def lookup(self, image_ids: torch.Tensor, pixel_values: torch.Tensor, device: torch.device,
-               dtype: torch.dtype) -> torch.Tensor:
+    def lookup(
+        self, image_ids: torch.Tensor, pixel_values: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         """[n, tokens, d] features of the n images (one pixel_values row each), encoding the ones not kept."""
         ids = image_ids.tolist()
         missing = [i for i, number in enumerate(ids) if number not in self.features]
@@ -131,8 +132,11 @@ class ImageFeatureCache:
         size = value.numel() * value.element_size()
         if self.bytes + size > self.budget_bytes:
             if not self._full_logged:
-                log.info("image feature cache full (%d images, %.0f MiB): further images are encoded each time",
-                         len(self.features), self.bytes / 2**20)
+                log.info(
+                    "image feature cache full (%d images, %.0f MiB): further images are encoded each time",
+                    len(self.features),
+                    self.bytes / 2**20,
+                )
                 self._full_logged = True
             return
         # a copy of its own (off a GPU, or out of the batch's tensor, which it would otherwise keep alive)
@@ -145,5 +149,10 @@ class ImageFeatureCache:
         return {**batch, "image_features": features}
 
     def summary(self) -> dict:
-        return {"cached": True, "encoded": self.encoded, "reused": self.reused, "kept": len(self.features),
-                "kept_mib": round(self.bytes / 2**20, 1)}
+        return {
+            "cached": True,
+            "encoded": self.encoded,
+            "reused": self.reused,
+            "kept": len(self.features),
+            "kept_mib": round(self.bytes / 2**20, 1),
+        }

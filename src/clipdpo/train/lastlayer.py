@@ -42,7 +42,9 @@ def unsupported_reason(layer) -> str | None:
     if layer is None:
         return "the language model has no `layers` list"
     missing = [name for name in _LAYER_PARTS if not hasattr(layer, name)]
-    missing += [f"self_attn.{name}" for name in _ATTENTION_PARTS if not hasattr(getattr(layer, "self_attn", None), name)]
+    missing += [
+        f"self_attn.{name}" for name in _ATTENTION_PARTS if not hasattr(getattr(layer, "self_attn", None), name)
+    ]
     if missing:
         return f"{type(layer).__name__} has no {missing}"
     attention = layer.self_attn
@@ -70,12 +72,18 @@ def install(language_model) -> bool:
         def forward(hidden_states, *args, **kwargs):
             positions = kwargs.pop(POSITIONS, None)
             mask = kwargs.get("attention_mask")
-            if (positions is None or not isinstance(mask, torch.Tensor) or mask.dim() != 4 or args
-                    or (layer.training and layer.self_attn.attention_dropout)):
+            if (
+                positions is None
+                or not isinstance(mask, torch.Tensor)
+                or mask.dim() != 4
+                or args
+                or (layer.training and layer.self_attn.attention_dropout)
+            ):
                 return full_forward(hidden_states, *args, **kwargs)
             if getattr(layer, "gradient_checkpointing", False) and layer.training:  # as the layer's own forward
-                return layer._gradient_checkpointing_func(functools.partial(forward_at, layer), hidden_states, mask,
-                                                          kwargs["position_embeddings"], positions)
+                return layer._gradient_checkpointing_func(
+                    functools.partial(forward_at, layer), hidden_states, mask, kwargs["position_embeddings"], positions
+                )
             return forward_at(layer, hidden_states, mask, kwargs["position_embeddings"], positions)
 
         layer.forward = forward  # an instance attribute: nn.Module.__call__ (and its hooks) still run it
@@ -92,8 +100,13 @@ def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_h
     return states * cos[:, None] + rotate_half(states) * sin[:, None]
 
 
-def forward_at(layer, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
-               position_embeddings: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+def forward_at(
+    layer,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    positions: torch.Tensor,
+) -> torch.Tensor:
     """The layer's output at `positions` ([n, L] bool); elsewhere its input, unchanged (never read).
 
     hidden_states [n, L, hidden]; attention_mask [n, 1, L, L] (True / 0.0 where a query may attend a

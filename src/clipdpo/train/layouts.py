@@ -57,14 +57,20 @@ class Layout(Protocol):
         ...
 
 
-def model_logits(model: ModelCall, batch: Batch, device: torch.device, dtype: torch.dtype,
-                 keep: torch.Tensor | None = None) -> torch.Tensor:
+def model_logits(
+    model: ModelCall, batch: Batch, device: torch.device, dtype: torch.dtype, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits of a concatenated batch; inputs moved to `device`, images cast to the model's dtype. A batch
     with cached `image_features` (one per pair, imagefeatures.py) gives them to both rows of each pair.
     `keep` ([rows, seq] bool): only those positions' logits, [K, vocab] (the model's `logits_to_keep`)."""
     extra = {} if keep is None else {"logits_to_keep": keep.to(device)}
-    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                 **image_inputs(model, batch, device, dtype, copies=2), use_cache=False, **extra).logits
+    return model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        **image_inputs(model, batch, device, dtype, copies=2),
+        use_cache=False,
+        **extra,
+    ).logits
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ class Concatenated:
 
     def pair_images(self, batch: Batch) -> torch.Tensor:
         """One pixel_values row per pair (the rejected rows repeat the chosen rows' images)."""
-        return batch["pixel_values"][:batch["input_ids"].shape[0] // 2]
+        return batch["pixel_values"][: batch["input_ids"].shape[0] // 2]
 
 
 @dataclass(frozen=True)

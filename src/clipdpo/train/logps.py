@@ -37,8 +37,9 @@ def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def kept_logps(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor,
-               sequences: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def kept_logps(
+    logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, sequences: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sum and mean log-prob per sequence, and token counts, [sequences] each, from kept logits.
 
     `logits` [K, vocab]: the positions a forward kept (`logits_to_keep`); token t of all sequences'
@@ -53,13 +54,16 @@ def kept_logps(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, 
     return sums, sums / counts.clamp(min=1), counts
 
 
-def response_position_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def response_position_logps(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As `sequence_logps`, from `logits` [K, vocab] at `predicting_positions(labels)` only (row-major, the
     order a boolean `logits_to_keep` returns them in): the head never runs on image or prompt positions."""
     keep = predicting_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
     if logits.dim() != 2 or logits.shape[0] != targets.numel():
-        raise ValueError(f"logits {tuple(logits.shape)}: expected [{targets.numel()}, vocab], one row per "
-                         "labelled token")
+        raise ValueError(
+            f"logits {tuple(logits.shape)}: expected [{targets.numel()}, vocab], one row per labelled token"
+        )
     rows = torch.arange(targets.numel(), device=targets.device)
     return kept_logps(logits, rows, targets, keep.nonzero(as_tuple=True)[0], labels.shape[0])

@@ -37,7 +37,8 @@ def model_signature(path: str, cfg: TrainConfig) -> dict:
     if config_file.exists():
         signature["config_sha256"] = hashlib.sha256(config_file.read_bytes()).hexdigest()
         signature["weights"] = sorted(
-            (p.name, p.stat().st_size) for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin"))
+            (p.name, p.stat().st_size) for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin")
+        )
     return signature
 
 
@@ -45,7 +46,8 @@ def load_model(path: str, cfg: TrainConfig):
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText.from_pretrained(
-        path, revision=cfg.revision, dtype=resolve_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+        path, revision=cfg.revision, dtype=resolve_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+    )
 
 
 def load_processor(path: str, cfg: TrainConfig):
@@ -69,9 +71,14 @@ def prepare_policy(model, cfg: TrainConfig):
 
         # Only the language model's linear layers: the CLIP tower has q/k/v_proj too.
         pattern = r".*language_model.*\.(" + "|".join(cfg.lora_target_modules) + r")"
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=pattern, bias="none",
-                          modules_to_save=list(PROJECTOR_NAMES[:1]) if cfg.train_projector and projectors else None)
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=pattern,
+            bias="none",
+            modules_to_save=list(PROJECTOR_NAMES[:1]) if cfg.train_projector and projectors else None,
+        )
         model = get_peft_model(model, lora)
     else:
         for module in towers if cfg.freeze_vision_tower else []:

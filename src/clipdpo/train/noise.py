@@ -27,7 +27,7 @@ def noise_variances() -> torch.Tensor:
 def kept_fraction(k: int) -> float:
     """xi_bar_k = prod_{i=0..k} (1 - beta_i): the signal variance left at noise step k."""
     check_noise_step(k)
-    return float(torch.prod(1.0 - noise_variances()[:k + 1]))
+    return float(torch.prod(1.0 - noise_variances()[: k + 1]))
 
 
 def check_noise_step(k: int) -> None:
@@ -40,7 +40,7 @@ def noised(x: torch.Tensor, k: int, eps: torch.Tensor) -> torch.Tensor:
     if eps.shape != x.shape:
         raise ValueError(f"noise shape {tuple(eps.shape)} != image shape {tuple(x.shape)}")
     keep = kept_fraction(k)
-    out = keep ** 0.5 * x.double() + (1.0 - keep) ** 0.5 * eps.double().to(x.device)
+    out = keep**0.5 * x.double() + (1.0 - keep) ** 0.5 * eps.double().to(x.device)
     return out.to(x.dtype)
 
 

@@ -32,14 +32,26 @@ class DPOObjective:
     layout: Layout | None = None  # how the reference model runs a batch: the policy's layout (layouts.py)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, reference_logps: np.ndarray | None = None,
-                    reference_model: Any = None, layout: Layout | None = None) -> "DPOObjective":
+    def from_config(
+        cls,
+        cfg: TrainConfig,
+        reference_logps: np.ndarray | None = None,
+        reference_model: Any = None,
+        layout: Layout | None = None,
+    ) -> "DPOObjective":
         if (reference_logps is None) == (reference_model is None):
             raise ValueError("the objective needs exactly one reference: precomputed log-probs or a model")
         if reference_model is not None and layout is None:
             raise ValueError("a reference model needs the policy's layout to run batches")
-        return cls(cfg.loss_type, cfg.beta, cfg.label_smoothing, reference_logps, reference_model,
-                   resolve_dtype(cfg.dtype), layout)
+        return cls(
+            cfg.loss_type,
+            cfg.beta,
+            cfg.label_smoothing,
+            reference_logps,
+            reference_model,
+            resolve_dtype(cfg.dtype),
+            layout,
+        )
 
     @property
     def uses_means(self) -> bool:
@@ -53,11 +65,19 @@ class DPOObjective:
         values = means if self.uses_means else sums
         n = len(positions)
         ref_chosen, ref_rejected = self._reference(batch, sums.device, positions)
-        return preference_loss(values[:n], values[n:], ref_chosen.to(values.dtype), ref_rejected.to(values.dtype),
-                               loss_type=self.loss_type, beta=self.beta, label_smoothing=self.label_smoothing)
+        return preference_loss(
+            values[:n],
+            values[n:],
+            ref_chosen.to(values.dtype),
+            ref_rejected.to(values.dtype),
+            loss_type=self.loss_type,
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+        )
 
-    def _reference(self, batch: Batch, device: torch.device,
-                   positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reference(
+        self, batch: Batch, device: torch.device, positions: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference_logps is not None:
             ref = torch.as_tensor(self.reference_logps[positions], device=device)
             return (ref[:, 2], ref[:, 3]) if self.uses_means else (ref[:, 0], ref[:, 1])

@@ -69,13 +69,24 @@ class POVIDObjective:
     @classmethod
     def from_config(cls, cfg: TrainConfig, text: DPOObjective, steps_per_epoch: int) -> "POVIDObjective":
         povid = cfg.povid
-        return cls(text, steps_per_epoch * povid.stage1_epochs, povid.alpha, povid.beta_1, povid.beta_2,
-                   povid.noise_step, povid.noisy_every, cfg.seed)
+        return cls(
+            text,
+            steps_per_epoch * povid.stage1_epochs,
+            povid.alpha,
+            povid.beta_1,
+            povid.beta_2,
+            povid.noise_step,
+            povid.noisy_every,
+            cfg.seed,
+        )
 
     def summary(self) -> dict:
         answers, tokens, changed = self.made
-        return {"noisy_answers_made": answers, "noisy_answer_tokens": tokens,
-                "noisy_tokens_changed_fraction": round(changed / tokens, 4) if tokens else None}
+        return {
+            "noisy_answers_made": answers,
+            "noisy_answer_tokens": tokens,
+            "noisy_tokens_changed_fraction": round(changed / tokens, 4) if tokens else None,
+        }
 
     def losses(self, policy: Backend, batch: Batch, positions: np.ndarray, step: int = 0) -> Losses:
         """`policy`: the backend; its `forward` gives a concatenated batch's logits (recipe.forward_setting
@@ -86,29 +97,40 @@ class POVIDObjective:
         n, joint = len(positions), batch
         if self.beta_2:  # beta_2 = 0 (the ablation): no noisy term, nothing to generate
             noisy = self._noisy_rows(forward, batch, positions, step)
-            joint = {key: torch.cat([batch[key], noisy[key]]) for key in ("input_ids", "attention_mask", "labels",
-                                                                          "pixel_values")}
+            joint = {
+                key: torch.cat([batch[key], noisy[key]])
+                for key in ("input_ids", "attention_mask", "labels", "pixel_values")
+            }
         device = batch["input_ids"].device
         assert self.text.layout is not None  # a reference model's objective has its layout (from_config)
         policy_logps, _, _ = policy.logps(joint)  # the backend's layout: concatenated rows (see above)
         with torch.no_grad():
             reference, _, _ = self.text.layout.logps(self.text.reference_model, joint, device, self.text.model_dtype)
         ratios = policy_logps - reference.to(policy_logps.dtype)
-        return povid_loss(ratios[:n], ratios[n:2 * n], ratios[2 * n:] if self.beta_2 else None, alpha=self.alpha,
-                          beta_1=self.beta_1, beta_2=self.beta_2)
+        return povid_loss(
+            ratios[:n],
+            ratios[n : 2 * n],
+            ratios[2 * n :] if self.beta_2 else None,
+            alpha=self.alpha,
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+        )
 
     def _noisy_rows(self, forward, batch: dict, positions: np.ndarray, step: int) -> dict:
         """The batch rows of (noised image, y_n): the chosen rows' prompt and layout, y_n's tokens as labels."""
         n = len(positions)
-        noisy = {"pixel_values": noised_images(batch["pixel_values"][:n], positions, step, self.noise_step, self.seed),
-                 "attention_mask": batch["attention_mask"][:n], "labels": batch["labels"][:n]}
+        noisy = {
+            "pixel_values": noised_images(batch["pixel_values"][:n], positions, step, self.noise_step, self.seed),
+            "attention_mask": batch["attention_mask"][:n],
+            "labels": batch["labels"][:n],
+        }
         noisy["input_ids"] = self._noisy_answers(forward, batch, noisy, positions, step)
         noisy["labels"] = torch.where(noisy["labels"] != IGNORE_INDEX, noisy["input_ids"], noisy["labels"])
         return noisy
 
     def _noisy_answers(self, forward, batch: dict, noisy: dict, positions: np.ndarray, step: int) -> torch.Tensor:
         """y_n of each pair (input ids on the chosen rows' layout): reused while younger than noisy_every steps."""
-        n, chosen_ids = len(positions), batch["input_ids"][:len(positions)]
+        n, chosen_ids = len(positions), batch["input_ids"][: len(positions)]
         response = noisy["labels"] != IGNORE_INDEX
         cached = [self.answers.get(int(p)) for p in positions]
         fresh = [c for c in cached if c is not None and step - c[0] < self.noisy_every]
@@ -118,12 +140,20 @@ class POVIDObjective:
                 out[i][response[i]] = fresh[i][1].to(out.device)
             return out
         with torch.no_grad():
-            logits = forward({"input_ids": chosen_ids, "attention_mask": noisy["attention_mask"],
-                              "pixel_values": noisy["pixel_values"]})
+            logits = forward(
+                {
+                    "input_ids": chosen_ids,
+                    "attention_mask": noisy["attention_mask"],
+                    "pixel_values": noisy["pixel_values"],
+                }
+            )
         out = teacher_forced_answers(logits, chosen_ids.to(logits.device), noisy["labels"].to(logits.device))
         mask = response.to(out.device)
-        self.made = [self.made[0] + n, self.made[1] + int(mask.sum()),
-                     self.made[2] + int((out != chosen_ids.to(out.device))[mask].sum())]
+        self.made = [
+            self.made[0] + n,
+            self.made[1] + int(mask.sum()),
+            self.made[2] + int((out != chosen_ids.to(out.device))[mask].sum()),
+        ]
         for i, p in enumerate(positions):
             self.answers[int(p)] = (step, out[i][response[i].to(out.device)].cpu())
         return out.to(chosen_ids.device)

@@ -62,24 +62,30 @@ def unsupported_reason(model) -> str | None:
     config = getattr(base, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        return (f"{type(base).__name__} (model_type {model_type!r}) is not one of the model types known to take a "
-                f"4-D attention mask and restarted position ids: {list(SUPPORTED_MODEL_TYPES)}")
+        return (
+            f"{type(base).__name__} (model_type {model_type!r}) is not one of the model types known to take a "
+            f"4-D attention mask and restarted position ids: {list(SUPPORTED_MODEL_TYPES)}"
+        )
     parameters = inspect.signature(base.forward).parameters
     missing = [name for name in ("position_ids", "logits_to_keep", "pixel_values") if name not in parameters]
     if missing:
         return f"{type(base).__name__}.forward takes no {missing}"
     attention = attention_implementation(base)
     if attention not in MASKED_ATTENTION + (BLOCK_ATTENTION,):
-        return (f"attention implementation {attention!r} takes no custom 4-D mask; load the model with "
-                f"attn_implementation in {list(MASKED_ATTENTION)}")
+        return (
+            f"attention implementation {attention!r} takes no custom 4-D mask; load the model with "
+            f"attn_implementation in {list(MASKED_ATTENTION)}"
+        )
     return None
 
 
 def takes_logits_mask(model) -> bool:
     """Whether the model's forward takes a boolean [rows, seq] `logits_to_keep` (the model types above do)."""
     base = _base_model(model)
-    return (getattr(getattr(base, "config", None), "model_type", None) in SUPPORTED_MODEL_TYPES
-            and "logits_to_keep" in inspect.signature(base.forward).parameters)
+    return (
+        getattr(getattr(base, "config", None), "model_type", None) in SUPPORTED_MODEL_TYPES
+        and "logits_to_keep" in inspect.signature(base.forward).parameters
+    )
 
 
 def attention_implementation(model) -> str:
@@ -123,8 +129,9 @@ def _pair_row_attention(query, key, value, span: tuple[int, int, int], scaling) 
     k_index = torch.arange(p + c + r, device=query.device)[None, :]
     same_side = (q_index < p + c) == (k_index < p + c)
     allowed = (k_index < p) | (same_side & (k_index <= q_index))
-    response_out = sdpa(query[:, :, p:p + c + r], key[:, :, :p + c + r], value[:, :, :p + c + r],
-                        attn_mask=allowed, scale=scaling)
+    response_out = sdpa(
+        query[:, :, p : p + c + r], key[:, :, : p + c + r], value[:, :, : p + c + r], attn_mask=allowed, scale=scaling
+    )
     pad = query.new_zeros(query.shape[0], query.shape[1], query.shape[2] - p - c - r, query.shape[3])
     return torch.cat([prefix_out, response_out, pad], dim=2)
 
@@ -143,8 +150,10 @@ def block_sparse_attention(module, query, key, value, attention_mask, **kwargs):
     if key.shape[1] != query.shape[1]:  # grouped-query attention: one key head per query group
         key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
         value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
-    rows = [_pair_row_attention(query[i:i + 1], key[i:i + 1], value[i:i + 1], span, scaling)
-            for i, span in enumerate(pair_spans)]
+    rows = [
+        _pair_row_attention(query[i : i + 1], key[i : i + 1], value[i : i + 1], span, scaling)
+        for i, span in enumerate(pair_spans)
+    ]
     return torch.cat(rows).transpose(1, 2).contiguous(), None
 
 
@@ -166,9 +175,9 @@ def collate_shared_prefix(encoded: list[Encoded], pad_token_id: int) -> dict[str
     predictors, labels, owners = [], [], []  # (row, column) of the predicting position per target
     for i, item in enumerate(encoded):
         p, c, r = len(item.prompt_ids), len(item.chosen_ids), len(item.rejected_ids)
-        input_ids[i, :p + c + r] = torch.cat([item.prompt_ids, item.chosen_ids, item.rejected_ids])
-        position_ids[i, :p + c + r] = torch.cat([torch.arange(p), p + torch.arange(c), p + torch.arange(r)])
-        segments[i, :p], segments[i, p:p + c], segments[i, p + c:p + c + r] = PREFIX, CHOSEN, REJECTED
+        input_ids[i, : p + c + r] = torch.cat([item.prompt_ids, item.chosen_ids, item.rejected_ids])
+        position_ids[i, : p + c + r] = torch.cat([torch.arange(p), p + torch.arange(c), p + torch.arange(r)])
+        segments[i, :p], segments[i, p : p + c], segments[i, p + c : p + c + r] = PREFIX, CHOSEN, REJECTED
         # token k of a response is predicted by the token before it: the prefix's last for k = 0
         for start, response, owner in ((p, item.chosen_ids, i), (p + c, item.rejected_ids, n + i)):
             columns = torch.cat([torch.tensor([p - 1]), start + torch.arange(len(response) - 1)])
@@ -178,9 +187,14 @@ def collate_shared_prefix(encoded: list[Encoded], pad_token_id: int) -> dict[str
             owners.append(torch.full((len(response),), owner, dtype=torch.long))
     row_of_flat = torch.cumsum(logits_mask.flatten(), 0) - 1  # flat position -> row of the kept logits
     return {
-        "input_ids": input_ids, "position_ids": position_ids, "segments": segments, "logits_mask": logits_mask,
-        "target_rows": row_of_flat[torch.cat(predictors)], "target_labels": torch.cat(labels),
-        "target_owner": torch.cat(owners), "pixel_values": torch.cat([item.pixel_values for item in encoded]),
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "segments": segments,
+        "logits_mask": logits_mask,
+        "target_rows": row_of_flat[torch.cat(predictors)],
+        "target_labels": torch.cat(labels),
+        "target_owner": torch.cat(owners),
+        "pixel_values": torch.cat([item.pixel_values for item in encoded]),
         "pair_spans": torch.tensor([[len(e.prompt_ids), len(e.chosen_ids), len(e.rejected_ids)] for e in encoded]),
     }
 
@@ -209,11 +223,16 @@ def model_inputs(batch: dict, attention: str, dtype: torch.dtype, images: dict |
     """Keyword arguments for a LLaVA-style forward over a shared-prefix batch; `images`: the image arguments
     (imagefeatures.image_inputs), by default the batch's pixel_values."""
     mask = block_attention_mask(batch["segments"], additive_dtype=dtype if attention == "eager" else None)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"],
-              **(images if images is not None else {"pixel_values": batch["pixel_values"].to(dtype)}),
-              "logits_to_keep": batch["logits_mask"], "use_cache": False,
-              # the last decoder layer runs only where logits are kept, where prepare() installed that
-              lastlayer.POSITIONS: batch["logits_mask"]}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": mask,
+        "position_ids": batch["position_ids"],
+        **(images if images is not None else {"pixel_values": batch["pixel_values"].to(dtype)}),
+        "logits_to_keep": batch["logits_mask"],
+        "use_cache": False,
+        # the last decoder layer runs only where logits are kept, where prepare() installed that
+        lastlayer.POSITIONS: batch["logits_mask"],
+    }
     if attention == BLOCK_ATTENTION and batch["input_ids"].shape[1] >= BLOCK_MIN_LENGTH:
         inputs["pair_spans"] = [tuple(span) for span in batch["pair_spans"].tolist()]
     return inputs
@@ -224,8 +243,9 @@ def response_logps(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, tor
 
     `logits`: [rows, vocab], the kept positions only (what `model_inputs`' logits_to_keep returns).
     """
-    return kept_logps(logits, batch["target_rows"], batch["target_labels"], batch["target_owner"],
-                      2 * batch["input_ids"].shape[0])
+    return kept_logps(
+        logits, batch["target_rows"], batch["target_labels"], batch["target_owner"], 2 * batch["input_ids"].shape[0]
+    )
 
 
 def shared_prefix_logps(call, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

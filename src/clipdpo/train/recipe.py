@@ -25,15 +25,23 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from clipdpo import config as config_lib, integrity
+from clipdpo import config as config_lib
+from clipdpo import integrity
 from clipdpo.artifacts import Artifact, code_version, fingerprint
 from clipdpo.errors import UserError
 from clipdpo.storage import NotFound, Storage, join, local_model_dir
 from clipdpo.tracking import training_callbacks
 from clipdpo.train import checkpoint, dist, imagefeatures, layouts, refcache
 from clipdpo.train.backends import Backend, DDPBackend, DeepSpeedBackend, frozen_reference
-from clipdpo.train.callbacks import (METRICS, Callback, CheckpointCallback, MetricsCallback, StepStats, jsonl,
-                                    metrics_row)
+from clipdpo.train.callbacks import (
+    METRICS,
+    Callback,
+    CheckpointCallback,
+    MetricsCallback,
+    StepStats,
+    jsonl,
+    metrics_row,
+)
 from clipdpo.train.config import TrainConfig, accumulation_steps, is_two_stage, run_epochs
 from clipdpo.train.data import PairIndex, PairStore, build_index, epoch_order, prefetch, rank_micro_batches
 from clipdpo.train.encode import PairEncoder
@@ -47,7 +55,8 @@ log = logging.getLogger("clipdpo.train")
 SUMMARY = integrity.TRAIN_SUMMARY
 # Config keys that do not change what is trained (excluded from the output fingerprint).
 # `forward` changes only the summation order of the same log-probs (tests/clipdpo/test_shared_prefix.py).
-# `image_feature_cache_mb` only decides whether a frozen tower's features are recomputed (tests/clipdpo/test_image_features.py).
+# `image_feature_cache_mb` only decides whether a frozen tower's features are recomputed
+# (tests/clipdpo/test_image_features.py).
 _NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache", "forward", "image_feature_cache_mb")
 
 
@@ -59,8 +68,9 @@ class NoPairs(UserError, ValueError):
     """The pairs artifact is empty: one line for the user, before any model is loaded."""
 
 
-def run(cfg: TrainConfig, input_uri: str, output_uri: str, *, overwrite: bool = False,
-        storage: Storage | None = None) -> dict:
+def run(
+    cfg: TrainConfig, input_uri: str, output_uri: str, *, overwrite: bool = False, storage: Storage | None = None
+) -> dict:
     """Train on the pairs artifact at `input_uri` into `output_uri`; returns the run's summary.
 
     One process, or one of many under torchrun. A finished run with the same pairs and config
@@ -87,22 +97,29 @@ def check_config(cfg: TrainConfig, world_size: int) -> None:
     """Refuse settings that cannot work together, before any data or model is read."""
     accumulation_steps(cfg, world_size)  # the global batch must split over this world size
     if is_two_stage(cfg) and (cfg.reference != "model" or cfg.loss_type != "sigmoid"):
-        raise ValueError(f"method={cfg.method} needs reference=model (the noisy-image rejections change as the policy "
-                         "trains, so their reference log-probs cannot be precomputed) and loss_type=sigmoid (Eq. 5); "
-                         f"got reference={cfg.reference}, loss_type={cfg.loss_type}")
+        raise ValueError(
+            f"method={cfg.method} needs reference=model (the noisy-image rejections change as the policy "
+            "trains, so their reference log-probs cannot be precomputed) and loss_type=sigmoid (Eq. 5); "
+            f"got reference={cfg.reference}, loss_type={cfg.loss_type}"
+        )
     if is_two_stage(cfg) and cfg.forward == "shared_prefix":
-        raise ValueError(f"method={cfg.method} builds its noisy-image rows from the concatenated layout's rows: "
-                         "set forward=concatenated (or auto, which takes it for this method)")
+        raise ValueError(
+            f"method={cfg.method} builds its noisy-image rows from the concatenated layout's rows: "
+            "set forward=concatenated (or auto, which takes it for this method)"
+        )
     if dist.resolve_strategy(cfg) == "deepspeed" and cfg.zero_stage == 3 and cfg.finetune == "lora":
-        raise ValueError("finetune=lora with DeepSpeed zero_stage=3 is not supported (the adapter cannot be saved "
-                         "from partitioned weights); LoRA weights are small: use zero_stage=2")
+        raise ValueError(
+            "finetune=lora with DeepSpeed zero_stage=3 is not supported (the adapter cannot be saved "
+            "from partitioned weights); LoRA weights are small: use zero_stage=2"
+        )
 
 
 def open_pairs(storage: Storage, uri: str) -> Artifact:
     pairs = Artifact.open(storage, uri, kind="pairs")
     if pairs.manifest.rows == 0:
-        raise NoPairs(f"{uri}: the pairs artifact holds 0 pairs: nothing to train (check the filter stage's "
-                         "thresholds)")
+        raise NoPairs(
+            f"{uri}: the pairs artifact holds 0 pairs: nothing to train (check the filter stage's thresholds)"
+        )
     return pairs
 
 
@@ -117,32 +134,44 @@ def output_fingerprint(cfg: TrainConfig, pairs: Artifact) -> str:
     return fingerprint("model", semantic_config(cfg), [pairs.manifest.fingerprint])
 
 
-def prepare_output(ctx: dist.DistContext, storage: Storage, output: str, run_fingerprint: str,
-                   overwrite: bool) -> dict | None:
+def prepare_output(
+    ctx: dist.DistContext, storage: Storage, output: str, run_fingerprint: str, overwrite: bool
+) -> dict | None:
     """The stored summary when `output` already holds this run's model; else clear the way (or refuse)."""
     try:
         existing = json.loads(storage.read_bytes(join(output, SUMMARY)))
     except NotFound:
         existing = None
     if existing is not None and existing.get("fingerprint") == run_fingerprint:
-        damaged = integrity.damaged(storage, output, integrity.expected_files(existing),
-                                    recorded_unix=integrity.written_at(storage, join(output, SUMMARY)))
+        damaged = integrity.damaged(
+            storage,
+            output,
+            integrity.expected_files(existing),
+            recorded_unix=integrity.written_at(storage, join(output, SUMMARY)),
+        )
         if not damaged:
             log.info("%s already holds this training run's model: nothing to do", output)
             return existing
-        log.warning("%s: %d file(s) of the finished model do not verify: %s; the run resumes from its newest "
-                    "checkpoint to make the model again and writes only the files that differ", output, len(damaged),
-                    integrity.describe(damaged))
+        log.warning(
+            "%s: %d file(s) of the finished model do not verify: %s; the run resumes from its newest "
+            "checkpoint to make the model again and writes only the files that differ",
+            output,
+            len(damaged),
+            integrity.describe(damaged),
+        )
         return None
     if existing is not None:
         if not overwrite:
-            raise OutputExists(f"{output} holds a model trained from other pairs or config; "
-                               "write to a new URI or pass --overwrite")
+            raise OutputExists(
+                f"{output} holds a model trained from other pairs or config; write to a new URI or pass --overwrite"
+            )
     # another run's checkpoints would be resumed as if they were this run's (issue 12: an overwrite resumed them)
     foreign = checkpoint.foreign_steps(storage, output, run_fingerprint)
     if foreign and not overwrite:
-        raise OutputExists(f"{output} holds checkpoints (steps {foreign}) of a training run with other pairs or "
-                           "config; write to a new URI or pass --overwrite")
+        raise OutputExists(
+            f"{output} holds checkpoints (steps {foreign}) of a training run with other pairs or "
+            "config; write to a new URI or pass --overwrite"
+        )
     if ctx.is_main:
         storage.ensure_bucket(output)
         if existing is not None:
@@ -154,17 +183,29 @@ def prepare_output(ctx: dist.DistContext, storage: Storage, output: str, run_fin
 def plan_steps(cfg: TrainConfig, good_pairs: int, world_size: int, pairs_uri: str) -> StepPlan:
     steps_per_epoch = good_pairs // cfg.global_batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{pairs_uri}: {good_pairs} good pairs, fewer than global_batch_size "
-                         f"{cfg.global_batch_size}: nothing to train")
+        raise ValueError(
+            f"{pairs_uri}: {good_pairs} good pairs, fewer than global_batch_size "
+            f"{cfg.global_batch_size}: nothing to train"
+        )
     total_steps = steps_per_epoch * run_epochs(cfg)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    plan = StepPlan(steps_per_epoch, total_steps, warmup_steps(total_steps, cfg.warmup_ratio),
-                    accumulation_steps(cfg, world_size))
-    log.info("%d good pairs -> %d step(s)/epoch x %d epoch(s) = %d steps (global batch %d = %d per device x %d "
-             "accumulation x %d ranks; %d pair(s) per epoch beyond the last full batch are not used)",
-             good_pairs, steps_per_epoch, run_epochs(cfg), total_steps, cfg.global_batch_size, cfg.per_device_batch_size,
-             plan.accumulation, world_size, good_pairs - steps_per_epoch * cfg.global_batch_size)
+    plan = StepPlan(
+        steps_per_epoch, total_steps, warmup_steps(total_steps, cfg.warmup_ratio), accumulation_steps(cfg, world_size)
+    )
+    log.info(
+        "%d good pairs -> %d step(s)/epoch x %d epoch(s) = %d steps (global batch %d = %d per device x %d "
+        "accumulation x %d ranks; %d pair(s) per epoch beyond the last full batch are not used)",
+        good_pairs,
+        steps_per_epoch,
+        run_epochs(cfg),
+        total_steps,
+        cfg.global_batch_size,
+        cfg.per_device_batch_size,
+        plan.accumulation,
+        world_size,
+        good_pairs - steps_per_epoch * cfg.global_batch_size,
+    )
     return plan
 
 
@@ -182,8 +223,9 @@ def forward_setting(cfg: TrainConfig) -> str:
     return "concatenated" if is_two_stage(cfg) else cfg.forward
 
 
-def make_backend(ctx: dist.DistContext, cfg: TrainConfig, model_dir: str, plan: StepPlan,
-                 strategy: str) -> tuple[Backend, dict | None, Any]:
+def make_backend(
+    ctx: dist.DistContext, cfg: TrainConfig, model_dir: str, plan: StepPlan, strategy: str
+) -> tuple[Backend, dict | None, Any]:
     """(backend, DeepSpeed config or None, what must stay alive while ZeRO-3 models load)."""
     if strategy != "deepspeed":
         policy = prepare_policy(load_model(model_dir, cfg), cfg)
@@ -230,8 +272,15 @@ class TrainRun:
     image_features_off: str = ""  # why there is no image feature cache
 
     @classmethod
-    def setup(cls, ctx: dist.DistContext, cfg: TrainConfig, pairs: Artifact, output: str, storage: Storage,
-              run_fingerprint: str) -> "TrainRun":
+    def setup(
+        cls,
+        ctx: dist.DistContext,
+        cfg: TrainConfig,
+        pairs: Artifact,
+        output: str,
+        storage: Storage,
+        run_fingerprint: str,
+    ) -> "TrainRun":
         started = time.monotonic()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -247,11 +296,30 @@ class TrainRun:
         strategy = dist.resolve_strategy(cfg)
         backend, ds_config, keep_alive = make_backend(ctx, cfg, model_dir, plan, strategy)
         log.info("strategy %s, forward %s", strategy, backend.layout.name)
-        store = PairStore(pairs, index, encoder, truncate=cfg.truncate_responses, pad_token_id=pad_token_id,
-                          collate_fn=backend.layout.collate)
-        run = cls(ctx, cfg, storage, output, run_fingerprint, strategy, plan, processor, index, store, backend,
-                  checkpoint.Checkpoints(ctx, storage, output, scratch, cfg.keep_checkpoints), started,
-                  zero3_loading=keep_alive)
+        store = PairStore(
+            pairs,
+            index,
+            encoder,
+            truncate=cfg.truncate_responses,
+            pad_token_id=pad_token_id,
+            collate_fn=backend.layout.collate,
+        )
+        run = cls(
+            ctx,
+            cfg,
+            storage,
+            output,
+            run_fingerprint,
+            strategy,
+            plan,
+            processor,
+            index,
+            store,
+            backend,
+            checkpoint.Checkpoints(ctx, storage, output, scratch, cfg.keep_checkpoints),
+            started,
+            zero3_loading=keep_alive,
+        )
         run.start_image_feature_cache()
         if cfg.reference == "precompute":
             run.objective = run.precompute_reference(model_dir, encoder)
@@ -269,12 +337,14 @@ class TrainRun:
 
     def start_image_feature_cache(self) -> None:
         policy = self.backend.unwrapped()
-        reason = imagefeatures.disabled_reason(policy, two_stage=is_two_stage(self.cfg),
-                                               budget_mb=self.cfg.image_feature_cache_mb)
+        reason = imagefeatures.disabled_reason(
+            policy, two_stage=is_two_stage(self.cfg), budget_mb=self.cfg.image_feature_cache_mb
+        )
         if reason is None:
             zero3 = self.strategy == "deepspeed" and self.cfg.zero_stage == 3 and self.ctx.distributed
             self.image_features = imagefeatures.ImageFeatureCache(
-                policy, self.cfg.image_feature_cache_mb * 2**20, self.any_rank_missing if zero3 else None)
+                policy, self.cfg.image_feature_cache_mb * 2**20, self.any_rank_missing if zero3 else None
+            )
             log.info("image features: each image encoded once per run (frozen vision tower)")
         else:
             self.image_features_off = reason
@@ -289,8 +359,9 @@ class TrainRun:
         """`batch` with its pairs' cached image features (encoding the ones not yet seen), or as it is."""
         if self.image_features is None:
             return batch
-        return self.image_features.attach(batch, self.backend.layout.pair_images, self.ctx.device,
-                                          self.backend.unwrapped().dtype)
+        return self.image_features.attach(
+            batch, self.backend.layout.pair_images, self.ctx.device, self.backend.unwrapped().dtype
+        )
 
     def precompute_reference(self, model_dir: str, encoder: PairEncoder) -> DPOObjective:
         """The objective with reference log-probs from the cache, computing what it lacks with the policy,
@@ -300,12 +371,20 @@ class TrainRun:
         self.reference_cache = refcache.cache_uri(pairs, key, cfg.reference_cache)
         resumable = checkpoint.complete_steps(self.storage, self.output)
         if resumable and not self.storage.exists(join(self.reference_cache, "manifest.json")):
-            raise RuntimeError(f"{self.output} has checkpoints but the reference cache {self.reference_cache} is "
-                               "incomplete: the policy is no longer the reference; delete the checkpoints or "
-                               "restore the cache")
+            raise RuntimeError(
+                f"{self.output} has checkpoints but the reference cache {self.reference_cache} is "
+                "incomplete: the policy is no longer the reference; delete the checkpoints or "
+                "restore the cache"
+            )
         self.backend.train(False)
-        values = refcache.ensure(self.ctx, lambda batch: self.backend.logps(self.with_image_features(batch)),
-                                 self.store, key, self.reference_cache, micro_batch=cfg.per_device_batch_size)
+        values = refcache.ensure(
+            self.ctx,
+            lambda batch: self.backend.logps(self.with_image_features(batch)),
+            self.store,
+            key,
+            self.reference_cache,
+            micro_batch=cfg.per_device_batch_size,
+        )
         return DPOObjective.from_config(cfg, reference_logps=values)
 
     def schedule(self) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -316,7 +395,7 @@ class TrainRun:
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(self.index, self.cfg.seed, epoch)
             assert order is not None  # set at the first step: an epoch change from -1
-            global_batch = order[batch_in_epoch * size:(batch_in_epoch + 1) * size]
+            global_batch = order[batch_in_epoch * size : (batch_in_epoch + 1) * size]
             parts = rank_micro_batches(global_batch, self.ctx.rank, self.ctx.world_size, self.plan.accumulation)
             for m, positions in enumerate(parts):
                 yield step, m, positions
@@ -339,8 +418,14 @@ class TrainRun:
                 continue
             grad_norm = self.backend.step()
             totals = dist.all_reduce_sum(self.ctx, stats.values)
-            row = metrics_row(totals, step + 1, self.plan.steps_per_epoch, self.backend.lr(), grad_norm,
-                              time.monotonic() - step_started)
+            row = metrics_row(
+                totals,
+                step + 1,
+                self.plan.steps_per_epoch,
+                self.backend.lr(),
+                grad_norm,
+                time.monotonic() - step_started,
+            )
             for callback in callbacks:
                 callback.on_step_end(self, step + 1, row)
             stats, step_started = StepStats.zero(), time.monotonic()
@@ -366,14 +451,25 @@ class TrainRun:
     def summary(self) -> dict:
         """What the run did; `cleanup` adds `files`, the model's files as written."""
         return {
-            "fingerprint": self.fingerprint, "pairs": self.store.pairs.uri, "model": join(self.output, "model"),
-            "finetune": self.cfg.finetune, "steps": self.plan.total_steps, "strategy": self.strategy,
-            "world_size": self.ctx.world_size, "forward": self.backend.layout.name,
+            "fingerprint": self.fingerprint,
+            "pairs": self.store.pairs.uri,
+            "model": join(self.output, "model"),
+            "finetune": self.cfg.finetune,
+            "steps": self.plan.total_steps,
+            "strategy": self.strategy,
+            "world_size": self.ctx.world_size,
+            "forward": self.backend.layout.name,
             "reference_cache": self.reference_cache,
-            "image_features": (self.image_features.summary() if self.image_features is not None
-                               else {"cached": False, "reason": self.image_features_off}),
-            "code_version": code_version(), "config": config_lib.to_dict(self.cfg), "data": self.index.summary(),
-            "seconds": round(time.monotonic() - self.started, 2), "final": self.metrics[-1] if self.metrics else {},
+            "image_features": (
+                self.image_features.summary()
+                if self.image_features is not None
+                else {"cached": False, "reason": self.image_features_off}
+            ),
+            "code_version": code_version(),
+            "config": config_lib.to_dict(self.cfg),
+            "data": self.index.summary(),
+            "seconds": round(time.monotonic() - self.started, 2),
+            "final": self.metrics[-1] if self.metrics else {},
             **({"povid_rank0": self.objective.summary()} if isinstance(self.objective, POVIDObjective) else {}),
         }
 
@@ -385,8 +481,9 @@ def _stored_intact(storage: Storage, output: str) -> dict[str, integrity.Expecte
     except (NotFound, ValueError):
         return {}
     recorded = integrity.expected_files(summary)
-    damaged = integrity.damaged(storage, output, recorded, recorded_unix=integrity.written_at(storage,
-                                                                                            join(output, SUMMARY)))
+    damaged = integrity.damaged(
+        storage, output, recorded, recorded_unix=integrity.written_at(storage, join(output, SUMMARY))
+    )
     return {item.relative: item for item in recorded if item.relative not in damaged}
 
 

@@ -38,7 +38,8 @@ def cache_key(pairs: Artifact, model_signature: dict, encoder: PairEncoder, trun
         "pairs_fingerprint": pairs.manifest.fingerprint,
         "reference_model": model_signature,
         "chat_template_sha256": hashlib.sha256(
-            (getattr(encoder.processor, "chat_template", None) or "").encode()).hexdigest(),
+            (getattr(encoder.processor, "chat_template", None) or "").encode()
+        ).hexdigest(),
         "max_length": encoder.max_length,
         "truncate_responses": truncate,
     }
@@ -88,15 +89,16 @@ def ensure(ctx: dist.DistContext, logps, store: PairStore, key: dict, uri: str, 
     return load(pairs.storage, uri, store.index)
 
 
-def _chunk_rows(ctx: dist.DistContext, logps, store: PairStore, positions: np.ndarray,
-                micro_batch: int) -> list[tuple[int, list[float]]]:
+def _chunk_rows(
+    ctx: dist.DistContext, logps, store: PairStore, positions: np.ndarray, micro_batch: int
+) -> list[tuple[int, list[float]]]:
     """This rank's (position, values) rows of one chunk. Every rank runs the same number of forwards (ZeRO-3
     gathers parameters collectively): a rank whose share runs out repeats a row and drops its result."""
-    mine = positions[ctx.rank::ctx.world_size]
+    mine = positions[ctx.rank :: ctx.world_size]
     steps = -(-len(positions) // (ctx.world_size * micro_batch))
     parts = []
     for s in range(steps):
-        part = mine[s * micro_batch:(s + 1) * micro_batch]
+        part = mine[s * micro_batch : (s + 1) * micro_batch]
         parts.append((part if len(part) else positions[:1], len(part)))
     rows: list[tuple[int, list[float]]] = []
     for (part, real), cpu_batch in prefetch(parts, lambda item: store.batch(item[0])):
@@ -108,12 +110,16 @@ def _chunk_rows(ctx: dist.DistContext, logps, store: PairStore, positions: np.nd
 def _table(index: PairIndex, rows: list[tuple[int, list[float]]]) -> pa.Table:
     positions = np.asarray([p for p, _ in rows], np.int64)
     values = np.asarray([v for _, v in rows], np.float64).reshape(-1, 4)
-    return pa.table({
-        "pair_shard": pa.array([index.shard_names[s] for s in index.shard[positions]], pa.string()),
-        "row": pa.array(index.row[positions], pa.int32()),
-        "chosen_logp": values[:, 0], "rejected_logp": values[:, 1],
-        "chosen_logp_mean": values[:, 2], "rejected_logp_mean": values[:, 3],
-    })
+    return pa.table(
+        {
+            "pair_shard": pa.array([index.shard_names[s] for s in index.shard[positions]], pa.string()),
+            "row": pa.array(index.row[positions], pa.int32()),
+            "chosen_logp": values[:, 0],
+            "rejected_logp": values[:, 1],
+            "chosen_logp_mean": values[:, 2],
+            "rejected_logp_mean": values[:, 3],
+        }
+    )
 
 
 def load(storage, uri: str, index: PairIndex) -> np.ndarray:
@@ -134,6 +140,7 @@ def load(storage, uri: str, index: PairIndex) -> np.ndarray:
     hit = (len(keys_all) > 0) & (keys_all[found] == wanted) if len(keys_all) else np.zeros(len(wanted), bool)
     if not hit.all():
         position = int(np.flatnonzero(~hit)[0])
-        raise ValueError(f"{uri}: no reference log-probs for pair {index.row_id(position)} "
-                         f"({int((~hit).sum())} missing)")
+        raise ValueError(
+            f"{uri}: no reference log-probs for pair {index.row_id(position)} ({int((~hit).sum())} missing)"
+        )
     return values_all[found]

@@ -7,8 +7,18 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
-                  "artwork", "OCR")
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
 
 
 def mme_answer(text: str) -> str:

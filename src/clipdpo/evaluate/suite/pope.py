@@ -22,10 +22,12 @@ def pope_counts(labels: list[str], answers: list[str]) -> dict[str, int]:
     """The confusion matrix ("yes" positive): tp, fp, tn, fn."""
     predictions = [pope_answer(a) == "yes" for a in answers]
     truth = [label.strip().lower() == "yes" for label in labels]
-    return {"tp": sum(p and t for p, t in zip(predictions, truth)),
-            "fp": sum(p and not t for p, t in zip(predictions, truth)),
-            "tn": sum(not p and not t for p, t in zip(predictions, truth)),
-            "fn": sum(not p and t for p, t in zip(predictions, truth))}
+    return {
+        "tp": sum(p and t for p, t in zip(predictions, truth)),
+        "fp": sum(p and not t for p, t in zip(predictions, truth)),
+        "tn": sum(not p and not t for p, t in zip(predictions, truth)),
+        "fn": sum(not p and t for p, t in zip(predictions, truth)),
+    }
 
 
 def pope_from_counts(tp: float, fp: float, tn: float, fn: float) -> dict:
@@ -34,5 +36,14 @@ def pope_from_counts(tp: float, fp: float, tn: float, fn: float) -> dict:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": (tp + tn) / total, "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": (tp + fp) / total, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    return {
+        "accuracy": (tp + tn) / total,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": (tp + fp) / total,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }

@@ -19,9 +19,14 @@ REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {  # kind -> field -> 
 
 def prompt(kind: str, row: dict) -> str:
     if kind in ("scienceqa", "mmbench"):
-        options = (dict(zip(SCIENCEQA_OPTIONS, row["choices"])) if kind == "scienceqa" else row["options"])
-        lines = ([f"Context: {row['hint']}"] if kind == "scienceqa" and row.get("hint") else
-                 [row["hint"]] if row.get("hint") else [])
+        options = dict(zip(SCIENCEQA_OPTIONS, row["choices"])) if kind == "scienceqa" else row["options"]
+        lines = (
+            [f"Context: {row['hint']}"]
+            if kind == "scienceqa" and row.get("hint")
+            else [row["hint"]]
+            if row.get("hint")
+            else []
+        )
         lines.append(row["question"])
         lines.extend(f"{letter}. {text}" for letter, text in options.items())
         return "\n".join(lines) + LETTER_ANSWER
@@ -49,8 +54,9 @@ def load_items(storage: Storage, benchmark: Benchmark) -> list[Item]:
         if item_id in seen:
             raise EvalInputError(f"{where}: id {item_id!r} appears twice")
         seen.add(item_id)
-        items.append(Item(id=item_id, image=image_uri(images, row["image"]), prompt=prompt(benchmark.kind, row),
-                          fields=row))
+        items.append(
+            Item(id=item_id, image=image_uri(images, row["image"]), prompt=prompt(benchmark.kind, row), fields=row)
+        )
         if benchmark.limit and len(items) >= benchmark.limit:
             break
     if not items:

@@ -14,8 +14,10 @@ def _pope(rows: list[dict], replies: list[str]) -> dict:
     splits: dict[str, list[int]] = defaultdict(list)
     for position, row in enumerate(rows):
         splits[row["category"]].append(position)
-    per_split = {split: pope.pope_metrics([rows[i]["answer"] for i in where], [replies[i] for i in where])
-                 for split, where in sorted(splits.items())}
+    per_split = {
+        split: pope.pope_metrics([rows[i]["answer"] for i in where], [replies[i] for i in where])
+        for split, where in sorted(splits.items())
+    }
     return {**_pope_means(per_split), "splits": per_split}
 
 
@@ -34,9 +36,16 @@ def pope_per_image(items: list[Item], responses: dict[str, str]) -> PerImage:
     rows = [item.fields for item in items]
     splits = sorted({row["category"] for row in rows})
     columns = [f"{split}.{count}" for split in splits for count in POPE_COUNTS]
-    per_item = ((item.image, {f"{item.fields['category']}.{k}": v for k, v in
-                              pope.pope_counts([item.fields["answer"]], [responses[item.id]]).items()})
-                for item in items)
+    per_item = (
+        (
+            item.image,
+            {
+                f"{item.fields['category']}.{k}": v
+                for k, v in pope.pope_counts([item.fields["answer"]], [responses[item.id]]).items()
+            },
+        )
+        for item in items
+    )
     return by_image(per_item, columns)
 
 
@@ -51,8 +60,9 @@ def pope_measure(totals: dict[str, float]) -> dict[str, float | None]:
 
 
 def _mme(rows: list[dict], replies: list[str]) -> dict:
-    scores = mme.mme_scores([mme.MMEItem(row["category"], row["image"], row["answer"], reply)
-                             for row, reply in zip(rows, replies)])
+    scores = mme.mme_scores(
+        [mme.MMEItem(row["category"], row["image"], row["answer"], reply) for row, reply in zip(rows, replies)]
+    )
     return {"headline": scores["perception"], **scores}
 
 
@@ -69,8 +79,9 @@ def _scienceqa(rows: list[dict], replies: list[str]) -> dict:
 
 
 def _mmbench(rows: list[dict], replies: list[str]) -> dict:
-    result = mmbench.mmbench_circular([{"index": row["index"], "prediction": r, "answer": row["answer"]}
-                                       for r, row in zip(replies, rows)])
+    result = mmbench.mmbench_circular(
+        [{"index": row["index"], "prediction": r, "answer": row["answer"]} for r, row in zip(replies, rows)]
+    )
     return {"headline": 100 * result["circular_accuracy"], **result}
 
 
