@@ -73,6 +73,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for name in sorted(units, key=lambda name: -cost[name]) for item in units[name]]
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """A command line run in-process (s3server's main installs SIGTERM/SIGHUP handlers) leaves the worker's
+    handlers as they were for the next test."""
+    import signal
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def train_scratch(tmp_path_factory):
     """Training's node-local scratch (checkpoint.scratch_dir: a folder per output URI, default under /tmp) in
