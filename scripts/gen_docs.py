@@ -417,6 +417,11 @@ def results_page(name: str, metrics: dict, note: str, source: str) -> str:
             value, base = _get(results.get(model, {}), path), _get(results.get(baseline, {}), path)
             cells.append("–" if value is None or base is None else f"{value - base:+.2f}")
         out.append(f"| Δ {model} vs {baseline} | " + " | ".join(cells) + " |")
+        effects = (metrics.get("effects") or {}).get(model) or {}
+        intervals = [effects.get(".".join(path), {}).get("ci95") for _, path in columns]
+        if any(intervals):
+            cells = ["–" if not ci else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" for ci in intervals]
+            out.append("| 95% interval (paired bootstrap over images) | " + " | ".join(cells) + " |")
     out.append("")
     relative = [(title, path) for title, path in columns if title.split()[0] in ("CHAIR", "Hal")]
     if relative and len(models) > 1:
