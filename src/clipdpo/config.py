@@ -98,6 +98,17 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# A field's metadata that keeps it out of the keys that identify a result (caches, output fingerprints): how
+# or where a run works, not what it computes. Marked on the field itself, so a new field is in every key
+# unless it says otherwise.
+NOT_IN_KEY = {"in_key": False}
+
+
+def key_dict(config: Any) -> dict[str, Any]:
+    """The config's top-level fields that decide its result (those without `NOT_IN_KEY`), as plain values."""
+    return {f.name: to_dict(config)[f.name] for f in dataclasses.fields(config) if f.metadata.get("in_key", True)}
+
+
 def _label(where: str, path: str) -> str:
     return f"{where}.{path}" if path else where
 

@@ -366,9 +366,8 @@ def evaluate_task_step(run_root: str, train_config_json: str, config_json: str, 
     setup_logging()
     model, task = item.split("|")[:2]
     config = evaluate_settings(run_root, artifact_uri(run_root, "train"), train_config_json, config_json) or {}
-    config.update(only_model=model, only_task=task)
     output = artifact_uri(run_root, "evaluate")
-    evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output)
+    evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output, task=(model, task))
     return outputref.ref(Storage(), task_record_uri(output, model, task))
 
 
@@ -382,9 +381,7 @@ def evaluate_merge_step(run_root: str, model_uri: str, train_config_json: str, c
     if config is None:
         return ""
     output = artifact_uri(run_root, "evaluate")
-    metrics = evaluate.run(
-        config_lib.from_dict(EvaluateConfig, {**config, "merge_tasks": True}, "evaluate_config"), output
-    )
+    metrics = evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output, merge=True)
     from clipdpo.tracking import log_evaluation
 
     # MLflow (when configured): the figures join the training's run

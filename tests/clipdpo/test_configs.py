@@ -89,3 +89,36 @@ def test_the_pipeline_step_derives_its_models_on_the_configs_engine(tmp_path):
 def test_a_typo_is_an_error_naming_the_key():
     with pytest.raises(config_lib.ConfigError, match="learning_rte"):
         config_lib.from_dict(config_class("train"), {"learning_rte": 1e-6})
+
+
+def test_result_keys_leave_out_exactly_the_fields_marked_so():
+    """A cache key or an output fingerprint takes every config field but those marked NOT_IN_KEY at their
+    definition: a new field is in every key unless it says otherwise (no deny-list to forget)."""
+    import dataclasses
+
+    from clipdpo.config import key_dict
+    from clipdpo.evaluate.config import EvaluateConfig
+    from clipdpo.train.config import TrainConfig
+    from clipdpo.train.recipe import semantic_config
+
+    cfg = TrainConfig()
+    marked = {f.name for f in dataclasses.fields(cfg) if not f.metadata.get("in_key", True)}
+    assert marked == {
+        "forward",
+        "save_steps",
+        "keep_checkpoints",
+        "log_steps",
+        "reference_cache",
+        "image_feature_cache_mb",
+    }
+    assert set(key_dict(cfg)) == {f.name for f in dataclasses.fields(cfg)} - marked
+    # only what is marked leaves the fingerprint: changing it keeps the same one, changing anything else not
+    assert semantic_config(dataclasses.replace(cfg, save_steps=7, forward="concatenated")) == semantic_config(cfg)
+    assert semantic_config(dataclasses.replace(cfg, beta=0.3)) != semantic_config(cfg)
+    from clipdpo.config import from_dict
+
+    evaluate = from_dict(
+        EvaluateConfig,
+        {"models": [{"name": "base", "path": "m", "engine": "hf"}], "suite": [{"kind": "pope", "root": "p"}]},
+    )
+    assert "batch_size" not in key_dict(evaluate) and "max_new_tokens" in key_dict(evaluate)

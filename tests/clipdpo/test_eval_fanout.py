@@ -8,7 +8,7 @@ import json
 import pytest
 from test_evaluate import as_json, eval_config, inputs, models  # noqa: F401 (fixtures)
 
-from clipdpo.config import from_dict
+from clipdpo.config import ConfigError, from_dict
 from clipdpo.demo import models as tiny
 from clipdpo.evaluate import run as run_evaluate
 from clipdpo.evaluate.config import EvaluateConfig
@@ -21,11 +21,9 @@ def fan_out(config: dict, output: str) -> dict[str, int]:
     """Every (model, task) as its own call, as the pipeline's ParallelFor does, then the merge; inferred counts."""
     inferred: dict[str, int] = {}
     for item in plan(from_dict(EvaluateConfig, config)):
-        record = run_evaluate(
-            from_dict(EvaluateConfig, {**config, "only_model": item["model"], "only_task": item["task"]}), output
-        )
+        record = run_evaluate(from_dict(EvaluateConfig, config), output, task=(item["model"], item["task"]))
         inferred[f"{item['model']}|{item['task']}"] = record["inferred"]
-    run_evaluate(from_dict(EvaluateConfig, {**config, "merge_tasks": True}), output)
+    run_evaluate(from_dict(EvaluateConfig, config), output, merge=True)
     return inferred
 
 
@@ -46,11 +44,11 @@ def test_plan_and_restrict_name_every_unit():
     assert [m.name for m in one.models] == ["trained"] and one.amber is None and one.zero_shot is None
     assert [b.label for b in one.suite] == ["pope"]
     assert [d.name for d in restrict(cfg, "base", "zeroshot-colours").zero_shot.datasets] == ["colours"]
-    with pytest.raises(ValueError, match="only_task 'suite-gqa'"):
+    with pytest.raises(ValueError, match="task 'suite-gqa'"):
         restrict(cfg, "base", "suite-gqa")
-    with pytest.raises(ValueError, match="only_model 'x'"):
+    with pytest.raises(ValueError, match="model 'x'"):
         restrict(cfg, "x", "amber")
-    with pytest.raises(ValueError, match="set both"):
+    with pytest.raises(ConfigError, match="unknown key"):  # how the work is split is no config value
         from_dict(EvaluateConfig, {**CONFIG, "only_task": "amber"})
 
 

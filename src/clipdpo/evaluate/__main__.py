@@ -15,7 +15,18 @@ from clipdpo.stage import build_parser, run_cli
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m clipdpo.evaluate", __doc__, None, sharded=False, overwrite=False)
-    return run_cli(parser, EvaluateConfig, argv, lambda cfg, args: run(cfg, args.output))
+    parser.add_argument("--only-model", default="", help="the fan-out: evaluate only this model (with --only-task)")
+    parser.add_argument("--only-task", default="", help="amber | zeroshot-<dataset> | suite-<benchmark>")
+    parser.add_argument("--merge-tasks", action="store_true", help="the report from the fan-out's task records")
+    args_seen = parser.parse_known_args(argv)[0]
+    if bool(args_seen.only_model) != bool(args_seen.only_task):
+        parser.error("--only-model and --only-task: give both (one (model, task) of the fan-out) or neither")
+
+    def call(cfg, args):
+        task = (args.only_model, args.only_task) if args.only_task else None
+        return run(cfg, args.output, task=task, merge=args.merge_tasks)
+
+    return run_cli(parser, EvaluateConfig, argv, call)
 
 
 if __name__ == "__main__":

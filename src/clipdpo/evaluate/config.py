@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipdpo.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, PROBABILITY_MASS, SEED, check_ranges
+from clipdpo.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, NOT_IN_KEY, PROBABILITY_MASS, SEED, check_ranges
 from clipdpo.engines import ENGINES, ModelSpec
 
 BENCHMARK_KINDS = ("pope", "mme", "gqa", "textvqa", "scienceqa", "mmbench")
@@ -160,26 +160,26 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    # The first model is the baseline the others are compared with (base, then trained).
-    models: list[ModelSpec] = field(default_factory=list)
+    # The first model is the baseline the others are compared with (base, then trained). Not in the result
+    # cache's key as a list: each cached result is keyed by its one model's content and engine (evaluate.fanout).
+    models: list[ModelSpec] = field(default_factory=list, metadata=NOT_IN_KEY)
     amber: AmberConfig | None = None
     zero_shot: ZeroShotConfig | None = None
     suite: list[Benchmark] = field(default_factory=list)
-    batch_size: int = 8  # hf engine batch
-    chunk_size: int = 256  # responses saved per chunk: a restart redoes at most one chunk per task
+    batch_size: int = field(default=8, metadata=NOT_IN_KEY)  # hf engine batch
+    # responses saved per chunk: a restart redoes at most one chunk per task
+    chunk_size: int = field(default=256, metadata=NOT_IN_KEY)
     max_new_tokens: int = 512  # descriptions; short answers use 16
-    model_cache: str = "/tmp/clipdpo-eval-models"  # where s3:// models are copied
-    # fan-out (evaluate.fanout): one call evaluates one (only_model, only_task); merge_tasks builds the report
-    only_model: str = ""
-    only_task: str = ""  # amber | zeroshot-<dataset> | suite-<benchmark>
-    merge_tasks: bool = False
-    result_cache: str = ""  # baseline results cached here by (model content, task, config); "" = none
+    model_cache: str = field(default="/tmp/clipdpo-eval-models", metadata=NOT_IN_KEY)  # where s3:// models go
+    # baseline results cached here by (model content, task, config, data, scoring code); "" = none
+    result_cache: str = field(default="", metadata=NOT_IN_KEY)
     # The engine of the two models the pipeline step names itself when `models` is empty: the run's base
-    # and its trained model (clipdpo.steps). A model listed in `models` names its own engine.
-    engine: str = "vllm"  # vllm | hf
-    # paired bootstrap intervals of every model's effect (evaluate.bootstrap): resamples of the images, and seed
-    bootstrap_resamples: int = 1000
-    bootstrap_seed: int = 0
+    # and its trained model (clipdpo.steps). A model listed in `models` names its own engine (in the key).
+    engine: str = field(default="vllm", metadata=NOT_IN_KEY)  # vllm | hf
+    # paired bootstrap intervals of every model's effect (evaluate.bootstrap): resamples of the images, and seed;
+    # computed at the merge from the per-image counts a cached result holds
+    bootstrap_resamples: int = field(default=1000, metadata=NOT_IN_KEY)
+    bootstrap_seed: int = field(default=0, metadata=NOT_IN_KEY)
 
     RANGES = {
         "batch_size": AT_LEAST_1,
@@ -203,8 +203,6 @@ class EvaluateConfig:
             raise ValueError(f"models: names must be unique, got {names}")
         if self.amber is None and self.zero_shot is None and not self.suite:
             raise ValueError("nothing to evaluate: set amber, zero_shot and/or suite")
-        if bool(self.only_model) != bool(self.only_task):
-            raise ValueError("only_model and only_task: set both (one (model, task) of the fan-out) or neither")
         labels = [benchmark.label for benchmark in self.suite]
         if len(set(labels)) != len(labels):
             raise ValueError(f"suite: benchmark names must be unique, got {labels}")

@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from clipdpo import determinism
-from clipdpo.config import to_dict
+from clipdpo.config import key_dict
 from clipdpo.evaluate import zeroshot
 from clipdpo.evaluate.config import AmberConfig, EvaluateConfig, ZeroShotConfig
 from clipdpo.evaluate.evaluation import (
@@ -40,19 +40,6 @@ from clipdpo.evaluate.evaluation import (
 from clipdpo.storage import Storage, join
 
 CACHE_VERSION = 2  # the key's layout; the scoring code itself is in the key by its source digest
-# `engine` names the derived models' engine, which their specs (in the key) carry
-NOT_IN_KEY = (
-    "models",
-    "only_model",
-    "only_task",
-    "result_cache",
-    "model_cache",
-    "batch_size",
-    "chunk_size",
-    "engine",
-    "bootstrap_resamples",
-    "bootstrap_seed",
-)
 
 
 def task_names(cfg: EvaluateConfig) -> list[str]:
@@ -70,10 +57,10 @@ def restrict(cfg: EvaluateConfig, model: str, task: str) -> EvaluateConfig:
     """`cfg` narrowed to one model and one task (an error naming what exists when either is unknown)."""
     specs = [spec for spec in cfg.models if spec.name == model]
     if not specs:
-        raise ValueError(f"only_model {model!r}: not one of the models {[s.name for s in cfg.models]}")
+        raise ValueError(f"model {model!r}: not one of the models {[s.name for s in cfg.models]}")
     if task not in task_names(cfg):
-        raise ValueError(f"only_task {task!r}: not one of the tasks {task_names(cfg)}")
-    narrowed = replace(cfg, models=specs, only_model="", only_task="")
+        raise ValueError(f"task {task!r}: not one of the tasks {task_names(cfg)}")
+    narrowed = replace(cfg, models=specs)
     if task == "amber":
         return replace(narrowed, zero_shot=None, suite=[])
     if task.startswith("zeroshot-"):
@@ -183,7 +170,7 @@ def scoring_resources(storage: Storage, one: EvaluateConfig, task: str) -> dict:
 def cache_uri(storage: Storage, one: EvaluateConfig, task: str) -> str:
     """Where the result of `one` (a config narrowed to one model and task) is cached."""
     spec = one.models[0]
-    config = {k: v for k, v in to_dict(one).items() if k not in NOT_IN_KEY}
+    config = key_dict(one)  # the fields marked NOT_IN_KEY (where and how it runs) out
     decided_by = {
         "version": CACHE_VERSION,
         "model": storage.content_digest(spec.path),
@@ -223,34 +210,32 @@ def _answer_and_score(
 
 def evaluate_task(
     cfg: EvaluateConfig,
+    model: str,
+    task: str,
     output: str,
     storage: Storage | None = None,
     engine_factory: EngineFactory | None = None,
     nlp=None,
     encoder=None,
 ) -> dict:
-    """One (cfg.only_model, cfg.only_task): its record, written to `task_record_uri` (the baseline via the cache)."""
+    """One (model, task) of the fan-out: its record, written to `task_record_uri` (the baseline via the cache)."""
     storage = storage or Storage()
-    one = restrict(cfg, cfg.only_model, cfg.only_task)
+    one = restrict(cfg, model, task)
     engine_factory = engine_factory or (lambda spec: default_engine_factory(spec, one, storage))
-    cached_at = (
-        cache_uri(storage, one, cfg.only_task) if one.result_cache and cfg.only_model == cfg.models[0].name else ""
-    )
+    cached_at = cache_uri(storage, one, task) if one.result_cache and model == cfg.models[0].name else ""
     if cached_at and storage.exists(cached_at):
         record = {**json.loads(storage.read_bytes(cached_at)), "inferred": 0, "cached": cached_at}
     else:
         record = {
-            "model": cfg.only_model,
-            "task": cfg.only_task,
+            "model": model,
+            "task": task,
             **_answer_and_score(one, output, storage, engine_factory, nlp, encoder),
             "cached": "",
         }
         record = json.loads(json.dumps(record))  # the same JSON types whether computed or read from the cache
         if cached_at:
             storage.write_bytes(cached_at, json.dumps({**record, "cached": ""}, sort_keys=True).encode())
-    storage.write_bytes(
-        task_record_uri(output, cfg.only_model, cfg.only_task), json.dumps(record, indent=2, sort_keys=True).encode()
-    )
+    storage.write_bytes(task_record_uri(output, model, task), json.dumps(record, indent=2, sort_keys=True).encode())
     return record
 
 

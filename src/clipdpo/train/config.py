@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipdpo.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, check_ranges
+from clipdpo.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, NOT_IN_KEY, POSITIVE, SEED, Range, check_ranges
 from clipdpo.train.loss import check_loss_type
 
 LLAVA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -76,7 +76,8 @@ class TrainConfig:
     reference: str = "precompute"  # precompute (one pass, cached on S3) | model (frozen copy each step)
     # shared_prefix: image + prompt run once per pair and both responses continue from them in one
     # packed row; concatenated: a row per response; auto: shared_prefix where the model supports it
-    forward: str = "auto"
+    # `forward` changes only the summation order of the same log-probs (tests/clipdpo/test_shared_prefix.py)
+    forward: str = field(default="auto", metadata=NOT_IN_KEY)
 
     # method: clipdpo = DPO on the pairs for `epochs`; povid | both = POVID's two stages as one run (the
     # pairs hold POVID's text dispreferences, or CLIP-DPO pairs plus them for both), set in `povid`
@@ -107,14 +108,16 @@ class TrainConfig:
     # distribution and outputs
     strategy: str = "auto"  # auto (deepspeed on GPU, ddp on CPU) | ddp | deepspeed
     zero_stage: int = 3
-    save_steps: int = 200  # checkpoint every N optimizer steps (and at the end)
-    keep_checkpoints: int = 2
-    log_steps: int = 1
+    save_steps: int = field(default=200, metadata=NOT_IN_KEY)  # checkpoint every N optimizer steps (and at the end)
+    keep_checkpoints: int = field(default=2, metadata=NOT_IN_KEY)
+    log_steps: int = field(default=1, metadata=NOT_IN_KEY)
     save_merged: bool = True  # LoRA: also save the merged full model
-    reference_cache: str = ""  # "" = <pairs>/refcache/<key>; or an explicit prefix
+    reference_cache: str = field(default="", metadata=NOT_IN_KEY)  # "" = <pairs>/refcache/<key>; or a prefix
     # per rank, CPU memory for a frozen vision tower's image features, computed once per run and reused
     # (imagefeatures.py; LLaVA-1.5: 576 x 1024 values = 1.2 MB per image in bf16); 0 = encode on every use
-    image_feature_cache_mb: int = 4096
+    # (whether a frozen tower's features are recomputed or reused decides nothing trained:
+    # tests/clipdpo/test_image_features.py)
+    image_feature_cache_mb: int = field(default=4096, metadata=NOT_IN_KEY)
 
     RANGES = {
         "lora_r": AT_LEAST_1,

@@ -53,11 +53,6 @@ from clipdpo.train.schedule import StepPlan, warmup_steps
 log = logging.getLogger("clipdpo.train")
 
 SUMMARY = integrity.TRAIN_SUMMARY
-# Config keys that do not change what is trained (excluded from the output fingerprint).
-# `forward` changes only the summation order of the same log-probs (tests/clipdpo/test_shared_prefix.py).
-# `image_feature_cache_mb` only decides whether a frozen tower's features are recomputed
-# (tests/clipdpo/test_image_features.py).
-_NON_SEMANTIC = ("save_steps", "keep_checkpoints", "log_steps", "reference_cache", "forward", "image_feature_cache_mb")
 
 
 class OutputExists(UserError):
@@ -126,7 +121,7 @@ def open_pairs(storage: Storage, uri: str) -> Artifact:
 def semantic_config(cfg: TrainConfig) -> dict:
     """The settings that decide what is trained, as the fingerprint has always seen them: flat, POVID's under
     their flat names (so a run trained before they were grouped in `povid` is still the same run)."""
-    semantic = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in _NON_SEMANTIC and k != "povid"}
+    semantic = {k: v for k, v in config_lib.key_dict(cfg).items() if k != "povid"}  # fields marked NOT_IN_KEY out
     return {**semantic, **cfg.povid.flat_fields()}
 
 
