@@ -102,22 +102,32 @@ def filter_pairs(run_root: str, scores_uri: str, config_json: str, metrics: Outp
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
-def povid_placement(config_json: str, train_config_json: str, metrics: Output[Metrics]) -> str:
+def train_method(train_config_json: str, metrics: Output[Metrics]) -> str:
+    """The train config's method (clipdpo | povid | both): the POVID steps take it alone, so a change to any other
+    train setting (beta, the learning rate) leaves their cached results in place."""
+    from clipdpo.report.step_metrics import log_to
+    from clipdpo.steps import train_method as method_of
+
+    method = method_of(train_config_json)
+    log_to(metrics, {"povid": float(method != "clipdpo")})
+    return method
+
+
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def povid_placement(config_json: str, method: str, metrics: Output[Metrics]) -> str:
     """Where POVID's pairs are made: "gpu" (an LLM rewrites through the engines: vLLM) or "cpu" (nothing to make
     for method clipdpo, a plugin rewriter, or an injector on the CPU); clipdpo.steps.povid_placement."""
     from clipdpo.report.step_metrics import log_to
     from clipdpo.steps import povid_placement as placement
 
-    where = placement(config_json, train_config_json)
+    where = placement(config_json, method)
     log_to(metrics, {"gpu": float(where == "gpu")})
     return where
 
 
 # The LLM injection runs through the generate stage's engines (vLLM): its image, and a GPU on a cluster
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
-def povid_pairs(
-    run_root: str, images_uri: str, config_json: str, train_config_json: str, metrics: Output[Metrics]
-) -> str:
+def povid_pairs(run_root: str, images_uri: str, config_json: str, method: str, metrics: Output[Metrics]) -> str:
     """POVID's pairs (ground truth preferred, injected hallucinations dispreferred) rewritten by an LLM: the
     branch for povid_placement "gpu"."""
     import time
@@ -126,14 +136,12 @@ def povid_pairs(
     from clipdpo.steps import povid_step
 
     started = time.monotonic()
-    return log_pairs(metrics, povid_step(run_root, config_json, train_config_json), started)
+    return log_pairs(metrics, povid_step(run_root, config_json, method, images_uri=images_uri), started)
 
 
 # The same step where it needs no GPU: the light filter image, CPU requests only
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
-def povid_pairs_cpu(
-    run_root: str, images_uri: str, config_json: str, train_config_json: str, metrics: Output[Metrics]
-) -> str:
+def povid_pairs_cpu(run_root: str, images_uri: str, config_json: str, method: str, metrics: Output[Metrics]) -> str:
     """POVID's pairs where no GPU is needed (povid_placement "cpu"): a plugin rewriter, an injector on the
     CPU, or "" at once for method clipdpo."""
     import time
@@ -142,23 +150,21 @@ def povid_pairs_cpu(
     from clipdpo.steps import povid_step
 
     started = time.monotonic()
-    return log_pairs(metrics, povid_step(run_root, config_json, train_config_json), started)
+    return log_pairs(metrics, povid_step(run_root, config_json, method, images_uri=images_uri), started)
 
 
 @dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
 def training_pairs(
-    run_root: str, clipdpo_pairs_uri: str, povid_pairs_uri: str, train_config_json: str, metrics: Output[Metrics]
+    run_root: str, clipdpo_pairs_uri: str, povid_pairs_uri: str, method: str, metrics: Output[Metrics]
 ) -> str:
-    """What train consumes, by its config's method: the CLIP-DPO pairs, POVID's, or their union (both)."""
+    """What train consumes, by its method: the CLIP-DPO pairs, POVID's, or their union (both)."""
     import time
 
     from clipdpo.report.step_metrics import log_pairs
     from clipdpo.steps import training_pairs_step
 
     started = time.monotonic()
-    return log_pairs(
-        metrics, training_pairs_step(run_root, train_config_json, clipdpo_pairs_uri, povid_pairs_uri), started
-    )
+    return log_pairs(metrics, training_pairs_step(run_root, method, clipdpo_pairs_uri, povid_pairs_uri), started)
 
 
 @dsl.component(base_image=SETTINGS.image("train"), install_kfp_package=False)
@@ -395,14 +401,15 @@ def clipdpo_pipeline(
 
     # method (train_config's `method`): clipdpo trains on the filter's pairs; povid on POVID's pairs (ground truth
     # vs injected hallucinations; noisy-image rejections in training); both on their union. The method and the
-    # rewriter live in JSON parameters, so a small step reads them and only an LLM rewrite holds a GPU pod.
-    placement = povid_placement(config_json=povid_config, train_config_json=train_config)
+    # rewriter live in JSON parameters, so small steps read them and only an LLM rewrite holds a GPU pod; the
+    # POVID steps take the method alone, so another train setting does not invalidate their cache.
+    method = train_method(train_config_json=train_config)
+    method.set_caching_options(True).set_cpu_request("1").set_memory_request("1G").set_display_name("train method")
+    placement = povid_placement(config_json=povid_config, method=_uri(method))
     placement.set_caching_options(True).set_cpu_request("1").set_memory_request("1G").set_display_name(
         "povid placement"
     )
-    povid_inputs = dict(
-        run_root=run_root, images_uri=_uri(images), config_json=povid_config, train_config_json=train_config
-    )
+    povid_inputs = dict(run_root=run_root, images_uri=_uri(images), config_json=povid_config, method=_uri(method))
     with dsl.If(_uri(placement) == "gpu", name="povid-llm-on-gpu"):
         on_gpu = _gpu(_s3(povid_pairs(**povid_inputs)), memory="32G").set_display_name("povid pairs (LLM, GPU)")
     with dsl.Else(name="povid-on-cpu"):
@@ -413,7 +420,7 @@ def clipdpo_pipeline(
             run_root=run_root,
             clipdpo_pairs_uri=_uri(pairs),
             povid_pairs_uri=dsl.OneOf(_uri(on_gpu), _uri(on_cpu)),
-            train_config_json=train_config,
+            method=_uri(method),
         )
     )
     chosen.set_cpu_request("1").set_memory_request("2G").set_display_name("training pairs")

@@ -11,7 +11,7 @@ built from configs, the 10 built-in images) is used and training runs in-process
 and only those (each step's output carries the version of what it wrote: clipdpo.outputref).
 Every config is parsed into its typed class before anything is compiled, submitted or run
 (clipdpo.stages.validate): a typo in a key fails here, not after the GPU fan-outs.
-Locally, kfp's cache entries whose artifacts are gone or replaced are dropped first (pipelines/local_cache.py),
+Locally, kfp's cache entries whose artifacts are gone, replaced or damaged are dropped first (pipelines/local_cache.py),
 and the terminal shows one line per step; kfp's executor output goes to <state-dir>/logs/ (--verbose: shown).
 
 `run_local` is also the entry for experiments (the clipdpo_lab package runs the synthetic world through it):
@@ -164,7 +164,7 @@ def run_local(args, run: LocalRun) -> int:
 
 
 def init_kfp(pipeline_root: Path) -> None:
-    """kfp's local runner with its cache, once the entries whose artifacts are gone or replaced are dropped
+    """kfp's local runner with its cache, once the entries whose artifacts are gone, replaced or damaged are dropped
     (pipelines/local_cache.py): those steps run again."""
     from kfp import local
 

@@ -141,11 +141,21 @@ def train_method(train_config_json: str) -> str:
     return typed_config(TrainConfig, train_config_json, "train_config").method
 
 
-def povid_placement(config_json: str, train_config_json: str) -> str:
+METHODS = ("clipdpo", "povid", "both")
+
+
+def _checked_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"train method {method!r}: expected one of {list(METHODS)}")
+    return method
+
+
+def povid_placement(config_json: str, method: str) -> str:
     """Where the povid pairs step runs: "gpu" when an LLM rewrites the answers (`source: llm`, through the
     generate stage's engines: vLLM), else "cpu": nothing to make (method clipdpo: the POVID config is not read),
-    a plugin rewriter (rule-based), or an injector the config puts on the CPU (`engine: hf`, `device: cpu`)."""
-    if train_method(train_config_json) == "clipdpo":
+    a plugin rewriter (rule-based), or an injector the config puts on the CPU (`engine: hf`, `device: cpu`).
+    `method`: the train config's (train_method), so the rest of the train config does not reach these steps."""
+    if _checked_method(method) == "clipdpo":
         return "cpu"
     from clipdpo.generate import povid_source
 
@@ -154,10 +164,10 @@ def povid_placement(config_json: str, train_config_json: str) -> str:
     return "gpu" if cfg.source == "llm" and not on_cpu else "cpu"
 
 
-def povid_step(run_root: str, config_json: str, train_config_json: str, images_uri: str = "") -> str:
+def povid_step(run_root: str, config_json: str, method: str, images_uri: str = "") -> str:
     """POVID's pairs from the run's images (or `images_uri`) into `<run_root>/povid-pairs` when the train
-    config's method is povid or both, returned versioned; "" (nothing made) for clipdpo."""
-    if train_method(train_config_json) == "clipdpo":
+    method is povid or both, returned versioned; "" (nothing made) for clipdpo."""
+    if _checked_method(method) == "clipdpo":
         return ""
     from clipdpo.generate import povid_source
 
@@ -169,13 +179,13 @@ def povid_step(run_root: str, config_json: str, train_config_json: str, images_u
     return outputref.ref(Storage(), output)
 
 
-def training_pairs_step(run_root: str, train_config_json: str, clipdpo_pairs: str = "", povid_pairs: str = "") -> str:
-    """The pairs artifact the train step reads (versioned), by the train config's method: the filter's
+def training_pairs_step(run_root: str, method: str, clipdpo_pairs: str = "", povid_pairs: str = "") -> str:
+    """The pairs artifact the train step reads (versioned), by the train method: the filter's
     CLIP-DPO pairs, POVID's pairs, or (both) their union under `<run_root>/both-pairs`. Defaults: this run's
     artifacts."""
     clipdpo_pairs = outputref.plain(clipdpo_pairs) if clipdpo_pairs else artifact_uri(run_root, "filter")
     povid_pairs = outputref.plain(povid_pairs) if povid_pairs else join(run_root, POVID_PAIRS)
-    match train_method(train_config_json):
+    match _checked_method(method):
         case "clipdpo":
             chosen = clipdpo_pairs
         case "povid":
@@ -187,8 +197,6 @@ def training_pairs_step(run_root: str, train_config_json: str, clipdpo_pairs: st
             chosen = combine_pairs(
                 {"clipdpo": clipdpo_pairs, "povid": povid_pairs}, join(run_root, BOTH_PAIRS), overwrite=True
             )
-        case method:
-            raise ValueError(f"train method {method!r}: expected clipdpo, povid or both")
     return outputref.ref(Storage(), chosen)
 
 

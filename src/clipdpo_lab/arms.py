@@ -117,11 +117,13 @@ def train_method_arm(configs: dict[str, dict], method: str, run_root: str, say=p
     from clipdpo import steps
 
     root = arm_root(run_root, method)
-    train = json.dumps(arm_train_config(configs, method))
+    train_config = arm_train_config(configs, method)
+    train = json.dumps(train_config)
+    trains = train_config.get("method", "clipdpo")  # an ablation arm (povid_text) trains its method's way
     say(f"{method} arm under {root}: pairs ...")
     images = steps.artifact_uri(run_root, "ingest")
-    povid = steps.povid_step(root, json.dumps(configs["povid"]), train, images_uri=images)
-    pairs = steps.training_pairs_step(root, train, steps.artifact_uri(run_root, "filter"), povid)
+    povid = steps.povid_step(root, json.dumps(configs["povid"]), trains, images_uri=images)
+    pairs = steps.training_pairs_step(root, trains, steps.artifact_uri(run_root, "filter"), povid)
     say(f"{method} arm: train on {pairs} ...")
     return steps.train_step(root, train, launcher="local", pairs_uri=pairs)
 

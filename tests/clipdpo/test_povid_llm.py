@@ -18,7 +18,6 @@ from clipdpo.storage import Storage, join
 
 REWRITE = "two people walking near the river ."
 QUESTION = "Describe the image in detail."
-TRAIN_POVID = json.dumps({"method": "povid", "reference": "model"})  # what makes the step run (model unused)
 
 
 def record(number: int, image: str, answer: str) -> dict:
@@ -68,9 +67,9 @@ def test_llm_source_writes_validated_pairs_and_counts_every_drop(s3_server, buck
     ground_truth = write_run(root, tmp_path)
     injector = build_scripted_llm(str(tmp_path / "injector"), "answer: " + REWRITE)
     config = povid_config(ground_truth, injector)
-    assert steps.povid_placement(config, TRAIN_POVID) == "cpu"  # an hf injector on the CPU holds no GPU
+    assert steps.povid_placement(config, "povid") == "cpu"  # an hf injector on the CPU holds no GPU
 
-    made = steps.povid_step(root, config, TRAIN_POVID)
+    made = steps.povid_step(root, config, "povid")
     artifact = Artifact.open(Storage(), outputref.plain(made), kind="pairs")
     assert outputref.plain(made) == join(root, steps.POVID_PAIRS)
     rows = [row for _, table in artifact.iter_shards() for row in table.to_pylist()]
@@ -93,14 +92,14 @@ def test_llm_source_writes_validated_pairs_and_counts_every_drop(s3_server, buck
     # the step's kfp Metrics carry the same counters
     numbers = pairs_numbers(made)
     assert (numbers["rows"], numbers["dropped_identical"], numbers["kept_caption"]) == (1, 1, 1)
-    assert steps.povid_step(root, config, TRAIN_POVID) == made  # a finished artifact is kept, not redone
+    assert steps.povid_step(root, config, "povid") == made  # a finished artifact is kept, not redone
 
 
 def test_llm_replies_without_an_answer_are_dropped_by_name(s3_server, bucket, tmp_path):
     root = join(bucket, "runs", "refusing")
     ground_truth = write_run(root, tmp_path)
     injector = build_scripted_llm(str(tmp_path / "injector"), "i can not help with that .")
-    made = steps.povid_step(root, povid_config(ground_truth, injector), TRAIN_POVID)
+    made = steps.povid_step(root, povid_config(ground_truth, injector), "povid")
     artifact = Artifact.open(Storage(), outputref.plain(made), kind="pairs")
     stats = artifact.manifest.stats
     assert artifact.manifest.rows == 0 and stats["dropped_no_answer"] == 3

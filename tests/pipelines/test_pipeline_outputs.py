@@ -18,7 +18,7 @@ def _output_artifacts(component: dict) -> dict[str, str]:
 
 def test_every_step_declares_metrics_and_the_report_html_and_markdown(spec):
     steps = {name: component for name, component in spec["components"].items() if "executorLabel" in component}
-    assert len(steps) == 17 and "comp-report" in steps
+    assert len(steps) == 18 and "comp-report" in steps
     for name, component in steps.items():
         assert _output_artifacts(component).get("metrics") == "system.Metrics", name
     assert _output_artifacts(steps["comp-report"]) == {

@@ -127,7 +127,7 @@ def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reru
         "training-pairs",
         "gate",
     }, repaired
-    assert "outputs are gone or replaced" in repaired
+    assert "outputs are gone, replaced or damaged" in repaired
     with serving(state, monkeypatch) as storage:
         for kind in ("scores", "pairs"):
             artifact = Artifact.open(storage, join(root, kind), kind=kind)
@@ -137,12 +137,13 @@ def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reru
     shutil.rmtree(state / "s3")
     third = run([*argv, "--set", f"filter.pair_min_margin={margin}"], monkeypatch, capsys)
     assert "those steps run again" in third
-    # only the plans, whose outputs are lists, not data, and the same as before, the povid placement (a word:
-    # "cpu" here) and povid-pairs on the CPU, which makes nothing for method clipdpo (it returns "": no artifact
-    # to lose)
+    # only the plans, whose outputs are lists, not data, and the same as before, the train method and the povid
+    # placement (words: "clipdpo", "cpu" here) and povid-pairs on the CPU, which makes nothing for method clipdpo
+    # (it returns "": no artifact to lose)
     assert {step for step, cached in cached_column(third).items() if cached == "yes"} == {
         "plan-shards",
         "plan-evaluation",
+        "train-method",
         "povid-placement",
         "povid-pairs-cpu",
     }, third

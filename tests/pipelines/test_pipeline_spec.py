@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-training-pairs": "filter",
     "exec-povid-placement": "filter",
     "exec-povid-pairs-cpu": "filter",
+    "exec-train-method": "filter",
 }
 
 
@@ -80,7 +80,8 @@ def test_gpu_stages_request_gpus_and_tolerate_gpu_taints(compiled):
 def test_s3_secret_is_wired_into_every_step_that_touches_s3(compiled):
     _, platform, _ = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in set(STAGE_EXECUTORS) - {"exec-plan-shards", "exec-povid-placement"}:  # these two read no S3
+    # these read no S3
+    for name in set(STAGE_EXECUTORS) - {"exec-plan-shards", "exec-povid-placement", "exec-train-method"}:
         secrets = executors[name]["secretAsEnv"]
         required = [s for s in secrets if not s["optional"]]
         assert required and required[0]["secretName"] == "clipdpo-s3"
@@ -92,7 +93,7 @@ def test_caching_is_on_for_every_task(compiled):
     spec, _, _ = compiled
     tasks = dict(all_tasks(spec))
     leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith(("for-loop", "condition-"))}
-    assert len(leaf_tasks) == 17
+    assert len(leaf_tasks) == 18
     # the gate reads the promoted pointer, which other runs move: it must run every time
     assert not leaf_tasks.pop("gate").get("cachingOptions", {}).get("enableCache")
     assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
@@ -167,9 +168,12 @@ def test_method_chooses_the_pairs_train_consumes(compiled):
         inputs = tasks[task]["inputs"]["parameters"]
         assert inputs["images_uri"]["componentInputParameter"] == "pipelinechannel--ingest-Output"
         assert inputs["config_json"]["componentInputParameter"] == "pipelinechannel--povid_config"
-        assert inputs["train_config_json"]["componentInputParameter"] == "pipelinechannel--train_config"
-    for task in ("povid-placement", "training-pairs"):  # both read the method from the train config
-        assert root[task]["inputs"]["parameters"]["train_config_json"]["componentInputParameter"] == "train_config"
+        assert inputs["method"]["componentInputParameter"] == "pipelinechannel--train-method-Output"
+    for task in ("povid-placement", "training-pairs"):  # both take the method the train-method step read
+        assert producer(task, "method") == "train-method"
+    assert root["train-method"]["inputs"]["parameters"]["train_config_json"]["componentInputParameter"] == (
+        "train_config"
+    )
     assert root["povid-placement"]["inputs"]["parameters"]["config_json"]["componentInputParameter"] == "povid_config"
     executors = spec["deploymentSpec"]["executors"]
     assert "pairs_uri=pairs_uri" in " ".join(executors["exec-train"]["container"]["command"])
@@ -234,8 +238,7 @@ def test_povid_pairs_hold_a_gpu_only_for_an_llm_rewrite(compiled):
 def test_povid_placement_by_method_and_rewriter(method, povid, where):
     from clipdpo.steps import povid_placement
 
-    train = {"method": method} | ({"reference": "model"} if method != "clipdpo" else {})
-    assert povid_placement(povid, json.dumps(train)) == where
+    assert povid_placement(povid, method) == where
 
 
 def test_povid_placement_refuses_a_bad_povid_config_before_any_pod_starts():
@@ -243,7 +246,7 @@ def test_povid_placement_refuses_a_bad_povid_config_before_any_pod_starts():
     from clipdpo.steps import povid_placement
 
     with pytest.raises(ConfigError, match="povid_config"):
-        povid_placement('{"source": "llm"}', json.dumps({"method": "povid", "reference": "model"}))
+        povid_placement('{"source": "llm"}', "povid")
 
 
 def test_the_train_step_retries_and_reattaches_to_its_job(compiled):
@@ -266,3 +269,16 @@ def test_the_train_step_retries_and_reattaches_to_its_job(compiled):
     assert parameters["train_admission_timeout_minutes"]["defaultValue"] == 0.0  # a queue is waiting, not stuck
     assert parameters["train_startup_timeout_minutes"]["defaultValue"] == 30.0
     assert parameters["train_schedule_timeout_minutes"]["defaultValue"] == 60.0
+
+
+def test_the_povid_steps_take_the_method_not_the_train_config(compiled):
+    """Only the train-method step reads the whole train config on POVID's side: another beta or learning rate
+    leaves POVID's placement and pairs cached (their inputs are the method and POVID's own config)."""
+    spec, _, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    for name, task in [*root.items(), *all_tasks(spec)]:
+        if name in ("povid-placement", "training-pairs", "povid-pairs", "povid-pairs-cpu"):
+            assert set(task["inputs"]["parameters"]) >= {"method"} and "train_config_json" not in set(
+                task["inputs"]["parameters"]
+            ), name
+    assert set(root["train-method"]["inputs"]["parameters"]) == {"train_config_json"}

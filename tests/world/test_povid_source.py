@@ -175,14 +175,14 @@ def test_the_method_chooses_the_pairs_and_reaches_train(tmp_path):
     povid_json = json.dumps(
         {"source": "plugin", "rewriter": "clipdpo_world.povid_source:rewriter", "ground_truth": folder}
     )
-    assert steps.povid_step(root, povid_json, train_config(model, "clipdpo")) == ""
+    assert steps.povid_step(root, povid_json, "clipdpo") == ""
     # clipdpo: the filter's pairs (none made in this test: the bare URI, no version)
-    assert steps.training_pairs_step(root, train_config(model, "clipdpo")) == steps.artifact_uri(root, "filter")
+    assert steps.training_pairs_step(root, "clipdpo") == steps.artifact_uri(root, "filter")
 
-    povid = steps.povid_step(root, povid_json, train_config(model, "povid"))
+    povid = steps.povid_step(root, povid_json, "povid")
     single = Artifact.open(Storage(), join(root, steps.POVID_PAIRS), kind="pairs")
     assert povid == f"{join(root, steps.POVID_PAIRS)}#{single.manifest.fingerprint[:16]}"  # versioned (outputref)
-    pairs = steps.training_pairs_step(root, train_config(model, "povid"))
+    pairs = steps.training_pairs_step(root, "povid")
     assert pairs == povid
     output = outputref.plain(steps.train_step(root, train_config(model, "povid"), launcher="local", pairs_uri=pairs))
     summary = json.loads(Storage().read_bytes(join(output, "train_summary.json")))
@@ -191,7 +191,7 @@ def test_the_method_chooses_the_pairs_and_reaches_train(tmp_path):
 
     # both: the filter's pairs (here: a second copy of POVID's stands in for them) plus POVID's, in one artifact
     clipdpo_pairs = combine_pairs({"copy": outputref.plain(povid)}, str(tmp_path / "clip-pairs"))
-    union = outputref.plain(steps.training_pairs_step(root, train_config(model, "both"), clipdpo_pairs, povid))
+    union = outputref.plain(steps.training_pairs_step(root, "both", clipdpo_pairs, povid))
     assert union == join(root, steps.BOTH_PAIRS)
     combined = Artifact.open(Storage(), union, kind="pairs")
     assert combined.manifest.rows == 2 * single.manifest.rows
