@@ -39,7 +39,7 @@ from clipdpo import __version__, integrity
 from clipdpo.errors import UserError
 from clipdpo.lease import Lease, LeaseHeld
 from clipdpo.schemas import SCHEMA_VERSION, validate_table
-from clipdpo.storage import NotFound, Storage, check_location, join, local_folder_problem
+from clipdpo.storage import NotFound, Storage, check_location, is_remote, join, local_folder_problem
 
 MANIFEST = "manifest.json"
 ARTIFACT_FOLDERS = ("data/", "_done/", "export/")
@@ -163,7 +163,7 @@ class Completion:
 
 def _prefix_key(uri: str) -> str:
     """A comparable form of a URI as a folder: S3 as written, local paths resolved."""
-    if uri.startswith("s3://"):
+    if is_remote(uri):
         return uri.rstrip("/") + "/"
     return os.path.realpath(uri) + "/"
 
@@ -434,7 +434,7 @@ class Artifact:
             raise ArtifactError(
                 f"the artifact location is empty; expected a folder holding {MANIFEST} or an s3://bucket/prefix"
             )
-        if not uri.startswith("s3://") and (problem := local_folder_problem(uri)):
+        if not is_remote(uri) and (problem := local_folder_problem(uri)):
             raise ArtifactError(f"{uri}: not an artifact: {problem} (an artifact is a folder holding {MANIFEST})")
         where = join(uri, MANIFEST)
         try:

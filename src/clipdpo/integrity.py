@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 
 from clipdpo.errors import UserError
-from clipdpo.storage import NotFound, ObjectInfo, Storage, join
+from clipdpo.storage import NotFound, ObjectInfo, Storage, is_remote, join
 
 VERIFY_ENV = "CLIPDPO_VERIFY"
 TRAIN_SUMMARY = "train_summary.json"  # a training run's completion record; its `files` name the model's files
@@ -89,7 +89,7 @@ def damaged(
             problems[item.relative] = "missing"
         elif info.size != item.bytes:
             problems[item.relative] = f"{info.size} bytes, recorded {item.bytes}"
-        elif item.etag and base.startswith("s3://") and info.version != item.etag:
+        elif item.etag and is_remote(base) and info.version != item.etag:
             problems[item.relative] = f"ETag {info.version}, recorded {item.etag} (other bytes)"
         elif full or info.modified_unix > recorded_unix:
             try:
@@ -112,7 +112,7 @@ def written_at(storage: Storage, uri: str) -> float:
 
 def store_etag(storage: Storage, uri: str) -> str:
     """The ETag the store keeps for an object just written (S3); "" locally, where there is none."""
-    return storage.info(uri).version if uri.startswith("s3://") else ""
+    return storage.info(uri).version if is_remote(uri) else ""
 
 
 def describe(problems: dict[str, str], limit: int = 5) -> str:

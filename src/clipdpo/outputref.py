@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from clipdpo.storage import NotFound, Storage, join
+from clipdpo.storage import NotFound, Storage, is_remote, join
 
 SEPARATOR = "#"
 SHARD = "in-"  # a shard's version: its input and config, not an artifact's marker
@@ -93,4 +93,4 @@ def trusted(storage: Storage, reference: str) -> bool:
 
 def is_reference(value: object) -> bool:
     """A step output naming a storage location (an s3:// URI or an absolute path), not a plan or a number."""
-    return isinstance(value, str) and (value.startswith("s3://") or value.startswith("/"))
+    return isinstance(value, str) and (is_remote(value) or value.startswith("/"))

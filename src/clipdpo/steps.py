@@ -22,7 +22,7 @@ from clipdpo import config as config_lib
 from clipdpo import outputref
 from clipdpo.stage import ShardSpec, setup_logging
 from clipdpo.stages import stage
-from clipdpo.storage import Storage, join, split_s3
+from clipdpo.storage import Storage, is_remote, join, split_s3
 
 T = TypeVar("T")
 
@@ -320,7 +320,7 @@ def evaluate_settings(run_root: str, model_uri: str, train_config_json: str, con
         return None
     model_uri = outputref.plain(model_uri)  # the train step's versioned reference
     config.setdefault("models", evaluation_models(model_uri, train_config_json, config.get("engine", "vllm")))
-    if run_root.startswith("s3://"):
+    if is_remote(run_root):
         config.setdefault("result_cache", join(bucket_of(run_root), "eval-cache"))
     return config
 
@@ -403,7 +403,7 @@ def gate_step(run_root: str, report_uri: str, config_json: str) -> str:
 
     setup_logging()
     cfg = typed_config(gate.GateConfig, config_json, "gate_config")
-    if not (cfg.pointer or run_root.startswith("s3://")):
+    if not (cfg.pointer or is_remote(run_root)):
         raise config_lib.ConfigError(f"gate_config.pointer: needed when the run root {run_root!r} is not on S3")
     pointer = cfg.pointer or join(bucket_of(run_root), "promoted")
     record = gate.run(cfg, outputref.plain(report_uri), pointer, run_root, Storage())

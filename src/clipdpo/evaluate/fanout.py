@@ -37,7 +37,7 @@ from clipdpo.evaluate.evaluation import (
     scorers,
     write_metrics,
 )
-from clipdpo.storage import Storage, join
+from clipdpo.storage import Storage, is_remote, join
 
 CACHE_VERSION = 2  # the key's layout; the scoring code itself is in the key by its source digest
 
@@ -125,7 +125,7 @@ def task_data(one: EvaluateConfig, task: str) -> list[str]:
 
 def spacy_model_identity(storage: Storage, model: str) -> str:
     """A spaCy model by content: a folder's files, else the installed package's name and version."""
-    if Path(model).is_dir() or model.startswith("s3://"):
+    if Path(model).is_dir() or is_remote(model):
         return "files:" + storage.content_digest(model)
     from importlib import metadata
 

@@ -19,7 +19,7 @@ import numpy as np
 from clipdpo.evaluate.bootstrap import by_image
 from clipdpo.evaluate.config import TextEncoderConfig, ZeroShotConfig, ZeroShotDataset
 from clipdpo.evaluate.data import IMAGE_SUFFIXES, EvalInputError, Item, read_jsonl, require
-from clipdpo.storage import NotFound, Storage, join
+from clipdpo.storage import NotFound, Storage, is_remote, join
 
 # Table 3's datasets; the usual evaluation split of each (as in CLIP / CoOp) is what to point `root` at.
 PRESETS = {
@@ -37,7 +37,7 @@ PRESETS = {
 
 def load_dataset(storage: Storage, dataset: ZeroShotDataset, prompt: str) -> tuple[list[Item], list[str]]:
     """The items (label in fields) and the class names, in a fixed order."""
-    root = dataset.root.rstrip("/") if dataset.root.startswith("s3://") else str(Path(dataset.root))
+    root = dataset.root.rstrip("/") if is_remote(dataset.root) else str(Path(dataset.root))
     labelled: list[tuple[str, str]] = []  # (image URI, label)
     if dataset.layout == "folder":
         for uri in storage.list(root):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from clipdpo.demo import photos
 from clipdpo.errors import UserError
-from clipdpo.storage import ObjectInfo, Storage, StorageError
+from clipdpo.storage import ObjectInfo, Storage, StorageError, is_remote
 
 log = logging.getLogger("clipdpo.ingest")
 
@@ -132,9 +132,9 @@ def list_sources(storage: Storage, root: str, source_name: str) -> Listing:
         return Listing(refs, [], photos.fingerprint())
     if not root:
         raise SourceError(f"no --source given: pass a folder, an s3:// prefix, or {BUILTIN_DEMO} for the demo set")
-    if not root.startswith("s3://") and not os.path.isdir(root):
+    if not is_remote(root) and not os.path.isdir(root):
         raise SourceError(f"{root}: no such folder (--source takes a folder, an s3:// prefix or {BUILTIN_DEMO})")
-    files, not_files = (storage.list_info(root), []) if root.startswith("s3://") else list_local(root)
+    files, not_files = (storage.list_info(root), []) if is_remote(root) else list_local(root)
     if not_files:
         log.warning(
             "%s: %d entr%s skipped (not files that can be read), e.g. %s",
