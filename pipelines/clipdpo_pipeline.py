@@ -46,7 +46,9 @@ def generate_shard(
     from clipdpo.steps import generate_step
 
     with logged(metrics, "generate", run_root, shard=(shard_index, shard_count)):
-        return generate_step(run_root, config_json, shard_index, shard_count, images_uri=images_uri)
+        # Inside a ParallelFor kfp's local runner binds another task's output to the loop item, so a shard reads
+        # its input where the run keeps it (under run_root); `images_uri` orders the step after ingest.
+        return generate_step(run_root, config_json, shard_index, shard_count)
 
 
 @dsl.component(base_image=SETTINGS.image("generate"), install_kfp_package=False)
@@ -73,7 +75,8 @@ def score_shard(
     from clipdpo.steps import score_step
 
     with logged(metrics, "score", run_root, shard=(shard_index, shard_count)):
-        return score_step(run_root, config_json, shard_index, shard_count, candidates_uri=candidates_uri)
+        # as generate_shard: in a ParallelFor the input comes from under run_root; `candidates_uri` orders it
+        return score_step(run_root, config_json, shard_index, shard_count)
 
 
 @dsl.component(base_image=SETTINGS.image("score"), install_kfp_package=False)
