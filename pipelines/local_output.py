@@ -4,8 +4,8 @@ print ~1,300 lines of it).
 kfp's local runner prints every task's executor input and output JSON, its streamed logs and its own
 INFO lines: about 1,200 lines for the demo run. `steps_only` sends all of that (this process's stdout
 and stderr, which the task subprocesses' output goes through) to a log file, and prints one line per
-step as it ends: its name, cached or run, rows and seconds from its Metrics output. On a failure the
-tail of the log is shown with the log's path. `--verbose` keeps kfp's output on the terminal.
+step as it ends: its name, cached or run, rows and seconds from its Metrics output. On a failure each
+failed step's own error line is shown (`failed_steps`; the log's tail when none can be found), with the log's path. `--verbose` keeps kfp's output on the terminal.
 
 It reads kfp 2.17's local log lines ("Wrote executor output file to <path>." when a task succeeded,
 "Task '<name>' finished with status FAILURE", "Task <name> cache hit"); any other line only lands in the
@@ -29,7 +29,33 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 WROTE = re.compile(r"Wrote executor output file to (\S+)\.\s*$")
 FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 CACHE_HIT = re.compile(r"Task (\S+) cache hit")
-TAIL_LINES = 40  # of the log, shown when the run fails
+TAIL_LINES = 40  # of the log, shown when the run fails and no failed step's error can be found in it
+# The last line of a Python traceback ("ValueError: ...", "clipdpo.storage.StorageError: ...") or a stage's
+# one-line error ("error: ..."), as a failed task's streamed output holds it.
+ERROR_LINE = re.compile(
+    r"^\s*((?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)\w*(?::.*)?|error: .*)$"
+)
+
+
+def failed_steps(log_text: str) -> list[tuple[str, str]]:
+    """(task, its own error line) for every task the log reports as failed: the last error line of the output
+    kfp streamed for that task, which it prints just before the task's "finished with status FAILURE" line
+    (other tasks' output, printed earlier or later, is not read). "" when the task printed none."""
+    lines = [ANSI.sub("", line) for line in log_text.splitlines()]
+    out = []
+    for number, line in enumerate(lines):
+        match = FINISHED.search(line)
+        if not match or match.group(2) == "SUCCESS":
+            continue
+        error = ""
+        for previous in reversed(lines[max(0, number - 200) : number]):
+            if FINISHED.search(previous) or WROTE.search(previous):
+                break  # the output before this belongs to another task
+            if ERROR_LINE.match(previous):
+                error = previous.strip()
+                break
+        out.append((match.group(1), error))
+    return out
 
 
 def step_line(name: str, cached: bool, metrics: dict[str, float] | None, status: str = "SUCCESS") -> str:
@@ -149,8 +175,15 @@ def steps_only(log_path: str, verbose: bool = False) -> Iterator[set[str] | None
                 yield seen
         except BaseException:
             log.flush()
-            say(f"the run failed after {time.monotonic() - started:.0f}s; the last lines of {log_path}:")
-            say("".join(open(log_path).readlines()[-TAIL_LINES:]).rstrip())
+            text = open(log_path).read()
+            failed = [(task, error) for task, error in failed_steps(text) if error]
+            if failed:
+                for task, error in failed:
+                    say(f"step {task} failed: {error}")
+                say(f"the run failed after {time.monotonic() - started:.0f}s; every step's output: {log_path}")
+            else:
+                say(f"the run failed after {time.monotonic() - started:.0f}s; the last lines of {log_path}:")
+                say("\n".join(text.splitlines()[-TAIL_LINES:]).rstrip())
             raise
         finally:
             root.removeHandler(hits)

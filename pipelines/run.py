@@ -32,7 +32,7 @@ from typing import Callable
 from clipdpo.errors import ArgumentParser, exit_2_on_user_error
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import CONFIG_NAMES, STAGES, stage, validate
-from pipelines.local_output import steps_only
+from pipelines.local_output import ANSI, steps_only
 
 
 def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
@@ -82,6 +82,10 @@ def local_configs(args, state: Path) -> dict[str, dict]:
     return write_demo_configs(state / "configs", state / "models")
 
 
+class StepFailed(RuntimeError):
+    """A pipeline step failed in a local run; the terminal already shows that step's own error line."""
+
+
 @dataclass
 class LocalRun:
     """What a local run runs: its stage configs and, for experiments, what happens around the pipeline.
@@ -123,7 +127,12 @@ def run_local(args, run: LocalRun) -> int:
         with steps_only(
             str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"), args.verbose
         ) as this_run:
-            clipdpo_pipeline(**arguments)
+            try:
+                clipdpo_pipeline(**arguments)
+            except RuntimeError as err:  # kfp: a task failed; steps_only printed that step's own error line
+                if "finished with status" not in str(err) or args.verbose:
+                    raise
+                raise StepFailed(" ".join(ANSI.sub("", str(err)).split())) from None
         print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
         if run.after_pipeline is not None:
             run.after_pipeline(arguments["run_root"])
@@ -365,7 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     if host:
         return run_cluster(args, host)
     configs = checked_configs(local_configs(args, Path(args.state_dir).resolve()), args.overrides)
-    return run_local(args, LocalRun(configs))
+    try:
+        return run_local(args, LocalRun(configs))
+    except StepFailed as err:  # one line more, no traceback: the step's own error is above
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -154,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     pin_cpu()
     run, _ = local_run(args)
-    return product.run_local(args, run)
+    try:
+        return product.run_local(args, run)
+    except product.StepFailed as err:  # one line more, no traceback: the step's own error is above
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -154,3 +154,77 @@ def test_a_root_handler_on_the_terminal_logs_into_the_run_log_within(tmp_path, c
     captured = capsys.readouterr()
     assert "a library warning" not in captured.err + captured.out
     assert "a library warning during the run" in (tmp_path / "logs" / "run.log").read_text()
+
+
+# What kfp 2.17's local runner wrote for a failed shard of a real demo run (trimmed): a succeeded task's output,
+# then the failed task's streamed traceback, then its FAILURE line, then the orchestrator skipping the rest.
+RECORDED_FAILURE = """\
+            Wrote executor output file to /s/kfp/clipdpo-1/for-loop-1-iteration-0/generate-shard/executor_output.json.
+12:34:20.100 - INFO - Task \x1b[96m'generate-shard'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+            Traceback (most recent call last):
+              File "/s/src/clipdpo/outputref.py", line 33, in split
+                uri, _, version = ref.partition(SEPARATOR)
+                                  ^^^^^^^^^^^^^
+            AttributeError: 'float' object has no attribute 'partition'
+
+
+12:34:21.530 - ERROR - Task \x1b[96m'generate-shard'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m
+    --------------------------------------------------------------------------------
+INFO     root:enhanced_dag_orchestrator.py:575 Skipping task generate-finalize: upstream task(s) ['for-loop-1'] failed.
+INFO     root:enhanced_dag_orchestrator.py:575 Skipping task report: upstream task(s) ['evaluate-merge'] failed.
+"""
+
+
+def test_a_failed_step_is_named_with_its_own_error_line():
+    from pipelines.local_output import failed_steps
+
+    assert failed_steps(RECORDED_FAILURE) == [
+        ("generate-shard", "AttributeError: 'float' object has no attribute 'partition'")
+    ]
+    # a stage's own one-line error counts too; another task's output before the failed one's is not read
+    other = "    error: not this one\nINFO - Task 'ingest' finished with status SUCCESS\n"
+    mine = "    error: s3://b/x: no such object\nERROR - Task 'filter-pairs' finished with status FAILURE\n"
+    assert failed_steps(other + mine) == [("filter-pairs", "error: s3://b/x: no such object")]
+    assert failed_steps(other + "ERROR - Task 'train' finished with status FAILURE\n") == [("train", "")]
+
+
+def test_a_local_run_whose_step_fails_prints_that_steps_error_and_no_traceback(tmp_path, monkeypatch, capsys):
+    """The terminal shows the failed step's own error line (not the last lines of the whole log, which belong to
+    the tasks kfp skipped), then one line, exit 1: no kfp RuntimeError traceback."""
+    import pipelines.clipdpo_pipeline as pipeline_module
+    import pipelines.run as run
+
+    def failing_pipeline(**arguments):
+        print(RECORDED_FAILURE, flush=True)  # what kfp streams into the run's log
+        raise RuntimeError(
+            "Pipeline \x1b[95m'clipdpo'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m. Inner task failed: "
+            "\x1b[96m'generate-shard'\x1b[0m inside \x1b[96m'for-loop-1-iteration-1'\x1b[0m."
+        )
+
+    class NoServer:
+        env: dict = {}
+        endpoint_url = "http://127.0.0.1:1"
+
+        def death_note(self):
+            return None
+
+        def stop(self):
+            pass
+
+    from clipdpo import s3server
+
+    monkeypatch.setattr(s3server, "start", lambda folder: NoServer())
+    monkeypatch.setattr(pipeline_module, "clipdpo_pipeline", failing_pipeline)
+    monkeypatch.setattr(run, "init_kfp", lambda root: None)
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    (tmp_path / "configs").mkdir()
+    code = run.main(["--config-dir", str(tmp_path / "configs"), "--state-dir", str(tmp_path / "state")])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "step generate-shard failed: AttributeError: 'float' object has no attribute 'partition'" in out
+    assert "Skipping task" not in out  # not the log's tail
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "error: Pipeline 'clipdpo' finished with status FAILURE. Inner task failed: 'generate-shard' inside "
+        "'for-loop-1-iteration-1'."
+    ]
