@@ -5,7 +5,8 @@ kfp's local runner prints every task's executor input and output JSON, its strea
 INFO lines: about 1,200 lines for the demo run. `steps_only` sends all of that (this process's stdout
 and stderr, which the task subprocesses' output goes through) to a log file, and prints one line per
 step as it ends: its name, cached or run, rows and seconds from its Metrics output. On a failure each
-failed step's own error line is shown (`failed_steps`; the log's tail when none can be found), with the log's path. `--verbose` keeps kfp's output on the terminal.
+failed step's own error line is shown (`failed_steps`; the log's tail when none can be found), with the
+log's path. `--verbose` keeps kfp's output on the terminal.
 
 It reads kfp 2.17's local log lines ("Wrote executor output file to <path>." when a task succeeded,
 "Task '<name>' finished with status FAILURE", "Task <name> cache hit"); any other line only lands in the
