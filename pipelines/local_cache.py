@@ -1,4 +1,4 @@
-"""kfp's local cache, checked before a local run (issue 12, item 7).
+"""kfp's local cache, checked before a local run: entries whose outputs are gone, replaced or damaged go.
 
 kfp's local runner keys a cache entry by the step's inputs and, on a hit, trusts the outputs it stored:
 the URIs the steps returned on S3 it never checks. Deleting the loopback S3 data (`.local/s3`) left

@@ -2,7 +2,7 @@
 
 kfp caches a step by its inputs: its configs and the values the steps before it returned. A step that
 returned a bare URI returned the same string whatever it wrote there, so after a config change the step
-that changed reran but every later one stayed cached on the old result (issue 12, item 8). So each step
+that changed reran but every later one stayed cached on the old result. So each step
 returns its URI with the version of what it wrote, read from the artifact's completion marker (`version`):
 a data artifact's manifest fingerprint, the training summary's fingerprint, or a digest of the object
 (an evaluation's task record, its metrics.json, the run report's report.html). A shard of a fan-out, whose

@@ -42,7 +42,7 @@ def test_cluster_config_loads(stage):
 
 def test_evaluate_cli_takes_the_shipped_config_with_its_engine_key(capsys):
     """configs/cluster/evaluate.json names `engine` (the pipeline's derived models run on it): the evaluate
-    entry point accepts the file as it is (issue 12: it refused the key)."""
+    entry point accepts the file as it is (it once refused the key)."""
     from clipdpo.evaluate.__main__ import main
 
     path = os.path.join(ROOT, "configs", "cluster", "evaluate.json")

@@ -1,4 +1,4 @@
-"""A model retrained at the same path gets fresh evaluation responses (issue 12, item 8: a pipeline rerun
+"""A model retrained at the same path gets fresh evaluation responses (a pipeline rerun
 after a filter change retrains `<run>/model/model`; its evaluation reused the earlier model's replies)."""
 
 from __future__ import annotations

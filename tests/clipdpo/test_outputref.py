@@ -1,4 +1,4 @@
-"""Versioned step outputs (clipdpo.outputref) and the local runner's check of kfp's cache (issue 12, items 7-8),
+"""Versioned step outputs (clipdpo.outputref) and the local runner's check of kfp's cache,
 against the real loopback S3 server and kfp's own cache files."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def test_train_job_reads_the_config_the_step_wrote(bucket, monkeypatch):
     parameter = json.dumps({"beta": 0.2, "learning_rate": 1e-6})
     assert steps.train_step(root, parameter, launcher="pytorchjob", image="img:1", nodes=2) == f"{root}/model"
     args = launched["args"]
-    # --overwrite: a step kfp reruns (its pairs or config changed) replaces the run's model (issue 12, item 8)
+    # --overwrite: a step kfp reruns (its pairs or config changed) replaces the run's model
     assert args == [
         "--input",
         f"{root}/pairs",

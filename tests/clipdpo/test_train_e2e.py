@@ -318,7 +318,7 @@ def test_cli_reads_its_config_from_s3_and_refuses_sharding(bucket, capsys):
 
 
 def test_an_overwrite_trains_afresh_instead_of_resuming_another_runs_checkpoints(tiny_llava, pairs_dir, tmp_path):
-    """issue 12: a pipeline step reruns train with --overwrite after its pairs or config changed; the output
+    """A pipeline step reruns train with --overwrite after its pairs or config changed; the output
     still held the earlier run's checkpoints, and the new run resumed from them as if they were its own."""
     from clipdpo.train.recipe import OutputExists
 

@@ -1,4 +1,4 @@
-"""The local kfp run after a config change and after its S3 data was deleted (issue 12, items 7 and 8), and its
+"""The local kfp run after a config change and after its S3 data was deleted, and its
 short terminal output: `python -m pipelines.run` as a user runs it, with its own loopback S3 server under
 <state-dir>/s3, on the built-in demo (one shard, AMBER only, to keep it short)."""
 

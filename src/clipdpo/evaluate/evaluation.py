@@ -233,7 +233,7 @@ def effects(
     seed: int,
     results: dict[str, dict] | None = None,
 ) -> dict[str, dict]:
-    """Each other model's deltas from the baseline with paired bootstrap 95% intervals over images:
+    """Each other model's deltas from the baseline with 95% intervals, paired bootstrap over images:
     model -> metric path (as in results, e.g. amber.generative.chair) -> {delta, ci95, resamples, images}.
     With `results`, only the metrics both models report (e.g. no F1 where AMBER ran generative items only)."""
     base = per_image.get(baseline, {})

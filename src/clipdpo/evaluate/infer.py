@@ -4,7 +4,7 @@ Responses of one (model, task) go to `<output>/responses/<model>/<task>-<key>/pa
 file per `chunk_size` items, each written atomically. The key hashes everything that decides the
 replies (model spec, the model's content, prompts, mode, decoding), so a rerun with the same settings
 reuses finished chunks and a changed setting starts afresh; so does a model retrained at the same path
-(a pipeline rerun after a config change: issue 12). Decoding is greedy, as the benchmarks' own scripts, unless
+(as a pipeline rerun after a config change does). Decoding is greedy, as the benchmarks' own scripts, unless
 a task says otherwise (AMBER's `decoding`): then each row also holds `samples`, every answer drawn for the
 item ("response" is the first), and the key hashes the decoding, so a changed decoding never reuses rows.
 """

@@ -58,7 +58,7 @@ class Table:
         ]
 
     def intervals(self, effects: dict) -> list[list[list[float] | None]]:
-        """Per delta row, each column's bootstrap 95% interval (None where there is none)."""
+        """Per delta row, each column's 95% interval, bootstrapped (None where there is none)."""
         paths = self.paths + [None] * (len(self.columns) - len(self.paths))
         return [
             [(effects.get(name, {}).get(path) or {}).get("ci95") if path else None for path in paths]

@@ -160,7 +160,7 @@ def prepare_output(
             raise OutputExists(
                 f"{output} holds a model trained from other pairs or config; write to a new URI or pass --overwrite"
             )
-    # another run's checkpoints would be resumed as if they were this run's (issue 12: an overwrite resumed them)
+    # another run's checkpoints would be resumed as if they were this run's (an overwrite once resumed them)
     foreign = checkpoint.foreign_steps(storage, output, run_fingerprint)
     if foreign and not overwrite:
         raise OutputExists(
