@@ -70,23 +70,13 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
     return fast
 
 
-def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None = None):
-    """A LLaVA for the world; `clip_tower` (open_clip model config, `visual` state dict) becomes its
-    frozen vision tower when given (cfg.vision_from_clip), else the tower is random and trains."""
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+def llava_config(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None = None):
+    """The world LLaVA's architecture: the world CLIP's tower (cfg.vision_from_clip) or a small random one, and a
+    small Llama over the tokenizer's vocabulary."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     from clipdpo_world import tower
 
-    if cfg.vision_from_clip and clip_tower is None:
-        raise ValueError("LvlmConfig.vision_from_clip: pass the world CLIP's (model config, visual state dict)")
-    torch.manual_seed(cfg.seed)
     if clip_tower is not None and cfg.vision_from_clip:
         vision = tower.hf_vision_config(clip_tower[0])
     else:
@@ -111,13 +101,27 @@ def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    config = LlavaConfig(
+    return LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2 if cfg.vision_from_clip else -1,
         vision_feature_select_strategy="default",
     )
+
+
+def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None = None):
+    """A LLaVA for the world; `clip_tower` (open_clip model config, `visual` state dict) becomes its
+    frozen vision tower when given (cfg.vision_from_clip), else the tower is random and trains."""
+    from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+    from clipdpo_world import tower
+
+    if cfg.vision_from_clip and clip_tower is None:
+        raise ValueError("LvlmConfig.vision_from_clip: pass the world CLIP's (model config, visual state dict)")
+    torch.manual_seed(cfg.seed)
+    config = llava_config(tokenizer, cfg, clip_tower)
+    vision = config.vision_config
     model = LlavaForConditionalGeneration(config)
     if clip_tower is not None and cfg.vision_from_clip:  # (vision_from_clip without one was refused above)
         state = tower.hf_vision_state(clip_tower[1], vision.num_hidden_layers)

@@ -34,7 +34,7 @@ def run(
 
     if task is not None:  # one (model, task) of the fan-out: its record, no report
         model_name, task_name = task
-        record = fanout.evaluate_task(cfg, model_name, task_name, output, storage or Storage())
+        record = fanout.evaluate_task(cfg, task, output, storage or Storage())
         print(
             json.dumps(
                 {

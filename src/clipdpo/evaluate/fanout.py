@@ -210,15 +210,16 @@ def _answer_and_score(
 
 def evaluate_task(
     cfg: EvaluateConfig,
-    model: str,
-    task: str,
+    unit: tuple[str, str],
     output: str,
     storage: Storage | None = None,
     engine_factory: EngineFactory | None = None,
     nlp=None,
     encoder=None,
 ) -> dict:
-    """One (model, task) of the fan-out: its record, written to `task_record_uri` (the baseline via the cache)."""
+    """One `unit` (model, task) of the fan-out: its record, written to `task_record_uri` (the baseline via the
+    cache)."""
+    model, task = unit
     storage = storage or Storage()
     one = restrict(cfg, model, task)
     engine_factory = engine_factory or (lambda spec: default_engine_factory(spec, one, storage))

@@ -97,76 +97,85 @@ def _get(tree: dict, *keys):
 
 
 def build_tables(metrics: dict) -> list[Table]:
+    """The report's tables, a benchmark at a time, for the benchmarks any model was scored on."""
     names = [model["name"] for model in metrics["models"]]
     results = metrics["results"]
-    tables = []
+    tables: list[Table] = []
     if any("amber" in results[n] for n in names):
-        columns = [
-            f"{c} ↓" if c in LOWER_IS_BETTER else f"{c} ↑" if c == "Cover" else c for c, _, _ in AMBER_COLUMNS
-        ] + ["AMBER"]
-        rows = [
-            (
-                n,
-                [_get(results[n], "amber", g, k) for _, g, k in AMBER_COLUMNS]
-                + [_get(results[n], "amber", "amber_score")],
-            )
-            for n in names
-        ]
-        incomplete = [n for n in names if _get(results[n], "amber", "complete") is False]
-        note = f"INCOMPLETE: scored on part of the items for {', '.join(incomplete)}." if incomplete else ""
-        paths = [f"amber.{g}.{k}" if k in ("chair", "cover", "hal", "cog", "f1") else None for _, g, k in AMBER_COLUMNS]
-        tables.append(
-            Table(
-                "AMBER (Table 2): generative and discriminative hallucination",
-                columns,
-                rows,
-                note,
-                paths + ["amber.amber_score"],
-            )
-        )
-        rows = [(n, [_get(results[n], "amber", key, "f1") for _, key in AMBER_CATEGORIES]) for n in names]
-        if any(v is not None for _, values in rows for v in values):
-            tables.append(Table("AMBER discriminative F1 per category", [c for c, _ in AMBER_CATEGORIES], rows))
+        tables += _amber_tables(names, results)
     if any("zero_shot" in results[n] for n in names):
-        datasets = list(_get(results[names[0]], "zero_shot") or {})
-        rows = []
-        for n in names:
-            values = [_get(results[n], "zero_shot", d, "top1") for d in datasets]
-            present = [v for v in values if v is not None]
-            rows.append((n, values + [sum(present) / len(present) if present else None]))
-        tables.append(
-            Table(
-                "Zero-shot classification via captions (Table 3): top-1 accuracy %",
-                datasets + ["Avg"],
-                rows,
-                paths=[f"zero_shot.{d}.top1" for d in datasets],
-            )
-        )
+        tables.append(_zero_shot_table(names, results))
     if any("suite" in results[n] for n in names):
-        labels = list(_get(results[names[0]], "suite") or {})
-        rows = []
-        for n in names:
-            values = [_get(results[n], "suite", label, "headline") for label in labels]
-            kinds = [_get(results[n], "suite", label, "kind") for label in labels]
-            # the paper's average counts MME (0-2000) divided by 20
-            scaled = [v / 20 if k == "mme" else v for v, k in zip(values, kinds) if v is not None]
-            rows.append((n, values + [sum(scaled) / len(scaled) if scaled else None]))
-        kind_titles = dict((k, t) for t, k in SUITE_COLUMNS)
-        first = results[names[0]]["suite"]
-        columns = [
-            kind_titles.get(first[label]["kind"], label) if label == first[label]["kind"] else label for label in labels
-        ]
-        tables.append(
-            Table(
-                "LLaVA benchmark suite (Table 4)",
-                columns + ["Avg"],
-                rows,
-                "POPE: F1 averaged over splits; MME-P: perception score; MMB: circular accuracy; "
-                "Avg: MME-P counted /20, as the paper.",
-                [f"suite.{label}.headline" for label in labels],
-            )
-        )
+        tables.append(_suite_table(names, results))
     return tables
+
+
+def _amber_tables(names: list[str], results: dict) -> list[Table]:
+    columns = [f"{c} ↓" if c in LOWER_IS_BETTER else f"{c} ↑" if c == "Cover" else c for c, _, _ in AMBER_COLUMNS] + [
+        "AMBER"
+    ]
+    rows = [
+        (
+            n,
+            [_get(results[n], "amber", g, k) for _, g, k in AMBER_COLUMNS] + [_get(results[n], "amber", "amber_score")],
+        )
+        for n in names
+    ]
+    incomplete = [n for n in names if _get(results[n], "amber", "complete") is False]
+    note = f"INCOMPLETE: scored on part of the items for {', '.join(incomplete)}." if incomplete else ""
+    paths = [f"amber.{g}.{k}" if k in ("chair", "cover", "hal", "cog", "f1") else None for _, g, k in AMBER_COLUMNS]
+    tables = [
+        Table(
+            "AMBER (Table 2): generative and discriminative hallucination",
+            columns,
+            rows,
+            note,
+            paths + ["amber.amber_score"],
+        )
+    ]
+    rows = [(n, [_get(results[n], "amber", key, "f1") for _, key in AMBER_CATEGORIES]) for n in names]
+    if any(v is not None for _, values in rows for v in values):
+        tables.append(Table("AMBER discriminative F1 per category", [c for c, _ in AMBER_CATEGORIES], rows))
+    return tables
+
+
+def _zero_shot_table(names: list[str], results: dict) -> Table:
+    datasets = list(_get(results[names[0]], "zero_shot") or {})
+    rows = []
+    for n in names:
+        values = [_get(results[n], "zero_shot", d, "top1") for d in datasets]
+        present = [v for v in values if v is not None]
+        rows.append((n, values + [sum(present) / len(present) if present else None]))
+    return Table(
+        "Zero-shot classification via captions (Table 3): top-1 accuracy %",
+        datasets + ["Avg"],
+        rows,
+        paths=[f"zero_shot.{d}.top1" for d in datasets],
+    )
+
+
+def _suite_table(names: list[str], results: dict) -> Table:
+    labels = list(_get(results[names[0]], "suite") or {})
+    rows = []
+    for n in names:
+        values = [_get(results[n], "suite", label, "headline") for label in labels]
+        kinds = [_get(results[n], "suite", label, "kind") for label in labels]
+        # the paper's average counts MME (0-2000) divided by 20
+        scaled = [v / 20 if k == "mme" else v for v, k in zip(values, kinds) if v is not None]
+        rows.append((n, values + [sum(scaled) / len(scaled) if scaled else None]))
+    kind_titles = dict((k, t) for t, k in SUITE_COLUMNS)
+    first = results[names[0]]["suite"]
+    columns = [
+        kind_titles.get(first[label]["kind"], label) if label == first[label]["kind"] else label for label in labels
+    ]
+    return Table(
+        "LLaVA benchmark suite (Table 4)",
+        columns + ["Avg"],
+        rows,
+        "POPE: F1 averaged over splits; MME-P: perception score; MMB: circular accuracy; "
+        "Avg: MME-P counted /20, as the paper.",
+        [f"suite.{label}.headline" for label in labels],
+    )
 
 
 def _fmt(value: float | None) -> str:

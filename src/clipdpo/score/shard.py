@@ -55,14 +55,13 @@ class _Texts:
         return self.caption, self.question, self.qa_caption, self.qa_neg_caption
 
 
-def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> tuple[pa.Table, dict[str, Any]]:
-    rows = candidates.to_pylist()
-    needed = sorted({row["image_id"] for row in rows})
+def embed_images(
+    needed: list[str], images: pa.Table, scorer: ClipScorer, decoding: Decoding
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Each needed image decoded (a batch at a time) and embedded exactly once, however many candidates it has:
+    the embeddings and image id -> row; an image that does not decode is left out (counted by `decoding`)."""
     position = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
     encoded = images.column("image")
-
-    # Decode and encode each image exactly once, however many candidates it has; decoded a batch at a time.
-    decoding = Decoding(missing="not in the images shard")
     decoded_ids: list[str] = []
 
     def each_image():
@@ -74,10 +73,17 @@ def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> t
             yield image
             del image
 
-    encodes_before, text_encodes_before = scorer.image_encodes, scorer.text_encodes
     image_emb = scorer.encode_images(each_image(), total=len(needed))
-    image_index = {image_id: i for i, image_id in enumerate(decoded_ids)}
-    categories, category_scores = scorer.categorize(image_emb) if decoded_ids else ([], np.zeros(0))
+    return image_emb, {image_id: i for i, image_id in enumerate(decoded_ids)}
+
+
+def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> tuple[pa.Table, dict[str, Any]]:
+    rows = candidates.to_pylist()
+    needed = sorted({row["image_id"] for row in rows})
+    decoding = Decoding(missing="not in the images shard")
+    encodes_before, text_encodes_before = scorer.image_encodes, scorer.text_encodes
+    image_emb, image_index = embed_images(needed, images, scorer, decoding)
+    categories, category_scores = scorer.categorize(image_emb) if image_index else ([], np.zeros(0))
     category_of = {image_id: (categories[i], float(category_scores[i])) for image_id, i in image_index.items()}
 
     # Collect every text to score, then encode the unique ones once.

@@ -316,19 +316,25 @@ class TrainRun:
             zero3_loading=keep_alive,
         )
         run.start_image_feature_cache()
-        if cfg.reference == "precompute":
-            run.objective = run.precompute_reference(model_dir, encoder)
-        else:
-            reference_base = load_model(model_dir, cfg)
-            backend.layout.prepare(reference_base)
-            reference = frozen_reference(reference_base, ctx, strategy, ds_config)
-            run.objective = DPOObjective.from_config(cfg, reference_model=reference, layout=backend.layout)
-            if is_two_stage(cfg):
-                run.objective = POVIDObjective.from_config(cfg, run.objective, plan.steps_per_epoch)
+        run.objective = run.make_objective(model_dir, encoder, ds_config)
         record = run.checkpoints.restore(backend)
         if record is not None:
             run.start_step, run.metrics = record["step"], record.get("metrics", [])
         return run
+
+    def make_objective(self, model_dir: str, encoder: PairEncoder, ds_config: dict | None):
+        """The loss's objective: reference log-probs precomputed once (cached), or a frozen reference model
+        each step (POVID's two stages wrap it)."""
+        cfg = self.cfg
+        if cfg.reference == "precompute":
+            return self.precompute_reference(model_dir, encoder)
+        reference_base = load_model(model_dir, cfg)
+        self.backend.layout.prepare(reference_base)
+        reference = frozen_reference(reference_base, self.ctx, self.strategy, ds_config)
+        objective = DPOObjective.from_config(cfg, reference_model=reference, layout=self.backend.layout)
+        if is_two_stage(cfg):
+            return POVIDObjective.from_config(cfg, objective, self.plan.steps_per_epoch)
+        return objective
 
     def start_image_feature_cache(self) -> None:
         policy = self.backend.unwrapped()
