@@ -47,14 +47,14 @@ class Inputs:
     suite: list[tuple[Benchmark, list[Item]]] = field(default_factory=list)
 
 
-def _amber_config(cfg: EvaluateConfig) -> AmberConfig:
+def amber_section(cfg: EvaluateConfig) -> AmberConfig:
     """The AMBER settings, where the inputs hold AMBER items (read_inputs reads them only when configured)."""
     if cfg.amber is None:
         raise ValueError("evaluate: AMBER items without an `amber` section in the config")
     return cfg.amber
 
 
-def _zero_shot_config(cfg: EvaluateConfig) -> ZeroShotConfig:
+def zero_shot_section(cfg: EvaluateConfig) -> ZeroShotConfig:
     """The zero-shot settings, where the inputs hold zero-shot datasets (read only when configured)."""
     if cfg.zero_shot is None:
         raise ValueError("evaluate: zero-shot datasets without a `zero_shot` section in the config")
@@ -70,7 +70,7 @@ def _one_reply_each(replies: dict[str, str | list[str]], task: str) -> dict[str,
 
 
 def amber_tasks(storage: Storage, cfg: EvaluateConfig) -> tuple[amber.AmberData, list[Task]]:
-    a = _amber_config(cfg)
+    a = amber_section(cfg)
     data = amber.load(a.root, storage)
     query_uri = join(a.root, a.query_file)
     queries = amber.load_queries(read_text(storage, query_uri, "AMBER query file"), query_uri, data)
@@ -153,7 +153,7 @@ def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encode
     result: dict = {}
     per_image: dict[str, dict] = {}
     if inputs.amber is not None:
-        a = _amber_config(cfg)
+        a = amber_section(cfg)
         answers = {int(i): r for name in AMBER_TASKS for i, r in got.get(name, {}).items()}
         result["amber"] = amber.evaluate(
             inputs.amber,
@@ -267,13 +267,13 @@ def effects(
 
 def scorers(cfg: EvaluateConfig, inputs: Inputs, nlp=None, encoder=None) -> tuple:
     """AMBER's NLP and the zero-shot text encoder, loaded when the inputs need them and none was given."""
-    if inputs.amber is not None and _amber_config(cfg).evaluation_type in ("a", "g") and nlp is None:
+    if inputs.amber is not None and amber_section(cfg).evaluation_type in ("a", "g") and nlp is None:
         from clipdpo.evaluate.nlp import load_nlp
 
-        settings = _amber_config(cfg).nlp
+        settings = amber_section(cfg).nlp
         nlp = load_nlp(settings.backend, settings.spacy_model, settings.nltk_data)
     if inputs.zero_shot and encoder is None:
-        encoder = zeroshot.TextEncoder(_zero_shot_config(cfg).text_encoder)
+        encoder = zeroshot.TextEncoder(zero_shot_section(cfg).text_encoder)
     return nlp, encoder
 
 
@@ -298,7 +298,7 @@ def evaluate_models(
 
     # 3. scores (class embeddings are the same for every model: computed once per dataset)
     classes = {
-        dataset.name: zeroshot.class_embeddings(names, encoder, _zero_shot_config(cfg))
+        dataset.name: zeroshot.class_embeddings(names, encoder, zero_shot_section(cfg))
         for dataset, _, names in inputs.zero_shot
     }
     results = {spec.name: score_model(cfg, inputs, responses[spec.name], nlp, encoder, classes) for spec in cfg.models}

@@ -26,9 +26,10 @@ from pathlib import Path
 from clipdpo import determinism
 from clipdpo.config import key_dict
 from clipdpo.evaluate import zeroshot
-from clipdpo.evaluate.config import AmberConfig, EvaluateConfig, ZeroShotConfig
+from clipdpo.evaluate.config import EvaluateConfig
 from clipdpo.evaluate.evaluation import (
     EngineFactory,
+    amber_section,
     answer_all,
     assemble_metrics,
     default_engine_factory,
@@ -36,6 +37,7 @@ from clipdpo.evaluate.evaluation import (
     score_model,
     scorers,
     write_metrics,
+    zero_shot_section,
 )
 from clipdpo.storage import Storage, is_remote, join
 
@@ -64,7 +66,7 @@ def restrict(cfg: EvaluateConfig, model: str, task: str) -> EvaluateConfig:
     if task == "amber":
         return replace(narrowed, zero_shot=None, suite=[])
     if task.startswith("zeroshot-"):
-        zero_shot = _zero_shot(cfg)
+        zero_shot = zero_shot_section(cfg)
         datasets = [d for d in zero_shot.datasets if f"zeroshot-{d.name}" == task]
         return replace(narrowed, amber=None, zero_shot=replace(zero_shot, datasets=datasets), suite=[])
     return replace(narrowed, amber=None, zero_shot=None, suite=[b for b in cfg.suite if f"suite-{b.label}" == task])
@@ -95,27 +97,13 @@ def scoring_code_digest() -> str:
     return digest.hexdigest()
 
 
-def _amber(cfg: EvaluateConfig) -> AmberConfig:
-    """The AMBER section of a config whose tasks include amber (task_names lists it only then)."""
-    if cfg.amber is None:
-        raise ValueError("evaluate config: the amber task needs an `amber` section")
-    return cfg.amber
-
-
-def _zero_shot(cfg: EvaluateConfig) -> ZeroShotConfig:
-    """The zero-shot section of a config whose tasks include a zeroshot-* task."""
-    if cfg.zero_shot is None:
-        raise ValueError("evaluate config: a zeroshot task needs a `zero_shot` section")
-    return cfg.zero_shot
-
-
 def task_data(one: EvaluateConfig, task: str) -> list[str]:
     """The folders a task reads its items and images from (as evaluation.read_inputs does)."""
     if task == "amber":
-        amber = _amber(one)
+        amber = amber_section(one)
         return [amber.root, amber.images or join(amber.root.rstrip("/").rsplit("/", 1)[0], "image")]
     if task.startswith("zeroshot-"):
-        return [dataset.root for dataset in _zero_shot(one).datasets]
+        return [dataset.root for dataset in zero_shot_section(one).datasets]
     return [
         folder
         for benchmark in one.suite
@@ -147,7 +135,7 @@ def _version(package: str) -> str:
 def scoring_resources(storage: Storage, one: EvaluateConfig, task: str) -> dict:
     """What a task scores with besides the code: AMBER's NLP, the zero-shot text encoder's config folder."""
     if task == "amber":
-        nlp = _amber(one).nlp
+        nlp = amber_section(one).nlp
         return {
             "spacy": _version("spacy"),
             "spacy_model": spacy_model_identity(storage, nlp.spacy_model),
@@ -162,7 +150,7 @@ def scoring_resources(storage: Storage, one: EvaluateConfig, task: str) -> dict:
                 else {}
             ),
         }
-    if task.startswith("zeroshot-") and (config_dir := _zero_shot(one).text_encoder.model_config_dir):
+    if task.startswith("zeroshot-") and (config_dir := zero_shot_section(one).text_encoder.model_config_dir):
         return {"text_encoder_config": storage.content_digest(config_dir)}
     return {}
 
@@ -193,7 +181,7 @@ def _answer_and_score(
     name = one.models[0].name
     responses, inferred = answer_all(one, inputs.tasks, output, storage, engine_factory)
     classes = {
-        dataset.name: zeroshot.class_embeddings(names, encoder, _zero_shot(one))
+        dataset.name: zeroshot.class_embeddings(names, encoder, zero_shot_section(one))
         for dataset, _, names in inputs.zero_shot
     }
     resources = {
