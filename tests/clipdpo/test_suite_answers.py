@@ -134,7 +134,7 @@ def test_zero_shot_datasets_load_from_folders_and_manifests(tmp_path, monkeypatc
     eval_set.write_zero_shot(storage, str(tmp_path / "folder"))
     monkeypatch.chdir(tmp_path)
     items, names = load_dataset(storage, ZeroShotDataset(name="f", root="./folder"), "describe")
-    assert names == ["blue square", "green square", "red square"]  # labels sorted, named by classes.json
+    assert [c.name for c in names] == ["blue square", "green square", "red square"]  # sorted, named by classes.json
     assert len(items) == 9 and items[0].fields == {"label": "c_blue", "class_index": 0}
 
     rows = [{"image": "a.jpg", "label": "zebra"}, {"image": "b.jpg", "label": "ant"}]
@@ -143,9 +143,43 @@ def test_zero_shot_datasets_load_from_folders_and_manifests(tmp_path, monkeypatc
     items, names = load_dataset(
         storage, ZeroShotDataset(name="m", root=str(tmp_path / "m"), layout="manifest"), "describe"
     )
-    assert names == ["ant", "zebra"] and [i.fields["class_index"] for i in items] == [1, 0]
+    assert [c.name for c in names] == ["ant", "zebra"] and [i.fields["class_index"] for i in items] == [1, 0]
     assert items[0].image == str(tmp_path / "m" / "a.jpg")
 
     (tmp_path / "m" / "manifest.jsonl").write_text('{"image": "a.jpg"}\n')
     with pytest.raises(EvalInputError, match=r"manifest\.jsonl:1: field 'label' is missing"):
         load_dataset(storage, ZeroShotDataset(name="m", root=str(tmp_path / "m"), layout="manifest"), "describe")
+
+
+def test_zero_shot_class_descriptions_are_prompt_ensembled(tmp_path):
+    """classes.json may give a class several descriptions: its embedding is the normalised mean of theirs."""
+    import json
+
+    import numpy as np
+
+    from clipdpo.evaluate.config import ZeroShotConfig, ZeroShotDataset
+    from clipdpo.evaluate.data import EvalInputError
+    from clipdpo.evaluate.zeroshot import class_embeddings, load_dataset
+    from clipdpo.storage import Storage
+
+    for label in ("ball", "cup"):
+        (tmp_path / "zs" / label).mkdir(parents=True)
+        (tmp_path / "zs" / label / "x.png").write_bytes(b"png")
+    (tmp_path / "zs" / "classes.json").write_text(json.dumps({"ball": ["red ball", "blue ball"], "cup": "cup"}))
+    storage = Storage()
+    _, classes = load_dataset(storage, ZeroShotDataset(name="z", root=str(tmp_path / "zs")), "describe")
+    assert [(c.name, c.descriptions) for c in classes] == [("red ball", ("red ball", "blue ball")), ("cup", ("cup",))]
+
+    vectors = {"a red ball.": [1.0, 0.0, 0.0], "a blue ball.": [0.0, 1.0, 0.0], "a cup.": [0.6, 0.0, 0.8]}
+
+    class Encoder:
+        def encode(self, texts):
+            return np.array([vectors[t] for t in texts])
+
+    got = class_embeddings(classes, Encoder(), ZeroShotConfig(class_template="a {}."))
+    # by hand: ball = (1, 1, 0) / sqrt(2); cup as given (already unit length)
+    assert got.ravel().tolist() == pytest.approx([2**-0.5, 2**-0.5, 0.0, 0.6, 0.0, 0.8])
+
+    (tmp_path / "zs" / "classes.json").write_text(json.dumps({"ball": []}))
+    with pytest.raises(EvalInputError, match=r"classes\.json: class 'ball': expected a name or a non-empty list"):
+        load_dataset(storage, ZeroShotDataset(name="z", root=str(tmp_path / "zs")), "describe")

@@ -252,3 +252,41 @@ def test_rank_micro_batches_partition_the_global_batch():
     flat = np.concatenate([m for p in parts for m in p])
     assert sorted(flat.tolist()) == list(range(16))
     assert all(len(m) == 2 for p in parts for m in p)
+
+
+class _FixedLogps:
+    """A policy backend whose log-probs are given: (sums, means, counts) of chosen then rejected responses."""
+
+    def __init__(self, sums: list[float], counts: list[int]):
+        self.sums = torch.tensor(sums, dtype=torch.float64)
+        self.counts = torch.tensor(counts, dtype=torch.float64)
+
+    def logps(self, batch):
+        return self.sums, self.sums / self.counts, self.counts
+
+
+def test_rpo_adds_the_chosen_per_token_nll_to_dpo():
+    from clipdpo.train.objective import DPOObjective
+
+    # two pairs: chosen sums -6 (3 tokens), -10 (5 tokens); rejected -9, -12; reference as below
+    policy = _FixedLogps([-6.0, -10.0, -9.0, -12.0], [3, 5, 4, 6])
+    reference = np.array([[-7.0, -8.0, 0.0, 0.0], [-9.0, -13.0, 0.0, 0.0]])
+    plain = DPOObjective("sigmoid", 0.1, 0.0, reference_logps=reference)
+    rpo = DPOObjective("sigmoid", 0.1, 0.0, rpo_alpha=0.5, reference_logps=reference)
+    positions = np.array([0, 1])
+    dpo_losses, _, _ = plain.losses(policy, None, positions)
+    rpo_losses, chosen_rewards, _ = rpo.losses(policy, None, positions)
+    # by hand: h = (-6 - -9) - (-7 - -8) = 2 and (-10 - -12) - (-9 - -13) = -2; NLL per token 6/3 = 2, 10/5 = 2
+    expected_dpo = [math.log1p(math.exp(-0.1 * 2.0)), math.log1p(math.exp(-0.1 * -2.0))]
+    assert dpo_losses.tolist() == pytest.approx(expected_dpo, abs=1e-12)
+    assert rpo_losses.tolist() == pytest.approx([expected_dpo[0] + 0.5 * 2.0, expected_dpo[1] + 0.5 * 2.0], abs=1e-12)
+    assert chosen_rewards.tolist() == pytest.approx([0.1 * (-6 + 7), 0.1 * (-10 + 9)], abs=1e-12)
+
+
+def test_rpo_alpha_is_read_from_the_config_and_refused_below_zero():
+    from clipdpo.train.objective import DPOObjective
+
+    cfg = TrainConfig(rpo_alpha=0.25)
+    assert DPOObjective.from_config(cfg, reference_logps=np.zeros((1, 4))).rpo_alpha == 0.25
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        TrainConfig(rpo_alpha=-0.1)

@@ -90,7 +90,8 @@ class AmberConfig:
 @dataclass(frozen=True)
 class ZeroShotDataset:
     """Images with class labels: `layout` folder (<root>/<class>/<image>) or manifest (<root>/manifest.jsonl
-    of {"image": path under root, "label": class}). Optional <root>/classes.json maps labels to class names."""
+    of {"image": path under root, "label": class}). Optional <root>/classes.json maps labels to class names, or to
+    lists of descriptions whose embeddings are averaged (prompt ensembling)."""
 
     name: str
     root: str

@@ -43,7 +43,7 @@ class Inputs:
 
     tasks: list[Task] = field(default_factory=list)
     amber: amber.AmberData | None = None
-    zero_shot: list[tuple[ZeroShotDataset, list[Item], list[str]]] = field(default_factory=list)
+    zero_shot: list[tuple[ZeroShotDataset, list[Item], list[zeroshot.ZeroShotClass]]] = field(default_factory=list)
     suite: list[tuple[Benchmark, list[Item]]] = field(default_factory=list)
 
 

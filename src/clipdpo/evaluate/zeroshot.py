@@ -4,6 +4,8 @@ The model describes the main object of each image; the caption and every class n
 template such as "a photo of a {}.") are embedded with an open_clip text encoder (SigLIP in the
 paper, to stay apart from the CLIP that ranked the training captions), and the image is assigned
 the class whose text is closest to its caption (text-text cosine). Metric: top-1 accuracy.
+A class may have several descriptions (classes.json maps a label to a list): its text embedding is then
+the normalised mean of theirs, CLIP's prompt ensembling (Radford et al. 2021, Sec. 3.1.4).
 
 The paper's nine datasets are presets in name only (PRESETS): the user points each at their own
 copy, as an image folder per class or a manifest.
@@ -12,6 +14,7 @@ copy, as an image folder per class or a manifest.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +38,16 @@ PRESETS = {
 }
 
 
-def load_dataset(storage: Storage, dataset: ZeroShotDataset, prompt: str) -> tuple[list[Item], list[str]]:
-    """The items (label in fields) and the class names, in a fixed order."""
+@dataclass(frozen=True)
+class ZeroShotClass:
+    """A class: its name (reports) and the descriptions its text embedding averages (the name alone by default)."""
+
+    name: str
+    descriptions: tuple[str, ...]
+
+
+def load_dataset(storage: Storage, dataset: ZeroShotDataset, prompt: str) -> tuple[list[Item], list[ZeroShotClass]]:
+    """The items (label in fields) and the classes, in a fixed order."""
     root = dataset.root.rstrip("/") if is_remote(dataset.root) else str(Path(dataset.root))
     labelled: list[tuple[str, str]] = []  # (image URI, label)
     if dataset.layout == "folder":
@@ -55,16 +66,8 @@ def load_dataset(storage: Storage, dataset: ZeroShotDataset, prompt: str) -> tup
         if not labelled:
             raise EvalInputError(f"{uri}: no images")
     labels = sorted({label for _, label in labelled})
-    names = dict(zip(labels, labels))
-    try:
-        mapping = json.loads(storage.read_bytes(join(root, "classes.json")))
-    except NotFound:
-        mapping = {}
-    except json.JSONDecodeError as err:
-        raise EvalInputError(f"{join(root, 'classes.json')}: not valid JSON ({err})") from err
-    if not isinstance(mapping, dict):
-        raise EvalInputError(f"{join(root, 'classes.json')}: expected an object label -> class name")
-    names.update({label: str(name) for label, name in mapping.items() if label in names})
+    descriptions: dict[str, tuple[str, ...]] = {label: (label,) for label in labels}
+    descriptions.update({label: names for label, names in read_class_names(storage, root).items() if label in labels})
     labelled.sort()
     if dataset.limit:
         labelled = labelled[: dataset.limit]
@@ -73,7 +76,27 @@ def load_dataset(storage: Storage, dataset: ZeroShotDataset, prompt: str) -> tup
         Item(id=f"{index:07d}", image=uri, prompt=prompt, fields={"label": label, "class_index": position[label]})
         for index, (uri, label) in enumerate(labelled)
     ]
-    return items, [names[label] for label in labels]
+    return items, [ZeroShotClass(descriptions[label][0], descriptions[label]) for label in labels]
+
+
+def read_class_names(storage: Storage, root: str) -> dict[str, tuple[str, ...]]:
+    """`<root>/classes.json`: label -> class name, or label -> [descriptions] (the first names the class)."""
+    uri = join(root, "classes.json")
+    try:
+        mapping = json.loads(storage.read_bytes(uri))
+    except NotFound:
+        return {}
+    except json.JSONDecodeError as err:
+        raise EvalInputError(f"{uri}: not valid JSON ({err})") from err
+    if not isinstance(mapping, dict):
+        raise EvalInputError(f"{uri}: expected an object label -> class name (or a list of descriptions)")
+    out = {}
+    for label, names in mapping.items():
+        listed = names if isinstance(names, list) else [names]
+        if not listed or not all(isinstance(name, str) and name for name in listed):
+            raise EvalInputError(f"{uri}: class {label!r}: expected a name or a non-empty list of descriptions")
+        out[str(label)] = tuple(listed)
+    return out
 
 
 class TextEncoder:
@@ -103,15 +126,25 @@ def classify(caption_embeddings: np.ndarray, class_embeddings: np.ndarray) -> np
     return (caption_embeddings @ class_embeddings.T).argmax(axis=1)
 
 
-def class_embeddings(class_names: list[str], encoder: TextEncoder, config: ZeroShotConfig) -> np.ndarray:
-    """The class texts' embeddings: the same for every model, so computed once per dataset."""
-    return encoder.encode([config.class_template.format(name) for name in class_names])
+def class_embeddings(classes: list[ZeroShotClass], encoder: TextEncoder, config: ZeroShotConfig) -> np.ndarray:
+    """The class texts' embeddings, each the normalised mean of its descriptions' (prompt ensembling): the same
+    for every model, so computed once per dataset."""
+    texts = [config.class_template.format(text) for one in classes for text in one.descriptions]
+    embedded = encoder.encode(texts)
+    bounds = np.cumsum([0] + [len(one.descriptions) for one in classes])
+    means = np.stack([embedded[start:end].mean(axis=0) for start, end in zip(bounds[:-1], bounds[1:])])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
 
 
 def evaluate_dataset(
-    items: list[Item], class_names: list[str], classes: np.ndarray, captions: dict[str, str], encoder: TextEncoder
+    items: list[Item],
+    class_list: list[ZeroShotClass],
+    classes: np.ndarray,
+    captions: dict[str, str],
+    encoder: TextEncoder,
 ) -> dict:
-    """`classes`: class_embeddings() of `class_names`."""
+    """`classes`: class_embeddings() of `class_list`."""
+    class_names = [one.name for one in class_list]
     missing = [item.id for item in items if item.id not in captions]
     if missing:
         raise EvalInputError(f"zero_shot: {len(missing)} image(s) have no caption, e.g. {missing[:5]}")

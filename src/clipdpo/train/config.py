@@ -73,6 +73,9 @@ class TrainConfig:
     loss_type: str = "sigmoid"  # sigmoid (DPO / cDPO) | ipo | hinge (SLiC) | kto_pair
     beta: float = 0.1
     label_smoothing: float = 0.0  # > 0 with sigmoid = cDPO (the paper's 0.1)
+    # RPO (Pang et al. 2024; TRL's rpo_alpha): + rpo_alpha x the chosen response's per-token NLL, which keeps
+    # the chosen captions' likelihood from falling with the rejected ones (DPO's known failure mode)
+    rpo_alpha: float = 0.0
     reference: str = "precompute"  # precompute (one pass, cached on S3) | model (frozen copy each step)
     # shared_prefix: image + prompt run once per pair and both responses continue from them in one
     # packed row; concatenated: a row per response; auto: shared_prefix where the model supports it
@@ -125,6 +128,7 @@ class TrainConfig:
         "lora_dropout": Range(0, 1, high_open=True),
         "beta": POSITIVE,
         "label_smoothing": Range(0, 0.5, high_open=True),  # cDPO: flip probability < 1/2
+        "rpo_alpha": NON_NEGATIVE,
         "learning_rate": POSITIVE,
         "warmup_ratio": FRACTION,
         "weight_decay": NON_NEGATIVE,

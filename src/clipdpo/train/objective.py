@@ -21,11 +21,18 @@ from clipdpo.train.model import resolve_dtype
 Losses = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per-example losses, chosen rewards, rejected rewards
 
 
+def chosen_nll(chosen_mean_logps: torch.Tensor) -> torch.Tensor:
+    """RPO's NLL term per pair: the chosen response's negative log-likelihood per token (its length-normalised
+    form, as in Pang et al. 2024 and TRL's rpo_alpha)."""
+    return -chosen_mean_logps
+
+
 @dataclass
 class DPOObjective:
     loss_type: str
     beta: float
     label_smoothing: float
+    rpo_alpha: float = 0.0  # weight of the chosen responses' per-token NLL added to each pair's loss (RPO)
     reference_logps: np.ndarray | None = None  # [good pairs, 4] from the cache (see refcache.VALUE_COLUMNS)
     reference_model: Any = None  # or a frozen model (reference="model"): a module, or a ZeRO-3 inference engine
     model_dtype: torch.dtype = torch.float32  # what the models were loaded in (the images are cast to it)
@@ -47,6 +54,7 @@ class DPOObjective:
             cfg.loss_type,
             cfg.beta,
             cfg.label_smoothing,
+            cfg.rpo_alpha,
             reference_logps,
             reference_model,
             resolve_dtype(cfg.dtype),
@@ -65,7 +73,7 @@ class DPOObjective:
         values = means if self.uses_means else sums
         n = len(positions)
         ref_chosen, ref_rejected = self._reference(batch, sums.device, positions)
-        return preference_loss(
+        losses, chosen_rewards, rejected_rewards = preference_loss(
             values[:n],
             values[n:],
             ref_chosen.to(values.dtype),
@@ -74,6 +82,9 @@ class DPOObjective:
             beta=self.beta,
             label_smoothing=self.label_smoothing,
         )
+        if self.rpo_alpha:
+            losses = losses + self.rpo_alpha * chosen_nll(means[:n])
+        return losses, chosen_rewards, rejected_rewards
 
     def _reference(
         self, batch: Batch, device: torch.device, positions: np.ndarray
