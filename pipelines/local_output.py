@@ -25,6 +25,7 @@ import time
 from typing import Callable, Iterator
 
 from clipdpo.report.local_summary import ROW_KEYS, display_name, task_metrics
+from pipelines.local_stop import RunStopped
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 WROTE = re.compile(r"Wrote executor output file to (\S+)\.\s*$")
@@ -174,6 +175,8 @@ def steps_only(log_path: str, verbose: bool = False) -> Iterator[set[str] | None
             # handlers first: "the terminal" is sys.stdout/stderr before the redirect
             with _terminal_handlers_to(stream), contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 yield seen
+        except RunStopped:  # SIGTERM / Ctrl-C: no step failed; the run says what it stopped
+            raise
         except BaseException:
             log.flush()
             text = open(log_path).read()

@@ -13,6 +13,7 @@ Every config is parsed into its typed class before anything is compiled, submitt
 (clipdpo.stages.validate): a typo in a key fails here, not after the GPU fan-outs.
 Locally, kfp's cache entries whose artifacts are gone, replaced or damaged are dropped first (pipelines/local_cache.py),
 and the terminal shows one line per step; kfp's executor output goes to <state-dir>/logs/ (--verbose: shown).
+SIGTERM or Ctrl-C ends every process the local run started; it exits with 128 + the signal (pipelines/local_stop.py).
 
 `run_local` is also the entry for experiments (the clipdpo_lab package runs the synthetic world through it):
 they pass their own stage configs and what to do after the pipeline.
@@ -33,6 +34,7 @@ from clipdpo.errors import ArgumentParser, exit_2_on_user_error
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import CONFIG_NAMES, STAGES, stage, validate
 from pipelines.local_output import ANSI, steps_only
+from pipelines.local_stop import StopOnSignal
 
 
 def pipeline_arguments(args, configs: dict[str, dict], launcher: str) -> dict:
@@ -103,7 +105,6 @@ def run_local(args, run: LocalRun) -> int:
     from clipdpo import s3server
 
     state = Path(args.state_dir).resolve()
-    configs = run.configs
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.verify:  # read by the cache check below and by every step (the components inherit it)
         from clipdpo.integrity import VERIFY_ENV
@@ -114,41 +115,48 @@ def run_local(args, run: LocalRun) -> int:
         server = s3server.start(str(state / "s3"))
         os.environ.update(server.env)  # the components (subprocesses) inherit it
         print(f"started loopback S3 server at {server.endpoint_url} (data in {state / 's3'})", flush=True)
-    arguments = pipeline_arguments(args, configs, launcher="local")
+    arguments = pipeline_arguments(args, run.configs, launcher="local")
     from clipdpo.report.local_summary import run_dirs
 
     earlier_runs = set(run_dirs(str(state / "kfp"), "clipdpo"))  # the summary tells this run's steps apart
     started = time.monotonic()
+    stop = StopOnSignal()  # SIGTERM, Ctrl-C: the processes the run started end with it
     try:
-        init_kfp(state / "kfp")
-        from pipelines.clipdpo_pipeline import clipdpo_pipeline
-
-        print(f"running the kfp pipeline ({run.label}) ...", flush=True)
-        with steps_only(
-            str(state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"), args.verbose
-        ) as this_run:
-            try:
-                clipdpo_pipeline(**arguments)
-            except RuntimeError as err:  # kfp: a task failed; steps_only printed that step's own error line
-                if "finished with status" not in str(err) or args.verbose:
-                    raise
-                raise StepFailed(" ".join(ANSI.sub("", str(err)).split())) from None
-        print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
-        if run.after_pipeline is not None:
-            run.after_pipeline(arguments["run_root"])
-        reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
-        summary = local_summary(state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs, this_run)
-        decision = print_decision(arguments["run_root"])
+        with stop:
+            this_run = run_kfp(args, arguments, state, run.label)
+            print(f"kfp pipeline finished in {time.monotonic() - started:.1f}s", flush=True)
+            if run.after_pipeline is not None:
+                run.after_pipeline(arguments["run_root"])
+            reports = copy_reports(arguments["run_root"], state / "reports" / args.run_id)
+            summary = local_summary(
+                state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs, this_run
+            )
+            decision = print_decision(arguments["run_root"])
     except BaseException:
-        note = server.death_note() if server is not None else None
-        if note:  # the components each saw an unreachable endpoint; the cause is the run's own server
-            print(note, file=sys.stderr, flush=True)
-        raise
+        if stop.signum is None:  # stopped: whatever the unwinding raised (RunStopped, a step killed), the stop is news
+            note = server.death_note() if server is not None else None
+            if note:  # the components each saw an unreachable endpoint; the cause is the run's own server
+                print(note, file=sys.stderr, flush=True)
+            raise
     finally:
         if server is not None:
             server.stop()
-    root = arguments["run_root"]
+    if stop.signum is not None:
+        print(stop.summary(), file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    root, copied = arguments["run_root"], state / "reports" / args.run_id
     print(f"\nrun finished in {time.monotonic() - started:.1f}s (kfp local runner); artifacts under {root}/:")
+    print_outputs(root, copied, reports, decision, state, own_server=server is not None)
+    if run.after_summary is not None and reports:
+        run.after_summary(copied)
+    print("\n" + summary)
+    return 0
+
+
+def print_outputs(root: str, copied: Path, reports: list[Path], decision: str, state: Path, own_server: bool) -> None:
+    """Where a finished local run's artifacts are, one line each: under `root`, the `reports` copied into `copied`,
+    kfp's folder in `state`; the gate's `decision`; how to serve the S3 data again when the run started its own
+    server."""
     for each in STAGES:
         print(f"  {each.artifact:<10} {root}/{each.artifact}")
     print(f"  report     {root}/{REPORT_DIR}/report.html (figures, examples; report.md, headline.json, PNGs)")
@@ -157,19 +165,33 @@ def run_local(args, run: LocalRun) -> int:
         "metrics.json)"
     )
     if reports:
-        print(f"  copied to  {state / 'reports' / args.run_id}/ ({len(reports)} files)")
+        print(f"  copied to  {copied}/ ({len(reports)} files)")
     print(f"  kfp        {state / 'kfp'}/ (per task: its Metrics; the report step's HTML and Markdown)")
     print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
     print(f"  gate       {root}/gate/decision.json: {decision}")
-    if server is not None:
+    if own_server:
         print(
             f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'} "
             "--env-file s3.env` serves it again (its new credentials in s3.env)"
         )
-    if run.after_summary is not None and reports:
-        run.after_summary(state / "reports" / args.run_id)
-    print("\n" + summary)
-    return 0
+
+
+def run_kfp(args, arguments: dict, state: Path, label: str) -> set[str] | None:
+    """The kfp pipeline through kfp's local runner, one line per step (pipelines.local_output); the steps this run
+    ran or took from kfp's cache (None with --verbose). StepFailed when a step failed."""
+    init_kfp(state / "kfp")
+    from pipelines.clipdpo_pipeline import clipdpo_pipeline
+
+    print(f"running the kfp pipeline ({label}) ...", flush=True)
+    log = state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with steps_only(str(log), args.verbose) as this_run:
+        try:
+            clipdpo_pipeline(**arguments)
+        except RuntimeError as err:  # kfp: a task failed; steps_only printed that step's own error line
+            if "finished with status" not in str(err) or args.verbose:
+                raise
+            raise StepFailed(" ".join(ANSI.sub("", str(err)).split())) from None
+    return this_run
 
 
 def init_kfp(pipeline_root: Path) -> None:
