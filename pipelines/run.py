@@ -121,7 +121,10 @@ def run_local(args, run: LocalRun) -> int:
     started = time.monotonic()
     try:
         init_kfp(state / "kfp")
-        from pipelines.clipdpo_pipeline import clipdpo_pipeline
+        from pipelines.clipdpo_pipeline import build_pipeline
+        from pipelines.settings import SETTINGS
+
+        clipdpo_pipeline = build_pipeline(SETTINGS.cluster.for_local())  # kfp's local runner honours retries
 
         print(f"running the kfp pipeline ({run.label}) ...", flush=True)
         with steps_only(
