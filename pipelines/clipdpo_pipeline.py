@@ -7,15 +7,22 @@ write S3 themselves with credentials from the S3 Secret. kfp caching is on for e
 rerun with unchanged inputs and configs reuses finished steps (and the stages themselves skip
 complete artifacts). Each stage config travels as a JSON-object parameter; the step turns it into
 the stage's typed config and calls the stage's `run` (train on a cluster: a PyTorchJob reading the
-config from `<run_root>/configs/train.json`).
+config from `<run_root>/configs/train.json`). The stages run inside a dsl.ExitHandler whose exit task deletes the
+training jobs the run left unfinished, however it ended.
+
+Every pod's requests, limits, retries and timeout, the fan-outs' parallelism, the GPU steps' Kueue queue, image
+pull secrets and the run's TTL come from one typed value set, pipelines.cluster_values.ClusterValues
+(`build_pipeline(values)`); images, the S3 Secret and GPU placement from pipelines.settings.
 """
 
 # No `from __future__ import annotations`: kfp reads the component signatures' real types.
+from types import SimpleNamespace
 from typing import List
 
 from kfp import dsl, kubernetes
-from kfp.dsl import HTML, Markdown, Metrics, Output
+from kfp.dsl import HTML, Markdown, Metrics, Output, PipelineTaskFinalStatus
 
+from pipelines.cluster_values import GPU_STEPS, ClusterValues
 from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS, TRACKING_CONFIG_MAP, TRACKING_KEYS
 
 
@@ -280,12 +287,29 @@ def report(
         return written.uri
 
 
+# The run's exit task: the light filter image (kubernetes client, no ML stack); it runs however the run ends
+@dsl.component(base_image=SETTINGS.image("filter"), install_kfp_package=False)
+def cleanup_train_jobs(launcher: str, status: PipelineTaskFinalStatus, metrics: Output[Metrics]) -> str:
+    """Delete this run's training jobs that have not finished (clipdpo.steps.cleanup_train_jobs_step: by the run's
+    label; failed jobs stay for their TTL as evidence). Nothing to do for launcher `local`."""
+    import json
+
+    from clipdpo.report.step_metrics import log_to
+    from clipdpo.steps import cleanup_train_jobs_step
+
+    deleted = cleanup_train_jobs_step(launcher)
+    print(json.dumps({"stage": "cleanup", "run_state": status.state, "deleted_jobs": deleted}), flush=True)
+    log_to(metrics, {"deleted_jobs": float(len(deleted))})
+    return ",".join(deleted)
+
+
 RUN_FIELD = "metadata.labels['workflows.argoproj.io/workflow']"  # Argo labels every pod of a run with it
 # A step that follows a days-long job: cluster-autoscaler and Karpenter do not evict it to consolidate nodes
 LAUNCHER_ANNOTATIONS = {
     "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
     "karpenter.sh/do-not-disrupt": "true",
 }
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def _uri(task):
@@ -311,178 +335,264 @@ def _tracking(task):
     return task
 
 
-def _gpu(task, gpus: int = 1, memory: str = "64G"):
-    task.set_accelerator_type(SETTINGS.gpu_resource).set_accelerator_limit(gpus)
-    task.set_cpu_request("8").set_memory_request(memory)
+def _gpu(task, values: ClusterValues):
+    """One GPU, on a GPU node (selector, tolerations), in the GPU steps' Kueue queue when there is one."""
+    task.set_accelerator_type(SETTINGS.gpu_resource).set_accelerator_limit(1)
     for key, value in SETTINGS.gpu_node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     for toleration in SETTINGS.gpu_tolerations:
         kubernetes.add_toleration(task, **toleration)
+    if values.gpu_queue_name:
+        kubernetes.add_pod_label(task, label_key=KUEUE_QUEUE_LABEL, label_value=values.gpu_queue_name)
     return task
 
 
-@dsl.pipeline(name="clipdpo", description="CLIP-DPO: caption, CLIP-rank, filter into pairs, DPO-train an LVLM.")
-def clipdpo_pipeline(
-    run_root: str = "s3://clipdpo/runs/default",
-    source: str = "builtin:demo",
-    shard_count: int = 4,
-    ingest_config: str = "{}",
-    generate_config: str = "{}",
-    score_config: str = "{}",
-    filter_config: str = "{}",
-    train_config: str = "{}",
-    train_launcher: str = "trainjob",
-    train_nodes: int = 1,
-    train_gpus_per_node: int = 8,
-    train_node_selector: str = "{}",
-    train_tolerations: str = '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
-    train_timeout_hours: float = 72.0,
-    train_queue_name: str = "",
-    train_runtime: str = "torch-distributed",
-    train_schedule_timeout_minutes: float = 60.0,
-    train_startup_timeout_minutes: float = 30.0,
-    train_admission_timeout_minutes: float = 0.0,
-    evaluate_config: str = "{}",
-    gate_config: str = "{}",
-    povid_config: str = "{}",
-):
-    images = _s3(ingest(run_root=run_root, source=source, config_json=ingest_config))
-    images.set_cpu_request("2").set_memory_request("8G").set_display_name("ingest")
+def _pod(task, values: ClusterValues):
+    """The step's pod as `values` shape it, by its component's name: requests and limits, retries, timeout, image
+    pull secrets, and a GPU for the GPU steps. Every task of the pipeline goes through here."""
+    name = task.component_spec.name
+    pod = values.step(name)
+    task.set_cpu_request(pod.cpu_request).set_memory_request(pod.memory_request)
+    if pod.cpu_limit:
+        task.set_cpu_limit(pod.cpu_limit)
+    if pod.memory_limit:
+        task.set_memory_limit(pod.memory_limit)
+    if pod.retries:
+        task.set_retry(
+            num_retries=pod.retries,
+            backoff_duration=f"{values.retry_backoff_seconds}s",
+            backoff_factor=values.retry_backoff_factor,
+            backoff_max_duration=f"{values.retry_backoff_max_seconds}s",
+        )
+    if pod.timeout_minutes:
+        kubernetes.set_timeout(task, pod.timeout_minutes * 60)
+    if values.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(values.image_pull_secrets))
+    return _gpu(task, values) if name in GPU_STEPS else task
 
-    plan = plan_shards(shard_count=shard_count).set_caching_options(True).set_display_name("plan shards")
-    with dsl.ParallelFor(items=_uri(plan), name="generate-shards") as shard:
-        generated = _gpu(
+
+def _shard_stages(run, values: ClusterValues, images):
+    """generate and score, each a fan-out over the shards plan_shards lists, then a finalize step: the scores."""
+    plan = _pod(plan_shards(shard_count=run.shard_count), values).set_caching_options(True)
+    plan.set_display_name("plan shards")
+    with dsl.ParallelFor(_uri(plan), name="generate-shards", parallelism=values.parallelism["generate-shards"]) as i:
+        generated = _pod(
             _s3(
                 generate_shard(
-                    run_root=run_root,
+                    run_root=run.run_root,
                     images_uri=_uri(images),
-                    config_json=generate_config,
-                    shard_index=shard,
-                    shard_count=shard_count,
-                )
-            )
-        )
-        generated.set_display_name("generate shard")
-    candidates = _s3(
-        generate_finalize(
-            run_root=run_root,
-            images_uri=_uri(images),
-            shard_outputs=dsl.Collected(_uri(generated)),
-            config_json=generate_config,
-            shard_count=shard_count,
-        )
-    )
-    candidates.set_cpu_request("1").set_memory_request("2G").set_display_name("generate finalize")
-
-    with dsl.ParallelFor(items=_uri(plan), name="score-shards") as shard:
-        scored = _gpu(
-            _s3(
-                score_shard(
-                    run_root=run_root,
-                    candidates_uri=_uri(candidates),
-                    config_json=score_config,
-                    shard_index=shard,
-                    shard_count=shard_count,
+                    config_json=run.generate_config,
+                    shard_index=i,
+                    shard_count=run.shard_count,
                 )
             ),
-            memory="32G",
+            values,
+        ).set_display_name("generate shard")
+    candidates = _s3(
+        generate_finalize(
+            run_root=run.run_root,
+            images_uri=_uri(images),
+            shard_outputs=dsl.Collected(_uri(generated)),
+            config_json=run.generate_config,
+            shard_count=run.shard_count,
         )
-        scored.set_display_name("score shard")
+    )
+    _pod(candidates, values).set_display_name("generate finalize")
+
+    with dsl.ParallelFor(_uri(plan), name="score-shards", parallelism=values.parallelism["score-shards"]) as i:
+        scored = _pod(
+            _s3(
+                score_shard(
+                    run_root=run.run_root,
+                    candidates_uri=_uri(candidates),
+                    config_json=run.score_config,
+                    shard_index=i,
+                    shard_count=run.shard_count,
+                )
+            ),
+            values,
+        ).set_display_name("score shard")
     scores = _s3(
         score_finalize(
-            run_root=run_root,
+            run_root=run.run_root,
             candidates_uri=_uri(candidates),
             shard_outputs=dsl.Collected(_uri(scored)),
-            config_json=score_config,
-            shard_count=shard_count,
+            config_json=run.score_config,
+            shard_count=run.shard_count,
         )
     )
-    scores.set_cpu_request("1").set_memory_request("2G").set_display_name("score finalize")
+    return _pod(scores, values).set_display_name("score finalize")
 
-    pairs = _s3(filter_pairs(run_root=run_root, scores_uri=_uri(scores), config_json=filter_config))
-    pairs.set_cpu_request("4").set_memory_request("8G").set_display_name("filter")
 
-    # method (train_config's `method`): clipdpo trains on the filter's pairs; povid on POVID's pairs (ground truth
-    # vs injected hallucinations; noisy-image rejections in training); both on their union. The method and the
-    # rewriter live in JSON parameters, so small steps read them and only an LLM rewrite holds a GPU pod; the
-    # POVID steps take the method alone, so another train setting does not invalidate their cache.
-    method = train_method(train_config_json=train_config)
-    method.set_caching_options(True).set_cpu_request("1").set_memory_request("1G").set_display_name("train method")
-    placement = povid_placement(config_json=povid_config, method=_uri(method))
-    placement.set_caching_options(True).set_cpu_request("1").set_memory_request("1G").set_display_name(
-        "povid placement"
+def _training_pairs(run, values: ClusterValues, images, pairs):
+    """What train consumes by the train config's `method`: clipdpo trains on the filter's pairs; povid on POVID's
+    pairs (ground truth vs injected hallucinations; noisy-image rejections in training); both on their union. The
+    method and the rewriter live in JSON parameters, so small steps read them and only an LLM rewrite holds a GPU
+    pod; the POVID steps take the method alone, so another train setting does not invalidate their cache."""
+    method = _pod(train_method(train_config_json=run.train_config), values)
+    method.set_caching_options(True).set_display_name("train method")
+    placement = _pod(povid_placement(config_json=run.povid_config, method=_uri(method)), values)
+    placement.set_caching_options(True).set_display_name("povid placement")
+    povid_inputs = dict(
+        run_root=run.run_root, images_uri=_uri(images), config_json=run.povid_config, method=_uri(method)
     )
-    povid_inputs = dict(run_root=run_root, images_uri=_uri(images), config_json=povid_config, method=_uri(method))
     with dsl.If(_uri(placement) == "gpu", name="povid-llm-on-gpu"):
-        on_gpu = _gpu(_s3(povid_pairs(**povid_inputs)), memory="32G").set_display_name("povid pairs (LLM, GPU)")
+        on_gpu = _pod(_s3(povid_pairs(**povid_inputs)), values).set_display_name("povid pairs (LLM, GPU)")
     with dsl.Else(name="povid-on-cpu"):
-        on_cpu = _s3(povid_pairs_cpu(**povid_inputs)).set_cpu_request("2").set_memory_request("8G")
-        on_cpu.set_display_name("povid pairs")
+        on_cpu = _pod(_s3(povid_pairs_cpu(**povid_inputs)), values).set_display_name("povid pairs")
     chosen = _s3(
         training_pairs(
-            run_root=run_root,
+            run_root=run.run_root,
             clipdpo_pairs_uri=_uri(pairs),
             povid_pairs_uri=dsl.OneOf(_uri(on_gpu), _uri(on_cpu)),
             method=_uri(method),
         )
     )
-    chosen.set_cpu_request("1").set_memory_request("2G").set_display_name("training pairs")
+    return _pod(chosen, values).set_display_name("training pairs")
 
-    # The training job outlives this step's pod (no owner): a retry after an eviction re-attaches to it by its
-    # launch key (which includes the run: CLIPDPO_RUN, the Argo workflow's name on every pod of the run). The
-    # follower's limits count from admission: time in a Kueue queue is not a failure
-    # (train_admission_timeout_minutes: 0, none).
+
+def _train(run, values: ClusterValues, pairs):
+    """The train step: it launches the training job and follows it.
+
+    The training job outlives this step's pod (no owner): a retry after an eviction re-attaches to it by its
+    launch key (which includes the run: CLIPDPO_RUN, the Argo workflow's name on every pod of the run). The
+    follower's limits count from admission: time in a Kueue queue is not a failure (train_admission_timeout_minutes:
+    0, none). No step timeout (the values): the launcher's own deadline (train_timeout_hours) governs."""
     model = _tracking(
         _s3(
             train(
-                run_root=run_root,
-                pairs_uri=_uri(chosen),
-                config_json=train_config,
-                launcher=train_launcher,
+                run_root=run.run_root,
+                pairs_uri=_uri(pairs),
+                config_json=run.train_config,
+                launcher=run.train_launcher,
                 image=SETTINGS.image("train"),
-                nodes=train_nodes,
-                gpus_per_node=train_gpus_per_node,
+                nodes=run.train_nodes,
+                gpus_per_node=run.train_gpus_per_node,
                 s3_secret=SETTINGS.s3_secret,
-                node_selector_json=train_node_selector,
-                tolerations_json=train_tolerations,
-                timeout_hours=train_timeout_hours,
-                queue_name=train_queue_name,
-                runtime=train_runtime,
-                schedule_timeout_minutes=train_schedule_timeout_minutes,
-                startup_timeout_minutes=train_startup_timeout_minutes,
-                admission_timeout_minutes=train_admission_timeout_minutes,
+                node_selector_json=run.train_node_selector,
+                tolerations_json=run.train_tolerations,
+                timeout_hours=run.train_timeout_hours,
+                queue_name=run.train_queue_name,
+                runtime=run.train_runtime,
+                schedule_timeout_minutes=run.train_schedule_timeout_minutes,
+                startup_timeout_minutes=run.train_startup_timeout_minutes,
+                admission_timeout_minutes=run.train_admission_timeout_minutes,
             )
         )
     )
-    # No step timeout: the launcher's own deadline (train_timeout_hours) governs. Retries: a launcher pod lost to
-    # a drain or preemption comes back and follows the same job.
-    model.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
-    kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_RUN", field_path=RUN_FIELD)
+    _run_env(model)
     kubernetes.use_field_path_as_env(model, env_name="CLIPDPO_POD_NAME", field_path="metadata.name")
     for key, value in LAUNCHER_ANNOTATIONS.items():  # autoscalers: do not move this pod off its node
         kubernetes.add_pod_annotation(model, annotation_key=key, annotation_value=value)
-    model.set_cpu_request("1").set_memory_request("2G").set_display_name("train (cluster job)")
+    return _pod(model, values).set_display_name("train (cluster job)")
 
-    # base vs trained: one GPU pod per (model, task) (the base's results come from the eval cache once known),
-    # merged into one report; then the gate judges the trained model and, on pass, moves the promoted pointer
+
+def _run_env(task):
+    """CLIPDPO_RUN: the run's Argo workflow, which labels the training job (launch) and finds it (cleanup)."""
+    kubernetes.use_field_path_as_env(task, env_name="CLIPDPO_RUN", field_path=RUN_FIELD)
+    return task
+
+
+def _evaluate_and_gate(run, values: ClusterValues, model):
+    """base vs trained: one GPU pod per (model, task) (the base's results come from the eval cache once known),
+    merged into one report; then the gate judges the trained model and, on pass, moves the promoted pointer;
+    then the run report a person reads (figures, headline numbers, examples: kfp HTML + Markdown)."""
     evaluation = dict(
-        run_root=run_root, model_uri=_uri(model), train_config_json=train_config, config_json=evaluate_config
+        run_root=run.run_root,
+        model_uri=_uri(model),
+        train_config_json=run.train_config,
+        config_json=run.evaluate_config,
     )
-    items = _s3(plan_evaluation(**evaluation)).set_display_name("plan evaluation")  # reads the model (LoRA?)
+    items = _pod(_s3(plan_evaluation(**evaluation)), values).set_display_name("plan evaluation")  # reads the model
     # only pipeline parameters and the item enter the loop: kfp's local runner binds any other task output
     # inside a ParallelFor to the loop item (the model is where train wrote it, under run_root)
-    with dsl.ParallelFor(items=_uri(items), name="evaluate-tasks") as item:
-        task = _gpu(
+    with dsl.ParallelFor(_uri(items), name="evaluate-tasks", parallelism=values.parallelism["evaluate-tasks"]) as item:
+        task = _pod(
             _s3(
-                evaluate_task(run_root=run_root, train_config_json=train_config, config_json=evaluate_config, item=item)
+                evaluate_task(
+                    run_root=run.run_root,
+                    train_config_json=run.train_config,
+                    config_json=run.evaluate_config,
+                    item=item,
+                )
             ),
-            memory="64G",
+            values,
         ).set_display_name("evaluate task")
     merged = _tracking(_s3(evaluate_merge(task_records=dsl.Collected(_uri(task)), **evaluation)))
-    merged.set_cpu_request("2").set_memory_request("8G").set_display_name("evaluate report")
-    decision = _s3(gate(run_root=run_root, report_uri=_uri(merged), config_json=gate_config))
-    decision.set_caching_options(False).set_cpu_request("1").set_memory_request("2G").set_display_name("gate")
+    _pod(merged, values).set_display_name("evaluate report")
+    decision = _pod(_s3(gate(run_root=run.run_root, report_uri=_uri(merged), config_json=run.gate_config)), values)
+    decision.set_caching_options(False).set_display_name("gate")
+    run_report = _pod(_s3(report(run_root=run.run_root, evaluation_uri=_uri(merged))), values)
+    run_report.set_display_name("report")
 
-    # what a person reads: figures, headline numbers, examples (kfp HTML + Markdown on the run page)
-    run_report = _s3(report(run_root=run_root, evaluation_uri=_uri(merged)))
-    run_report.set_cpu_request("2").set_memory_request("4G").set_display_name("report")
+
+def _stages(run, values: ClusterValues):
+    """ingest -> generate -> score -> filter -> (POVID) -> train -> evaluate -> gate -> report."""
+    images = _s3(ingest(run_root=run.run_root, source=run.source, config_json=run.ingest_config))
+    _pod(images, values).set_display_name("ingest")
+    scores = _shard_stages(run, values, images)
+    pairs = _s3(filter_pairs(run_root=run.run_root, scores_uri=_uri(scores), config_json=run.filter_config))
+    _pod(pairs, values).set_display_name("filter")
+    chosen = _training_pairs(run, values, images, pairs)
+    model = _train(run, values, chosen)
+    _evaluate_and_gate(run, values, model)
+
+
+def _cleanup(run, values: ClusterValues):
+    """The run's exit task: never cached (a rerun must look for its own jobs), CLIPDPO_RUN as the train step has
+    it, so it finds exactly the jobs this run launched."""
+    task = _run_env(cleanup_train_jobs(launcher=run.train_launcher)).set_caching_options(False)
+    return _pod(task, values).set_display_name("clean up training jobs")
+
+
+def _pipeline_config(values: ClusterValues) -> dsl.PipelineConfig:
+    """The run's TTL (0: not set, so not written: see ClusterValues)."""
+    return dsl.PipelineConfig(
+        ttl_seconds_after_success=values.ttl_seconds_after_success or None,
+        ttl_seconds_after_failure=values.ttl_seconds_after_failure or None,
+    )
+
+
+def build_pipeline(values: ClusterValues):
+    """The clipdpo pipeline with its pods shaped by `values`: `make compile` builds it with the values of
+    CLIPDPO_CLUSTER_VALUES (pipelines.compile), a local run with the same values, retries off
+    (ClusterValues.for_local)."""
+
+    @dsl.pipeline(
+        name="clipdpo",
+        description="CLIP-DPO: caption, CLIP-rank, filter into pairs, DPO-train an LVLM.",
+        pipeline_config=_pipeline_config(values),
+    )
+    def clipdpo_pipeline(
+        run_root: str = "s3://clipdpo/runs/default",
+        source: str = "builtin:demo",
+        shard_count: int = 4,
+        ingest_config: str = "{}",
+        generate_config: str = "{}",
+        score_config: str = "{}",
+        filter_config: str = "{}",
+        train_config: str = "{}",
+        train_launcher: str = "trainjob",
+        train_nodes: int = 1,
+        train_gpus_per_node: int = 8,
+        train_node_selector: str = "{}",
+        train_tolerations: str = '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+        train_timeout_hours: float = 72.0,
+        train_queue_name: str = "",
+        train_runtime: str = "torch-distributed",
+        train_schedule_timeout_minutes: float = 60.0,
+        train_startup_timeout_minutes: float = 30.0,
+        train_admission_timeout_minutes: float = 0.0,
+        evaluate_config: str = "{}",
+        gate_config: str = "{}",
+        povid_config: str = "{}",
+    ):
+        # the run's parameters (a channel each) for the helpers; locals() also holds the closure's `values`
+        run = SimpleNamespace(**{name: value for name, value in locals().items() if name != "values"})
+        # The exit task runs when the stages end, succeeded or failed: it deletes the training jobs this run left
+        # unfinished (a launcher lost with no retry left). A cancelled run's launcher deletes its job itself
+        # (SIGTERM); the exit task is the second line there, as a KFP terminate may stop the run before it runs.
+        with dsl.ExitHandler(_cleanup(run, values), name="clipdpo-stages"):
+            _stages(run, values)
+
+    return clipdpo_pipeline

@@ -1,4 +1,5 @@
-"""python -m pipelines.compile [OUT.yaml]: write the pipeline spec (IR YAML) for the current settings."""
+"""python -m pipelines.compile [OUT.yaml]: write the pipeline spec (IR YAML) for the current settings (images from
+CLIPDPO_REGISTRY / CLIPDPO_IMAGE_TAG(S), pod values from CLIPDPO_CLUSTER_VALUES: pipelines/settings.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import sys
 
 from kfp import compiler
 
-from pipelines.clipdpo_pipeline import clipdpo_pipeline
+from pipelines.clipdpo_pipeline import build_pipeline
+from pipelines.cluster_values import ClusterValues
+from pipelines.settings import SETTINGS
 
 DEFAULT_OUT = "pipelines/compiled/clipdpo.yaml"
 
 
-def compile_pipeline(path: str = DEFAULT_OUT) -> str:
+def compile_pipeline(path: str = DEFAULT_OUT, values: ClusterValues | None = None) -> str:
+    """Write the spec to `path` with `values` (None: the settings' values, CLIPDPO_CLUSTER_VALUES)."""
     import os
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    compiler.Compiler().compile(pipeline_func=clipdpo_pipeline, package_path=path)
+    pipeline = build_pipeline(values if values is not None else SETTINGS.cluster)
+    compiler.Compiler().compile(pipeline_func=pipeline, package_path=path)
     return path
 
 

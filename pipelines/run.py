@@ -180,8 +180,10 @@ def run_kfp(args, arguments: dict, state: Path, label: str) -> set[str] | None:
     """The kfp pipeline through kfp's local runner, one line per step (pipelines.local_output); the steps this run
     ran or took from kfp's cache (None with --verbose). StepFailed when a step failed."""
     init_kfp(state / "kfp")
-    from pipelines.clipdpo_pipeline import clipdpo_pipeline
+    from pipelines.clipdpo_pipeline import build_pipeline
+    from pipelines.settings import SETTINGS
 
+    clipdpo_pipeline = build_pipeline(SETTINGS.cluster.for_local())  # kfp's local runner honours retries
     print(f"running the kfp pipeline ({label}) ...", flush=True)
     log = state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with steps_only(str(log), args.verbose) as this_run:

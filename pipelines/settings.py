@@ -1,7 +1,8 @@
-"""Compile-time settings: which images the components run and how GPU pods are placed.
+"""Compile-time settings: which images the components run, how GPU pods are placed, and the pods' cluster
+values (pipelines/cluster_values.py: requests, limits, retries, timeouts, parallelism, queue, pull secrets, TTL).
 
-Read from the environment so `make compile REGISTRY=... TAG=...` (and CI) choose them; the
-defaults compile a pipeline for the images `make images push` builds for this version.
+Read from the environment so `make compile REGISTRY=... TAG=...` (and CI, and helm's clipdpo-settings ConfigMap)
+choose them; the defaults compile a pipeline for the images `make images push` builds for this version.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from clipdpo import __version__
 from clipdpo.stages import IMAGES as STAGE_IMAGES
+from pipelines.cluster_values import ClusterValues, values_from_env
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class PipelineSettings:
     gpu_tolerations: list = field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     )
+    cluster: ClusterValues = field(default_factory=ClusterValues)  # CLIPDPO_CLUSTER_VALUES
 
     def image(self, stage: str) -> str:
         if stage not in STAGE_IMAGES:
@@ -48,6 +51,7 @@ class PipelineSettings:
             gpu_resource=os.environ.get("CLIPDPO_GPU_RESOURCE", defaults.gpu_resource),
             gpu_node_selector=json.loads(os.environ.get("CLIPDPO_GPU_NODE_SELECTOR", "{}")),
             gpu_tolerations=json.loads(os.environ.get("CLIPDPO_GPU_TOLERATIONS", json.dumps(defaults.gpu_tolerations))),
+            cluster=values_from_env(),
         )
 
 

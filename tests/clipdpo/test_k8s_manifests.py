@@ -349,3 +349,30 @@ def test_helm_existing_secret_and_values_schema():
     defaults = render_chart({})  # the default: the Secret already exists, the chart only names it
     assert "Secret" not in [o["kind"] for o in defaults]
     assert next(o for o in defaults if o["kind"] == "ConfigMap")["data"]["CLIPDPO_S3_SECRET"] == "clipdpo-s3"
+
+
+def test_helm_passes_the_pipelines_cluster_values_and_pull_secrets():
+    """clusterValues and images.pullSecrets reach the ConfigMap as CLIPDPO_CLUSTER_VALUES, which the pipeline's
+    values load as they are; the training pods' ServiceAccount pulls with the same Secrets."""
+    from pipelines.cluster_values import ClusterValues, load_values
+
+    values = {
+        **SECRET_VALUES,
+        "images": {"registry": "r.example.com/ml", "tag": "1.0.0", "pullSecrets": ["regcred"]},
+        "clusterValues": {"steps": {"train": {"retries": 5}}, "gpu_queue_name": "team-gpus"},
+    }
+    objects = render_chart(values)
+    settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    loaded = load_values(settings["CLIPDPO_CLUSTER_VALUES"])
+    assert loaded.image_pull_secrets == ["regcred"] and loaded.gpu_queue_name == "team-gpus"
+    assert loaded.step("train").retries == 5
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")
+    k8s_checks.validate_core(account)
+    assert account["imagePullSecrets"] == [{"name": "regcred"}]
+    defaults = render_chart(SECRET_VALUES)  # nothing set: the defaults, no pull secrets
+    assert load_values(next(o for o in defaults if o["kind"] == "ConfigMap")["data"]["CLIPDPO_CLUSTER_VALUES"]) == (
+        ClusterValues()
+    )
+    assert "imagePullSecrets" not in next(o for o in defaults if o["kind"] == "ServiceAccount")
+    with pytest.raises(Exception):
+        helm().Chart.load(CHART).validate_schema({"images": {"pullSecrets": ["Bad_Name"]}})

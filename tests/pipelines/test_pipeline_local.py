@@ -69,6 +69,7 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     steps = {line.split()[0]: line.split()[1:] for line in table[1:] if line.strip() and not line.startswith("metric")}
     for step in ("ingest", "generate-shard[0]", "score-finalize", "filter-pairs", "train", "evaluate-merge", "report"):
         assert steps[step][0] == "no", (step, table)
+    assert steps["cleanup-train-jobs"][0] == "no", table  # the run's exit task ran (launcher local: nothing to do)
     assert steps["ingest"][1] == "10" and f"report: {tmp_path / 'state' / 'reports' / run_id / 'report.html'}" in out
 
     started = time.monotonic()
@@ -79,6 +80,7 @@ def test_pipeline_runs_end_to_end_locally_and_reuses_finished_steps(s3_server, t
     table = summary_table(out)
     cached = {line.split()[0]: line.split()[1] for line in table[1:] if line.strip()}
     assert (cached["ingest"], cached["train"], cached["report"]) == ("yes", "yes", "yes"), out
+    assert cached["cleanup-train-jobs"] == "no", out  # the exit task is never served from kfp's cache
     with capsys.disabled():
         print(f"\n[pipeline] local kfp run {first:.1f}s, rerun {second:.1f}s")
     assert second < first

@@ -4,6 +4,7 @@ Markdown output; read from the compiled pipeline spec."""
 from __future__ import annotations
 
 import pytest
+from test_pipeline_spec import stage_tasks  # the stages: inside the exit handler's DAG
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def _output_artifacts(component: dict) -> dict[str, str]:
 
 def test_every_step_declares_metrics_and_the_report_html_and_markdown(spec):
     steps = {name: component for name, component in spec["components"].items() if "executorLabel" in component}
-    assert len(steps) == 18 and "comp-report" in steps
+    assert len(steps) == 19 and "comp-report" in steps and "comp-cleanup-train-jobs" in steps
     for name, component in steps.items():
         assert _output_artifacts(component).get("metrics") == "system.Metrics", name
     assert _output_artifacts(steps["comp-report"]) == {
@@ -29,7 +30,7 @@ def test_every_step_declares_metrics_and_the_report_html_and_markdown(spec):
 
 
 def test_the_report_step_runs_after_evaluate_in_the_evaluate_image(spec):
-    report = spec["root"]["dag"]["tasks"]["report"]
+    report = stage_tasks(spec)["report"]
     assert report["dependentTasks"] == ["evaluate-merge"]
     assert report["taskInfo"]["name"] == "report"
     image = spec["deploymentSpec"]["executors"]["exec-report"]["container"]["image"]

@@ -110,7 +110,7 @@ def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reru
     # a finished artifact damaged: a scores shard deleted, a byte of a pairs shard flipped (another ETag); the
     # cache check finds both, score and filter redo exactly those shards, and every other step stays cached
     # (the repaired artifacts keep their versions) but training-pairs, whose output names the pairs, and the
-    # gate, never cached. Before: every step cached, the damage left in place.
+    # gate and the exit task, never cached. Before: every step cached, the damage left in place.
     with serving(state, monkeypatch) as storage:
         scores = Artifact.open(storage, join(root, "scores"), kind="scores")
         storage.delete(scores.shard_uri(scores.shard_names[0]))
@@ -126,6 +126,7 @@ def test_changed_filter_reruns_filter_and_later_steps_only_and_deleted_data_reru
         "filter-pairs",
         "training-pairs",
         "gate",
+        "cleanup-train-jobs",
     }, repaired
     assert "outputs are gone, replaced or damaged" in repaired
     with serving(state, monkeypatch) as storage:

@@ -1,4 +1,4 @@
-"""The compiled kfp pipeline spec: stages, images, GPUs, S3 secret, caching, shard fan-out."""
+"""The compiled kfp pipeline spec: stages, images, GPUs, S3 secret, caching, shard fan-out, the exit task."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ STAGE_EXECUTORS = {  # executor -> image of its stage
     "exec-povid-placement": "filter",
     "exec-povid-pairs-cpu": "filter",
     "exec-train-method": "filter",
+    "exec-cleanup-train-jobs": "filter",
 }
 
 
@@ -37,6 +38,12 @@ def all_tasks(spec: dict):
     yield from spec["root"]["dag"]["tasks"].items()
     for component in spec["components"].values():
         yield from component.get("dag", {}).get("tasks", {}).items()
+
+
+def stage_tasks(spec: dict) -> dict:
+    """The pipeline's stages: the tasks of the DAG its exit handler wraps (the root holds it and the exit task)."""
+    (handler,) = [task for name, task in spec["root"]["dag"]["tasks"].items() if name.startswith("exit-handler")]
+    return spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
 
 
 def test_every_stage_runs_its_own_pinned_image(compiled):
@@ -81,7 +88,8 @@ def test_s3_secret_is_wired_into_every_step_that_touches_s3(compiled):
     _, platform, _ = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     # these read no S3
-    for name in set(STAGE_EXECUTORS) - {"exec-plan-shards", "exec-povid-placement", "exec-train-method"}:
+    no_s3 = {"exec-plan-shards", "exec-povid-placement", "exec-train-method", "exec-cleanup-train-jobs"}
+    for name in set(STAGE_EXECUTORS) - no_s3:
         secrets = executors[name]["secretAsEnv"]
         required = [s for s in secrets if not s["optional"]]
         assert required and required[0]["secretName"] == "clipdpo-s3"
@@ -92,16 +100,20 @@ def test_s3_secret_is_wired_into_every_step_that_touches_s3(compiled):
 def test_caching_is_on_for_every_task(compiled):
     spec, _, _ = compiled
     tasks = dict(all_tasks(spec))
-    leaf_tasks = {name: task for name, task in tasks.items() if not name.startswith(("for-loop", "condition-"))}
-    assert len(leaf_tasks) == 18
-    # the gate reads the promoted pointer, which other runs move: it must run every time
+    leaf_tasks = {
+        name: task for name, task in tasks.items() if not name.startswith(("for-loop", "condition-", "exit-handler"))
+    }
+    assert len(leaf_tasks) == 19
+    # the gate reads the promoted pointer, which other runs move: it must run every time; so must the exit task,
+    # which looks for this run's jobs
     assert not leaf_tasks.pop("gate").get("cachingOptions", {}).get("enableCache")
+    assert not leaf_tasks.pop("cleanup-train-jobs").get("cachingOptions", {}).get("enableCache")
     assert all(task["cachingOptions"]["enableCache"] for task in leaf_tasks.values())
 
 
 def test_generate_and_score_fan_out_over_shards(compiled):
     spec, _, _ = compiled
-    loops = {name: task for name, task in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in task}
+    loops = {name: task for name, task in stage_tasks(spec).items() if "parameterIterator" in task}
     assert len(loops) == 3
     inner = {}
     for task in (t for t in loops.values() if "plan-shards" in str(t["parameterIterator"])):
@@ -111,7 +123,7 @@ def test_generate_and_score_fan_out_over_shards(compiled):
         inner.update(component["dag"]["tasks"])
     assert set(inner) == {"generate-shard", "score-shard"}
     # finalize steps collect every shard's output before writing the manifest
-    finalize = spec["root"]["dag"]["tasks"]["generate-finalize"]
+    finalize = stage_tasks(spec)["generate-finalize"]
     assert "for-loop" in str(finalize["inputs"]["parameters"]["shard_outputs"])
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["shard_count"]["parameterType"] == "NUMBER_INTEGER"
@@ -144,7 +156,7 @@ def test_compile_is_deterministic_and_images_follow_settings(compiled, compile_t
 
 def test_evaluate_fans_out_per_model_and_task_then_merges_and_gates(compiled):
     spec, _, _ = compiled
-    root = spec["root"]["dag"]["tasks"]
+    root = stage_tasks(spec)
     loop = next(task for task in root.values() if "plan-evaluation" in str(task.get("parameterIterator", "")))
     assert set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == {"evaluate-task"}
     assert "for-loop" in str(root["evaluate-merge"]["inputs"]["parameters"]["task_records"])  # every record
@@ -156,7 +168,7 @@ def test_method_chooses_the_pairs_train_consumes(compiled):
     """povid pairs come from the ingested images; train reads what training-pairs picks from the filter's
     CLIP-DPO pairs and POVID's, by the train config's method."""
     spec, _, _ = compiled
-    root = spec["root"]["dag"]["tasks"]
+    root = stage_tasks(spec)
     tasks = dict(all_tasks(spec))
 
     def producer(task: str, parameter: str) -> str:
@@ -172,9 +184,11 @@ def test_method_chooses_the_pairs_train_consumes(compiled):
     for task in ("povid-placement", "training-pairs"):  # both take the method the train-method step read
         assert producer(task, "method") == "train-method"
     assert root["train-method"]["inputs"]["parameters"]["train_config_json"]["componentInputParameter"] == (
-        "train_config"
+        "pipelinechannel--train_config"
     )
-    assert root["povid-placement"]["inputs"]["parameters"]["config_json"]["componentInputParameter"] == "povid_config"
+    assert root["povid-placement"]["inputs"]["parameters"]["config_json"]["componentInputParameter"] == (
+        "pipelinechannel--povid_config"
+    )
     executors = spec["deploymentSpec"]["executors"]
     assert "pairs_uri=pairs_uri" in " ".join(executors["exec-train"]["container"]["command"])
 
@@ -187,8 +201,9 @@ def test_povid_pairs_hold_a_gpu_only_for_an_llm_rewrite(compiled):
     spec, platform, _ = compiled
     components, executors = spec["components"], spec["deploymentSpec"]["executors"]
     placed = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    (branches_name,) = [name for name in spec["root"]["dag"]["tasks"] if name.startswith("condition-branches")]
-    branches = components[spec["root"]["dag"]["tasks"][branches_name]["componentRef"]["name"]]["dag"]
+    stages = stage_tasks(spec)
+    (branches_name,) = [name for name in stages if name.startswith("condition-branches")]
+    branches = components[stages[branches_name]["componentRef"]["name"]]["dag"]
     conditions = {}
     for branch in branches["tasks"].values():
         (task,) = components[branch["componentRef"]["name"]]["dag"]["tasks"].values()
@@ -203,18 +218,13 @@ def test_povid_pairs_hold_a_gpu_only_for_an_llm_rewrite(compiled):
     for name in ("exec-povid-pairs-cpu", "exec-povid-placement"):
         container = executors[name]["container"]
         assert container["image"].startswith("ghcr.io/clipdpo/clipdpo-filter:"), name
-        assert set(container["resources"]) == {
-            "cpuRequest",
-            "memoryRequest",
-            "resourceCpuRequest",
-            "resourceMemoryRequest",
-        }, name
+        assert "accelerator" not in container["resources"] and container["resources"]["resourceCpuRequest"], name
         assert "tolerations" not in placed.get(name, {}) and "nodeSelector" not in placed.get(name, {}), name
 
     selectors = branches["outputs"]["parameters"]
     (oneof,) = selectors.values()
     assert [s["producerSubtask"] for s in oneof["valueFromOneof"]["parameterSelectors"]] == list(branches["tasks"])
-    povid_input = spec["root"]["dag"]["tasks"]["training-pairs"]["inputs"]["parameters"]["povid_pairs_uri"]
+    povid_input = stages["training-pairs"]["inputs"]["parameters"]["povid_pairs_uri"]
     assert povid_input["taskOutputParameter"] == {
         "producerTask": branches_name,
         "outputParameterKey": next(iter(selectors)),
@@ -264,7 +274,7 @@ def test_the_train_step_retries_and_reattaches_to_its_job(compiled):
         "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
         "karpenter.sh/do-not-disrupt": "true",
     }
-    assert spec["root"]["dag"]["tasks"]["train"]["retryPolicy"]["maxRetryCount"] >= 2
+    assert stage_tasks(spec)["train"]["retryPolicy"]["maxRetryCount"] >= 2
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters["train_admission_timeout_minutes"]["defaultValue"] == 0.0  # a queue is waiting, not stuck
     assert parameters["train_startup_timeout_minutes"]["defaultValue"] == 30.0
@@ -275,8 +285,8 @@ def test_the_povid_steps_take_the_method_not_the_train_config(compiled):
     """Only the train-method step reads the whole train config on POVID's side: another beta or learning rate
     leaves POVID's placement and pairs cached (their inputs are the method and POVID's own config)."""
     spec, _, _ = compiled
-    root = spec["root"]["dag"]["tasks"]
-    for name, task in [*root.items(), *all_tasks(spec)]:
+    root = stage_tasks(spec)
+    for name, task in all_tasks(spec):
         if name in ("povid-placement", "training-pairs", "povid-pairs", "povid-pairs-cpu"):
             assert set(task["inputs"]["parameters"]) >= {"method"} and "train_config_json" not in set(
                 task["inputs"]["parameters"]
