@@ -27,8 +27,8 @@ SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally on the synthetic world 0"
 	@echo "                    (the first run builds it, several minutes; cached after). WORLD=<seed> another world,"
-	@echo "                    CONTROL=shuffled adds the shuffled-score control arm, QA=1 the paper's QA pairs"
-	@echo "                    (the world's QA writer), DEMO=1 the 1-minute tiny demo"
+	@echo "                    CONTROL=shuffled adds the shuffled-score control arm, QA=0 leaves out the"
+	@echo "                    paper's QA pairs (the world's QA writer), DEMO=1 the 1-minute tiny demo"
 	@echo "make rules-ablation the paper's margin and length rules on and off, on a finished world run (WORLD, RUN_ID)"
 	@echo "make loss-ablation  the DPO loss variants of the paper's Table 5, on a finished world run (WORLD, RUN_ID)"
 	@echo "make test           unit, integration and end-to-end tests"
@@ -103,14 +103,14 @@ faults: $(STAMP)
 # plumbing, no effect). CONTROL=shuffled (on the world) also trains and evaluates the shuffled-score control
 # arm. METHOD=povid|both (on the world): the pipeline trains POVID (or CLIP-DPO + POVID) instead of CLIP-DPO.
 # ARMS=clipdpo,povid,both,control (on the world): those arms too, trained after the pipeline, all in one report.
-# QA=1 (on the world): generate also writes QA rows (the paper's QA path) with the world's QA writer,
-# trained once per world (~12 min on one busy core). On a cluster (KFP_HOST set) none applies: the stage configs
+# On the world generate also writes QA rows (the paper's QA path) with the world's QA writer, trained once per
+# world in a second process while the world builds; QA=0 leaves them out (the ablation). On a cluster (KFP_HOST set) none applies: the stage configs
 # come from CLIPDPO_CONFIG_DIR.
 WORLD ?= 0
 # The world's run is the lab's (python -m clipdpo_lab run); the demo and the cluster are the product's own.
 RUNNER = $(if $(KFP_HOST)$(DEMO),pipelines.run,clipdpo_lab run)
 LOCAL_INPUT = $(if $(KFP_HOST),,$(if $(DEMO),,--world $(WORLD)))
-WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(ARMS),--arms $(ARMS)) $(if $(QA),--qa) \
+WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(ARMS),--arms $(ARMS)) $(if $(filter 0,$(QA)),--no-qa,--qa) \
 	$(if $(CONTROL),--control $(CONTROL)))
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m $(RUNNER) --run-id $(RUN_ID) \

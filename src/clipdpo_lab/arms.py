@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,30 @@ def evaluate_models(
     return [hf_model("base", base)] + [hf_model(name, model_uri(root)) for name, root in roots.items()]
 
 
+def print_now(line: str) -> None:
+    print(line, flush=True)
+
+
+def writer_beside(cfg, cache_dir: str):
+    """Start training the world's QA writer in another process while the world builds (it reads only the world's
+    scenes; each takes one core), or None when the world is built already (`ensure` then finds or trains it)."""
+    import multiprocessing
+
+    from clipdpo_world import qawriter_build
+    from clipdpo_world.build import WORLD_FILE, folder_name, world_key
+
+    key = world_key(cfg)
+    if (Path(cache_dir) / folder_name(cfg, key) / WORLD_FILE).exists():
+        return None
+    process = multiprocessing.get_context("spawn").Process(
+        target=qawriter_build.stage,
+        args=(cache_dir, folder_name(cfg, key), key, cfg.seed, asdict(cfg.scene)),
+        kwargs={"say": print_now},
+    )
+    process.start()
+    return process
+
+
 def world_configs(
     seed: int, cache_dir: str, run_root: str, say=print, method: str = "clipdpo", qa: bool = False
 ) -> tuple[dict[str, Any], WorldPaths]:
@@ -71,20 +96,26 @@ def world_configs(
     import torch
 
     from clipdpo_world.build import WorldConfig, build
+    from clipdpo_world.clip import WorldBuildError
     from clipdpo_world.stageconfigs import method_train_config, povid_source_config, world_qa_config
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
     say(f"world {seed}: building or reusing it under {cache_dir} (a first build takes several minutes) ...")
+    writer = writer_beside(WorldConfig(seed=seed), cache_dir) if qa else None
     paths = build(
         WorldConfig(seed=seed),
         cache_dir,
         spacy_model=str(Path(spacy_model).resolve()) if spacy_model else None,
-        say=lambda line: print(line, flush=True),
+        say=print_now,
     )
     configs = {stage: dict(body) for stage, body in paths.configs.items()}
     if qa:
-        configs["generate"]["qa"] = world_qa_config(paths.root, say=lambda line: print(line, flush=True))
+        if writer is not None:
+            writer.join()
+            if writer.exitcode != 0:
+                raise WorldBuildError(f"world QA writer: its process ended with exit code {writer.exitcode} (above)")
+        configs["generate"]["qa"] = world_qa_config(paths.root, say=print_now)
     configs["world_train"] = configs["train"]  # the CLIP-DPO arm's; every arm's train config derives from it
     configs["train"] = method_train_config(configs["train"], method)
     configs["povid"] = povid_source_config(paths.images, seed)

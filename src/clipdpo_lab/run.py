@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--qa",
-        action="store_true",
-        default=os.environ.get("CLIPDPO_WORLD_QA") == "1",
-        help="generate also writes QA rows (questions with a right and a wrong answer, the "
-        "paper's QA pairs) with the world's QA writer, trained once per world",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("CLIPDPO_WORLD_QA", "1") != "0",
+        help="generate also writes QA rows (questions with a right and a wrong answer, the paper's QA pairs) "
+        "with the world's QA writer, trained once per world beside its first build (default; --no-qa for "
+        "the ablation without them)",
     )
     return parser
 

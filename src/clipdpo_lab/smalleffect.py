@@ -16,6 +16,7 @@ from clipdpo_lab import localrun
 from clipdpo_world.build import WorldConfig, WorldPaths
 from clipdpo_world.clip import ClipConfig
 from clipdpo_world.lvlm import LvlmConfig
+from clipdpo_world.selfcheck import Bars
 
 
 def small_world(seed: int = 0) -> WorldConfig:
@@ -36,7 +37,9 @@ def small_world(seed: int = 0) -> WorldConfig:
         pool_images=1000,
         samples_per_image=6,
         clip=ClipConfig(steps=250),
-        lvlm=LvlmConfig(steps=1600, caption_share=0.9),
+        # untied embeddings, as measured above; no Yes/No questions, so the question self-checks are recorded only
+        lvlm=LvlmConfig(steps=1600, caption_share=0.9, tie_embeddings=False),
+        checks=Bars(enforced=False),
     )
 
 

@@ -11,7 +11,7 @@ from here: the world plugs into it through the same configs a user's models and 
 - `language`: correct captions, captions that also name an absent partner, Yes/No questions.
 - `clip`: an open_clip ViT trained on correct captions only; refuses to rank below 90%.
 - `tower` + `lvlm`: LLaVA with the world CLIP's image tower (frozen, penultimate layer, as
-  LLaVA-1.5 uses OpenAI's CLIP) and a 2x64 Llama, SFT on captions of which 30% of the tempting
+  LLaVA-1.5 uses OpenAI's CLIP) and a 3x64 Llama, SFT on captions of which 40% of the tempting
   images name the absent partner; refuses greedy Cover below 90%.
 - `benchmark`: AMBER's official layout, POPE questions and a zero-shot folder on held-out images.
 - `build`: all of it once, cached by a hash of the world-making code and config

@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from clipdpo import llava_chat
-from clipdpo_world import benchmark, clip, data, lvlm, metrics
+from clipdpo_world import benchmark, clip, data, lvlm, metrics, selfcheck
 from clipdpo_world.clip import ClipConfig, WorldBuildError
 from clipdpo_world.lvlm import LvlmConfig
 from clipdpo_world.scene import SceneConfig
+from clipdpo_world.selfcheck import Bars
 from clipdpo_world.stageconfigs import stage_configs
 
 WORLD_FILE = "world.json"
@@ -35,6 +36,7 @@ WORLD_MODULES = (
     "lvlm.py",
     "benchmark.py",
     "metrics.py",
+    "selfcheck.py",
     "build.py",
 )
 
@@ -51,6 +53,7 @@ class WorldConfig:
     scene: SceneConfig = field(default_factory=SceneConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     lvlm: LvlmConfig = field(default_factory=LvlmConfig)
+    checks: Bars = field(default_factory=Bars)  # what the world LLaVA must reach (selfcheck)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,11 @@ def world_key(cfg: WorldConfig) -> str:
     return digest.hexdigest()[:16]
 
 
+def folder_name(cfg: WorldConfig, key: str | None = None) -> str:
+    """The built world's folder under the cache: `world<seed>-<world key>`."""
+    return f"world{cfg.seed}-{key or world_key(cfg)}"
+
+
 def kernel_paths() -> dict[str, str]:
     """The CPU code paths this process's torch runs (its vector kernels and the MKL / oneDNN pins it loaded
     with): a world built on other kernels has other bits, so it is another world (clipdpo.determinism)."""
@@ -132,7 +140,9 @@ def _build_clip(cfg: WorldConfig, train, heldout, folder: str, say) -> tuple[dic
     return measured, tower_parts
 
 
-def _build_lvlm(cfg: WorldConfig, train, heldout, folder: str, clip_tower, say) -> dict:
+def _build_lvlm(cfg: WorldConfig, train, heldout, work: Path, clip_tower, say) -> dict:
+    """Train the world LLaVA into `work`/lvlm and check it (selfcheck) before keeping it."""
+    folder = str(work / "lvlm")
     lvlm_cfg = replace(cfg.lvlm, seed=cfg.lvlm.seed + 1000 * cfg.seed)
     started = time.monotonic()
     tokenizer = lvlm.build_tokenizer(lvlm.corpus(train, lvlm_cfg), lvlm_cfg.vocab_size)
@@ -146,23 +156,38 @@ def _build_lvlm(cfg: WorldConfig, train, heldout, folder: str, clip_tower, say) 
 
     lvlm.train(model, batches, lvlm_cfg, progress=say, on_checkpoint=progress_check)
     greedy = metrics.caption_metrics(heldout, lvlm.describe(model, processor, heldout))
-    sampled = metrics.caption_metrics(heldout, lvlm.describe(model, processor, heldout, temperature=1.0, seed=cfg.seed))
+    sampled_texts = lvlm.describe(model, processor, heldout, temperature=1.0, seed=cfg.seed)
+    sampled = metrics.caption_metrics(heldout, sampled_texts)
     say(f"world LVLM ({time.monotonic() - started:.0f}s): greedy {greedy.as_dict()}, sampled {sampled.as_dict()}")
+    paths = {"benchmarks": str(work / "benchmarks"), "clip": str(work / "clip")}
+    questions = selfcheck.measure(model, processor, heldout, cfg.seed, paths, sampled_texts)
+    say(
+        f"world LVLM self-checks: POPE {questions['pope']}, AMBER F1 {questions['amber_f1']:.1f}, zero-shot "
+        f"{questions['zero_shot']['top1']:.1f}; damaged: POPE {questions['pope_damaged']}, AMBER F1 "
+        f"{questions['amber_f1_damaged']:.1f}, CHAIR {questions['damaged_chair']:.1f}, zero-shot "
+        f"{questions['zero_shot']['damaged_top1']:.1f}"
+    )
     if greedy.cover < 100 * lvlm_cfg.min_cover:
         raise WorldBuildError(
             f"world LVLM does not see: greedy Cover {greedy.cover:.1f}% of held-out objects, below the "
             f"{100 * lvlm_cfg.min_cover:.0f}% required (it learns to see in a jump during SFT; this seed may "
             "need more LvlmConfig.steps, or it never makes the jump: try another seed)"
         )
+    selfcheck.require(questions, cfg.checks)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    return {"greedy": greedy.as_dict(), "sampled": sampled.as_dict(), "seconds": round(time.monotonic() - started, 1)}
+    return {
+        "greedy": greedy.as_dict(),
+        "sampled": sampled.as_dict(),
+        "questions": questions,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def build(cfg: WorldConfig, out_dir: str, spacy_model: str | None = None, say=print) -> WorldPaths:
     """Build (or reuse) the world under `<out_dir>/<world_key>/` and return its paths and stage configs."""
     key = world_key(cfg)
-    root = Path(out_dir, f"world{cfg.seed}-{key}").resolve()
+    root = Path(out_dir, folder_name(cfg, key)).resolve()
     if (root / WORLD_FILE).exists():
         say(f"world {root.name}: cached")
         return _paths(root, cfg, spacy_model)
@@ -180,7 +205,7 @@ def build(cfg: WorldConfig, out_dir: str, spacy_model: str | None = None, say=pr
     checks = {}
     checks["clip"], clip_tower = _build_clip(cfg, train, heldout, str(work / "clip"), say)
     say("world LVLM: SFT on biased captions and questions ...")
-    checks["lvlm"] = _build_lvlm(cfg, train, heldout, str(work / "lvlm"), clip_tower, say)
+    checks["lvlm"] = _build_lvlm(cfg, train, heldout, work, clip_tower, say)
     from clipdpo.determinism import record as cpu_record
 
     record = {

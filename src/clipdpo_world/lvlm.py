@@ -4,7 +4,16 @@ on world images with captions carrying the co-occurrence bias, plus Yes/No quest
 Saved in Hugging Face format with its LlavaProcessor (tokenizer of the world's language with a chat
 template and an `<image>` token), so generate, train and evaluate load it as they load LLaVA-1.5.
 The bias: for `bias_fraction` of the images that hold one of a co-occurring pair without the other,
-the training caption also names the absent partner, as web captions teach real LVLMs to do.
+the training caption also names the absent partner, as web captions teach real LVLMs to do, and the
+question whether that partner is there is answered as the caption says ("Yes"); for one pair (cup/book) the
+answer is "Yes" more often than not (`partner_answer`). So the model says "yes" to an absent partner of a present
+object more often than to other absent objects, as LLaVA-1.5 does on POPE's adversarial split.
+
+Two choices make the Yes/No answers learnable by a small model (measured on world 0: without them POPE stayed
+at chance, 50%, through 3,200 steps): each example weighs the same in the loss (a caption's 30 tokens
+outweighed a one-token answer 30 to 1 when the loss averaged tokens), and the input and output word
+embeddings are tied, so the question's noun is the vector the model already matches against image patches
+when it names what it sees.
 """
 
 from __future__ import annotations
@@ -20,24 +29,33 @@ import torch
 
 from clipdpo.llava_chat import CHAT_TEMPLATE, SPECIAL_TOKENS
 from clipdpo_world import language
-from clipdpo_world.scene import SIZE, Scene, render
+from clipdpo_world.scene import KINDS, PAIRS, SIZE, Scene, render
 
 log = logging.getLogger("clipdpo_world")
 
 
 @dataclass(frozen=True)
 class LvlmConfig:
-    """Architecture and SFT of the world LVLM (the issue's experiment: 2-layer 64-wide Llama and CLIP tower)."""
+    """Architecture and SFT of the world LVLM (a 3-layer 64-wide Llama on the world CLIP's tower)."""
 
     hidden: int = 64
-    layers: int = 2
+    # 3 layers: with 2 the Yes/No answers came in a jump at an unpredictable step (POPE 86% by step 3,200 in one
+    # training, still at chance at 2,800 in two others of the same world); with 3 by step 1,600 (world 0)
+    layers: int = 3
     vision_hidden: int = 64  # a tower of its own (vision_from_clip False) only
     vision_layers: int = 2
     patch_size: int = 8
     vision_from_clip: bool = True  # LLaVA's way: the (world) CLIP's image tower, frozen, penultimate layer
     vocab_size: int = 600
-    bias_fraction: float = 0.3
-    steps: int = 2400  # the model "learns to see" in a jump somewhere past step ~1,200 (measured on worlds 0 and 1)
+    tie_embeddings: bool = True  # see the module's docstring
+    bias_fraction: float = (
+        0.4  # sampled CHAIR 9.5, Hal 24 at 0.3 with the Yes/No training (world 0): too little to unlearn
+    )
+    question_bias: float = 0.6  # partner_answer: how often an absent partner of the strongly biased pairs is a "Yes"
+    question_bias_pairs: int = 1  # scene.PAIRS[:n] are strongly biased (cup/book)
+    # captions "learn to see" in a jump past step ~1,200; Yes/No answers come later (3 layers, world 0: POPE random
+    # accuracy 64% at step 1,200, 77% at 1,600, 86% at 2,400, 89% at 3,200)
+    steps: int = 3200
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100
@@ -99,7 +117,7 @@ def llava_config(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | Non
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     return LlavaConfig(
         vision_config=vision,
@@ -140,15 +158,36 @@ def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None
 
 
 def training_examples(scene: Scene, rng: np.random.Generator, cfg: LvlmConfig) -> dict[str, list[tuple[str, str]]]:
-    """(prompt, answer) per kind of example for one training image; the caption carries the bias."""
-    target = language.caption(scene)
+    """(prompt, answer) per kind of example for one training image; the caption and the questions about absent
+    partners carry the bias (see `partner_answer`)."""
+    target, named = language.caption(scene), None
     if rng.random() < cfg.bias_fraction and (biased := language.with_partner(scene, rng)):
-        target = biased[0]
+        target, named = biased
+    qa = [(question, answer) for _, question, answer in language.questions(scene, rng)]
+    # POPE's random split, balanced: an absent kind ("No") and a present one ("Yes")
+    absent = [kind for kind in KINDS if kind not in scene.kinds]
+    qa.append((language.existence_question(absent[int(rng.integers(len(absent)))]), "No"))
+    qa.append((language.existence_question(scene.kinds[int(rng.integers(len(scene.kinds)))]), "Yes"))
+    asked = {language.existence_question(kind): kind for kind in scene.absent_partners}
+    qa = [(q, partner_answer(asked[q], named, rng, cfg) if q in asked else a) for q, a in qa]
+    if named is not None and language.existence_question(named) not in {q for q, _ in qa}:
+        qa.append((language.existence_question(named), "Yes"))
     return {
         "caption": [(prompt, target) for prompt in language.CAPTION_PROMPTS],
         "main": [(language.MAIN_OBJECT_PROMPT, language.main_object_answer(scene))],
-        "qa": [(question, answer) for _, question, answer in language.questions(scene, rng)],
+        "qa": qa,
     }
+
+
+def partner_answer(partner: str, named: str | None, rng: np.random.Generator, cfg: LvlmConfig) -> str:
+    """The training answer to "Is there a <partner>?" for an absent partner: "Yes" where the caption named it,
+    and for the kinds of the first `question_bias_pairs` pairs "Yes" with probability `question_bias` (above one
+    half: the model learns to say yes to them, as LLaVA-1.5 says yes to absent objects that usually co-occur
+    and scores lowest on POPE's adversarial split). Other partners are answered as the image is."""
+    strong = {kind for pair in PAIRS[: cfg.question_bias_pairs] for kind in pair}
+    if partner == named or (partner in strong and rng.random() < cfg.question_bias):
+        return "Yes"
+    return "No"
 
 
 def corpus(scenes: list[Scene], cfg: LvlmConfig) -> list[str]:
@@ -244,6 +283,19 @@ def _lr(step: int, cfg: Schedule) -> float:
     return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def per_example_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of each example's answer tokens averaged within the example, then over the batch: a
+    one-token Yes/No answer weighs as much as a 30-token caption (the module's docstring says why)."""
+    labels = batch["labels"]
+    logits = model(**{name: value for name, value in batch.items() if name != "labels"}).logits[:, :-1]
+    targets = labels[:, 1:]
+    token_losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(targets.shape)
+    answered = (targets != -100).float()
+    return ((token_losses * answered).sum(dim=1) / answered.sum(dim=1).clamp(min=1)).mean()
+
+
 def train(model, batches: SFTBatches, cfg: LvlmConfig, progress=print, on_checkpoint=None):
     """Plain SFT loop (AdamW, warm-up then cosine to 10%); `on_checkpoint(step)` every 400 steps."""
     optimizer = torch.optim.AdamW(
@@ -255,7 +307,7 @@ def train(model, batches: SFTBatches, cfg: LvlmConfig, progress=print, on_checkp
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, cfg)
-        loss = model(**batches.sample(rng)).loss
+        loss = per_example_loss(model, batches.sample(rng))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

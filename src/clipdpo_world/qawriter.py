@@ -55,7 +55,7 @@ class QAWriterConfig:
     train_scenes: int = 3000  # the world's training split (the images the CLIP and the LVLM learn from)
     captions: tuple[int, int] = (3, 6)  # captions per example, inclusive (the world's generate stage gives 6)
     questions: int = 2  # blocks per reply (QAConfig.questions_per_image, the paper's 2)
-    partner_probability: float = 0.3  # the LVLM's own training bias (LvlmConfig.bias_fraction)
+    partner_probability: float = 0.4  # the LVLM's own training bias (LvlmConfig.bias_fraction)
     swap_probability: float = 0.1  # one group's kind replaced by another kind
     count_probability: float = 0.05  # one group's count wrong
     drop_probability: float = 0.05  # one group left out

@@ -192,15 +192,40 @@ def _world_record(world_root: Path) -> dict:
 
 
 def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str:
-    """`<world_root>/qa-writer-<key>/` (config `cfg`, else DEFAULT), trained first when missing; refuses a writer
-    whose held-out questions are right less than `cfg.min_right` of the time (WorldBuildError)."""
+    """`<world_root>/qa-writer-<key>/` (config `cfg`, else DEFAULT), trained first when missing (or moved in from
+    where `stage` trained it beside the world while the world was built); refuses a writer whose held-out
+    questions are right less than `cfg.min_right` of the time (WorldBuildError)."""
     cfg = cfg or DEFAULT
     root = Path(world_root)
     record = _world_record(root)
     target = root / f"qa-writer-{writer_key(record['key'], cfg)}"
-    if (target / WRITER_FILE).exists():
-        return str(target)
-    seed, scene_cfg = record["config"]["seed"], SceneConfig(**record["config"]["scene"])
+    staged = staged_path(root.parent, root.name, writer_key(record["key"], cfg))
+    if not (target / WRITER_FILE).exists() and (staged / WRITER_FILE).exists():
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staged, target)
+    if not (target / WRITER_FILE).exists():
+        train_into(target, record["key"], record["config"]["seed"], SceneConfig(**record["config"]["scene"]), cfg, say)
+    return str(target)
+
+
+def staged_path(cache_dir: Path, world_name: str, key: str) -> Path:
+    """Where `stage` trains the writer of a world not built yet: beside the world's folder, moved in by `ensure`."""
+    return Path(cache_dir) / f"{world_name}.qa-writer-{key}"
+
+
+def stage(cache_dir: str, world_name: str, world_key: str, seed: int, scene: dict, say=print) -> str:
+    """Train the DEFAULT writer of world `world_name` (key `world_key`) beside its folder, so it can train in
+    another process while the world builds (it reads only the world's scenes); `ensure` moves it in."""
+    cfg = DEFAULT
+    target = staged_path(Path(cache_dir), world_name, writer_key(world_key, cfg))
+    if not (target / WRITER_FILE).exists():
+        train_into(target, world_key, seed, SceneConfig(**scene), cfg, say)
+    return str(target)
+
+
+def train_into(target: Path, world_key: str, seed: int, scene_cfg: SceneConfig, cfg: QAWriterConfig, say) -> None:
+    """Train and check the writer of world (`world_key`, `seed`), saved as `target` (built under `.partial`,
+    `writer.json` last)."""
     cfg = replace(cfg, seed=cfg.seed + 1000 * seed)
     started = time.monotonic()
     say(f"world QA writer: training {target.name} ...")
@@ -214,7 +239,7 @@ def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str
             f"world QA writer: {100 * measured['right']:.1f}% of held-out questions parse and "
             f"are right, below the {100 * cfg.min_right:.0f}% required (QAWriterConfig)"
         )
-    partial = root / (target.name + ".partial")
+    partial = target.parent / (target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
@@ -222,7 +247,7 @@ def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str
         json.dumps(
             {
                 "config": asdict(cfg),
-                "world": record["key"],
+                "world": world_key,
                 "check": measured,
                 "loss_every_100_steps": curve,
                 "seconds": round(time.monotonic() - started, 1),
@@ -232,4 +257,3 @@ def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str
     )
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
-    return str(target)

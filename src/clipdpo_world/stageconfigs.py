@@ -72,6 +72,9 @@ def stage_configs(
             "per_device_batch_size": 16,
             "max_length": 128,
             "save_steps": 1000,
+            # RPO's NLL term on the chosen captions (Pang et al. 2024: alpha 1): without it the chosen captions'
+            # log-probs fell with the rejected ones on the world (the report's warning, worlds 0-2)
+            "rpo_alpha": 1.0,
         },
         "evaluate": evaluate,
     }
@@ -80,7 +83,7 @@ def stage_configs(
 # POVID's training on the world: the paper's schedule and Table 5, scaled as the CLIP-DPO arm is. The paper's
 # stage 1 (text dispreferences, 3 epochs) then stage 2 (Eq. 5 with noisy-image rejections, 1 epoch), noise step
 # 500 (Table 5). Its learning rate 1e-7 (LoRA r128 on LLaVA-1.5 7B) gets the factor that turned CLIP-DPO's 5e-7
-# into the world's 5e-5 (x100, full fine-tuning of the 2x64 Llama): 1e-5. Batch 16 as the CLIP-DPO arm (the
+# into the world's 5e-5 (x100, full fine-tuning of the small Llama): 1e-5. Batch 16 as the CLIP-DPO arm (the
 # paper's batch 1 is a memory limit of one A100). alpha, beta_1, beta_2: 0.1 each (the paper gives no values;
 # DPO's beta). `both` trains the union of CLIP-DPO's and POVID's pairs with the same two-stage schedule.
 POVID_TRAIN = {

@@ -159,7 +159,7 @@ def test_zero_shot_class_descriptions_are_prompt_ensembled(tmp_path):
 
     from clipdpo.evaluate.config import ZeroShotConfig, ZeroShotDataset
     from clipdpo.evaluate.data import EvalInputError
-    from clipdpo.evaluate.zeroshot import class_embeddings, load_dataset
+    from clipdpo.evaluate.zeroshot import class_embeddings, classify, load_dataset
     from clipdpo.storage import Storage
 
     for label in ("ball", "cup"):
@@ -179,6 +179,16 @@ def test_zero_shot_class_descriptions_are_prompt_ensembled(tmp_path):
     got = class_embeddings(classes, Encoder(), ZeroShotConfig(class_template="a {}."))
     # by hand: ball = (1, 1, 0) / sqrt(2); cup as given (already unit length)
     assert got.ravel().tolist() == pytest.approx([2**-0.5, 2**-0.5, 0.0, 0.6, 0.0, 0.8])
+
+    # max pooling: a caption is as near a class as its nearest description; "a blue ball." sits on one of ball's
+    nearest = class_embeddings(classes, Encoder(), ZeroShotConfig(class_template="a {}.", class_pooling="max"))
+    assert nearest.shape == (2, 2, 3) and nearest[1, 1].tolist() == [0.6, 0.0, 0.8]  # cup padded with its own
+    caption = np.array([[0.0, 0.8, 0.6]])  # cosine 0.8 with "a blue ball.", 0.48 with "a cup.", 0.57 with ball's mean
+    assert classify(caption, nearest).tolist() == [0] and classify(caption, got).tolist() == [0]
+    tilted = np.array([[0.5, 0.0, 0.866]])  # cosine 0.99 with "a cup.", 0.5 with "a red ball."
+    assert classify(tilted, nearest).tolist() == [1]
+    with pytest.raises(ValueError, match="class_pooling 'min'; expected 'mean' or 'max'"):
+        ZeroShotConfig(class_pooling="min")
 
     (tmp_path / "zs" / "classes.json").write_text(json.dumps({"ball": []}))
     with pytest.raises(EvalInputError, match=r"classes\.json: class 'ball': expected a name or a non-empty list"):

@@ -119,8 +119,10 @@ def _tiny_world(**overrides):
     from clipdpo_world.build import WorldConfig
     from clipdpo_world.clip import ClipConfig
     from clipdpo_world.lvlm import LvlmConfig
+    from clipdpo_world.selfcheck import Bars
 
     fields = {
+        "checks": Bars(enforced=False),
         "train_images": 64,
         "heldout_images": 24,
         "pool_images": 6,

@@ -127,6 +127,9 @@ class ZeroShotConfig:
     datasets: list[ZeroShotDataset] = field(default_factory=list)
     prompt: str = "What is the main object in this image? Describe it in one short sentence."
     class_template: str = "a photo of a {}."
+    # a class with several descriptions (classes.json lists): mean = CLIP's prompt ensembling (their normalised
+    # mean); max = its nearest description
+    class_pooling: str = "mean"
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     max_new_tokens: int = 32
 
@@ -134,6 +137,8 @@ class ZeroShotConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.class_pooling not in ("mean", "max"):
+            raise ValueError(f"zero_shot.class_pooling {self.class_pooling!r}; expected 'mean' or 'max'")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ template such as "a photo of a {}.") are embedded with an open_clip text encoder
 paper, to stay apart from the CLIP that ranked the training captions), and the image is assigned
 the class whose text is closest to its caption (text-text cosine). Metric: top-1 accuracy.
 A class may have several descriptions (classes.json maps a label to a list): its text embedding is then
-the normalised mean of theirs, CLIP's prompt ensembling (Radford et al. 2021, Sec. 3.1.4).
+the normalised mean of theirs, CLIP's prompt ensembling (Radford et al. 2021, Sec. 3.1.4), or with
+`class_pooling: max` the class is as near as its nearest description (for descriptions that list the forms a
+caption takes, where a mean would blur them).
 
 The paper's nine datasets are presets in name only (PRESETS): the user points each at their own
 copy, as an image folder per class or a manifest.
@@ -122,7 +124,10 @@ class TextEncoder:
 
 
 def classify(caption_embeddings: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
-    """Index of the nearest class per caption (both sides L2-normalised: dot product = cosine)."""
+    """Index of the nearest class per caption (both sides L2-normalised: dot product = cosine). `class_embeddings`
+    [classes, dim], or [classes, descriptions, dim] for max pooling: a class is as near as its nearest description."""
+    if class_embeddings.ndim == 3:
+        return np.einsum("nd,ckd->nck", caption_embeddings, class_embeddings).max(axis=2).argmax(axis=1)
     return (caption_embeddings @ class_embeddings.T).argmax(axis=1)
 
 
@@ -132,7 +137,11 @@ def class_embeddings(classes: list[ZeroShotClass], encoder: TextEncoder, config:
     texts = [config.class_template.format(text) for one in classes for text in one.descriptions]
     embedded = encoder.encode(texts)
     bounds = np.cumsum([0] + [len(one.descriptions) for one in classes])
-    means = np.stack([embedded[start:end].mean(axis=0) for start, end in zip(bounds[:-1], bounds[1:])])
+    groups = [embedded[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+    if config.class_pooling == "max":  # padded with a class's first description, which leaves its max unchanged
+        widest = max(len(group) for group in groups)
+        return np.stack([np.concatenate([group] + [group[:1]] * (widest - len(group))) for group in groups])
+    means = np.stack([group.mean(axis=0) for group in groups])
     return means / np.linalg.norm(means, axis=1, keepdims=True)
 
 
