@@ -27,7 +27,7 @@ from PIL import Image
 from clipdpo.artifacts import Artifact
 from clipdpo.errors import UserError
 from clipdpo.images import decode_image
-from clipdpo.train.encode import Encoded, PairEncoder
+from clipdpo.train.encode import Encoded, PairEncoder, image_batch
 from clipdpo.train.logps import IGNORE_INDEX
 
 log = logging.getLogger("clipdpo.train")
@@ -227,8 +227,12 @@ def collate(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor
         input_ids[i, : len(seq)] = seq
         labels[i, : len(lab)] = lab
         attention_mask[i, : len(seq)] = 1
-    pixel_values = torch.cat([item.pixel_values for item in encoded] * 2)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        **image_batch(encoded, copies=2),
+    }
 
 
 def prefetch(items: Iterable[T], prepare: Callable[[T], dict], depth: int = 2) -> Iterator[tuple[T, dict]]:

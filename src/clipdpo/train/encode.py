@@ -23,10 +23,34 @@ def _user_turn(prompt: str) -> list[dict]:
 @dataclass
 class Encoded:
     prompt_ids: torch.Tensor  # [prompt_len], image tokens included
-    pixel_values: torch.Tensor  # [1, 3, H, W]
+    # [1, 3, H, W] for a fixed-size image (LLaVA); [patches, features] for a dynamic-resolution one (Qwen VL)
+    pixel_values: torch.Tensor
     chosen_ids: torch.Tensor  # [response_len]
     rejected_ids: torch.Tensor
     truncated: bool
+    # [1, 3]: a dynamic-resolution image's (temporal, height, width) patch grid, as the processor's
+    # `image_grid_thw` gives it; None for a fixed-size image
+    image_grid: torch.Tensor | None = None
+
+
+def split_images(batch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(pixel_values, image_grid) per image of a processor output: one row each of a fixed-size batch
+    [n, 3, H, W], or each image's patches of a dynamic-resolution batch's [sum of patches, features]."""
+    grids = batch.get("image_grid_thw")
+    if grids is None:
+        return [(row[None], None) for row in batch["pixel_values"]]
+    pieces = torch.split(batch["pixel_values"], grids.prod(-1).tolist())
+    return [(piece, grids[k : k + 1]) for k, piece in enumerate(pieces)]
+
+
+def image_batch(encoded: list[Encoded], copies: int) -> dict[str, torch.Tensor]:
+    """The pairs' images for a forward whose rows show them `copies` times over, in order: `pixel_values`, and
+    for dynamic-resolution images `image_grid_thw` (one row per image; their patches are concatenated)."""
+    images = {"pixel_values": torch.cat([item.pixel_values for item in encoded] * copies)}
+    grids = [item.image_grid for item in encoded if item.image_grid is not None]
+    if grids:
+        images["image_grid_thw"] = torch.cat(grids * copies)
+    return images
 
 
 class PairEncoder:
@@ -110,7 +134,7 @@ class PairEncoder:
             [self.response_text(e[1], text) for e in examples for text in e[2:4]], add_special_tokens=False
         )["input_ids"]
         out = []
-        for k in range(len(examples)):
+        for k, (pixel_values, grid) in enumerate(split_images(batch)):
             prompt_ids = batch["input_ids"][k][batch["attention_mask"][k].bool()]  # padding side agnostic
             room = self.max_length - len(prompt_ids)
             if room < 1:
@@ -126,5 +150,5 @@ class PairEncoder:
                         )
                     ids, truncated = ids[:room], True
                 responses.append(torch.tensor(ids, dtype=torch.long))
-            out.append(Encoded(prompt_ids, batch["pixel_values"][k : k + 1], responses[0], responses[1], truncated))
+            out.append(Encoded(prompt_ids, pixel_values, responses[0], responses[1], truncated, grid))
         return out
