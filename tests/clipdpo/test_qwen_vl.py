@@ -90,6 +90,28 @@ def test_each_image_gets_the_tokens_of_its_own_size(tiny):
     assert packed["image_grid_thw"].tolist() == batch["image_grid_thw"][:3].tolist()
 
 
+def test_prompt_lengths_follow_each_image_size(tiny, tmp_path):
+    """The pairs index counts prompt tokens without processing images: from the images shard's sizes, since the
+    image's token count depends on its size (a 64x64 image, the encoder's calibration, gives 64, a 40x40 one 25)."""
+    from pairs_fixture import write_pairs
+    from transformers import AutoProcessor
+
+    from clipdpo.artifacts import Artifact
+    from clipdpo.storage import Storage
+    from clipdpo.train.data import build_index
+
+    path, _, encoded, _ = tiny
+    encoder = PairEncoder(AutoProcessor.from_pretrained(path), max_length=256)
+    assert encoder.dynamic_resolution and encoder.image_tokens == 64
+    prompts, sizes = [e[1] for e in EXAMPLES], [e[0] for e in EXAMPLES]
+    assert encoder.prompt_lengths(prompts, sizes) == [len(e.prompt_ids) for e in encoded]
+    pairs = Artifact.open(Storage(), write_pairs(str(tmp_path / "data"), n_pairs=4, n_shards=1), kind="pairs")
+    # room for 2 response tokens after a 40x40 image's prompt: every pair is kept, its responses cut
+    short = PairEncoder(encoder.processor, max_length=encoder.prompt_lengths(["describe the image"], [(40, 40)])[0] + 2)
+    index = build_index(pairs, short, truncate=True, on_bad_pair="skip")
+    assert len(index) == 4 and index.truncated == 4 and not index.bad
+
+
 def test_the_concatenated_rows_take_multimodal_positions(tiny):
     """Worked by hand for the first row: the image starts at position s (the tokens before it), its 5x5 tokens
     take (s, s + row, s + column), and the text after it continues at s + 5 in all three sections."""

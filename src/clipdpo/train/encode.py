@@ -53,6 +53,9 @@ def image_batch(encoded: list[Encoded], copies: int) -> dict[str, torch.Tensor]:
     return images
 
 
+CALIBRATION_SIZE, OTHER_SIZE = (64, 64), (128, 96)  # (width, height) of the blank images that measure a processor
+
+
 class PairEncoder:
     def __init__(self, processor, max_length: int):
         self.processor = processor
@@ -62,7 +65,10 @@ class PairEncoder:
             getattr(processor, "image_token", "<image>")
         )
         self._templates: dict[str, tuple] = {}
-        self.image_tokens, self._prompt_offset = self._calibrate()
+        self._offsets: dict[tuple[int, int], tuple[int, int]] = {}
+        self.image_tokens, self._prompt_offset = self._calibrate(CALIBRATION_SIZE)
+        # dynamic resolution (Qwen VL): an image's token count follows its size, so prompt lengths need it
+        self.dynamic_resolution = self._calibrate(OTHER_SIZE)[0] != self.image_tokens
 
     def prompt_text(self, prompt: str) -> str:
         return self._template(prompt)[0]
@@ -99,21 +105,30 @@ class PairEncoder:
                 self._templates[prompt] = cached
         return cached
 
-    def _calibrate(self) -> tuple[int, int]:
-        """Image tokens per image, and how many tokens the processor adds to a tokenized prompt text
-        (image placeholder expansion, BOS): prompt lengths then need no image processing."""
-        text = self.prompt_text("x")
-        ids = self.processor(images=[Image.new("RGB", (64, 64))], text=[text], return_tensors="pt")["input_ids"][0]
-        count = int((ids == self.image_token_id).sum())
-        if count == 0:
-            raise ValueError("the processor's output has no image tokens; is this a LLaVA-style processor?")
-        plain = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return count, len(ids) - plain
+    def _calibrate(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Image tokens of a (width, height) image, and how many tokens the processor adds to a tokenized prompt
+        text with it (image placeholder expansion, BOS): prompt lengths then need no image processing. Kept per
+        size: a dataset's images come in a limited number of sizes."""
+        if size not in self._offsets:
+            text = self.prompt_text("x")
+            ids = self.processor(images=[Image.new("RGB", size)], text=[text], return_tensors="pt")["input_ids"][0]
+            count = int((ids == self.image_token_id).sum())
+            if count == 0:
+                raise ValueError("the processor's output has no image tokens; is this a LLaVA-style processor?")
+            plain = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._offsets[size] = (count, len(ids) - plain)
+        return self._offsets[size]
 
-    def prompt_lengths(self, prompts: list[str]) -> list[int]:
-        """Token counts of rendered prompts as the processor makes them (image tokens included)."""
+    def prompt_lengths(self, prompts: list[str], image_sizes: list[tuple[int, int] | None] | None = None) -> list[int]:
+        """Token counts of rendered prompts as the processor makes them (image tokens included). A dynamic-resolution
+        processor's count depends on the image: `image_sizes` gives each prompt's (width, height), where known."""
         texts = [self.prompt_text(p) for p in prompts]
-        return [len(row) + self._prompt_offset for row in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        sizes = image_sizes if self.dynamic_resolution and image_sizes is not None else [None] * len(texts)
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [
+            len(row) + (self._prompt_offset if size is None else self._calibrate(size)[1])
+            for row, size in zip(rows, sizes)
+        ]
 
     def response_lengths(self, prompts: list[str], responses: list[str]) -> list[int]:
         texts = [self.response_text(p, r) for p, r in zip(prompts, responses)]
