@@ -149,10 +149,17 @@ def test_the_shared_prefix_gives_each_response_the_positions_of_its_own_row(tiny
 def test_log_probs_equal_the_concatenated_forward(tiny, attention, monkeypatch):
     _, model, encoded, pad = tiny
     monkeypatch.setattr(prefix, "BLOCK_MIN_LENGTH", 0)
+    rows_run = []
+    row_attention = prefix._pair_row_attention
+    monkeypatch.setattr(prefix, "_pair_row_attention", lambda *a: rows_run.append(1) or row_attention(*a))
     with torch.no_grad():
         sums, means, counts = concatenated(model, encoded, pad)
         set_attention(model, attention)
         shared_sums, shared_means, shared_counts = shared(model, encoded, pad)
+    # the block path ran per packed row in every layer but a last one that runs at the read positions only
+    language_model = model.model.language_model
+    layers = len(language_model.layers) - lastlayer.is_installed(language_model)
+    assert len(rows_run) == (len(encoded) * layers if attention == prefix.BLOCK_ATTENTION else 0)
     assert shared_counts.tolist() == counts.tolist()
     # the tolerances of test_shared_prefix.py: fp32 sums in another order, |sums| up to ~170
     assert tolerance_excess(shared_sums, sums) <= 1, (shared_sums - sums).abs().max()
@@ -218,14 +225,28 @@ def test_the_equality_fails_with_a_position_bug(tiny, bug, monkeypatch):
 
 
 def test_the_last_layer_runs_at_the_read_positions_where_its_shape_allows(tiny):
-    """Qwen2.5-VL's decoder layer has the Llama shape (lastlayer.py); Qwen3-VL's normalises queries and keys."""
-    _, model, _, _ = tiny
+    """Qwen2.5-VL's decoder layer has the Llama shape (lastlayer.py); Qwen3-VL's normalises queries and keys,
+    so its last layer runs at every position (the equality tests above cover both)."""
+    _, model, encoded, pad = tiny
     language_model = model.model.language_model
+    set_attention(model, prefix.BLOCK_ATTENTION)  # prepare() installs the last layer's read-positions path
     reason = lastlayer.unsupported_reason(lastlayer.last_layer(language_model))
+    rows = []
+    hook = lastlayer.last_layer(language_model).mlp.register_forward_hook(
+        lambda module, args, out: rows.append(args[0].shape[:-1].numel())
+    )
+    try:
+        with torch.no_grad():
+            shared(model, encoded, pad)
+    finally:
+        hook.remove()
+    batch = prefix.collate_shared_prefix(encoded, pad)
     if model.config.model_type == "qwen2_5_vl":
-        assert reason is None and lastlayer.install(language_model)
+        assert reason is None and lastlayer.is_installed(language_model)
+        assert rows == [int(batch["logits_mask"].sum())]
     else:
-        assert "q_norm" in reason and not lastlayer.install(language_model)
+        assert "q_norm" in reason and not lastlayer.is_installed(language_model)
+        assert rows == [batch["input_ids"].numel()]
 
 
 def _short_run(model: str, pairs: str, output: str, **overrides) -> tuple[dict, list]:
