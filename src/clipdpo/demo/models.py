@@ -18,7 +18,7 @@ from clipdpo.llava_chat import CHAT_TEMPLATE, SPECIAL_TOKENS
 TINY_CLIP_NAME = "clipdpo-tiny-clip"
 
 # Words the tiny tokenizer learns: random generations come out as these words, not bytes.
-_CORPUS = (
+CORPUS = (
     "a photo of a dog on a red sofa . two people walking in the park near the river . "
     "a cat sleeping near the window . a man holding a cup of coffee in the kitchen . "
     "a rocket on the launch pad under a blue sky . a woman riding a motorcycle on the street . "
@@ -36,7 +36,7 @@ def tiny_tokenizer():
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS)
-    tokenizer.train_from_iterator([_CORPUS] * 20, trainer)
+    tokenizer.train_from_iterator([CORPUS] * 20, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",

@@ -27,7 +27,7 @@ from PIL import Image
 from clipdpo.artifacts import Artifact
 from clipdpo.errors import UserError
 from clipdpo.images import decode_image
-from clipdpo.train.encode import Encoded, PairEncoder
+from clipdpo.train.encode import Encoded, PairEncoder, image_batch
 from clipdpo.train.logps import IGNORE_INDEX
 
 log = logging.getLogger("clipdpo.train")
@@ -63,19 +63,31 @@ class PairIndex:
         }
 
 
-def _image_ids(storage, image_uri: str) -> set[str]:
-    table = pq.read_table(io.BytesIO(storage.read_bytes(image_uri)), columns=["image_id"])
-    return set(table.column("image_id").to_pylist())
+ImageSize = tuple[int, int] | None  # (width, height), None where the images shard does not say
 
 
-def classify_rows(table, encoder: PairEncoder, known_images: dict[str, set[str]], truncate: bool) -> tuple[list, int]:
-    """Per row: None (good) or the reason it is bad; and how many good rows need truncation."""
+def _image_sizes(storage, image_uri: str) -> dict[str, ImageSize]:
+    """image_id -> (width, height) of an images shard (its size columns: the images are not decoded)."""
+    source = pq.ParquetFile(io.BytesIO(storage.read_bytes(image_uri)))
+    columns = [c for c in ("image_id", "width", "height") if c in source.schema_arrow.names]
+    table = source.read(columns=columns).to_pydict()
+    ids = table["image_id"]
+    widths, heights = table.get("width", [None] * len(ids)), table.get("height", [None] * len(ids))
+    return {i: (w, h) if w and h else None for i, w, h in zip(ids, widths, heights)}
+
+
+def classify_rows(
+    table, encoder: PairEncoder, known_images: dict[str, dict[str, ImageSize]], truncate: bool
+) -> tuple[list, int]:
+    """Per row: None (good) or the reason it is bad; and how many good rows need truncation.
+    `known_images`: per images shard URI, its images' sizes by image_id."""
     prompts = [p or "" for p in table.column("prompt").to_pylist()]
     chosen = table.column("chosen").to_pylist()
     rejected = table.column("rejected").to_pylist()
     image_ids = table.column("image_id").to_pylist()
     uris = table.column("image_uri").to_pylist()
-    prompt_lens = encoder.prompt_lengths(prompts)
+    sizes = [known_images.get(uri, {}).get(image_id) for uri, image_id in zip(uris, image_ids)]
+    prompt_lens = encoder.prompt_lengths(prompts, sizes)
     chosen_lens = encoder.response_lengths(prompts, [c or "" for c in chosen])
     rejected_lens = encoder.response_lengths(prompts, [r or "" for r in rejected])
     reasons, truncated = [], 0
@@ -87,7 +99,7 @@ def classify_rows(table, encoder: PairEncoder, known_images: dict[str, set[str]]
             reason = "empty_rejected"
         elif chosen[i].strip() == rejected[i].strip():
             reason = "identical_responses"
-        elif uris[i] is None or image_ids[i] not in known_images.get(uris[i], ()):
+        elif uris[i] is None or image_ids[i] not in known_images.get(uris[i], {}):
             reason = "missing_image"
         elif prompt_lens[i] >= encoder.max_length:
             reason = "prompt_too_long"
@@ -108,7 +120,7 @@ def build_index(pairs: Artifact, encoder: PairEncoder, *, truncate: bool, on_bad
         known = {}
         for uri in set(table.column("image_uri").drop_null().to_pylist()):
             try:
-                known[uri] = _image_ids(pairs.storage, uri)
+                known[uri] = _image_sizes(pairs.storage, uri)
             except Exception as err:  # an unreadable images shard makes its rows "missing_image"
                 log.warning("%s: images shard %s unreadable (%s)", pairs.uri, uri, err)
         reasons, shard_truncated = classify_rows(table, encoder, known, truncate)
@@ -227,8 +239,12 @@ def collate(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor
         input_ids[i, : len(seq)] = seq
         labels[i, : len(lab)] = lab
         attention_mask[i, : len(seq)] = 1
-    pixel_values = torch.cat([item.pixel_values for item in encoded] * 2)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        **image_batch(encoded, copies=2),
+    }
 
 
 def prefetch(items: Iterable[T], prepare: Callable[[T], dict], depth: int = 2) -> Iterator[tuple[T, dict]]:

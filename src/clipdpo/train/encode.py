@@ -23,10 +23,37 @@ def _user_turn(prompt: str) -> list[dict]:
 @dataclass
 class Encoded:
     prompt_ids: torch.Tensor  # [prompt_len], image tokens included
-    pixel_values: torch.Tensor  # [1, 3, H, W]
+    # [1, 3, H, W] for a fixed-size image (LLaVA); [patches, features] for a dynamic-resolution one (Qwen VL)
+    pixel_values: torch.Tensor
     chosen_ids: torch.Tensor  # [response_len]
     rejected_ids: torch.Tensor
     truncated: bool
+    # [1, 3]: a dynamic-resolution image's (temporal, height, width) patch grid, as the processor's
+    # `image_grid_thw` gives it; None for a fixed-size image
+    image_grid: torch.Tensor | None = None
+
+
+def split_images(batch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(pixel_values, image_grid) per image of a processor output: one row each of a fixed-size batch
+    [n, 3, H, W], or each image's patches of a dynamic-resolution batch's [sum of patches, features]."""
+    grids = batch.get("image_grid_thw")
+    if grids is None:
+        return [(row[None], None) for row in batch["pixel_values"]]
+    pieces = torch.split(batch["pixel_values"], grids.prod(-1).tolist())
+    return [(piece, grids[k : k + 1]) for k, piece in enumerate(pieces)]
+
+
+def image_batch(encoded: list[Encoded], copies: int) -> dict[str, torch.Tensor]:
+    """The pairs' images for a forward whose rows show them `copies` times over, in order: `pixel_values`, and
+    for dynamic-resolution images `image_grid_thw` (one row per image; their patches are concatenated)."""
+    images = {"pixel_values": torch.cat([item.pixel_values for item in encoded] * copies)}
+    grids = [item.image_grid for item in encoded if item.image_grid is not None]
+    if grids:
+        images["image_grid_thw"] = torch.cat(grids * copies)
+    return images
+
+
+CALIBRATION_SIZE, OTHER_SIZE = (64, 64), (128, 96)  # (width, height) of the blank images that measure a processor
 
 
 class PairEncoder:
@@ -38,7 +65,10 @@ class PairEncoder:
             getattr(processor, "image_token", "<image>")
         )
         self._templates: dict[str, tuple] = {}
-        self.image_tokens, self._prompt_offset = self._calibrate()
+        self._offsets: dict[tuple[int, int], tuple[int, int]] = {}
+        self.image_tokens, self._prompt_offset = self._calibrate(CALIBRATION_SIZE)
+        # dynamic resolution (Qwen VL): an image's token count follows its size, so prompt lengths need it
+        self.dynamic_resolution = self._calibrate(OTHER_SIZE)[0] != self.image_tokens
 
     def prompt_text(self, prompt: str) -> str:
         return self._template(prompt)[0]
@@ -75,21 +105,30 @@ class PairEncoder:
                 self._templates[prompt] = cached
         return cached
 
-    def _calibrate(self) -> tuple[int, int]:
-        """Image tokens per image, and how many tokens the processor adds to a tokenized prompt text
-        (image placeholder expansion, BOS): prompt lengths then need no image processing."""
-        text = self.prompt_text("x")
-        ids = self.processor(images=[Image.new("RGB", (64, 64))], text=[text], return_tensors="pt")["input_ids"][0]
-        count = int((ids == self.image_token_id).sum())
-        if count == 0:
-            raise ValueError("the processor's output has no image tokens; is this a LLaVA-style processor?")
-        plain = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return count, len(ids) - plain
+    def _calibrate(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Image tokens of a (width, height) image, and how many tokens the processor adds to a tokenized prompt
+        text with it (image placeholder expansion, BOS): prompt lengths then need no image processing. Kept per
+        size: a dataset's images come in a limited number of sizes."""
+        if size not in self._offsets:
+            text = self.prompt_text("x")
+            ids = self.processor(images=[Image.new("RGB", size)], text=[text], return_tensors="pt")["input_ids"][0]
+            count = int((ids == self.image_token_id).sum())
+            if count == 0:
+                raise ValueError("the processor's output has no image tokens; is this a LLaVA-style processor?")
+            plain = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._offsets[size] = (count, len(ids) - plain)
+        return self._offsets[size]
 
-    def prompt_lengths(self, prompts: list[str]) -> list[int]:
-        """Token counts of rendered prompts as the processor makes them (image tokens included)."""
+    def prompt_lengths(self, prompts: list[str], image_sizes: list[tuple[int, int] | None] | None = None) -> list[int]:
+        """Token counts of rendered prompts as the processor makes them (image tokens included). A dynamic-resolution
+        processor's count depends on the image: `image_sizes` gives each prompt's (width, height), where known."""
         texts = [self.prompt_text(p) for p in prompts]
-        return [len(row) + self._prompt_offset for row in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        sizes = image_sizes if self.dynamic_resolution and image_sizes is not None else [None] * len(texts)
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [
+            len(row) + (self._prompt_offset if size is None else self._calibrate(size)[1])
+            for row, size in zip(rows, sizes)
+        ]
 
     def response_lengths(self, prompts: list[str], responses: list[str]) -> list[int]:
         texts = [self.response_text(p, r) for p, r in zip(prompts, responses)]
@@ -110,7 +149,7 @@ class PairEncoder:
             [self.response_text(e[1], text) for e in examples for text in e[2:4]], add_special_tokens=False
         )["input_ids"]
         out = []
-        for k in range(len(examples)):
+        for k, (pixel_values, grid) in enumerate(split_images(batch)):
             prompt_ids = batch["input_ids"][k][batch["attention_mask"][k].bool()]  # padding side agnostic
             room = self.max_length - len(prompt_ids)
             if room < 1:
@@ -126,5 +165,5 @@ class PairEncoder:
                         )
                     ids, truncated = ids[:room], True
                 responses.append(torch.tensor(ids, dtype=torch.long))
-            out.append(Encoded(prompt_ids, batch["pixel_values"][k : k + 1], responses[0], responses[1], truncated))
+            out.append(Encoded(prompt_ids, pixel_values, responses[0], responses[1], truncated, grid))
         return out

@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from clipdpo.train.prefix import _base_model
+from clipdpo.train.prefix import _base_model, image_token_types
 
 log = logging.getLogger("clipdpo.train")
 
@@ -89,10 +89,16 @@ def project(model, features: torch.Tensor, copies: int = 1) -> dict:
 
 def image_inputs(model, batch: dict, device: torch.device, dtype: torch.dtype, copies: int) -> dict:
     """The forward's image arguments: cached features when the batch carries them, else its pixel_values
-    (`copies` only applies to features: pixel_values are already one per row)."""
+    (`copies` only applies to features: pixel_values are already one per row). Dynamic-resolution images
+    (Qwen VL) add their patch grids and which tokens are image tokens: from those the model places each
+    image token in its grid for its multimodal rotary positions (without them it would count 1-D positions)."""
     features = batch.get("image_features")
     if features is None:
-        return {"pixel_values": batch["pixel_values"].to(device, dtype)}
+        inputs = {"pixel_values": batch["pixel_values"].to(device, dtype)}
+        if "image_grid_thw" in batch:
+            inputs["image_grid_thw"] = batch["image_grid_thw"].to(device)
+            inputs["mm_token_type_ids"] = image_token_types(model, batch["input_ids"]).to(device)
+        return inputs
     return {"mm_encoder_outputs": project(model, features.to(device, dtype), copies)}
 
 

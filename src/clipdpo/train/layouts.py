@@ -118,7 +118,8 @@ class SharedPrefix:
     def logps(self, call: ModelCall, batch: Batch, device: torch.device, dtype: torch.dtype) -> Logps:
         batch = {key: value.to(device) for key, value in batch.items()}
         images = image_inputs(call, batch, device, dtype, copies=1)
-        logits = call(**prefix.model_inputs(batch, self.attention, dtype, images)).logits
+        positions = prefix.rotary_positions(call, batch)
+        logits = call(**prefix.model_inputs(batch, self.attention, dtype, images, positions)).logits
         return prefix.response_logps(logits, batch)
 
     def tokens(self, batch: Batch) -> int:

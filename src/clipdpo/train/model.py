@@ -2,7 +2,8 @@
 
 Any Hugging Face image-text-to-text model whose forward takes (input_ids, attention_mask,
 pixel_values) with the image tokens already expanded in input_ids works: LlavaForConditional-
-Generation (LLaVA-1.5) and compatible classes. A model on S3 is copied to a local folder first.
+Generation (LLaVA-1.5) and compatible classes, and Qwen2.5-VL / Qwen3-VL (dynamic-resolution
+images: their forward takes each image's patch grid too). A model on S3 is copied to a local folder first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from clipdpo.train.config import TrainConfig
 log = logging.getLogger("clipdpo.train")
 
 VISION_TOWER_NAMES = ("vision_tower", "vision_model", "visual")
-PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector")
+# The modules that map image features into the language model. Qwen VL's live inside its tower (`visual.merger`;
+# Qwen3-VL's deepstack layers have their own): `train_projector` trains them even where the tower is frozen.
+PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "merger", "deepstack_merger_list")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -56,8 +59,22 @@ def load_processor(path: str, cfg: TrainConfig):
     return AutoProcessor.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
 
 
-def _find_children(model, names: tuple[str, ...]) -> list[torch.nn.Module]:
-    return [module for name, module in model.named_modules() if name.split(".")[-1] in names]
+def _find_children(model, names: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    """The modules whose own name (the last part of the qualified one) is one of `names`, by qualified name."""
+    return {name: module for name, module in model.named_modules() if name.split(".")[-1] in names}
+
+
+def _saved_names(projectors: dict[str, torch.nn.Module]) -> list[str]:
+    """PEFT `modules_to_save` entries (name suffixes) for the projectors: each one's own name, or for a list of
+    them (Qwen3-VL's deepstack mergers, which PEFT cannot wrap as a whole) each element's `<list>.<i>`."""
+    names: set[str] = set()
+    for name, module in projectors.items():
+        own = name.split(".")[-1]
+        if isinstance(module, torch.nn.ModuleList):
+            names.update(f"{own}.{i}" for i in range(len(module)))
+        else:
+            names.add(own)
+    return sorted(names)
 
 
 def prepare_policy(model, cfg: TrainConfig):
@@ -77,13 +94,13 @@ def prepare_policy(model, cfg: TrainConfig):
             lora_dropout=cfg.lora_dropout,
             target_modules=pattern,
             bias="none",
-            modules_to_save=list(PROJECTOR_NAMES[:1]) if cfg.train_projector and projectors else None,
+            modules_to_save=_saved_names(projectors) if cfg.train_projector and projectors else None,
         )
         model = get_peft_model(model, lora)
     else:
-        for module in towers if cfg.freeze_vision_tower else []:
+        for module in towers.values() if cfg.freeze_vision_tower else []:
             module.requires_grad_(False)
-        for module in projectors:
+        for module in projectors.values():
             module.requires_grad_(cfg.train_projector)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -44,9 +44,14 @@ def noised(x: torch.Tensor, k: int, eps: torch.Tensor) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-def add_diffusion_noise(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+def add_diffusion_noise(x: torch.Tensor, k: int, seed: int, copies_dim: int | None = None) -> torch.Tensor:
     """Eq. 4 with eps drawn from N(0, 1) by a CPU generator seeded with `seed`: the same seed gives the
-    same noised image on any device and process, and the global RNG is left alone."""
+    same noised image on any device and process, and the global RNG is left alone. `copies_dim`: a dimension
+    along which x holds copies of the same pixels (Qwen VL's temporal frames of a still image): one draw per
+    pixel, shared by its copies, as if the image were noised before it was copied."""
+    shape = list(x.shape)
+    if copies_dim is not None:
+        shape[copies_dim] = 1
     generator = torch.Generator().manual_seed(seed)
-    eps = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-    return noised(x, k, eps)
+    eps = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return noised(x, k, eps.expand(x.shape))

@@ -31,16 +31,46 @@ from clipdpo.train.logps import IGNORE_INDEX
 from clipdpo.train.noise import add_diffusion_noise
 from clipdpo.train.objective import DPOObjective, Losses
 from clipdpo.train.povid_loss import povid_loss
+from clipdpo.train.prefix import _base_model
+
+RGB = 3  # the channels of a processor's pixel values
 
 
 def noise_seed(seed: int, step: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, step, int(position)]).generate_state(1)[0])
 
 
-def noised_images(pixel_values: torch.Tensor, positions: np.ndarray, step: int, k: int, seed: int) -> torch.Tensor:
-    """Eq. 4 on each pair's image (one per row of `pixel_values`), seeded by (seed, step, position)."""
-    rows = [add_diffusion_noise(pixel_values[i].cpu(), k, noise_seed(seed, step, p)) for i, p in enumerate(positions)]
-    return torch.stack(rows).to(pixel_values.device)
+def noised_images(
+    pixel_values: torch.Tensor,
+    positions: np.ndarray,
+    step: int,
+    k: int,
+    seed: int,
+    image_grid: torch.Tensor | None = None,
+    frames: int = 1,
+) -> torch.Tensor:
+    """Eq. 4 on each pair's image, seeded by (seed, step, position): a row each of a fixed-size [n, 3, H, W], or
+    with `image_grid` [n, 3] each image's patch rows of a dynamic-resolution [patches, 3 x frames x P x P] (Qwen
+    VL's layout: channel, frame, pixel), whose `frames` copies of each pixel get the same noise."""
+    if image_grid is None:
+        rows = [add_diffusion_noise(x.cpu(), k, noise_seed(seed, step, p)) for x, p in zip(pixel_values, positions)]
+        return torch.stack(rows).to(pixel_values.device)
+    images = torch.split(pixel_values.cpu(), image_grid.prod(-1).tolist())
+    noised = [
+        add_diffusion_noise(x.reshape(len(x), RGB, frames, -1), k, noise_seed(seed, step, p), copies_dim=2)
+        for x, p in zip(images, positions)
+    ]
+    return torch.cat([x.reshape(len(x), -1) for x in noised]).to(pixel_values.device)
+
+
+def chosen_images(batch: dict, n: int) -> dict:
+    """The images of a concatenated batch's first n rows (the chosen ones, one per pair): pixel_values, and for
+    dynamic-resolution images their grids (image_grid_thw) and the patches those cover."""
+    grids = batch.get("image_grid_thw")
+    if grids is None:
+        return {"pixel_values": batch["pixel_values"][:n]}
+    patches = int(grids[:n].prod(-1).sum())
+    return {"pixel_values": batch["pixel_values"][:patches], "image_grid_thw": grids[:n]}
 
 
 def teacher_forced_answers(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -48,6 +78,13 @@ def teacher_forced_answers(logits: torch.Tensor, input_ids: torch.Tensor, labels
     preferred answer's prefix (Sec. 3.2). Prompt, image and padding tokens are kept."""
     predicted = torch.cat([input_ids[:, :1], logits[:, :-1].argmax(-1)], dim=1)
     return torch.where(labels != IGNORE_INDEX, predicted, input_ids)
+
+
+def image_frames(model) -> int:
+    """How many temporal copies of a still image a Qwen VL's processor writes (its vision config's
+    temporal_patch_size); 1 for a model without one."""
+    vision = getattr(getattr(_base_model(model), "config", None), "vision_config", None)
+    return int(getattr(vision, "temporal_patch_size", None) or 1)
 
 
 @dataclass
@@ -62,6 +99,7 @@ class POVIDObjective:
     noise_step: int
     noisy_every: int
     seed: int
+    image_frames: int = 1  # copies of each pixel in a dynamic-resolution image's patch rows (Qwen VL: 2)
     answers: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)  # position -> (step, y_n tokens)
     # this rank's noisy answers made: how many, their tokens, how many of those differ from the preferred answer's
     made: list[int] = field(default_factory=lambda: [0, 0, 0])
@@ -78,6 +116,7 @@ class POVIDObjective:
             povid.noise_step,
             povid.noisy_every,
             cfg.seed,
+            image_frames(text.reference_model),
         )
 
     def summary(self) -> dict:
@@ -99,7 +138,8 @@ class POVIDObjective:
             noisy = self._noisy_rows(forward, batch, positions, step)
             joint = {
                 key: torch.cat([batch[key], noisy[key]])
-                for key in ("input_ids", "attention_mask", "labels", "pixel_values")
+                for key in ("input_ids", "attention_mask", "labels", "pixel_values", "image_grid_thw")
+                if key in batch
             }
         device = batch["input_ids"].device
         assert self.text.layout is not None  # a reference model's objective has its layout (from_config)
@@ -118,9 +158,14 @@ class POVIDObjective:
 
     def _noisy_rows(self, forward, batch: dict, positions: np.ndarray, step: int) -> dict:
         """The batch rows of (noised image, y_n): the chosen rows' prompt and layout, y_n's tokens as labels."""
-        n = len(positions)
+        n, images = len(positions), chosen_images(batch, len(positions))
+        grid = images.get("image_grid_thw")
+        pixels = noised_images(
+            images["pixel_values"], positions, step, self.noise_step, self.seed, grid, self.image_frames
+        )
         noisy = {
-            "pixel_values": noised_images(batch["pixel_values"][:n], positions, step, self.noise_step, self.seed),
+            **images,
+            "pixel_values": pixels,
             "attention_mask": batch["attention_mask"][:n],
             "labels": batch["labels"][:n],
         }
@@ -143,8 +188,7 @@ class POVIDObjective:
             logits = forward(
                 {
                     "input_ids": chosen_ids,
-                    "attention_mask": noisy["attention_mask"],
-                    "pixel_values": noisy["pixel_values"],
+                    **{key: noisy[key] for key in ("attention_mask", "pixel_values", "image_grid_thw") if key in noisy},
                 }
             )
         out = teacher_forced_answers(logits, chosen_ids.to(logits.device), noisy["labels"].to(logits.device))

@@ -7,9 +7,10 @@ the vision tower encodes each image twice. Here each pair is one packed row
     [prefix (image + prompt) | chosen | rejected | padding]
 
 with a 4-D block attention mask (every token sees the prefix and the earlier tokens of its own
-segment; rejected tokens never see chosen ones) and position ids that restart after the prefix,
-so each response sees exactly what it sees in its own row of the concatenated layout: the same
-log-probs, up to float summation order. The LM head runs only on the hidden states that predict
+segment; rejected tokens never see chosen ones) and position ids that restart after the prefix
+(for Qwen VL's multimodal rotary positions, in all three sections: `mrope_positions`), so each
+response sees exactly what it sees in its own row of the concatenated layout: the same log-probs,
+up to float summation order. The LM head runs only on the hidden states that predict
 a response token (`logits_to_keep` as a boolean mask), never on image or prompt positions; the
 last prefix position predicts the first token of both responses and is computed once. The last
 decoder layer computes only keys and values at the other positions (lastlayer.py).
@@ -29,13 +30,17 @@ import torch
 
 from clipdpo.errors import UserError
 from clipdpo.train import lastlayer
-from clipdpo.train.encode import Encoded
+from clipdpo.train.encode import Encoded, image_batch
 from clipdpo.train.logps import kept_logps
 
 PAD, PREFIX, CHOSEN, REJECTED = -1, 0, 1, 2
-# Model types whose forward is known to honour a custom 4-D mask and restarted position ids
-# (one rotary position per token). Qwen2-VL-style multimodal RoPE, for example, does not.
-SUPPORTED_MODEL_TYPES = ("llava",)
+# Model types whose forward is known to honour a custom 4-D mask and position ids given per token, by the
+# positions their rotary embedding takes: one per token (Llama's RoPE: "1d"), or Qwen2-VL-style multimodal
+# RoPE ("mrope": temporal, height and width sections; an image's tokens sit at their place in its patch grid).
+# Each was added when the equality tests (test_shared_prefix.py, test_qwen_vl.py) showed the shared prefix's
+# log-probs and gradients equal to the concatenated forward's.
+POSITION_SCHEMES = {"llava": "1d", "qwen2_5_vl": "mrope", "qwen3_vl": "mrope"}
+SUPPORTED_MODEL_TYPES = tuple(POSITION_SCHEMES)
 MASKED_ATTENTION = ("sdpa", "eager")  # the kernels that take an arbitrary 4-D mask tensor
 BLOCK_ATTENTION = "clipdpo_shared_prefix"  # SDPA, plus the block-sparse path for packed pair rows
 # Below this packed-row length one dense masked SDPA call for the batch is cheaper than two calls
@@ -194,7 +199,7 @@ def collate_shared_prefix(encoded: list[Encoded], pad_token_id: int) -> dict[str
         "target_rows": row_of_flat[torch.cat(predictors)],
         "target_labels": torch.cat(labels),
         "target_owner": torch.cat(owners),
-        "pixel_values": torch.cat([item.pixel_values for item in encoded]),
+        **image_batch(encoded, copies=1),
         "pair_spans": torch.tensor([[len(e.prompt_ids), len(e.chosen_ids), len(e.rejected_ids)] for e in encoded]),
     }
 
@@ -219,15 +224,57 @@ def block_attention_mask(segments: torch.Tensor, additive_dtype: torch.dtype | N
     return torch.where(allowed, zero, torch.finfo(additive_dtype).min)
 
 
-def model_inputs(batch: dict, attention: str, dtype: torch.dtype, images: dict | None = None) -> dict:
-    """Keyword arguments for a LLaVA-style forward over a shared-prefix batch; `images`: the image arguments
-    (imagefeatures.image_inputs), by default the batch's pixel_values."""
+def _batch_images(batch: dict, dtype: torch.dtype) -> dict:
+    images = {"pixel_values": batch["pixel_values"].to(dtype)}
+    return {**images, "image_grid_thw": batch["image_grid_thw"]} if "image_grid_thw" in batch else images
+
+
+def image_token_types(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """[rows, L] int: 1 at the model's image tokens, 0 elsewhere (the `mm_token_type_ids` a Qwen VL takes)."""
+    return (input_ids == _base_model(model).config.image_token_id).int()
+
+
+def mrope_positions(model, batch: dict) -> torch.Tensor:
+    """[3, n, L] multimodal rotary positions of packed pair rows: each response's as in its own concatenated row.
+
+    The prefix's come from the model's own `get_rope_index` (text advances all three sections together; an
+    image's tokens take (temporal, row, column) offsets from where it starts, and the text after it continues
+    from its largest position + 1). A response is text right after the prefix's text, so in its own row its
+    token k sits at the prefix's largest position + 1 + k in all three sections; both responses restart there.
+    Padding keeps position 0 (it sees only itself).
+    """
+    segments = batch["segments"]
+    in_prefix = segments == PREFIX
+    positions, _ = _base_model(model).model.get_rope_index(
+        batch["input_ids"],
+        mm_token_type_ids=image_token_types(model, batch["input_ids"]),
+        image_grid_thw=batch["image_grid_thw"],
+        attention_mask=in_prefix,  # the responses get 0 here, and their place below
+    )
+    start = positions.amax(dim=(0, 2)) + 1  # [n]
+    step = batch["position_ids"] - in_prefix.sum(1, keepdim=True)  # the 1-D layout's p + k, less p
+    responses = (segments == CHOSEN) | (segments == REJECTED)
+    return torch.where(responses, (start[:, None] + step).expand(3, -1, -1), positions)
+
+
+def rotary_positions(model, batch: dict) -> torch.Tensor:
+    """The position ids `model` takes for a shared-prefix batch: the batch's [n, L], or [3, n, L] for M-RoPE."""
+    model_type = str(getattr(_base_model(model).config, "model_type", ""))
+    return mrope_positions(model, batch) if POSITION_SCHEMES.get(model_type) == "mrope" else batch["position_ids"]
+
+
+def model_inputs(
+    batch: dict, attention: str, dtype: torch.dtype, images: dict | None = None, positions: torch.Tensor | None = None
+) -> dict:
+    """Keyword arguments for a forward over a shared-prefix batch; `images`: the image arguments
+    (imagefeatures.image_inputs), by default the batch's pixel_values; `positions`: the position ids
+    (`rotary_positions`), by default the batch's one per token."""
     mask = block_attention_mask(batch["segments"], additive_dtype=dtype if attention == "eager" else None)
     inputs = {
         "input_ids": batch["input_ids"],
         "attention_mask": mask,
-        "position_ids": batch["position_ids"],
-        **(images if images is not None else {"pixel_values": batch["pixel_values"].to(dtype)}),
+        "position_ids": batch["position_ids"] if positions is None else positions,
+        **(images if images is not None else _batch_images(batch, dtype)),
         "logits_to_keep": batch["logits_mask"],
         "use_cache": False,
         # the last decoder layer runs only where logits are kept, where prepare() installed that
@@ -254,5 +301,5 @@ def shared_prefix_logps(call, model, batch: dict) -> tuple[torch.Tensor, torch.T
     `model` tells the attention implementation and dtype (the same for a policy and its frozen reference).
     """
     base = _base_model(model)
-    logits = call(**model_inputs(batch, attention_implementation(base), base.dtype)).logits
-    return response_logps(logits, batch)
+    inputs = model_inputs(batch, attention_implementation(base), base.dtype, positions=rotary_positions(base, batch))
+    return response_logps(call(**inputs).logits, batch)
