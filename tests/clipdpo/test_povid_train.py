@@ -84,8 +84,8 @@ def test_povid_settings_are_one_nested_config():
 
 def test_the_output_fingerprint_sees_povid_settings_under_their_flat_names():
     """Grouping POVID's settings changed no run's fingerprint: they enter it under the flat names they had.
-    The two values were computed by the flat TrainConfig (commit d9655dd); a new TrainConfig field changes them,
-    as it changes every run's fingerprint."""
+    The two values were computed by the flat TrainConfig (commit d9655dd), then again when `rpo_alpha` was added:
+    a new TrainConfig field changes them, as it changes every run's fingerprint."""
     from types import SimpleNamespace
 
     from clipdpo.train.recipe import output_fingerprint, semantic_config
@@ -94,8 +94,8 @@ def test_the_output_fingerprint_sees_povid_settings_under_their_flat_names():
     povid = TrainConfig(
         method="povid", reference="model", povid=PovidTrainConfig(stage1_epochs=1, beta_2=0.0, noise_step=400)
     )
-    flat_default = "f6955806fbf4573280e2f95c797138558858561c975b72902457a7e48fc6ad59"
-    flat_povid = "528e205f56a382500b46c1d86c0e9cdf5a7baf06fbf80f065109dadf092cc90f"
+    flat_default = "968073f273877ced6f3d12dddcda512ab431005b2a0f3e333b2b7962167f826e"
+    flat_povid = "7215757cda312ebc82c20b235a95858991465722a923cc69a847d0496b89f377"
     assert (output_fingerprint(TrainConfig(), pairs), output_fingerprint(povid, pairs)) == (flat_default, flat_povid)
     semantic = semantic_config(povid)
     assert "povid" not in semantic and (semantic["povid_beta_2"], semantic["noise_step"]) == (0.0, 400)
