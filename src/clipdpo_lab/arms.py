@@ -64,21 +64,35 @@ def print_now(line: str) -> None:
     print(line, flush=True)
 
 
+def stage_writer(*args) -> None:
+    """The writer's process: it ends with its parent (a run stopped by a signal leaves no writer training on);
+    `qawriter_build.stage(*args)`."""
+    import ctypes
+    import signal
+
+    from clipdpo_world import qawriter_build
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # not Linux: it still ends when the run exits normally (daemon)
+        pass
+    qawriter_build.stage(*args, say=print_now)
+
+
 def writer_beside(cfg, cache_dir: str):
     """Start training the world's QA writer in another process while the world builds (it reads only the world's
     scenes; each takes one core), or None when the world is built already (`ensure` then finds or trains it)."""
     import multiprocessing
 
-    from clipdpo_world import qawriter_build
     from clipdpo_world.build import WORLD_FILE, folder_name, world_key
 
     key = world_key(cfg)
     if (Path(cache_dir) / folder_name(cfg, key) / WORLD_FILE).exists():
         return None
     process = multiprocessing.get_context("spawn").Process(
-        target=qawriter_build.stage,
+        target=stage_writer,
         args=(cache_dir, folder_name(cfg, key), key, cfg.seed, asdict(cfg.scene)),
-        kwargs={"say": print_now},
+        daemon=True,  # ended when this run exits
     )
     process.start()
     return process

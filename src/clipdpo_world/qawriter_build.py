@@ -213,10 +213,18 @@ def staged_path(cache_dir: Path, world_name: str, key: str) -> Path:
     return Path(cache_dir) / f"{world_name}.qa-writer-{key}"
 
 
-def stage(cache_dir: str, world_name: str, world_key: str, seed: int, scene: dict, say=print) -> str:
-    """Train the DEFAULT writer of world `world_name` (key `world_key`) beside its folder, so it can train in
-    another process while the world builds (it reads only the world's scenes); `ensure` moves it in."""
-    cfg = DEFAULT
+def stage(
+    cache_dir: str,
+    world_name: str,
+    world_key: str,
+    seed: int,
+    scene: dict,
+    cfg: QAWriterConfig | None = None,
+    say=print,
+) -> str:
+    """Train the writer (`cfg`, else DEFAULT) of world `world_name` (key `world_key`) beside its folder, so it can
+    train in another process while the world builds (it reads only the world's scenes); `ensure` moves it in."""
+    cfg = cfg or DEFAULT
     target = staged_path(Path(cache_dir), world_name, writer_key(world_key, cfg))
     if not (target / WRITER_FILE).exists():
         train_into(target, world_key, seed, SceneConfig(**scene), cfg, say)

@@ -140,6 +140,26 @@ def _fake_world(tmp_path, seed=3):
     return root
 
 
+def test_a_writer_staged_beside_an_unbuilt_world_is_moved_in_not_trained_again(tmp_path, monkeypatch):
+    """The lab trains the writer in a second process while the world builds (qawriter_build.stage, beside the
+    world's future folder); once the world is built, `ensure` moves it in."""
+    import torch
+
+    from clipdpo_world import qawriter_build as qb
+    from clipdpo_world.build import WorldConfig
+
+    torch.set_num_threads(1)
+    staged = qb.stage(
+        str(tmp_path), "world3-abc", "abc", 3, asdict(WorldConfig(seed=3).scene), TINY, say=lambda _: None
+    )
+    assert staged == str(qb.staged_path(tmp_path, "world3-abc", qb.writer_key("abc", TINY)))
+    root = _fake_world(tmp_path)
+    monkeypatch.setattr(qb, "train", lambda *a, **k: pytest.fail("a staged writer must not train again"))
+    folder = qb.ensure(str(root), TINY, say=lambda _: None)
+    assert folder == str(root / f"qa-writer-{qb.writer_key('abc', TINY)}") and (root / folder / qb.WRITER_FILE).exists()
+    assert not (tmp_path / staged).exists()
+
+
 def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
     import torch
 
