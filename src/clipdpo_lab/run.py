@@ -1,8 +1,8 @@
 """`python -m clipdpo_lab run`: the kfp pipeline on the synthetic world, locally, through the product's run.
 
 The world of `--world SEED` is built once (cached under --world-cache) and gives the stage configs: its
-images, its CLIP and LLaVA, its benchmark; the report compares `base` with the trained model. `--qa` adds
-the paper's QA path (QA rows from the world's QA writer, QA pairs through score and filter). `--method
+images, its CLIP and LLaVA, its benchmark; the report compares `base` with the trained model. The paper's QA
+path is on (QA rows from the world's QA writer, QA pairs through score and filter); `--no-qa` leaves it out. `--method
 povid|both` trains POVID (or CLIP-DPO + POVID) in the pipeline instead, its model named by the method.
 `--arms clipdpo,povid,both,povid_text,control` trains the listed arms other than the pipeline's own in
 this process after the pipeline and evaluates every model into the same report; `--control shuffled` adds

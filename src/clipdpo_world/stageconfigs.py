@@ -25,8 +25,7 @@ QA_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 96}
 def world_qa_config(world_root: str, say=print) -> dict:
     """The generate stage's QA config on a built world: the paper's QA path (questions, check captions, QA pairs)
     with the world's QA writer, trained on first use as an add-on of the world (`qawriter_build.ensure`, which
-    refuses a writer below its self-check's bar). Off unless a run asks (`pipelines.run --qa`): the README's
-    measured world tables are without QA pairs."""
+    refuses a writer below its self-check's bar). The lab's run sets it (`clipdpo_lab run`, unless --no-qa)."""
     from clipdpo_world import qawriter, qawriter_build
 
     writer = qawriter_build.ensure(world_root, say=say)
@@ -57,7 +56,7 @@ def stage_configs(
             "captions_per_model": samples_per_image,
             "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 48},
             "batch_size": 32,
-            "qa": {"enabled": False},  # a run turns it on: world_qa_config (pipelines.run --qa)
+            "qa": {"enabled": False},  # the lab's run turns it on: world_qa_config (clipdpo_lab run, unless --no-qa)
         },
         "score": {**clip_cfg, "categories": language.category_descriptions()},
         "filter": {},  # the paper's rules (margin 2.0, length ratio 0.75, text down-sampling 0.5)
