@@ -21,8 +21,7 @@ from here: the world plugs into it through the same configs a user's models and 
 - `qawriter` + `qawriter_build`: the QA writer (the paper's instruction LLM), a small Llama chat model
   trained from the world's truth and cached as an add-on of a built world (`<world>/qa-writer-<key>/`);
   `qawriter_measure` scores its QA rows on the LVLM's captions. On by default in `python -m clipdpo_lab run`
-  (`--no-qa`, make QA=0, leaves it out)
-  sets generate's QA config to `stageconfigs.world_qa_config`.
+  (it sets generate's QA config to `stageconfigs.world_qa_config`; `--no-qa`, make QA=0, leaves it out).
 
 Its measurements (the self-checks of each seed, the effect of each method on it) are in docs/world.md.
 """
