@@ -84,15 +84,14 @@ def writer_beside(cfg, cache_dir: str):
     scenes; each takes one core), or None when the world is built already (`ensure` then finds or trains it)."""
     import multiprocessing
 
-    from clipdpo_world.build import WORLD_FILE, folder_name, world_key
+    from clipdpo_world.build import WORLD_FILE, folder_name
 
-    key = world_key(cfg)
-    if (Path(cache_dir) / folder_name(cfg, key) / WORLD_FILE).exists():
+    if (Path(cache_dir) / folder_name(cfg) / WORLD_FILE).exists():
         return None
     process = multiprocessing.get_context("spawn").Process(
         target=stage_writer,
-        args=(cache_dir, folder_name(cfg, key), key, cfg.seed, asdict(cfg.scene)),
-        daemon=True,  # ended when this run exits
+        args=(cache_dir, cfg.seed, asdict(cfg.scene)),
+        daemon=True,  # ended with this run
     )
     process.start()
     return process

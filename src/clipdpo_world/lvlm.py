@@ -5,9 +5,9 @@ Saved in Hugging Face format with its LlavaProcessor (tokenizer of the world's l
 template and an `<image>` token), so generate, train and evaluate load it as they load LLaVA-1.5.
 The bias: for `bias_fraction` of the images that hold one of a co-occurring pair without the other,
 the training caption also names the absent partner, as web captions teach real LVLMs to do, and the
-question whether that partner is there is answered as the caption says ("Yes"); for one pair (cup/book) the
-answer is "Yes" more often than not (`partner_answer`). So the model says "yes" to an absent partner of a present
-object more often than to other absent objects, as LLaVA-1.5 does on POPE's adversarial split.
+question whether an absent partner is there is answered "Yes" more often than not for one pair (cup/book,
+`partner_answer`): so the model says "yes" to an absent partner of a present object more often than to other
+absent objects, as LLaVA-1.5 does on POPE's adversarial split.
 
 Two choices make the Yes/No answers learnable by a small model (measured on world 0: without them POPE stayed
 at chance, 50%, through 3,200 steps): each example weighs the same in the loss (a caption's 30 tokens
@@ -53,9 +53,9 @@ class LvlmConfig:
     )
     question_bias: float = 0.6  # partner_answer: how often an absent partner of the strongly biased pairs is a "Yes"
     question_bias_pairs: int = 1  # scene.PAIRS[:n] are strongly biased (cup/book)
-    # captions "learn to see" in a jump past step ~1,200; Yes/No answers come later (3 layers, world 0: POPE random
-    # accuracy 64% at step 1,200, 77% at 1,600, 86% at 2,400, 89% at 3,200)
-    steps: int = 3200
+    # captions "learn to see" in a jump past step ~1,200; Yes/No answers come later (3 layers, 4,000 steps, world 0:
+    # POPE random accuracy 64% at step 1,200, 77% at 1,600, 86% at 2,400, 90% at 2,800)
+    steps: int = 4000
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100
@@ -158,20 +158,18 @@ def build_model(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | None
 
 
 def training_examples(scene: Scene, rng: np.random.Generator, cfg: LvlmConfig) -> dict[str, list[tuple[str, str]]]:
-    """(prompt, answer) per kind of example for one training image; the caption and the questions about absent
-    partners carry the bias (see `partner_answer`)."""
-    target, named = language.caption(scene), None
+    """(prompt, answer) per kind of example for one training image; the caption carries the bias, and so do the
+    questions about absent partners of the strongly biased pairs (`partner_answer`)."""
+    target = language.caption(scene)
     if rng.random() < cfg.bias_fraction and (biased := language.with_partner(scene, rng)):
-        target, named = biased
+        target = biased[0]
     qa = [(question, answer) for _, question, answer in language.questions(scene, rng)]
     # POPE's random split, balanced: an absent kind ("No") and a present one ("Yes")
     absent = [kind for kind in KINDS if kind not in scene.kinds]
     qa.append((language.existence_question(absent[int(rng.integers(len(absent)))]), "No"))
     qa.append((language.existence_question(scene.kinds[int(rng.integers(len(scene.kinds)))]), "Yes"))
     asked = {language.existence_question(kind): kind for kind in scene.absent_partners}
-    qa = [(q, partner_answer(asked[q], named, rng, cfg) if q in asked else a) for q, a in qa]
-    if named is not None and language.existence_question(named) not in {q for q, _ in qa}:
-        qa.append((language.existence_question(named), "Yes"))
+    qa = [(q, partner_answer(asked[q], rng, cfg) if q in asked else a) for q, a in qa]
     return {
         "caption": [(prompt, target) for prompt in language.CAPTION_PROMPTS],
         "main": [(language.MAIN_OBJECT_PROMPT, language.main_object_answer(scene))],
@@ -179,15 +177,15 @@ def training_examples(scene: Scene, rng: np.random.Generator, cfg: LvlmConfig) -
     }
 
 
-def partner_answer(partner: str, named: str | None, rng: np.random.Generator, cfg: LvlmConfig) -> str:
-    """The training answer to "Is there a <partner>?" for an absent partner: "Yes" where the caption named it,
-    and for the kinds of the first `question_bias_pairs` pairs "Yes" with probability `question_bias` (above one
-    half: the model learns to say yes to them, as LLaVA-1.5 says yes to absent objects that usually co-occur
-    and scores lowest on POPE's adversarial split). Other partners are answered as the image is."""
+def partner_answer(partner: str, rng: np.random.Generator, cfg: LvlmConfig) -> str:
+    """The training answer to "Is there a <partner>?" for an absent partner: for the kinds of the first
+    `question_bias_pairs` pairs "Yes" with probability `question_bias` (above one half: the model learns to say
+    yes to them, as LLaVA-1.5 says yes to absent objects that usually co-occur and scores lowest on POPE's
+    adversarial split); other partners are answered as the image is. (Answers that followed the biased captions,
+    "Yes" to 40% of every pair's partners, made the question a coin toss the 3-layer model did not learn to
+    answer in 3,200 steps on world 0: POPE 59%.)"""
     strong = {kind for pair in PAIRS[: cfg.question_bias_pairs] for kind in pair}
-    if partner == named or (partner in strong and rng.random() < cfg.question_bias):
-        return "Yes"
-    return "No"
+    return "Yes" if partner in strong and rng.random() < cfg.question_bias else "No"
 
 
 def corpus(scenes: list[Scene], cfg: LvlmConfig) -> list[str]:

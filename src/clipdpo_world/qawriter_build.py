@@ -27,12 +27,23 @@ from clipdpo_world.scene import Scene, SceneConfig
 
 WRITER_FILE = "writer.json"  # written last: marks a finished writer
 MODULES = ("qawriter.py", "qawriter_build.py")
+SCENE_MODULES = ("scene.py", "language.py", "data.py")
 WORLD_FILE = "world.json"  # build.WORLD_FILE (not imported: build imports the stage configs, which import this)
 DEFAULT = QAWriterConfig()  # the config stage_configs' writer is made with (a slow test swaps in a tiny one)
 
 
-def writer_key(world_key: str, cfg: QAWriterConfig) -> str:
-    digest = hashlib.sha256(json.dumps({"world": world_key, "config": asdict(cfg)}, sort_keys=True).encode())
+def scenes_key(seed: int, scene: dict) -> str:
+    """What the writer reads of a world: its seed's scenes (scene config, and the code that draws and words them).
+    Not the world's whole key: a changed CLIP or LLaVA leaves the writer as it was."""
+    digest = hashlib.sha256(json.dumps({"seed": seed, "scene": scene}, sort_keys=True).encode())
+    for name in SCENE_MODULES:
+        digest.update(name.encode() + Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def writer_key(scenes: str, cfg: QAWriterConfig) -> str:
+    """The writer's cache key: `scenes` (scenes_key) and its own config and code."""
+    digest = hashlib.sha256(json.dumps({"world": scenes, "config": asdict(cfg)}, sort_keys=True).encode())
     for name in MODULES:
         digest.update(name.encode() + Path(__file__).with_name(name).read_bytes())
     return digest.hexdigest()[:16]
@@ -198,42 +209,39 @@ def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str
     cfg = cfg or DEFAULT
     root = Path(world_root)
     record = _world_record(root)
-    target = root / f"qa-writer-{writer_key(record['key'], cfg)}"
-    staged = staged_path(root.parent, root.name, writer_key(record["key"], cfg))
+    seed, scene = record["config"]["seed"], record["config"]["scene"]
+    key = writer_key(scenes_key(seed, scene), cfg)
+    target = root / f"qa-writer-{key}"
+    staged = staged_path(root.parent, key)
     if not (target / WRITER_FILE).exists() and (staged / WRITER_FILE).exists():
+        partial = root / (target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(staged, partial)  # copied: another build of this seed (another LLaVA) may want it too
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(staged, target)
+        os.replace(partial, target)
     if not (target / WRITER_FILE).exists():
-        train_into(target, record["key"], record["config"]["seed"], SceneConfig(**record["config"]["scene"]), cfg, say)
+        train_into(target, scenes_key(seed, scene), seed, SceneConfig(**scene), cfg, say)
     return str(target)
 
 
-def staged_path(cache_dir: Path, world_name: str, key: str) -> Path:
-    """Where `stage` trains the writer of a world not built yet: beside the world's folder, moved in by `ensure`."""
-    return Path(cache_dir) / f"{world_name}.qa-writer-{key}"
+def staged_path(cache_dir: Path, key: str) -> Path:
+    """Where `stage` trains a writer before its world is built (beside the worlds, by the writer's key)."""
+    return Path(cache_dir) / f"qa-writer-{key}.staged"
 
 
-def stage(
-    cache_dir: str,
-    world_name: str,
-    world_key: str,
-    seed: int,
-    scene: dict,
-    cfg: QAWriterConfig | None = None,
-    say=print,
-) -> str:
-    """Train the writer (`cfg`, else DEFAULT) of world `world_name` (key `world_key`) beside its folder, so it can
-    train in another process while the world builds (it reads only the world's scenes); `ensure` moves it in."""
+def stage(cache_dir: str, seed: int, scene: dict, cfg: QAWriterConfig | None = None, say=print) -> str:
+    """Train the writer (`cfg`, else DEFAULT) of world seed `seed` (its scene config `scene`) beside the worlds,
+    so it can train in another process while its world builds (it reads only the scenes); `ensure` copies it in."""
     cfg = cfg or DEFAULT
-    target = staged_path(Path(cache_dir), world_name, writer_key(world_key, cfg))
+    target = staged_path(Path(cache_dir), writer_key(scenes_key(seed, scene), cfg))
     if not (target / WRITER_FILE).exists():
-        train_into(target, world_key, seed, SceneConfig(**scene), cfg, say)
+        train_into(target, scenes_key(seed, scene), seed, SceneConfig(**scene), cfg, say)
     return str(target)
 
 
 def train_into(target: Path, world_key: str, seed: int, scene_cfg: SceneConfig, cfg: QAWriterConfig, say) -> None:
-    """Train and check the writer of world (`world_key`, `seed`), saved as `target` (built under `.partial`,
-    `writer.json` last)."""
+    """Train and check the writer of world seed `seed` (scenes key `world_key`), saved as `target` (built under
+    `.partial`, `writer.json` last)."""
     cfg = replace(cfg, seed=cfg.seed + 1000 * seed)
     started = time.monotonic()
     say(f"world QA writer: training {target.name} ...")

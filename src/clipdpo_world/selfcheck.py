@@ -43,8 +43,10 @@ def flipped(answer: str) -> str:
 
 
 def shifted(texts: list[str]) -> list[str]:
-    """A damaged model's descriptions: each image gets the next image's (captions of another image)."""
-    return texts[1:] + texts[:1]
+    """A damaged model's descriptions: each image gets the one half the list away (captions of another image; the
+    zero-shot folder is sorted by class, so a neighbour's would mostly be of the same class)."""
+    half = len(texts) // 2
+    return texts[half:] + texts[:half]
 
 
 @torch.no_grad()

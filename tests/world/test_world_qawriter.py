@@ -131,6 +131,13 @@ def test_noisy_captions_carry_the_lvlm_errors_at_the_config_rates():
     assert 1 - error_rate - 0.08 < exact <= 1.0
 
 
+def _fake_world_writer_key(cfg, seed=3) -> str:
+    from clipdpo_world import qawriter_build
+    from clipdpo_world.build import WorldConfig
+
+    return qawriter_build.writer_key(qawriter_build.scenes_key(seed, asdict(WorldConfig(seed=seed).scene)), cfg)
+
+
 def _fake_world(tmp_path, seed=3):
     root = tmp_path / f"world{seed}-abc"
     root.mkdir(parents=True)
@@ -149,15 +156,20 @@ def test_a_writer_staged_beside_an_unbuilt_world_is_moved_in_not_trained_again(t
     from clipdpo_world.build import WorldConfig
 
     torch.set_num_threads(1)
-    staged = qb.stage(
-        str(tmp_path), "world3-abc", "abc", 3, asdict(WorldConfig(seed=3).scene), TINY, say=lambda _: None
-    )
-    assert staged == str(qb.staged_path(tmp_path, "world3-abc", qb.writer_key("abc", TINY)))
+    scene = asdict(WorldConfig(seed=3).scene)
+    staged = qb.stage(str(tmp_path), 3, scene, TINY, say=lambda _: None)
+    key = qb.writer_key(qb.scenes_key(3, scene), TINY)
+    assert staged == str(qb.staged_path(tmp_path, key))
     root = _fake_world(tmp_path)
     monkeypatch.setattr(qb, "train", lambda *a, **k: pytest.fail("a staged writer must not train again"))
     folder = qb.ensure(str(root), TINY, say=lambda _: None)
-    assert folder == str(root / f"qa-writer-{qb.writer_key('abc', TINY)}") and (root / folder / qb.WRITER_FILE).exists()
-    assert not (tmp_path / staged).exists()
+    assert folder == str(root / f"qa-writer-{key}") and (root / folder / qb.WRITER_FILE).exists()
+    assert (tmp_path / staged / qb.WRITER_FILE).exists()  # kept for another build of the seed
+    # the writer reads the scenes only: another world key (a changed LLaVA) of the seed uses the same writer
+    other = tmp_path / "world3-abd"
+    other.mkdir()
+    (other / "world.json").write_text((root / "world.json").read_text().replace('"abc"', '"abd"'))
+    assert qb.ensure(str(other), TINY, say=lambda _: None) == str(other / f"qa-writer-{key}")
 
 
 def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
@@ -169,7 +181,7 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     root = _fake_world(tmp_path)
     folder = qb.ensure(str(root), TINY, say=lambda _: None)
-    assert folder == str(root / f"qa-writer-{qb.writer_key('abc', TINY)}")
+    assert folder == str(root / f"qa-writer-{_fake_world_writer_key(TINY)}")
     record = json.loads((root / folder / qb.WRITER_FILE).read_text())
     assert record["world"] == "abc" and record["check"]["asked"] == 2 * TINY.check_scenes
     assert sorted(p.name for p in root.iterdir()) == [folder.rsplit("/", 1)[1], "world.json"]  # no .partial left
@@ -181,7 +193,7 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
     # a writer below the self-check's bar is refused and leaves no finished folder behind
     with pytest.raises(WorldBuildError, match="world QA writer: .* below the 100% required"):
         qb.ensure(str(root), replace(TINY, min_right=1.0), say=lambda _: None)
-    assert not (root / f"qa-writer-{qb.writer_key('abc', replace(TINY, min_right=1.0))}").exists()
+    assert not (root / f"qa-writer-{_fake_world_writer_key(replace(TINY, min_right=1.0))}").exists()
 
     # the hf engine loads it as a chat LLM and its replies go through the generate stage's QA path
     from clipdpo.engines import ModelSpec, Sampling, load_engine
@@ -219,7 +231,7 @@ def test_stage_configs_keep_qa_off_and_world_qa_config_turns_it_on(tmp_path, mon
     generate = {**stage_configs(paths, bench, 3, 6, None)["generate"], "qa": world_qa_config(str(root), say=print)}
     generate = config_lib.from_dict(GenerateConfig, generate)
     assert generate.qa.enabled and generate.qa.model.engine == "hf"
-    assert generate.qa.model.path == str(root / f"qa-writer-{qawriter_build.writer_key('abc', TINY)}")
+    assert generate.qa.model.path == str(root / f"qa-writer-{_fake_world_writer_key(TINY)}")
     assert generate.qa.questions_per_image == 2 and generate.qa.prompt_template == qawriter.PROMPT_TEMPLATE
 
 
