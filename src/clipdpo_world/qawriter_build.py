@@ -239,8 +239,8 @@ def stage(cache_dir: str, seed: int, scene: dict, cfg: QAWriterConfig | None = N
     return str(target)
 
 
-def train_into(target: Path, world_key: str, seed: int, scene_cfg: SceneConfig, cfg: QAWriterConfig, say) -> None:
-    """Train and check the writer of world seed `seed` (scenes key `world_key`), saved as `target` (built under
+def train_into(target: Path, scenes: str, seed: int, scene_cfg: SceneConfig, cfg: QAWriterConfig, say) -> None:
+    """Train and check the writer of world seed `seed` (`scenes`: its scenes_key), saved as `target` (built under
     `.partial`, `writer.json` last)."""
     cfg = replace(cfg, seed=cfg.seed + 1000 * seed)
     started = time.monotonic()
@@ -263,7 +263,7 @@ def train_into(target: Path, world_key: str, seed: int, scene_cfg: SceneConfig, 
         json.dumps(
             {
                 "config": asdict(cfg),
-                "world": world_key,
+                "scenes": scenes,
                 "check": measured,
                 "loss_every_100_steps": curve,
                 "seconds": round(time.monotonic() - started, 1),

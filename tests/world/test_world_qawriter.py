@@ -183,7 +183,8 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
     folder = qb.ensure(str(root), TINY, say=lambda _: None)
     assert folder == str(root / f"qa-writer-{_fake_world_writer_key(TINY)}")
     record = json.loads((root / folder / qb.WRITER_FILE).read_text())
-    assert record["world"] == "abc" and record["check"]["asked"] == 2 * TINY.check_scenes
+    assert record["scenes"] == qb.scenes_key(3, json.loads((root / "world.json").read_text())["config"]["scene"])
+    assert record["check"]["asked"] == 2 * TINY.check_scenes
     assert sorted(p.name for p in root.iterdir()) == [folder.rsplit("/", 1)[1], "world.json"]  # no .partial left
     monkeypatch.setattr(qb, "train", lambda *a, **k: pytest.fail("a cached writer must not train again"))
     assert qb.ensure(str(root), TINY, say=lambda _: None) == folder
