@@ -87,6 +87,7 @@ def stage_configs(
 # DPO's beta). `both` trains the union of CLIP-DPO's and POVID's pairs with the same two-stage schedule.
 POVID_TRAIN = {
     "reference": "model",
+    "rpo_alpha": 0.0,  # POVID's own objective (Eq. 5), without the CLIP-DPO arm's NLL term
     "epochs": 1,
     "learning_rate": 1e-5,
     "povid": {
