@@ -62,7 +62,7 @@ def typed_config(cls: type[T], config_json: str, where: str) -> T:
     return config_lib.from_dict(cls, config_object(config_json, where), where)
 
 
-def _sharded(
+def run_sharded(
     name: str, run: Callable[..., Any], cfg: Any, run_root: str, shard: ShardSpec, finalize: bool, input_ref: str = ""
 ) -> str:
     """Stage `name` on its input (`input_ref`: the step's input as the pipeline passed it; "" for this run's
@@ -98,7 +98,7 @@ def generate_step(
     from clipdpo import generate
 
     cfg = typed_config(generate.GenerateConfig, config_json, "generate_config")
-    return _sharded(
+    return run_sharded(
         "generate", generate.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize, images_uri
     )
 
@@ -116,7 +116,7 @@ def score_step(
     from clipdpo.score.scorer import ScorerConfig
 
     cfg = typed_config(ScorerConfig, config_json, "score_config")
-    return _sharded(
+    return run_sharded(
         "score", score.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize, candidates_uri
     )
 
@@ -125,7 +125,7 @@ def filter_step(run_root: str, config_json: str, scores_uri: str = "") -> str:
     from clipdpo import filter as filter_stage
 
     cfg = typed_config(filter_stage.FilterConfig, config_json, "filter_config")
-    return _sharded("filter", filter_stage.run, cfg, run_root, ShardSpec(), False, scores_uri)
+    return run_sharded("filter", filter_stage.run, cfg, run_root, ShardSpec(), False, scores_uri)
 
 
 # Under a run root, beside the stages' artifacts: POVID's pairs (its source step) and, for method `both`,
@@ -299,14 +299,21 @@ def cleanup_train_jobs_step(launcher: str, namespace: str = "") -> list[str]:
     return delete_run_jobs(namespace or current_namespace(), run_from_env())
 
 
+def trained_model_path(model_uri: str) -> str:
+    """The model a train artifact holds in Hugging Face format: its `model/` folder, or (LoRA) the merged full
+    model in it (save_merged), which is what is evaluated and what a next round loads."""
+    trained = join(model_uri, "model")
+    if Storage().exists(join(trained, "merged", "config.json")):
+        trained = join(trained, "merged")
+    return trained
+
+
 def evaluation_models(model_uri: str, train_config_json: str, engine: str) -> list[dict]:
     """The base model the run trained from, then the trained one (LoRA: its merged copy)."""
     from clipdpo.train.config import TrainConfig
 
     base = typed_config(TrainConfig, train_config_json, "train_config").model
-    trained = join(model_uri, "model")
-    if Storage().exists(join(trained, "merged", "config.json")):
-        trained = join(trained, "merged")
+    trained = trained_model_path(model_uri)
     return [{"name": "base", "path": base, "engine": engine}, {"name": "clip-dpo", "path": trained, "engine": engine}]
 
 
@@ -352,10 +359,16 @@ def evaluation_plan(run_root: str, model_uri: str, train_config_json: str, confi
     """The fan-out's items, each "<model>|<task>|<trained model's version>" ([] when no evaluation is configured):
     kfp caches an evaluate task by its item (the loop binds no other step's output), so a retrained model
     changes every item and its tasks rerun."""
+    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
+    return planned_items(config, model_uri)
+
+
+def planned_items(config: dict | None, model_uri: str) -> list[str]:
+    """The fan-out's items for the evaluate config `config` (None: no evaluation, no items), each versioned by the
+    trained model's reference `model_uri`."""
     from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.evaluate.fanout import plan
 
-    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
     if config is None:
         return []
     trained = outputref.split(model_uri)[1]
@@ -367,28 +380,37 @@ def evaluation_plan(run_root: str, model_uri: str, train_config_json: str, confi
 
 def evaluate_task_step(run_root: str, train_config_json: str, config_json: str, item: str) -> str:
     """One (model, task) of the evaluation fan-out (the trained model: this run's train artifact); its record's URI."""
+    config = evaluate_settings(run_root, artifact_uri(run_root, "train"), train_config_json, config_json) or {}
+    return evaluate_item(config, artifact_uri(run_root, "evaluate"), item)
+
+
+def evaluate_item(config: dict, output: str, item: str) -> str:
+    """The (model, task) of fan-out item `item` with the evaluate config `config`, into `output`; its record."""
     from clipdpo import evaluate
     from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.evaluate.fanout import task_record_uri
 
     setup_logging()
     model, task = item.split("|")[:2]
-    config = evaluate_settings(run_root, artifact_uri(run_root, "train"), train_config_json, config_json) or {}
-    output = artifact_uri(run_root, "evaluate")
     evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output, task=(model, task))
     return outputref.ref(Storage(), task_record_uri(output, model, task))
 
 
 def evaluate_merge_step(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
     """The report (metrics.json, report.md, report.html) from the fan-out's records; "" when none was asked for."""
+    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
+    return merge_evaluation(config, artifact_uri(run_root, "evaluate"), model_uri)
+
+
+def merge_evaluation(config: dict | None, output: str, model_uri: str) -> str:
+    """metrics.json and the reports in `output` from the fan-out's records there (None: no evaluation, ""),
+    logged to the training's MLflow run (`model_uri`: its artifact); the output, versioned."""
     from clipdpo import evaluate
     from clipdpo.evaluate.config import EvaluateConfig
 
     setup_logging()
-    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
     if config is None:
         return ""
-    output = artifact_uri(run_root, "evaluate")
     metrics = evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output, merge=True)
     from clipdpo.tracking import log_evaluation
 
