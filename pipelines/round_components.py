@@ -1,5 +1,5 @@
 """The kfp components of iterative rounds (clipdpo.rounds; wired in pipelines/clipdpo_pipeline.py): each calls
-clipdpo.round_steps with the run root and its round's index, a constant of the compiled pipeline.
+a round step of clipdpo.steps with the run root and its round's index, a constant of the compiled pipeline.
 
 Round 1 is the one-round pipeline's own steps. From round 2 on, round_start names the round's root and train
 config and the ordinary score-finalize, filter, training-pairs and train components run on them; the fan-out
@@ -24,7 +24,7 @@ def round_start(
     from collections import namedtuple
 
     from clipdpo.report.step_metrics import log_to
-    from clipdpo.round_steps import round_start_step
+    from clipdpo.steps import round_start_step
 
     root, train_config = round_start_step(run_root, round_index, model_uri, train_config_json)
     log_to(metrics, {"round": float(round_index)})
@@ -46,7 +46,7 @@ def round_generate_shard(
     import time
 
     from clipdpo.report.step_metrics import log_to
-    from clipdpo.round_steps import round_generate_step
+    from clipdpo.steps import round_generate_step
 
     started = time.monotonic()
     # as generate_shard: in a ParallelFor the inputs come from under run_root (the images, round k-1's model);
@@ -69,8 +69,8 @@ def round_generate_finalize(
     metrics: Output[Metrics],
 ) -> str:
     from clipdpo.report.step_metrics import logged
-    from clipdpo.round_steps import round_generate_step
     from clipdpo.rounds import round_root
+    from clipdpo.steps import round_generate_step
 
     with logged(metrics, "generate", round_root(run_root, round_index)):
         return round_generate_step(
@@ -89,8 +89,8 @@ def round_score_shard(
     metrics: Output[Metrics],
 ) -> str:
     from clipdpo.report.step_metrics import logged
-    from clipdpo.round_steps import round_score_step
     from clipdpo.rounds import round_root
+    from clipdpo.steps import round_score_step
 
     with logged(metrics, "score", round_root(run_root, round_index), shard=(shard_index, shard_count)):
         return round_score_step(run_root, round_index, config_json, shard_index, shard_count)
@@ -106,7 +106,7 @@ def round_plan_evaluation(
     metrics: Output[Metrics],
 ) -> List[str]:
     from clipdpo.report.step_metrics import log_to
-    from clipdpo.round_steps import round_evaluation_plan
+    from clipdpo.steps import round_evaluation_plan
 
     items = round_evaluation_plan(run_root, round_index, model_uri, train_config_json, config_json)
     log_to(metrics, {"round": float(round_index), "items": float(len(items))})
@@ -118,7 +118,7 @@ def round_evaluate_task(
     run_root: str, round_index: int, train_config_json: str, config_json: str, item: str, metrics: Output[Metrics]
 ) -> str:
     from clipdpo.report.step_metrics import log_to
-    from clipdpo.round_steps import round_evaluate_task_step
+    from clipdpo.steps import round_evaluate_task_step
 
     output = round_evaluate_task_step(run_root, round_index, train_config_json, config_json, item)
     log_to(metrics, {"round": float(round_index)})  # the numbers are the round's merged evaluation's
@@ -136,7 +136,7 @@ def round_evaluate_merge(
     metrics: Output[Metrics],
 ) -> str:
     from clipdpo.report.step_metrics import evaluation_numbers, log_to
-    from clipdpo.round_steps import round_evaluate_merge_step
+    from clipdpo.steps import round_evaluate_merge_step
 
     output = round_evaluate_merge_step(run_root, round_index, model_uri, train_config_json, config_json)
     log_to(metrics, evaluation_numbers(output))
@@ -155,12 +155,12 @@ def round_check(
     """Round k against round k-1 (round 1: the base) by the gate's rules: "continue" or "stop"."""
     from collections import namedtuple
 
+    from clipdpo import rounds
     from clipdpo.report.step_metrics import log_to
-    from clipdpo.round_steps import round_check_step
-    from clipdpo.rounds import CONTINUE
+    from clipdpo.steps import round_check_step
 
     verdict, decision = round_check_step(run_root, round_index, evaluation_uri, previous_decision, gate_config_json)
-    log_to(metrics, {"round": float(round_index), "continue": float(verdict == CONTINUE)})
+    log_to(metrics, {"round": float(round_index), "continue": float(verdict == rounds.CONTINUE)})
     return namedtuple("RoundCheck", ["verdict", "decision"])(verdict, decision)
 
 
@@ -170,7 +170,7 @@ def rounds_evaluation(
 ) -> str:
     """The run's evaluation from the rounds' (base, round1.., the kept model), which the gate and report read."""
     from clipdpo.report.step_metrics import logged
-    from clipdpo.round_steps import rounds_evaluation_step
+    from clipdpo.steps import rounds_evaluation_step
 
     with logged(metrics, "evaluate", run_root):
         return rounds_evaluation_step(run_root, decision_uri, train_config_json, config_json)

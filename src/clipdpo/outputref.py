@@ -25,7 +25,7 @@ SEPARATOR = "#"
 SHARD = "in-"  # a shard's version: its input and config, not an artifact's marker
 # Completion markers of a prefix, in order; the first one present versions it.
 FINGERPRINTED = ("manifest.json", "train_summary.json")  # JSON holding the artifact's fingerprint
-ROUND_RECORD = "round.json"  # a later round's root: what the round starts from (clipdpo.round_steps)
+ROUND_RECORD = "round.json"  # a later round's root: what the round starts from (clipdpo.steps.round_start_step)
 # the evaluation: its metrics; the run report: its page (written last); a later round's root: its record
 DIGESTED = ("metrics.json", "report.html", ROUND_RECORD)
 

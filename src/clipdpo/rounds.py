@@ -18,10 +18,11 @@ better was trained, and the gate then judges it as it judges a one-round run).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from clipdpo.storage import join
+from clipdpo.storage import Storage, join
 
 if TYPE_CHECKING:
     from clipdpo.engines import ModelSpec
@@ -54,11 +55,17 @@ def round_name(index: int) -> str:
     return f"round{check_round(index)}"
 
 
-def trained_model(model_artifact: str, merged: bool) -> str:
-    """The model a train artifact holds in Hugging Face format: its `model/` folder, or (LoRA with save_merged)
-    the merged full model in it, which is what the next round loads."""
-    folder = join(model_artifact, "model")
-    return join(folder, "merged") if merged else folder
+def round_train_config(config: dict[str, Any], start_model: str, index: int) -> dict[str, Any]:
+    """The run's train config (a JSON object) for round k >= 2: starting from `start_model`, round k-1's model,
+    which is also DPO's reference (the frozen copy or the precomputed log-probs are of the train config's model)."""
+    from clipdpo.config import from_dict
+    from clipdpo.train.config import TrainConfig, check_rounds
+
+    check_rounds(from_dict(TrainConfig, config, "train_config"), index)
+    changed = {key: value for key, value in config.items() if key != "revision"}  # the base's hub revision
+    changed["model"] = start_model
+    from_dict(TrainConfig, changed, "train_config")
+    return changed
 
 
 def round_captioner(captioners: list[ModelSpec], base_model: str, path: str, name: str) -> ModelSpec:
@@ -97,6 +104,32 @@ def judge(index: int, rules: list[Rule], metrics: dict | None, previous_metrics:
         # is the one that failed, as a one-round run's model would
         "kept": index if passed or index == 1 else index - 1,
     }
+
+
+def decision_record(index: int, verdict: dict, path: str, evaluation: str, before: dict | None) -> dict:
+    """Round k's decision.json: its verdict (rounds.judge), its model (`path`) and evaluation, every round's so far
+    (without their checks), and the model kept."""
+    this = {"round": index, "name": round_name(index), "path": path, "evaluation": evaluation, **verdict}
+    history = (before["rounds"] if before else []) + [{k: v for k, v in this.items() if k != "checks"}]
+    kept = next(each for each in history if each["round"] == verdict["kept"])
+    return {**this, "rounds": history, "kept": {k: kept[k] for k in ("round", "name", "path", "evaluation")}}
+
+
+def final_models(models: list[dict], record: dict) -> list[dict]:
+    """The run's evaluation's models once the rounds end: the baseline (the first of `models`, the run's evaluate
+    models), each round's model, then the model kept under the trained model's name (the last of `models`)."""
+    base, trained = models[0], {**models[-1], "path": record["kept"]["path"]}
+    return [base] + [{**trained, "name": each["name"], "path": each["path"]} for each in record["rounds"]] + [trained]
+
+
+def copy_records(storage: Storage, source: str, source_name: str, output: str, name: str, tasks: list[str]) -> None:
+    """Model `source_name`'s task records in the evaluation at `source`, as model `name`'s in `output`."""
+    from clipdpo.evaluate.fanout import task_record_uri
+
+    for task in tasks:
+        record = json.loads(storage.read_bytes(task_record_uri(source, source_name, task)))
+        record["model"] = name
+        storage.write_bytes(task_record_uri(output, name, task), json.dumps(record, indent=2, sort_keys=True).encode())
 
 
 def summary_line(record: dict) -> str:

@@ -102,11 +102,9 @@ def validate(configs: dict[str, dict], overrides: list[str] | tuple[str, ...] = 
         checked("evaluate", evaluate, overrides)
     if typed["train"].method != "clipdpo":
         checked("povid", configs.get("povid") or {}, overrides)
-    if rounds > 1 and typed["train"].finetune == "lora" and not typed["train"].save_merged:
-        raise ConfigError(
-            f"train_config.save_merged: {rounds} rounds with finetune lora start each round after the first from the "
-            "merged model; set it true"
-        )
+    from clipdpo.train.config import check_rounds
+
+    check_rounds(typed["train"], rounds)
 
 
 if __name__ == "__main__":  # `python -m clipdpo.stages images`: what the Makefile builds

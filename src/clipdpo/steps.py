@@ -19,7 +19,7 @@ import json
 from typing import Any, Callable, TypeVar
 
 from clipdpo import config as config_lib
-from clipdpo import outputref
+from clipdpo import outputref, rounds
 from clipdpo.stage import ShardSpec, setup_logging
 from clipdpo.stages import stage
 from clipdpo.storage import Storage, is_remote, join, split_s3
@@ -445,3 +445,167 @@ def shard_indices(shard_count: int) -> list[int]:
     if count < 1:
         raise ValueError(f"shard_count must be >= 1, got {shard_count}")
     return list(range(count))
+
+
+# -- iterative rounds (clipdpo.rounds) --------------------------------------------------------------------------------
+# A round step gets the run root and its round's index (a constant of the compiled pipeline) and finds round k-1's
+# model where round k-1 wrote it: inside a kfp ParallelFor the local runner binds another task's output to the loop
+# item, so the fan-out steps read nothing but the pipeline's parameters, their index and their item (the versioned
+# references they are also given order them and key kfp's cache on a cluster). Round 1's stages are the steps
+# above; from round 2 on `round_start_step` names the round's root and train config, and the score-finalize,
+# filter, training-pairs and train steps above run on them.
+
+
+def previous_model(run_root: str, index: int) -> str:
+    """Round k-1's train artifact (round k >= 2 starts from it)."""
+    if rounds.check_round(index) < 2:
+        raise ValueError("round 1 starts from the configured model, not from a round before it")
+    return artifact_uri(rounds.round_root(run_root, index - 1), "train")
+
+
+def round_start_step(run_root: str, index: int, model_uri: str, train_config_json: str) -> tuple[str, str]:
+    """Round k >= 2: its root and its train config (from round k-1's model, `model_uri` its versioned train
+    output), recorded in `<root>/round.json`, which versions the root for kfp's local cache check."""
+    previous = outputref.plain(model_uri) or previous_model(run_root, index)
+    config = rounds.round_train_config(
+        config_object(train_config_json, "train_config"), trained_model_path(previous), index
+    )
+    root = rounds.round_root(run_root, index)
+    record = {"round": index, "starts_from": outputref.ref(Storage(), previous), "train_config": config}
+    Storage().write_bytes(join(root, outputref.ROUND_RECORD), json.dumps(record, indent=2, sort_keys=True).encode())
+    return root, json.dumps(config, sort_keys=True)
+
+
+def round_generate_step(
+    run_root: str,
+    index: int,
+    config_json: str,
+    train_config_json: str,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    finalize: bool = False,
+) -> str:
+    """One shard of round k's generate fan-out (`finalize`: its manifest): the run's images captioned by round
+    k-1's model alone, into the round's candidates. The model's version is part of the artifact's fingerprint,
+    so a retrained round k-1 makes round k caption again."""
+    import functools
+    from dataclasses import replace
+
+    from clipdpo import generate
+    from clipdpo.train.config import TrainConfig
+
+    cfg = typed_config(generate.GenerateConfig, config_json, "generate_config")
+    previous = previous_model(run_root, index)
+    version = outputref.version(Storage(), previous)
+    if not version:
+        raise FileNotFoundError(f"round {index}: round {index - 1}'s model {previous} is not complete")
+    base = typed_config(TrainConfig, train_config_json, "train_config").model
+    path, name = trained_model_path(previous), rounds.round_name(index - 1)
+    cfg = replace(cfg, captioners=[rounds.round_captioner(cfg.captioners, base, path, name)])
+    run = functools.partial(generate.run, input_fingerprints=[version])
+    shard = ShardSpec(int(shard_index), int(shard_count))
+    return run_sharded(
+        "generate", run, cfg, rounds.round_root(run_root, index), shard, finalize, artifact_uri(run_root, "ingest")
+    )
+
+
+def round_score_step(run_root: str, index: int, config_json: str, shard_index: int = 0, shard_count: int = 1) -> str:
+    """One shard of round k's score fan-out, on the round's candidates."""
+    return score_step(rounds.round_root(run_root, index), config_json, shard_index, shard_count)
+
+
+def round_evaluation_uri(run_root: str, index: int) -> str:
+    """Round k's evaluation (the base and round k's model): under its round folder, round 1's too, as
+    `<run_root>/evaluation` is the run's once the rounds end."""
+    return join(rounds.round_folder(run_root, index), "evaluation")
+
+
+def round_evaluate_settings(run_root: str, index: int, train_config_json: str, config_json: str) -> dict | None:
+    """The evaluate config of round k (None: no evaluation): the baseline (the first model) and the trained model
+    (the last: its engine settings) pointed at round k's model and named round<k>."""
+    model = artifact_uri(rounds.round_root(run_root, index), "train")
+    config = evaluate_settings(run_root, model, train_config_json, config_json)
+    if config is None:
+        return None
+    trained = {**config["models"][-1], "name": rounds.round_name(index), "path": trained_model_path(model)}
+    config["models"] = [config["models"][0], trained]
+    return config
+
+
+def round_evaluation_plan(
+    run_root: str, index: int, model_uri: str, train_config_json: str, config_json: str
+) -> list[str]:
+    """Round k's evaluation fan-out items (as evaluation_plan's, for the round's models)."""
+    return planned_items(round_evaluate_settings(run_root, index, train_config_json, config_json), model_uri)
+
+
+def round_evaluate_task_step(run_root: str, index: int, train_config_json: str, config_json: str, item: str) -> str:
+    config = round_evaluate_settings(run_root, index, train_config_json, config_json) or {}
+    return evaluate_item(config, round_evaluation_uri(run_root, index), item)
+
+
+def round_evaluate_merge_step(
+    run_root: str, index: int, model_uri: str, train_config_json: str, config_json: str
+) -> str:
+    config = round_evaluate_settings(run_root, index, train_config_json, config_json)
+    return merge_evaluation(config, round_evaluation_uri(run_root, index), model_uri)
+
+
+def _json_at(storage: Storage, uri: str) -> dict | None:
+    """The JSON object at `uri` (a reference or a URI; for an evaluation folder its metrics.json); None for ""."""
+    if not uri:
+        return None
+    uri = outputref.plain(uri)
+    return json.loads(storage.read_bytes(uri if uri.endswith(".json") else join(uri, "metrics.json")))
+
+
+def round_check_step(
+    run_root: str, index: int, evaluation_uri: str, previous_decision: str, gate_config_json: str
+) -> tuple[str, str]:
+    """Judge round k against round k-1 (round 1: the base) with the gate's rules; write its decision (every round's
+    so far, the model kept) to `<run_root>/round-<k>/decision.json`. (rounds.CONTINUE or rounds.STOP, the decision
+    versioned)."""
+    from clipdpo.gate import GateConfig
+
+    storage = Storage()
+    rules = typed_config(GateConfig, gate_config_json, "gate_config").rules
+    before = _json_at(storage, previous_decision)
+    if index > 1 and before is None:
+        raise ValueError(f"round {index}: the decision of round {index - 1} is needed, none was given")
+    previous_metrics = _json_at(storage, before["evaluation"]) if before else None
+    verdict = rounds.judge(index, rules, _json_at(storage, evaluation_uri), previous_metrics)
+    path = trained_model_path(artifact_uri(rounds.round_root(run_root, index), "train"))
+    record = rounds.decision_record(index, verdict, path, outputref.plain(evaluation_uri), before)
+    uri = join(rounds.round_folder(run_root, index), rounds.DECISION)
+    storage.write_bytes(uri, json.dumps(record, indent=2, sort_keys=True).encode())
+    print(json.dumps({"stage": "round-check", "round": index, "summary": rounds.summary_line(record)}), flush=True)
+    return rounds.CONTINUE if verdict["continue"] else rounds.STOP, outputref.ref(storage, uri)
+
+
+def rounds_evaluation_step(run_root: str, decision_uri: str, train_config_json: str, config_json: str) -> str:
+    """The run's evaluation once the rounds end, from the rounds' records (nothing is answered again): the base,
+    each round's model (round1, round2, ...), then the model kept under the trained model's name, the gate's
+    candidate and the report's as in a one-round run. Writes `<run_root>/rounds.json` (the last decision: every
+    round's verdict, the model kept); returns `<run_root>/evaluation` versioned ("" with no evaluation)."""
+    from clipdpo.evaluate.config import EvaluateConfig
+    from clipdpo.evaluate.fanout import task_names
+
+    setup_logging()
+    storage = Storage()
+    record = _json_at(storage, decision_uri)
+    if record is None:
+        raise ValueError("the rounds' evaluation needs the last round's decision, none was given")
+    storage.write_bytes(join(run_root, rounds.ROUNDS_RECORD), json.dumps(record, indent=2, sort_keys=True).encode())
+    kept = record["kept"]
+    model = artifact_uri(rounds.round_root(run_root, kept["round"]), "train")
+    config = evaluate_settings(run_root, model, train_config_json, config_json)
+    if config is None:
+        return ""
+    config["models"] = rounds.final_models(config["models"], record)
+    tasks = task_names(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"))
+    output, base, trained = artifact_uri(run_root, "evaluate"), config["models"][0], config["models"][-1]
+    rounds.copy_records(storage, kept["evaluation"], base["name"], output, base["name"], tasks)
+    for each in record["rounds"]:
+        rounds.copy_records(storage, each["evaluation"], each["name"], output, each["name"], tasks)
+    rounds.copy_records(storage, kept["evaluation"], kept["name"], output, trained["name"], tasks)
+    return merge_evaluation(config, output, model)

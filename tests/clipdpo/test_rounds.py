@@ -1,5 +1,5 @@
-"""Iterative rounds (clipdpo.rounds, clipdpo.round_steps): the layout, the round's captioner and train config,
-the verdict after each round with the gate's rules, and the steps chained on hand-made train outputs and
+"""Iterative rounds (clipdpo.rounds, the round steps of clipdpo.steps): the layout, the round's captioner and
+train config, the verdict after each round with the gate's rules, and the steps chained on hand-made train outputs and
 evaluation records: round 2 starts from round 1's model, a worse round stops the rounds and the run's evaluation
 keeps the better model under the trained model's name."""
 
@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from clipdpo import outputref, round_steps, rounds
+from clipdpo import outputref, rounds
+from clipdpo import steps as round_steps
 from clipdpo.config import ConfigError
 from clipdpo.engines import ModelSpec
 from clipdpo.evaluate.fanout import task_record_uri
@@ -76,15 +77,15 @@ def test_a_round_is_judged_against_the_round_before_with_the_gates_rules():
 
 
 def test_a_later_rounds_train_config_starts_from_the_model_before_it():
-    config = round_steps.round_train_config(json.dumps({"model": "hub/base", "revision": "abc", "beta": 0.2}), "/m1")
+    config = rounds.round_train_config({"model": "hub/base", "revision": "abc", "beta": 0.2}, "/m1", 2)
     assert config == {"model": "/m1", "beta": 0.2}  # the model is also DPO's reference: the train config's model
-    lora = json.dumps({"finetune": "lora", "save_merged": False})
+    lora = {"finetune": "lora", "save_merged": False}
     with pytest.raises(ConfigError, match="save_merged"):
-        round_steps.round_train_config(lora, "/m1")
+        rounds.round_train_config(lora, "/m1", 2)
     # refused before anything runs, where the user is; one round needs no merged model
     with pytest.raises(ConfigError, match="save_merged"):
-        validate({"train": json.loads(lora)}, rounds=2)
-    validate({"train": json.loads(lora)}, rounds=1)
+        validate({"train": lora}, rounds=2)
+    validate({"train": lora}, rounds=1)
 
 
 def write_trained(storage: Storage, artifact: str, fingerprint: str) -> None:

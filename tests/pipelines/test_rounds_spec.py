@@ -144,7 +144,7 @@ def test_round_twos_training_job_is_valid_against_the_crds_and_trains_from_round
 ):
     """Round 2's train task is the one-round train step on round_start's root and config: its job validates against
     the CRDs as round 1's does, and reads a config that starts from round 1's model, under round 2's root."""
-    from clipdpo import round_steps, steps
+    from clipdpo import steps
     from clipdpo.cluster import launch as launch_module
     from clipdpo.storage import Storage, join
 
@@ -156,7 +156,7 @@ def test_round_twos_training_job_is_valid_against_the_crds_and_trains_from_round
     storage.write_bytes(join(first, "train_summary.json"), json.dumps({"fingerprint": "f1"}).encode())
     job = dict(image="ghcr.io/x/clipdpo-train:0.1.0", nodes=2, gpus_per_node=8, namespace="ml", queue_name="gpus")
     steps.train_step(run_root, '{"beta": 0.2}', launcher=launcher, **job)  # round 1
-    root, config = round_steps.round_start_step(run_root, 2, first + "#f1", '{"beta": 0.2}')
+    root, config = steps.round_start_step(run_root, 2, first + "#f1", '{"beta": 0.2}')
     steps.train_step(root, config, launcher=launcher, pairs_uri=join(root, "pairs#p2"), **job)  # round 2
     (spec_1, key_1), (spec_2, key_2) = launched
     for spec, key in launched:
