@@ -548,7 +548,7 @@ def _stages(run, values: ClusterValues, rounds: int):
     if rounds == 1:
         _evaluate_and_gate(run, values, model)
         return
-    first = SimpleNamespace(images=images, plan=plan, method=method, povid=povid, rounds=rounds)
+    first = SimpleNamespace(plan=plan, method=method, povid=povid, rounds=rounds)
     _round_end(run, values, first, 1, model, None)
 
 
@@ -618,8 +618,7 @@ def _later_round(run, values: ClusterValues, first, index: int, previous_model):
         values,
     ).set_display_name(f"round {index} start")
     inputs = dict(run_root=run.run_root, round_index=index, shard_count=run.shard_count)
-    generate = dict(
-        images_uri=_uri(first.images),
+    generate = dict(  # round k-1's model: trained on the run's images, it orders the round after them too
         model_uri=_uri(previous_model),
         config_json=run.generate_config,
         train_config_json=run.train_config,

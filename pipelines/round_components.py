@@ -35,7 +35,6 @@ def round_start(
 def round_generate_shard(
     run_root: str,
     round_index: int,
-    images_uri: str,
     model_uri: str,
     config_json: str,
     train_config_json: str,
@@ -50,7 +49,7 @@ def round_generate_shard(
 
     started = time.monotonic()
     # as generate_shard: in a ParallelFor the inputs come from under run_root (the images, round k-1's model);
-    # `images_uri` and `model_uri` order the step after them
+    # `model_uri` orders the step after that model (and so after the images it was trained on)
     output = round_generate_step(run_root, round_index, config_json, train_config_json, shard_index, shard_count)
     log_to(metrics, {"round": float(round_index), "step_seconds": round(time.monotonic() - started, 3)})
     return output
@@ -60,7 +59,6 @@ def round_generate_shard(
 def round_generate_finalize(
     run_root: str,
     round_index: int,
-    images_uri: str,
     model_uri: str,
     shard_outputs: List[str],
     config_json: str,

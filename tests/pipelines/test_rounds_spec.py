@@ -83,7 +83,7 @@ def test_round_two_captions_with_and_trains_from_round_ones_model(two_rounds):
         task, conditions = tasks[name]
         assert conditions == (CONTINUE_AFTER_ROUND_1,), name
         assert source(task, "model_uri") == "train-Output" and source(task, "round_index") == 2
-        assert source(task, "images_uri") == "ingest-Output" and source(task, "run_root") == "param:run_root"
+        assert source(task, "run_root") == "param:run_root"  # the images: the run's (round 1's), under it
         assert source(task, "config_json") == "param:generate_config"
     # round 2's own steps run on its root and train config (round_start's: the model round 1 trained, which is
     # also the DPO reference); train-2 is round 2's training job
