@@ -111,7 +111,8 @@ faults: $(STAMP)
 WORLD ?= 0
 # ROUNDS=<n>: generate -> score -> filter -> train n times (src/clipdpo/rounds.py), fixed when the pipeline is
 # compiled (kfp has no loop whose length is known only at run time); on the world, the demo and the cluster alike.
-ROUNDS ?= 1
+# Unset: one round (the runs' own default).
+ROUNDS_ARG = $(if $(ROUNDS),--rounds $(ROUNDS))
 # The world's run is the lab's (python -m clipdpo_lab run); the demo and the cluster are the product's own.
 RUNNER = $(if $(KFP_HOST)$(DEMO),pipelines.run,clipdpo_lab run)
 LOCAL_INPUT = $(if $(KFP_HOST),,$(if $(DEMO),,--world $(WORLD)))
@@ -119,7 +120,7 @@ WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(
 	$(if $(CONTROL),--control $(CONTROL)))
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m $(RUNNER) --run-id $(RUN_ID) \
-		--rounds $(ROUNDS) $(LOCAL_INPUT) $(WORLD_ARMS)
+		$(LOCAL_INPUT) $(WORLD_ARMS) $(ROUNDS_ARG)
 
 # The paper's pair rules (margin, length ratio) on and off, on a finished local world run (the same WORLD and
 # RUN_ID as its `make pipeline-run`): reuses its scored captions and model, reruns filter -> train per variant.
@@ -137,7 +138,7 @@ world: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m clipdpo_world build --out .local/world --seed $(WORLD_SEED)
 
 compile: $(STAMP)
-	$(PIPELINE_ENV) $(PY) -m pipelines.compile --rounds $(ROUNDS)
+	$(PIPELINE_ENV) $(PY) -m pipelines.compile $(ROUNDS_ARG)
 
 images:
 	@command -v docker >/dev/null 2>&1 || { echo "make images needs a Docker engine; none found" >&2; exit 2; }

@@ -10,6 +10,10 @@ the stage's typed config and calls the stage's `run` (train on a cluster: a PyTo
 config from `<run_root>/configs/train.json`). The stages run inside a dsl.ExitHandler whose exit task deletes the
 training jobs the run left unfinished, however it ended.
 
+`build_pipeline(values, rounds)` with rounds > 1 repeats generate -> score -> filter -> train, each round from
+the model the round before trained, each round's evaluation and check after it, the next round in a dsl.If on
+that check (clipdpo.rounds; the round components in pipelines/round_components.py).
+
 Every pod's requests, limits, retries and timeout, the fan-outs' parallelism, the GPU steps' Kueue queue, image
 pull secrets and the run's TTL come from one typed value set, pipelines.cluster_values.ClusterValues
 (`build_pipeline(values)`); images, the S3 Secret and GPU placement from pipelines.settings.

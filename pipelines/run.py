@@ -147,9 +147,8 @@ def run_local(args, run: LocalRun) -> int:
         return 128 + stop.signum
     root, copied = arguments["run_root"], state / "reports" / args.run_id
     print(f"\nrun finished in {time.monotonic() - started:.1f}s (kfp local runner); artifacts under {root}/:")
-    print_outputs(root, copied, reports, decision, state, own_server=server is not None)
-    if rounds_line:  # the rounds' artifacts (round 1's are the ones above), and in the summary the model kept
-        print(f"  rounds     {root}/round-<k>/ (from round 2: its artifacts; each round: evaluation/, decision.json)")
+    print_outputs(root, copied, reports, decision, state, rounds_line, own_server=server is not None)
+    if rounds_line:  # the model kept, in the summary too
         summary += f"\nrounds: {rounds_line}"
     if run.after_summary is not None and reports:
         run.after_summary(copied)
@@ -157,10 +156,12 @@ def run_local(args, run: LocalRun) -> int:
     return 0
 
 
-def print_outputs(root: str, copied: Path, reports: list[Path], decision: str, state: Path, own_server: bool) -> None:
+def print_outputs(
+    root: str, copied: Path, reports: list[Path], decision: str, state: Path, rounds: str, own_server: bool
+) -> None:
     """Where a finished local run's artifacts are, one line each: under `root`, the `reports` copied into `copied`,
-    kfp's folder in `state`; the gate's `decision`; how to serve the S3 data again when the run started its own
-    server."""
+    kfp's folder in `state`; the gate's `decision`; a run of several rounds: theirs (`rounds`: the verdicts, ""
+    for one round); how to serve the S3 data again when the run started its own server."""
     for each in STAGES:
         print(f"  {each.artifact:<10} {root}/{each.artifact}")
     print(f"  report     {root}/{REPORT_DIR}/report.html (figures, examples; report.md, headline.json, PNGs)")
@@ -173,6 +174,9 @@ def print_outputs(root: str, copied: Path, reports: list[Path], decision: str, s
     print(f"  kfp        {state / 'kfp'}/ (per task: its Metrics; the report step's HTML and Markdown)")
     print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
     print(f"  gate       {root}/gate/decision.json: {decision}")
+    if rounds:  # round 1's artifacts are the ones above
+        print(f"  rounds     {root}/round-<k>/ (from round 2: its artifacts; each round: evaluation/, decision.json)")
+        print(f"             {root}/rounds.json: {rounds}")
     if own_server:
         print(
             f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'} "
