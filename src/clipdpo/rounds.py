@@ -2,7 +2,7 @@
 
 Round k captions the run's images with round k-1's model (round 1: the configured captioners), and trains from
 round k-1's model, which is also its DPO reference (the train config's `model`). This module holds the layout
-and the pure decisions; clipdpo.round_steps runs them as pipeline steps.
+and the decisions; the round steps of clipdpo.steps (`round_*`) run them in the pipeline.
 
 Layout under a run root: round 1 writes what a one-round run writes, where it writes it (images, candidates,
 scores, pairs, model), so a one-round run and its caches are round 1 of a longer run, and a rerun with more

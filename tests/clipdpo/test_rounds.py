@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from clipdpo import outputref, rounds
-from clipdpo import steps as round_steps
+from clipdpo import outputref, rounds, steps
 from clipdpo.config import ConfigError
 from clipdpo.engines import ModelSpec
 from clipdpo.evaluate.fanout import task_record_uri
@@ -29,7 +28,7 @@ def test_round_one_keeps_the_one_round_layout_and_later_rounds_have_their_own():
     assert rounds.round_root(root, 1) == root  # a one-round run's artifacts are round 1's
     assert rounds.round_root(root, 3) == "s3://b/runs/r/round-3"
     assert rounds.round_folder(root, 1) == "s3://b/runs/r/round-1"  # round 1's evaluation and decision
-    assert round_steps.round_evaluation_uri(root, 1) == "s3://b/runs/r/round-1/evaluation"
+    assert steps.round_evaluation_uri(root, 1) == "s3://b/runs/r/round-1/evaluation"
     assert rounds.round_name(2) == "round2"
     with pytest.raises(ValueError, match="rounds count from 1"):
         rounds.round_root(root, 0)
@@ -96,12 +95,12 @@ def write_trained(storage: Storage, artifact: str, fingerprint: str) -> None:
 
 def write_round_evaluation(storage: Storage, run_root: str, index: int, base: float, trained: float) -> str:
     """Round k's evaluation as its fan-out leaves it (a record per model and task), merged by the round's step."""
-    output = round_steps.round_evaluation_uri(run_root, index)
+    output = steps.round_evaluation_uri(run_root, index)
     for name, value in (("base", base), (rounds.round_name(index), trained)):
         record = {"model": name, "task": "suite-pope", "result": results(value), "inferred": 1, "resources": {}}
         storage.write_bytes(task_record_uri(output, name, "suite-pope"), json.dumps(record).encode())
-    model = round_steps.artifact_uri(rounds.round_root(run_root, index), "train")
-    return round_steps.round_evaluate_merge_step(run_root, index, model, TRAIN_CONFIG, EVALUATE_CONFIG)
+    model = steps.artifact_uri(rounds.round_root(run_root, index), "train")
+    return steps.round_evaluate_merge_step(run_root, index, model, TRAIN_CONFIG, EVALUATE_CONFIG)
 
 
 def test_rounds_chain_stop_on_a_worse_round_and_the_run_keeps_the_better_model(tmp_path, monkeypatch):
@@ -111,27 +110,27 @@ def test_rounds_chain_stop_on_a_worse_round_and_the_run_keeps_the_better_model(t
     write_trained(storage, first_model, "f1")
 
     evaluation = write_round_evaluation(storage, run_root, 1, base=80.0, trained=82.0)
-    assert round_steps.round_evaluation_plan(run_root, 1, first_model + "#f1", TRAIN_CONFIG, EVALUATE_CONFIG) == [
+    assert steps.round_evaluation_plan(run_root, 1, first_model + "#f1", TRAIN_CONFIG, EVALUATE_CONFIG) == [
         "base|suite-pope|f1",
         "round1|suite-pope|f1",
     ]
-    verdict, decision = round_steps.round_check_step(run_root, 1, evaluation, "", GATE_CONFIG)
+    verdict, decision = steps.round_check_step(run_root, 1, evaluation, "", GATE_CONFIG)
     assert verdict == rounds.CONTINUE
 
-    root, train_config = round_steps.round_start_step(run_root, 2, outputref.ref(storage, first_model), TRAIN_CONFIG)
+    root, train_config = steps.round_start_step(run_root, 2, outputref.ref(storage, first_model), TRAIN_CONFIG)
     assert root == join(run_root, "round-2")
     assert json.loads(train_config) == {"model": join(first_model, "model"), "beta": 0.2}
     assert outputref.trusted(storage, root)  # round.json versions the root kfp's cache keeps (pipelines/local_cache)
 
     write_trained(storage, join(root, "model"), "f2")
     evaluation = write_round_evaluation(storage, run_root, 2, base=80.0, trained=81.0)
-    verdict, decision = round_steps.round_check_step(run_root, 2, evaluation, decision, GATE_CONFIG)
+    verdict, decision = steps.round_check_step(run_root, 2, evaluation, decision, GATE_CONFIG)
     assert verdict == rounds.STOP
     record = json.loads(storage.read_bytes(outputref.plain(decision)))
     assert [each["passed"] for each in record["rounds"]] == [True, False]
     assert record["kept"]["round"] == 1 and record["kept"]["path"] == join(first_model, "model")
 
-    final = round_steps.rounds_evaluation_step(run_root, decision, TRAIN_CONFIG, EVALUATE_CONFIG)
+    final = steps.rounds_evaluation_step(run_root, decision, TRAIN_CONFIG, EVALUATE_CONFIG)
     assert outputref.plain(final) == join(run_root, "evaluation")  # where the gate and the report read
     merged = json.loads(storage.read_bytes(join(run_root, "evaluation", "metrics.json")))
     assert [m["name"] for m in merged["models"]] == ["base", "round1", "round2", "clip-dpo"]
@@ -156,13 +155,13 @@ def test_a_later_round_generates_with_the_model_before_it_and_its_version(tmp_pa
     calls = []
     monkeypatch.setattr(generate, "run", lambda cfg, source, output, **kw: calls.append((cfg, source, output, kw)))
     generate_config = json.dumps({"captioners": [{"name": "tiny", "path": "tiny/base", "engine": "hf"}]})
-    round_steps.round_generate_step(run_root, 2, generate_config, TRAIN_CONFIG, 1, 2)
+    steps.round_generate_step(run_root, 2, generate_config, TRAIN_CONFIG, 1, 2)
     cfg, source, output, kw = calls[0]
     assert [(c.name, c.path, c.engine) for c in cfg.captioners] == [("round1", join(run_root, "model/model"), "hf")]
     assert source == join(run_root, "images") and output == join(run_root, "round-2", "candidates")
     assert kw["input_fingerprints"] == ["f1"] and kw["shard"].index == 1 and kw["overwrite"]
     with pytest.raises(ValueError, match="round 1 starts from the configured model"):
-        round_steps.round_generate_step(run_root, 1, generate_config, TRAIN_CONFIG)
+        steps.round_generate_step(run_root, 1, generate_config, TRAIN_CONFIG)
 
 
 def test_a_model_retrained_at_the_same_prefix_is_copied_again_not_served_from_the_old_copy(bucket, tmp_path):
