@@ -28,7 +28,9 @@ help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally on the synthetic world 0"
 	@echo "                    (the first run builds it, several minutes; cached after). WORLD=<seed> another world,"
 	@echo "                    CONTROL=shuffled adds the shuffled-score control arm, QA=0 leaves out the"
-	@echo "                    paper's QA pairs (the world's QA writer), DEMO=1 the 1-minute tiny demo"
+	@echo "                    paper's QA pairs (the world's QA writer), DEMO=1 the 1-minute tiny demo;"
+	@echo "                    ROUNDS=<n> generate -> train n times, each round captioning with and training from the"
+	@echo "                    model the round before trained (a round worse than the one before ends them)"
 	@echo "make rules-ablation the paper's margin and length rules on and off, on a finished world run (WORLD, RUN_ID)"
 	@echo "make loss-ablation  the DPO loss variants of the paper's Table 5, on a finished world run (WORLD, RUN_ID)"
 	@echo "make test           unit, integration and end-to-end tests"
@@ -36,7 +38,7 @@ help:
 	@echo "make lint           ruff (lint, format check) over the code, mypy over src/"
 	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
 	@echo "make world          build the synthetic world (images, CLIP, LLaVA, benchmark) once, cached in .local/world"
-	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG"
+	@echo "make compile        write pipelines/compiled/clipdpo.yaml for REGISTRY/TAG (and ROUNDS)"
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
 	@echo "make image-tags     each stage image's content tag (what CI builds when the registry lacks it)"
@@ -107,6 +109,10 @@ faults: $(STAMP)
 # world in a second process while the world builds; QA=0 leaves them out (the ablation). On a cluster (KFP_HOST set) none applies: the stage configs
 # come from CLIPDPO_CONFIG_DIR.
 WORLD ?= 0
+# ROUNDS=<n>: generate -> score -> filter -> train n times (src/clipdpo/rounds.py), fixed when the pipeline is
+# compiled (kfp has no loop whose length is known only at run time); on the world, the demo and the cluster alike.
+# Unset: one round (the runs' own default).
+ROUNDS_ARG = $(if $(ROUNDS),--rounds $(ROUNDS))
 # The world's run is the lab's (python -m clipdpo_lab run); the demo and the cluster are the product's own.
 RUNNER = $(if $(KFP_HOST)$(DEMO),pipelines.run,clipdpo_lab run)
 LOCAL_INPUT = $(if $(KFP_HOST),,$(if $(DEMO),,--world $(WORLD)))
@@ -114,7 +120,7 @@ WORLD_ARMS = $(if $(KFP_HOST)$(DEMO),,$(if $(METHOD),--method $(METHOD)) $(if $(
 	$(if $(CONTROL),--control $(CONTROL)))
 pipeline-run: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PIPELINE_ENV) $(PY) -m $(RUNNER) --run-id $(RUN_ID) \
-		$(LOCAL_INPUT) $(WORLD_ARMS)
+		$(LOCAL_INPUT) $(WORLD_ARMS) $(ROUNDS_ARG)
 
 # The paper's pair rules (margin, length ratio) on and off, on a finished local world run (the same WORLD and
 # RUN_ID as its `make pipeline-run`): reuses its scored captions and model, reruns filter -> train per variant.
@@ -132,7 +138,7 @@ world: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m clipdpo_world build --out .local/world --seed $(WORLD_SEED)
 
 compile: $(STAMP)
-	$(PIPELINE_ENV) $(PY) -m pipelines.compile
+	$(PIPELINE_ENV) $(PY) -m pipelines.compile $(ROUNDS_ARG)
 
 images:
 	@command -v docker >/dev/null 2>&1 || { echo "make images needs a Docker engine; none found" >&2; exit 2; }

@@ -10,6 +10,10 @@ the stage's typed config and calls the stage's `run` (train on a cluster: a PyTo
 config from `<run_root>/configs/train.json`). The stages run inside a dsl.ExitHandler whose exit task deletes the
 training jobs the run left unfinished, however it ended.
 
+`build_pipeline(values, rounds)` with rounds > 1 repeats generate -> score -> filter -> train, each round from
+the model the round before trained, each round's evaluation and check after it, the next round in a dsl.If on
+that check (clipdpo.rounds; the round components in pipelines/round_components.py).
+
 Every pod's requests, limits, retries and timeout, the fan-outs' parallelism, the GPU steps' Kueue queue, image
 pull secrets and the run's TTL come from one typed value set, pipelines.cluster_values.ClusterValues
 (`build_pipeline(values)`); images, the S3 Secret and GPU placement from pipelines.settings.
@@ -22,7 +26,19 @@ from typing import List
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Markdown, Metrics, Output, PipelineTaskFinalStatus
 
+from clipdpo.rounds import CONTINUE, check_round
 from pipelines.cluster_values import GPU_STEPS, ClusterValues
+from pipelines.round_components import (
+    round_check,
+    round_evaluate_merge,
+    round_evaluate_task,
+    round_generate_finalize,
+    round_generate_shard,
+    round_plan_evaluation,
+    round_score_shard,
+    round_start,
+    rounds_evaluation,
+)
 from pipelines.settings import S3_OPTIONAL_KEYS, S3_SECRET_KEYS, SETTINGS, TRACKING_CONFIG_MAP, TRACKING_KEYS
 
 
@@ -371,64 +387,52 @@ def _pod(task, values: ClusterValues):
     return _gpu(task, values) if name in GPU_STEPS else task
 
 
+def _fan_out(plan, loop: str, values: ClusterValues, shard, finalize, names: tuple[str, str]):
+    """A fan-out over the items `plan` lists: the task `shard(item)` makes per item, then the task `finalize(outputs)`
+    makes once every item is done; `names`: their display names. The finalize task."""
+    with dsl.ParallelFor(_uri(plan), name=loop, parallelism=values.parallelism[loop]) as item:
+        each = _pod(_s3(shard(item)), values).set_display_name(names[0])
+    done = _s3(finalize(dsl.Collected(_uri(each))))
+    return _pod(done, values).set_display_name(names[1])
+
+
 def _shard_stages(run, values: ClusterValues, images):
-    """generate and score, each a fan-out over the shards plan_shards lists, then a finalize step: the scores."""
+    """generate and score, each a fan-out over the shards plan_shards lists, then a finalize step: (the plan, the
+    scores)."""
     plan = _pod(plan_shards(shard_count=run.shard_count), values).set_caching_options(True)
     plan.set_display_name("plan shards")
-    with dsl.ParallelFor(_uri(plan), name="generate-shards", parallelism=values.parallelism["generate-shards"]) as i:
-        generated = _pod(
-            _s3(
-                generate_shard(
-                    run_root=run.run_root,
-                    images_uri=_uri(images),
-                    config_json=run.generate_config,
-                    shard_index=i,
-                    shard_count=run.shard_count,
-                )
-            ),
-            values,
-        ).set_display_name("generate shard")
-    candidates = _s3(
-        generate_finalize(
-            run_root=run.run_root,
-            images_uri=_uri(images),
-            shard_outputs=dsl.Collected(_uri(generated)),
-            config_json=run.generate_config,
-            shard_count=run.shard_count,
-        )
+    generate = dict(
+        run_root=run.run_root, images_uri=_uri(images), config_json=run.generate_config, shard_count=run.shard_count
     )
-    _pod(candidates, values).set_display_name("generate finalize")
-
-    with dsl.ParallelFor(_uri(plan), name="score-shards", parallelism=values.parallelism["score-shards"]) as i:
-        scored = _pod(
-            _s3(
-                score_shard(
-                    run_root=run.run_root,
-                    candidates_uri=_uri(candidates),
-                    config_json=run.score_config,
-                    shard_index=i,
-                    shard_count=run.shard_count,
-                )
-            ),
-            values,
-        ).set_display_name("score shard")
-    scores = _s3(
-        score_finalize(
-            run_root=run.run_root,
-            candidates_uri=_uri(candidates),
-            shard_outputs=dsl.Collected(_uri(scored)),
-            config_json=run.score_config,
-            shard_count=run.shard_count,
-        )
+    candidates = _fan_out(
+        plan,
+        "generate-shards",
+        values,
+        lambda i: generate_shard(shard_index=i, **generate),
+        lambda outputs: generate_finalize(shard_outputs=outputs, **generate),
+        ("generate shard", "generate finalize"),
     )
-    return _pod(scores, values).set_display_name("score finalize")
+    score = dict(
+        run_root=run.run_root,
+        candidates_uri=_uri(candidates),
+        config_json=run.score_config,
+        shard_count=run.shard_count,
+    )
+    scores = _fan_out(
+        plan,
+        "score-shards",
+        values,
+        lambda i: score_shard(shard_index=i, **score),
+        lambda outputs: score_finalize(shard_outputs=outputs, **score),
+        ("score shard", "score finalize"),
+    )
+    return plan, scores
 
 
-def _training_pairs(run, values: ClusterValues, images, pairs):
-    """What train consumes by the train config's `method`: clipdpo trains on the filter's pairs; povid on POVID's
-    pairs (ground truth vs injected hallucinations; noisy-image rejections in training); both on their union. The
-    method and the rewriter live in JSON parameters, so small steps read them and only an LLM rewrite holds a GPU
-    pod; the POVID steps take the method alone, so another train setting does not invalidate their cache."""
+def _povid_pairs(run, values: ClusterValues, images):
+    """POVID's side of what train consumes: (the train config's method, POVID's pairs). The method and the rewriter
+    live in JSON parameters, so small steps read them and only an LLM rewrite holds a GPU pod; the POVID steps take
+    the method alone, so another train setting does not invalidate their cache."""
     method = _pod(train_method(train_config_json=run.train_config), values)
     method.set_caching_options(True).set_display_name("train method")
     placement = _pod(povid_placement(config_json=run.povid_config, method=_uri(method)), values)
@@ -440,11 +444,17 @@ def _training_pairs(run, values: ClusterValues, images, pairs):
         on_gpu = _pod(_s3(povid_pairs(**povid_inputs)), values).set_display_name("povid pairs (LLM, GPU)")
     with dsl.Else(name="povid-on-cpu"):
         on_cpu = _pod(_s3(povid_pairs_cpu(**povid_inputs)), values).set_display_name("povid pairs")
+    return method, dsl.OneOf(_uri(on_gpu), _uri(on_cpu))
+
+
+def _training_pairs(run, values: ClusterValues, pairs, method, povid):
+    """What train consumes by the train config's `method`: clipdpo trains on the filter's pairs; povid on POVID's
+    pairs (ground truth vs injected hallucinations; noisy-image rejections in training); both on their union."""
     chosen = _s3(
         training_pairs(
             run_root=run.run_root,
             clipdpo_pairs_uri=_uri(pairs),
-            povid_pairs_uri=dsl.OneOf(_uri(on_gpu), _uri(on_cpu)),
+            povid_pairs_uri=povid,
             method=_uri(method),
         )
     )
@@ -495,8 +505,7 @@ def _run_env(task):
 
 def _evaluate_and_gate(run, values: ClusterValues, model):
     """base vs trained: one GPU pod per (model, task) (the base's results come from the eval cache once known),
-    merged into one report; then the gate judges the trained model and, on pass, moves the promoted pointer;
-    then the run report a person reads (figures, headline numbers, examples: kfp HTML + Markdown)."""
+    merged into one report; then the gate and the run report (_gate_and_report)."""
     evaluation = dict(
         run_root=run.run_root,
         model_uri=_uri(model),
@@ -506,36 +515,160 @@ def _evaluate_and_gate(run, values: ClusterValues, model):
     items = _pod(_s3(plan_evaluation(**evaluation)), values).set_display_name("plan evaluation")  # reads the model
     # only pipeline parameters and the item enter the loop: kfp's local runner binds any other task output
     # inside a ParallelFor to the loop item (the model is where train wrote it, under run_root)
-    with dsl.ParallelFor(_uri(items), name="evaluate-tasks", parallelism=values.parallelism["evaluate-tasks"]) as item:
-        task = _pod(
-            _s3(
-                evaluate_task(
-                    run_root=run.run_root,
-                    train_config_json=run.train_config,
-                    config_json=run.evaluate_config,
-                    item=item,
-                )
-            ),
-            values,
-        ).set_display_name("evaluate task")
-    merged = _tracking(_s3(evaluate_merge(task_records=dsl.Collected(_uri(task)), **evaluation)))
-    _pod(merged, values).set_display_name("evaluate report")
-    decision = _pod(_s3(gate(run_root=run.run_root, report_uri=_uri(merged), config_json=run.gate_config)), values)
+    merged = _fan_out(
+        items,
+        "evaluate-tasks",
+        values,
+        lambda item: evaluate_task(
+            run_root=run.run_root,
+            train_config_json=run.train_config,
+            config_json=run.evaluate_config,
+            item=item,
+        ),
+        lambda records: _tracking(evaluate_merge(task_records=records, **evaluation)),
+        ("evaluate task", "evaluate report"),
+    )
+    _gate_and_report(run, values, merged)
+
+
+def _gate_and_report(run, values: ClusterValues, evaluation):
+    """The gate judges the trained model and, on pass, moves the promoted pointer; then the run report a person
+    reads (figures, headline numbers, examples: kfp HTML + Markdown)."""
+    decision = _pod(_s3(gate(run_root=run.run_root, report_uri=_uri(evaluation), config_json=run.gate_config)), values)
     decision.set_caching_options(False).set_display_name("gate")
-    run_report = _pod(_s3(report(run_root=run.run_root, evaluation_uri=_uri(merged))), values)
+    run_report = _pod(_s3(report(run_root=run.run_root, evaluation_uri=_uri(evaluation))), values)
     run_report.set_display_name("report")
 
 
-def _stages(run, values: ClusterValues):
-    """ingest -> generate -> score -> filter -> (POVID) -> train -> evaluate -> gate -> report."""
+def _stages(run, values: ClusterValues, rounds: int):
+    """ingest -> generate -> score -> filter -> (POVID) -> train, then for one round evaluate -> gate -> report;
+    for several, the rounds after it (_round_end)."""
     images = _s3(ingest(run_root=run.run_root, source=run.source, config_json=run.ingest_config))
     _pod(images, values).set_display_name("ingest")
-    scores = _shard_stages(run, values, images)
+    plan, scores = _shard_stages(run, values, images)
+    pairs = _filter(run, values, scores)
+    method, povid = _povid_pairs(run, values, images)
+    model = _train(run, values, _training_pairs(run, values, pairs, method, povid))
+    if rounds == 1:
+        _evaluate_and_gate(run, values, model)
+        return
+    first = SimpleNamespace(plan=plan, method=method, povid=povid, rounds=rounds)
+    _round_end(run, values, first, 1, model, None)
+
+
+def _filter(run, values: ClusterValues, scores):
     pairs = _s3(filter_pairs(run_root=run.run_root, scores_uri=_uri(scores), config_json=run.filter_config))
-    _pod(pairs, values).set_display_name("filter")
-    chosen = _training_pairs(run, values, images, pairs)
-    model = _train(run, values, chosen)
-    _evaluate_and_gate(run, values, model)
+    return _pod(pairs, values).set_display_name("filter")
+
+
+# -- iterative rounds (clipdpo.rounds): compiled in when the pipeline is built with rounds > 1 ----------------------
+
+
+def _round_end(run, values: ClusterValues, first, index: int, model, previous):
+    """Round `index`'s evaluation and check (against the round before: `previous`'s decision; round 1 against the
+    base). Then round index+1 where the check says so, nested in its dsl.If; where it does not, and after the last
+    round, the run's evaluation (every round and the model kept), the gate and the report."""
+    evaluation = _round_evaluation(run, values, index, model)
+    check = _s3(
+        round_check(
+            run_root=run.run_root,
+            round_index=index,
+            evaluation_uri=_uri(evaluation),
+            previous_decision=previous.outputs["decision"] if previous is not None else "",
+            gate_config_json=run.gate_config,
+        )
+    )
+    _pod(check, values).set_display_name(f"round {index} check")
+    if index == first.rounds:
+        _rounds_finish(run, values, check)
+        return
+    with dsl.If(check.outputs["verdict"] == CONTINUE, name=f"round-{index + 1}"):
+        later = _later_round(run, values, first, index + 1, model)
+        _round_end(run, values, first, index + 1, later, check)
+    with dsl.Else(name=f"rounds-stop-after-{index}"):
+        _rounds_finish(run, values, check)
+
+
+def _round_evaluation(run, values: ClusterValues, index: int, model):
+    """Round `index`'s evaluation fan-out (the base, from the eval cache once known, and the round's model) under
+    <run_root>/round-<index>/evaluation; the merged evaluation."""
+    evaluation = dict(
+        run_root=run.run_root, round_index=index, train_config_json=run.train_config, config_json=run.evaluate_config
+    )
+    items = _pod(_s3(round_plan_evaluation(model_uri=_uri(model), **evaluation)), values)
+    items.set_display_name(f"round {index} plan evaluation")
+    return _fan_out(
+        items,
+        "evaluate-tasks",
+        values,
+        lambda item: round_evaluate_task(item=item, **evaluation),
+        lambda records: _tracking(round_evaluate_merge(model_uri=_uri(model), task_records=records, **evaluation)),
+        (f"round {index} evaluate task", f"round {index} evaluate report"),
+    )
+
+
+def _later_round(run, values: ClusterValues, first, index: int, previous_model):
+    """Round `index` >= 2: the run's images captioned by the round before's model, scored, filtered into pairs, and
+    a model trained from that model (also its DPO reference) under <run_root>/round-<index>; the train task."""
+    start = _pod(
+        _s3(
+            round_start(
+                run_root=run.run_root,
+                round_index=index,
+                model_uri=_uri(previous_model),
+                train_config_json=run.train_config,
+            )
+        ),
+        values,
+    ).set_display_name(f"round {index} start")
+    inputs = dict(run_root=run.run_root, round_index=index, shard_count=run.shard_count)
+    generate = dict(  # round k-1's model: trained on the run's images, it orders the round after them too
+        model_uri=_uri(previous_model),
+        config_json=run.generate_config,
+        train_config_json=run.train_config,
+        **inputs,
+    )
+    candidates = _fan_out(
+        first.plan,
+        "generate-shards",
+        values,
+        lambda i: round_generate_shard(shard_index=i, **generate),
+        lambda outputs: round_generate_finalize(shard_outputs=outputs, **generate),
+        (f"round {index} generate shard", f"round {index} generate finalize"),
+    )
+    # outside the fan-outs the ordinary steps run on the round's root and train config (round_start's)
+    this_round = SimpleNamespace(
+        **{**vars(run), "run_root": start.outputs["root"], "train_config": start.outputs["train_config"]}
+    )
+    score = dict(candidates_uri=_uri(candidates), config_json=run.score_config, shard_count=run.shard_count)
+    scores = _fan_out(
+        first.plan,
+        "score-shards",
+        values,
+        lambda i: round_score_shard(run_root=run.run_root, round_index=index, shard_index=i, **score),
+        lambda outputs: score_finalize(run_root=this_round.run_root, shard_outputs=outputs, **score),
+        (f"round {index} score shard", f"round {index} score finalize"),
+    )
+    pairs = _filter(this_round, values, scores).set_display_name(f"round {index} filter")
+    chosen = _training_pairs(this_round, values, pairs, first.method, first.povid)
+    chosen.set_display_name(f"round {index} training pairs")
+    return _train(this_round, values, chosen).set_display_name(f"round {index} train (cluster job)")
+
+
+def _rounds_finish(run, values: ClusterValues, check):
+    """Once the rounds end: the run's evaluation from the rounds' (base, round1.., the kept model under the trained
+    model's name), then the gate and the report, as after one round."""
+    final = _tracking(
+        _s3(
+            rounds_evaluation(
+                run_root=run.run_root,
+                decision_uri=check.outputs["decision"],
+                train_config_json=run.train_config,
+                config_json=run.evaluate_config,
+            )
+        )
+    )
+    _gate_and_report(run, values, _pod(final, values).set_display_name("evaluate report (rounds)"))
 
 
 def _cleanup(run, values: ClusterValues):
@@ -553,10 +686,13 @@ def _pipeline_config(values: ClusterValues) -> dsl.PipelineConfig:
     )
 
 
-def build_pipeline(values: ClusterValues):
+def build_pipeline(values: ClusterValues, rounds: int = 1):
     """The clipdpo pipeline with its pods shaped by `values`: `make compile` builds it with the values of
     CLIPDPO_CLUSTER_VALUES (pipelines.compile), a local run with the same values, retries off
-    (ClusterValues.for_local)."""
+    (ClusterValues.for_local). `rounds`: generate -> score -> filter -> train that many times, each round from the
+    model the round before trained (clipdpo.rounds); a constant of the compiled pipeline, as kfp has no loop
+    whose length is known only at run time."""
+    check_round(rounds)
 
     @dsl.pipeline(
         name="clipdpo",
@@ -587,12 +723,12 @@ def build_pipeline(values: ClusterValues):
         gate_config: str = "{}",
         povid_config: str = "{}",
     ):
-        # the run's parameters (a channel each) for the helpers; locals() also holds the closure's `values`
-        run = SimpleNamespace(**{name: value for name, value in locals().items() if name != "values"})
+        # the run's parameters (a channel each) for the helpers; locals() also holds the closure's `values`, `rounds`
+        run = SimpleNamespace(**{name: value for name, value in locals().items() if name not in ("values", "rounds")})
         # The exit task runs when the stages end, succeeded or failed: it deletes the training jobs this run left
         # unfinished (a launcher lost with no retry left). A cancelled run's launcher deletes its job itself
         # (SIGTERM); the exit task is the second line there, as a KFP terminate may stop the run before it runs.
         with dsl.ExitHandler(_cleanup(run, values), name="clipdpo-stages"):
-            _stages(run, values)
+            _stages(run, values, rounds)
 
     return clipdpo_pipeline

@@ -25,7 +25,15 @@ VALUES_ENV = "CLIPDPO_CLUSTER_VALUES"
 # The pipeline's ParallelFor loops (their names in pipelines/clipdpo_pipeline.py)
 FAN_OUTS = ("generate-shards", "score-shards", "evaluate-tasks")
 # The steps whose pods hold a GPU: they get the GPU node selector, tolerations and the Kueue queue label
-GPU_STEPS = ("generate-shard", "score-shard", "povid-pairs", "evaluate-task")
+GPU_STEPS = (
+    "generate-shard",
+    "score-shard",
+    "povid-pairs",
+    "evaluate-task",
+    "round-generate-shard",
+    "round-score-shard",
+    "round-evaluate-task",
+)
 
 # Per step (the component's name, as the compiled spec names its task): (CPU request, memory request, CPU limit,
 # memory limit, retries, timeout in minutes; 0: none). Memory limit = request: memory cannot be throttled, so a
@@ -55,6 +63,16 @@ _DEFAULT_PODS: dict[str, tuple[str, str, str, str, int, int]] = {
     "gate": ("1", "2G", "2", "2G", 0, 30),
     "report": ("2", "4G", "4", "4G", 1, 60),
     "cleanup-train-jobs": ("500m", "512M", "1", "512M", 2, 15),
+    # iterative rounds (pipelines/round_components.py): each as its one-round twin
+    "round-start": ("1", "1G", "2", "1G", 1, 15),
+    "round-generate-shard": ("8", "64G", "16", "64G", 2, 1440),
+    "round-generate-finalize": ("1", "2G", "2", "2G", 1, 120),
+    "round-score-shard": ("8", "32G", "16", "32G", 2, 1440),
+    "round-plan-evaluation": ("1", "2G", "2", "2G", 1, 30),
+    "round-evaluate-task": ("8", "64G", "16", "64G", 2, 1440),
+    "round-evaluate-merge": ("2", "8G", "4", "8G", 1, 120),
+    "round-check": ("1", "2G", "2", "2G", 1, 30),
+    "rounds-evaluation": ("2", "8G", "4", "8G", 1, 120),
 }
 
 _CPU = re.compile(r"^(\d+(\.\d+)?)(m?)$")

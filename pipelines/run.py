@@ -132,6 +132,7 @@ def run_local(args, run: LocalRun) -> int:
                 state, arguments["run_root"], state / "reports" / args.run_id, earlier_runs, this_run
             )
             decision = print_decision(arguments["run_root"])
+            rounds_line = print_rounds(arguments["run_root"], args.rounds)
     except BaseException:
         if stop.signum is None:  # stopped: whatever the unwinding raised (RunStopped, a step killed), the stop is news
             note = server.death_note() if server is not None else None
@@ -146,17 +147,21 @@ def run_local(args, run: LocalRun) -> int:
         return 128 + stop.signum
     root, copied = arguments["run_root"], state / "reports" / args.run_id
     print(f"\nrun finished in {time.monotonic() - started:.1f}s (kfp local runner); artifacts under {root}/:")
-    print_outputs(root, copied, reports, decision, state, own_server=server is not None)
+    print_outputs(root, copied, reports, decision, state, rounds_line, own_server=server is not None)
+    if rounds_line:  # the model kept, in the summary too
+        summary += f"\nrounds: {rounds_line}"
     if run.after_summary is not None and reports:
         run.after_summary(copied)
     print("\n" + summary)
     return 0
 
 
-def print_outputs(root: str, copied: Path, reports: list[Path], decision: str, state: Path, own_server: bool) -> None:
+def print_outputs(
+    root: str, copied: Path, reports: list[Path], decision: str, state: Path, rounds: str, own_server: bool
+) -> None:
     """Where a finished local run's artifacts are, one line each: under `root`, the `reports` copied into `copied`,
-    kfp's folder in `state`; the gate's `decision`; how to serve the S3 data again when the run started its own
-    server."""
+    kfp's folder in `state`; the gate's `decision`; a run of several rounds: theirs (`rounds`: the verdicts, ""
+    for one round); how to serve the S3 data again when the run started its own server."""
     for each in STAGES:
         print(f"  {each.artifact:<10} {root}/{each.artifact}")
     print(f"  report     {root}/{REPORT_DIR}/report.html (figures, examples; report.md, headline.json, PNGs)")
@@ -169,6 +174,9 @@ def print_outputs(root: str, copied: Path, reports: list[Path], decision: str, s
     print(f"  kfp        {state / 'kfp'}/ (per task: its Metrics; the report step's HTML and Markdown)")
     print(f"  TRL data   {root}/{stage('filter').artifact}/export/trl/*.parquet")
     print(f"  gate       {root}/gate/decision.json: {decision}")
+    if rounds:  # round 1's artifacts are the ones above
+        print(f"  rounds     {root}/round-<k>/ (from round 2: its artifacts; each round: evaluation/, decision.json)")
+        print(f"             {root}/rounds.json: {rounds}")
     if own_server:
         print(
             f"the S3 data stays in {state / 's3'}; `python -m clipdpo.s3server --dir {state / 's3'} "
@@ -183,7 +191,7 @@ def run_kfp(args, arguments: dict, state: Path, label: str) -> set[str] | None:
     from pipelines.clipdpo_pipeline import build_pipeline
     from pipelines.settings import SETTINGS
 
-    clipdpo_pipeline = build_pipeline(SETTINGS.cluster.for_local())  # kfp's local runner honours retries
+    clipdpo_pipeline = build_pipeline(SETTINGS.cluster.for_local(), args.rounds)  # kfp's local runner honours retries
     print(f"running the kfp pipeline ({label}) ...", flush=True)
     log = state / "logs" / f"{args.run_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with steps_only(str(log), args.verbose) as this_run:
@@ -227,6 +235,20 @@ def print_decision(run_root: str) -> str:
     if record["passed"] and record["pointer"]["moved"]:
         return f"PROMOTED ({record['pointer']['uri']} -> {record['candidate']['model']})"
     return "REFUSED (the promoted pointer is unchanged)"
+
+
+def print_rounds(run_root: str, rounds: int) -> str:
+    """For a run of several rounds: each round's verdict and the model kept (clipdpo.rounds), printed and returned
+    for the run's summary; "" for one round."""
+    from clipdpo.rounds import ROUNDS_RECORD, summary_line
+    from clipdpo.storage import Storage, join
+
+    uri = join(run_root, ROUNDS_RECORD)
+    if rounds == 1 or not Storage().exists(uri):
+        return ""
+    line = summary_line(json.loads(Storage().read_bytes(uri)))
+    print(f"\nrounds ({rounds} asked for): {line}", flush=True)
+    return line
 
 
 def copy_reports(run_root: str, target: Path) -> list[Path]:
@@ -274,8 +296,10 @@ def run_cluster(args, host: str) -> int:
     from clipdpo.cluster.kfpclient import make_client
     from pipelines.compile import compile_pipeline
 
-    configs = checked_configs(read_configs(Path(args.config_dir)) if args.config_dir else {}, args.overrides)
-    package = compile_pipeline(args.package)
+    configs = checked_configs(
+        read_configs(Path(args.config_dir)) if args.config_dir else {}, args.overrides, args.rounds
+    )
+    package = compile_pipeline(args.package, rounds=args.rounds)
     arguments = pipeline_arguments(args, configs, launcher=args.launcher)
     if not (args.run_root or args.bucket != "clipdpo-local"):
         print(
@@ -300,10 +324,11 @@ def run_cluster(args, host: str) -> int:
     return 0
 
 
-def checked_configs(configs: dict[str, dict], overrides: list[str]) -> dict[str, dict]:
-    """`configs` with the --set overrides applied, each parsed into its typed class (ConfigError if not)."""
+def checked_configs(configs: dict[str, dict], overrides: list[str], rounds: int = 1) -> dict[str, dict]:
+    """`configs` with the --set overrides applied, each parsed into its typed class (ConfigError if not), checked
+    for `rounds` rounds."""
     changed = with_overrides(configs, overrides)
-    validate(changed, overrides)
+    validate(changed, overrides, rounds)
     return changed
 
 
@@ -344,6 +369,14 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
         default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", "torch-distributed"),
         help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime",
     )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=os.environ.get("CLIPDPO_ROUNDS", "1"),  # a string default goes through `type` too
+        help="generate -> score -> filter -> train this many times, each round captioning with and training from "
+        "the model the round before trained; a round worse than the one before (the gate's rules) ends them and "
+        "the best model is kept (default 1: one round, as before)",
+    )
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
     parser.add_argument(
         "--set",
@@ -381,6 +414,17 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
     return parser
 
 
+def positive_int(text: str) -> int:
+    """An int >= 1 (argparse type; a bad value is a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
+
+
 def check_overrides(parser: argparse.ArgumentParser, overrides: list[str]) -> None:
     """Each --set item is CONFIG.KEY=VALUE with CONFIG one of the run's configs (else a usage error, exit 2)."""
     for item in overrides:
@@ -397,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     host = os.environ.get("KFP_HOST", "")
     if host:
         return run_cluster(args, host)
-    configs = checked_configs(local_configs(args, Path(args.state_dir).resolve()), args.overrides)
+    configs = checked_configs(local_configs(args, Path(args.state_dir).resolve()), args.overrides, args.rounds)
     try:
         return run_local(args, LocalRun(configs))
     except StepFailed as err:  # one line more, no traceback: the step's own error is above

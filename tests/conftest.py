@@ -263,12 +263,12 @@ def spacy_nlp(spacy_model):
     return SpacyNLP(spacy_model)
 
 
-def compile_pipeline(path: str, **env) -> tuple[dict, dict]:
-    """`python -m pipelines.compile path` with `env` added (the settings read it at import, hence a process
+def compile_pipeline(path: str, *args: str, **env) -> tuple[dict, dict]:
+    """`python -m pipelines.compile path [args]` with `env` added (the settings read it at import, hence a process
     of its own); the pipeline spec and the platform spec it wrote."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(
-        [sys.executable, "-m", "pipelines.compile", path],
+        [sys.executable, "-m", "pipelines.compile", path, *args],
         cwd=root,
         check=True,
         env={**os.environ, **env},

@@ -37,5 +37,5 @@ def holding(seconds: str):
 if __name__ == "__main__":
     seconds, *argv = sys.argv[1:]
     # run_local looks the pipeline up when it runs it, with the clipdpo pipeline's arguments: this one needs none
-    pipelines.clipdpo_pipeline.build_pipeline = lambda values: lambda **_arguments: holding(seconds=seconds)
+    pipelines.clipdpo_pipeline.build_pipeline = lambda values, rounds=1: lambda **_arguments: holding(seconds=seconds)
     raise SystemExit(main(argv))

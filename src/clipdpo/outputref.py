@@ -5,9 +5,9 @@ returned a bare URI returned the same string whatever it wrote there, so after a
 that changed reran but every later one stayed cached on the old result. So each step
 returns its URI with the version of what it wrote, read from the artifact's completion marker (`version`):
 a data artifact's manifest fingerprint, the training summary's fingerprint, or a digest of the object
-(an evaluation's task record, its metrics.json, the run report's report.html). A shard of a fan-out, whose
-artifact has no marker yet,
-returns a digest of its input's version and its config instead, marked `in-` (`shard_ref`).
+(an evaluation's task record, its metrics.json, the run report's report.html, a later round's round.json). A
+shard of a fan-out, whose artifact has no marker yet, returns a digest of its input's version and its config
+instead, marked `in-` (`shard_ref`).
 
 kfp's local cache keeps those references, and trusted any of them even after their artifact was deleted
 (item 7). `trusted` is the runner's check before a run: an entry whose artifact is gone, incomplete, or now
@@ -25,7 +25,9 @@ SEPARATOR = "#"
 SHARD = "in-"  # a shard's version: its input and config, not an artifact's marker
 # Completion markers of a prefix, in order; the first one present versions it.
 FINGERPRINTED = ("manifest.json", "train_summary.json")  # JSON holding the artifact's fingerprint
-DIGESTED = ("metrics.json", "report.html")  # the evaluation: its metrics; the run report: its page (written last)
+ROUND_RECORD = "round.json"  # a later round's root: what the round starts from (clipdpo.steps.round_start_step)
+# the evaluation: its metrics; the run report: its page (written last); a later round's root: its record
+DIGESTED = ("metrics.json", "report.html", ROUND_RECORD)
 
 
 def split(ref: str) -> tuple[str, str]:

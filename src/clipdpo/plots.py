@@ -6,7 +6,8 @@ safe to call from any process. What each shows and why:
 - `clip_scores`: how CLIP scores separate chosen from rejected, the margin against its threshold, per category;
 - `filter_funnel`: rows each filter rule removed and what was kept;
 - `caption_lengths`: chosen vs rejected length (a preference for longer captions is the length trap);
-- `grouped_bars`: per-category numbers for several models side by side (AMBER base vs trained vs control).
+- `grouped_bars`: per-category numbers for several models side by side (AMBER base vs trained vs control);
+- `rounds_curve`: a run of several rounds: its headline numbers, pairs kept and caption CLIP scores per round.
 """
 
 from __future__ import annotations
@@ -218,5 +219,43 @@ def grouped_bars(panels: Sequence[tuple[str, dict[str, dict[str, float | None]]]
         ax.set_xticks(x, labels)
         ax.set_title(title)
         ax.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def rounds_curve(
+    metrics: Mapping[str, Sequence[float | None]],
+    pairs: Sequence[int | None],
+    scores: Sequence[Sequence[float]],
+) -> Figure:
+    """Per round (1, 2, ...): each headline metric in `metrics` (its values for the base, then round 1, 2, ...:
+    one more than the rounds), the pairs the round kept, and the distribution of its captions' CLIP scores (each
+    round captions with the model the round before trained)."""
+    figure = Figure(figsize=(16, 4))
+    ax_metrics, ax_pairs, ax_scores = figure.subplots(1, 3)
+    rounds = np.arange(1, len(pairs) + 1)
+    for (name, values), colour in zip(metrics.items(), MODEL_COLOURS[1:] * 4):
+        ax_metrics.plot(
+            range(len(values)), [np.nan if v is None else v for v in values], "o-", color=colour, label=name
+        )
+    if metrics:
+        ax_metrics.set_xticks(range(len(rounds) + 1), ["base", *map(str, rounds)])
+        ax_metrics.set_xlabel("round")
+        ax_metrics.legend(fontsize="small")
+        ax_metrics.set_title("headline metrics per round")
+    else:
+        _no_data(ax_metrics, "headline metrics per round")
+    bars = ax_pairs.bar(rounds, [np.nan if p is None else p for p in pairs], color=CHOSEN)
+    ax_pairs.bar_label(bars, labels=["–" if p is None else f"{p}" for p in pairs], fontsize="small")
+    ax_pairs.set_xticks(rounds)
+    ax_pairs.set_xlabel("round")
+    ax_pairs.set_title("pairs kept per round")
+    kept = [(r, list(s)) for r, s in zip(rounds, scores) if len(s)]
+    if kept:
+        ax_scores.boxplot([s for _, s in kept], positions=[r for r, _ in kept], showfliers=False)
+        ax_scores.set_xlabel("round")
+        ax_scores.set_title("CLIP score of the captions per round")
+    else:
+        _no_data(ax_scores, "CLIP score of the captions per round")
     figure.tight_layout()
     return figure

@@ -69,11 +69,12 @@ def checked(name: str, config: dict, overrides: list[str] | tuple[str, ...] = ()
     return config_lib.build(cls, config, f"{name}_config", mine, prefix=f"{name}.")
 
 
-def validate(configs: dict[str, dict], overrides: list[str] | tuple[str, ...] = ()) -> None:
+def validate(configs: dict[str, dict], overrides: list[str] | tuple[str, ...] = (), rounds: int = 1) -> None:
     """Parse every config of a run into its typed class, before anything is compiled, submitted or run: an unknown
     key, a bad type or a value out of range fails here (clipdpo.config.ConfigError naming `<name>_config.<key>`,
     or the `--set` item that set it). POVID's source config is checked only where the train config's method
-    reads it; the evaluate config as its step completes it (without `models`: the run's base and trained model)."""
+    reads it; the evaluate config as its step completes it (without `models`: the run's base and trained model).
+    `rounds` > 1 (clipdpo.rounds): a LoRA run must save the merged model, which the next round starts from."""
     from clipdpo.config import ConfigError
 
     unknown = sorted(set(configs) - set(CONFIG_NAMES))
@@ -101,6 +102,9 @@ def validate(configs: dict[str, dict], overrides: list[str] | tuple[str, ...] = 
         checked("evaluate", evaluate, overrides)
     if typed["train"].method != "clipdpo":
         checked("povid", configs.get("povid") or {}, overrides)
+    from clipdpo.train.config import check_rounds
+
+    check_rounds(typed["train"], rounds)
 
 
 if __name__ == "__main__":  # `python -m clipdpo.stages images`: what the Makefile builds

@@ -19,7 +19,7 @@ import json
 from typing import Any, Callable, TypeVar
 
 from clipdpo import config as config_lib
-from clipdpo import outputref
+from clipdpo import outputref, rounds
 from clipdpo.stage import ShardSpec, setup_logging
 from clipdpo.stages import stage
 from clipdpo.storage import Storage, is_remote, join, split_s3
@@ -62,7 +62,7 @@ def typed_config(cls: type[T], config_json: str, where: str) -> T:
     return config_lib.from_dict(cls, config_object(config_json, where), where)
 
 
-def _sharded(
+def run_sharded(
     name: str, run: Callable[..., Any], cfg: Any, run_root: str, shard: ShardSpec, finalize: bool, input_ref: str = ""
 ) -> str:
     """Stage `name` on its input (`input_ref`: the step's input as the pipeline passed it; "" for this run's
@@ -98,7 +98,7 @@ def generate_step(
     from clipdpo import generate
 
     cfg = typed_config(generate.GenerateConfig, config_json, "generate_config")
-    return _sharded(
+    return run_sharded(
         "generate", generate.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize, images_uri
     )
 
@@ -116,7 +116,7 @@ def score_step(
     from clipdpo.score.scorer import ScorerConfig
 
     cfg = typed_config(ScorerConfig, config_json, "score_config")
-    return _sharded(
+    return run_sharded(
         "score", score.run, cfg, run_root, ShardSpec(int(shard_index), int(shard_count)), finalize, candidates_uri
     )
 
@@ -125,7 +125,7 @@ def filter_step(run_root: str, config_json: str, scores_uri: str = "") -> str:
     from clipdpo import filter as filter_stage
 
     cfg = typed_config(filter_stage.FilterConfig, config_json, "filter_config")
-    return _sharded("filter", filter_stage.run, cfg, run_root, ShardSpec(), False, scores_uri)
+    return run_sharded("filter", filter_stage.run, cfg, run_root, ShardSpec(), False, scores_uri)
 
 
 # Under a run root, beside the stages' artifacts: POVID's pairs (its source step) and, for method `both`,
@@ -299,14 +299,21 @@ def cleanup_train_jobs_step(launcher: str, namespace: str = "") -> list[str]:
     return delete_run_jobs(namespace or current_namespace(), run_from_env())
 
 
+def trained_model_path(model_uri: str) -> str:
+    """The model a train artifact holds in Hugging Face format: its `model/` folder, or (LoRA) the merged full
+    model in it (save_merged), which is what is evaluated and what a next round loads."""
+    trained = join(model_uri, "model")
+    if Storage().exists(join(trained, "merged", "config.json")):
+        trained = join(trained, "merged")
+    return trained
+
+
 def evaluation_models(model_uri: str, train_config_json: str, engine: str) -> list[dict]:
     """The base model the run trained from, then the trained one (LoRA: its merged copy)."""
     from clipdpo.train.config import TrainConfig
 
     base = typed_config(TrainConfig, train_config_json, "train_config").model
-    trained = join(model_uri, "model")
-    if Storage().exists(join(trained, "merged", "config.json")):
-        trained = join(trained, "merged")
+    trained = trained_model_path(model_uri)
     return [{"name": "base", "path": base, "engine": engine}, {"name": "clip-dpo", "path": trained, "engine": engine}]
 
 
@@ -352,10 +359,16 @@ def evaluation_plan(run_root: str, model_uri: str, train_config_json: str, confi
     """The fan-out's items, each "<model>|<task>|<trained model's version>" ([] when no evaluation is configured):
     kfp caches an evaluate task by its item (the loop binds no other step's output), so a retrained model
     changes every item and its tasks rerun."""
+    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
+    return planned_items(config, model_uri)
+
+
+def planned_items(config: dict | None, model_uri: str) -> list[str]:
+    """The fan-out's items for the evaluate config `config` (None: no evaluation, no items), each versioned by the
+    trained model's reference `model_uri`."""
     from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.evaluate.fanout import plan
 
-    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
     if config is None:
         return []
     trained = outputref.split(model_uri)[1]
@@ -367,28 +380,37 @@ def evaluation_plan(run_root: str, model_uri: str, train_config_json: str, confi
 
 def evaluate_task_step(run_root: str, train_config_json: str, config_json: str, item: str) -> str:
     """One (model, task) of the evaluation fan-out (the trained model: this run's train artifact); its record's URI."""
+    config = evaluate_settings(run_root, artifact_uri(run_root, "train"), train_config_json, config_json) or {}
+    return evaluate_item(config, artifact_uri(run_root, "evaluate"), item)
+
+
+def evaluate_item(config: dict, output: str, item: str) -> str:
+    """The (model, task) of fan-out item `item` with the evaluate config `config`, into `output`; its record."""
     from clipdpo import evaluate
     from clipdpo.evaluate.config import EvaluateConfig
     from clipdpo.evaluate.fanout import task_record_uri
 
     setup_logging()
     model, task = item.split("|")[:2]
-    config = evaluate_settings(run_root, artifact_uri(run_root, "train"), train_config_json, config_json) or {}
-    output = artifact_uri(run_root, "evaluate")
     evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output, task=(model, task))
     return outputref.ref(Storage(), task_record_uri(output, model, task))
 
 
 def evaluate_merge_step(run_root: str, model_uri: str, train_config_json: str, config_json: str) -> str:
     """The report (metrics.json, report.md, report.html) from the fan-out's records; "" when none was asked for."""
+    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
+    return merge_evaluation(config, artifact_uri(run_root, "evaluate"), model_uri)
+
+
+def merge_evaluation(config: dict | None, output: str, model_uri: str) -> str:
+    """metrics.json and the reports in `output` from the fan-out's records there (None: no evaluation, ""),
+    logged to the training's MLflow run (`model_uri`: its artifact); the output, versioned."""
     from clipdpo import evaluate
     from clipdpo.evaluate.config import EvaluateConfig
 
     setup_logging()
-    config = evaluate_settings(run_root, model_uri, train_config_json, config_json)
     if config is None:
         return ""
-    output = artifact_uri(run_root, "evaluate")
     metrics = evaluate.run(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"), output, merge=True)
     from clipdpo.tracking import log_evaluation
 
@@ -423,3 +445,167 @@ def shard_indices(shard_count: int) -> list[int]:
     if count < 1:
         raise ValueError(f"shard_count must be >= 1, got {shard_count}")
     return list(range(count))
+
+
+# -- iterative rounds (clipdpo.rounds) --------------------------------------------------------------------------------
+# A round step gets the run root and its round's index (a constant of the compiled pipeline) and finds round k-1's
+# model where round k-1 wrote it: inside a kfp ParallelFor the local runner binds another task's output to the loop
+# item, so the fan-out steps read nothing but the pipeline's parameters, their index and their item (the versioned
+# references they are also given order them and key kfp's cache on a cluster). Round 1's stages are the steps
+# above; from round 2 on `round_start_step` names the round's root and train config, and the score-finalize,
+# filter, training-pairs and train steps above run on them.
+
+
+def previous_model(run_root: str, index: int) -> str:
+    """Round k-1's train artifact (round k >= 2 starts from it)."""
+    if rounds.check_round(index) < 2:
+        raise ValueError("round 1 starts from the configured model, not from a round before it")
+    return artifact_uri(rounds.round_root(run_root, index - 1), "train")
+
+
+def round_start_step(run_root: str, index: int, model_uri: str, train_config_json: str) -> tuple[str, str]:
+    """Round k >= 2: its root and its train config (from round k-1's model, `model_uri` its versioned train
+    output), recorded in `<root>/round.json`, which versions the root for kfp's local cache check."""
+    previous = outputref.plain(model_uri) or previous_model(run_root, index)
+    config = rounds.round_train_config(
+        config_object(train_config_json, "train_config"), trained_model_path(previous), index
+    )
+    root = rounds.round_root(run_root, index)
+    record = {"round": index, "starts_from": outputref.ref(Storage(), previous), "train_config": config}
+    Storage().write_bytes(join(root, outputref.ROUND_RECORD), json.dumps(record, indent=2, sort_keys=True).encode())
+    return root, json.dumps(config, sort_keys=True)
+
+
+def round_generate_step(
+    run_root: str,
+    index: int,
+    config_json: str,
+    train_config_json: str,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    finalize: bool = False,
+) -> str:
+    """One shard of round k's generate fan-out (`finalize`: its manifest): the run's images captioned by round
+    k-1's model alone, into the round's candidates. The model's version is part of the artifact's fingerprint,
+    so a retrained round k-1 makes round k caption again."""
+    import functools
+    from dataclasses import replace
+
+    from clipdpo import generate
+    from clipdpo.train.config import TrainConfig
+
+    cfg = typed_config(generate.GenerateConfig, config_json, "generate_config")
+    previous = previous_model(run_root, index)
+    version = outputref.version(Storage(), previous)
+    if not version:
+        raise FileNotFoundError(f"round {index}: round {index - 1}'s model {previous} is not complete")
+    base = typed_config(TrainConfig, train_config_json, "train_config").model
+    path, name = trained_model_path(previous), rounds.round_name(index - 1)
+    cfg = replace(cfg, captioners=[rounds.round_captioner(cfg.captioners, base, path, name)])
+    run = functools.partial(generate.run, input_fingerprints=[version])
+    shard = ShardSpec(int(shard_index), int(shard_count))
+    return run_sharded(
+        "generate", run, cfg, rounds.round_root(run_root, index), shard, finalize, artifact_uri(run_root, "ingest")
+    )
+
+
+def round_score_step(run_root: str, index: int, config_json: str, shard_index: int = 0, shard_count: int = 1) -> str:
+    """One shard of round k's score fan-out, on the round's candidates."""
+    return score_step(rounds.round_root(run_root, index), config_json, shard_index, shard_count)
+
+
+def round_evaluation_uri(run_root: str, index: int) -> str:
+    """Round k's evaluation (the base and round k's model): under its round folder, round 1's too, as
+    `<run_root>/evaluation` is the run's once the rounds end."""
+    return join(rounds.round_folder(run_root, index), "evaluation")
+
+
+def round_evaluate_settings(run_root: str, index: int, train_config_json: str, config_json: str) -> dict | None:
+    """The evaluate config of round k (None: no evaluation): the baseline (the first model) and the trained model
+    (the last: its engine settings) pointed at round k's model and named round<k>."""
+    model = artifact_uri(rounds.round_root(run_root, index), "train")
+    config = evaluate_settings(run_root, model, train_config_json, config_json)
+    if config is None:
+        return None
+    trained = {**config["models"][-1], "name": rounds.round_name(index), "path": trained_model_path(model)}
+    config["models"] = [config["models"][0], trained]
+    return config
+
+
+def round_evaluation_plan(
+    run_root: str, index: int, model_uri: str, train_config_json: str, config_json: str
+) -> list[str]:
+    """Round k's evaluation fan-out items (as evaluation_plan's, for the round's models)."""
+    return planned_items(round_evaluate_settings(run_root, index, train_config_json, config_json), model_uri)
+
+
+def round_evaluate_task_step(run_root: str, index: int, train_config_json: str, config_json: str, item: str) -> str:
+    config = round_evaluate_settings(run_root, index, train_config_json, config_json) or {}
+    return evaluate_item(config, round_evaluation_uri(run_root, index), item)
+
+
+def round_evaluate_merge_step(
+    run_root: str, index: int, model_uri: str, train_config_json: str, config_json: str
+) -> str:
+    config = round_evaluate_settings(run_root, index, train_config_json, config_json)
+    return merge_evaluation(config, round_evaluation_uri(run_root, index), model_uri)
+
+
+def _json_at(storage: Storage, uri: str) -> dict | None:
+    """The JSON object at `uri` (a reference or a URI; for an evaluation folder its metrics.json); None for ""."""
+    if not uri:
+        return None
+    uri = outputref.plain(uri)
+    return json.loads(storage.read_bytes(uri if uri.endswith(".json") else join(uri, "metrics.json")))
+
+
+def round_check_step(
+    run_root: str, index: int, evaluation_uri: str, previous_decision: str, gate_config_json: str
+) -> tuple[str, str]:
+    """Judge round k against round k-1 (round 1: the base) with the gate's rules; write its decision (every round's
+    so far, the model kept) to `<run_root>/round-<k>/decision.json`. (rounds.CONTINUE or rounds.STOP, the decision
+    versioned)."""
+    from clipdpo.gate import GateConfig
+
+    storage = Storage()
+    rules = typed_config(GateConfig, gate_config_json, "gate_config").rules
+    before = _json_at(storage, previous_decision)
+    if index > 1 and before is None:
+        raise ValueError(f"round {index}: the decision of round {index - 1} is needed, none was given")
+    previous_metrics = _json_at(storage, before["evaluation"]) if before else None
+    verdict = rounds.judge(index, rules, _json_at(storage, evaluation_uri), previous_metrics)
+    path = trained_model_path(artifact_uri(rounds.round_root(run_root, index), "train"))
+    record = rounds.decision_record(index, verdict, path, outputref.plain(evaluation_uri), before)
+    uri = join(rounds.round_folder(run_root, index), rounds.DECISION)
+    storage.write_bytes(uri, json.dumps(record, indent=2, sort_keys=True).encode())
+    print(json.dumps({"stage": "round-check", "round": index, "summary": rounds.summary_line(record)}), flush=True)
+    return rounds.CONTINUE if verdict["continue"] else rounds.STOP, outputref.ref(storage, uri)
+
+
+def rounds_evaluation_step(run_root: str, decision_uri: str, train_config_json: str, config_json: str) -> str:
+    """The run's evaluation once the rounds end, from the rounds' records (nothing is answered again): the base,
+    each round's model (round1, round2, ...), then the model kept under the trained model's name, the gate's
+    candidate and the report's as in a one-round run. Writes `<run_root>/rounds.json` (the last decision: every
+    round's verdict, the model kept); returns `<run_root>/evaluation` versioned ("" with no evaluation)."""
+    from clipdpo.evaluate.config import EvaluateConfig
+    from clipdpo.evaluate.fanout import task_names
+
+    setup_logging()
+    storage = Storage()
+    record = _json_at(storage, decision_uri)
+    if record is None:
+        raise ValueError("the rounds' evaluation needs the last round's decision, none was given")
+    storage.write_bytes(join(run_root, rounds.ROUNDS_RECORD), json.dumps(record, indent=2, sort_keys=True).encode())
+    kept = record["kept"]
+    model = artifact_uri(rounds.round_root(run_root, kept["round"]), "train")
+    config = evaluate_settings(run_root, model, train_config_json, config_json)
+    if config is None:
+        return ""
+    config["models"] = rounds.final_models(config["models"], record)
+    tasks = task_names(config_lib.from_dict(EvaluateConfig, config, "evaluate_config"))
+    output, base, trained = artifact_uri(run_root, "evaluate"), config["models"][0], config["models"][-1]
+    rounds.copy_records(storage, kept["evaluation"], base["name"], output, base["name"], tasks)
+    for each in record["rounds"]:
+        rounds.copy_records(storage, each["evaluation"], each["name"], output, each["name"], tasks)
+    rounds.copy_records(storage, kept["evaluation"], kept["name"], output, trained["name"], tasks)
+    return merge_evaluation(config, output, model)

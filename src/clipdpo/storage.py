@@ -553,10 +553,15 @@ class Storage:
 
 
 def local_model_dir(storage: Storage, model: str, cache_dir: str) -> str:
-    """`model` itself unless it is an s3:// prefix, which is copied (once) under `cache_dir`."""
+    """`model` itself unless it is an s3:// prefix, which is copied (once per content) under `cache_dir`.
+
+    The copy is keyed by the prefix and what it holds (storage.content_digest: one listing), not by the prefix
+    alone: a model retrained where it was (a rerun's round, which the next round trains and captions from) gets a
+    copy of its own instead of the old one's."""
     if not model.startswith("s3://"):
         return model
-    target = Path(cache_dir, hashlib.sha256(model.encode()).hexdigest()[:16])
+    key = f"{model}\0{storage.content_digest(model)}"
+    target = Path(cache_dir, hashlib.sha256(key.encode()).hexdigest()[:16])
     marker = target / ".complete"
     if not marker.exists():
         prefix = model.rstrip("/")

@@ -8,6 +8,8 @@ povid|both` trains POVID (or CLIP-DPO + POVID) in the pipeline instead, its mode
 this process after the pipeline and evaluates every model into the same report; `--control shuffled` adds
 the shuffled-score control arm alone (clipdpo_lab.arms). The run's `--set` items reach the arms too: train,
 povid, filter and evaluate values go into their configs (train.* on top of each arm's method settings).
+`--rounds N` runs generate -> train N times, each round from the model the round before trained (clipdpo.rounds;
+one round when arms are asked for).
 Every other flag is the product's (`python -m pipelines.run --help`).
 """
 
@@ -87,6 +89,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             "--set train.method: on the world the pipeline's method is --method's, and each arm trains its own (--arms)"
         )
+    if args.rounds > 1 and extra_arms(args):
+        # the arms are trained and evaluated beside round 1's model; with several rounds the report's model is the
+        # kept round's, which they would not be compared with
+        parser.error("--arms / --control: with one round only (--rounds 1)")
     if os.environ.get("KFP_HOST"):
         parser.error("the world runs locally only: unset KFP_HOST, or submit with `python -m pipelines.run`")
     args.run_id = args.run_id or f"world{args.world}"
@@ -109,7 +115,9 @@ def local_run(args) -> tuple[product.LocalRun, dict]:
     lab, world = world_configs(
         args.world, str(Path(args.world_cache or state / "world").resolve()), run_root, method=args.method, qa=args.qa
     )
-    stages = product.checked_configs({name: lab[name] for name in product.CONFIG_NAMES if name in lab}, args.overrides)
+    stages = product.checked_configs(
+        {name: lab[name] for name in product.CONFIG_NAMES if name in lab}, args.overrides, args.rounds
+    )
     lab = {**lab, **stages, TRAIN_OVERRIDES: [item for item in args.overrides if item.startswith("train.")]}
     arms = extra_arms(args)
 

@@ -111,3 +111,34 @@ def test_falling_chosen_logps_warn_in_the_report(tmp_path):
     written = report.write(root, Storage())
     assert "<p class='warn'><b>Warning</b>: chosen log-probs fell below the reference" in written.html
     assert "> **Warning**: chosen log-probs fell" in written.markdown
+
+
+def test_a_run_of_several_rounds_gets_a_curve_per_round(tmp_path):
+    """<run_root>/rounds.json names the rounds: each round's pairs kept and its captions' CLIP scores (round 1's
+    artifacts under the run root, round 2's under round-2/), and the headline metrics of base, round1, round2."""
+    from clipdpo import plots
+    from clipdpo.report.figures import round_metrics, run_figures
+    from clipdpo.report.render import headline
+
+    storage, root = Storage(), fx.write_run(str(tmp_path / "run"))
+    fx.write_run(f"{root}/round-2")  # round 2's scores and pairs: the same numbers, under its own root
+    record = {"rounds": [{"round": 1, "passed": True}, {"round": 2, "passed": False}]}
+    storage.write_bytes(f"{root}/rounds.json", json.dumps(record).encode())
+    metrics = json.loads(storage.read_bytes(f"{root}/evaluation/metrics.json"))
+    for name, chair in (("round1", 8.0), ("round2", 9.0)):
+        metrics["models"].insert(-1, {"name": name})
+        metrics["results"][name] = {"amber": {"amber_score": 80.0 - chair, "generative": {"chair": chair}}}
+    storage.write_bytes(f"{root}/evaluation/metrics.json", json.dumps(metrics).encode())
+
+    run = gather(root, Storage())
+    assert [(r.index, r.passed, r.pairs) for r in run.rounds] == [(1, True, 4), (2, False, 4)]  # 3 caption + 1 qa
+    captions = [score for _, scores in fx.CAPTIONS.values() for score in scores]  # the qa row has no score
+    assert run.rounds[0].caption_scores == captions and run.rounds[1].caption_scores == captions
+    # base (CHAIR 10, AMBER score (100 - 10 + 70) / 2 = 80), then round 1 and round 2
+    assert round_metrics(run) == {"AMBER score": [80.0, 72.0, 71.0], "CHAIR": [10.0, 8.0, 9.0]}
+    numbers = headline(run)
+    assert numbers["round1_pairs_kept"] == 4.0 and numbers["round2_caption_clip_mean"] == pytest.approx(28.6875)
+    (curve,) = [f.figure for f in run_figures(run) if f.name == "rounds"]
+    assert plots.to_png(curve).startswith(b"\x89PNG")
+    one_round = gather(fx.write_run(str(tmp_path / "one")), Storage())
+    assert one_round.rounds == [] and "rounds" not in [f.name for f in run_figures(one_round)]

@@ -99,7 +99,7 @@ def make_command(*assignments: str, kfp_host: str = "") -> list[str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("KFP_HOST", "WORLD", "DEMO", "CONTROL", "RUN_ID", "METHOD", "ARMS", "QA")
+        if k not in ("KFP_HOST", "WORLD", "DEMO", "CONTROL", "RUN_ID", "METHOD", "ARMS", "QA", "ROUNDS")
     }
     env.update({"KFP_HOST": kfp_host} if kfp_host else {})
     out = subprocess.run(
@@ -207,6 +207,35 @@ def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
         "clipdpo,povid,both,control",
     ]
     assert make_command("DEMO=1", "METHOD=povid") == ["pipelines.run", "--run-id", "demo"]  # the arms are the world's
+
+
+def test_make_pipeline_run_passes_rounds_to_every_run():
+    world = make_command("ROUNDS=3")
+    assert world[0] == "clipdpo_lab run" and world[-2:] == ["--rounds", "3"] and world.count("--rounds") == 1
+    assert "--rounds" not in make_command() and "--rounds" not in make_command("DEMO=1")  # unset: the runs' 1
+    assert make_command("DEMO=1", "ROUNDS=2") == ["pipelines.run", "--run-id", "demo", "--rounds", "2"]
+    assert make_command("ROUNDS=2", kfp_host="http://kfp.example") == [
+        "pipelines.run",
+        "--run-id",
+        "demo",
+        "--rounds",
+        "2",
+    ]
+
+
+def test_rounds_run_on_the_world_without_arms(tmp_path, monkeypatch):
+    """--rounds reaches the world run (the product's flag); the arms are compared with round 1's model, so they
+    are refused with several rounds."""
+    from clipdpo_lab.run import parse
+
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    assert parse(["--rounds", "3"]).rounds == 3 and parse([]).rounds == 1
+    for flags in (["--arms", "povid"], ["--control", "shuffled"]):
+        with pytest.raises(SystemExit):
+            parse(["--rounds", "2", *flags])
+    assert parse(["--rounds", "2", "--arms", "clipdpo"]).rounds == 2  # the pipeline's own method: no extra arm
+    with pytest.raises(SystemExit):
+        parse(["--rounds", "0"])
 
 
 def test_train_overrides_reach_every_arm_on_top_of_its_method(tmp_path, monkeypatch):

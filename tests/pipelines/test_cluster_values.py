@@ -21,6 +21,18 @@ from pipelines.cluster_values import (
 )
 
 RUN_FIELD = "metadata.labels['workflows.argoproj.io/workflow']"
+# the steps only a pipeline of several rounds has (pipelines/round_components.py)
+ROUND_STEPS = (
+    "round-start",
+    "round-generate-shard",
+    "round-generate-finalize",
+    "round-score-shard",
+    "round-plan-evaluation",
+    "round-evaluate-task",
+    "round-evaluate-merge",
+    "round-check",
+    "rounds-evaluation",
+)
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
@@ -46,9 +58,9 @@ def compile_values(tmp_path_factory):
     """Compile in this process with the given ClusterValues: (spec, platform)."""
     from pipelines.compile import compile_pipeline
 
-    def compile_with(values: ClusterValues) -> tuple[dict, dict]:
+    def compile_with(values: ClusterValues, rounds: int = 1) -> tuple[dict, dict]:
         path = str(tmp_path_factory.mktemp("values") / "clipdpo.yaml")
-        compile_pipeline(path, values)
+        compile_pipeline(path, values, rounds)
         documents = list(yaml.safe_load_all(open(path)))
         return documents[0], documents[1] if len(documents) > 1 else {}
 
@@ -62,7 +74,8 @@ def test_every_step_gets_requests_limits_retries_and_timeout_from_the_values(com
     values = ClusterValues()
     executors, placed = spec["deploymentSpec"]["executors"], kubernetes_executors(platform)
     tasks = leaf_tasks(spec)
-    assert set(tasks) == set(values.steps)  # a value set for every step, and a step for every value set
+    # a value set for every step, and a step for every value set but the rounds' (test_the_rounds_steps_...)
+    assert set(tasks) == set(values.steps) - set(ROUND_STEPS)
     for name, task in tasks.items():
         pod = values.step(name)
         resources = executors[f"exec-{name}"]["container"]["resources"]
@@ -124,7 +137,7 @@ def test_values_a_user_sets_land_on_the_steps_that_need_them(compile_values):
     assert limits == {"generate-shards": 2, "score-shards": None, "evaluate-tasks": 5}
     # the Kueue queue on the GPU steps' pods, and only there
     labelled = {n for n, e in placed.items() if e.get("podMetadata", {}).get("labels", {}).get(QUEUE_LABEL)}
-    assert labelled == {f"exec-{step}" for step in GPU_STEPS}
+    assert labelled == {f"exec-{step}" for step in GPU_STEPS if step not in ROUND_STEPS}
     assert all(placed[name]["podMetadata"]["labels"][QUEUE_LABEL] == "team-gpus" for name in labelled)
     # pull secrets on every step, the exit task included
     assert set(placed) == set(executors)
@@ -134,6 +147,33 @@ def test_values_a_user_sets_land_on_the_steps_that_need_them(compile_values):
         "resourceTtlOnSuccess": 86400,
         "resourceTtlOnFailure": 604800,
     }
+
+
+def test_the_rounds_steps_get_their_values_and_the_gpu_ones_the_queue(compile_values):
+    """A pipeline of several rounds: every step (a round step's tasks named <step>-2, ... where it runs in several
+    rounds or on both sides of a round's check) has a value set, each round step is shaped by its own, and the
+    round fan-outs' pods hold a GPU in the GPU queue."""
+    import re
+
+    steps = ClusterValues().steps
+    values = ClusterValues(
+        steps={**steps, "round-check": StepValues("3", "3G", retries=2, timeout_minutes=9)}, gpu_queue_name="gpus"
+    )
+    spec, platform = compile_values(values, rounds=3)
+    tasks = leaf_tasks(spec)
+    assert {re.sub(r"-\d+$", "", name) for name in tasks} == set(steps) - {
+        "plan-evaluation",  # every round's evaluation is a round step's
+        "evaluate-task",
+        "evaluate-merge",
+    }
+    checks = [name for name in tasks if re.fullmatch(r"round-check(-\d+)?", name)]
+    assert len(checks) == 3 and all(tasks[name]["retryPolicy"]["maxRetryCount"] == 2 for name in checks)
+    executors, placed = spec["deploymentSpec"]["executors"], kubernetes_executors(platform)
+    check = executors[tasks["round-check"]["componentRef"]["name"].replace("comp-", "exec-", 1)]
+    assert check["container"]["resources"]["resourceCpuRequest"] == "3"
+    labelled = {n for n, e in placed.items() if e.get("podMetadata", {}).get("labels", {}).get(QUEUE_LABEL)}
+    gpu_steps = {f"exec-{step}" for step in GPU_STEPS if step != "evaluate-task"}  # round-evaluate-task instead
+    assert {re.sub(r"-\d+$", "", name) for name in labelled} == gpu_steps
 
 
 def test_a_values_file_in_the_environment_reaches_the_compiled_yaml(compile_to, tmp_path):

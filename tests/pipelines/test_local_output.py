@@ -214,7 +214,7 @@ def test_a_local_run_whose_step_fails_prints_that_steps_error_and_no_traceback(t
     from clipdpo import s3server
 
     monkeypatch.setattr(s3server, "start", lambda folder: NoServer())
-    monkeypatch.setattr(pipeline_module, "build_pipeline", lambda values: failing_pipeline)
+    monkeypatch.setattr(pipeline_module, "build_pipeline", lambda values, rounds=1: failing_pipeline)
     monkeypatch.setattr(run, "init_kfp", lambda root: None)
     monkeypatch.delenv("KFP_HOST", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)

@@ -81,7 +81,7 @@ def test_a_signal_during_a_local_run_ends_its_steps_and_exits_128_plus_the_signa
     def unstopped(signum, _frame):
         raise Unstopped(signal.Signals(signum).name)
 
-    monkeypatch.setattr(pipeline_module, "build_pipeline", lambda values: pipeline_signalled_mid_step)
+    monkeypatch.setattr(pipeline_module, "build_pipeline", lambda values, rounds=1: pipeline_signalled_mid_step)
     monkeypatch.setattr(run, "init_kfp", lambda root: None)
     monkeypatch.delenv("KFP_HOST", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # no S3 server of the run's own: none is reached

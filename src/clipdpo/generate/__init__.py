@@ -5,23 +5,32 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from clipdpo import config as config_lib
 from clipdpo.artifacts import Artifact, ArtifactWriter
 from clipdpo.generate.config import GenerateConfig
 from clipdpo.stage import ShardSpec, report, run_shards
-from clipdpo.storage import Storage
+from clipdpo.storage import Storage, local_model_dir
 
 if TYPE_CHECKING:
     from clipdpo.engines import Engine
+
+# Where a captioner on S3 (a later round's: the model the round before trained) is copied to be loaded, once per
+# content (clipdpo.storage.local_model_dir)
+MODEL_CACHE = os.path.join(tempfile.gettempdir(), "clipdpo-generate-models")
 
 
 class _Engines:
     """The caption engines and the QA engine, loaded on first use: a finished or resumed run loads none."""
 
-    def __init__(self, cfg: GenerateConfig):
+    def __init__(self, cfg: GenerateConfig, storage: Storage):
         self.cfg = cfg
+        self.storage = storage
         self.captioners: dict[str, Engine] = {}
         self.qa: Engine | None = None
 
@@ -30,7 +39,8 @@ class _Engines:
 
         if not self.captioners:
             for spec in self.cfg.captioners:
-                self.captioners[spec.name] = load_engine(spec, vision=True, batch_size=self.cfg.batch_size)
+                local = replace(spec, path=local_model_dir(self.storage, spec.path, MODEL_CACHE))
+                self.captioners[spec.name] = load_engine(local, vision=True, batch_size=self.cfg.batch_size)
             if self.cfg.qa.enabled:
                 self.qa = load_engine(self.cfg.qa.model, vision=False, batch_size=self.cfg.batch_size)
         return self
@@ -45,16 +55,21 @@ def run(
     finalize: bool = False,
     overwrite: bool = False,
     storage: Storage | None = None,
+    input_fingerprints: Sequence[str] = (),
 ) -> dict:
-    """Candidates for every images shard of `input` (this worker's share) into `output`; its stats."""
+    """Candidates for every images shard of `input` (this worker's share) into `output`; its stats.
+    `input_fingerprints`: what else the captions come from beside the images and the config (a later round: the
+    version of the model it captions with, whose path alone does not change when that model is retrained)."""
     from clipdpo.generate.shard import generate_shard
 
     storage = storage or Storage()
     images = Artifact.open(storage, input, kind="images")
     identity = config_lib.to_dict(cfg)
     identity.pop("batch_size")  # speed only
-    writer = ArtifactWriter(storage, output, "candidates", identity, [images], overwrite=overwrite)
-    engines = _Engines(cfg)
+    writer = ArtifactWriter(
+        storage, output, "candidates", identity, [images], overwrite=overwrite, input_fingerprints=input_fingerprints
+    )
+    engines = _Engines(cfg, storage)
 
     def process(name: str):
         shard_images = images.read_shard(name)  # a corrupt shard fails before any model loads

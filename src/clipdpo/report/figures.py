@@ -43,6 +43,29 @@ def amber_panels(evaluation: dict) -> list[tuple[str, dict[str, dict[str, float 
     return panels
 
 
+ROUND_HEADLINE = (("AMBER score", ("amber", "amber_score")), ("CHAIR", ("amber", "generative", "chair")))
+
+
+def round_metrics(run: RunData) -> dict[str, list[float | None]]:
+    """Each headline metric the evaluation has for the base and every round's model (round1, round2, ...)."""
+    from clipdpo.rounds import round_name
+
+    evaluation = run.evaluation or {}
+    results = evaluation.get("results", {})
+    names = [evaluation.get("baseline", "base")] + [round_name(r.index) for r in run.rounds]
+    out = {}
+    for label, path in ROUND_HEADLINE:
+        values = []
+        for name in names:
+            value = results.get(name)
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            values.append(value)
+        if any(v is not None for v in values):
+            out[label] = values
+    return out
+
+
 def run_figures(run: RunData) -> list[NamedFigure]:
     out = []
     if run.train_rows:
@@ -84,6 +107,18 @@ def run_figures(run: RunData) -> list[NamedFigure]:
                 "Caption length, chosen vs rejected: if chosen "
                 "captions are mostly the longer ones, DPO learns length, not content.",
                 plots.caption_lengths(p.chosen_words, p.rejected_words),
+            )
+        )
+    if len(run.rounds) > 1:
+        out.append(
+            NamedFigure(
+                "rounds",
+                "Rounds",
+                "A run of several rounds, each captioning with and training from the model the round before "
+                "trained: headline metrics (base, then each round's model), pairs kept, captions' CLIP scores.",
+                plots.rounds_curve(
+                    round_metrics(run), [r.pairs for r in run.rounds], [r.caption_scores for r in run.rounds]
+                ),
             )
         )
     panels = amber_panels(run.evaluation) if run.evaluation else []

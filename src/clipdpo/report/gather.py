@@ -33,6 +33,16 @@ class PairColumns:
 
 
 @dataclass
+class RoundData:
+    """One round of a run of several (clipdpo.rounds): its verdict, the pairs it kept, its captions' CLIP scores."""
+
+    index: int
+    passed: bool | None  # against the round before (round 1: the base); None: not judged (no evaluation)
+    pairs: int | None  # rows of the round's pairs artifact; None when it is gone
+    caption_scores: list[float] = field(default_factory=list)  # the first `max_pairs` captions' scores
+
+
+@dataclass
 class RunData:
     run_root: str
     train_rows: list[dict] = field(default_factory=list)  # metrics.jsonl, one per step
@@ -43,6 +53,7 @@ class RunData:
     widest_margins: list[float] = field(default_factory=list)  # best - worst caption score, per image
     evaluation: dict | None = None  # the evaluate stage's metrics.json
     stage_rows: dict[str, int] = field(default_factory=dict)  # rows in each tabular artifact
+    rounds: list[RoundData] = field(default_factory=list)  # a run of several rounds: each (<run_root>/rounds.json)
 
     @property
     def beta(self) -> float | None:
@@ -78,6 +89,38 @@ def caption_pairs(pairs: Artifact, max_pairs: int) -> pa.Table:
         if count >= max_pairs:
             break
     return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def caption_scores(scores: Artifact, limit: int) -> list[float]:
+    """The CLIP scores of the artifact's captions (the first `limit`, in shard order)."""
+    out: list[float] = []
+    for _, table in scores.iter_shards(columns=["kind", "clip_score"]):
+        captions = pc.and_(pc.equal(table.column("kind"), "caption"), pc.is_valid(table.column("clip_score")))
+        out.extend(float(v) for v in table.filter(captions).column("clip_score").to_pylist()[: limit - len(out)])
+        if len(out) >= limit:
+            break
+    return out
+
+
+def rounds_data(storage: Storage, run_root: str, limit: int) -> list[RoundData]:
+    """Each round of a run of several (its record `<run_root>/rounds.json`), [] for a one-round run."""
+    from clipdpo.rounds import ROUNDS_RECORD, round_root
+
+    record = _json(storage, join(run_root, ROUNDS_RECORD))
+    out = []
+    for each in (record or {}).get("rounds", []):
+        root = round_root(run_root, each["round"])
+        pairs = _open(storage, artifact_uri(root, "filter"), "pairs")
+        scores = _open(storage, artifact_uri(root, "score"), "scores")
+        out.append(
+            RoundData(
+                each["round"],
+                each["passed"],
+                pairs.manifest.rows if pairs is not None else None,
+                caption_scores(scores, limit) if scores is not None else [],
+            )
+        )
+    return out
 
 
 def scores_by_image(scores: Artifact) -> tuple[dict[str, str], list[float]]:
@@ -130,6 +173,7 @@ def gather(run_root: str, storage: Storage | None = None, max_pairs: int = MAX_P
     run.train_rows = train_rows(storage, model_uri)
     run.train_summary = _json(storage, join(model_uri, "train_summary.json")) or {}
     run.evaluation = _json(storage, join(artifact_uri(run_root, "evaluate"), "metrics.json"))
+    run.rounds = rounds_data(storage, run_root, max_pairs)
     pairs = _open(storage, artifact_uri(run_root, "filter"), "pairs")
     if pairs is None:
         return run

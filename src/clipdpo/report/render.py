@@ -14,6 +14,7 @@ import html as html_lib
 from clipdpo import plots
 from clipdpo.evaluate import report as eval_report
 from clipdpo.report.gather import Example, RunData
+from clipdpo.rounds import round_name
 
 CSS = eval_report.TABLE_CSS + (
     "img.figure{max-width:100%;border:1px solid #ddd;margin:.5em 0}figure{margin:1em 0}"
@@ -34,6 +35,12 @@ def headline(run: RunData) -> dict[str, float]:
     ):
         if final.get(key) is not None:
             out[name] = float(final[key])
+    for each in run.rounds:  # a run of several rounds: per round, as a model's numbers (round<k>_...)
+        if each.pairs is not None:
+            out[f"{round_name(each.index)}_pairs_kept"] = float(each.pairs)
+        if each.caption_scores:
+            mean = sum(each.caption_scores) / len(each.caption_scores)
+            out[f"{round_name(each.index)}_caption_clip_mean"] = float(mean)
     evaluation = run.evaluation or {}
     for model in evaluation.get("models", []):
         result = evaluation["results"].get(model["name"], {})

@@ -97,11 +97,19 @@ def train_metrics(storage: Storage, run_root: str) -> dict[str, float]:
 
 
 def evaluate_metrics(storage: Storage, run_root: str) -> dict[str, float]:
-    try:
-        metrics = json.loads(storage.read_bytes(join(artifact_uri(run_root, "evaluate"), "metrics.json")))
-    except NotFound:  # no benchmarks configured: the step skipped evaluation
+    return evaluation_numbers(artifact_uri(run_root, "evaluate"), storage)
+
+
+def evaluation_numbers(evaluation: str, storage: Storage | None = None) -> dict[str, float]:
+    """Every number of every model's results in the evaluation at `evaluation` (a step's reference or a folder);
+    {} for "" or none there (no benchmarks configured: the step skipped evaluation)."""
+    if not evaluation:
         return {}
-    return numeric(metrics["results"])
+    try:
+        metrics = json.loads((storage or Storage()).read_bytes(join(outputref.plain(evaluation), "metrics.json")))
+    except NotFound:
+        return {}
+    return _finite(numeric(metrics["results"]))
 
 
 def gate_metrics(storage: Storage, run_root: str) -> dict[str, float]:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipdpo.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, NOT_IN_KEY, POSITIVE, SEED, Range, check_ranges
+from clipdpo.config import (
+    AT_LEAST_1,
+    FRACTION,
+    NON_NEGATIVE,
+    NOT_IN_KEY,
+    POSITIVE,
+    SEED,
+    ConfigError,
+    Range,
+    check_ranges,
+)
 from clipdpo.train.loss import check_loss_type
 
 LLAVA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -172,6 +182,16 @@ class TrainConfig:
                 f"method={self.method} trains povid.stage1_epochs + povid.stage2_epochs; "
                 f"epochs={self.epochs} would be ignored: leave it at 1"
             )
+
+
+def check_rounds(cfg: TrainConfig, rounds: int) -> None:
+    """Iterative rounds (clipdpo.rounds) start each round after the first from the model the round before saved:
+    a LoRA run of several rounds must save the merged model, as an adapter alone is no model to start from."""
+    if rounds > 1 and cfg.finetune == "lora" and not cfg.save_merged:
+        raise ConfigError(
+            f"train_config.save_merged: with {rounds} rounds and finetune lora, each round after the first starts "
+            "from the merged model the round before saved; set it true"
+        )
 
 
 def is_two_stage(cfg: TrainConfig) -> bool:
