@@ -21,6 +21,15 @@ def fake_built_world(cache: Path, seed: int) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def qa_writer_stub(monkeypatch):
+    """The world run asks for the world's QA writer by default; training one is the QA writer tests' business."""
+    from clipdpo_world import stageconfigs
+
+    on = {"enabled": True, "model": {"name": "world-qa-writer", "path": "/w/qa-writer-stub"}}
+    monkeypatch.setattr(stageconfigs, "world_qa_config", lambda world_root, say=print: on)
+
+
 def parse(argv: list[str], monkeypatch):
     from clipdpo_lab import run
 
@@ -118,13 +127,14 @@ def make_command(*assignments: str, kfp_host: str = "") -> list[str]:
 
 def test_make_pipeline_run_defaults_to_world_0_and_the_demo_is_one_switch_away():
     lab = "clipdpo_lab run"
-    assert make_command() == [lab, "--run-id", "world0", "--world", "0"]
+    assert make_command() == [lab, "--run-id", "world0", "--world", "0", "--qa"]
     assert make_command("WORLD=2", "CONTROL=shuffled") == [
         lab,
         "--run-id",
         "world2",
         "--world",
         "2",
+        "--qa",
         "--control",
         "shuffled",
     ]
@@ -196,7 +206,8 @@ def test_method_and_arms_name_every_model_and_the_method_reaches_train(tmp_path,
 
 def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
     lab = "clipdpo_lab run"
-    assert make_command("WORLD=2", "METHOD=povid") == [lab, "--run-id", "world2", "--world", "2", "--method", "povid"]
+    method = [lab, "--run-id", "world2", "--world", "2", "--method", "povid", "--qa"]
+    assert make_command("WORLD=2", "METHOD=povid") == method
     assert make_command("ARMS=clipdpo,povid,both,control") == [
         lab,
         "--run-id",
@@ -205,6 +216,7 @@ def test_make_pipeline_run_passes_method_and_arms_on_the_world_only():
         "0",
         "--arms",
         "clipdpo,povid,both,control",
+        "--qa",
     ]
     assert make_command("DEMO=1", "METHOD=povid") == ["pipelines.run", "--run-id", "demo"]  # the arms are the world's
 
@@ -305,9 +317,9 @@ def test_povid_text_arm_is_povid_without_the_noisy_image_term():
     assert "povid_text" in ARMS and arm_root("s3://b/runs/r", "povid_text") == "s3://b/runs/r-povid_text"
 
 
-def test_qa_is_a_world_switch_off_by_default(tmp_path, monkeypatch):
-    """--qa (make QA=1, CLIPDPO_WORLD_QA=1) turns generate's QA path on with the world's QA writer; without it QA
-    stays off (the README's measured tables are without QA pairs); it needs --world."""
+def test_qa_is_a_world_switch_on_by_default(tmp_path, monkeypatch):
+    """The world run takes the paper's QA path by default (generate's QA config from the world's QA writer);
+    --no-qa (make QA=0, CLIPDPO_WORLD_QA=0) leaves it out; the demo and the cluster have no such switch."""
     import torch
 
     from clipdpo_world import stageconfigs
@@ -317,15 +329,14 @@ def test_qa_is_a_world_switch_off_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keep this process's threads as they are
     root = fake_built_world(tmp_path / "cache", seed=6)
     argv = ["--world", "6", "--world-cache", str(tmp_path / "cache")]
-    configs = local_configs(parse(argv, monkeypatch), tmp_path / "state")
-    assert configs["generate"]["qa"] == {"enabled": False}
     asked = []  # the writer's training is the QA writer tests' business: here, which world it is asked for
     on = {"enabled": True, "model": {"name": "world-qa-writer", "path": "/w/qa-writer-x"}}
     monkeypatch.setattr(stageconfigs, "world_qa_config", lambda world_root, say=print: asked.append(world_root) or on)
-    args = parse([*argv, "--qa"], monkeypatch)
-    configs = local_configs(args, tmp_path / "state")
+    configs = local_configs(parse(argv, monkeypatch), tmp_path / "state")
     assert asked == [str(root.resolve())] and configs["generate"]["qa"]["enabled"]
-    monkeypatch.setenv("CLIPDPO_WORLD_QA", "1")
-    assert parse(argv, monkeypatch).qa
-    assert make_command("QA=1") == ["clipdpo_lab run", "--run-id", "world0", "--world", "0", "--qa"]
-    assert make_command("DEMO=1", "QA=1") == ["pipelines.run", "--run-id", "demo"]
+    configs = local_configs(parse([*argv, "--no-qa"], monkeypatch), tmp_path / "state")
+    assert configs["generate"]["qa"] == {"enabled": False} and len(asked) == 1
+    monkeypatch.setenv("CLIPDPO_WORLD_QA", "0")
+    assert not parse(argv, monkeypatch).qa
+    assert make_command("QA=0") == ["clipdpo_lab run", "--run-id", "world0", "--world", "0", "--no-qa"]
+    assert make_command("DEMO=1", "QA=0") == ["pipelines.run", "--run-id", "demo"]
