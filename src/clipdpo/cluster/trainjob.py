@@ -41,6 +41,9 @@ CONTAINER_NAME = "node"
 PATCH_MANAGER = "clipdpo.dev/launcher"
 TRAIN_COMMAND = ["torchrun", "-m", "clipdpo.train"]  # nnodes, nproc, rank, master: from PET_*
 ANCESTOR_LABEL = {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
+# The oldest Kubeflow Trainer whose TrainJob CRD has every field `build` writes: v2.2.0 brought runtimePatches
+# (v2.1 had podTemplateOverrides) and activeDeadlineSeconds. Checked at submit (trainerversion.py).
+MIN_TRAINER_VERSION = (2, 2, 0)
 
 
 def _pod_patch(spec: TrainJobSpec) -> dict:
