@@ -123,6 +123,12 @@ def launch(
         follower = JobFollower(*kubernetes_clients(), launcher_pod=launcher_pod_from_env())
     if manifest["kind"] == trainjob.KIND:  # an older Trainer would drop the fields it does not know
         trainerversion.check_trainer(follower.core)
+        if spec.runtime == trainjob.STOCK_RUNTIME:
+            log.warning(
+                "TrainJob on the stock %s runtime, which restarts nothing: a failed pod fails the job. The chart's "
+                "clipdpo-torch runtime recreates it from the last checkpoint (helm/README.md)",
+                trainjob.STOCK_RUNTIME,
+            )
     with cancel_on_sigterm():
         outcome = follower.run(
             manifest,
@@ -176,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue-name", default="", help="Kueue LocalQueue (gang admission)")
     parser.add_argument("--gang", action="store_true", help="PyTorchJob: schedulingPolicy.minAvailable = all")
     parser.add_argument("--runtime", default="torch-distributed", help="TrainJob: ClusterTrainingRuntime name")
-    parser.add_argument("--backoff-limit", type=int, default=3, help="PyTorchJob: pod restarts before failing")
+    parser.add_argument("--backoff-limit", type=int, default=3, help="PyTorchJob: failures it survives")
     parser.add_argument("--timeout-hours", type=float, default=72.0)
     parser.add_argument(
         "--schedule-timeout-minutes",
