@@ -134,12 +134,24 @@ world: $(STAMP) nlp-data
 compile: $(STAMP)
 	$(PIPELINE_ENV) $(PY) -m pipelines.compile
 
+# A layer cache for `make images` (CI sets it): a registry repository prefix; each stage's cache is the tag
+# <IMAGE_CACHE>/clipdpo-<stage>:buildcache, read before the build and written after it (mode=max: the `deps`
+# stage's layers too, where the locked requirements are installed). A registry rather than GitHub's Actions
+# cache, which holds 10 GB a repository: less than the stage images' torch and CUDA layers together.
+# image-manifest=true: the cache as an image manifest, which registries that refuse a cache index (ECR) take.
+# Needs a buildx builder that exports caches (docker/setup-buildx-action's docker-container driver); --load
+# puts the image where the smoke check and `docker push` find it. Empty (the default): a plain docker build.
+IMAGE_CACHE ?=
+COMMA := ,
+IMAGE_CACHE_REF = type=registry$(COMMA)ref=$(IMAGE_CACHE)/clipdpo-$$stage:buildcache
+IMAGE_BUILD = $(if $(IMAGE_CACHE),docker buildx build --load --cache-from $(IMAGE_CACHE_REF) \
+	--cache-to $(IMAGE_CACHE_REF)$(COMMA)mode=max$(COMMA)image-manifest=true$(COMMA)oci-mediatypes=true,docker build)
 images:
 	@command -v docker >/dev/null 2>&1 || { echo "make images needs a Docker engine; none found" >&2; exit 2; }
 	@for stage in $(IMAGE_STAGES); do \
 	  image=$(REGISTRY)/clipdpo-$$stage:$(TAG); \
 	  echo "== $$image"; \
-	  docker build -f Dockerfiles/$$stage.Dockerfile -t $$image . || exit 1; \
+	  $(IMAGE_BUILD) -f Dockerfiles/$$stage.Dockerfile -t $$image . || exit 1; \
 	  docker run --rm $$image python -m clipdpo.$$stage --help >/dev/null || { echo "smoke check failed: $$image" >&2; exit 1; }; \
 	done
 
