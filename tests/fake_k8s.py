@@ -47,7 +47,7 @@ class FakeCluster:
     `log_lines`: {pod: [(seconds, line), ...]}: a log that grows with `clock` (what kubelet serves with
     timestamps, sinceSeconds and tailLines); without it, `logs` is each pod's whole log.
     `step_pods`: the pipeline step's own pods by name (read_namespaced_pod, delete_pod).
-    `config_maps`: {(namespace, name): data} (read_namespaced_config_map); default: a Trainer v2.3.0's.
+    `config_maps` (an attribute): {(namespace, name): data} (read_namespaced_config_map); a Trainer v2.3.0's.
     `served_crds`: {kind: CRD file} an older operator serves instead of tests/crds: the fields that CRD lacks
     are refused by a create with field_validation="Strict" (a 400, as the API server answers), else dropped."""
 
@@ -59,7 +59,6 @@ class FakeCluster:
         log_lines: dict[str, list[tuple[float, str]]] | None = None,
         clock=None,
         step_pods: dict[str, dict] | None = None,
-        config_maps: dict[tuple[str, str], dict] | None = None,
         served_crds: dict[str, str] | None = None,
     ):
         self.jobs: dict[tuple[str, str], dict] = {}
@@ -76,7 +75,7 @@ class FakeCluster:
         self.clock = clock
         self.step_pods = dict(step_pods or {})
         self.garbage_collected: list[str] = []
-        self.config_maps = dict(TRAINER_V2_3 if config_maps is None else config_maps)
+        self.config_maps = dict(TRAINER_V2_3)  # replace it to publish another version, or none
         self.served_crds = dict(served_crds or {})
 
     def _advance(self, key) -> None:

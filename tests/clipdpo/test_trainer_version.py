@@ -47,7 +47,9 @@ def test_published_versions_parse_and_a_development_build_counts_as_new():
     ],
 )
 def test_a_new_enough_trainer_runs_the_job_with_its_pod_patch(config_maps):
-    cluster = FakeCluster(rec.succeeded("TrainJob", NAME, 4), config_maps=config_maps)
+    cluster = FakeCluster(rec.succeeded("TrainJob", NAME, 4))
+    if config_maps is not None:
+        cluster.config_maps = config_maps
     assert launch_on(cluster).state == "Succeeded"
     assert cluster.created[0]["spec"]["runtimePatches"]
 
@@ -64,7 +66,8 @@ def test_a_published_version_older_than_the_job_needs_is_refused_before_anything
 
 
 def test_a_trainer_too_old_to_publish_its_version_refuses_the_strict_create_naming_the_fields(caplog):
-    cluster = FakeCluster(rec.succeeded("TrainJob", NAME, 4), config_maps={}, served_crds=OLD_TRAINER)
+    cluster = FakeCluster(rec.succeeded("TrainJob", NAME, 4), served_crds=OLD_TRAINER)
+    cluster.config_maps = {}  # too old to publish a version
     with pytest.raises(FieldsNotServed) as refused:
         launch_on(cluster)
     message = str(refused.value)
@@ -84,7 +87,8 @@ def test_what_the_strict_create_prevents_an_old_trainer_drops_the_pod_patch_sile
 
 
 def test_an_unpublished_version_on_a_current_trainer_is_only_a_warning(caplog):
-    cluster = FakeCluster(rec.succeeded("TrainJob", NAME, 4), config_maps={})
+    cluster = FakeCluster(rec.succeeded("TrainJob", NAME, 4))
+    cluster.config_maps = {}
     assert launch_on(cluster).state == "Succeeded"
     assert "no Kubeflow Trainer version published" in caplog.text
 
@@ -96,7 +100,8 @@ def test_a_pytorchjob_does_not_consult_the_trainer(monkeypatch):
 
 
 def test_the_launcher_command_line_says_it_in_one_line(monkeypatch, capsys):
-    cluster = FakeCluster(config_maps={}, served_crds=OLD_TRAINER)
+    cluster = FakeCluster(served_crds=OLD_TRAINER)
+    cluster.config_maps = {}
     monkeypatch.setattr(launch, "kubernetes_clients", lambda: (cluster, cluster))
     code = launch.main(
         ["--launcher", "trainjob", "--launch-key", KEY, "--run", "", "--image", "ghcr.io/x/clipdpo-train:0.1.0"]
