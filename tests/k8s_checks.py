@@ -168,6 +168,53 @@ def crd_validators() -> dict:
     return validators
 
 
+# The TrainJob CRD of Kubeflow Trainer v2.1.0, the last without runtimePatches: what an older cluster serves.
+# Beside the CRDs, not in CRD_DIR (which may point at a copy without it), and in a folder of its own so that
+# crd_validators' glob keeps to the current CRDs.
+TRAINER_V2_1_TRAINJOB_CRD = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "crds", "trainer-v2.1.0", "trainer.kubeflow.org_trainjobs.yaml"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _served_validator(crd_path: str, api_version: str) -> jsonschema.Draft7Validator:
+    crd = _load_yaml(crd_path)
+    version = next(v for v in crd["spec"]["versions"] if f"{crd['spec']['group']}/{v['name']}" == api_version)
+    return jsonschema.Draft7Validator(strict_schema(version["schema"]["openAPIV3Schema"]))
+
+
+def undeclared_fields(obj: dict, crd_path: str) -> list[str]:
+    """The fields of `obj` (dotted paths, e.g. spec.runtimePatches) that the CRD at `crd_path` does not declare:
+    what an API server serving that CRD refuses under strict field validation, or else drops."""
+    found = set()
+    for error in _served_validator(crd_path, obj["apiVersion"]).iter_errors(obj):
+        if error.validator != "additionalProperties":
+            continue
+        declared = set(error.schema.get("properties", {}))
+        where = ".".join(str(p) for p in error.absolute_path if not isinstance(p, int))
+        found |= {f"{where}.{key}" if where else key for key in set(error.instance) - declared}
+    return sorted(found)
+
+
+def without_fields(obj: dict, paths: list[str]) -> dict:
+    """`obj` with the fields at these dotted paths removed (inside lists: from every item)."""
+
+    def drop(node, keys: list[str]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                drop(item, keys)
+        elif isinstance(node, dict) and keys[0] in node:
+            if len(keys) == 1:
+                del node[keys[0]]
+            else:
+                drop(node[keys[0]], keys[1:])
+
+    out = copy.deepcopy(obj)
+    for path in paths:
+        drop(out, path.split("."))
+    return out
+
+
 def validate_crd_object(obj: dict) -> None:
     """Fails (AssertionError naming every bad field) unless `obj` fits its CRD's schema."""
     key = (obj.get("apiVersion"), obj.get("kind"))

@@ -196,9 +196,11 @@ def build_processor(family: str):
     )
 
 
-def build_tiny_qwen(path: str, family: str, seed: int = 0, unit_scale: bool = False) -> str:
+def build_tiny_qwen(
+    path: str, family: str, seed: int = 0, unit_scale: bool = False, shape: QwenShape = QwenShape()
+) -> str:
     """Save a tiny model of `family` ("qwen2_5_vl" | "qwen3_vl") and its processor at `path`;
-    `unit_scale`: weights at O(1) scale (unit_scale.py), for the log-prob equality tests."""
+    `unit_scale`: weights at O(1) scale (unit_scale.py), for the log-prob equality tests; `shape`: its sizes."""
     import torch
     import transformers
     from unit_scale import reinit_at_unit_scale
@@ -206,7 +208,7 @@ def build_tiny_qwen(path: str, family: str, seed: int = 0, unit_scale: bool = Fa
     model_class, _, _, config_builder, _ = FAMILIES[family]
     torch.manual_seed(seed)
     processor = build_processor(family)
-    model = getattr(transformers, model_class)(config_builder(processor.tokenizer)).eval()
+    model = getattr(transformers, model_class)(config_builder(processor.tokenizer, shape)).eval()
     if unit_scale:
         reinit_at_unit_scale(model, seed)
     model.save_pretrained(path)

@@ -110,6 +110,7 @@ def test_result_keys_leave_out_exactly_the_fields_marked_so():
         "log_steps",
         "reference_cache",
         "image_feature_cache_mb",
+        "collective_timeout_minutes",  # how long a collective may wait decides nothing trained
     }
     assert set(key_dict(cfg)) == {f.name for f in dataclasses.fields(cfg)} - marked
     # only what is marked leaves the fingerprint: changing it keeps the same one, changing anything else not

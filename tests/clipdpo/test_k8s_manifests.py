@@ -65,9 +65,9 @@ def used_permissions() -> set[tuple]:
             calls.add((group, plural, "get"))
             return super().get_namespaced_custom_object(group, version, namespace, plural, name)
 
-        def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        def create_namespaced_custom_object(self, group, version, namespace, plural, body, **options):
             calls.add((group, plural, "create"))
-            return super().create_namespaced_custom_object(group, version, namespace, plural, body)
+            return super().create_namespaced_custom_object(group, version, namespace, plural, body, **options)
 
         def delete_namespaced_custom_object(self, group, version, namespace, plural, name, body=None):
             calls.add((group, plural, "delete"))

@@ -38,7 +38,7 @@ def test_gang_scheduling_and_kueue():
     k8s_checks.validate_pytorchjob(job)
     policy = job["spec"]["runPolicy"]
     assert policy["schedulingPolicy"] == {"minAvailable": 4}  # master + 3 workers: every pod or none
-    assert policy["backoffLimit"] == 5 and policy["activeDeadlineSeconds"] == 3600
+    assert policy["backoffLimit"] == 5 * 4 + 1 and policy["activeDeadlineSeconds"] == 3600  # 5 failures of 4 pods
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpus"
     with pytest.raises(ValueError, match="LocalQueue"):
         spec(queue_name="Team GPUs")

@@ -77,3 +77,32 @@ def test_the_gate_job_finds_the_run_retrain_submitted(tmp_path):
     assert reads["if"].startswith("steps.run.outputs.ended == 'true'")
     assert reads["env"]["RUN_ID"] == "${{ steps.run.outputs.run_id }}"
     assert "/runs/$RUN_ID/gate/decision.json" in reads["run"] and 'test "$RUN_STATE" = SUCCEEDED' in reads["run"]
+
+
+def test_image_builds_read_and_write_a_registry_layer_cache(tmp_path):
+    """CI builds each stage image with a registry layer cache (a builder that exports it first); the Makefile
+    turns IMAGE_CACHE into the cache flags, run here against a docker stand-in that records its commands."""
+    job = workflow("retrain.yml")["jobs"]["images"]
+    uses = [s.get("uses", "") for s in job["steps"]]
+    build = next(i for i, s in enumerate(job["steps"]) if "make images push" in s.get("run", ""))
+    buildx = next(i for i, u in enumerate(uses) if u.startswith("docker/setup-buildx-action@"))
+    assert buildx < build and "IMAGE_CACHE=$REGISTRY" in job["steps"][build]["run"]
+
+    log = tmp_path / "docker.log"
+    (tmp_path / "docker").write_text('#!/bin/sh\necho "$*" >> "$DOCKER_LOG"\n')
+    (tmp_path / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "DOCKER_LOG": str(log)}
+
+    def commands(*options: str) -> list[str]:
+        log.write_text("")
+        make = ["make", "-s", "-C", ROOT, "images", "IMAGE_STAGES=train score", "REGISTRY=r.example", "TAG=t1"]
+        subprocess.run(make + list(options), env=env, check=True, capture_output=True)
+        return [line for line in log.read_text().splitlines() if "Dockerfiles/" in line]
+
+    cached = commands("IMAGE_CACHE=cache.example/ml")
+    assert len(cached) == 2
+    for stage, line in zip(("train", "score"), cached):
+        ref = f"type=registry,ref=cache.example/ml/clipdpo-{stage}:buildcache"
+        assert line.startswith("buildx build --load") and f"--cache-from {ref} " in line
+        assert f"--cache-to {ref},mode=max," in line and f"-t r.example/clipdpo-{stage}:t1" in line
+    assert all(line.startswith("build -f") and "cache" not in line for line in commands())  # locally: no cache

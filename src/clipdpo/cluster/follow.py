@@ -26,8 +26,10 @@ While the job runs, rank 0's log is printed to the step's log as it grows.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,8 @@ from typing import Callable
 
 from clipdpo.cluster import pytorchjob, trainjob
 from clipdpo.cluster.jobspec import LABEL_KEY, RUN_LABEL
+from clipdpo.cluster.trainerversion import version_text
+from clipdpo.errors import UserError
 
 log = logging.getLogger("clipdpo.cluster")
 KUEUE_GROUP, KUEUE_VERSIONS, KUEUE_PLURAL = "kueue.x-k8s.io", ("v1beta2", "v1beta1"), "workloads"  # newest first
@@ -63,6 +67,7 @@ class JobKind:
     pod_job_label: str  # label whose value is the job name on every pod of the job
     pod_count: Callable[[dict], int]
     suspended: Callable[[dict], bool]  # the spec's suspend flag (Kueue sets it until it admits the job)
+    needs: str  # the operator whose CRD declares every field the builder writes (said when a field is refused)
 
 
 KINDS = {
@@ -76,6 +81,7 @@ KINDS = {
         "training.kubeflow.org/job-name",
         lambda job: sum(r["replicas"] for r in job["spec"]["pytorchReplicaSpecs"].values()),
         lambda job: bool((job["spec"].get("runPolicy") or {}).get("suspend")),
+        "a Training Operator whose PyTorchJob CRD has them (the builder is checked against release 1.9's)",
     ),
     trainjob.KIND: JobKind(
         trainjob.KIND,
@@ -87,6 +93,7 @@ KINDS = {
         "jobset.sigs.k8s.io/jobset-name",
         lambda job: job["spec"]["trainer"]["numNodes"],
         lambda job: bool(job["spec"].get("suspend")),
+        f"Kubeflow Trainer {version_text(trainjob.MIN_TRAINER_VERSION)} or newer",
     ),
 }
 
@@ -132,6 +139,23 @@ class JobQueued(JobUnschedulable):
 
 class JobConflict(RuntimeError):
     pass
+
+
+class FieldsNotServed(UserError):
+    """The cluster's CRD for the job's kind lacks fields the job sets: its operator is too old."""
+
+
+def unknown_fields(err: Exception) -> list[str]:
+    """The fields a strict create was refused for (the API server's 400 Status: `strict decoding error: unknown
+    field "spec.runtimePatches", ...`); [] for any other error."""
+    if getattr(err, "status", None) != 400:
+        return []
+    body = getattr(err, "body", None) or ""
+    try:
+        message = str(json.loads(body).get("message", ""))
+    except (ValueError, TypeError, AttributeError):  # not a Status object: read it as text
+        message = str(body)
+    return re.findall(r'unknown field "([^"]+)"', message)
 
 
 class StepCancelled(BaseException):  # like KeyboardInterrupt: no `except Exception` may swallow it
@@ -410,14 +434,20 @@ class JobFollower:
                 )
             log.info("re-attaching to %s %s/%s created by an earlier attempt of this step", kind.kind, namespace, name)
             return existing, True
-        try:
+        try:  # strict: a field the served CRD lacks is refused, not silently dropped (an older operator)
             created = self.custom.create_namespaced_custom_object(
-                kind.group, kind.version, namespace, kind.plural, manifest
+                kind.group, kind.version, namespace, kind.plural, manifest, field_validation="Strict"
             )
         except Exception as err:
             twin = self._get(kind, namespace, name) if getattr(err, "status", None) == 409 else None
             if twin is not None:  # created concurrently by a twin attempt: follow it
                 return twin, True
+            fields = unknown_fields(err)
+            if fields:
+                raise FieldsNotServed(
+                    f"the cluster's {kind.kind} CRD ({kind.group}/{kind.version}) has no {', '.join(fields)}, "
+                    f"which this job sets: the job needs {kind.needs}; nothing was created"
+                ) from None
             raise
         log.info("created %s %s/%s", kind.kind, namespace, name)
         return created, False

@@ -38,7 +38,9 @@ class TrainJobSpec:
     tolerations: list[dict] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     active_deadline_seconds: int = 7 * 24 * 3600
-    backoff_limit: int = 3  # PyTorchJob: runPolicy.backoffLimit; TrainJob: its runtime's failurePolicy
+    # PyTorchJob: failures of any pod it survives (pytorchjob.restart_budget); TrainJob: its runtime's
+    # failurePolicy.maxRestarts decides
+    backoff_limit: int = 3
     # PyTorchJob: a finished job (a failed one: the follower deletes succeeded jobs) stays this long for inspection
     ttl_seconds_after_finished: int = 3 * 24 * 3600
     # No ownerReference to the launching step's pod: the job must outlive an evicted launcher (the retried step
@@ -110,9 +112,22 @@ def resources(spec: TrainJobSpec) -> dict:
     return out
 
 
+# Every training container's environment unless the launch's `env` says otherwise.
+TRAIN_ENV_DEFAULTS = {
+    # A collective that fails or passes its timeout (train config collective_timeout_minutes) ends the process,
+    # so the pod fails and its restart policy brings the job back from its last checkpoint, instead of the
+    # other ranks waiting on a dead peer. 3 tears the process down without aborting the NCCL communicators
+    # first: the abort of mode 1 can itself hang on a lost peer, which is why PyTorch made 3 its default.
+    # Pinned so that an image or a cluster-wide env setting 0 cannot turn it off. TORCH_NCCL_BLOCKING_WAIT
+    # stays unset: the watchdog, not a blocking wait in every collective, enforces the timeout.
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+}
+
+
 def plain_env(spec: TrainJobSpec) -> list[dict]:
     env = [{"name": "CLIPDPO_SCRATCH", "value": "/scratch"}, {"name": "HF_HOME", "value": "/scratch/hf"}]
-    return env + [{"name": key, "value": value} for key, value in sorted(spec.env.items())]
+    values = {**TRAIN_ENV_DEFAULTS, **spec.env}
+    return env + [{"name": key, "value": value} for key, value in sorted(values.items())]
 
 
 def secret_env(spec: TrainJobSpec) -> list[dict]:

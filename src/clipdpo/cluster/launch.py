@@ -15,6 +15,9 @@ and the job is left running for the retry; otherwise the run was cancelled and t
 What a run leaves unfinished (its launcher lost and not retried, then the run cancelled or failed)
 `delete_run_jobs` deletes by the job's clipdpo.dev/run label: `clipdpo.steps.cleanup_train_jobs_step`,
 meant as the run's exit task. Failed jobs stay for inspection until their TTL.
+
+Before a TrainJob is created, the Trainer's published version is checked (trainerversion.py), and every job
+is created with strict field validation: an operator too old for a field the job sets refuses it in one line.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import signal
 import sys
 import threading
 
-from clipdpo.cluster import jobspec, pytorchjob, trainjob
+from clipdpo.cluster import jobspec, pytorchjob, trainerversion, trainjob
 from clipdpo.cluster.follow import JobFollower, StepCancelled
+from clipdpo.errors import exit_2_on_user_error
 
 log = logging.getLogger("clipdpo.cluster")
 BUILDERS = {"pytorchjob": pytorchjob.build, "trainjob": trainjob.build}
@@ -117,6 +121,14 @@ def launch(
     manifest = build_manifest(spec, launcher, launch_key, run)
     if follower is None:
         follower = JobFollower(*kubernetes_clients(), launcher_pod=launcher_pod_from_env())
+    if manifest["kind"] == trainjob.KIND:  # an older Trainer would drop the fields it does not know
+        trainerversion.check_trainer(follower.core)
+        if spec.runtime == trainjob.STOCK_RUNTIME:
+            log.warning(
+                "TrainJob on the stock %s runtime, which restarts nothing: a failed pod fails the job. The chart's "
+                "clipdpo-torch runtime recreates it from the last checkpoint (helm/README.md)",
+                trainjob.STOCK_RUNTIME,
+            )
     with cancel_on_sigterm():
         outcome = follower.run(
             manifest,
@@ -170,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue-name", default="", help="Kueue LocalQueue (gang admission)")
     parser.add_argument("--gang", action="store_true", help="PyTorchJob: schedulingPolicy.minAvailable = all")
     parser.add_argument("--runtime", default="torch-distributed", help="TrainJob: ClusterTrainingRuntime name")
-    parser.add_argument("--backoff-limit", type=int, default=3, help="PyTorchJob: pod restarts before failing")
+    parser.add_argument("--backoff-limit", type=int, default=3, help="PyTorchJob: failures it survives")
     parser.add_argument("--timeout-hours", type=float, default=72.0)
     parser.add_argument(
         "--schedule-timeout-minutes",
@@ -194,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_2_on_user_error
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     train_args = argv[argv.index("--") + 1 :] if "--" in argv else []

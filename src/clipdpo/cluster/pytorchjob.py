@@ -9,8 +9,15 @@ volume because the default 64 MiB breaks NCCL and data loading.
 Gang scheduling: `gang=True` sets runPolicy.schedulingPolicy.minAvailable to every replica, so a
 gang scheduler (Volcano or scheduler-plugins, enabled in the operator) starts all pods or none;
 `queue_name` puts the job in a Kueue LocalQueue, which admits it only when quota for all of it
-exists. A failed pod restarts (OnFailure) up to runPolicy.backoffLimit times; the trainer then
-resumes from its last S3 checkpoint.
+exists.
+
+Failures: a failed container restarts in its pod (OnFailure) and training resumes from its last complete S3
+checkpoint. The rendezvous is static (torchrun's default: fixed --nnodes, rank 0's store), so one lost rank
+takes the whole world down: the others end at their next collective (an NCCL error, or the collective timeout;
+TORCH_NCCL_ASYNC_ERROR_HANDLING tears them down) and restart too, and all meet again at the Master. torchrun's
+own --max-restarts stays 0: it restarts the processes of one node only, which a static world cannot take back.
+The operator adds up the container restarts of every pod and fails the job once the sum reaches
+runPolicy.backoffLimit, so one recovery costs a restart per node: see `restart_budget`.
 """
 
 from __future__ import annotations
@@ -67,10 +74,17 @@ def _pod_template(spec: TrainJobSpec, role: str) -> dict:
     return {"metadata": {"labels": pod_labels(spec, role)}, "spec": pod_spec}
 
 
+def restart_budget(spec: TrainJobSpec) -> int:
+    """runPolicy.backoffLimit that survives `spec.backoff_limit` failures of any pod: each failure restarts every
+    node's container once, and the operator fails the job when the restarts of all pods add up to the limit
+    (so one more than the restarts allowed)."""
+    return spec.backoff_limit * spec.nodes + 1
+
+
 def _run_policy(spec: TrainJobSpec) -> dict:
     policy = {
         "cleanPodPolicy": "Running",  # stop stragglers when the job ends; keep failed pods' logs
-        "backoffLimit": spec.backoff_limit,
+        "backoffLimit": restart_budget(spec),
         "activeDeadlineSeconds": spec.active_deadline_seconds,
         "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
     }

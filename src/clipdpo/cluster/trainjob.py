@@ -39,8 +39,12 @@ RUNTIME_KIND = "ClusterTrainingRuntime"
 NODE_JOB = "node"  # the replicated job and container the torch runtime defines and injects PET_* into
 CONTAINER_NAME = "node"
 PATCH_MANAGER = "clipdpo.dev/launcher"
+STOCK_RUNTIME = "torch-distributed"  # the Trainer's own torchrun runtime: no failurePolicy, a failed pod ends the job
 TRAIN_COMMAND = ["torchrun", "-m", "clipdpo.train"]  # nnodes, nproc, rank, master: from PET_*
 ANCESTOR_LABEL = {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
+# The oldest Kubeflow Trainer whose TrainJob CRD has every field `build` writes: v2.2.0 brought runtimePatches
+# (v2.1 had podTemplateOverrides) and activeDeadlineSeconds. Checked at submit (trainerversion.py).
+MIN_TRAINER_VERSION = (2, 2, 0)
 
 
 def _pod_patch(spec: TrainJobSpec) -> dict:

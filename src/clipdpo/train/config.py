@@ -131,6 +131,10 @@ class TrainConfig:
     # (whether a frozen tower's features are recomputed or reused decides nothing trained:
     # tests/clipdpo/test_image_features.py)
     image_feature_cache_mb: int = field(default=4096, metadata=NOT_IN_KEY)
+    # how long a rank waits in a collective before its process is torn down and the job restarts from its last
+    # checkpoint (init_process_group's timeout): the ranks wait at barriers while a node's first rank downloads
+    # a checkpoint or uploads one, which for a 7B model can outlast PyTorch's NCCL default of 10 minutes
+    collective_timeout_minutes: int = field(default=60, metadata=NOT_IN_KEY)
 
     RANGES = {
         "lora_r": AT_LEAST_1,
@@ -158,6 +162,7 @@ class TrainConfig:
         "keep_checkpoints": NON_NEGATIVE,
         "log_steps": AT_LEAST_1,  # keep_checkpoints 0: keep every one
         "image_feature_cache_mb": NON_NEGATIVE,  # 0: encode on every use
+        "collective_timeout_minutes": AT_LEAST_1,
     }
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ Without them this is one process and no process group. GPU: NCCL; CPU: gloo.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -35,7 +36,9 @@ class DistContext:
         return self.world_size > 1
 
 
-def init() -> DistContext:
+def init(timeout_minutes: float | None = None) -> DistContext:
+    """The process group torchrun's environment describes; `timeout_minutes`: how long a collective may wait
+    before the watchdog ends the process (None: PyTorch's default, 10 minutes on NCCL)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -45,7 +48,8 @@ def init() -> DistContext:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = None if timeout_minutes is None else datetime.timedelta(minutes=timeout_minutes)
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return DistContext(rank, world_size, local_rank, device)
 
 

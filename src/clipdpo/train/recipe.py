@@ -72,7 +72,7 @@ def run(
     returns its stored summary; a killed one resumes from its newest checkpoint."""
     storage = storage or Storage()
     output = output_uri.rstrip("/")
-    ctx = dist.init()
+    ctx = dist.init(cfg.collective_timeout_minutes)
     try:
         check_config(cfg, ctx.world_size)
         pairs = open_pairs(storage, input_uri)
