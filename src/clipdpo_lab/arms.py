@@ -64,9 +64,9 @@ def print_now(line: str) -> None:
     print(line, flush=True)
 
 
-def stage_writer(*args) -> None:
+def stage_writer(cache_dir: str, seed: int, scene: dict) -> None:
     """The writer's process: it ends with its parent (a run stopped by a signal leaves no writer training on);
-    `qawriter_build.stage(*args)`."""
+    `qawriter_build.stage` of world seed `seed`."""
     import ctypes
     import signal
 
@@ -76,7 +76,7 @@ def stage_writer(*args) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):  # not Linux: it still ends when the run exits normally (daemon)
         pass
-    qawriter_build.stage(*args, say=print_now)
+    qawriter_build.stage(cache_dir, seed, scene, say=print_now)
 
 
 def writer_beside(cfg, cache_dir: str):

@@ -42,6 +42,7 @@ class LvlmConfig:
     # 3 layers: with 2 the Yes/No answers came in a jump at an unpredictable step (POPE 86% by step 3,200 in one
     # training, still at chance at 2,800 in two others of the same world); with 3 by step 1,600 (world 0)
     layers: int = 3
+    heads: int = 2
     vision_hidden: int = 64  # a tower of its own (vision_from_clip False) only
     vision_layers: int = 2
     patch_size: int = 8
@@ -111,8 +112,8 @@ def llava_config(tokenizer, cfg: LvlmConfig, clip_tower: tuple[dict, dict] | Non
         hidden_size=cfg.hidden,
         intermediate_size=2 * cfg.hidden,
         num_hidden_layers=cfg.layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
