@@ -141,9 +141,33 @@ def _build_clip(cfg: WorldConfig, train, heldout, folder: str, say) -> tuple[dic
 
 
 def _build_lvlm(cfg: WorldConfig, train, heldout, work: Path, clip_tower, say) -> dict:
-    """Train the world LLaVA into `work`/lvlm and check it (selfcheck) before keeping it."""
-    folder = str(work / "lvlm")
-    lvlm_cfg = replace(cfg.lvlm, seed=cfg.lvlm.seed + 1000 * cfg.seed)
+    """Train the world LLaVA into `work`/lvlm and check it (selfcheck) before keeping it; an SFT that misses the
+    self-checks runs again from another initialisation, up to `LvlmConfig.attempts` in all."""
+    started = time.monotonic()
+    for attempt in range(cfg.lvlm.attempts):
+        lvlm_cfg = replace(cfg.lvlm, seed=cfg.lvlm.seed + 1000 * cfg.seed + 100 * attempt)
+        model, processor, measured = _train_lvlm(cfg, lvlm_cfg, train, heldout, work, clip_tower, say)
+        missed = selfcheck.failures(measured["questions"], cfg.checks)
+        if not missed or not cfg.checks.enforced or attempt + 1 == cfg.lvlm.attempts:
+            break
+        say(
+            f"world LVLM: SFT attempt {attempt + 1} missed its self-checks ({'; '.join(missed)}); "
+            "again from another initialisation"
+        )
+    if measured["greedy"]["cover"] < 100 * lvlm_cfg.min_cover:
+        raise WorldBuildError(
+            f"world LVLM does not see: greedy Cover {measured['greedy']['cover']:.1f}% of held-out objects, below "
+            f"the {100 * lvlm_cfg.min_cover:.0f}% required (it learns to see in a jump during SFT; this seed may "
+            "need more LvlmConfig.steps, or it never makes the jump: try another seed)"
+        )
+    selfcheck.require(measured["questions"], cfg.checks)
+    model.save_pretrained(str(work / "lvlm"))
+    processor.save_pretrained(str(work / "lvlm"))
+    return {**measured, "attempts": attempt + 1, "seconds": round(time.monotonic() - started, 1)}
+
+
+def _train_lvlm(cfg: WorldConfig, lvlm_cfg: LvlmConfig, train, heldout, work: Path, clip_tower, say):
+    """One SFT of the world LLaVA and its measurements: (model, processor, {greedy, sampled, questions})."""
     started = time.monotonic()
     tokenizer = lvlm.build_tokenizer(lvlm.corpus(train, lvlm_cfg), lvlm_cfg.vocab_size)
     model, processor = lvlm.build_model(tokenizer, lvlm_cfg, clip_tower)
@@ -167,21 +191,7 @@ def _build_lvlm(cfg: WorldConfig, train, heldout, work: Path, clip_tower, say) -
         f"{questions['amber_f1_damaged']:.1f}, CHAIR {questions['damaged_chair']:.1f}, zero-shot "
         f"{questions['zero_shot']['damaged_top1']:.1f}"
     )
-    if greedy.cover < 100 * lvlm_cfg.min_cover:
-        raise WorldBuildError(
-            f"world LVLM does not see: greedy Cover {greedy.cover:.1f}% of held-out objects, below the "
-            f"{100 * lvlm_cfg.min_cover:.0f}% required (it learns to see in a jump during SFT; this seed may "
-            "need more LvlmConfig.steps, or it never makes the jump: try another seed)"
-        )
-    selfcheck.require(questions, cfg.checks)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return {
-        "greedy": greedy.as_dict(),
-        "sampled": sampled.as_dict(),
-        "questions": questions,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return model, processor, {"greedy": greedy.as_dict(), "sampled": sampled.as_dict(), "questions": questions}
 
 
 def build(cfg: WorldConfig, out_dir: str, spacy_model: str | None = None, say=print) -> WorldPaths:

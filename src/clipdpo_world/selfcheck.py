@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from clipdpo.evaluate import amber
+from clipdpo.evaluate.suite import questions
 from clipdpo.evaluate.suite.pope import pope_counts, pope_from_counts
 from clipdpo_world import benchmark, lvlm
 from clipdpo_world.clip import WorldBuildError
@@ -71,10 +72,11 @@ def first_tokens(model, processor, scenes: list[Scene], questions: list[str], ba
 
 
 def pope_accuracy(scenes: list[Scene], seed: int, answers_of) -> dict[str, float]:
-    """POPE accuracy (%) per split of the world's POPE rows; `answers_of(scenes, questions)` answers them."""
+    """POPE accuracy (%) per split of the world's POPE rows, asked with the suite's POPE prompt (the question and
+    LLaVA's short-answer instruction, as the evaluate stage asks it); `answers_of(scenes, prompts)` answers."""
     by_image = {f"{s.image_id}.png": s for s in scenes}
     rows = benchmark.pope_rows(scenes, seed)
-    answers = answers_of([by_image[r["image"]] for r in rows], [r["question"] for r in rows])
+    answers = answers_of([by_image[r["image"]] for r in rows], [questions.prompt("pope", r) for r in rows])
     out = {}
     for split in sorted({r["category"] for r in rows}):
         picked = [(r["answer"], a) for r, a in zip(rows, answers) if r["category"] == split]

@@ -56,9 +56,11 @@ def test_each_missed_bar_stops_the_build_by_name(change, named):
 def test_the_benchmarks_tell_right_answers_from_flipped_ones_and_captions_from_another_images(tmp_path):
     scenes = data.scenes(3, "heldout", 40)
     benchmark.write(str(tmp_path / "bench"), scenes, seed=3)
+    from clipdpo.evaluate.suite import questions
+
     truth = {}
-    for row in benchmark.pope_rows(scenes, 3):
-        truth[(f"{row['image'][:-4]}", row["question"])] = "Yes" if row["answer"] == "yes" else "No"
+    for row in benchmark.pope_rows(scenes, 3):  # asked as the evaluate stage asks (the suite's POPE prompt)
+        truth[(f"{row['image'][:-4]}", questions.prompt("pope", row))] = "Yes" if row["answer"] == "yes" else "No"
     annotations, queries = benchmark.amber_files(scenes, 3)
     for item, query in zip(annotations, queries):
         if item["type"] != "generative":

@@ -275,9 +275,10 @@ def test_lvlm_examples_encode_as_the_processor_encodes_the_whole_conversation():
                 assert ids == lvlm.encode_example(processor, prompt, answer), (prompt, answer)
     tempting = [s for s in items if s.absent_partners]
     biased = sum(lvlm.training_examples(s, rng, cfg)["caption"][0][1] != language.caption(s) for s in tempting)
-    # binomial(n ~ 200, p 0.3): 4 standard deviations either side
+    # binomial(n ~ 300, p = bias_fraction): 4 standard deviations either side
     n = len(tempting)
-    assert abs(biased - 0.3 * n) < 4 * (0.21 * n) ** 0.5
+    p = cfg.bias_fraction
+    assert abs(biased - p * n) < 4 * (p * (1 - p) * n) ** 0.5
 
 
 def test_control_shuffles_caption_scores_within_each_image_only():
