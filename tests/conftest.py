@@ -74,6 +74,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def no_log_handlers_on_closed_streams():
+    """A stage run in-process (clipdpo.stage.setup_logging) binds a root handler to the stderr pytest gave that
+    test, closed after it; a later test in the same worker would find '--- Logging error ---' in its stderr."""
+    import logging
+
+    for handler in list(logging.root.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            logging.root.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True)
 def signal_handlers_restored():
     """A command line run in-process (s3server's main installs SIGTERM/SIGHUP handlers) leaves the worker's
     handlers as they were for the next test."""

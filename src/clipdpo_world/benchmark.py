@@ -132,5 +132,7 @@ def config(root: str) -> dict:
             "class_template": "{}.",
             "class_pooling": "max",
         },
-        "suite": [{"kind": "pope", "root": join(root, "pope")}],
+        # POPE's own protocol, the question alone: the world LLaVA never learnt LLaVA-1.5's short-answer
+        # instruction (trained on it as well, it learnt the questions in neither of two SFTs of world 0)
+        "suite": [{"kind": "pope", "root": join(root, "pope"), "instruction": ""}],
     }

@@ -27,7 +27,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from clipdpo.evaluate.config import SHORT_ANSWER
 from clipdpo.llava_chat import CHAT_TEMPLATE, SPECIAL_TOKENS
 from clipdpo_world import language
 from clipdpo_world.scene import KINDS, PAIRS, SIZE, Scene, render
@@ -175,9 +174,6 @@ def training_examples(scene: Scene, rng: np.random.Generator, cfg: LvlmConfig) -
     qa.append((language.existence_question(scene.kinds[int(rng.integers(len(scene.kinds)))]), "Yes"))
     asked = {language.existence_question(kind): kind for kind in scene.absent_partners}
     qa = [(q, partner_answer(asked[q], rng, cfg) if q in asked else a) for q, a in qa]
-    # half the questions carry the short-answer instruction LLaVA-1.5's VQA data has and its benchmark suite
-    # (POPE's prompt) appends: without it the world LLaVA answered POPE's prompt with a description ("yes")
-    qa = [(q + SHORT_ANSWER if rng.random() < 0.5 else q, a) for q, a in qa]
     return {
         "caption": [(prompt, target) for prompt in language.CAPTION_PROMPTS],
         "main": [(language.MAIN_OBJECT_PROMPT, language.main_object_answer(scene))],

@@ -72,11 +72,12 @@ def first_tokens(model, processor, scenes: list[Scene], questions: list[str], ba
 
 
 def pope_accuracy(scenes: list[Scene], seed: int, answers_of) -> dict[str, float]:
-    """POPE accuracy (%) per split of the world's POPE rows, asked with the suite's POPE prompt (the question and
-    LLaVA's short-answer instruction, as the evaluate stage asks it); `answers_of(scenes, prompts)` answers."""
+    """POPE accuracy (%) per split of the world's POPE rows, asked as the world's evaluate config has the suite
+    ask them; `answers_of(scenes, prompts)` answers."""
     by_image = {f"{s.image_id}.png": s for s in scenes}
     rows = benchmark.pope_rows(scenes, seed)
-    answers = answers_of([by_image[r["image"]] for r in rows], [questions.prompt("pope", r) for r in rows])
+    asked = benchmark.config("")["suite"][0].get("instruction")  # as the world's evaluate config asks them
+    answers = answers_of([by_image[r["image"]] for r in rows], [questions.prompt("pope", r, asked) for r in rows])
     out = {}
     for split in sorted({r["category"] for r in rows}):
         picked = [(r["answer"], a) for r, a in zip(rows, answers) if r["category"] == split]

@@ -193,3 +193,19 @@ def test_zero_shot_class_descriptions_are_prompt_ensembled(tmp_path):
     (tmp_path / "zs" / "classes.json").write_text(json.dumps({"ball": []}))
     with pytest.raises(EvalInputError, match=r"classes\.json: class 'ball': expected a name or a non-empty list"):
         load_dataset(storage, ZeroShotDataset(name="z", root=str(tmp_path / "zs")), "describe")
+
+
+def test_a_benchmark_may_ask_its_questions_without_llavas_instruction():
+    """LLaVA-1.5 appends a short-answer (or option-letter) instruction; `instruction: ""` asks the question alone
+    (POPE's own protocol), any other text replaces it."""
+    from clipdpo.evaluate.config import LETTER_ANSWER, SHORT_ANSWER, Benchmark
+    from clipdpo.evaluate.suite.questions import prompt
+
+    row = {"question": "Is there a cat in the image?"}
+    assert prompt("pope", row) == row["question"] + SHORT_ANSWER
+    assert prompt("pope", row, "") == row["question"]
+    assert prompt("pope", row, " Yes or no?") == row["question"] + " Yes or no?"
+    choice = {"question": "Which?", "choices": ["a cat", "a dog"], "answer": 0}
+    assert prompt("scienceqa", choice).endswith("B. a dog" + LETTER_ANSWER)
+    assert prompt("scienceqa", choice, "").endswith("B. a dog")
+    assert Benchmark(kind="pope", root="/b").instruction is None

@@ -60,7 +60,8 @@ def test_the_benchmarks_tell_right_answers_from_flipped_ones_and_captions_from_a
 
     truth = {}
     for row in benchmark.pope_rows(scenes, 3):  # asked as the evaluate stage asks (the suite's POPE prompt)
-        truth[(f"{row['image'][:-4]}", questions.prompt("pope", row))] = "Yes" if row["answer"] == "yes" else "No"
+        asked = questions.prompt("pope", row, benchmark.config("")["suite"][0].get("instruction"))
+        truth[(f"{row['image'][:-4]}", asked)] = "Yes" if row["answer"] == "yes" else "No"
     annotations, queries = benchmark.amber_files(scenes, 3)
     for item, query in zip(annotations, queries):
         if item["type"] != "generative":

@@ -274,6 +274,7 @@ def test_generate_on_a_tiny_world_writes_qa_rows_with_its_writer(tmp_path, monke
     from clipdpo_world.build import WorldConfig, build
     from clipdpo_world.clip import ClipConfig
     from clipdpo_world.lvlm import LvlmConfig
+    from clipdpo_world.selfcheck import Bars
     from clipdpo_world.stageconfigs import world_qa_config
 
     torch.set_num_threads(1)
@@ -284,10 +285,11 @@ def test_generate_on_a_tiny_world_writes_qa_rows_with_its_writer(tmp_path, monke
         pool_images=4,
         samples_per_image=3,
         clip=ClipConfig(steps=3, batch_size=16, min_pairwise_accuracy=0.0),
-        lvlm=LvlmConfig(steps=80, batch_size=8, min_cover=0.0),
+        lvlm=LvlmConfig(steps=80, batch_size=8, min_cover=0.0, attempts=1),
+        checks=Bars(enforced=False),  # too small to answer questions: measured, not required
     )
     paths = build(cfg, str(tmp_path / "world"), say=lambda _: None)
-    assert paths.configs["generate"]["qa"] == {"enabled": False}  # off unless the run asks
+    assert paths.configs["generate"]["qa"] == {"enabled": False}  # the stage configs' own; the lab's run sets it
     qa = world_qa_config(paths.root, say=lambda _: None)
     assert qa["enabled"] and qa["model"]["path"].startswith(paths.root + "/qa-writer-")
     # greedy: this writer has learnt the reply's form, which sampling at 0.7 still breaks now and then
@@ -300,7 +302,9 @@ def test_generate_on_a_tiny_world_writes_qa_rows_with_its_writer(tmp_path, monke
     rows = [row for name in candidates.shard_names for row in candidates.read_shard(name).to_pylist()]
     qa_rows = [row for row in rows if row["kind"] == "qa"]
     stats = json.loads(Storage().read_bytes(steps.artifact_uri(run, "generate") + "/manifest.json"))["stats"]
-    assert stats["images"] == 4 and stats["captions"] == 12 and stats["qa_rows"] == len(qa_rows)
+    # 4 images x 3 samples, each written or counted empty (an 80-step LVLM may stop at once)
+    assert stats["images"] == 4 and stats["captions"] + stats["captions_empty"] == 12
+    assert stats["qa_rows"] == len(qa_rows)
     # every image's captions went to the writer and came back as rows (a 3-step LVLM wrote bytes, on which this
     # writer lost its form: 0 rows; 80 steps write the world's phrases)
     assert len({row["image_id"] for row in qa_rows}) >= 3, json.dumps(stats)

@@ -151,6 +151,9 @@ class Benchmark:
     name: str = ""  # default: kind
     images: str = ""
     limit: int = 0  # first N questions, 0 = all
+    # what follows each question: None = LLaVA-1.5's eval instruction for the kind (short answer, or the option's
+    # letter); "" = the question alone (POPE's own protocol); any other text is appended as given
+    instruction: str | None = None
 
     RANGES = {"limit": NON_NEGATIVE}
 

@@ -17,7 +17,9 @@ REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {  # kind -> field -> 
 }
 
 
-def prompt(kind: str, row: dict) -> str:
+def prompt(kind: str, row: dict, instruction: str | None = None) -> str:
+    """The question as the model is asked it: LLaVA-1.5's eval instruction for the kind appended, or
+    `instruction` instead (a benchmark's setting; "" asks the question alone)."""
     if kind in ("scienceqa", "mmbench"):
         options = dict(zip(SCIENCEQA_OPTIONS, row["choices"])) if kind == "scienceqa" else row["options"]
         lines = (
@@ -29,8 +31,8 @@ def prompt(kind: str, row: dict) -> str:
         )
         lines.append(row["question"])
         lines.extend(f"{letter}. {text}" for letter, text in options.items())
-        return "\n".join(lines) + LETTER_ANSWER
-    return row["question"] + SHORT_ANSWER
+        return "\n".join(lines) + (LETTER_ANSWER if instruction is None else instruction)
+    return row["question"] + (SHORT_ANSWER if instruction is None else instruction)
 
 
 def _check_answer(kind: str, row: dict, where: str) -> None:
@@ -55,7 +57,12 @@ def load_items(storage: Storage, benchmark: Benchmark) -> list[Item]:
             raise EvalInputError(f"{where}: id {item_id!r} appears twice")
         seen.add(item_id)
         items.append(
-            Item(id=item_id, image=image_uri(images, row["image"]), prompt=prompt(benchmark.kind, row), fields=row)
+            Item(
+                id=item_id,
+                image=image_uri(images, row["image"]),
+                prompt=prompt(benchmark.kind, row, benchmark.instruction),
+                fields=row,
+            )
         )
         if benchmark.limit and len(items) >= benchmark.limit:
             break
