@@ -72,3 +72,12 @@ def test_question_to_caption(question, answer, expected):
 
 def test_yes_no():
     assert yes_no("Yes, it is.") is True and yes_no("no.") is False and yes_no("a dog") is None
+
+
+def test_a_wrong_answer_equal_to_the_correct_one_makes_no_pair():
+    text = (
+        "Question: What colour is the horse?\nCorrect: brown\nWrong: Brown\n"
+        "Question: Is there a ball?\nCorrect: No\nWrong: Yes"
+    )
+    result = parse_qa(text, max_items=2)
+    assert [item.question for item in result.items] == ["Is there a ball?"] and result.unparseable == 1

@@ -52,7 +52,9 @@ def test_clipdpo_cuts_hallucination_against_base_and_control_on_a_small_world(tm
 
     cfg = small_world(seed=0)
     paths = build(cfg, str(tmp_path / "world"), say=print)  # raises WorldBuildError on a CLIP or LVLM that fails
-    models = train_arms(paths, str(tmp_path / "run"), say=print)
+    # the paper's DPO objective (no RPO term): the claim here is about the pairs CLIP ranks, against the control's
+    paper = {"train": {"rpo_alpha": 0.0}}
+    models = train_arms(paths, str(tmp_path / "run"), overrides=paper, say=print)
     heldout = data.scenes(cfg.seed, "heldout", cfg.heldout_images)
     got = {name: sampled_metrics(path, heldout, samples=SAMPLES) for name, path in models.items()}
     print("sampled, exact world metrics:", got)

@@ -121,9 +121,12 @@ def parse_qa(text: str, max_items: int) -> ParseResult:
         parsed = ParseResult(items, bad)
     unique: list[QAItem] = []
     seen: set[str] = set()
+    same = 0  # a "wrong" answer equal to the correct one makes no pair: counted as unparseable
     for item in parsed.items:
         key = item.question.lower()
-        if key not in seen:
+        if item.correct.strip().lower() == item.wrong.strip().lower():
+            same += 1
+        elif key not in seen:
             seen.add(key)
             unique.append(item)
-    return ParseResult(unique[:max_items], parsed.unparseable)
+    return ParseResult(unique[:max_items], parsed.unparseable + same)
