@@ -49,6 +49,7 @@ class LvlmConfig:
     vision_from_clip: bool = True  # LLaVA's way: the (world) CLIP's image tower, frozen, penultimate layer
     vocab_size: int = 600
     tie_embeddings: bool = True  # see the module's docstring
+    loss_per_example: bool = True  # see the module's docstring; False: the mean over every answer token of a batch
     bias_fraction: float = (
         0.4  # sampled CHAIR 9.5, Hal 24 at 0.3 with the Yes/No training (world 0): too little to unlearn
     )
@@ -309,7 +310,8 @@ def train(model, batches: SFTBatches, cfg: LvlmConfig, progress=print, on_checkp
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, cfg)
-        loss = per_example_loss(model, batches.sample(rng))
+        batch = batches.sample(rng)
+        loss = per_example_loss(model, batch) if cfg.loss_per_example else model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
