@@ -64,9 +64,9 @@ def print_now(line: str) -> None:
     print(line, flush=True)
 
 
-def stage_writer(cache_dir: str, seed: int, scene: dict) -> None:
+def stage_writer(cache_dir: str, scene: dict) -> None:
     """The writer's process: it ends with its parent (a run stopped by a signal leaves no writer training on);
-    `qawriter_build.stage` of world seed `seed`."""
+    `qawriter_build.stage` of worlds with scene config `scene`."""
     import ctypes
     import signal
 
@@ -76,7 +76,7 @@ def stage_writer(cache_dir: str, seed: int, scene: dict) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):  # not Linux: it still ends when the run exits normally (daemon)
         pass
-    qawriter_build.stage(cache_dir, seed, scene, say=print_now)
+    qawriter_build.stage(cache_dir, scene, say=print_now)
 
 
 def writer_beside(cfg, cache_dir: str):
@@ -90,7 +90,7 @@ def writer_beside(cfg, cache_dir: str):
         return None
     process = multiprocessing.get_context("spawn").Process(
         target=stage_writer,
-        args=(cache_dir, cfg.seed, asdict(cfg.scene)),
+        args=(cache_dir, asdict(cfg.scene)),
         daemon=True,  # ended with this run
     )
     process.start()
@@ -102,7 +102,7 @@ def world_configs(
 ) -> tuple[dict[str, Any], WorldPaths]:
     """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`
     training with `method` (the POVID source's config under "povid"); `qa`: generate writes QA rows with the
-    world's QA writer (trained once per world, cached in its folder)."""
+    world's QA writer (trained once for every world, cached beside them and copied into each world's folder)."""
     # One torch thread: with two threads and a busy second core training ran ~10x slower. The CPU code paths
     # are the lab run's to pin (clipdpo_lab.run.pin_cpu) before torch loads; the components inherit them.
     os.environ.setdefault("OMP_NUM_THREADS", "1")

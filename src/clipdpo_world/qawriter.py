@@ -62,6 +62,10 @@ class QAWriterConfig:
     check_scenes: int = 200  # held-out scenes of the self-check
     min_right: float = 0.7  # share of held-out questions that must parse and be right
     seed: int = 0
+    # The world seed whose training (and held-out) scenes the writer learns from: one writer serves every world,
+    # as the paper's LLM knows nothing of the images it writes about. The world's kinds, partners, colours and
+    # wording are the same in every seed (scene.py, language.py); only which scenes differ.
+    source_world: int = 0
 
 
 # -- questions and their truth ------------------------------------------------------------------------------

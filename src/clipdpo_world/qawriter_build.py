@@ -3,7 +3,8 @@
 `ensure(world_root)` returns `<world root>/qa-writer-<key>/`, training the writer there first when it is
 missing: built under `<name>.partial` and renamed, `writer.json` written last, so a crash leaves nothing that
 passes for a finished writer and a world's own files are never touched. The key hashes `qawriter.py`, this
-module, the writer's config and the world's key (which covers the world's language and scenes).
+module, the writer's config and what it reads of the worlds (the scene config and the code that draws and words
+scenes): not the world's seed, so one trained writer serves every world seed (`QAWriterConfig.source_world`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ DEFAULT = QAWriterConfig()  # the config stage_configs' writer is made with (a s
 
 
 def scenes_key(seed: int, scene: dict) -> str:
-    """What the writer reads of a world: its seed's scenes (scene config, and the code that draws and words them).
-    Not the world's whole key: a changed CLIP or LLaVA leaves the writer as it was."""
+    """What the writer learns from: world seed `seed`'s scenes (scene config, and the code that draws and words
+    them). Not a world's whole key: a changed CLIP or LLaVA leaves the writer as it was."""
     digest = hashlib.sha256(json.dumps({"seed": seed, "scene": scene}, sort_keys=True).encode())
     for name in SCENE_MODULES:
         digest.update(name.encode() + Path(__file__).with_name(name).read_bytes())
@@ -209,18 +210,18 @@ def ensure(world_root: str, cfg: QAWriterConfig | None = None, say=print) -> str
     cfg = cfg or DEFAULT
     root = Path(world_root)
     record = _world_record(root)
-    seed, scene = record["config"]["seed"], record["config"]["scene"]
-    key = writer_key(scenes_key(seed, scene), cfg)
+    scene = record["config"]["scene"]
+    key = writer_key(scenes_key(cfg.source_world, scene), cfg)
     target = root / f"qa-writer-{key}"
     staged = staged_path(root.parent, key)
     if not (target / WRITER_FILE).exists() and (staged / WRITER_FILE).exists():
         partial = root / (target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(staged, partial)  # copied: another build of this seed (another LLaVA) may want it too
+        shutil.copytree(staged, partial)  # copied: every other world (seed, LLaVA) may want it too
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
     if not (target / WRITER_FILE).exists():
-        train_into(target, scenes_key(seed, scene), seed, SceneConfig(**scene), cfg, say)
+        train_into(target, SceneConfig(**scene), cfg, say)
     return str(target)
 
 
@@ -229,19 +230,21 @@ def staged_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / f"qa-writer-{key}.staged"
 
 
-def stage(cache_dir: str, seed: int, scene: dict, cfg: QAWriterConfig | None = None, say=print) -> str:
-    """Train the writer (`cfg`, else DEFAULT) of world seed `seed` (its scene config `scene`) beside the worlds,
-    so it can train in another process while its world builds (it reads only the scenes); `ensure` copies it in."""
+def stage(cache_dir: str, scene: dict, cfg: QAWriterConfig | None = None, say=print) -> str:
+    """Train the writer (`cfg`, else DEFAULT) of worlds with scene config `scene` beside the worlds, so it can
+    train in another process while a world builds (it reads only scenes); `ensure` copies it in."""
     cfg = cfg or DEFAULT
-    target = staged_path(Path(cache_dir), writer_key(scenes_key(seed, scene), cfg))
+    target = staged_path(Path(cache_dir), writer_key(scenes_key(cfg.source_world, scene), cfg))
     if not (target / WRITER_FILE).exists():
-        train_into(target, scenes_key(seed, scene), seed, SceneConfig(**scene), cfg, say)
+        train_into(target, SceneConfig(**scene), cfg, say)
     return str(target)
 
 
-def train_into(target: Path, scenes: str, seed: int, scene_cfg: SceneConfig, cfg: QAWriterConfig, say) -> None:
-    """Train and check the writer of world seed `seed` (`scenes`: its scenes_key), saved as `target` (built under
-    `.partial`, `writer.json` last)."""
+def train_into(target: Path, scene_cfg: SceneConfig, cfg: QAWriterConfig, say) -> None:
+    """Train and check the writer on world `cfg.source_world`'s scenes, saved as `target` (built under `.partial`,
+    `writer.json` last)."""
+    seed = cfg.source_world
+    scenes = scenes_key(seed, asdict(scene_cfg))
     cfg = replace(cfg, seed=cfg.seed + 1000 * seed)
     started = time.monotonic()
     say(f"world QA writer: training {target.name} ...")

@@ -135,7 +135,8 @@ def _fake_world_writer_key(cfg, seed=3) -> str:
     from clipdpo_world import qawriter_build
     from clipdpo_world.build import WorldConfig
 
-    return qawriter_build.writer_key(qawriter_build.scenes_key(seed, asdict(WorldConfig(seed=seed).scene)), cfg)
+    scene = asdict(WorldConfig(seed=seed).scene)
+    return qawriter_build.writer_key(qawriter_build.scenes_key(cfg.source_world, scene), cfg)
 
 
 def _fake_world(tmp_path, seed=3):
@@ -157,19 +158,24 @@ def test_a_writer_staged_beside_an_unbuilt_world_is_moved_in_not_trained_again(t
 
     torch.set_num_threads(1)
     scene = asdict(WorldConfig(seed=3).scene)
-    staged = qb.stage(str(tmp_path), 3, scene, TINY, say=lambda _: None)
-    key = qb.writer_key(qb.scenes_key(3, scene), TINY)
+    staged = qb.stage(str(tmp_path), scene, TINY, say=lambda _: None)
+    key = qb.writer_key(qb.scenes_key(TINY.source_world, scene), TINY)
     assert staged == str(qb.staged_path(tmp_path, key))
     root = _fake_world(tmp_path)
     monkeypatch.setattr(qb, "train", lambda *a, **k: pytest.fail("a staged writer must not train again"))
     folder = qb.ensure(str(root), TINY, say=lambda _: None)
     assert folder == str(root / f"qa-writer-{key}") and (root / folder / qb.WRITER_FILE).exists()
     assert (tmp_path / staged / qb.WRITER_FILE).exists()  # kept for another build of the seed
-    # the writer reads the scenes only: another world key (a changed LLaVA) of the seed uses the same writer
+    # the writer reads scenes only, of its own source world: another world key (a changed LLaVA) of the seed, and
+    # another seed, use the same writer
     other = tmp_path / "world3-abd"
     other.mkdir()
     (other / "world.json").write_text((root / "world.json").read_text().replace('"abc"', '"abd"'))
     assert qb.ensure(str(other), TINY, say=lambda _: None) == str(other / f"qa-writer-{key}")
+    another_seed = _fake_world(tmp_path, seed=7)
+    assert qb.ensure(str(another_seed), TINY, say=lambda _: None) == str(another_seed / f"qa-writer-{key}")
+    # a writer learnt from another source world is another writer
+    assert qb.writer_key(qb.scenes_key(5, scene), replace(TINY, source_world=5)) != key
 
 
 def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
@@ -183,7 +189,9 @@ def test_writer_is_cached_atomically_under_its_own_key(tmp_path, monkeypatch):
     folder = qb.ensure(str(root), TINY, say=lambda _: None)
     assert folder == str(root / f"qa-writer-{_fake_world_writer_key(TINY)}")
     record = json.loads((root / folder / qb.WRITER_FILE).read_text())
-    assert record["scenes"] == qb.scenes_key(3, json.loads((root / "world.json").read_text())["config"]["scene"])
+    assert record["scenes"] == qb.scenes_key(
+        TINY.source_world, json.loads((root / "world.json").read_text())["config"]["scene"]
+    )
     assert record["check"]["asked"] == 2 * TINY.check_scenes
     assert sorted(p.name for p in root.iterdir()) == [folder.rsplit("/", 1)[1], "world.json"]  # no .partial left
     monkeypatch.setattr(qb, "train", lambda *a, **k: pytest.fail("a cached writer must not train again"))
