@@ -145,6 +145,7 @@ def test_filter_shard_applies_every_rule_and_counts_the_funnel():
         "removed_qa_invalid": 1,
         "removed_question_low_score": 1,
         "removed_qa_check_low_score": 1,
+        "removed_qa_yes_no_balance": 0,
         "captions_kept": 3,
         "qa_kept": 1,
         "images_with_captions": 2,
@@ -152,6 +153,46 @@ def test_filter_shard_applies_every_rule_and_counts_the_funnel():
         "caption_pairs": 1,
         "qa_pairs": 1,
     }
+
+
+def test_yes_no_polarity_reads_the_first_word():
+    answers = ["Yes", "yes, there is a dog.", "No.", "NO", "not really", "Nope", "", None, "two", "Yes!"]
+    assert rules.yes_no_polarity(answers).tolist() == [1, 1, -1, -1, 0, 0, 0, 0, 0, 1]
+
+
+def test_balance_keeps_the_majority_within_the_ratio_by_lowest_key_hash():
+    polarity = np.array([-1, -1, 0, -1, 1, -1, -1, 1, 0])
+    keys = [f"img{i}\nIs there a cup?" for i in range(len(polarity))]
+    hashes = rules.hash_unit_interval([keys[i] for i in (0, 1, 3, 5, 6)], seed=0)
+    by_hash = [(0, 1, 3, 5, 6)[j] for j in np.argsort(hashes)]
+    for ratio, allowed in ((1.0, 2), (1.5, 3), (2.0, 4), (3.0, 5)):
+        keep = rules.balance_yes_no_mask(polarity, keys, ratio, seed=0)
+        assert set(np.flatnonzero(~keep)) == set(by_hash[allowed:]), ratio
+        assert keep[[2, 4, 7, 8]].all()  # the minority and the other questions stay
+    assert rules.balance_yes_no_mask(polarity, keys, 0.0, seed=0).all()  # 0: off
+    # the same rows whatever their order
+    order = np.arange(len(polarity))[::-1]
+    reversed_keep = rules.balance_yes_no_mask(polarity[order], [keys[i] for i in order], 1.0, seed=0)
+    assert (reversed_keep[::-1] == rules.balance_yes_no_mask(polarity, keys, 1.0, seed=0)).all()
+    # no minority at all: the majority has nothing to balance against and goes
+    assert rules.balance_yes_no_mask(np.array([-1, -1, 0]), ["a", "b", "c"], 1.0, seed=0).tolist() == [
+        False,
+        False,
+        True,
+    ]
+
+
+def test_filter_shard_balances_yes_no_answers_and_counts_them():
+    rows = [qa(f"i{k}", "Is there a book?", "No", "Yes", 27.0, 30.0, 20.0) for k in range(3)]
+    rows += [
+        qa("i9", "Is there a book?", "Yes", "No", 27.0, 30.0, 20.0),
+        qa("i9", "What colour?", "red", "blue", 27.0, 30.0, 20.0),
+    ]
+    balanced, funnel = filter_shard(_scores_table(rows), FilterConfig(text_keep_fraction=1.0), "u")
+    assert funnel["removed_qa_yes_no_balance"] == 2 and funnel["qa_pairs"] == 3
+    assert sorted(p["chosen"] for p in balanced.to_pylist()) == ["No", "Yes", "red"]
+    off, funnel = filter_shard(_scores_table(rows), FilterConfig(text_keep_fraction=1.0, qa_yes_no_max_ratio=0), "u")
+    assert funnel["removed_qa_yes_no_balance"] == 0 and off.num_rows == 5
 
 
 def test_text_category_downsampling_removes_whole_images():

@@ -2,7 +2,8 @@
 
 Global filtering: down-sample text-category images, drop captions under a CLIP score, drop
 captions longer than the CLIP text context, drop generic questions (low image-question
-score), drop QA rows whose check caption (description + correct answer) scores low.
+score), drop QA rows whose check caption (description + correct answer) scores low, and keep the
+yes/no questions' right answers balanced between "yes" and "no" (ours, below).
 Pair filtering: within one image, every caption pair whose score difference exceeds a
 margin and whose word counts are similar; rank by difference; keep the top pair(s).
 
@@ -144,3 +145,36 @@ def select_caption_pairs(
     keep = rank_order[rank_in_group < pairs_per_group]
     keep = keep[np.argsort(pair_group[keep], kind="stable")]
     return CaptionPairs(chosen[keep], rejected[keep], margin[keep])
+
+
+def yes_no_polarity(answers: list[str | None]) -> np.ndarray:
+    """+1 where an answer says yes ("Yes", "yes, there is ..."), -1 where it says no, 0 otherwise: by its first
+    word, case and trailing punctuation ignored."""
+    out = np.zeros(len(answers), dtype=np.int8)
+    for i, answer in enumerate(answers):
+        words = (answer or "").strip().split(maxsplit=1)
+        first = words[0].strip(".,!;:").lower() if words else ""
+        out[i] = 1 if first == "yes" else -1 if first == "no" else 0
+    return out
+
+
+def balance_yes_no_mask(polarity: np.ndarray, keys: list[str], max_ratio: float, seed: int) -> np.ndarray:
+    """True for rows to keep so that the majority side of the yes/no rows (polarity +1 or -1) is at most
+    `max_ratio` times the minority side; rows of polarity 0 are all kept. Which majority rows stay: those whose
+    keys hash lowest (`hash_unit_interval`), so the choice does not depend on row order. `max_ratio` 0: no limit.
+
+    Why: pairs whose right answer is mostly "No" (an LLM's wrong answers to "Is there a ...?" are mostly about
+    absent objects) teach a prior for "No" as much as what the image shows; balanced positive and negative
+    instructions are LRV-Instruction's remedy for LVLMs' answer bias (Liu et al. 2023, "Mitigating Hallucination
+    in Large Multi-Modal Models via Robust Instruction Tuning")."""
+    keep = np.ones(len(polarity), dtype=bool)
+    yes, no = np.flatnonzero(polarity > 0), np.flatnonzero(polarity < 0)
+    if max_ratio <= 0:
+        return keep
+    majority, minority = (yes, no) if len(yes) > len(no) else (no, yes)
+    allowed = int(np.floor(max_ratio * len(minority)))
+    if len(majority) <= allowed:
+        return keep
+    ranks = np.argsort(hash_unit_interval([keys[i] for i in majority], seed), kind="stable")
+    keep[majority[ranks[allowed:]]] = False
+    return keep

@@ -27,6 +27,10 @@ class FilterConfig:
     question_min_score: float = 25.0
     # "reject examples where the scores are low": the caption threshold is our default.
     qa_caption_min_score: float = 28.0
+    # Ours: the yes/no questions' right answers kept within this ratio of each other, majority to minority, per
+    # scores shard (shards are random slices of the images, so the balance holds overall); 0 turns it off.
+    # rules.balance_yes_no_mask says why.
+    qa_yes_no_max_ratio: float = 1.0
     pair_min_margin: float = 2.0
     pair_min_length_ratio: float = 0.75
     pairs_per_image: int = 1
@@ -40,6 +44,7 @@ class FilterConfig:
         "caption_min_score": config_lib.FINITE,
         "question_min_score": config_lib.FINITE,
         "qa_caption_min_score": config_lib.FINITE,
+        "qa_yes_no_max_ratio": config_lib.NON_NEGATIVE,
         "pair_min_margin": config_lib.NON_NEGATIVE,
         "pair_min_length_ratio": config_lib.FRACTION,
         "pairs_per_image": config_lib.AT_LEAST_1,
@@ -80,6 +85,7 @@ FUNNEL_ORDER = [
     "removed_qa_invalid",
     "removed_question_low_score",
     "removed_qa_check_low_score",
+    "removed_qa_yes_no_balance",
     "captions_kept",
     "qa_kept",
     "images_with_captions",
@@ -142,6 +148,21 @@ def _qa_rules(table: pa.Table, config: FilterConfig, funnel: _Funnel, is_qa: np.
         is_qa,
         "removed_qa_check_low_score",
     )
+    _yes_no_balance(table, config, funnel, is_qa)
+
+
+def _yes_no_balance(table: pa.Table, config: FilterConfig, funnel: _Funnel, is_qa: np.ndarray) -> None:
+    """The yes/no questions still alive, their right answers balanced (rules.balance_yes_no_mask); a question is
+    keyed by its image and text, so a rerun keeps the same ones."""
+    alive_qa = np.flatnonzero(funnel.alive & is_qa)
+    polarity = rules.yes_no_polarity(table.column("answer_pos").take(alive_qa).to_pylist())
+    images = table.column("image_id").take(alive_qa).to_pylist()
+    questions = table.column("question").take(alive_qa).to_pylist()
+    keys = [f"{image}\n{question}" for image, question in zip(images, questions)]
+    kept = rules.balance_yes_no_mask(polarity, keys, config.qa_yes_no_max_ratio, config.downsample_seed)
+    mask = np.ones(table.num_rows, dtype=bool)
+    mask[alive_qa] = kept
+    funnel.apply(mask, is_qa, "removed_qa_yes_no_balance")
 
 
 def _pairs_table(kind: str, image_id, prompt, chosen, rejected, scores: tuple, image_uri: str) -> pa.Table:
