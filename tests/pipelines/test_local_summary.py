@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from clipdpo.report.local_summary import collect, display_name, format_summary, run_dirs, task_names
+from clipdpo.report.local_summary import StepLine, collect, display_name, format_summary, run_dirs, task_names
 
 
 def _task(root, run, task, metadata):
@@ -47,6 +47,20 @@ def test_cached_steps_take_their_numbers_from_the_run_that_ran_them(tmp_path):
     assert rows[1].split() == ["ingest", "yes", "10", "2.5"] and rows[2].split() == ["train", "no", "6", "40.0"]
     assert rows[5].split() == ["metric", "base", "clip-dpo"] and rows[6].split() == ["amber_chair", "10.00", "6.25"]
     assert rows[-1] == "report: /r/report.html"
+    # the filter's line says what its pairs are made of (the QA pairs a default run must have)
+    pairs = StepLine("filter-pairs", False, {"rows": 942.0, "caption_pairs": 581.0, "qa_pairs": 361.0})
+    assert format_summary([pairs], {}, "r").splitlines()[1].split() == [
+        "filter-pairs",
+        "no",
+        "942",
+        "–",
+        "(581",
+        "caption",
+        "+",
+        "361",
+        "QA",
+        "pairs)",
+    ]
 
 
 def test_a_step_this_run_did_not_reach_is_left_out(tmp_path):

@@ -113,6 +113,13 @@ def collect(
     return lines
 
 
+def pairs_note(metrics: dict[str, float]) -> str:
+    """What a step's pairs are made of, where it counted them (the filter: the paper's two kinds of pair)."""
+    if "caption_pairs" not in metrics or "qa_pairs" not in metrics:
+        return ""
+    return f"  ({_number(metrics['caption_pairs'])} caption + {_number(metrics['qa_pairs'])} QA pairs)"
+
+
 def _number(value: float | None, digits: str = ",.0f") -> str:
     return "–" if value is None else format(value, digits)
 
@@ -124,7 +131,7 @@ def format_summary(lines: list[StepLine], headline: dict[str, dict[str, float]],
     for line in lines:
         out.append(
             f"{display_name(line.task):<{width}}  {'yes' if line.cached else 'no':<6}  {_number(line.rows):>9}  "
-            f"{_number(line.metrics.get('step_seconds'), '.1f'):>8}"
+            f"{_number(line.metrics.get('step_seconds'), '.1f'):>8}{pairs_note(line.metrics)}"
         )
     models = list(dict.fromkeys(m for values in headline.values() for m in values))
     if headline:
