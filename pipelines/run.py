@@ -100,10 +100,29 @@ class LocalRun:
     after_summary: Callable[[Path], None] | None = None
 
 
+def local_content_tags(root: Path = Path(__file__).resolve().parent.parent) -> None:
+    """Locally, each stage's "image" is its content tag (clipdpo.cluster.imagetags: a hash of the source files the
+    stage can import, its lockfile and Dockerfile) unless CLIPDPO_IMAGE_TAGS is set: kfp's local cache keys a step
+    by its image and inputs, so with one version tag a step whose code changed was served from the cache.
+    Set before the pipeline module is imported (its components read the tags when they are defined)."""
+    if os.environ.get("CLIPDPO_IMAGE_TAGS") or not (root / "Dockerfiles").is_dir():
+        return  # chosen by the user, or an installed package without the image sources: the version tag
+    from clipdpo.cluster.imagetags import stage_tag
+    from clipdpo.stages import IMAGES
+
+    if "pipelines.settings" in sys.modules:
+        raise RuntimeError("local_content_tags: pipelines.settings was imported before the tags were set")
+    try:
+        os.environ["CLIPDPO_IMAGE_TAGS"] = json.dumps({name: stage_tag(str(root), name) for name in IMAGES})
+    except (OSError, ValueError) as err:  # a checkout whose image files do not hash: keep the version tag
+        print(f"local run: stage content tags unavailable ({err}); kfp's cache keys on the version tag", flush=True)
+
+
 def run_local(args, run: LocalRun) -> int:
     """The kfp pipeline on this machine with `run.configs` (already validated, --set applied)."""
     from clipdpo import s3server
 
+    local_content_tags()
     state = Path(args.state_dir).resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.verify:  # read by the cache check below and by every step (the components inherit it)
