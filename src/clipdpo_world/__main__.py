@@ -23,8 +23,9 @@ def build_world(seed: int, out: str, threads: int = 1):
     pins = determinism.CpuPins(threads=threads)
     if "torch" not in sys.modules:
         determinism.apply_env(pins)
-    for problem in determinism.apply_torch(pins):
-        print(f"warning: {problem}", file=sys.stderr)
+    problems = determinism.apply_torch(pins)
+    if problems:  # a world built on other code paths would be cached under the same key as a pinned one
+        raise RuntimeError(f"world build: the CPU code paths are not pinned ({'; '.join(problems)})")
     from clipdpo_world.build import WorldConfig, build
 
     spacy_model = os.environ.get("CLIPDPO_SPACY_MODEL")
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads (1: a busy second core slows 2 threads ~10x)"
     )
     args = parser.parse_args(argv)
+    from clipdpo import determinism
+
+    determinism.apply_env(determinism.CpuPins(threads=args.threads))  # before anything imports torch
     from clipdpo_world.clip import WorldBuildError
 
     try:
