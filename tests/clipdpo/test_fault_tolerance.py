@@ -1,9 +1,9 @@
 """A training job survives a failed pod by default: the PyTorchJob restarts its containers within a budget
-that the operator's way of counting does not exhaust at the first failure, the project's TrainJob runtime
-recreates its JobSet, every training container tears itself down when a collective fails or hangs (so that a
-restart happens at all), and the process group waits long enough for a node's checkpoint transfer. The
-manifests are checked against the real CRDs; resuming from the last checkpoint is tested by
-test_train_e2e.py (a killed run resumes to the uninterrupted result)."""
+that the operator's way of counting does not exhaust at the first failure, the TrainJob's default runtime
+recreates its JobSet as often, every training container tears itself down when a collective fails or hangs (so
+that a restart happens at all), and the process group waits long enough for a node's checkpoint transfer. The
+manifests are checked against the real CRDs; a killed run resuming to the uninterrupted result is tested by
+test_train_e2e.py."""
 
 from __future__ import annotations
 
@@ -64,13 +64,42 @@ def test_every_training_container_tears_down_on_a_failed_collective(builder):
         assert len(names) == len(set(names)) and {"name": TEARDOWN["name"], "value": "1"} in env
 
 
-def test_the_project_runtime_recreates_the_jobset_by_default():
-    runtime = trainjob.build_runtime("clipdpo-torch", "ghcr.io/x/clipdpo-train:0.1.0")
-    k8s_checks.validate_clustertrainingruntime(runtime)
-    assert runtime["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] >= 1
-    job = trainjob.build(spec(runtime="clipdpo-torch"))
-    k8s_checks.validate_trainjob(job, runtime)
+def jobset_fails_job(max_restarts: int, failures: int) -> bool:
+    """The project runtime's JobSet: each pod failure fails its Job (backoffLimit 0), and JobSet restarts the set
+    until failurePolicy.maxRestarts restarts are spent (jobset pkg/controllers/failure_policy.go: it fails the
+    set when a Job fails once its restarts have reached maxRestarts)."""
+    return failures > max_restarts
+
+
+def test_a_trainjob_restarts_by_default_as_often_as_a_pytorchjob_does():
+    """The default TrainJob names the project runtime, which helm (by default) and k8s/ install where the job is
+    created; its JobSet survives as many failures as a default PyTorchJob does, on any number of nodes."""
+    from test_k8s_manifests import ROOT, SECRET_VALUES, kustomize, render_chart
+
+    job = trainjob.build(spec())
+    ref = job["spec"]["runtimeRef"]
+    installed = [o for o in render_chart(SECRET_VALUES, "team-a") if o["kind"] == ref["kind"]]
+    installed += [o for o in kustomize(f"{ROOT}/k8s/overlays/profile") if o["kind"] == ref["kind"]]
+    assert [(o["metadata"]["name"], o["metadata"]["namespace"]) for o in installed] == [(ref["name"], "team-a")] * 2
+    for runtime in installed:
+        k8s_checks.validate_training_runtime(runtime)
+        k8s_checks.validate_trainjob(job, runtime)
+        jobset = runtime["spec"]["template"]["spec"]
+        assert jobset["replicatedJobs"][0]["template"]["spec"]["backoffLimit"] == 0  # a failure is a JobSet restart
+        for nodes in (1, 2, 4):
+            limit = pytorchjob.build(spec(nodes=nodes))["spec"]["runPolicy"]["backoffLimit"]
+            for failures in range(6):
+                assert jobset_fails_job(jobset["failurePolicy"]["maxRestarts"], failures) == operator_fails_job(
+                    limit, [failures] * nodes
+                ), (nodes, failures)
     assert TEARDOWN in job["spec"]["trainer"]["env"]
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 4])
+def test_the_follower_reads_back_the_failures_a_pytorchjob_survives(nodes):
+    for backoff_limit in range(6):
+        job = pytorchjob.build(spec(nodes=nodes, backoff_limit=backoff_limit))
+        assert pytorchjob.failures_survived(job) == backoff_limit
 
 
 def test_the_process_group_waits_the_configured_collective_timeout(monkeypatch):
@@ -100,10 +129,17 @@ def test_the_training_run_passes_its_configs_collective_timeout(monkeypatch):
     assert stopped.value.args == (25,)
 
 
-@pytest.mark.parametrize("runtime, warned", [("torch-distributed", True), ("clipdpo-torch", False)])
+@pytest.mark.parametrize(
+    "runtime, warned",
+    [
+        ("torch-distributed", True),
+        ("ClusterTrainingRuntime/torch-distributed", True),
+        ("TrainingRuntime/clipdpo-torch", False),
+    ],
+)
 def test_a_trainjob_on_the_stock_runtime_says_it_will_not_restart(runtime, warned, caplog):
     job = spec(runtime=runtime)
     cluster, clock = FakeCluster(rec.succeeded("TrainJob", job.name, job.nodes)), FakeClock()
     follower = JobFollower(cluster, cluster, poll_seconds=15, clock=clock, sleep=clock.sleep)
     assert launch(job, "key", launcher="trainjob", timeout_seconds=3600, follower=follower).state == "Succeeded"
-    assert ("restarts nothing: a failed pod fails the job" in caplog.text) == warned
+    assert ("has no failurePolicy: the job fails once" in caplog.text) == warned
