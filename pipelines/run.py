@@ -369,8 +369,7 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
         "--runtime",
         default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", DEFAULT_RUNTIME),  # a string default goes through `type` too
         type=runtime_arg,
-        help=f"cluster runs with --launcher trainjob: the TrainJob's runtime, <kind>/<name> or a "
-        f"ClusterTrainingRuntime's name (default {DEFAULT_RUNTIME}, which helm and k8s/ install: it restarts)",
+        help="cluster runs with --launcher trainjob: the TrainJob's runtime, <kind>/<name> or a cluster runtime's name",
     )
     parser.add_argument(
         "--rounds",
