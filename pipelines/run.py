@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from clipdpo.cluster.jobspec import DEFAULT_RUNTIME, runtime_ref
 from clipdpo.errors import ArgumentParser, exit_2_on_user_error
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import CONFIG_NAMES, STAGES, stage, validate
@@ -385,8 +386,9 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
     )
     parser.add_argument(
         "--runtime",
-        default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", "torch-distributed"),
-        help="cluster runs with --launcher trainjob: the ClusterTrainingRuntime",
+        default=os.environ.get("CLIPDPO_TRAIN_RUNTIME", DEFAULT_RUNTIME),  # a string default goes through `type` too
+        type=runtime_arg,
+        help="cluster runs with --launcher trainjob: the TrainJob's runtime, <kind>/<name> or a cluster runtime's name",
     )
     parser.add_argument(
         "--rounds",
@@ -442,6 +444,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
     return value
+
+
+def runtime_arg(text: str) -> str:
+    """A TrainJob runtime as jobspec.runtime_ref reads it: a bad one is a usage error at submit, not in the job."""
+    try:
+        runtime_ref(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def check_overrides(parser: argparse.ArgumentParser, overrides: list[str]) -> None:

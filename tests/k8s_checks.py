@@ -1,13 +1,15 @@
 """Offline schema checks for Kubernetes objects.
 
 Core objects: kubernetes-validate (the Kubernetes OpenAPI JSON schemas, strict: unknown fields
-fail). Custom resources (PyTorchJob, TrainJob, ClusterTrainingRuntime): `jsonschema` against the
-real CRDs' openAPIV3Schema (tests/crds/), made strict the way `kubectl --validate=strict` is:
+fail). Custom resources (PyTorchJob, TrainJob, ClusterTrainingRuntime, TrainingRuntime): `jsonschema`
+against the real CRDs' openAPIV3Schema (tests/crds/), made strict the way `kubectl --validate=strict` is:
 unknown fields fail unless the schema preserves them; x-kubernetes-* keys are dropped (CEL rules
-are not evaluated: the builders check names themselves). Every pod template inside is then
-validated as a core v1 PodTemplate; a TrainJob's after merging it into its runtime's template,
-as the Trainer controller does. PyTorchJob is also walked against the Kubeflow training SDK's
-generated models (`openapi_types` / `attribute_map`).
+are not evaluated: the builders check names themselves). A namespaced TrainingRuntime is checked
+against the ClusterTrainingRuntime CRD's schema where its own CRD is not in the folder: both kinds'
+spec is the Trainer's one TrainingRuntimeSpec type (their release-2.3 CRDs differ in descriptions
+only). Every pod template inside is then validated as a core v1 PodTemplate; a TrainJob's after
+merging it into its runtime's template, as the Trainer controller does. PyTorchJob is also walked
+against the Kubeflow training SDK's generated models (`openapi_types` / `attribute_map`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from clipdpo.cluster import jobspec
+from clipdpo.cluster import jobspec, trainjob
 
 K8S_VERSION = "1.37.0"
 # kubernetes-validate re-reads its JSON schemas (MBs) from disk on every call; they never change
@@ -165,6 +167,9 @@ def crd_validators() -> dict:
             schema = strict_schema(version["schema"]["openAPIV3Schema"])
             validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
     assert validators, f"no CRDs found in {CRD_DIR}"
+    for (api_version, kind), validator in list(validators.items()):  # see the module docstring
+        if kind == "ClusterTrainingRuntime":
+            validators.setdefault((api_version, "TrainingRuntime"), validator)
     return validators
 
 
@@ -270,7 +275,18 @@ def _node_template(runtime: dict, job_name: str) -> dict:
     return next(j for j in jobs if j["name"] == job_name)["template"]["spec"]["template"]
 
 
-def validate_clustertrainingruntime(runtime: dict) -> None:
+def known_runtimes() -> dict:
+    """{(kind, name): runtime} a TrainJob may name here: the Trainer's stock ClusterTrainingRuntimes and the
+    project's TrainingRuntime as helm and k8s/ install it (build_runtime's defaults)."""
+    runtimes = {("ClusterTrainingRuntime", name): rt for name, rt in stock_runtimes().items()}
+    project = trainjob.build_runtime(jobspec.PROJECT_RUNTIME_NAME, "ghcr.io/clipdpo/clipdpo-train:0.1.0")
+    runtimes[(project["kind"], jobspec.PROJECT_RUNTIME_NAME)] = project
+    return runtimes
+
+
+def validate_training_runtime(runtime: dict) -> None:
+    """A TrainingRuntime or ClusterTrainingRuntime against its CRD, and the pod template of each replicated job."""
+    assert runtime["kind"] in jobspec.RUNTIME_KINDS, runtime["kind"]
     validate_crd_object(runtime)
     for job in runtime["spec"]["template"]["spec"]["replicatedJobs"]:
         _validate_pod_template(job["template"]["spec"]["template"])
@@ -287,7 +303,9 @@ def validate_trainjob(job: dict, runtime: dict | None = None) -> None:
 
 def trainjob_pod_template(job: dict, runtime: dict | None = None) -> dict:
     """The pod template a TrainJob's node pods get: its runtime's, with its patches and trainer applied."""
-    runtime = runtime or stock_runtimes()[job["spec"]["runtimeRef"]["name"]]
+    ref = job["spec"]["runtimeRef"]
+    runtime = runtime or known_runtimes()[(ref.get("kind", "ClusterTrainingRuntime"), ref["name"])]
+    assert (runtime["kind"], runtime["metadata"]["name"]) == (ref.get("kind", "ClusterTrainingRuntime"), ref["name"])
     template = copy.deepcopy(_node_template(runtime, "node"))
     for patch in job["spec"].get("runtimePatches", []):
         for replicated in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
@@ -306,6 +324,7 @@ def validate_any(obj: dict) -> None:
     validators = {
         "PyTorchJob": validate_pytorchjob,
         "TrainJob": validate_trainjob,
-        "ClusterTrainingRuntime": validate_clustertrainingruntime,
+        "ClusterTrainingRuntime": validate_training_runtime,
+        "TrainingRuntime": validate_training_runtime,
     }
     validators.get(obj.get("kind"), validate_core)(obj)

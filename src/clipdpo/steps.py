@@ -214,7 +214,7 @@ def train_step(run_root: str, config_json: str, *, launcher: str, pairs_uri: str
 
     `job`: the cluster job's settings (image, nodes, gpus_per_node, timeout_hours, and optionally
     s3_secret, service_account, namespace, node_selector_json, tolerations_json, queue_name: a Kueue
-    LocalQueue, runtime: the TrainJob's ClusterTrainingRuntime)."""
+    LocalQueue, runtime: the TrainJob's runtime, jobspec.runtime_ref)."""
     from clipdpo.train.config import TrainConfig
 
     setup_logging()
@@ -272,7 +272,7 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
         tolerations=json.loads(job.get("tolerations_json", "[]")),
         active_deadline_seconds=int(timeout_hours * 3600),
         queue_name=job.get("queue_name", ""),
-        runtime=job.get("runtime", "torch-distributed"),
+        runtime=job.get("runtime", jobspec.DEFAULT_RUNTIME),
         env=job_env(),
     )  # MLflow/TensorBoard settings (clipdpo.tracking), when the step has them
     # the follower's backstop lies past the job's own deadline, so the operator's reason is what we see

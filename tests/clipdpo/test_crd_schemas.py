@@ -115,7 +115,7 @@ def shipped_objects() -> list[tuple[str, dict]]:
 def test_everything_under_k8s_is_valid():
     objects = shipped_objects()
     kinds = {obj["kind"] for _, obj in objects}
-    assert {"PyTorchJob", "TrainJob", "Role", "RoleBinding", "ServiceAccount", "Secret"} <= kinds, kinds
+    assert {"PyTorchJob", "TrainJob", "TrainingRuntime", "Role", "RoleBinding", "ServiceAccount", "Secret"} <= kinds
     assert len(kustomize_patches()) == 2  # the overlays' RoleBinding subjects
     for path, obj in objects:
         try:
@@ -124,13 +124,15 @@ def test_everything_under_k8s_is_valid():
             raise AssertionError(f"{path}: {err}") from err
 
 
-def test_the_helm_charts_output_is_valid_with_every_optional_object():
+@pytest.mark.parametrize("runtime_kind", ["TrainingRuntime", "ClusterTrainingRuntime"])
+def test_the_helm_charts_output_is_valid_with_every_optional_object(runtime_kind):
     from test_k8s_manifests import SECRET_VALUES, render_chart
 
     values = {
         **SECRET_VALUES,
         "trainingRuntime": {
             "create": True,
+            "kind": runtime_kind,
             "name": "clipdpo-torch",
             "maxRestarts": 3,
             "ttlSecondsAfterFinished": 3600,
@@ -138,6 +140,6 @@ def test_the_helm_charts_output_is_valid_with_every_optional_object():
         },
     }
     objects = render_chart(values)
-    assert "ClusterTrainingRuntime" in {o["kind"] for o in objects} and "Secret" in {o["kind"] for o in objects}
+    assert runtime_kind in {o["kind"] for o in objects} and "Secret" in {o["kind"] for o in objects}
     for obj in objects:
         k8s_checks.validate_any(obj)

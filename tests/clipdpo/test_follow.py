@@ -26,6 +26,7 @@ from clipdpo.cluster.follow import (
     JobTimeout,
     JobUnschedulable,
     StepCancelled,
+    crash_threshold,
     log_pod,
 )
 from clipdpo.cluster.launch import build_manifest, launch
@@ -451,6 +452,37 @@ def test_a_restart_the_policy_cures_is_not_a_crash_loop(launcher):
         KINDS[launcher], name, 4
     )
     assert run(FakeCluster(frames), launcher).state == "Succeeded"
+
+
+@pytest.mark.parametrize(
+    "launcher, backoff_limit, threshold",
+    [
+        ("pytorchjob", 0, 3),  # never fewer than 3: the operator ends a job with no restarts itself
+        ("pytorchjob", 3, 3),
+        ("pytorchjob", 5, 5),  # a job allowed 5 restarts is not failed at its 3rd
+        ("trainjob", 5, 3),  # its restarts are the runtime's (the project runtime recreates pods, none restart)
+    ],
+)
+def test_a_crash_loop_fails_the_step_only_past_the_restarts_the_job_allows(launcher, backoff_limit, threshold):
+    """One restart short of max(3, the restarts the job survives) the step keeps following, and the job that
+    recovers succeeds; at it, the step fails with the crash loop."""
+    name = spec().name
+
+    def crashing(restarts: int) -> list:
+        return rec.cannot_start(KINDS[launcher], name, 4, [rec.crash_loop("p")], restarts=restarts)
+
+    below = crashing(threshold - 1) * 3 + rec.succeeded(KINDS[launcher], name, 4)
+    assert run(FakeCluster(below), launcher, backoff_limit=backoff_limit).state == "Succeeded"
+    cluster = FakeCluster(crashing(threshold))
+    with pytest.raises(JobFailed) as failure:
+        run(cluster, launcher, backoff_limit=backoff_limit)
+    assert failure.value.reason == "CrashLoopBackOff" and f"{threshold} restarts" in str(failure.value)
+    assert cluster.polls == 1 and cluster.deleted == [name]
+
+
+def test_the_crash_threshold_is_the_jobs_restarts_and_never_below_three():
+    assert [crash_threshold(allowed) for allowed in range(6)] == [3, 3, 3, 3, 4, 5]
+    assert crash_threshold(1, floor=1) == 1
 
 
 @pytest.mark.parametrize("launcher", sorted(KINDS))

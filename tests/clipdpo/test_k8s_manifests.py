@@ -180,9 +180,9 @@ def launcher_can_run_in(objects: list[dict], runner: str, namespace: str, secret
 def test_kustomize_overlays_render_valid_objects_where_the_runs_execute(overlay, namespace, runner):
     objects = kustomize(os.path.join(ROOT, "k8s", "overlays", overlay))
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["Role", "RoleBinding", "ServiceAccount"]  # no Namespace: kubeflow / the Profile's own
+    assert kinds == ["Role", "RoleBinding", "ServiceAccount", "TrainingRuntime"]  # no Namespace: kubeflow / Profile's
     for obj in objects:
-        k8s_checks.validate_core(obj)
+        k8s_checks.validate_any(obj)
         assert obj["metadata"]["namespace"] == namespace
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "clipdpo"
     assert launcher_can_run_in(objects, runner, namespace) == []
@@ -236,12 +236,17 @@ def test_shipped_pytorchjob_template_is_current_and_valid():
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
 
 
-def test_shipped_trainjob_template_is_current_and_valid():
+def test_shipped_trainjob_template_and_runtime_are_current_and_valid():
     path = os.path.join(ROOT, "k8s", "trainjob", "train-trainjob.yaml")
     assert open(path).read() == trainjob.render_example(), "regenerate: python -m clipdpo.cluster.trainjob"
     job = yaml.safe_load(open(path))
     k8s_checks.validate_trainjob(job)
     assert job["spec"]["trainer"]["numNodes"] == 2
+    path = os.path.join(ROOT, "k8s", "base", "trainingruntime.yaml")
+    assert open(path).read() == trainjob.render_runtime_example(), (
+        "regenerate: python -m clipdpo.cluster.trainjob runtime > k8s/base/trainingruntime.yaml"
+    )
+    k8s_checks.validate_trainjob(job, yaml.safe_load(open(path)))  # the runtime the manual TrainJob names
 
 
 def helm():
@@ -259,9 +264,16 @@ def test_helm_chart_lints_and_renders_valid_objects():
     report = helm().lint(CHART, SECRET_VALUES, strict=True)
     assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
     objects = render_chart(SECRET_VALUES)
-    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Role", "RoleBinding", "Secret", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objects) == [
+        "ConfigMap",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "ServiceAccount",
+        "TrainingRuntime",
+    ]
     for obj in objects:
-        k8s_checks.validate_core(obj)
+        k8s_checks.validate_any(obj)
         assert obj["metadata"]["namespace"] == "ml"
     secret = next(o for o in objects if o["kind"] == "Secret")
     assert set(secret["stringData"]) == {
@@ -281,11 +293,13 @@ def test_helm_chart_lints_and_renders_valid_objects():
     assert settings["CLIPDPO_S3_SECRET"] == PipelineSettings().s3_secret  # the pipeline reads the same Secret
 
 
-def test_helm_installs_a_valid_project_training_runtime_equal_to_the_builders():
+@pytest.mark.parametrize("kind", ["TrainingRuntime", "ClusterTrainingRuntime"])
+def test_helm_installs_a_valid_project_training_runtime_equal_to_the_builders(kind):
     values = {
         **SECRET_VALUES,
         "trainingRuntime": {
             "create": True,
+            "kind": kind,
             "name": "clipdpo-torch",
             "maxRestarts": 5,
             "ttlSecondsAfterFinished": 600,
@@ -293,26 +307,61 @@ def test_helm_installs_a_valid_project_training_runtime_equal_to_the_builders():
         },
     }
     objects = render_chart(values)
-    runtime = next(o for o in objects if o["kind"] == "ClusterTrainingRuntime")
-    k8s_checks.validate_clustertrainingruntime(runtime)
+    runtime = next(o for o in objects if o["kind"] == kind)
+    k8s_checks.validate_training_runtime(runtime)
     expected = trainjob.build_runtime(
         "clipdpo-torch",
         "ghcr.io/clipdpo/clipdpo-train:0.1.0",
+        kind=kind,
         max_restarts=5,
         ttl_seconds_after_finished=600,
         gang_timeout_seconds=900,
     )
     assert runtime["spec"] == expected["spec"] and runtime["metadata"]["name"] == "clipdpo-torch"
+    # namespaced where the runs (and so their TrainJobs) are; a cluster runtime has no namespace
+    assert runtime["metadata"].get("namespace") == ("ml" if kind == "TrainingRuntime" else None)
+    settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    assert settings["CLIPDPO_TRAIN_RUNTIME"] == f"{kind}/clipdpo-torch"  # what the train step names
     # a TrainJob on it makes a valid pod; without gang timeout there is no podGroupPolicy
     job = trainjob.build(
         jobspec.TrainJobSpec(
-            name="clipdpo-train-x", namespace="ml", image="ghcr.io/x/t:1.0", train_args=[], runtime="clipdpo-torch"
+            name="clipdpo-train-x",
+            namespace="ml",
+            image="ghcr.io/x/t:1.0",
+            train_args=[],
+            runtime=settings["CLIPDPO_TRAIN_RUNTIME"],
         )
     )
     k8s_checks.validate_trainjob(job, runtime)
     plain = render_chart({**values, "trainingRuntime": {**values["trainingRuntime"], "gangTimeoutSeconds": 0}})
-    assert "podGroupPolicy" not in next(o for o in plain if o["kind"] == "ClusterTrainingRuntime")["spec"]
-    assert "ClusterTrainingRuntime" not in [o["kind"] for o in render_chart(SECRET_VALUES)]  # off by default
+    assert "podGroupPolicy" not in next(o for o in plain if o["kind"] == kind)["spec"]
+
+
+def test_helm_runtime_defaults_and_opt_outs():
+    """By default the chart installs the namespaced runtime the launcher names by default; without it, the runs
+    name another (train.runtime), and a PyTorchJob install gets none (the Trainer's CRDs may not exist there)."""
+    from pipelines.run import build_parser
+
+    objects = render_chart(SECRET_VALUES)
+    runtime = next(o for o in objects if o["kind"] == "TrainingRuntime")
+    settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    assert f"TrainingRuntime/{runtime['metadata']['name']}" == settings["CLIPDPO_TRAIN_RUNTIME"]
+    assert (
+        settings["CLIPDPO_TRAIN_RUNTIME"]
+        == jobspec.DEFAULT_RUNTIME
+        == jobspec.TrainJobSpec("a", "n", "i:1", []).runtime
+    )
+    assert build_parser().parse_args([]).runtime == jobspec.DEFAULT_RUNTIME  # the run's default, no env set
+    assert runtime["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] == jobspec.DEFAULT_RESTARTS
+    stock = render_chart(
+        {**SECRET_VALUES, "train": {"runtime": "torch-distributed"}, "trainingRuntime": {"create": False}}
+    )
+    assert not {"TrainingRuntime", "ClusterTrainingRuntime"} & {o["kind"] for o in stock}
+    assert next(o for o in stock if o["kind"] == "ConfigMap")["data"]["CLIPDPO_TRAIN_RUNTIME"] == "torch-distributed"
+    with pytest.raises(Exception, match="train.runtime is empty and trainingRuntime.create is false"):
+        render_chart({**SECRET_VALUES, "trainingRuntime": {"create": False}})
+    operator = render_chart({**SECRET_VALUES, "train": {"launcher": "pytorchjob"}})
+    assert "TrainingRuntime" not in {o["kind"] for o in operator}
 
 
 def test_helm_notes_tell_the_next_command():
@@ -340,6 +389,8 @@ def test_helm_existing_secret_and_values_schema():
         {"train": {"gpusPerNode": "eight"}},
         {"train": {"launcher": "mpijob"}},
         {"trainingRuntime": {"maxRestarts": -1}},
+        {"trainingRuntime": {"kind": "JobSet"}},
+        {"train": {"runtime": "JobSet/clipdpo-torch"}},
         {"pipelineRunner": {"serviceAccount": "pipeline-runner", "namespace": "kubeflow"}},
     ):
         with pytest.raises(Exception):

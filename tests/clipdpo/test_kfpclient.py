@@ -18,7 +18,7 @@ TOKEN = "kfp-test-token"
 
 class FakeKfp:
     def __init__(self, runs: list[dict]):
-        self.runs, self.auth_headers = runs, []
+        self.runs, self.auth_headers, self.terminated = runs, [], []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +40,18 @@ class FakeKfp:
                     assert parse_qs(url.query)["experiment_id"] == ["exp-1"]
                     return self._send(200, {"runs": owner.runs, "total_size": len(owner.runs)})
                 return self._send(404, {"error": url.path})
+
+            def do_POST(self):  # POST /apis/v2beta1/runs/<id>:terminate: the run goes to CANCELING
+                url = urlparse(self.path)
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._send(401, {"error": "Unauthorized", "code": 16})
+                run_id = url.path.removeprefix("/apis/v2beta1/runs/").removesuffix(":terminate")
+                found = [run for run in owner.runs if run["run_id"] == run_id and url.path.endswith(":terminate")]
+                if not found:
+                    return self._send(404, {"error": url.path})
+                found[0]["state"] = "CANCELING"
+                owner.terminated.append(run_id)
+                return self._send(200, {})
 
             def _send(self, status, body):
                 data = json.dumps(body).encode()
@@ -141,3 +153,23 @@ def test_latest_tells_the_gate_job_whether_the_newest_run_ended(kfp_server, monk
     monkeypatch.delenv("KFP_TOKEN")
     monkeypatch.setenv("KFP_HOST", "")
     assert kfpclient.main(["latest", "--prefix", "x"]) == 2
+
+
+def test_cancel_terminates_the_active_runs_so_named_and_only_those(kfp_server, monkeypatch, capsys):
+    server = kfp_server(
+        [
+            run("clipdpo-first-run", "RUNNING", "k1"),
+            run("clipdpo-first-run-old", "SUCCEEDED", "k0"),
+            run("clipdpo-other", "RUNNING", "k2"),
+        ]
+    )
+    monkeypatch.setenv("KFP_HOST", server.host)
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    assert kfpclient.main(["cancel", "--prefix", "clipdpo-first-run"]) == 0
+    assert server.terminated == ["k1"] and "terminated clipdpo-first-run (KFP run k1, was RUNNING)" in (
+        capsys.readouterr().out
+    )
+    assert kfpclient.main(["cancel", "--prefix", "clipdpo-first-run"]) == 0  # CANCELING: asked once more
+    assert kfpclient.main(["cancel", "--prefix", "clipdpo-none"]) == 0
+    assert "no active run named clipdpo-none*: nothing to cancel" in capsys.readouterr().err
+    assert server.terminated == ["k1", "k1"]

@@ -76,12 +76,12 @@ def test_the_check_rejects_what_the_admission_rejects():
 
 @pytest.mark.parametrize("overrides", [{}, {"nodes": 1, "gpus_per_node": 1}, {"queue_name": "gpu"}])
 def test_trainjob_pods_are_restricted_on_the_stock_and_the_project_runtime(overrides):
-    job = trainjob.build(k8s_checks.train_spec(**overrides))
-    assert restricted_violations(k8s_checks.trainjob_pod_template(job)["spec"]) == []  # torch-distributed
+    job = trainjob.build(k8s_checks.train_spec(runtime="torch-distributed", **overrides))
+    assert restricted_violations(k8s_checks.trainjob_pod_template(job)["spec"]) == []
     runtime = trainjob.build_runtime("clipdpo-torch", IMAGE)
     for pod in runtime_pods(runtime):  # the runtime alone (any TrainJob on it, patched or not)
         assert restricted_violations(pod) == []
-    on_project = trainjob.build(k8s_checks.train_spec(runtime="clipdpo-torch", **overrides))
+    on_project = trainjob.build(k8s_checks.train_spec(**overrides))  # the default runtime
     assert restricted_violations(k8s_checks.trainjob_pod_template(on_project, runtime)["spec"]) == []
     k8s_checks.validate_trainjob(on_project, runtime)  # and still valid against the CRDs
 
@@ -107,7 +107,7 @@ def test_the_helm_runtime_and_every_manifest_under_k8s_are_restricted():
             "gangTimeoutSeconds": 0,
         },
     }
-    runtime = next(o for o in render_chart(values) if o["kind"] == "ClusterTrainingRuntime")
+    runtime = next(o for o in render_chart(values) if o["kind"] == "TrainingRuntime")
     assert [restricted_violations(pod) for pod in runtime_pods(runtime)] == [[]]
     checked = 0
     for path in glob.glob(os.path.join(ROOT, "k8s", "**", "*.yaml"), recursive=True):
@@ -117,11 +117,12 @@ def test_the_helm_runtime_and_every_manifest_under_k8s_are_restricted():
             pods = {
                 "TrainJob": lambda o: [k8s_checks.trainjob_pod_template(o)["spec"]],
                 "PyTorchJob": pytorchjob_pods,
+                "TrainingRuntime": runtime_pods,
             }.get(obj.get("kind"), lambda o: [])(obj)
             for pod in pods:
                 assert restricted_violations(pod) == [], path
                 checked += 1
-    assert checked >= 3  # the TrainJob's node pod, the PyTorchJob's Master and Worker
+    assert checked >= 4  # the TrainJob's node pod, the PyTorchJob's Master and Worker, the runtime's node pod
 
 
 def test_the_stock_runtime_alone_would_be_rejected():

@@ -23,10 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_trainjob_is_valid_and_says_what_the_runtime_needs():
     job = trainjob.build(spec(queue_name="team-gpus", active_deadline_seconds=7200))
     k8s_checks.validate_trainjob(job)
-    assert job["spec"]["runtimeRef"] == {
-        "name": "torch-distributed",
+    assert job["spec"]["runtimeRef"] == {  # the project's namespaced runtime (helm and k8s/ install it)
+        "name": "clipdpo-torch",
         "apiGroup": "trainer.kubeflow.org",
-        "kind": "ClusterTrainingRuntime",
+        "kind": "TrainingRuntime",
     }
     trainer = job["spec"]["trainer"]
     assert trainer["command"] == ["torchrun", "-m", "clipdpo.train"]  # no --nnodes etc.: PET_* decide
@@ -45,11 +45,34 @@ def test_trainjob_is_valid_and_says_what_the_runtime_needs():
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in pod["volumes"]
 
 
-def test_the_runtime_it_names_is_the_stock_torch_one():
-    runtime = k8s_checks.stock_runtimes()["torch-distributed"]
-    assert "torch" in runtime["spec"]["mlPolicy"] and "mpi" not in runtime["spec"]["mlPolicy"]
-    containers = k8s_checks._node_template(runtime, trainjob.NODE_JOB)["spec"]["containers"]
-    assert [c["name"] for c in containers] == [trainjob.CONTAINER_NAME]
+def test_the_project_runtime_is_the_stock_torch_one_where_a_trainjob_looks():
+    stock = k8s_checks.stock_runtimes()["torch-distributed"]
+    project = trainjob.build_runtime("clipdpo-torch", "ghcr.io/x/clipdpo-train:0.1.0")
+    for runtime in (stock, project):  # the same torch plugin (PET_* injected) and the same node job and container
+        assert "torch" in runtime["spec"]["mlPolicy"] and "mpi" not in runtime["spec"]["mlPolicy"]
+        containers = k8s_checks._node_template(runtime, trainjob.NODE_JOB)["spec"]["containers"]
+        assert [c["name"] for c in containers] == [trainjob.CONTAINER_NAME]
+    assert project["kind"] == "TrainingRuntime" and "namespace" not in project["metadata"]  # installed per namespace
+
+
+@pytest.mark.parametrize(
+    "runtime, ref",
+    [
+        ("torch-distributed", ("ClusterTrainingRuntime", "torch-distributed")),  # runtimeRef.kind's default
+        ("ClusterTrainingRuntime/clipdpo-torch", ("ClusterTrainingRuntime", "clipdpo-torch")),
+        ("TrainingRuntime/team.runtime", ("TrainingRuntime", "team.runtime")),
+    ],
+)
+def test_a_runtime_is_named_kind_slash_name_or_by_a_cluster_runtimes_name(runtime, ref):
+    job = trainjob.build(spec(runtime=runtime))
+    assert (job["spec"]["runtimeRef"]["kind"], job["spec"]["runtimeRef"]["name"]) == ref
+    k8s_checks.validate_crd_object(job)
+
+
+@pytest.mark.parametrize("runtime", ["Runtime/clipdpo-torch", "TrainingRuntime/", "torch_distributed", ""])
+def test_a_bad_runtime_is_refused_when_the_job_is_described(runtime):
+    with pytest.raises(ValueError, match="expected <name> .* or <kind>/<name>"):
+        spec(runtime=runtime)
 
 
 def test_gang_is_refused_with_a_pointer_to_what_works():
@@ -57,15 +80,18 @@ def test_gang_is_refused_with_a_pointer_to_what_works():
         trainjob.build(spec(gang=True))
 
 
-def test_project_runtime_is_valid_and_adds_restarts_and_coscheduling():
+@pytest.mark.parametrize("kind", ["TrainingRuntime", "ClusterTrainingRuntime"])
+def test_project_runtime_is_valid_and_adds_restarts_and_coscheduling(kind):
     runtime = trainjob.build_runtime(
-        "clipdpo-torch", "ghcr.io/x/clipdpo-train:0.1.0", max_restarts=3, gang_timeout_seconds=900
+        "clipdpo-torch", "ghcr.io/x/clipdpo-train:0.1.0", kind=kind, max_restarts=3, gang_timeout_seconds=900
     )
-    k8s_checks.validate_clustertrainingruntime(runtime)
+    k8s_checks.validate_training_runtime(runtime)
     assert runtime["spec"]["template"]["spec"]["failurePolicy"] == {"maxRestarts": 3}
     assert runtime["spec"]["podGroupPolicy"] == {"coscheduling": {"scheduleTimeoutSeconds": 900}}
-    k8s_checks.validate_trainjob(trainjob.build(spec(runtime="clipdpo-torch")), runtime)
+    k8s_checks.validate_trainjob(trainjob.build(spec(runtime=f"{kind}/clipdpo-torch")), runtime)
     assert "podGroupPolicy" not in trainjob.build_runtime("r", "ghcr.io/x/t:1.0")["spec"]
+    with pytest.raises(ValueError, match="runtime kind 'JobSet'"):
+        trainjob.build_runtime("r", "ghcr.io/x/t:1.0", kind="JobSet")
 
 
 def test_a_wrong_field_fails_the_crd_check():

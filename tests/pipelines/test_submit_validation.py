@@ -76,6 +76,17 @@ def test_a_config_typo_fails_before_the_cluster_submit(tmp_path, monkeypatch, ca
     assert code == 2 and "pair_min_margn" in err
 
 
+@pytest.mark.parametrize("given", ["--runtime=Runtime/clipdpo-torch", "env"])
+def test_a_bad_train_runtime_fails_before_the_cluster_submit(given, monkeypatch, capsys, no_side_effects):
+    monkeypatch.setenv("KFP_HOST", "http://kfp.example")
+    monkeypatch.setenv("CLIPDPO_TRAIN_RUNTIME", "Runtime/clipdpo-torch" if given == "env" else "torch-distributed")
+    with pytest.raises(SystemExit) as stopped:
+        run.main(["--bucket", "b"] + ([given] if given != "env" else []))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "runtime 'Runtime/clipdpo-torch': expected <name>" in err
+    assert "Traceback" not in err
+
+
 def test_povid_config_is_checked_only_where_the_method_reads_it():
     from clipdpo.config import ConfigError
     from clipdpo.stages import validate

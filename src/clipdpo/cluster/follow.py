@@ -12,8 +12,9 @@ The step ends when the job ends, whichever way:
                         the log tail of the pod that failed; the job is kept for inspection (its TTL clears it)
   deleted under us   -> JobDeleted
   cannot start       -> JobStartFailed at once on ErrImagePull / ImagePullBackOff / CreateContainerConfigError
-                        / ... (persisting `stuck_grace_seconds`) or CrashLoopBackOff after `crash_restarts`
-                        restarts, or when the containers have not started `startup_timeout_seconds` after
+                        / ... (persisting `stuck_grace_seconds`) or CrashLoopBackOff once a container has
+                        restarted as often as the job allows (crash_threshold: never before 3 restarts), or
+                        when the containers have not started `startup_timeout_seconds` after
                         every pod was placed; the job is deleted (it holds GPUs it cannot use)
   never scheduled    -> JobUnschedulable `schedule_timeout_seconds` after admission, naming why the pods
                         wait (the scheduler's PodScheduled message); the job is deleted
@@ -52,7 +53,8 @@ NEVER_STARTS = (
     "CreateContainerConfigError",
     "CreateContainerError",
 )
-CRASH_LOOP = "CrashLoopBackOff"  # a crash the restart policy may cure: fatal after `crash_restarts` restarts
+CRASH_LOOP = "CrashLoopBackOff"  # a crash the restart policy may cure: fatal only past crash_threshold restarts
+MIN_CRASH_RESTARTS = 3  # a crash loop's restarts before it is fatal, however few the job allows
 DISRUPTION_CONDITION = "DisruptionTarget"  # set on a pod before an eviction, preemption or node shutdown stops it
 
 
@@ -68,6 +70,7 @@ class JobKind:
     pod_count: Callable[[dict], int]
     suspended: Callable[[dict], bool]  # the spec's suspend flag (Kueue sets it until it admits the job)
     needs: str  # the operator whose CRD declares every field the builder writes (said when a field is refused)
+    restarts_allowed: Callable[[dict], int]  # restarts of one container the job itself survives
 
 
 KINDS = {
@@ -82,6 +85,7 @@ KINDS = {
         lambda job: sum(r["replicas"] for r in job["spec"]["pytorchReplicaSpecs"].values()),
         lambda job: bool((job["spec"].get("runPolicy") or {}).get("suspend")),
         "a Training Operator whose PyTorchJob CRD has them (the builder is checked against release 1.9's)",
+        pytorchjob.failures_survived,
     ),
     trainjob.KIND: JobKind(
         trainjob.KIND,
@@ -94,6 +98,9 @@ KINDS = {
         lambda job: job["spec"]["trainer"]["numNodes"],
         lambda job: bool(job["spec"].get("suspend")),
         f"Kubeflow Trainer {version_text(trainjob.MIN_TRAINER_VERSION)} or newer",
+        # its restarts are the runtime's: the project runtime recreates every pod (no container restarts in
+        # place); the stock one restarts in place within its Job's backoffLimit, which the manifest does not say
+        lambda job: 0,
     ),
 }
 
@@ -234,9 +241,18 @@ class Blocked:
     restarts: int
 
 
+def crash_threshold(restarts_allowed: int, floor: int = MIN_CRASH_RESTARTS) -> int:
+    """Restarts of one container after which its CrashLoopBackOff fails the step: as many as the job survives
+    (a container whose every recovery crashes has then used them all, and the next crash ends the job anyway),
+    never fewer than `floor`. Below it a crash is a failure the job's restarts are there for: a job allowed 5
+    restarts is not failed at its 3rd."""
+    return max(floor, restarts_allowed)
+
+
 def blocked_containers(pods: list[dict], crash_restarts: int) -> list[Blocked]:
     """Containers waiting for a reason that waiting will not cure (NEVER_STARTS), or crash-looping after
-    `crash_restarts` restarts; init containers included (a pod whose init container cannot pull never starts)."""
+    `crash_restarts` restarts (crash_threshold); init containers included (a pod whose init container cannot pull
+    never starts)."""
     found = []
     for pod in pods:
         for status in _container_statuses(pod):
@@ -394,7 +410,7 @@ class JobFollower:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         stuck_grace_seconds: float = 120.0,
-        crash_restarts: int = 3,
+        crash_restarts: int = MIN_CRASH_RESTARTS,  # the floor of crash_threshold
         stream_logs: bool = True,
         log_sink: Callable[[str], None] = print_line,
         launcher_pod: tuple[str, str] | None = None,
@@ -567,7 +583,8 @@ class JobFollower:
         """Raise JobStartFailed for a container that cannot start (see blocked_containers) once it has been
         blocked `stuck_grace_seconds` (a crash loop at once: its restarts were the patience)."""
         # keyed by container, not reason: kubelet alternates ErrImagePull and ImagePullBackOff while it retries
-        blocked = {(b.pod, b.container): b for b in blocked_containers(pods, self.crash_restarts)}
+        threshold = crash_threshold(kind.restarts_allowed(job), self.crash_restarts)
+        blocked = {(b.pod, b.container): b for b in blocked_containers(pods, threshold)}
         for key in list(progress.blocked_since):
             if key not in blocked:
                 del progress.blocked_since[key]

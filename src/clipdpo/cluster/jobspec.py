@@ -19,6 +19,16 @@ NAME_PATTERN = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
 # The S3 Secret's keys (helm/clipdpo writes them): the first two are required, the rest optional.
 S3_REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+# A TrainJob's runtime, as `kind/name` (kubectl's form) or a bare name, which the TrainJob CRD reads as a
+# ClusterTrainingRuntime (runtimeRef.kind's default). The default is the project's namespaced runtime, which
+# helm and k8s/ install where the runs execute: the JobSet is recreated after a pod fails (failurePolicy), as a
+# PyTorchJob's pods restart (backoff_limit); the Trainer's stock torch-distributed fails the job instead.
+RUNTIME_KINDS = ("TrainingRuntime", "ClusterTrainingRuntime")
+PROJECT_RUNTIME_NAME = "clipdpo-torch"
+DEFAULT_RUNTIME = f"TrainingRuntime/{PROJECT_RUNTIME_NAME}"
+# Failures of a pod the job survives, whichever kind runs it (PyTorchJob: restart_budget; TrainJob: the project
+# runtime's failurePolicy.maxRestarts, helm trainingRuntime.maxRestarts).
+DEFAULT_RESTARTS = 3
 
 
 @dataclass
@@ -38,9 +48,10 @@ class TrainJobSpec:
     tolerations: list[dict] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     active_deadline_seconds: int = 7 * 24 * 3600
-    # PyTorchJob: failures of any pod it survives (pytorchjob.restart_budget); TrainJob: its runtime's
-    # failurePolicy.maxRestarts decides
-    backoff_limit: int = 3
+    # Failures of a pod the job survives. PyTorchJob: pytorchjob.restart_budget makes them its backoffLimit;
+    # TrainJob: its runtime's failurePolicy.maxRestarts decides (the project runtime's default is the same number).
+    # The follower counts a crash loop as fatal only past them (follow.crash_threshold).
+    backoff_limit: int = DEFAULT_RESTARTS
     # PyTorchJob: a finished job (a failed one: the follower deletes succeeded jobs) stays this long for inspection
     ttl_seconds_after_finished: int = 3 * 24 * 3600
     # No ownerReference to the launching step's pod: the job must outlive an evicted launcher (the retried step
@@ -48,7 +59,7 @@ class TrainJobSpec:
     labels: dict[str, str] = field(default_factory=dict)
     queue_name: str = ""  # Kueue LocalQueue; empty: no Kueue
     gang: bool = False  # PyTorchJob: runPolicy.schedulingPolicy.minAvailable = every replica
-    runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime it runs on
+    runtime: str = DEFAULT_RUNTIME  # TrainJob: the runtime it runs on (runtime_ref)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(NAME_PATTERN, self.name):
@@ -69,12 +80,25 @@ class TrainJobSpec:
                 f"active_deadline_seconds must be >= 1 and backoff_limit >= 0, got "
                 f"{self.active_deadline_seconds} and {self.backoff_limit}"
             )
+        runtime_ref(self.runtime)  # a bad runtime fails here, at submit, not in the Trainer's webhook
         if self.queue_name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", self.queue_name):
             raise ValueError(f"queue_name {self.queue_name!r} is not a valid LocalQueue name")
 
     @property
     def procs_per_node(self) -> int:
         return max(self.gpus_per_node, 1)
+
+
+def runtime_ref(runtime: str) -> tuple[str, str]:
+    """(kind, name) of a TrainJob's runtime given as `kind/name` or a bare ClusterTrainingRuntime name."""
+    kind, _, name = runtime.rpartition("/")
+    kind = kind or "ClusterTrainingRuntime"
+    if kind not in RUNTIME_KINDS or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name):
+        raise ValueError(
+            f"runtime {runtime!r}: expected <name> (a ClusterTrainingRuntime) or <kind>/<name> with kind one of "
+            f"{', '.join(RUNTIME_KINDS)}, e.g. {DEFAULT_RUNTIME}"
+        )
+    return kind, name
 
 
 def job_name(launch_key: str, prefix: str = "clipdpo-train") -> str:

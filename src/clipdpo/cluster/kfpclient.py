@@ -2,6 +2,7 @@
 
     python -m clipdpo.cluster.kfpclient guard  --prefix clipdpo-ci-main-     exit 3 while such a run is active
     python -m clipdpo.cluster.kfpclient latest --prefix clipdpo-ci-main- [--github-output FILE]
+    python -m clipdpo.cluster.kfpclient cancel --prefix clipdpo-first-run     terminate the active runs so named
 
 A multi-user Kubeflow answers 401 to a client without credentials: `KFP_TOKEN` (or a file named by
 `KFP_TOKEN_FILE`, e.g. a projected ServiceAccount token) is sent as `Authorization: Bearer <token>`.
@@ -108,13 +109,23 @@ def active_runs(runs: list[RunView]) -> list[RunView]:
     return [run for run in runs if not run.ended]
 
 
+def cancel(client, runs: list[RunView]) -> list[RunView]:
+    """Terminate each active run of `runs` (KFP stops its pods): the train step's launcher deletes its training job
+    on the SIGTERM, and the run's exit task deletes any the run still left unfinished. The runs it terminated."""
+    active = active_runs(runs)
+    for run in active:
+        client.terminate_run(run.run_id)
+        print(f"terminated {run.name} (KFP run {run.run_id}, was {run.state})")
+    return active
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m clipdpo.cluster.kfpclient",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["guard", "latest"])
+    parser.add_argument("command", choices=["guard", "latest", "cancel"])
     parser.add_argument("--prefix", required=True, help="run display-name prefix, e.g. clipdpo-ci-main-")
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
@@ -126,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 2
     runs = runs_with_prefix(client, args.experiment, args.prefix, args.namespace or None)
+    if args.command == "cancel":
+        if not cancel(client, runs):
+            print(f"no active run named {args.prefix}*: nothing to cancel", file=sys.stderr)
+        return 0
     if args.command == "guard":
         active = active_runs(runs)
         if active:

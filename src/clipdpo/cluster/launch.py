@@ -123,11 +123,13 @@ def launch(
         follower = JobFollower(*kubernetes_clients(), launcher_pod=launcher_pod_from_env())
     if manifest["kind"] == trainjob.KIND:  # an older Trainer would drop the fields it does not know
         trainerversion.check_trainer(follower.core)
-        if spec.runtime == trainjob.STOCK_RUNTIME:
+        if jobspec.runtime_ref(spec.runtime)[1] == trainjob.STOCK_RUNTIME:
             log.warning(
-                "TrainJob on the stock %s runtime, which restarts nothing: a failed pod fails the job. The chart's "
-                "clipdpo-torch runtime recreates it from the last checkpoint (helm/README.md)",
+                "TrainJob on the stock %s runtime, which has no failurePolicy: the job fails once its pods' failures "
+                "reach the Kubernetes Job default (6, counted over every node). The default runtime, %s (helm and "
+                "k8s/ install it), recreates the job from its last checkpoint after each failure",
                 trainjob.STOCK_RUNTIME,
+                jobspec.DEFAULT_RUNTIME,
             )
     with cancel_on_sigterm():
         outcome = follower.run(
@@ -181,8 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerations", default="[]", help="JSON list")
     parser.add_argument("--queue-name", default="", help="Kueue LocalQueue (gang admission)")
     parser.add_argument("--gang", action="store_true", help="PyTorchJob: schedulingPolicy.minAvailable = all")
-    parser.add_argument("--runtime", default="torch-distributed", help="TrainJob: ClusterTrainingRuntime name")
-    parser.add_argument("--backoff-limit", type=int, default=3, help="PyTorchJob: failures it survives")
+    parser.add_argument(
+        "--runtime",
+        default=jobspec.DEFAULT_RUNTIME,
+        help="TrainJob: its runtime, <kind>/<name> or a ClusterTrainingRuntime's name",
+    )
+    parser.add_argument(
+        "--backoff-limit",
+        type=int,
+        default=jobspec.DEFAULT_RESTARTS,
+        help="failures of a pod the job survives (PyTorchJob: its restart budget; TrainJob: the runtime's "
+        "maxRestarts decides); a crash loop fails the step only past them",
+    )
     parser.add_argument("--timeout-hours", type=float, default=72.0)
     parser.add_argument(
         "--schedule-timeout-minutes",

@@ -81,6 +81,13 @@ def restart_budget(spec: TrainJobSpec) -> int:
     return spec.backoff_limit * spec.nodes + 1
 
 
+def failures_survived(job: dict) -> int:
+    """The failures of any pod a PyTorchJob survives, read back from its runPolicy.backoffLimit (the inverse of
+    restart_budget): also the restarts one container may make before the operator ends the job."""
+    pods = sum(replica["replicas"] for replica in job["spec"]["pytorchReplicaSpecs"].values())
+    return max(int(job["spec"]["runPolicy"].get("backoffLimit", 0)) - 1, 0) // pods
+
+
 def _run_policy(spec: TrainJobSpec) -> dict:
     policy = {
         "cleanPodPolicy": "Running",  # stop stragglers when the job ends; keep failed pods' logs
