@@ -67,8 +67,9 @@ class LvlmConfig:
     # SFT runs from a new initialisation when one misses the self-checks: the Yes/No answers come in a jump that
     # one initialisation of a world made by step ~1,600 and another (world 1) not in 4,000 steps. Measured on
     # worlds 0-4 (pinned AVX2): 4 of 8 attempts missed (the first of worlds 1 and 2, both of world 4), so 2
-    # attempts refused world 4; at one miss in two, 4 attempts leave ~6% of worlds unbuilt. A world passing at attempt k is the same
-    # whatever this number (attempt k's seed is lvlm.seed + 1000 x world seed + 100 x (k - 1)).
+    # attempts refused world 4 (its third passed); at one miss in two, 4 attempts leave ~6% of worlds unbuilt.
+    # A world passing at attempt k is the same whatever this number (attempt k's seed: lvlm.seed + 1000 x world
+    # seed + 100 x (k - 1)).
     attempts: int = 4
 
 
