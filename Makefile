@@ -44,7 +44,8 @@ help:
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
 	@echo "make image-tags     each stage image's content tag (what CI builds when the registry lacks it)"
-	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL (tiny and LLaVA-1.5 shapes), AMBER scoring"
+	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL (tiny and LLaVA-1.5 shapes), AMBER scoring,"
+	@echo "                    the demo in rounds (one more round reuses the rounds before; stopped in round 2, resumed)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -199,6 +200,7 @@ bench: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_povid.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_prefix.py --json
 	CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) benchmarks/bench_amber.py
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) benchmarks/bench_rounds.py
 
 clean:
 	rm -rf .local bench-results pipelines/compiled

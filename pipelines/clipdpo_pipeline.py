@@ -12,7 +12,8 @@ training jobs the run left unfinished, however it ended.
 
 `build_pipeline(values, rounds)` with rounds > 1 repeats generate -> score -> filter -> train, each round from
 the model the round before trained, each round's evaluation and check after it, the next round in a dsl.If on
-that check (clipdpo.rounds; the round components in pipelines/round_components.py).
+that check (clipdpo.rounds; the round components in pipelines/round_components.py). `task_rounds(pipeline)`
+names each task's round, for the local run's summary.
 
 Every pod's requests, limits, retries and timeout, the fan-outs' parallelism, the GPU steps' Kueue queue, image
 pull secrets and the run's TTL come from one typed value set, pipelines.cluster_values.ClusterValues
@@ -24,7 +25,7 @@ from types import SimpleNamespace
 from typing import List
 
 from kfp import dsl, kubernetes
-from kfp.dsl import HTML, Markdown, Metrics, Output, PipelineTaskFinalStatus
+from kfp.dsl import HTML, Markdown, Metrics, Output, PipelineTaskFinalStatus, pipeline_context
 
 from clipdpo.cluster.jobspec import DEFAULT_RUNTIME
 from clipdpo.rounds import CONTINUE, check_round
@@ -327,6 +328,7 @@ LAUNCHER_ANNOTATIONS = {
     "karpenter.sh/do-not-disrupt": "true",
 }
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TASK_ROUNDS = "task_rounds"  # build_pipeline's pipeline: {task name: round} (task_rounds)
 
 
 def _uri(task):
@@ -541,9 +543,10 @@ def _gate_and_report(run, values: ClusterValues, evaluation):
     run_report.set_display_name("report")
 
 
-def _stages(run, values: ClusterValues, rounds: int):
+def _stages(run, values: ClusterValues, rounds: int, task_rounds: dict):
     """ingest -> generate -> score -> filter -> (POVID) -> train, then for one round evaluate -> gate -> report;
-    for several, the rounds after it (_round_end)."""
+    for several, the rounds after it (_round_end), each round's tasks named in `task_rounds`."""
+    built_before = _task_names()  # the exit task: no round's
     images = _s3(ingest(run_root=run.run_root, source=run.source, config_json=run.ingest_config))
     _pod(images, values).set_display_name("ingest")
     plan, scores = _shard_stages(run, values, images)
@@ -553,7 +556,9 @@ def _stages(run, values: ClusterValues, rounds: int):
     if rounds == 1:
         _evaluate_and_gate(run, values, model)
         return
-    first = SimpleNamespace(plan=plan, method=method, povid=povid, rounds=rounds)
+    first = SimpleNamespace(
+        plan=plan, method=method, povid=povid, rounds=rounds, task_rounds=task_rounds, counted=built_before
+    )
     _round_end(run, values, first, 1, model, None)
 
 
@@ -580,6 +585,7 @@ def _round_end(run, values: ClusterValues, first, index: int, model, previous):
         )
     )
     _pod(check, values).set_display_name(f"round {index} check")
+    _count_round(first, index)
     if index == first.rounds:
         _rounds_finish(run, values, check)
         return
@@ -588,6 +594,27 @@ def _round_end(run, values: ClusterValues, first, index: int, model, previous):
         _round_end(run, values, first, index + 1, later, check)
     with dsl.Else(name=f"rounds-stop-after-{index}"):
         _rounds_finish(run, values, check)
+
+
+def _task_names() -> set[str]:
+    """The tasks of the pipeline being built so far, by the names kfp gives them (unique in the pipeline; a local
+    run's task folders and log lines carry them)."""
+    return set(pipeline_context.Pipeline.get_default_pipeline().tasks)
+
+
+def _count_round(first, index: int) -> None:
+    """Round `index`'s tasks, once its check is built: every task built since the round before's check (round 1:
+    since the stages began). Each round is built before the steps that end the rounds after it (the run's
+    evaluation, gate, report: _rounds_finish), so those are in no round."""
+    built = _task_names()
+    first.task_rounds.update({name: index for name in built - first.counted})
+    first.counted = built
+
+
+def task_rounds(pipeline) -> dict[str, int]:
+    """{task name: round} of a pipeline build_pipeline built with several rounds; {} for one round (and for a
+    pipeline built elsewhere)."""
+    return dict(getattr(pipeline, TASK_ROUNDS, {}))
 
 
 def _round_evaluation(run, values: ClusterValues, index: int, model):
@@ -694,6 +721,7 @@ def build_pipeline(values: ClusterValues, rounds: int = 1):
     model the round before trained (clipdpo.rounds); a constant of the compiled pipeline, as kfp has no loop
     whose length is known only at run time."""
     check_round(rounds)
+    rounds_of: dict[str, int] = {}  # filled as kfp builds the pipeline, below
 
     @dsl.pipeline(
         name="clipdpo",
@@ -724,12 +752,14 @@ def build_pipeline(values: ClusterValues, rounds: int = 1):
         gate_config: str = "{}",
         povid_config: str = "{}",
     ):
-        # the run's parameters (a channel each) for the helpers; locals() also holds the closure's `values`, `rounds`
-        run = SimpleNamespace(**{name: value for name, value in locals().items() if name not in ("values", "rounds")})
+        # the run's parameters (a channel each) for the helpers; locals() also holds the closure's variables
+        closure = ("values", "rounds", "rounds_of")
+        run = SimpleNamespace(**{name: value for name, value in locals().items() if name not in closure})
         # The exit task runs when the stages end, succeeded or failed: it deletes the training jobs this run left
         # unfinished (a launcher lost with no retry left). A cancelled run's launcher deletes its job itself
         # (SIGTERM); the exit task is the second line there, as a KFP terminate may stop the run before it runs.
         with dsl.ExitHandler(_cleanup(run, values), name="clipdpo-stages"):
-            _stages(run, values, rounds)
+            _stages(run, values, rounds, rounds_of)
 
+    setattr(clipdpo_pipeline, TASK_ROUNDS, rounds_of)
     return clipdpo_pipeline

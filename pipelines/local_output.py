@@ -4,7 +4,8 @@ print ~1,300 lines of it).
 kfp's local runner prints every task's executor input and output JSON, its streamed logs and its own
 INFO lines: about 1,200 lines for the demo run. `steps_only` sends all of that (this process's stdout
 and stderr, which the task subprocesses' output goes through) to a log file, and prints one line per
-step as it ends: its name, cached or run, rows and seconds from its Metrics output. On a failure each
+step as it ends: its name, cached or run, rows and seconds from its Metrics output, and notes when it ended
+(`StepEnds`: the summary's wall time per round). On a failure each
 failed step's own error line is shown (`failed_steps`; the log's tail when none can be found), with the
 log's path. `--verbose` keeps kfp's output on the terminal.
 
@@ -72,13 +73,25 @@ def step_line(name: str, cached: bool, metrics: dict[str, float] | None, status:
     )
 
 
+class StepEnds(dict):
+    """{step: when it last ended (ran, failed or was served from kfp's cache), in seconds after the run began};
+    a step is a task folder's last part, as local_summary names it (a ParallelFor's iterations share it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.began = time.monotonic()
+
+    def note(self, step: str) -> None:
+        self[step] = round(time.monotonic() - self.began, 3)
+
+
 class StepLines(io.TextIOBase):
     """A text stream that keeps everything in `log` and calls `say` with one line per finished step; the
-    steps' names go into `seen` (a task folder's last part, as local_summary names them)."""
+    steps go into `seen` as they end."""
 
-    def __init__(self, log: io.TextIOBase, say: Callable[[str], None], seen: set[str] | None = None):
+    def __init__(self, log: io.TextIOBase, say: Callable[[str], None], seen: StepEnds | None = None):
         self.log, self.say = log, say
-        self.seen = set() if seen is None else seen
+        self.seen = StepEnds() if seen is None else seen
         self.pending = ""
 
     def writable(self) -> bool:
@@ -106,24 +119,24 @@ class StepLines(io.TextIOBase):
                 if "-iteration-" in task_dir
                 else os.path.basename(task_dir)
             )
-            self.seen.add(os.path.basename(task_dir))
+            self.seen.note(os.path.basename(task_dir))
             self.say(step_line(display_name(task), cached=False, metrics=task_metrics(task_dir)))
         elif (match := FINISHED.search(line)) and match.group(2) != "SUCCESS":
-            self.seen.add(match.group(1))
+            self.seen.note(match.group(1))
             self.say(step_line(match.group(1), cached=False, metrics=None, status=match.group(2)))
 
 
 class CacheHits(logging.Handler):
     """kfp logs a cache hit at INFO on the root logger, outside its own log context: one line each."""
 
-    def __init__(self, say: Callable[[str], None], seen: set[str]):
+    def __init__(self, say: Callable[[str], None], seen: StepEnds):
         super().__init__(logging.INFO)
         self.say, self.seen = say, seen
 
     def emit(self, record: logging.LogRecord) -> None:
         match = CACHE_HIT.search(ANSI.sub("", record.getMessage()))
         if match:
-            self.seen.add(match.group(1).strip("'"))
+            self.seen.note(match.group(1).strip("'"))
             self.say(step_line(match.group(1).strip("'"), cached=True, metrics=None))
 
 
@@ -149,9 +162,9 @@ def _terminal_handlers_to(stream: io.TextIOBase) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def steps_only(log_path: str, verbose: bool = False) -> Iterator[set[str] | None]:
+def steps_only(log_path: str, verbose: bool = False) -> Iterator[StepEnds | None]:
     """Within: kfp's output to `log_path`, one line per step on the terminal (everything with `verbose`).
-    Yields the names of the steps this run ran or served from kfp's cache, filled as they end (None with
+    Yields the steps this run ran or served from kfp's cache with when each ended, filled as they end (None with
     `verbose`): a step in a branch not taken (dsl.If) is not among them."""
     if verbose:
         yield None
@@ -163,7 +176,7 @@ def steps_only(log_path: str, verbose: bool = False) -> Iterator[set[str] | None
         terminal.flush()
 
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    seen: set[str] = set()
+    seen = StepEnds()
     root, hits = logging.getLogger(), CacheHits(say, seen)
     level = root.level
     started = time.monotonic()

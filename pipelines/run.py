@@ -34,7 +34,7 @@ from clipdpo.cluster.jobspec import DEFAULT_RUNTIME, runtime_ref
 from clipdpo.errors import ArgumentParser, exit_2_on_user_error
 from clipdpo.report import REPORT_DIR
 from clipdpo.stages import CONFIG_NAMES, STAGES, stage, validate
-from pipelines.local_output import ANSI, steps_only
+from pipelines.local_output import ANSI, StepEnds, steps_only
 from pipelines.local_stop import StopOnSignal
 
 
@@ -204,11 +204,20 @@ def print_outputs(
         )
 
 
-def run_kfp(args, arguments: dict, state: Path, label: str) -> set[str] | None:
-    """The kfp pipeline through kfp's local runner, one line per step (pipelines.local_output); the steps this run
-    ran or took from kfp's cache (None with --verbose). StepFailed when a step failed."""
+@dataclass
+class KfpRun:
+    """What a local kfp run did: the steps it ran or took from kfp's cache, with when each ended (None with
+    --verbose), and each task's round (a run of several rounds; else empty)."""
+
+    steps: StepEnds | None
+    task_rounds: dict[str, int]
+
+
+def run_kfp(args, arguments: dict, state: Path, label: str) -> KfpRun:
+    """The kfp pipeline through kfp's local runner, one line per step (pipelines.local_output). StepFailed when a
+    step failed."""
     init_kfp(state / "kfp")
-    from pipelines.clipdpo_pipeline import build_pipeline
+    from pipelines.clipdpo_pipeline import build_pipeline, task_rounds
     from pipelines.settings import SETTINGS
 
     clipdpo_pipeline = build_pipeline(SETTINGS.cluster.for_local(), args.rounds)  # kfp's local runner honours retries
@@ -221,7 +230,7 @@ def run_kfp(args, arguments: dict, state: Path, label: str) -> set[str] | None:
             if "finished with status" not in str(err) or args.verbose:
                 raise
             raise StepFailed(" ".join(ANSI.sub("", str(err)).split())) from None
-    return this_run
+    return KfpRun(this_run, task_rounds(clipdpo_pipeline))
 
 
 def init_kfp(pipeline_root: Path) -> None:
@@ -292,24 +301,24 @@ def copy_reports(run_root: str, target: Path) -> list[Path]:
 
 
 def local_summary(
-    state: Path, run_root: str, copied: Path, earlier_runs: set[str], this_run: set[str] | None = None
+    state: Path, run_root: str, copied: Path, earlier_runs: set[str], this_run: KfpRun | None = None
 ) -> str:
-    """Per step: cached or run, rows, seconds; the headline metrics per model; where the report is.
-    `copied`: the folder copy_reports wrote; `earlier_runs`: kfp's local run folders before this run;
-    `this_run`: the steps it ran or served from cache (pipelines.local_output.steps_only; None: all)."""
+    """Per step: cached or run, rows, seconds; per round (several rounds): cached steps, wall time; the headline
+    metrics per model; where the report is. `copied`: the folder copy_reports wrote; `earlier_runs`: kfp's local
+    run folders before this run; `this_run`: what run_kfp saw (None: every step, one round)."""
     from clipdpo.report import local_summary as summary_lib
     from clipdpo.report.render import split_headline
 
     kfp_root = str(state / "kfp")
-    tasks = summary_lib.collect(
-        kfp_root, "clipdpo", summary_lib.task_names(kfp_root, "clipdpo"), earlier_runs, this_run
-    )
+    steps = this_run.steps if this_run is not None else None
+    tasks = summary_lib.collect(kfp_root, "clipdpo", summary_lib.task_names(kfp_root, "clipdpo"), earlier_runs, steps)
     headline = json.loads((copied / "headline.json").read_text()) if (copied / "headline.json").exists() else {}
     evaluation = copied / stage("evaluate").artifact / "metrics.json"
     models = [m["name"] for m in json.loads(evaluation.read_text())["models"]] if evaluation.exists() else []
     _, by_model = split_headline(headline, models)
     report = copied / "report.html" if (copied / "report.html").exists() else f"{run_root}/{REPORT_DIR}/report.html"
-    return summary_lib.format_summary(tasks, by_model, str(report))
+    rounds = this_run.task_rounds if this_run is not None else None
+    return summary_lib.format_summary(tasks, by_model, str(report), rounds, steps)
 
 
 def run_cluster(args, host: str) -> int:

@@ -3,7 +3,7 @@ point, plus what only a test needs, injected here so that none of it ships in `c
 
 - `--kill-after-step N` (taken off the arguments before the stage parses them): each process
   SIGKILLs itself right after optimizer step N, once that step's checkpoint logic has run, as a
-  node dying mid-run would.
+  node dying mid-run would (`kill_after_step`, which tests/round_step_entry.py uses with SIGTERM).
 - DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce op when its communication
   backend starts (about a minute on two idle cores, several under load, on every fresh machine).
   Only DeepSpeed's inference all-reduce uses it, never ZeRO training, so the tests skip the build.
@@ -24,7 +24,7 @@ def skip_deepspeed_shm_build() -> None:
     backend.build_shm_op = lambda: None  # looked up at call time by TorchBackend.__init__
 
 
-def kill_after_step(kill_step: int) -> None:
+def kill_after_step(kill_step: int, signum: int = signal.SIGKILL) -> None:
     from clipdpo.train.callbacks import CheckpointCallback
 
     save = CheckpointCallback.on_step_end
@@ -32,8 +32,9 @@ def kill_after_step(kill_step: int) -> None:
     def save_then_die(self, run, step: int, row: dict) -> None:
         save(self, run, step, row)
         if step == kill_step:
-            print(f"train_entry: SIGKILL after step {step} (rank {run.ctx.rank})", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            name = signal.Signals(signum).name
+            print(f"train_entry: {name} after step {step} (rank {run.ctx.rank})", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signum)
 
     CheckpointCallback.on_step_end = save_then_die
 

@@ -45,7 +45,9 @@ def run_two_steps(tmp_path, verbose: bool, a: int = 1, pipeline=two_steps):
 
 
 def test_one_line_per_step_and_kfp_output_in_the_log(tmp_path, capsys):
-    assert run_two_steps(tmp_path, verbose=False) == {"add", "add-2"}
+    ended = run_two_steps(tmp_path, verbose=False)
+    assert set(ended) == {"add", "add-2"}
+    assert 0 < ended["add"] <= ended["add-2"]  # when each ended (the second waits for the first's output)
     out = capsys.readouterr().out.splitlines()
     assert [re.sub(r"\s+", " ", line.strip()) for line in out] == [
         "add run – rows – s",
@@ -54,7 +56,7 @@ def test_one_line_per_step_and_kfp_output_in_the_log(tmp_path, capsys):
     ]
     log = (tmp_path / "logs" / "run.log").read_text()
     assert "Executing task" in log and "executor_input" in log and "finished with status" in log
-    assert run_two_steps(tmp_path, verbose=False) == {"add", "add-2"}  # the same inputs: kfp's cache serves both
+    assert set(run_two_steps(tmp_path, verbose=False)) == {"add", "add-2"}  # the same inputs: kfp's cache serves both
     assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()[:2]] == [
         ["add", "cached"],
         ["add-2", "cached"],
@@ -64,9 +66,9 @@ def test_one_line_per_step_and_kfp_output_in_the_log(tmp_path, capsys):
 def test_a_branch_not_taken_is_not_among_the_runs_steps(tmp_path, capsys):
     """dsl.If / dsl.Else (the povid pairs step's GPU and CPU branches): the summary lists this run's steps only,
     so the branch an earlier run took and this one did not is not shown as cached."""
-    assert run_two_steps(tmp_path, verbose=False, a=1, pipeline=branches) == {"add", "add-2"}
-    assert run_two_steps(tmp_path, verbose=False, a=5, pipeline=branches) == {"add", "add-3"}
-    assert run_two_steps(tmp_path, verbose=False, a=1, pipeline=branches) == {"add", "add-2"}  # cached, both
+    assert set(run_two_steps(tmp_path, verbose=False, a=1, pipeline=branches)) == {"add", "add-2"}
+    assert set(run_two_steps(tmp_path, verbose=False, a=5, pipeline=branches)) == {"add", "add-3"}
+    assert set(run_two_steps(tmp_path, verbose=False, a=1, pipeline=branches)) == {"add", "add-2"}  # cached, both
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[-3:-1]] == [["add", "cached"], ["add-2", "cached"]]
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 import os
 
-from clipdpo.report.local_summary import StepLine, collect, display_name, format_summary, run_dirs, task_names
+import pytest
+
+from clipdpo.report.local_summary import (
+    StepLine,
+    collect,
+    display_name,
+    format_summary,
+    round_lines,
+    run_dirs,
+    task_names,
+)
 
 
 def _task(root, run, task, metadata):
@@ -84,3 +94,58 @@ def test_no_runs_yet(tmp_path):
     assert [(line.cached, line.metrics) for line in collect(str(tmp_path / "none"), "clipdpo", ["ingest"], set())] == [
         (False, {})
     ]
+
+
+def test_a_rerun_with_one_more_round_shows_the_rounds_before_cached_and_each_rounds_wall_time(tmp_path):
+    """ROUNDS=3, then ROUNDS=4 (task names and rounds as build_pipeline names them): the second run ran round 4 and
+    the steps after the rounds; kfp's cache served rounds 1-3, each a line with all its steps cached, and each
+    round's wall time runs from the end of the round before (the run's start for round 1) to its last step's end."""
+    root, first, second = str(tmp_path), "clipdpo-2026-12-07-10-00-00-000001", "clipdpo-2026-12-07-11-00-00-000001"
+    task_rounds = {"ingest": 1, "train": 1, "round-check": 1, "round-start": 2, "train-2": 2, "round-check-2": 2}
+    task_rounds.update({"round-start-2": 3, "train-3": 3, "round-check-3": 3})
+    task_rounds.update({"round-start-3": 4, "for-loop-9-iteration-0/round-generate-shard-3": 4, "train-4": 4})
+    task_rounds = {os.path.basename(name): index for name, index in task_rounds.items()}
+    for name in ("ingest", "train", "round-check", "round-start", "train-2", "round-check-2"):
+        _task(root, first, name, {"step_seconds": 1.0})
+    for name in ("round-start-2", "train-3", "round-check-3", "gate", "report"):
+        _task(root, first, name, {"step_seconds": 1.0})
+    for name in ("round-start-3", "for-loop-9-iteration-0/round-generate-shard-3", "train-4", "gate", "report"):
+        _task(root, second, name, {"step_seconds": 2.0})
+    ended = {name: 0.1 * at for at, name in enumerate(task_rounds, start=1) if task_rounds[name] < 4}  # cache hits
+    ended.update({"round-start-3": 10.0, "round-generate-shard-3": 70.5, "train-4": 100.9, "gate": 106.0})
+    ended["report"] = 110.9
+    before = {os.path.join(root, first)}
+    lines = collect(root, "clipdpo", task_names(root, "clipdpo"), before, this_run=ended)
+    assert {line.task for line in lines if not line.cached} == {
+        "round-start-3",
+        "for-loop-9-iteration-0/round-generate-shard-3",
+        "train-4",
+        "gate",
+        "report",
+    }
+    assert [(r.round, r.steps, r.cached) for r in round_lines(lines, task_rounds, ended)] == [
+        (1, 3, 3),
+        (2, 3, 3),
+        (3, 3, 3),
+        (4, 3, 0),
+        (None, 2, 0),
+    ]
+    seconds = [r.seconds for r in round_lines(lines, task_rounds, ended)]
+    assert seconds == pytest.approx([0.3, 0.3, 0.3, 100.9 - 0.9, 110.9 - 100.9])  # ends 0.3, 0.6, 0.9, 100.9, 110.9
+    assert sum(seconds) == pytest.approx(110.9)  # the run's time, split
+    text = format_summary(lines, {}, "/r/report.html", task_rounds, ended).splitlines()
+    assert text[0].split() == ["step", "round", "cached", "rows", "seconds"]
+    rows = {line.split()[0]: line.split()[1:] for line in text[1 : len(lines) + 1]}
+    assert rows["train-2"] == ["2", "yes", "–", "1.0"] and rows["train-4"] == ["4", "no", "–", "2.0"]
+    assert rows["round-generate-shard-3[0]"][:2] == ["4", "no"] and rows["gate"][:2] == ["–", "no"]
+    table = text[text.index("round  steps  cached    wall s") :]
+    assert [line.split() for line in table[1:6]] == [
+        ["1", "3", "3", "0.3"],
+        ["2", "3", "3", "0.3"],
+        ["3", "3", "3", "0.3"],
+        ["4", "3", "0", "100.0"],
+        ["after", "2", "0", "10.0"],
+    ]
+    # one round: no round column, no round table (as before); no end times known: no wall times
+    assert "round" not in format_summary(lines, {}, "/r/report.html").splitlines()[0]
+    assert {r.seconds for r in round_lines(lines, task_rounds, None)} == {None}

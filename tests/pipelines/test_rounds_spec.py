@@ -167,3 +167,59 @@ def test_round_twos_training_job_is_valid_against_the_crds_and_trains_from_round
     written = json.loads(storage.read_bytes(args["--config"]))
     assert args["--config"] == join(root, "configs", "train.json")
     assert written["model"] == join(first, "model") and written["beta"] == 0.2
+
+
+def local_build(rounds: int):
+    """The pipeline as a local run builds it (pipelines.run.run_kfp): its spec (as the compiled YAML holds it) and
+    each task's round."""
+    from google.protobuf import json_format
+
+    from pipelines.clipdpo_pipeline import build_pipeline, task_rounds
+    from pipelines.settings import SETTINGS
+
+    pipeline = build_pipeline(SETTINGS.cluster.for_local(), rounds)
+    return json_format.MessageToDict(pipeline.pipeline_spec), task_rounds(pipeline)
+
+
+def cache_identity(spec: dict, task: dict) -> tuple:
+    """What kfp's local runner keys a task's cache entry on (kfp.local.cache.LocalCache.compute_key: the component's
+    name, its container's image, command, args and env, the task's argument values), the values as the spec wires
+    them: a pipeline parameter, a constant or a producer task's output by that task's name. The same identity and
+    the same producers' outputs (cached, by induction) give the same key."""
+    component = task["componentRef"]["name"]
+    container = spec["deploymentSpec"]["executors"][spec["components"][component]["executorLabel"]]["container"]
+    wiring = {name: source(task, name) for name in task.get("inputs", {}).get("parameters", {})}
+    return component, json.dumps(container, sort_keys=True), wiring, task.get("cachingOptions")
+
+
+def test_a_rerun_with_one_more_round_finds_the_rounds_before_in_kfps_cache():
+    """ROUNDS=4 after ROUNDS=3: rounds 1-3 are, to kfp's local cache, the very tasks the 3-round run ran (same
+    names, components, containers, argument wiring), so only round 4 and the steps after the rounds run; and the
+    summary (which names tasks by these names) counts them in the same rounds."""
+    spec_3, rounds_3 = local_build(3)
+    spec_4, rounds_4 = local_build(4)
+    assert sorted(set(rounds_3.values())) == [1, 2, 3] and sorted(set(rounds_4.values())) == [1, 2, 3, 4]
+    assert {name: index for name, index in rounds_4.items() if index < 4} == rounds_3
+    tasks_3, tasks_4 = tasks_of(spec_3), tasks_of(spec_4)
+    for name in rounds_3:
+        assert cache_identity(spec_4, tasks_4[name][0]) == cache_identity(spec_3, tasks_3[name][0]), name
+    fourth = {name for name, index in rounds_4.items() if index == 4}
+    assert {"round-start-3", "train-4", "round-check-4"} <= fourth and not fourth & set(tasks_3)
+    # the run's evaluation, the gate and the report follow the rounds, in none of them: they judge round 4 too
+    assert not {name for name in rounds_4 if name.startswith(("rounds-evaluation", "gate", "report", "cleanup"))}
+    assert "ingest" in rounds_4 and rounds_4["ingest"] == 1  # round 1: the one-round pipeline's stages
+
+
+def test_a_one_round_runs_steps_are_round_ones_in_a_run_of_several():
+    """`--rounds 2` after a one-round run: round 1's stages (ingest to train) are the one-round pipeline's tasks to
+    kfp's cache; only round 1's evaluation and check are round components of their own."""
+    spec_1, rounds_1 = local_build(1)
+    spec_2, rounds_2 = local_build(2)
+    assert rounds_1 == {}  # one round: the summary has no round column
+    tasks_1, tasks_2 = tasks_of(spec_1), tasks_of(spec_2)
+    first = {name for name, index in rounds_2.items() if index == 1}
+    shared = first & set(tasks_1)
+    assert first - shared == {"round-plan-evaluation", "round-evaluate-task", "round-evaluate-merge", "round-check"}
+    assert {"ingest", "generate-shard", "score-finalize", "filter-pairs", "training-pairs", "train"} <= shared
+    for name in shared:
+        assert cache_identity(spec_2, tasks_2[name][0]) == cache_identity(spec_1, tasks_1[name][0]), name

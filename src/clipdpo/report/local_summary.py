@@ -4,12 +4,16 @@ kfp's local runner gives each run a folder `<pipeline_root>/<pipeline>-<timestam
 it executed, holding the task's `executor_output.json` (its Metrics output's numbers among them). A task
 served from kfp's cache gets no folder in this run: its numbers come from the newest earlier run that ran it.
 (kfp's local layout, as of kfp 2.17; a task it cannot find is shown without numbers.)
+
+A run of several rounds (clipdpo.rounds) also gets a line per round: its steps, how many kfp's cache served, and
+its wall time in this run (`round_lines`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 # Metrics keys shown as a step's rows (the first one present).
@@ -92,7 +96,11 @@ def display_name(task: str) -> str:
 
 
 def collect(
-    pipeline_root: str, pipeline_name: str, tasks: list[str], before: set[str], this_run: set[str] | None = None
+    pipeline_root: str,
+    pipeline_name: str,
+    tasks: list[str],
+    before: set[str],
+    this_run: Collection[str] | None = None,
 ) -> list[StepLine]:
     """One line per task: its newest metrics, and whether kfp's cache served it this time. `before`: the
     run folders that existed before this run started (a run served wholly from cache may add none).
@@ -120,19 +128,76 @@ def pairs_note(metrics: dict[str, float]) -> str:
     return f"  ({_number(metrics['caption_pairs'])} caption + {_number(metrics['qa_pairs'])} QA pairs)"
 
 
+@dataclass
+class RoundLine:
+    """One round of a run of several (`round` None: the steps after the rounds, the run's evaluation, gate and
+    report). `seconds`: its wall time in this run, None when unknown."""
+
+    round: int | None
+    steps: int
+    cached: int
+    seconds: float | None
+
+
+def round_of(task: str, task_rounds: Mapping[str, int]) -> int | None:
+    """A task folder's round by its task's name (the folder's last part); None: in no round."""
+    return task_rounds.get(os.path.basename(task))
+
+
+def round_lines(
+    lines: list[StepLine], task_rounds: Mapping[str, int], ended: Mapping[str, float] | None
+) -> list[RoundLine]:
+    """Per round (then the steps after the rounds): its steps, how many kfp's cache served, and its wall time from
+    `ended` ({step: seconds after the run began when it ended}, None: not known): from the end of the round before
+    (the run's start for round 1) to the end of its last step. A round starts only once the round before has been
+    checked, so the rounds' times add up to the run's. A round this run did not reach is left out."""
+    groups: dict[int | None, list[StepLine]] = {}
+    for line in lines:
+        groups.setdefault(round_of(line.task, task_rounds), []).append(line)
+    out, previous_end = [], 0.0
+    for index in sorted(k for k in groups if k is not None) + ([None] if None in groups else []):
+        members = groups[index]
+        ends = [ended[os.path.basename(m.task)] for m in members if ended and os.path.basename(m.task) in ended]
+        seconds = max(ends) - previous_end if ends else None
+        previous_end = max(ends) if ends else previous_end
+        out.append(RoundLine(index, len(members), sum(m.cached for m in members), seconds))
+    return out
+
+
 def _number(value: float | None, digits: str = ",.0f") -> str:
     return "–" if value is None else format(value, digits)
 
 
-def format_summary(lines: list[StepLine], headline: dict[str, dict[str, float]], report_path: str) -> str:
-    """Steps (cached or run, rows, seconds), then each headline metric per model, then the report's path."""
+def _round_table(rounds: list[RoundLine]) -> list[str]:
+    out = ["", f"{'round':<5}  {'steps':>5}  {'cached':>6}  {'wall s':>8}"]
+    for line in rounds:
+        name = "after" if line.round is None else str(line.round)
+        out.append(f"{name:<5}  {line.steps:>5}  {line.cached:>6}  {_number(line.seconds, '.1f'):>8}")
+    return out
+
+
+def format_summary(
+    lines: list[StepLine],
+    headline: dict[str, dict[str, float]],
+    report_path: str,
+    task_rounds: Mapping[str, int] | None = None,
+    ended: Mapping[str, float] | None = None,
+) -> str:
+    """Steps (cached or run, rows, seconds), then each headline metric per model, then the report's path. With
+    `task_rounds` ({task name: round}, a run of several rounds) each step's round and a table of the rounds
+    (round_lines, wall times from `ended`)."""
     width = max([len(display_name(line.task)) for line in lines] + [4])
-    out = [f"{'step':<{width}}  {'cached':<6}  {'rows':>9}  {'seconds':>8}"]
+    rounds = f"{'round':>5}  " if task_rounds else ""
+    out = [f"{'step':<{width}}  {rounds}{'cached':<6}  {'rows':>9}  {'seconds':>8}"]
     for line in lines:
+        index = round_of(line.task, task_rounds) if task_rounds else None
+        rounds = f"{'–' if index is None else index:>5}  " if task_rounds else ""
         out.append(
-            f"{display_name(line.task):<{width}}  {'yes' if line.cached else 'no':<6}  {_number(line.rows):>9}  "
-            f"{_number(line.metrics.get('step_seconds'), '.1f'):>8}{pairs_note(line.metrics)}"
+            f"{display_name(line.task):<{width}}  {rounds}{'yes' if line.cached else 'no':<6}  "
+            f"{_number(line.rows):>9}  {_number(line.metrics.get('step_seconds'), '.1f'):>8}{pairs_note(line.metrics)}"
         )
+    if task_rounds:
+        out += _round_table(round_lines(lines, task_rounds, ended))
     models = list(dict.fromkeys(m for values in headline.values() for m in values))
     if headline:
         metric_width = max(len(k) for k in headline)
