@@ -50,15 +50,21 @@ ROPE_THETA = 10.0
 @dataclass(frozen=True)
 class QwenShape:
     """Sizes of a tiny Qwen VL: a 32-wide language model with 2 query heads on 1 key/value head, head_dim 16
-    (8 rotary frequencies, split 2 / 3 / 3 between the temporal, height and width sections)."""
+    (8 rotary frequencies, split 2 / 3 / 3 between the temporal, height and width sections), over 4-pixel patches.
+    `patch`, `window` and `pixels` give other image shapes (the shared-prefix bench: Qwen2.5-VL's 14-pixel patches,
+    its 112-pixel windows, every image resized to 448x448)."""
 
     vision_hidden: int = 16
     vision_depth: int = 2
     hidden: int = 32
+    intermediate: int = 0  # 0 = 2 x hidden
     heads: int = 2
     kv_heads: int = 1
     layers: int = 2
     mrope_section: tuple[int, int, int] = (2, 3, 3)
+    patch: int = PATCH
+    window: int = 2  # Qwen2.5-VL's attention windows, in merged tokens per side
+    pixels: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS)  # the processor's range of image areas
 
 
 def qwen_tokenizer(chat_template: str):
@@ -103,7 +109,7 @@ def _text_config(tokenizer, shape: QwenShape, **family) -> dict:
     return {
         "vocab_size": len(tokenizer),
         "hidden_size": shape.hidden,
-        "intermediate_size": 2 * shape.hidden,
+        "intermediate_size": shape.intermediate or 2 * shape.hidden,
         "num_hidden_layers": shape.layers,
         "num_attention_heads": shape.heads,
         "num_key_value_heads": shape.kv_heads,
@@ -121,7 +127,7 @@ def _vision_config(shape: QwenShape, **family) -> dict:
         "hidden_size": shape.vision_hidden,
         "intermediate_size": 2 * shape.vision_hidden,
         "num_heads": 2,
-        "patch_size": PATCH,
+        "patch_size": shape.patch,
         "spatial_merge_size": MERGE,
         "temporal_patch_size": 2,
         "out_hidden_size": shape.hidden,
@@ -134,10 +140,10 @@ def qwen2_5_vl_config(tokenizer, shape: QwenShape = QwenShape()):
 
     rope = {"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": list(shape.mrope_section)}
     return Qwen2_5_VLConfig(
-        # windows of 2x2 merged tokens in the first vision block, full attention in the last (as the real
+        # windows of merged tokens in the first vision block, full attention in the last (as the real
         # model alternates them); window_size is in pixels
         vision_config=_vision_config(
-            shape, window_size=2 * PATCH * MERGE, fullatt_block_indexes=[shape.vision_depth - 1]
+            shape, window_size=shape.window * shape.patch * MERGE, fullatt_block_indexes=[shape.vision_depth - 1]
         ),
         text_config=_text_config(tokenizer, shape, rope_parameters=rope, use_sliding_window=False),
         tie_word_embeddings=False,
@@ -182,12 +188,12 @@ FAMILIES = {  # family -> (model class, processor class, video processor class, 
 }
 
 
-def build_processor(family: str):
+def build_processor(family: str, shape: QwenShape = QwenShape()):
     import transformers
 
     _, processor_class, video_class, _, template = FAMILIES[family]
-    sizes = {"patch_size": PATCH, "merge_size": MERGE, "temporal_patch_size": 2}
-    size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    sizes = {"patch_size": shape.patch, "merge_size": MERGE, "temporal_patch_size": 2}
+    size = {"shortest_edge": shape.pixels[0], "longest_edge": shape.pixels[1]}
     return getattr(transformers, processor_class)(
         image_processor=transformers.Qwen2VLImageProcessor(size=size, **sizes),
         tokenizer=qwen_tokenizer(template),
@@ -207,7 +213,7 @@ def build_tiny_qwen(
 
     model_class, _, _, config_builder, _ = FAMILIES[family]
     torch.manual_seed(seed)
-    processor = build_processor(family)
+    processor = build_processor(family, shape)
     model = getattr(transformers, model_class)(config_builder(processor.tokenizer, shape)).eval()
     if unit_scale:
         reinit_at_unit_scale(model, seed)

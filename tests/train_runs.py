@@ -52,10 +52,11 @@ def cli(
 
 
 def trained_weights(model_dir: str) -> dict[str, torch.Tensor]:
-    """Weights as loaded by transformers: ZeRO-3's gathered state dict is saved under other (loadable) key names."""
-    from transformers import LlavaForConditionalGeneration
+    """Weights as loaded by transformers (the class the checkpoint's config names: LLaVA, Qwen VL): ZeRO-3's
+    gathered state dict is saved under other (loadable) key names."""
+    from transformers import AutoModelForImageTextToText
 
-    return LlavaForConditionalGeneration.from_pretrained(model_dir).state_dict()
+    return AutoModelForImageTextToText.from_pretrained(model_dir).state_dict()
 
 
 def assert_bit_identical_training(got: str, want: str) -> None:

@@ -301,3 +301,18 @@ def test_a_short_run_trains_the_same_in_both_layouts(tiny, finetune, tmp_path):
     assert any("visual." not in k and "layers." in k for k in changed)
     # the tower stays frozen; its merger (Qwen's projector) trains (train_projector)
     assert {k for k in changed if "visual." in k} == {k for k in changed if "merger" in k} != set()
+
+
+def test_a_shape_with_the_real_patches_gives_qwen2_5_vls_image_tokens():
+    """The shared-prefix bench's Qwen2.5-VL shape: 14-pixel patches merged 2x2, every image resized to 448x448,
+    so any image is (448 / 14)^2 = 1024 patches and 256 image tokens, as the 7B model gives a 448x448 image."""
+    from tiny_qwen import QwenShape, build_processor
+
+    shape = QwenShape(patch=14, pixels=(448 * 448, 448 * 448))
+    processor = build_processor("qwen2_5_vl", shape)
+    encoder = PairEncoder(processor, max_length=512)
+    for size in ((40, 40), (448, 448)):
+        (encoded,) = encoder.encode_batch([(Image.new("RGB", size), "describe the image", "a dog", "a cat")], True)
+        assert encoded.image_grid.tolist() == [[1, 32, 32]]
+        assert int((encoded.prompt_ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 256
+        assert len(encoded.pixel_values) == 1024  # one row per 14x14 patch
