@@ -39,13 +39,13 @@ CANDIDATES = pa.schema(
 SCORES = pa.schema(
     list(CANDIDATES)
     + [
-        ("clip_score", pa.float32()),  # 100 x cos(image, text); captions only
+        ("clip_score", pa.float32()),  # the judge's score (CLIP: 100 x cos(image, text)); captions only
         ("clip_tokens", pa.int32()),  # CLIP tokenizer length incl. start/end tokens, untruncated
         ("clip_context", pa.int32()),  # the scorer's text context length
         ("n_words", pa.int32()),
         ("category", pa.string()),  # text | people | objects | scenes
         ("category_score", pa.float32()),
-        ("question_score", pa.float32()),  # qa rows: 100 x cos(image, question)
+        ("question_score", pa.float32()),  # qa rows: the judge's score of (image, question)
         ("qa_caption", pa.string()),  # qa rows: question turned into a description + correct answer
         ("qa_caption_score", pa.float32()),
         ("qa_neg_caption_score", pa.float32()),  # same description + the wrong answer

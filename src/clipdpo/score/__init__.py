@@ -1,4 +1,5 @@
-"""score: open_clip image-text scores, image categories, question and check-caption scores.
+"""score: open_clip image-text scores (the judge: CLIP, SigLIP, noun-level), image categories, question and
+check-caption scores.
 
 `run(cfg, candidates_uri, output, ...)` writes one scores shard per candidates shard.
 """
@@ -19,6 +20,17 @@ if TYPE_CHECKING:  # torch loads only when a stage really scores
 SPEED_ONLY = ("device", "image_batch_size", "text_batch_size")
 
 
+def score_identity(cfg: ScorerConfig) -> dict:
+    """What the scores artifact's fingerprint hashes: the config less SPEED_ONLY, and the judge unless it is the
+    default one (scores made before the judge was a setting are the same numbers, and keep their fingerprint)."""
+    from clipdpo.score.scorer import JudgeConfig
+
+    identity = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in SPEED_ONLY}
+    if cfg.judge == JudgeConfig():
+        del identity["judge"]
+    return identity
+
+
 def run(
     cfg: ScorerConfig,
     input: str,
@@ -36,7 +48,7 @@ def run(
     storage = storage or Storage()
     candidates = Artifact.open(storage, input, kind="candidates")
     images = candidates.upstream("images")
-    identity = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in SPEED_ONLY}
+    identity = score_identity(cfg)
     writer = ArtifactWriter(storage, output, "scores", identity, [candidates, images], overwrite=overwrite)
     scorer: list[ClipScorer] = []  # built lazily: a finished or resumed run needs no model
 

@@ -1,5 +1,5 @@
 """Score one candidates shard: every image decoded and encoded once (a batch of decoded images in memory at a
-time), every unique text once."""
+time), every unique text (and, for the noun-level judge, every distinct object phrase) once."""
 
 from __future__ import annotations
 
@@ -11,19 +11,48 @@ import pyarrow as pa
 
 from clipdpo.images import Decoding
 from clipdpo.schemas import SCORES
+from clipdpo.score import judge
 from clipdpo.score.qa_caption import question_to_caption
 from clipdpo.score.scorer import ClipScorer
 
 
-def _cosine_scores(
-    image_rows: np.ndarray, image_emb: np.ndarray, text_rows: np.ndarray, text_emb: np.ndarray
-) -> np.ndarray:
-    """100 x cos for row i between image image_rows[i] and text text_rows[i] (NaN where either is -1)."""
+def _cosines(image_rows: np.ndarray, image_emb: np.ndarray, text_rows: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+    """cos for row i between image image_rows[i] and text text_rows[i] (NaN where either is -1)."""
     out = np.full(len(image_rows), np.nan, dtype=np.float32)
     ok = (image_rows >= 0) & (text_rows >= 0)
     if ok.any():
-        out[ok] = 100.0 * np.einsum("ij,ij->i", image_emb[image_rows[ok]], text_emb[text_rows[ok]])
+        out[ok] = np.einsum("ij,ij->i", image_emb[image_rows[ok]], text_emb[text_rows[ok]])
     return out
+
+
+def phrase_scores(
+    scorer: ClipScorer, captions: list[str | None], image_rows: np.ndarray, image_emb: np.ndarray
+) -> np.ndarray:
+    """Per row: its caption's object phrases scored against the row's image (each distinct phrase encoded once),
+    pooled by the judge's phrase_pool; NaN for a row without a caption, an image or an object phrase."""
+    unique = sorted({text for text in captions if text})
+    phrases_of = dict(zip(unique, scorer.object_phrases(unique)))
+    distinct = sorted({phrase for phrases in phrases_of.values() for phrase in phrases})
+    phrase_emb = scorer.encode_texts(distinct) if distinct else np.zeros((0, 1), np.float32)
+    index = {phrase: i for i, phrase in enumerate(distinct)}
+    per_row = []
+    for text, image_row in zip(captions, image_rows):
+        phrases = phrases_of[text] if text and image_row >= 0 else []
+        cosines = phrase_emb[[index[phrase] for phrase in phrases]] @ image_emb[image_row] if phrases else []
+        per_row.append(scorer.scale(np.asarray(cosines, dtype=np.float32)))
+    return judge.pooled_phrase_scores(per_row, scorer.config.judge.phrase_pool)
+
+
+def caption_scores(
+    scorer: ClipScorer, captions: list[str | None], image_rows: np.ndarray, image_emb: np.ndarray, whole: np.ndarray
+) -> np.ndarray:
+    """The judge's caption scores: `whole` (the captions' own scores), mixed with their object phrases' when the
+    noun-level judge is on (JudgeConfig.phrase_weight > 0)."""
+    weight = scorer.config.judge.phrase_weight
+    if weight == 0:
+        return whole
+    pooled = phrase_scores(scorer, captions, image_rows, image_emb)
+    return judge.combine_with_phrases(whole, pooled, weight).astype(np.float32)
 
 
 @dataclass
@@ -97,10 +126,10 @@ def score_shard(candidates: pa.Table, images: pa.Table, scorer: ClipScorer) -> t
 
     def score_of(column: list[str | None]) -> np.ndarray:
         text_rows = np.array([text_index[t] if t else -1 for t in column], dtype=np.int64)
-        return _cosine_scores(image_rows, image_emb, text_rows, text_emb)
+        return scorer.scale(_cosines(image_rows, image_emb, text_rows, text_emb))
 
     extra = {
-        "clip_score": score_of(texts.caption),
+        "clip_score": caption_scores(scorer, texts.caption, image_rows, image_emb, score_of(texts.caption)),
         "clip_tokens": [token_count[t] if t else None for t in texts.caption],
         "clip_context": [scorer.context_length] * len(rows),
         "n_words": [len(t.split()) if t else 0 for t in texts.caption],
