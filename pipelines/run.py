@@ -105,14 +105,17 @@ def local_content_tags(root: Path = Path(__file__).resolve().parent.parent) -> N
     """Locally, each stage's "image" is its content tag (clipdpo.cluster.imagetags: a hash of the source files the
     stage can import, its lockfile and Dockerfile) unless CLIPDPO_IMAGE_TAGS is set: kfp's local cache keys a step
     by its image and inputs, so with one version tag a step whose code changed was served from the cache.
-    Set before the pipeline module is imported (its components read the tags when they are defined)."""
-    if os.environ.get("CLIPDPO_IMAGE_TAGS") or not (root / "Dockerfiles").is_dir():
-        return  # chosen by the user, or an installed package without the image sources: the version tag
+    Only before the pipeline's settings are imported (its components read the tags when they are defined): a
+    process that imported them first (a test running several pipelines in one process) keeps the tags it has."""
+    if (
+        os.environ.get("CLIPDPO_IMAGE_TAGS")
+        or not (root / "Dockerfiles").is_dir()
+        or "pipelines.settings" in sys.modules
+    ):
+        return  # chosen by the user, an installed package without the image sources, or too late: as they are
     from clipdpo.cluster.imagetags import stage_tag
     from clipdpo.stages import IMAGES
 
-    if "pipelines.settings" in sys.modules:
-        raise RuntimeError("local_content_tags: pipelines.settings was imported before the tags were set")
     try:
         os.environ["CLIPDPO_IMAGE_TAGS"] = json.dumps({name: stage_tag(str(root), name) for name in IMAGES})
     except (OSError, ValueError) as err:  # a checkout whose image files do not hash: keep the version tag

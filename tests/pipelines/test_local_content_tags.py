@@ -37,3 +37,14 @@ def test_tags_the_user_set_are_kept():
     chosen = json.dumps({"filter": "9.9.9-mine"})
     probe = _probe(CLIPDPO_IMAGE_TAGS=chosen)
     assert probe["tags"] == chosen and probe["filter"].endswith("/clipdpo-filter:9.9.9-mine")
+
+
+def test_a_process_that_imported_the_settings_first_keeps_its_tags():
+    """A test running pipelines in one process imports the settings first: the tags stay as they are."""
+    late = "import os, json\nimport pipelines.settings\n" + PROBE.split("import json, os\n", 1)[1]
+    environ = {k: v for k, v in os.environ.items() if k != "CLIPDPO_IMAGE_TAGS"} | {"CLIPDPO_IMAGE_TAG": "0.1.0"}
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    out = subprocess.run([sys.executable, "-c", late], env=environ, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["tags"] is None and probe["filter"].endswith("/clipdpo-filter:0.1.0")

@@ -140,7 +140,7 @@ class JudgeConfig:
     spacy_model: str = "en_core_web_lg"  # a package name or a model folder (with phrase_weight > 0)
     not_objects: list[str] = field(default_factory=lambda: list(NOT_OBJECTS))  # chunk heads that name no object
 
-    RANGES = {"phrase_weight": config_lib.FRACTION}
+    RANGES = {"siglip_offset": config_lib.FINITE, "phrase_weight": config_lib.FRACTION}
 
     def __post_init__(self) -> None:
         config_lib.check_ranges(self)
