@@ -68,10 +68,10 @@ def words_of(tokenizer, rng, target: int, vocabulary: list[str]) -> str:
 def make_texts(tokenizer, n: int, seed: int) -> list[tuple[str, str, str]]:
     import numpy as np
 
-    from clipdpo.demo.models import _CORPUS
+    from clipdpo.demo.models import CORPUS
 
     rng = np.random.default_rng(seed)
-    vocabulary = sorted(set(_CORPUS.split()) - {".", "?", ":"})
+    vocabulary = sorted(set(CORPUS.split()) - {".", "?", ":"})
     rows = []
     for _ in range(n):
         p, c, r = (
