@@ -83,11 +83,12 @@ tools:
 
 # The suite on TEST_WORKERS pytest-xdist workers (2: the cores of the machines it must fit on; TEST_WORKERS=0 runs
 # it in one process). Work units go out longest first (tests/conftest.py orders them; loadgroup keeps each
-# xdist_group on one worker, --no-loadscope-reorder keeps that order).
+# xdist_group on one worker, --no-loadscope-reorder keeps that order). --durations: the slowest tests' seconds in
+# every log, CI's included, to see what eats the 20-minute budget.
 TEST_WORKERS ?= 2
 PYTEST_WORKERS = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 test: $(STAMP) tools nlp-data
-	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q $(PYTEST_WORKERS)
+	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q --durations=25 $(PYTEST_WORKERS)
 
 test-fast: $(STAMP) tools nlp-data
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
