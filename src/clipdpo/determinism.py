@@ -7,6 +7,13 @@ BLAS kernels (`MKL_CBWR`, MKL's conditional numerical reproducibility), and ever
 how the work is split (the thread count). Pinning all of them to what every machine of the kind has
 (AVX2, one intra-op thread) makes the code path the same everywhere.
 
+Except across CPU vendors: MKL honours a named CNR branch (`MKL_CBWR=AVX2`) on Intel CPUs only and runs its
+AUTO branch elsewhere (Intel's "Specifying Code Branches": settings other than AUTO or COMPATIBLE are available
+only for Intel processors). Seen on an AMD EPYC: a float32 matmul gave the same bits under MKL_CBWR unset, AUTO,
+SSE4_2 and AVX2, and other bits under COMPATIBLE (SSE2 without approximate reciprocals, the one branch MKL keeps
+the same on every vendor). So the record says which branch MKL really ran (`mkl_branch`), and tables from an
+Intel and an AMD machine are two machines' numbers, not one.
+
 The environment variables are read once, when torch (and MKL / oneDNN) load: they take effect only when
 set before `import torch`. So a child process gets them in its environment (`child_env`), and a process
 that sets them for itself (`apply_env`) must do so before anything imports torch; `apply_torch` sets what
@@ -110,42 +117,59 @@ def apply_torch(pins: CpuPins = CpuPins()) -> list[str]:
     return wrong
 
 
-def cpu_model(cpuinfo: str | None = None) -> str:
-    """The CPU's "model name" from /proc/cpuinfo (or the text given); "unknown" where there is none."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as handle:
-                cpuinfo = handle.read()
-        except OSError:
-            return "unknown"
-    for line in cpuinfo.splitlines():
+def _read_cpuinfo(cpuinfo: str | None) -> str:
+    if cpuinfo is not None:
+        return cpuinfo
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def _cpuinfo_field(name: str, cpuinfo: str | None) -> str:
+    """The first non-empty value of `name` in /proc/cpuinfo (or the text given); "unknown" where there is none."""
+    for line in _read_cpuinfo(cpuinfo).splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
+        if key.strip() == name and value.strip():
             return value.strip()
     return "unknown"
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's "model name" from /proc/cpuinfo (or the text given); "unknown" where there is none."""
+    return _cpuinfo_field("model name", cpuinfo)
+
+
 def cpu_flags(cpuinfo: str | None = None) -> list[str]:
     """The vector instruction sets the CPU offers (avx2, avx512*, amx*), from /proc/cpuinfo's flags."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as handle:
-                cpuinfo = handle.read()
-        except OSError:
-            return []
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return sorted(f for f in value.split() if f == "avx2" or f.startswith(("avx512", "amx")))
-    return []
+    flags = _cpuinfo_field("flags", cpuinfo)
+    return sorted(f for f in flags.split() if f == "avx2" or f.startswith(("avx512", "amx")))
+
+
+def cpu_vendor(cpuinfo: str | None = None) -> str:
+    """The CPU's "vendor_id" (GenuineIntel, AuthenticAMD, ...) from /proc/cpuinfo; "unknown" where there is none."""
+    return _cpuinfo_field("vendor_id", cpuinfo)
+
+
+def mkl_branch(requested: str | None, vendor: str) -> str:
+    """The CNR branch MKL runs for `MKL_CBWR=requested` on a CPU of `vendor`: a named ISA branch on Intel only,
+    AUTO (MKL's own choice by the CPU) elsewhere and when none is requested."""
+    branch = (requested or "AUTO").split(",")[0].removeprefix("BRANCH=").strip().upper() or "AUTO"
+    if branch in ("AUTO", "COMPATIBLE") or vendor == "GenuineIntel":
+        return branch
+    return f"AUTO (MKL_CBWR={requested} is honoured on Intel CPUs only; this CPU: {vendor})"
 
 
 def record(pins: CpuPins | None = None, cpuinfo: str | None = None) -> dict:
     """What to keep beside a measured table (metrics.json "resources"): the CPU, the variables in force in this
     process, the pins asked for (when given), and torch's kernel choice and threads when torch is loaded."""
+    vendor = cpu_vendor(cpuinfo)
     out: dict = {
         "cpu_model": cpu_model(cpuinfo),
+        "cpu_vendor": vendor,
         "cpu_vector_flags": cpu_flags(cpuinfo),
+        "mkl_branch": mkl_branch(os.environ.get("MKL_CBWR"), vendor),
         "cpus": os.cpu_count(),
         "environment": {name: os.environ.get(name) for name in PINNED_VARIABLES},
     }

@@ -288,6 +288,7 @@ def test_effects_reach_metrics_and_the_report():
                 "cpus": 2,
                 "environment": {"ATEN_CPU_CAPABILITY": "avx2"},
                 "torch": {"cpu_capability": "AVX2", "intra_op_threads": 1},
+                "mkl_branch": "AUTO (MKL_CBWR=AVX2 is honoured on Intel CPUs only; this CPU: AuthenticAMD)",
             }
         },
     }
@@ -295,3 +296,4 @@ def test_effects_reach_metrics_and_the_report():
     assert f"+50.0 [{lo:+.1f}, {hi:+.1f}]" in text and "100 resamples" in text
     assert f"+50.0 [{lo:+.1f}, {hi:+.1f}]" in report.html(metrics)
     assert "Scored on: Test CPU (2 CPUs); torch AVX2 kernels, 1 thread(s); pins: ATEN_CPU_CAPABILITY=avx2" in text
+    assert "; MKL branch AUTO (MKL_CBWR=AVX2 is honoured on Intel CPUs only; this CPU: AuthenticAMD)" in text

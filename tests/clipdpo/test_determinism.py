@@ -71,6 +71,21 @@ def test_cpu_model_and_flags_from_cpuinfo():
     }
     assert set(record["environment"]) == set(determinism.PINNED_VARIABLES)
     assert "pins" not in determinism.record(cpuinfo=CPUINFO)  # none asked for: only what is in force
+    assert record["cpu_vendor"] == "GenuineIntel" and determinism.cpu_vendor("model name : x\n") == "unknown"
+
+
+def test_mkl_branch_names_the_branch_mkl_really_runs_on_each_vendor():
+    """MKL takes a named CNR branch on Intel CPUs only (its guide, "Specifying Code Branches"); elsewhere AUTO."""
+    assert determinism.mkl_branch("AVX2", "GenuineIntel") == "AVX2"
+    assert determinism.mkl_branch("BRANCH=avx2,STRICT", "GenuineIntel") == "AVX2"
+    assert determinism.mkl_branch(None, "GenuineIntel") == "AUTO"
+    on_amd = determinism.mkl_branch("AVX2", "AuthenticAMD")
+    assert on_amd.startswith("AUTO (") and "AuthenticAMD" in on_amd and "MKL_CBWR=AVX2" in on_amd
+    assert determinism.mkl_branch("COMPATIBLE", "AuthenticAMD") == "COMPATIBLE"  # the one branch kept on every vendor
+    amd = CPUINFO.replace("GenuineIntel", "AuthenticAMD")
+    assert determinism.record(cpuinfo=amd)["mkl_branch"] == determinism.mkl_branch(
+        os.environ.get("MKL_CBWR"), "AuthenticAMD"
+    )
     if os.path.exists("/proc/cpuinfo"):  # this machine's own, read the plain way
         names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
         assert determinism.cpu_model() == (names[0] if names else "unknown")

@@ -219,7 +219,10 @@ def _resources(metrics: dict) -> list[str]:
         torch = cpu.get("torch") or {}
         kernels = f"; torch {torch['cpu_capability']} kernels, {torch['intra_op_threads']} thread(s)" if torch else ""
         pinned = ", ".join(f"{k}={v}" for k, v in (cpu.get("environment") or {}).items() if v is not None)
-        lines.append(f"Scored on: {cpu.get('cpu_model')} ({cpu.get('cpus')} CPUs){kernels}; pins: {pinned or 'none'}")
+        mkl = f"; MKL branch {cpu['mkl_branch']}" if cpu.get("mkl_branch") else ""
+        lines.append(
+            f"Scored on: {cpu.get('cpu_model')} ({cpu.get('cpus')} CPUs){kernels}; pins: {pinned or 'none'}{mkl}"
+        )
     return lines
 
 
