@@ -47,7 +47,7 @@ help:
 	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL (tiny and LLaVA-1.5 shapes), AMBER scoring,"
 	@echo "                    the demo in rounds (one more round reuses the rounds before; stopped in round 2, resumed)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install_venv.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PYTHON) scripts/install_venv.py $(PY) '.[dev]'
 	touch $(STAMP)

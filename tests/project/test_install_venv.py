@@ -42,3 +42,17 @@ def test_pip_config_becomes_uv_flags_each_source_once():
 
 def test_no_pip_config_leaves_uv_its_defaults():
     assert load().uv_flags("") == ["--index-strategy", "unsafe-best-match"]
+
+
+def test_the_venv_holds_the_bytecode_of_what_every_step_imports():
+    """uv's --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set, a package without its .pyc files is compiled
+    from source again in every process that imports it (seconds per kfp step and training process)."""
+    import importlib.util
+
+    import kfp
+    import torch
+    import transformers
+
+    for module in (torch, transformers, kfp):
+        cached = importlib.util.cache_from_source(module.__file__)
+        assert Path(cached).is_file(), f"{module.__name__}: no bytecode at {cached} (install without compiling)"
