@@ -7,7 +7,8 @@ safe to call from any process. What each shows and why:
 - `filter_funnel`: rows each filter rule removed and what was kept;
 - `caption_lengths`: chosen vs rejected length (a preference for longer captions is the length trap);
 - `grouped_bars`: per-category numbers for several models side by side (AMBER base vs trained vs control);
-- `rounds_curve`: a run of several rounds: its headline numbers, pairs kept and caption CLIP scores per round.
+- `rounds_curve`: a run of several rounds: each headline metric (with its intervals), pairs kept and caption CLIP
+  scores per round.
 """
 
 from __future__ import annotations
@@ -223,30 +224,59 @@ def grouped_bars(panels: Sequence[tuple[str, dict[str, dict[str, float | None]]]
     return figure
 
 
+def _error_bars(values: Sequence[float | None], intervals: Sequence[tuple[float, float] | None]):
+    """(x, centre, half width) of the intervals at points that have a value, for `Axes.errorbar`. Centred on the
+    interval, not the point: a percentile interval need not hold the (rounded) value, and a bar from the value
+    would then need a negative length, which matplotlib refuses; the point itself is drawn by its line."""
+    kept = [(x, i) for x, (v, i) in enumerate(zip(values, intervals)) if v is not None and i is not None]
+    return [x for x, _ in kept], [(i[0] + i[1]) / 2 for _, i in kept], [(i[1] - i[0]) / 2 for _, i in kept]
+
+
+def _grid_shape(panels: int) -> tuple[int, int]:
+    """(rows, columns) for `panels` small panels: at most 2 rows, so a figure of many stays wide, not tall."""
+    rows = 1 if panels <= 3 else 2
+    return rows, -(-panels // rows)
+
+
+def _grid(figure: Figure, panels: int) -> list:
+    """`panels` axes in reading order on a `_grid_shape` grid; the spare cell of an odd count removed."""
+    axes = list(np.atleast_1d(figure.subplots(*_grid_shape(panels))).ravel())
+    for spare in axes[panels:]:
+        figure.delaxes(spare)
+    return axes[:panels]
+
+
 def rounds_curve(
     metrics: Mapping[str, Sequence[float | None]],
     pairs: Sequence[int | None],
     scores: Sequence[Sequence[float]],
+    intervals: Mapping[str, Sequence[tuple[float, float] | None]] | None = None,
 ) -> Figure:
-    """Per round (1, 2, ...): each headline metric in `metrics` (its values for the base, then round 1, 2, ...:
-    one more than the rounds), the pairs the round kept, and the distribution of its captions' CLIP scores (each
-    round captions with the model the round before trained)."""
-    figure = Figure(figsize=(16, 4))
-    ax_metrics, ax_pairs, ax_scores = figure.subplots(1, 3)
+    """Per round (1, 2, ...): one panel per headline metric in `metrics` (titled by its key, which says which
+    direction is better; its values for the base, then round 1, 2, ...: one more than the rounds), with error bars
+    from `intervals` (the same keys; None where a point has none), then the pairs each round kept and the
+    distribution of its captions' CLIP scores (each round captions with the model the round before trained).
+    Each metric has its own y-axis: their scales differ (CHAIR a few %, F1 near 90)."""
+    intervals = intervals or {}
+    panels = max(1, len(metrics)) + 2
+    rows, cols = _grid_shape(panels)
+    figure = Figure(figsize=(3.6 * cols, 3.2 * rows))
+    *ax_metrics, ax_pairs, ax_scores = _grid(figure, panels)
     rounds = np.arange(1, len(pairs) + 1)
-    for (name, values), colour in zip(metrics.items(), MODEL_COLOURS[1:] * 4):
-        ax_metrics.plot(
-            range(len(values)), [np.nan if v is None else v for v in values], "o-", color=colour, label=name
-        )
-    if metrics:
-        ax_metrics.set_xticks(range(len(rounds) + 1), ["base", *map(str, rounds)])
-        ax_metrics.set_xlabel("round")
-        ax_metrics.legend(fontsize="small")
-        ax_metrics.set_title("headline metrics per round")
-    else:
-        _no_data(ax_metrics, "headline metrics per round")
+    for ax, (name, values) in zip(ax_metrics, metrics.items()):
+        x = range(len(values))
+        ax.plot(x, [np.nan if v is None else v for v in values], "o-", color=MODEL_COLOURS[1])
+        bar_x, centres, half_widths = _error_bars(values, intervals.get(name) or [None] * len(values))
+        if bar_x:
+            ax.errorbar(bar_x, centres, yerr=half_widths, fmt="none", ecolor=MODEL_COLOURS[1], capsize=4)
+        ax.set_xticks(x, ["base", *map(str, range(1, len(values)))])
+        ax.set_xlabel("round")
+        ax.set_title(name)
+    if not metrics:
+        _no_data(ax_metrics[0], "headline metrics per round")
     bars = ax_pairs.bar(rounds, [np.nan if p is None else p for p in pairs], color=CHOSEN)
     ax_pairs.bar_label(bars, labels=["–" if p is None else f"{p}" for p in pairs], fontsize="small")
+    ax_pairs.margins(y=0.12)  # room above the tallest bar for its label
     ax_pairs.set_xticks(rounds)
     ax_pairs.set_xlabel("round")
     ax_pairs.set_title("pairs kept per round")

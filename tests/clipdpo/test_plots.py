@@ -140,3 +140,33 @@ def test_grouped_bars_models_by_labels_with_missing_values():
     assert heights[:2] == [80.0, 70.0] and math.isnan(heights[2])  # base's missing Relation: no bar
     assert heights[3:6] == [85.0, 72.5, 60.0]
     assert [t.get_text() for t in ax_f1.get_legend().get_texts()] == ["base", "clip-dpo", "control"]
+
+
+def test_rounds_curve_one_panel_per_metric_with_its_error_bars():
+    """A panel per metric, titled by it, with its own y-axis and error bars for the points that have an interval
+    (the interval as given, even one that leaves its point out), then pairs kept and CLIP scores per round."""
+    from matplotlib.container import ErrorbarContainer
+
+    metrics = {"CHAIR ↓": [10.0, 8.0, 9.0], "F1 ↑": [70.0, 72.0, None], "POPE ↑": [85.0, 86.0, 84.0]}
+    intervals = {"CHAIR ↓": [None, (6.5, 9.5), (9.5, 11.0)], "F1 ↑": [None, None, (69.0, 71.0)]}
+    figure = plots.rounds_curve(metrics, [10, None], [[0.2, 0.3, 0.4], []], intervals)
+    _decodes(figure)
+    assert len(figure.axes) == 5  # 3 metrics + 2 on a 2 x 3 grid, its spare cell removed
+    chair, f1, pope, pairs, scores = figure.axes
+    assert [ax.get_title() for ax in (chair, f1, pope)] == list(metrics)
+    assert [list(ax.get_lines()[0].get_ydata()) for ax in (chair, pope)] == [metrics["CHAIR ↓"], metrics["POPE ↑"]]
+    assert chair.get_ylim() != pope.get_ylim()  # not one shared axis
+    assert [t.get_text() for t in chair.get_xticklabels()] == ["base", "1", "2"]
+    (bars,) = [c for c in chair.containers if isinstance(c, ErrorbarContainer)]
+    # round 2's interval (9.5, 11.0) leaves its value 9 out: drawn as it is, not stretched to the point
+    assert np.allclose(bars.lines[2][0].get_segments(), [[[1, 6.5], [1, 9.5]], [[2, 9.5], [2, 11.0]]])
+    # F1's only interval is at a point with no value (round 2): nothing to draw it at; POPE has none
+    assert not [c for ax in (f1, pope) for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert pairs.get_title() == "pairs kept per round" and scores.get_title().startswith("CLIP score")
+
+
+def test_rounds_curve_without_metrics_still_renders():
+    figure = plots.rounds_curve({}, [3, 4], [[], []])
+    _decodes(figure)
+    assert [ax.get_title() for ax in figure.axes][0] == "headline metrics per round"
+    assert len(figure.axes) == 3

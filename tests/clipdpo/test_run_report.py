@@ -8,6 +8,7 @@ import io
 import json
 import re
 
+import numpy as np
 import pytest
 import report_fixture as fx
 from PIL import Image
@@ -115,9 +116,12 @@ def test_falling_chosen_logps_warn_in_the_report(tmp_path):
 
 def test_a_run_of_several_rounds_gets_a_curve_per_round(tmp_path):
     """<run_root>/rounds.json names the rounds: each round's pairs kept and its captions' CLIP scores (round 1's
-    artifacts under the run root, round 2's under round-2/), and the headline metrics of base, round1, round2."""
+    artifacts under the run root, round 2's under round-2/), and the headline metrics of base, round1, round2 with
+    each round's bootstrap interval (base + the interval of round minus base) where metrics.json's effects have it."""
+    from matplotlib.container import ErrorbarContainer
+
     from clipdpo import plots
-    from clipdpo.report.figures import round_metrics, run_figures
+    from clipdpo.report.figures import round_intervals, round_metrics, run_figures
     from clipdpo.report.render import headline
 
     storage, root = Storage(), fx.write_run(str(tmp_path / "run"))
@@ -125,20 +129,68 @@ def test_a_run_of_several_rounds_gets_a_curve_per_round(tmp_path):
     record = {"rounds": [{"round": 1, "passed": True}, {"round": 2, "passed": False}]}
     storage.write_bytes(f"{root}/rounds.json", json.dumps(record).encode())
     metrics = json.loads(storage.read_bytes(f"{root}/evaluation/metrics.json"))
-    for name, chair in (("round1", 8.0), ("round2", 9.0)):
-        metrics["models"].insert(-1, {"name": name})
-        metrics["results"][name] = {"amber": {"amber_score": 80.0 - chair, "generative": {"chair": chair}}}
+
+    def others(top1, pope=None):  # zero-shot top-1 and POPE F1 of one model
+        return {"zero_shot": {"objects": {"top1": top1}}, **({"suite": {"pope": {"headline": pope}}} if pope else {})}
+
+    metrics["results"]["base"].update(others(90.0, 85.0))
+    for name, amber, more in (
+        ("round1", (8.0, 30.0, 72.0), others(95.0, 86.0)),
+        ("round2", (9.0, 35.0, 71.0), others(100.0)),
+    ):
+        metrics["models"].insert(-1, {"name": name})  # (CHAIR, Hal, F1); round 2 has no POPE
+        metrics["results"][name] = {"amber": fx._amber(*amber, existence_f1=80.0), **more}
+    effect = {"delta": 0.0, "resamples": 1000, "images": 2}  # the delta is not drawn: the value is
+    metrics["effects"]["round1"] = {
+        "amber.generative.chair": {**effect, "ci95": [-3.5, -0.5]},
+        "zero_shot.objects.top1": {**effect, "ci95": [1.0, 9.0]},
+    }
+    metrics["effects"]["round2"] = {"amber.generative.chair": {**effect, "ci95": [-2.0, 0.5]}}
     storage.write_bytes(f"{root}/evaluation/metrics.json", json.dumps(metrics).encode())
 
     run = gather(root, Storage())
     assert [(r.index, r.passed, r.pairs) for r in run.rounds] == [(1, True, 4), (2, False, 4)]  # 3 caption + 1 qa
     captions = [score for _, scores in fx.CAPTIONS.values() for score in scores]  # the qa row has no score
     assert run.rounds[0].caption_scores == captions and run.rounds[1].caption_scores == captions
-    # base (CHAIR 10, AMBER score (100 - 10 + 70) / 2 = 80), then round 1 and round 2
-    assert round_metrics(run) == {"AMBER score": [80.0, 72.0, 71.0], "CHAIR": [10.0, 8.0, 9.0]}
+    # base, round 1, round 2; AMBER score (100 - CHAIR + F1) / 2: (100 - 10 + 70) / 2 = 80, then 82, 81
+    values = {
+        "CHAIR ↓": [10.0, 8.0, 9.0],
+        "Hal ↓": [40.0, 30.0, 35.0],
+        "Cover ↑": [50.0, 50.0, 50.0],
+        "AMBER F1 ↑": [70.0, 72.0, 71.0],
+        "AMBER score ↑": [80.0, 82.0, 81.0],
+        "objects top-1 ↑": [90.0, 95.0, 100.0],
+        "POPE F1 ↑": [85.0, 86.0, None],
+    }
+    assert round_metrics(run) == values and list(round_metrics(run)) == list(values)
+    # CHAIR: 10 + [-3.5, -0.5] and 10 + [-2.0, 0.5]; top-1: 90 + [1, 9]; the base and the rest have none
+    intervals = {label: [None, None, None] for label in values}
+    intervals["CHAIR ↓"] = [None, (6.5, 9.5), (8.0, 10.5)]
+    intervals["objects top-1 ↑"] = [None, (91.0, 99.0), None]
+    assert round_intervals(run) == intervals
     numbers = headline(run)
     assert numbers["round1_pairs_kept"] == 4.0 and numbers["round2_caption_clip_mean"] == pytest.approx(28.6875)
     (curve,) = [f.figure for f in run_figures(run) if f.name == "rounds"]
     assert plots.to_png(curve).startswith(b"\x89PNG")
+    # one axis per metric (then pairs kept, CLIP scores), error bars only where there are intervals
+    *metric_axes, pairs_ax, scores_ax = curve.axes
+    assert [ax.get_title() for ax in metric_axes] == list(values)
+    assert pairs_ax.get_title() == "pairs kept per round"
+    bars = {ax.get_title(): [c for c in ax.containers if isinstance(c, ErrorbarContainer)] for ax in metric_axes}
+    assert {label for label, found in bars.items() if found} == {"CHAIR ↓", "objects top-1 ↑"}
+    (chair_bars,) = bars["CHAIR ↓"]
+    (segments,) = [lines.get_segments() for lines in chair_bars.lines[2]]
+    assert np.allclose(segments, [[[1, 6.5], [1, 9.5]], [[2, 8.0], [2, 10.5]]])
     one_round = gather(fx.write_run(str(tmp_path / "one")), Storage())
     assert one_round.rounds == [] and "rounds" not in [f.name for f in run_figures(one_round)]
+
+
+def test_a_rounds_interval_is_the_base_plus_the_paired_difference_interval():
+    """world-0's round 1 CHAIR: base 10.6, round minus base -4.0 [-4.9, -3.1] -> [10.6 - 4.9, 10.6 - 3.1]."""
+    from clipdpo.report.figures import round_interval
+
+    effect = {"delta": -4.0, "ci95": [-4.9, -3.1], "images": 300, "resamples": 1000}
+    assert round_interval(10.6, effect) == pytest.approx((5.7, 7.5))
+    assert round_interval(98.98, {"ci95": [0.0, 3.06]}) == pytest.approx((98.98, 102.04))  # not capped: as found
+    assert round_interval(None, effect) is None  # no base value to add it to
+    assert round_interval(10.6, None) is None and round_interval(10.6, {"delta": -4.0}) is None

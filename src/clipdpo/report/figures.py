@@ -43,26 +43,71 @@ def amber_panels(evaluation: dict) -> list[tuple[str, dict[str, dict[str, float 
     return panels
 
 
-ROUND_HEADLINE = (("AMBER score", ("amber", "amber_score")), ("CHAIR", ("amber", "generative", "chair")))
+# A run of rounds' headline metrics: label (with the direction that is better, for the panel's title) and the
+# metric's path in metrics.json's results; dot-joined, the same path keys its bootstrap interval in `effects`.
+# Each zero-shot benchmark's top-1 comes after these AMBER ones and before POPE (see `round_headline`).
+ROUND_HEADLINE = (
+    ("CHAIR ↓", ("amber", "generative", "chair")),
+    ("Hal ↓", ("amber", "generative", "hal")),
+    ("Cover ↑", ("amber", "generative", "cover")),
+    ("AMBER F1 ↑", ("amber", "discriminative", "f1")),
+    ("AMBER score ↑", ("amber", "amber_score")),
+)
+POPE_HEADLINE = ("POPE F1 ↑", ("suite", "pope", "headline"))
+
+
+def _at(tree, path: tuple[str, ...]):
+    for key in path:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def round_headline(results: dict) -> list[tuple[str, tuple[str, ...]]]:
+    """The headline metrics' (label, path): ROUND_HEADLINE, each zero-shot benchmark any model has, then POPE."""
+    benchmarks = dict.fromkeys(name for r in results.values() for name in (_at(r, ("zero_shot",)) or {}))
+    zero_shot = [(f"{name} top-1 ↑", ("zero_shot", name, "top1")) for name in benchmarks]
+    return [*ROUND_HEADLINE, *zero_shot, POPE_HEADLINE]
+
+
+def _round_models(run: RunData) -> list[str]:
+    from clipdpo.rounds import round_name
+
+    return [(run.evaluation or {}).get("baseline", "base")] + [round_name(r.index) for r in run.rounds]
 
 
 def round_metrics(run: RunData) -> dict[str, list[float | None]]:
     """Each headline metric the evaluation has for the base and every round's model (round1, round2, ...)."""
-    from clipdpo.rounds import round_name
-
-    evaluation = run.evaluation or {}
-    results = evaluation.get("results", {})
-    names = [evaluation.get("baseline", "base")] + [round_name(r.index) for r in run.rounds]
+    results = (run.evaluation or {}).get("results", {})
+    models = _round_models(run)
     out = {}
-    for label, path in ROUND_HEADLINE:
-        values = []
-        for name in names:
-            value = results.get(name)
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
-            values.append(value)
+    for label, path in round_headline(results):
+        values = [_at(results.get(model), path) for model in models]
         if any(v is not None for v in values):
             out[label] = values
+    return out
+
+
+def round_interval(base: float | None, effect: dict | None) -> tuple[float, float] | None:
+    """A round's 95% interval on the base's images: the base's value plus the paired bootstrap interval of the
+    difference (round minus base), as metrics.json's effects hold it. None without a base value or an interval."""
+    ci95 = (effect or {}).get("ci95")
+    if base is None or not ci95:
+        return None
+    return base + ci95[0], base + ci95[1]
+
+
+def round_intervals(run: RunData) -> dict[str, list[tuple[float, float] | None]]:
+    """The intervals of `round_metrics`' values, label by label; the base's is None (the differences are from it)."""
+    effects = (run.evaluation or {}).get("effects") or {}
+    results = (run.evaluation or {}).get("results", {})
+    models = _round_models(run)
+    metrics = round_metrics(run)
+    out = {}
+    for label, path in round_headline(results):
+        if label not in metrics:
+            continue
+        key, base = ".".join(path), metrics[label][0]
+        out[label] = [None] + [round_interval(base, effects.get(model, {}).get(key)) for model in models[1:]]
     return out
 
 
@@ -115,9 +160,14 @@ def run_figures(run: RunData) -> list[NamedFigure]:
                 "rounds",
                 "Rounds",
                 "A run of several rounds, each captioning with and training from the model the round before "
-                "trained: headline metrics (base, then each round's model), pairs kept, captions' CLIP scores.",
+                "trained: each headline metric (base, then each round's model; bars: the round's 95% paired "
+                "bootstrap interval on the base's images, where the evaluation has one), pairs kept, captions' CLIP "
+                "scores.",
                 plots.rounds_curve(
-                    round_metrics(run), [r.pairs for r in run.rounds], [r.caption_scores for r in run.rounds]
+                    round_metrics(run),
+                    [r.pairs for r in run.rounds],
+                    [r.caption_scores for r in run.rounds],
+                    round_intervals(run),
                 ),
             )
         )
