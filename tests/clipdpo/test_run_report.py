@@ -191,6 +191,7 @@ def test_a_rounds_interval_is_the_base_plus_the_paired_difference_interval():
 
     effect = {"delta": -4.0, "ci95": [-4.9, -3.1], "images": 300, "resamples": 1000}
     assert round_interval(10.6, effect) == pytest.approx((5.7, 7.5))
-    assert round_interval(98.98, {"ci95": [0.0, 3.06]}) == pytest.approx((98.98, 102.04))  # not capped: as found
+    assert round_interval(98.98, {"ci95": [0.0, 3.06]}) == pytest.approx((98.98, 100.0))  # a rate stops at 100
+    assert round_interval(1.0, {"ci95": [-2.0, 0.5]}) == pytest.approx((0.0, 1.5))  # and at 0
     assert round_interval(None, effect) is None  # no base value to add it to
     assert round_interval(10.6, None) is None and round_interval(10.6, {"delta": -4.0}) is None

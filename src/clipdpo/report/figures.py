@@ -89,11 +89,13 @@ def round_metrics(run: RunData) -> dict[str, list[float | None]]:
 
 def round_interval(base: float | None, effect: dict | None) -> tuple[float, float] | None:
     """A round's 95% interval on the base's images: the base's value plus the paired bootstrap interval of the
-    difference (round minus base), as metrics.json's effects hold it. None without a base value or an interval."""
+    difference (round minus base), as metrics.json's effects hold it, within 0-100 (every headline metric is a
+    percentage or a score out of 100: base + ci95 can pass 100 where the base is near it). None without a base
+    value or an interval."""
     ci95 = (effect or {}).get("ci95")
     if base is None or not ci95:
         return None
-    return base + ci95[0], base + ci95[1]
+    return max(0.0, base + ci95[0]), min(100.0, base + ci95[1])
 
 
 def round_intervals(run: RunData) -> dict[str, list[tuple[float, float] | None]]:
