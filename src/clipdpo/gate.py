@@ -134,7 +134,8 @@ def markdown(record: dict) -> str:
     lines = [
         f"## Promotion gate: {verdict}",
         "",
-        f"candidate `{record['candidate'].get('model')}` vs reference `{record['reference'].get('model')}`",
+        f"candidate `{record['candidate'].get('model')}` vs reference `{record['reference'].get('model')}`"
+        + (f" ({record['reference']['note']})" if record["reference"].get("note") else ""),
         "",
         "| metric | candidate | reference | rule | result |",
         "|---|---|---|---|---|",
@@ -192,6 +193,15 @@ def sides(metrics: dict, candidate_name: str, promoted: dict | None) -> tuple[di
     if name not in models:
         raise ValueError(f"gate_config.candidate {name!r}: not a model of the evaluation ({sorted(models)})")
     candidate = {"name": name, "model": models[name]["path"], "results": metrics["results"][name]}
+    note = "nothing promoted yet: compared with this run's base model"
+    if promoted is not None and not comparable(promoted, metrics):
+        # another benchmark (another world, new data, other decoding): its numbers do not compare with this run's
+        note = (
+            f"the promoted model ({promoted['model']}) was measured on other benchmarks "
+            f"({promoted.get('benchmarks')} vs this run's {metrics.get('benchmarks')}): compared with this run's "
+            "base model"
+        )
+        promoted = None
     if promoted is not None:
         return candidate, {
             "name": "promoted",
@@ -204,8 +214,15 @@ def sides(metrics: dict, candidate_name: str, promoted: dict | None) -> tuple[di
         "name": base,
         "model": models[base]["path"],
         "results": metrics["results"][base],
-        "note": "nothing promoted yet: compared with this run's base model",
+        "note": note,
     }
+
+
+def comparable(promoted: dict, metrics: dict) -> bool:
+    """Whether the promoted model's numbers were measured on this run's benchmarks (metrics.json's `benchmarks`
+    fingerprint); a pointer or an evaluation from before the fingerprint counts as comparable, as it did then."""
+    theirs, ours = promoted.get("benchmarks"), metrics.get("benchmarks")
+    return theirs is None or ours is None or theirs == ours
 
 
 def run(cfg: GateConfig, report_uri: str, pointer: str, run_root: str, storage: Storage) -> dict:
@@ -231,7 +248,12 @@ def run(cfg: GateConfig, report_uri: str, pointer: str, run_root: str, storage: 
             move_pointer(
                 storage,
                 pointer,
-                {"model": candidate["model"], "run_root": run_root, "metrics": candidate["results"]},
+                {
+                    "model": candidate["model"],
+                    "run_root": run_root,
+                    "metrics": candidate["results"],
+                    "benchmarks": metrics.get("benchmarks"),
+                },
                 etag,
             )
             record["pointer"]["moved"] = True

@@ -91,10 +91,11 @@ def test_pointer_moves_only_from_the_state_it_was_read_in(bucket):
     assert gate.read_pointer(storage, uri)[0] == {"model": "m2"}
 
 
-def write_run(storage: Storage, root: str, base: dict, trained: dict) -> str:
+def write_run(storage: Storage, root: str, base: dict, trained: dict, benchmarks: str | None = None) -> str:
     report = join(root, "evaluation")
     metrics = {
         "complete": True,
+        **({"benchmarks": benchmarks} if benchmarks else {}),
         "baseline": "base",
         "results": {"base": base, "clip-dpo": trained},
         "models": [{"name": "base", "path": "tiny/base"}, {"name": "clip-dpo", "path": join(root, "model")}],
@@ -137,6 +138,48 @@ def test_gate_step_promotes_a_better_model_and_refuses_a_worse_one(bucket, capsy
     summary = tmp_path / "summary.md"
     assert gate.main(["--decision", join(third, "gate", "decision.json"), "--summary", str(summary)]) == 0
     assert "PASSED: promoted" in summary.read_text()
+
+
+def test_a_promoted_model_measured_on_other_benchmarks_is_not_the_reference(bucket):
+    """Two runs on different benchmarks (another world, a new benchmark set): the second is judged against its
+    own base, not against numbers measured elsewhere; same benchmarks: against the promoted model."""
+    storage = Storage()
+    pointer = join(bucket, "promoted")
+    first = join(bucket, "runs", "world0")
+    gate_step(first, write_run(storage, first, results(85.0, 10.0), results(90.0, 6.6), "bench-a"), "{}")
+    assert gate.read_pointer(storage, pointer)[0]["benchmarks"] == "bench-a"
+    # worse than world 0's promoted numbers, better than its own base, on other benchmarks: promoted
+    other = join(bucket, "runs", "world1")
+    record = json.loads(
+        storage.read_bytes(
+            gate_step(other, write_run(storage, other, results(80.0, 14.0), results(84.0, 10.0), "bench-b"), "{}")
+        )
+    )
+    assert record["passed"] and record["reference"]["name"] == "base"
+    assert "measured on other benchmarks (bench-a vs this run's bench-b)" in record["reference"]["note"]
+    assert "measured on other benchmarks" in gate.markdown(record)
+    # the same benchmarks as the now promoted model: judged against it, and this one is worse
+    again = join(bucket, "runs", "world1-again")
+    record = json.loads(
+        storage.read_bytes(
+            gate_step(again, write_run(storage, again, results(80.0, 14.0), results(83.0, 11.0), "bench-b"), "{}")
+        )
+    )
+    assert not record["passed"] and record["reference"]["model"] == join(other, "model")
+
+
+def test_the_benchmarks_fingerprint_follows_what_is_measured_not_the_models():
+    from dataclasses import replace
+
+    from clipdpo.engines import ModelSpec
+    from clipdpo.evaluate.config import AmberConfig, EvaluateConfig
+    from clipdpo.evaluate.evaluation import benchmarks_fingerprint
+
+    cfg = EvaluateConfig(models=[ModelSpec(name="base", path="m/base")], amber=AmberConfig(root="s3://b/amber-a"))
+    same = replace(cfg, models=[ModelSpec(name="base", path="m/other"), ModelSpec(name="new", path="m/new")])
+    assert benchmarks_fingerprint(cfg) == benchmarks_fingerprint(same)
+    assert benchmarks_fingerprint(cfg) != benchmarks_fingerprint(replace(cfg, amber=AmberConfig(root="s3://b/x")))
+    assert benchmarks_fingerprint(cfg) != benchmarks_fingerprint(replace(cfg, max_new_tokens=64))
 
 
 def test_ci_submits_then_a_later_job_shows_the_gate_and_fails_on_refusal():

@@ -10,12 +10,14 @@ result was scored on part of its items (AMBER's allow_partial), and the report s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from clipdpo import determinism
+from clipdpo.config import key_dict
 from clipdpo.engines import Engine, ModelSpec, load_engine
 from clipdpo.evaluate import amber, bootstrap, report, zeroshot
 from clipdpo.evaluate.config import AmberConfig, Benchmark, EvaluateConfig, ZeroShotConfig, ZeroShotDataset
@@ -315,6 +317,14 @@ def evaluate_models(
     return write_metrics(storage, output, metrics)
 
 
+def benchmarks_fingerprint(cfg: EvaluateConfig) -> str:
+    """What the numbers were measured on: the config's fields that decide a result (benchmarks, their data
+    locations, decoding, scoring), the models left out. Two evaluations with the same fingerprint give comparable
+    numbers; the promotion gate compares a run with the promoted model only then."""
+    measured_on = {name: value for name, value in key_dict(cfg).items() if name != "models"}
+    return hashlib.sha256(json.dumps(measured_on, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int], resources: dict) -> dict:
     """metrics.json from every model's results (the sequential run and the fan-out's merge share it), with each
     model's effects (bootstrap intervals); the per-image counts move from the results to PER_IMAGE."""
@@ -326,6 +336,7 @@ def assemble_metrics(cfg: EvaluateConfig, results: dict, inferred: dict[str, int
         PER_IMAGE: per_image,
         "models": [asdict(spec) for spec in cfg.models],
         "baseline": cfg.models[0].name,
+        "benchmarks": benchmarks_fingerprint(cfg),
         "results": results,
         "resources": {
             "amber_nlp": resources.get("amber_nlp"),
