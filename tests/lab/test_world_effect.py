@@ -38,16 +38,16 @@ PAPER_TRAIN = {"rpo_alpha": 0.0}
 COVER_DROP = 5.0
 
 # The QA pairs' guard (test_qa_pairs_teach_the_right_answers_on_the_same_world). Measured on world 0: forced-choice
-# accuracy (%) on the 308 attribute questions (colour, count) of 600 held-out questions, base 56.2. QA arm with
-# QA_EPOCHS, three training seeds: 71.1 / 70.1 / 69.2 (gain 13.0-14.9). What it must tell apart: the QA pairs
-# reversed in the filter (right answer as rejected) gave 42.9 / 41.2 on two seeds (-13.3 / -15.0); pairs whose
-# answers a coin put either way gave 56.5 / 58.8 / 57.5 (+0.3 to +2.6). QA_GAIN 8 is the middle of the gap
-# between the weakest effect (+13.0) and the highest null (+2.6): 5 points from either, 21 above the reversal.
-# Noise: one model's accuracy is exact (no sampling); between training seeds it moved by ~1 point (sd), and the
-# 308 questions put a binomial ~2.8 points on each model's share. Another world seed was not measured.
+# accuracy (%) on the 308 attribute questions (colour, count, one position) of 600 held-out questions, base 56.2. QA arm
+# (333 pairs: 237 attribute, 48 + 48 yes/no) with QA_EPOCHS, three training seeds: 71.1 / 70.1 / 69.2 (gain 13.0-14.9).
+# What it must tell apart: the QA pairs reversed in the filter (right answer as rejected) gave 42.9 / 41.2 on two seeds
+# (-13.3 / -15.0); pairs whose answers a coin put either way gave 56.5 / 58.8 / 57.5 (+0.3 to +2.6). QA_GAIN 8 is the
+# middle of the gap between the weakest effect (+13.0) and the highest null (+2.6): 5 points from either, 21 above the
+# reversal. Noise: one model's accuracy is exact (no sampling); between training seeds it moved by ~1 point (sd), and
+# the 308 questions put a binomial ~2.6 points on each model's share. Another world seed was not measured.
 QA_GAIN = 8.0
 # The world's 2 epochs over ~330 QA pairs are ~40 DPO steps: the gain was 7.4-11.7 on three seeds against a coin's
-# up to +4.2, too close; 4 epochs (~5 CPU-seconds more) doubled the gap.
+# up to +4.2, too close; 4 epochs doubled the gap (the test's 13.5 CPU-seconds were measured with them).
 QA_EPOCHS = 4
 
 
@@ -105,9 +105,9 @@ def test_qa_pairs_teach_the_right_answers_on_the_same_world(small):
     scene's truth. The trained world writer takes 8-15 CPU-minutes, and its 70-85% right answers would make the
     test measure the writer too. Measure: forced-choice accuracy (right answer's log-probability above the wrong
     one's), exact from the truth, on the QA pairs' question forms over the held-out images. The assertion reads
-    the attribute questions (colour, count): this world's LVLM was trained with no Yes/No questions (POPE 50%,
-    AMBER F1 0), prefers "Yes" whatever the image (right on 6.5% of the "No" questions), and ~100 yes/no pairs
-    do not teach it to look (8-20% after them); the accuracies of both are printed.
+    the attribute questions (colour, count, position): this world's LVLM was trained with no Yes/No questions (POPE 50%,
+    AMBER F1 0), prefers "Yes" whatever the image (right on 6.5% of the "No" questions), and 96 yes/no pairs do
+    not teach it to look (8-20% after them); the accuracies of both are printed.
     Cost: 13.5 CPU-seconds measured (QA rows, score, filter, train, and 600 questions x 2 answers x 2 models)."""
     from clipdpo_lab.effect import answer_accuracy
     from clipdpo_lab.smalleffect import qa_arm, stage_configs
