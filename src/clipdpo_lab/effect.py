@@ -63,3 +63,64 @@ def sampled_metrics(model_dir: str, scenes: list, samples: int = 3) -> dict:
         for seed in range(samples)
     ]
     return {key: round(sum(getattr(r, key) for r in runs) / samples, 2) for key in ("chair", "hal", "cover")}
+
+
+def answer_accuracy(model_dir: str, questions: list, batch: int = 64) -> dict:
+    """Forced-choice accuracy (%) on `questions` ((scene, QAItem) pairs, e.g. qatruth.heldout_questions): the
+    share whose right answer the model gives a higher log-probability than the wrong one, overall and by the
+    right answer's kind ("yes", "no", "attribute": colour, count or position). Exact from the world's truth, and
+    no sampling noise; the answers are scored in the chat layout the train step uses (lvlm.prompt_ids)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    sequences = [(scene, item.question, answer) for scene, item in questions for answer in (item.correct, item.wrong)]
+    with torch.no_grad():
+        scores = [
+            value
+            for start in range(0, len(sequences), batch)
+            for value in _answer_logprobs(model, processor, sequences[start : start + batch])
+        ]
+    right = [a > b for a, b in zip(scores[0::2], scores[1::2])]
+    kinds = [_answer_kind(item.correct) for _, item in questions]
+    out = {"all": _percent(right)}
+    for kind in ("yes", "no", "attribute"):
+        out[kind] = _percent([ok for ok, k in zip(right, kinds) if k == kind])
+    return out
+
+
+def _answer_kind(answer: str) -> str:
+    return answer.lower() if answer.lower() in ("yes", "no") else "attribute"
+
+
+def _percent(values: list[bool]) -> float | None:
+    return round(100 * sum(values) / len(values), 1) if values else None
+
+
+def _answer_logprobs(model, processor, sequences: list) -> list[float]:
+    """Sum of the answer tokens' log-probabilities (its end token included) per (scene, question, answer)."""
+    import torch
+
+    from clipdpo_world import lvlm
+    from clipdpo_world.scene import render
+
+    prompt_of = {question: lvlm.prompt_ids(processor, question) for question in {q for _, q, _ in sequences}}
+    answer_of = {answer: lvlm.answer_ids(processor, answer) for answer in {a for _, _, a in sequences}}
+    prompts = [prompt_of[question] for _, question, _ in sequences]
+    answers = [answer_of[answer] for _, _, answer in sequences]
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    pad = processor.tokenizer.pad_token_id
+    input_ids = torch.full((len(sequences), width), pad)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (p, a) in enumerate(zip(prompts, answers)):
+        input_ids[row, : len(p) + len(a)] = torch.tensor(p + a)
+        mask[row, : len(p) + len(a)] = 1
+    pixels = processor.image_processor([render(scene) for scene, _, _ in sequences], return_tensors="pt")
+    logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels["pixel_values"]).logits
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token = logprobs.gather(-1, input_ids[:, 1:, None])[..., 0]
+    out = []
+    for row, (p, a) in enumerate(zip(prompts, answers)):
+        out.append(float(token[row, len(p) - 1 : len(p) + len(a) - 1].sum()))
+    return out
