@@ -32,7 +32,11 @@ def qa_config() -> QAConfig:
         enabled=True,
         model=ModelSpec(name="world-qa-truth", path="clipdpo_world.qatruth", engine="hf", dtype="float32"),
         questions_per_image=qawriter.QAWriterConfig().questions,
-        sampling=Sampling(**QA_SAMPLING),
+        sampling=Sampling(
+            temperature=QA_SAMPLING["temperature"],
+            top_p=QA_SAMPLING["top_p"],
+            max_new_tokens=int(QA_SAMPLING["max_new_tokens"]),
+        ),
         prompt_template=qawriter.PROMPT_TEMPLATE,
     )
 
@@ -52,6 +56,13 @@ class TruthWriter:
         if prompts != expected:
             raise ValueError("TruthWriter: the prompts are not those of the images it was given, in their order")
         return [qawriter.reply(qawriter.truth_items(scene, captions, n)) for scene, captions in self.asked]
+
+    # the rest of the Engine protocol: the stand-in writes QA replies only, it sees no image
+    def caption(self, requests: list, sampling: Sampling) -> list[list[str]]:
+        raise NotImplementedError("TruthWriter writes QA replies only; it does not caption")
+
+    def choose(self, requests: list, options: list[str]) -> list[str]:
+        raise NotImplementedError("TruthWriter writes QA replies only; it does not answer about images")
 
 
 def captions_by_image(candidates: pa.Table) -> dict[str, list[str]]:

@@ -104,12 +104,13 @@ def round_intervals(run: RunData) -> dict[str, list[tuple[float, float] | None]]
     results = (run.evaluation or {}).get("results", {})
     models = _round_models(run)
     metrics = round_metrics(run)
-    out = {}
+    out: dict[str, list[tuple[float, float] | None]] = {}
     for label, path in round_headline(results):
         if label not in metrics:
             continue
         key, base = ".".join(path), metrics[label][0]
-        out[label] = [None] + [round_interval(base, effects.get(model, {}).get(key)) for model in models[1:]]
+        out[label] = [None]
+        out[label] += [round_interval(base, effects.get(model, {}).get(key)) for model in models[1:]]
     return out
 
 
