@@ -85,6 +85,19 @@ def no_log_handlers_on_closed_streams():
 
 
 @pytest.fixture(autouse=True)
+def image_tags_restored():
+    """A local run in-process (pipelines.run.local_content_tags) sets CLIPDPO_IMAGE_TAGS in this worker's
+    environment for the kfp steps it starts; a later test in the same worker that compiles the pipeline in a
+    child process would inherit the content tags instead of the CLIPDPO_IMAGE_TAG it sets."""
+    saved = os.environ.get("CLIPDPO_IMAGE_TAGS")
+    yield
+    if saved is None:
+        os.environ.pop("CLIPDPO_IMAGE_TAGS", None)
+    else:
+        os.environ["CLIPDPO_IMAGE_TAGS"] = saved
+
+
+@pytest.fixture(autouse=True)
 def signal_handlers_restored():
     """A command line run in-process (s3server's main installs SIGTERM/SIGHUP handlers) leaves the worker's
     handlers as they were for the next test."""
