@@ -437,27 +437,14 @@ def test_damaged_finished_model_is_repaired_exactly(tmp_path, capsys):
 
     import torch
     from pairs_fixture import write_pairs
+    from train_runs import tiny_train_settings
 
     from clipdpo.demo.models import build_tiny_llava
 
     model = build_tiny_llava(str(tmp_path / "tiny-llava"))
     pairs = write_pairs(str(tmp_path / "data"), n_pairs=24, n_shards=2)
     config = tmp_path / "train.json"
-    config.write_text(
-        json.dumps(
-            {
-                "model": model,
-                "learning_rate": 5e-3,
-                "global_batch_size": 8,
-                "per_device_batch_size": 4,
-                "max_length": 64,
-                "warmup_ratio": 0.0,
-                "epochs": 1,
-                "save_steps": 1,
-                "seed": 7,
-            }
-        )
-    )
+    config.write_text(json.dumps(tiny_train_settings(model)))
     argv = ["--input", pairs, "--config", str(config), "--quiet"]
     main = _main("train")
     threads_before = torch.get_num_threads()

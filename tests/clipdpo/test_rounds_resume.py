@@ -18,7 +18,7 @@ import sys
 
 import pytest
 from pairs_fixture import write_pairs
-from train_runs import assert_bit_identical_training, metrics
+from train_runs import assert_bit_identical_training, metrics, tiny_train_settings
 
 from clipdpo import outputref, steps
 from clipdpo.demo.models import build_tiny_llava
@@ -29,19 +29,7 @@ STOP_AFTER = 2  # of round 2's 4 optimizer steps (16 pairs / 8 x 2 epochs), each
 
 
 def train_config(model: str) -> str:
-    return json.dumps(
-        {
-            "model": model,
-            "learning_rate": 5e-3,
-            "global_batch_size": 8,
-            "per_device_batch_size": 4,
-            "max_length": 64,
-            "warmup_ratio": 0.0,
-            "epochs": 2,
-            "save_steps": 1,
-            "seed": 7,
-        }
-    )
+    return json.dumps(tiny_train_settings(model, epochs=2))
 
 
 def round_two(run_root: str, round_one: str, config: str) -> tuple[str, str]:
