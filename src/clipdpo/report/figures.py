@@ -158,22 +158,7 @@ def run_figures(run: RunData) -> list[NamedFigure]:
             )
         )
     if len(run.rounds) > 1:
-        out.append(
-            NamedFigure(
-                "rounds",
-                "Rounds",
-                "A run of several rounds, each captioning with and training from the model the round before "
-                "trained: each headline metric (base, then each round's model; bars: the round's 95% paired "
-                "bootstrap interval on the base's images, where the evaluation has one), pairs kept, captions' CLIP "
-                "scores.",
-                plots.rounds_curve(
-                    round_metrics(run),
-                    [r.pairs for r in run.rounds],
-                    [r.caption_scores for r in run.rounds],
-                    round_intervals(run),
-                ),
-            )
-        )
+        out.append(rounds_figure(run))
     panels = amber_panels(run.evaluation) if run.evaluation else []
     if panels:
         out.append(
@@ -185,3 +170,21 @@ def run_figures(run: RunData) -> list[NamedFigure]:
             )
         )
     return out
+
+
+def rounds_figure(run: RunData) -> NamedFigure:
+    """A run of several rounds: each headline metric per round with its interval, pairs kept, caption scores."""
+    return NamedFigure(
+        "rounds",
+        "Rounds",
+        "A run of several rounds, each captioning with and training from the model the round before "
+        "trained: each headline metric (base, then each round's model; bars: the round's 95% paired "
+        "bootstrap interval on the base's images, where the evaluation has one), pairs kept, captions' CLIP "
+        "scores.",
+        plots.rounds_curve(
+            round_metrics(run),
+            [r.pairs for r in run.rounds],
+            [r.caption_scores for r in run.rounds],
+            round_intervals(run),
+        ),
+    )
