@@ -164,6 +164,7 @@ def mkl_branch(requested: str | None, vendor: str) -> str:
 def record(pins: CpuPins | None = None, cpuinfo: str | None = None) -> dict:
     """What to keep beside a measured table (metrics.json "resources"): the CPU, the variables in force in this
     process, the pins asked for (when given), and torch's kernel choice and threads when torch is loaded."""
+    cpuinfo = _read_cpuinfo(cpuinfo)  # once, for the model, vendor and flags below
     vendor = cpu_vendor(cpuinfo)
     out: dict = {
         "cpu_model": cpu_model(cpuinfo),
