@@ -252,6 +252,7 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
     admission_timeout_minutes (default 0: time in a Kueue queue is waiting, not stuck; when set, the
     step fails but the job keeps its place in the queue)."""
     from clipdpo.cluster import jobspec
+    from clipdpo.cluster.follow import JobLimits
     from clipdpo.cluster.launch import current_namespace, launch, run_from_env, run_launch_key
     from clipdpo.tracking import job_env
 
@@ -276,16 +277,13 @@ def launch_train_job(train_args: list[str], launch_key: str, launcher: str, job:
         env=job_env(),
     )  # MLflow/TensorBoard settings (clipdpo.tracking), when the step has them
     # the follower's backstop lies past the job's own deadline, so the operator's reason is what we see
-    launch(
-        spec,
-        launch_key,
-        launcher=launcher,
+    limits = JobLimits(
         timeout_seconds=timeout_hours * 3600 + 600,
-        run=run,
         schedule_timeout_seconds=float(job.get("schedule_timeout_minutes", 60.0)) * 60,
         startup_timeout_seconds=float(job.get("startup_timeout_minutes", 30.0)) * 60,
         admission_timeout_seconds=float(job.get("admission_timeout_minutes", 0.0)) * 60,
     )
+    launch(spec, launch_key, limits, launcher=launcher, run=run)
 
 
 def cleanup_train_jobs_step(launcher: str, namespace: str = "") -> list[str]:

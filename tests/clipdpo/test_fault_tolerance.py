@@ -18,7 +18,7 @@ from fake_k8s import FakeClock, FakeCluster
 from k8s_checks import train_spec as spec
 
 from clipdpo.cluster import pytorchjob, trainjob
-from clipdpo.cluster.follow import JobFollower
+from clipdpo.cluster.follow import FollowSettings, JobFollower, JobLimits
 from clipdpo.cluster.launch import launch
 from clipdpo.storage import Storage
 from clipdpo.train import checkpoint, dist
@@ -143,8 +143,10 @@ def test_the_training_run_passes_its_configs_collective_timeout(monkeypatch):
 def test_a_trainjob_on_the_stock_runtime_says_it_will_not_restart(runtime, warned, caplog):
     job = spec(runtime=runtime)
     cluster, clock = FakeCluster(rec.succeeded("TrainJob", job.name, job.nodes)), FakeClock()
-    follower = JobFollower(cluster, cluster, poll_seconds=15, clock=clock, sleep=clock.sleep)
-    assert launch(job, "key", launcher="trainjob", timeout_seconds=3600, follower=follower).state == "Succeeded"
+    follower = JobFollower(cluster, cluster, settings=FollowSettings(poll_seconds=15), clock=clock, sleep=clock.sleep)
+    assert (
+        launch(job, "key", JobLimits(timeout_seconds=3600), launcher="trainjob", follower=follower).state == "Succeeded"
+    )
     assert ("has no failurePolicy: the job fails once" in caplog.text) == warned
 
 

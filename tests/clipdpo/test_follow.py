@@ -19,10 +19,12 @@ from fake_k8s import FakeClock, FakeCluster
 
 from clipdpo.cluster import jobspec
 from clipdpo.cluster.follow import (
+    FollowSettings,
     JobConflict,
     JobDeleted,
     JobFailed,
     JobFollower,
+    JobLimits,
     JobTimeout,
     JobUnschedulable,
     StepCancelled,
@@ -60,7 +62,9 @@ def spec(**overrides) -> jobspec.TrainJobSpec:
 
 def follower(cluster, clock=None, **options) -> JobFollower:
     clock = clock or FakeClock()
-    return JobFollower(cluster, cluster, poll_seconds=15, clock=clock, sleep=clock.sleep, **options)
+    return JobFollower(
+        cluster, cluster, settings=FollowSettings(poll_seconds=15), clock=clock, sleep=clock.sleep, **options
+    )
 
 
 def run(
@@ -80,12 +84,10 @@ def run(
     return launch(
         spec(**spec_args),
         KEY,
+        JobLimits(timeout_seconds=timeout, schedule_timeout_seconds=schedule_timeout, **(limits or {})),
         launcher=launcher,
-        timeout_seconds=timeout,
         follower=follower(cluster, clock, **(options or {})),
-        schedule_timeout_seconds=schedule_timeout,
         cleanup=cleanup,
-        **(limits or {}),
     )
 
 
@@ -183,7 +185,9 @@ def test_a_long_wait_in_the_kueue_queue_is_not_a_failure(launcher, monkeypatch, 
     cluster = FakeCluster()
     monkeypatch.setattr(launch_module, "kubernetes_clients", lambda: (cluster, cluster))
     monkeypatch.setattr(
-        launch_module, "JobFollower", functools.partial(JobFollower, poll_seconds=15, clock=clock, sleep=clock.sleep)
+        launch_module,
+        "JobFollower",
+        functools.partial(JobFollower, settings=FollowSettings(poll_seconds=15), clock=clock, sleep=clock.sleep),
     )
     run_root = f"{bucket}/runs/r1"
     name = jobspec.job_name(steps.artifact_uri(run_root, "train") + "\n" + "{}")
@@ -296,7 +300,9 @@ def test_an_evicted_launcher_leaves_the_job_running_and_the_retry_reattaches(lau
     cluster = FakeCluster(step_pods={"train-pod-1": step_pod("train-pod-1", disrupted=True)}, on_poll=sigterm_on(3))
     monkeypatch.setattr(launch_module, "kubernetes_clients", lambda: (cluster, cluster))
     monkeypatch.setattr(
-        launch_module, "JobFollower", functools.partial(JobFollower, poll_seconds=15, clock=clock, sleep=clock.sleep)
+        launch_module,
+        "JobFollower",
+        functools.partial(JobFollower, settings=FollowSettings(poll_seconds=15), clock=clock, sleep=clock.sleep),
     )
     monkeypatch.setenv("CLIPDPO_RUN", "clipdpo-7x2kq")
     monkeypatch.setenv("CLIPDPO_POD_NAME", "train-pod-1")
@@ -529,7 +535,9 @@ def test_the_pipelines_train_step_launches_and_follows_the_job(launcher, monkeyp
 
     cluster = FakeCluster()
     monkeypatch.setattr(launch_module, "kubernetes_clients", lambda: (cluster, cluster))
-    monkeypatch.setattr(launch_module, "JobFollower", functools.partial(JobFollower, poll_seconds=0))
+    monkeypatch.setattr(
+        launch_module, "JobFollower", functools.partial(JobFollower, settings=FollowSettings(poll_seconds=0))
+    )
     monkeypatch.setenv("CLIPDPO_RUN", "clipdpo-run-1")
     run_root, config = f"{bucket}/runs/r1", '{"beta": 0.1}'  # the step writes the job's config file there
     output = steps.artifact_uri(run_root, "train")

@@ -16,7 +16,7 @@ import yaml
 from fake_k8s import FakeClock, FakeCluster
 
 from clipdpo.cluster import jobspec, pytorchjob, trainjob
-from clipdpo.cluster.follow import JobFollower, JobUnschedulable
+from clipdpo.cluster.follow import FollowSettings, JobFollower, JobLimits, JobUnschedulable
 from clipdpo.cluster.launch import build_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,9 +95,9 @@ def used_permissions() -> set[tuple]:
             cluster, clock = Recording(frames), FakeClock()
             manifest["metadata"]["namespace"] = "clipdpo"
             try:
-                JobFollower(cluster, cluster, poll_seconds=30, clock=clock, sleep=clock.sleep).run(
-                    manifest, timeout_seconds=3600, admission_timeout_seconds=admission_timeout
-                )
+                JobFollower(
+                    cluster, cluster, settings=FollowSettings(poll_seconds=30), clock=clock, sleep=clock.sleep
+                ).run(manifest, JobLimits(timeout_seconds=3600, admission_timeout_seconds=admission_timeout))
             except JobUnschedulable:
                 pass
     assert ("kueue.x-k8s.io", "workloads", "list") in calls and ("trainer.kubeflow.org", "trainjobs", "create") in calls

@@ -13,7 +13,7 @@ import pytest
 from fake_k8s import TRAINER_PUBLIC, FakeClock, FakeCluster
 
 from clipdpo.cluster import jobspec, launch, trainerversion
-from clipdpo.cluster.follow import FieldsNotServed, JobFollower
+from clipdpo.cluster.follow import FieldsNotServed, FollowSettings, JobFollower, JobLimits
 
 KEY = "run-1/s3://b/model"
 NAME = jobspec.job_name(KEY)
@@ -25,9 +25,11 @@ def launch_on(cluster: FakeCluster, launcher: str = "trainjob"):
     return launch.launch(
         k8s_checks.train_spec(name=NAME, node_selector={}),
         KEY,
+        JobLimits(timeout_seconds=3600),
         launcher=launcher,
-        timeout_seconds=3600,
-        follower=JobFollower(cluster, cluster, poll_seconds=15, clock=clock, sleep=clock.sleep),
+        follower=JobFollower(
+            cluster, cluster, settings=FollowSettings(poll_seconds=15), clock=clock, sleep=clock.sleep
+        ),
     )
 
 

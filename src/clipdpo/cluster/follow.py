@@ -395,6 +395,28 @@ class _Progress:
         self.blocked_since.clear()
 
 
+@dataclass(frozen=True)
+class FollowSettings:
+    """How the follower polls and reports; the defaults suit a real cluster (tests poll a fake clock)."""
+
+    poll_seconds: float = 15.0
+    log_tail_lines: int = 200  # of the failed pod's log, kept in the step's error
+    stuck_grace_seconds: float = 120.0  # a container blocked this long (not a crash loop) fails the step
+    crash_restarts: int = MIN_CRASH_RESTARTS  # the floor of crash_threshold
+    stream_logs: bool = True  # rank 0's new log lines into the step's log at each poll
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """How long a followed job may take, each in seconds counted from its admission (0: no limit). Waiting for
+    admission has only its own limit: a job that is only queued keeps its place (see JobQueued)."""
+
+    timeout_seconds: float
+    schedule_timeout_seconds: float = 0
+    admission_timeout_seconds: float = 0
+    startup_timeout_seconds: float = 0
+
+
 class JobFollower:
     """Talks to the cluster only through two client objects: CustomObjectsApi and CoreV1Api.
 
@@ -405,25 +427,17 @@ class JobFollower:
         custom_api,
         core_api,
         *,
-        poll_seconds: float = 15.0,
-        log_tail_lines: int = 200,
+        settings: FollowSettings = FollowSettings(),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        stuck_grace_seconds: float = 120.0,
-        crash_restarts: int = MIN_CRASH_RESTARTS,  # the floor of crash_threshold
-        stream_logs: bool = True,
         log_sink: Callable[[str], None] = print_line,
         launcher_pod: tuple[str, str] | None = None,
     ):
         self.custom = custom_api
         self.core = core_api
-        self.poll_seconds = poll_seconds
-        self.log_tail_lines = log_tail_lines
+        self.settings = settings
         self.clock = clock
         self.sleep = sleep
-        self.stuck_grace_seconds = stuck_grace_seconds
-        self.crash_restarts = crash_restarts
-        self.stream_logs = stream_logs
         self.log_sink = log_sink
         self.launcher_pod = launcher_pod
         self.stream = LogStream()
@@ -482,21 +496,21 @@ class JobFollower:
             if not pod:
                 return "", "(no pod found)"
             extra = {"previous": True} if previous else {}
-            return pod, self._log(pod, namespace, kind.container, tail_lines=self.log_tail_lines, **extra)
+            return pod, self._log(pod, namespace, kind.container, tail_lines=self.settings.log_tail_lines, **extra)
         except Exception as err:  # logs are best effort: the failure reason is what matters
             return "", f"(logs unavailable: {err})"
 
     def stream_rank0(self, kind: JobKind, namespace: str, pods: list[dict]) -> None:
         """Print what rank 0 logged since the last poll (the first read: the last `log_tail_lines`). Best effort."""
         pod = rank0_pod([pod for pod in pods if runs_container(pod, kind.container)])
-        if not self.stream_logs or pod is None or not container_started(pod, kind.container):
+        if not self.settings.stream_logs or pod is None or not container_started(pod, kind.container):
             return
         name = pod["metadata"]["name"]
         if name != self.stream.pod:  # a new rank 0 pod (first read, or the runtime recreated it)
             self.stream = LogStream(pod=name)
         now = self.clock()
         if self.stream.read_at is None:
-            window = {"tail_lines": self.log_tail_lines}
+            window = {"tail_lines": self.settings.log_tail_lines}
         else:  # whole seconds, and a margin: the overlap is dropped by timestamp
             window = {"since_seconds": math.ceil(now - self.stream.read_at) + 30}
         try:
@@ -583,20 +597,24 @@ class JobFollower:
         """Raise JobStartFailed for a container that cannot start (see blocked_containers) once it has been
         blocked `stuck_grace_seconds` (a crash loop at once: its restarts were the patience)."""
         # keyed by container, not reason: kubelet alternates ErrImagePull and ImagePullBackOff while it retries
-        threshold = crash_threshold(kind.restarts_allowed(job), self.crash_restarts)
+        threshold = crash_threshold(kind.restarts_allowed(job), self.settings.crash_restarts)
         blocked = {(b.pod, b.container): b for b in blocked_containers(pods, threshold)}
         for key in list(progress.blocked_since):
             if key not in blocked:
                 del progress.blocked_since[key]
         for key, found in blocked.items():
             first = progress.blocked_since.setdefault(key, now)
-            if found.reason == CRASH_LOOP or now - first >= self.stuck_grace_seconds:
+            if found.reason == CRASH_LOOP or now - first >= self.settings.stuck_grace_seconds:
                 namespace = job["metadata"]["namespace"]
                 logs = ""
                 if found.reason == CRASH_LOOP:
                     try:
                         logs = self._log(
-                            found.pod, namespace, found.container, tail_lines=self.log_tail_lines, previous=True
+                            found.pod,
+                            namespace,
+                            found.container,
+                            tail_lines=self.settings.log_tail_lines,
+                            previous=True,
                         )
                     except Exception as err:
                         logs = f"(logs unavailable: {err})"
@@ -624,15 +642,7 @@ class JobFollower:
             )
         return False
 
-    def _follow(
-        self,
-        kind: JobKind,
-        manifest: dict,
-        timeout_seconds: float,
-        schedule_timeout_seconds: float,
-        admission_timeout_seconds: float,
-        startup_timeout_seconds: float,
-    ) -> tuple[str, str, str, float]:
+    def _follow(self, kind: JobKind, manifest: dict, limits: JobLimits) -> tuple[str, str, str, float]:
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         last_state, progress, begun = None, _Progress(), self.clock()
         while True:
@@ -647,20 +657,8 @@ class JobFollower:
             if state in ("Succeeded", "Failed"):
                 return state, reason, message, now - begun
             if is_queued(kind, job):
-                if progress.admitted_at is not None:
-                    log.info("%s %s is back in its queue (preempted): waiting for admission again", kind.kind, name)
-                    progress.requeued()
-                if progress.queued_since is None:
-                    progress.queued_since = now
-                queued = now - progress.queued_since
-                if admission_timeout_seconds and queued > admission_timeout_seconds:
-                    why = self.pending_reason(kind, job, [])
-                    raise JobQueued(
-                        f"{kind.kind} {namespace}/{name} still queued after {queued:.0f}s "
-                        f"(admission_timeout); left in its queue: {why}",
-                        why,
-                    )
-                self.sleep(self.poll_seconds)
+                self._check_queued(kind, job, progress, now, limits.admission_timeout_seconds)
+                self.sleep(self.settings.poll_seconds)
                 continue
             if progress.admitted_at is None:
                 progress.admitted_at, progress.queued_since = now, None
@@ -668,58 +666,64 @@ class JobFollower:
             pods = self.pods(kind, namespace, name)
             self._check_start(kind, job, pods, progress, now)
             if progress.scheduled_at is None:
-                if self._placed(kind, manifest, job, pods, running_for, schedule_timeout_seconds):
+                if self._placed(kind, manifest, job, pods, running_for, limits.schedule_timeout_seconds):
                     progress.scheduled_at = now
             if progress.scheduled_at is not None and not progress.started:
-                trainers = [pod for pod in pods if runs_container(pod, kind.container)]  # not a runtime's initializer
-                progress.started = len(trainers) >= kind.pod_count(manifest) and all(
-                    container_started(pod, kind.container) for pod in trainers
-                )
-                if (
-                    not progress.started
-                    and startup_timeout_seconds
-                    and now - progress.scheduled_at > startup_timeout_seconds
-                ):
-                    raise JobStartFailed(
-                        name,
-                        "StartupDeadlineExceeded",
-                        f"containers not started {now - progress.scheduled_at:.0f}s after every "
-                        f"pod was placed: {not_started_reason(trainers, kind.container)}",
-                        "(the containers have not run)",
-                    )
+                self._check_started(kind, manifest, pods, progress, now, limits.startup_timeout_seconds)
             self.stream_rank0(kind, namespace, pods)
-            if running_for > timeout_seconds:
+            if running_for > limits.timeout_seconds:
                 raise JobTimeout(
-                    f"{kind.kind} {namespace}/{name} not finished {timeout_seconds:.0f}s after admission "
+                    f"{kind.kind} {namespace}/{name} not finished {limits.timeout_seconds:.0f}s after admission "
                     f"(last state {state})"
                 )
-            self.sleep(self.poll_seconds)
+            self.sleep(self.settings.poll_seconds)
 
-    def run(
-        self,
-        manifest: dict,
-        *,
-        timeout_seconds: float,
-        schedule_timeout_seconds: float = 0,
-        admission_timeout_seconds: float = 0,
-        startup_timeout_seconds: float = 0,
-        cleanup: bool = True,
-    ) -> JobOutcome:
-        """Submit/re-attach and follow to the end (see the module docstring). Every limit counts from admission
-        (0: none); `cleanup`: delete the job once it succeeded."""
+    def _check_queued(self, kind: JobKind, job: dict, progress: _Progress, now: float, limit: float) -> None:
+        """Track a job waiting in its queue (again, if Kueue preempted it); raise JobQueued past `limit` (0:
+        none), which run() leaves queued."""
+        name = job["metadata"]["name"]
+        if progress.admitted_at is not None:
+            log.info("%s %s is back in its queue (preempted): waiting for admission again", kind.kind, name)
+            progress.requeued()
+        if progress.queued_since is None:
+            progress.queued_since = now
+        queued = now - progress.queued_since
+        if limit and queued > limit:
+            why = self.pending_reason(kind, job, [])
+            raise JobQueued(
+                f"{kind.kind} {job['metadata']['namespace']}/{name} still queued after {queued:.0f}s "
+                f"(admission_timeout); left in its queue: {why}",
+                why,
+            )
+
+    def _check_started(
+        self, kind: JobKind, manifest: dict, pods: list[dict], progress: _Progress, now: float, limit: float
+    ) -> None:
+        """Mark the job started once every trainer container runs; raise JobStartFailed when they have not
+        `limit` seconds after every pod was placed (0: no limit)."""
+        trainers = [pod for pod in pods if runs_container(pod, kind.container)]  # not a runtime's initializer
+        progress.started = len(trainers) >= kind.pod_count(manifest) and all(
+            container_started(pod, kind.container) for pod in trainers
+        )
+        placed_for = 0.0 if progress.scheduled_at is None else now - progress.scheduled_at
+        if not progress.started and limit and placed_for > limit:
+            raise JobStartFailed(
+                manifest["metadata"]["name"],
+                "StartupDeadlineExceeded",
+                f"containers not started {placed_for:.0f}s after every "
+                f"pod was placed: {not_started_reason(trainers, kind.container)}",
+                "(the containers have not run)",
+            )
+
+    def run(self, manifest: dict, limits: JobLimits, *, cleanup: bool = True) -> JobOutcome:
+        """Submit/re-attach and follow to the end (see the module docstring) within `limits`; `cleanup`: delete
+        the job once it succeeded."""
         kind = kind_of(manifest)
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         _, reattached = self.submit(manifest)
         self.stream = LogStream()
         try:
-            state, reason, message, seconds = self._follow(
-                kind,
-                manifest,
-                timeout_seconds,
-                schedule_timeout_seconds,
-                admission_timeout_seconds,
-                startup_timeout_seconds,
-            )
+            state, reason, message, seconds = self._follow(kind, manifest, limits)
         except StepCancelled:
             self._stopped(kind, namespace, name)
             raise

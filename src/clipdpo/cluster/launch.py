@@ -32,7 +32,7 @@ import sys
 import threading
 
 from clipdpo.cluster import jobspec, pytorchjob, trainerversion, trainjob
-from clipdpo.cluster.follow import JobFollower, StepCancelled
+from clipdpo.cluster.follow import JobFollower, JobLimits, StepCancelled
 from clipdpo.errors import exit_2_on_user_error
 
 log = logging.getLogger("clipdpo.cluster")
@@ -106,18 +106,15 @@ def cancel_on_sigterm():
 def launch(
     spec: jobspec.TrainJobSpec,
     launch_key: str,
+    limits: JobLimits,
     *,
-    timeout_seconds: float,
     launcher: str = "pytorchjob",
-    schedule_timeout_seconds: float = 0,
-    admission_timeout_seconds: float = 0,
-    startup_timeout_seconds: float = 0,
     follower: JobFollower | None = None,
     cleanup: bool = True,
     run: str = "",
 ):
-    """Create (or re-attach to) the job of `launch_key` within pipeline run `run` and follow it (JobFollower.run:
-    every limit counts from admission, 0 = none)."""
+    """Create (or re-attach to) the job of `launch_key` within pipeline run `run` and follow it within `limits`
+    (JobFollower.run: every limit counts from admission, 0 = none)."""
     manifest = build_manifest(spec, launcher, launch_key, run)
     if follower is None:
         follower = JobFollower(*kubernetes_clients(), launcher_pod=launcher_pod_from_env())
@@ -132,14 +129,7 @@ def launch(
                 jobspec.DEFAULT_RUNTIME,
             )
     with cancel_on_sigterm():
-        outcome = follower.run(
-            manifest,
-            timeout_seconds=timeout_seconds,
-            cleanup=cleanup,
-            schedule_timeout_seconds=schedule_timeout_seconds,
-            admission_timeout_seconds=admission_timeout_seconds,
-            startup_timeout_seconds=startup_timeout_seconds,
-        )
+        outcome = follower.run(manifest, limits, cleanup=cleanup)
     log.info(
         "%s %s succeeded in %.0fs%s",
         manifest["kind"],
@@ -247,17 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         gang=args.gang,
         runtime=args.runtime,
     )
-    launch(
-        spec,
-        key,
-        launcher=args.launcher,
+    limits = JobLimits(
         timeout_seconds=args.timeout_hours * 3600 + 600,
         schedule_timeout_seconds=args.schedule_timeout_minutes * 60,
         admission_timeout_seconds=args.admission_timeout_minutes * 60,
         startup_timeout_seconds=args.startup_timeout_minutes * 60,
-        cleanup=not args.keep_job,
-        run=run,
     )
+    launch(spec, key, limits, launcher=args.launcher, cleanup=not args.keep_job, run=run)
     return 0
 
 
