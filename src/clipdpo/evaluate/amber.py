@@ -308,25 +308,10 @@ def evaluate(
         "non_hallu_num",
     ):
         m.setdefault(key, 0.0)
-    qualitative: list[dict] = []
     scored = sorted(set(responses) & expected)
-    texts = {i: _texts(responses[i], i) for i in scored if is_generative(data, i)}
-    batched = _batched_nouns(texts, nlp) if wants_generative else {}
-    items: dict[int, dict[str, float]] = {}
+    items, qualitative = _count_items(data, responses, scored, nlp, threshold, examples, wants_generative)
     totals: dict[str, float] = {}
-    for item_id in scored:
-        item = data.annotations[item_id - 1]
-        own = items[item_id] = dict.fromkeys(HEADLINE_COUNTERS, 0.0)  # this item's counts alone
-        if item["type"] != "generative":
-            _count_discriminative(own, item, _single_text(responses[item_id], item_id))
-        else:
-            if nlp is None:  # only generative items need it; evaluation type "d" scores none
-                raise AmberInputError("generative AMBER needs the NLP resources (tokeniser, tagger, WordNet, vectors)")
-            for k, response in enumerate(texts[item_id]):
-                result = score_generative(item, response, data, nlp, threshold, batched.get((item_id, k)))
-                _count_generative(own, result)
-                if k == 0 and len(qualitative) < examples:  # the first items by id: the same ones for every model
-                    qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
+    for own in items.values():
         for key, value in own.items():
             totals[key] = totals.get(key, 0.0) + value
     for key, value in totals.items():  # counts summed first, then onto the start values, as `headline` does
@@ -335,6 +320,37 @@ def evaluate(
     if per_item:
         out["per_item"] = {item_id: {k: own[k] for k in HEADLINE_COUNTERS} for item_id, own in items.items()}
     return out
+
+
+def _count_items(
+    data: AmberData,
+    responses: dict[int, str | list[str]],
+    scored: list[int],
+    nlp: NounSimilarity | None,
+    threshold: float,
+    examples: int,
+    wants_generative: bool,
+) -> tuple[dict[int, dict[str, float]], list[dict]]:
+    """Each scored item's own HEADLINE_COUNTERS (a generative item's samples together), and the qualitative
+    examples: the first `examples` generative items by id, their first text."""
+    texts = {i: _texts(responses[i], i) for i in scored if is_generative(data, i)}
+    batched = _batched_nouns(texts, nlp) if wants_generative else {}
+    items: dict[int, dict[str, float]] = {}
+    qualitative: list[dict] = []
+    for item_id in scored:
+        item = data.annotations[item_id - 1]
+        own = items[item_id] = dict.fromkeys(HEADLINE_COUNTERS, 0.0)
+        if item["type"] != "generative":
+            _count_discriminative(own, item, _single_text(responses[item_id], item_id))
+            continue
+        if nlp is None:  # only generative items need it; evaluation type "d" scores none
+            raise AmberInputError("generative AMBER needs the NLP resources (tokeniser, tagger, WordNet, vectors)")
+        for k, response in enumerate(texts[item_id]):
+            result = score_generative(item, response, data, nlp, threshold, batched.get((item_id, k)))
+            _count_generative(own, result)
+            if k == 0 and len(qualitative) < examples:  # the first items by id: the same ones for every model
+                qualitative.append({"id": item_id, "response": response, "hallucinated": result.hallucinated})
+    return items, qualitative
 
 
 def _single_text(response: str | list[str], item_id: int) -> str:
