@@ -367,6 +367,15 @@ def checked_configs(configs: dict[str, dict], overrides: list[str], rounds: int 
 def build_parser(prog: str = "python -m pipelines.run", description: str | None = __doc__) -> argparse.ArgumentParser:
     """The run's command line (experiments add their own flags to it)."""
     parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_data_arguments(parser)
+    _add_training_job_arguments(parser)
+    _add_config_arguments(parser)
+    _add_where_arguments(parser)
+    return parser
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The run, where its artifacts go, its input, and how wide it runs (shards, training nodes, GPUs)."""
     parser.add_argument("--run-id", default=os.environ.get("RUN_ID", "demo"))
     parser.add_argument("--bucket", default=os.environ.get("CLIPDPO_BUCKET", "clipdpo-local"))
     parser.add_argument(
@@ -378,6 +387,10 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
     parser.add_argument("--shards", type=int, default=int(os.environ.get("CLIPDPO_SHARDS", "2")))
     parser.add_argument("--train-nodes", type=int, default=int(os.environ.get("CLIPDPO_TRAIN_NODES", "1")))
     parser.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("CLIPDPO_GPUS_PER_NODE", "8")))
+
+
+def _add_training_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training job on a cluster, and the rounds."""
     parser.add_argument(
         "--launcher",
         choices=("trainjob", "pytorchjob"),
@@ -410,6 +423,10 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
         "the model the round before trained; a round worse than the one before (the gate's rules) ends them and "
         "the best model is kept (default 1: one round, as before)",
     )
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stage configs and how finished outputs are checked before reuse."""
     parser.add_argument("--config-dir", default=os.environ.get("CLIPDPO_CONFIG_DIR", ""))
     parser.add_argument(
         "--set",
@@ -433,6 +450,10 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
         help="local runs: show kfp's executor output (default: one line per step; the output "
         "goes to <state-dir>/logs/)",
     )
+
+
+def _add_where_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a local run keeps its state, where a cluster run goes, and how long it waits."""
     parser.add_argument("--state-dir", default=".local")
     parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""))
     parser.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "clipdpo"))
@@ -444,7 +465,6 @@ def build_parser(prog: str = "python -m pipelines.run", description: str | None 
     )
     parser.add_argument("--package", default="pipelines/compiled/clipdpo.yaml")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
-    return parser
 
 
 def positive_int(text: str) -> int:
