@@ -44,8 +44,9 @@ help:
 	@echo "make images         build the stage images and smoke-check them (needs Docker)"
 	@echo "make push           push them to REGISTRY (needs Docker)"
 	@echo "make image-tags     each stage image's content tag (what CI builds when the registry lacks it)"
-	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL (tiny and LLaVA-1.5 shapes), AMBER scoring,"
-	@echo "                    the demo in rounds (one more round reuses the rounds before; stopped in round 2, resumed)"
+	@echo "make bench          filter vs pandas, scoring work per image, DPO training vs TRL (tiny, LLaVA-1.5 and Qwen2.5-VL"
+	@echo "                    shapes), AMBER scoring, the demo in rounds (one more round reuses the rounds before; stopped"
+	@echo "                    in round 2, resumed)"
 
 $(STAMP): pyproject.toml scripts/install_venv.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -200,6 +201,7 @@ bench: $(STAMP) nlp-data
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_train.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_povid.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_prefix.py --json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_prefix.py --family qwen2_5_vl --json
 	CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) benchmarks/bench_amber.py
 	HF_HUB_OFFLINE=1 CLIPDPO_SPACY_MODEL=$(SPACY_MD) $(PY) benchmarks/bench_rounds.py
 

@@ -1,14 +1,24 @@
-"""make bench (DPO at LLaVA-1.5's shapes): TRL DPOTrainer vs clipdpo's concatenated and shared-prefix forwards.
+"""make bench (DPO at LLaVA-1.5's or Qwen2.5-VL's shapes): TRL DPOTrainer vs clipdpo's concatenated and
+shared-prefix forwards.
 
-The model is narrow but laid out like LLaVA-1.5: a CLIP tower at 336 px with 14 px patches (576
-image tokens in front of every prompt), a 2-layer 256-wide Llama (4 heads, MLP 688 = LLaMA's
-2.69x; `--layers` for a deeper one: the shared prefix's last layer runs only where the loss reads
+`--family llava` (the default): the model is narrow but laid out like LLaVA-1.5: a CLIP tower at 336 px
+with 14 px patches (576 image tokens in front of every prompt), a 2-layer 256-wide Llama (4 heads, MLP
+688 = LLaMA's 2.69x; `--layers` for a deeper one: the shared prefix's last layer runs only where the loss reads
 its output, lastlayer.py, which saves ~1/layers of the work, so depth moves the ratios) and the tiny tokenizer
 (vocabulary ~400: at this width the head then costs about what
 a 32k head costs next to a 7B model's layers, ~5% of a position's work). Prompts and responses
 are random words of the tokenizer's corpus with token counts drawn from a seeded distribution:
 prompt ~ U{20..40}, chosen and rejected ~ U{40..120} independently (text tokens; the chat
-template adds ~10 and the image 576). One torch thread, everything in this process, one after
+template adds ~10 and the image 576).
+
+`--family qwen2_5_vl`: laid out like Qwen2.5-VL-7B (tests/tiny_qwen.py's classes): a vision transformer over
+14 px patches with 112 px attention windows whose 2x2 merger gives one token per 28x28 pixels, every image
+resized to 448x448 (256 image tokens), and a 2-layer 256-wide language model with M-RoPE (4 query heads on 1
+key/value head, as the 7B's 28 on 4 share them; MLP 1352 = the 7B's 5.29x; rotary sections 8/12/12, the 7B's
+16/24/24 halved with the head size). Its tower holds its projector (the merger), so there is no image feature
+cache: each forward encodes its images (once per pair in the shared prefix, once per row concatenated).
+
+Same texts either way. One torch thread, everything in this process, one after
 the other, on the same pairs, batch and max length:
 
 - TRL `DPOTrainer.train()` (reference forward inside every step; its dataset preparation at
@@ -28,7 +38,8 @@ the other, on the same pairs, batch and max length:
   and the top operators;
 - how many images each first run encoded and how many it reused (imagefeatures.py).
 
-`--json` prints one JSON object as the last line; results also go to bench-results/prefix.json.
+`--json` prints one JSON object as the last line; results also go to bench-results/prefix.json (LLaVA) or
+prefix-<family>.json.
 """
 
 from __future__ import annotations
@@ -52,6 +63,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPT_TOKENS = (20, 40)  # inclusive ranges, uniform
 RESPONSE_TOKENS = (40, 120)
 SHAPE = dict(image_size=336, patch_size=14, vision_hidden=64, hidden=256, intermediate=688, heads=4)
+# Qwen2.5-VL-7B's image path at the LLaVA bench's width: 448 / 14 = 32 patches a side, merged 2x2 -> 16 x 16 tokens
+QWEN_IMAGE_SIDE = 448
+QWEN2_5_VL_SHAPE = dict(
+    patch=14,
+    window=4,  # merged tokens per side: 4 x 28 = the 7B's 112-pixel windows
+    pixels=(QWEN_IMAGE_SIDE**2, QWEN_IMAGE_SIDE**2),
+    vision_hidden=64,
+    hidden=256,
+    intermediate=1352,
+    heads=4,
+    kv_heads=1,
+    mrope_section=(8, 12, 12),
+)
+FAMILIES = ("llava", "qwen2_5_vl")
+
+
+def build_model(family: str, path: str, layers: int) -> tuple[str, dict]:
+    """Save the bench's narrow model of `family` at `path`; returns the path and the shape it was built with."""
+    if family == "llava":
+        from clipdpo.demo.models import LlavaShape, build_tiny_llava
+
+        shape = {**SHAPE, "layers": layers}
+        return build_tiny_llava(path, shape=LlavaShape(**shape)), shape
+    from tiny_qwen import QwenShape, build_tiny_qwen
+
+    shape = {**QWEN2_5_VL_SHAPE, "layers": layers}
+    return build_tiny_qwen(path, family, shape=QwenShape(**shape)), shape
 
 
 def words_of(tokenizer, rng, target: int, vocabulary: list[str]) -> str:
@@ -173,6 +211,27 @@ def LiveTensorPeak():  # noqa: N802  a class made on first use, so that importin
     return live_tensor_peak_mode()()
 
 
+def load_policy(model_path: str):
+    """The model as a run with the default config trains it: the vision tower frozen, the projector
+    (LLaVA's, or Qwen's merger inside its tower) and the language model trained."""
+    from clipdpo.train.config import TrainConfig
+    from clipdpo.train.model import load_model, prepare_policy
+
+    config = TrainConfig(model=model_path, dtype="float32")
+    return prepare_policy(load_model(model_path, config), config)
+
+
+def model_parts(model) -> dict:
+    """The modules whose forward time the profile reports: LLaVA's tower and projector apart; Qwen VL's
+    tower with its merger (the projector) inside it."""
+    inner = model.model
+    if hasattr(inner, "vision_tower"):
+        tower = {"vision_tower": inner.vision_tower, "projector": inner.multi_modal_projector}
+    else:
+        tower = {"vision_tower (incl. merger)": inner.visual}
+    return {**tower, "language_model": inner.language_model, "lm_head": model.lm_head}
+
+
 class Layouts:
     """The two forwards on pre-encoded batches, as the training loop and the reference pass run them."""
 
@@ -180,14 +239,13 @@ class Layouts:
         import torch
         from pairs_fixture import png
         from PIL import Image
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers import AutoProcessor
 
         from clipdpo.train import imagefeatures, layouts
         from clipdpo.train.encode import PairEncoder
 
         processor = AutoProcessor.from_pretrained(model_path)
-        self.model = LlavaForConditionalGeneration.from_pretrained(model_path)
-        self.model.model.vision_tower.requires_grad_(False)  # clipdpo's default trainable set
+        self.model = load_policy(model_path)
         # the training run's layouts; the shared prefix switches SDPA to its block-sparse form,
         # which leaves the concatenated batches on plain SDPA
         self.layouts = {
@@ -198,6 +256,7 @@ class Layouts:
         pad = processor.tokenizer.pad_token_id
         examples = [(Image.open(io.BytesIO(png(k))).convert("RGB"), *t) for k, t in enumerate(texts)]
         encoded = [encoder.encode_batch(examples[s : s + batch], True) for s in range(0, len(examples), batch)]
+        self.image_tokens = int((encoded[0][0].prompt_ids == encoder.image_token_id).sum())
         self.batches = {
             name: [
                 {**layout.collate(e, pad), "image_ids": torch.arange(s * batch, s * batch + len(e))}
@@ -205,7 +264,9 @@ class Layouts:
             ]
             for name, layout in self.layouts.items()
         }
-        self.features = imagefeatures.ImageFeatureCache(self.model, 2**30)  # what a run's loop reads
+        # what a run's loop reads; None where a run has no cache either (Qwen VL: its projector is in its tower)
+        cacheable = imagefeatures.disabled_reason(self.model, two_stage=False, budget_mb=1024) is None
+        self.features = imagefeatures.ImageFeatureCache(self.model, 2**30) if cacheable else None
 
     def logps(self, layout: str, batch: dict):
         import torch
@@ -254,6 +315,8 @@ class Layouts:
     def with_features(self, layout: str, batch: dict) -> dict:
         import torch
 
+        if self.features is None:
+            return batch
         return self.features.attach(batch, self.layouts[layout].pair_images, torch.device("cpu"), self.model.dtype)
 
     def profile(self, layout: str, train: bool) -> dict:
@@ -262,12 +325,7 @@ class Layouts:
         import torch
         from torch.profiler import ProfilerActivity, profile
 
-        parts = {
-            "vision_tower": self.model.model.vision_tower,
-            "projector": self.model.model.multi_modal_projector,
-            "language_model": self.model.model.language_model,
-            "lm_head": self.model.lm_head,
-        }
+        parts = model_parts(self.model)
         seconds = dict.fromkeys(parts, 0.0)
         starts = {}
 
@@ -314,19 +372,9 @@ class Layouts:
         }
 
 
-def measure(args, work: Path) -> dict:
-    from bench_train import run_trl
-    from pairs_fixture import write_pairs
-    from transformers import AutoTokenizer
-
-    from clipdpo.demo.models import LlavaShape, build_tiny_llava
-
-    shape = {**SHAPE, "layers": args.layers}
-    model = build_tiny_llava(str(work / "narrow-llava"), shape=LlavaShape(**shape))
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    texts = make_texts(tokenizer, args.pairs, args.seed)
-    pairs = write_pairs(str(work / "data"), n_pairs=args.pairs, n_shards=2, texts=texts)
-    layouts = Layouts(model, texts, args.batch, args.max_length)
+def measure_layouts(model: str, texts, batch: int, max_length: int) -> dict:
+    """Reference pass, peak memory and profiles of both layouts on pre-encoded batches, and the image tokens."""
+    layouts = Layouts(model, texts, batch, max_length)
     for layout in ("concatenated", "shared_prefix"):  # warm-up: lazy imports, first allocations
         layouts.dpo_step(layout, layouts.batches[layout][0])
     reference = {layout: layouts.reference_pass(layout) for layout in ("concatenated", "shared_prefix")}
@@ -339,28 +387,13 @@ def measure(args, work: Path) -> dict:
         for layout in ("concatenated", "shared_prefix")
         for part in ("training step", "reference forward")
     }
-    del layouts
-    ours = {
-        forward: run_ours(model, pairs, work, forward, args.batch, args.max_length)
-        for forward in ("concatenated", "shared_prefix")
-    }
-    cpu_started = time.process_time()
-    peer = run_trl(model, pairs, str(work / "trl"), args.batch, args.max_length, 5e-6)
-    peer["cpu_seconds_incl_dataset"] = round(time.process_time() - cpu_started, 2)
+    return {"image_tokens": layouts.image_tokens, "reference": reference, "memory": memory, "profile": profile}
+
+
+def ratios(ours: dict, reference: dict, memory: dict, peer: dict) -> dict:
+    """The shared prefix against the concatenated layout and TRL, and both first runs against TRL."""
     concatenated, shared = ours["concatenated"], ours["shared_prefix"]
     return {
-        "pairs": args.pairs,
-        "batch": args.batch,
-        "max_length": args.max_length,
-        "seed": args.seed,
-        "torch_threads": 1,
-        "model": shape,
-        "text_tokens": text_token_stats(tokenizer, texts),
-        "clipdpo": ours,
-        "reference_pass": reference,
-        "peak_memory_bytes": memory,
-        "profile": profile,
-        "trl": peer,
         "loop_speedup_vs_concatenated": shared["samples_per_s_loop"] / concatenated["samples_per_s_loop"],
         "peak_memory_ratio_vs_concatenated": (
             memory["shared_prefix"]["train_step"] / memory["concatenated"]["train_step"]
@@ -382,6 +415,42 @@ def measure(args, work: Path) -> dict:
             peer["cpu_seconds_incl_dataset"] / concatenated["first_run_cpu_seconds"]
         ),
         "loss_max_abs_difference": max(abs(a - b) for a, b in zip(concatenated["losses"], shared["losses"])),
+    }
+
+
+def measure(args, work: Path) -> dict:
+    from bench_train import run_trl
+    from pairs_fixture import write_pairs
+    from transformers import AutoTokenizer
+
+    model, shape = build_model(args.family, str(work / f"narrow-{args.family}"), args.layers)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    texts = make_texts(tokenizer, args.pairs, args.seed)
+    pairs = write_pairs(str(work / "data"), n_pairs=args.pairs, n_shards=2, texts=texts)
+    layouts = measure_layouts(model, texts, args.batch, args.max_length)
+    ours = {
+        forward: run_ours(model, pairs, work, forward, args.batch, args.max_length)
+        for forward in ("concatenated", "shared_prefix")
+    }
+    cpu_started = time.process_time()
+    peer = run_trl(model, pairs, str(work / "trl"), args.batch, args.max_length, 5e-6)
+    peer["cpu_seconds_incl_dataset"] = round(time.process_time() - cpu_started, 2)
+    return {
+        "family": args.family,
+        "pairs": args.pairs,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "torch_threads": 1,
+        "model": shape,
+        "image_tokens": layouts["image_tokens"],
+        "text_tokens": text_token_stats(tokenizer, texts),
+        "clipdpo": ours,
+        "reference_pass": layouts["reference"],
+        "peak_memory_bytes": layouts["memory"],
+        "profile": layouts["profile"],
+        "trl": peer,
+        **ratios(ours, layouts["reference"], layouts["memory"], peer),
     }
 
 
@@ -423,6 +492,12 @@ def table(result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="llava",
+        help="whose shapes: LLaVA-1.5's (576 image tokens) or Qwen2.5-VL-7B's (448x448 images: 256 tokens, M-RoPE)",
+    )
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=1024)
@@ -447,7 +522,9 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
-    (out / "prefix.json").write_text(json.dumps(result, indent=2))
+    # the LLaVA bench keeps its file's name; another family's results sit beside it
+    name = "prefix.json" if args.family == "llava" else f"prefix-{args.family}.json"
+    (out / name).write_text(json.dumps(result, indent=2))
     print(table(result))
     print("profiles:", json.dumps(result["profile"], indent=1))
     if args.json:

@@ -59,12 +59,16 @@ def run_clipdpo(model: str, pairs: str, output: str, batch: int, max_length: int
 
 
 def run_trl(model_path: str, pairs: str, output: str, batch: int, max_length: int, lr: float) -> dict:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
     from trl import DPOConfig, DPOTrainer
 
+    from clipdpo.train.config import TrainConfig
+    from clipdpo.train.model import load_model, prepare_policy
+
     dataset = trl_dataset(pairs)
-    model = LlavaForConditionalGeneration.from_pretrained(model_path)
-    model.model.vision_tower.requires_grad_(False)  # same trainable set as clipdpo's default
+    # clipdpo's default trainable set (tower frozen, projector trained), for LLaVA and Qwen VL alike
+    config = TrainConfig(model=model_path, dtype="float32")
+    model = prepare_policy(load_model(model_path, config), config)
     processor = AutoProcessor.from_pretrained(model_path)
     args = DPOConfig(
         output_dir=output,
