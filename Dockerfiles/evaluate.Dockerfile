@@ -4,7 +4,7 @@
 # locks/evaluate.txt resolves clipdpo's pins with its [eval] and [tracking] extras together with vllm==0.33.0,
 # taking torch, torchvision, transformers and pillow at vLLM's versions (locks/vllm-overrides.txt).
 # The official AMBER resources are baked in at build time (nothing is downloaded when the stage runs):
-# nltk's tokenizer, POS tagger and WordNet data, and spaCy's en_core_web_lg 3.8.0 (locks/evaluate-nlp.txt).
+# nltk's tokenizer, POS tagger and WordNet data, and spaCy's en_core_web_lg 3.8.0 (locks/spacy-model.txt).
 # Layers from what changes least to most: the base (by digest), the packages of locks/evaluate.txt (every one
 # pinned with its hashes, installed with --require-hashes; scripts/lock_images.py writes it), then the clipdpo
 # sources, on PYTHONPATH rather than installed: a source-only change rebuilds only the layers after `COPY src`.
@@ -12,7 +12,7 @@
 FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY locks/evaluate.txt /tmp/requirements.txt
-COPY locks/evaluate-nlp.txt /tmp/requirements-nlp.txt
+COPY locks/spacy-model.txt /tmp/requirements-nlp.txt
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.txt \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements-nlp.txt \

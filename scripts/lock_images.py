@@ -24,7 +24,7 @@ VLLM_OVERRIDES = "locks/vllm-overrides.txt"
 # image -> (pyproject extras, extra inputs, overrides file or "")
 LOCKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "filter": ((), (), ""),
-    "score": ((), (), ""),
+    "score": (("eval",), (), ""),  # spaCy for the noun-level judge's object phrases
     "train": (("deepspeed", "tracking"), (), ""),
     "generate": ((), (VLLM_INPUT,), VLLM_OVERRIDES),
     "evaluate": (("eval", "tracking"), (VLLM_INPUT,), VLLM_OVERRIDES),

@@ -96,8 +96,8 @@ def test_dockerfiles_lockfiles_and_base_digests_reach_only_their_stages(repo):
     touch(repo / "locks" / "generate.txt")  # a package of the generate image moved
     assert changed(before, tags(repo)) == {"generate"}
     before = tags(repo)
-    touch(repo / "locks" / "evaluate-nlp.txt")  # the evaluate image's second lockfile
-    assert changed(before, tags(repo)) == {"evaluate"}
+    touch(repo / "locks" / "spacy-model.txt")  # the spaCy model of AMBER and of the noun-level judge
+    assert changed(before, tags(repo)) == {"evaluate", "score"}
     pyproject = repo / "pyproject.toml"
     before = tags(repo)
     pyproject.write_text(pyproject.read_text().replace('"pytest==9.1.1"', '"pytest==9.1.2"'))
@@ -123,10 +123,10 @@ def test_what_goes_into_each_tag(repo_tags):
     locks = {stage: set(imagetags.stage_inputs(ROOT, stage)["locks"]) for stage in imagetags.STAGES}
     assert locks == {
         "filter": {"locks/filter.txt"},
-        "score": {"locks/score.txt"},
+        "score": {"locks/score.txt", "locks/spacy-model.txt"},
         "train": {"locks/train.txt"},
         "generate": {"locks/generate.txt"},
-        "evaluate": {"locks/evaluate.txt", "locks/evaluate-nlp.txt"},
+        "evaluate": {"locks/evaluate.txt", "locks/spacy-model.txt"},
     }
     from clipdpo import __version__
 
