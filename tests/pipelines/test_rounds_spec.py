@@ -149,7 +149,7 @@ def test_round_twos_training_job_is_valid_against_the_crds_and_trains_from_round
     from clipdpo.storage import Storage, join
 
     launched = []
-    monkeypatch.setattr(launch_module, "launch", lambda spec, key, **kw: launched.append((spec, key)))
+    monkeypatch.setattr(launch_module, "launch", lambda spec, key, limits, **kw: launched.append((spec, key)))
     monkeypatch.setenv("CLIPDPO_RUN", "clipdpo-run-1")
     run_root, storage = f"{bucket}/runs/r", Storage()
     first = steps.artifact_uri(run_root, "train")
