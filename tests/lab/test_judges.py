@@ -110,3 +110,21 @@ def test_judge_scores_rank_with_the_score_stages_scale(tmp_path):
     t, b = scorer.model.logit_scale.exp().item(), scorer.model.logit_bias.item()
     expected = [t * float(image_emb[i] @ texts[j]) + b + 28.0 for i, j in ((0, 0), (0, 1), (1, 2))]
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=1e-5)
+
+
+def test_sampled_captions_are_kept_and_reused_for_the_same_model_and_settings(tmp_path, monkeypatch):
+    from clipdpo_lab import judges
+
+    calls = []
+
+    def sample(lvlm_dir, scenes, cfg):
+        calls.append(cfg)
+        return [[f"caption {cfg.seed} {i}"] * cfg.samples for i in range(len(scenes))]
+
+    monkeypatch.setattr(judges, "sample_captions", sample)
+    path, cfg = str(tmp_path / "captions.json"), judges.RankingConfig(samples=2)
+    first = judges.cached_captions(path, "/w/lvlm", [0, 1, 2], cfg)
+    assert judges.cached_captions(path, "/w/lvlm", [0, 1, 2], cfg) == first and len(calls) == 1
+    other = judges.cached_captions(path, "/w/lvlm", [0, 1, 2], judges.RankingConfig(samples=2, seed=1))
+    assert other != first and len(calls) == 2  # other settings: sampled again (and kept instead)
+    assert judges.cached_captions("", "/w/lvlm", [0], cfg) == [["caption 0 0"] * 2] and len(calls) == 3
