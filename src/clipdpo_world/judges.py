@@ -26,7 +26,7 @@ def judge_score_config(
     scores, fingerprint and all)."""
     if judge not in JUDGES:
         raise ValueError(f"judge {judge!r}: expected one of {JUDGES}")
-    out, judge_cfg = dict(score), {}
+    out, judge_cfg = dict(score), dict[str, object]()
     if needs_siglip(judge):
         if not siglip_scorer:
             raise ValueError(f"judge {judge!r}: needs the world SigLIP's scorer config (clipdpo_world.siglip)")
