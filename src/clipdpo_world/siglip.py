@@ -169,8 +169,8 @@ def train_into(target: Path, record: dict, cfg: SiglipConfig, say) -> None:
     measured = {
         "config": asdict(cfg),
         "pairwise_accuracy": round(accuracy, 4),
-        "logit_scale": round(float(model.logit_scale.exp()), 4),
-        "logit_bias": round(float(model.logit_bias), 4),
+        "logit_scale": round(model.logit_scale.exp().item(), 4),
+        "logit_bias": round(model.logit_bias.item(), 4),
         "seconds": round(time.monotonic() - started, 1),
     }
     (partial / RECORD).write_text(json.dumps(measured, indent=2))
