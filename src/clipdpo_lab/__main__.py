@@ -10,6 +10,7 @@ COMMANDS = {
     "measure": ("clipdpo_lab.measure", "every stage on a world in this process: base vs CLIP-DPO vs control"),
     "rules-ablation": ("clipdpo_lab.rules_ablation", "the paper's margin and length rules on and off"),
     "loss-ablation": ("clipdpo_lab.loss_ablation", "the DPO loss variants of the paper's Table 5"),
+    "judges": ("clipdpo_lab.judges", "each judge (CLIP, SigLIP, noun-level) ranking the world LLaVA's own captions"),
     "arms-table": ("clipdpo_lab.arms_table", "the arms of finished world runs side by side"),
 }
 

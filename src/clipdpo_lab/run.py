@@ -24,6 +24,7 @@ from pathlib import Path
 
 from clipdpo.errors import exit_2_on_user_error
 from clipdpo_lab.arms import ARMS, CONTROLS, METHODS, TRAIN_OVERRIDES, headline, run_arms, world_configs
+from clipdpo_world.judges import JUDGES
 from pipelines import run as product
 
 
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         "with the world's QA writer, trained once per world beside its first build (default; --no-qa for "
         "the ablation without them)",
     )
+    parser.add_argument(
+        "--judge",
+        choices=JUDGES,
+        default=os.environ.get("CLIPDPO_JUDGE") or "clip",
+        help="the score stage's judge: the world CLIP (default, the paper's) or the world SigLIP (trained into the "
+        "world's folder on first use, a few minutes), whole captions or noun-level (-nouns: a caption's score mixed "
+        "half and half with its least supported object phrase's)",
+    )
     return parser
 
 
@@ -113,7 +122,12 @@ def local_run(args) -> tuple[product.LocalRun, dict]:
     state = Path(args.state_dir).resolve()
     run_root = args.run_root or f"s3://{args.bucket}/runs/{args.run_id}"
     lab, world = world_configs(
-        args.world, str(Path(args.world_cache or state / "world").resolve()), run_root, method=args.method, qa=args.qa
+        args.world,
+        str(Path(args.world_cache or state / "world").resolve()),
+        run_root,
+        method=args.method,
+        qa=args.qa,
+        judge=args.judge,
     )
     stages = product.checked_configs(
         {name: lab[name] for name in product.CONFIG_NAMES if name in lab}, args.overrides, args.rounds
