@@ -77,9 +77,11 @@ def test_generative_metrics_by_hand(bench):
     assert gen["cog"] == round(2 / 3.001 * 100, 1) == 66.6
     assert result["examples"] == [] and result["complete"]
     # examples: the first generative items by id, hallucinated or not (every model shows the same ones)
-    first = amber.evaluate(data, RESPONSES, NLP, examples=1)["examples"]
+    first = amber.evaluate(data, RESPONSES, NLP, options=amber.EvaluateOptions(examples=1))["examples"]
     assert first == [{"id": 1, "response": R1, "hallucinated": ["kitten"]}]
-    assert [e["id"] for e in amber.evaluate(data, RESPONSES, NLP, examples=5)["examples"]] == [1, 2]
+    assert [
+        e["id"] for e in amber.evaluate(data, RESPONSES, NLP, options=amber.EvaluateOptions(examples=5))["examples"]
+    ] == [1, 2]
 
 
 def test_similarity_rescues_a_safe_noun_and_global_safe_words_count(bench):
@@ -125,7 +127,9 @@ def test_bad_inputs_are_named(bench, tmp_path, eval_set):
     data = amber.load(bench)
     with pytest.raises(amber.AmberInputError, match=r"no response \(e.g. \[2\]\)"):
         amber.evaluate(data, {k: v for k, v in RESPONSES.items() if k != 2}, NLP)
-    partial = amber.evaluate(data, {k: v for k, v in RESPONSES.items() if k != 2}, NLP, allow_partial=True)
+    partial = amber.evaluate(
+        data, {k: v for k, v in RESPONSES.items() if k != 2}, NLP, options=amber.EvaluateOptions(allow_partial=True)
+    )
     assert partial["complete"] is False and partial["missing_ids"] == [2]
     with pytest.raises(amber.AmberInputError, match="ids not in annotations"):
         amber.evaluate(data, {**RESPONSES, 99: "Yes"}, NLP)
@@ -164,7 +168,9 @@ R4 = "A car by a tree."
 def test_generative_metrics_over_two_samples_per_item_by_hand(bench):
     """Sampled decoding: each item answered twice; every answer counts as one description."""
     nlp = TableNLP({**NLP.table, R3: ["dog", "grass"], R4: ["car", "tree"]}, similar=set())
-    result = amber.evaluate(amber.load(bench), {**RESPONSES, 1: [R1, R3], 2: [R2, R4]}, nlp, examples=2)
+    result = amber.evaluate(
+        amber.load(bench), {**RESPONSES, 1: [R1, R3], 2: [R2, R4]}, nlp, options=amber.EvaluateOptions(examples=2)
+    )
     gen = result["generative"]
     # nouns: R1 4, R3 2, R2 2, R4 2 -> 10; hallucinated: kitten (R1), person (R2) -> 2 / 10.001 = 20.0
     assert gen["chair"] == round(2 / 10.001 * 100, 1) == 20.0

@@ -136,7 +136,7 @@ def data_of(items: list[dict]) -> amber.AmberData:
 
 def amber_per_image(items, replies, image_of) -> bootstrap.PerImage:
     data = data_of(items)
-    per_item = amber.evaluate(data, replies, NLP, per_item=True)["per_item"]
+    per_item = amber.evaluate(data, replies, NLP, options=amber.EvaluateOptions(per_item=True))["per_item"]
     return bootstrap.by_image(
         ((image_of[i], c) for i, c in sorted(per_item.items())),
         list(amber.HEADLINE_COUNTERS),

@@ -274,6 +274,18 @@ def _count_discriminative(m: dict, item: dict, response: str) -> None:
             bump("qa_ans_no_score")
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What evaluate() accepts and returns beside AMBER's own arguments. `allow_partial`: score the responses
+    given, missing ids allowed. `examples`: the first generative items by id with their first text. `per_item`:
+    the result also holds "per_item", each scored item's own HEADLINE_COUNTERS (all its samples together), whose
+    sums plus the start counters give the headline numbers (`headline`): what a bootstrap over images resamples."""
+
+    allow_partial: bool = False
+    examples: int = 0
+    per_item: bool = False
+
+
 def evaluate(
     data: AmberData,
     responses: dict[int, str | list[str]],
@@ -281,19 +293,15 @@ def evaluate(
     *,
     evaluation_type: str = "a",
     threshold: float = 0.8,
-    allow_partial: bool = False,
-    examples: int = 0,
-    per_item: bool = False,
+    options: EvaluateOptions = EvaluateOptions(),
 ) -> dict:
     """All AMBER metrics for `responses` (id -> text, or a generative item's sampled texts); refuses missing
-    ids unless `allow_partial`. Examples show a generative item's first text. `per_item`: the result also
-    holds "per_item", each scored item's own HEADLINE_COUNTERS (all its samples together), whose sums plus
-    the start counters give the headline numbers (`headline`): what a bootstrap over images resamples."""
+    ids unless `options.allow_partial` (see EvaluateOptions for the examples and per-item counts)."""
     if evaluation_type not in EVALUATION_TYPES:
         raise AmberInputError(f"evaluation_type {evaluation_type!r}; expected one of {EVALUATION_TYPES}")
     wants_generative = evaluation_type in ("a", "g")
     expected = wanted_ids(data, evaluation_type)
-    missing = _check_responses(data, responses, expected, evaluation_type, allow_partial)
+    missing = _check_responses(data, responses, expected, evaluation_type, options.allow_partial)
     if wants_generative and nlp is None:
         raise AmberInputError("generative AMBER needs the NLP resources (tokeniser, tagger, WordNet, vectors)")
     m = dict(data.counters)
@@ -309,7 +317,7 @@ def evaluate(
     ):
         m.setdefault(key, 0.0)
     scored = sorted(set(responses) & expected)
-    items, qualitative = _count_items(data, responses, scored, nlp, threshold, examples, wants_generative)
+    items, qualitative = _count_items(data, responses, scored, nlp, threshold, options.examples, wants_generative)
     totals: dict[str, float] = {}
     for own in items.values():
         for key, value in own.items():
@@ -317,7 +325,7 @@ def evaluate(
     for key, value in totals.items():  # counts summed first, then onto the start values, as `headline` does
         m[key] = m.get(key, 0.0) + value
     out = _summarise(m, evaluation_type, complete=not missing, missing=missing, qualitative=qualitative)
-    if per_item:
+    if options.per_item:
         out["per_item"] = {item_id: {k: own[k] for k in HEADLINE_COUNTERS} for item_id, own in items.items()}
     return out
 

@@ -163,9 +163,7 @@ def score_model(cfg: EvaluateConfig, inputs: Inputs, got: Responses, nlp, encode
             nlp,
             evaluation_type=a.evaluation_type,
             threshold=a.similarity_threshold,
-            allow_partial=a.allow_partial,
-            examples=a.examples,
-            per_item=True,
+            options=amber.EvaluateOptions(allow_partial=a.allow_partial, examples=a.examples, per_item=True),
         )
         result["amber"].pop("counters")
         images = {int(item.id): item.image for task in inputs.tasks if task.name in AMBER_TASKS for item in task.items}

@@ -54,7 +54,6 @@ def run(
     shard: ShardSpec = ShardSpec(),
     finalize: bool = False,
     overwrite: bool = False,
-    storage: Storage | None = None,
     input_fingerprints: Sequence[str] = (),
 ) -> dict:
     """Candidates for every images shard of `input` (this worker's share) into `output`; its stats.
@@ -62,7 +61,7 @@ def run(
     version of the model it captions with, whose path alone does not change when that model is retrained)."""
     from clipdpo.generate.shard import generate_shard
 
-    storage = storage or Storage()
+    storage = Storage()
     images = Artifact.open(storage, input, kind="images")
     identity = config_lib.to_dict(cfg)
     identity.pop("batch_size")  # speed only
