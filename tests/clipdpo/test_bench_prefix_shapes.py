@@ -3,10 +3,10 @@ the bench's width (the bench itself, minutes long, runs in `make bench`)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from file_module import load_file_module
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 
@@ -16,10 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_prefix.py"
 
 
 def bench_prefix():
-    spec = importlib.util.spec_from_file_location("bench_prefix", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("bench_prefix", BENCH)
 
 
 @pytest.mark.parametrize(

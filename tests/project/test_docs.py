@@ -4,13 +4,13 @@ generated pages (config reference, results) equal to what their command writes n
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import sys
 import typing
 from pathlib import Path
 
 import pytest
+from file_module import load_file_module
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -24,12 +24,7 @@ INLINE_CODE = re.compile(r"`[^`\n]*`")
 
 def gen_docs():
     """scripts/gen_docs.py as a module (scripts/ is no package)."""
-    if "gen_docs" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gen_docs"] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules["gen_docs"]
+    return load_file_module("gen_docs", ROOT / "scripts" / "gen_docs.py")
 
 
 def prose(text: str) -> str:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from file_module import load_file_module
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install_venv.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("install_venv", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("install_venv", SCRIPT)
 
 
 def test_pip_config_becomes_uv_flags_each_source_once():
