@@ -109,7 +109,8 @@ def world_configs(
     """The stage configs of world `seed` (built once into `cache_dir`) for a pipeline run under `run_root`
     training with `method` (the POVID source's config under "povid"); `qa`: generate writes QA rows with the
     world's QA writer (trained once for every world, cached beside them and copied into each world's folder);
-    `judge`: the score stage's judge (stageconfigs.JUDGES; the siglip ones train the world SigLIP on first use)."""
+    `judge`: the score stage's judge (clipdpo_world.judges.JUDGES; the siglip ones train the world SigLIP on first
+    use)."""
     # One torch thread: with two threads and a busy second core training ran ~10x slower. The CPU code paths
     # are the lab run's to pin (clipdpo_lab.run.pin_cpu) before torch loads; the components inherit them.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -117,7 +118,7 @@ def world_configs(
 
     from clipdpo_world.build import WorldConfig, build
     from clipdpo_world.clip import WorldBuildError
-    from clipdpo_world.judges import judge_score_config
+    from clipdpo_world.judges import judge_score_config, needs_siglip, world_siglip_scorer
     from clipdpo_world.stageconfigs import method_train_config, povid_source_config, world_qa_config
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -138,21 +139,14 @@ def world_configs(
                 raise WorldBuildError(f"world QA writer: its process ended with exit code {writer.exitcode} (above)")
         configs["generate"]["qa"] = world_qa_config(paths.root, say=print_now)
     if judge != "clip":
-        configs["score"] = judge_score_config(configs["score"], judge, world_siglip(judge, paths.root), spacy_model)
+        siglip_scorer = world_siglip_scorer(paths.root, say=print_now) if needs_siglip(judge) else None
+        configs["score"] = judge_score_config(configs["score"], judge, siglip_scorer, spacy_model)
     configs["world_train"] = configs["train"]  # the CLIP-DPO arm's; every arm's train config derives from it
     configs["train"] = method_train_config(configs["train"], method)
     configs["povid"] = povid_source_config(paths.images, seed)
     configs["evaluate"]["models"] = evaluate_models(paths.lvlm, run_root, method=method)
     say(f"world {seed}: {paths.root} (checks: {json.dumps(paths.checks)})")
     return configs, paths
-
-
-def world_siglip(judge: str, world_root: str) -> dict | None:
-    """The world SigLIP's scorer config for a siglip judge (trained into the world's folder on first use)."""
-    from clipdpo_world import siglip
-    from clipdpo_world.judges import needs_siglip
-
-    return siglip.scorer_config(siglip.ensure(world_root, say=print_now)) if needs_siglip(judge) else None
 
 
 def arm_train_config(configs: dict[str, dict], arm: str) -> dict:

@@ -162,12 +162,11 @@ def markdown(world: int, table: dict[str, Ranking], counts: dict, cfg: RankingCo
 
 def score_configs(world_root: str, clip_score: dict, judges: list[str], spacy_model: str | None) -> dict[str, dict]:
     """judge -> the score stage's config `clipdpo_lab run --judge` gives it (the world SigLIP trained on first use)."""
-    from clipdpo_world import siglip
-    from clipdpo_world.judges import judge_score_config, needs_siglip
+    from clipdpo_world.judges import judge_score_config, needs_siglip, world_siglip_scorer
 
     siglip_scorer = None
     if any(needs_siglip(judge) for judge in judges):
-        siglip_scorer = siglip.scorer_config(siglip.ensure(world_root, say=lambda line: print(line, flush=True)))
+        siglip_scorer = world_siglip_scorer(world_root, say=lambda line: print(line, flush=True))
     return {judge: judge_score_config(clip_score, judge, siglip_scorer, spacy_model) for judge in judges}
 
 

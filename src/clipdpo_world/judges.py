@@ -17,6 +17,13 @@ def needs_siglip(judge: str) -> bool:
     return judge.split("-")[0] == "siglip"
 
 
+def world_siglip_scorer(world_root: str, say=print) -> dict:
+    """The world SigLIP's scorer config for the siglip judges (trained into the world's folder on first use)."""
+    from clipdpo_world import siglip
+
+    return siglip.scorer_config(siglip.ensure(world_root, say=say))
+
+
 def judge_score_config(
     score: dict, judge: str, siglip_scorer: dict | None = None, spacy_model: str | None = None
 ) -> dict:
